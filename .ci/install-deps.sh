@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install (Debian 12) what Patchbay's tests need. Idempotent: installs only what is missing,
+# runs `apt-get update` at most once. Run as root (or via sudo).
+#   qemu-system-x86  real Linux guests (docs/qemu-guests.md)
+#   busybox-static   guest userland (scripts/build-guest-image.sh also fetches its .deb)
+#   prometheus       promtool, to check the metrics exposition
+#   iproute2         ip netns / veth for host-side tests
+#   cpio, kmod       building the guest initramfs (cpio, modinfo)
+set -euo pipefail
+PKGS=(qemu-system-x86 busybox-static prometheus iproute2 cpio kmod)
+
+SUDO=
+if [[ $EUID -ne 0 ]]; then SUDO=sudo; fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+    if [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" != "install ok installed" ]]; then
+        missing+=("$p")
+    fi
+done
+if [[ ${#missing[@]} -eq 0 ]]; then
+    echo "all test dependencies installed"
+    exit 0
+fi
+echo "installing: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "installed: ${missing[*]}"

@@ -1,0 +1,360 @@
+//! The daemon's configuration: a TOML file and/or command-line flags, checked completely
+//! before anything starts, with errors that name the file, line and field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::port::{ConnectMode, PortConfig};
+use crate::switch::Settings;
+
+/// Everything the daemon needs to start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub settings: Settings,
+    pub control_socket: PathBuf,
+    /// None disables the metrics endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+    pub ports: Vec<PortConfig>,
+}
+
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9184";
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            settings: Settings::default(),
+            control_socket: crate::control::default_socket_path(),
+            metrics_listen: DEFAULT_METRICS_LISTEN.parse().ok(),
+            ports: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}:{line}: {what}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        what: String,
+        message: String,
+    },
+    #[error("--port '{spec}': {message}")]
+    PortFlag { spec: String, message: String },
+    #[error("{0}")]
+    Setting(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    switch: Option<toml::Spanned<Settings>>,
+    #[serde(default)]
+    control: Option<ControlSection>,
+    #[serde(default)]
+    metrics: Option<toml::Spanned<MetricsSection>>,
+    #[serde(default, rename = "port")]
+    ports: Vec<toml::Spanned<PortConfig>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControlSection {
+    socket: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsSection {
+    /// `host:port`, or "off".
+    listen: String,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Parses the metrics address: `host:port` or `off`.
+pub fn parse_metrics_listen(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s == "off" || s == "none" {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| format!("'{s}' is not an address like 127.0.0.1:9184 (or 'off')"))
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(path, &text)
+    }
+
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let invalid = |offset: usize, what: String, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: line_of(text, offset),
+            what,
+            message,
+        };
+        let mut config = Config::default();
+        if let Some(s) = file.switch {
+            let start = s.span().start;
+            config.settings = s.into_inner();
+            check_settings(&config.settings).map_err(|m| invalid(start, "[switch]".into(), m))?;
+        }
+        if let Some(c) = file.control {
+            config.control_socket = c.socket;
+        }
+        if let Some(m) = file.metrics {
+            let start = m.span().start;
+            config.metrics_listen = parse_metrics_listen(&m.get_ref().listen)
+                .map_err(|e| invalid(start, "[metrics] field `listen`".into(), e))?;
+        }
+        for spanned in file.ports {
+            let start = spanned.span().start;
+            let port = spanned.into_inner();
+            port.validate()
+                .map_err(|e| invalid(start, format!("[[port]] '{}'", port.name), e.to_string()))?;
+            if let Some(first) = config.ports.iter().find(|p| p.name == port.name) {
+                return Err(invalid(
+                    start,
+                    format!("[[port]] '{}'", port.name),
+                    format!("field `name`: '{}' is used twice", first.name),
+                ));
+            }
+            if let Some(first) = config.ports.iter().find(|p| p.socket == port.socket) {
+                return Err(invalid(
+                    start,
+                    format!("[[port]] '{}'", port.name),
+                    format!(
+                        "field `socket`: {} is already port '{}'",
+                        port.socket.display(),
+                        first.name
+                    ),
+                ));
+            }
+            config.ports.push(port);
+        }
+        Ok(config)
+    }
+
+    /// Adds a port given as `--port name=N,socket=PATH[,mode=client][,mac=M][,vlan=V]
+    /// [,vlan-mode=M][,trunks=LIST]`. A trunk list may itself contain commas.
+    pub fn add_port_flag(&mut self, spec: &str) -> Result<(), ConfigError> {
+        let port = parse_port_flag(spec)?;
+        let err = |message: String| ConfigError::PortFlag {
+            spec: spec.to_string(),
+            message,
+        };
+        port.validate().map_err(|e| err(e.to_string()))?;
+        if self.ports.iter().any(|p| p.name == port.name) {
+            return Err(err(format!("a port named '{}' already exists", port.name)));
+        }
+        if let Some(p) = self.ports.iter().find(|p| p.socket == port.socket) {
+            return Err(err(format!("socket already used by port '{}'", p.name)));
+        }
+        self.ports.push(port);
+        Ok(())
+    }
+
+    pub fn check(&self) -> Result<(), ConfigError> {
+        check_settings(&self.settings).map_err(ConfigError::Setting)
+    }
+}
+
+fn check_settings(s: &Settings) -> Result<(), String> {
+    if !(68..=9216).contains(&s.mtu) {
+        return Err(format!("field `mtu`: {} is outside 68-9216", s.mtu));
+    }
+    if s.mac_table_size == 0 {
+        return Err("field `mac_table_size`: must be at least 1".into());
+    }
+    if s.mac_aging_secs == 0 {
+        return Err("field `mac_aging_secs`: must be at least 1".into());
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if let Some(cpu) = s.poll_cpus.iter().find(|c| **c >= cpus) {
+        return Err(format!(
+            "field `poll_cpus`: CPU {cpu} does not exist (this machine has {cpus})"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses the `--port` flag's key=value list.
+pub fn parse_port_flag(spec: &str) -> Result<PortConfig, ConfigError> {
+    let err = |message: String| ConfigError::PortFlag {
+        spec: spec.to_string(),
+        message,
+    };
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for piece in spec.split(',') {
+        match piece.split_once('=') {
+            Some((k, v)) => pairs.push((k.trim().to_string(), v.trim().to_string())),
+            None => match pairs.last_mut() {
+                // A bare piece continues the previous value (trunks=10,20-29).
+                Some((k, v)) if k == "trunks" => {
+                    v.push(',');
+                    v.push_str(piece.trim());
+                }
+                _ => return Err(err(format!("'{piece}' is not key=value"))),
+            },
+        }
+    }
+    let mut port = PortConfig {
+        name: String::new(),
+        socket: PathBuf::new(),
+        mode: ConnectMode::Server,
+        mac: None,
+        vlan_mode: None,
+        vlan: None,
+        trunks: None,
+    };
+    for (k, v) in pairs {
+        match k.as_str() {
+            "name" => port.name = v,
+            "socket" | "path" => port.socket = PathBuf::from(v),
+            "mode" => {
+                port.mode = match v.as_str() {
+                    "server" => ConnectMode::Server,
+                    "client" => ConnectMode::Client,
+                    _ => return Err(err(format!("mode '{v}' is not server or client"))),
+                }
+            }
+            "mac" => port.mac = Some(v),
+            "vlan" => {
+                port.vlan = Some(
+                    v.parse()
+                        .map_err(|_| err(format!("vlan '{v}' is not a number")))?,
+                )
+            }
+            "vlan-mode" | "vlan_mode" => port.vlan_mode = Some(v),
+            "trunks" => port.trunks = Some(v),
+            other => return Err(err(format!(
+                "unknown key '{other}' (expected name, socket, mode, mac, vlan, vlan-mode, trunks)"
+            ))),
+        }
+    }
+    if port.name.is_empty() {
+        return Err(err("missing name=".into()));
+    }
+    if port.socket.as_os_str().is_empty() {
+        return Err(err("missing socket=".into()));
+    }
+    Ok(port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[switch]
+mtu = 1500
+mac_aging_secs = 60
+
+[metrics]
+listen = "127.0.0.1:9999"
+
+[[port]]
+name = "vm1"
+socket = "/tmp/pb-vm1.sock"
+vlan = 10
+
+[[port]]
+name = "up"
+socket = "/tmp/pb-up.sock"
+mode = "client"
+vlan_mode = "trunk"
+trunks = "10,20-30"
+"#;
+
+    #[test]
+    fn reads_a_full_config() {
+        let c = Config::from_toml(Path::new("t.toml"), GOOD).unwrap();
+        assert_eq!(c.settings.mtu, 1500);
+        assert_eq!(c.settings.mac_aging_secs, 60);
+        assert_eq!(c.settings.mac_table_size, 8192, "defaults fill the rest");
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9999".parse().unwrap()));
+        assert_eq!(c.ports.len(), 2);
+        assert_eq!(c.ports[1].mode, ConnectMode::Client);
+    }
+
+    #[test]
+    fn errors_name_the_line_and_field() {
+        let bad_vlan = GOOD.replace("vlan = 10", "vlan = 5000");
+        let e = Config::from_toml(Path::new("t.toml"), &bad_vlan)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("t.toml:9:"), "{e}");
+        assert!(
+            e.contains("'vm1'") && e.contains("`vlan`") && e.contains("5000"),
+            "{e}"
+        );
+
+        let typo = GOOD.replace("vlan = 10", "vlna = 10");
+        let e = Config::from_toml(Path::new("t.toml"), &typo)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 12") && e.contains("vlna"), "{e}");
+
+        let dup = GOOD.replace("name = \"up\"", "name = \"vm1\"");
+        let e = Config::from_toml(Path::new("t.toml"), &dup)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("t.toml:14:") && e.contains("used twice"), "{e}");
+
+        let mtu = GOOD.replace("mtu = 1500", "mtu = 20");
+        let e = Config::from_toml(Path::new("t.toml"), &mtu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("t.toml:2:") && e.contains("`mtu`"), "{e}");
+
+        let trunk = GOOD.replace("10,20-30", "10,5000");
+        let e = Config::from_toml(Path::new("t.toml"), &trunk)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`trunks`") && e.contains("5000"), "{e}");
+    }
+
+    #[test]
+    fn port_flags_parse_with_trunk_lists() {
+        let mut c = Config::default();
+        c.add_port_flag("name=t,socket=/tmp/t.sock,vlan-mode=native-tagged,vlan=5,trunks=10,20-22")
+            .unwrap();
+        assert_eq!(c.ports[0].trunks.as_deref(), Some("10,20-22"));
+        assert!(
+            c.add_port_flag("name=t,socket=/tmp/u.sock").is_err(),
+            "duplicate name"
+        );
+        assert!(
+            c.add_port_flag("socket=/tmp/x.sock").is_err(),
+            "missing name"
+        );
+        assert!(c
+            .add_port_flag("name=x,socket=/tmp/x.sock,colour=red")
+            .is_err());
+        assert!(c
+            .add_port_flag("name=x,socket=/tmp/x.sock,mode=maybe")
+            .is_err());
+    }
+}

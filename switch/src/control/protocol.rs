@@ -1,0 +1,136 @@
+//! Control protocol, version 1.
+//!
+//! A request is one JSON object on one line: `{"version":1,"command":"show-ports"}`. The
+//! response is one line: `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`. A client
+//! may send many requests on one connection.
+
+use serde::{Deserialize, Serialize};
+
+use crate::mac_table::MacEntry;
+use crate::port::{PortConfig, PortInfo};
+use crate::vlan::VlanConfig;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest request line the server reads (bytes); longer ones are refused.
+pub const MAX_REQUEST_LEN: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// Protocol and daemon versions.
+    Hello,
+    /// All ports with state, negotiated features and counters.
+    ShowPorts,
+    /// The learning table, optionally one VLAN's part.
+    ShowMacs {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vlan: Option<u16>,
+    },
+    /// Switch-wide counters and settings.
+    ShowSwitch,
+    AddPort {
+        port: PortConfig,
+    },
+    DelPort {
+        name: String,
+    },
+    SetVlan {
+        name: String,
+        vlan: VlanConfig,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestEnvelope {
+    pub version: u32,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    pub fn ok(result: impl Serialize) -> Response {
+        Response {
+            ok: true,
+            result: Some(serde_json::to_value(result).unwrap_or(serde_json::Value::Null)),
+            error: None,
+        }
+    }
+    pub fn error(message: impl Into<String>) -> Response {
+        Response {
+            ok: false,
+            result: None,
+            error: Some(message.into()),
+        }
+    }
+}
+
+/// Result of `hello`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u32,
+    pub daemon: String,
+}
+
+/// Result of `show-ports`.
+pub type PortList = Vec<PortInfo>;
+
+/// Result of `show-macs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MacTableInfo {
+    pub entries: Vec<MacEntry>,
+    pub capacity: usize,
+    pub aging_secs: u64,
+}
+
+/// Result of `show-switch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchInfo {
+    pub mtu: u32,
+    pub ports: usize,
+    pub mac_entries: usize,
+    pub mac_capacity: usize,
+    pub floods: u64,
+    pub mac_learned: u64,
+    pub mac_moved: u64,
+    pub mac_table_full: u64,
+    pub control_errors: u64,
+    pub poll_cpus: Vec<usize>,
+}
+
+/// Result of `add-port`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortAdded {
+    pub id: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_a_stable_wire_form() {
+        let req = RequestEnvelope {
+            version: 1,
+            request: Request::DelPort { name: "vm1".into() },
+        };
+        let line = serde_json::to_string(&req).unwrap();
+        assert_eq!(line, r#"{"version":1,"command":"del-port","name":"vm1"}"#);
+        assert_eq!(serde_json::from_str::<RequestEnvelope>(&line).unwrap(), req);
+        let hello: RequestEnvelope =
+            serde_json::from_str(r#"{"version":1,"command":"hello"}"#).unwrap();
+        assert_eq!(hello.request, Request::Hello);
+        assert!(
+            serde_json::from_str::<RequestEnvelope>(r#"{"version":1,"command":"reboot"}"#).is_err()
+        );
+    }
+}

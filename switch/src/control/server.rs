@@ -1,0 +1,214 @@
+//! Serves the control socket: one thread accepting, one short-lived thread per client.
+//! A bad request gets an error response and is counted; it never touches the frame path.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+
+use super::protocol::*;
+use crate::switch::Switch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot create directory {path} for the control socket: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("control socket {path} is in use by a running switch")]
+    InUse { path: PathBuf },
+    #[error("cannot listen on control socket {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Counts control requests by outcome (exported as metrics).
+#[derive(Debug, Default)]
+pub struct ControlCounters {
+    pub ok: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// Binds the socket now (so a bad path fails before the switch starts) and serves it on a
+/// background thread.
+pub struct ControlServer {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ControlServer {
+    pub fn bind(path: &Path) -> Result<Self, ControlError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| ControlError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        if path.exists() {
+            if UnixStream::connect(path).is_ok() {
+                return Err(ControlError::InUse {
+                    path: path.to_path_buf(),
+                });
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        let listener = UnixListener::bind(path).map_err(|source| ControlError::Bind {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660));
+        Ok(ControlServer {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn spawn(
+        self,
+        switch: Arc<Switch>,
+        counters: Arc<ControlCounters>,
+    ) -> std::io::Result<thread::JoinHandle<()>> {
+        thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                for stream in self.listener.incoming() {
+                    let Ok(stream) = stream else { continue };
+                    let sw = switch.clone();
+                    let counters = counters.clone();
+                    let _ = thread::Builder::new()
+                        .name("control-client".into())
+                        .spawn(move || serve_client(stream, &sw, &counters));
+                }
+            })
+    }
+}
+
+fn serve_client(stream: UnixStream, sw: &Arc<Switch>, counters: &ControlCounters) {
+    let Ok(write_half) = stream.try_clone() else {
+        return;
+    };
+    let mut writer = std::io::BufWriter::new(write_half);
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // Bounded read: a client cannot make us buffer more than MAX_REQUEST_LEN.
+        let n = match (&mut reader)
+            .take(MAX_REQUEST_LEN as u64 + 1)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let response = if n > MAX_REQUEST_LEN {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            let r = Response::error(format!("request longer than {MAX_REQUEST_LEN} bytes"));
+            let _ = write_response(&mut writer, &r);
+            return;
+        } else {
+            let r = handle_line(&line, sw, counters);
+            let counter = if r.ok { &counters.ok } else { &counters.errors };
+            counter.fetch_add(1, Ordering::Relaxed);
+            r
+        };
+        if write_response(&mut writer, &response).is_err() {
+            return;
+        }
+    }
+}
+
+fn write_response(w: &mut impl Write, r: &Response) -> std::io::Result<()> {
+    let mut text = serde_json::to_string(r).unwrap_or_else(|_| "{\"ok\":false}".into());
+    text.push('\n');
+    w.write_all(text.as_bytes())?;
+    w.flush()
+}
+
+/// Parses and executes one request line.
+pub fn handle_line(line: &[u8], sw: &Arc<Switch>, counters: &ControlCounters) -> Response {
+    let text = match std::str::from_utf8(line) {
+        Ok(t) => t.trim(),
+        Err(_) => return Response::error("request is not UTF-8"),
+    };
+    let value: serde_json::Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return Response::error(format!("request is not JSON: {e}")),
+    };
+    match value.get("version").and_then(|v| v.as_u64()) {
+        Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
+        Some(v) => {
+            return Response::error(format!(
+                "protocol version {v} is not supported (this switch speaks {PROTOCOL_VERSION})"
+            ))
+        }
+        None => return Response::error("request has no \"version\" field"),
+    }
+    let envelope: RequestEnvelope = match serde_json::from_value(value) {
+        Ok(e) => e,
+        Err(e) => return Response::error(format!("bad request: {e}")),
+    };
+    execute(envelope.request, sw, counters)
+}
+
+fn execute(request: Request, sw: &Arc<Switch>, counters: &ControlCounters) -> Response {
+    match request {
+        Request::Hello => Response::ok(Hello {
+            protocol: PROTOCOL_VERSION,
+            daemon: format!("patchbay-switch {}", env!("CARGO_PKG_VERSION")),
+        }),
+        Request::ShowPorts => {
+            let ports: PortList = sw.ports().iter().map(|p| p.info()).collect();
+            Response::ok(ports)
+        }
+        Request::ShowMacs { vlan } => {
+            let table = sw.mac_table();
+            let entries = table
+                .snapshot(table.now())
+                .into_iter()
+                .filter(|e| vlan.is_none_or(|v| v == e.vlan))
+                .collect();
+            Response::ok(MacTableInfo {
+                entries,
+                capacity: table.max_entries(),
+                aging_secs: table.aging().as_secs(),
+            })
+        }
+        Request::ShowSwitch => {
+            let c = &sw.counters;
+            Response::ok(SwitchInfo {
+                mtu: sw.settings().mtu,
+                ports: sw.ports().len(),
+                mac_entries: sw.mac_table().len(),
+                mac_capacity: sw.mac_table().max_entries(),
+                floods: c.floods.load(Ordering::Relaxed),
+                mac_learned: c.mac_learned.load(Ordering::Relaxed),
+                mac_moved: c.mac_moved.load(Ordering::Relaxed),
+                mac_table_full: c.mac_table_full.load(Ordering::Relaxed),
+                control_errors: counters.errors.load(Ordering::Relaxed),
+                poll_cpus: sw.settings().poll_cpus.clone(),
+            })
+        }
+        Request::AddPort { port } => match sw.add_port(port) {
+            Ok(id) => Response::ok(PortAdded { id }),
+            Err(e) => Response::error(e.to_string()),
+        },
+        Request::DelPort { name } => match sw.remove_port(&name) {
+            Ok(()) => Response::ok(serde_json::Value::Null),
+            Err(e) => Response::error(e.to_string()),
+        },
+        Request::SetVlan { name, vlan } => match sw.set_vlan(&name, &vlan) {
+            Ok(()) => Response::ok(serde_json::Value::Null),
+            Err(e) => Response::error(e.to_string()),
+        },
+    }
+}

@@ -1,0 +1,76 @@
+//! Assembling a running switch from a [`Config`]: everything that can fail (control socket,
+//! metrics listener, every port's socket) is checked or bound before the switch is declared
+//! started, so a bad configuration never leaves a half-started daemon.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::{Config, ConfigError};
+use crate::control::server::{ControlCounters, ControlError, ControlServer};
+use crate::metrics::{MetricsError, MetricsServer};
+use crate::switch::{Switch, SwitchError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Port(#[from] SwitchError),
+    #[error("cannot start background threads: {0}")]
+    Threads(std::io::Error),
+}
+
+/// A running switch and the endpoints it serves.
+pub struct Daemon {
+    pub switch: Arc<Switch>,
+    pub control_socket: PathBuf,
+    pub metrics_addr: Option<SocketAddr>,
+    pub control_counters: Arc<ControlCounters>,
+}
+
+impl Daemon {
+    pub fn start(config: Config) -> Result<Daemon, DaemonError> {
+        config.check()?;
+        let switch = Switch::new(config.settings.clone());
+        for port in &config.ports {
+            switch.check_port(port)?;
+        }
+        let control = ControlServer::bind(&config.control_socket)?;
+        let metrics = config.metrics_listen.map(MetricsServer::bind).transpose()?;
+        let metrics_addr = metrics.as_ref().and_then(|m| m.local_addr());
+        for port in config.ports {
+            if let Err(e) = switch.add_port(port) {
+                switch.shutdown();
+                let _ = std::fs::remove_file(control.path());
+                return Err(e.into());
+            }
+        }
+        switch.start_background().map_err(DaemonError::Threads)?;
+        let control_counters = Arc::new(ControlCounters::default());
+        let control_socket = control.path().to_path_buf();
+        control
+            .spawn(switch.clone(), control_counters.clone())
+            .map_err(DaemonError::Threads)?;
+        if let Some(m) = metrics {
+            m.spawn(switch.clone(), control_counters.clone())
+                .map_err(DaemonError::Threads)?;
+        }
+        Ok(Daemon {
+            switch,
+            control_socket,
+            metrics_addr,
+            control_counters,
+        })
+    }
+
+    /// Disconnects every port and removes the sockets the daemon created.
+    pub fn shutdown(&self) {
+        self.switch.shutdown();
+        let _ = std::fs::remove_file(&self.control_socket);
+    }
+}

@@ -1,0 +1,23 @@
+//! Patchbay's vhost-user switch: ports that guests' virtio-net devices connect to, MAC
+//! learning per VLAN, 802.1Q access and trunk ports, a control socket and Prometheus metrics.
+//!
+//! Where each concept lives:
+//! - `wire`: Ethernet and 802.1Q header views.
+//! - `virtio`: features, the virtio-net header and validated descriptor chains.
+//! - `port`: a port, its vhost-user backend, its connection loop and counters.
+//! - `dataplane`: the frame path between ports.
+//! - `vlan`, `mac_table`: forwarding policy and state.
+//! - `switch`: ports + table + background threads.
+//! - `config`, `control`, `metrics`: how users configure, drive and observe it.
+
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod dataplane;
+pub mod mac_table;
+pub mod metrics;
+pub mod port;
+pub mod switch;
+pub mod virtio;
+pub mod vlan;
+pub mod wire;

@@ -1,0 +1,216 @@
+//! The learning table: which port a MAC address sits behind, per VLAN, with aging and a size
+//! limit.
+//!
+//! Read-mostly: the frame path takes the read lock for lookups and for refreshing a known
+//! entry (an atomic timestamp); only a new or moved address takes the write lock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::vlan::Vid;
+use crate::wire::EthernetAddress;
+
+/// Index of a port in the switch's port table.
+pub type PortId = u16;
+
+struct Entry {
+    port: AtomicU16,
+    /// Seconds since the table's epoch when the address was last seen.
+    last_seen: AtomicU64,
+}
+
+/// What learning a source address did, for counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learned {
+    Refreshed,
+    New,
+    Moved,
+    /// The table is at its limit; the address was not learned (its frames keep flooding).
+    TableFull,
+}
+
+/// One row of the table, as shown to users.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MacEntry {
+    pub vlan: Vid,
+    pub mac: String,
+    pub port: PortId,
+    /// Seconds since the address was last seen.
+    pub age: u64,
+}
+
+/// MAC learning table keyed by (VLAN, address).
+pub struct MacTable {
+    entries: RwLock<HashMap<(Vid, EthernetAddress), Entry>>,
+    max_entries: usize,
+    aging: Duration,
+    epoch: Instant,
+}
+
+impl MacTable {
+    pub fn new(max_entries: usize, aging: Duration) -> Self {
+        MacTable {
+            entries: RwLock::new(HashMap::new()),
+            max_entries,
+            aging,
+            epoch: Instant::now(),
+        }
+    }
+
+    /// The table's clock: whole seconds since it was created.
+    pub fn now(&self) -> u64 {
+        self.epoch.elapsed().as_secs()
+    }
+
+    fn expired(&self, last_seen: u64, now: u64) -> bool {
+        now.saturating_sub(last_seen) >= self.aging.as_secs().max(1)
+    }
+
+    /// Records that `mac` was seen on `port` in `vlan`.
+    pub fn learn(&self, vlan: Vid, mac: EthernetAddress, port: PortId, now: u64) -> Learned {
+        {
+            let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = entries.get(&(vlan, mac)) {
+                if e.port.load(Ordering::Relaxed) == port {
+                    if e.last_seen.load(Ordering::Relaxed) != now {
+                        e.last_seen.store(now, Ordering::Relaxed);
+                    }
+                    return Learned::Refreshed;
+                }
+            }
+        }
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = entries.get(&(vlan, mac)) {
+            let moved = e.port.swap(port, Ordering::Relaxed) != port;
+            e.last_seen.store(now, Ordering::Relaxed);
+            return if moved {
+                Learned::Moved
+            } else {
+                Learned::Refreshed
+            };
+        }
+        if entries.len() >= self.max_entries {
+            // Make room from expired entries before refusing.
+            entries.retain(|_, e| !self.expired(e.last_seen.load(Ordering::Relaxed), now));
+            if entries.len() >= self.max_entries {
+                return Learned::TableFull;
+            }
+        }
+        entries.insert(
+            (vlan, mac),
+            Entry {
+                port: AtomicU16::new(port),
+                last_seen: AtomicU64::new(now),
+            },
+        );
+        Learned::New
+    }
+
+    /// The port `mac` was learned on in `vlan`, unless unknown or aged out.
+    pub fn lookup(&self, vlan: Vid, mac: EthernetAddress, now: u64) -> Option<PortId> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        let e = entries.get(&(vlan, mac))?;
+        if self.expired(e.last_seen.load(Ordering::Relaxed), now) {
+            return None;
+        }
+        Some(e.port.load(Ordering::Relaxed))
+    }
+
+    /// Drops aged-out entries; returns how many.
+    pub fn expire(&self, now: u64) -> usize {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        let before = entries.len();
+        entries.retain(|_, e| !self.expired(e.last_seen.load(Ordering::Relaxed), now));
+        before - entries.len()
+    }
+
+    /// Forgets everything learned on `port` (it went down, was removed or changed VLANs).
+    pub fn flush_port(&self, port: PortId) -> usize {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        let before = entries.len();
+        entries.retain(|_, e| e.port.load(Ordering::Relaxed) != port);
+        before - entries.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn max_entries(&self) -> usize {
+        self.max_entries
+    }
+
+    pub fn aging(&self) -> Duration {
+        self.aging
+    }
+
+    /// A snapshot of live entries, sorted by VLAN then address.
+    pub fn snapshot(&self, now: u64) -> Vec<MacEntry> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        let mut rows: Vec<MacEntry> = entries
+            .iter()
+            .filter(|(_, e)| !self.expired(e.last_seen.load(Ordering::Relaxed), now))
+            .map(|((vlan, mac), e)| MacEntry {
+                vlan: *vlan,
+                mac: mac.to_string(),
+                port: e.port.load(Ordering::Relaxed),
+                age: now.saturating_sub(e.last_seen.load(Ordering::Relaxed)),
+            })
+            .collect();
+        rows.sort_by(|a, b| (a.vlan, &a.mac).cmp(&(b.vlan, &b.mac)));
+        rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0xa]);
+    const B: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0xb]);
+
+    #[test]
+    fn learns_per_vlan_and_moves() {
+        let t = MacTable::new(16, Duration::from_secs(300));
+        assert_eq!(t.learn(10, A, 1, 0), Learned::New);
+        assert_eq!(t.learn(10, A, 1, 1), Learned::Refreshed);
+        assert_eq!(t.lookup(10, A, 1), Some(1));
+        assert_eq!(t.lookup(20, A, 1), None, "learning is per VLAN");
+        assert_eq!(t.learn(10, A, 2, 2), Learned::Moved);
+        assert_eq!(t.lookup(10, A, 2), Some(2));
+    }
+
+    #[test]
+    fn entries_age_out() {
+        let t = MacTable::new(16, Duration::from_secs(300));
+        t.learn(1, A, 1, 0);
+        t.learn(1, B, 2, 200);
+        assert_eq!(t.lookup(1, A, 299), Some(1));
+        assert_eq!(t.lookup(1, A, 300), None);
+        assert_eq!(t.expire(300), 1);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.snapshot(300)[0].age, 100);
+    }
+
+    #[test]
+    fn limit_refuses_new_addresses_until_room_is_made() {
+        let t = MacTable::new(2, Duration::from_secs(10));
+        assert_eq!(t.learn(1, A, 1, 0), Learned::New);
+        assert_eq!(t.learn(1, B, 1, 5), Learned::New);
+        let c = EthernetAddress([2, 0, 0, 0, 0, 0xc]);
+        assert_eq!(t.learn(1, c, 1, 6), Learned::TableFull);
+        assert_eq!(t.lookup(1, c, 6), None);
+        // A ages out at t=10, making room.
+        assert_eq!(t.learn(1, c, 1, 10), Learned::New);
+        assert_eq!(t.flush_port(1), 2);
+        assert!(t.is_empty());
+    }
+}

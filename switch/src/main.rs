@@ -1,0 +1,151 @@
+//! `patchbay-switch`: the vhost-user switch daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use nix::sys::signal::{SigSet, Signal};
+
+use patchbay_switch::config::{parse_metrics_listen, Config};
+use patchbay_switch::daemon::Daemon;
+
+/// A vhost-user virtual switch: each port is a vhost-user socket that a VM's virtio-net
+/// device (QEMU, Patchbay's VMM, ...) connects to. Ports switch frames with MAC learning per
+/// VLAN; access and trunk ports push and pop 802.1Q tags.
+///
+/// Configure ports in a TOML file (--config) and/or with --port flags; flags add to the file.
+/// Drive the running switch with `flowctl`, scrape metrics at http://ADDR/metrics.
+#[derive(Debug, Parser)]
+#[command(name = "patchbay-switch", version, verbatim_doc_comment)]
+struct Args {
+    /// TOML configuration file with [switch], [control], [metrics] and [[port]] tables
+    /// (see README.md).
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Add a port. SPEC is name=NAME,socket=PATH followed by any of mode=server|client
+    /// (server: the switch listens, the default; client: the switch connects and retries
+    /// forever), vlan-mode=access|trunk|native-untagged|native-tagged (default access),
+    /// vlan=VID (access VLAN or native VLAN, default 1), trunks=LIST (e.g. 10,20-29; default
+    /// all), mac=MAC (offered to frontends that read the config space). Repeatable.
+    #[arg(long = "port", value_name = "SPEC")]
+    ports: Vec<String>,
+
+    /// Control socket for flowctl [default: /run/patchbay/control.sock as root, else under
+    /// $XDG_RUNTIME_DIR; or $PATCHBAY_CONTROL].
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
+
+    /// Address for the Prometheus endpoint (GET /metrics), or "off".
+    /// [default: 127.0.0.1:9184]
+    #[arg(long, value_name = "ADDR|off")]
+    metrics_listen: Option<String>,
+
+    /// Serve ports with busy-polling threads pinned to these CPUs (e.g. 1 or 2,3). Without
+    /// it, ports are served when their guests notify, leaving CPU to the guests.
+    #[arg(long, value_name = "CPUS", value_delimiter = ',')]
+    poll_cpus: Option<Vec<usize>>,
+
+    /// Largest L3 payload carried (68-9216) [default: 9000].
+    #[arg(long)]
+    mtu: Option<u32>,
+
+    /// Seconds an idle learned MAC address is kept [default: 300].
+    #[arg(long, value_name = "SECS")]
+    mac_aging: Option<u64>,
+
+    /// Most MAC addresses the learning table holds [default: 8192].
+    #[arg(long, value_name = "N")]
+    mac_table_size: Option<usize>,
+
+    /// Check the configuration and exit without starting.
+    #[arg(long)]
+    check: bool,
+
+    /// Log level: error, warn, info, debug, trace (or RUST_LOG).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn build_config(args: &Args) -> Result<Config, String> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    for spec in &args.ports {
+        config.add_port_flag(spec).map_err(|e| e.to_string())?;
+    }
+    if let Some(p) = &args.control_socket {
+        config.control_socket = p.clone();
+    }
+    if let Some(m) = &args.metrics_listen {
+        config.metrics_listen =
+            parse_metrics_listen(m).map_err(|e| format!("--metrics-listen: {e}"))?;
+    }
+    if let Some(cpus) = &args.poll_cpus {
+        config.settings.poll_cpus = cpus.clone();
+    }
+    if let Some(v) = args.mtu {
+        config.settings.mtu = v;
+    }
+    if let Some(v) = args.mac_aging {
+        config.settings.mac_aging_secs = v;
+    }
+    if let Some(v) = args.mac_table_size {
+        config.settings.mac_table_size = v;
+    }
+    config.check().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(&args.log_level))
+        .format_timestamp_millis()
+        .init();
+
+    let config = match build_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("patchbay-switch: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        println!(
+            "configuration is valid: {} port(s), control socket {}",
+            config.ports.len(),
+            config.control_socket.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+
+    // Block the termination signals in every thread; the main thread waits for them.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    if let Err(e) = signals.thread_block() {
+        eprintln!("patchbay-switch: cannot block signals: {e}");
+        return ExitCode::FAILURE;
+    }
+
+    let daemon = match Daemon::start(config) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("patchbay-switch: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    log::info!(
+        "switch running: {} port(s), control socket {}, metrics {}",
+        daemon.switch.ports().len(),
+        daemon.control_socket.display(),
+        daemon
+            .metrics_addr
+            .map_or("off".to_string(), |a| format!("http://{a}/metrics"))
+    );
+    let signal = signals.wait();
+    log::info!("{:?}: shutting down", signal.ok());
+    daemon.shutdown();
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,253 @@
+//! Prometheus metrics over HTTP. Counters live in atomics on the frame path; a scrape copies
+//! them into a fresh registry and encodes it with the prometheus crate's text encoder, so
+//! the frame path never touches the prometheus types.
+//!
+//! Metrics (all prefixed `patchbay_`):
+//! - `port_rx_packets_total`, `port_rx_bytes_total`: frames the switch accepted from a port.
+//! - `port_tx_packets_total`, `port_tx_bytes_total`: frames the switch delivered to a port.
+//! - `port_drops_total{reason}`: drops by reason (see `port::DropReason`).
+//! - `port_up`: 1 when a frontend is connected and both rings are enabled.
+//! - `port_connects_total`: frontend connections accepted or made.
+//! - `mac_table_entries`, `mac_table_capacity`: learning table size and limit.
+//! - `floods_total`, `mac_learned_total`, `mac_moved_total`, `mac_table_full_total`.
+//! - `control_requests_total{result}`: control socket requests by outcome.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread;
+
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::control::server::ControlCounters;
+use crate::port::DropReason;
+use crate::switch::Switch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("cannot serve metrics on {addr}: {message}")]
+    Bind { addr: SocketAddr, message: String },
+    #[error("cannot encode metrics: {0}")]
+    Encode(#[from] prometheus::Error),
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    let c = IntCounterVec::new(Opts::new(name, help).namespace("patchbay"), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn counter(r: &Registry, name: &str, help: &str, value: u64) -> Result<(), prometheus::Error> {
+    let c = IntCounter::with_opts(Opts::new(name, help).namespace("patchbay"))?;
+    c.inc_by(value);
+    r.register(Box::new(c))
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, value: i64) -> Result<(), prometheus::Error> {
+    let g = IntGauge::with_opts(Opts::new(name, help).namespace("patchbay"))?;
+    g.set(value);
+    r.register(Box::new(g))
+}
+
+/// Renders every metric in the Prometheus text format.
+pub fn render(sw: &Switch, control: &ControlCounters) -> Result<String, MetricsError> {
+    let r = Registry::new();
+    let rx_packets = counter_vec(
+        &r,
+        "port_rx_packets_total",
+        "Frames the switch accepted from the port's guest.",
+        &["port"],
+    )?;
+    let rx_bytes = counter_vec(
+        &r,
+        "port_rx_bytes_total",
+        "Bytes of frames accepted from the port's guest.",
+        &["port"],
+    )?;
+    let tx_packets = counter_vec(
+        &r,
+        "port_tx_packets_total",
+        "Frames the switch delivered to the port's guest.",
+        &["port"],
+    )?;
+    let tx_bytes = counter_vec(
+        &r,
+        "port_tx_bytes_total",
+        "Bytes of frames delivered to the port's guest.",
+        &["port"],
+    )?;
+    let drops = counter_vec(
+        &r,
+        "port_drops_total",
+        "Frames dropped, by port and reason.",
+        &["port", "reason"],
+    )?;
+    let connects = counter_vec(
+        &r,
+        "port_connects_total",
+        "vhost-user frontend connections on the port.",
+        &["port"],
+    )?;
+    let notifications = counter_vec(
+        &r,
+        "port_notifications_total",
+        "Interrupts (call eventfd signals) sent to the port's guest.",
+        &["port"],
+    )?;
+    let up = IntGaugeVec::new(
+        Opts::new(
+            "port_up",
+            "1 when a frontend is connected with both rings enabled.",
+        )
+        .namespace("patchbay"),
+        &["port"],
+    )?;
+    r.register(Box::new(up.clone()))?;
+
+    for port in sw.ports() {
+        let name = port.name.as_str();
+        let c = &port.counters;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        rx_packets
+            .with_label_values(&[name])
+            .inc_by(load(&c.rx_packets));
+        rx_bytes
+            .with_label_values(&[name])
+            .inc_by(load(&c.rx_bytes));
+        tx_packets
+            .with_label_values(&[name])
+            .inc_by(load(&c.tx_packets));
+        tx_bytes
+            .with_label_values(&[name])
+            .inc_by(load(&c.tx_bytes));
+        connects
+            .with_label_values(&[name])
+            .inc_by(load(&c.connects));
+        notifications
+            .with_label_values(&[name])
+            .inc_by(load(&c.notifications));
+        for reason in DropReason::ALL {
+            drops
+                .with_label_values(&[name, reason.label()])
+                .inc_by(c.drops(reason));
+        }
+        let is_up = port.link().is_some_and(|l| l.is_up());
+        up.with_label_values(&[name]).set(i64::from(is_up));
+    }
+
+    let table = sw.mac_table();
+    gauge(
+        &r,
+        "mac_table_entries",
+        "Addresses in the learning table.",
+        table.len() as i64,
+    )?;
+    gauge(
+        &r,
+        "mac_table_capacity",
+        "Most addresses the learning table holds.",
+        table.max_entries() as i64,
+    )?;
+    let sc = &sw.counters;
+    counter(
+        &r,
+        "floods_total",
+        "Frames flooded to every port of their VLAN.",
+        sc.floods.load(Ordering::Relaxed),
+    )?;
+    counter(
+        &r,
+        "mac_learned_total",
+        "Addresses learned.",
+        sc.mac_learned.load(Ordering::Relaxed),
+    )?;
+    counter(
+        &r,
+        "mac_moved_total",
+        "Learned addresses that moved to another port.",
+        sc.mac_moved.load(Ordering::Relaxed),
+    )?;
+    counter(
+        &r,
+        "mac_table_full_total",
+        "Addresses not learned because the table was full.",
+        sc.mac_table_full.load(Ordering::Relaxed),
+    )?;
+    let requests = counter_vec(
+        &r,
+        "control_requests_total",
+        "Control socket requests by outcome.",
+        &["result"],
+    )?;
+    requests
+        .with_label_values(&["ok"])
+        .inc_by(control.ok.load(Ordering::Relaxed));
+    requests
+        .with_label_values(&["error"])
+        .inc_by(control.errors.load(Ordering::Relaxed));
+
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&r.gather(), &mut out)?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The bound HTTP listener, ready to serve.
+pub struct MetricsServer {
+    server: tiny_http::Server,
+}
+
+impl MetricsServer {
+    /// Binds now, so a bad address fails before the switch starts.
+    pub fn bind(addr: SocketAddr) -> Result<Self, MetricsError> {
+        tiny_http::Server::http(addr)
+            .map(|server| MetricsServer { server })
+            .map_err(|e| MetricsError::Bind {
+                addr,
+                message: e.to_string(),
+            })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.server.server_addr().to_ip()
+    }
+
+    /// Serves `/metrics` on a background thread.
+    pub fn spawn(
+        self,
+        sw: Arc<Switch>,
+        control: Arc<ControlCounters>,
+    ) -> std::io::Result<thread::JoinHandle<()>> {
+        thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || {
+                for request in self.server.incoming_requests() {
+                    let url = request.url().split('?').next().unwrap_or("").to_string();
+                    let response = match url.as_str() {
+                        "/metrics" => match render(&sw, &control) {
+                            Ok(text) => tiny_http::Response::from_string(text).with_header(
+                                tiny_http::Header::from_bytes(
+                                    &b"Content-Type"[..],
+                                    &b"text/plain; version=0.0.4; charset=utf-8"[..],
+                                )
+                                .expect("static header is valid"),
+                            ),
+                            Err(e) => tiny_http::Response::from_string(e.to_string())
+                                .with_status_code(500),
+                        },
+                        "/" => tiny_http::Response::from_string(
+                            "patchbay-switch: metrics at /metrics\n",
+                        ),
+                        _ => tiny_http::Response::from_string("not found\n").with_status_code(404),
+                    };
+                    let _ = request.respond(response);
+                }
+            })
+    }
+}

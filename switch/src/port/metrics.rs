@@ -1,0 +1,131 @@
+//! Per-port counters, written on the frame path with relaxed atomics and read by the metrics
+//! endpoint and the control socket. Directions are the switch's: `rx` is what the switch
+//! received from the port (the guest transmitted), `tx` is what it delivered to the port.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a frame was dropped. Each reason is a separate counter and metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// The destination guest had no receive buffer posted (counted on the egress port).
+    NoBuffer,
+    /// A malformed descriptor chain: loop, bad index, out-of-range buffer, wrong direction,
+    /// zero length (counted on the port whose guest wrote it).
+    BadDescriptor,
+    /// The port's VLAN policy refused the frame at ingress.
+    VlanFilter,
+    /// Larger than the switch's frame limit, or than the receiving guest's buffer when
+    /// buffers cannot be merged. Never truncated.
+    TooBig,
+    /// Shorter than its own L2 header.
+    Runt,
+    /// Learned destination is the port it came from.
+    Hairpin,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 6] = [
+        DropReason::NoBuffer,
+        DropReason::BadDescriptor,
+        DropReason::VlanFilter,
+        DropReason::TooBig,
+        DropReason::Runt,
+        DropReason::Hairpin,
+    ];
+
+    /// The label used in metrics and flowctl.
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::NoBuffer => "no-buffer",
+            DropReason::BadDescriptor => "bad-descriptor",
+            DropReason::VlanFilter => "vlan-filter",
+            DropReason::TooBig => "too-big",
+            DropReason::Runt => "runt",
+            DropReason::Hairpin => "hairpin",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Counters of one port. They survive reconnects: they describe the port, not a connection.
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    /// Frames received from the guest and accepted for switching.
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    /// Frames written into the guest's receive ring.
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    /// Frames dropped, indexed by [`DropReason`].
+    drops: [AtomicU64; DropReason::ALL.len()],
+    /// Times a frontend connected to this port.
+    pub connects: AtomicU64,
+    /// Interrupts (call eventfd writes) sent to the guest.
+    pub notifications: AtomicU64,
+}
+
+impl PortCounters {
+    pub fn count_rx(&self, bytes: u64) {
+        self.rx_packets.fetch_add(1, Ordering::Relaxed);
+        self.rx_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn count_tx(&self, bytes: u64) {
+        self.tx_packets.fetch_add(1, Ordering::Relaxed);
+        self.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn drop(&self, reason: DropReason, n: u64) {
+        self.drops[reason.index()].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()].load(Ordering::Relaxed)
+    }
+
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CounterSnapshot {
+            rx_packets: load(&self.rx_packets),
+            rx_bytes: load(&self.rx_bytes),
+            tx_packets: load(&self.tx_packets),
+            tx_bytes: load(&self.tx_bytes),
+            drops: DropReason::ALL
+                .iter()
+                .map(|r| (r.label().to_string(), self.drops(*r)))
+                .collect(),
+            connects: load(&self.connects),
+            notifications: load(&self.notifications),
+        }
+    }
+}
+
+/// Counter values at one instant, as sent over the control socket.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterSnapshot {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// (reason label, count), in [`DropReason::ALL`] order.
+    pub drops: Vec<(String, u64)>,
+    pub connects: u64,
+    pub notifications: u64,
+}
+
+impl CounterSnapshot {
+    pub fn drop_count(&self, label: &str) -> u64 {
+        self.drops
+            .iter()
+            .find(|(l, _)| l == label)
+            .map_or(0, |(_, n)| *n)
+    }
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().map(|(_, n)| n).sum()
+    }
+}

@@ -1,0 +1,320 @@
+//! A switch port: one vhost-user socket, its VLAN policy, its counters, and (while a frontend
+//! is connected) the link the frame path reads and writes through.
+//!
+//! - `backend.rs`: the vhost-user device side (features, config space, ring events).
+//! - `connection.rs`: accepting or dialling frontends, forever, with backoff.
+//! - `metrics.rs`: the port's counters and drop reasons.
+
+pub mod backend;
+pub mod connection;
+pub mod metrics;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use vhost_user_backend::{VringRwLock, VringT};
+use virtio_queue::QueueT;
+use vm_memory::GuestMemoryAtomic;
+
+use crate::dataplane::TxScratch;
+use crate::mac_table::PortId;
+use crate::virtio::features::{feature_names, net_header_len};
+use crate::virtio::GuestMemory;
+use crate::vlan::{VlanConfig, VlanMode};
+use crate::wire::EthernetAddress;
+pub use metrics::{CounterSnapshot, DropReason, PortCounters};
+
+/// Which side of the vhost-user socket listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectMode {
+    /// The switch listens on the socket; the VMM connects (QEMU's default `-chardev socket`).
+    #[default]
+    Server,
+    /// The VMM listens (`server=on`); the switch connects and keeps reconnecting with backoff.
+    Client,
+}
+
+/// A port as the user describes it (config file, `--port` flag, control socket).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    /// Unique name, shown in flowctl and metrics.
+    pub name: String,
+    /// Path of the vhost-user unix socket.
+    pub socket: PathBuf,
+    /// `server` (default: the switch listens) or `client` (the switch connects).
+    #[serde(default)]
+    pub mode: ConnectMode,
+    /// MAC address offered in the device's config space (used by frontends that ask, such as
+    /// Patchbay's own VMM; QEMU uses its own `mac=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// VLAN policy: access (default, VLAN 1), trunk, native-untagged, native-tagged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan_mode: Option<String>,
+    /// Access VLAN, or native VLAN of a native-* trunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    /// Trunk's allowed VLANs: "all" (default) or a list like "10,20-29".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trunks: Option<String>,
+}
+
+/// A port configuration that does not make sense, with the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}`: {message}")]
+pub struct PortConfigError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl PortConfig {
+    pub fn vlan_config(&self) -> VlanConfig {
+        VlanConfig {
+            mode: self.vlan_mode.clone().unwrap_or_else(|| "access".into()),
+            vlan: self.vlan,
+            trunks: self.trunks.clone(),
+        }
+    }
+
+    /// Checks every field; the first problem is reported with its field name.
+    pub fn validate(&self) -> Result<(VlanMode, Option<EthernetAddress>), PortConfigError> {
+        let err = |field, message: String| PortConfigError { field, message };
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(err(
+                "name",
+                format!(
+                    "'{}' must be non-empty and use only letters, digits, '-', '_' and '.'",
+                    self.name
+                ),
+            ));
+        }
+        if self.socket.as_os_str().is_empty() {
+            return Err(err("socket", "must be a path".into()));
+        }
+        // sun_path holds 108 bytes including the terminating NUL.
+        if self.socket.as_os_str().len() > 107 {
+            return Err(err(
+                "socket",
+                format!("path is longer than 107 bytes: {}", self.socket.display()),
+            ));
+        }
+        let mac = self
+            .mac
+            .as_deref()
+            .map(|m| m.parse::<EthernetAddress>())
+            .transpose()
+            .map_err(|e| err("mac", e.to_string()))?;
+        if mac.is_some_and(|m| m.is_multicast()) {
+            return Err(err("mac", "must be a unicast address".into()));
+        }
+        let vlan = self.vlan_config().to_mode().map_err(|e| {
+            let field = match e {
+                crate::vlan::VlanParseError::UnknownMode(_) => "vlan_mode",
+                crate::vlan::VlanParseError::Missing { .. } => "vlan",
+                _ if self.trunks.is_some() && self.vlan.is_none() => "trunks",
+                _ => "vlan",
+            };
+            err(field, e.to_string())
+        })?;
+        Ok((vlan, mac))
+    }
+}
+
+/// Where a port's connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    /// Server mode, waiting for a frontend.
+    Listening,
+    /// Client mode, dialling the frontend's socket (with backoff).
+    Connecting,
+    /// A frontend is connected (rings may still be coming up).
+    Connected,
+    /// The port was removed and is shutting down.
+    Removed,
+}
+
+/// The dataplane's handle on one connected frontend: its memory, its two rings, what it
+/// negotiated. Replaced on every reconnect; the port outlives it.
+pub struct Link {
+    pub mem: GuestMemoryAtomic<GuestMemory>,
+    /// Queue 0: the guest's receive ring (the switch writes into it).
+    pub rx: VringRwLock<GuestMemoryAtomic<GuestMemory>>,
+    /// Queue 1: the guest's transmit ring (the switch reads from it).
+    pub tx: VringRwLock<GuestMemoryAtomic<GuestMemory>>,
+    pub features: Arc<AtomicU64>,
+    /// Work space of whoever drains this link's TX ring; locked after the TX ring.
+    pub tx_scratch: Mutex<TxScratch>,
+}
+
+impl Link {
+    pub fn features(&self) -> u64 {
+        self.features.load(Ordering::Acquire)
+    }
+    /// Both rings are set up and enabled by the frontend.
+    pub fn is_up(&self) -> bool {
+        let ready = |v: &VringRwLock<_>| {
+            let s = v.get_ref();
+            s.get_queue().ready() && s.is_enabled()
+        };
+        ready(&self.rx) && ready(&self.tx)
+    }
+}
+
+/// One port of the switch.
+pub struct Port {
+    pub id: PortId,
+    pub name: String,
+    pub config: PortConfig,
+    pub mac: Option<EthernetAddress>,
+    vlan: RwLock<Arc<VlanMode>>,
+    pub counters: PortCounters,
+    link: RwLock<Option<Arc<Link>>>,
+    state: Mutex<(LinkState, SystemTime)>,
+    removed: AtomicBool,
+    /// Closes the current vhost-user connection (port removal).
+    shutdown: Mutex<Option<vhost_user_backend::ShutdownHandle>>,
+}
+
+impl Port {
+    pub fn new(id: PortId, config: PortConfig) -> Result<Self, PortConfigError> {
+        let (vlan, mac) = config.validate()?;
+        let initial = match config.mode {
+            ConnectMode::Server => LinkState::Listening,
+            ConnectMode::Client => LinkState::Connecting,
+        };
+        Ok(Port {
+            id,
+            name: config.name.clone(),
+            config,
+            mac,
+            vlan: RwLock::new(Arc::new(vlan)),
+            counters: PortCounters::default(),
+            link: RwLock::new(None),
+            state: Mutex::new((initial, SystemTime::now())),
+            removed: AtomicBool::new(false),
+            shutdown: Mutex::new(None),
+        })
+    }
+
+    pub fn vlan(&self) -> Arc<VlanMode> {
+        self.vlan.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_vlan(&self, mode: VlanMode) {
+        *self.vlan.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(mode);
+    }
+
+    /// The current link, if a frontend has brought its rings up.
+    pub fn link(&self) -> Option<Arc<Link>> {
+        self.link.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn has_link(&self) -> bool {
+        self.link
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Read access to the link without cloning the Arc (frame path).
+    pub fn with_link<R>(&self, f: impl FnOnce(&Link) -> R) -> Option<R> {
+        let guard = self.link.read().unwrap_or_else(|p| p.into_inner());
+        guard.as_deref().map(f)
+    }
+
+    pub(crate) fn attach(&self, link: Arc<Link>) {
+        *self.link.write().unwrap_or_else(|p| p.into_inner()) = Some(link);
+    }
+
+    pub(crate) fn detach(&self) {
+        *self.link.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    pub fn state(&self) -> (LinkState, SystemTime) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn set_state(&self, s: LinkState) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.0 != s {
+            *st = (s, SystemTime::now());
+        }
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    /// Marks the port removed and closes its connection; its supervisor thread then exits.
+    pub(crate) fn mark_removed(&self) {
+        self.removed.store(true, Ordering::Release);
+        self.set_state(LinkState::Removed);
+        if let Some(h) = self
+            .shutdown
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            h.shutdown();
+        }
+        connection::wake(self);
+    }
+
+    pub(crate) fn set_shutdown(&self, h: Option<vhost_user_backend::ShutdownHandle>) {
+        *self.shutdown.lock().unwrap_or_else(|p| p.into_inner()) = h;
+    }
+
+    /// A description for the control socket.
+    pub fn info(&self) -> PortInfo {
+        let (state, since) = self.state();
+        let link = self.link();
+        let features = link.as_ref().map_or(0, |l| l.features());
+        PortInfo {
+            id: self.id,
+            name: self.name.clone(),
+            socket: self.config.socket.display().to_string(),
+            mode: self.config.mode,
+            state,
+            since_secs: since.elapsed().map_or(0, |d| d.as_secs()),
+            rings_up: link.as_ref().is_some_and(|l| l.is_up()),
+            vlan: self.vlan().describe(),
+            features,
+            feature_names: feature_names(features)
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            header_len: link.as_ref().map(|_| net_header_len(features)),
+            counters: self.counters.snapshot(),
+        }
+    }
+}
+
+/// A port as shown by `flowctl show ports`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortInfo {
+    pub id: PortId,
+    pub name: String,
+    pub socket: String,
+    pub mode: ConnectMode,
+    pub state: LinkState,
+    pub since_secs: u64,
+    /// Both rings set up and enabled: frames can flow.
+    pub rings_up: bool,
+    pub vlan: VlanConfig,
+    /// Negotiated virtio feature bits (0 when nothing is connected).
+    pub features: u64,
+    pub feature_names: Vec<String>,
+    pub header_len: Option<usize>,
+    pub counters: CounterSnapshot,
+}

@@ -1,0 +1,320 @@
+//! The switch: its ports, its learning table, its settings, and the threads that keep them
+//! going (port supervisors, table aging, optional pollers).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::thread;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::mac_table::{MacTable, PortId};
+use crate::port::{connection, Port, PortConfig, PortConfigError};
+use crate::vlan::VlanConfig;
+
+/// Switch-wide settings (the `[switch]` table of the config file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Largest L3 payload carried, in bytes (frames up to mtu + 18 with a VLAN tag).
+    pub mtu: u32,
+    /// Most addresses the learning table holds; beyond it new addresses keep flooding.
+    pub mac_table_size: usize,
+    /// Seconds an idle learned address is kept.
+    pub mac_aging_secs: u64,
+    /// CPUs to run busy-polling threads on. Empty (the default): no pollers; each port is
+    /// served when its guest kicks, which leaves the CPU to the guests.
+    pub poll_cpus: Vec<usize>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            mtu: 9000,
+            mac_table_size: 8192,
+            mac_aging_secs: 300,
+            poll_cpus: Vec::new(),
+        }
+    }
+}
+
+impl Settings {
+    /// Largest frame accepted from a guest: MTU + Ethernet header + one 802.1Q tag.
+    pub fn max_frame_len(&self) -> u32 {
+        self.mtu + 14 + 4
+    }
+    pub fn is_polled(&self) -> bool {
+        !self.poll_cpus.is_empty()
+    }
+}
+
+/// Switch-wide counters.
+#[derive(Debug, Default)]
+pub struct SwitchCounters {
+    /// Frames sent to every port of their VLAN (unknown unicast, broadcast, multicast).
+    pub floods: AtomicU64,
+    pub mac_learned: AtomicU64,
+    pub mac_moved: AtomicU64,
+    /// Addresses not learned because the table was full.
+    pub mac_table_full: AtomicU64,
+}
+
+impl SwitchCounters {
+    pub fn count_flood(&self) {
+        self.floods.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn count_learned(&self) {
+        self.mac_learned.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn count_moved(&self) {
+        self.mac_moved.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn count_table_full(&self) {
+        self.mac_table_full.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A change to the switch that could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    #[error("port '{name}': {source}")]
+    BadPort {
+        name: String,
+        source: PortConfigError,
+    },
+    #[error("a port named '{0}' already exists")]
+    DuplicateName(String),
+    #[error("port '{existing}' already uses socket {socket}")]
+    DuplicateSocket { existing: String, socket: String },
+    #[error("no port named '{0}'")]
+    NoSuchPort(String),
+    #[error("the switch already has the maximum of {0} ports")]
+    TooManyPorts(usize),
+    #[error("cannot start the thread for port '{name}': {source}")]
+    Thread {
+        name: String,
+        source: std::io::Error,
+    },
+}
+
+/// Most ports a switch holds (port numbers 1..=MAX_PORTS).
+pub const MAX_PORTS: usize = 4096;
+
+pub struct Switch {
+    settings: Settings,
+    /// Indexed by port number; slot 0 is never used (port numbers start at 1, as in OpenFlow).
+    ports: RwLock<Vec<Option<Arc<Port>>>>,
+    mac_table: MacTable,
+    supervisors: Mutex<HashMap<PortId, thread::JoinHandle<()>>>,
+    pub counters: SwitchCounters,
+    stopping: AtomicBool,
+}
+
+impl Switch {
+    pub fn new(settings: Settings) -> Arc<Self> {
+        let mac_table = MacTable::new(
+            settings.mac_table_size,
+            Duration::from_secs(settings.mac_aging_secs),
+        );
+        Arc::new(Switch {
+            settings,
+            ports: RwLock::new(vec![None]),
+            mac_table,
+            supervisors: Mutex::new(HashMap::new()),
+            counters: SwitchCounters::default(),
+            stopping: AtomicBool::new(false),
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn mac_table(&self) -> &MacTable {
+        &self.mac_table
+    }
+
+    /// The port table for the length of a batch (indexed by port number).
+    pub fn ports_snapshot(&self) -> RwLockReadGuard<'_, Vec<Option<Arc<Port>>>> {
+        self.ports.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn ports(&self) -> Vec<Arc<Port>> {
+        self.ports_snapshot().iter().flatten().cloned().collect()
+    }
+
+    pub fn port_by_name(&self, name: &str) -> Option<Arc<Port>> {
+        self.ports_snapshot()
+            .iter()
+            .flatten()
+            .find(|p| p.name == name)
+            .cloned()
+    }
+
+    /// Checks a port against the switch's existing ports without adding it.
+    pub fn check_port(&self, config: &PortConfig) -> Result<(), SwitchError> {
+        config.validate().map_err(|source| SwitchError::BadPort {
+            name: config.name.clone(),
+            source,
+        })?;
+        let ports = self.ports_snapshot();
+        for p in ports.iter().flatten() {
+            if p.name == config.name {
+                return Err(SwitchError::DuplicateName(config.name.clone()));
+            }
+            if p.config.socket == config.socket {
+                return Err(SwitchError::DuplicateSocket {
+                    existing: p.name.clone(),
+                    socket: config.socket.display().to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a port and starts serving its socket. Returns its port number.
+    pub fn add_port(self: &Arc<Self>, config: PortConfig) -> Result<PortId, SwitchError> {
+        self.check_port(&config)?;
+        let port = {
+            let mut ports = self.ports.write().unwrap_or_else(|p| p.into_inner());
+            let slot = match ports.iter().skip(1).position(Option::is_none) {
+                Some(i) => i + 1,
+                None if ports.len() <= MAX_PORTS => {
+                    ports.push(None);
+                    ports.len() - 1
+                }
+                None => return Err(SwitchError::TooManyPorts(MAX_PORTS)),
+            };
+            let port = Arc::new(Port::new(slot as PortId, config.clone()).map_err(|source| {
+                SwitchError::BadPort {
+                    name: config.name.clone(),
+                    source,
+                }
+            })?);
+            ports[slot] = Some(port.clone());
+            port
+        };
+        match connection::spawn(self.clone(), port.clone()) {
+            Ok(handle) => {
+                self.supervisors
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(port.id, handle);
+                log::info!("port {} added as port {}", port.name, port.id);
+                Ok(port.id)
+            }
+            Err(source) => {
+                self.ports.write().unwrap_or_else(|p| p.into_inner())[usize::from(port.id)] = None;
+                Err(SwitchError::Thread {
+                    name: port.name.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Disconnects and removes a port; other ports are not touched.
+    pub fn remove_port(&self, name: &str) -> Result<(), SwitchError> {
+        let port = self
+            .port_by_name(name)
+            .ok_or_else(|| SwitchError::NoSuchPort(name.to_string()))?;
+        port.mark_removed();
+        let handle = self
+            .supervisors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&port.id);
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        self.ports.write().unwrap_or_else(|p| p.into_inner())[usize::from(port.id)] = None;
+        self.mac_table.flush_port(port.id);
+        log::info!("port {} removed", port.name);
+        Ok(())
+    }
+
+    /// Changes a port's VLAN policy; addresses it learned under the old policy are forgotten.
+    pub fn set_vlan(&self, name: &str, vlan: &VlanConfig) -> Result<(), SwitchError> {
+        let port = self
+            .port_by_name(name)
+            .ok_or_else(|| SwitchError::NoSuchPort(name.to_string()))?;
+        let mode = vlan.to_mode().map_err(|e| SwitchError::BadPort {
+            name: name.to_string(),
+            source: PortConfigError {
+                field: "vlan",
+                message: e.to_string(),
+            },
+        })?;
+        port.set_vlan(mode);
+        self.mac_table.flush_port(port.id);
+        Ok(())
+    }
+
+    /// Starts the background threads: learning-table aging, and pollers if configured.
+    pub fn start_background(self: &Arc<Self>) -> std::io::Result<()> {
+        let sw = self.clone();
+        thread::Builder::new()
+            .name("mac-aging".into())
+            .spawn(move || {
+                while !sw.stopping.load(Ordering::Acquire) {
+                    thread::sleep(Duration::from_secs(1));
+                    let now = sw.mac_table.now();
+                    sw.mac_table.expire(now);
+                }
+            })?;
+        let pollers = self.settings.poll_cpus.len();
+        for (index, cpu) in self.settings.poll_cpus.iter().copied().enumerate() {
+            let sw = self.clone();
+            thread::Builder::new()
+                .name(format!("poll-{cpu}"))
+                .spawn(move || sw.poll_loop(index, pollers, cpu))?;
+        }
+        Ok(())
+    }
+
+    /// Busy-polls the TX rings of the ports assigned to poller `index` (port number modulo
+    /// the number of pollers).
+    fn poll_loop(&self, index: usize, pollers: usize, cpu: usize) {
+        let mut set = nix::sched::CpuSet::new();
+        if set.set(cpu).is_ok() {
+            if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
+                log::warn!("poller {index}: cannot pin to CPU {cpu}: {e}");
+            }
+        }
+        log::info!("poller {index} running on CPU {cpu}");
+        while !self.stopping.load(Ordering::Acquire) {
+            let mut work = 0;
+            let ports: Vec<Arc<Port>> = self
+                .ports_snapshot()
+                .iter()
+                .flatten()
+                .filter(|p| usize::from(p.id) % pollers == index)
+                .cloned()
+                .collect();
+            for _ in 0..64 {
+                work = 0;
+                for port in &ports {
+                    if let Some(link) = port.link() {
+                        work += crate::dataplane::drain_tx(self, port, &link, false);
+                    }
+                }
+                if work == 0 {
+                    std::hint::spin_loop();
+                }
+            }
+            if work == 0 && ports.iter().all(|p| !p.has_link()) {
+                // Nothing connected: don't burn the CPU.
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Stops background threads and removes every port.
+    pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for port in self.ports() {
+            let _ = self.remove_port(&port.name);
+        }
+    }
+}
