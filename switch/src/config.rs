@@ -249,9 +249,11 @@ pub fn parse_port_flag(spec: &str) -> Result<PortConfig, ConfigError> {
             }
             "vlan-mode" | "vlan_mode" => port.vlan_mode = Some(v),
             "trunks" => port.trunks = Some(v),
-            other => return Err(err(format!(
+            other => {
+                return Err(err(format!(
                 "unknown key '{other}' (expected name, socket, mode, mac, vlan, vlan-mode, trunks)"
-            ))),
+            )))
+            }
         }
     }
     if port.name.is_empty() {

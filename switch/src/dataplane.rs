@@ -7,7 +7,6 @@
 //! is taken once per batch. RX ring locks are leaves (never held while taking another lock),
 //! so there is no lock-order cycle between ports forwarding to each other.
 
-use vhost_user_backend::VringT;
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::GuestAddressSpace;
 
@@ -107,8 +106,8 @@ fn drop_reason(e: &ChainError) -> DropReason {
 /// mode takes one batch and leaves kicks off. Returns the number of chains consumed.
 pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usize {
     let mem = link.mem.memory();
-    let mut txv = link.tx.get_mut();
-    if !txv.get_queue().ready() || !txv.is_enabled() {
+    let mut txv = link.tx.lock().unwrap_or_else(|p| p.into_inner());
+    if !txv.usable() {
         return 0;
     }
     let header_len = net_header_len(link.features());
@@ -117,12 +116,12 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usiz
     let mut consumed = 0;
     loop {
         if event_mode {
-            let _ = txv.get_queue_mut().disable_notification(&*mem);
+            let _ = txv.queue.disable_notification(&*mem);
         }
         scratch.clear();
         let mut popped = 0;
         {
-            let queue = txv.get_queue_mut();
+            let queue = &mut txv.queue;
             while popped < BATCH {
                 let chain = match queue.iter(&*mem) {
                     Ok(mut it) => it.next(),
@@ -150,7 +149,7 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usiz
         }
         if popped > 0 {
             switch_batch(sw, port, &mem, &mut scratch);
-            let queue = txv.get_queue_mut();
+            let queue = &mut txv.queue;
             for head in scratch
                 .frames
                 .iter()
@@ -160,12 +159,11 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usiz
                 // A head outside the queue cannot be returned: nothing else to do with it.
                 let _ = queue.add_used(&*mem, head, 0);
             }
-            if queue.needs_notification(&*mem).unwrap_or(true) {
-                if txv.signal_used_queue().is_ok() {
-                    port.counters
-                        .notifications
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
+            let notify = queue.needs_notification(&*mem).unwrap_or(true);
+            if notify && txv.signal() {
+                port.counters
+                    .notifications
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             consumed += popped;
         }
@@ -174,7 +172,7 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usiz
                 break;
             }
             // Re-arm; if the guest added chains meanwhile, go round again.
-            match txv.get_queue_mut().enable_notification(&*mem) {
+            match txv.queue.enable_notification(&*mem) {
                 Ok(true) => continue,
                 _ => break,
             }
@@ -285,8 +283,8 @@ fn deliver(
     rx: &mut RxReservation,
 ) {
     let dst_mem = link.mem.memory();
-    let mut rxv = link.rx.get_mut();
-    if !rxv.get_queue().ready() || !rxv.is_enabled() {
+    let mut rxv = link.rx.lock().unwrap_or_else(|p| p.into_inner());
+    if !rxv.usable() {
         dst.counters.drop(DropReason::NoBuffer, group.len() as u64);
         return;
     }
@@ -296,7 +294,7 @@ fn deliver(
     let mut bad_chains = 0u64;
     let mut delivered = 0u64;
     {
-        let queue = rxv.get_queue_mut();
+        let queue = &mut rxv.queue;
         for d in group {
             let frame = &frames[usize::from(d.frame)];
             let out_len = d.rewrite.out_len(frame.frame_len);
@@ -338,8 +336,8 @@ fn deliver(
         dst.counters.drop(DropReason::BadDescriptor, bad_chains);
     }
     if delivered > 0 || bad_chains > 0 {
-        let queue = rxv.get_queue_mut();
-        if queue.needs_notification(&*dst_mem).unwrap_or(true) && rxv.signal_used_queue().is_ok() {
+        let notify = rxv.queue.needs_notification(&*dst_mem).unwrap_or(true);
+        if notify && rxv.signal() {
             dst.counters
                 .notifications
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -209,6 +209,47 @@ fn exchange(a: &mut TestPort, b: &mut TestPort, size: usize, count: u32, window:
     );
 }
 
+/// One frame at a time a -> b: the receiver has to sleep on its call eventfd, so this proves
+/// the backend honours used_event / NO_INTERRUPT and signals.
+fn ping_pong(a: &mut TestPort, b: &mut TestPort, n: u32) {
+    let calls0 = b.stats().calls;
+    let t0 = Instant::now();
+    for i in 0..n {
+        a.send(&frame(0, i, 64)).expect("send");
+        assert_eq!(recv_data(b, "ping"), frame(0, i, 64));
+    }
+    let calls = b.stats().calls - calls0;
+    println!(
+        "  ping-pong: {n} frames one at a time, {:?} per frame, receiver woken by {calls} calls",
+        t0.elapsed() / n
+    );
+}
+
+/// The receiver blocks in `recv` on another thread before the frame is sent, so it can only
+/// return through a call from the backend.
+fn wake_up(a: &mut TestPort, b: &mut TestPort) {
+    for i in 0..20 {
+        let calls0 = b.stats().calls;
+        let (f, waited) = std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let t0 = Instant::now();
+                let f = b.recv(Duration::from_secs(5));
+                (f, t0.elapsed())
+            });
+            std::thread::sleep(Duration::from_millis(20));
+            a.send(&frame(0, i, 64)).expect("send");
+            waiter.join().expect("receiver thread")
+        });
+        assert_eq!(f.expect("recv"), Some(frame(0, i, 64)));
+        assert!(
+            waited >= Duration::from_millis(15),
+            "did not block: {waited:?}"
+        );
+        assert!(b.stats().calls > calls0, "returned without a call");
+    }
+    println!("  wake-up: 20 receivers blocked in recv, each woken by the backend's call");
+}
+
 fn describe(name: &str, p: &TestPort) {
     let s = p.stats();
     println!(
@@ -269,7 +310,9 @@ fn testpmd_default_config() {
         "default (1 region, contiguous TX, all features)",
         |_, _| {},
         64,
-        |a, _| {
+        |a, b| {
+            ping_pong(a, b, 1000);
+            wake_up(a, b);
             assert_eq!(a.header_len(), 12);
             match a.get_config(0, 6) {
                 Ok(mac) => println!("  GET_CONFIG mac: {mac:02x?}"),
@@ -316,6 +359,30 @@ fn testpmd_four_regions_mixed_layouts() {
             println!("  raw 3-descriptor chain over regions 0/2/3 returned, used len {used:?}");
             assert!(used.is_some());
             assert_eq!(recv_data(b, "raw"), f);
+
+            // Raw RX: let b's ring run dry, then post one hand-made buffer in region 3.
+            b.set_rx_consumption(false).unwrap();
+            let mut i = 0;
+            while b.rx_posted() > 0 {
+                a.send(&frame(0, i, 64)).unwrap();
+                assert_eq!(recv_data(b, "drain"), frame(0, i, 64));
+                i += 1;
+            }
+            let f = frame(0, 777, 600);
+            let mut raw = b.raw_rx();
+            let buf = raw.alloc_in_region(3, 2048).unwrap();
+            raw.set_desc(5, RawDesc::new(buf, 2048, VRING_DESC_F_WRITE))
+                .unwrap();
+            raw.push(5).unwrap();
+            raw.kick().unwrap();
+            a.send(&f).unwrap();
+            let mut raw = b.raw_rx();
+            let len = raw.wait_used(5, Duration::from_secs(5)).unwrap();
+            assert_eq!(len, Some((hl + f.len()) as u32));
+            assert_eq!(raw.read(buf + hl as u64, f.len()).unwrap(), f);
+            println!("  raw RX buffer in region 3 filled by the backend, used len {len:?}");
+            b.set_rx_consumption(true).unwrap();
+            exchange(a, b, 64, 100, 50);
         },
     );
 }
@@ -347,11 +414,13 @@ fn testpmd_without_event_idx_or_protocol_features() {
         "no EVENT_IDX (ring flags), no PROTOCOL_FEATURES (no SET_VRING_ENABLE)",
         |c, _| c.features = VERSION_1 | NET_F_MRG_RXBUF | RING_INDIRECT_DESC,
         64,
-        |a, _| {
+        |a, b| {
             assert_eq!(
                 a.features() & (RING_EVENT_IDX | VHOST_USER_F_PROTOCOL_FEATURES),
                 0
-            )
+            );
+            ping_pong(a, b, 1000);
+            wake_up(a, b);
         },
     );
 }

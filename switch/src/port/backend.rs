@@ -1,94 +1,123 @@
-//! The vhost-user device side of a port, one instance per frontend connection: what the
-//! device offers, its config space, and what happens when a ring is kicked.
+//! The vhost-user device side of a port for one frontend connection: features, memory
+//! table, ring setup, config space. The `vhost` crate parses the messages and calls us.
 //!
-//! The vhost-user protocol itself (memory tables, ring addresses, eventfds) is handled by
-//! `vhost-user-backend`; this type answers its questions and hands the rings to the frame path.
+//! Why not `vhost-user-backend`'s handler: QEMU's virtio-net sends SET_VRING_ENABLE before
+//! SET_FEATURES (it enables queue pairs as the device is realised), and both that handler and
+//! its daemon loop treat the message as fatal and drop the connection. Owning the handler
+//! lets the connection loop tolerate it (QEMU re-sends the enable after SET_FEATURES) and
+//! gives the frame path direct access to the rings.
 
-use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::fs::File;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost_user_backend::{VhostUserBackend, VringRwLock};
-use vm_memory::GuestMemoryAtomic;
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
+    VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
+    VhostUserSharedMsg, VhostUserSingleMemoryRegion, VhostUserVringAddrFlags, VhostUserVringState,
 };
+use vhost::vhost_user::{
+    Error as VhostError, GpuBackend, Result as VhostResult, VhostUserBackendReqHandlerMut,
+};
+use vhost::VhostUserMemoryRegionBase;
+use virtio_queue::QueueT;
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestRegionMmap};
+use vmm_sys_util::eventfd::EventFd;
 
+use super::ring::RingState;
 use super::{Link, Port};
-use crate::dataplane::{self, TxScratch};
-use crate::switch::Switch;
+use crate::virtio::features::{event_idx, VHOST_USER_F_PROTOCOL_FEATURES};
 use crate::virtio::{GuestMemory, OFFERED_FEATURES};
 
 /// Queue indices of a virtio-net device with one queue pair.
-pub const RX_QUEUE: u16 = 0;
-pub const TX_QUEUE: u16 = 1;
-const NUM_QUEUES: usize = 2;
+pub const RX_QUEUE: u32 = 0;
+pub const TX_QUEUE: u32 = 1;
+const NUM_QUEUES: u64 = 2;
 /// Largest ring a frontend may configure (QEMU allows up to 1024).
 pub const MAX_QUEUE_SIZE: usize = 1024;
+/// Memory slots offered with CONFIGURE_MEM_SLOTS.
+const MAX_MEM_SLOTS: u64 = 32;
 
 /// `VIRTIO_NET_S_LINK_UP` in the config space's status field.
 const VIRTIO_NET_S_LINK_UP: u16 = 1;
 
-pub struct PortBackend {
-    port: Arc<Port>,
-    switch: Arc<Switch>,
-    mem: GuestMemoryAtomic<GuestMemory>,
-    features: Arc<AtomicU64>,
-    attached: AtomicBool,
-    /// Rings are drained by poller threads; kicks only need acknowledging.
-    polled: bool,
-    /// Serialises attaching (the worker thread and a poller may race on the first event).
-    attach_lock: Mutex<()>,
+/// Where a frontend's virtual address range sits in guest-physical memory (SET_VRING_ADDR
+/// carries frontend virtual addresses).
+#[derive(Debug, Clone, Copy)]
+struct Mapping {
+    vmm_addr: u64,
+    size: u64,
+    gpa: u64,
 }
 
-impl PortBackend {
-    pub fn new(port: Arc<Port>, switch: Arc<Switch>) -> Self {
-        let polled = switch.settings().is_polled();
-        PortBackend {
+pub struct DeviceHandler {
+    port: Arc<Port>,
+    link: Arc<Link>,
+    mappings: Vec<Mapping>,
+    acked_protocol_features: u64,
+    /// Tells the kick thread that kick fds or ring states changed.
+    rings_changed: Arc<EventFd>,
+}
+
+fn invalid(what: &'static str) -> VhostError {
+    VhostError::InvalidOperation(what)
+}
+
+impl DeviceHandler {
+    pub fn new(port: Arc<Port>, link: Arc<Link>, rings_changed: Arc<EventFd>) -> Self {
+        DeviceHandler {
             port,
-            switch,
-            mem: GuestMemoryAtomic::new(GuestMemory::new()),
-            features: Arc::new(AtomicU64::new(0)),
-            attached: AtomicBool::new(false),
-            polled,
-            attach_lock: Mutex::new(()),
+            link,
+            mappings: Vec::new(),
+            acked_protocol_features: 0,
+            rings_changed,
         }
     }
 
-    /// The memory handle shared with `vhost-user-backend`: it swaps the map inside on every
-    /// SET_MEM_TABLE, and the frame path sees the new one on its next batch.
-    pub fn memory(&self) -> GuestMemoryAtomic<GuestMemory> {
-        self.mem.clone()
+    fn ring(&self, index: u32) -> VhostResult<std::sync::MutexGuard<'_, RingState>> {
+        match index {
+            RX_QUEUE => Ok(self.link.rx.lock().unwrap_or_else(|p| p.into_inner())),
+            TX_QUEUE => Ok(self.link.tx.lock().unwrap_or_else(|p| p.into_inner())),
+            _ => Err(VhostError::InvalidParam),
+        }
     }
 
-    /// Publishes this connection's rings to the frame path the first time they are seen.
-    fn attach(&self, vrings: &[VringRwLock<GuestMemoryAtomic<GuestMemory>>]) {
-        if self.attached.load(Ordering::Acquire) || vrings.len() < NUM_QUEUES {
-            return;
-        }
-        let _guard = self.attach_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if self.attached.load(Ordering::Acquire) {
-            return;
-        }
-        self.port.attach(Arc::new(Link {
-            mem: self.mem.clone(),
-            rx: vrings[RX_QUEUE as usize].clone(),
-            tx: vrings[TX_QUEUE as usize].clone(),
-            features: self.features.clone(),
-            tx_scratch: Mutex::new(TxScratch::default()),
-        }));
-        self.attached.store(true, Ordering::Release);
-        log::info!("port {}: rings attached", self.port.name);
+    fn notify_rings_changed(&self) {
+        let _ = self.rings_changed.write(1);
     }
 
-    /// The MAC offered in config space: the configured one, or a stable locally administered
-    /// address derived from the port name.
+    fn vmm_va_to_gpa(&self, va: u64) -> VhostResult<u64> {
+        self.mappings
+            .iter()
+            .find(|m| va >= m.vmm_addr && va - m.vmm_addr < m.size)
+            .map(|m| m.gpa + (va - m.vmm_addr))
+            .ok_or(VhostError::InvalidParam)
+    }
+
+    /// Starts a ring once it has a kick fd and addresses: the used index continues from what
+    /// the guest's used ring says (it may have run with another backend before).
+    fn start_ring(&self, index: u32) -> VhostResult<()> {
+        let mem = self.link.mem.memory();
+        let mut ring = self.ring(index)?;
+        ring.started = true;
+        ring.queue.set_ready(true);
+        if ring.queue.is_valid(&*mem) {
+            if let Ok(used) = ring.queue.used_idx(&*mem, Ordering::Acquire) {
+                ring.queue.set_next_used(used.0);
+            }
+        }
+        if index == RX_QUEUE {
+            // Frames are never queued waiting for RX buffers, so RX kicks are not needed.
+            let _ = ring.queue.disable_notification(&*mem);
+        }
+        Ok(())
+    }
+
     fn config_mac(&self) -> [u8; 6] {
         if let Some(mac) = self.port.mac {
             return mac.0;
         }
+        // A stable locally administered address derived from the port name (FNV-1a).
         let h = self
             .port
             .name
@@ -99,80 +128,316 @@ impl PortBackend {
         let b = h.to_be_bytes();
         [0x02, 0x50, 0x42, b[0], b[1], b[2]]
     }
+
+    fn map_region(
+        region_file: File,
+        mmap: &impl RegionMmap,
+        gpa: u64,
+    ) -> VhostResult<GuestRegionMmap<()>> {
+        let mapping = mmap.mmap(region_file)?;
+        GuestRegionMmap::new(mapping, GuestAddress(gpa)).ok_or(VhostError::InvalidParam)
+    }
 }
 
-impl VhostUserBackend for PortBackend {
-    type Bitmap = ();
-    type Vring = VringRwLock<GuestMemoryAtomic<GuestMemory>>;
+/// The two vhost message types that describe a memory region to map.
+trait RegionMmap {
+    fn mmap(&self, file: File) -> VhostResult<vm_memory::MmapRegion<()>>;
+}
+impl RegionMmap for VhostUserMemoryRegion {
+    fn mmap(&self, file: File) -> VhostResult<vm_memory::MmapRegion<()>> {
+        self.mmap_region(file)
+    }
+}
+impl RegionMmap for VhostUserSingleMemoryRegion {
+    fn mmap(&self, file: File) -> VhostResult<vm_memory::MmapRegion<()>> {
+        self.mmap_region(file)
+    }
+}
 
-    fn num_queues(&self) -> usize {
-        NUM_QUEUES
+impl VhostUserBackendReqHandlerMut for DeviceHandler {
+    fn set_owner(&mut self) -> VhostResult<()> {
+        Ok(())
     }
 
-    fn max_queue_size(&self) -> usize {
-        MAX_QUEUE_SIZE
+    fn reset_owner(&mut self) -> VhostResult<()> {
+        self.reset_device()
     }
 
-    fn features(&self) -> u64 {
-        OFFERED_FEATURES
+    fn reset_device(&mut self) -> VhostResult<()> {
+        for index in [RX_QUEUE, TX_QUEUE] {
+            *self.ring(index)? = RingState::default();
+        }
+        self.link.features.store(0, Ordering::Release);
+        self.notify_rings_changed();
+        Ok(())
     }
 
-    fn acked_features(&self, features: u64) {
-        self.features.store(features, Ordering::Release);
+    fn get_features(&mut self) -> VhostResult<u64> {
+        Ok(OFFERED_FEATURES)
+    }
+
+    fn set_features(&mut self, features: u64) -> VhostResult<()> {
+        if features & !OFFERED_FEATURES != 0 {
+            return Err(VhostError::InvalidParam);
+        }
+        self.link.features.store(features, Ordering::Release);
+        let without_protocol = features & VHOST_USER_F_PROTOCOL_FEATURES == 0;
+        for index in [RX_QUEUE, TX_QUEUE] {
+            let mut ring = self.ring(index)?;
+            ring.queue.set_event_idx(event_idx(features));
+            // Without protocol features there is no SET_VRING_ENABLE: rings start enabled.
+            if without_protocol {
+                ring.enabled = true;
+            }
+        }
         log::info!(
-            "port {}: features negotiated {:#x} ({})",
+            "port {}: features negotiated {features:#x} ({})",
             self.port.name,
-            features,
             crate::virtio::features::feature_names(features).join(" ")
         );
+        self.notify_rings_changed();
+        Ok(())
     }
 
-    fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG
+    fn set_mem_table(
+        &mut self,
+        ctx: &[VhostUserMemoryRegion],
+        files: Vec<File>,
+        _postcopy_listening: Option<bool>,
+    ) -> VhostResult<Option<Vec<VhostUserMemoryRegionBase>>> {
+        let mut regions = Vec::with_capacity(ctx.len());
+        let mut mappings = Vec::with_capacity(ctx.len());
+        for (region, file) in ctx.iter().zip(files) {
+            regions.push(Self::map_region(file, region, region.guest_phys_addr)?);
+            mappings.push(Mapping {
+                vmm_addr: region.user_addr,
+                size: region.memory_size,
+                gpa: region.guest_phys_addr,
+            });
+        }
+        let mem = GuestMemory::from_regions(regions).map_err(|_| VhostError::InvalidParam)?;
+        self.link
+            .mem
+            .lock()
+            .map_err(|_| invalid("memory lock poisoned"))?
+            .replace(mem);
+        self.mappings = mappings;
+        Ok(None)
+    }
+
+    fn set_vring_num(&mut self, index: u32, num: u32) -> VhostResult<()> {
+        if num == 0 || num as usize > MAX_QUEUE_SIZE || !num.is_power_of_two() {
+            return Err(VhostError::InvalidParam);
+        }
+        self.ring(index)?.queue.set_size(num as u16);
+        Ok(())
+    }
+
+    fn set_vring_addr(
+        &mut self,
+        index: u32,
+        _flags: VhostUserVringAddrFlags,
+        descriptor: u64,
+        used: u64,
+        available: u64,
+        _log: u64,
+    ) -> VhostResult<()> {
+        let desc = self.vmm_va_to_gpa(descriptor)?;
+        let avail = self.vmm_va_to_gpa(available)?;
+        let used = self.vmm_va_to_gpa(used)?;
+        let mut ring = self.ring(index)?;
+        ring.queue
+            .try_set_desc_table_address(GuestAddress(desc))
+            .map_err(|_| VhostError::InvalidParam)?;
+        ring.queue
+            .try_set_avail_ring_address(GuestAddress(avail))
+            .map_err(|_| VhostError::InvalidParam)?;
+        ring.queue
+            .try_set_used_ring_address(GuestAddress(used))
+            .map_err(|_| VhostError::InvalidParam)?;
+        Ok(())
+    }
+
+    fn set_vring_base(&mut self, index: u32, base: u32) -> VhostResult<()> {
+        let mut ring = self.ring(index)?;
+        ring.queue.set_next_avail(base as u16);
+        ring.queue.set_next_used(base as u16);
+        Ok(())
+    }
+
+    fn get_vring_base(&mut self, index: u32) -> VhostResult<VhostUserVringState> {
+        log::debug!("port {}: ring {index} stopped", self.port.name);
+        let next_avail = {
+            let mut ring = self.ring(index)?;
+            ring.started = false;
+            ring.queue.set_ready(false);
+            ring.kick = None;
+            ring.call = None;
+            ring.queue.next_avail()
+        };
+        self.notify_rings_changed();
+        Ok(VhostUserVringState::new(index, u32::from(next_avail)))
+    }
+
+    fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VhostResult<()> {
+        let index = u32::from(index);
+        log::debug!("port {}: ring {index} kick fd set", self.port.name);
+        if fd.is_none() {
+            log::warn!(
+                "port {}: ring {index} has no kick fd; it is served only by pollers",
+                self.port.name
+            );
+        }
+        self.ring(index)?.kick = fd;
+        self.start_ring(index)?;
+        self.notify_rings_changed();
+        Ok(())
+    }
+
+    fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VhostResult<()> {
+        self.ring(u32::from(index))?.call = fd;
+        Ok(())
+    }
+
+    fn set_vring_err(&mut self, index: u8, _fd: Option<File>) -> VhostResult<()> {
+        self.ring(u32::from(index)).map(|_| ())
+    }
+
+    fn get_protocol_features(&mut self) -> VhostResult<VhostUserProtocolFeatures> {
+        Ok(VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
     }
 
-    fn set_event_idx(&self, _enabled: bool) {
-        // The rings carry the flag themselves (set by vhost-user-backend); the frame path
-        // asks them.
+    fn set_protocol_features(&mut self, features: u64) -> VhostResult<()> {
+        self.acked_protocol_features = features;
+        Ok(())
     }
 
-    /// `struct virtio_net_config`: mac[6], status, max_virtqueue_pairs, (mtu not offered).
-    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+    fn get_queue_num(&mut self) -> VhostResult<u64> {
+        Ok(NUM_QUEUES)
+    }
+
+    fn set_vring_enable(&mut self, index: u32, enable: bool) -> VhostResult<()> {
+        log::debug!("port {}: ring {index} enable={enable}", self.port.name);
+        self.ring(index)?.enabled = enable;
+        self.notify_rings_changed();
+        Ok(())
+    }
+
+    /// `struct virtio_net_config`: mac[6], status, max_virtqueue_pairs (MTU not offered).
+    fn get_config(
+        &mut self,
+        offset: u32,
+        size: u32,
+        _flags: VhostUserConfigFlags,
+    ) -> VhostResult<Vec<u8>> {
         let mut config = [0u8; 10];
         config[0..6].copy_from_slice(&self.config_mac());
         config[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
         config[8..10].copy_from_slice(&1u16.to_le_bytes());
         let start = (offset as usize).min(config.len());
         let end = start.saturating_add(size as usize).min(config.len());
-        config[start..end].to_vec()
+        let mut out = config[start..end].to_vec();
+        // The frontend asked for `size` bytes; fields past ours read as zero.
+        out.resize(size as usize, 0);
+        Ok(out)
     }
 
-    fn update_memory(&self, _mem: GuestMemoryAtomic<GuestMemory>) -> io::Result<()> {
-        // Same handle as `self.mem`: the new map is already visible through it.
-        Ok(())
+    fn set_config(
+        &mut self,
+        _offset: u32,
+        _buf: &[u8],
+        _flags: VhostUserConfigFlags,
+    ) -> VhostResult<()> {
+        Err(invalid("the virtio-net config space is read-only"))
     }
 
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+    fn set_gpu_socket(&mut self, _gpu_backend: GpuBackend) -> VhostResult<()> {
+        Err(invalid("not a GPU device"))
     }
 
-    fn handle_event(
-        &self,
-        device_event: u16,
-        _evset: EventSet,
-        vrings: &[Self::Vring],
-        _thread_id: usize,
-    ) -> io::Result<()> {
-        self.attach(vrings);
-        // RX kicks mean the guest posted buffers; frames are never queued waiting for them,
-        // so there is nothing to do. TX kicks mean frames to switch.
-        if device_event == TX_QUEUE && !self.polled {
-            if let Some(link) = self.port.link() {
-                dataplane::drain_tx(&self.switch, &self.port, &link, true);
-            }
+    fn get_shared_object(&mut self, _uuid: VhostUserSharedMsg) -> VhostResult<File> {
+        Err(invalid("shared objects are not supported"))
+    }
+
+    fn get_inflight_fd(
+        &mut self,
+        _inflight: &VhostUserInflight,
+    ) -> VhostResult<(VhostUserInflight, File)> {
+        Err(invalid("inflight tracking is not supported"))
+    }
+
+    fn set_inflight_fd(&mut self, _inflight: &VhostUserInflight, _file: File) -> VhostResult<()> {
+        Err(invalid("inflight tracking is not supported"))
+    }
+
+    fn get_max_mem_slots(&mut self) -> VhostResult<u64> {
+        Ok(MAX_MEM_SLOTS)
+    }
+
+    fn add_mem_region(
+        &mut self,
+        region: &VhostUserSingleMemoryRegion,
+        fd: File,
+        _postcopy_listening: Option<bool>,
+    ) -> VhostResult<Option<VhostUserMemoryRegionBase>> {
+        if self.mappings.len() as u64 >= MAX_MEM_SLOTS {
+            return Err(VhostError::InvalidParam);
         }
+        let mapped = Arc::new(Self::map_region(fd, region, region.guest_phys_addr)?);
+        let current = self.link.mem.memory();
+        let updated = current
+            .insert_region(mapped)
+            .map_err(|_| VhostError::InvalidParam)?;
+        drop(current);
+        self.link
+            .mem
+            .lock()
+            .map_err(|_| invalid("memory lock poisoned"))?
+            .replace(updated);
+        self.mappings.push(Mapping {
+            vmm_addr: region.user_addr,
+            size: region.memory_size,
+            gpa: region.guest_phys_addr,
+        });
+        Ok(None)
+    }
+
+    fn remove_mem_region(&mut self, region: &VhostUserSingleMemoryRegion) -> VhostResult<()> {
+        let current = self.link.mem.memory();
+        let (updated, _) = current
+            .remove_region(GuestAddress(region.guest_phys_addr), region.memory_size)
+            .map_err(|_| VhostError::InvalidParam)?;
+        drop(current);
+        self.link
+            .mem
+            .lock()
+            .map_err(|_| invalid("memory lock poisoned"))?
+            .replace(updated);
+        self.mappings
+            .retain(|m| !(m.gpa == region.guest_phys_addr && m.size == region.memory_size));
         Ok(())
+    }
+
+    fn set_device_state_fd(
+        &mut self,
+        _direction: VhostTransferStateDirection,
+        _phase: VhostTransferStatePhase,
+        _fd: File,
+    ) -> VhostResult<Option<File>> {
+        Err(invalid("device state transfer is not supported"))
+    }
+
+    fn check_device_state(&mut self) -> VhostResult<()> {
+        Err(invalid("device state transfer is not supported"))
+    }
+
+    fn get_shmem_config(&mut self) -> VhostResult<VhostUserShMemConfig> {
+        Err(invalid("shared memory regions are not supported"))
+    }
+
+    fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> VhostResult<()> {
+        Err(invalid("dirty logging (migration) is not supported"))
     }
 }

@@ -67,6 +67,8 @@ pub struct PortCounters {
     pub connects: AtomicU64,
     /// Interrupts (call eventfd writes) sent to the guest.
     pub notifications: AtomicU64,
+    /// vhost-user requests refused (protocol mistakes that did not end the connection).
+    pub protocol_errors: AtomicU64,
 }
 
 impl PortCounters {
@@ -101,6 +103,7 @@ impl PortCounters {
                 .collect(),
             connects: load(&self.connects),
             notifications: load(&self.notifications),
+            protocol_errors: load(&self.protocol_errors),
         }
     }
 }
@@ -116,6 +119,7 @@ pub struct CounterSnapshot {
     pub drops: Vec<(String, u64)>,
     pub connects: u64,
     pub notifications: u64,
+    pub protocol_errors: u64,
 }
 
 impl CounterSnapshot {

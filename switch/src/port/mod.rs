@@ -1,13 +1,15 @@
 //! A switch port: one vhost-user socket, its VLAN policy, its counters, and (while a frontend
 //! is connected) the link the frame path reads and writes through.
 //!
-//! - `backend.rs`: the vhost-user device side (features, config space, ring events).
-//! - `connection.rs`: accepting or dialling frontends, forever, with backoff.
+//! - `backend.rs`: the vhost-user device side (features, memory, rings, config space).
+//! - `ring.rs`: one virtqueue with its eventfds and vhost-user state.
+//! - `connection.rs`: accepting or dialling frontends, forever, with backoff; kick thread.
 //! - `metrics.rs`: the port's counters and drop reasons.
 
 pub mod backend;
 pub mod connection;
 pub mod metrics;
+pub mod ring;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,8 +17,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
-use vhost_user_backend::{VringRwLock, VringT};
-use virtio_queue::QueueT;
 use vm_memory::GuestMemoryAtomic;
 
 use crate::dataplane::TxScratch;
@@ -147,27 +147,43 @@ pub enum LinkState {
 /// The dataplane's handle on one connected frontend: its memory, its two rings, what it
 /// negotiated. Replaced on every reconnect; the port outlives it.
 pub struct Link {
+    /// The guest's memory map; swapped whole on SET_MEM_TABLE / ADD_MEM_REGION.
     pub mem: GuestMemoryAtomic<GuestMemory>,
-    /// Queue 0: the guest's receive ring (the switch writes into it).
-    pub rx: VringRwLock<GuestMemoryAtomic<GuestMemory>>,
+    /// Queue 0: the guest's receive ring (the switch writes into it). A leaf lock.
+    pub rx: Mutex<ring::RingState>,
     /// Queue 1: the guest's transmit ring (the switch reads from it).
-    pub tx: VringRwLock<GuestMemoryAtomic<GuestMemory>>,
-    pub features: Arc<AtomicU64>,
+    pub tx: Mutex<ring::RingState>,
+    pub features: AtomicU64,
     /// Work space of whoever drains this link's TX ring; locked after the TX ring.
     pub tx_scratch: Mutex<TxScratch>,
 }
 
 impl Link {
+    pub fn new() -> Self {
+        Link {
+            mem: GuestMemoryAtomic::new(GuestMemory::new()),
+            rx: Mutex::new(ring::RingState::default()),
+            tx: Mutex::new(ring::RingState::default()),
+            features: AtomicU64::new(0),
+            tx_scratch: Mutex::new(TxScratch::default()),
+        }
+    }
+
     pub fn features(&self) -> u64 {
         self.features.load(Ordering::Acquire)
     }
-    /// Both rings are set up and enabled by the frontend.
+
+    /// Both rings are set up and enabled by the frontend: frames can flow.
     pub fn is_up(&self) -> bool {
-        let ready = |v: &VringRwLock<_>| {
-            let s = v.get_ref();
-            s.get_queue().ready() && s.is_enabled()
-        };
-        ready(&self.rx) && ready(&self.tx)
+        let usable =
+            |r: &Mutex<ring::RingState>| r.lock().unwrap_or_else(|p| p.into_inner()).usable();
+        usable(&self.rx) && usable(&self.tx)
+    }
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -182,8 +198,8 @@ pub struct Port {
     link: RwLock<Option<Arc<Link>>>,
     state: Mutex<(LinkState, SystemTime)>,
     removed: AtomicBool,
-    /// Closes the current vhost-user connection (port removal).
-    shutdown: Mutex<Option<vhost_user_backend::ShutdownHandle>>,
+    /// A handle on the current vhost-user connection, to close it (port removal).
+    connection: Mutex<Option<std::os::unix::net::UnixStream>>,
 }
 
 impl Port {
@@ -203,7 +219,7 @@ impl Port {
             link: RwLock::new(None),
             state: Mutex::new((initial, SystemTime::now())),
             removed: AtomicBool::new(false),
-            shutdown: Mutex::new(None),
+            connection: Mutex::new(None),
         })
     }
 
@@ -260,19 +276,24 @@ impl Port {
     pub(crate) fn mark_removed(&self) {
         self.removed.store(true, Ordering::Release);
         self.set_state(LinkState::Removed);
-        if let Some(h) = self
-            .shutdown
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            h.shutdown();
-        }
+        self.close_connection();
         connection::wake(self);
     }
 
-    pub(crate) fn set_shutdown(&self, h: Option<vhost_user_backend::ShutdownHandle>) {
-        *self.shutdown.lock().unwrap_or_else(|p| p.into_inner()) = h;
+    pub(crate) fn set_connection(&self, stream: Option<std::os::unix::net::UnixStream>) {
+        *self.connection.lock().unwrap_or_else(|p| p.into_inner()) = stream;
+    }
+
+    /// Shuts the vhost-user socket down; the connection thread then ends the connection.
+    pub(crate) fn close_connection(&self) {
+        if let Some(s) = self
+            .connection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     /// A description for the control socket.

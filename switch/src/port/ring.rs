@@ -1,0 +1,57 @@
+//! One virtqueue as the device sees it: the `virtio_queue::Queue` plus the vhost-user state
+//! around it (kick and call eventfds, enabled, started). Shared by the vhost-user message
+//! handler, the kick thread and the frame path, behind one mutex per ring.
+
+use std::fs::File;
+use std::io::{Read, Write};
+
+use virtio_queue::{Queue, QueueT};
+
+use super::backend::MAX_QUEUE_SIZE;
+
+pub struct RingState {
+    pub queue: Queue,
+    /// Eventfd the frontend writes when it adds buffers (SET_VRING_KICK).
+    pub kick: Option<File>,
+    /// Eventfd the switch writes to interrupt the guest (SET_VRING_CALL).
+    pub call: Option<File>,
+    /// SET_VRING_ENABLE state (or enabled at SET_FEATURES without protocol features).
+    pub enabled: bool,
+    /// Started by a kick fd, stopped by GET_VRING_BASE.
+    pub started: bool,
+}
+
+impl Default for RingState {
+    fn default() -> Self {
+        RingState {
+            queue: Queue::new(MAX_QUEUE_SIZE as u16).expect("MAX_QUEUE_SIZE is a valid queue size"),
+            kick: None,
+            call: None,
+            enabled: false,
+            started: false,
+        }
+    }
+}
+
+impl RingState {
+    /// Frames may flow: the ring is started, enabled and fully addressed.
+    pub fn usable(&self) -> bool {
+        self.started && self.enabled && self.queue.ready()
+    }
+
+    /// Interrupts the guest; false if there is no call eventfd or the write failed.
+    pub fn signal(&self) -> bool {
+        match self.call.as_ref() {
+            Some(mut f) => f.write_all(&1u64.to_ne_bytes()).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Consumes pending kicks (the eventfd counter).
+    pub fn consume_kick(&self) {
+        if let Some(mut f) = self.kick.as_ref() {
+            let mut buf = [0u8; 8];
+            let _ = f.read(&mut buf);
+        }
+    }
+}
