@@ -1,0 +1,340 @@
+//! Real Linux guests under QEMU (TCG) with a vhost-user NIC, driven over their serial
+//! console: boot, wait for the guest's READY line, run shell commands, read their output.
+//!
+//! The guest image (Debian's cloud kernel + a busybox initramfs) is built by
+//! `scripts/build-guest-image.sh`; see docs/qemu-guests.md for the QEMU command line and the
+//! guest's `/init` protocol (`PATCHBAY-GUEST-READY`, one command per line, `PB-DONE <status>`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    #[error("{0} not found: install it with .ci/install-deps.sh")]
+    Missing(&'static str),
+    #[error("building the guest image failed: {0}")]
+    Image(String),
+    #[error("cannot start QEMU for guest {name}: {source}")]
+    Spawn {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("guest {name}: {what} within {secs} s; last console lines:\n{tail}")]
+    Timeout {
+        name: String,
+        what: String,
+        secs: u64,
+        tail: String,
+    },
+    #[error("guest {name}: QEMU exited; last console lines:\n{tail}")]
+    Exited { name: String, tail: String },
+    #[error("guest {name}: console write failed: {source}")]
+    Console {
+        name: String,
+        source: std::io::Error,
+    },
+}
+
+/// The repository root (this crate lives in `tests/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn in_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// Kernel and initramfs for the test guests.
+#[derive(Debug, Clone)]
+pub struct GuestImage {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub tsc_khz: String,
+}
+
+impl GuestImage {
+    /// Builds the image if needed (a no-op when it is up to date) and finds QEMU.
+    pub fn prepare() -> Result<GuestImage, GuestError> {
+        if !in_path("qemu-system-x86_64") {
+            return Err(GuestError::Missing("qemu-system-x86_64"));
+        }
+        let root = repo_root();
+        let out = root.join("build/guest");
+        let status = Command::new(root.join("scripts/build-guest-image.sh"))
+            .arg(&out)
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| GuestError::Image(e.to_string()))?;
+        if !status.success() {
+            return Err(GuestError::Image(format!(
+                "scripts/build-guest-image.sh exited with {status}"
+            )));
+        }
+        let tsc = Command::new(root.join("scripts/host-tsc-khz.sh"))
+            .output()
+            .map_err(|e| GuestError::Image(e.to_string()))?;
+        Ok(GuestImage {
+            kernel: out.join("vmlinuz"),
+            initrd: out.join("initramfs.cpio.gz"),
+            tsc_khz: String::from_utf8_lossy(&tsc.stdout).trim().to_string(),
+        })
+    }
+}
+
+/// How a guest's NIC is attached.
+#[derive(Debug, Clone)]
+pub struct GuestNic {
+    /// vhost-user socket (the switch listens unless `server` is set).
+    pub socket: PathBuf,
+    pub mac: String,
+    /// QEMU listens (`server=on`) and the switch connects (switch port in client mode).
+    pub server: bool,
+}
+
+/// One running QEMU guest.
+pub struct QemuGuest {
+    pub name: String,
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+    recent: Vec<String>,
+    pub started: Instant,
+}
+
+/// Result of `ping` inside a guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PingStats {
+    pub transmitted: u32,
+    pub received: u32,
+}
+
+impl QemuGuest {
+    /// Boots a guest with one vhost-user NIC. `params` are /init parameters such as
+    /// `pb.ip=10.0.0.1/24 pb.vlan=10`.
+    pub fn boot(
+        image: &GuestImage,
+        name: &str,
+        nic: &GuestNic,
+        params: &str,
+    ) -> Result<QemuGuest, GuestError> {
+        let chardev = if nic.server {
+            format!(
+                "socket,id=chr0,path={},server=on,wait=off",
+                nic.socket.display()
+            )
+        } else {
+            format!("socket,id=chr0,path={}", nic.socket.display())
+        };
+        let append = format!(
+            "console=ttyS0 tsc_early_khz={} tsc=reliable quiet pb.name={name} {params}",
+            image.tsc_khz
+        );
+        let mut child = Command::new("qemu-system-x86_64")
+            .args([
+                "-accel",
+                "tcg,thread=multi",
+                "-M",
+                "pc,memory-backend=mem",
+                "-m",
+                "256M",
+            ])
+            .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on"])
+            .args(["-chardev", &chardev])
+            .args(["-netdev", "type=vhost-user,id=net0,chardev=chr0"])
+            .args([
+                "-device",
+                &format!("virtio-net-pci,vectors=0,netdev=net0,mac={}", nic.mac),
+            ])
+            .args([
+                "-nodefaults",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+                "-display",
+                "none",
+            ])
+            .arg("-kernel")
+            .arg(&image.kernel)
+            .arg("-initrd")
+            .arg(&image.initrd)
+            .args(["-append", &append])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| GuestError::Spawn {
+                name: name.to_string(),
+                source,
+            })?;
+        let (stdin, stdout, stderr) =
+            match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+                (Some(i), Some(o), Some(e)) => (i, o, e),
+                _ => {
+                    let _ = child.kill();
+                    return Err(GuestError::Spawn {
+                        name: name.to_string(),
+                        source: std::io::Error::other("no stdio pipes"),
+                    });
+                }
+            };
+        let (tx, lines) = mpsc::channel();
+        let tx_err = tx.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line.trim_end_matches('\r').to_string()).is_err() {
+                    break;
+                }
+            }
+        });
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx_err.send(format!("[qemu] {line}"));
+            }
+        });
+        Ok(QemuGuest {
+            name: name.to_string(),
+            child,
+            stdin,
+            lines,
+            recent: Vec::new(),
+            started: Instant::now(),
+        })
+    }
+
+    fn tail(&self) -> String {
+        let start = self.recent.len().saturating_sub(25);
+        self.recent[start..].join("\n")
+    }
+
+    /// Reads console lines until one contains `needle`; returns the lines read (inclusive).
+    pub fn expect(&mut self, needle: &str, timeout: Duration) -> Result<Vec<String>, GuestError> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.recent.push(line.clone());
+                    let hit = line.contains(needle);
+                    seen.push(line);
+                    if hit {
+                        return Ok(seen);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(GuestError::Timeout {
+                        name: self.name.clone(),
+                        what: format!("no '{needle}'"),
+                        secs: timeout.as_secs(),
+                        tail: self.tail(),
+                    })
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(GuestError::Exited {
+                        name: self.name.clone(),
+                        tail: self.tail(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Waits for /init's READY line; returns the guest's MAC.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<String, GuestError> {
+        let lines = self.expect("PATCHBAY-GUEST-READY", timeout)?;
+        let ready = lines.last().cloned().unwrap_or_default();
+        Ok(ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("mac="))
+            .unwrap_or("")
+            .to_string())
+    }
+
+    /// Runs a shell command in the guest; returns its exit status and output lines.
+    pub fn run(
+        &mut self,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<(i32, Vec<String>), GuestError> {
+        writeln!(self.stdin, "{command}")
+            .and_then(|_| self.stdin.flush())
+            .map_err(|source| GuestError::Console {
+                name: self.name.clone(),
+                source,
+            })?;
+        let mut lines = self.expect("PB-DONE ", timeout)?;
+        let done = lines.pop().unwrap_or_default();
+        let status = done
+            .rsplit(' ')
+            .next()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(-1);
+        Ok((status, lines))
+    }
+
+    /// Pings `ip` `count` times (1 s apart, 2 s wait each) and parses the summary.
+    pub fn ping(&mut self, ip: &str, count: u32) -> Result<PingStats, GuestError> {
+        let (_, lines) = self.run(
+            &format!("ping -c {count} -W 2 {ip}"),
+            Duration::from_secs(u64::from(count) * 3 + 30),
+        )?;
+        let summary = lines
+            .iter()
+            .find(|l| l.contains("packets transmitted"))
+            .cloned()
+            .unwrap_or_default();
+        let number_before = |word: &str| -> u32 {
+            summary
+                .split(',')
+                .find(|part| part.contains(word))
+                .and_then(|part| part.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(PingStats {
+            transmitted: number_before("transmitted"),
+            received: number_before("received"),
+        })
+    }
+
+    /// Powers the guest off and waits for QEMU to exit (killing it after a grace period).
+    pub fn poweroff(mut self) {
+        let _ = writeln!(self.stdin, "poweroff -f");
+        let _ = self.stdin.flush();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for QemuGuest {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Skips a test that needs something this machine lacks, or fails it when
+/// `PATCHBAY_REQUIRE_KVM=1` (CI), where every such test must run.
+pub fn skip_or_fail(test: &str, reason: &str) {
+    if std::env::var("PATCHBAY_REQUIRE_KVM").is_ok_and(|v| v == "1") {
+        panic!("{test}: cannot run and PATCHBAY_REQUIRE_KVM=1: {reason}");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
+}

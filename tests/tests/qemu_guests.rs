@@ -1,0 +1,115 @@
+//! Real Debian guests under QEMU against the switch: the frontend the world uses.
+//!
+//! Two guests on access ports of VLAN 10 ping each other; a third guest with the same
+//! subnet on VLAN 20 cannot reach them (and receives nothing of theirs); a fourth guest on a
+//! trunk port reaches VLAN 10 through an 802.1Q sub-interface.
+
+use std::time::Duration;
+
+use patchbay_tests::guest::{skip_or_fail, GuestImage, GuestNic, QemuGuest};
+use patchbay_tests::switch::{access, port, start_switch, TestDir};
+
+const BOOT: Duration = Duration::from_secs(240);
+
+#[test]
+fn guests_ping_within_a_vlan_and_never_across() {
+    let image = match GuestImage::prepare() {
+        Ok(i) => i,
+        Err(e) => {
+            return skip_or_fail("guests_ping_within_a_vlan_and_never_across", &e.to_string())
+        }
+    };
+    let dir = TestDir::new("qemu-vlans");
+    let daemon = start_switch(
+        &dir.path,
+        vec![
+            access(&dir.path, "vm1", 10),
+            access(&dir.path, "vm2", 10),
+            access(&dir.path, "vm3", 20),
+            port(&dir.path, "trunk", "trunk", None, Some("10,30")),
+        ],
+        |_| {},
+    );
+    let nic = |name: &str, mac: &str| GuestNic {
+        socket: dir.join(&format!("{name}.sock")),
+        mac: mac.to_string(),
+        server: false,
+    };
+    let mut g1 = QemuGuest::boot(
+        &image,
+        "g1",
+        &nic("vm1", "52:54:00:00:10:01"),
+        "pb.ip=10.0.0.1/24",
+    )
+    .unwrap();
+    let mut g2 = QemuGuest::boot(
+        &image,
+        "g2",
+        &nic("vm2", "52:54:00:00:10:02"),
+        "pb.ip=10.0.0.2/24",
+    )
+    .unwrap();
+    let mut g3 = QemuGuest::boot(
+        &image,
+        "g3",
+        &nic("vm3", "52:54:00:00:20:03"),
+        "pb.ip=10.0.0.3/24",
+    )
+    .unwrap();
+    let mut g4 = QemuGuest::boot(
+        &image,
+        "g4",
+        &nic("trunk", "52:54:00:00:10:04"),
+        "pb.ip=10.0.0.4/24 pb.vlan=10",
+    )
+    .unwrap();
+    for g in [&mut g1, &mut g2, &mut g3, &mut g4] {
+        g.wait_ready(BOOT).unwrap();
+    }
+
+    let same_vlan = g1.ping("10.0.0.2", 3).unwrap();
+    assert_eq!(same_vlan.received, 3, "g1 -> g2 on VLAN 10: {same_vlan:?}");
+
+    let vm3_before = daemon
+        .switch
+        .port_by_name("vm3")
+        .unwrap()
+        .counters
+        .snapshot();
+    let across = g1.ping("10.0.0.3", 2).unwrap();
+    assert_eq!(
+        across.received, 0,
+        "g1 must not reach g3 on VLAN 20: {across:?}"
+    );
+    let vm3_after = daemon
+        .switch
+        .port_by_name("vm3")
+        .unwrap()
+        .counters
+        .snapshot();
+    assert_eq!(
+        vm3_after.tx_packets, vm3_before.tx_packets,
+        "no frame from VLAN 10 (not even g1's ARP broadcasts) may reach the VLAN 20 port"
+    );
+
+    let trunk = g4.ping("10.0.0.1", 3).unwrap();
+    assert_eq!(
+        trunk.received, 3,
+        "trunk guest via eth0.10 -> g1: {trunk:?}"
+    );
+    let trunk_counters = daemon
+        .switch
+        .port_by_name("trunk")
+        .unwrap()
+        .counters
+        .snapshot();
+    assert!(
+        trunk_counters.rx_packets >= 3 && trunk_counters.tx_packets >= 3,
+        "{trunk_counters:?}"
+    );
+
+    for g in [g1, g2, g3, g4] {
+        g.poweroff();
+    }
+    daemon.shutdown();
+}
