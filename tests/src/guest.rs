@@ -89,6 +89,16 @@ impl GuestImage {
     }
 }
 
+/// Which virtio transport the guest's NIC uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// virtio-net-pci on the `pc` machine (modern virtio 1.0).
+    #[default]
+    Pci,
+    /// virtio-net-device on QEMU's `microvm` machine (virtio-mmio transport).
+    Mmio,
+}
+
 /// How a guest's NIC is attached.
 #[derive(Debug, Clone)]
 pub struct GuestNic {
@@ -97,6 +107,18 @@ pub struct GuestNic {
     pub mac: String,
     /// QEMU listens (`server=on`) and the switch connects (switch port in client mode).
     pub server: bool,
+    pub transport: Transport,
+}
+
+impl GuestNic {
+    pub fn new(socket: PathBuf, mac: &str) -> GuestNic {
+        GuestNic {
+            socket,
+            mac: mac.to_string(),
+            server: false,
+            transport: Transport::Pci,
+        }
+    }
 }
 
 /// One running QEMU guest.

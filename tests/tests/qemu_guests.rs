@@ -2,11 +2,12 @@
 //!
 //! Two guests on access ports of VLAN 10 ping each other; a third guest with the same
 //! subnet on VLAN 20 cannot reach them (and receives nothing of theirs); a fourth guest on a
-//! trunk port reaches VLAN 10 through an 802.1Q sub-interface.
+//! trunk port reaches VLAN 10 through an 802.1Q sub-interface. The trunk guest uses the
+//! virtio-mmio transport, the others virtio-pci.
 
 use std::time::Duration;
 
-use patchbay_tests::guest::{skip_or_fail, GuestImage, GuestNic, QemuGuest};
+use patchbay_tests::guest::{skip_or_fail, GuestImage, GuestNic, QemuGuest, Transport};
 use patchbay_tests::switch::{access, port, start_switch, TestDir};
 
 const BOOT: Duration = Duration::from_secs(240);
@@ -30,11 +31,8 @@ fn guests_ping_within_a_vlan_and_never_across() {
         ],
         |_| {},
     );
-    let nic = |name: &str, mac: &str| GuestNic {
-        socket: dir.join(&format!("{name}.sock")),
-        mac: mac.to_string(),
-        server: false,
-    };
+    let nic = |name: &str, mac: &str| GuestNic::new(dir.join(&format!("{name}.sock")), mac);
+    // g4 uses the virtio-mmio transport (QEMU's microvm machine), the others virtio-pci.
     let mut g1 = QemuGuest::boot(
         &image,
         "g1",
@@ -59,7 +57,10 @@ fn guests_ping_within_a_vlan_and_never_across() {
     let mut g4 = QemuGuest::boot(
         &image,
         "g4",
-        &nic("trunk", "52:54:00:00:10:04"),
+        &GuestNic {
+            transport: Transport::Mmio,
+            ..nic("trunk", "52:54:00:00:10:04")
+        },
         "pb.ip=10.0.0.4/24 pb.vlan=10",
     )
     .unwrap();
@@ -69,7 +70,6 @@ fn guests_ping_within_a_vlan_and_never_across() {
 
     let same_vlan = g1.ping("10.0.0.2", 3).unwrap();
     assert_eq!(same_vlan.received, 3, "g1 -> g2 on VLAN 10: {same_vlan:?}");
-
     let vm3_before = daemon
         .switch
         .port_by_name("vm3")

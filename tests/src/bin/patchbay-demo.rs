@@ -32,7 +32,11 @@ impl Drop for Switch {
 }
 
 fn flowctl(socket: &Path, args: &[&str]) {
-    let out = Command::new(sibling("flowctl")).arg("--socket").arg(socket).args(args).output();
+    let out = Command::new(sibling("flowctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output();
     match out {
         Ok(o) => {
             print!("{}", String::from_utf8_lossy(&o.stdout));
@@ -44,17 +48,24 @@ fn flowctl(socket: &Path, args: &[&str]) {
 
 fn scrape(addr: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect(addr)?;
-    std::io::Write::write_all(&mut s, format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+    std::io::Write::write_all(
+        &mut s,
+        format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes(),
+    )?;
     let mut body = String::new();
     s.read_to_string(&mut body)?;
-    Ok(body.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or(body))
+    Ok(body
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(body))
 }
 
 fn run() -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("patchbay-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let control = dir.join("control.sock");
-    let metrics = std::env::var("PATCHBAY_DEMO_METRICS").unwrap_or_else(|_| "127.0.0.1:9184".into());
+    let metrics =
+        std::env::var("PATCHBAY_DEMO_METRICS").unwrap_or_else(|_| "127.0.0.1:9184".into());
     let config = format!(
         r#"# Patchbay demo switch
 [control]
@@ -109,30 +120,55 @@ vlan = 20
     }
     ready_rx
         .recv_timeout(Duration::from_secs(10))
-        .map_err(|_| "the switch did not start (is port 9184 in use? set PATCHBAY_DEMO_METRICS)".to_string())?;
+        .map_err(|_| {
+            "the switch did not start (is port 9184 in use? set PATCHBAY_DEMO_METRICS)".to_string()
+        })?;
 
     step("Booting three Debian guests under QEMU (software emulation; takes a few seconds)");
     let image = GuestImage::prepare().map_err(|e| e.to_string())?;
-    let nic = |port: &str, mac: &str| GuestNic {
-        socket: dir.join(format!("{port}.sock")),
-        mac: mac.into(),
-        server: false,
-    };
+    let nic = |port: &str, mac: &str| GuestNic::new(dir.join(format!("{port}.sock")), mac);
     let t0 = Instant::now();
-    let mut web1 = QemuGuest::boot(&image, "web1", &nic("web1", "52:54:00:0a:00:01"), "pb.ip=10.0.0.1/24").map_err(|e| e.to_string())?;
-    let mut web2 = QemuGuest::boot(&image, "web2", &nic("web2", "52:54:00:0a:00:02"), "pb.ip=10.0.0.2/24").map_err(|e| e.to_string())?;
-    let mut db = QemuGuest::boot(&image, "db", &nic("db", "52:54:00:14:00:03"), "pb.ip=10.0.0.3/24").map_err(|e| e.to_string())?;
+    let mut web1 = QemuGuest::boot(
+        &image,
+        "web1",
+        &nic("web1", "52:54:00:0a:00:01"),
+        "pb.ip=10.0.0.1/24",
+    )
+    .map_err(|e| e.to_string())?;
+    let mut web2 = QemuGuest::boot(
+        &image,
+        "web2",
+        &nic("web2", "52:54:00:0a:00:02"),
+        "pb.ip=10.0.0.2/24",
+    )
+    .map_err(|e| e.to_string())?;
+    let mut db = QemuGuest::boot(
+        &image,
+        "db",
+        &nic("db", "52:54:00:14:00:03"),
+        "pb.ip=10.0.0.3/24",
+    )
+    .map_err(|e| e.to_string())?;
     for g in [&mut web1, &mut web2, &mut db] {
-        g.wait_ready(Duration::from_secs(240)).map_err(|e| e.to_string())?;
-        println!("  {:5} up after {:.1} s", g.name, t0.elapsed().as_secs_f64());
+        g.wait_ready(Duration::from_secs(240))
+            .map_err(|e| e.to_string())?;
+        println!(
+            "  {:5} up after {:.1} s",
+            g.name,
+            t0.elapsed().as_secs_f64()
+        );
     }
     println!("  web1 10.0.0.1 and web2 10.0.0.2 on VLAN 10; db 10.0.0.3 on VLAN 20 (same subnet, other VLAN)");
 
     step("web1 pings web2 (same VLAN)");
-    let (_, out) = web1.run("ping -c 3 -W 2 10.0.0.2", Duration::from_secs(30)).map_err(|e| e.to_string())?;
+    let (_, out) = web1
+        .run("ping -c 3 -W 2 10.0.0.2", Duration::from_secs(30))
+        .map_err(|e| e.to_string())?;
     out.iter().for_each(|l| println!("  web1| {l}"));
     step("web1 pings db (other VLAN: the switch must not let it through)");
-    let (_, out) = web1.run("ping -c 2 -W 1 10.0.0.3", Duration::from_secs(30)).map_err(|e| e.to_string())?;
+    let (_, out) = web1
+        .run("ping -c 2 -W 1 10.0.0.3", Duration::from_secs(30))
+        .map_err(|e| e.to_string())?;
     out.iter().for_each(|l| println!("  web1| {l}"));
 
     step("flowctl show ports");
@@ -140,13 +176,19 @@ vlan = 20
     step("flowctl show macs");
     flowctl(&control, &["show", "macs"]);
 
-    step(&format!("Metrics (http://{metrics}/metrics, selected lines)"));
+    step(&format!(
+        "Metrics (http://{metrics}/metrics, selected lines)"
+    ));
     match scrape(&metrics) {
         Ok(body) => body
             .lines()
             .filter(|l| {
                 !l.starts_with('#')
-                    && (l.contains("packets_total") || l.contains("mac_table_entries") || l.contains("floods") || l.contains("port_up") || (l.contains("drops_total") && !l.ends_with(" 0")))
+                    && (l.contains("packets_total")
+                        || l.contains("mac_table_entries")
+                        || l.contains("floods")
+                        || l.contains("port_up")
+                        || (l.contains("drops_total") && !l.ends_with(" 0")))
             })
             .for_each(|l| println!("  {l}")),
         Err(e) => println!("  cannot scrape metrics: {e}"),

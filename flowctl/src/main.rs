@@ -1,0 +1,447 @@
+//! `flowctl`: drives a running patchbay-switch through its control socket.
+//!
+//! - `client.rs`: the connection and the request/response exchange.
+//! - `render.rs`: tables for people; `--json` prints the switch's `result` for scripts.
+//!
+//! Each subcommand is one variant of [`Command`]; new ones (flow tables, ...) are new variants.
+
+mod client;
+mod render;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use patchbay_switch::config::{parse_port_flag, ConfigError};
+use patchbay_switch::control::default_socket_path;
+use patchbay_switch::control::protocol::{MacTableInfo, PortAdded, PortList, Request, SwitchInfo};
+use patchbay_switch::port::PortConfig;
+use patchbay_switch::vlan::{parse_vid, VlanConfig, VlanSet};
+
+use client::{Client, ClientError};
+
+const AFTER_HELP: &str = "\
+Examples:
+  flowctl show ports
+  flowctl --socket /run/patchbay/control.sock show macs --vlan 10
+  flowctl add-port name=vm3,socket=/run/vm3.sock,vlan=10
+  flowctl set-vlan vm3 trunk 10,20-29
+
+Exit status: 0 success, 1 the switch refused the request (its message is printed),
+2 usage error, 3 cannot connect to the switch.";
+
+const SET_VLAN_HELP: &str = "\
+Change a port's VLAN policy; the addresses it learned are forgotten.
+
+  access VID                  untagged member of VLAN VID
+  trunk [LIST]                carries the listed VLANs tagged (default all); drops untagged frames
+  native-untagged VID [LIST]  a trunk whose native VLAN VID travels untagged
+  native-tagged VID [LIST]    a trunk that accepts untagged frames into VID but sends
+                              everything tagged
+
+LIST is `all` or VLAN IDs and ranges like 10,20-29.";
+
+/// Control a running Patchbay switch: list ports, counters and learned MAC addresses; add and
+/// remove ports; change a port's VLAN policy.
+///
+/// flowctl talks to the switch's control socket (newline-delimited JSON, see
+/// docs/control-protocol.md). Human-readable tables by default; --json prints the switch's
+/// answer as JSON for scripts.
+#[derive(Debug, Parser)]
+#[command(
+    name = "flowctl",
+    version,
+    after_help = AFTER_HELP
+)]
+struct Cli {
+    /// The switch's control socket [default: $PATCHBAY_CONTROL, else /run/patchbay/control.sock
+    /// as root, else $XDG_RUNTIME_DIR/patchbay/control.sock, else /tmp/patchbay-UID/control.sock].
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    /// Print the switch's `result` as pretty JSON instead of a table (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Seconds to wait for the switch to answer.
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECS",
+        default_value = "5",
+        value_parser = parse_timeout
+    )]
+    timeout: Duration,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show ports, one port, the MAC table or the switch's settings and counters.
+    ///
+    /// Also spelled show-ports, show-port, show-macs and show-switch.
+    #[command(
+        after_help = "Examples:\n  flowctl show ports\n  flowctl show port vm1\n  \
+                            flowctl show macs --vlan 10\n  flowctl show switch --json"
+    )]
+    Show {
+        #[command(subcommand)]
+        what: Show,
+    },
+    /// Same as `flowctl show ports`.
+    #[command(name = "show-ports", hide = true)]
+    ShowPorts(PortsArgs),
+    /// Same as `flowctl show port NAME`.
+    #[command(name = "show-port", hide = true)]
+    ShowPort(PortArgs),
+    /// Same as `flowctl show macs`.
+    #[command(name = "show-macs", hide = true)]
+    ShowMacs(MacsArgs),
+    /// Same as `flowctl show switch`.
+    #[command(name = "show-switch", hide = true)]
+    ShowSwitch,
+
+    /// Add a port; prints its port number.
+    ///
+    /// SPEC is name=NAME,socket=PATH followed by any of: mode=server|client (server, the
+    /// default: the switch listens on PATH; client: the switch connects to PATH and keeps
+    /// retrying), vlan-mode=access|trunk|native-untagged|native-tagged (default access),
+    /// vlan=VID (the access VLAN or the native VLAN; default 1), trunks=LIST (allowed VLANs
+    /// of a trunk, e.g. 10,20-29; default all), mac=MAC (offered in the device's config
+    /// space). The same syntax as patchbay-switch --port.
+    #[command(
+        after_help = "Examples:\n  flowctl add-port name=vm3,socket=/run/vm3.sock,vlan=10\n  \
+                            flowctl add-port name=up,socket=/run/up.sock,mode=client,vlan-mode=trunk,trunks=10,20-29"
+    )]
+    AddPort {
+        /// name=NAME,socket=PATH[,mode=client][,vlan=V][,vlan-mode=M][,trunks=LIST][,mac=M]
+        #[arg(value_name = "SPEC", value_parser = parse_spec)]
+        spec: PortConfig,
+    },
+
+    /// Remove a port: its frontend is disconnected and its learned addresses are forgotten.
+    #[command(after_help = "Example:\n  flowctl del-port vm3")]
+    DelPort {
+        /// The port's name (see `flowctl show ports`).
+        name: String,
+    },
+
+    #[command(
+        about = "Change a port's VLAN policy; the addresses it learned are forgotten",
+        long_about = SET_VLAN_HELP,
+        after_help = "Examples:\n  flowctl set-vlan vm1 access 20\n  flowctl set-vlan up trunk 10,20-29\n  \
+                      flowctl set-vlan up native-untagged 5 10,20"
+    )]
+    SetVlan(SetVlanArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum Show {
+    /// Every port: state, VLAN, counters, drops by reason, negotiated features.
+    ///
+    /// Counts are exact unless --human is given. DROPS is the total followed by the non-zero
+    /// reasons; `flowctl show port NAME` lists every reason.
+    #[command(
+        after_help = "Examples:\n  flowctl show ports\n  flowctl show ports --human\n  \
+                            flowctl show ports --json"
+    )]
+    Ports(PortsArgs),
+    /// One port in detail: socket, mode, state, VLAN, features, every counter.
+    #[command(after_help = "Example:\n  flowctl show port vm1")]
+    Port(PortArgs),
+    /// The MAC learning table: which port each address was last seen on, per VLAN.
+    #[command(after_help = "Examples:\n  flowctl show macs\n  flowctl show macs --vlan 10")]
+    Macs(MacsArgs),
+    /// The switch's settings and switch-wide counters.
+    #[command(after_help = "Example:\n  flowctl show switch")]
+    Switch,
+}
+
+#[derive(Debug, Args)]
+struct PortsArgs {
+    /// Abbreviate counts (1.2M) and byte counts (3.4GiB) instead of printing them exactly.
+    #[arg(long)]
+    human: bool,
+}
+
+#[derive(Debug, Args)]
+struct PortArgs {
+    /// The port's name.
+    name: String,
+}
+
+#[derive(Debug, Args)]
+struct MacsArgs {
+    /// Only this VLAN's addresses.
+    #[arg(long, value_name = "VID")]
+    vlan: Option<u16>,
+}
+
+#[derive(Debug, Args)]
+struct SetVlanArgs {
+    /// The port's name.
+    name: String,
+    /// The VLAN mode.
+    #[arg(value_enum)]
+    mode: VlanModeArg,
+    /// VID and/or LIST, as the mode needs (see above).
+    #[arg(num_args = 0..=2, value_name = "VID|LIST")]
+    args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum VlanModeArg {
+    Access,
+    Trunk,
+    NativeUntagged,
+    NativeTagged,
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 86400.0) {
+        return Err(format!("{s} must be more than 0 and at most 86400"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses add-port's SPEC with the daemon's own `--port` parser.
+fn parse_spec(s: &str) -> Result<PortConfig, String> {
+    parse_port_flag(s).map_err(|e| match e {
+        ConfigError::PortFlag { message, .. } => message,
+        other => other.to_string(),
+    })
+}
+
+impl SetVlanArgs {
+    /// The words after the port name, checked here so mistakes are usage errors.
+    fn vlan_config(&self) -> Result<VlanConfig, String> {
+        let (mode, needs_vid) = match self.mode {
+            VlanModeArg::Access => ("access", true),
+            VlanModeArg::Trunk => ("trunk", false),
+            VlanModeArg::NativeUntagged => ("native-untagged", true),
+            VlanModeArg::NativeTagged => ("native-tagged", true),
+        };
+        let mut words = self.args.iter();
+        let vlan = if needs_vid {
+            let w = words
+                .next()
+                .ok_or_else(|| format!("{mode} needs a VLAN ID"))?;
+            Some(parse_vid(w).map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        let trunks = words.next().cloned();
+        if self.mode == VlanModeArg::Access && trunks.is_some() {
+            return Err("access takes one VLAN ID and no list".into());
+        }
+        if let Some(list) = &trunks {
+            list.parse::<VlanSet>().map_err(|e| e.to_string())?;
+        }
+        if let Some(extra) = words.next() {
+            return Err(format!("unexpected '{extra}'"));
+        }
+        let config = VlanConfig {
+            mode: mode.into(),
+            vlan,
+            trunks,
+        };
+        config.to_mode().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+}
+
+/// Reports a usage mistake found after clap's parsing the way clap reports its own: exit 2.
+fn usage_error(subcommand: &str, message: String) -> ! {
+    let mut cmd = Cli::command();
+    cmd.build();
+    let sub = cmd
+        .find_subcommand_mut(subcommand)
+        .map(|c| c.clone().bin_name(format!("flowctl {subcommand}")));
+    match sub {
+        Some(mut c) => c.error(ErrorKind::ValueValidation, message).exit(),
+        None => cmd.error(ErrorKind::ValueValidation, message).exit(),
+    }
+}
+
+fn print_json(value: &impl Serialize) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("flowctl: cannot print JSON: {e}"),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Check everything that can be checked before talking to the switch.
+    let vlan = match &cli.command {
+        Command::SetVlan(a) => Some(
+            a.vlan_config()
+                .unwrap_or_else(|e| usage_error("set-vlan", e)),
+        ),
+        _ => None,
+    };
+    let socket = cli.socket.clone().unwrap_or_else(default_socket_path);
+    let result =
+        Client::connect(&socket, cli.timeout).and_then(|mut client| run(&cli, &mut client, vlan));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flowctl: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run(cli: &Cli, client: &mut Client, vlan: Option<VlanConfig>) -> Result<(), ClientError> {
+    let json = cli.json;
+    match &cli.command {
+        Command::Show {
+            what: Show::Ports(a),
+        }
+        | Command::ShowPorts(a) => {
+            let ports: PortList = client.call_as(Request::ShowPorts)?;
+            if json {
+                print_json(&ports);
+            } else {
+                print!("{}", render::ports_table(&ports, a.human));
+            }
+        }
+        Command::Show {
+            what: Show::Port(a),
+        }
+        | Command::ShowPort(a) => {
+            let ports: PortList = client.call_as(Request::ShowPorts)?;
+            let port = ports
+                .into_iter()
+                .find(|p| p.name == a.name)
+                .ok_or_else(|| ClientError::Switch(format!("no port named '{}'", a.name)))?;
+            if json {
+                print_json(&port);
+            } else {
+                print!("{}", render::port_detail(&port));
+            }
+        }
+        Command::Show {
+            what: Show::Macs(a),
+        }
+        | Command::ShowMacs(a) => {
+            let request = Request::ShowMacs { vlan: a.vlan };
+            if json {
+                print_json(&client.call(request)?);
+            } else {
+                // Names first: a port added between the two requests just shows as a number.
+                let names: HashMap<u16, String> = client
+                    .call_as::<PortList>(Request::ShowPorts)?
+                    .into_iter()
+                    .map(|p| (p.id, p.name))
+                    .collect();
+                let table: MacTableInfo = client.call_as(request)?;
+                print!("{}", render::macs_table(&table, &names, a.vlan));
+            }
+        }
+        Command::Show { what: Show::Switch } | Command::ShowSwitch => {
+            if json {
+                print_json(&client.call(Request::ShowSwitch)?);
+            } else {
+                let info: SwitchInfo = client.call_as(Request::ShowSwitch)?;
+                print!("{}", render::switch_info(&info));
+            }
+        }
+        Command::AddPort { spec } => {
+            let name = spec.name.clone();
+            let added: PortAdded = client.call_as(Request::AddPort { port: spec.clone() })?;
+            if json {
+                print_json(&added);
+            } else {
+                println!("added port {name} as port {}", added.id);
+            }
+        }
+        Command::DelPort { name } => {
+            let result = client.call(Request::DelPort { name: name.clone() })?;
+            if json {
+                print_json(&result);
+            } else {
+                println!("removed port {name}");
+            }
+        }
+        Command::SetVlan(a) => {
+            let vlan = vlan.expect("checked in main");
+            let words = render::vlan(&vlan);
+            let result = client.call(Request::SetVlan {
+                name: a.name.clone(),
+                vlan,
+            })?;
+            if json {
+                print_json(&result);
+            } else {
+                println!("port {}: vlan {words}", a.name);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set_vlan(words: &[&str]) -> Result<VlanConfig, String> {
+        let mut argv = vec!["flowctl", "set-vlan", "p"];
+        argv.extend_from_slice(words);
+        match Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            Command::SetVlan(a) => a.vlan_config(),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn set_vlan_words() {
+        let v = set_vlan(&["access", "10"]).unwrap();
+        assert_eq!(
+            (v.mode.as_str(), v.vlan, v.trunks),
+            ("access", Some(10), None)
+        );
+        let v = set_vlan(&["trunk"]).unwrap();
+        assert_eq!((v.mode.as_str(), v.vlan, v.trunks), ("trunk", None, None));
+        let v = set_vlan(&["trunk", "10,20-29"]).unwrap();
+        assert_eq!(v.trunks.as_deref(), Some("10,20-29"));
+        let v = set_vlan(&["native-untagged", "5", "10,20"]).unwrap();
+        assert_eq!(
+            (v.mode.as_str(), v.vlan, v.trunks.as_deref()),
+            ("native-untagged", Some(5), Some("10,20"))
+        );
+        assert!(set_vlan(&["access"])
+            .unwrap_err()
+            .contains("needs a VLAN ID"));
+        assert!(set_vlan(&["access", "10", "20"]).is_err());
+        assert!(set_vlan(&["access", "5000"]).unwrap_err().contains("5000"));
+        assert!(set_vlan(&["trunk", "10,x"]).unwrap_err().contains("'x'"));
+        assert!(set_vlan(&["native-tagged"]).is_err());
+        assert!(set_vlan(&["bridge", "1"]).is_err());
+    }
+
+    #[test]
+    fn add_port_spec_errors_name_the_problem() {
+        let e = Cli::try_parse_from(["flowctl", "add-port", "name=x"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ValueValidation);
+        assert!(e.to_string().contains("missing socket="), "{e}");
+    }
+}

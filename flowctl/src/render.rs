@@ -1,0 +1,427 @@
+//! Human-readable output: aligned tables and key/value blocks. Scripts should use `--json`.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use patchbay_switch::control::protocol::{MacTableInfo, SwitchInfo};
+use patchbay_switch::port::{ConnectMode, CounterSnapshot, LinkState, PortInfo};
+use patchbay_switch::vlan::VlanConfig;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Align {
+    Left,
+    Right,
+}
+
+/// A table with a header row; columns are padded to their widest cell, separated by two
+/// spaces, and the last column is not padded.
+struct Table {
+    columns: Vec<(&'static str, Align)>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(columns: &[(&'static str, Align)]) -> Table {
+        Table {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        debug_assert_eq!(cells.len(), self.columns.len());
+        self.rows.push(cells);
+    }
+
+    fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.columns.iter().map(|(h, _)| h.len()).collect();
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        let header: Vec<String> = self.columns.iter().map(|(h, _)| h.to_string()).collect();
+        for cells in std::iter::once(&header).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, cell) in cells.iter().enumerate() {
+                let last = i + 1 == cells.len();
+                let pad = widths[i].saturating_sub(cell.chars().count());
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                match self.columns[i].1 {
+                    Align::Right => {
+                        line.push_str(&" ".repeat(pad));
+                        line.push_str(cell);
+                    }
+                    Align::Left => {
+                        line.push_str(cell);
+                        if !last {
+                            line.push_str(&" ".repeat(pad));
+                        }
+                    }
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// A VLAN policy in one phrase: `access 10`, `trunk 10,20-29`, `native-untagged 5 +10,20`.
+pub fn vlan(v: &VlanConfig) -> String {
+    let mut s = v.mode.clone();
+    let is_trunk = v.mode != "access";
+    if let Some(vid) = v.vlan {
+        let _ = write!(s, " {vid}");
+    }
+    if let Some(t) = &v.trunks {
+        let sep = if v.vlan.is_some() { " +" } else { " " };
+        let _ = write!(s, "{sep}{t}");
+    } else if is_trunk {
+        // A trunk with no list carries every VLAN.
+        let sep = if v.vlan.is_some() { " +" } else { " " };
+        let _ = write!(s, "{sep}all");
+    }
+    s
+}
+
+fn link_state(s: LinkState) -> &'static str {
+    match s {
+        LinkState::Listening => "listening",
+        LinkState::Connecting => "connecting",
+        LinkState::Connected => "connected",
+        LinkState::Removed => "removed",
+    }
+}
+
+/// `listening`, `connecting`, `connected, rings up`, `connected, rings down`.
+pub fn state(p: &PortInfo) -> String {
+    match p.state {
+        LinkState::Connected if p.rings_up => "connected, rings up".into(),
+        LinkState::Connected => "connected, rings down".into(),
+        other => link_state(other).into(),
+    }
+}
+
+/// The total, then the non-zero reasons: `4 (no-buffer=3 vlan-filter=1)`, or `0`.
+pub fn drops(c: &CounterSnapshot) -> String {
+    let total = c.total_drops();
+    let reasons: Vec<String> = c
+        .drops
+        .iter()
+        .filter(|(_, n)| *n != 0)
+        .map(|(r, n)| format!("{r}={n}"))
+        .collect();
+    if reasons.is_empty() {
+        total.to_string()
+    } else {
+        format!("{total} ({})", reasons.join(" "))
+    }
+}
+
+/// `1234567` exact, or `1.2M` when abbreviated (powers of 1000).
+fn count(n: u64, human: bool) -> String {
+    if !human || n < 1000 {
+        return n.to_string();
+    }
+    scaled(n as f64, 1000.0, &["K", "M", "G", "T", "P", "E"])
+}
+
+/// `1234567` exact, or `1.2MiB` when abbreviated (powers of 1024).
+fn bytes(n: u64, human: bool) -> String {
+    if !human {
+        return n.to_string();
+    }
+    if n < 1024 {
+        return format!("{n}B");
+    }
+    scaled(
+        n as f64,
+        1024.0,
+        &["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"],
+    )
+}
+
+fn scaled(mut v: f64, base: f64, units: &[&str]) -> String {
+    let mut unit = "";
+    for u in units {
+        if v < base {
+            break;
+        }
+        v /= base;
+        unit = u;
+    }
+    if v < 10.0 {
+        format!("{v:.1}{unit}")
+    } else {
+        format!("{v:.0}{unit}")
+    }
+}
+
+/// `45s`, `12m05s`, `3h07m`, `2d04h`.
+pub fn duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d{h:02}h")
+    } else if h > 0 {
+        format!("{h}h{m:02}m")
+    } else if m > 0 {
+        format!("{m}m{s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn features(p: &PortInfo) -> String {
+    if p.feature_names.is_empty() {
+        "-".into()
+    } else {
+        p.feature_names.join(",")
+    }
+}
+
+/// `flowctl show ports`.
+pub fn ports_table(ports: &[PortInfo], human: bool) -> String {
+    use Align::*;
+    let mut t = Table::new(&[
+        ("ID", Right),
+        ("NAME", Left),
+        ("STATE", Left),
+        ("VLAN", Left),
+        ("RX-PKTS", Right),
+        ("RX-BYTES", Right),
+        ("TX-PKTS", Right),
+        ("TX-BYTES", Right),
+        ("DROPS", Left),
+        ("FEATURES", Left),
+    ]);
+    let mut sorted: Vec<&PortInfo> = ports.iter().collect();
+    sorted.sort_by_key(|p| p.id);
+    for p in sorted {
+        let c = &p.counters;
+        t.row(vec![
+            p.id.to_string(),
+            p.name.clone(),
+            state(p),
+            vlan(&p.vlan),
+            count(c.rx_packets, human),
+            bytes(c.rx_bytes, human),
+            count(c.tx_packets, human),
+            bytes(c.tx_bytes, human),
+            drops(c),
+            features(p),
+        ]);
+    }
+    let mut out = t.render();
+    let _ = writeln!(
+        out,
+        "{} port{}",
+        ports.len(),
+        if ports.len() == 1 { "" } else { "s" }
+    );
+    out
+}
+
+/// `flowctl show port NAME`: every field of one port.
+pub fn port_detail(p: &PortInfo) -> String {
+    let c = &p.counters;
+    let mode = match p.mode {
+        ConnectMode::Server => "server (the switch listens)",
+        ConnectMode::Client => "client (the switch connects)",
+    };
+    let header_len = p
+        .header_len
+        .map_or("- (not connected)".to_string(), |n| format!("{n} bytes"));
+    let feature_line = if p.feature_names.is_empty() {
+        format!("{:#018x}", p.features)
+    } else {
+        format!("{:#018x} {}", p.features, p.feature_names.join(" "))
+    };
+    let mut rows: Vec<(&str, String)> = vec![
+        ("id", p.id.to_string()),
+        ("name", p.name.clone()),
+        ("socket", p.socket.clone()),
+        ("mode", mode.into()),
+        (
+            "state",
+            format!("{} (since {} ago)", state(p), duration(p.since_secs)),
+        ),
+        ("vlan", vlan(&p.vlan)),
+        ("features", feature_line),
+        ("header length", header_len),
+        ("rx packets", c.rx_packets.to_string()),
+        ("rx bytes", c.rx_bytes.to_string()),
+        ("tx packets", c.tx_packets.to_string()),
+        ("tx bytes", c.tx_bytes.to_string()),
+        ("drops", c.total_drops().to_string()),
+    ];
+    let drop_rows: Vec<(String, String)> = c
+        .drops
+        .iter()
+        .map(|(r, n)| (format!("  {r}"), n.to_string()))
+        .collect();
+    let tail: Vec<(&str, String)> = vec![
+        ("connects", c.connects.to_string()),
+        ("notifications", c.notifications.to_string()),
+        ("protocol errors", c.protocol_errors.to_string()),
+    ];
+    let width = rows
+        .iter()
+        .map(|(k, _)| k.len())
+        .chain(drop_rows.iter().map(|(k, _)| k.len()))
+        .chain(tail.iter().map(|(k, _)| k.len()))
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let mut out = String::new();
+    let mut line = |k: &str, v: &str| {
+        let _ = writeln!(out, "{:<width$} {v}", format!("{k}:"));
+    };
+    for (k, v) in rows.drain(..) {
+        line(k, &v);
+    }
+    for (k, v) in &drop_rows {
+        line(k, v);
+    }
+    for (k, v) in &tail {
+        line(k, v);
+    }
+    out
+}
+
+/// `flowctl show macs`. `names` maps port numbers to names; unknown numbers print as is.
+pub fn macs_table(info: &MacTableInfo, names: &HashMap<u16, String>, vlan: Option<u16>) -> String {
+    use Align::*;
+    let mut t = Table::new(&[
+        ("VLAN", Right),
+        ("MAC", Left),
+        ("PORT", Left),
+        ("AGE", Right),
+    ]);
+    let mut entries: Vec<_> = info.entries.iter().collect();
+    entries.sort_by(|a, b| (a.vlan, &a.mac).cmp(&(b.vlan, &b.mac)));
+    for e in entries {
+        t.row(vec![
+            e.vlan.to_string(),
+            e.mac.clone(),
+            names
+                .get(&e.port)
+                .cloned()
+                .unwrap_or_else(|| e.port.to_string()),
+            duration(e.age),
+        ]);
+    }
+    let mut out = t.render();
+    let n = info.entries.len();
+    let _ = write!(out, "{n} entr{}", if n == 1 { "y" } else { "ies" });
+    if let Some(v) = vlan {
+        let _ = write!(out, " in VLAN {v}");
+    }
+    let _ = writeln!(
+        out,
+        " (capacity {}, aging {} s)",
+        info.capacity, info.aging_secs
+    );
+    out
+}
+
+/// `flowctl show switch`.
+pub fn switch_info(s: &SwitchInfo) -> String {
+    let cpus = if s.poll_cpus.is_empty() {
+        "none (ports are served when their guests notify)".to_string()
+    } else {
+        s.poll_cpus
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let rows = [
+        ("mtu", s.mtu.to_string()),
+        ("poll cpus", cpus),
+        ("ports", s.ports.to_string()),
+        (
+            "mac entries",
+            format!("{} (capacity {})", s.mac_entries, s.mac_capacity),
+        ),
+        ("floods", s.floods.to_string()),
+        ("macs learned", s.mac_learned.to_string()),
+        ("macs moved", s.mac_moved.to_string()),
+        ("mac table full", s.mac_table_full.to_string()),
+        ("control errors", s.control_errors.to_string()),
+    ];
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    let mut out = String::new();
+    for (k, v) in rows {
+        let _ = writeln!(out, "{:<width$} {v}", format!("{k}:"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vc(mode: &str, vlan: Option<u16>, trunks: Option<&str>) -> VlanConfig {
+        VlanConfig {
+            mode: mode.into(),
+            vlan,
+            trunks: trunks.map(String::from),
+        }
+    }
+
+    #[test]
+    fn vlans_read_as_one_phrase() {
+        assert_eq!(vlan(&vc("access", Some(10), None)), "access 10");
+        assert_eq!(vlan(&vc("trunk", None, Some("10,20-29"))), "trunk 10,20-29");
+        assert_eq!(vlan(&vc("trunk", None, None)), "trunk all");
+        assert_eq!(
+            vlan(&vc("native-untagged", Some(5), Some("10,20"))),
+            "native-untagged 5 +10,20"
+        );
+        assert_eq!(
+            vlan(&vc("native-tagged", Some(5), Some("all"))),
+            "native-tagged 5 +all"
+        );
+    }
+
+    #[test]
+    fn drops_list_only_nonzero_reasons() {
+        let mut c = CounterSnapshot {
+            drops: vec![
+                ("no-buffer".into(), 3),
+                ("bad-descriptor".into(), 0),
+                ("vlan-filter".into(), 1),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(drops(&c), "4 (no-buffer=3 vlan-filter=1)");
+        c.drops.iter_mut().for_each(|d| d.1 = 0);
+        assert_eq!(drops(&c), "0");
+    }
+
+    #[test]
+    fn numbers_are_exact_unless_abbreviated() {
+        assert_eq!(count(1_234_567, false), "1234567");
+        assert_eq!(count(1_234_567, true), "1.2M");
+        assert_eq!(count(999, true), "999");
+        assert_eq!(bytes(1023, true), "1023B");
+        assert_eq!(bytes(1536, true), "1.5KiB");
+        assert_eq!(bytes(50 * 1024 * 1024, true), "50MiB");
+        assert_eq!(duration(45), "45s");
+        assert_eq!(duration(725), "12m05s");
+        assert_eq!(duration(3 * 3600 + 7 * 60), "3h07m");
+        assert_eq!(duration(2 * 86400 + 4 * 3600), "2d04h");
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let mut t = Table::new(&[("ID", Align::Right), ("NAME", Align::Left)]);
+        t.row(vec!["1".into(), "a".into()]);
+        t.row(vec!["12".into(), "bb".into()]);
+        assert_eq!(t.render(), "ID  NAME\n 1  a\n12  bb\n");
+    }
+}

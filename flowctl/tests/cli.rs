@@ -1,0 +1,365 @@
+//! Runs the `flowctl` binary against a switch started in this process. Every control request
+//! is answered synchronously, so no test waits for anything.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use patchbay_switch::config::Config;
+use patchbay_switch::daemon::Daemon;
+use patchbay_switch::port::{ConnectMode, PortConfig};
+use patchbay_switch::wire::EthernetAddress;
+
+/// A running switch in a private directory; shut down and cleaned up on drop (also when a
+/// test fails).
+struct TestSwitch {
+    dir: PathBuf,
+    daemon: Daemon,
+}
+
+fn port(
+    dir: &Path,
+    name: &str,
+    vlan_mode: Option<&str>,
+    vlan: Option<u16>,
+    trunks: Option<&str>,
+) -> PortConfig {
+    PortConfig {
+        name: name.into(),
+        socket: dir.join(format!("{name}.sock")),
+        mode: ConnectMode::Server,
+        mac: None,
+        vlan_mode: vlan_mode.map(String::from),
+        vlan,
+        trunks: trunks.map(String::from),
+    }
+}
+
+impl TestSwitch {
+    /// Ports: `vm1` access 10, `up` native-untagged 5 with 10,20-29, `tr` trunk 30.
+    fn start(test: &str) -> TestSwitch {
+        let dir = std::env::temp_dir().join(format!("flowctl-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut config = Config {
+            control_socket: dir.join("control.sock"),
+            metrics_listen: None,
+            ..Config::default()
+        };
+        config.ports.push(port(&dir, "vm1", None, Some(10), None));
+        config.ports.push(port(
+            &dir,
+            "up",
+            Some("native-untagged"),
+            Some(5),
+            Some("10,20-29"),
+        ));
+        config
+            .ports
+            .push(port(&dir, "tr", Some("trunk"), None, Some("30")));
+        let daemon = Daemon::start(config).expect("switch starts");
+        TestSwitch { dir, daemon }
+    }
+
+    fn socket(&self) -> &Path {
+        &self.daemon.control_socket
+    }
+
+    /// Runs flowctl with `--socket` pointing at this switch.
+    fn flowctl(&self, args: &[&str]) -> Output {
+        flowctl_at(self.socket(), args)
+    }
+
+    /// Runs flowctl and expects success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.flowctl(args);
+        assert!(
+            out.status.success(),
+            "flowctl {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let text = self.ok(&all);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+}
+
+impl Drop for TestSwitch {
+    fn drop(&mut self) {
+        self.daemon.shutdown();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn flowctl_at(socket: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flowctl"))
+        .env_remove("PATCHBAY_CONTROL")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("flowctl runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The table row of port `name` in `show ports` output.
+fn row<'a>(table: &'a str, name: &str) -> Option<&'a str> {
+    table
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(name))
+}
+
+#[test]
+fn show_ports_lists_ports_with_their_vlans() {
+    let sw = TestSwitch::start("show_ports");
+    let table = sw.ok(&["show", "ports"]);
+    let header = table.lines().next().unwrap();
+    for column in [
+        "ID", "NAME", "STATE", "VLAN", "RX-PKTS", "TX-BYTES", "DROPS", "FEATURES",
+    ] {
+        assert!(header.contains(column), "{header}");
+    }
+    let vm1 = row(&table, "vm1").expect(&table);
+    assert!(
+        vm1.contains("access 10") && vm1.contains("listening"),
+        "{vm1}"
+    );
+    let up = row(&table, "up").expect(&table);
+    assert!(up.contains("native-untagged 5 +10,20-29"), "{up}");
+    let tr = row(&table, "tr").expect(&table);
+    assert!(tr.contains("trunk 30"), "{tr}");
+    assert!(table.trim_end().ends_with("3 ports"), "{table}");
+
+    // The dashed alias prints the same table.
+    assert_eq!(sw.ok(&["show-ports"]), table);
+
+    let detail = sw.ok(&["show", "port", "up"]);
+    for needle in [
+        "native-untagged 5 +10,20-29",
+        "up.sock",
+        "server",
+        "listening",
+        "no-buffer:",
+        "hairpin:",
+        "header length:",
+    ] {
+        assert!(detail.contains(needle), "{needle} missing from:\n{detail}");
+    }
+}
+
+#[test]
+fn json_output_is_the_switch_result() {
+    let sw = TestSwitch::start("json");
+    let ports = sw.json(&["show", "ports"]);
+    let names: Vec<&str> = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["vm1", "up", "tr"]);
+    assert_eq!(ports[0]["vlan"]["mode"], "access");
+    assert_eq!(ports[0]["vlan"]["vlan"], 10);
+    assert_eq!(ports[0]["counters"]["rx_packets"], 0);
+
+    let one = sw.json(&["show", "port", "tr"]);
+    assert_eq!(one["name"], "tr");
+    assert_eq!(one["vlan"]["trunks"], "30");
+
+    let switch = sw.json(&["show", "switch"]);
+    assert_eq!(switch["ports"], 3);
+    let macs = sw.json(&["show", "macs"]);
+    assert_eq!(macs["entries"], serde_json::json!([]));
+    assert!(macs["capacity"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn show_macs_names_ports_and_filters_by_vlan() {
+    let sw = TestSwitch::start("macs");
+    let table = sw.daemon.switch.mac_table();
+    let now = table.now();
+    let a: EthernetAddress = "52:54:00:00:00:01".parse().unwrap();
+    let b: EthernetAddress = "52:54:00:00:00:02".parse().unwrap();
+    table.learn(10, a, 1, now);
+    table.learn(20, b, 2, now);
+
+    let all = sw.ok(&["show", "macs"]);
+    let line_a = all
+        .lines()
+        .find(|l| l.contains("52:54:00:00:00:01"))
+        .expect(&all);
+    assert_eq!(
+        line_a.split_whitespace().take(3).collect::<Vec<_>>(),
+        ["10", "52:54:00:00:00:01", "vm1"]
+    );
+    assert!(
+        all.contains("2 entries (capacity 8192, aging 300 s)"),
+        "{all}"
+    );
+
+    let only20 = sw.ok(&["show", "macs", "--vlan", "20"]);
+    assert!(
+        only20.contains("52:54:00:00:00:02") && only20.contains(" up "),
+        "{only20}"
+    );
+    assert!(!only20.contains("52:54:00:00:00:01"), "{only20}");
+    assert!(only20.contains("1 entry in VLAN 20"), "{only20}");
+}
+
+#[test]
+fn add_port_then_del_port_round_trip() {
+    let sw = TestSwitch::start("add_del");
+    let sock = sw.dir.join("vm4.sock");
+    let spec = format!("name=vm4,socket={},vlan=42", sock.display());
+    let added = sw.ok(&["add-port", &spec]);
+    assert_eq!(added.trim(), "added port vm4 as port 4");
+    let table = sw.ok(&["show", "ports"]);
+    let vm4 = row(&table, "vm4").expect(&table);
+    assert!(vm4.contains("access 42"), "{vm4}");
+    assert!(sock.exists(), "the switch listens on the new port's socket");
+
+    // A trunk list keeps its commas; --json prints the assigned number.
+    let spec = format!(
+        "name=t2,socket={},vlan-mode=trunk,trunks=10,20-29",
+        sw.dir.join("t2.sock").display()
+    );
+    assert_eq!(sw.json(&["add-port", &spec])["id"], 5);
+    let table = sw.ok(&["show", "ports"]);
+    assert!(row(&table, "t2").expect(&table).contains("trunk 10,20-29"));
+
+    assert_eq!(sw.ok(&["del-port", "vm4"]).trim(), "removed port vm4");
+    sw.ok(&["del-port", "t2"]);
+    let table = sw.ok(&["show", "ports"]);
+    assert!(
+        row(&table, "vm4").is_none() && row(&table, "t2").is_none(),
+        "{table}"
+    );
+    assert!(table.trim_end().ends_with("3 ports"), "{table}");
+}
+
+#[test]
+fn set_vlan_changes_the_vlan_shown() {
+    let sw = TestSwitch::start("set_vlan");
+    let out = sw.ok(&["set-vlan", "vm1", "trunk", "10,20-29"]);
+    assert_eq!(out.trim(), "port vm1: vlan trunk 10,20-29");
+    let table = sw.ok(&["show", "ports"]);
+    assert!(
+        row(&table, "vm1").unwrap().contains("trunk 10,20-29"),
+        "{table}"
+    );
+
+    sw.ok(&["set-vlan", "vm1", "native-tagged", "7", "100-200"]);
+    let v = sw.json(&["show", "port", "vm1"]);
+    assert_eq!(
+        v["vlan"],
+        serde_json::json!({"mode": "native-tagged", "vlan": 7, "trunks": "100-200"})
+    );
+
+    sw.ok(&["set-vlan", "vm1", "access", "20"]);
+    let table = sw.ok(&["show", "ports"]);
+    assert!(row(&table, "vm1").unwrap().contains("access 20"), "{table}");
+}
+
+#[test]
+fn switch_errors_exit_1_with_the_switch_message() {
+    let sw = TestSwitch::start("switch_errors");
+    let out = sw.flowctl(&["del-port", "ghost"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out).trim(), "flowctl: no port named 'ghost'");
+
+    let out = sw.flowctl(&["set-vlan", "ghost", "access", "3"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no port named 'ghost'"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = sw.flowctl(&["show", "port", "ghost"]);
+    assert_eq!(out.status.code(), Some(1));
+
+    // Checked by the switch: the message names the field.
+    let spec = format!(
+        "name=bad,socket={},vlan=5000",
+        sw.dir.join("bad.sock").display()
+    );
+    let out = sw.flowctl(&["add-port", &spec]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("flowctl: ") && err.contains("`vlan`") && err.contains("5000"),
+        "{err}"
+    );
+
+    let spec = format!("name=vm1,socket={}", sw.dir.join("dup.sock").display());
+    let out = sw.flowctl(&["add-port", &spec]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+}
+
+#[test]
+fn usage_errors_exit_2_naming_the_problem() {
+    let sw = TestSwitch::start("usage_errors");
+    for (args, needle) in [
+        (&["add-port", "name=x"][..], "missing socket="),
+        (
+            &["add-port", "name=x,socket=/tmp/x.sock,colour=red"],
+            "unknown key 'colour'",
+        ),
+        (
+            &["add-port", "name=x,socket=/tmp/x.sock,mode=maybe"],
+            "mode 'maybe'",
+        ),
+        (&["set-vlan", "vm1", "access"], "needs a VLAN ID"),
+        (&["set-vlan", "vm1", "trunk", "10,5000"], "5000"),
+        (&["set-vlan", "vm1", "bridge", "3"], "bridge"),
+        (&["show", "macs", "--vlan", "x"], "--vlan"),
+        (&["frobnicate"], "frobnicate"),
+    ] {
+        let out = sw.flowctl(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
+    // Nothing was added.
+    assert!(row(&sw.ok(&["show", "ports"]), "x").is_none());
+}
+
+#[test]
+fn unreachable_switch_exits_3_with_a_hint() {
+    let dir = std::env::temp_dir().join(format!("flowctl-{}-unreachable", std::process::id()));
+    let missing = dir.join("no-such.sock");
+    let out = flowctl_at(&missing, &["show", "ports"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(&format!(
+            "flowctl: cannot connect to switch at {}:",
+            missing.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("is patchbay-switch running?") && err.contains("--socket"),
+        "{err}"
+    );
+}
+
+#[test]
+fn patchbay_control_selects_the_socket() {
+    let sw = TestSwitch::start("env_socket");
+    let out = Command::new(env!("CARGO_BIN_EXE_flowctl"))
+        .env("PATCHBAY_CONTROL", sw.socket())
+        .args(["show", "switch"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ports:"));
+}
