@@ -122,6 +122,7 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usiz
         let mut popped = 0;
         {
             let queue = &mut txv.queue;
+            let queue_size = queue.size();
             while popped < BATCH {
                 let chain = match queue.iter(&*mem) {
                     Ok(mut it) => it.next(),
@@ -137,7 +138,7 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usiz
                 popped += 1;
                 let head = chain.head_index();
                 let s = &mut *scratch;
-                match TxChain::parse(chain, &mem, header_len, max_frame, &mut s.segs) {
+                match TxChain::parse(chain, &mem, header_len, max_frame, queue_size, &mut s.segs) {
                     Ok(frame) => s.frames.push(frame),
                     Err(e) => {
                         log::debug!("port {}: TX chain {head} rejected: {e}", port.name);

@@ -1602,6 +1602,9 @@ impl TestPort {
     }
 }
 
+/// Raw access to the TX queue (the name the test plan uses).
+pub type RawTx<'a> = RawQueue<'a>;
+
 /// One descriptor as written by [`RawQueue::set_desc`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RawDesc {

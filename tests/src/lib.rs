@@ -2,6 +2,7 @@
 //! virtio-net driver (fast tests, benchmarks), real Linux guests under QEMU, and an
 //! in-process switch with a private socket directory.
 
+pub mod frames;
 pub mod frontend;
 pub mod guest;
 pub mod switch;

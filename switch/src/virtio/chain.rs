@@ -38,8 +38,8 @@ pub enum ChainError {
     Runt { len: u32 },
     #[error("frame of {len}+ bytes exceeds the {max}-byte limit")]
     TooBig { len: u64, max: u64 },
-    #[error("head index {0} is outside the queue")]
-    BadHead(u16),
+    #[error("descriptor chain is longer than the queue ({0} descriptors)")]
+    TooLong(u16),
 }
 
 /// Appends `desc`'s buffer to `segs`, split at memory-region boundaries.
@@ -79,6 +79,7 @@ fn walk<M>(
     mem: &GuestMemory,
     device_writes: bool,
     limit: u64,
+    queue_size: u16,
     segs: &mut Vec<Segment>,
 ) -> Result<u64, ChainError>
 where
@@ -89,6 +90,10 @@ where
     let mut count = 0usize;
     for desc in chain {
         count += 1;
+        // The spec bounds a chain by the queue size, indirect tables included.
+        if count > usize::from(queue_size) {
+            return Err(ChainError::TooLong(queue_size));
+        }
         last_has_next = desc.has_next();
         if desc.is_write_only() != device_writes {
             return Err(if device_writes {
@@ -147,6 +152,7 @@ impl TxChain {
         mem: &GuestMemory,
         header_len: usize,
         max_frame: u32,
+        queue_size: u16,
         segs: &mut Vec<Segment>,
     ) -> Result<TxChain, ChainError>
     where
@@ -155,7 +161,7 @@ impl TxChain {
         let head = chain.head_index();
         let start = segs.len();
         let limit = header_len as u64 + u64::from(max_frame);
-        let result = walk(chain, mem, false, limit, segs).and_then(|total| {
+        let result = walk(chain, mem, false, limit, queue_size, segs).and_then(|total| {
             let frame_len = total.saturating_sub(header_len as u64) as u32;
             if total < header_len as u64 + 14 {
                 return Err(ChainError::Runt { len: frame_len });
@@ -252,7 +258,15 @@ impl RxReservation {
             let head = chain.head_index();
             let seg_start = self.segs.len();
             // A receive chain longer than any frame we send is fine; bound the walk anyway.
-            match walk(chain, mem, true, u64::from(u32::MAX), &mut self.segs) {
+            let queue_size = queue.size();
+            match walk(
+                chain,
+                mem,
+                true,
+                u64::from(u32::MAX),
+                queue_size,
+                &mut self.segs,
+            ) {
                 Ok(cap) => {
                     if !mergeable && cap < need {
                         self.segs.truncate(seg_start);

@@ -1,0 +1,555 @@
+//! The frame path with the userspace frontend: learning, flooding, VLANs, jumbo frames,
+//! legacy headers, memory layouts, lifecycle.
+//!
+//! Absence checks are deterministic: the switch delivers a frame to every receiver before it
+//! returns the sender's TX chain, so once `wait_tx_completion` is true, a receiver that has
+//! nothing in its used ring will never get that frame.
+
+use std::time::{Duration, Instant};
+
+use patchbay_switch::port::{ConnectMode, PortConfig};
+use patchbay_tests::frames::*;
+use patchbay_tests::frontend::*;
+use patchbay_tests::switch::{access, port, start_switch, TestDir};
+
+const T: Duration = Duration::from_secs(5);
+
+fn connect(dir: &TestDir, name: &str) -> TestPort {
+    TestPort::connect(FrontendConfig::new(dir.join(&format!("{name}.sock"))))
+        .expect("frontend connects")
+}
+
+fn connect_with(dir: &TestDir, name: &str, f: impl FnOnce(&mut FrontendConfig)) -> TestPort {
+    let mut cfg = FrontendConfig::new(dir.join(&format!("{name}.sock")));
+    f(&mut cfg);
+    TestPort::connect(cfg).expect("frontend connects")
+}
+
+/// Sends and waits until the switch has finished with the frame.
+fn send(p: &mut TestPort, f: &[u8]) {
+    p.send(f).expect("send");
+    assert!(
+        p.wait_tx_completion(T).expect("tx completion"),
+        "switch did not consume the frame"
+    );
+}
+
+fn recv(p: &mut TestPort) -> Vec<u8> {
+    p.recv(T).expect("recv").expect("a frame should arrive")
+}
+
+fn nothing(p: &mut TestPort) -> bool {
+    p.recv(Duration::ZERO).expect("recv").is_none()
+}
+
+/// Waits until `cond` holds (state that the switch reaches asynchronously), bounded.
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn rings_up(d: &patchbay_switch::daemon::Daemon, name: &str) -> bool {
+    d.switch
+        .port_by_name(name)
+        .and_then(|p| p.link())
+        .is_some_and(|l| l.is_up())
+}
+
+fn drops(d: &patchbay_switch::daemon::Daemon, name: &str, reason: &str) -> u64 {
+    d.switch
+        .port_by_name(name)
+        .expect("port")
+        .counters
+        .snapshot()
+        .drop_count(reason)
+}
+
+#[test]
+fn unknown_unicast_floods_then_learned_addresses_go_to_one_port() {
+    let dir = TestDir::new("learn");
+    let d = start_switch(
+        &dir.path,
+        vec![
+            access(&dir.path, "a", 1),
+            access(&dir.path, "b", 1),
+            access(&dir.path, "c", 1),
+        ],
+        |_| {},
+    );
+    let (mut a, mut b, mut c) = (connect(&dir, "a"), connect(&dir, "b"), connect(&dir, "c"));
+
+    let first = frame(mac(2), mac(1), 1, 100);
+    send(&mut a, &first);
+    assert_eq!(recv(&mut b), first, "unknown unicast floods to b");
+    assert_eq!(recv(&mut c), first, "unknown unicast floods to c");
+
+    let reply = frame(mac(1), mac(2), 2, 100);
+    send(&mut b, &reply);
+    assert_eq!(recv(&mut a), reply, "a was learned on port a");
+    assert!(nothing(&mut c), "a learned destination is not flooded");
+
+    let again = frame(mac(2), mac(1), 3, 100);
+    send(&mut a, &again);
+    assert_eq!(recv(&mut b), again);
+    assert!(nothing(&mut c));
+
+    let table = d.switch.mac_table();
+    assert_eq!(
+        table.lookup(
+            1,
+            patchbay_switch::wire::EthernetAddress(mac(1)),
+            table.now()
+        ),
+        Some(1)
+    );
+    assert_eq!(
+        d.switch
+            .counters
+            .floods
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    d.shutdown();
+}
+
+#[test]
+fn broadcast_stays_within_its_vlan() {
+    let dir = TestDir::new("vlan-isolation");
+    let d = start_switch(
+        &dir.path,
+        vec![
+            access(&dir.path, "a", 10),
+            access(&dir.path, "b", 10),
+            access(&dir.path, "c", 20),
+        ],
+        |_| {},
+    );
+    let (mut a, mut b, mut c) = (connect(&dir, "a"), connect(&dir, "b"), connect(&dir, "c"));
+    let bcast = frame(BROADCAST, mac(1), 1, 64);
+    send(&mut a, &bcast);
+    assert_eq!(recv(&mut b), bcast);
+    assert!(
+        nothing(&mut c),
+        "a VLAN 10 broadcast must not reach VLAN 20"
+    );
+    // Even a known address on the other VLAN is unreachable: learning is per VLAN.
+    send(&mut c, &frame(BROADCAST, mac(3), 2, 64));
+    send(&mut a, &frame(mac(3), mac(1), 3, 64));
+    assert!(nothing(&mut c));
+    assert_eq!(
+        d.switch
+            .port_by_name("c")
+            .unwrap()
+            .counters
+            .snapshot()
+            .tx_packets,
+        0
+    );
+    d.shutdown();
+}
+
+#[test]
+fn trunks_push_and_pop_tags_and_keep_priority() {
+    let dir = TestDir::new("trunk");
+    let d = start_switch(
+        &dir.path,
+        vec![
+            access(&dir.path, "a", 10),
+            port(&dir.path, "t", "trunk", None, Some("10,20")),
+            port(&dir.path, "nu", "native-untagged", Some(10), Some("20")),
+            port(&dir.path, "nt", "native-tagged", Some(20), Some("10")),
+        ],
+        |_| {},
+    );
+    let mut a = connect(&dir, "a");
+    let mut t = connect(&dir, "t");
+    let mut nu = connect(&dir, "nu");
+    let mut nt = connect(&dir, "nt");
+
+    // Untagged from an access port: tagged VID 10 on the trunks, untagged on native VLAN 10.
+    let f = frame(BROADCAST, mac(1), 1, 80);
+    send(&mut a, &f);
+    let on_trunk = recv(&mut t);
+    assert_eq!(tag_of(&on_trunk), Some((10, 0)));
+    assert_eq!(strip_tag(&on_trunk), f);
+    assert_eq!(recv(&mut nu), f, "VLAN 10 is native-untagged on nu");
+    assert_eq!(
+        tag_of(&recv(&mut nt)),
+        Some((10, 0)),
+        "VLAN 10 is tagged on nt"
+    );
+
+    // Priority-tagged (VID 0, PCP 6) from the access port keeps its PCP on the trunk.
+    send(&mut a, &tagged(BROADCAST, mac(1), 0, 6, 2, 80));
+    assert_eq!(tag_of(&recv(&mut t)), Some((10, 6)));
+    assert!(tag_of(&recv(&mut nu)).is_none());
+    let _ = recv(&mut nt);
+
+    // Tagged VID 10 PCP 5 from the trunk: popped towards the access port, kept on nt.
+    let g = tagged(BROADCAST, mac(2), 10, 5, 3, 80);
+    send(&mut t, &g);
+    assert_eq!(recv(&mut a), strip_tag(&g));
+    assert_eq!(recv(&mut nu), strip_tag(&g));
+    assert_eq!(
+        recv(&mut nt),
+        g,
+        "same VLAN trunk to trunk: the frame is untouched"
+    );
+
+    // VLAN 20: native on nt (tagged there too), carried by t and nu, not by a.
+    send(&mut nt, &frame(BROADCAST, mac(4), 4, 80));
+    assert_eq!(tag_of(&recv(&mut t)), Some((20, 0)));
+    assert_eq!(tag_of(&recv(&mut nu)), Some((20, 0)));
+    assert!(nothing(&mut a));
+
+    // Refused at ingress: a tagged frame on an access port, a VLAN the trunk does not carry,
+    // an untagged frame on a plain trunk.
+    send(&mut a, &tagged(BROADCAST, mac(1), 10, 0, 5, 80));
+    send(&mut t, &tagged(BROADCAST, mac(2), 30, 0, 6, 80));
+    send(&mut t, &frame(BROADCAST, mac(2), 7, 80));
+    assert_eq!(drops(&d, "a", "vlan-filter"), 1);
+    assert_eq!(drops(&d, "t", "vlan-filter"), 2);
+    for p in [&mut a, &mut t, &mut nu, &mut nt] {
+        assert!(nothing(p));
+    }
+    d.shutdown();
+}
+
+#[test]
+fn learned_addresses_age_out_and_flooding_resumes() {
+    let dir = TestDir::new("aging");
+    let d = start_switch(
+        &dir.path,
+        vec![
+            access(&dir.path, "a", 1),
+            access(&dir.path, "b", 1),
+            access(&dir.path, "c", 1),
+        ],
+        |c| c.settings.mac_aging_secs = 1,
+    );
+    let (mut a, mut b, mut c) = (connect(&dir, "a"), connect(&dir, "b"), connect(&dir, "c"));
+    send(&mut b, &frame(BROADCAST, mac(2), 1, 64));
+    let _ = (recv(&mut a), recv(&mut c));
+    send(&mut a, &frame(mac(2), mac(1), 2, 64));
+    let _ = recv(&mut b);
+    assert!(nothing(&mut c), "b's address is known");
+    let table = d.switch.mac_table();
+    let b_mac = patchbay_switch::wire::EthernetAddress(mac(2));
+    eventually("b's address ages out", || {
+        table.lookup(1, b_mac, table.now()).is_none()
+    });
+    let f = frame(mac(2), mac(1), 3, 64);
+    send(&mut a, &f);
+    assert_eq!(
+        recv(&mut c),
+        f,
+        "after aging, b's address is unknown again and floods"
+    );
+    d.shutdown();
+}
+
+#[test]
+fn a_full_mac_table_stops_learning_but_not_forwarding() {
+    let dir = TestDir::new("table-limit");
+    let d = start_switch(
+        &dir.path,
+        vec![access(&dir.path, "a", 1), access(&dir.path, "b", 1)],
+        |c| c.settings.mac_table_size = 2,
+    );
+    let (mut a, mut b) = (connect(&dir, "a"), connect(&dir, "b"));
+    for n in 1..=3 {
+        let f = frame(BROADCAST, mac(n), u32::from(n), 64);
+        send(&mut a, &f);
+        assert_eq!(recv(&mut b), f);
+    }
+    assert_eq!(d.switch.mac_table().len(), 2);
+    assert_eq!(
+        d.switch
+            .counters
+            .mac_table_full
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    d.shutdown();
+}
+
+#[test]
+fn jumbo_frames_cross_whole_and_oversized_ones_are_dropped_not_truncated() {
+    let dir = TestDir::new("jumbo");
+    let d = start_switch(
+        &dir.path,
+        vec![
+            access(&dir.path, "a", 1),
+            access(&dir.path, "b", 1),
+            access(&dir.path, "small", 1),
+        ],
+        |_| {},
+    );
+    let mut a = connect(&dir, "a");
+    let mut b = connect(&dir, "b"); // mergeable 2 KiB buffers
+                                    // A guest without mergeable buffers and 1 KiB receive buffers.
+    let mut small = connect_with(&dir, "small", |c| {
+        c.features &= !NET_F_MRG_RXBUF;
+        c.rx_buffer_size = 1024;
+    });
+    let jumbo = frame(BROADCAST, mac(1), 1, 9000 + 14);
+    send(&mut a, &jumbo);
+    assert_eq!(
+        recv(&mut b),
+        jumbo,
+        "9014-byte frame across merged receive buffers"
+    );
+    assert!(nothing(&mut small), "too big for small's buffers");
+    assert_eq!(drops(&d, "small", "too-big"), 1);
+
+    let fits = frame(BROADCAST, mac(1), 2, 1000);
+    send(&mut a, &fits);
+    assert_eq!(
+        recv(&mut small),
+        fits,
+        "the port still works for frames that fit"
+    );
+    let _ = recv(&mut b);
+
+    // Larger than the switch's MTU (9000 + 18): refused at ingress.
+    send(&mut a, &frame(BROADCAST, mac(1), 3, 9000 + 19));
+    assert_eq!(drops(&d, "a", "too-big"), 1);
+    assert!(nothing(&mut b));
+    d.shutdown();
+}
+
+#[test]
+fn legacy_ten_byte_header_interworks_with_modern_guests() {
+    let dir = TestDir::new("legacy");
+    let d = start_switch(
+        &dir.path,
+        vec![access(&dir.path, "old", 1), access(&dir.path, "new", 1)],
+        |_| {},
+    );
+    let mut old = connect_with(&dir, "old", |c| {
+        c.features &= !(VERSION_1 | NET_F_MRG_RXBUF)
+    });
+    let mut new = connect(&dir, "new");
+    assert_eq!(old.header_len(), 10);
+    assert_eq!(new.header_len(), 12);
+    for (seq, len) in [(1u32, 60usize), (2, 1514)] {
+        let f = frame(mac(2), mac(1), seq, len);
+        send(&mut old, &f);
+        assert_eq!(recv(&mut new), f);
+        let g = frame(mac(1), mac(2), seq + 10, len);
+        send(&mut new, &g);
+        assert_eq!(recv(&mut old), g);
+    }
+    let info = d.switch.port_by_name("old").unwrap().info();
+    assert_eq!(info.header_len, Some(10));
+    d.shutdown();
+}
+
+#[test]
+fn descriptor_layouts_and_memory_layouts_all_carry_frames() {
+    let dir = TestDir::new("layouts");
+    let d = start_switch(
+        &dir.path,
+        vec![access(&dir.path, "a", 1), access(&dir.path, "b", 1)],
+        |_| {},
+    );
+    // Eight regions in one SET_MEM_TABLE, one memfd at different offsets (like QEMU).
+    let mut a = connect_with(&dir, "a", |c| {
+        c.regions = 8;
+        c.single_memfd = true;
+        c.mem_table = MemTableMode::SetMemTable;
+    });
+    // Twelve regions added one by one (CONFIGURE_MEM_SLOTS), buffers split over regions.
+    let mut b = connect_with(&dir, "b", |c| {
+        c.regions = 12;
+        c.mem_size = 24 << 20;
+        c.mem_table = MemTableMode::AddMemReg;
+    });
+    for (i, layout) in [
+        TxLayout::Contiguous,
+        TxLayout::Split,
+        TxLayout::Indirect,
+        TxLayout::Alternate,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        a.set_tx_layout(layout).unwrap();
+        b.set_tx_layout(layout).unwrap();
+        for n in 0..40u32 {
+            let seq = i as u32 * 100 + n;
+            let f = frame(mac(2), mac(1), seq, 60 + (n as usize * 37) % 1400);
+            send(&mut a, &f);
+            assert_eq!(recv(&mut b), f, "{layout:?} a->b #{n}");
+            let g = frame(mac(1), mac(2), seq, 60 + (n as usize * 53) % 1400);
+            send(&mut b, &g);
+            assert_eq!(recv(&mut a), g, "{layout:?} b->a #{n}");
+        }
+    }
+    d.shutdown();
+}
+
+#[test]
+fn config_space_offers_the_port_mac_and_link_up() {
+    let dir = TestDir::new("config");
+    let mut cfg = access(&dir.path, "a", 1);
+    cfg.mac = Some("52:54:00:aa:bb:cc".into());
+    let d = start_switch(&dir.path, vec![cfg], |_| {});
+    let a = connect(&dir, "a");
+    let config = a.get_config(0, 10).unwrap();
+    assert_eq!(&config[0..6], &[0x52, 0x54, 0x00, 0xaa, 0xbb, 0xcc]);
+    assert_eq!(
+        u16::from_le_bytes([config[6], config[7]]) & 1,
+        1,
+        "VIRTIO_NET_S_LINK_UP"
+    );
+    d.shutdown();
+}
+
+#[test]
+fn a_guest_that_stops_receiving_only_loses_its_own_frames() {
+    let dir = TestDir::new("stalled-rx");
+    let d = start_switch(
+        &dir.path,
+        vec![
+            access(&dir.path, "a", 1),
+            access(&dir.path, "stuck", 1),
+            access(&dir.path, "c", 1),
+        ],
+        |_| {},
+    );
+    let mut a = connect(&dir, "a");
+    let mut stuck = connect(&dir, "stuck");
+    let mut c = connect(&dir, "c");
+    stuck.set_rx_consumption(false).unwrap();
+    // Broadcasts reach both; stuck's ring fills up and the rest is dropped as no-buffer.
+    let total = 600u32;
+    for n in 0..total {
+        let f = frame(BROADCAST, mac(1), n, 64);
+        send(&mut a, &f);
+        assert_eq!(
+            recv(&mut c),
+            f,
+            "c keeps receiving while stuck is full (#{n})"
+        );
+    }
+    let no_buffer = drops(&d, "stuck", "no-buffer");
+    assert!(
+        no_buffer > 0 && no_buffer < u64::from(total),
+        "no-buffer drops: {no_buffer}"
+    );
+    d.shutdown();
+}
+
+#[test]
+fn ports_come_and_go_without_disturbing_others() {
+    let dir = TestDir::new("lifecycle");
+    let d = start_switch(
+        &dir.path,
+        vec![
+            access(&dir.path, "a", 1),
+            access(&dir.path, "b", 1),
+            access(&dir.path, "c", 1),
+        ],
+        |_| {},
+    );
+    let mut a = connect(&dir, "a");
+    let mut c = connect(&dir, "c");
+    let mut seq = 0;
+    let mut ping = |a: &mut TestPort, c: &mut TestPort| {
+        seq += 1;
+        let f = frame(mac(3), mac(1), seq, 64);
+        send(a, &f);
+        assert_eq!(recv(c), f, "a -> c still works");
+    };
+    send(&mut c, &frame(BROADCAST, mac(3), 0, 64));
+    let _ = recv(&mut a);
+
+    // b connects, leaves, reconnects several times (like QEMU being killed and restarted).
+    for round in 0..3 {
+        let mut b = connect(&dir, "b");
+        eventually("b's rings up", || rings_up(&d, "b"));
+        ping(&mut a, &mut c);
+        let f = frame(BROADCAST, mac(2), 100 + round, 64);
+        send(&mut b, &f);
+        assert_eq!(recv(&mut a), f);
+        assert_eq!(recv(&mut c), f);
+        b.disconnect();
+        eventually("b's link gone", || {
+            d.switch.port_by_name("b").unwrap().link().is_none()
+        });
+        ping(&mut a, &mut c);
+    }
+    assert_eq!(
+        d.switch
+            .port_by_name("b")
+            .unwrap()
+            .counters
+            .snapshot()
+            .connects,
+        3
+    );
+
+    // A port added at run time works; removing it leaves the others running.
+    let added = access(&dir.path, "late", 1);
+    d.switch.add_port(added).unwrap();
+    let mut late = connect(&dir, "late");
+    let f = frame(BROADCAST, mac(9), 500, 64);
+    send(&mut late, &f);
+    assert_eq!(recv(&mut a), f);
+    assert_eq!(recv(&mut c), f);
+    d.switch.remove_port("late").unwrap();
+    assert!(
+        !dir.join("late.sock").exists(),
+        "a removed port's socket is gone"
+    );
+    ping(&mut a, &mut c);
+    drop(late);
+    d.shutdown();
+}
+
+#[test]
+fn client_mode_ports_dial_and_redial_the_frontend() {
+    let dir = TestDir::new("client-mode");
+    let mut cfg: PortConfig = access(&dir.path, "vm", 1);
+    cfg.mode = ConnectMode::Client;
+    // The switch starts first and keeps retrying until the frontend listens.
+    let d = start_switch(&dir.path, vec![cfg, access(&dir.path, "peer", 1)], |_| {});
+    let mut peer = connect(&dir, "peer");
+    for round in 0..2u32 {
+        let mut vm = TestPort::listen_and_accept(
+            FrontendConfig::new(dir.join("vm.sock")),
+            Duration::from_secs(15),
+        )
+        .expect("the switch dials in");
+        let f = frame(BROADCAST, mac(1), round, 64);
+        send(&mut vm, &f);
+        assert_eq!(recv(&mut peer), f);
+        vm.disconnect();
+        let _ = std::fs::remove_file(dir.join("vm.sock"));
+        eventually("vm link gone", || {
+            d.switch.port_by_name("vm").unwrap().link().is_none()
+        });
+    }
+    d.shutdown();
+}
+
+#[test]
+fn poll_mode_forwards_too() {
+    let dir = TestDir::new("poll");
+    let d = start_switch(
+        &dir.path,
+        vec![access(&dir.path, "a", 1), access(&dir.path, "b", 1)],
+        |c| c.settings.poll_cpus = vec![0],
+    );
+    let (mut a, mut b) = (connect(&dir, "a"), connect(&dir, "b"));
+    for n in 0..100 {
+        let f = frame(BROADCAST, mac(1), n, 64 + n as usize);
+        send(&mut a, &f);
+        assert_eq!(recv(&mut b), f);
+    }
+    d.shutdown();
+}
