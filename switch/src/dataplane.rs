@@ -115,9 +115,8 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usiz
     let mut scratch = link.tx_scratch.lock().unwrap_or_else(|p| p.into_inner());
     let mut consumed = 0;
     loop {
-        if event_mode {
-            let _ = txv.queue.disable_notification(&*mem);
-        }
+        // Kicks stay off while we drain (event mode re-arms them below; pollers never need them).
+        let _ = txv.queue.disable_notification(&*mem);
         scratch.clear();
         let mut popped = 0;
         {

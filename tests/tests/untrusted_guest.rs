@@ -10,7 +10,6 @@ use patchbay_tests::frontend::*;
 use patchbay_tests::switch::{access, start_switch, TestDir};
 
 const T: Duration = Duration::from_secs(5);
-const NEXT: u16 = VRING_DESC_F_NEXT;
 const WRITE: u16 = VRING_DESC_F_WRITE;
 const INDIRECT: u16 = VRING_DESC_F_INDIRECT;
 

@@ -165,7 +165,12 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
 
     fn reset_device(&mut self) -> VhostResult<()> {
         for index in [RX_QUEUE, TX_QUEUE] {
-            *self.ring(index)? = RingState::default();
+            let mut ring = self.ring(index)?;
+            let generation = ring.kick_generation + 1;
+            *ring = RingState {
+                kick_generation: generation,
+                ..RingState::default()
+            };
         }
         self.link.features.store(0, Ordering::Release);
         self.notify_rings_changed();
@@ -272,6 +277,7 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
             ring.started = false;
             ring.queue.set_ready(false);
             ring.kick = None;
+            ring.kick_generation += 1;
             ring.call = None;
             ring.queue.next_avail()
         };
@@ -288,7 +294,11 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
                 self.port.name
             );
         }
-        self.ring(index)?.kick = fd;
+        {
+            let mut ring = self.ring(index)?;
+            ring.kick = fd;
+            ring.kick_generation += 1;
+        }
         self.start_ring(index)?;
         self.notify_rings_changed();
         Ok(())

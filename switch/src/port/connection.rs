@@ -269,31 +269,30 @@ fn kick_loop(
         rings_changed.as_raw_fd(),
         EpollEvent::new(EventSet::IN, WAKE),
     );
+    // The kick fd registered with epoll, and the ring's kick generation it belongs to.
     let mut watched: Option<i32> = None;
+    let mut generation = u64::MAX;
     let mut events = [EpollEvent::default(); 4];
     while !stop.load(Ordering::Acquire) {
-        // (Re)register the current TX kick fd.
-        let current = link
-            .tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .kick
-            .as_ref()
-            .map(|f| f.as_raw_fd());
-        if current != watched {
-            if let Some(fd) = watched.take() {
-                let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
-            }
-            if let Some(fd) = current {
-                if epoll
-                    .ctl(
+        {
+            let ring = link.tx.lock().unwrap_or_else(|p| p.into_inner());
+            if ring.kick_generation != generation {
+                generation = ring.kick_generation;
+                if let Some(fd) = watched.take() {
+                    // Fails harmlessly if closing the old eventfd already removed it.
+                    let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                }
+                if let Some(fd) = ring.kick.as_ref().map(|f| f.as_raw_fd()) {
+                    match epoll.ctl(
                         ControlOperation::Add,
                         fd,
                         EpollEvent::new(EventSet::IN, TX_KICK),
-                    )
-                    .is_ok()
-                {
-                    watched = Some(fd);
+                    ) {
+                        Ok(()) => watched = Some(fd),
+                        Err(e) => {
+                            log::error!("port {}: cannot watch the TX kick fd: {e}", port.name)
+                        }
+                    }
                 }
             }
         }

@@ -19,6 +19,9 @@ pub struct RingState {
     pub enabled: bool,
     /// Started by a kick fd, stopped by GET_VRING_BASE.
     pub started: bool,
+    /// Bumped whenever `kick` changes, so the kick thread re-registers even when a new eventfd
+    /// reuses the old one's fd number.
+    pub kick_generation: u64,
 }
 
 impl Default for RingState {
@@ -29,6 +32,7 @@ impl Default for RingState {
             call: None,
             enabled: false,
             started: false,
+            kick_generation: 0,
         }
     }
 }
