@@ -108,6 +108,71 @@ fn guests_ping_within_a_vlan_and_never_across() {
         "{trunk_counters:?}"
     );
 
+    // Jumbo frames end to end: both guests raise their MTU to 9000 and exchange 8 KB pings,
+    // each a single frame through the switch (no IP fragmentation at MTU 9000).
+    for g in [&mut g1, &mut g2] {
+        let (status, out) = g
+            .run("ip link set eth0 mtu 9000", Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(status, 0, "{}: {out:?}", g.name);
+    }
+    let vm1 = daemon.switch.port_by_name("vm1").unwrap();
+    let before = vm1.counters.snapshot();
+    let jumbo = g1
+        .run("ping -c 3 -W 2 -s 8000 10.0.0.2", Duration::from_secs(30))
+        .unwrap();
+    assert!(
+        jumbo.1.iter().any(|l| l.contains("3 packets received")),
+        "{:?}",
+        jumbo.1
+    );
+    let after = vm1.counters.snapshot();
+    let (frames, bytes) = (
+        after.rx_packets - before.rx_packets,
+        after.rx_bytes - before.rx_bytes,
+    );
+    assert!(
+        frames >= 3 && bytes / frames > 8000,
+        "jumbo frames crossed whole: {frames} frames, {bytes} bytes"
+    );
+
+    // Killing a QEMU (no goodbye on the socket) and starting it again disturbs nobody else.
+    drop(g3);
+    let vm3 = daemon.switch.port_by_name("vm3").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while vm3.link().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the switch noticed g3's QEMU dying"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let still = g1.ping("10.0.0.2", 2).unwrap();
+    assert_eq!(still.received, 2, "g1 -> g2 after g3 was killed: {still:?}");
+    let mut g3 = QemuGuest::boot(
+        &image,
+        "g3",
+        &nic("vm3", "52:54:00:00:20:03"),
+        "pb.ip=10.0.0.3/24",
+    )
+    .unwrap();
+    g3.wait_ready(BOOT).unwrap();
+    assert_eq!(
+        vm3.counters.snapshot().connects,
+        2,
+        "g3 reconnected to its port"
+    );
+    let rx_before = vm3.counters.snapshot().rx_packets;
+    let g3_back = g3.ping("10.0.0.1", 2).unwrap();
+    assert_eq!(
+        g3_back.received, 0,
+        "g3 is back, still on VLAN 20: {g3_back:?}"
+    );
+    assert!(
+        vm3.counters.snapshot().rx_packets > rx_before,
+        "the restarted g3's frames reach the switch"
+    );
+
     for g in [g1, g2, g3, g4] {
         g.poweroff();
     }
