@@ -40,11 +40,12 @@ fn guests_ping_within_a_vlan_and_never_across() {
         "pb.ip=10.0.0.1/24",
     )
     .unwrap();
-    let mut g2 = QemuGuest::boot(
+    let mut g2 = QemuGuest::boot_with(
         &image,
         "g2",
         &nic("vm2", "52:54:00:00:10:02"),
         "pb.ip=10.0.0.2/24",
+        true,
     )
     .unwrap();
     let mut g3 = QemuGuest::boot(
@@ -92,6 +93,18 @@ fn guests_ping_within_a_vlan_and_never_across() {
         "no frame from VLAN 10 (not even g1's ARP broadcasts) may reach the VLAN 20 port"
     );
 
+    let (_, path) = g4
+        .run(
+            "readlink -f /sys/class/net/eth0/device/..",
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert!(
+        path.iter()
+            .any(|l| l.contains("virtio-mmio") || l.contains("LNRO0005"))
+            && !path.iter().any(|l| l.contains("/pci")),
+        "g4's NIC sits on virtio-mmio: {path:?}"
+    );
     let trunk = g4.ping("10.0.0.1", 3).unwrap();
     assert_eq!(
         trunk.received, 3,
@@ -134,6 +147,21 @@ fn guests_ping_within_a_vlan_and_never_across() {
     assert!(
         frames >= 3 && bytes / frames > 8000,
         "jumbo frames crossed whole: {frames} frames, {bytes} bytes"
+    );
+
+    // A guest reboot: QEMU stops the rings and sets them up again on the same connection.
+    g2.run("reboot -f &", Duration::from_secs(10)).unwrap();
+    g2.wait_ready(BOOT).unwrap();
+    let vm2 = daemon.switch.port_by_name("vm2").unwrap();
+    assert_eq!(
+        vm2.counters.snapshot().connects,
+        1,
+        "same vhost-user connection"
+    );
+    let after_reboot = g1.ping("10.0.0.2", 3).unwrap();
+    assert!(
+        after_reboot.received >= 2,
+        "g1 -> g2 after g2 rebooted: {after_reboot:?}"
     );
 
     // Killing a QEMU (no goodbye on the socket) and starting it again disturbs nobody else.
