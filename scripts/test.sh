@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 .ci/install-deps.sh
 scripts/build-guest-image.sh build/guest >/dev/null
-cargo test --workspace --all-targets "$@"
+cargo test --workspace "$@"
