@@ -1,8 +1,9 @@
 //! Test harnesses for Patchbay: a userspace vhost-user frontend that plays a guest's
-//! virtio-net driver (fast tests, benchmarks), real Linux guests under QEMU, and an
-//! in-process switch with a private socket directory.
+//! virtio-net driver (fast tests, benchmarks), real Linux guests under QEMU, an in-process
+//! switch with a private socket directory, and reference peers to compare with (DPDK testpmd).
 
 pub mod frames;
 pub mod frontend;
 pub mod guest;
+pub mod peers;
 pub mod switch;

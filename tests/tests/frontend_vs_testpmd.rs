@@ -6,119 +6,16 @@
 //! Each test starts (and stops) its own testpmd; a lock keeps them from running concurrently
 //! because testpmd busy-polls a core.
 
-use std::fs;
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use patchbay_tests::frontend::*;
+use patchbay_tests::peers::Testpmd;
 
 static SERIAL: Mutex<()> = Mutex::new(());
-static INSTANCE: AtomicU32 = AtomicU32::new(0);
 
 const PROBE: &[u8; 4] = b"PRB0";
 const DATA: &[u8; 4] = b"PBT1";
-
-/// A running `dpdk-testpmd` with two vhost-user server ports; stopped on drop.
-struct Testpmd {
-    child: Child,
-    _stdin: ChildStdin,
-    dir: PathBuf,
-}
-
-fn find_in_path(exe: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(exe))
-            .find(|f| f.is_file())
-    })
-}
-
-impl Testpmd {
-    /// Starts testpmd, or returns `None` (after printing why) if it is not installed. With
-    /// `client`, testpmd connects (and reconnects) to our sockets instead of listening.
-    fn start(client: bool) -> Option<Testpmd> {
-        let Some(exe) = find_in_path("dpdk-testpmd") else {
-            println!("SKIP: dpdk-testpmd not found in PATH (Debian: apt-get install dpdk-dev)");
-            return None;
-        };
-        let n = INSTANCE.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("pb-testpmd-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("create testpmd dir");
-        let log = fs::File::create(dir.join("testpmd.log")).expect("create log");
-        let mut child = Command::new(exe)
-            .args(["-l", "0,1", "--no-huge", "-m", "512", "--no-pci"])
-            .arg(format!("--file-prefix=pbfe{}-{n}", std::process::id()))
-            .arg("--vdev")
-            .arg(format!(
-                "net_vhost0,iface={},queues=1,client={}",
-                dir.join("a.sock").display(),
-                u8::from(client)
-            ))
-            .arg("--vdev")
-            .arg(format!(
-                "net_vhost1,iface={},queues=1,client={}",
-                dir.join("b.sock").display(),
-                u8::from(client)
-            ))
-            .args(["--", "--auto-start", "--forward-mode=io", "--nb-cores=1"])
-            .arg("--total-num-mbufs=16384")
-            .env("RUNTIME_DIRECTORY", &dir)
-            .env("XDG_RUNTIME_DIR", &dir)
-            // testpmd exits when stdin reaches EOF: keep a pipe open.
-            .stdin(Stdio::piped())
-            .stdout(log.try_clone().expect("clone log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn dpdk-testpmd");
-        let stdin = child.stdin.take().expect("stdin pipe");
-        Some(Testpmd {
-            child,
-            _stdin: stdin,
-            dir,
-        })
-    }
-
-    fn sock(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("testpmd.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Testpmd {
-    fn drop(&mut self) {
-        let pid = Pid::from_raw(self.child.id() as i32);
-        let _ = kill(pid, Signal::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                _ => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break;
-                }
-            }
-        }
-        // The forwarding statistics testpmd prints on exit.
-        let log = self.log();
-        for l in log.lines().filter(|l| l.contains("-packets")) {
-            println!("  testpmd: {}", l.trim());
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// A test frame: Ethernet header, magic, direction, sequence number, then a pattern.
 fn frame(dir: u8, seq: u32, size: usize) -> Vec<u8> {

@@ -30,9 +30,17 @@ fn value(body: &str, series: &str) -> Option<u64> {
 #[test]
 fn metrics_pass_promtool_and_count_the_traffic() {
     let dir = TestDir::new("metrics");
-    let d = start_switch(&dir.path, vec![access(&dir.path, "a", 1), access(&dir.path, "b", 1), access(&dir.path, "c", 2)], |c| {
-        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
-    });
+    let d = start_switch(
+        &dir.path,
+        vec![
+            access(&dir.path, "a", 1),
+            access(&dir.path, "b", 1),
+            access(&dir.path, "c", 2),
+        ],
+        |c| {
+            c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        },
+    );
     let addr = d.metrics_addr.expect("metrics enabled");
     let mut a = TestPort::connect(FrontendConfig::new(dir.join("a.sock"))).unwrap();
     let mut b = TestPort::connect(FrontendConfig::new(dir.join("b.sock"))).unwrap();
@@ -49,18 +57,50 @@ fn metrics_pass_promtool_and_count_the_traffic() {
 
     let (head, body) = scrape(addr, "/metrics");
     assert!(head.contains("200"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{head}");
-    assert_eq!(value(&body, "patchbay_port_rx_packets_total{port=\"a\"}"), Some(10));
-    assert_eq!(value(&body, "patchbay_port_rx_bytes_total{port=\"a\"}"), Some(1000));
-    assert_eq!(value(&body, "patchbay_port_tx_packets_total{port=\"b\"}"), Some(10));
-    assert_eq!(value(&body, "patchbay_port_tx_packets_total{port=\"c\"}"), Some(0));
-    assert_eq!(value(&body, "patchbay_port_drops_total{port=\"a\",reason=\"vlan-filter\"}"), Some(1));
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    assert_eq!(
+        value(&body, "patchbay_port_rx_packets_total{port=\"a\"}"),
+        Some(10)
+    );
+    assert_eq!(
+        value(&body, "patchbay_port_rx_bytes_total{port=\"a\"}"),
+        Some(1000)
+    );
+    assert_eq!(
+        value(&body, "patchbay_port_tx_packets_total{port=\"b\"}"),
+        Some(10)
+    );
+    assert_eq!(
+        value(&body, "patchbay_port_tx_packets_total{port=\"c\"}"),
+        Some(0)
+    );
+    assert_eq!(
+        value(
+            &body,
+            "patchbay_port_drops_total{port=\"a\",reason=\"vlan-filter\"}"
+        ),
+        Some(1)
+    );
     assert_eq!(value(&body, "patchbay_port_up{port=\"a\"}"), Some(1));
     assert_eq!(value(&body, "patchbay_port_up{port=\"c\"}"), Some(0));
     assert_eq!(value(&body, "patchbay_mac_table_entries"), Some(1));
     assert_eq!(value(&body, "patchbay_floods_total"), Some(10));
-    for reason in ["no-buffer", "bad-descriptor", "vlan-filter", "too-big", "runt", "hairpin"] {
-        assert!(body.contains(&format!("reason=\"{reason}\"")), "drop reason {reason} is exported");
+    for reason in [
+        "no-buffer",
+        "bad-descriptor",
+        "vlan-filter",
+        "too-big",
+        "runt",
+        "hairpin",
+    ] {
+        assert!(
+            body.contains(&format!("reason=\"{reason}\"")),
+            "drop reason {reason} is exported"
+        );
     }
     assert!(scrape(addr, "/nope").0.contains("404"));
 
@@ -71,9 +111,17 @@ fn metrics_pass_promtool_and_count_the_traffic() {
         .stderr(Stdio::piped())
         .spawn()
     {
-        Err(e) => skip_or_fail("promtool check metrics", &format!("promtool not available ({e}); install the prometheus package")),
+        Err(e) => skip_or_fail(
+            "promtool check metrics",
+            &format!("promtool not available ({e}); install the prometheus package"),
+        ),
         Ok(mut child) => {
-            child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(body.as_bytes())
+                .unwrap();
             let out = child.wait_with_output().unwrap();
             assert!(
                 out.status.success(),

@@ -1,0 +1,167 @@
+//! Reference vhost-user implementations run next to Patchbay, for conformance tests and as
+//! benchmark baselines.
+//!
+//! [`Testpmd`] runs DPDK's `dpdk-testpmd` as a vhost-user *backend* with two `net_vhost`
+//! ports in io-forward mode: every frame received on port 0 is sent out of port 1 and vice
+//! versa, with no lookup at all. It is the floor any vhost-user switch can be compared with
+//! (see `notes/peers.md`). Connect a [`TestPort`](crate::frontend::TestPort) to each of
+//! [`Testpmd::sock`]`("a.sock")` and `("b.sock")`.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+static INSTANCE: AtomicU32 = AtomicU32::new(0);
+
+/// A running `dpdk-testpmd` with two vhost-user ports, `a.sock` (port 0) and `b.sock`
+/// (port 1), io-forwarding between them; stopped (SIGINT, then SIGKILL after 5 s) and its
+/// directory removed on drop.
+///
+/// It runs with `-l 0,1`: the main lcore on CPU 0 (idle, waiting on stdin) and the one
+/// forwarding lcore busy-polling on CPU 1. Memory is `--no-huge -m 512` (no hugepages
+/// needed); the log goes to `testpmd.log` in its private directory.
+pub struct Testpmd {
+    child: Child,
+    _stdin: ChildStdin,
+    dir: PathBuf,
+    print_stats: bool,
+}
+
+/// Where `exe` is found in `PATH`, if anywhere.
+fn find_in_path(exe: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(exe))
+            .find(|f| f.is_file())
+    })
+}
+
+impl Testpmd {
+    /// Path of `dpdk-testpmd` in `PATH`, or `None` if it is not installed.
+    pub fn find() -> Option<PathBuf> {
+        find_in_path("dpdk-testpmd")
+    }
+
+    /// Starts testpmd, or returns `None` (after printing why) if it is not installed.
+    ///
+    /// With `client == false` testpmd listens on both sockets (connect with
+    /// [`TestPort::connect`](crate::frontend::TestPort::connect), which retries until the
+    /// socket appears); with `client == true` it connects, and keeps reconnecting, to sockets
+    /// the caller listens on. Forwarding starts once both ports are ready, so callers should
+    /// send probes until one gets through.
+    ///
+    /// # Panics
+    /// If the private directory cannot be created or the executable cannot be spawned.
+    pub fn start(client: bool) -> Option<Testpmd> {
+        let Some(exe) = Testpmd::find() else {
+            println!("SKIP: dpdk-testpmd not found in PATH (Debian: apt-get install dpdk-dev)");
+            return None;
+        };
+        let n = INSTANCE.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("pb-testpmd-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create testpmd dir");
+        let log = fs::File::create(dir.join("testpmd.log")).expect("create log");
+        let vdev = |i: u32, sock: &str| {
+            format!(
+                "net_vhost{i},iface={},queues=1,client={}",
+                dir.join(sock).display(),
+                u8::from(client)
+            )
+        };
+        let mut child = Command::new(exe)
+            .args(["-l", "0,1", "--no-huge", "-m", "512", "--no-pci"])
+            .arg(format!("--file-prefix=pbfe{}-{n}", std::process::id()))
+            .arg("--vdev")
+            .arg(vdev(0, "a.sock"))
+            .arg("--vdev")
+            .arg(vdev(1, "b.sock"))
+            .args(["--", "--auto-start", "--forward-mode=io", "--nb-cores=1"])
+            .arg("--total-num-mbufs=16384")
+            .env("RUNTIME_DIRECTORY", &dir)
+            .env("XDG_RUNTIME_DIR", &dir)
+            // testpmd exits when stdin reaches EOF: keep a pipe open.
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn dpdk-testpmd");
+        let stdin = child.stdin.take().expect("stdin pipe");
+        Some(Testpmd {
+            child,
+            _stdin: stdin,
+            dir,
+            print_stats: true,
+        })
+    }
+
+    /// Path of one of its sockets, `"a.sock"` (port 0) or `"b.sock"` (port 1).
+    pub fn sock(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Process id (to read its CPU time or memory from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything testpmd printed so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("testpmd.log")).unwrap_or_default()
+    }
+
+    /// Whether dropping prints the forwarding statistics testpmd reports on exit (default on).
+    pub fn set_print_stats(&mut self, on: bool) {
+        self.print_stats = on;
+    }
+
+    /// Stops testpmd and returns everything it printed, including the forwarding statistics
+    /// it reports on exit ("Accumulated forward statistics for all ports", RX/TX-dropped),
+    /// instead of printing them.
+    pub fn stop(mut self) -> String {
+        self.print_stats = false;
+        self.terminate();
+        self.log()
+    }
+
+    /// SIGINT (testpmd prints its statistics and exits), SIGKILL if still running after 5 s.
+    fn terminate(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let pid = Pid::from_raw(self.child.id() as i32);
+        let _ = kill(pid, Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Testpmd {
+    fn drop(&mut self) {
+        self.terminate();
+        if self.print_stats {
+            // The forwarding statistics testpmd prints on exit.
+            for l in self.log().lines().filter(|l| l.contains("-packets")) {
+                println!("  testpmd: {}", l.trim());
+            }
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
