@@ -16,8 +16,9 @@ use crate::switch::Switch;
 use crate::virtio::chain::{ChainError, RxShortage};
 use crate::virtio::features::{mergeable_rx, net_header_len};
 use crate::virtio::{FrameCopier, GuestMemory, RxReservation, Segment, TxChain};
-use crate::vlan::{Classified, Egress};
-use crate::wire::{ethertype, L2Header};
+use crate::vlan::{Classified, Egress, Vid, VlanMode};
+use crate::wire::{ethertype, EthernetAddress, L2Header};
+use std::sync::Arc;
 
 /// Chains taken from a TX ring per batch.
 pub const BATCH: usize = 64;
@@ -74,6 +75,13 @@ struct Delivery {
     rewrite: Rewrite,
 }
 
+/// What a batch needs to know of each port, read once per batch rather than per frame.
+#[derive(Debug, Clone)]
+struct PortView {
+    vlan: Arc<VlanMode>,
+    connected: bool,
+}
+
 /// Reusable work space for draining one TX ring: no allocation per frame once warmed up.
 #[derive(Debug, Default)]
 pub struct TxScratch {
@@ -82,6 +90,8 @@ pub struct TxScratch {
     bad_heads: Vec<u16>,
     deliveries: Vec<Delivery>,
     rx: RxReservation,
+    /// Indexed by port number.
+    ports: Vec<Option<PortView>>,
 }
 
 impl TxScratch {
@@ -90,6 +100,7 @@ impl TxScratch {
         self.frames.clear();
         self.bad_heads.clear();
         self.deliveries.clear();
+        self.ports.clear();
     }
 }
 
@@ -122,28 +133,35 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usiz
         {
             let queue = &mut txv.queue;
             let queue_size = queue.size();
-            while popped < BATCH {
-                let chain = match queue.iter(&*mem) {
-                    Ok(mut it) => it.next(),
-                    Err(e) => {
-                        // The avail index moved further than the ring holds: the guest broke
-                        // its own ring. Count once per pass and leave it alone.
-                        log::debug!("port {}: TX ring unusable: {e}", port.name);
-                        port.counters.drop(DropReason::BadDescriptor, 1);
-                        None
+            // One read of the guest's avail index per batch.
+            match queue.iter(&*mem) {
+                Ok(chains) => {
+                    for chain in chains.take(BATCH) {
+                        popped += 1;
+                        let head = chain.head_index();
+                        let s = &mut *scratch;
+                        match TxChain::parse(
+                            chain,
+                            &mem,
+                            header_len,
+                            max_frame,
+                            queue_size,
+                            &mut s.segs,
+                        ) {
+                            Ok(frame) => s.frames.push(frame),
+                            Err(e) => {
+                                log::debug!("port {}: TX chain {head} rejected: {e}", port.name);
+                                port.counters.drop(drop_reason(&e), 1);
+                                s.bad_heads.push(head);
+                            }
+                        }
                     }
-                };
-                let Some(chain) = chain else { break };
-                popped += 1;
-                let head = chain.head_index();
-                let s = &mut *scratch;
-                match TxChain::parse(chain, &mem, header_len, max_frame, queue_size, &mut s.segs) {
-                    Ok(frame) => s.frames.push(frame),
-                    Err(e) => {
-                        log::debug!("port {}: TX chain {head} rejected: {e}", port.name);
-                        port.counters.drop(drop_reason(&e), 1);
-                        s.bad_heads.push(head);
-                    }
+                }
+                Err(e) => {
+                    // The avail index moved further than the ring holds: the guest broke its
+                    // own ring. Count once per pass and leave it alone.
+                    log::debug!("port {}: TX ring unusable: {e}", port.name);
+                    port.counters.drop(DropReason::BadDescriptor, 1);
                 }
             }
         }
@@ -185,7 +203,6 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usiz
 
 /// Decides the destinations of every frame in the batch, then delivers per destination.
 fn switch_batch(sw: &Switch, port: &Port, mem: &GuestMemory, scratch: &mut TxScratch) {
-    let vlan = port.vlan();
     let table = sw.mac_table();
     let now = table.now();
     let ports = sw.ports_snapshot();
@@ -194,15 +211,28 @@ fn switch_batch(sw: &Switch, port: &Port, mem: &GuestMemory, scratch: &mut TxScr
         frames,
         deliveries,
         rx,
+        ports: views,
         ..
     } = scratch;
+    views.extend(ports.iter().map(|p| {
+        p.as_ref().map(|p| PortView {
+            vlan: p.vlan(),
+            connected: p.has_link(),
+        })
+    }));
+    let Some(Some(ingress)) = views.get(usize::from(port.id)).cloned() else {
+        return;
+    };
+    // Consecutive frames of one flow learn and look up the same addresses: remember the last.
+    let mut last_learned = None;
+    let mut last_lookup: Option<((Vid, EthernetAddress), Option<PortId>)> = None;
 
     for (index, frame) in frames.iter().enumerate() {
         let Some(header) = frame.l2_header(mem, segs) else {
             port.counters.drop(DropReason::Runt, 1);
             continue;
         };
-        let class = match vlan.ingress(header.vlan.as_ref()) {
+        let class = match ingress.vlan.ingress(header.vlan.as_ref()) {
             Ok(c) => c,
             Err(_) => {
                 port.counters.drop(DropReason::VlanFilter, 1);
@@ -210,7 +240,8 @@ fn switch_batch(sw: &Switch, port: &Port, mem: &GuestMemory, scratch: &mut TxScr
             }
         };
         port.counters.count_rx(u64::from(frame.frame_len));
-        if header.src.is_unicast() {
+        if header.src.is_unicast() && last_learned != Some((class.vid, header.src)) {
+            last_learned = Some((class.vid, header.src));
             match table.learn(class.vid, header.src, port.id, now) {
                 Learned::Refreshed => {}
                 Learned::New => sw.counters.count_learned(),
@@ -219,7 +250,14 @@ fn switch_batch(sw: &Switch, port: &Port, mem: &GuestMemory, scratch: &mut TxScr
             }
         }
         let known = if header.dst.is_unicast() {
-            table.lookup(class.vid, header.dst, now)
+            match last_lookup {
+                Some((key, hit)) if key == (class.vid, header.dst) => hit,
+                _ => {
+                    let hit = table.lookup(class.vid, header.dst, now);
+                    last_lookup = Some(((class.vid, header.dst), hit));
+                    hit
+                }
+            }
         } else {
             None
         };
@@ -227,10 +265,10 @@ fn switch_batch(sw: &Switch, port: &Port, mem: &GuestMemory, scratch: &mut TxScr
         match known {
             Some(dst) if dst == port.id => port.counters.drop(DropReason::Hairpin, 1),
             Some(dst) => {
-                let egress = ports
+                let egress = views
                     .get(usize::from(dst))
-                    .and_then(|p| p.as_ref())
-                    .and_then(|p| p.vlan().egress(class.vid));
+                    .and_then(|v| v.as_ref())
+                    .and_then(|v| v.vlan.egress(class.vid));
                 match egress {
                     Some(egress) => deliveries.push(Delivery {
                         dst,
@@ -242,13 +280,14 @@ fn switch_batch(sw: &Switch, port: &Port, mem: &GuestMemory, scratch: &mut TxScr
             }
             None => {
                 sw.counters.count_flood();
-                for p in ports.iter().flatten() {
-                    if p.id == port.id || !p.has_link() {
+                for (id, view) in views.iter().enumerate() {
+                    let Some(view) = view else { continue };
+                    if id == usize::from(port.id) || !view.connected {
                         continue;
                     }
-                    if let Some(egress) = p.vlan().egress(class.vid) {
+                    if let Some(egress) = view.vlan.egress(class.vid) {
                         deliveries.push(Delivery {
-                            dst: p.id,
+                            dst: id as PortId,
                             frame: frame_index,
                             rewrite: Rewrite::for_egress(&header, class, egress),
                         });

@@ -44,8 +44,12 @@ pub struct MacEntry {
 }
 
 /// MAC learning table keyed by (VLAN, address).
+/// Keyed with a per-process random seed: guests choose the addresses, so the hash must not be
+/// predictable, and it is on the per-frame path, so it must be fast.
+type Entries = HashMap<(Vid, EthernetAddress), Entry, ahash::RandomState>;
+
 pub struct MacTable {
-    entries: RwLock<HashMap<(Vid, EthernetAddress), Entry>>,
+    entries: RwLock<Entries>,
     max_entries: usize,
     aging: Duration,
     epoch: Instant,
@@ -54,7 +58,7 @@ pub struct MacTable {
 impl MacTable {
     pub fn new(max_entries: usize, aging: Duration) -> Self {
         MacTable {
-            entries: RwLock::new(HashMap::new()),
+            entries: RwLock::new(Entries::default()),
             max_entries,
             aging,
             epoch: Instant::now(),

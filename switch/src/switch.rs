@@ -283,15 +283,17 @@ impl Switch {
             }
         }
         log::info!("poller {index} running on CPU {cpu}");
+        let mut ports: Vec<Arc<Port>> = Vec::new();
         while !self.stopping.load(Ordering::Acquire) {
             let mut work = 0;
-            let ports: Vec<Arc<Port>> = self
-                .ports_snapshot()
-                .iter()
-                .flatten()
-                .filter(|p| usize::from(p.id) % pollers == index)
-                .cloned()
-                .collect();
+            ports.clear();
+            ports.extend(
+                self.ports_snapshot()
+                    .iter()
+                    .flatten()
+                    .filter(|p| usize::from(p.id) % pollers == index)
+                    .cloned(),
+            );
             for _ in 0..64 {
                 work = 0;
                 for port in &ports {
