@@ -1,0 +1,131 @@
+//! The daemon binary as a user meets it: help, config errors, refusing to start half-way.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_patchbay-switch"))
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pb-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn help_explains_every_option() {
+    let out = bin().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for option in [
+        "--config",
+        "--port",
+        "--control-socket",
+        "--metrics-listen",
+        "--poll-cpus",
+        "--mtu",
+        "--mac-aging",
+        "--mac-table-size",
+        "--check",
+        "--log-level",
+    ] {
+        assert!(help.contains(option), "--help mentions {option}");
+    }
+    assert!(help.contains("vlan-mode=access|trunk|native-untagged|native-tagged"));
+}
+
+#[test]
+fn a_bad_config_names_file_line_and_field_and_nothing_starts() {
+    let dir = temp_dir("bad-config");
+    let config = dir.join("switch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[control]\nsocket = \"{d}/ctl.sock\"\n\n[[port]]\nname = \"vm1\"\nsocket = \"{d}/vm1.sock\"\nvlan = 4095\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let out = bin().arg("--config").arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("switch.toml:4:"), "{err}");
+    assert!(
+        err.contains("'vm1'") && err.contains("`vlan`") && err.contains("4095"),
+        "{err}"
+    );
+    assert!(!dir.join("ctl.sock").exists() && !dir.join("vm1.sock").exists());
+
+    let typo = dir.join("typo.toml");
+    std::fs::write(&typo, "[switch]\nmtu = 1500\nmac_agin_secs = 5\n").unwrap();
+    let out = bin()
+        .arg("--config")
+        .arg(&typo)
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 3") && err.contains("mac_agin_secs"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_port_that_cannot_be_created_stops_the_whole_start() {
+    let dir = temp_dir("half-start");
+    // The second port's socket directory is a file: it cannot be created.
+    std::fs::write(dir.join("blocker"), b"").unwrap();
+    let out = bin()
+        .arg("--control-socket")
+        .arg(dir.join("ctl.sock"))
+        .args(["--metrics-listen", "off"])
+        .arg("--port")
+        .arg(format!("name=ok,socket={}/ok.sock", dir.display()))
+        .arg("--port")
+        .arg(format!(
+            "name=bad,socket={}/blocker/bad.sock",
+            dir.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad"), "{err}");
+    assert!(
+        !dir.join("ok.sock").exists(),
+        "the first port was torn down again"
+    );
+    assert!(
+        !dir.join("ctl.sock").exists(),
+        "no control socket left behind"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn check_accepts_a_good_config() {
+    let dir = temp_dir("check");
+    let out = bin()
+        .arg("--check")
+        .arg("--control-socket")
+        .arg(dir.join("ctl.sock"))
+        .arg("--port")
+        .arg(format!(
+            "name=t,socket={}/t.sock,vlan-mode=trunk,trunks=10,20-29",
+            dir.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 port(s)"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
