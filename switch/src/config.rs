@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::port::{ConnectMode, PortConfig};
 use crate::switch::Settings;
+use patchbay_overlay::vtep::VtepConfig;
 
 /// Everything the daemon needs to start.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +18,8 @@ pub struct Config {
     /// None disables the metrics endpoint.
     pub metrics_listen: Option<SocketAddr>,
     pub ports: Vec<PortConfig>,
+    /// The VXLAN tunnel endpoint, if any.
+    pub vxlan: Option<VtepConfig>,
 }
 
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9184";
@@ -28,6 +31,7 @@ impl Default for Config {
             control_socket: crate::control::default_socket_path(),
             metrics_listen: DEFAULT_METRICS_LISTEN.parse().ok(),
             ports: Vec::new(),
+            vxlan: None,
         }
     }
 }
@@ -65,6 +69,8 @@ struct FileConfig {
     metrics: Option<toml::Spanned<MetricsSection>>,
     #[serde(default, rename = "port")]
     ports: Vec<toml::Spanned<PortConfig>>,
+    #[serde(default)]
+    vxlan: Option<toml::Spanned<VtepConfig>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,6 +134,13 @@ impl Config {
             let start = m.span().start;
             config.metrics_listen = parse_metrics_listen(&m.get_ref().listen)
                 .map_err(|e| invalid(start, "[metrics] field `listen`".into(), e))?;
+        }
+        if let Some(v) = file.vxlan {
+            let start = v.span().start;
+            let vtep = v.into_inner();
+            vtep.validate()
+                .map_err(|e| invalid(start, "[vxlan]".into(), e.to_string()))?;
+            config.vxlan = Some(vtep);
         }
         for spanned in file.ports {
             let start = spanned.span().start;

@@ -21,6 +21,8 @@ pub enum DaemonError {
     Metrics(#[from] MetricsError),
     #[error(transparent)]
     Port(#[from] SwitchError),
+    #[error(transparent)]
+    Tunnel(#[from] crate::tunnel::TunnelError),
     #[error("cannot start background threads: {0}")]
     Threads(std::io::Error),
 }
@@ -43,6 +45,13 @@ impl Daemon {
         let control = ControlServer::bind(&config.control_socket)?;
         let metrics = config.metrics_listen.map(MetricsServer::bind).transpose()?;
         let metrics_addr = metrics.as_ref().and_then(|m| m.local_addr());
+        if let Some(vxlan) = config.vxlan {
+            if let Err(e) = switch.enable_tunnel(vxlan) {
+                switch.shutdown();
+                let _ = std::fs::remove_file(control.path());
+                return Err(e.into());
+            }
+        }
         for port in config.ports {
             if let Err(e) = switch.add_port(port) {
                 switch.shutdown();

@@ -8,6 +8,7 @@
 //! - `dataplane`: the frame path between ports.
 //! - `vlan`, `mac_table`: forwarding policy and state.
 //! - `switch`: ports + table + background threads.
+//! - `tunnel`: the VXLAN tunnel port's I/O (encapsulation and tables in `patchbay-overlay`).
 //! - `config`, `control`, `metrics`: how users configure, drive and observe it.
 
 pub mod config;
@@ -18,6 +19,7 @@ pub mod mac_table;
 pub mod metrics;
 pub mod port;
 pub mod switch;
+pub mod tunnel;
 pub mod virtio;
 pub mod vlan;
 pub mod wire;

@@ -11,6 +11,8 @@
 //! - `mac_table_entries`, `mac_table_capacity`: learning table size and limit.
 //! - `floods_total`, `mac_learned_total`, `mac_moved_total`, `mac_table_full_total`.
 //! - `control_requests_total{result}`: control socket requests by outcome.
+//! - `vxlan_vni_{rx,tx}_{packets,bytes}_total{vni}`, `vxlan_drops_total{vni,reason}`,
+//!   `vxlan_remote_{rx,tx}_{packets,bytes}_total{remote}`, `vxlan_remote_macs`: the tunnel.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -193,9 +195,115 @@ pub fn render(sw: &Switch, control: &ControlCounters) -> Result<String, MetricsE
         .with_label_values(&["error"])
         .inc_by(control.errors.load(Ordering::Relaxed));
 
+    if let Some(tunnel) = sw.tunnel() {
+        tunnel_metrics(&r, &tunnel.vtep.snapshot())?;
+    }
+
     let mut out = Vec::new();
     TextEncoder::new().encode(&r.gather(), &mut out)?;
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Per VNI and per remote VTEP counters of the VXLAN tunnel.
+fn tunnel_metrics(
+    r: &Registry,
+    snap: &patchbay_overlay::vtep::VtepSnapshot,
+) -> Result<(), prometheus::Error> {
+    let vni_rx_packets = counter_vec(
+        r,
+        "vxlan_vni_rx_packets_total",
+        "Frames decapsulated for the VNI.",
+        &["vni"],
+    )?;
+    let vni_rx_bytes = counter_vec(
+        r,
+        "vxlan_vni_rx_bytes_total",
+        "Inner bytes decapsulated for the VNI.",
+        &["vni"],
+    )?;
+    let vni_tx_packets = counter_vec(
+        r,
+        "vxlan_vni_tx_packets_total",
+        "Packets encapsulated for the VNI (one per remote VTEP).",
+        &["vni"],
+    )?;
+    let vni_tx_bytes = counter_vec(
+        r,
+        "vxlan_vni_tx_bytes_total",
+        "Inner bytes encapsulated for the VNI.",
+        &["vni"],
+    )?;
+    let drops = counter_vec(
+        r,
+        "vxlan_drops_total",
+        "VXLAN packets dropped, by VNI (\"none\" before one is known) and reason.",
+        &["vni", "reason"],
+    )?;
+    let remote_rx_packets = counter_vec(
+        r,
+        "vxlan_remote_rx_packets_total",
+        "Packets received from the remote VTEP.",
+        &["remote"],
+    )?;
+    let remote_rx_bytes = counter_vec(
+        r,
+        "vxlan_remote_rx_bytes_total",
+        "Inner bytes received from the remote VTEP.",
+        &["remote"],
+    )?;
+    let remote_tx_packets = counter_vec(
+        r,
+        "vxlan_remote_tx_packets_total",
+        "Packets sent to the remote VTEP.",
+        &["remote"],
+    )?;
+    let remote_tx_bytes = counter_vec(
+        r,
+        "vxlan_remote_tx_bytes_total",
+        "Inner bytes sent to the remote VTEP.",
+        &["remote"],
+    )?;
+    for v in &snap.vnis {
+        let vni = v.vni.to_string();
+        vni_rx_packets
+            .with_label_values(&[&vni])
+            .inc_by(v.rx_packets);
+        vni_rx_bytes.with_label_values(&[&vni]).inc_by(v.rx_bytes);
+        vni_tx_packets
+            .with_label_values(&[&vni])
+            .inc_by(v.tx_packets);
+        vni_tx_bytes.with_label_values(&[&vni]).inc_by(v.tx_bytes);
+        for (reason, n) in &v.drops {
+            drops.with_label_values(&[&vni, reason]).inc_by(*n);
+        }
+    }
+    for (reason, n) in &snap.drops {
+        drops.with_label_values(&["none", reason]).inc_by(*n);
+    }
+    for remote in &snap.remotes {
+        let ip = remote.ip.to_string();
+        remote_rx_packets
+            .with_label_values(&[&ip])
+            .inc_by(remote.rx_packets);
+        remote_rx_bytes
+            .with_label_values(&[&ip])
+            .inc_by(remote.rx_bytes);
+        remote_tx_packets
+            .with_label_values(&[&ip])
+            .inc_by(remote.tx_packets);
+        remote_tx_bytes
+            .with_label_values(&[&ip])
+            .inc_by(remote.tx_bytes);
+    }
+    let entries = IntGauge::with_opts(
+        Opts::new(
+            "vxlan_remote_macs",
+            "MAC addresses known behind remote VTEPs.",
+        )
+        .namespace("patchbay"),
+    )?;
+    entries.set(snap.macs.len() as i64);
+    r.register(Box::new(entries))
 }
 
 /// The bound HTTP listener, ready to serve.

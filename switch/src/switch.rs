@@ -89,6 +89,8 @@ pub enum SwitchError {
     DuplicateSocket { existing: String, socket: String },
     #[error("no port named '{0}'")]
     NoSuchPort(String),
+    #[error("'{0}' is the VXLAN tunnel port; change it with the tunnel commands")]
+    TunnelPort(String),
     #[error("the switch already has the maximum of {0} ports")]
     TooManyPorts(usize),
     #[error("cannot start the thread for port '{name}': {source}")]
@@ -109,6 +111,8 @@ pub struct Switch {
     supervisors: Mutex<HashMap<PortId, thread::JoinHandle<()>>>,
     pub counters: SwitchCounters,
     stopping: AtomicBool,
+    /// The VXLAN tunnel port, if configured.
+    tunnel: std::sync::OnceLock<Arc<crate::tunnel::Tunnel>>,
 }
 
 impl Switch {
@@ -124,6 +128,7 @@ impl Switch {
             supervisors: Mutex::new(HashMap::new()),
             counters: SwitchCounters::default(),
             stopping: AtomicBool::new(false),
+            tunnel: std::sync::OnceLock::new(),
         })
     }
 
@@ -133,6 +138,70 @@ impl Switch {
 
     pub fn mac_table(&self) -> &MacTable {
         &self.mac_table
+    }
+
+    pub fn tunnel(&self) -> Option<&Arc<crate::tunnel::Tunnel>> {
+        self.tunnel.get()
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Adds the VXLAN tunnel port (once, at start-up) and starts receiving.
+    pub fn enable_tunnel(
+        self: &Arc<Self>,
+        config: patchbay_overlay::vtep::VtepConfig,
+    ) -> Result<(), crate::tunnel::TunnelError> {
+        use crate::tunnel::{Tunnel, TunnelError, TUNNEL_PORT_NAME};
+        if self.tunnel.get().is_some() {
+            return Err(TunnelError::Config(
+                "the tunnel is already configured".into(),
+            ));
+        }
+        if self.port_by_name(TUNNEL_PORT_NAME).is_some() {
+            return Err(TunnelError::Config(format!(
+                "a port is already named '{TUNNEL_PORT_NAME}'"
+            )));
+        }
+        let mut ports = self.ports.write().unwrap_or_else(|p| p.into_inner());
+        let slot = match ports.iter().skip(1).position(Option::is_none) {
+            Some(i) => i + 1,
+            None => {
+                ports.push(None);
+                ports.len() - 1
+            }
+        };
+        let tunnel = Arc::new(Tunnel::bind(slot as PortId, config)?);
+        let port = Arc::new(Port::tunnel(
+            slot as PortId,
+            TUNNEL_PORT_NAME,
+            tunnel.describe(),
+            tunnel.vlan_set(),
+        ));
+        ports[slot] = Some(port);
+        drop(ports);
+        let _ = self.tunnel.set(tunnel.clone());
+        tunnel.spawn_rx(self.clone())?;
+        log::info!("{} added as port {slot}", tunnel.describe());
+        Ok(())
+    }
+
+    /// Re-reads the tunnel's VLAN set after VNI mappings change.
+    pub fn refresh_tunnel_vlans(&self) {
+        if let Some(t) = self.tunnel() {
+            if let Some(p) = self
+                .ports_snapshot()
+                .get(usize::from(t.port_id))
+                .cloned()
+                .flatten()
+            {
+                p.set_vlan(crate::vlan::VlanMode::Trunk {
+                    allowed: t.vlan_set(),
+                });
+                self.mac_table.flush_port(p.id);
+            }
+        }
     }
 
     /// The port table for the length of a batch (indexed by port number).
@@ -219,6 +288,9 @@ impl Switch {
         let port = self
             .port_by_name(name)
             .ok_or_else(|| SwitchError::NoSuchPort(name.to_string()))?;
+        if port.is_tunnel() {
+            return Err(SwitchError::TunnelPort(name.to_string()));
+        }
         port.mark_removed();
         let handle = self
             .supervisors
@@ -239,6 +311,9 @@ impl Switch {
         let port = self
             .port_by_name(name)
             .ok_or_else(|| SwitchError::NoSuchPort(name.to_string()))?;
+        if port.is_tunnel() {
+            return Err(SwitchError::TunnelPort(name.to_string()));
+        }
         let mode = vlan.to_mode().map_err(|e| SwitchError::BadPort {
             name: name.to_string(),
             source: PortConfigError {
@@ -261,6 +336,9 @@ impl Switch {
                     thread::sleep(Duration::from_secs(1));
                     let now = sw.mac_table.now();
                     sw.mac_table.expire(now);
+                    if let Some(t) = sw.tunnel() {
+                        t.vtep.expire(t.vtep.now());
+                    }
                 }
             })?;
         let pollers = self.settings.poll_cpus.len();
@@ -315,7 +393,7 @@ impl Switch {
     /// Stops background threads and removes every port.
     pub fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
-        for port in self.ports() {
+        for port in self.ports().into_iter().filter(|p| !p.is_tunnel()) {
             let _ = self.remove_port(&port.name);
         }
     }

@@ -39,6 +39,35 @@ pub enum Request {
         name: String,
         vlan: VlanConfig,
     },
+    /// The VXLAN tunnel: VNI mappings, flood lists, remote MACs, counters.
+    ShowTunnel,
+    /// Maps a VNI to a local VLAN.
+    TunnelMap {
+        vni: u32,
+        vlan: u16,
+    },
+    TunnelUnmap {
+        vni: u32,
+    },
+    /// Adds a remote VTEP to a VNI's flood list.
+    TunnelAddRemote {
+        vni: u32,
+        remote: std::net::Ipv4Addr,
+    },
+    TunnelDelRemote {
+        vni: u32,
+        remote: std::net::Ipv4Addr,
+    },
+    /// A static MAC -> remote VTEP entry (never aged, beats learning).
+    TunnelAddMac {
+        vni: u32,
+        mac: String,
+        remote: std::net::Ipv4Addr,
+    },
+    TunnelDelMac {
+        vni: u32,
+        mac: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -210,5 +210,45 @@ fn execute(request: Request, sw: &Arc<Switch>, counters: &ControlCounters) -> Re
             Ok(()) => Response::ok(serde_json::Value::Null),
             Err(e) => Response::error(e.to_string()),
         },
+        request => tunnel_request(request, sw),
+    }
+}
+
+fn tunnel_request(request: Request, sw: &Arc<Switch>) -> Response {
+    let Some(tunnel) = sw.tunnel() else {
+        return Response::error(
+            "no VXLAN tunnel is configured (add a [vxlan] section to the config)",
+        );
+    };
+    let vtep = &tunnel.vtep;
+    let parse_mac = |mac: &str| {
+        mac.parse::<crate::wire::EthernetAddress>()
+            .map(|m| m.0)
+            .map_err(|e| e.to_string())
+    };
+    let result: Result<(), String> = match request {
+        Request::ShowTunnel => return Response::ok(vtep.snapshot()),
+        Request::TunnelMap { vni, vlan } => vtep.map(vni, vlan).map_err(|e| e.to_string()),
+        Request::TunnelUnmap { vni } => vtep.unmap(vni).map_err(|e| e.to_string()),
+        Request::TunnelAddRemote { vni, remote } => {
+            vtep.add_remote(vni, remote).map_err(|e| e.to_string())
+        }
+        Request::TunnelDelRemote { vni, remote } => {
+            vtep.remove_remote(vni, remote).map_err(|e| e.to_string())
+        }
+        Request::TunnelAddMac { vni, mac, remote } => {
+            parse_mac(&mac).and_then(|m| vtep.add_static(vni, m, remote).map_err(|e| e.to_string()))
+        }
+        Request::TunnelDelMac { vni, mac } => {
+            parse_mac(&mac).and_then(|m| vtep.remove_static(vni, m).map_err(|e| e.to_string()))
+        }
+        _ => Err("not a tunnel request".to_string()),
+    };
+    match result {
+        Ok(()) => {
+            sw.refresh_tunnel_vlans();
+            Response::ok(serde_json::Value::Null)
+        }
+        Err(e) => Response::error(e),
     }
 }

@@ -187,9 +187,20 @@ impl Default for Link {
     }
 }
 
+/// What is behind a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortKind {
+    /// A vhost-user socket a VM's virtio-net device connects to.
+    Vhost,
+    /// The VXLAN tunnel endpoint: frames leave encapsulated towards remote VTEPs.
+    Vxlan,
+}
+
 /// One port of the switch.
 pub struct Port {
     pub id: PortId,
+    pub kind: PortKind,
     pub name: String,
     pub config: PortConfig,
     pub mac: Option<EthernetAddress>,
@@ -211,6 +222,7 @@ impl Port {
         };
         Ok(Port {
             id,
+            kind: PortKind::Vhost,
             name: config.name.clone(),
             config,
             mac,
@@ -221,6 +233,40 @@ impl Port {
             removed: AtomicBool::new(false),
             connection: Mutex::new(None),
         })
+    }
+
+    /// The VXLAN tunnel port, carrying `vlans` (those mapped to a VNI).
+    pub fn tunnel(
+        id: PortId,
+        name: &str,
+        description: String,
+        vlans: crate::vlan::VlanSet,
+    ) -> Self {
+        Port {
+            id,
+            kind: PortKind::Vxlan,
+            name: name.to_string(),
+            config: PortConfig {
+                name: name.to_string(),
+                socket: PathBuf::from(description),
+                mode: ConnectMode::Server,
+                mac: None,
+                vlan_mode: Some("trunk".into()),
+                vlan: None,
+                trunks: None,
+            },
+            mac: None,
+            vlan: RwLock::new(Arc::new(VlanMode::Trunk { allowed: vlans })),
+            counters: PortCounters::default(),
+            link: RwLock::new(None),
+            state: Mutex::new((LinkState::Connected, SystemTime::now())),
+            removed: AtomicBool::new(false),
+            connection: Mutex::new(None),
+        }
+    }
+
+    pub fn is_tunnel(&self) -> bool {
+        self.kind == PortKind::Vxlan
     }
 
     pub fn vlan(&self) -> Arc<VlanMode> {
@@ -303,12 +349,13 @@ impl Port {
         let features = link.as_ref().map_or(0, |l| l.features());
         PortInfo {
             id: self.id,
+            kind: self.kind,
             name: self.name.clone(),
             socket: self.config.socket.display().to_string(),
             mode: self.config.mode,
             state,
             since_secs: since.elapsed().map_or(0, |d| d.as_secs()),
-            rings_up: link.as_ref().is_some_and(|l| l.is_up()),
+            rings_up: self.is_tunnel() || link.as_ref().is_some_and(|l| l.is_up()),
             vlan: self.vlan().describe(),
             features,
             feature_names: feature_names(features)
@@ -325,6 +372,7 @@ impl Port {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortInfo {
     pub id: PortId,
+    pub kind: PortKind,
     pub name: String,
     pub socket: String,
     pub mode: ConnectMode,

@@ -12,7 +12,6 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, VolatileSlice};
 
 use super::GuestMemory;
-use crate::wire::L2Header;
 
 /// A piece of a guest buffer that lies within one memory region, so it maps to one slice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,29 +181,6 @@ impl TxChain {
                 Err(e)
             }
         }
-    }
-
-    /// Copies up to `out.len()` bytes from the start of the frame; returns how many.
-    pub fn read_prefix(&self, mem: &GuestMemory, segs: &[Segment], out: &mut [u8]) -> usize {
-        let mut filled = 0;
-        for seg in &segs[self.segs.0..self.segs.1] {
-            if filled == out.len() {
-                break;
-            }
-            let want = (out.len() - filled).min(seg.len as usize);
-            match mem.get_slice(seg.addr, want) {
-                Ok(slice) => filled += slice.copy_to(&mut out[filled..filled + want]),
-                Err(_) => break,
-            }
-        }
-        filled
-    }
-
-    /// Parses the frame's L2 header where it lies in guest memory.
-    pub fn l2_header(&self, mem: &GuestMemory, segs: &[Segment]) -> Option<L2Header> {
-        let mut buf = [0u8; L2Header::MAX_LEN];
-        let n = self.read_prefix(mem, segs, &mut buf);
-        L2Header::parse(&buf[..n]).ok()
     }
 }
 

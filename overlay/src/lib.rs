@@ -1,0 +1,31 @@
+//! VXLAN (RFC 7348) encapsulation, decapsulation and the VTEP tables.
+//!
+//! The switch maps a VLAN to a VNI; frames of that VLAN leaving for the underlay are wrapped in
+//! an outer IPv4 + UDP + VXLAN header ([`encap`]) and sent over a raw IP socket (the kernel adds
+//! the outer Ethernet header); datagrams received on the VXLAN UDP port are validated
+//! ([`mod@decap`]) and checked against the [`vtep::Vtep`] tables before their inner frame is
+//! switched. Everything on the per-frame path works on borrowed buffers and does not allocate.
+
+pub mod decap;
+pub mod encap;
+pub mod vtep;
+pub mod wire;
+
+/// A VXLAN network identifier: 24 bits carried in a `u32`.
+pub type Vni = u32;
+
+/// Largest valid VNI (2^24 - 1).
+pub const MAX_VNI: Vni = (1 << 24) - 1;
+
+/// IANA-assigned VXLAN UDP port (RFC 7348 §5).
+pub const VXLAN_PORT: u16 = 4789;
+
+pub use decap::{decap, DecapError};
+pub use encap::{max_inner_frame, source_port, OuterTemplate, OUTER_LEN};
+pub use vtep::{
+    TunnelDrop, UnknownVtepPolicy, VniConfig, Vtep, VtepConfig, VtepError, VtepSnapshot,
+};
+pub use wire::{VxlanPacket, VxlanRepr};
+
+#[cfg(test)]
+mod fuzz_tests;

@@ -1,0 +1,1394 @@
+//! The VTEP's tables: which VLAN each VNI carries, the remote VTEPs each VNI floods to
+//! (head-end replication), which remote VTEP each remote MAC sits behind, and counters.
+//!
+//! One [`Vtep`] is shared by all the switch's threads. Read-mostly, like the switch's MAC
+//! table: the per-frame methods take read locks and touch atomics; a write lock is taken only
+//! for a new MAC address or a newly seen remote, and by the control path. Locks are taken in
+//! the order VNI table, then remotes or MACs (never both at once), and none is held while
+//! calling back into the caller.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::decap::DecapError;
+use crate::encap::{OuterTemplate, DEFAULT_TTL};
+use crate::{Vni, MAX_VNI, VXLAN_PORT};
+
+/// Most remotes that are not in any flood list whose traffic is counted separately. Sources
+/// are not authenticated, so anyone who can reach the VXLAN port could otherwise make us
+/// track any number of addresses; beyond this, their traffic is summed into one overflow
+/// entry ([`VtepSnapshot::remote_overflow`]).
+pub const MAX_LEARNED_REMOTES: usize = 1024;
+
+/// Largest `mac_table_size` accepted: the table is allocated at full size up front (so that
+/// learning never allocates on the frame path), which must stay reasonable.
+pub const MAX_MAC_TABLE_SIZE: usize = 1 << 20;
+
+/// Keyed with a per-process random seed: peers choose MACs and addresses, so the hash must not
+/// be predictable, and it is on the per-frame path, so it must be fast.
+type S = ahash::RandomState;
+
+/// What to do with VXLAN packets from a VTEP that is not in the VNI's flood list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownVtepPolicy {
+    /// Accept them and learn their MACs (like Linux vxlan with `learning`).
+    #[default]
+    Learn,
+    /// Drop them, counted as `unknown-vtep`: only configured remotes are trusted.
+    Drop,
+}
+
+/// One VNI as configured: the VLAN it carries and the remote VTEPs it floods to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VniConfig {
+    pub vni: Vni,
+    pub vlan: u16,
+    /// Flood list: every broadcast, multicast and unknown-unicast frame is sent to each.
+    #[serde(default)]
+    pub remotes: Vec<Ipv4Addr>,
+}
+
+/// The VTEP as configured (and, from [`Vtep::config`], as it stands).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VtepConfig {
+    /// Source address of encapsulated packets; remotes send to it.
+    pub local_ip: Ipv4Addr,
+    /// UDP port to send to and listen on.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// MTU of the underlay: inner frames larger than `underlay_mtu - 36` are dropped as
+    /// too-big (DF is set; there is no fragmentation).
+    #[serde(default = "default_underlay_mtu")]
+    pub underlay_mtu: u32,
+    #[serde(default)]
+    pub unknown_vtep: UnknownVtepPolicy,
+    /// Seconds an idle learned remote MAC is kept.
+    #[serde(default = "default_mac_aging_secs")]
+    pub mac_aging_secs: u64,
+    /// Most remote MACs held (static ones included); beyond it new ones are not learned and
+    /// their frames keep flooding.
+    #[serde(default = "default_mac_table_size")]
+    pub mac_table_size: usize,
+    #[serde(default)]
+    pub vnis: Vec<VniConfig>,
+}
+
+fn default_port() -> u16 {
+    VXLAN_PORT
+}
+fn default_underlay_mtu() -> u32 {
+    1500
+}
+fn default_mac_aging_secs() -> u64 {
+    300
+}
+fn default_mac_table_size() -> usize {
+    8192
+}
+
+impl VtepConfig {
+    /// A configuration with every default and no VNIs.
+    pub fn new(local_ip: Ipv4Addr) -> Self {
+        VtepConfig {
+            local_ip,
+            port: default_port(),
+            underlay_mtu: default_underlay_mtu(),
+            unknown_vtep: UnknownVtepPolicy::default(),
+            mac_aging_secs: default_mac_aging_secs(),
+            mac_table_size: default_mac_table_size(),
+            vnis: Vec::new(),
+        }
+    }
+
+    /// Checks every field; the first problem is reported with its path (`vnis[1].vlan`).
+    pub fn validate(&self) -> Result<(), VtepError> {
+        let err = |field: String, message: String| VtepError::Invalid { field, message };
+        let ip = self.local_ip;
+        if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+            return Err(err(
+                "local_ip".into(),
+                format!("{ip} is not a unicast address"),
+            ));
+        }
+        if self.port == 0 {
+            return Err(err("port".into(), "must not be 0".into()));
+        }
+        if !(68..=65535).contains(&self.underlay_mtu) {
+            return Err(err(
+                "underlay_mtu".into(),
+                format!("{} is outside 68..=65535", self.underlay_mtu),
+            ));
+        }
+        if self.mac_aging_secs == 0 {
+            return Err(err("mac_aging_secs".into(), "must be at least 1".into()));
+        }
+        if self.mac_table_size > MAX_MAC_TABLE_SIZE {
+            return Err(err(
+                "mac_table_size".into(),
+                format!("{} is above {MAX_MAC_TABLE_SIZE}", self.mac_table_size),
+            ));
+        }
+        for (i, v) in self.vnis.iter().enumerate() {
+            check_vni(v.vni).map_err(|m| err(format!("vnis[{i}].vni"), m))?;
+            check_vlan(v.vlan).map_err(|m| err(format!("vnis[{i}].vlan"), m))?;
+            if let Some(j) = self.vnis[..i].iter().position(|o| o.vni == v.vni) {
+                return Err(err(
+                    format!("vnis[{i}].vni"),
+                    format!("VNI {} is also configured by vnis[{j}]", v.vni),
+                ));
+            }
+            if let Some(j) = self.vnis[..i].iter().position(|o| o.vlan == v.vlan) {
+                return Err(err(
+                    format!("vnis[{i}].vlan"),
+                    format!(
+                        "VLAN {} is already mapped to VNI {}",
+                        v.vlan, self.vnis[j].vni
+                    ),
+                ));
+            }
+            for (k, r) in v.remotes.iter().enumerate() {
+                let field = || format!("vnis[{i}].remotes[{k}]");
+                check_remote(self.local_ip, *r).map_err(|m| err(field(), m))?;
+                if v.remotes[..k].contains(r) {
+                    return Err(err(field(), format!("{r} is listed twice")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_vni(vni: Vni) -> Result<(), String> {
+    if vni > MAX_VNI {
+        return Err(format!("VNI {vni} is outside 0..={MAX_VNI}"));
+    }
+    Ok(())
+}
+
+fn check_vlan(vlan: u16) -> Result<(), String> {
+    if !(1..=4094).contains(&vlan) {
+        return Err(format!("VLAN {vlan} is outside 1..=4094"));
+    }
+    Ok(())
+}
+
+/// A remote VTEP must be a unicast address other than ours. Multicast underlays are not
+/// supported: flooding is head-end replication to each listed remote.
+fn check_remote(local: Ipv4Addr, ip: Ipv4Addr) -> Result<(), String> {
+    if ip == local {
+        return Err(format!("{ip} is the local VTEP address"));
+    }
+    if ip.is_multicast() {
+        return Err(format!(
+            "{ip} is a multicast address (list each remote VTEP instead)"
+        ));
+    }
+    if !is_unicast(ip) {
+        return Err(format!("{ip} is not a unicast address"));
+    }
+    Ok(())
+}
+
+fn is_unicast(ip: Ipv4Addr) -> bool {
+    !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast())
+}
+
+/// A configuration or control request that cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VtepError {
+    #[error("field `{field}`: {message}")]
+    Invalid { field: String, message: String },
+    #[error("VNI {0} is not mapped")]
+    UnknownVni(Vni),
+    #[error("VNI {vni} is already mapped to VLAN {vlan}")]
+    VniInUse { vni: Vni, vlan: u16 },
+    #[error("VLAN {vlan} is already mapped to VNI {vni}")]
+    VlanInUse { vlan: u16, vni: Vni },
+    #[error("{ip} is already a remote of VNI {vni}")]
+    RemoteExists { vni: Vni, ip: Ipv4Addr },
+    #[error("{ip} is not a remote of VNI {vni}")]
+    UnknownRemote { vni: Vni, ip: Ipv4Addr },
+    #[error("VNI {vni} has no static entry for {mac}")]
+    UnknownStatic { vni: Vni, mac: String },
+}
+
+fn invalid(field: &str, message: String) -> VtepError {
+    VtepError::Invalid {
+        field: field.to_string(),
+        message,
+    }
+}
+
+/// Why a tunnel packet was dropped. Each reason is a separate counter and metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TunnelDrop {
+    /// Received: shorter than the VXLAN header.
+    Truncated,
+    /// Received: the I flag is clear.
+    NoVniFlag,
+    /// Received: other flags or reserved bits set.
+    ReservedBits,
+    /// Received: the inner frame is shorter than an Ethernet header.
+    InnerRunt,
+    /// Received: the VNI is not mapped to a VLAN.
+    UnknownVni,
+    /// Received: the sender is not in the VNI's flood list and the policy is `drop` (or it is
+    /// not a unicast address at all).
+    UnknownVtep,
+    /// To send: the frame does not fit the underlay MTU after encapsulation.
+    TooBig,
+    /// To send: the VNI has no remote to send to.
+    NoRemote,
+}
+
+impl TunnelDrop {
+    pub const ALL: [TunnelDrop; 8] = [
+        TunnelDrop::Truncated,
+        TunnelDrop::NoVniFlag,
+        TunnelDrop::ReservedBits,
+        TunnelDrop::InnerRunt,
+        TunnelDrop::UnknownVni,
+        TunnelDrop::UnknownVtep,
+        TunnelDrop::TooBig,
+        TunnelDrop::NoRemote,
+    ];
+
+    /// The label used in metrics and flowctl.
+    pub fn label(self) -> &'static str {
+        match self {
+            TunnelDrop::Truncated => "truncated",
+            TunnelDrop::NoVniFlag => "no-vni-flag",
+            TunnelDrop::ReservedBits => "reserved-bits",
+            TunnelDrop::InnerRunt => "inner-runt",
+            TunnelDrop::UnknownVni => "unknown-vni",
+            TunnelDrop::UnknownVtep => "unknown-vtep",
+            TunnelDrop::TooBig => "too-big",
+            TunnelDrop::NoRemote => "no-remote",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl From<DecapError> for TunnelDrop {
+    fn from(e: DecapError) -> Self {
+        match e {
+            DecapError::Truncated { .. } => TunnelDrop::Truncated,
+            DecapError::NoVniFlag => TunnelDrop::NoVniFlag,
+            DecapError::ReservedBits => TunnelDrop::ReservedBits,
+            DecapError::InnerRunt { .. } => TunnelDrop::InnerRunt,
+        }
+    }
+}
+
+/// What [`Vtep::learn`] did, for counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learned {
+    Refreshed,
+    New,
+    /// The address was behind another remote before.
+    Moved,
+    /// A static entry holds the address; it was left alone.
+    Static,
+    /// The table is at its limit; the address was not learned (its frames keep flooding).
+    TableFull,
+    /// Not learnable: a group source MAC, a non-unicast remote or an unmapped VNI.
+    Refused,
+}
+
+#[derive(Debug, Default)]
+struct Traffic {
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+}
+
+impl Traffic {
+    fn rx(&self, bytes: u64) {
+        self.rx_packets.fetch_add(1, Ordering::Relaxed);
+        self.rx_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+    fn tx(&self, bytes: u64) {
+        self.tx_packets.fetch_add(1, Ordering::Relaxed);
+        self.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+    fn snapshot(&self) -> TrafficSnapshot {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        TrafficSnapshot {
+            rx_packets: load(&self.rx_packets),
+            rx_bytes: load(&self.rx_bytes),
+            tx_packets: load(&self.tx_packets),
+            tx_bytes: load(&self.tx_bytes),
+        }
+    }
+}
+
+/// Drop counters indexed by [`TunnelDrop`].
+#[derive(Debug, Default)]
+struct Drops([AtomicU64; TunnelDrop::ALL.len()]);
+
+impl Drops {
+    fn count(&self, reason: TunnelDrop) {
+        self.0[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+    fn snapshot(&self) -> Vec<(String, u64)> {
+        TunnelDrop::ALL
+            .iter()
+            .map(|r| {
+                (
+                    r.label().to_string(),
+                    self.0[r.index()].load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+}
+
+struct VniEntry {
+    vlan: u16,
+    /// Shared so that [`Vtep::for_each_remote`] can iterate without the lock or a copy.
+    remotes: Arc<[Ipv4Addr]>,
+    traffic: Traffic,
+    drops: Drops,
+}
+
+#[derive(Default)]
+struct VniTable {
+    by_vni: HashMap<Vni, VniEntry, S>,
+    by_vlan: HashMap<u16, Vni, S>,
+}
+
+struct MacEntry {
+    /// The remote VTEP's address as a `u32`, so a move needs no write lock.
+    remote: AtomicU32,
+    /// Seconds since the table's epoch when the address was last seen.
+    last_seen: AtomicU64,
+    is_static: bool,
+}
+
+type MacKey = (Vni, [u8; 6]);
+
+struct MacTable {
+    entries: HashMap<MacKey, MacEntry, S>,
+    /// When the last sweep for room happened, so a full table is swept at most once a second.
+    last_sweep: Option<u64>,
+}
+
+struct RemoteEntry {
+    /// How many flood lists name this remote; 0 means it was only seen (learned).
+    flood_refs: u32,
+    /// When it was first tracked, so that a just-seen remote survives a sweep.
+    created: u64,
+    traffic: Traffic,
+}
+
+#[derive(Default)]
+struct RemoteTable {
+    entries: HashMap<Ipv4Addr, RemoteEntry, S>,
+    /// Entries with `flood_refs == 0`.
+    learned: usize,
+}
+
+impl RemoteTable {
+    /// A flood list now names `ip`.
+    fn acquire(&mut self, ip: Ipv4Addr, now: u64) {
+        match self.entries.get_mut(&ip) {
+            Some(e) => {
+                if e.flood_refs == 0 {
+                    self.learned -= 1;
+                }
+                e.flood_refs += 1;
+            }
+            None => {
+                self.entries.insert(
+                    ip,
+                    RemoteEntry {
+                        flood_refs: 1,
+                        created: now,
+                        traffic: Traffic::default(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// A flood list no longer names `ip`. The entry stays (as learned) with its counters until
+    /// a sweep finds it unused.
+    fn release(&mut self, ip: Ipv4Addr) {
+        if let Some(e) = self.entries.get_mut(&ip) {
+            if e.flood_refs > 0 {
+                e.flood_refs -= 1;
+                if e.flood_refs == 0 {
+                    self.learned += 1;
+                }
+            }
+        }
+    }
+}
+
+/// The VXLAN tunnel endpoint: VNI <-> VLAN map, flood lists, remote MAC learning, counters.
+pub struct Vtep {
+    local_ip: Ipv4Addr,
+    port: u16,
+    underlay_mtu: u32,
+    policy: UnknownVtepPolicy,
+    aging_secs: u64,
+    max_macs: usize,
+    vnis: RwLock<VniTable>,
+    macs: RwLock<MacTable>,
+    remotes: RwLock<RemoteTable>,
+    remote_overflow: Traffic,
+    /// Drops with no mapped VNI to charge them to.
+    drops: Drops,
+    epoch: Instant,
+}
+
+/// Poisoning only means another thread panicked mid-update; the tables stay usable (every
+/// update leaves them consistent), and the frame path must not panic in turn.
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Vtep {
+    /// Builds the tables from a configuration, after [`VtepConfig::validate`].
+    pub fn new(cfg: VtepConfig) -> Result<Vtep, VtepError> {
+        cfg.validate()?;
+        let mut vnis = VniTable::default();
+        let mut remotes = RemoteTable {
+            entries: HashMap::with_capacity_and_hasher(MAX_LEARNED_REMOTES, S::new()),
+            learned: 0,
+        };
+        for v in &cfg.vnis {
+            for r in &v.remotes {
+                remotes.acquire(*r, 0);
+            }
+            vnis.by_vlan.insert(v.vlan, v.vni);
+            vnis.by_vni
+                .insert(v.vni, VniEntry::new(v.vlan, v.remotes.iter().copied()));
+        }
+        Ok(Vtep {
+            local_ip: cfg.local_ip,
+            port: cfg.port,
+            underlay_mtu: cfg.underlay_mtu,
+            policy: cfg.unknown_vtep,
+            aging_secs: cfg.mac_aging_secs,
+            max_macs: cfg.mac_table_size,
+            vnis: RwLock::new(vnis),
+            macs: RwLock::new(MacTable {
+                entries: HashMap::with_capacity_and_hasher(cfg.mac_table_size, S::new()),
+                last_sweep: None,
+            }),
+            remotes: RwLock::new(remotes),
+            remote_overflow: Traffic::default(),
+            drops: Drops::default(),
+            epoch: Instant::now(),
+        })
+    }
+
+    /// The current state as a configuration (VNIs sorted; static MACs are not part of it).
+    pub fn config(&self) -> VtepConfig {
+        let t = read(&self.vnis);
+        let mut vnis: Vec<VniConfig> = t
+            .by_vni
+            .iter()
+            .map(|(vni, e)| VniConfig {
+                vni: *vni,
+                vlan: e.vlan,
+                remotes: e.remotes.to_vec(),
+            })
+            .collect();
+        vnis.sort_by_key(|v| v.vni);
+        VtepConfig {
+            local_ip: self.local_ip,
+            port: self.port,
+            underlay_mtu: self.underlay_mtu,
+            unknown_vtep: self.policy,
+            mac_aging_secs: self.aging_secs,
+            mac_table_size: self.max_macs,
+            vnis,
+        }
+    }
+
+    pub fn local_ip(&self) -> Ipv4Addr {
+        self.local_ip
+    }
+
+    /// The UDP port sent to and listened on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn underlay_mtu(&self) -> u32 {
+        self.underlay_mtu
+    }
+
+    /// Largest inner frame that can be sent without exceeding the underlay MTU.
+    pub fn max_inner_frame(&self) -> u32 {
+        crate::encap::max_inner_frame(self.underlay_mtu)
+    }
+
+    pub fn unknown_vtep_policy(&self) -> UnknownVtepPolicy {
+        self.policy
+    }
+
+    /// The outer header for frames of `vni` sent to `remote` (TTL [`DEFAULT_TTL`]).
+    pub fn template(&self, vni: Vni, remote: Ipv4Addr) -> OuterTemplate {
+        OuterTemplate::new(self.local_ip, remote, self.port, vni, DEFAULT_TTL)
+    }
+
+    pub fn vni_for_vlan(&self, vlan: u16) -> Option<Vni> {
+        read(&self.vnis).by_vlan.get(&vlan).copied()
+    }
+
+    pub fn vlan_for_vni(&self, vni: Vni) -> Option<u16> {
+        read(&self.vnis).by_vni.get(&vni).map(|e| e.vlan)
+    }
+
+    /// VLANs mapped to a VNI, sorted.
+    pub fn mapped_vlans(&self) -> Vec<u16> {
+        let mut v: Vec<u16> = read(&self.vnis).by_vlan.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Maps `vni` to `vlan` with an empty flood list. Mapping a VNI again to the VLAN it
+    /// already carries is a no-op; to another VLAN it is an error (unmap it first).
+    pub fn map(&self, vni: Vni, vlan: u16) -> Result<(), VtepError> {
+        check_vni(vni).map_err(|m| invalid("vni", m))?;
+        check_vlan(vlan).map_err(|m| invalid("vlan", m))?;
+        let mut t = write(&self.vnis);
+        if let Some(e) = t.by_vni.get(&vni) {
+            return if e.vlan == vlan {
+                Ok(())
+            } else {
+                Err(VtepError::VniInUse { vni, vlan: e.vlan })
+            };
+        }
+        if let Some(&other) = t.by_vlan.get(&vlan) {
+            return Err(VtepError::VlanInUse { vlan, vni: other });
+        }
+        t.by_vlan.insert(vlan, vni);
+        t.by_vni.insert(vni, VniEntry::new(vlan, []));
+        Ok(())
+    }
+
+    /// Removes a VNI with its flood list, counters and MAC entries (static ones included).
+    pub fn unmap(&self, vni: Vni) -> Result<(), VtepError> {
+        let mut t = write(&self.vnis);
+        let e = t.by_vni.remove(&vni).ok_or(VtepError::UnknownVni(vni))?;
+        t.by_vlan.remove(&e.vlan);
+        {
+            let mut remotes = write(&self.remotes);
+            for r in e.remotes.iter() {
+                remotes.release(*r);
+            }
+        }
+        write(&self.macs).entries.retain(|k, _| k.0 != vni);
+        Ok(())
+    }
+
+    /// Adds `ip` to the flood list of `vni`.
+    pub fn add_remote(&self, vni: Vni, ip: Ipv4Addr) -> Result<(), VtepError> {
+        check_remote(self.local_ip, ip).map_err(|m| invalid("remote", m))?;
+        let now = self.now();
+        let mut t = write(&self.vnis);
+        let e = t.by_vni.get_mut(&vni).ok_or(VtepError::UnknownVni(vni))?;
+        if e.remotes.contains(&ip) {
+            return Err(VtepError::RemoteExists { vni, ip });
+        }
+        e.remotes = e.remotes.iter().copied().chain([ip]).collect();
+        write(&self.remotes).acquire(ip, now);
+        Ok(())
+    }
+
+    /// Removes `ip` from the flood list of `vni`. MACs learned behind it stay until they age
+    /// out (under the `learn` policy it may well still be a valid sender).
+    pub fn remove_remote(&self, vni: Vni, ip: Ipv4Addr) -> Result<(), VtepError> {
+        let mut t = write(&self.vnis);
+        let e = t.by_vni.get_mut(&vni).ok_or(VtepError::UnknownVni(vni))?;
+        if !e.remotes.contains(&ip) {
+            return Err(VtepError::UnknownRemote { vni, ip });
+        }
+        e.remotes = e.remotes.iter().copied().filter(|r| *r != ip).collect();
+        write(&self.remotes).release(ip);
+        Ok(())
+    }
+
+    /// Calls `f` for each flood-list remote of `vni` (head-end replication), without
+    /// allocating and without holding a lock, so `f` may call back into the `Vtep`.
+    pub fn for_each_remote(&self, vni: Vni, mut f: impl FnMut(Ipv4Addr)) {
+        let list = read(&self.vnis)
+            .by_vni
+            .get(&vni)
+            .map(|e| Arc::clone(&e.remotes));
+        for ip in list.iter().flat_map(|l| l.iter()) {
+            f(*ip);
+        }
+    }
+
+    /// Checks a decapsulated packet's outer source against the policy and returns the VLAN
+    /// its VNI carries. A flood-list remote of the VNI is admitted; another unicast source is
+    /// admitted under [`UnknownVtepPolicy::Learn`] and refused as `UnknownVtep` under `Drop`;
+    /// a non-unicast source (spoofed: 0.0.0.0, broadcast, multicast) is always refused, since
+    /// learning it would make us send unicast traffic to it.
+    pub fn admit(&self, vni: Vni, remote: Ipv4Addr) -> Result<u16, TunnelDrop> {
+        let t = read(&self.vnis);
+        let e = t.by_vni.get(&vni).ok_or(TunnelDrop::UnknownVni)?;
+        if e.remotes.contains(&remote) {
+            return Ok(e.vlan);
+        }
+        match self.policy {
+            UnknownVtepPolicy::Learn if is_unicast(remote) && remote != self.local_ip => Ok(e.vlan),
+            _ => Err(TunnelDrop::UnknownVtep),
+        }
+    }
+
+    fn expired(&self, last_seen: u64, now: u64) -> bool {
+        now.saturating_sub(last_seen) >= self.aging_secs.max(1)
+    }
+
+    /// Records that `mac` (an inner source address) sits behind `remote` in `vni`. A static
+    /// entry for the address wins; a full table refuses new addresses (after sweeping expired
+    /// ones, at most once a second). Does not allocate: the table is sized up front.
+    pub fn learn(&self, vni: Vni, mac: [u8; 6], remote: Ipv4Addr, now_secs: u64) -> Learned {
+        if mac[0] & 1 != 0 || !is_unicast(remote) || !read(&self.vnis).by_vni.contains_key(&vni) {
+            return Learned::Refused;
+        }
+        let ip = u32::from(remote);
+        let key = (vni, mac);
+        let known = |e: &MacEntry| {
+            if e.is_static {
+                return Learned::Static;
+            }
+            let moved = e.remote.swap(ip, Ordering::Relaxed) != ip;
+            if e.last_seen.load(Ordering::Relaxed) != now_secs {
+                e.last_seen.store(now_secs, Ordering::Relaxed);
+            }
+            if moved {
+                Learned::Moved
+            } else {
+                Learned::Refreshed
+            }
+        };
+        if let Some(e) = read(&self.macs).entries.get(&key) {
+            return known(e);
+        }
+        let mut t = write(&self.macs);
+        if let Some(e) = t.entries.get(&key) {
+            return known(e);
+        }
+        if t.entries.len() >= self.max_macs {
+            if t.last_sweep == Some(now_secs) {
+                return Learned::TableFull;
+            }
+            t.last_sweep = Some(now_secs);
+            t.entries.retain(|_, e| {
+                e.is_static || !self.expired(e.last_seen.load(Ordering::Relaxed), now_secs)
+            });
+            if t.entries.len() >= self.max_macs {
+                return Learned::TableFull;
+            }
+        }
+        t.entries.insert(
+            key,
+            MacEntry {
+                remote: AtomicU32::new(ip),
+                last_seen: AtomicU64::new(now_secs),
+                is_static: false,
+            },
+        );
+        Learned::New
+    }
+
+    /// The remote VTEP `mac` sits behind in `vni`, unless unknown or aged out.
+    pub fn lookup(&self, vni: Vni, mac: [u8; 6], now_secs: u64) -> Option<Ipv4Addr> {
+        let t = read(&self.macs);
+        let e = t.entries.get(&(vni, mac))?;
+        if !e.is_static && self.expired(e.last_seen.load(Ordering::Relaxed), now_secs) {
+            return None;
+        }
+        Some(Ipv4Addr::from(e.remote.load(Ordering::Relaxed)))
+    }
+
+    /// Pins `mac` behind `remote` in `vni`: never aged, never moved by learning, and allowed
+    /// beyond `mac_table_size` (the operator chose it). Replaces a learned entry.
+    pub fn add_static(&self, vni: Vni, mac: [u8; 6], remote: Ipv4Addr) -> Result<(), VtepError> {
+        if mac[0] & 1 != 0 {
+            return Err(invalid(
+                "mac",
+                format!("{} is not a unicast address", fmt_mac(mac)),
+            ));
+        }
+        check_remote(self.local_ip, remote).map_err(|m| invalid("remote", m))?;
+        // Held so that the VNI cannot be unmapped (and its MACs flushed) under us.
+        let t = read(&self.vnis);
+        if !t.by_vni.contains_key(&vni) {
+            return Err(VtepError::UnknownVni(vni));
+        }
+        write(&self.macs).entries.insert(
+            (vni, mac),
+            MacEntry {
+                remote: AtomicU32::new(u32::from(remote)),
+                last_seen: AtomicU64::new(self.now()),
+                is_static: true,
+            },
+        );
+        Ok(())
+    }
+
+    pub fn remove_static(&self, vni: Vni, mac: [u8; 6]) -> Result<(), VtepError> {
+        let mut t = write(&self.macs);
+        match t.entries.get(&(vni, mac)) {
+            Some(e) if e.is_static => {
+                t.entries.remove(&(vni, mac));
+                Ok(())
+            }
+            _ => Err(VtepError::UnknownStatic {
+                vni,
+                mac: fmt_mac(mac),
+            }),
+        }
+    }
+
+    /// Drops aged-out learned MACs and returns how many; also forgets learned remotes that no
+    /// MAC points to any more (and that are older than the aging time), which frees room under
+    /// [`MAX_LEARNED_REMOTES`].
+    pub fn expire(&self, now_secs: u64) -> usize {
+        let (removed, in_use) = {
+            let mut t = write(&self.macs);
+            let before = t.entries.len();
+            t.entries.retain(|_, e| {
+                e.is_static || !self.expired(e.last_seen.load(Ordering::Relaxed), now_secs)
+            });
+            let in_use: HashSet<u32, S> = t
+                .entries
+                .values()
+                .map(|e| e.remote.load(Ordering::Relaxed))
+                .collect();
+            (before - t.entries.len(), in_use)
+        };
+        let mut r = write(&self.remotes);
+        let RemoteTable { entries, learned } = &mut *r;
+        entries.retain(|ip, e| {
+            let keep = e.flood_refs > 0
+                || in_use.contains(&u32::from(*ip))
+                || !self.expired(e.created, now_secs);
+            if !keep {
+                *learned -= 1;
+            }
+            keep
+        });
+        removed
+    }
+
+    /// The tables' clock: whole seconds since the `Vtep` was created.
+    pub fn now(&self) -> u64 {
+        self.epoch.elapsed().as_secs()
+    }
+
+    /// Counts a frame received from `remote` in `vni` (its inner length, or whatever the
+    /// caller counts consistently).
+    pub fn count_rx(&self, vni: Vni, remote: Ipv4Addr, bytes: u64) {
+        if let Some(e) = read(&self.vnis).by_vni.get(&vni) {
+            e.traffic.rx(bytes);
+        }
+        self.with_remote(remote, |t| t.rx(bytes));
+    }
+
+    /// Counts a frame sent to `remote` in `vni`.
+    pub fn count_tx(&self, vni: Vni, remote: Ipv4Addr, bytes: u64) {
+        if let Some(e) = read(&self.vnis).by_vni.get(&vni) {
+            e.traffic.tx(bytes);
+        }
+        self.with_remote(remote, |t| t.tx(bytes));
+    }
+
+    /// Counts a drop against `vni`, or globally when no VNI is known or it is not mapped.
+    pub fn count_drop(&self, vni: Option<Vni>, reason: TunnelDrop) {
+        if let Some(vni) = vni {
+            if let Some(e) = read(&self.vnis).by_vni.get(&vni) {
+                e.drops.count(reason);
+                return;
+            }
+        }
+        self.drops.count(reason);
+    }
+
+    /// Runs `f` on the counters of `remote`, tracking it if new and there is room, else on the
+    /// overflow counters.
+    fn with_remote(&self, remote: Ipv4Addr, f: impl Fn(&Traffic)) {
+        if let Some(e) = read(&self.remotes).entries.get(&remote) {
+            return f(&e.traffic);
+        }
+        let mut r = write(&self.remotes);
+        if let Some(e) = r.entries.get(&remote) {
+            return f(&e.traffic);
+        }
+        if r.learned >= MAX_LEARNED_REMOTES {
+            return f(&self.remote_overflow);
+        }
+        r.learned += 1;
+        let e = r.entries.entry(remote).or_insert(RemoteEntry {
+            flood_refs: 0,
+            created: self.now(),
+            traffic: Traffic::default(),
+        });
+        f(&e.traffic);
+    }
+
+    /// Tables and counters as they stand, for flowctl and metrics.
+    pub fn snapshot(&self) -> VtepSnapshot {
+        let now = self.now();
+        let mut vnis: Vec<VniSnapshot> = read(&self.vnis)
+            .by_vni
+            .iter()
+            .map(|(vni, e)| {
+                let t = e.traffic.snapshot();
+                VniSnapshot {
+                    vni: *vni,
+                    vlan: e.vlan,
+                    remotes: e.remotes.to_vec(),
+                    rx_packets: t.rx_packets,
+                    rx_bytes: t.rx_bytes,
+                    tx_packets: t.tx_packets,
+                    tx_bytes: t.tx_bytes,
+                    drops: e.drops.snapshot(),
+                }
+            })
+            .collect();
+        vnis.sort_by_key(|v| v.vni);
+        let mut remotes: Vec<RemoteSnapshot> = read(&self.remotes)
+            .entries
+            .iter()
+            .map(|(ip, e)| {
+                let t = e.traffic.snapshot();
+                RemoteSnapshot {
+                    ip: *ip,
+                    rx_packets: t.rx_packets,
+                    rx_bytes: t.rx_bytes,
+                    tx_packets: t.tx_packets,
+                    tx_bytes: t.tx_bytes,
+                    learned: e.flood_refs == 0,
+                }
+            })
+            .collect();
+        remotes.sort_by_key(|r| r.ip);
+        let mut macs: Vec<VtepMacEntry> = read(&self.macs)
+            .entries
+            .iter()
+            .filter(|(_, e)| e.is_static || !self.expired(e.last_seen.load(Ordering::Relaxed), now))
+            .map(|((vni, mac), e)| VtepMacEntry {
+                vni: *vni,
+                mac: fmt_mac(*mac),
+                remote: Ipv4Addr::from(e.remote.load(Ordering::Relaxed)),
+                is_static: e.is_static,
+                age: if e.is_static {
+                    0
+                } else {
+                    now.saturating_sub(e.last_seen.load(Ordering::Relaxed))
+                },
+            })
+            .collect();
+        macs.sort_by(|a, b| (a.vni, &a.mac).cmp(&(b.vni, &b.mac)));
+        VtepSnapshot {
+            vnis,
+            remotes,
+            remote_overflow: self.remote_overflow.snapshot(),
+            macs,
+            drops: self.drops.snapshot(),
+        }
+    }
+}
+
+impl VniEntry {
+    fn new(vlan: u16, remotes: impl IntoIterator<Item = Ipv4Addr>) -> Self {
+        VniEntry {
+            vlan,
+            remotes: remotes.into_iter().collect(),
+            traffic: Traffic::default(),
+            drops: Drops::default(),
+        }
+    }
+}
+
+fn fmt_mac(b: [u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        b[0], b[1], b[2], b[3], b[4], b[5]
+    )
+}
+
+/// Packet and byte counts in both directions. `rx` is what came out of the tunnel, `tx` what
+/// went into it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficSnapshot {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+/// One VNI in a [`VtepSnapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VniSnapshot {
+    pub vni: Vni,
+    pub vlan: u16,
+    pub remotes: Vec<Ipv4Addr>,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// (reason label, count), in [`TunnelDrop::ALL`] order.
+    pub drops: Vec<(String, u64)>,
+}
+
+/// One remote VTEP in a [`VtepSnapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteSnapshot {
+    pub ip: Ipv4Addr,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Seen but in no flood list.
+    pub learned: bool,
+}
+
+/// One remote MAC in a [`VtepSnapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VtepMacEntry {
+    pub vni: Vni,
+    pub mac: String,
+    pub remote: Ipv4Addr,
+    #[serde(rename = "static")]
+    pub is_static: bool,
+    /// Seconds since the address was last seen (0 for static entries).
+    pub age: u64,
+}
+
+/// The VTEP's tables and counters at one instant, as sent over the control socket.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VtepSnapshot {
+    /// Sorted by VNI.
+    pub vnis: Vec<VniSnapshot>,
+    /// Sorted by address.
+    pub remotes: Vec<RemoteSnapshot>,
+    /// Traffic of learned remotes beyond [`MAX_LEARNED_REMOTES`], summed.
+    pub remote_overflow: TrafficSnapshot,
+    /// Live entries, sorted by VNI then address.
+    pub macs: Vec<VtepMacEntry>,
+    /// Drops with no mapped VNI: (reason label, count), in [`TunnelDrop::ALL`] order.
+    pub drops: Vec<(String, u64)>,
+}
+
+impl VtepSnapshot {
+    /// A drop count by label, for `vni` or (None) the global counters.
+    pub fn drop_count(&self, vni: Option<Vni>, label: &str) -> u64 {
+        let drops = match vni {
+            None => &self.drops,
+            Some(vni) => match self.vnis.iter().find(|v| v.vni == vni) {
+                Some(v) => &v.drops,
+                None => return 0,
+            },
+        };
+        drops
+            .iter()
+            .find(|(l, _)| l == label)
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const R1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+    const R2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
+    const STRANGER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
+    const A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+    const B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
+
+    fn config() -> VtepConfig {
+        VtepConfig {
+            vnis: vec![
+                VniConfig {
+                    vni: 100,
+                    vlan: 10,
+                    remotes: vec![R1, R2],
+                },
+                VniConfig {
+                    vni: 200,
+                    vlan: 20,
+                    remotes: vec![],
+                },
+            ],
+            ..VtepConfig::new(LOCAL)
+        }
+    }
+
+    fn remotes(v: &Vtep, vni: Vni) -> Vec<Ipv4Addr> {
+        let mut out = Vec::new();
+        v.for_each_remote(vni, |ip| out.push(ip));
+        out
+    }
+
+    #[test]
+    fn config_parses_with_defaults_and_round_trips() {
+        let cfg: VtepConfig = toml::from_str(
+            r#"
+            local_ip = "10.0.0.1"
+            unknown_vtep = "drop"
+            [[vnis]]
+            vni = 100
+            vlan = 10
+            remotes = ["10.0.0.2"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.port, 4789);
+        assert_eq!(cfg.underlay_mtu, 1500);
+        assert_eq!(cfg.mac_aging_secs, 300);
+        assert_eq!(cfg.mac_table_size, 8192);
+        assert_eq!(cfg.unknown_vtep, UnknownVtepPolicy::Drop);
+        let v = Vtep::new(cfg.clone()).unwrap();
+        assert_eq!(v.config(), cfg);
+        assert!(toml::from_str::<VtepConfig>("local_ip = \"10.0.0.1\"\nbogus = 1").is_err());
+        assert!(toml::from_str::<VtepConfig>(
+            "local_ip = \"10.0.0.1\"\n[[vnis]]\nvni = 1\nvlan = 2\nremote = []"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        let field_of = |cfg: VtepConfig| match cfg.validate() {
+            Err(VtepError::Invalid { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        let mut c = config();
+        c.vnis[1].vni = 1 << 24;
+        assert_eq!(field_of(c), "vnis[1].vni");
+        for bad in [0, 4095] {
+            let mut c = config();
+            c.vnis[0].vlan = bad;
+            assert_eq!(field_of(c), "vnis[0].vlan");
+        }
+        let mut c = config();
+        c.vnis[1].vni = 100;
+        assert_eq!(field_of(c), "vnis[1].vni");
+        let mut c = config();
+        c.vnis[1].vlan = 10;
+        assert_eq!(field_of(c), "vnis[1].vlan");
+        for bad in [
+            LOCAL,
+            Ipv4Addr::new(239, 1, 1, 1),
+            Ipv4Addr::UNSPECIFIED,
+            R1,
+        ] {
+            let mut c = config();
+            c.vnis[0].remotes.push(bad);
+            assert_eq!(field_of(c), "vnis[0].remotes[2]", "{bad}");
+        }
+        let mut c = config();
+        c.local_ip = Ipv4Addr::BROADCAST;
+        assert_eq!(field_of(c), "local_ip");
+        let mut c = config();
+        c.underlay_mtu = 67;
+        assert_eq!(field_of(c), "underlay_mtu");
+        let mut c = config();
+        c.mac_aging_secs = 0;
+        assert_eq!(field_of(c), "mac_aging_secs");
+        let msg = {
+            let mut c = config();
+            c.vnis[1].vlan = 10;
+            Vtep::new(c).err().unwrap().to_string()
+        };
+        assert_eq!(
+            msg,
+            "field `vnis[1].vlan`: VLAN 10 is already mapped to VNI 100"
+        );
+    }
+
+    #[test]
+    fn map_and_unmap() {
+        let v = Vtep::new(config()).unwrap();
+        assert_eq!(v.vni_for_vlan(10), Some(100));
+        assert_eq!(v.vlan_for_vni(200), Some(20));
+        assert_eq!(v.vni_for_vlan(30), None);
+        assert_eq!(v.mapped_vlans(), vec![10, 20]);
+
+        v.map(300, 30).unwrap();
+        v.map(300, 30).unwrap(); // idempotent
+        assert_eq!(
+            v.map(300, 31),
+            Err(VtepError::VniInUse { vni: 300, vlan: 30 })
+        );
+        assert_eq!(
+            v.map(301, 30),
+            Err(VtepError::VlanInUse { vlan: 30, vni: 300 })
+        );
+        assert!(matches!(v.map(1 << 24, 40), Err(VtepError::Invalid { .. })));
+        assert!(matches!(v.map(400, 4095), Err(VtepError::Invalid { .. })));
+        assert_eq!(v.vni_for_vlan(30), Some(300));
+
+        v.learn(100, A, R1, 0);
+        v.add_static(100, B, R2).unwrap();
+        v.unmap(100).unwrap();
+        assert_eq!(v.unmap(100), Err(VtepError::UnknownVni(100)));
+        assert_eq!(v.vni_for_vlan(10), None);
+        assert_eq!(v.admit(100, R1), Err(TunnelDrop::UnknownVni));
+        assert!(remotes(&v, 100).is_empty());
+        // Its MACs went with it, and its remotes are no longer configured.
+        v.map(100, 10).unwrap();
+        assert_eq!(v.lookup(100, A, 0), None);
+        assert_eq!(v.lookup(100, B, 0), None);
+        assert!(v.snapshot().remotes.iter().all(|r| r.learned));
+        assert_eq!(v.mapped_vlans(), vec![10, 20, 30]);
+    }
+
+    #[test]
+    fn flood_list() {
+        let v = Vtep::new(config()).unwrap();
+        assert_eq!(remotes(&v, 100), vec![R1, R2]);
+        assert!(remotes(&v, 200).is_empty());
+        assert!(remotes(&v, 999).is_empty());
+        v.add_remote(200, R1).unwrap();
+        assert_eq!(
+            v.add_remote(200, R1),
+            Err(VtepError::RemoteExists { vni: 200, ip: R1 })
+        );
+        assert_eq!(v.add_remote(999, R1), Err(VtepError::UnknownVni(999)));
+        assert!(matches!(
+            v.add_remote(200, LOCAL),
+            Err(VtepError::Invalid { .. })
+        ));
+        assert!(matches!(
+            v.add_remote(200, Ipv4Addr::new(224, 0, 0, 1)),
+            Err(VtepError::Invalid { .. })
+        ));
+        v.remove_remote(100, R1).unwrap();
+        assert_eq!(
+            v.remove_remote(100, R1),
+            Err(VtepError::UnknownRemote { vni: 100, ip: R1 })
+        );
+        assert_eq!(remotes(&v, 100), vec![R2]);
+        assert_eq!(remotes(&v, 200), vec![R1]);
+        // The callback may call back into the Vtep (no lock is held).
+        v.for_each_remote(100, |ip| {
+            v.count_tx(100, ip, 60);
+            v.add_remote(200, ip).unwrap();
+        });
+        assert_eq!(remotes(&v, 200), vec![R1, R2]);
+        let cfg = v.config();
+        assert_eq!(cfg.vnis[0].remotes, vec![R2]);
+        assert_eq!(cfg.vnis[1].remotes, vec![R1, R2]);
+    }
+
+    #[test]
+    fn admit_follows_the_policy() {
+        let v = Vtep::new(config()).unwrap();
+        assert_eq!(v.admit(100, R1), Ok(10));
+        assert_eq!(v.admit(100, STRANGER), Ok(10));
+        assert_eq!(v.admit(200, R1), Ok(20), "learn admits other VNIs' remotes");
+        assert_eq!(v.admit(7, R1), Err(TunnelDrop::UnknownVni));
+        for spoofed in [Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, LOCAL] {
+            assert_eq!(v.admit(100, spoofed), Err(TunnelDrop::UnknownVtep));
+        }
+
+        let v = Vtep::new(VtepConfig {
+            unknown_vtep: UnknownVtepPolicy::Drop,
+            ..config()
+        })
+        .unwrap();
+        assert_eq!(v.admit(100, R1), Ok(10));
+        assert_eq!(v.admit(100, STRANGER), Err(TunnelDrop::UnknownVtep));
+        assert_eq!(v.admit(200, R1), Err(TunnelDrop::UnknownVtep));
+        v.add_remote(200, R1).unwrap();
+        assert_eq!(v.admit(200, R1), Ok(20));
+    }
+
+    #[test]
+    fn learning_and_aging() {
+        let v = Vtep::new(config()).unwrap();
+        assert_eq!(v.learn(100, A, R1, 0), Learned::New);
+        assert_eq!(v.learn(100, A, R1, 1), Learned::Refreshed);
+        assert_eq!(v.lookup(100, A, 1), Some(R1));
+        assert_eq!(v.lookup(200, A, 1), None, "learning is per VNI");
+        assert_eq!(v.learn(100, A, R2, 2), Learned::Moved);
+        assert_eq!(v.lookup(100, A, 2), Some(R2));
+        assert_eq!(v.learn(100, [1, 0, 0, 0, 0, 1], R1, 2), Learned::Refused);
+        assert_eq!(v.learn(999, B, R1, 2), Learned::Refused);
+        assert_eq!(v.learn(100, B, Ipv4Addr::BROADCAST, 2), Learned::Refused);
+
+        v.learn(100, B, R1, 200);
+        assert_eq!(v.lookup(100, A, 301), Some(R2));
+        assert_eq!(v.lookup(100, A, 302), None);
+        assert_eq!(v.expire(302), 1);
+        let snap = v.snapshot();
+        assert_eq!(snap.macs.len(), 1);
+        assert_eq!(snap.macs[0].mac, "02:00:00:00:00:0b");
+        assert_eq!(snap.macs[0].remote, R1);
+    }
+
+    #[test]
+    fn statics_beat_learning() {
+        let v = Vtep::new(config()).unwrap();
+        v.learn(100, A, R1, 0);
+        v.add_static(100, A, R2).unwrap();
+        assert_eq!(v.learn(100, A, R1, 1), Learned::Static);
+        assert_eq!(v.lookup(100, A, 1), Some(R2));
+        assert_eq!(v.lookup(100, A, 1_000_000), Some(R2), "statics never age");
+        assert_eq!(v.expire(1_000_000), 0);
+        assert!(v.snapshot().macs[0].is_static);
+        assert_eq!(v.add_static(999, A, R1), Err(VtepError::UnknownVni(999)));
+        assert!(matches!(
+            v.add_static(100, [0xff; 6], R1),
+            Err(VtepError::Invalid { .. })
+        ));
+        assert!(matches!(
+            v.add_static(100, B, LOCAL),
+            Err(VtepError::Invalid { .. })
+        ));
+        assert_eq!(
+            v.remove_static(100, B),
+            Err(VtepError::UnknownStatic {
+                vni: 100,
+                mac: "02:00:00:00:00:0b".into()
+            })
+        );
+        v.learn(100, B, R1, 5);
+        assert!(
+            v.remove_static(100, B).is_err(),
+            "learned entries are not static"
+        );
+        v.remove_static(100, A).unwrap();
+        assert_eq!(v.lookup(100, A, 5), None);
+        assert_eq!(v.learn(100, A, R1, 5), Learned::New);
+    }
+
+    #[test]
+    fn mac_table_limit() {
+        let v = Vtep::new(VtepConfig {
+            mac_table_size: 2,
+            mac_aging_secs: 10,
+            ..config()
+        })
+        .unwrap();
+        let c = [2, 0, 0, 0, 0, 0xc];
+        assert_eq!(v.learn(100, A, R1, 0), Learned::New);
+        assert_eq!(v.learn(100, B, R1, 5), Learned::New);
+        assert_eq!(v.learn(100, c, R1, 6), Learned::TableFull);
+        assert_eq!(v.lookup(100, c, 6), None);
+        // A ages out at 10, making room.
+        assert_eq!(v.learn(100, c, R1, 10), Learned::New);
+        // Statics may exceed the limit; learning still may not.
+        v.add_static(200, A, R2).unwrap();
+        assert_eq!(v.snapshot().macs.len(), 3);
+        assert_eq!(v.learn(200, B, R1, 11), Learned::TableFull);
+    }
+
+    #[test]
+    fn counters() {
+        let v = Vtep::new(config()).unwrap();
+        v.count_rx(100, R1, 100);
+        v.count_rx(100, STRANGER, 50);
+        v.count_tx(100, R2, 70);
+        v.count_tx(100, R2, 30);
+        v.count_drop(Some(100), TunnelDrop::TooBig);
+        v.count_drop(Some(999), TunnelDrop::UnknownVni);
+        v.count_drop(None, TunnelDrop::Truncated);
+        let s = v.snapshot();
+        let vni = &s.vnis[0];
+        assert_eq!(
+            (vni.rx_packets, vni.rx_bytes, vni.tx_packets, vni.tx_bytes),
+            (2, 150, 2, 100)
+        );
+        assert_eq!(s.drop_count(Some(100), "too-big"), 1);
+        assert_eq!(s.drop_count(None, "unknown-vni"), 1);
+        assert_eq!(s.drop_count(None, "truncated"), 1);
+        assert_eq!(vni.drops.len(), TunnelDrop::ALL.len());
+        let r = |ip| s.remotes.iter().find(|r| r.ip == ip).unwrap();
+        assert_eq!((r(R1).rx_bytes, r(R1).learned), (100, false));
+        assert_eq!((r(R2).tx_packets, r(R2).tx_bytes), (2, 100));
+        assert_eq!((r(STRANGER).rx_packets, r(STRANGER).learned), (1, true));
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains("\"static\"") || s.macs.is_empty());
+        assert_eq!(serde_json::from_str::<VtepSnapshot>(&json).unwrap(), s);
+    }
+
+    #[test]
+    fn learned_remotes_are_bounded_and_swept() {
+        let v = Vtep::new(config()).unwrap();
+        let stranger = |i: usize| Ipv4Addr::from(0xcb00_0000 + i as u32);
+        for i in 0..MAX_LEARNED_REMOTES + 10 {
+            v.count_rx(100, stranger(i), 1);
+        }
+        // R1 and R2 (configured) plus the first MAX_LEARNED_REMOTES strangers.
+        let s = v.snapshot();
+        assert_eq!(s.remotes.len(), MAX_LEARNED_REMOTES + 2);
+        assert_eq!(s.remote_overflow.rx_packets, 10);
+        // Configured remotes are always tracked.
+        v.count_tx(100, R1, 1);
+        assert_eq!(v.snapshot().remote_overflow.tx_packets, 0);
+        // Learned remotes nobody points to are forgotten after the aging time; one with a
+        // learned MAC stays.
+        v.learn(100, A, stranger(0), 0);
+        v.expire(299);
+        assert_eq!(v.snapshot().remotes.len(), MAX_LEARNED_REMOTES + 2);
+        v.learn(100, A, stranger(0), 300);
+        v.expire(300);
+        let s = v.snapshot();
+        assert_eq!(
+            s.remotes.iter().map(|r| r.ip).collect::<Vec<_>>(),
+            vec![R1, R2, stranger(0)]
+        );
+        v.count_rx(100, stranger(5), 1);
+        assert_eq!(v.snapshot().remote_overflow.rx_packets, 10, "room again");
+    }
+
+    #[test]
+    fn tables_are_shared_across_threads() {
+        let v = Arc::new(Vtep::new(config()).unwrap());
+        let handles: Vec<_> = (0..4u8)
+            .map(|t| {
+                let v = Arc::clone(&v);
+                std::thread::spawn(move || {
+                    for i in 0..1000u16 {
+                        let mac = [2, t, 0, 0, (i >> 8) as u8, i as u8];
+                        v.learn(100, mac, R1, 0);
+                        v.count_rx(100, R1, 1);
+                        assert_eq!(v.lookup(100, mac, 0), Some(R1));
+                        if t == 0 && i % 100 == 0 {
+                            v.add_remote(200, Ipv4Addr::from(0x0a01_0000 + u32::from(i)))
+                                .unwrap();
+                        }
+                        v.for_each_remote(200, |_| {});
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let s = v.snapshot();
+        assert_eq!(s.macs.len(), 4000);
+        assert_eq!(s.vnis[0].rx_packets, 4000);
+        assert_eq!(s.vnis[1].remotes.len(), 10);
+    }
+}

@@ -1,0 +1,266 @@
+//! A frame in flight: where its bytes are (a guest's transmit buffers or a host buffer), how
+//! its header changes on the way out, and the metadata a tunnel attaches.
+
+use std::net::Ipv4Addr;
+
+use vm_memory::{GuestAddress, GuestMemoryBackend, VolatileSlice};
+
+use crate::virtio::{FrameCopier, GuestMemory, Segment};
+use crate::vlan::{Classified, Egress, Vid};
+use crate::wire::{ethertype, L2Header};
+
+/// Where a frame's bytes live.
+#[derive(Debug, Clone, Copy)]
+pub enum FrameBytes {
+    /// In the sender's guest memory: a range of the batch's segment list.
+    Guest { segs: (usize, usize) },
+    /// In the batch's host buffer (frames decapsulated from the tunnel).
+    Host { start: usize, len: usize },
+}
+
+/// Tunnel metadata of a frame that arrived through VXLAN (the hook for `tun_id`, `tun_src`
+/// and `tun_dst` matches once flow tables land).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelMeta {
+    pub vni: u32,
+    /// The local VLAN the VNI maps to.
+    pub vlan: Vid,
+    pub remote: Ipv4Addr,
+    pub local: Ipv4Addr,
+}
+
+/// One frame of a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame {
+    /// The guest's TX chain head (guest frames only).
+    pub head: u16,
+    pub len: u32,
+    pub bytes: FrameBytes,
+    pub tunnel: Option<TunnelMeta>,
+}
+
+/// Where the bytes of a batch's frames are: the sender's memory and segment list, or a host
+/// buffer. Borrowed for the length of the batch.
+pub struct Source<'a> {
+    pub mem: Option<&'a GuestMemory>,
+    pub segs: &'a [Segment],
+    pub host: &'a [u8],
+}
+
+impl Source<'_> {
+    /// Copies up to `out.len()` bytes from the start of `frame`; returns how many.
+    pub fn read_prefix(&self, frame: &Frame, out: &mut [u8]) -> usize {
+        match frame.bytes {
+            FrameBytes::Host { start, len } => {
+                let n = out.len().min(len);
+                out[..n].copy_from_slice(&self.host[start..start + n]);
+                n
+            }
+            FrameBytes::Guest { segs } => {
+                let Some(mem) = self.mem else { return 0 };
+                let mut filled = 0;
+                for seg in &self.segs[segs.0..segs.1] {
+                    if filled == out.len() {
+                        break;
+                    }
+                    let want = (out.len() - filled).min(seg.len as usize);
+                    match mem.get_slice(seg.addr, want) {
+                        Ok(slice) => filled += slice.copy_to(&mut out[filled..filled + want]),
+                        Err(_) => break,
+                    }
+                }
+                filled
+            }
+        }
+    }
+
+    pub fn l2_header(&self, frame: &Frame) -> Option<L2Header> {
+        let mut buf = [0u8; L2Header::MAX_LEN];
+        let n = self.read_prefix(frame, &mut buf);
+        L2Header::parse(&buf[..n]).ok()
+    }
+
+    /// Copies `frame` from byte `skip` on into a receiver's buffers.
+    pub fn copy_into(&self, frame: &Frame, copier: &mut FrameCopier<'_>, skip: usize) -> bool {
+        match frame.bytes {
+            FrameBytes::Host { start, len } => {
+                copier.write(&self.host[start + skip.min(len)..start + len])
+            }
+            FrameBytes::Guest { segs } => match self.mem {
+                Some(mem) => copier.copy_from_guest(mem, &self.segs[segs.0..segs.1], skip),
+                None => false,
+            },
+        }
+    }
+
+    /// Calls `f` with each piece of `frame` from byte `skip` on, as host memory (for sendmmsg:
+    /// the kernel then copies straight from guest memory).
+    pub fn for_each_piece(
+        &self,
+        frame: &Frame,
+        mut skip: usize,
+        mut f: impl FnMut(VolatileSlice<'_>),
+    ) -> bool {
+        match frame.bytes {
+            FrameBytes::Host { start, len } => {
+                if skip < len {
+                    // Host bytes as a volatile slice, for one code path.
+                    let bytes = &self.host[start + skip..start + len];
+                    // SAFETY: the slice is valid for reads for its length and outlives the
+                    // call; `f` only reads from it (it hands the pointer to sendmmsg).
+                    let slice =
+                        unsafe { VolatileSlice::new(bytes.as_ptr() as *mut u8, bytes.len()) };
+                    f(slice);
+                }
+                true
+            }
+            FrameBytes::Guest { segs } => {
+                let Some(mem) = self.mem else { return false };
+                for seg in &self.segs[segs.0..segs.1] {
+                    let len = seg.len as usize;
+                    if skip >= len {
+                        skip -= len;
+                        continue;
+                    }
+                    match mem.get_slice(GuestAddress(seg.addr.0 + skip as u64), len - skip) {
+                        Ok(slice) => f(slice),
+                        Err(_) => return false,
+                    }
+                    skip = 0;
+                }
+                true
+            }
+        }
+    }
+}
+
+/// How a frame's first bytes change on the way out: `prefix` replaces the first `skip` bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Rewrite {
+    pub prefix: [u8; 16],
+    pub prefix_len: u8,
+    pub skip: u8,
+}
+
+impl Rewrite {
+    pub const NONE: Rewrite = Rewrite {
+        prefix: [0; 16],
+        prefix_len: 0,
+        skip: 0,
+    };
+
+    /// The change needed for a frame classified into `class` to leave as `egress`.
+    pub fn for_egress(h: &L2Header, class: Classified, egress: Egress) -> Rewrite {
+        let mut r = Rewrite::NONE;
+        r.prefix[0..6].copy_from_slice(&h.dst.0);
+        r.prefix[6..12].copy_from_slice(&h.src.0);
+        match (h.vlan, egress) {
+            (Some(tag), Egress::Tagged) if tag.vid == class.vid => Rewrite::NONE,
+            (None, Egress::Untagged) => Rewrite::NONE,
+            (tag, Egress::Tagged) => {
+                let dei = tag.is_some_and(|t| t.dei);
+                let tci = (u16::from(class.pcp & 7) << 13) | (u16::from(dei) << 12) | class.vid;
+                r.prefix[12..14].copy_from_slice(&ethertype::VLAN.to_be_bytes());
+                r.prefix[14..16].copy_from_slice(&tci.to_be_bytes());
+                r.prefix_len = 16;
+                r.skip = if tag.is_some() { 16 } else { 12 };
+                r
+            }
+            (Some(_), Egress::Untagged) => {
+                r.prefix_len = 12;
+                r.skip = 16;
+                r
+            }
+        }
+    }
+
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix[..usize::from(self.prefix_len)]
+    }
+
+    pub fn out_len(&self, frame_len: u32) -> u32 {
+        frame_len + u32::from(self.prefix_len) - u32::from(self.skip)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{EthernetAddress, VlanRepr};
+
+    fn header(tag: Option<(u16, u8)>) -> L2Header {
+        L2Header {
+            dst: EthernetAddress([2, 0, 0, 0, 0, 2]),
+            src: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            vlan: tag.map(|(vid, pcp)| VlanRepr {
+                pcp,
+                dei: false,
+                vid,
+                ethertype: 0x0800,
+            }),
+            ethertype: 0x0800,
+        }
+    }
+
+    #[test]
+    fn untagged_to_trunk_pushes_a_tag_with_the_priority() {
+        let r = Rewrite::for_egress(
+            &header(None),
+            Classified { vid: 100, pcp: 0 },
+            Egress::Tagged,
+        );
+        assert_eq!((r.prefix_len, r.skip), (16, 12));
+        assert_eq!(&r.prefix[12..16], &[0x81, 0x00, 0x00, 100]);
+        assert_eq!(r.out_len(60), 64);
+        let r = Rewrite::for_egress(
+            &header(Some((0, 5))),
+            Classified { vid: 100, pcp: 5 },
+            Egress::Tagged,
+        );
+        assert_eq!((r.prefix_len, r.skip), (16, 16));
+        assert_eq!(&r.prefix[14..16], &((5u16 << 13) | 100).to_be_bytes());
+    }
+
+    #[test]
+    fn tagged_to_access_pops_and_same_vlan_trunk_keeps() {
+        let tagged = header(Some((100, 3)));
+        let class = Classified { vid: 100, pcp: 3 };
+        let pop = Rewrite::for_egress(&tagged, class, Egress::Untagged);
+        assert_eq!((pop.prefix_len, pop.skip), (12, 16));
+        assert_eq!(pop.out_len(64), 60);
+        let keep = Rewrite::for_egress(&tagged, class, Egress::Tagged);
+        assert_eq!((keep.prefix_len, keep.skip), (0, 0));
+        let plain = Rewrite::for_egress(&header(None), class, Egress::Untagged);
+        assert_eq!((plain.prefix_len, plain.skip), (0, 0));
+    }
+
+    #[test]
+    fn host_frames_read_and_skip() {
+        let host = [9u8; 10]
+            .iter()
+            .chain(b"abcdefghijklmnop".iter())
+            .copied()
+            .collect::<Vec<_>>();
+        let src = Source {
+            mem: None,
+            segs: &[],
+            host: &host,
+        };
+        let f = Frame {
+            head: 0,
+            len: 16,
+            bytes: FrameBytes::Host { start: 10, len: 16 },
+            tunnel: None,
+        };
+        let mut out = [0u8; 4];
+        assert_eq!(src.read_prefix(&f, &mut out), 4);
+        assert_eq!(&out, b"abcd");
+        let mut pieces = Vec::new();
+        assert!(src.for_each_piece(&f, 12, |s| {
+            let mut b = vec![0u8; s.len()];
+            s.copy_to(&mut b[..]);
+            pieces.push(b);
+        }));
+        assert_eq!(pieces, vec![b"mnop".to_vec()]);
+    }
+}

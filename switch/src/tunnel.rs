@@ -1,0 +1,458 @@
+//! The VXLAN tunnel port: the switch's VTEP. Frames of a VLAN mapped to a VNI leave through
+//! it encapsulated (RFC 7348) towards the remote VTEP that learned or configured their
+//! destination, or to every VTEP of the VNI's flood list (head-end replication); VXLAN
+//! packets arriving on the UDP port are decapsulated, checked and switched like frames from
+//! any other port. Encapsulation and the tables are in the `patchbay-overlay` crate; this
+//! module does the I/O.
+//!
+//! Sending: a raw IPv4 socket (IP_HDRINCL), because RFC 7348 §5 wants the UDP source port to
+//! vary per inner flow, which one bound UDP socket cannot do. The outer IPv4/UDP/VXLAN header
+//! is precomputed per (VNI, remote) and patched per packet; the kernel routes the packet and
+//! adds the outer Ethernet header. `sendmmsg` takes each inner frame straight from the
+//! sender's guest memory (its one copy). Receiving: a UDP socket on the VXLAN port with
+//! `recvmmsg`; the inner frame is copied once more, into the receiving guest's buffers.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, RwLock};
+use std::thread;
+use std::time::Duration;
+
+use patchbay_overlay::decap::decap;
+use patchbay_overlay::encap::{max_inner_frame, source_port, OuterTemplate, OUTER_LEN};
+use patchbay_overlay::vtep::{TunnelDrop, Vtep, VtepConfig};
+use patchbay_overlay::Vni;
+
+use crate::dataplane::{
+    switch_frames, Delivery, Frame, FrameBytes, Source, SwitchScratch, TunnelMeta,
+};
+use crate::mac_table::PortId;
+use crate::port::{DropReason, Port};
+use crate::switch::Switch;
+use crate::vlan::VlanSet;
+use crate::wire::{EthernetAddress, L2Header};
+
+/// Name of the tunnel port in the port table.
+pub const TUNNEL_PORT_NAME: &str = "vxlan";
+
+/// Packets received per `recvmmsg`.
+const RX_BATCH: usize = 32;
+/// Largest UDP payload accepted: a 9216-byte underlay frame minus its IPv4 and UDP headers.
+const RX_BUF: usize = 9216;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("[vxlan]: {0}")]
+    Config(String),
+    #[error("cannot bind the VXLAN UDP socket on {addr}: {source}")]
+    Bind {
+        addr: SocketAddrV4,
+        source: std::io::Error,
+    },
+    #[error("cannot open a raw IP socket to send VXLAN packets (needs root or CAP_NET_RAW): {0}")]
+    RawSocket(std::io::Error),
+    #[error("cannot start the VXLAN receive thread: {0}")]
+    Thread(std::io::Error),
+}
+
+pub struct Tunnel {
+    pub port_id: PortId,
+    pub vtep: Vtep,
+    local: Ipv4Addr,
+    dst_port: u16,
+    max_inner: u32,
+    raw: OwnedFd,
+    udp: UdpSocket,
+    /// Outer headers per (VNI, remote), built on first use.
+    templates: RwLock<HashMap<(Vni, Ipv4Addr), OuterTemplate, ahash::RandomState>>,
+}
+
+/// One encapsulated packet to send.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    delivery: usize,
+    vni: Vni,
+    remote: Ipv4Addr,
+    inner_len: u32,
+    src_port: u16,
+}
+
+/// Per-thread work space for sending; reused across batches.
+#[derive(Default)]
+pub struct TxScratch {
+    targets: Vec<Target>,
+    headers: Vec<[u8; OUTER_LEN]>,
+    addrs: Vec<libc::sockaddr_in>,
+    iovecs: Vec<libc::iovec>,
+    /// (first iovec, count) per message.
+    spans: Vec<(usize, usize)>,
+    msgs: Vec<libc::mmsghdr>,
+}
+
+impl std::fmt::Debug for TxScratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxScratch")
+            .field("targets", &self.targets.len())
+            .finish()
+    }
+}
+
+// SAFETY: the raw pointers in `iovecs` and `msgs` are only meaningful during one `transmit`
+// call, which builds them, hands them to sendmmsg and clears them before returning; the
+// scratch carries no live pointer from one thread to another.
+unsafe impl Send for TxScratch {}
+
+fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+impl Tunnel {
+    /// Binds the VTEP's sockets. Fails (before the switch starts) if the address is not
+    /// local or the process may not open raw sockets.
+    pub fn bind(port_id: PortId, cfg: VtepConfig) -> Result<Tunnel, TunnelError> {
+        let local = cfg.local_ip;
+        let dst_port = cfg.port;
+        let max_inner = max_inner_frame(cfg.underlay_mtu);
+        let addr = SocketAddrV4::new(local, dst_port);
+        let udp = UdpSocket::bind(addr).map_err(|source| TunnelError::Bind { addr, source })?;
+        udp.set_read_timeout(Some(Duration::from_millis(200)))
+            .map_err(|source| TunnelError::Bind { addr, source })?;
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_RAW,
+            )
+        };
+        if fd < 0 {
+            return Err(TunnelError::RawSocket(std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a fresh socket we own.
+        let raw = unsafe { OwnedFd::from_raw_fd(fd) };
+        let vtep = Vtep::new(cfg).map_err(|e| TunnelError::Config(e.to_string()))?;
+        Ok(Tunnel {
+            port_id,
+            vtep,
+            local,
+            dst_port,
+            max_inner,
+            raw,
+            udp,
+            templates: RwLock::new(HashMap::default()),
+        })
+    }
+
+    /// The VLANs the tunnel carries, for its port's VLAN policy.
+    pub fn vlan_set(&self) -> VlanSet {
+        let mut set = VlanSet::empty();
+        for vlan in self.vtep.mapped_vlans() {
+            set.insert(vlan);
+        }
+        set
+    }
+
+    pub fn describe(&self) -> String {
+        format!("vxlan udp {}:{}", self.local, self.dst_port)
+    }
+
+    fn template(&self, vni: Vni, remote: Ipv4Addr) -> OuterTemplate {
+        if let Some(t) = self
+            .templates
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(vni, remote))
+        {
+            return *t;
+        }
+        let t = OuterTemplate::new(self.local, remote, self.dst_port, vni, 64);
+        let mut templates = self.templates.write().unwrap_or_else(|p| p.into_inner());
+        // Bounded: remotes are configured or learned (the VTEP caps learned remotes).
+        if templates.len() > 65536 {
+            templates.clear();
+        }
+        templates.insert((vni, remote), t);
+        t
+    }
+
+    /// Encapsulates and sends a group of deliveries to the tunnel port.
+    pub fn transmit(
+        &self,
+        port: &Port,
+        source: &Source<'_>,
+        frames: &[Frame],
+        group: &[Delivery],
+        scratch: &mut TxScratch,
+    ) {
+        let now = self.vtep.now();
+        scratch.targets.clear();
+        for (index, d) in group.iter().enumerate() {
+            let frame = &frames[usize::from(d.frame)];
+            let Some(vni) = self.vtep.vni_for_vlan(d.vlan) else {
+                port.counters.drop(DropReason::VlanFilter, 1);
+                continue;
+            };
+            let inner_len = d.rewrite.out_len(frame.len);
+            if inner_len > self.max_inner {
+                self.vtep.count_drop(Some(vni), TunnelDrop::TooBig);
+                port.counters.drop(DropReason::TooBig, 1);
+                continue;
+            }
+            // The inner frame's first bytes, as they will leave (rewrite applied), for the
+            // destination lookup and the flow hash.
+            let mut head = [0u8; 64];
+            let prefix = d.rewrite.prefix();
+            head[..prefix.len()].copy_from_slice(prefix);
+            let mut rest = [0u8; 80];
+            let got = source.read_prefix(frame, &mut rest);
+            let skip = usize::from(d.rewrite.skip).min(got);
+            let tail = (got - skip).min(head.len() - prefix.len());
+            head[prefix.len()..prefix.len() + tail].copy_from_slice(&rest[skip..skip + tail]);
+            let head = &head[..prefix.len() + tail];
+            let src_port = source_port(head);
+            let Ok(inner) = L2Header::parse(head) else {
+                continue;
+            };
+            let before = scratch.targets.len();
+            let targets = &mut scratch.targets;
+            let mut push = |remote| {
+                targets.push(Target {
+                    delivery: index,
+                    vni,
+                    remote,
+                    inner_len,
+                    src_port,
+                })
+            };
+            match inner
+                .dst
+                .is_unicast()
+                .then(|| self.vtep.lookup(vni, inner.dst.0, now))
+                .flatten()
+            {
+                Some(remote) => push(remote),
+                None => self.vtep.for_each_remote(vni, &mut push),
+            }
+            if scratch.targets.len() == before {
+                self.vtep.count_drop(Some(vni), TunnelDrop::NoRemote);
+            }
+        }
+        if scratch.targets.is_empty() {
+            return;
+        }
+
+        // Headers and addresses first, so the pointers taken below stay put.
+        scratch.headers.clear();
+        scratch.addrs.clear();
+        for t in &scratch.targets {
+            let mut header = [0u8; OUTER_LEN];
+            self.template(t.vni, t.remote)
+                .write(&mut header, t.inner_len as usize, t.src_port);
+            scratch.headers.push(header);
+            scratch.addrs.push(sockaddr(t.remote));
+        }
+        scratch.iovecs.clear();
+        scratch.spans.clear();
+        for (i, t) in scratch.targets.iter().enumerate() {
+            let d = &group[t.delivery];
+            let frame = &frames[usize::from(d.frame)];
+            let start = scratch.iovecs.len();
+            scratch.iovecs.push(libc::iovec {
+                iov_base: scratch.headers[i].as_ptr() as *mut libc::c_void,
+                iov_len: OUTER_LEN,
+            });
+            let prefix = d.rewrite.prefix();
+            if !prefix.is_empty() {
+                scratch.iovecs.push(libc::iovec {
+                    iov_base: prefix.as_ptr() as *mut libc::c_void,
+                    iov_len: prefix.len(),
+                });
+            }
+            let iovecs = &mut scratch.iovecs;
+            source.for_each_piece(frame, usize::from(d.rewrite.skip), |slice| {
+                iovecs.push(libc::iovec {
+                    iov_base: slice.ptr_guard().as_ptr() as *mut libc::c_void,
+                    iov_len: slice.len(),
+                });
+            });
+            scratch.spans.push((start, scratch.iovecs.len() - start));
+        }
+        scratch.msgs.clear();
+        for (i, (start, count)) in scratch.spans.iter().enumerate() {
+            // SAFETY: an all-zero mmsghdr is a valid empty message header.
+            let mut msg: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            msg.msg_hdr.msg_name =
+                &mut scratch.addrs[i] as *mut libc::sockaddr_in as *mut libc::c_void;
+            msg.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            msg.msg_hdr.msg_iov = scratch.iovecs[*start..].as_mut_ptr();
+            msg.msg_hdr.msg_iovlen = *count;
+            scratch.msgs.push(msg);
+        }
+
+        let mut sent = 0;
+        while sent < scratch.msgs.len() {
+            let rest = &mut scratch.msgs[sent..];
+            // SAFETY: every message points at headers, addresses and iovecs in `scratch`,
+            // at rewrite prefixes in `group`, and at frame bytes that `source` keeps mapped
+            // (the sender's guest memory guard or the receive buffer) for this whole call.
+            let n = unsafe {
+                libc::sendmmsg(
+                    self.raw.as_raw_fd(),
+                    rest.as_mut_ptr(),
+                    rest.len() as libc::c_uint,
+                    0,
+                )
+            };
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // This message cannot go (no route, too big for the path, ...): count it and
+                // carry on with the next.
+                let t = scratch.targets[sent];
+                log::debug!("vxlan: sending to {} failed: {err}", t.remote);
+                self.vtep.count_drop(Some(t.vni), TunnelDrop::NoRemote);
+                port.counters.drop(DropReason::NoBuffer, 1);
+                sent += 1;
+                continue;
+            }
+            for t in &scratch.targets[sent..sent + n as usize] {
+                self.vtep.count_tx(t.vni, t.remote, u64::from(t.inner_len));
+                port.counters.count_tx(u64::from(t.inner_len));
+            }
+            sent += n as usize;
+        }
+        scratch.msgs.clear();
+        scratch.iovecs.clear();
+    }
+
+    /// Starts the receive thread: decapsulate, check, learn, switch.
+    pub fn spawn_rx(
+        self: &Arc<Self>,
+        sw: Arc<Switch>,
+    ) -> Result<thread::JoinHandle<()>, TunnelError> {
+        let tunnel = self.clone();
+        thread::Builder::new()
+            .name("vxlan-rx".into())
+            .spawn(move || tunnel.rx_loop(&sw))
+            .map_err(TunnelError::Thread)
+    }
+
+    fn rx_loop(&self, sw: &Switch) {
+        let mut bufs = vec![0u8; RX_BATCH * RX_BUF];
+        let mut addrs: Vec<libc::sockaddr_in> = vec![sockaddr(Ipv4Addr::UNSPECIFIED); RX_BATCH];
+        let mut frames: Vec<Frame> = Vec::with_capacity(RX_BATCH);
+        let mut scratch = SwitchScratch::default();
+        let fd = self.udp.as_raw_fd();
+        while !sw.is_stopping() {
+            let mut iovecs: Vec<libc::iovec> = bufs
+                .chunks_mut(RX_BUF)
+                .map(|b| libc::iovec {
+                    iov_base: b.as_mut_ptr() as *mut libc::c_void,
+                    iov_len: RX_BUF,
+                })
+                .collect();
+            let mut msgs: Vec<libc::mmsghdr> = (0..RX_BATCH)
+                .map(|i| {
+                    // SAFETY: an all-zero mmsghdr is a valid empty message header.
+                    let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                    m.msg_hdr.msg_iov = &mut iovecs[i];
+                    m.msg_hdr.msg_iovlen = 1;
+                    m.msg_hdr.msg_name =
+                        &mut addrs[i] as *mut libc::sockaddr_in as *mut libc::c_void;
+                    m.msg_hdr.msg_namelen =
+                        std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                    m
+                })
+                .collect();
+            // SAFETY: the messages point at `bufs`, `iovecs` and `addrs`, which outlive the
+            // call; the socket has a read timeout, so the call returns to check for shutdown.
+            let n = unsafe {
+                libc::recvmmsg(
+                    fd,
+                    msgs.as_mut_ptr(),
+                    RX_BATCH as libc::c_uint,
+                    libc::MSG_WAITFORONE,
+                    std::ptr::null_mut(),
+                )
+            };
+            if n <= 0 {
+                continue;
+            }
+            let now = self.vtep.now();
+            frames.clear();
+            for (i, msg) in msgs.iter().take(n as usize).enumerate() {
+                let len = msg.msg_len as usize;
+                let remote = Ipv4Addr::from(u32::from_be(addrs[i].sin_addr.s_addr));
+                if msg.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                    self.vtep.count_drop(None, TunnelDrop::Truncated);
+                    continue;
+                }
+                let start = i * RX_BUF;
+                let payload = &bufs[start..start + len.min(RX_BUF)];
+                let (vni, inner) = match decap(payload) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        self.vtep.count_drop(None, TunnelDrop::from(e));
+                        continue;
+                    }
+                };
+                let vlan = match self.vtep.admit(vni, remote) {
+                    Ok(vlan) => vlan,
+                    Err(reason) => {
+                        self.vtep.count_drop(Some(vni), reason);
+                        continue;
+                    }
+                };
+                let src = EthernetAddress::from_bytes(&inner[6..12]);
+                if src.is_unicast() {
+                    self.vtep.learn(vni, src.0, remote, now);
+                }
+                self.vtep.count_rx(vni, remote, inner.len() as u64);
+                let inner_start = start + (payload.len() - inner.len());
+                frames.push(Frame {
+                    head: 0,
+                    len: inner.len() as u32,
+                    bytes: FrameBytes::Host {
+                        start: inner_start,
+                        len: inner.len(),
+                    },
+                    tunnel: Some(TunnelMeta {
+                        vni,
+                        vlan,
+                        remote,
+                        local: self.local,
+                    }),
+                });
+            }
+            drop(msgs);
+            drop(iovecs);
+            if frames.is_empty() {
+                continue;
+            }
+            let Some(port) = sw
+                .ports_snapshot()
+                .get(usize::from(self.port_id))
+                .cloned()
+                .flatten()
+            else {
+                continue;
+            };
+            let source = Source {
+                mem: None,
+                segs: &[],
+                host: &bufs,
+            };
+            switch_frames(sw, &port, &source, &frames, &mut scratch);
+        }
+    }
+}
