@@ -140,6 +140,16 @@ enum Command {
                       flowctl set-vlan up native-untagged 5 10,20"
     )]
     SetVlan(SetVlanArgs),
+
+    /// Change the VXLAN tunnel: VNI mappings, flood lists, static remote MACs.
+    #[command(
+        after_help = "Examples:\n  flowctl tunnel map 42 10\n  flowctl tunnel add-remote 42 192.0.2.2\n  \
+                      flowctl tunnel add-mac 42 52:54:00:00:00:02 192.0.2.2\n  flowctl show tunnel"
+    )]
+    Tunnel {
+        #[command(subcommand)]
+        op: TunnelOp,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,6 +172,37 @@ enum Show {
     /// The switch's settings and switch-wide counters.
     #[command(after_help = "Example:\n  flowctl show switch")]
     Switch,
+    /// The VXLAN tunnel: VNIs with their VLAN, flood list and counters; remote VTEPs; MAC
+    /// addresses learned (or set) behind remote VTEPs.
+    #[command(after_help = "Example:\n  flowctl show tunnel")]
+    Tunnel,
+}
+
+/// Changes to the VXLAN tunnel at run time.
+#[derive(Debug, Subcommand)]
+enum TunnelOp {
+    /// Map a VNI to a local VLAN: that VLAN's frames travel to remote VTEPs in this VNI.
+    Map { vni: u32, vlan: u16 },
+    /// Remove a VNI (its flood list and remote MACs go with it).
+    Unmap { vni: u32 },
+    /// Add a remote VTEP to the VNI's flood list (head-end replication).
+    AddRemote {
+        vni: u32,
+        remote: std::net::Ipv4Addr,
+    },
+    /// Remove a remote VTEP from the VNI's flood list.
+    DelRemote {
+        vni: u32,
+        remote: std::net::Ipv4Addr,
+    },
+    /// A static entry: MAC is behind REMOTE in VNI (never aged, beats learning).
+    AddMac {
+        vni: u32,
+        mac: String,
+        remote: std::net::Ipv4Addr,
+    },
+    /// Remove a static entry.
+    DelMac { vni: u32, mac: String },
 }
 
 #[derive(Debug, Args)]
@@ -355,6 +396,65 @@ fn run(cli: &Cli, client: &mut Client, vlan: Option<VlanConfig>) -> Result<(), C
             } else {
                 let info: SwitchInfo = client.call_as(Request::ShowSwitch)?;
                 print!("{}", render::switch_info(&info));
+            }
+        }
+        Command::Show { what: Show::Tunnel } => {
+            if json {
+                print_json(&client.call(Request::ShowTunnel)?);
+            } else {
+                let snap: patchbay_overlay::vtep::VtepSnapshot =
+                    client.call_as(Request::ShowTunnel)?;
+                print!("{}", render::tunnel(&snap));
+            }
+        }
+        Command::Tunnel { op } => {
+            let (request, done) = match op {
+                TunnelOp::Map { vni, vlan } => (
+                    Request::TunnelMap {
+                        vni: *vni,
+                        vlan: *vlan,
+                    },
+                    format!("VNI {vni} <-> VLAN {vlan}"),
+                ),
+                TunnelOp::Unmap { vni } => (
+                    Request::TunnelUnmap { vni: *vni },
+                    format!("VNI {vni} removed"),
+                ),
+                TunnelOp::AddRemote { vni, remote } => (
+                    Request::TunnelAddRemote {
+                        vni: *vni,
+                        remote: *remote,
+                    },
+                    format!("VNI {vni}: {remote} added to the flood list"),
+                ),
+                TunnelOp::DelRemote { vni, remote } => (
+                    Request::TunnelDelRemote {
+                        vni: *vni,
+                        remote: *remote,
+                    },
+                    format!("VNI {vni}: {remote} removed from the flood list"),
+                ),
+                TunnelOp::AddMac { vni, mac, remote } => (
+                    Request::TunnelAddMac {
+                        vni: *vni,
+                        mac: mac.clone(),
+                        remote: *remote,
+                    },
+                    format!("VNI {vni}: {mac} -> {remote} (static)"),
+                ),
+                TunnelOp::DelMac { vni, mac } => (
+                    Request::TunnelDelMac {
+                        vni: *vni,
+                        mac: mac.clone(),
+                    },
+                    format!("VNI {vni}: {mac} removed"),
+                ),
+            };
+            let result = client.call(request)?;
+            if json {
+                print_json(&result);
+            } else {
+                println!("{done}");
             }
         }
         Command::AddPort { spec } => {

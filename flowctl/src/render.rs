@@ -425,3 +425,100 @@ mod tests {
         assert_eq!(t.render(), "ID  NAME\n 1  a\n12  bb\n");
     }
 }
+
+/// `flowctl show tunnel`: VNIs with their VLAN and flood list, remote VTEPs, remote MACs.
+pub fn tunnel(s: &patchbay_overlay::vtep::VtepSnapshot) -> String {
+    use Align::*;
+    let drops = |d: &[(String, u64)]| {
+        let total: u64 = d.iter().map(|(_, n)| n).sum();
+        let parts: Vec<String> = d
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(l, n)| format!("{l}={n}"))
+            .collect();
+        if parts.is_empty() {
+            total.to_string()
+        } else {
+            format!("{total} ({})", parts.join(" "))
+        }
+    };
+    let mut out = String::new();
+    let mut vnis = Table::new(&[
+        ("VNI", Right),
+        ("VLAN", Right),
+        ("RX-PKTS", Right),
+        ("RX-BYTES", Right),
+        ("TX-PKTS", Right),
+        ("TX-BYTES", Right),
+        ("DROPS", Left),
+        ("FLOOD LIST", Left),
+    ]);
+    for v in &s.vnis {
+        let remotes: Vec<String> = v.remotes.iter().map(|r| r.to_string()).collect();
+        vnis.row(vec![
+            v.vni.to_string(),
+            v.vlan.to_string(),
+            v.rx_packets.to_string(),
+            v.rx_bytes.to_string(),
+            v.tx_packets.to_string(),
+            v.tx_bytes.to_string(),
+            drops(&v.drops),
+            if remotes.is_empty() {
+                "-".into()
+            } else {
+                remotes.join(",")
+            },
+        ]);
+    }
+    out.push_str(&vnis.render());
+    let _ = writeln!(out, "dropped before a VNI was known: {}", drops(&s.drops));
+
+    let mut remotes = Table::new(&[
+        ("REMOTE VTEP", Left),
+        ("RX-PKTS", Right),
+        ("RX-BYTES", Right),
+        ("TX-PKTS", Right),
+        ("TX-BYTES", Right),
+        ("ORIGIN", Left),
+    ]);
+    for r in &s.remotes {
+        remotes.row(vec![
+            r.ip.to_string(),
+            r.rx_packets.to_string(),
+            r.rx_bytes.to_string(),
+            r.tx_packets.to_string(),
+            r.tx_bytes.to_string(),
+            if r.learned { "learned" } else { "configured" }.into(),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&remotes.render());
+
+    let mut macs = Table::new(&[
+        ("VNI", Right),
+        ("MAC", Left),
+        ("REMOTE VTEP", Left),
+        ("AGE", Right),
+    ]);
+    for m in &s.macs {
+        macs.row(vec![
+            m.vni.to_string(),
+            m.mac.clone(),
+            m.remote.to_string(),
+            if m.is_static {
+                "static".into()
+            } else {
+                duration(m.age)
+            },
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&macs.render());
+    let n = s.macs.len();
+    let _ = writeln!(
+        out,
+        "{n} remote MAC entr{}",
+        if n == 1 { "y" } else { "ies" }
+    );
+    out
+}

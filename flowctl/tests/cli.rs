@@ -37,6 +37,10 @@ fn port(
 impl TestSwitch {
     /// Ports: `vm1` access 10, `up` native-untagged 5 with 10,20-29, `tr` trunk 30.
     fn start(test: &str) -> TestSwitch {
+        Self::start_with(test, |_| {})
+    }
+
+    fn start_with(test: &str, configure: impl FnOnce(&mut Config)) -> TestSwitch {
         let dir = std::env::temp_dir().join(format!("flowctl-{}-{test}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -56,6 +60,7 @@ impl TestSwitch {
         config
             .ports
             .push(port(&dir, "tr", Some("trunk"), None, Some("30")));
+        configure(&mut config);
         let daemon = Daemon::start(config).expect("switch starts");
         TestSwitch { dir, daemon }
     }
@@ -362,4 +367,69 @@ fn patchbay_control_selects_the_socket() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("ports:"));
+}
+
+#[test]
+fn tunnel_commands_change_and_show_the_vtep() {
+    let udp_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sw = TestSwitch::start_with("tunnel", |c| {
+        let mut vtep = patchbay_overlay::vtep::VtepConfig::new("127.0.0.1".parse().unwrap());
+        vtep.port = udp_port;
+        vtep.vnis.push(patchbay_overlay::vtep::VniConfig {
+            vni: 42,
+            vlan: 10,
+            remotes: vec!["127.0.0.2".parse().unwrap()],
+        });
+        c.vxlan = Some(vtep);
+    });
+    let shown = sw.ok(&["show", "tunnel"]);
+    assert!(
+        shown.contains("42") && shown.contains("127.0.0.2"),
+        "{shown}"
+    );
+    assert!(sw
+        .ok(&["tunnel", "map", "43", "30"])
+        .contains("VNI 43 <-> VLAN 30"));
+    sw.ok(&["tunnel", "add-remote", "43", "127.0.0.3"]);
+    sw.ok(&["tunnel", "add-mac", "43", "52:54:00:00:00:09", "127.0.0.3"]);
+    let snap = sw.json(&["show", "tunnel"]);
+    let vni = snap["vnis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["vni"] == 43)
+        .expect("VNI 43 shown");
+    assert_eq!(vni["vlan"], 30);
+    assert_eq!(vni["remotes"][0], "127.0.0.3");
+    assert_eq!(snap["macs"][0]["mac"], "52:54:00:00:00:09");
+    // The tunnel port now carries VLAN 30 as well.
+    let ports = sw.json(&["show", "ports"]);
+    let tunnel = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "vxlan")
+        .expect("the tunnel port is listed");
+    assert_eq!(tunnel["vlan"]["trunks"], "10,30");
+    // Errors come back from the switch.
+    let dup = sw.flowctl(&["tunnel", "map", "44", "30"]);
+    assert_eq!(dup.status.code(), Some(1), "{}", stderr(&dup));
+    assert!(stderr(&dup).contains("30"), "{}", stderr(&dup));
+    let gone = sw.flowctl(&["del-port", "vxlan"]);
+    assert_eq!(gone.status.code(), Some(1));
+    sw.ok(&["tunnel", "del-mac", "43", "52:54:00:00:00:09"]);
+    sw.ok(&["tunnel", "unmap", "43"]);
+    let after = sw.json(&["show", "tunnel"]);
+    assert!(
+        !after["vnis"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["vni"] == 43),
+        "VNI 43 is gone: {after}"
+    );
 }
