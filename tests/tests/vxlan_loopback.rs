@@ -49,11 +49,53 @@ fn host(
         vec![access(&dir.path, "vm", 10), access(&dir.path, "other", 20)],
         |c| {
             c.vxlan = Some(vtep(local, remote, port, policy));
+            c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
         },
     );
     let vm = TestPort::connect(FrontendConfig::new(dir.join("vm.sock"))).unwrap();
     let other = TestPort::connect(FrontendConfig::new(dir.join("other.sock"))).unwrap();
     (dir, d, vm, other)
+}
+
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+fn promtool_check(body: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        return patchbay_tests::guest::skip_or_fail(
+            "promtool check (vxlan)",
+            "promtool not installed",
+        );
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
@@ -112,6 +154,9 @@ fn guests_on_two_switches_share_a_vni() {
         None,
         "nothing from VLAN 20 crossed"
     );
+    // A counts a frame after sendmmsg returns, which may be after B delivered it; A's TX chain
+    // comes back only once A is done with the frame, counters included.
+    assert!(vm_a.wait_tx_completion(T).unwrap());
     let snap = ta.vtep.snapshot();
     assert_eq!(snap.drop_count(Some(42), "too-big"), 1);
     let vni = snap.vnis.iter().find(|v| v.vni == 42).unwrap();
@@ -119,6 +164,21 @@ fn guests_on_two_switches_share_a_vni() {
     let remote = snap.remotes.iter().find(|r| r.ip == B).unwrap();
     assert_eq!(remote.tx_packets, 202);
     assert_eq!(remote.rx_packets, 1);
+
+    // The tunnel's metrics: per VNI, per remote VTEP, drops by reason; valid for promtool.
+    let body = scrape(a.metrics_addr.unwrap());
+    for line in [
+        "patchbay_vxlan_vni_tx_packets_total{vni=\"42\"} 202",
+        "patchbay_vxlan_remote_tx_packets_total{remote=\"127.0.0.2\"} 202",
+        "patchbay_vxlan_remote_rx_packets_total{remote=\"127.0.0.2\"} 1",
+        "patchbay_vxlan_drops_total{reason=\"too-big\",vni=\"42\"} 1",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "metrics have `{line}`:\n{body}"
+        );
+    }
+    promtool_check(&body);
     a.shutdown();
     b.shutdown();
 }
