@@ -4,10 +4,11 @@
 #   qemu-system-x86  real Linux guests (docs/qemu-guests.md)
 #   busybox-static   guest userland (scripts/build-guest-image.sh also fetches its .deb)
 #   prometheus       promtool, to check the metrics exposition
-#   iproute2         ip netns / veth for host-side tests
+#   iproute2         ip netns / veth / vxlan / bridge fdb for host-side tests (docs/vxlan-testing.md)
+#   iputils-ping     ping inside test network namespaces
 #   cpio, kmod       building the guest initramfs (cpio, modinfo)
 set -euo pipefail
-PKGS=(qemu-system-x86 busybox-static prometheus iproute2 cpio kmod)
+PKGS=(qemu-system-x86 busybox-static prometheus iproute2 iputils-ping cpio kmod)
 
 SUDO=
 if [[ $EUID -ne 0 ]]; then SUDO=sudo; fi

@@ -564,7 +564,7 @@ impl VxlanCapture {
 
     /// Waits for the `count` packets and returns each one's VNI (an error for a packet
     /// tshark did not decode as VXLAN, or when they do not all come within `timeout`).
-    pub fn finish(mut self, timeout: Duration) -> Result<Vec<u32>> {
+    pub fn finish(self, timeout: Duration) -> Result<Vec<u32>> {
         let deadline = Instant::now() + timeout;
         let mut vnis = Vec::new();
         while vnis.len() < self.count {
