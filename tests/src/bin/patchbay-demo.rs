@@ -1,7 +1,10 @@
 //! The Patchbay demo: starts the switch, boots three Debian guests under QEMU on two VLANs,
 //! shows who can reach whom, and prints the switch's view (flowctl) and its metrics.
 //!
-//! Run it with `scripts/demo.sh`, which installs what is missing and builds everything.
+//! `vxlan` as the first argument runs the two-host demo instead: two switches in two network
+//! namespaces joined by a veth pair, one guest on each, on one VXLAN segment.
+//!
+//! Run it with `scripts/demo.sh [vxlan]`, which installs what is missing and builds everything.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
@@ -204,8 +207,94 @@ vlan = 20
     Ok(())
 }
 
+/// Two "hosts" (network namespaces) joined by a veth pair, a switch and a guest on each,
+/// VLAN 10 on both mapped to VNI 42.
+fn run_vxlan() -> Result<(), String> {
+    use patchbay_tests::netns::{veth_pair, Netns};
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let dir = std::env::temp_dir().join(format!("patchbay-vxlan-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|x| e(&x))?;
+
+    step("Two hosts: network namespaces joined by a veth pair (underlay 198.51.100.0/24)");
+    let host_a = Netns::create("hostA").map_err(|x| e(&x))?;
+    let host_b = Netns::create("hostB").map_err(|x| e(&x))?;
+    veth_pair(&host_a, "198.51.100.1/24", &host_b, "198.51.100.2/24").map_err(|x| e(&x))?;
+    println!("  {} 198.51.100.1  <-- veth -->  {} 198.51.100.2", host_a.name(), host_b.name());
+
+    let mut switches = Vec::new();
+    for (ns, name, local, remote) in [(&host_a, "a", "198.51.100.1", "198.51.100.2"), (&host_b, "b", "198.51.100.2", "198.51.100.1")] {
+        let config = format!(
+            r#"[control]
+socket = "{d}/{name}-control.sock"
+
+[metrics]
+listen = "off"
+
+[vxlan]
+local_ip = "{local}"       # this host's underlay address; UDP 4789
+
+[[vxlan.vnis]]
+vni = 42
+vlan = 10
+remotes = ["{remote}"]      # flood list: the other host
+
+[[port]]
+name = "vm"
+socket = "{d}/{name}-vm.sock"
+vlan = 10
+"#,
+            d = dir.display()
+        );
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, &config).map_err(|x| e(&x))?;
+        step(&format!("Switch on host {name} (ip netns exec {} patchbay-switch --config {name}.toml)", ns.name()));
+        println!("{config}");
+        let child = ns
+            .exec([sibling("patchbay-switch").as_os_str(), "--config".as_ref(), path.as_os_str()])
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|x| format!("cannot start patchbay-switch: {x}"))?;
+        switches.push(Switch(child));
+        let control = dir.join(format!("{name}-control.sock"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&control).is_err() {
+            if Instant::now() > deadline {
+                return Err(format!("switch {name} did not start"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    step("One guest per host on VLAN 10 (guest MTU 1450: the underlay's 1500 minus 50 for VXLAN)");
+    let image = GuestImage::prepare().map_err(|x| e(&x))?;
+    let mut ga = QemuGuest::boot(&image, "guest-a", &GuestNic::new(dir.join("a-vm.sock"), "52:54:00:2a:00:01"), "pb.ip=203.0.113.1/24 pb.mtu=1450").map_err(|x| e(&x))?;
+    let mut gb = QemuGuest::boot(&image, "guest-b", &GuestNic::new(dir.join("b-vm.sock"), "52:54:00:2a:00:02"), "pb.ip=203.0.113.2/24 pb.mtu=1450").map_err(|x| e(&x))?;
+    ga.wait_ready(Duration::from_secs(240)).map_err(|x| e(&x))?;
+    gb.wait_ready(Duration::from_secs(240)).map_err(|x| e(&x))?;
+
+    step("guest-a (host A) pings guest-b (host B) across VNI 42");
+    let (_, out) = ga.run("ping -c 3 -W 2 203.0.113.2", Duration::from_secs(30)).map_err(|x| e(&x))?;
+    out.iter().for_each(|l| println!("  guest-a| {l}"));
+
+    step("flowctl show tunnel (host A)");
+    flowctl(&dir.join("a-control.sock"), &["show", "tunnel"]);
+
+    step("Shutting down");
+    ga.poweroff();
+    gb.poweroff();
+    drop(switches);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("done.");
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    match run() {
+    let result = match std::env::args().nth(1).as_deref() {
+        Some("vxlan") => run_vxlan(),
+        None => run(),
+        Some(other) => Err(format!("unknown demo '{other}' (try no argument, or 'vxlan')")),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("patchbay-demo: {e}");
