@@ -15,6 +15,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod flow;
 pub mod mac_table;
 pub mod metrics;
 pub mod port;

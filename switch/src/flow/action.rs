@@ -1,0 +1,63 @@
+//! What a flow does with a packet (ovs-ofctl action names in the docs of each variant).
+
+use std::net::Ipv4Addr;
+
+use super::key::Field;
+
+/// A port as a flow names it: a number, or a name resolved against the switch's ports.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PortRef {
+    Number(u16),
+    Name(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// `output:PORT`
+    Output(PortRef),
+    /// `in_port`: back out of the port it came from.
+    InPort,
+    /// `flood`: every port of the packet's VLAN except the ingress port.
+    Flood,
+    /// `all`: every port except the ingress port (VLAN egress rules still apply).
+    All,
+    /// `normal`: the learning switch.
+    Normal,
+    /// `mod_vlan_vid:VID` (pushes a tag if there is none).
+    SetVlanVid(u16),
+    /// `mod_vlan_pcp:PCP` (pushes a tag if there is none).
+    SetVlanPcp(u8),
+    /// `strip_vlan` / `pop_vlan`.
+    StripVlan,
+    /// `push_vlan:0x8100`.
+    PushVlan(u16),
+    /// `mod_dl_src:MAC`
+    SetDlSrc([u8; 6]),
+    /// `mod_dl_dst:MAC`
+    SetDlDst([u8; 6]),
+    /// `mod_nw_src:IP` (IPv4 and L4 checksums updated)
+    SetNwSrc(Ipv4Addr),
+    /// `mod_nw_dst:IP`
+    SetNwDst(Ipv4Addr),
+    /// `mod_nw_tos:TOS`
+    SetNwTos(u8),
+    /// `mod_tp_src:PORT` (TCP/UDP; checksum updated)
+    SetTpSrc(u16),
+    /// `mod_tp_dst:PORT`
+    SetTpDst(u16),
+    /// `dec_ttl`: drop the packet when the TTL reaches 0.
+    DecTtl,
+    /// `set_field:VALUE->FIELD` for fields that have no mod_* spelling (or do).
+    SetField { field: Field, value: u64 },
+    /// `set_tunnel:VNI` (also `set_field:VNI->tun_id`).
+    SetTunnel(u64),
+    /// `resubmit(,TABLE)`, `resubmit(PORT,TABLE)`, `resubmit:PORT`.
+    Resubmit {
+        port: Option<PortRef>,
+        table: Option<u8>,
+    },
+    /// `goto_table:TABLE` (must be the last action and go to a later table).
+    GotoTable(u8),
+    /// `note:HEX...`: no effect; kept for dump-flows.
+    Note(Vec<u8>),
+}

@@ -1,0 +1,1 @@
+//! Tuple-space-search classifier (being written).
