@@ -28,9 +28,8 @@ use std::time::{Duration, Instant};
 
 use patchbay_benches::*;
 use patchbay_switch::daemon::Daemon;
-use patchbay_switch::port::metrics::DropReason;
 use patchbay_tests::frames::{frame, mac};
-use patchbay_tests::frontend::{FrontendConfig, TestPort};
+use patchbay_tests::frontend::TestPort;
 use patchbay_tests::peers::Testpmd;
 use patchbay_tests::switch::{access, start_switch, TestDir};
 
@@ -132,13 +131,8 @@ impl Peer {
             Peer::Switch { daemon, .. } => {
                 let sw = &daemon.switch;
                 PeerSnap {
-                    // Threads of the switch that touch frames or rings.
-                    cpu: threads_cpu(&["poll-", "kick-", "port-"]),
-                    no_buffer: sw
-                        .ports()
-                        .iter()
-                        .map(|p| p.counters.drops(DropReason::NoBuffer))
-                        .sum(),
+                    cpu: threads_cpu(SWITCH_THREADS),
+                    no_buffer: no_buffer_drops(sw),
                     floods: sw.counters.floods.load(Ordering::Relaxed),
                 }
             }
@@ -182,13 +176,8 @@ fn open(case: Case) -> Option<Session> {
             (Peer::Switch { daemon, _dir: dir }, sa, sb)
         }
     };
-    let connect = |sock| {
-        let mut cfg = FrontendConfig::new(sock);
-        cfg.timeout = Duration::from_secs(15);
-        TestPort::connect(cfg).expect("connect a frontend")
-    };
-    let a = connect(sock_a);
-    let b = connect(sock_b);
+    let a = connect_frontend(sock_a);
+    let b = connect_frontend(sock_b);
     Some(Session { peer, a, b })
 }
 
@@ -219,21 +208,6 @@ fn testpmd_tx_totals(log: &str) -> Option<(u64, u64)> {
     Some((field("TX-packets:")?, field("TX-dropped:")?))
 }
 
-/// Sends one frame each way until each side received one: testpmd forwards once both its
-/// ports are up, and the switch has then learned both MACs.
-fn wait_ready(s: &mut Session, fa: &[u8], fb: &[u8]) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let (mut a_ok, mut b_ok) = (false, false);
-    while !(a_ok && b_ok) {
-        assert!(Instant::now() < deadline, "no frame got through in 15 s");
-        s.a.send_batch(&[fa]).expect("send a");
-        s.b.send_batch(&[fb]).expect("send b");
-        std::thread::sleep(Duration::from_millis(20));
-        b_ok |= s.b.recv_batch(&mut |_| {}).expect("recv b") > 0;
-        a_ok |= s.a.recv_batch(&mut |_| {}).expect("recv a") > 0;
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Measuring
 // ---------------------------------------------------------------------------------------------
@@ -259,38 +233,28 @@ struct Sample {
     frames: u64,
 }
 
-/// Drives traffic for `WARM_UP` + `dur` on the current thread (pinned to `TRAFFIC_CPU`),
-/// counting from the end of the warm-up.
+/// Drives traffic for `WARM_UP` + `dur` on the current thread, counting from the end of the
+/// warm-up.
 fn drive(s: &mut Session, fa: &[u8], fb: &[u8], bidir: bool, dur: Duration) -> Sample {
-    pin_current_thread(TRAFFIC_CPU);
     let size = fa.len();
     let q = usize::from(s.a.config().queue_size);
     let ra: Vec<&[u8]> = vec![fa; q];
     let rb: Vec<&[u8]> = vec![fb; q];
     let (mut got, mut bad) = (0u64, 0u64);
-    // Time spent in iterations that moved nothing.
-    let mut idle = Duration::ZERO;
-    let mut last = Instant::now();
-    let mut last_idle = false;
-    let warm_end = last + WARM_UP;
-    let mut start = None;
-    let mut end = warm_end + dur;
+    let mut window = Window::new(WARM_UP, dur);
+    let mut moved = true;
+    let mut before = None;
     loop {
-        let now = Instant::now();
-        if last_idle {
-            idle += now - last;
-        }
-        last = now;
-        if start.is_none() && now >= warm_end {
-            let snap = (got, idle, thread_self_cpu(), s.peer.snap());
-            end = Instant::now() + dur;
-            ALLOCS.store(0, Ordering::Relaxed);
-            TRAFFIC_ALLOCS.store(0, Ordering::Relaxed);
-            TRACK.with(|t| t.set(true));
-            start = Some((Instant::now(), snap));
-            last = Instant::now();
-        } else if now >= end {
-            break;
+        match window.tick(moved) {
+            Phase::Begin => {
+                before = Some((got, thread_self_cpu(), s.peer.snap()));
+                ALLOCS.store(0, Ordering::Relaxed);
+                TRAFFIC_ALLOCS.store(0, Ordering::Relaxed);
+                TRACK.with(|t| t.set(true));
+                window.start();
+            }
+            Phase::Done => break,
+            Phase::WarmUp | Phase::Measure => {}
         }
         let mut work = s.a.send_batch(&ra).expect("send a");
         if bidir {
@@ -302,22 +266,22 @@ fn drive(s: &mut Session, fa: &[u8], fb: &[u8], bidir: bool, dur: Duration) -> S
             n += s.a.recv_batch(&mut check).expect("recv a");
         }
         got += n as u64;
-        last_idle = work + n == 0;
+        moved = work + n > 0;
     }
     TRACK.with(|t| t.set(false));
     let (all, traffic) = (
         ALLOCS.load(Ordering::Relaxed),
         TRAFFIC_ALLOCS.load(Ordering::Relaxed),
     );
-    let (t0, (got0, idle0, cpu0, p0)) = start.expect("measured");
-    let secs = t0.elapsed().as_secs_f64();
+    let secs = window.secs();
+    let (got0, cpu0, p0) = before.expect("measured");
     let p1 = s.peer.snap();
     let frames = got - got0;
     Sample {
         pps: frames as f64 / secs,
         peer_cpu: (p1.cpu - p0.cpu).max(0.0) / secs,
         gen_cpu: (thread_self_cpu() - cpu0) / secs,
-        gen_idle: (idle - idle0).as_secs_f64() / secs,
+        gen_idle: window.idle_share(),
         no_buffer: p1.no_buffer - p0.no_buffer,
         floods: p1.floods - p0.floods,
         bad,
@@ -327,17 +291,9 @@ fn drive(s: &mut Session, fa: &[u8], fb: &[u8], bidir: bool, dur: Duration) -> S
     }
 }
 
-/// Runs `drive` on a fresh thread so only that thread is pinned: the switch's threads and
-/// testpmd are started from the main thread and keep the full CPU set.
+/// Runs `drive` on a fresh thread pinned to `TRAFFIC_CPU` (see [`run_pinned`]).
 fn measure(s: &mut Session, fa: &[u8], fb: &[u8], bidir: bool, dur: Duration) -> Sample {
-    std::thread::scope(|sc| {
-        std::thread::Builder::new()
-            .name("traffic".into())
-            .spawn_scoped(sc, || drive(s, fa, fb, bidir, dur))
-            .expect("spawn traffic thread")
-            .join()
-            .expect("traffic thread")
-    })
+    run_pinned("traffic", TRAFFIC_CPU, || drive(s, fa, fb, bidir, dur))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -353,8 +309,11 @@ struct Row {
 }
 
 impl Row {
+    fn rates(&self) -> Vec<f64> {
+        self.samples.iter().map(|s| s.pps).collect()
+    }
     fn best(&self) -> f64 {
-        self.samples.iter().map(|s| s.pps).fold(0.0, f64::max)
+        best(&self.rates())
     }
     fn mean(&self, f: impl Fn(&Sample) -> f64) -> f64 {
         self.samples.iter().map(f).sum::<f64>() / self.samples.len().max(1) as f64
@@ -387,11 +346,6 @@ fn print_table(rows: &[Row], rounds: usize) {
             .iter()
             .find(|b| b.case == Case::Testpmd && b.bidir == r.bidir && b.size == r.size)
             .map(Row::best);
-        let per_round: Vec<String> = r
-            .samples
-            .iter()
-            .map(|s| format!("{:5.2}", s.pps / 1e6))
-            .collect();
         let best = r.best();
         let is_switch = r.case != Case::Testpmd;
         println!(
@@ -399,10 +353,10 @@ fn print_table(rows: &[Row], rounds: usize) {
             r.case.name(),
             if r.bidir { "bidir" } else { "a->b" },
             r.size,
-            per_round.join(" "),
+            mpps_per_round(&r.rates()),
             best / 1e6,
-            if best > 0.0 { 1e9 / best } else { f64::NAN },
-            base.map_or("-".to_string(), |b| format!("{:.2}", best / b)),
+            ns_per_frame(best),
+            ratio(best, base),
             100.0 * r.mean(|s| s.peer_cpu),
             100.0 * r.mean(|s| s.gen_cpu),
             100.0 * r.mean(|s| s.gen_idle),
@@ -414,15 +368,13 @@ fn print_table(rows: &[Row], rounds: usize) {
 }
 
 fn main() {
-    let secs: f64 = env_or("PATCHBAY_BENCH_SECS", 1.5);
-    let rounds: usize = env_or("PATCHBAY_BENCH_ROUNDS", 2usize).max(1);
+    let Settings {
+        secs,
+        dur,
+        rounds,
+        sizes,
+    } = Settings::from_env(&[64, 1500]);
     let bidir: bool = env_or("PATCHBAY_BENCH_BIDIR", 1u8) != 0;
-    let sizes: Vec<usize> = std::env::var("PATCHBAY_BENCH_SIZES")
-        .ok()
-        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
-        .filter(|v: &Vec<usize>| !v.is_empty())
-        .unwrap_or_else(|| vec![64, 1500]);
-    let dur = Duration::from_secs_f64(secs);
     let t_run = Instant::now();
 
     println!(
@@ -430,13 +382,7 @@ fn main() {
          {sizes:?} (bytes without FCS), traffic thread on CPU {TRAFFIC_CPU}, pollers on CPU \
          {POLL_CPU}"
     );
-    let wanted = std::env::var("PATCHBAY_BENCH_CASES").unwrap_or_default();
-    let wanted = |c: Case| {
-        wanted.trim().is_empty()
-            || wanted
-                .split(',')
-                .any(|w| !w.trim().is_empty() && c.name().contains(w.trim()))
-    };
+    let wanted = |c: Case| case_wanted(c.name());
     let mut cases: Vec<Case> = [Case::Event, Case::Poll]
         .into_iter()
         .filter(|&c| wanted(c))
@@ -478,7 +424,7 @@ fn main() {
         for round in 1..=rounds {
             for &case in &cases {
                 let Some(mut s) = open(case) else { continue };
-                wait_ready(&mut s, &fa, &fb);
+                wait_ready(&mut s.a, &mut s.b, &fa, &fb);
                 for &d in dirs {
                     let sample = measure(&mut s, &fa, &fb, d, dur);
                     println!(

@@ -14,3 +14,5 @@ pub mod parse;
 
 pub use action::{Action, PortRef};
 pub use key::{Field, FlowKey, Match};
+pub mod extract;
+pub mod rewrite;

@@ -1,0 +1,178 @@
+//! Building a packet's [`FlowKey`] from the first bytes of its frame (L2, one 802.1Q tag,
+//! IPv4 or ARP, TCP/UDP ports or ICMP type and code), the ingress port and tunnel metadata.
+//! Fields a packet does not have stay 0; truncated headers leave the deeper fields 0.
+
+use super::key::consts::*;
+use super::key::{Field, FlowKey};
+use crate::dataplane::TunnelMeta;
+
+/// Bytes of a frame the key can depend on: Ethernet + tag + IPv4 with options + L4 ports.
+pub const KEY_BYTES: usize = 18 + 60 + 8;
+
+fn be16(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from(u16::from_be_bytes([
+        *b.get(at)?,
+        *b.get(at + 1)?,
+    ])))
+}
+
+fn be32(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from(u32::from_be_bytes([
+        *b.get(at)?,
+        *b.get(at + 1)?,
+        *b.get(at + 2)?,
+        *b.get(at + 3)?,
+    ])))
+}
+
+fn mac(b: &[u8], at: usize) -> Option<u64> {
+    let s = b.get(at..at + 6)?;
+    Some(s.iter().fold(0u64, |acc, x| (acc << 8) | u64::from(*x)))
+}
+
+/// Where the L3 header starts (after Ethernet and an optional tag), and the EtherType.
+pub fn l3_offset(frame: &[u8]) -> Option<(usize, u64)> {
+    let outer = be16(frame, 12)?;
+    if outer == 0x8100 {
+        Some((18, be16(frame, 16)?))
+    } else {
+        Some((14, outer))
+    }
+}
+
+/// The key of `frame` (its first bytes suffice: see [`KEY_BYTES`]).
+pub fn flow_key(frame: &[u8], in_port: u16, tunnel: Option<&TunnelMeta>) -> FlowKey {
+    let mut k = FlowKey::default();
+    k.set(Field::InPort, u64::from(in_port));
+    if let Some(t) = tunnel {
+        k.set(Field::TunId, u64::from(t.vni));
+        k.set(Field::TunSrc, u64::from(u32::from(t.remote)));
+        k.set(Field::TunDst, u64::from(u32::from(t.local)));
+    }
+    let (Some(dst), Some(src)) = (mac(frame, 0), mac(frame, 6)) else {
+        return k;
+    };
+    k.set(Field::DlDst, dst);
+    k.set(Field::DlSrc, src);
+    let Some((l3, ethertype)) = l3_offset(frame) else {
+        return k;
+    };
+    if l3 == 18 {
+        let tci = be16(frame, 14).unwrap_or(0);
+        k.set(Field::VlanTci, tci | VLAN_CFI);
+    }
+    k.set(Field::DlType, ethertype);
+    match ethertype {
+        ETH_IPV4 => ipv4(&mut k, frame, l3),
+        ETH_ARP => {
+            // OVS's model: arp_op in nw_proto, spa/tpa in nw_src/nw_dst.
+            if let (Some(op), Some(spa), Some(tpa)) = (
+                be16(frame, l3 + 6),
+                be32(frame, l3 + 14),
+                be32(frame, l3 + 24),
+            ) {
+                k.set(Field::NwProto, op & 0xff);
+                k.set(Field::NwSrc, spa);
+                k.set(Field::NwDst, tpa);
+            }
+        }
+        _ => {}
+    }
+    k
+}
+
+fn ipv4(k: &mut FlowKey, frame: &[u8], l3: usize) {
+    let Some(&vihl) = frame.get(l3) else { return };
+    if vihl >> 4 != 4 {
+        return;
+    }
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    let (Some(&tos), Some(&proto), Some(src), Some(dst)) = (
+        frame.get(l3 + 1),
+        frame.get(l3 + 9),
+        be32(frame, l3 + 12),
+        be32(frame, l3 + 16),
+    ) else {
+        return;
+    };
+    k.set(Field::NwTos, u64::from(tos & 0xfc));
+    k.set(Field::NwProto, u64::from(proto));
+    k.set(Field::NwSrc, src);
+    k.set(Field::NwDst, dst);
+    // Later fragments carry no L4 header.
+    let frag_offset = be16(frame, l3 + 6).unwrap_or(0) & 0x1fff;
+    if frag_offset != 0 || ihl < 20 {
+        return;
+    }
+    let l4 = l3 + ihl;
+    match u64::from(proto) {
+        IP_TCP | IP_UDP => {
+            if let (Some(sp), Some(dp)) = (be16(frame, l4), be16(frame, l4 + 2)) {
+                k.set(Field::TpSrc, sp);
+                k.set(Field::TpDst, dp);
+            }
+        }
+        IP_ICMP => {
+            if let (Some(&t), Some(&c)) = (frame.get(l4), frame.get(l4 + 1)) {
+                k.set(Field::TpSrc, u64::from(t));
+                k.set(Field::TpDst, u64::from(c));
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A UDP/IPv4 frame built with etherparse (off the fast path), optionally tagged.
+    pub(crate) fn udp_frame(vlan: Option<u16>) -> Vec<u8> {
+        let mut out = Vec::new();
+        let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        let payload = [1u8, 2, 3, 4];
+        match vlan {
+            Some(v) => b
+                .single_vlan(etherparse::VlanId::try_new(v).unwrap())
+                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+                .udp(1234, 53)
+                .write(&mut out, &payload)
+                .unwrap(),
+            None => b
+                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+                .udp(1234, 53)
+                .write(&mut out, &payload)
+                .unwrap(),
+        }
+        out
+    }
+
+    #[test]
+    fn extracts_l2_to_l4() {
+        let f = udp_frame(None);
+        let k = flow_key(&f, 3, None);
+        assert_eq!(k.get(Field::InPort), 3);
+        assert_eq!(k.get(Field::DlSrc), 0x0200_0000_0001);
+        assert_eq!(k.get(Field::DlType), ETH_IPV4);
+        assert_eq!(k.get(Field::VlanTci), 0);
+        assert_eq!(k.get(Field::NwSrc), 0x0a00_0001);
+        assert_eq!(k.get(Field::NwProto), IP_UDP);
+        assert_eq!((k.get(Field::TpSrc), k.get(Field::TpDst)), (1234, 53));
+
+        let t = flow_key(&udp_frame(Some(100)), 3, None);
+        assert_eq!(t.get(Field::VlanTci), 0x1000 | 100);
+        assert_eq!(t.get(Field::TpDst), 53);
+        assert_eq!(t.get(Field::DlType), ETH_IPV4);
+    }
+
+    #[test]
+    fn truncated_frames_leave_deeper_fields_zero() {
+        let f = udp_frame(None);
+        let k = flow_key(&f[..30], 1, None);
+        assert_eq!(k.get(Field::DlType), ETH_IPV4);
+        assert_eq!(k.get(Field::NwSrc), 0);
+        assert_eq!(k.get(Field::TpDst), 0);
+        let k = flow_key(&f[..5], 1, None);
+        assert_eq!(k.get(Field::DlSrc), 0);
+    }
+}
