@@ -219,10 +219,17 @@ fn run_vxlan() -> Result<(), String> {
     let host_a = Netns::create("hostA").map_err(|x| e(&x))?;
     let host_b = Netns::create("hostB").map_err(|x| e(&x))?;
     veth_pair(&host_a, "198.51.100.1/24", &host_b, "198.51.100.2/24").map_err(|x| e(&x))?;
-    println!("  {} 198.51.100.1  <-- veth -->  {} 198.51.100.2", host_a.name(), host_b.name());
+    println!(
+        "  {} 198.51.100.1  <-- veth -->  {} 198.51.100.2",
+        host_a.name(),
+        host_b.name()
+    );
 
     let mut switches = Vec::new();
-    for (ns, name, local, remote) in [(&host_a, "a", "198.51.100.1", "198.51.100.2"), (&host_b, "b", "198.51.100.2", "198.51.100.1")] {
+    for (ns, name, local, remote) in [
+        (&host_a, "a", "198.51.100.1", "198.51.100.2"),
+        (&host_b, "b", "198.51.100.2", "198.51.100.1"),
+    ] {
         let config = format!(
             r#"[control]
 socket = "{d}/{name}-control.sock"
@@ -247,10 +254,17 @@ vlan = 10
         );
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, &config).map_err(|x| e(&x))?;
-        step(&format!("Switch on host {name} (ip netns exec {} patchbay-switch --config {name}.toml)", ns.name()));
+        step(&format!(
+            "Switch on host {name} (ip netns exec {} patchbay-switch --config {name}.toml)",
+            ns.name()
+        ));
         println!("{config}");
         let child = ns
-            .exec([sibling("patchbay-switch").as_os_str(), "--config".as_ref(), path.as_os_str()])
+            .exec([
+                sibling("patchbay-switch").as_os_str(),
+                "--config".as_ref(),
+                path.as_os_str(),
+            ])
             .stderr(Stdio::null())
             .spawn()
             .map_err(|x| format!("cannot start patchbay-switch: {x}"))?;
@@ -267,13 +281,27 @@ vlan = 10
 
     step("One guest per host on VLAN 10 (guest MTU 1450: the underlay's 1500 minus 50 for VXLAN)");
     let image = GuestImage::prepare().map_err(|x| e(&x))?;
-    let mut ga = QemuGuest::boot(&image, "guest-a", &GuestNic::new(dir.join("a-vm.sock"), "52:54:00:2a:00:01"), "pb.ip=203.0.113.1/24 pb.mtu=1450").map_err(|x| e(&x))?;
-    let mut gb = QemuGuest::boot(&image, "guest-b", &GuestNic::new(dir.join("b-vm.sock"), "52:54:00:2a:00:02"), "pb.ip=203.0.113.2/24 pb.mtu=1450").map_err(|x| e(&x))?;
+    let mut ga = QemuGuest::boot(
+        &image,
+        "guest-a",
+        &GuestNic::new(dir.join("a-vm.sock"), "52:54:00:2a:00:01"),
+        "pb.ip=203.0.113.1/24 pb.mtu=1450",
+    )
+    .map_err(|x| e(&x))?;
+    let mut gb = QemuGuest::boot(
+        &image,
+        "guest-b",
+        &GuestNic::new(dir.join("b-vm.sock"), "52:54:00:2a:00:02"),
+        "pb.ip=203.0.113.2/24 pb.mtu=1450",
+    )
+    .map_err(|x| e(&x))?;
     ga.wait_ready(Duration::from_secs(240)).map_err(|x| e(&x))?;
     gb.wait_ready(Duration::from_secs(240)).map_err(|x| e(&x))?;
 
     step("guest-a (host A) pings guest-b (host B) across VNI 42");
-    let (_, out) = ga.run("ping -c 3 -W 2 203.0.113.2", Duration::from_secs(30)).map_err(|x| e(&x))?;
+    let (_, out) = ga
+        .run("ping -c 3 -W 2 203.0.113.2", Duration::from_secs(30))
+        .map_err(|x| e(&x))?;
     out.iter().for_each(|l| println!("  guest-a| {l}"));
 
     step("flowctl show tunnel (host A)");
@@ -292,7 +320,9 @@ fn main() -> ExitCode {
     let result = match std::env::args().nth(1).as_deref() {
         Some("vxlan") => run_vxlan(),
         None => run(),
-        Some(other) => Err(format!("unknown demo '{other}' (try no argument, or 'vxlan')")),
+        Some(other) => Err(format!(
+            "unknown demo '{other}' (try no argument, or 'vxlan')"
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
