@@ -36,6 +36,29 @@ use crate::wire::{EthernetAddress, L2Header};
 /// Name of the tunnel port in the port table.
 pub const TUNNEL_PORT_NAME: &str = "vxlan";
 
+/// Socket buffer size asked for (the kernel doubles it for bookkeeping).
+const SOCKET_BUFFER: libc::c_int = 8 << 20;
+
+/// Sets a socket buffer size: the privileged option first (it ignores the system maximum),
+/// then the ordinary one, which the kernel caps at net.core.{r,w}mem_max.
+fn set_buffer(fd: std::os::fd::RawFd, forced: libc::c_int, plain: libc::c_int, size: libc::c_int) {
+    for option in [forced, plain] {
+        // SAFETY: setsockopt with a pointer to a c_int that lives for the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                &size as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
+}
+
 /// Packets received per `recvmmsg`.
 const RX_BATCH: usize = 32;
 /// Largest UDP payload accepted: a 9216-byte underlay frame minus its IPv4 and UDP headers.
@@ -125,6 +148,14 @@ impl Tunnel {
         let udp = UdpSocket::bind(addr).map_err(|source| TunnelError::Bind { addr, source })?;
         udp.set_read_timeout(Some(Duration::from_millis(200)))
             .map_err(|source| TunnelError::Bind { addr, source })?;
+        // A guest's whole ring can arrive in one burst; the default buffer (~200 small
+        // packets) would drop most of it before the receive thread runs.
+        set_buffer(
+            udp.as_raw_fd(),
+            libc::SO_RCVBUFFORCE,
+            libc::SO_RCVBUF,
+            SOCKET_BUFFER,
+        );
         // SAFETY: plain socket(2) call; the result is checked before use.
         let fd = unsafe {
             libc::socket(
@@ -138,6 +169,12 @@ impl Tunnel {
         }
         // SAFETY: `fd` is a fresh socket we own.
         let raw = unsafe { OwnedFd::from_raw_fd(fd) };
+        set_buffer(
+            raw.as_raw_fd(),
+            libc::SO_SNDBUFFORCE,
+            libc::SO_SNDBUF,
+            SOCKET_BUFFER,
+        );
         let vtep = Vtep::new(cfg).map_err(|e| TunnelError::Config(e.to_string()))?;
         Ok(Tunnel {
             port_id,
@@ -353,27 +390,34 @@ impl Tunnel {
         let mut frames: Vec<Frame> = Vec::with_capacity(RX_BATCH);
         let mut scratch = SwitchScratch::default();
         let fd = self.udp.as_raw_fd();
+        // The message headers point into `bufs` and `addrs`, which neither move nor shrink
+        // for the life of this loop; they are rebuilt from raw pointers once, not per call.
+        let base = bufs.as_mut_ptr();
+        let mut iovecs: Vec<libc::iovec> = (0..RX_BATCH)
+            .map(|i| libc::iovec {
+                // SAFETY: i * RX_BUF is inside `bufs` (RX_BATCH * RX_BUF bytes).
+                iov_base: unsafe { base.add(i * RX_BUF) } as *mut libc::c_void,
+                iov_len: RX_BUF,
+            })
+            .collect();
+        let addr_base = addrs.as_mut_ptr();
+        let mut msgs: Vec<libc::mmsghdr> = (0..RX_BATCH)
+            .map(|i| {
+                // SAFETY: an all-zero mmsghdr is a valid empty message header.
+                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                // SAFETY: `i` is within both arrays.
+                m.msg_hdr.msg_iov = unsafe { iovecs.as_mut_ptr().add(i) };
+                m.msg_hdr.msg_iovlen = 1;
+                // SAFETY: as above.
+                m.msg_hdr.msg_name = unsafe { addr_base.add(i) } as *mut libc::c_void;
+                m
+            })
+            .collect();
         while !sw.is_stopping() {
-            let mut iovecs: Vec<libc::iovec> = bufs
-                .chunks_mut(RX_BUF)
-                .map(|b| libc::iovec {
-                    iov_base: b.as_mut_ptr() as *mut libc::c_void,
-                    iov_len: RX_BUF,
-                })
-                .collect();
-            let mut msgs: Vec<libc::mmsghdr> = (0..RX_BATCH)
-                .map(|i| {
-                    // SAFETY: an all-zero mmsghdr is a valid empty message header.
-                    let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                    m.msg_hdr.msg_iov = &mut iovecs[i];
-                    m.msg_hdr.msg_iovlen = 1;
-                    m.msg_hdr.msg_name =
-                        &mut addrs[i] as *mut libc::sockaddr_in as *mut libc::c_void;
-                    m.msg_hdr.msg_namelen =
-                        std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-                    m
-                })
-                .collect();
+            for m in msgs.iter_mut() {
+                m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                m.msg_hdr.msg_flags = 0;
+            }
             // SAFETY: the messages point at `bufs`, `iovecs` and `addrs`, which outlive the
             // call; the socket has a read timeout, so the call returns to check for shutdown.
             let n = unsafe {
@@ -392,7 +436,9 @@ impl Tunnel {
             frames.clear();
             for (i, msg) in msgs.iter().take(n as usize).enumerate() {
                 let len = msg.msg_len as usize;
-                let remote = Ipv4Addr::from(u32::from_be(addrs[i].sin_addr.s_addr));
+                // SAFETY: the kernel wrote this address during recvmmsg, which has returned.
+                let remote =
+                    Ipv4Addr::from(u32::from_be(unsafe { (*addr_base.add(i)).sin_addr.s_addr }));
                 if msg.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
                     self.vtep.count_drop(None, TunnelDrop::Truncated);
                     continue;
@@ -434,8 +480,6 @@ impl Tunnel {
                     }),
                 });
             }
-            drop(msgs);
-            drop(iovecs);
             if frames.is_empty() {
                 continue;
             }
