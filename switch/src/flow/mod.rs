@@ -15,4 +15,5 @@ pub mod parse;
 pub use action::{Action, PortRef};
 pub use key::{Field, FlowKey, Match};
 pub mod extract;
+pub mod pipeline;
 pub mod rewrite;

@@ -1,0 +1,833 @@
+//! The pipeline of flow tables: versioned snapshots that the frame path reads while changes
+//! build the next version (RCU-style: readers clone an `Arc`, writers swap it), per-flow and
+//! per-table counters that survive versions, timeouts, and the execution of a packet through
+//! the tables.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::action::{Action, PortRef};
+use super::classifier::Classifier;
+use super::key::{Field, FlowKey, Match};
+use super::rewrite::HeaderBuf;
+
+/// Table numbers are 0..=254 (255 is OpenFlow's "all tables").
+pub const N_TABLES: usize = 255;
+/// How deep resubmits may nest before the packet is dropped (as OVS bounds recursion).
+pub const MAX_RESUBMIT_DEPTH: usize = 64;
+/// Most outputs one packet may produce.
+pub const MAX_OUTPUTS: usize = 64;
+
+/// A flow with its ports resolved to numbers: what the pipeline stores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flow {
+    pub table: u8,
+    pub priority: u16,
+    pub m: Match,
+    pub actions: Vec<Action>,
+    pub cookie: u64,
+    pub idle_timeout: u16,
+    pub hard_timeout: u16,
+    /// Canonical text of the match part (ports as the user named them), for dump-flows.
+    pub match_text: String,
+    /// Canonical text of the actions.
+    pub actions_text: String,
+}
+
+/// Counters of one flow; shared by every table version the flow is in.
+#[derive(Debug)]
+pub struct FlowStats {
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Pipeline clock (ms) when the flow was added.
+    pub created_ms: u64,
+    /// Pipeline clock (ms) when a packet last matched (or when added).
+    pub used_ms: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub flow: Arc<Flow>,
+    pub stats: Arc<FlowStats>,
+}
+
+/// Which flows a mod-flows/del-flows/dump-flows applies to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlowFilter {
+    /// None: every table.
+    pub table: Option<u8>,
+    pub m: Match,
+    /// Strict: same match and this priority. Otherwise: flows whose match is at least as
+    /// specific as `m`.
+    pub strict_priority: Option<u16>,
+    /// (cookie, mask): flows with `cookie & mask == value & mask`.
+    pub cookie: Option<(u64, u64)>,
+    /// Only flows that output to this port.
+    pub out_port: Option<u16>,
+}
+
+impl FlowFilter {
+    fn selects(&self, flow: &Flow) -> bool {
+        if self.table.is_some_and(|t| t != flow.table) {
+            return false;
+        }
+        match self.strict_priority {
+            Some(p) => {
+                if flow.priority != p || flow.m != self.m {
+                    return false;
+                }
+            }
+            None => {
+                if !flow.m.is_subset_of(&self.m) {
+                    return false;
+                }
+            }
+        }
+        if let Some((value, mask)) = self.cookie {
+            if flow.cookie & mask != value & mask {
+                return false;
+            }
+        }
+        if let Some(port) = self.out_port {
+            let outputs_to = flow
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::Output(PortRef::Number(p)) if *p == port));
+            if !outputs_to {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// One change to the tables.
+#[derive(Debug, Clone)]
+pub enum FlowMod {
+    /// Adds a flow; an identical (table, match, priority) is replaced and its counters reset
+    /// (OpenFlow add semantics).
+    Add(Flow),
+    /// Replaces the actions of the selected flows (counters kept).
+    Modify {
+        filter: FlowFilter,
+        actions: Vec<Action>,
+        actions_text: String,
+    },
+    Delete(FlowFilter),
+}
+
+/// A flow as dump-flows shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowDump {
+    pub table: u8,
+    pub priority: u16,
+    pub cookie: u64,
+    pub duration_ms: u64,
+    pub idle_age_ms: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub idle_timeout: u16,
+    pub hard_timeout: u16,
+    pub match_text: String,
+    pub actions_text: String,
+}
+
+/// Per-table counters.
+#[derive(Debug, Default)]
+pub struct TableStats {
+    pub lookups: AtomicU64,
+    pub matches: AtomicU64,
+}
+
+/// One immutable version of every table.
+#[derive(Clone, Default)]
+pub struct Tables {
+    tables: Vec<Classifier<Entry>>,
+    pub version: u64,
+    n_flows: usize,
+}
+
+impl Tables {
+    fn new() -> Tables {
+        Tables {
+            tables: (0..N_TABLES).map(|_| Classifier::new()).collect(),
+            version: 0,
+            n_flows: 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n_flows == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.n_flows
+    }
+
+    fn recount(&mut self) {
+        self.n_flows = self.tables.iter().map(|t| t.len()).sum();
+    }
+
+    fn selected(&self, filter: &FlowFilter) -> Vec<(u8, u64)> {
+        let mut ids = Vec::new();
+        for (t, table) in self.tables.iter().enumerate() {
+            if filter.table.is_some_and(|ft| usize::from(ft) != t) {
+                continue;
+            }
+            for (id, _, _, entry) in table.iter() {
+                if filter.selects(&entry.flow) {
+                    ids.push((t as u8, id));
+                }
+            }
+        }
+        ids
+    }
+
+    fn apply(&mut self, change: &FlowMod, now_ms: u64) -> usize {
+        match change {
+            FlowMod::Add(flow) => {
+                let entry = Entry {
+                    flow: Arc::new(flow.clone()),
+                    stats: Arc::new(FlowStats {
+                        packets: AtomicU64::new(0),
+                        bytes: AtomicU64::new(0),
+                        created_ms: now_ms,
+                        used_ms: AtomicU64::new(now_ms),
+                    }),
+                };
+                self.tables[usize::from(flow.table)].insert(flow.m, flow.priority, entry);
+                1
+            }
+            FlowMod::Modify {
+                filter,
+                actions,
+                actions_text,
+            } => {
+                let ids = self.selected(filter);
+                for (t, id) in &ids {
+                    let table = &mut self.tables[usize::from(*t)];
+                    if let Some((m, priority, entry)) = table.remove(*id) {
+                        let mut flow = (*entry.flow).clone();
+                        flow.actions = actions.clone();
+                        flow.actions_text = actions_text.clone();
+                        table.insert(
+                            m,
+                            priority,
+                            Entry {
+                                flow: Arc::new(flow),
+                                stats: entry.stats,
+                            },
+                        );
+                    }
+                }
+                ids.len()
+            }
+            FlowMod::Delete(filter) => {
+                let ids = self.selected(filter);
+                for (t, id) in &ids {
+                    self.tables[usize::from(*t)].remove(*id);
+                }
+                ids.len()
+            }
+        }
+    }
+
+    pub fn lookup(&self, table: u8, key: &FlowKey) -> Option<&Entry> {
+        self.tables
+            .get(usize::from(table))?
+            .lookup(key)
+            .map(|(_, e)| e)
+    }
+
+    /// Every flow, in dump order: table, then descending priority.
+    pub fn entries(&self) -> Vec<&Entry> {
+        let mut all: Vec<&Entry> = self
+            .tables
+            .iter()
+            .flat_map(|t| t.iter().map(|(_, _, _, e)| e))
+            .collect();
+        all.sort_by(|a, b| {
+            (
+                a.flow.table,
+                std::cmp::Reverse(a.flow.priority),
+                &a.flow.match_text,
+            )
+                .cmp(&(
+                    b.flow.table,
+                    std::cmp::Reverse(b.flow.priority),
+                    &b.flow.match_text,
+                ))
+        });
+        all
+    }
+}
+
+/// What a table miss in table 0 does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MissPolicy {
+    /// The learning switch, as if there were no flow tables.
+    #[default]
+    Normal,
+    Drop,
+}
+
+/// Where one copy of a packet goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Port(u16),
+    InPort,
+    /// Every port but the ingress port, in the packet's VLAN (normal flooding rules).
+    Flood,
+    /// Every port but the ingress port.
+    All,
+    /// The learning switch.
+    Normal,
+}
+
+/// One copy of a packet leaving the pipeline: where, with which header, and tunnel id.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    pub target: Target,
+    pub header: HeaderBuf,
+    /// Set by set_tunnel (the tunnel port sends with this VNI).
+    pub tun_id: Option<u64>,
+    /// Whether any action changed the header (if not, the frame leaves as it came).
+    pub modified: bool,
+}
+
+/// The pipeline: the current tables, the counters, the miss policy.
+pub struct Pipeline {
+    current: RwLock<Arc<Tables>>,
+    /// Serialises writers (each builds from the latest version).
+    writer: Mutex<()>,
+    table_stats: Vec<TableStats>,
+    epoch: Instant,
+    pub miss: MissPolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PipelineError {
+    #[error("goto_table:{to} in table {from} must go to a later table")]
+    BackwardGoto { from: u8, to: u8 },
+    #[error("table {0} does not exist (tables are 0-254)")]
+    NoSuchTable(u16),
+}
+
+impl Pipeline {
+    pub fn new(miss: MissPolicy) -> Pipeline {
+        Pipeline {
+            current: RwLock::new(Arc::new(Tables::new())),
+            writer: Mutex::new(()),
+            table_stats: (0..N_TABLES).map(|_| TableStats::default()).collect(),
+            epoch: Instant::now(),
+            miss,
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The version the frame path uses for a batch.
+    pub fn snapshot(&self) -> Arc<Tables> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn table_stats(&self, table: u8) -> &TableStats {
+        &self.table_stats[usize::from(table)]
+    }
+
+    fn check(change: &FlowMod) -> Result<(), PipelineError> {
+        if let FlowMod::Add(flow) = change {
+            for a in &flow.actions {
+                if let Action::GotoTable(t) = a {
+                    if *t <= flow.table {
+                        return Err(PipelineError::BackwardGoto {
+                            from: flow.table,
+                            to: *t,
+                        });
+                    }
+                    if usize::from(*t) >= N_TABLES {
+                        return Err(PipelineError::NoSuchTable(u16::from(*t)));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies changes as one bundle: all of them, in order, or (on an error) none. Returns
+    /// how many flows each change touched.
+    pub fn commit(&self, changes: &[FlowMod]) -> Result<Vec<usize>, PipelineError> {
+        for c in changes {
+            Self::check(c)?;
+        }
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = (*self.snapshot()).clone();
+        let now = self.now_ms();
+        let counts = changes.iter().map(|c| next.apply(c, now)).collect();
+        next.recount();
+        next.version += 1;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        Ok(counts)
+    }
+
+    /// Replaces the whole flow set with `flows`; flows present before and after keep their
+    /// counters (replace-flows). Returns (added, removed).
+    pub fn replace_all(&self, flows: Vec<Flow>) -> Result<(usize, usize), PipelineError> {
+        for f in &flows {
+            Self::check(&FlowMod::Add(f.clone()))?;
+        }
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.snapshot();
+        let mut next = Tables::new();
+        let now = self.now_ms();
+        let old: Vec<&Entry> = current.entries();
+        let mut added = 0;
+        for flow in flows {
+            let kept = old.iter().find(|e| *e.flow == flow);
+            let entry = match kept {
+                Some(e) => (*e).clone(),
+                None => {
+                    added += 1;
+                    Entry {
+                        flow: Arc::new(flow.clone()),
+                        stats: Arc::new(FlowStats {
+                            packets: AtomicU64::new(0),
+                            bytes: AtomicU64::new(0),
+                            created_ms: now,
+                            used_ms: AtomicU64::new(now),
+                        }),
+                    }
+                }
+            };
+            next.tables[usize::from(flow.table)].insert(flow.m, flow.priority, entry);
+        }
+        next.recount();
+        let removed = current.len() + added - next.len();
+        next.version = current.version + 1;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        Ok((added, removed))
+    }
+
+    /// Removes flows whose idle or hard timeout has passed; returns how many.
+    pub fn expire(&self) -> usize {
+        let tables = self.snapshot();
+        let now = self.now_ms();
+        let expired: Vec<FlowMod> = tables
+            .entries()
+            .into_iter()
+            .filter(|e| {
+                let f = &e.flow;
+                let idle = f.idle_timeout > 0
+                    && now.saturating_sub(e.stats.used_ms.load(Ordering::Relaxed))
+                        >= u64::from(f.idle_timeout) * 1000;
+                let hard = f.hard_timeout > 0
+                    && now.saturating_sub(e.stats.created_ms) >= u64::from(f.hard_timeout) * 1000;
+                idle || hard
+            })
+            .map(|e| {
+                FlowMod::Delete(FlowFilter {
+                    table: Some(e.flow.table),
+                    m: e.flow.m,
+                    strict_priority: Some(e.flow.priority),
+                    ..FlowFilter::default()
+                })
+            })
+            .collect();
+        if expired.is_empty() {
+            return 0;
+        }
+        self.commit(&expired).map(|c| c.iter().sum()).unwrap_or(0)
+    }
+
+    /// Flows selected by `filter`, with counters.
+    pub fn dump(&self, filter: &FlowFilter) -> Vec<FlowDump> {
+        let tables = self.snapshot();
+        let now = self.now_ms();
+        tables
+            .entries()
+            .into_iter()
+            .filter(|e| filter.selects(&e.flow))
+            .map(|e| FlowDump {
+                table: e.flow.table,
+                priority: e.flow.priority,
+                cookie: e.flow.cookie,
+                duration_ms: now.saturating_sub(e.stats.created_ms),
+                idle_age_ms: now.saturating_sub(e.stats.used_ms.load(Ordering::Relaxed)),
+                packets: e.stats.packets.load(Ordering::Relaxed),
+                bytes: e.stats.bytes.load(Ordering::Relaxed),
+                idle_timeout: e.flow.idle_timeout,
+                hard_timeout: e.flow.hard_timeout,
+                match_text: e.flow.match_text.clone(),
+                actions_text: e.flow.actions_text.clone(),
+            })
+            .collect()
+    }
+
+    /// Runs a packet through the tables from table 0. `outputs` receives one entry per copy
+    /// that leaves; `trace`, if given, records each table visited and the flow matched.
+    /// Counts the matched flows' packets and bytes.
+    pub fn run(
+        &self,
+        tables: &Tables,
+        key: &FlowKey,
+        header: HeaderBuf,
+        frame_len: u32,
+        outputs: &mut Vec<Output>,
+        mut trace: Option<&mut Vec<TraceStep>>,
+    ) {
+        let mut state = ExecState {
+            key: *key,
+            header,
+            modified: false,
+            tun_id: None,
+            frame_len,
+            now_ms: self.now_ms(),
+        };
+        self.run_table(tables, 0, &mut state, 0, outputs, &mut trace, true);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_table(
+        &self,
+        tables: &Tables,
+        first_table: u8,
+        st: &mut ExecState,
+        depth: usize,
+        outputs: &mut Vec<Output>,
+        trace: &mut Option<&mut Vec<TraceStep>>,
+        from_start: bool,
+    ) -> bool {
+        if depth > MAX_RESUBMIT_DEPTH {
+            return false;
+        }
+        let mut table = first_table;
+        loop {
+            let stats = &self.table_stats[usize::from(table)];
+            stats.lookups.fetch_add(1, Ordering::Relaxed);
+            let Some(entry) = tables.lookup(table, &st.key) else {
+                if let Some(t) = trace.as_deref_mut() {
+                    t.push(TraceStep {
+                        table,
+                        depth,
+                        flow: None,
+                    });
+                }
+                if table == 0 && from_start && self.miss == MissPolicy::Normal {
+                    push(outputs, st, Target::Normal);
+                }
+                return true;
+            };
+            stats.matches.fetch_add(1, Ordering::Relaxed);
+            entry.stats.packets.fetch_add(1, Ordering::Relaxed);
+            entry
+                .stats
+                .bytes
+                .fetch_add(u64::from(st.frame_len), Ordering::Relaxed);
+            entry.stats.used_ms.store(st.now_ms, Ordering::Relaxed);
+            if let Some(t) = trace.as_deref_mut() {
+                t.push(TraceStep {
+                    table,
+                    depth,
+                    flow: Some(entry.flow.clone()),
+                });
+            }
+            let mut next_table = None;
+            for action in &entry.flow.actions {
+                match action {
+                    Action::Output(PortRef::Number(p)) => push(outputs, st, Target::Port(*p)),
+                    // Names are resolved before flows reach the tables.
+                    Action::Output(PortRef::Name(_)) => {}
+                    Action::InPort => push(outputs, st, Target::InPort),
+                    Action::Flood => push(outputs, st, Target::Flood),
+                    Action::All => push(outputs, st, Target::All),
+                    Action::Normal => push(outputs, st, Target::Normal),
+                    Action::SetVlanVid(v) => {
+                        st.header.set_vlan_vid(*v);
+                        let tci = st.key.get(Field::VlanTci);
+                        st.key.set(
+                            Field::VlanTci,
+                            (tci & 0xe000) | 0x1000 | u64::from(*v & 0x0fff),
+                        );
+                        st.modified = true;
+                    }
+                    Action::SetVlanPcp(p) => {
+                        st.header.set_vlan_pcp(*p);
+                        let tci = st.key.get(Field::VlanTci);
+                        st.key.set(
+                            Field::VlanTci,
+                            (tci & 0x0fff) | 0x1000 | (u64::from(*p & 7) << 13),
+                        );
+                        st.modified = true;
+                    }
+                    Action::StripVlan => {
+                        st.header.strip_vlan();
+                        st.key.set(Field::VlanTci, 0);
+                        st.modified = true;
+                    }
+                    Action::PushVlan(tpid) => {
+                        st.header.push_vlan(*tpid);
+                        st.key.set(Field::VlanTci, 0x1000);
+                        st.modified = true;
+                    }
+                    Action::SetDlSrc(m) => {
+                        st.header.set_dl_src(*m);
+                        st.key.set(Field::DlSrc, mac_u64(m));
+                        st.modified = true;
+                    }
+                    Action::SetDlDst(m) => {
+                        st.header.set_dl_dst(*m);
+                        st.key.set(Field::DlDst, mac_u64(m));
+                        st.modified = true;
+                    }
+                    Action::SetNwSrc(ip) => {
+                        st.header.set_nw_src(*ip);
+                        st.key.set(Field::NwSrc, u64::from(u32::from(*ip)));
+                        st.modified = true;
+                    }
+                    Action::SetNwDst(ip) => {
+                        st.header.set_nw_dst(*ip);
+                        st.key.set(Field::NwDst, u64::from(u32::from(*ip)));
+                        st.modified = true;
+                    }
+                    Action::SetNwTos(tos) => {
+                        st.header.set_nw_tos(*tos);
+                        st.key.set(Field::NwTos, u64::from(*tos & 0xfc));
+                        st.modified = true;
+                    }
+                    Action::SetTpSrc(p) => {
+                        st.header.set_tp_src(*p);
+                        st.key.set(Field::TpSrc, u64::from(*p));
+                        st.modified = true;
+                    }
+                    Action::SetTpDst(p) => {
+                        st.header.set_tp_dst(*p);
+                        st.key.set(Field::TpDst, u64::from(*p));
+                        st.modified = true;
+                    }
+                    Action::DecTtl => {
+                        if !st.header.dec_ttl() {
+                            return false;
+                        }
+                        st.modified = true;
+                    }
+                    Action::SetField { field, value } => set_field(st, *field, *value),
+                    Action::SetTunnel(vni) => {
+                        st.tun_id = Some(*vni);
+                        st.key.set(Field::TunId, *vni);
+                    }
+                    Action::Resubmit { port, table: t } => {
+                        let saved_port = st.key.get(Field::InPort);
+                        if let Some(PortRef::Number(p)) = port {
+                            st.key.set(Field::InPort, u64::from(*p));
+                        }
+                        let target = t.unwrap_or(table);
+                        if !self.run_table(tables, target, st, depth + 1, outputs, trace, false) {
+                            return false;
+                        }
+                        st.key.set(Field::InPort, saved_port);
+                    }
+                    Action::GotoTable(t) => next_table = Some(*t),
+                    Action::Note(_) => {}
+                }
+            }
+            match next_table {
+                Some(t) if t > table => table = t,
+                _ => return true,
+            }
+        }
+    }
+}
+
+fn mac_u64(m: &[u8; 6]) -> u64 {
+    m.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+}
+
+fn set_field(st: &mut ExecState, field: Field, value: u64) {
+    let b = value.to_be_bytes();
+    match field {
+        Field::DlSrc => st.header.set_dl_src([b[2], b[3], b[4], b[5], b[6], b[7]]),
+        Field::DlDst => st.header.set_dl_dst([b[2], b[3], b[4], b[5], b[6], b[7]]),
+        Field::NwSrc => st.header.set_nw_src(std::net::Ipv4Addr::from(value as u32)),
+        Field::NwDst => st.header.set_nw_dst(std::net::Ipv4Addr::from(value as u32)),
+        Field::NwTos => st.header.set_nw_tos(value as u8),
+        Field::TpSrc => st.header.set_tp_src(value as u16),
+        Field::TpDst => st.header.set_tp_dst(value as u16),
+        Field::VlanTci => {
+            st.header.set_vlan_vid((value & 0x0fff) as u16);
+            st.header.set_vlan_pcp(((value >> 13) & 7) as u8);
+        }
+        Field::TunId => st.tun_id = Some(value),
+        // Metadata the parser does not offer for set_field.
+        Field::InPort | Field::DlType | Field::NwProto | Field::TunSrc | Field::TunDst => return,
+    }
+    st.key.set(field, value);
+    if field != Field::TunId {
+        st.modified = true;
+    }
+}
+
+struct ExecState {
+    key: FlowKey,
+    header: HeaderBuf,
+    modified: bool,
+    tun_id: Option<u64>,
+    frame_len: u32,
+    now_ms: u64,
+}
+
+fn push(outputs: &mut Vec<Output>, st: &ExecState, target: Target) {
+    if outputs.len() < MAX_OUTPUTS {
+        outputs.push(Output {
+            target,
+            header: st.header,
+            tun_id: st.tun_id,
+            modified: st.modified,
+        });
+    }
+}
+
+/// One table visited while tracing a packet.
+#[derive(Debug, Clone)]
+pub struct TraceStep {
+    pub table: u8,
+    /// Resubmit nesting depth.
+    pub depth: usize,
+    /// The flow that matched, or None for a miss.
+    pub flow: Option<Arc<Flow>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::key::consts::*;
+
+    fn flow(table: u8, priority: u16, m: Match, actions: Vec<Action>) -> Flow {
+        Flow {
+            table,
+            priority,
+            m,
+            actions,
+            cookie: 0,
+            idle_timeout: 0,
+            hard_timeout: 0,
+            match_text: format!("t{table} p{priority}"),
+            actions_text: String::new(),
+        }
+    }
+
+    fn ip_key(src: u32) -> FlowKey {
+        let mut k = FlowKey::default();
+        k.set(Field::InPort, 1);
+        k.set(Field::DlType, ETH_IPV4);
+        k.set(Field::NwSrc, u64::from(src));
+        k
+    }
+
+    fn run(p: &Pipeline, key: &FlowKey) -> Vec<Target> {
+        let mut out = Vec::new();
+        p.run(
+            &p.snapshot(),
+            key,
+            HeaderBuf::new(&[0u8; 34]),
+            100,
+            &mut out,
+            None,
+        );
+        out.iter().map(|o| o.target).collect()
+    }
+
+    #[test]
+    fn priorities_misses_and_counters() {
+        let p = Pipeline::new(MissPolicy::Normal);
+        assert_eq!(
+            run(&p, &ip_key(1)),
+            vec![Target::Normal],
+            "empty table: normal"
+        );
+        let mut ip = Match::any();
+        ip.set_exact(Field::DlType, ETH_IPV4);
+        let mut ten = ip;
+        ten.set(Field::NwSrc, 0x0a00_0000, 0xff00_0000);
+        p.commit(&[
+            FlowMod::Add(flow(0, 10, ip, vec![Action::Output(PortRef::Number(2))])),
+            FlowMod::Add(flow(0, 20, ten, vec![])),
+        ])
+        .unwrap();
+        assert_eq!(
+            run(&p, &ip_key(0x0a01_0101)),
+            vec![],
+            "higher priority drop wins"
+        );
+        assert_eq!(run(&p, &ip_key(0x0b01_0101)), vec![Target::Port(2)]);
+        let dumped = p.dump(&FlowFilter::default());
+        assert_eq!(dumped.len(), 2);
+        assert_eq!(dumped[0].priority, 20);
+        assert_eq!((dumped[0].packets, dumped[0].bytes), (1, 100));
+        assert_eq!(p.table_stats(0).lookups.load(Ordering::Relaxed), 3);
+
+        let drop_miss = Pipeline::new(MissPolicy::Drop);
+        assert_eq!(run(&drop_miss, &ip_key(1)), vec![]);
+    }
+
+    #[test]
+    fn resubmit_goto_and_rewrites_feed_later_tables() {
+        let p = Pipeline::new(MissPolicy::Drop);
+        let mut src1 = Match::any();
+        src1.set_exact(Field::NwSrc, 1);
+        let mut src9 = Match::any();
+        src9.set_exact(Field::NwSrc, 9);
+        p.commit(&[
+            FlowMod::Add(flow(
+                0,
+                1,
+                Match::any(),
+                vec![
+                    Action::Resubmit {
+                        port: None,
+                        table: Some(1),
+                    },
+                    Action::SetNwSrc(std::net::Ipv4Addr::from(9)),
+                    Action::GotoTable(2),
+                ],
+            )),
+            FlowMod::Add(flow(1, 1, src1, vec![Action::Output(PortRef::Number(5))])),
+            FlowMod::Add(flow(2, 1, src9, vec![Action::Output(PortRef::Number(6))])),
+        ])
+        .unwrap();
+        assert_eq!(run(&p, &ip_key(1)), vec![Target::Port(5), Target::Port(6)]);
+    }
+
+    #[test]
+    fn bundles_are_all_or_nothing_and_replace_keeps_counters() {
+        let p = Pipeline::new(MissPolicy::Drop);
+        let good = flow(0, 1, Match::any(), vec![Action::Output(PortRef::Number(2))]);
+        let bad = flow(3, 1, Match::any(), vec![Action::GotoTable(1)]);
+        assert!(p
+            .commit(&[FlowMod::Add(good.clone()), FlowMod::Add(bad)])
+            .is_err());
+        assert!(
+            p.snapshot().is_empty(),
+            "nothing of the failed bundle was applied"
+        );
+        p.commit(&[FlowMod::Add(good.clone())]).unwrap();
+        run(&p, &ip_key(1));
+        let other = flow(0, 2, Match::any(), vec![]);
+        assert_eq!(p.replace_all(vec![good, other]).unwrap(), (1, 0));
+        let d = p.dump(&FlowFilter::default());
+        assert_eq!(d.len(), 2);
+        assert_eq!(
+            d.iter().find(|f| f.priority == 1).unwrap().packets,
+            1,
+            "unchanged flow kept its counters"
+        );
+    }
+}
