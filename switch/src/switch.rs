@@ -26,6 +26,9 @@ pub struct Settings {
     /// CPUs to run busy-polling threads on. Empty (the default): no pollers; each port is
     /// served when its guest kicks, which leaves the CPU to the guests.
     pub poll_cpus: Vec<usize>,
+    /// What a packet that matches no flow in table 0 gets: "normal" (the learning switch,
+    /// the default) or "drop".
+    pub table_miss: crate::flow::pipeline::MissPolicy,
 }
 
 impl Default for Settings {
@@ -35,6 +38,7 @@ impl Default for Settings {
             mac_table_size: 8192,
             mac_aging_secs: 300,
             poll_cpus: Vec::new(),
+            table_miss: crate::flow::pipeline::MissPolicy::Normal,
         }
     }
 }
@@ -113,10 +117,13 @@ pub struct Switch {
     stopping: AtomicBool,
     /// The VXLAN tunnel port, if configured.
     tunnel: std::sync::OnceLock<Arc<crate::tunnel::Tunnel>>,
+    /// The flow tables (empty: the learning switch alone).
+    flows: crate::flow::pipeline::Pipeline,
 }
 
 impl Switch {
     pub fn new(settings: Settings) -> Arc<Self> {
+        let settings_miss = settings.table_miss;
         let mac_table = MacTable::new(
             settings.mac_table_size,
             Duration::from_secs(settings.mac_aging_secs),
@@ -129,6 +136,7 @@ impl Switch {
             counters: SwitchCounters::default(),
             stopping: AtomicBool::new(false),
             tunnel: std::sync::OnceLock::new(),
+            flows: crate::flow::pipeline::Pipeline::new(settings_miss),
         })
     }
 
@@ -138,6 +146,10 @@ impl Switch {
 
     pub fn mac_table(&self) -> &MacTable {
         &self.mac_table
+    }
+
+    pub fn flows(&self) -> &crate::flow::pipeline::Pipeline {
+        &self.flows
     }
 
     pub fn tunnel(&self) -> Option<&Arc<crate::tunnel::Tunnel>> {
@@ -339,6 +351,7 @@ impl Switch {
                     if let Some(t) = sw.tunnel() {
                         t.vtep.expire(t.vtep.now());
                     }
+                    sw.flows.expire();
                 }
             })?;
         let pollers = self.settings.poll_cpus.len();

@@ -227,17 +227,20 @@ impl Tunnel {
         source: &Source<'_>,
         frames: &[Frame],
         group: &[Delivery],
+        headers: &[crate::flow::rewrite::HeaderBuf],
         scratch: &mut TxScratch,
     ) {
         let now = self.vtep.now();
         scratch.targets.clear();
         for (index, d) in group.iter().enumerate() {
             let frame = &frames[usize::from(d.frame)];
-            let Some(vni) = self.vtep.vni_for_vlan(d.vlan) else {
+            // set_tunnel chose the VNI, or the VLAN's mapping does.
+            let Some(vni) = d.tun_id.or_else(|| self.vtep.vni_for_vlan(d.vlan)) else {
                 port.counters.drop(DropReason::VlanFilter, 1);
                 continue;
             };
-            let inner_len = d.rewrite.out_len(frame.len);
+            let (prefix, skip) = d.prefix(headers);
+            let inner_len = d.out_len(frame.len, headers);
             if inner_len > self.max_inner {
                 self.vtep.count_drop(Some(vni), TunnelDrop::TooBig);
                 port.counters.drop(DropReason::TooBig, 1);
@@ -246,14 +249,14 @@ impl Tunnel {
             // The inner frame's first bytes, as they will leave (rewrite applied), for the
             // destination lookup and the flow hash.
             let mut head = [0u8; 64];
-            let prefix = d.rewrite.prefix();
-            head[..prefix.len()].copy_from_slice(prefix);
-            let mut rest = [0u8; 80];
+            let lead = prefix.len().min(head.len());
+            head[..lead].copy_from_slice(&prefix[..lead]);
+            let mut rest = [0u8; 128];
             let got = source.read_prefix(frame, &mut rest);
-            let skip = usize::from(d.rewrite.skip).min(got);
-            let tail = (got - skip).min(head.len() - prefix.len());
-            head[prefix.len()..prefix.len() + tail].copy_from_slice(&rest[skip..skip + tail]);
-            let head = &head[..prefix.len() + tail];
+            let from = skip.min(got);
+            let tail = (got - from).min(head.len() - lead);
+            head[lead..lead + tail].copy_from_slice(&rest[from..from + tail]);
+            let head = &head[..lead + tail];
             let src_port = source_port(head);
             let Ok(inner) = L2Header::parse(head) else {
                 continue;
@@ -306,7 +309,7 @@ impl Tunnel {
                 iov_base: scratch.headers[i].as_ptr() as *mut libc::c_void,
                 iov_len: OUTER_LEN,
             });
-            let prefix = d.rewrite.prefix();
+            let (prefix, skip) = d.prefix(headers);
             if !prefix.is_empty() {
                 scratch.iovecs.push(libc::iovec {
                     iov_base: prefix.as_ptr() as *mut libc::c_void,
@@ -314,7 +317,7 @@ impl Tunnel {
                 });
             }
             let iovecs = &mut scratch.iovecs;
-            source.for_each_piece(frame, usize::from(d.rewrite.skip), |slice| {
+            source.for_each_piece(frame, skip, |slice| {
                 iovecs.push(libc::iovec {
                     iov_base: slice.ptr_guard().as_ptr() as *mut libc::c_void,
                     iov_len: slice.len(),

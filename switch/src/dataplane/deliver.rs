@@ -6,6 +6,7 @@ use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 
 use super::{Delivery, Frame, Source};
+use crate::flow::rewrite::HeaderBuf;
 use crate::port::{DropReason, Link, Port};
 use crate::virtio::chain::RxShortage;
 use crate::virtio::features::{mergeable_rx, net_header_len};
@@ -17,6 +18,7 @@ pub(super) fn to_guest(
     source: &Source<'_>,
     frames: &[Frame],
     group: &[Delivery],
+    headers: &[HeaderBuf],
     rx: &mut RxReservation,
 ) {
     let dst_mem = link.mem.memory();
@@ -34,7 +36,8 @@ pub(super) fn to_guest(
         let queue = &mut rxv.queue;
         for d in group {
             let frame = &frames[usize::from(d.frame)];
-            let out_len = d.rewrite.out_len(frame.len);
+            let (prefix, skip) = d.prefix(headers);
+            let out_len = d.out_len(frame.len, headers);
             let need = header_len as u64 + u64::from(out_len);
             match rx.reserve(queue, &dst_mem, need, mergeable, &mut bad_chains) {
                 Err(RxShortage::NoBuffer) => {
@@ -51,8 +54,8 @@ pub(super) fn to_guest(
             net_header[10..12].copy_from_slice(&(rx.heads.len() as u16).to_le_bytes());
             let mut copier = FrameCopier::new(&dst_mem, &rx.segs);
             let ok = copier.write(&net_header[..header_len])
-                && copier.write(d.rewrite.prefix())
-                && source.copy_into(frame, &mut copier, usize::from(d.rewrite.skip));
+                && copier.write(prefix)
+                && source.copy_into(frame, &mut copier, skip);
             if !ok || copier.written() != need {
                 // The reservation was sized for the frame, so this means guest memory changed
                 // under us; hand the buffers back empty rather than with a partial frame.

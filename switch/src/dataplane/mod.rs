@@ -21,6 +21,10 @@ use vm_memory::GuestAddressSpace;
 
 pub use frame::{Frame, FrameBytes, Rewrite, Source, TunnelMeta};
 
+use crate::flow::extract::flow_key;
+use crate::flow::pipeline::{MissPolicy, Target};
+use crate::flow::rewrite::{HeaderBuf, REWRITE_BYTES};
+use crate::flow::Field;
 use crate::mac_table::{Learned, PortId};
 use crate::port::{DropReason, Link, Port};
 use crate::switch::Switch;
@@ -28,10 +32,13 @@ use crate::virtio::chain::ChainError;
 use crate::virtio::features::net_header_len;
 use crate::virtio::{RxReservation, Segment, TxChain};
 use crate::vlan::{Classified, Egress, Vid, VlanMode};
-use crate::wire::EthernetAddress;
+use crate::wire::{EthernetAddress, L2Header};
 
 /// Chains taken from a TX ring per batch.
 pub const BATCH: usize = 64;
+
+/// `Delivery::header` when the frame's header is given by `rewrite` alone.
+pub const NO_HEADER: u32 = u32::MAX;
 
 /// One frame going to one port.
 #[derive(Debug, Clone, Copy)]
@@ -40,7 +47,164 @@ pub struct Delivery {
     pub frame: u16,
     /// The VLAN the frame was classified into (the tunnel maps it to a VNI).
     pub vlan: Vid,
+    /// How the L2 header changes (the learning switch's tag push/pop).
     pub rewrite: Rewrite,
+    /// Or: a header rewritten by flow actions, in the batch's header arena.
+    pub header: u32,
+    /// A VNI chosen by set_tunnel, for the tunnel port.
+    pub tun_id: Option<u32>,
+}
+
+impl Delivery {
+    /// A copy sent as the flow actions left it (no VLAN processing).
+    fn raw(dst: PortId, frame: u16, vlan: Vid, header: u32, tun_id: Option<u32>) -> Delivery {
+        Delivery {
+            dst,
+            frame,
+            vlan,
+            rewrite: Rewrite::NONE,
+            header,
+            tun_id,
+        }
+    }
+
+    /// The bytes that replace the start of the frame, and how many they replace.
+    pub fn prefix<'a>(&'a self, headers: &'a [HeaderBuf]) -> (&'a [u8], usize) {
+        match headers.get(self.header as usize) {
+            Some(h) => (h.bytes(), h.skip()),
+            None => (self.rewrite.prefix(), usize::from(self.rewrite.skip)),
+        }
+    }
+
+    /// Length of the frame that leaves.
+    pub fn out_len(&self, frame_len: u32, headers: &[HeaderBuf]) -> u32 {
+        let (prefix, skip) = self.prefix(headers);
+        frame_len + prefix.len() as u32 - skip as u32
+    }
+}
+
+/// The VLAN an arriving frame belongs to (from its tag and the port's policy, or from the VNI
+/// it came through), or None if it is refused (counted).
+fn classify(
+    ingress: &Port,
+    view: &PortView,
+    frame: &Frame,
+    header: &L2Header,
+) -> Option<Classified> {
+    let class = match frame.tunnel {
+        // The VNI decided the VLAN; inner frames are carried untagged.
+        Some(meta) if header.vlan.is_none() => Some(Classified {
+            vid: meta.vlan,
+            pcp: 0,
+        }),
+        Some(_) => None,
+        None => view.vlan.ingress(header.vlan.as_ref()).ok(),
+    };
+    if class.is_none() {
+        ingress.counters.drop(DropReason::VlanFilter, 1);
+    }
+    class
+}
+
+/// The learning switch, for one batch.
+struct Normal<'a> {
+    sw: &'a Switch,
+    table: &'a crate::mac_table::MacTable,
+    now: u64,
+    ingress: &'a Port,
+    views: &'a [Option<PortView>],
+    /// Consecutive frames of one flow learn and look up the same addresses: remember the last.
+    last_learned: Option<(Vid, EthernetAddress)>,
+    last_lookup: Option<((Vid, EthernetAddress), Option<PortId>)>,
+}
+
+impl Normal<'_> {
+    /// Learns the source, finds the destination(s) and queues deliveries. `base` is a header
+    /// already rewritten by flow actions (the VLAN egress change is applied on top of it).
+    fn forward(
+        &mut self,
+        frame: u16,
+        header: &L2Header,
+        class: Classified,
+        base: Option<HeaderBuf>,
+        deliveries: &mut Vec<Delivery>,
+        headers: &mut Vec<HeaderBuf>,
+    ) {
+        let ingress = self.ingress;
+        if header.src.is_unicast() && self.last_learned != Some((class.vid, header.src)) {
+            self.last_learned = Some((class.vid, header.src));
+            match self
+                .table
+                .learn(class.vid, header.src, ingress.id, self.now)
+            {
+                Learned::Refreshed => {}
+                Learned::New => self.sw.counters.count_learned(),
+                Learned::Moved => self.sw.counters.count_moved(),
+                Learned::TableFull => self.sw.counters.count_table_full(),
+            }
+        }
+        let known = if header.dst.is_unicast() {
+            match self.last_lookup {
+                Some((key, hit)) if key == (class.vid, header.dst) => hit,
+                _ => {
+                    let hit = self.table.lookup(class.vid, header.dst, self.now);
+                    self.last_lookup = Some(((class.vid, header.dst), hit));
+                    hit
+                }
+            }
+        } else {
+            None
+        };
+        let mut deliver = |dst: PortId, egress: Egress| {
+            let (rewrite, header_index) = match base {
+                None => (Rewrite::for_egress(header, class, egress), NO_HEADER),
+                Some(mut h) => {
+                    match egress {
+                        Egress::Untagged => h.strip_vlan(),
+                        Egress::Tagged => {
+                            h.set_vlan_vid(class.vid);
+                            h.set_vlan_pcp(class.pcp);
+                        }
+                    }
+                    headers.push(h);
+                    (Rewrite::NONE, (headers.len() - 1) as u32)
+                }
+            };
+            deliveries.push(Delivery {
+                dst,
+                frame,
+                vlan: class.vid,
+                rewrite,
+                header: header_index,
+                tun_id: None,
+            });
+        };
+        match known {
+            Some(dst) if dst == ingress.id => ingress.counters.drop(DropReason::Hairpin, 1),
+            Some(dst) => match self
+                .views
+                .get(usize::from(dst))
+                .and_then(|v| v.as_ref())
+                .and_then(|v| v.egress(class.vid))
+            {
+                Some(egress) => deliver(dst, egress),
+                None => ingress.counters.drop(DropReason::VlanFilter, 1),
+            },
+            None => {
+                self.sw.counters.count_flood();
+                for (id, view) in self.views.iter().enumerate() {
+                    let Some(view) = view else { continue };
+                    // Never back out of the ingress port (split horizon for the tunnel too).
+                    if id == usize::from(ingress.id) || !view.connected {
+                        continue;
+                    }
+                    if let Some(egress) = view.egress(class.vid) {
+                        deliver(id as PortId, egress);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// What a batch needs to know of each port, read once per batch rather than per frame.
@@ -68,6 +232,10 @@ pub struct SwitchScratch {
     ports: Vec<Option<PortView>>,
     /// Per-thread work space of the tunnel's transmit side.
     pub tunnel: crate::tunnel::TxScratch,
+    /// Headers rewritten by flow actions, referenced by `Delivery::header`.
+    headers: Vec<HeaderBuf>,
+    /// Outputs of one packet's pipeline run.
+    outputs: Vec<crate::flow::pipeline::Output>,
 }
 
 /// Work space for draining one TX ring.
@@ -195,7 +363,9 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usiz
 }
 
 /// Decides the destinations of every frame in the batch, then delivers per destination.
-/// `ingress` is the port the frames arrived on (a guest's port, or the tunnel port).
+/// `ingress` is the port the frames arrived on (a guest's port, or the tunnel port). With no
+/// flows installed this is the learning switch; otherwise each frame first runs through the
+/// flow tables, whose outputs (including `normal`) become the deliveries.
 pub fn switch_frames(
     sw: &Switch,
     ingress: &Port,
@@ -204,15 +374,17 @@ pub fn switch_frames(
     scratch: &mut SwitchScratch,
 ) {
     let table = sw.mac_table();
-    let now = table.now();
     let ports = sw.ports_snapshot();
     let SwitchScratch {
         deliveries,
         rx,
         ports: views,
         tunnel: tunnel_scratch,
+        headers,
+        outputs,
     } = scratch;
     deliveries.clear();
+    headers.clear();
     views.clear();
     views.extend(ports.iter().map(|p| {
         p.as_ref().map(|p| PortView {
@@ -224,87 +396,99 @@ pub fn switch_frames(
     let Some(Some(ingress_view)) = views.get(usize::from(ingress.id)).cloned() else {
         return;
     };
-    // Consecutive frames of one flow learn and look up the same addresses: remember the last.
-    let mut last_learned = None;
-    let mut last_lookup: Option<((Vid, EthernetAddress), Option<PortId>)> = None;
+    let pipeline = sw.flows();
+    let flow_tables = pipeline.snapshot();
+    let use_flows = !flow_tables.is_empty() || pipeline.miss == MissPolicy::Drop;
+    let mut normal = Normal {
+        sw,
+        table,
+        now: table.now(),
+        ingress,
+        views,
+        last_learned: None,
+        last_lookup: None,
+    };
 
     for (index, frame) in frames.iter().enumerate() {
-        let Some(header) = source.l2_header(frame) else {
+        let frame_index = index as u16;
+        if !use_flows {
+            let Some(header) = source.l2_header(frame) else {
+                ingress.counters.drop(DropReason::Runt, 1);
+                continue;
+            };
+            let Some(class) = classify(ingress, &ingress_view, frame, &header) else {
+                continue;
+            };
+            ingress.counters.count_rx(u64::from(frame.len));
+            normal.forward(frame_index, &header, class, None, deliveries, headers);
+            continue;
+        }
+
+        let mut prefix = [0u8; REWRITE_BYTES];
+        let n = source.read_prefix(frame, &mut prefix);
+        if n < 14 {
             ingress.counters.drop(DropReason::Runt, 1);
             continue;
-        };
-        let class = match frame.tunnel {
-            // The VNI decided the VLAN; inner frames are carried untagged.
-            Some(meta) if header.vlan.is_none() => Classified {
-                vid: meta.vlan,
-                pcp: 0,
-            },
-            Some(_) => {
-                ingress.counters.drop(DropReason::VlanFilter, 1);
-                continue;
-            }
-            None => match ingress_view.vlan.ingress(header.vlan.as_ref()) {
-                Ok(c) => c,
-                Err(_) => {
-                    ingress.counters.drop(DropReason::VlanFilter, 1);
-                    continue;
-                }
-            },
-        };
-        ingress.counters.count_rx(u64::from(frame.len));
-        if header.src.is_unicast() && last_learned != Some((class.vid, header.src)) {
-            last_learned = Some((class.vid, header.src));
-            match table.learn(class.vid, header.src, ingress.id, now) {
-                Learned::Refreshed => {}
-                Learned::New => sw.counters.count_learned(),
-                Learned::Moved => sw.counters.count_moved(),
-                Learned::TableFull => sw.counters.count_table_full(),
-            }
         }
-        let known = if header.dst.is_unicast() {
-            match last_lookup {
-                Some((key, hit)) if key == (class.vid, header.dst) => hit,
-                _ => {
-                    let hit = table.lookup(class.vid, header.dst, now);
-                    last_lookup = Some(((class.vid, header.dst), hit));
-                    hit
+        ingress.counters.count_rx(u64::from(frame.len));
+        let key = flow_key(&prefix[..n], ingress.id, frame.tunnel.as_ref());
+        outputs.clear();
+        pipeline.run(
+            &flow_tables,
+            &key,
+            HeaderBuf::new(&prefix[..n]),
+            frame.len,
+            outputs,
+            None,
+        );
+        for out in outputs.iter() {
+            let tun_id = out.tun_id.map(|v| v as u32);
+            let custom = |headers: &mut Vec<HeaderBuf>| {
+                if out.modified {
+                    headers.push(out.header);
+                    (headers.len() - 1) as u32
+                } else {
+                    NO_HEADER
                 }
-            }
-        } else {
-            None
-        };
-        let frame_index = index as u16;
-        match known {
-            Some(dst) if dst == ingress.id => ingress.counters.drop(DropReason::Hairpin, 1),
-            Some(dst) => match views
-                .get(usize::from(dst))
-                .and_then(|v| v.as_ref())
-                .and_then(|v| v.egress(class.vid))
-            {
-                Some(egress) => deliveries.push(Delivery {
-                    dst,
-                    frame: frame_index,
-                    vlan: class.vid,
-                    rewrite: Rewrite::for_egress(&header, class, egress),
-                }),
-                None => ingress.counters.drop(DropReason::VlanFilter, 1),
-            },
-            None => {
-                sw.counters.count_flood();
-                for (id, view) in views.iter().enumerate() {
-                    let Some(view) = view else { continue };
-                    // Never back out of the ingress port (split horizon for the tunnel too).
-                    if id == usize::from(ingress.id) || !view.connected {
+            };
+            let vlan = (key.get(Field::VlanTci) & 0x0fff) as Vid;
+            match out.target {
+                Target::Port(p) if p == ingress.id => {} // OpenFlow: only `in_port` sends back
+                Target::Port(p) => {
+                    if views.get(usize::from(p)).is_some_and(|v| v.is_some()) {
+                        let header = custom(headers);
+                        deliveries.push(Delivery::raw(p, frame_index, vlan, header, tun_id));
+                    }
+                }
+                Target::InPort => {
+                    let header = custom(headers);
+                    deliveries.push(Delivery::raw(ingress.id, frame_index, vlan, header, tun_id));
+                }
+                Target::Flood | Target::All => {
+                    let header = custom(headers);
+                    for (id, view) in views.iter().enumerate() {
+                        if id != usize::from(ingress.id)
+                            && view.as_ref().is_some_and(|v| v.connected)
+                        {
+                            deliveries.push(Delivery::raw(
+                                id as PortId,
+                                frame_index,
+                                vlan,
+                                header,
+                                tun_id,
+                            ));
+                        }
+                    }
+                }
+                Target::Normal => {
+                    let Ok(header) = L2Header::parse(out.header.bytes()) else {
                         continue;
-                    }
-                    if let Some(egress) = view.egress(class.vid) {
-                        deliveries.push(Delivery {
-                            dst: id as PortId,
-                            frame: frame_index,
-                            vlan: class.vid,
-                            rewrite: Rewrite::for_egress(&header, class, egress),
-                        });
-                    }
+                    };
+                    let Some(class) = classify(ingress, &ingress_view, frame, &header) else {
+                        continue;
+                    };
+                    let base = out.modified.then_some(out.header);
+                    normal.forward(frame_index, &header, class, base, deliveries, headers);
                 }
             }
         }
@@ -319,12 +503,12 @@ pub fn switch_frames(
         };
         if dst.is_tunnel() {
             if let Some(tunnel) = sw.tunnel() {
-                tunnel.transmit(dst, source, frames, group, tunnel_scratch);
+                tunnel.transmit(dst, source, frames, group, headers, tunnel_scratch);
             }
             continue;
         }
         let delivered =
-            dst.with_link(|link| deliver::to_guest(dst, link, source, frames, group, rx));
+            dst.with_link(|link| deliver::to_guest(dst, link, source, frames, group, headers, rx));
         if delivered.is_none() {
             dst.counters.drop(DropReason::NoBuffer, group.len() as u64);
         }

@@ -1,1 +1,722 @@
-//! Tuple-space-search classifier (being written).
+//! Tuple-space-search classifier for one flow table, and a per-thread exact-match cache.
+//!
+//! [`Classifier`] keeps one *subtable* per distinct mask. A subtable is a hash map from
+//! `key & mask` to the rules with that masked value (all of which match exactly the same
+//! packets), ordered best first. A lookup masks the packet key once per subtable and does one
+//! hash probe; subtables are visited in decreasing order of the highest priority they hold,
+//! and the search stops as soon as no remaining subtable can beat the best rule found
+//! (priority pruning). Lookups do not allocate. Real tables have few distinct masks, so a
+//! lookup costs a handful of probes whatever the number of rules.
+//!
+//! Ties: among matching rules of equal priority the one inserted earliest wins (the lowest
+//! [`RuleId`]; ids are handed out in increasing order and a replacing insert keeps its id).
+//!
+//! The classifier is meant to be immutable while the dataplane reads it: a change builds a
+//! new version (`clone` + `insert`/`remove`) that is swapped in.
+//!
+//! [`ExactMatchCache`] is a small 2-way set-associative cache from a whole [`FlowKey`] (plus
+//! a version number of the pipeline) to the result of a full pipeline lookup, meant to be put
+//! in front of it, one per thread.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+
+use ahash::{AHashMap, RandomState};
+
+use super::key::{FlowKey, Match};
+
+/// Identifies a rule in its [`Classifier`]. Increasing in insertion order.
+pub type RuleId = u64;
+
+/// A [`FlowKey`] hashed word by word (the derived `Hash` of the array hashes it as bytes with
+/// a length prefix, which is slower).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct WordKey(FlowKey);
+
+impl Hash for WordKey {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        for w in self.0 .0 {
+            state.write_u64(w);
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Entry<T> {
+    id: RuleId,
+    priority: u16,
+    payload: T,
+}
+
+impl<T> Entry<T> {
+    /// Whether `self` wins over a rule of priority `priority` and id `id`.
+    #[inline]
+    fn beats(&self, priority: u16, id: RuleId) -> bool {
+        self.priority > priority || (self.priority == priority && self.id < id)
+    }
+}
+
+/// The rules of one subtable with the same masked value, best first (priority descending,
+/// then id ascending). The best is kept inline so that a lookup touches one hash slot.
+#[derive(Clone)]
+struct Bucket<T> {
+    best: Entry<T>,
+    rest: Vec<Entry<T>>,
+}
+
+impl<T> Bucket<T> {
+    fn entries(&self) -> impl Iterator<Item = &Entry<T>> {
+        std::iter::once(&self.best).chain(self.rest.iter())
+    }
+
+    fn find(&self, id: RuleId) -> Option<&Entry<T>> {
+        self.entries().find(|e| e.id == id)
+    }
+
+    fn find_mut_by_priority(&mut self, priority: u16) -> Option<&mut Entry<T>> {
+        if self.best.priority == priority {
+            return Some(&mut self.best);
+        }
+        self.rest.iter_mut().find(|e| e.priority == priority)
+    }
+
+    fn into_vec(self) -> Vec<Entry<T>> {
+        let mut v = Vec::with_capacity(1 + self.rest.len());
+        v.push(self.best);
+        v.extend(self.rest);
+        v
+    }
+
+    /// `v` must be sorted best first.
+    fn from_vec(v: Vec<Entry<T>>) -> Option<Bucket<T>> {
+        let mut it = v.into_iter();
+        let best = it.next()?;
+        Some(Bucket {
+            best,
+            rest: it.collect(),
+        })
+    }
+}
+
+/// All rules with one mask.
+#[derive(Clone)]
+struct Subtable<T> {
+    mask: FlowKey,
+    /// The highest priority of the rules here (the pruning bound).
+    max_priority: u16,
+    buckets: AHashMap<WordKey, Bucket<T>>,
+    /// How many rules have each priority, to keep `max_priority` up to date on removal.
+    priorities: BTreeMap<u16, u32>,
+}
+
+impl<T> Subtable<T> {
+    fn new(mask: FlowKey) -> Self {
+        Subtable {
+            mask,
+            max_priority: 0,
+            buckets: AHashMap::default(),
+            priorities: BTreeMap::new(),
+        }
+    }
+}
+
+/// The rules of one flow table: (match, priority) -> payload. The highest-priority matching
+/// rule wins; among matching rules of equal priority, the one inserted earliest (lowest
+/// [`RuleId`]) wins. See the module documentation for the algorithm.
+#[derive(Clone)]
+pub struct Classifier<T> {
+    /// Sorted by `max_priority` descending (the lookup order).
+    subtables: Vec<Subtable<T>>,
+    /// Mask -> index into `subtables`.
+    by_mask: AHashMap<WordKey, usize>,
+    /// Every rule's match and priority, to find it from its id.
+    rules: AHashMap<RuleId, (Match, u16)>,
+    next_id: RuleId,
+}
+
+impl<T: Clone> Default for Classifier<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Clone> Classifier<T> {
+    pub fn new() -> Self {
+        Classifier {
+            subtables: Vec::new(),
+            by_mask: AHashMap::default(),
+            rules: AHashMap::default(),
+            next_id: 1,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// How many distinct masks the rules use (the number of hash probes of a lookup that
+    /// cannot stop early).
+    pub fn n_subtables(&self) -> usize {
+        self.subtables.len()
+    }
+
+    /// Adds a rule. A rule with an identical match and priority has its payload replaced
+    /// (OpenFlow "add" semantics) and keeps its id (so also its rank among equal-priority
+    /// rules), which is returned.
+    pub fn insert(&mut self, m: Match, priority: u16, payload: T) -> RuleId {
+        // Normalize: the value is documented as pre-masked; make sure of it so that lookups
+        // (which compare masked keys) and `find_exact` agree.
+        let m = Match {
+            value: m.value.masked(&m.mask),
+            mask: m.mask,
+        };
+        let mask = WordKey(m.mask);
+        let value = WordKey(m.value);
+        let idx = match self.by_mask.get(&mask) {
+            Some(&i) => i,
+            None => {
+                self.subtables.push(Subtable::new(m.mask));
+                self.subtables.len() - 1
+            }
+        };
+        let st = &mut self.subtables[idx];
+        if let Some(bucket) = st.buckets.get_mut(&value) {
+            if let Some(e) = bucket.find_mut_by_priority(priority) {
+                e.payload = payload;
+                return e.id;
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let entry = Entry {
+            id,
+            priority,
+            payload,
+        };
+        match st.buckets.remove(&value) {
+            None => {
+                st.buckets.insert(
+                    value,
+                    Bucket {
+                        best: entry,
+                        rest: Vec::new(),
+                    },
+                );
+            }
+            Some(bucket) => {
+                let mut v = bucket.into_vec();
+                // The new id is the highest, so it goes after every rule of its priority.
+                let pos = v.partition_point(|e| e.priority >= priority);
+                v.insert(pos, entry);
+                st.buckets
+                    .insert(value, Bucket::from_vec(v).expect("not empty"));
+            }
+        }
+        *st.priorities.entry(priority).or_insert(0) += 1;
+        self.rules.insert(id, (m, priority));
+        self.reorder();
+        id
+    }
+
+    /// Removes a rule, returning its match, priority and payload.
+    pub fn remove(&mut self, id: RuleId) -> Option<(Match, u16, T)> {
+        let (m, priority) = self.rules.remove(&id)?;
+        let idx = self.by_mask[&WordKey(m.mask)];
+        let st = &mut self.subtables[idx];
+        let value = WordKey(m.value);
+        let bucket = st.buckets.remove(&value).expect("rule index out of sync");
+        let mut v = bucket.into_vec();
+        let pos = v
+            .iter()
+            .position(|e| e.id == id)
+            .expect("rule index out of sync");
+        let entry = v.remove(pos);
+        if let Some(b) = Bucket::from_vec(v) {
+            st.buckets.insert(value, b);
+        }
+        let count = st.priorities.get_mut(&priority).expect("priority count");
+        *count -= 1;
+        if *count == 0 {
+            st.priorities.remove(&priority);
+        }
+        if st.buckets.is_empty() {
+            self.subtables.remove(idx);
+        }
+        self.reorder();
+        Some((m, priority, entry.payload))
+    }
+
+    /// Restores the lookup order after a change: recomputes each subtable's bound, sorts,
+    /// and rebuilds the mask index. O(number of subtables).
+    fn reorder(&mut self) {
+        for st in &mut self.subtables {
+            st.max_priority = st.priorities.keys().next_back().copied().unwrap_or(0);
+        }
+        // Stable and keyed on the mask too, so the order does not depend on history.
+        self.subtables.sort_by(|a, b| {
+            b.max_priority
+                .cmp(&a.max_priority)
+                .then(a.mask.cmp(&b.mask))
+        });
+        self.by_mask.clear();
+        for (i, st) in self.subtables.iter().enumerate() {
+            self.by_mask.insert(WordKey(st.mask), i);
+        }
+    }
+
+    fn entry(&self, m: &Match, id: RuleId) -> &Entry<T> {
+        let st = &self.subtables[self.by_mask[&WordKey(m.mask)]];
+        st.buckets[&WordKey(m.value)]
+            .find(id)
+            .expect("rule index out of sync")
+    }
+
+    pub fn get(&self, id: RuleId) -> Option<(&Match, u16, &T)> {
+        let (m, priority) = self.rules.get(&id)?;
+        Some((m, *priority, &self.entry(m, id).payload))
+    }
+
+    /// The rule with exactly this match and priority (strict mod-flows/del-flows).
+    pub fn find_exact(&self, m: &Match, priority: u16) -> Option<RuleId> {
+        let st = &self.subtables[*self.by_mask.get(&WordKey(m.mask))?];
+        let bucket = st.buckets.get(&WordKey(m.value.masked(&m.mask)))?;
+        bucket
+            .entries()
+            .find(|e| e.priority == priority)
+            .map(|e| e.id)
+    }
+
+    /// The best rule matching `key`: highest priority, then earliest inserted.
+    #[inline]
+    pub fn lookup(&self, key: &FlowKey) -> Option<(RuleId, &T)> {
+        let mut best: Option<&Entry<T>> = None;
+        for st in &self.subtables {
+            if let Some(b) = best {
+                // Subtables are sorted by their bound: nothing further can win.
+                if st.max_priority < b.priority {
+                    break;
+                }
+            }
+            if let Some(bucket) = st.buckets.get(&WordKey(key.masked(&st.mask))) {
+                let e = &bucket.best;
+                if best.is_none_or(|b| e.beats(b.priority, b.id)) {
+                    best = Some(e);
+                }
+            }
+        }
+        best.map(|e| (e.id, &e.payload))
+    }
+
+    /// Every rule, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (RuleId, &Match, u16, &T)> {
+        self.rules
+            .iter()
+            .map(|(&id, (m, prio))| (id, m, *prio, &self.entry(m, id).payload))
+    }
+}
+
+#[derive(Clone, Copy)]
+struct CacheEntry<V> {
+    version: u64,
+    key: FlowKey,
+    value: V,
+}
+
+/// Maps a full [`FlowKey`] plus a version number to a cached result: a bounded 2-way
+/// set-associative cache. Nothing is allocated after creation. An entry stored under another
+/// version is a miss, so bumping the version invalidates everything at once. On a conflict,
+/// the entry inserted less recently in the set is evicted.
+pub struct ExactMatchCache<V: Copy> {
+    /// `2 * n_sets` slots; set `s` is slots `2s` (most recently inserted) and `2s + 1`.
+    slots: Box<[Option<CacheEntry<V>>]>,
+    set_mask: usize,
+    hasher: RandomState,
+}
+
+impl<V: Copy> ExactMatchCache<V> {
+    /// A cache of at least `entries` entries (rounded up to a power of two, at least 2).
+    pub fn new(entries: usize) -> Self {
+        let n_sets = entries.div_ceil(2).max(1).next_power_of_two();
+        ExactMatchCache {
+            slots: vec![None; 2 * n_sets].into_boxed_slice(),
+            set_mask: n_sets - 1,
+            hasher: RandomState::new(),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    #[inline]
+    fn set_of(&self, key: &FlowKey) -> usize {
+        let h = self.hasher.hash_one(WordKey(*key)) as usize;
+        (h & self.set_mask) * 2
+    }
+
+    #[inline]
+    pub fn get(&self, version: u64, key: &FlowKey) -> Option<V> {
+        let s = self.set_of(key);
+        self.slots[s..s + 2]
+            .iter()
+            .flatten()
+            .find(|e| e.version == version && e.key == *key)
+            .map(|e| e.value)
+    }
+
+    pub fn insert(&mut self, version: u64, key: &FlowKey, value: V) {
+        let s = self.set_of(key);
+        let new = Some(CacheEntry {
+            version,
+            key: *key,
+            value,
+        });
+        let set = &mut self.slots[s..s + 2];
+        // Same key (any version): update in place.
+        if let Some(slot) = set.iter_mut().find(|e| e.is_some_and(|e| e.key == *key)) {
+            *slot = new;
+            return;
+        }
+        // A free or stale slot.
+        if let Some(slot) = set
+            .iter_mut()
+            .find(|e| e.is_none_or(|e| e.version != version))
+        {
+            *slot = new;
+            return;
+        }
+        // Both live: the older (way 1) goes, the newer moves to way 1.
+        set[1] = set[0];
+        set[0] = new;
+    }
+
+    /// Forgets every entry.
+    pub fn clear(&mut self) {
+        self.slots.fill(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::key::{consts, Field};
+
+    /// Deterministic xorshift64*.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn chance(&mut self, percent: u64) -> bool {
+            self.below(100) < percent
+        }
+    }
+
+    /// The specification: a linear scan in insertion order, highest priority, earliest
+    /// inserted on ties; identical (match, priority) replaces in place.
+    struct Naive<T> {
+        rules: Vec<(RuleId, Match, u16, T)>,
+    }
+    impl<T: Clone + PartialEq + std::fmt::Debug> Naive<T> {
+        fn insert(&mut self, id: RuleId, m: Match, prio: u16, p: T) {
+            if let Some(r) = self.rules.iter_mut().find(|r| r.1 == m && r.2 == prio) {
+                assert_eq!(r.0, id, "replace keeps the id");
+                r.3 = p;
+            } else {
+                self.rules.push((id, m, prio, p));
+            }
+        }
+        fn remove(&mut self, id: RuleId) -> Option<(Match, u16, T)> {
+            let i = self.rules.iter().position(|r| r.0 == id)?;
+            let r = self.rules.remove(i);
+            Some((r.1, r.2, r.3))
+        }
+        fn lookup(&self, key: &FlowKey) -> Option<(RuleId, &T)> {
+            let mut best: Option<&(RuleId, Match, u16, T)> = None;
+            for r in &self.rules {
+                if r.1.matches(key) && best.is_none_or(|b| r.2 > b.2) {
+                    best = Some(r);
+                }
+            }
+            best.map(|r| (r.0, &r.3))
+        }
+    }
+
+    fn prefix_mask(len: u64) -> u64 {
+        if len == 0 {
+            0
+        } else {
+            (u32::MAX << (32 - len)) as u64
+        }
+    }
+
+    /// Small value pools so that rules overlap and duplicate a lot.
+    fn random_ip(rng: &mut Rng) -> u64 {
+        0x0a00_0000 | (rng.below(4) << 16) | (rng.below(4) << 8) | rng.below(4)
+    }
+
+    fn random_match(rng: &mut Rng) -> Match {
+        let mut m = Match::any();
+        if rng.chance(50) {
+            m.set_exact(Field::InPort, 1 + rng.below(4));
+        }
+        if rng.chance(70) {
+            m.set_exact(Field::DlType, consts::ETH_IPV4);
+            if rng.chance(70) {
+                let len = [8, 16, 24, 32, rng.below(33)][rng.below(5) as usize];
+                m.set(Field::NwSrc, random_ip(rng), prefix_mask(len));
+            }
+            if rng.chance(70) {
+                let len = [8, 16, 24, 32, rng.below(33)][rng.below(5) as usize];
+                m.set(Field::NwDst, random_ip(rng), prefix_mask(len));
+            }
+            if rng.chance(50) {
+                m.set_exact(
+                    Field::NwProto,
+                    [consts::IP_TCP, consts::IP_UDP][rng.below(2) as usize],
+                );
+                if rng.chance(60) {
+                    m.set_exact(Field::TpDst, [22, 53, 80, 443][rng.below(4) as usize]);
+                }
+            }
+        } else if rng.chance(30) {
+            m.set_exact(Field::DlType, consts::ETH_ARP);
+        }
+        if rng.chance(10) {
+            m.set_exact(Field::DlDst, 0x0200_0000_0000 | rng.below(3));
+        }
+        if rng.chance(5) {
+            // An odd mask, not prefix-shaped.
+            m.set(Field::VlanTci, rng.next(), rng.next() & 0x1fff);
+        }
+        m
+    }
+
+    fn random_key(rng: &mut Rng, rules: &[(RuleId, Match, u16, u32)]) -> FlowKey {
+        if !rules.is_empty() && rng.chance(60) {
+            // Near a rule: its value with random bits where it does not look.
+            let m = &rules[rng.below(rules.len() as u64) as usize].1;
+            let mut k = FlowKey::default();
+            for w in 0..6 {
+                let noise = if rng.chance(50) {
+                    rng.next()
+                } else {
+                    rng.next() & 0x0000_00ff_0000_00ff
+                };
+                k.0[w] = m.value.0[w] | (noise & !m.mask.0[w]);
+            }
+            return k;
+        }
+        let mut k = FlowKey::default();
+        k.set(Field::InPort, 1 + rng.below(5));
+        k.set(
+            Field::DlType,
+            [consts::ETH_IPV4, consts::ETH_ARP, 0x86dd][rng.below(3) as usize],
+        );
+        k.set(Field::NwSrc, random_ip(rng));
+        k.set(Field::NwDst, random_ip(rng));
+        k.set(
+            Field::NwProto,
+            [consts::IP_TCP, consts::IP_UDP][rng.below(2) as usize],
+        );
+        k.set(Field::TpDst, [22, 53, 80, 443, 8080][rng.below(5) as usize]);
+        k.set(Field::DlDst, 0x0200_0000_0000 | rng.below(4));
+        k
+    }
+
+    fn check_same(cls: &Classifier<u32>, naive: &Naive<u32>, rng: &mut Rng, n_keys: usize) {
+        assert_eq!(cls.len(), naive.rules.len());
+        assert_eq!(cls.is_empty(), naive.rules.is_empty());
+        let mut hits = 0;
+        for _ in 0..n_keys {
+            let k = random_key(rng, &naive.rules);
+            let expected = naive.lookup(&k);
+            hits += expected.is_some() as usize;
+            assert_eq!(cls.lookup(&k), expected, "key {k:?}");
+        }
+        // The keys exercise the classifier (not only misses).
+        assert!(
+            naive.rules.len() < 10 || hits > n_keys / 3,
+            "{hits}/{n_keys}"
+        );
+        for (id, m, prio, p) in &naive.rules {
+            assert_eq!(cls.get(*id), Some((m, *prio, p)));
+            assert_eq!(cls.find_exact(m, *prio), Some(*id));
+        }
+        let mut all: Vec<_> = cls.iter().map(|(id, m, pr, p)| (id, *m, pr, *p)).collect();
+        all.sort_by_key(|r| r.0);
+        let mut expected = naive.rules.clone();
+        expected.sort_by_key(|r| r.0);
+        assert_eq!(all, expected);
+    }
+
+    #[test]
+    fn classifier_matches_naive_on_random_rules() {
+        for seed in 1..=6u64 {
+            let mut rng = Rng(seed);
+            let mut cls = Classifier::new();
+            let mut naive = Naive { rules: Vec::new() };
+            // Few priorities: many ties between overlapping rules of different masks.
+            let n_prios = [3, 50, 65536][seed as usize % 3];
+            for i in 0..2500u32 {
+                let mut m = random_match(&mut rng);
+                if seed > 3 && m.mask.0[1] == 0 {
+                    // No catch-alls (which match every key and settle most ties early).
+                    m.set_exact(Field::DlType, consts::ETH_IPV4);
+                }
+                let prio = rng.below(n_prios) as u16;
+                let id = cls.insert(m, prio, i);
+                naive.insert(id, m, prio, i);
+            }
+            check_same(&cls, &naive, &mut rng, 2000);
+        }
+    }
+
+    #[test]
+    fn classifier_interleaved_insert_remove() {
+        let mut rng = Rng(42);
+        let mut cls = Classifier::new();
+        let mut naive = Naive { rules: Vec::new() };
+        let mut payload = 0u32;
+        for round in 0..40 {
+            for _ in 0..150 {
+                if !naive.rules.is_empty() && rng.chance(40) {
+                    let id = naive.rules[rng.below(naive.rules.len() as u64) as usize].0;
+                    assert_eq!(cls.remove(id), naive.remove(id));
+                    assert_eq!(cls.remove(id), None);
+                    assert_eq!(cls.get(id), None);
+                } else {
+                    let m = random_match(&mut rng);
+                    let prio = rng.below(8) as u16;
+                    payload += 1;
+                    let id = cls.insert(m, prio, payload);
+                    naive.insert(id, m, prio, payload);
+                }
+            }
+            check_same(&cls, &naive, &mut rng, 300);
+            if round == 20 {
+                // Drain almost everything: subtables must go away with their last rule.
+                while naive.rules.len() > 3 {
+                    let id = naive.rules[0].0;
+                    assert_eq!(cls.remove(id), naive.remove(id));
+                }
+                check_same(&cls, &naive, &mut rng, 300);
+                assert!(cls.n_subtables() <= 3);
+            }
+        }
+        // A clone is an independent version.
+        let snapshot = cls.clone();
+        let ids: Vec<_> = naive.rules.iter().map(|r| r.0).collect();
+        for id in ids {
+            cls.remove(id);
+        }
+        assert!(cls.is_empty());
+        assert_eq!(cls.n_subtables(), 0);
+        assert_eq!(cls.lookup(&FlowKey::default()), None);
+        check_same(&snapshot, &naive, &mut rng, 300);
+    }
+
+    #[test]
+    fn classifier_replace_find_exact_and_ties() {
+        let mut cls = Classifier::new();
+        let mut web = Match::any();
+        web.set_exact(Field::DlType, consts::ETH_IPV4);
+        web.set_exact(Field::NwProto, consts::IP_TCP);
+        web.set_exact(Field::TpDst, 80);
+        let mut net = Match::any();
+        net.set_exact(Field::DlType, consts::ETH_IPV4);
+        net.set(Field::NwSrc, 0x0a00_0000, 0xff00_0000);
+
+        let a = cls.insert(net, 100, "net");
+        let b = cls.insert(web, 100, "web");
+        let mut k = FlowKey::default();
+        k.set(Field::DlType, consts::ETH_IPV4);
+        k.set(Field::NwProto, consts::IP_TCP);
+        k.set(Field::TpDst, 80);
+        k.set(Field::NwSrc, 0x0a01_0101);
+        // Equal priority, overlapping: the earlier insert wins.
+        assert_eq!(cls.lookup(&k), Some((a, &"net")));
+        // Replace keeps the id (and the rank).
+        assert_eq!(cls.insert(net, 100, "net2"), a);
+        assert_eq!(cls.len(), 2);
+        assert_eq!(cls.lookup(&k), Some((a, &"net2")));
+        // Same match, other priority: a new rule.
+        let c = cls.insert(web, 101, "web101");
+        assert_ne!(c, b);
+        assert_eq!(cls.lookup(&k), Some((c, &"web101")));
+        assert_eq!(cls.find_exact(&web, 100), Some(b));
+        assert_eq!(cls.find_exact(&web, 101), Some(c));
+        assert_eq!(cls.find_exact(&web, 102), None);
+        assert_eq!(cls.find_exact(&Match::any(), 100), None);
+        // A value that is not pre-masked is normalized.
+        let mut sloppy = net;
+        sloppy.value.set(Field::NwSrc, 0x0a12_3456);
+        assert_eq!(cls.find_exact(&sloppy, 100), Some(a));
+        assert_eq!(cls.insert(sloppy, 100, "net3"), a);
+        assert_eq!(cls.remove(c), Some((web, 101, "web101")));
+        assert_eq!(cls.lookup(&k), Some((a, &"net3")));
+        let d = cls.insert(Match::any(), 0, "miss");
+        k.set(Field::NwSrc, 0x0b00_0001);
+        k.set(Field::TpDst, 81);
+        assert_eq!(cls.lookup(&k), Some((d, &"miss")));
+        assert_eq!(cls.get(d), Some((&Match::any(), 0, &"miss")));
+    }
+
+    #[test]
+    fn classifier_emc_hits_misses_and_version_invalidation() {
+        let mut emc = ExactMatchCache::<u32>::new(1000);
+        assert_eq!(emc.capacity(), 1024);
+        let key = |i: u64| {
+            let mut k = FlowKey::default();
+            k.set(Field::NwSrc, i);
+            k.set(Field::TpDst, i & 0xffff);
+            k
+        };
+        assert_eq!(emc.get(1, &key(1)), None);
+        emc.insert(1, &key(1), 11);
+        assert_eq!(emc.get(1, &key(1)), Some(11));
+        assert_eq!(emc.get(1, &key(2)), None);
+        // Another version: a miss, then replaced in place.
+        assert_eq!(emc.get(2, &key(1)), None);
+        emc.insert(2, &key(1), 12);
+        assert_eq!(emc.get(2, &key(1)), Some(12));
+        assert_eq!(emc.get(1, &key(1)), None);
+
+        // Fill far beyond capacity: bounded, the most recent entries are mostly present, and
+        // every hit is correct.
+        for i in 0..10_000u64 {
+            emc.insert(3, &key(i), i as u32);
+        }
+        let mut hits = 0;
+        for i in 0..10_000u64 {
+            if let Some(v) = emc.get(3, &key(i)) {
+                assert_eq!(v, i as u32);
+                hits += 1;
+            }
+            assert_eq!(emc.get(2, &key(i)), None);
+        }
+        assert!(hits <= 1024 && hits > 300, "{hits}");
+        // A working set well under capacity stays cached.
+        emc.clear();
+        for i in 0..200u64 {
+            emc.insert(4, &key(i), i as u32);
+        }
+        let present = (0..200u64)
+            .filter(|&i| emc.get(4, &key(i)).is_some())
+            .count();
+        assert!(present >= 190, "{present}");
+        // Version bump: all stale.
+        assert!((0..200u64).all(|i| emc.get(5, &key(i)).is_none()));
+    }
+}
