@@ -23,6 +23,8 @@ pub enum ClientError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Input(String),
     #[error("no response from switch at {path} within {secs} s (raise --timeout?)")]
     Timeout { path: PathBuf, secs: f64 },
     #[error("lost connection to switch at {path}: {source}")]

@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use patchbay_switch::config::{parse_port_flag, ConfigError};
 use patchbay_switch::control::default_socket_path;
+use patchbay_switch::control::flows::FlowLine;
 use patchbay_switch::control::protocol::{MacTableInfo, PortAdded, PortList, Request, SwitchInfo};
 use patchbay_switch::port::PortConfig;
 use patchbay_switch::vlan::{parse_vid, VlanConfig, VlanSet};
@@ -141,6 +142,89 @@ enum Command {
     )]
     SetVlan(SetVlanArgs),
 
+    /// Add one flow (ovs-ofctl syntax). Changes are atomic: a bad flow changes nothing.
+    #[command(
+        name = "add-flow",
+        after_help = "Examples:\n  flowctl add-flow 'priority=100,ip,in_port=vm1,nw_dst=10.0.0.0/24 actions=output:vm2'\n  \
+                      flowctl add-flow 'table=0,priority=0 actions=normal'"
+    )]
+    AddFlow {
+        /// Accepted for ovs-ofctl compatibility: every change is already one atomic bundle.
+        #[arg(long)]
+        bundle: bool,
+        flow: String,
+    },
+    /// Add the flows of FILE (one per line, # comments; `-` reads stdin), all or nothing.
+    /// Lines may start with ovs-ofctl's add, modify, modify_strict, delete or delete_strict.
+    #[command(
+        name = "add-flows",
+        after_help = "Example:\n  flowctl add-flows rules.txt"
+    )]
+    AddFlows {
+        /// Accepted for ovs-ofctl compatibility: the file is always applied as one bundle.
+        #[arg(long)]
+        bundle: bool,
+        file: PathBuf,
+    },
+    /// Replace the actions of the flows a match selects (at least as specific; --strict: the
+    /// same match and priority).
+    #[command(
+        name = "mod-flows",
+        after_help = "Example:\n  flowctl mod-flows 'ip,nw_src=10.0.0.1 actions=drop'"
+    )]
+    ModFlows {
+        #[arg(long)]
+        strict: bool,
+        #[arg(long)]
+        bundle: bool,
+        flow: String,
+    },
+    /// Delete the flows a match selects (all flows without one).
+    #[command(
+        name = "del-flows",
+        after_help = "Examples:\n  flowctl del-flows\n  flowctl del-flows --strict 'priority=100,ip,nw_src=10.0.0.1'"
+    )]
+    DelFlows {
+        #[arg(long)]
+        strict: bool,
+        #[arg(long)]
+        bundle: bool,
+        #[arg(value_name = "MATCH")]
+        filter: Option<String>,
+    },
+    /// Show flows with counters, in ovs-ofctl dump-flows style.
+    #[command(
+        name = "dump-flows",
+        after_help = "Examples:\n  flowctl dump-flows\n  flowctl dump-flows 'table=1,ip'"
+    )]
+    DumpFlows {
+        #[arg(value_name = "MATCH")]
+        filter: Option<String>,
+    },
+    /// Make the switch's flows exactly those of FILE, atomically; flows already there keep
+    /// their counters.
+    #[command(
+        name = "replace-flows",
+        after_help = "Example:\n  flowctl replace-flows rules.txt"
+    )]
+    ReplaceFlows {
+        #[arg(long)]
+        bundle: bool,
+        file: PathBuf,
+    },
+    /// Show how the switch's flows differ from FILE's (`-` only in the switch, `+` only in FILE).
+    #[command(
+        name = "diff-flows",
+        after_help = "Example:\n  flowctl diff-flows rules.txt"
+    )]
+    DiffFlows { file: PathBuf },
+    /// Follow a packet through the tables: each table's matching flow and its actions, and
+    /// where the packet would leave. The packet is described like a match and needs in_port.
+    #[command(
+        after_help = "Example:\n  flowctl trace 'in_port=vm1,tcp,dl_src=52:54:00:00:00:01,dl_dst=52:54:00:00:00:02,nw_src=10.0.0.1,nw_dst=10.0.0.2,tp_dst=22'"
+    )]
+    Trace { packet: String },
+
     /// Change the VXLAN tunnel: VNI mappings, flood lists, static remote MACs.
     #[command(
         after_help = "Examples:\n  flowctl tunnel map 42 10\n  flowctl tunnel add-remote 42 192.0.2.2\n  \
@@ -172,6 +256,9 @@ enum Show {
     /// The switch's settings and switch-wide counters.
     #[command(after_help = "Example:\n  flowctl show switch")]
     Switch,
+    /// Flow tables in use: flows, lookups and matches per table.
+    #[command(after_help = "Example:\n  flowctl show tables")]
+    Tables,
     /// The VXLAN tunnel: VNIs with their VLAN, flood list and counters; remote VTEPs; MAC
     /// addresses learned (or set) behind remote VTEPs.
     #[command(after_help = "Example:\n  flowctl show tunnel")]
@@ -314,6 +401,26 @@ fn usage_error(subcommand: &str, message: String) -> ! {
     }
 }
 
+/// Reads a rules file (or stdin for `-`) as numbered lines; the switch parses them so that
+/// port names resolve against its ports, and reports errors by line and column.
+fn read_flow_file(path: &std::path::Path) -> Result<Vec<FlowLine>, ClientError> {
+    let text = if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map(|_| s)
+    } else {
+        std::fs::read_to_string(path)
+    }
+    .map_err(|e| ClientError::Input(format!("cannot read {}: {e}", path.display())))?;
+    Ok(text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| FlowLine {
+            line: i + 1,
+            text: l.to_string(),
+        })
+        .collect())
+}
+
 fn print_json(value: &impl Serialize) {
     match serde_json::to_string_pretty(value) {
         Ok(text) => println!("{text}"),
@@ -396,6 +503,107 @@ fn run(cli: &Cli, client: &mut Client, vlan: Option<VlanConfig>) -> Result<(), C
             } else {
                 let info: SwitchInfo = client.call_as(Request::ShowSwitch)?;
                 print!("{}", render::switch_info(&info));
+            }
+        }
+        Command::AddFlow { flow, .. } => {
+            let r = client.call(Request::AddFlows {
+                flows: vec![FlowLine {
+                    line: 0,
+                    text: flow.clone(),
+                }],
+            })?;
+            if json {
+                print_json(&r);
+            }
+        }
+        Command::AddFlows { file, .. } => {
+            let r = client.call(Request::AddFlows {
+                flows: read_flow_file(file)?,
+            })?;
+            if json {
+                print_json(&r);
+            }
+        }
+        Command::ModFlows { flow, strict, .. } => {
+            let r = client.call(Request::ModFlows {
+                flow: flow.clone(),
+                strict: *strict,
+            })?;
+            if json {
+                print_json(&r);
+            }
+        }
+        Command::DelFlows { filter, strict, .. } => {
+            let r = client.call(Request::DelFlows {
+                filter: filter.clone(),
+                strict: *strict,
+            })?;
+            if json {
+                print_json(&r);
+            }
+        }
+        Command::DumpFlows { filter } => {
+            if json {
+                print_json(&client.call(Request::DumpFlows {
+                    filter: filter.clone(),
+                })?);
+            } else {
+                let flows: Vec<patchbay_switch::flow::pipeline::FlowDump> =
+                    client.call_as(Request::DumpFlows {
+                        filter: filter.clone(),
+                    })?;
+                print!("{}", render::dump_flows(&flows));
+            }
+        }
+        Command::ReplaceFlows { file, .. } => {
+            let r: patchbay_switch::control::flows::Replaced =
+                client.call_as(Request::ReplaceFlows {
+                    flows: read_flow_file(file)?,
+                })?;
+            if json {
+                print_json(&r);
+            } else {
+                println!(
+                    "{} added, {} removed, {} unchanged (counters kept)",
+                    r.added, r.removed, r.unchanged
+                );
+            }
+        }
+        Command::DiffFlows { file } => {
+            let d: patchbay_switch::control::flows::FlowDiff =
+                client.call_as(Request::DiffFlows {
+                    flows: read_flow_file(file)?,
+                })?;
+            if json {
+                print_json(&d);
+            } else {
+                for l in &d.only_in_switch {
+                    println!("-{l}");
+                }
+                for l in &d.only_in_file {
+                    println!("+{l}");
+                }
+            }
+        }
+        Command::Trace { packet } => {
+            if json {
+                print_json(&client.call(Request::Trace {
+                    packet: packet.clone(),
+                })?);
+            } else {
+                let t: patchbay_switch::control::flows::Trace = client.call_as(Request::Trace {
+                    packet: packet.clone(),
+                })?;
+                print!("{}", render::trace(&t));
+            }
+        }
+        Command::Show { what: Show::Tables } => {
+            if json {
+                print_json(&client.call(Request::ShowTables)?);
+            } else {
+                let t: Vec<patchbay_switch::control::flows::TableInfo> =
+                    client.call_as(Request::ShowTables)?;
+                print!("{}", render::tables(&t));
             }
         }
         Command::Show { what: Show::Tunnel } => {

@@ -522,3 +522,75 @@ pub fn tunnel(s: &patchbay_overlay::vtep::VtepSnapshot) -> String {
     );
     out
 }
+
+fn seconds(ms: u64) -> String {
+    format!("{}.{:03}s", ms / 1000, ms % 1000)
+}
+
+/// `flowctl dump-flows`, in ovs-ofctl's style.
+pub fn dump_flows(flows: &[patchbay_switch::flow::pipeline::FlowDump]) -> String {
+    let mut out = String::new();
+    for f in flows {
+        let _ = write!(
+            out,
+            " cookie={:#x}, duration={}, table={}, n_packets={}, n_bytes={}, ",
+            f.cookie,
+            seconds(f.duration_ms),
+            f.table,
+            f.packets,
+            f.bytes
+        );
+        if f.idle_timeout > 0 {
+            let _ = write!(out, "idle_timeout={}, ", f.idle_timeout);
+        }
+        if f.hard_timeout > 0 {
+            let _ = write!(out, "hard_timeout={}, ", f.hard_timeout);
+        }
+        let _ = write!(out, "idle_age={}, ", f.idle_age_ms / 1000);
+        let _ = writeln!(out, "{} actions={}", f.match_text, f.actions_text);
+    }
+    out
+}
+
+/// `flowctl trace`: table by table, then where the packet leaves.
+pub fn trace(t: &patchbay_switch::control::flows::Trace) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Packet: {}", t.packet);
+    for s in &t.steps {
+        let indent = "    ".repeat(s.depth);
+        match (&s.flow, &s.actions) {
+            (Some(f), Some(a)) => {
+                let _ = writeln!(out, "{indent}table {}: {f}", s.table);
+                let _ = writeln!(out, "{indent}    actions: {a}");
+            }
+            _ => {
+                let _ = writeln!(out, "{indent}table {}: no match", s.table);
+            }
+        }
+    }
+    let _ = writeln!(out, "Result:");
+    for o in &t.outputs {
+        let _ = writeln!(out, "    {o}");
+    }
+    out
+}
+
+/// `flowctl show tables`.
+pub fn tables(tables: &[patchbay_switch::control::flows::TableInfo]) -> String {
+    use Align::*;
+    let mut t = Table::new(&[
+        ("TABLE", Right),
+        ("FLOWS", Right),
+        ("LOOKUPS", Right),
+        ("MATCHES", Right),
+    ]);
+    for i in tables {
+        t.row(vec![
+            i.table.to_string(),
+            i.flows.to_string(),
+            i.lookups.to_string(),
+            i.matches.to_string(),
+        ]);
+    }
+    t.render()
+}

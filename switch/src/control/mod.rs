@@ -27,3 +27,4 @@ pub fn default_socket_path() -> PathBuf {
     }
     PathBuf::from(format!("/tmp/patchbay-{uid}/control.sock"))
 }
+pub mod flows;

@@ -68,6 +68,42 @@ pub enum Request {
         vni: u32,
         mac: String,
     },
+    /// Adds flows (or, with ovs-ofctl's line prefixes, modifies/deletes), all or nothing.
+    AddFlows {
+        flows: Vec<crate::control::flows::FlowLine>,
+    },
+    /// Replaces the actions of the flows a match selects (`strict`: same match + priority).
+    ModFlows {
+        flow: String,
+        #[serde(default)]
+        strict: bool,
+    },
+    /// Deletes the flows a match selects (all flows without one).
+    DelFlows {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        filter: Option<String>,
+        #[serde(default)]
+        strict: bool,
+    },
+    /// Flows with counters (optionally those a match selects).
+    DumpFlows {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        filter: Option<String>,
+    },
+    /// Makes the flow set exactly these flows, atomically; unchanged flows keep counters.
+    ReplaceFlows {
+        flows: Vec<crate::control::flows::FlowLine>,
+    },
+    /// What replace-flows would change.
+    DiffFlows {
+        flows: Vec<crate::control::flows::FlowLine>,
+    },
+    /// Runs a described packet through the tables without sending it.
+    Trace {
+        packet: String,
+    },
+    /// Per-table flow counts and lookup/match counters.
+    ShowTables,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

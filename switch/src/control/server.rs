@@ -210,7 +210,29 @@ fn execute(request: Request, sw: &Arc<Switch>, counters: &ControlCounters) -> Re
             Ok(()) => Response::ok(serde_json::Value::Null),
             Err(e) => Response::error(e.to_string()),
         },
+        Request::AddFlows { flows } => {
+            result(super::flows::add_flows(sw, &flows).map(|n| serde_json::json!({ "changes": n })))
+        }
+        Request::ModFlows { flow, strict } => result(
+            super::flows::mod_flows(sw, &flow, strict).map(|n| serde_json::json!({ "flows": n })),
+        ),
+        Request::DelFlows { filter, strict } => result(
+            super::flows::del_flows(sw, filter.as_deref(), strict)
+                .map(|n| serde_json::json!({ "flows": n })),
+        ),
+        Request::DumpFlows { filter } => result(super::flows::dump_flows(sw, filter.as_deref())),
+        Request::ReplaceFlows { flows } => result(super::flows::replace_flows(sw, &flows)),
+        Request::DiffFlows { flows } => result(super::flows::diff_flows(sw, &flows)),
+        Request::Trace { packet } => result(super::flows::trace(sw, &packet)),
+        Request::ShowTables => Response::ok(super::flows::tables(sw)),
         request => tunnel_request(request, sw),
+    }
+}
+
+fn result<T: serde::Serialize>(r: Result<T, String>) -> Response {
+    match r {
+        Ok(v) => Response::ok(v),
+        Err(e) => Response::error(e),
     }
 }
 

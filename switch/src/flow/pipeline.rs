@@ -495,6 +495,19 @@ impl Pipeline {
         self.run_table(tables, 0, &mut state, 0, outputs, &mut trace, true);
     }
 
+    /// Like [`Pipeline::run`], recording each table visited (for trace).
+    pub fn run_untracked(
+        &self,
+        tables: &Tables,
+        key: &FlowKey,
+        header: HeaderBuf,
+        frame_len: u32,
+        outputs: &mut Vec<Output>,
+        steps: &mut Vec<TraceStep>,
+    ) {
+        self.run(tables, key, header, frame_len, outputs, Some(steps));
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn run_table(
         &self,
