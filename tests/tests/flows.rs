@@ -1,0 +1,332 @@
+//! Flow tables on the frame path, driven with the test frontend: ACLs, VLAN rewrites,
+//! multi-table pipelines, header rewrites with valid checksums, timeouts, exact counters,
+//! atomic bundles, and trace agreeing with what the dataplane does.
+
+use std::time::{Duration, Instant};
+
+use patchbay_switch::control::flows::{self, FlowLine};
+use patchbay_switch::daemon::Daemon;
+use patchbay_switch::flow::pipeline::MissPolicy;
+use patchbay_tests::frames::*;
+use patchbay_tests::frontend::*;
+use patchbay_tests::switch::{access, port, start_switch, TestDir};
+
+const T: Duration = Duration::from_secs(5);
+
+fn lines(text: &str) -> Vec<FlowLine> {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| FlowLine {
+            line: i + 1,
+            text: l.to_string(),
+        })
+        .collect()
+}
+
+fn add(d: &Daemon, text: &str) {
+    flows::add_flows(&d.switch, &lines(text)).expect("flows accepted");
+}
+
+fn connect(dir: &TestDir, name: &str) -> TestPort {
+    TestPort::connect(FrontendConfig::new(dir.join(&format!("{name}.sock")))).unwrap()
+}
+
+/// Sends and waits until the switch is done with the frame (so absence checks are exact).
+fn send(p: &mut TestPort, f: &[u8]) {
+    p.send(f).unwrap();
+    assert!(p.wait_tx_completion(T).unwrap());
+}
+
+fn got(p: &mut TestPort) -> Option<Vec<u8>> {
+    p.recv(Duration::ZERO).unwrap()
+}
+
+/// An IPv4 packet from station `src` to station `dst` (MACs mac(n), IPs 10.0.0.n).
+fn ip_packet(src: u8, dst: u8, l4: &str, port: u16) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(mac(src), mac(dst)).ipv4(
+        [10, 0, 0, src],
+        [10, 0, 0, dst],
+        64,
+    );
+    let mut out = Vec::new();
+    let payload = [0x42u8; 32];
+    match l4 {
+        "tcp" => b
+            .tcp(40000, port, 1, 1000)
+            .write(&mut out, &payload)
+            .unwrap(),
+        "udp" => b.udp(40000, port).write(&mut out, &payload).unwrap(),
+        _ => b
+            .icmpv4_echo_request(1, 1)
+            .write(&mut out, &payload)
+            .unwrap(),
+    }
+    out
+}
+
+fn arp(src: u8) -> Vec<u8> {
+    let mut f = frame(BROADCAST, mac(src), 0, 60);
+    f[12..14].copy_from_slice(&[0x08, 0x06]);
+    f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f
+}
+
+fn checksums_ok(frame: &[u8]) -> bool {
+    let p = etherparse::SlicedPacket::from_ethernet(frame).unwrap();
+    let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
+        return false;
+    };
+    let hdr = ip.header().to_header();
+    let tcp_ok = match p.transport {
+        Some(etherparse::TransportSlice::Tcp(t)) => {
+            let h = t.to_header();
+            h.calc_checksum_ipv4(&hdr, t.payload()).ok() == Some(h.checksum)
+        }
+        Some(etherparse::TransportSlice::Udp(u)) => {
+            let h = u.to_header();
+            h.calc_checksum_ipv4(&hdr, u.payload()).ok() == Some(h.checksum)
+        }
+        _ => true,
+    };
+    hdr.calc_header_checksum() == hdr.header_checksum && tcp_ok
+}
+
+fn packets_of(d: &Daemon, match_text: &str) -> u64 {
+    flows::dump_flows(&d.switch, None)
+        .unwrap()
+        .iter()
+        .find(|f| f.match_text == match_text)
+        .unwrap_or_else(|| panic!("no flow {match_text}"))
+        .packets
+}
+
+#[test]
+fn an_acl_lets_only_icmp_ssh_and_arp_through_and_counts_exactly() {
+    let dir = TestDir::new("flows-acl");
+    let d = start_switch(
+        &dir.path,
+        vec![access(&dir.path, "a", 1), access(&dir.path, "b", 1)],
+        |_| {},
+    );
+    let (mut a, mut b) = (connect(&dir, "a"), connect(&dir, "b"));
+    add(
+        &d,
+        "priority=200,icmp actions=normal\n\
+         priority=200,tcp,tp_dst=22 actions=normal\n\
+         priority=200,tcp,tp_src=22 actions=normal\n\
+         priority=100,ip actions=drop\n\
+         priority=50,arp actions=normal",
+    );
+    send(&mut a, &arp(1));
+    assert!(got(&mut b).is_some(), "ARP passes");
+    for n in 0..3 {
+        let ssh = ip_packet(1, 2, "tcp", 22);
+        send(&mut a, &ssh);
+        assert_eq!(got(&mut b), Some(ssh), "SSH #{n} passes");
+    }
+    let ping = ip_packet(1, 2, "icmp", 0);
+    send(&mut a, &ping);
+    assert_eq!(got(&mut b), Some(ping));
+    for (l4, port) in [("tcp", 80), ("udp", 53), ("tcp", 2222)] {
+        send(&mut a, &ip_packet(1, 2, l4, port));
+        assert_eq!(got(&mut b), None, "{l4}/{port} is dropped");
+    }
+    assert_eq!(packets_of(&d, "priority=200,tcp,tp_dst=22"), 3);
+    assert_eq!(packets_of(&d, "priority=200,icmp"), 1);
+    assert_eq!(packets_of(&d, "priority=100,ip"), 3);
+    assert_eq!(packets_of(&d, "priority=50,arp"), 1);
+    d.shutdown();
+}
+
+#[test]
+fn flows_rewrite_vlans_between_ports() {
+    let dir = TestDir::new("flows-vlan");
+    let d = start_switch(
+        &dir.path,
+        vec![
+            port(&dir.path, "t", "trunk", None, Some("10,20")),
+            access(&dir.path, "v20", 20),
+            access(&dir.path, "v10", 10),
+        ],
+        |_| {},
+    );
+    let mut t = connect(&dir, "t");
+    let mut v20 = connect(&dir, "v20");
+    let mut v10 = connect(&dir, "v10");
+    // Frames tagged 10 on the trunk are moved into VLAN 20, then switched normally.
+    add(
+        &d,
+        "priority=100,in_port=t,dl_vlan=10 actions=mod_vlan_vid:20,normal\n\
+         priority=0 actions=normal",
+    );
+    let f = tagged(BROADCAST, mac(1), 10, 3, 1, 80);
+    send(&mut t, &f);
+    assert_eq!(
+        got(&mut v20),
+        Some(strip_tag(&f)),
+        "VLAN 10 -> 20, popped on the access port"
+    );
+    assert_eq!(got(&mut v10), None, "no longer in VLAN 10");
+    // Explicit output sends the packet as the actions left it (OpenFlow semantics).
+    add(
+        &d,
+        "priority=100,in_port=v10 actions=push_vlan:0x8100,mod_vlan_vid:30,mod_vlan_pcp:6,output:t",
+    );
+    let g = frame(BROADCAST, mac(2), 2, 80);
+    send(&mut v10, &g);
+    let out = got(&mut t).expect("tagged copy on the trunk");
+    assert_eq!(tag_of(&out), Some((30, 6)));
+    assert_eq!(strip_tag(&out), g);
+    d.shutdown();
+}
+
+#[test]
+fn a_multi_table_pipeline_resubmits_and_rewrites_with_valid_checksums() {
+    let dir = TestDir::new("flows-tables");
+    let d = start_switch(
+        &dir.path,
+        vec![
+            access(&dir.path, "a", 1),
+            access(&dir.path, "b", 1),
+            access(&dir.path, "c", 1),
+        ],
+        |_| {},
+    );
+    let (mut a, mut b, mut c) = (connect(&dir, "a"), connect(&dir, "b"), connect(&dir, "c"));
+    add(
+        &d,
+        "priority=10,ip actions=resubmit(,1),resubmit(,2)\n\
+         table=1,priority=10,ip,nw_dst=10.0.0.2 actions=output:b\n\
+         table=2,priority=10,tcp actions=mod_nw_src:192.0.2.1,mod_tp_dst:8080,dec_ttl,mod_dl_dst:02:00:00:00:00:03,output:c\n\
+         table=2,priority=5,ip actions=goto_table:3\n\
+         table=3,priority=1,ip actions=output:c",
+    );
+    let pkt = ip_packet(1, 2, "tcp", 80);
+    send(&mut a, &pkt);
+    assert_eq!(
+        got(&mut b),
+        Some(pkt.clone()),
+        "table 1 sent the original to b"
+    );
+    let rewritten = got(&mut c).expect("table 2 sent a rewritten copy to c");
+    assert_ne!(rewritten, pkt);
+    assert!(checksums_ok(&rewritten), "IP and TCP checksums updated");
+    let p = etherparse::SlicedPacket::from_ethernet(&rewritten).unwrap();
+    let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
+        panic!()
+    };
+    assert_eq!(ip.header().source(), [192, 0, 2, 1]);
+    assert_eq!(ip.header().ttl(), 63);
+    assert_eq!(&rewritten[0..6], &mac(3));
+    // UDP misses table 2's tcp flow and goes through goto_table:3, unchanged.
+    let udp = ip_packet(1, 2, "udp", 53);
+    send(&mut a, &udp);
+    assert_eq!(got(&mut b), Some(udp.clone()));
+    assert_eq!(got(&mut c), Some(udp));
+    d.shutdown();
+}
+
+#[test]
+fn timeouts_expire_flows() {
+    let dir = TestDir::new("flows-timeouts");
+    let d = start_switch(
+        &dir.path,
+        vec![access(&dir.path, "a", 1), access(&dir.path, "b", 1)],
+        |_| {},
+    );
+    let (mut a, mut b) = (connect(&dir, "a"), connect(&dir, "b"));
+    add(
+        &d,
+        "priority=100,hard_timeout=1,ip actions=drop\npriority=90,idle_timeout=1,arp actions=drop",
+    );
+    send(&mut a, &ip_packet(1, 2, "icmp", 0));
+    assert_eq!(got(&mut b), None, "dropped while the flow lives");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !flows::dump_flows(&d.switch, None).unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "flows did not expire");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ping = ip_packet(1, 2, "icmp", 0);
+    send(&mut a, &ping);
+    assert_eq!(
+        got(&mut b),
+        Some(ping),
+        "after expiry, the table miss is normal again"
+    );
+    d.shutdown();
+}
+
+#[test]
+fn a_bundle_with_one_bad_line_changes_nothing() {
+    let dir = TestDir::new("flows-bundle");
+    let d = start_switch(&dir.path, vec![access(&dir.path, "a", 1)], |_| {});
+    add(&d, "priority=1 actions=normal");
+    let err = flows::add_flows(&d.switch, &lines("priority=5,ip actions=drop\npriority=6,udp,tp_dst=70000 actions=drop\npriority=7 actions=drop")).unwrap_err();
+    assert!(err.starts_with("line 2, column "), "{err}");
+    let err = flows::add_flows(
+        &d.switch,
+        &lines("priority=5,ip actions=drop\npriority=9 actions=learn(table=1)"),
+    )
+    .unwrap_err();
+    assert!(err.contains("line 2") && err.contains("learn"), "{err}");
+    let all = flows::dump_flows(&d.switch, None).unwrap();
+    assert_eq!(all.len(), 1, "only the flow from before: {all:?}");
+    d.shutdown();
+}
+
+#[test]
+fn trace_agrees_with_the_dataplane() {
+    let dir = TestDir::new("flows-trace");
+    let d = start_switch(
+        &dir.path,
+        vec![
+            access(&dir.path, "a", 1),
+            access(&dir.path, "b", 1),
+            access(&dir.path, "c", 1),
+        ],
+        |_| {},
+    );
+    let (mut a, mut b, mut c) = (connect(&dir, "a"), connect(&dir, "b"), connect(&dir, "c"));
+    add(
+        &d,
+        "priority=100,tcp,tp_dst=22 actions=resubmit(,1)\n\
+         table=1,priority=1,tcp actions=output:c\n\
+         priority=50,ip actions=drop",
+    );
+    let t = flows::trace(&d.switch, "in_port=a,tcp,dl_src=02:00:00:00:00:01,dl_dst=02:00:00:00:00:02,nw_src=10.0.0.1,nw_dst=10.0.0.2,tp_dst=22").unwrap();
+    assert_eq!(t.steps.len(), 2, "{t:?}");
+    assert_eq!(t.steps[1].table, 1);
+    assert_eq!(t.outputs, vec!["output to c".to_string()]);
+    let pkt = ip_packet(1, 2, "tcp", 22);
+    send(&mut a, &pkt);
+    assert_eq!(got(&mut c), Some(pkt), "the dataplane did what trace said");
+    assert_eq!(got(&mut b), None);
+
+    let t = flows::trace(
+        &d.switch,
+        "in_port=a,udp,nw_src=10.0.0.1,nw_dst=10.0.0.2,tp_dst=53",
+    )
+    .unwrap();
+    assert_eq!(t.outputs, vec!["drop".to_string()]);
+    send(&mut a, &ip_packet(1, 2, "udp", 53));
+    assert_eq!((got(&mut b), got(&mut c)), (None, None));
+    d.shutdown();
+}
+
+#[test]
+fn table_miss_can_drop() {
+    let dir = TestDir::new("flows-miss");
+    let d = start_switch(
+        &dir.path,
+        vec![access(&dir.path, "a", 1), access(&dir.path, "b", 1)],
+        |c| c.settings.table_miss = MissPolicy::Drop,
+    );
+    let (mut a, mut b) = (connect(&dir, "a"), connect(&dir, "b"));
+    send(&mut a, &arp(1));
+    assert_eq!(got(&mut b), None, "no flows and miss=drop: nothing passes");
+    add(&d, "priority=1,arp actions=normal");
+    let f = arp(1);
+    send(&mut a, &f);
+    assert_eq!(got(&mut b), Some(f));
+    d.shutdown();
+}
