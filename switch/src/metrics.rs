@@ -11,6 +11,9 @@
 //! - `mac_table_entries`, `mac_table_capacity`: learning table size and limit.
 //! - `floods_total`, `mac_learned_total`, `mac_moved_total`, `mac_table_full_total`.
 //! - `control_requests_total{result}`: control socket requests by outcome.
+//! - `table_lookups_total{table}`, `table_matches_total{table}`, `table_flows{table}`,
+//!   `flow_packets_total{table,cookie}`, `flow_bytes_total{table,cookie}` (at most 1000
+//!   series; the rest summed under cookie="other").
 //! - `vxlan_vni_{rx,tx}_{packets,bytes}_total{vni}`, `vxlan_drops_total{vni,reason}`,
 //!   `vxlan_remote_{rx,tx}_{packets,bytes}_total{remote}`, `vxlan_remote_macs`: the tunnel.
 
@@ -198,10 +201,85 @@ pub fn render(sw: &Switch, control: &ControlCounters) -> Result<String, MetricsE
     if let Some(tunnel) = sw.tunnel() {
         tunnel_metrics(&r, &tunnel.vtep.snapshot())?;
     }
+    flow_metrics(&r, sw)?;
 
     let mut out = Vec::new();
     TextEncoder::new().encode(&r.gather(), &mut out)?;
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Most (table, cookie) series exported; the rest are summed under cookie="other", so a
+/// large flow table cannot blow up a scrape.
+const MAX_FLOW_SERIES: usize = 1000;
+
+/// Per-table lookups and matches, and flow counters summed by (table, cookie).
+fn flow_metrics(r: &Registry, sw: &Switch) -> Result<(), prometheus::Error> {
+    let lookups = counter_vec(
+        r,
+        "table_lookups_total",
+        "Packets looked up in the flow table.",
+        &["table"],
+    )?;
+    let matches = counter_vec(
+        r,
+        "table_matches_total",
+        "Lookups in the flow table that matched a flow.",
+        &["table"],
+    )?;
+    let flows = IntGaugeVec::new(
+        Opts::new("table_flows", "Flows in the flow table.").namespace("patchbay"),
+        &["table"],
+    )?;
+    r.register(Box::new(flows.clone()))?;
+    let packets = counter_vec(
+        r,
+        "flow_packets_total",
+        "Packets that matched flows, by table and cookie.",
+        &["table", "cookie"],
+    )?;
+    let bytes = counter_vec(
+        r,
+        "flow_bytes_total",
+        "Bytes of packets that matched flows, by table and cookie.",
+        &["table", "cookie"],
+    )?;
+    let dump = sw
+        .flows()
+        .dump(&crate::flow::pipeline::FlowFilter::default());
+    let mut series: std::collections::BTreeMap<(u8, String), (u64, u64)> =
+        std::collections::BTreeMap::new();
+    for f in &dump {
+        let cookie = format!("{:#x}", f.cookie);
+        let key =
+            if series.len() < MAX_FLOW_SERIES || series.contains_key(&(f.table, cookie.clone())) {
+                (f.table, cookie)
+            } else {
+                (f.table, "other".to_string())
+            };
+        let e = series.entry(key).or_default();
+        e.0 += f.packets;
+        e.1 += f.bytes;
+    }
+    for ((table, cookie), (p, b)) in &series {
+        let t = table.to_string();
+        packets.with_label_values(&[&t, cookie]).inc_by(*p);
+        bytes.with_label_values(&[&t, cookie]).inc_by(*b);
+    }
+    for t in 0..=254u8 {
+        let stats = sw.flows().table_stats(t);
+        let l = stats.lookups.load(Ordering::Relaxed);
+        let n = dump.iter().filter(|f| f.table == t).count();
+        if l == 0 && n == 0 {
+            continue;
+        }
+        let label = t.to_string();
+        lookups.with_label_values(&[&label]).inc_by(l);
+        matches
+            .with_label_values(&[&label])
+            .inc_by(stats.matches.load(Ordering::Relaxed));
+        flows.with_label_values(&[&label]).set(n as i64);
+    }
+    Ok(())
 }
 
 /// Per VNI and per remote VTEP counters of the VXLAN tunnel.

@@ -135,6 +135,43 @@ fn an_acl_lets_only_icmp_ssh_and_arp_through_and_counts_exactly() {
     assert_eq!(packets_of(&d, "priority=200,icmp"), 1);
     assert_eq!(packets_of(&d, "priority=100,ip"), 3);
     assert_eq!(packets_of(&d, "priority=50,arp"), 1);
+
+    // The same counters in the metrics, summed by table and cookie.
+    let body = patchbay_switch::metrics::render(&d.switch, &d.control_counters).unwrap();
+    for line in [
+        "patchbay_flow_packets_total{cookie=\"0x0\",table=\"0\"} 8",
+        "patchbay_table_lookups_total{table=\"0\"} 8",
+        "patchbay_table_matches_total{table=\"0\"} 8",
+        "patchbay_table_flows{table=\"0\"} 5",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "metrics have `{line}`:\n{body}"
+        );
+    }
+    if let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        patchbay_tests::guest::skip_or_fail("flow metrics promtool", "promtool not installed");
+    }
     d.shutdown();
 }
 

@@ -236,6 +236,8 @@ pub struct SwitchScratch {
     headers: Vec<HeaderBuf>,
     /// Outputs of one packet's pipeline run.
     outputs: Vec<crate::flow::pipeline::Output>,
+    /// This thread's flow lookup cache (allocated when flows are first used).
+    flow_cache: Option<Box<crate::flow::pipeline::FlowCache>>,
 }
 
 /// Work space for draining one TX ring.
@@ -382,6 +384,7 @@ pub fn switch_frames(
         tunnel: tunnel_scratch,
         headers,
         outputs,
+        flow_cache,
     } = scratch;
     deliveries.clear();
     headers.clear();
@@ -433,13 +436,19 @@ pub fn switch_frames(
         ingress.counters.count_rx(u64::from(frame.len));
         let key = flow_key(&prefix[..n], ingress.id, frame.tunnel.as_ref());
         outputs.clear();
-        pipeline.run(
+        let cache = flow_cache.get_or_insert_with(|| {
+            Box::new(crate::flow::pipeline::FlowCache::new(
+                crate::flow::pipeline::FLOW_CACHE_ENTRIES,
+            ))
+        });
+        pipeline.run_with(
             &flow_tables,
             &key,
             HeaderBuf::new(&prefix[..n]),
             frame.len,
             outputs,
             None,
+            Some(cache),
         );
         for out in outputs.iter() {
             let tun_id = out.tun_id.map(|v| v as u32);

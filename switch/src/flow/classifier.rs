@@ -412,6 +412,12 @@ pub struct ExactMatchCache<V: Copy> {
     seeds: Seeds,
 }
 
+impl<V: Copy> std::fmt::Debug for ExactMatchCache<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ExactMatchCache({} entries)", self.capacity())
+    }
+}
+
 impl<V: Copy> ExactMatchCache<V> {
     /// A cache of at least `entries` entries (rounded up to a power of two, at least 2).
     pub fn new(entries: usize) -> Self {

@@ -242,6 +242,21 @@ impl Tables {
             .map(|(_, e)| e)
     }
 
+    /// A lookup through a per-thread exact-match cache: a hit costs one probe instead of a
+    /// search over every mask. Entries are tagged with this version, so any change to the
+    /// tables (a new version) invalidates them all.
+    pub fn lookup_cached(&self, table: u8, key: &FlowKey, cache: &mut FlowCache) -> Option<&Entry> {
+        let classifier = self.tables.get(usize::from(table))?;
+        if let Some((t, hit)) = cache.get(self.version, key) {
+            if t == table {
+                return hit.and_then(|id| classifier.get(id)).map(|(_, _, e)| e);
+            }
+        }
+        let found = classifier.lookup(key);
+        cache.insert(self.version, key, (table, found.map(|(id, _)| id)));
+        found.map(|(_, e)| e)
+    }
+
     /// Every flow, in dump order: table, then descending priority.
     pub fn entries(&self) -> Vec<&Entry> {
         let mut all: Vec<&Entry> = self
@@ -264,6 +279,12 @@ impl Tables {
         all
     }
 }
+
+/// Per-thread cache of (table, matching rule) by packet key; see [`Tables::lookup_cached`].
+pub type FlowCache = super::classifier::ExactMatchCache<(u8, Option<super::classifier::RuleId>)>;
+
+/// Entries in each thread's flow cache.
+pub const FLOW_CACHE_ENTRIES: usize = 4096;
 
 /// What a table miss in table 0 does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -484,6 +505,21 @@ impl Pipeline {
         outputs: &mut Vec<Output>,
         mut trace: Option<&mut Vec<TraceStep>>,
     ) {
+        self.run_with(tables, key, header, frame_len, outputs, trace.take(), None);
+    }
+
+    /// [`Pipeline::run`] with the frame path's per-thread lookup cache.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_with(
+        &self,
+        tables: &Tables,
+        key: &FlowKey,
+        header: HeaderBuf,
+        frame_len: u32,
+        outputs: &mut Vec<Output>,
+        mut trace: Option<&mut Vec<TraceStep>>,
+        mut cache: Option<&mut FlowCache>,
+    ) {
         let mut state = ExecState {
             key: *key,
             header,
@@ -492,7 +528,9 @@ impl Pipeline {
             frame_len,
             now_ms: self.now_ms(),
         };
-        self.run_table(tables, 0, &mut state, 0, outputs, &mut trace, true);
+        self.run_table(
+            tables, 0, &mut state, 0, outputs, &mut trace, &mut cache, true,
+        );
     }
 
     /// Like [`Pipeline::run`], recording each table visited (for trace).
@@ -517,6 +555,7 @@ impl Pipeline {
         depth: usize,
         outputs: &mut Vec<Output>,
         trace: &mut Option<&mut Vec<TraceStep>>,
+        cache: &mut Option<&mut FlowCache>,
         from_start: bool,
     ) -> bool {
         if depth > MAX_RESUBMIT_DEPTH {
@@ -526,7 +565,11 @@ impl Pipeline {
         loop {
             let stats = &self.table_stats[usize::from(table)];
             stats.lookups.fetch_add(1, Ordering::Relaxed);
-            let Some(entry) = tables.lookup(table, &st.key) else {
+            let found = match cache.as_deref_mut() {
+                Some(c) => tables.lookup_cached(table, &st.key, c),
+                None => tables.lookup(table, &st.key),
+            };
+            let Some(entry) = found else {
                 if let Some(t) = trace.as_deref_mut() {
                     t.push(TraceStep {
                         table,
@@ -643,7 +686,16 @@ impl Pipeline {
                             st.key.set(Field::InPort, u64::from(*p));
                         }
                         let target = t.unwrap_or(table);
-                        if !self.run_table(tables, target, st, depth + 1, outputs, trace, false) {
+                        if !self.run_table(
+                            tables,
+                            target,
+                            st,
+                            depth + 1,
+                            outputs,
+                            trace,
+                            cache,
+                            false,
+                        ) {
                             return false;
                         }
                         st.key.set(Field::InPort, saved_port);
