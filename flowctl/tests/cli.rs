@@ -433,3 +433,80 @@ fn tunnel_commands_change_and_show_the_vtep() {
         "VNI 43 is gone: {after}"
     );
 }
+
+#[test]
+fn flow_commands_work_from_files_and_report_bad_lines() {
+    let sw = TestSwitch::start("flows");
+    let file = sw.dir.join("rules.txt");
+    std::fs::write(
+        &file,
+        "# policy\npriority=200,icmp actions=normal\npriority=100,ip,in_port=vm1 actions=drop\n",
+    )
+    .unwrap();
+    sw.ok(&["add-flows", file.to_str().unwrap()]);
+    let dump = sw.ok(&["dump-flows"]);
+    assert!(dump.contains(" cookie=0x0, duration="), "{dump}");
+    assert!(dump.contains("n_packets=0, n_bytes=0"), "{dump}");
+    assert!(
+        dump.contains("priority=100,ip,in_port=vm1 actions=drop"),
+        "{dump}"
+    );
+    let json = sw.json(&["dump-flows", "ip"]);
+    assert_eq!(
+        json.as_array().unwrap().len(),
+        2,
+        "both flows match `ip` or are more specific"
+    );
+
+    // One bad line: nothing changes, the error names the line and column.
+    let bad = sw.dir.join("bad.txt");
+    std::fs::write(
+        &bad,
+        "priority=1,arp actions=normal\n\npriority=2,tcp,tp_dst=99999 actions=drop\n",
+    )
+    .unwrap();
+    let out = sw.flowctl(&["add-flows", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("line 3, column"), "{}", stderr(&out));
+    assert_eq!(sw.json(&["dump-flows"]).as_array().unwrap().len(), 2);
+
+    // diff, then replace: the unchanged flow stays, the other goes, one is added.
+    let next = sw.dir.join("next.txt");
+    std::fs::write(
+        &next,
+        "priority=200,icmp actions=normal\npriority=10,arp actions=normal\n",
+    )
+    .unwrap();
+    let diff = sw.ok(&["diff-flows", next.to_str().unwrap()]);
+    assert!(
+        diff.contains("-priority=100,ip,in_port=vm1 actions=drop"),
+        "{diff}"
+    );
+    assert!(diff.contains("+priority=10,arp actions=NORMAL"), "{diff}");
+    let replaced = sw.ok(&["replace-flows", next.to_str().unwrap()]);
+    assert!(
+        replaced.starts_with("1 added, 1 removed, 1 unchanged"),
+        "{replaced}"
+    );
+    assert_eq!(sw.ok(&["diff-flows", next.to_str().unwrap()]), "");
+
+    sw.ok(&["mod-flows", "--strict", "priority=10,arp actions=drop"]);
+    assert!(sw
+        .ok(&["dump-flows", "arp"])
+        .contains("priority=10,arp actions=drop"));
+    let trace = sw.ok(&["trace", "in_port=vm1,icmp,nw_src=10.0.0.1,nw_dst=10.0.0.2"]);
+    assert!(
+        trace.contains("table 0: priority=200,icmp") && trace.contains("normal: VLAN 10"),
+        "{trace}"
+    );
+    sw.ok(&["del-flows", "--strict", "priority=200,icmp"]);
+    sw.ok(&["del-flows"]);
+    assert_eq!(sw.json(&["dump-flows"]).as_array().unwrap().len(), 0);
+    let unsupported = sw.flowctl(&["add-flow", "ip actions=ct(commit)"]);
+    assert_eq!(unsupported.status.code(), Some(1));
+    assert!(
+        stderr(&unsupported).contains("ct"),
+        "{}",
+        stderr(&unsupported)
+    );
+}
