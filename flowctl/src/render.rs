@@ -361,71 +361,6 @@ pub fn switch_info(s: &SwitchInfo) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn vc(mode: &str, vlan: Option<u16>, trunks: Option<&str>) -> VlanConfig {
-        VlanConfig {
-            mode: mode.into(),
-            vlan,
-            trunks: trunks.map(String::from),
-        }
-    }
-
-    #[test]
-    fn vlans_read_as_one_phrase() {
-        assert_eq!(vlan(&vc("access", Some(10), None)), "access 10");
-        assert_eq!(vlan(&vc("trunk", None, Some("10,20-29"))), "trunk 10,20-29");
-        assert_eq!(vlan(&vc("trunk", None, None)), "trunk all");
-        assert_eq!(
-            vlan(&vc("native-untagged", Some(5), Some("10,20"))),
-            "native-untagged 5 +10,20"
-        );
-        assert_eq!(
-            vlan(&vc("native-tagged", Some(5), Some("all"))),
-            "native-tagged 5 +all"
-        );
-    }
-
-    #[test]
-    fn drops_list_only_nonzero_reasons() {
-        let mut c = CounterSnapshot {
-            drops: vec![
-                ("no-buffer".into(), 3),
-                ("bad-descriptor".into(), 0),
-                ("vlan-filter".into(), 1),
-            ],
-            ..Default::default()
-        };
-        assert_eq!(drops(&c), "4 (no-buffer=3 vlan-filter=1)");
-        c.drops.iter_mut().for_each(|d| d.1 = 0);
-        assert_eq!(drops(&c), "0");
-    }
-
-    #[test]
-    fn numbers_are_exact_unless_abbreviated() {
-        assert_eq!(count(1_234_567, false), "1234567");
-        assert_eq!(count(1_234_567, true), "1.2M");
-        assert_eq!(count(999, true), "999");
-        assert_eq!(bytes(1023, true), "1023B");
-        assert_eq!(bytes(1536, true), "1.5KiB");
-        assert_eq!(bytes(50 * 1024 * 1024, true), "50MiB");
-        assert_eq!(duration(45), "45s");
-        assert_eq!(duration(725), "12m05s");
-        assert_eq!(duration(3 * 3600 + 7 * 60), "3h07m");
-        assert_eq!(duration(2 * 86400 + 4 * 3600), "2d04h");
-    }
-
-    #[test]
-    fn tables_align_columns() {
-        let mut t = Table::new(&[("ID", Align::Right), ("NAME", Align::Left)]);
-        t.row(vec!["1".into(), "a".into()]);
-        t.row(vec!["12".into(), "bb".into()]);
-        assert_eq!(t.render(), "ID  NAME\n 1  a\n12  bb\n");
-    }
-}
-
 /// `flowctl show tunnel`: VNIs with their VLAN and flood list, remote VTEPs, remote MACs.
 pub fn tunnel(s: &patchbay_overlay::vtep::VtepSnapshot) -> String {
     use Align::*;
@@ -593,4 +528,69 @@ pub fn tables(tables: &[patchbay_switch::control::flows::TableInfo]) -> String {
         ]);
     }
     t.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vc(mode: &str, vlan: Option<u16>, trunks: Option<&str>) -> VlanConfig {
+        VlanConfig {
+            mode: mode.into(),
+            vlan,
+            trunks: trunks.map(String::from),
+        }
+    }
+
+    #[test]
+    fn vlans_read_as_one_phrase() {
+        assert_eq!(vlan(&vc("access", Some(10), None)), "access 10");
+        assert_eq!(vlan(&vc("trunk", None, Some("10,20-29"))), "trunk 10,20-29");
+        assert_eq!(vlan(&vc("trunk", None, None)), "trunk all");
+        assert_eq!(
+            vlan(&vc("native-untagged", Some(5), Some("10,20"))),
+            "native-untagged 5 +10,20"
+        );
+        assert_eq!(
+            vlan(&vc("native-tagged", Some(5), Some("all"))),
+            "native-tagged 5 +all"
+        );
+    }
+
+    #[test]
+    fn drops_list_only_nonzero_reasons() {
+        let mut c = CounterSnapshot {
+            drops: vec![
+                ("no-buffer".into(), 3),
+                ("bad-descriptor".into(), 0),
+                ("vlan-filter".into(), 1),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(drops(&c), "4 (no-buffer=3 vlan-filter=1)");
+        c.drops.iter_mut().for_each(|d| d.1 = 0);
+        assert_eq!(drops(&c), "0");
+    }
+
+    #[test]
+    fn numbers_are_exact_unless_abbreviated() {
+        assert_eq!(count(1_234_567, false), "1234567");
+        assert_eq!(count(1_234_567, true), "1.2M");
+        assert_eq!(count(999, true), "999");
+        assert_eq!(bytes(1023, true), "1023B");
+        assert_eq!(bytes(1536, true), "1.5KiB");
+        assert_eq!(bytes(50 * 1024 * 1024, true), "50MiB");
+        assert_eq!(duration(45), "45s");
+        assert_eq!(duration(725), "12m05s");
+        assert_eq!(duration(3 * 3600 + 7 * 60), "3h07m");
+        assert_eq!(duration(2 * 86400 + 4 * 3600), "2d04h");
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let mut t = Table::new(&[("ID", Align::Right), ("NAME", Align::Left)]);
+        t.row(vec!["1".into(), "a".into()]);
+        t.row(vec!["12".into(), "bb".into()]);
+        assert_eq!(t.render(), "ID  NAME\n 1  a\n12  bb\n");
+    }
 }

@@ -3,6 +3,7 @@
 //!   go both ways);
 //! - two switch "hosts" joined by veth: guests on one VNI reach each other, a guest on another
 //!   VNI does not; learning, aging and the flood list show in the counters.
+//!
 //! Addresses are documentation ranges inside namespaces the tests create (docs/vxlan-testing.md).
 
 use std::io::{BufRead, BufReader, Write};
@@ -107,7 +108,7 @@ impl Drop for SwitchProc {
     }
 }
 
-fn vni<'a>(tunnel: &'a serde_json::Value, vni: u64) -> &'a serde_json::Value {
+fn vni(tunnel: &serde_json::Value, vni: u64) -> &serde_json::Value {
     tunnel["vnis"]
         .as_array()
         .unwrap()
