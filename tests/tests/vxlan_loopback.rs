@@ -251,3 +251,40 @@ fn unknown_vteps_are_learned_when_the_policy_allows() {
     );
     sw.shutdown();
 }
+
+#[test]
+fn flows_choose_the_vni_with_set_tunnel_and_match_tun_id() {
+    use patchbay_switch::control::flows::{add_flows, FlowLine};
+    let port = free_port();
+    let (_da, a, _vm_a, mut other_a) = host("vx-flow-a", A, B, port, UnknownVtepPolicy::Drop);
+    let (_db, b, mut vm_b, _other_b) = host("vx-flow-b", B, A, port, UnknownVtepPolicy::Drop);
+    let line = |text: &str| {
+        vec![FlowLine {
+            line: 0,
+            text: text.to_string(),
+        }]
+    };
+    // VLAN 20 is not mapped on A, but a flow sends its frames into VNI 42 anyway.
+    add_flows(
+        &a.switch,
+        &line("priority=100,in_port=other actions=set_tunnel:42,output:vxlan"),
+    )
+    .unwrap();
+    // B counts what arrives through VNI 42 from A before switching it normally.
+    add_flows(
+        &b.switch,
+        &line("priority=100,tun_id=42,tun_src=127.0.0.1 actions=normal"),
+    )
+    .unwrap();
+    let f = frame(BROADCAST, mac(5), 1, 100);
+    other_a.send(&f).unwrap();
+    assert_eq!(
+        vm_b.recv(T).unwrap(),
+        Some(f),
+        "VLAN 20 on A reached VLAN 10 on B via VNI 42"
+    );
+    let dump = patchbay_switch::control::flows::dump_flows(&b.switch, None).unwrap();
+    assert_eq!(dump[0].packets, 1, "B's tun_id flow matched: {dump:?}");
+    a.shutdown();
+    b.shutdown();
+}
