@@ -118,6 +118,7 @@ fn parse_changes(sw: &Switch, lines: &[FlowLine]) -> Result<Vec<FlowMod>, String
                     filter: to_filter(&spec, cmd == "modify_strict"),
                     actions: flow.actions,
                     actions_text: flow.actions_text,
+                    new_cookie: spec.new_cookie,
                 }
             }
             _ => {
@@ -149,6 +150,7 @@ pub fn mod_flows(sw: &Switch, text: &str, strict: bool) -> Result<usize, String>
             filter: to_filter(&spec, strict),
             actions: flow.actions,
             actions_text: flow.actions_text,
+            new_cookie: spec.new_cookie,
         }])
         .map_err(|e| e.to_string())?;
     Ok(counts.iter().sum())

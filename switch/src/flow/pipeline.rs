@@ -115,6 +115,8 @@ pub enum FlowMod {
         filter: FlowFilter,
         actions: Vec<Action>,
         actions_text: String,
+        /// mod-flows' `cookie=V` (without a mask) sets the selected flows' cookie.
+        new_cookie: Option<u64>,
     },
     Delete(FlowFilter),
 }
@@ -186,7 +188,7 @@ impl Tables {
         ids
     }
 
-    fn apply(&mut self, change: &FlowMod, now_ms: u64) -> usize {
+    fn apply(&mut self, change: &FlowMod, now_ms: u64) -> Result<usize, PipelineError> {
         match change {
             FlowMod::Add(flow) => {
                 let entry = Entry {
@@ -199,20 +201,34 @@ impl Tables {
                     }),
                 };
                 self.tables[usize::from(flow.table)].insert(flow.m, flow.priority, entry);
-                1
+                Ok(1)
             }
             FlowMod::Modify {
                 filter,
                 actions,
                 actions_text,
+                new_cookie,
             } => {
                 let ids = self.selected(filter);
+                // goto_table must go forward from every flow it lands in.
+                for (t, _) in &ids {
+                    for a in actions {
+                        if let Action::GotoTable(to) = a {
+                            if *to <= *t {
+                                return Err(PipelineError::BackwardGoto { from: *t, to: *to });
+                            }
+                        }
+                    }
+                }
                 for (t, id) in &ids {
                     let table = &mut self.tables[usize::from(*t)];
                     if let Some((m, priority, entry)) = table.remove(*id) {
                         let mut flow = (*entry.flow).clone();
                         flow.actions = actions.clone();
                         flow.actions_text = actions_text.clone();
+                        if let Some(c) = new_cookie {
+                            flow.cookie = *c;
+                        }
                         table.insert(
                             m,
                             priority,
@@ -223,14 +239,14 @@ impl Tables {
                         );
                     }
                 }
-                ids.len()
+                Ok(ids.len())
             }
             FlowMod::Delete(filter) => {
                 let ids = self.selected(filter);
                 for (t, id) in &ids {
                     self.tables[usize::from(*t)].remove(*id);
                 }
-                ids.len()
+                Ok(ids.len())
             }
         }
     }
@@ -393,7 +409,10 @@ impl Pipeline {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = (*self.snapshot()).clone();
         let now = self.now_ms();
-        let counts = changes.iter().map(|c| next.apply(c, now)).collect();
+        let counts = changes
+            .iter()
+            .map(|c| next.apply(c, now))
+            .collect::<Result<Vec<_>, _>>()?;
         next.recount();
         next.version += 1;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
@@ -869,6 +888,27 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(run(&p, &ip_key(1)), vec![Target::Port(5), Target::Port(6)]);
+    }
+
+    #[test]
+    fn modify_sets_cookies_and_refuses_backward_gotos() {
+        let p = Pipeline::new(MissPolicy::Drop);
+        p.commit(&[FlowMod::Add(flow(2, 1, Match::any(), vec![]))])
+            .unwrap();
+        let modify = |actions, new_cookie| FlowMod::Modify {
+            filter: FlowFilter::default(),
+            actions,
+            actions_text: String::new(),
+            new_cookie,
+        };
+        assert_eq!(
+            p.commit(&[modify(vec![Action::GotoTable(1)], None)]),
+            Err(PipelineError::BackwardGoto { from: 2, to: 1 })
+        );
+        p.commit(&[modify(vec![Action::GotoTable(3)], Some(0xabc))])
+            .unwrap();
+        let d = p.dump(&FlowFilter::default());
+        assert_eq!(d[0].cookie, 0xabc);
     }
 
     #[test]
