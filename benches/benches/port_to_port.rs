@@ -95,7 +95,13 @@ enum Case {
     Testpmd,
     Event,
     Poll,
+    /// Event mode with this many flow rules installed (ACL-like rules that the traffic
+    /// misses, then a catch-all `normal`): the whole per-packet cost of the flow tables.
+    Flows(u32),
 }
+
+/// Rule counts of the flow cases.
+const FLOW_CASES: [u32; 4] = [1, 100, 10_000, 100_000];
 
 impl Case {
     fn name(self) -> &'static str {
@@ -103,7 +109,52 @@ impl Case {
             Case::Testpmd => "testpmd-io",
             Case::Event => "patchbay-event",
             Case::Poll => "patchbay-poll",
+            Case::Flows(1) => "flows-1",
+            Case::Flows(100) => "flows-100",
+            Case::Flows(10_000) => "flows-10k",
+            Case::Flows(_) => "flows-100k",
         }
+    }
+}
+
+/// `n` flows for the flow cases: n-1 ACL-like drop rules over a few masks (as real tables
+/// have few distinct masks) that this benchmark's frames never match, and a catch-all.
+fn install_flows(daemon: &Daemon, n: u32) {
+    use patchbay_switch::control::flows::{add_flows, FlowLine};
+    let mut lines: Vec<FlowLine> = (1..n)
+        .map(|i| {
+            let (a, b, c) = ((i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
+            let text = match i % 4 {
+                0 => format!(
+                    "priority={},tcp,nw_src=10.{a}.{b}.{c},tp_dst={} actions=drop",
+                    100 + i % 50,
+                    1 + i % 1000
+                ),
+                1 => format!(
+                    "priority={},udp,nw_dst=10.{a}.{b}.0/24 actions=drop",
+                    100 + i % 50
+                ),
+                2 => format!(
+                    "priority={},ip,nw_src=172.{a}.{b}.0/24,nw_dst=10.{b}.{c}.0/24 actions=drop",
+                    100 + i % 50
+                ),
+                _ => format!(
+                    "priority={},in_port=a,dl_src=02:00:{a:02x}:{b:02x}:{c:02x}:01 actions=drop",
+                    100 + i % 50
+                ),
+            };
+            FlowLine {
+                line: i as usize,
+                text,
+            }
+        })
+        .collect();
+    lines.push(FlowLine {
+        line: n as usize,
+        text: "priority=0 actions=normal".into(),
+    });
+    if let Err(e) = add_flows(&daemon.switch, &lines) {
+        panic!("installing {n} flows: {e}");
     }
 }
 
@@ -164,7 +215,7 @@ fn open(case: Case) -> Option<Session> {
             let (sa, sb) = (pmd.sock("a.sock"), pmd.sock("b.sock"));
             (Peer::Testpmd(pmd), sa, sb)
         }
-        Case::Event | Case::Poll => {
+        Case::Event | Case::Poll | Case::Flows(_) => {
             let dir = TestDir::new("bench");
             let ports = vec![access(&dir.path, "a", VLAN), access(&dir.path, "b", VLAN)];
             let daemon = start_switch(&dir.path, ports, |c| {
@@ -172,6 +223,9 @@ fn open(case: Case) -> Option<Session> {
                     c.settings.poll_cpus = vec![POLL_CPU];
                 }
             });
+            if let Case::Flows(n) = case {
+                install_flows(&daemon, n);
+            }
             let (sa, sb) = (dir.join("a.sock"), dir.join("b.sock"));
             (Peer::Switch { daemon, _dir: dir }, sa, sb)
         }
@@ -385,6 +439,7 @@ fn main() {
     let wanted = |c: Case| case_wanted(c.name());
     let mut cases: Vec<Case> = [Case::Event, Case::Poll]
         .into_iter()
+        .chain(FLOW_CASES.map(Case::Flows))
         .filter(|&c| wanted(c))
         .collect();
     match Testpmd::find() {
