@@ -54,6 +54,21 @@ pub struct Entry {
     pub stats: Arc<FlowStats>,
 }
 
+impl Entry {
+    /// A new flow with zeroed counters, added at `now_ms`.
+    fn new(flow: Flow, now_ms: u64) -> Entry {
+        Entry {
+            flow: Arc::new(flow),
+            stats: Arc::new(FlowStats {
+                packets: AtomicU64::new(0),
+                bytes: AtomicU64::new(0),
+                created_ms: now_ms,
+                used_ms: AtomicU64::new(now_ms),
+            }),
+        }
+    }
+}
+
 /// Which flows a mod-flows/del-flows/dump-flows applies to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FlowFilter {
@@ -191,15 +206,7 @@ impl Tables {
     fn apply(&mut self, change: &FlowMod, now_ms: u64) -> Result<usize, PipelineError> {
         match change {
             FlowMod::Add(flow) => {
-                let entry = Entry {
-                    flow: Arc::new(flow.clone()),
-                    stats: Arc::new(FlowStats {
-                        packets: AtomicU64::new(0),
-                        bytes: AtomicU64::new(0),
-                        created_ms: now_ms,
-                        used_ms: AtomicU64::new(now_ms),
-                    }),
-                };
+                let entry = Entry::new(flow.clone(), now_ms);
                 self.tables[usize::from(flow.table)].insert(flow.m, flow.priority, entry);
                 Ok(1)
             }
@@ -437,15 +444,7 @@ impl Pipeline {
                 Some(e) => (*e).clone(),
                 None => {
                     added += 1;
-                    Entry {
-                        flow: Arc::new(flow.clone()),
-                        stats: Arc::new(FlowStats {
-                            packets: AtomicU64::new(0),
-                            bytes: AtomicU64::new(0),
-                            created_ms: now,
-                            used_ms: AtomicU64::new(now),
-                        }),
-                    }
+                    Entry::new(flow.clone(), now)
                 }
             };
             next.tables[usize::from(flow.table)].insert(flow.m, flow.priority, entry);
