@@ -247,6 +247,18 @@ fn an_avail_index_racing_ahead_of_the_ring_is_refused() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    // While the index is still bogus, the port is not wedged: a control request that takes
+    // the port's ring locks (show-ports) answers. (A switch that kept re-polling the broken
+    // ring would hold the lock forever.)
+    let port = t.d.switch.port_by_name("a").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(port.info());
+    });
+    let info = rx
+        .recv_timeout(T)
+        .expect("show-ports answered while the ring is broken");
+    assert!(info.counters.drop_count("bad-descriptor") > before);
     t.exchange();
     t.d.shutdown();
 }

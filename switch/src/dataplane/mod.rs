@@ -277,6 +277,7 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usiz
         scratch.frames.clear();
         scratch.bad_heads.clear();
         let mut popped = 0;
+        let mut ring_broken = false;
         {
             let queue = &mut txv.queue;
             let queue_size = queue.size();
@@ -311,9 +312,11 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usiz
                 }
                 Err(e) => {
                     // The avail index moved further than the ring holds: the guest broke its
-                    // own ring. Count once per pass and leave it alone.
+                    // own ring. Count it and stop here; the next kick (or poll) looks again,
+                    // so a guest that repairs its index carries on.
                     log::debug!("port {}: TX ring unusable: {e}", port.name);
                     port.counters.drop(DropReason::BadDescriptor, 1);
+                    ring_broken = true;
                 }
             }
         }
@@ -347,6 +350,11 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usiz
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             consumed += popped;
+        }
+        if ring_broken {
+            // Re-arming would report the same bogus index as new work and spin here forever
+            // holding the ring lock.
+            break;
         }
         if popped < BATCH {
             if !event_mode {
