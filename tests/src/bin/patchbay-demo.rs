@@ -1,5 +1,6 @@
-//! The Patchbay demo: starts the switch, boots three Debian guests under QEMU on two VLANs,
-//! shows who can reach whom, and prints the switch's view (flowctl) and its metrics.
+//! The Patchbay demo: starts the switch and three VMs of the bundled VMM on two VLANs, shows
+//! who can reach whom and a TCP transfer, and prints the switch's view (flowctl) and metrics.
+//! `qemu` as the first argument does the same with Debian guests under QEMU.
 //!
 //! `vxlan` as the first argument runs the two-host demo instead: two switches in two network
 //! namespaces joined by a veth pair, one guest on each, on one VXLAN segment.
@@ -316,12 +317,191 @@ vlan = 10
     Ok(())
 }
 
+/// A VM of the bundled VMM running one guest program; killed when dropped.
+struct Vmm {
+    child: Child,
+    name: String,
+}
+
+type Lines = std::sync::mpsc::Receiver<String>;
+
+impl Vmm {
+    fn start(name: &str, socket: &Path, ip: &str, program: &str) -> Result<(Vmm, Lines), String> {
+        let mut child = Command::new(sibling("patchbay-vmm"))
+            .arg("--net")
+            .arg(format!("socket={},ip={ip}", socket.display()))
+            .args(["--cmdline", program])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start patchbay-vmm: {e}"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        if let Some(out) = child.stdout.take() {
+            std::thread::spawn(move || {
+                for l in BufReader::new(out).lines().map_while(Result::ok) {
+                    let _ = tx.send(l);
+                }
+            });
+        }
+        let vm = Vmm {
+            child,
+            name: name.to_string(),
+        };
+        Ok((vm, rx))
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Prints console lines of `name` until one starts with `until`; returns that line.
+fn follow(name: &str, rx: &Lines, until: &str) -> Result<String, String> {
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(120))
+            .map_err(|_| format!("{name}: no '{until}' line"))?;
+        println!("  {name:6}| {line}");
+        if line.starts_with(until) {
+            return Ok(line);
+        }
+    }
+}
+
+/// The main demo: the switch and three VMs of the bundled VMM (two on VLAN 10, one on 20).
+fn run_vmm() -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("patchbay-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let control = dir.join("control.sock");
+    let metrics =
+        std::env::var("PATCHBAY_DEMO_METRICS").unwrap_or_else(|_| "127.0.0.1:9184".into());
+    let config = format!(
+        "[control]\nsocket = \"{control}\"\n\n[metrics]\nlisten = \"{metrics}\"\n\n\
+         [[port]]\nname = \"web1\"\nsocket = \"{d}/web1.sock\"\nvlan = 10\n\n\
+         [[port]]\nname = \"web2\"\nsocket = \"{d}/web2.sock\"\nvlan = 10\n\n\
+         [[port]]\nname = \"db\"\nsocket = \"{d}/db.sock\"\nvlan = 20\n",
+        control = control.display(),
+        d = dir.display()
+    );
+    let config_path = dir.join("switch.toml");
+    std::fs::write(&config_path, &config).map_err(|e| e.to_string())?;
+    step("Starting the switch (patchbay-switch --config switch.toml)");
+    println!("{config}");
+    let child = Command::new(sibling("patchbay-switch"))
+        .arg("--config")
+        .arg(&config_path)
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start patchbay-switch: {e}"))?;
+    let switch = Switch(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&control).is_err() {
+        if Instant::now() > deadline {
+            return Err(
+                "the switch did not start (is port 9184 in use? set PATCHBAY_DEMO_METRICS)".into(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    step("Three VMs with the bundled VMM: web1 and web2 on VLAN 10, db on VLAN 20 (same subnet)");
+    let t0 = Instant::now();
+    let (web2, web2_out) = Vmm::start("web2", &dir.join("web2.sock"), "10.0.0.2/24", "udp-echo 7")?;
+    follow(&web2.name, &web2_out, "UDP-ECHO")?;
+    let (db, db_out) = Vmm::start("db", &dir.join("db.sock"), "10.0.0.3/24", "udp-echo 7")?;
+    follow(&db.name, &db_out, "UDP-ECHO")?;
+    println!(
+        "  two VMs up and serving {:.0} ms after the first was started",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+
+    step("web1 pings web2 (same VLAN)");
+    let (web1, out) = Vmm::start(
+        "web1",
+        &dir.join("web1.sock"),
+        "10.0.0.1/24",
+        "ping 10.0.0.2 3",
+    )?;
+    follow(&web1.name, &out, "PING-DONE")?;
+    drop(web1);
+    step("web1 pings db (other VLAN: the switch must not let it through)");
+    let (web1, out) = Vmm::start(
+        "web1",
+        &dir.join("web1.sock"),
+        "10.0.0.1/24",
+        "ping 10.0.0.3 2",
+    )?;
+    follow(&web1.name, &out, "PING-DONE")?;
+    drop(web1);
+    drop(web2);
+
+    step("TCP: web1 sends 256 MiB to web2 (payload checksums compared)");
+    let (sink, sink_out) = Vmm::start(
+        "web2",
+        &dir.join("web2.sock"),
+        "10.0.0.2/24",
+        "tcp-sink 5001",
+    )?;
+    follow(&sink.name, &sink_out, "TCP-SINK listening")?;
+    let (source, source_out) = Vmm::start(
+        "web1",
+        &dir.join("web1.sock"),
+        "10.0.0.1/24",
+        "tcp-source 10.0.0.2 5001 256M",
+    )?;
+    let sent = follow(&source.name, &source_out, "TCP-SOURCE bytes=")?;
+    let got = follow(&sink.name, &sink_out, "TCP-SINK bytes=")?;
+    let sum = |l: &str| {
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix("checksum="))
+            .unwrap_or("")
+            .to_string()
+    };
+    println!(
+        "  checksums {}",
+        if sum(&sent) == sum(&got) {
+            "match"
+        } else {
+            "DIFFER"
+        }
+    );
+    step("flowctl show ports");
+    flowctl(&control, &["show", "ports"]);
+    step("flowctl show macs");
+    flowctl(&control, &["show", "macs"]);
+    drop((source, sink, db));
+    step(&format!(
+        "Metrics (http://{metrics}/metrics, selected lines)"
+    ));
+    match scrape(&metrics) {
+        Ok(body) => body
+            .lines()
+            .filter(|l| {
+                !l.starts_with('#')
+                    && (l.contains("packets_total")
+                        || l.contains("floods_total")
+                        || (l.contains("drops_total") && !l.ends_with(" 0")))
+            })
+            .for_each(|l| println!("  {l}")),
+        Err(e) => println!("  cannot scrape metrics: {e}"),
+    }
+    step("Shutting down");
+    drop(switch);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("done. (`scripts/demo.sh qemu`: the same with Debian guests under QEMU; `scripts/demo.sh vxlan`: two hosts)");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let result = match std::env::args().nth(1).as_deref() {
+        None | Some("vmm") => run_vmm(),
+        Some("qemu") => run(),
         Some("vxlan") => run_vxlan(),
-        None => run(),
         Some(other) => Err(format!(
-            "unknown demo '{other}' (try no argument, or 'vxlan')"
+            "unknown demo '{other}' (try no argument, 'qemu' or 'vxlan')"
         )),
     };
     match result {
