@@ -34,7 +34,8 @@ struct Args {
 
     /// The kernel: a Patchbay guest ELF, a Linux vmlinux ELF or a bzImage (detected by magic).
     /// Without it, the bundled network guest runs the program given by --cmdline
-    /// (ping IP [COUNT] | udp-echo PORT | tcp-sink PORT | tcp-source IP PORT BYTES).
+    /// (ping IP [COUNT] | udp-echo PORT | tcp-sink PORT | tcp-source IP PORT BYTES |
+    /// tcp-loopback BYTES).
     #[arg(long)]
     kernel: Option<PathBuf>,
 

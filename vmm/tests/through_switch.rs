@@ -236,3 +236,53 @@ fn a_vm_survives_the_switch_restarting() {
     );
     d.shutdown();
 }
+
+#[test]
+fn a_crashing_vm_leaves_the_switch_and_other_vms_running() {
+    if !common::have_kvm("a_crashing_vm_leaves_the_switch_and_other_vms_running") {
+        return;
+    }
+    let dir = TestDir::new("vmm-crash");
+    let d = start_switch(
+        &dir.path,
+        vec![
+            access(&dir.path, "vm1", 10),
+            access(&dir.path, "vm2", 10),
+            access(&dir.path, "bad", 10),
+        ],
+        |_| {},
+    );
+    let mut echo = Vm::start(&dir.join("vm2.sock"), "10.0.0.2/24", "udp-echo 7");
+    echo.expect("UDP-ECHO listening", T);
+    // A guest that faults at once (ud2), on a live switch port.
+    let crasher = common::guest_elf("crash-on-switch", &[0x0f, 0x0b]);
+    let out = vmm()
+        .arg("--kernel")
+        .arg(&crasher)
+        .arg("--net")
+        .arg(format!("socket={}", dir.join("bad.sock").display()))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rip"),
+        "registers printed"
+    );
+    let mut pinger = Vm::start(&dir.join("vm1.sock"), "10.0.0.1/24", "ping 10.0.0.2 3");
+    assert_eq!(field(&pinger.expect("PING-DONE", T), "received"), "3");
+    assert!(
+        echo.child.try_wait().unwrap().is_none(),
+        "the other VM still runs"
+    );
+    let bad = d.switch.port_by_name("bad").unwrap();
+    assert!(
+        bad.counters.snapshot().connects >= 1,
+        "the crashed VM had connected"
+    );
+    d.shutdown();
+}

@@ -10,6 +10,15 @@ pub enum Program {
     UdpEcho { port: u16 },
     TcpSink { port: u16 },
     TcpSource { dst: Ipv4Addr, port: u16, bytes: u64 },
+    /// Source and sink on two interfaces inside this guest, joined by an in-memory wire.
+    TcpLoopback { bytes: u64 },
+}
+
+impl Program {
+    /// Whether the program talks through the virtio-net device (tcp-loopback does not).
+    pub fn uses_nic(&self) -> bool {
+        !matches!(self, Program::TcpLoopback { .. })
+    }
 }
 
 /// A parse error: a message and (a copy of) the offending word.
@@ -81,6 +90,7 @@ pub fn parse(cmdline: &[u8]) -> Result<Program, CmdError> {
             let bytes = parse_size(arg("usage: tcp-source IP PORT BYTES")?)?;
             Program::TcpSource { dst, port, bytes }
         }
+        b"tcp-loopback" => Program::TcpLoopback { bytes: parse_size(arg("usage: tcp-loopback BYTES")?)? },
         _ => return Err(CmdError::new("unknown program", prog)),
     };
     if let Some(extra) = words.next() {
@@ -167,6 +177,18 @@ mod tests {
             parse(b"tcp-source 10.1.2.3 5001 64M").unwrap(),
             Program::TcpSource { dst: Ipv4Addr::new(10, 1, 2, 3), port: 5001, bytes: 64 << 20 }
         );
+        assert!(parse(b"tcp-sink 1").unwrap().uses_nic());
+    }
+
+    #[test]
+    fn tcp_loopback() {
+        assert_eq!(parse(b"tcp-loopback 1G").unwrap(), Program::TcpLoopback { bytes: 1 << 30 });
+        assert_eq!(parse(b" tcp-loopback\t12345 ").unwrap(), Program::TcpLoopback { bytes: 12345 });
+        assert!(!parse(b"tcp-loopback 64K").unwrap().uses_nic());
+        let e = |s: &[u8]| format!("{}", parse(s).unwrap_err());
+        assert_eq!(e(b"tcp-loopback"), "usage: tcp-loopback BYTES 'tcp-loopback'");
+        assert_eq!(e(b"tcp-loopback 1T"), "bad byte count '1T'");
+        assert_eq!(e(b"tcp-loopback 1M 2M"), "unexpected argument '2M'");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod bootinfo;
 pub mod cmdline;
 pub mod runtime;
 pub mod hw;
+pub mod loopback;
 pub mod mem;
 pub mod net;
 pub mod programs;

@@ -2,6 +2,7 @@
 use crate::bootinfo::BootInfo;
 use crate::cmdline;
 use crate::hw::{self, Console};
+use crate::loopback::{self, LoopbackMem};
 use crate::net::{GuestEnv, NetConfig};
 use crate::programs::{self, SocketBufs};
 use crate::virtio::{Mmio, NetMem, VirtioError, VirtioNet};
@@ -17,6 +18,8 @@ unsafe impl<T> Sync for Global<T> {}
 /// Virtqueues and packet buffers, shared with the device (guest-physical = virtual).
 static NET_MEM: Global<NetMem> = Global(UnsafeCell::new(NetMem::zeroed()));
 static SOCKET_BUFS: Global<SocketBufs> = Global(UnsafeCell::new(SocketBufs::zeroed()));
+/// tcp-loopback's wire and socket buffers.
+static LOOPBACK_MEM: Global<LoopbackMem> = Global(UnsafeCell::new(LoopbackMem::zeroed()));
 
 /// Print `GUEST-ERROR <msg>` and power off with status 1.
 pub fn fail(msg: core::fmt::Arguments<'_>) -> ! {
@@ -39,6 +42,14 @@ pub unsafe fn main(boot: *const BootInfo) -> ! {
         Ok(p) => p,
         Err(e) => fail(format_args!("{e}")),
     };
+    if let cmdline::Program::TcpLoopback { bytes } = prog {
+        // No NIC involved (one may be present; it is left alone).
+        let status = loopback::run(bytes, env, hw::rdtsc(), &mut *LOOPBACK_MEM.0.get(), &mut Console);
+        hw::power_off(status)
+    }
+    if boot.n_virtio == 0 {
+        fail(format_args!("no virtio-mmio device (BootInfo.n_virtio = 0)"));
+    }
 
     // The first virtio-net device among the BootInfo's virtio-mmio windows.
     let mut found = None;
