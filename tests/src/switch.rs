@@ -76,3 +76,42 @@ pub fn start_switch(
     configure(&mut config);
     Daemon::start(config).expect("switch starts")
 }
+
+/// How long the helpers below wait for the switch.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A test frontend connected to the port `name` of a switch whose sockets are in `dir`.
+pub fn connect(dir: &TestDir, name: &str) -> crate::frontend::TestPort {
+    crate::frontend::TestPort::connect(crate::frontend::FrontendConfig::new(
+        dir.join(&format!("{name}.sock")),
+    ))
+    .expect("frontend connects")
+}
+
+/// Sends a frame and waits until the switch is done with it. The switch delivers a frame to
+/// every receiver before it returns the sender's chain, so an absence check after this is
+/// exact, not a guess.
+pub fn send_done(p: &mut crate::frontend::TestPort, frame: &[u8]) {
+    p.send(frame).expect("send");
+    assert!(
+        p.wait_tx_completion(WAIT).expect("tx completion"),
+        "switch did not consume the frame"
+    );
+}
+
+/// The frame already in `p`'s receive ring, if any (does not wait).
+pub fn received_now(p: &mut crate::frontend::TestPort) -> Option<Vec<u8>> {
+    p.recv(std::time::Duration::ZERO).expect("recv")
+}
+
+/// Waits (bounded) until `cond` holds: for state the switch reaches asynchronously.
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

@@ -8,10 +8,9 @@ use patchbay_switch::control::flows::{self, FlowLine};
 use patchbay_switch::daemon::Daemon;
 use patchbay_switch::flow::pipeline::MissPolicy;
 use patchbay_tests::frames::*;
-use patchbay_tests::frontend::*;
-use patchbay_tests::switch::{access, port, start_switch, TestDir};
-
-const T: Duration = Duration::from_secs(5);
+use patchbay_tests::switch::{
+    access, connect, port, received_now as got, send_done as send, start_switch, TestDir,
+};
 
 fn lines(text: &str) -> Vec<FlowLine> {
     text.lines()
@@ -25,20 +24,6 @@ fn lines(text: &str) -> Vec<FlowLine> {
 
 fn add(d: &Daemon, text: &str) {
     flows::add_flows(&d.switch, &lines(text)).expect("flows accepted");
-}
-
-fn connect(dir: &TestDir, name: &str) -> TestPort {
-    TestPort::connect(FrontendConfig::new(dir.join(&format!("{name}.sock")))).unwrap()
-}
-
-/// Sends and waits until the switch is done with the frame (so absence checks are exact).
-fn send(p: &mut TestPort, f: &[u8]) {
-    p.send(f).unwrap();
-    assert!(p.wait_tx_completion(T).unwrap());
-}
-
-fn got(p: &mut TestPort) -> Option<Vec<u8>> {
-    p.recv(Duration::ZERO).unwrap()
 }
 
 /// An IPv4 packet from station `src` to station `dst` (MACs mac(n), IPs 10.0.0.n).

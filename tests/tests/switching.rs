@@ -5,19 +5,20 @@
 //! returns the sender's TX chain, so once `wait_tx_completion` is true, a receiver that has
 //! nothing in its used ring will never get that frame.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use patchbay_switch::port::{ConnectMode, PortConfig};
 use patchbay_tests::frames::*;
 use patchbay_tests::frontend::*;
-use patchbay_tests::switch::{access, port, start_switch, TestDir};
+use patchbay_tests::switch::{
+    access, connect, eventually, port, received_now, send_done as send, start_switch, TestDir,
+};
+
+fn nothing(p: &mut TestPort) -> bool {
+    received_now(p).is_none()
+}
 
 const T: Duration = Duration::from_secs(5);
-
-fn connect(dir: &TestDir, name: &str) -> TestPort {
-    TestPort::connect(FrontendConfig::new(dir.join(&format!("{name}.sock"))))
-        .expect("frontend connects")
-}
 
 fn connect_with(dir: &TestDir, name: &str, f: impl FnOnce(&mut FrontendConfig)) -> TestPort {
     let mut cfg = FrontendConfig::new(dir.join(&format!("{name}.sock")));
@@ -25,30 +26,8 @@ fn connect_with(dir: &TestDir, name: &str, f: impl FnOnce(&mut FrontendConfig)) 
     TestPort::connect(cfg).expect("frontend connects")
 }
 
-/// Sends and waits until the switch has finished with the frame.
-fn send(p: &mut TestPort, f: &[u8]) {
-    p.send(f).expect("send");
-    assert!(
-        p.wait_tx_completion(T).expect("tx completion"),
-        "switch did not consume the frame"
-    );
-}
-
 fn recv(p: &mut TestPort) -> Vec<u8> {
     p.recv(T).expect("recv").expect("a frame should arrive")
-}
-
-fn nothing(p: &mut TestPort) -> bool {
-    p.recv(Duration::ZERO).expect("recv").is_none()
-}
-
-/// Waits until `cond` holds (state that the switch reaches asynchronously), bounded.
-fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn rings_up(d: &patchbay_switch::daemon::Daemon, name: &str) -> bool {

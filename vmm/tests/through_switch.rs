@@ -4,96 +4,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::console::Vm;
 
 use patchbay_tests::switch::{access, start_switch, TestDir};
 
 fn vmm() -> Command {
     Command::new(env!("CARGO_BIN_EXE_patchbay-vmm"))
-}
-
-/// A running VM whose console lines arrive on a channel.
-struct Vm {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Vm {
-    fn start(socket: &std::path::Path, ip: &str, program: &str) -> Vm {
-        let mut child = vmm()
-            .arg("--net")
-            .arg(format!("socket={},ip={ip}", socket.display()))
-            .args(["--cmdline", program])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start patchbay-vmm");
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().expect("stdout");
-        let err = child.stderr.take().expect("stderr");
-        let tx2 = tx.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx2.send(format!("[vmm] {l}"));
-            }
-        });
-        Vm {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a console line starting with `prefix`.
-    fn expect(&mut self, prefix: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if l.starts_with(prefix) {
-                        return l;
-                    }
-                }
-                Err(_) => panic!(
-                    "no '{prefix}' line; console so far:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    fn wait(mut self, timeout: Duration) -> i32 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "VM did not exit; console:\n{}",
-                self.seen.join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn field<'a>(line: &'a str, key: &str) -> &'a str {
@@ -127,7 +46,7 @@ fn vms_ping_within_a_vlan_not_across_and_move_tcp_intact() {
     let mut pinger = Vm::start(&dir.join("vm1.sock"), "10.0.0.1/24", "ping 10.0.0.2 3");
     let done = pinger.expect("PING-DONE", T);
     assert_eq!(field(&done, "received"), "3", "{done}");
-    assert_eq!(pinger.wait(T), 0);
+    assert_eq!(pinger.wait(T).0, 0);
 
     let mut across = Vm::start(&dir.join("vm1.sock"), "10.0.0.1/24", "ping 10.0.0.3 2");
     let done = across.expect("PING-DONE", T);
@@ -167,8 +86,8 @@ fn vms_ping_within_a_vlan_not_across_and_move_tcp_intact() {
         "{sent}\n{got}"
     );
     eprintln!("tcp: {sent}");
-    assert_eq!(source.wait(T), 0);
-    assert_eq!(sink.wait(T), 0);
+    assert_eq!(source.wait(T).0, 0);
+    assert_eq!(sink.wait(T).0, 0);
     d.shutdown();
 }
 
