@@ -2,8 +2,8 @@
 //! smoltcp interfaces joined by an in-memory wire (no NIC, no VMM exits): the ceiling of what
 //! the guest's TCP stack and one vCPU can move, to compare transfers through the switch with.
 use crate::net::Env;
-use crate::programs::{new_tcp_socket, LINGER_US, TCP_BUF, TCP_SOURCE_TIMEOUT};
-use crate::util::{fill_pattern, Fnv1a64, TransferFmt};
+use crate::programs::{new_tcp_socket, send_pattern, LINGER_US, TCP_BUF, TCP_SOURCE_TIMEOUT};
+use crate::util::{Fnv1a64, TransferFmt};
 use crate::virtio::MAX_FRAME;
 use core::fmt::Write;
 use core::net::Ipv4Addr;
@@ -199,19 +199,7 @@ pub fn run<E: Env, W: Write>(total: u64, env: E, seed: u64, mem: &mut LoopbackMe
                 let _ = writeln!(out, "GUEST-ERROR tcp-loopback: connection reset after {sent} bytes sent");
                 return 1;
             }
-            while sent < total && src.can_send() {
-                let n = src
-                    .send(|b| {
-                        let n = (b.len() as u64).min(total - sent) as usize;
-                        fill_pattern(&mut b[..n], sent);
-                        (n, n)
-                    })
-                    .unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                sent += n as u64;
-            }
+            send_pattern(src, &mut sent, total);
             if sent == total {
                 src.close();
             }

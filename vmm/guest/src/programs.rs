@@ -203,6 +203,27 @@ fn udp_echo<'s, T: Transport, E: Env, W: Write>(
     }
 }
 
+/// Queues as much of the test pattern (bytes `*sent..total`) as `sock` takes; returns
+/// whether anything was queued. Shared by tcp-source and tcp-loopback.
+pub(crate) fn send_pattern(sock: &mut tcp::Socket<'_>, sent: &mut u64, total: u64) -> bool {
+    let start = *sent;
+    while *sent < total && sock.can_send() {
+        let from = *sent;
+        let n = sock
+            .send(|b| {
+                let n = (b.len() as u64).min(total - from) as usize;
+                fill_pattern(&mut b[..n], from);
+                (n, n)
+            })
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        *sent += n as u64;
+    }
+    *sent != start
+}
+
 fn tcp_socket<'s>(bufs: &'s mut SocketBufs, timeout: Option<Duration>) -> tcp::Socket<'s> {
     new_tcp_socket(&mut bufs.tcp_rx[..], &mut bufs.tcp_tx[..], timeout)
 }
@@ -361,18 +382,7 @@ fn tcp_source<'s, T: Transport, E: Env, W: Write>(
                     let _ = writeln!(out, "GUEST-ERROR tcp-source: connection reset after {sent} bytes sent");
                     return 1;
                 }
-                while sent < total && sock.can_send() {
-                    let n = sock
-                        .send(|b| {
-                            let n = (b.len() as u64).min(total - sent) as usize;
-                            fill_pattern(&mut b[..n], sent);
-                            (n, n)
-                        })
-                        .unwrap_or(0);
-                    if n == 0 {
-                        break;
-                    }
-                    sent += n as u64;
+                if send_pattern(sock, &mut sent, total) {
                     busy = true;
                 }
                 if sent == total {
