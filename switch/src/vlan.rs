@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::VlanRepr;
+use crate::wire::{L2Header, VlanRepr};
 
 /// A VLAN identifier, 1..=4094.
 pub type Vid = u16;
@@ -166,6 +166,9 @@ pub enum IngressDrop {
     NotAllowed,
     /// Untagged (or priority-tagged) on a trunk without a native VLAN.
     UntaggedOnTrunk,
+    /// Classified as untagged (no tag, or a priority tag) but carrying another VLAN tag
+    /// (802.1Q or 802.1ad) behind it: accepting it would let the inner tag hop VLANs.
+    StackedTag,
 }
 
 /// The VLAN a frame was classified into and the priority it carries.
@@ -202,6 +205,18 @@ impl VlanMode {
                 }
             }
         }
+    }
+
+    /// Classifies an arriving frame by its whole L2 header: like [`VlanMode::ingress`], and a
+    /// frame that counts as untagged here (no tag, or a priority tag) must not carry another
+    /// tag, or that tag would travel as if this port's policy had put it there.
+    pub fn classify(&self, header: &L2Header) -> Result<Classified, IngressDrop> {
+        let class = self.ingress(header.vlan.as_ref())?;
+        let untagged = header.vlan.is_none_or(|t| t.vid == 0);
+        if untagged && header.has_inner_tag() {
+            return Err(IngressDrop::StackedTag);
+        }
+        Ok(class)
     }
 
     /// Whether a frame of VLAN `vid` may leave through this port, and tagged or not.

@@ -31,7 +31,7 @@ use crate::switch::Switch;
 use crate::virtio::chain::ChainError;
 use crate::virtio::features::net_header_len;
 use crate::virtio::{RxReservation, Segment, TxChain};
-use crate::vlan::{Classified, Egress, Vid, VlanMode};
+use crate::vlan::{Classified, Egress, IngressDrop, Vid, VlanMode};
 use crate::wire::{EthernetAddress, L2Header};
 
 /// Chains taken from a TX ring per batch.
@@ -92,18 +92,26 @@ fn classify(
     header: &L2Header,
 ) -> Option<Classified> {
     let class = match frame.tunnel {
-        // The VNI decided the VLAN; inner frames are carried untagged.
-        Some(meta) if header.vlan.is_none() => Some(Classified {
+        // The VNI decided the VLAN; inner frames are carried untagged, with no tag inside.
+        Some(_) if header.has_inner_tag() => Err(IngressDrop::StackedTag),
+        Some(meta) if header.vlan.is_none() => Ok(Classified {
             vid: meta.vlan,
             pcp: 0,
         }),
-        Some(_) => None,
-        None => view.vlan.ingress(header.vlan.as_ref()).ok(),
+        Some(_) => Err(IngressDrop::NotAllowed),
+        None => view.vlan.classify(header),
     };
-    if class.is_none() {
-        ingress.counters.drop(DropReason::VlanFilter, 1);
+    match class {
+        Ok(class) => Some(class),
+        Err(IngressDrop::StackedTag) => {
+            ingress.counters.drop(DropReason::DoubleTagged, 1);
+            None
+        }
+        Err(_) => {
+            ingress.counters.drop(DropReason::VlanFilter, 1);
+            None
+        }
     }
-    class
 }
 
 /// The learning switch, for one batch.
@@ -156,6 +164,12 @@ impl Normal<'_> {
             None
         };
         let mut deliver = |dst: PortId, egress: Egress| {
+            // Popping the outer tag must not expose another one: the port's policy says
+            // frames leave it untagged.
+            if egress == Egress::Untagged && header.has_inner_tag() {
+                ingress.counters.drop(DropReason::DoubleTagged, 1);
+                return;
+            }
             let (rewrite, header_index) = match base {
                 None => (Rewrite::for_egress(header, class, egress), NO_HEADER),
                 Some(mut h) => {

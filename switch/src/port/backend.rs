@@ -63,6 +63,19 @@ fn invalid(what: &'static str) -> VhostError {
     VhostError::InvalidOperation(what)
 }
 
+/// Makes a frontend-supplied "eventfd" non-blocking. Any fd can arrive (a full pipe, a
+/// socket): a blocking write to it would stall the dataplane thread that signals it while it
+/// holds ring locks. With O_NONBLOCK, EAGAIN on a call fd means "already signalled".
+fn nonblocking(fd: Option<File>) -> VhostResult<Option<File>> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    if let Some(f) = fd.as_ref() {
+        let flags = fcntl(f, FcntlArg::F_GETFL).map_err(|_| VhostError::InvalidParam)?;
+        let flags = OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK;
+        fcntl(f, FcntlArg::F_SETFL(flags)).map_err(|_| VhostError::InvalidParam)?;
+    }
+    Ok(fd)
+}
+
 impl DeviceHandler {
     pub fn new(port: Arc<Port>, link: Arc<Link>, rings_changed: Arc<EventFd>) -> Self {
         DeviceHandler {
@@ -287,6 +300,7 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
 
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VhostResult<()> {
         let index = u32::from(index);
+        let fd = nonblocking(fd)?;
         log::debug!("port {}: ring {index} kick fd set", self.port.name);
         if fd.is_none() {
             log::warn!(
@@ -305,6 +319,7 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
     }
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VhostResult<()> {
+        let fd = nonblocking(fd)?;
         self.ring(u32::from(index))?.call = fd;
         Ok(())
     }

@@ -23,16 +23,21 @@ pub enum DropReason {
     Runt,
     /// Learned destination is the port it came from.
     Hairpin,
+    /// A stacked VLAN tag that would escape its VLAN: a priority-tagged or untagged frame
+    /// carrying another 802.1Q/802.1ad tag, or a frame whose inner tag would be exposed by
+    /// popping its outer one on the way out (counted on the port that sent it).
+    DoubleTagged,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::NoBuffer,
         DropReason::BadDescriptor,
         DropReason::VlanFilter,
         DropReason::TooBig,
         DropReason::Runt,
         DropReason::Hairpin,
+        DropReason::DoubleTagged,
     ];
 
     /// The label used in metrics and flowctl.
@@ -44,6 +49,7 @@ impl DropReason {
             DropReason::TooBig => "too-big",
             DropReason::Runt => "runt",
             DropReason::Hairpin => "hairpin",
+            DropReason::DoubleTagged => "double-tagged",
         }
     }
 

@@ -43,10 +43,15 @@ impl RingState {
         self.started && self.enabled && self.queue.ready()
     }
 
-    /// Interrupts the guest; false if there is no call eventfd or the write failed.
+    /// Interrupts the guest; false if there is no call eventfd or the write failed. The fd is
+    /// non-blocking (set when the frontend handed it over): a full counter (EAGAIN) means an
+    /// interrupt is already pending, which is as good as ours.
     pub fn signal(&self) -> bool {
         match self.call.as_ref() {
-            Some(mut f) => f.write_all(&1u64.to_ne_bytes()).is_ok(),
+            Some(mut f) => match f.write(&1u64.to_ne_bytes()) {
+                Ok(_) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+            },
             None => false,
         }
     }

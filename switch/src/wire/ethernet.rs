@@ -10,6 +10,15 @@ pub mod ethertype {
     pub const IPV4: u16 = 0x0800;
     pub const ARP: u16 = 0x0806;
     pub const VLAN: u16 = 0x8100;
+    /// IEEE 802.1ad service tag (Q-in-Q outer tag).
+    pub const QINQ: u16 = 0x88a8;
+    /// The pre-standard Q-in-Q tag some switches still send.
+    pub const QINQ_LEGACY: u16 = 0x9100;
+
+    /// Whether an EtherType announces a VLAN tag of any kind (802.1Q, 802.1ad, legacy Q-in-Q).
+    pub const fn is_vlan_tag(ethertype: u16) -> bool {
+        matches!(ethertype, VLAN | QINQ | QINQ_LEGACY)
+    }
     pub const IPV6: u16 = 0x86dd;
 }
 

@@ -64,6 +64,14 @@ impl L2Header {
             }
     }
 
+    /// Whether another VLAN tag (802.1Q or 802.1ad) follows the outer 802.1Q tag, or, for a
+    /// frame without one, whether its EtherType is a tag the switch does not classify by
+    /// (802.1ad). Such a tag would become the outer one if the outer tag were popped, which is
+    /// how stacked tags hop VLANs.
+    pub fn has_inner_tag(&self) -> bool {
+        ethertype::is_vlan_tag(self.ethertype)
+    }
+
     /// Always false: a header has at least the two addresses and an EtherType.
     pub fn is_empty(&self) -> bool {
         false
