@@ -1579,6 +1579,16 @@ impl TestPort {
 
     // ----- raw access --------------------------------------------------------------------
 
+    /// The queue's kick eventfd, for a test thread that drives a ring by hand. It stays open
+    /// as long as the port.
+    pub fn kick_fd(&self, queue: usize) -> std::os::fd::RawFd {
+        if queue == RX_QUEUE {
+            self.rx.kick.as_raw_fd()
+        } else {
+            self.tx.kick.as_raw_fd()
+        }
+    }
+
     /// Raw access to the TX queue for building malformed descriptor chains.
     pub fn raw_tx(&mut self) -> RawQueue<'_> {
         RawQueue {

@@ -87,3 +87,158 @@ fn a_call_fd_that_never_drains_does_not_stall_the_sender() {
     drop(read_end);
     d.shutdown();
 }
+
+/// A guest transmitting flat out: every avail slot holds one valid frame, and a thread keeps
+/// the avail index a whole ring ahead of the used index, so the switch never finds the ring
+/// empty. Stops (and waits for the thread) when dropped.
+struct FlatOut {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FlatOut {
+    fn start(p: &mut TestPort, frame: &[u8]) -> FlatOut {
+        use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+        use vm_memory::{GuestAddress, GuestMemoryBackend};
+        let qsize = p.raw_tx().queue_size();
+        let (buf, len) = p.raw_tx().frame_buffer(frame).unwrap();
+        p.raw_tx().set_desc(0, RawDesc::new(buf, len, 0)).unwrap();
+        let (_, avail, used) = p.raw_tx().ring_addrs();
+        for slot in 0..u64::from(qsize) {
+            p.raw_tx().write(avail + 4 + 2 * slot, &[0, 0]).unwrap();
+        }
+        let host = |gpa: u64| {
+            p.guest_memory()
+                .get_host_address(GuestAddress(gpa))
+                .unwrap() as usize
+        };
+        let (avail_idx, used_idx) = (host(avail + 2), host(used + 2));
+        let kick = p.kick_fd(TX_QUEUE);
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: both addresses are 2-byte aligned ring indices inside the port's guest
+            // memory, which stays mapped until this thread is joined (FlatOut is dropped
+            // before the TestPort).
+            let (avail_idx, used_idx) = unsafe {
+                (
+                    AtomicU16::from_ptr(avail_idx as *mut u16),
+                    AtomicU16::from_ptr(used_idx as *mut u16),
+                )
+            };
+            let mut last = None;
+            while !flag.load(Ordering::Relaxed) {
+                let used = u16::from_le(used_idx.load(Ordering::Acquire));
+                if last != Some(used) {
+                    last = Some(used);
+                    avail_idx.store(used.wrapping_add(qsize).to_le(), Ordering::Release);
+                    // Kick on every refill, as a guest that ignores EVENT_IDX hints may.
+                    // SAFETY: writes 8 bytes from a local to the kick eventfd, which the
+                    // TestPort keeps open until this thread is joined.
+                    unsafe { libc::write(kick, 1u64.to_ne_bytes().as_ptr().cast(), 8) };
+                }
+                std::hint::spin_loop();
+            }
+        });
+        FlatOut {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FlatOut {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn a_guest_transmitting_flat_out_does_not_freeze_the_control_plane() {
+    let dir = TestDir::new("busy-tx");
+    let d = start_switch(
+        &dir.path,
+        vec![
+            access(&dir.path, "busy", 1),
+            access(&dir.path, "b", 1),
+            access(&dir.path, "c", 2),
+            access(&dir.path, "e", 2),
+        ],
+        |_| {},
+    );
+    let mut busy = connect(&dir, "busy");
+    let mut b = connect(&dir, "b");
+    b.set_rx_consumption(false).unwrap();
+    let mut c = connect(&dir, "c");
+    let mut e = connect(&dir, "e");
+    let flood = FlatOut::start(&mut busy, &frame(BROADCAST, mac(1), 0, 64));
+    let sw = d.switch.clone();
+    patchbay_tests::switch::eventually("the busy guest's frames are switched", || {
+        sw.port_by_name("busy")
+            .unwrap()
+            .counters
+            .snapshot()
+            .rx_packets
+            > 10_000
+    });
+    control_plane_answers(&d, &dir);
+    // Metrics are rendered from counters, without a dataplane lock.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let control = d.control_counters.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(patchbay_switch::metrics::render(&sw, &control).is_ok());
+    });
+    assert_eq!(rx.recv_timeout(T), Ok(true), "the metrics scrape hangs");
+    // Other ports keep forwarding meanwhile.
+    for seq in 0..10 {
+        forwards(&mut c, &mut e, &frame(mac(5), mac(3), seq, 100));
+    }
+    // The busy port can be removed while it transmits.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sw = d.switch.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(sw.remove_port("busy").is_ok());
+    });
+    assert_eq!(
+        rx.recv_timeout(T),
+        Ok(true),
+        "del-port hangs on a busy port"
+    );
+    drop(flood);
+    drop(busy);
+    d.shutdown();
+}
+
+#[test]
+fn port_state_and_counters_are_read_without_dataplane_locks() {
+    let dir = TestDir::new("lock-free-reads");
+    let d = start_switch(
+        &dir.path,
+        vec![access(&dir.path, "a", 1), access(&dir.path, "b", 1)],
+        |_| {},
+    );
+    let _a = connect(&dir, "a");
+    let _b = connect(&dir, "b");
+    let port = d.switch.port_by_name("a").unwrap();
+    patchbay_tests::switch::eventually("a's rings are up", || port.info().rings_up);
+    // Hold a's ring locks the way a dataplane thread holds them for a batch that never ends
+    // (a guest transmitting faster than the switch drains).
+    let link = port.link().unwrap();
+    let _tx = link.tx.lock().unwrap();
+    let _rx = link.rx.lock().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (sw, control) = (d.switch.clone(), d.control_counters.clone());
+    std::thread::spawn(move || {
+        let up = sw.ports().iter().map(|p| p.info().rings_up).all(|up| up);
+        let metrics = patchbay_switch::metrics::render(&sw, &control).is_ok();
+        let _ = tx.send((up, metrics));
+    });
+    assert_eq!(
+        rx.recv_timeout(T),
+        Ok((true, true)),
+        "show ports or the metrics scrape waits for a dataplane lock"
+    );
+}

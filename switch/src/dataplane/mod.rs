@@ -37,6 +37,11 @@ use crate::wire::{EthernetAddress, L2Header};
 /// Chains taken from a TX ring per batch.
 pub const BATCH: usize = 64;
 
+/// Most chains one `drain_tx` call takes in event mode before it lets go of the ring lock,
+/// so a guest that never stops transmitting cannot keep its ring locked (the vhost-user
+/// handler, port removal and shutdown wait for it) nor its thread from noticing a stop.
+pub const DRAIN_BUDGET: usize = 4 * BATCH;
+
 /// `Delivery::header` when the frame's header is given by `rewrite` alone.
 pub const NO_HEADER: u32 = u32::MAX;
 
@@ -271,8 +276,9 @@ fn drop_reason(e: &ChainError) -> DropReason {
     }
 }
 
-/// Switches every frame waiting in `port`'s transmit ring. In event mode (`event_mode`),
-/// drains until the ring is empty and re-arms the guest's kick (EVENT_IDX aware); in poll
+/// Switches frames waiting in `port`'s transmit ring. In event mode (`event_mode`), drains
+/// until the ring is empty and re-arms the guest's kick (EVENT_IDX aware), or until
+/// [`DRAIN_BUDGET`] chains were taken (kicks stay off: the caller must call again); in poll
 /// mode takes one batch and leaves kicks off. Returns the number of chains consumed.
 pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usize {
     let mem = link.mem.memory();
@@ -368,6 +374,9 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usiz
         if ring_broken {
             // Re-arming would report the same bogus index as new work and spin here forever
             // holding the ring lock.
+            break;
+        }
+        if consumed >= DRAIN_BUDGET {
             break;
         }
         if popped < BATCH {

@@ -96,6 +96,7 @@ impl DeviceHandler {
     }
 
     fn notify_rings_changed(&self) {
+        self.link.refresh_up();
         let _ = self.rings_changed.write(1);
     }
 

@@ -297,8 +297,11 @@ fn kick_loop(
             }
         }
         // Frames may already be waiting when a ring comes up.
-        if !polled {
-            dataplane::drain_tx(switch, port, link, true);
+        if !polled && dataplane::drain_tx(switch, port, link, true) >= dataplane::DRAIN_BUDGET {
+            // The guest keeps transmitting: go round again (noticing a stop or a new kick
+            // fd) without waiting for a kick, which stays disabled meanwhile.
+            thread::yield_now();
+            continue;
         }
         let n = match epoll.wait(-1, &mut events) {
             Ok(n) => n,

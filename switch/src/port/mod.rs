@@ -156,6 +156,10 @@ pub struct Link {
     pub features: AtomicU64,
     /// Work space of whoever drains this link's TX ring; locked after the TX ring.
     pub tx_scratch: Mutex<TxScratch>,
+    /// Whether each ring is usable, mirrored from the ring state by the vhost-user handler
+    /// so that `show ports` and the metrics never wait for a ring lock a batch holds.
+    rx_up: AtomicBool,
+    tx_up: AtomicBool,
 }
 
 impl Link {
@@ -166,6 +170,8 @@ impl Link {
             tx: Mutex::new(ring::RingState::default()),
             features: AtomicU64::new(0),
             tx_scratch: Mutex::new(TxScratch::default()),
+            rx_up: AtomicBool::new(false),
+            tx_up: AtomicBool::new(false),
         }
     }
 
@@ -173,11 +179,17 @@ impl Link {
         self.features.load(Ordering::Acquire)
     }
 
-    /// Both rings are set up and enabled by the frontend: frames can flow.
+    /// Both rings are set up and enabled by the frontend: frames can flow. Lock-free.
     pub fn is_up(&self) -> bool {
-        let usable =
-            |r: &Mutex<ring::RingState>| r.lock().unwrap_or_else(|p| p.into_inner()).usable();
-        usable(&self.rx) && usable(&self.tx)
+        self.rx_up.load(Ordering::Acquire) && self.tx_up.load(Ordering::Acquire)
+    }
+
+    /// Re-reads whether each ring is usable (after the frontend changed ring state).
+    pub(crate) fn refresh_up(&self) {
+        for (ring, up) in [(&self.rx, &self.rx_up), (&self.tx, &self.tx_up)] {
+            let usable = ring.lock().unwrap_or_else(|p| p.into_inner()).usable();
+            up.store(usable, Ordering::Release);
+        }
     }
 }
 
