@@ -98,7 +98,14 @@ struct FlatOut {
 
 impl FlatOut {
     fn start(p: &mut TestPort, frame: &[u8]) -> FlatOut {
-        use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+        Self::start_flipping(p, frame, None)
+    }
+
+    /// Like `start`, and between refills the thread also rewrites the frame's 8 bytes at
+    /// `flip.0` (8-aligned in guest memory) back and forth between the original and `flip.1`:
+    /// a guest changing its header while the switch works on it.
+    fn start_flipping(p: &mut TestPort, frame: &[u8], flip: Option<(usize, Vec<u8>)>) -> FlatOut {
+        use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
         use vm_memory::{GuestAddress, GuestMemoryBackend};
         let qsize = p.raw_tx().queue_size();
         let (buf, len) = p.raw_tx().frame_buffer(frame).unwrap();
@@ -114,6 +121,13 @@ impl FlatOut {
         };
         let (avail_idx, used_idx) = (host(avail + 2), host(used + 2));
         let kick = p.kick_fd(TX_QUEUE);
+        let hdr_len = p.header_len() as u64;
+        let flip = flip.map(|(at, alt)| {
+            let word = |b: &[u8]| u64::from_ne_bytes(b.try_into().expect("8 bytes"));
+            let addr = host(buf + hdr_len + at as u64);
+            assert_eq!(addr % 8, 0, "the flipped word must be aligned");
+            (addr, word(&frame[at..at + 8]), word(&alt))
+        });
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -127,7 +141,18 @@ impl FlatOut {
                 )
             };
             let mut last = None;
+            let mut flips = 0u64;
             while !flag.load(Ordering::Relaxed) {
+                if let Some((at, orig, alt)) = &flip {
+                    flips += 1;
+                    // SAFETY: an 8-byte aligned word inside the frame's buffer in guest
+                    // memory, mapped until this thread is joined.
+                    let word = unsafe { AtomicU64::from_ptr(*at as *mut u64) };
+                    word.store(if flips % 2 == 1 { *alt } else { *orig }, Ordering::Relaxed);
+                    if flips % 64 != 0 {
+                        continue;
+                    }
+                }
                 let used = u16::from_le(used_idx.load(Ordering::Acquire));
                 if last != Some(used) {
                     last = Some(used);
@@ -241,4 +266,71 @@ fn port_state_and_counters_are_read_without_dataplane_locks() {
         Ok((true, true)),
         "show ports or the metrics scrape waits for a dataplane lock"
     );
+}
+
+/// Whether two bytes are a VLAN tag's EtherType (802.1Q, 802.1ad, legacy Q-in-Q).
+fn is_tag(b: &[u8]) -> bool {
+    matches!(u16::from_be_bytes([b[0], b[1]]), 0x8100 | 0x88a8 | 0x9100)
+}
+
+#[test]
+fn the_header_decided_on_is_the_header_that_leaves() {
+    let dir = TestDir::new("toctou");
+    let d = start_switch(
+        &dir.path,
+        vec![
+            access(&dir.path, "a", 10),
+            access(&dir.path, "b", 10),
+            access(&dir.path, "victim", 20),
+            patchbay_tests::switch::port(&dir.path, "t", "trunk", None, Some("10,20")),
+        ],
+        |_| {},
+    );
+    let mut a = connect(&dir, "a");
+    let mut b = connect(&dir, "b");
+    let mut victim = connect(&dir, "victim");
+    let mut t = connect(&dir, "t");
+    // a's frame is untagged (ethertype 0x88b5) while the switch decides, and tagged VLAN 20
+    // a moment later: whatever leaves must be what the decision saw.
+    let benign = frame(BROADCAST, mac(1), 0, 200);
+    let mut vlan20 = 0x8100u16.to_be_bytes().to_vec();
+    vlan20.extend_from_slice(&20u16.to_be_bytes());
+    vlan20.extend_from_slice(&0x88b5u16.to_be_bytes());
+    vlan20.extend_from_slice(&benign[18..20]);
+    let flood = FlatOut::start_flipping(&mut a, &benign, Some((12, vlan20)));
+    let (mut at_b, mut at_t) = (0u64, 0u64);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while (at_b < 3000 || at_t < 3000) && std::time::Instant::now() < deadline {
+        b.recv_batch(&mut |f| {
+            at_b += 1;
+            // Torn reads of the flipping bytes are fine (the decision saw some EtherType and
+            // that is what leaves); a tag is not.
+            assert!(
+                !is_tag(&f[12..14]),
+                "b (access 10) got a tagged frame: {f:02x?}"
+            );
+        })
+        .unwrap();
+        t.recv_batch(&mut |f| {
+            at_t += 1;
+            assert_eq!(
+                f[12..16],
+                [0x81, 0x00, 0x00, 10],
+                "t: not VLAN 10: {f:02x?}"
+            );
+            assert!(!is_tag(&f[16..18]), "t got a second tag: {f:02x?}");
+        })
+        .unwrap();
+    }
+    drop(flood);
+    assert!(
+        at_b > 100 && at_t > 100,
+        "too few frames to judge: {at_b} at b, {at_t} at t"
+    );
+    assert!(
+        received_now(&mut victim).is_none(),
+        "VLAN 20 got a frame from VLAN 10"
+    );
+    drop(a);
+    d.shutdown();
 }

@@ -134,44 +134,53 @@ impl Source<'_> {
     }
 }
 
-/// How a frame's first bytes change on the way out: `prefix` replaces the first `skip` bytes.
+/// The L2 header a frame leaves with: `prefix` replaces the first `skip` bytes of the frame.
+/// Every delivery of a guest's frame carries the whole L2 header it was switched on (the
+/// addresses, the tag and the EtherType, from the one copy the decision read), so what leaves
+/// is what was decided: a guest rewriting its header in its own memory meanwhile changes only
+/// the payload behind it.
 #[derive(Debug, Clone, Copy)]
 pub struct Rewrite {
-    pub prefix: [u8; 16],
+    pub prefix: [u8; L2Header::MAX_LEN],
     pub prefix_len: u8,
     pub skip: u8,
 }
 
 impl Rewrite {
+    /// Nothing replaced: the frame leaves as its bytes are (host frames, or flow outputs
+    /// whose header lives in the batch's header arena).
     pub const NONE: Rewrite = Rewrite {
-        prefix: [0; 16],
+        prefix: [0; L2Header::MAX_LEN],
         prefix_len: 0,
         skip: 0,
     };
 
-    /// The change needed for a frame classified into `class` to leave as `egress`.
+    /// The header of a frame classified into `class`, as it leaves through `egress`: the
+    /// tag pushed, rewritten, kept or popped, and everything else as the decision read it.
     pub fn for_egress(h: &L2Header, class: Classified, egress: Egress) -> Rewrite {
         let mut r = Rewrite::NONE;
         r.prefix[0..6].copy_from_slice(&h.dst.0);
         r.prefix[6..12].copy_from_slice(&h.src.0);
-        match (h.vlan, egress) {
-            (Some(tag), Egress::Tagged) if tag.vid == class.vid => Rewrite::NONE,
-            (None, Egress::Untagged) => Rewrite::NONE,
-            (tag, Egress::Tagged) => {
-                let dei = tag.is_some_and(|t| t.dei);
-                let tci = (u16::from(class.pcp & 7) << 13) | (u16::from(dei) << 12) | class.vid;
-                r.prefix[12..14].copy_from_slice(&ethertype::VLAN.to_be_bytes());
-                r.prefix[14..16].copy_from_slice(&tci.to_be_bytes());
-                r.prefix_len = 16;
-                r.skip = if tag.is_some() { 16 } else { 12 };
-                r
-            }
-            (Some(_), Egress::Untagged) => {
-                r.prefix_len = 12;
-                r.skip = 16;
-                r
-            }
+        let mut at = 12;
+        if egress == Egress::Tagged {
+            let tci = match h.vlan {
+                // Same VLAN, trunk to trunk: the tag as it came.
+                Some(tag) if tag.vid == class.vid => {
+                    (u16::from(tag.pcp & 7) << 13) | (u16::from(tag.dei) << 12) | tag.vid
+                }
+                tag => {
+                    let dei = tag.is_some_and(|t| t.dei);
+                    (u16::from(class.pcp & 7) << 13) | (u16::from(dei) << 12) | class.vid
+                }
+            };
+            r.prefix[12..14].copy_from_slice(&ethertype::VLAN.to_be_bytes());
+            r.prefix[14..16].copy_from_slice(&tci.to_be_bytes());
+            at = 16;
         }
+        r.prefix[at..at + 2].copy_from_slice(&h.ethertype.to_be_bytes());
+        r.prefix_len = (at + 2) as u8;
+        r.skip = h.len() as u8;
+        r
     }
 
     pub fn prefix(&self) -> &[u8] {
@@ -209,15 +218,15 @@ mod tests {
             Classified { vid: 100, pcp: 0 },
             Egress::Tagged,
         );
-        assert_eq!((r.prefix_len, r.skip), (16, 12));
-        assert_eq!(&r.prefix[12..16], &[0x81, 0x00, 0x00, 100]);
+        assert_eq!((r.prefix_len, r.skip), (18, 14));
+        assert_eq!(&r.prefix[12..18], &[0x81, 0x00, 0x00, 100, 0x08, 0x00]);
         assert_eq!(r.out_len(60), 64);
         let r = Rewrite::for_egress(
             &header(Some((0, 5))),
             Classified { vid: 100, pcp: 5 },
             Egress::Tagged,
         );
-        assert_eq!((r.prefix_len, r.skip), (16, 16));
+        assert_eq!((r.prefix_len, r.skip), (18, 18));
         assert_eq!(&r.prefix[14..16], &((5u16 << 13) | 100).to_be_bytes());
     }
 
@@ -226,12 +235,15 @@ mod tests {
         let tagged = header(Some((100, 3)));
         let class = Classified { vid: 100, pcp: 3 };
         let pop = Rewrite::for_egress(&tagged, class, Egress::Untagged);
-        assert_eq!((pop.prefix_len, pop.skip), (12, 16));
+        assert_eq!((pop.prefix_len, pop.skip), (14, 18));
+        assert_eq!(&pop.prefix[12..14], &[0x08, 0x00]);
         assert_eq!(pop.out_len(64), 60);
         let keep = Rewrite::for_egress(&tagged, class, Egress::Tagged);
-        assert_eq!((keep.prefix_len, keep.skip), (0, 0));
+        assert_eq!((keep.prefix_len, keep.skip), (18, 18));
+        assert_eq!(&keep.prefix[12..18], &[0x81, 0x00, 0x60, 100, 0x08, 0x00]);
         let plain = Rewrite::for_egress(&header(None), class, Egress::Untagged);
-        assert_eq!((plain.prefix_len, plain.skip), (0, 0));
+        assert_eq!((plain.prefix_len, plain.skip), (14, 14));
+        assert_eq!(&plain.prefix[..6], &[2, 0, 0, 0, 0, 2]);
     }
 
     #[test]

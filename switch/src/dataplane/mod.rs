@@ -483,13 +483,11 @@ pub fn switch_frames(
         );
         for out in outputs.iter() {
             let tun_id = out.tun_id.map(|v| v as u32);
+            // The header copy the tables matched on leaves with the frame, modified or not,
+            // so a guest cannot change what was matched after the match.
             let custom = |headers: &mut Vec<HeaderBuf>| {
-                if out.modified {
-                    headers.push(out.header);
-                    (headers.len() - 1) as u32
-                } else {
-                    NO_HEADER
-                }
+                headers.push(out.header);
+                (headers.len() - 1) as u32
             };
             let vlan = (key.get(Field::VlanTci) & 0x0fff) as Vid;
             match out.target {
