@@ -401,7 +401,7 @@ struct Snap {
     no_buffer: u64,
     floods: u64,
     /// In `TunnelDrop::ALL` order.
-    vtep_drops: [u64; 8],
+    vtep_drops: [u64; TunnelDrop::ALL.len()],
     udp_rcvbuf_errors: u64,
 }
 
@@ -420,7 +420,7 @@ struct Sample {
     gen_idle: f64,
     no_buffer: u64,
     floods: u64,
-    vtep_drops: [u64; 8],
+    vtep_drops: [u64; TunnelDrop::ALL.len()],
     udp_rcvbuf_errors: u64,
     /// Frames or packets of the wrong length at the sink.
     bad: u64,
@@ -488,7 +488,7 @@ fn drive(s: &mut Session, case: Case, fa: &[u8], fb: &[u8], dur: Duration) -> Sa
     let (sent0, got0, cpu0, p0) = before.expect("measured");
     let p1 = s.snap();
     let (sent, got) = (sent - sent0, got - got0);
-    let mut vtep_drops = [0u64; 8];
+    let mut vtep_drops = [0u64; TunnelDrop::ALL.len()];
     for (i, d) in vtep_drops.iter_mut().enumerate() {
         *d = p1.vtep_drops[i] - p0.vtep_drops[i];
     }

@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::vtep::{VniConfig, Vtep, VtepConfig};
+use crate::vtep::{UnknownVtepPolicy, VniConfig, Vtep, VtepConfig};
 use crate::{decap, DecapError, TunnelDrop};
 
 /// xorshift64*: deterministic and dependency-free.
@@ -26,6 +26,8 @@ fn decap_never_panics() {
     let vtep = Vtep::new(VtepConfig {
         mac_table_size: 512,
         mac_aging_secs: 5,
+        // Learning from any sender reaches more of the tables than the default `drop`.
+        unknown_vtep: UnknownVtepPolicy::Learn,
         vnis: (0..8)
             .map(|i| VniConfig {
                 vni: i,

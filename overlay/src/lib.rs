@@ -23,7 +23,8 @@ pub const VXLAN_PORT: u16 = 4789;
 pub use decap::{decap, DecapError};
 pub use encap::{max_inner_frame, source_port, OuterTemplate, OUTER_LEN};
 pub use vtep::{
-    TunnelDrop, UnknownVtepPolicy, VniConfig, Vtep, VtepConfig, VtepError, VtepSnapshot,
+    LocalMacMove, TunnelDrop, UnknownVtepPolicy, VniConfig, Vtep, VtepConfig, VtepError,
+    VtepSnapshot,
 };
 pub use wire::{VxlanPacket, VxlanRepr};
 

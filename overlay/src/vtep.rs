@@ -33,15 +33,29 @@ pub const MAX_MAC_TABLE_SIZE: usize = 1 << 20;
 /// be predictable, and it is on the per-frame path, so it must be fast.
 type S = ahash::RandomState;
 
-/// What to do with VXLAN packets from a VTEP that is not in the VNI's flood list.
+/// What to do with VXLAN packets from a VTEP that is not in the VNI's flood list. Sources
+/// are not authenticated: under `learn`, anyone who can reach the UDP port can inject frames
+/// into any mapped VNI, so `drop` is the default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UnknownVtepPolicy {
     /// Accept them and learn their MACs (like Linux vxlan with `learning`).
-    #[default]
     Learn,
-    /// Drop them, counted as `unknown-vtep`: only configured remotes are trusted.
+    /// Drop them, counted as `unknown-vtep`: only the VNI's configured remotes are trusted.
+    #[default]
     Drop,
+}
+
+/// Whether a tunnel packet may move a MAC address that the switch learned on a local port
+/// to a remote VTEP. Under `deny` (the default) such a packet is dropped as
+/// `local-mac-claim`, so a remote cannot take over a local guest's address; `allow` lets
+/// addresses move (a guest migrated to another host before its old entry aged out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalMacMove {
+    #[default]
+    Deny,
+    Allow,
 }
 
 /// One VNI as configured: the VLAN it carries and the remote VTEPs it floods to.
@@ -70,6 +84,9 @@ pub struct VtepConfig {
     pub underlay_mtu: u32,
     #[serde(default)]
     pub unknown_vtep: UnknownVtepPolicy,
+    /// May a tunnel packet claim a MAC learned on a local port (see [`LocalMacMove`])?
+    #[serde(default)]
+    pub local_mac_move: LocalMacMove,
     /// Seconds an idle learned remote MAC is kept.
     #[serde(default = "default_mac_aging_secs")]
     pub mac_aging_secs: u64,
@@ -77,6 +94,10 @@ pub struct VtepConfig {
     /// their frames keep flooding.
     #[serde(default = "default_mac_table_size")]
     pub mac_table_size: usize,
+    /// Most learned remote MACs in one VNI, so that the remotes of one VNI cannot fill the
+    /// table for all (`mac_table_size` still bounds the total).
+    #[serde(default = "default_mac_table_size_per_vni")]
+    pub mac_table_size_per_vni: usize,
     #[serde(default)]
     pub vnis: Vec<VniConfig>,
 }
@@ -93,6 +114,9 @@ fn default_mac_aging_secs() -> u64 {
 fn default_mac_table_size() -> usize {
     8192
 }
+fn default_mac_table_size_per_vni() -> usize {
+    4096
+}
 
 impl VtepConfig {
     /// A configuration with every default and no VNIs.
@@ -102,8 +126,10 @@ impl VtepConfig {
             port: default_port(),
             underlay_mtu: default_underlay_mtu(),
             unknown_vtep: UnknownVtepPolicy::default(),
+            local_mac_move: LocalMacMove::default(),
             mac_aging_secs: default_mac_aging_secs(),
             mac_table_size: default_mac_table_size(),
+            mac_table_size_per_vni: default_mac_table_size_per_vni(),
             vnis: Vec::new(),
         }
     }
@@ -134,6 +160,15 @@ impl VtepConfig {
             return Err(err(
                 "mac_table_size".into(),
                 format!("{} is above {MAX_MAC_TABLE_SIZE}", self.mac_table_size),
+            ));
+        }
+        if self.mac_table_size_per_vni > MAX_MAC_TABLE_SIZE {
+            return Err(err(
+                "mac_table_size_per_vni".into(),
+                format!(
+                    "{} is above {MAX_MAC_TABLE_SIZE}",
+                    self.mac_table_size_per_vni
+                ),
             ));
         }
         for (i, v) in self.vnis.iter().enumerate() {
@@ -243,6 +278,11 @@ pub enum TunnelDrop {
     /// Received: the sender is not in the VNI's flood list and the policy is `drop` (or it is
     /// not a unicast address at all).
     UnknownVtep,
+    /// Received: the inner frame is larger than the switch's frame limit (MTU + 18).
+    InnerTooBig,
+    /// Received: the inner source MAC is learned on a local port of the VNI's VLAN and
+    /// `local_mac_move` is `deny`.
+    LocalMacClaim,
     /// To send: the frame does not fit the underlay MTU after encapsulation.
     TooBig,
     /// To send: the VNI has no remote to send to.
@@ -250,13 +290,15 @@ pub enum TunnelDrop {
 }
 
 impl TunnelDrop {
-    pub const ALL: [TunnelDrop; 8] = [
+    pub const ALL: [TunnelDrop; 10] = [
         TunnelDrop::Truncated,
         TunnelDrop::NoVniFlag,
         TunnelDrop::ReservedBits,
         TunnelDrop::InnerRunt,
         TunnelDrop::UnknownVni,
         TunnelDrop::UnknownVtep,
+        TunnelDrop::InnerTooBig,
+        TunnelDrop::LocalMacClaim,
         TunnelDrop::TooBig,
         TunnelDrop::NoRemote,
     ];
@@ -270,6 +312,8 @@ impl TunnelDrop {
             TunnelDrop::InnerRunt => "inner-runt",
             TunnelDrop::UnknownVni => "unknown-vni",
             TunnelDrop::UnknownVtep => "unknown-vtep",
+            TunnelDrop::InnerTooBig => "inner-too-big",
+            TunnelDrop::LocalMacClaim => "local-mac-claim",
             TunnelDrop::TooBig => "too-big",
             TunnelDrop::NoRemote => "no-remote",
         }
@@ -300,7 +344,8 @@ pub enum Learned {
     Moved,
     /// A static entry holds the address; it was left alone.
     Static,
-    /// The table is at its limit; the address was not learned (its frames keep flooding).
+    /// The table, or the VNI's share of it, is at its limit; the address was not learned
+    /// (its frames keep flooding).
     TableFull,
     /// Not learnable: a group source MAC, a non-unicast remote or an unmapped VNI.
     Refused,
@@ -377,12 +422,55 @@ struct MacEntry {
     is_static: bool,
 }
 
+/// Keyed by VNI first: each VNI is its own table (the same address in two VNIs is two
+/// unrelated entries); one allocation, sized up front, holds them all.
 type MacKey = (Vni, [u8; 6]);
 
 struct MacTable {
     entries: HashMap<MacKey, MacEntry, S>,
+    /// Learned (not static) entries per mapped VNI, for the per-VNI limit. A VNI's count is
+    /// created when it is mapped, so learning never allocates here either.
+    learned_per_vni: HashMap<Vni, usize, S>,
     /// When the last sweep for room happened, so a full table is swept at most once a second.
     last_sweep: Option<u64>,
+}
+
+impl MacTable {
+    fn learned_in(&self, vni: Vni) -> usize {
+        self.learned_per_vni.get(&vni).copied().unwrap_or(0)
+    }
+
+    /// Removes the entries `keep` refuses, keeping the per-VNI counts right; returns how many.
+    fn retain(&mut self, mut keep: impl FnMut(&MacKey, &MacEntry) -> bool) -> usize {
+        let MacTable {
+            entries,
+            learned_per_vni,
+            ..
+        } = self;
+        let before = entries.len();
+        entries.retain(|key, e| {
+            let kept = keep(key, e);
+            if !kept && !e.is_static {
+                if let Some(n) = learned_per_vni.get_mut(&key.0) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            kept
+        });
+        before - entries.len()
+    }
+
+    /// Inserts or replaces an entry, keeping the per-VNI counts right.
+    fn insert(&mut self, key: MacKey, entry: MacEntry) {
+        let added = usize::from(!entry.is_static);
+        let removed = self
+            .entries
+            .insert(key, entry)
+            .map_or(0, |old| usize::from(!old.is_static));
+        if let Some(n) = self.learned_per_vni.get_mut(&key.0) {
+            *n = (*n + added).saturating_sub(removed);
+        }
+    }
 }
 
 struct RemoteEntry {
@@ -443,8 +531,10 @@ pub struct Vtep {
     port: u16,
     underlay_mtu: u32,
     policy: UnknownVtepPolicy,
+    local_mac_move: LocalMacMove,
     aging_secs: u64,
     max_macs: usize,
+    max_macs_per_vni: usize,
     vnis: RwLock<VniTable>,
     macs: RwLock<MacTable>,
     remotes: RwLock<RemoteTable>,
@@ -469,6 +559,7 @@ impl Vtep {
     pub fn new(cfg: VtepConfig) -> Result<Vtep, VtepError> {
         cfg.validate()?;
         let mut vnis = VniTable::default();
+        let mut learned_per_vni = HashMap::with_hasher(S::new());
         let mut remotes = RemoteTable {
             entries: HashMap::with_capacity_and_hasher(MAX_LEARNED_REMOTES, S::new()),
             learned: 0,
@@ -480,17 +571,21 @@ impl Vtep {
             vnis.by_vlan.insert(v.vlan, v.vni);
             vnis.by_vni
                 .insert(v.vni, VniEntry::new(v.vlan, v.remotes.iter().copied()));
+            learned_per_vni.insert(v.vni, 0);
         }
         Ok(Vtep {
             local_ip: cfg.local_ip,
             port: cfg.port,
             underlay_mtu: cfg.underlay_mtu,
             policy: cfg.unknown_vtep,
+            local_mac_move: cfg.local_mac_move,
             aging_secs: cfg.mac_aging_secs,
             max_macs: cfg.mac_table_size,
+            max_macs_per_vni: cfg.mac_table_size_per_vni,
             vnis: RwLock::new(vnis),
             macs: RwLock::new(MacTable {
                 entries: HashMap::with_capacity_and_hasher(cfg.mac_table_size, S::new()),
+                learned_per_vni,
                 last_sweep: None,
             }),
             remotes: RwLock::new(remotes),
@@ -518,8 +613,10 @@ impl Vtep {
             port: self.port,
             underlay_mtu: self.underlay_mtu,
             unknown_vtep: self.policy,
+            local_mac_move: self.local_mac_move,
             mac_aging_secs: self.aging_secs,
             mac_table_size: self.max_macs,
+            mac_table_size_per_vni: self.max_macs_per_vni,
             vnis,
         }
     }
@@ -544,6 +641,10 @@ impl Vtep {
 
     pub fn unknown_vtep_policy(&self) -> UnknownVtepPolicy {
         self.policy
+    }
+
+    pub fn local_mac_move(&self) -> LocalMacMove {
+        self.local_mac_move
     }
 
     /// The outer header for frames of `vni` sent to `remote` (TTL [`DEFAULT_TTL`]).
@@ -584,6 +685,7 @@ impl Vtep {
         }
         t.by_vlan.insert(vlan, vni);
         t.by_vni.insert(vni, VniEntry::new(vlan, []));
+        write(&self.macs).learned_per_vni.insert(vni, 0);
         Ok(())
     }
 
@@ -598,7 +700,9 @@ impl Vtep {
                 remotes.release(*r);
             }
         }
-        write(&self.macs).entries.retain(|k, _| k.0 != vni);
+        let mut macs = write(&self.macs);
+        macs.retain(|k, _| k.0 != vni);
+        macs.learned_per_vni.remove(&vni);
         Ok(())
     }
 
@@ -663,8 +767,9 @@ impl Vtep {
     }
 
     /// Records that `mac` (an inner source address) sits behind `remote` in `vni`. A static
-    /// entry for the address wins; a full table refuses new addresses (after sweeping expired
-    /// ones, at most once a second). Does not allocate: the table is sized up front.
+    /// entry for the address wins; a full table, or a VNI at `mac_table_size_per_vni`,
+    /// refuses new addresses (after sweeping expired ones, at most once a second). Does not
+    /// allocate: the table is sized up front.
     pub fn learn(&self, vni: Vni, mac: [u8; 6], remote: Ipv4Addr, now_secs: u64) -> Learned {
         if mac[0] & 1 != 0 || !is_unicast(remote) || !read(&self.vnis).by_vni.contains_key(&vni) {
             return Learned::Refused;
@@ -692,19 +797,26 @@ impl Vtep {
         if let Some(e) = t.entries.get(&key) {
             return known(e);
         }
-        if t.entries.len() >= self.max_macs {
+        if !t.learned_per_vni.contains_key(&vni) {
+            // Unmapped since the check above.
+            return Learned::Refused;
+        }
+        let full = |t: &MacTable| {
+            t.entries.len() >= self.max_macs || t.learned_in(vni) >= self.max_macs_per_vni
+        };
+        if full(&t) {
             if t.last_sweep == Some(now_secs) {
                 return Learned::TableFull;
             }
             t.last_sweep = Some(now_secs);
-            t.entries.retain(|_, e| {
+            t.retain(|_, e| {
                 e.is_static || !self.expired(e.last_seen.load(Ordering::Relaxed), now_secs)
             });
-            if t.entries.len() >= self.max_macs {
+            if full(&t) {
                 return Learned::TableFull;
             }
         }
-        t.entries.insert(
+        t.insert(
             key,
             MacEntry {
                 remote: AtomicU32::new(ip),
@@ -740,7 +852,7 @@ impl Vtep {
         if !t.by_vni.contains_key(&vni) {
             return Err(VtepError::UnknownVni(vni));
         }
-        write(&self.macs).entries.insert(
+        write(&self.macs).insert(
             (vni, mac),
             MacEntry {
                 remote: AtomicU32::new(u32::from(remote)),
@@ -771,8 +883,7 @@ impl Vtep {
     pub fn expire(&self, now_secs: u64) -> usize {
         let (removed, in_use) = {
             let mut t = write(&self.macs);
-            let before = t.entries.len();
-            t.entries.retain(|_, e| {
+            let removed = t.retain(|_, e| {
                 e.is_static || !self.expired(e.last_seen.load(Ordering::Relaxed), now_secs)
             });
             let in_use: HashSet<u32, S> = t
@@ -780,7 +891,7 @@ impl Vtep {
                 .values()
                 .map(|e| e.remote.load(Ordering::Relaxed))
                 .collect();
-            (before - t.entries.len(), in_use)
+            (removed, in_use)
         };
         let mut r = write(&self.remotes);
         let RemoteTable { entries, learned } = &mut *r;
@@ -1053,7 +1164,6 @@ mod tests {
         let cfg: VtepConfig = toml::from_str(
             r#"
             local_ip = "10.0.0.1"
-            unknown_vtep = "drop"
             [[vnis]]
             vni = 100
             vlan = 10
@@ -1065,9 +1175,21 @@ mod tests {
         assert_eq!(cfg.underlay_mtu, 1500);
         assert_eq!(cfg.mac_aging_secs, 300);
         assert_eq!(cfg.mac_table_size, 8192);
-        assert_eq!(cfg.unknown_vtep, UnknownVtepPolicy::Drop);
+        assert_eq!(cfg.mac_table_size_per_vni, 4096);
+        assert_eq!(cfg.unknown_vtep, UnknownVtepPolicy::Drop, "safe by default");
+        assert_eq!(cfg.local_mac_move, LocalMacMove::Deny, "safe by default");
         let v = Vtep::new(cfg.clone()).unwrap();
         assert_eq!(v.config(), cfg);
+        let opted_in: VtepConfig = toml::from_str(
+            "local_ip = \"10.0.0.1\"\nunknown_vtep = \"learn\"\nlocal_mac_move = \"allow\"\n\
+             mac_table_size_per_vni = 10",
+        )
+        .unwrap();
+        assert_eq!(opted_in.unknown_vtep, UnknownVtepPolicy::Learn);
+        assert_eq!(opted_in.local_mac_move, LocalMacMove::Allow);
+        assert_eq!(opted_in.mac_table_size_per_vni, 10);
+        let v = Vtep::new(opted_in.clone()).unwrap();
+        assert_eq!(v.config(), opted_in);
         assert!(toml::from_str::<VtepConfig>("local_ip = \"10.0.0.1\"\nbogus = 1").is_err());
         assert!(toml::from_str::<VtepConfig>(
             "local_ip = \"10.0.0.1\"\n[[vnis]]\nvni = 1\nvlan = 2\nremote = []"
@@ -1114,6 +1236,9 @@ mod tests {
         let mut c = config();
         c.mac_aging_secs = 0;
         assert_eq!(field_of(c), "mac_aging_secs");
+        let mut c = config();
+        c.mac_table_size_per_vni = MAX_MAC_TABLE_SIZE + 1;
+        assert_eq!(field_of(c), "mac_table_size_per_vni");
         let msg = {
             let mut c = config();
             c.vnis[1].vlan = 10;
@@ -1202,7 +1327,11 @@ mod tests {
 
     #[test]
     fn admit_follows_the_policy() {
-        let v = Vtep::new(config()).unwrap();
+        let v = Vtep::new(VtepConfig {
+            unknown_vtep: UnknownVtepPolicy::Learn,
+            ..config()
+        })
+        .unwrap();
         assert_eq!(v.admit(100, R1), Ok(10));
         assert_eq!(v.admit(100, STRANGER), Ok(10));
         assert_eq!(v.admit(200, R1), Ok(20), "learn admits other VNIs' remotes");
@@ -1211,16 +1340,81 @@ mod tests {
             assert_eq!(v.admit(100, spoofed), Err(TunnelDrop::UnknownVtep));
         }
 
+        // The default: only the VNI's own flood list.
+        let v = Vtep::new(config()).unwrap();
+        assert_eq!(v.admit(100, R1), Ok(10));
+        assert_eq!(v.admit(100, STRANGER), Err(TunnelDrop::UnknownVtep));
+        assert_eq!(
+            v.admit(200, R1),
+            Err(TunnelDrop::UnknownVtep),
+            "a remote of VNI 100 is not trusted in VNI 200"
+        );
+        v.add_remote(200, R1).unwrap();
+        assert_eq!(v.admit(200, R1), Ok(20));
+        v.remove_remote(100, R1).unwrap();
+        assert_eq!(v.admit(100, R1), Err(TunnelDrop::UnknownVtep));
+    }
+
+    #[test]
+    fn each_vni_has_its_own_mac_table() {
+        let v = Vtep::new(config()).unwrap();
+        // The same address in two VNIs: two unrelated entries.
+        assert_eq!(v.learn(100, A, R1, 0), Learned::New);
+        assert_eq!(v.learn(200, A, R2, 0), Learned::New, "not a move");
+        assert_eq!(v.lookup(100, A, 0), Some(R1));
+        assert_eq!(v.lookup(200, A, 0), Some(R2));
+        // A move in one leaves the other alone.
+        assert_eq!(v.learn(200, A, R1, 1), Learned::Moved);
+        assert_eq!(v.lookup(100, A, 1), Some(R1));
+        // Aging is per entry: refreshing A in 100 does not keep A in 200 alive.
+        v.learn(100, A, R1, 250);
+        v.expire(301);
+        assert_eq!(v.lookup(100, A, 301), Some(R1));
+        assert_eq!(v.lookup(200, A, 301), None);
+        // A static entry in one VNI does not pin the address in another.
+        v.add_static(200, B, R2).unwrap();
+        assert_eq!(v.learn(100, B, R1, 302), Learned::New);
+        assert_eq!(v.lookup(100, B, 302), Some(R1));
+        // Unmapping one VNI flushes its table only.
+        v.unmap(200).unwrap();
+        assert_eq!(v.lookup(100, A, 302), Some(R1));
+        assert_eq!(v.lookup(100, B, 302), Some(R1));
+        assert_eq!(v.learn(200, A, R1, 302), Learned::Refused);
+    }
+
+    #[test]
+    fn one_vni_cannot_fill_the_mac_table_for_all() {
         let v = Vtep::new(VtepConfig {
-            unknown_vtep: UnknownVtepPolicy::Drop,
+            mac_table_size: 5,
+            mac_table_size_per_vni: 2,
+            mac_aging_secs: 10,
             ..config()
         })
         .unwrap();
-        assert_eq!(v.admit(100, R1), Ok(10));
-        assert_eq!(v.admit(100, STRANGER), Err(TunnelDrop::UnknownVtep));
-        assert_eq!(v.admit(200, R1), Err(TunnelDrop::UnknownVtep));
-        v.add_remote(200, R1).unwrap();
-        assert_eq!(v.admit(200, R1), Ok(20));
+        let m = |n: u8| [2, 0, 0, 0, 1, n];
+        assert_eq!(v.learn(100, m(1), R1, 0), Learned::New);
+        assert_eq!(v.learn(100, m(2), R1, 0), Learned::New);
+        for n in 3..10 {
+            assert_eq!(
+                v.learn(100, m(n), R1, 0),
+                Learned::TableFull,
+                "VNI 100 is full"
+            );
+        }
+        // VNI 200 still has its share.
+        assert_eq!(v.learn(200, m(1), R2, 0), Learned::New);
+        assert_eq!(v.learn(200, m(2), R2, 0), Learned::New);
+        assert_eq!(v.learn(200, m(3), R2, 0), Learned::TableFull);
+        // Statics do not use up the share, and replacing a learned entry frees its place.
+        v.add_static(100, m(1), R2).unwrap();
+        assert_eq!(v.learn(100, m(3), R1, 1), Learned::New);
+        // Aging frees a VNI's share; so does unmapping it (and mapping it again starts at 0).
+        assert_eq!(v.learn(100, m(4), R1, 11), Learned::New);
+        v.unmap(200).unwrap();
+        v.map(200, 20).unwrap();
+        assert_eq!(v.learn(200, m(5), R2, 12), Learned::New);
+        assert_eq!(v.learn(200, m(6), R2, 12), Learned::New);
+        assert_eq!(v.learn(200, m(7), R2, 12), Learned::TableFull);
     }
 
     #[test]

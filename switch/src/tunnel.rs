@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use patchbay_overlay::decap::decap;
 use patchbay_overlay::encap::{max_inner_frame, source_port, OuterTemplate, OUTER_LEN};
-use patchbay_overlay::vtep::{TunnelDrop, Vtep, VtepConfig};
+use patchbay_overlay::vtep::{LocalMacMove, TunnelDrop, Vtep, VtepConfig};
 use patchbay_overlay::Vni;
 
 use crate::dataplane::{
@@ -56,6 +56,50 @@ fn set_buffer(fd: std::os::fd::RawFd, forced: libc::c_int, plain: libc::c_int, s
         if rc == 0 {
             return;
         }
+    }
+}
+
+/// Log lines about dropped tunnel packets, at most one per reason per second: the packets
+/// come from the network, which must not be able to flood the log. Lines skipped in between
+/// are counted into the next one (the drop counters have every packet).
+#[derive(Default)]
+struct DropLog {
+    /// Per reason ([`TunnelDrop::ALL`] order): the second of the last line, lines skipped.
+    last: [Option<u64>; TunnelDrop::ALL.len()],
+    skipped: [u64; TunnelDrop::ALL.len()],
+}
+
+impl DropLog {
+    fn warn(&mut self, now_secs: u64, reason: TunnelDrop, what: impl FnOnce() -> String) {
+        if let Some(line) = self.line(now_secs, reason, what) {
+            log::warn!("{line}");
+        }
+    }
+
+    /// The line to log for this drop, or None if one was logged for `reason` this second.
+    fn line(
+        &mut self,
+        now_secs: u64,
+        reason: TunnelDrop,
+        what: impl FnOnce() -> String,
+    ) -> Option<String> {
+        let i = TunnelDrop::ALL.iter().position(|r| *r == reason)?;
+        if self.last[i] == Some(now_secs) {
+            self.skipped[i] += 1;
+            return None;
+        }
+        self.last[i] = Some(now_secs);
+        let skipped = std::mem::take(&mut self.skipped[i]);
+        let more = if skipped > 0 {
+            format!(" ({skipped} more {} drops not logged)", reason.label())
+        } else {
+            String::new()
+        };
+        Some(format!(
+            "vxlan: dropped {} ({}){more}",
+            what(),
+            reason.label()
+        ))
     }
 }
 
@@ -387,11 +431,26 @@ impl Tunnel {
             .map_err(TunnelError::Thread)
     }
 
+    /// The local port `src` is learned on in `vlan`, if a tunnel packet from that address
+    /// must be refused: under `local_mac_move = "deny"`, a remote may not take over the
+    /// address of a guest on this switch. Group addresses are never learned, so never owned.
+    fn local_owner(&self, sw: &Switch, vlan: u16, src: EthernetAddress) -> Option<PortId> {
+        if self.vtep.local_mac_move() == LocalMacMove::Allow || !src.is_unicast() {
+            return None;
+        }
+        let table = sw.mac_table();
+        table
+            .lookup(vlan, src, table.now())
+            .filter(|owner| *owner != self.port_id)
+    }
+
     fn rx_loop(&self, sw: &Switch) {
         let mut bufs = vec![0u8; RX_BATCH * RX_BUF];
         let mut addrs: Vec<libc::sockaddr_in> = vec![sockaddr(Ipv4Addr::UNSPECIFIED); RX_BATCH];
         let mut frames: Vec<Frame> = Vec::with_capacity(RX_BATCH);
         let mut scratch = SwitchScratch::default();
+        let mut drop_log = DropLog::default();
+        let max_frame = sw.settings().max_frame_len() as usize;
         let fd = self.udp.as_raw_fd();
         // The message headers point into `bufs` and `addrs`, which neither move nor shrink
         // for the life of this loop; they are rebuilt from raw pointers once, not per call.
@@ -435,6 +494,14 @@ impl Tunnel {
             if n <= 0 {
                 continue;
             }
+            let Some(port) = sw
+                .ports_snapshot()
+                .get(usize::from(self.port_id))
+                .cloned()
+                .flatten()
+            else {
+                continue;
+            };
             let now = self.vtep.now();
             frames.clear();
             for (i, msg) in msgs.iter().take(n as usize).enumerate() {
@@ -459,10 +526,42 @@ impl Tunnel {
                     Ok(vlan) => vlan,
                     Err(reason) => {
                         self.vtep.count_drop(Some(vni), reason);
+                        if reason == TunnelDrop::UnknownVtep {
+                            drop_log.warn(now, reason, || {
+                                format!("a packet for VNI {vni} from {remote}, which is not a remote of that VNI")
+                            });
+                        }
                         continue;
                     }
                 };
+                // Nothing larger than a guest may send is delivered to a guest.
+                if inner.len() > max_frame {
+                    self.vtep.count_drop(Some(vni), TunnelDrop::InnerTooBig);
+                    port.counters.drop(DropReason::TooBig, 1);
+                    drop_log.warn(now, TunnelDrop::InnerTooBig, || {
+                        format!(
+                            "a {}-byte frame in VNI {vni} from {remote}: the switch's limit is {max_frame}",
+                            inner.len()
+                        )
+                    });
+                    continue;
+                }
                 let src = EthernetAddress::from_bytes(&inner[6..12]);
+                if let Some(owner) = self.local_owner(sw, vlan, src) {
+                    self.vtep.count_drop(Some(vni), TunnelDrop::LocalMacClaim);
+                    drop_log.warn(now, TunnelDrop::LocalMacClaim, || {
+                        let name = sw
+                            .ports_snapshot()
+                            .get(usize::from(owner))
+                            .cloned()
+                            .flatten()
+                            .map_or_else(|| format!("#{owner}"), |p| p.name.clone());
+                        format!(
+                            "a frame in VNI {vni} from {remote} with source {src}, which is on local port '{name}' (local_mac_move = \"deny\")"
+                        )
+                    });
+                    continue;
+                }
                 if src.is_unicast() {
                     self.vtep.learn(vni, src.0, remote, now);
                 }
@@ -486,14 +585,6 @@ impl Tunnel {
             if frames.is_empty() {
                 continue;
             }
-            let Some(port) = sw
-                .ports_snapshot()
-                .get(usize::from(self.port_id))
-                .cloned()
-                .flatten()
-            else {
-                continue;
-            };
             let source = Source {
                 mem: None,
                 segs: &[],
@@ -501,5 +592,36 @@ impl Tunnel {
             };
             switch_frames(sw, &port, &source, &frames, &mut scratch);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_log_lines_are_rate_limited_per_reason() {
+        let mut log = DropLog::default();
+        let what = || "a packet from 192.0.2.9 for VNI 42".to_string();
+        assert_eq!(
+            log.line(5, TunnelDrop::UnknownVtep, what).as_deref(),
+            Some("vxlan: dropped a packet from 192.0.2.9 for VNI 42 (unknown-vtep)")
+        );
+        for _ in 0..3 {
+            assert_eq!(log.line(5, TunnelDrop::UnknownVtep, what), None);
+        }
+        // Another reason has its own budget.
+        assert!(log.line(5, TunnelDrop::LocalMacClaim, what).is_some());
+        assert_eq!(
+            log.line(6, TunnelDrop::UnknownVtep, what).as_deref(),
+            Some(
+                "vxlan: dropped a packet from 192.0.2.9 for VNI 42 (unknown-vtep) \
+                 (3 more unknown-vtep drops not logged)"
+            )
+        );
+        assert_eq!(
+            log.line(7, TunnelDrop::UnknownVtep, what).as_deref(),
+            Some("vxlan: dropped a packet from 192.0.2.9 for VNI 42 (unknown-vtep)")
+        );
     }
 }

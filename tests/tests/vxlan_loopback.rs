@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use patchbay_overlay::vtep::{UnknownVtepPolicy, VniConfig, VtepConfig};
 use patchbay_switch::daemon::Daemon;
+use patchbay_switch::wire::EthernetAddress;
 use patchbay_tests::frames::*;
 use patchbay_tests::frontend::*;
 use patchbay_tests::switch::{access, start_switch, TestDir};
@@ -287,4 +288,333 @@ fn flows_choose_the_vni_with_set_tunnel_and_match_tun_id() {
     assert_eq!(dump[0].packets, 1, "B's tun_id flow matched: {dump:?}");
     a.shutdown();
     b.shutdown();
+}
+
+/// A VXLAN packet (flags: I) carrying `inner` in `vni`.
+fn vxlan_packet(vni: u32, inner: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x08, 0, 0, 0];
+    p.extend_from_slice(&(vni << 8).to_be_bytes());
+    p.extend_from_slice(inner);
+    p
+}
+
+const C: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+
+/// A received frame in a few words, for assertions that print readably on failure.
+fn describe(f: Option<Vec<u8>>) -> Option<String> {
+    f.map(|f| {
+        let seq = f
+            .get(14..18)
+            .map_or(0, |s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]));
+        format!("src {:02x?} seq {seq} len {}", &f[6..12], f.len())
+    })
+}
+
+/// A switch on 127.0.0.1 with the given tunnel configuration, metrics on, its switch settings
+/// adjusted by `settings`, and one test frontend per access port in `ports` (name, VLAN).
+fn host_with(
+    name: &str,
+    vxlan: VtepConfig,
+    settings: impl FnOnce(&mut patchbay_switch::switch::Settings),
+    ports: &[(&str, u16)],
+) -> (TestDir, Daemon, Vec<TestPort>) {
+    let dir = TestDir::new(name);
+    let d = start_switch(
+        &dir.path,
+        ports
+            .iter()
+            .map(|(p, vlan)| access(&dir.path, p, *vlan))
+            .collect(),
+        |c| {
+            c.vxlan = Some(vxlan);
+            c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+            settings(&mut c.settings);
+        },
+    );
+    let frontends = ports
+        .iter()
+        .map(|(p, _)| patchbay_tests::switch::connect(&dir, p))
+        .collect();
+    (dir, d, frontends)
+}
+
+/// VNI 42 <-> VLAN 10 with 127.0.0.2 (B) in its flood list; everything else as defaulted.
+fn vni42_from_b(port: u16) -> VtepConfig {
+    VtepConfig {
+        port,
+        vnis: vec![VniConfig {
+            vni: 42,
+            vlan: 10,
+            remotes: vec![B],
+        }],
+        ..VtepConfig::new(A)
+    }
+}
+
+/// Sends `sentinel` into VNI 42 from the configured remote B and checks that it is the first
+/// and only frame `vm` receives: packets reach the tunnel's one receive thread in the order
+/// they were sent on loopback, so anything sent earlier was dealt with before it.
+fn only_the_sentinel_arrives(from_b: &UdpSocket, port: u16, vm: &mut TestPort, seq: u32) {
+    let sentinel = frame(BROADCAST, mac(0x50), seq, 64);
+    from_b
+        .send_to(&vxlan_packet(42, &sentinel), (A, port))
+        .unwrap();
+    assert_eq!(
+        describe(vm.recv(T).unwrap()),
+        describe(Some(sentinel)),
+        "the sentinel is the first frame to arrive"
+    );
+    assert_eq!(
+        describe(vm.recv(Duration::ZERO).unwrap()),
+        None,
+        "and nothing after it"
+    );
+}
+
+#[test]
+fn packets_from_an_unconfigured_vtep_are_dropped_by_default() {
+    let port = free_port();
+    // unknown_vtep is not set: the default must be the safe one.
+    let (_d, sw, mut f) = host_with("vx-default", vni42_from_b(port), |_| {}, &[("vm", 10)]);
+    let tunnel = sw.switch.tunnel().unwrap();
+    let stranger = UdpSocket::bind((C, 0)).unwrap();
+    let from_b = UdpSocket::bind((B, 0)).unwrap();
+    let injected = frame(BROADCAST, mac(7), 1, 64);
+    stranger
+        .send_to(&vxlan_packet(42, &injected), (A, port))
+        .unwrap();
+    only_the_sentinel_arrives(&from_b, port, &mut f[0], 2);
+    let snap = tunnel.vtep.snapshot();
+    assert_eq!(snap.drop_count(Some(42), "unknown-vtep"), 1);
+    assert_eq!(
+        tunnel.vtep.lookup(42, mac(7), tunnel.vtep.now()),
+        None,
+        "nothing learned behind the stranger"
+    );
+    let table = sw.switch.mac_table();
+    assert_eq!(
+        table.lookup(10, EthernetAddress(mac(7)), table.now()),
+        None,
+        "the switch did not learn the stranger's MAC either"
+    );
+    let body = scrape(sw.metrics_addr.unwrap());
+    let line = "patchbay_vxlan_drops_total{reason=\"unknown-vtep\",vni=\"42\"} 1";
+    assert!(body.lines().any(|l| l == line), "metrics have `{line}`");
+    sw.shutdown();
+}
+
+#[test]
+fn a_vtep_configured_for_another_vni_cannot_inject_into_this_one() {
+    let port = free_port();
+    let mut cfg = vni42_from_b(port);
+    cfg.vnis.push(VniConfig {
+        vni: 43,
+        vlan: 20,
+        remotes: vec![C],
+    });
+    let (_d, sw, mut f) = host_with("vx-cross-vni", cfg, |_| {}, &[("vm", 10), ("other", 20)]);
+    let tunnel = sw.switch.tunnel().unwrap();
+    let from_c = UdpSocket::bind((C, 0)).unwrap();
+    let from_b = UdpSocket::bind((B, 0)).unwrap();
+    // C is trusted for VNI 43 only.
+    let injected = frame(BROADCAST, mac(7), 1, 64);
+    from_c
+        .send_to(&vxlan_packet(42, &injected), (A, port))
+        .unwrap();
+    only_the_sentinel_arrives(&from_b, port, &mut f[0], 2);
+    assert_eq!(
+        tunnel.vtep.snapshot().drop_count(Some(42), "unknown-vtep"),
+        1
+    );
+    assert_eq!(tunnel.vtep.lookup(42, mac(7), tunnel.vtep.now()), None);
+    // ... where it is accepted.
+    let own = frame(BROADCAST, mac(8), 3, 64);
+    from_c.send_to(&vxlan_packet(43, &own), (A, port)).unwrap();
+    assert_eq!(f[1].recv(T).unwrap(), Some(own), "C reaches VNI 43");
+    assert_eq!(f[0].recv(Duration::ZERO).unwrap(), None);
+    sw.shutdown();
+}
+
+#[test]
+fn a_tunnel_packet_cannot_claim_a_mac_learned_on_a_local_port() {
+    use patchbay_tests::switch::send_done;
+    let port = free_port();
+    let (_d, sw, mut f) = host_with(
+        "vx-claim",
+        vni42_from_b(port),
+        |_| {},
+        &[("vm", 10), ("vm2", 10)],
+    );
+    let tunnel = sw.switch.tunnel().unwrap();
+    let vm_id = sw.switch.port_by_name("vm").unwrap().id;
+    let (vm, vm2) = match &mut f[..] {
+        [a, b] => (a, b),
+        _ => unreachable!(),
+    };
+    // The switch learns mac(1) on vm.
+    send_done(vm, &frame(BROADCAST, mac(1), 1, 64));
+    assert!(vm2.recv(T).unwrap().is_some());
+    let table = sw.switch.mac_table();
+    assert_eq!(
+        table.lookup(10, EthernetAddress(mac(1)), table.now()),
+        Some(vm_id)
+    );
+    // A configured remote sends a frame claiming mac(1).
+    let from_b = UdpSocket::bind((B, 0)).unwrap();
+    let claim = frame(BROADCAST, mac(1), 2, 64);
+    from_b
+        .send_to(&vxlan_packet(42, &claim), (A, port))
+        .unwrap();
+    only_the_sentinel_arrives(&from_b, port, vm2, 3);
+    assert_eq!(
+        describe(vm.recv(T).unwrap()),
+        describe(Some(frame(BROADCAST, mac(0x50), 3, 64))),
+        "vm got the sentinel first"
+    );
+    assert_eq!(
+        describe(vm.recv(Duration::ZERO).unwrap()),
+        None,
+        "the claim reached no guest"
+    );
+    assert_eq!(
+        tunnel
+            .vtep
+            .snapshot()
+            .drop_count(Some(42), "local-mac-claim"),
+        1
+    );
+    assert_eq!(
+        tunnel.vtep.lookup(42, mac(1), tunnel.vtep.now()),
+        None,
+        "not learned behind the remote"
+    );
+    assert_eq!(
+        table.lookup(10, EthernetAddress(mac(1)), table.now()),
+        Some(vm_id),
+        "still on the local port"
+    );
+    // vm still gets its own unicast traffic.
+    let to_vm = frame(mac(1), mac(2), 4, 100);
+    send_done(vm2, &to_vm);
+    assert_eq!(vm.recv(T).unwrap(), Some(to_vm));
+    let body = scrape(sw.metrics_addr.unwrap());
+    let line = "patchbay_vxlan_drops_total{reason=\"local-mac-claim\",vni=\"42\"} 1";
+    assert!(body.lines().any(|l| l == line), "metrics have `{line}`");
+    sw.shutdown();
+}
+
+#[test]
+fn inner_frames_over_the_switch_mtu_are_dropped_and_counted() {
+    let port = free_port();
+    // Frames up to 1500 + 18 bytes; the underlay (UDP on loopback) carries far more.
+    let (_d, sw, mut f) = host_with(
+        "vx-big",
+        vni42_from_b(port),
+        |s| s.mtu = 1500,
+        &[("vm", 10)],
+    );
+    let tunnel = sw.switch.tunnel().unwrap();
+    let max = sw.switch.settings().max_frame_len() as usize;
+    let from_b = UdpSocket::bind((B, 0)).unwrap();
+    let too_big = frame(BROADCAST, mac(2), 1, max + 1);
+    from_b
+        .send_to(&vxlan_packet(42, &too_big), (A, port))
+        .unwrap();
+    // The largest frame allowed still goes through, and is the first to arrive.
+    let largest = frame(BROADCAST, mac(2), 2, max);
+    from_b
+        .send_to(&vxlan_packet(42, &largest), (A, port))
+        .unwrap();
+    let first = f[0].recv(T).unwrap();
+    assert_eq!(describe(first.clone()), describe(Some(largest.clone())));
+    assert_eq!(first, Some(largest));
+    assert_eq!(describe(f[0].recv(Duration::ZERO).unwrap()), None);
+    assert_eq!(
+        tunnel.vtep.snapshot().drop_count(Some(42), "inner-too-big"),
+        1
+    );
+    let drops = sw
+        .switch
+        .port_by_name("vxlan")
+        .unwrap()
+        .counters
+        .drops(patchbay_switch::port::DropReason::TooBig);
+    assert_eq!(drops, 1, "counted on the tunnel port too");
+    let body = scrape(sw.metrics_addr.unwrap());
+    let line = "patchbay_vxlan_drops_total{reason=\"inner-too-big\",vni=\"42\"} 1";
+    assert!(body.lines().any(|l| l == line), "metrics have `{line}`");
+    sw.shutdown();
+}
+
+#[test]
+fn local_mac_move_allow_lets_a_remote_take_over_a_local_mac() {
+    use patchbay_overlay::vtep::LocalMacMove;
+    use patchbay_tests::switch::send_done;
+    let port = free_port();
+    let cfg = VtepConfig {
+        local_mac_move: LocalMacMove::Allow,
+        ..vni42_from_b(port)
+    };
+    let (_d, sw, mut f) = host_with("vx-move", cfg, |_| {}, &[("vm", 10), ("vm2", 10)]);
+    let tunnel = sw.switch.tunnel().unwrap();
+    let tunnel_id = sw.switch.port_by_name("vxlan").unwrap().id;
+    let (vm, vm2) = match &mut f[..] {
+        [a, b] => (a, b),
+        _ => unreachable!(),
+    };
+    send_done(vm, &frame(BROADCAST, mac(1), 1, 64));
+    assert!(vm2.recv(T).unwrap().is_some());
+    // mac(1) moved to host B (a migrated guest): its frame is delivered and learned there.
+    let from_b = UdpSocket::bind((B, 0)).unwrap();
+    let moved = frame(BROADCAST, mac(1), 2, 64);
+    from_b
+        .send_to(&vxlan_packet(42, &moved), (A, port))
+        .unwrap();
+    assert_eq!(describe(vm2.recv(T).unwrap()), describe(Some(moved)));
+    let table = sw.switch.mac_table();
+    assert_eq!(
+        table.lookup(10, EthernetAddress(mac(1)), table.now()),
+        Some(tunnel_id)
+    );
+    assert_eq!(tunnel.vtep.lookup(42, mac(1), tunnel.vtep.now()), Some(B));
+    assert_eq!(
+        tunnel
+            .vtep
+            .snapshot()
+            .drop_count(Some(42), "local-mac-claim"),
+        0
+    );
+    sw.shutdown();
+}
+
+#[test]
+fn the_local_mac_check_is_per_vlan() {
+    use patchbay_tests::switch::send_done;
+    let port = free_port();
+    let (_d, sw, mut f) = host_with(
+        "vx-claim-vlan",
+        vni42_from_b(port),
+        |_| {},
+        &[("vm", 10), ("other", 20)],
+    );
+    let tunnel = sw.switch.tunnel().unwrap();
+    // mac(1) is learned on a port of VLAN 20, which VNI 42 does not carry.
+    send_done(&mut f[1], &frame(BROADCAST, mac(1), 1, 64));
+    let from_b = UdpSocket::bind((B, 0)).unwrap();
+    let same_address = frame(BROADCAST, mac(1), 2, 64);
+    from_b
+        .send_to(&vxlan_packet(42, &same_address), (A, port))
+        .unwrap();
+    assert_eq!(
+        describe(f[0].recv(T).unwrap()),
+        describe(Some(same_address))
+    );
+    assert_eq!(
+        tunnel
+            .vtep
+            .snapshot()
+            .drop_count(Some(42), "local-mac-claim"),
+        0
+    );
+    sw.shutdown();
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use patchbay_overlay::vtep::{VniConfig, Vtep, VtepConfig};
+use patchbay_overlay::vtep::{UnknownVtepPolicy, VniConfig, Vtep, VtepConfig};
 use patchbay_overlay::{decap, source_port, TunnelDrop};
 
 fn vtep() -> &'static Vtep {
@@ -18,6 +18,8 @@ fn vtep() -> &'static Vtep {
         let cfg = VtepConfig {
             mac_table_size: 256,
             mac_aging_secs: 2,
+            // Learning from any sender reaches more of the tables than the default `drop`.
+            unknown_vtep: UnknownVtepPolicy::Learn,
             vnis: (0..4)
                 .map(|i| VniConfig {
                     vni: i,

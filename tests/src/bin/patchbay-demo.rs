@@ -244,7 +244,7 @@ local_ip = "{local}"       # this host's underlay address; UDP 4789
 [[vxlan.vnis]]
 vni = 42
 vlan = 10
-remotes = ["{remote}"]      # flood list: the other host
+remotes = ["{remote}"]      # flood list, and the only VTEP accepted: the other host
 
 [[port]]
 name = "vm"
