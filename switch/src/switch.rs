@@ -239,7 +239,12 @@ impl Switch {
             name: config.name.clone(),
             source,
         })?;
-        let ports = self.ports_snapshot();
+        Self::check_against(&self.ports_snapshot(), config)
+    }
+
+    /// The uniqueness checks of [`Switch::check_port`] against a given port table, so that
+    /// `add_port` can run them under the same write lock as the insert.
+    fn check_against(ports: &[Option<Arc<Port>>], config: &PortConfig) -> Result<(), SwitchError> {
         for p in ports.iter().flatten() {
             if p.name == config.name {
                 return Err(SwitchError::DuplicateName(config.name.clone()));
@@ -259,6 +264,9 @@ impl Switch {
         self.check_port(&config)?;
         let port = {
             let mut ports = self.ports.write().unwrap_or_else(|p| p.into_inner());
+            // Checked again under the write lock: two concurrent requests for one name or
+            // socket both pass the check above, only one can pass this one.
+            Self::check_against(&ports, &config)?;
             let slot = match ports.iter().skip(1).position(Option::is_none) {
                 Some(i) => i + 1,
                 None if ports.len() <= MAX_PORTS => {
