@@ -204,6 +204,9 @@ fn check_settings(s: &Settings) -> Result<(), String> {
     if s.mac_aging_secs == 0 {
         return Err("field `mac_aging_secs`: must be at least 1".into());
     }
+    if s.max_flows == 0 {
+        return Err("field `max_flows`: must be at least 1".into());
+    }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if let Some(cpu) = s.poll_cpus.iter().find(|c| **c >= cpus) {
         return Err(format!(

@@ -29,7 +29,12 @@ pub struct Settings {
     /// What a packet that matches no flow in table 0 gets: "normal" (the learning switch,
     /// the default) or "drop".
     pub table_miss: crate::flow::pipeline::MissPolicy,
+    /// Most flows all tables together hold; a change that would pass it is refused whole.
+    pub max_flows: usize,
 }
+
+/// Default of [`Settings::max_flows`].
+pub const DEFAULT_MAX_FLOWS: usize = 100_000;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -39,6 +44,7 @@ impl Default for Settings {
             mac_aging_secs: 300,
             poll_cpus: Vec::new(),
             table_miss: crate::flow::pipeline::MissPolicy::Normal,
+            max_flows: DEFAULT_MAX_FLOWS,
         }
     }
 }
@@ -123,7 +129,8 @@ pub struct Switch {
 
 impl Switch {
     pub fn new(settings: Settings) -> Arc<Self> {
-        let settings_miss = settings.table_miss;
+        let flows = crate::flow::pipeline::Pipeline::new(settings.table_miss)
+            .with_max_flows(settings.max_flows);
         let mac_table = MacTable::new(
             settings.mac_table_size,
             Duration::from_secs(settings.mac_aging_secs),
@@ -136,7 +143,7 @@ impl Switch {
             counters: SwitchCounters::default(),
             stopping: AtomicBool::new(false),
             tunnel: std::sync::OnceLock::new(),
-            flows: crate::flow::pipeline::Pipeline::new(settings_miss),
+            flows,
         })
     }
 

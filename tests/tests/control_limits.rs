@@ -2,12 +2,17 @@
 //! flows are bounded, big bundles commit correctly, and the control socket's directory must
 //! be the switch's own.
 
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
 
+use patchbay_switch::control::flows::{self, FlowLine};
+use patchbay_switch::daemon::Daemon;
 use patchbay_switch::port::{ConnectMode, PortConfig};
 use patchbay_switch::switch::{Settings, Switch, SwitchError};
-use patchbay_tests::switch::TestDir;
+use patchbay_tests::switch::{access, start_switch, TestDir};
 
 /// A client-mode port (the switch dials `socket`, which nobody serves: no socket is bound, so
 /// only the port table decides who wins).
@@ -83,4 +88,162 @@ fn concurrent_add_port_with_one_name_or_socket_has_exactly_one_winner() {
             .all(|e| matches!(e, SwitchError::DuplicateSocket { .. })));
     }
     sw.shutdown();
+}
+
+fn lines_of(texts: impl IntoIterator<Item = String>) -> Vec<FlowLine> {
+    texts
+        .into_iter()
+        .enumerate()
+        .map(|(i, text)| FlowLine { line: i + 1, text })
+        .collect()
+}
+
+fn flow_count(d: &Daemon) -> usize {
+    flows::dump_flows(&d.switch, None).expect("dump").len()
+}
+
+#[test]
+fn a_bundle_that_would_pass_max_flows_is_refused_whole() {
+    let dir = TestDir::new("max-flows");
+    let d = start_switch(&dir.path, vec![], |c| c.settings.max_flows = 100);
+    let batch = |from: usize, n: usize| {
+        lines_of((from..from + n).map(|i| format!("priority=10,ip,nw_src=10.0.{}.{} actions=drop", i / 256, i % 256)))
+    };
+    assert_eq!(flows::add_flows(&d.switch, &batch(0, 60)), Ok(60));
+    let e = flows::add_flows(&d.switch, &batch(60, 50)).expect_err("110 flows > 100");
+    assert!(e.contains("100") && e.contains("max_flows"), "the error names the limit: {e}");
+    assert_eq!(flow_count(&d), 60, "nothing of the refused bundle was added");
+    // Replacing existing flows does not count twice; deleting in the same bundle makes room.
+    assert_eq!(flows::add_flows(&d.switch, &batch(0, 60)), Ok(60));
+    let mut mixed = batch(60, 45);
+    mixed.extend(lines_of((0..10).map(|i| format!("delete_strict priority=10,ip,nw_src=10.0.0.{i}"))));
+    assert!(flows::add_flows(&d.switch, &mixed).is_ok(), "60 + 45 - 10 = 95 fits");
+    assert_eq!(flow_count(&d), 95);
+    let e = flows::replace_flows(&d.switch, &batch(1000, 101)).expect_err("101 > 100");
+    assert!(e.contains("max_flows"), "{e}");
+    assert_eq!(flow_count(&d), 95);
+    assert!(flows::replace_flows(&d.switch, &batch(1000, 100)).is_ok());
+    assert_eq!(flow_count(&d), 100);
+
+    // Through the protocol: an error response, counted.
+    let before = d.control_counters.errors.load(std::sync::atomic::Ordering::Relaxed);
+    let (response, _) = request(
+        &d.control_socket,
+        &serde_json::json!({"version":1,"command":"add-flows","flows":[{"line":1,"text":"priority=1,arp actions=drop"}]}),
+    );
+    assert_eq!(response["ok"], false, "{response}");
+    assert!(response["error"].as_str().unwrap_or("").contains("max_flows"), "{response}");
+    assert_eq!(
+        d.control_counters.errors.load(std::sync::atomic::Ordering::Relaxed),
+        before + 1
+    );
+    d.shutdown();
+}
+
+/// Sends one request on a fresh connection; returns the response and the stream.
+fn request(socket: &Path, req: &serde_json::Value) -> (serde_json::Value, UnixStream) {
+    let mut s = UnixStream::connect(socket).expect("connect to the control socket");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    writeln!(s, "{req}").unwrap();
+    let mut line = String::new();
+    BufReader::new(s.try_clone().unwrap()).read_line(&mut line).unwrap();
+    (serde_json::from_str(&line).expect("a JSON response"), s)
+}
+
+/// The big-bundle path: 1 000 one-flow requests, then 50 000 flows in one bundle (one mask
+/// with many values, 2 000 distinct masks, 5 000 priorities of one match), strict deletes,
+/// modifies and a replace of the whole set, each checked for its result. (One-flow requests
+/// come first because each commit copies the current tables: O(flows) per request, which
+/// makes 1 000 of them on top of 50 000 flows take about a minute in a debug build.) Over the
+/// socket a request is at most 64 KiB, so such a bundle is sent in-process, as the
+/// benchmarks do.
+#[test]
+fn fifty_thousand_flows_in_one_bundle_and_a_thousand_single_flow_requests() {
+    let dir = TestDir::new("big-bundle");
+    let d = start_switch(&dir.path, vec![access(&dir.path, "a", 1)], |_| {});
+    let mut texts = Vec::new();
+    for i in 0..43_000u32 {
+        texts.push(format!(
+            "priority={},ip,nw_src=10.{}.{}.{} actions=drop",
+            100 + i % 1000,
+            i >> 16,
+            (i >> 8) & 255,
+            i & 255
+        ));
+    }
+    for j in 1..=2_000u32 {
+        // Distinct masks: one subtable each.
+        texts.push(format!("priority=5,tcp,tp_dst={}/{j}", j & 0x5555) + " actions=drop");
+    }
+    for p in 1..=5_000u32 {
+        texts.push(format!("priority={p},udp,tp_dst=53 actions=drop"));
+    }
+    let started = Instant::now();
+    for i in 0..1_000u32 {
+        let one = lines_of([format!(
+            "priority=7,ip,nw_dst=192.168.{}.{} actions=drop",
+            i / 256,
+            i % 256
+        )]);
+        assert_eq!(flows::add_flows(&d.switch, &one), Ok(1));
+    }
+    eprintln!("1 000 single-flow requests: {:?}", started.elapsed());
+    assert_eq!(flow_count(&d), 1_000);
+
+    let bundle = lines_of(texts.clone());
+    let started = Instant::now();
+    assert_eq!(flows::add_flows(&d.switch, &bundle), Ok(50_000));
+    eprintln!("50 000 flows in one bundle: {:?}", started.elapsed());
+    assert_eq!(flow_count(&d), 51_000);
+
+    // The classifier answers as a linear scan would.
+    let trace = |packet: &str| {
+        let t = flows::trace(&d.switch, packet).expect("trace");
+        t.steps[0].flow.clone()
+    };
+    assert_eq!(
+        trace("in_port=a,ip,nw_src=10.0.1.5").as_deref(),
+        Some("priority=361,ip,nw_src=10.0.1.5")
+    );
+    assert_eq!(
+        trace("in_port=a,udp,tp_dst=53").as_deref(),
+        Some("priority=5000,udp,tp_dst=53"),
+        "the highest of 5 000 priorities wins"
+    );
+    assert_eq!(
+        trace("in_port=a,ip,nw_dst=192.168.3.231").as_deref(),
+        Some("priority=7,ip,nw_dst=192.168.3.231")
+    );
+
+    // One bundle of 5 000 strict deletes and 1 000 strict modifies.
+    let mut changes: Vec<String> = (1..=5_000u32)
+        .map(|p| format!("delete_strict priority={p},udp,tp_dst=53"))
+        .collect();
+    changes.extend((0..1_000u32).map(|i| {
+        format!(
+            "modify_strict priority={},ip,nw_src=10.0.{}.{} actions=normal",
+            100 + i % 1000,
+            i >> 8,
+            i & 255
+        )
+    }));
+    let started = Instant::now();
+    assert!(flows::add_flows(&d.switch, &lines_of(changes)).is_ok());
+    eprintln!("5 000 strict deletes + 1 000 strict modifies: {:?}", started.elapsed());
+    assert_eq!(flow_count(&d), 46_000);
+    assert_eq!(trace("in_port=a,udp,tp_dst=53"), None, "all 5 000 deleted");
+    let modified = flows::dump_flows(&d.switch, Some("ip,nw_src=10.0.3.200")).unwrap();
+    assert_eq!(modified.len(), 1);
+    assert_eq!(modified[0].actions_text, "NORMAL");
+
+    // Replace the whole set by the original bundle: 45 000 of its flows are still there,
+    // 1 000 of them with other actions (replaced), 5 000 are back.
+    let started = Instant::now();
+    let r = flows::replace_flows(&d.switch, &bundle).expect("replace");
+    eprintln!("replace-flows of 50 000: {:?}", started.elapsed());
+    assert_eq!((r.added, r.removed, r.unchanged), (6_000, 2_000, 44_000));
+    assert_eq!(flow_count(&d), 50_000);
+    let diff = flows::diff_flows(&d.switch, &bundle).expect("diff");
+    assert!(diff.only_in_file.is_empty() && diff.only_in_switch.is_empty());
+    d.shutdown();
 }
