@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::control::server::ControlLimits;
 use crate::port::{ConnectMode, PortConfig};
 use crate::switch::Settings;
 use patchbay_overlay::vtep::VtepConfig;
@@ -15,6 +16,8 @@ use patchbay_overlay::vtep::VtepConfig;
 pub struct Config {
     pub settings: Settings,
     pub control_socket: PathBuf,
+    /// Bounds on control clients (`[control] max_clients`, `idle_timeout_secs`).
+    pub control: ControlLimits,
     /// None disables the metrics endpoint.
     pub metrics_listen: Option<SocketAddr>,
     pub ports: Vec<PortConfig>,
@@ -29,6 +32,7 @@ impl Default for Config {
         Config {
             settings: Settings::default(),
             control_socket: crate::control::default_socket_path(),
+            control: ControlLimits::default(),
             metrics_listen: DEFAULT_METRICS_LISTEN.parse().ok(),
             ports: Vec::new(),
             vxlan: None,
@@ -64,7 +68,7 @@ struct FileConfig {
     #[serde(default)]
     switch: Option<toml::Spanned<Settings>>,
     #[serde(default)]
-    control: Option<ControlSection>,
+    control: Option<toml::Spanned<ControlSection>>,
     #[serde(default)]
     metrics: Option<toml::Spanned<MetricsSection>>,
     #[serde(default, rename = "port")]
@@ -76,7 +80,9 @@ struct FileConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ControlSection {
-    socket: PathBuf,
+    socket: Option<PathBuf>,
+    max_clients: Option<usize>,
+    idle_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,7 +134,21 @@ impl Config {
             check_settings(&config.settings).map_err(|m| invalid(start, "[switch]".into(), m))?;
         }
         if let Some(c) = file.control {
-            config.control_socket = c.socket;
+            let start = c.span().start;
+            let c = c.into_inner();
+            if let Some(socket) = c.socket {
+                config.control_socket = socket;
+            }
+            if let Some(n) = c.max_clients {
+                config.control.max_clients = n;
+            }
+            if let Some(secs) = c.idle_timeout_secs {
+                config.control.idle_timeout_secs = secs;
+            }
+            config
+                .control
+                .check()
+                .map_err(|m| invalid(start, "[control]".into(), m))?;
         }
         if let Some(m) = file.metrics {
             let start = m.span().start;
@@ -190,7 +210,10 @@ impl Config {
     }
 
     pub fn check(&self) -> Result<(), ConfigError> {
-        check_settings(&self.settings).map_err(ConfigError::Setting)
+        check_settings(&self.settings).map_err(ConfigError::Setting)?;
+        self.control
+            .check()
+            .map_err(|m| ConfigError::Setting(format!("[control] {m}")))
     }
 }
 
@@ -352,6 +375,38 @@ trunks = "10,20-30"
             .unwrap_err()
             .to_string();
         assert!(e.contains("`trunks`") && e.contains("5000"), "{e}");
+    }
+
+    #[test]
+    fn control_and_flow_limits_parse_and_are_checked() {
+        let c = Config::from_toml(Path::new("t.toml"), GOOD).unwrap();
+        assert_eq!(c.control, ControlLimits::default());
+        assert_eq!(c.settings.max_flows, crate::switch::DEFAULT_MAX_FLOWS);
+        let text = "[switch]\nmax_flows = 500\n\n[control]\nmax_clients = 4\nidle_timeout_secs = 30\n";
+        let c = Config::from_toml(Path::new("t.toml"), text).unwrap();
+        assert_eq!(c.settings.max_flows, 500);
+        assert_eq!(
+            c.control,
+            ControlLimits {
+                max_clients: 4,
+                idle_timeout_secs: 30
+            }
+        );
+        assert_eq!(
+            c.control_socket,
+            crate::control::default_socket_path(),
+            "no socket: the default"
+        );
+        for (bad, field) in [
+            ("[control]\nmax_clients = 0\n", "`max_clients`"),
+            ("[control]\nidle_timeout_secs = 0\n", "`idle_timeout_secs`"),
+            ("[switch]\nmax_flows = 0\n", "`max_flows`"),
+        ] {
+            let e = Config::from_toml(Path::new("t.toml"), bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("t.toml:1:") && e.contains(field), "{e}");
+        }
     }
 
     #[test]

@@ -63,7 +63,7 @@ impl Daemon {
         let control_counters = Arc::new(ControlCounters::default());
         let control_socket = control.path().to_path_buf();
         control
-            .spawn(switch.clone(), control_counters.clone())
+            .spawn(switch.clone(), control_counters.clone(), config.control)
             .map_err(DaemonError::Threads)?;
         if let Some(m) = metrics {
             m.spawn(switch.clone(), control_counters.clone())

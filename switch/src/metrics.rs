@@ -11,6 +11,8 @@
 //! - `mac_table_entries`, `mac_table_capacity`: learning table size and limit.
 //! - `floods_total`, `mac_learned_total`, `mac_moved_total`, `mac_table_full_total`.
 //! - `control_requests_total{result}`: control socket requests by outcome.
+//! - `control_refused_clients_total`, `control_idle_timeouts_total`: control clients turned
+//!   away (over `max_clients`) or disconnected (idle).
 //! - `table_lookups_total{table}`, `table_matches_total{table}`, `table_flows{table}`,
 //!   `flow_packets_total{table,cookie}`, `flow_bytes_total{table,cookie}` (at most 1000
 //!   series; the rest summed under cookie="other").
@@ -197,6 +199,18 @@ pub fn render(sw: &Switch, control: &ControlCounters) -> Result<String, MetricsE
     requests
         .with_label_values(&["error"])
         .inc_by(control.errors.load(Ordering::Relaxed));
+    counter(
+        &r,
+        "control_refused_clients_total",
+        "Control socket clients refused because max_clients were connected.",
+        control.refused_clients.load(Ordering::Relaxed),
+    )?;
+    counter(
+        &r,
+        "control_idle_timeouts_total",
+        "Control socket clients disconnected after idle_timeout_secs without a request.",
+        control.idle_timeouts.load(Ordering::Relaxed),
+    )?;
 
     if let Some(tunnel) = sw.tunnel() {
         tunnel_metrics(&r, &tunnel.vtep.snapshot())?;

@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -126,7 +127,7 @@ fn a_bundle_that_would_pass_max_flows_is_refused_whole() {
     assert_eq!(flow_count(&d), 100);
 
     // Through the protocol: an error response, counted.
-    let before = d.control_counters.errors.load(std::sync::atomic::Ordering::Relaxed);
+    let before = d.control_counters.errors.load(Ordering::Relaxed);
     let (response, _) = request(
         &d.control_socket,
         &serde_json::json!({"version":1,"command":"add-flows","flows":[{"line":1,"text":"priority=1,arp actions=drop"}]}),
@@ -134,7 +135,7 @@ fn a_bundle_that_would_pass_max_flows_is_refused_whole() {
     assert_eq!(response["ok"], false, "{response}");
     assert!(response["error"].as_str().unwrap_or("").contains("max_flows"), "{response}");
     assert_eq!(
-        d.control_counters.errors.load(std::sync::atomic::Ordering::Relaxed),
+        d.control_counters.errors.load(Ordering::Relaxed),
         before + 1
     );
     d.shutdown();
@@ -245,5 +246,64 @@ fn fifty_thousand_flows_in_one_bundle_and_a_thousand_single_flow_requests() {
     assert_eq!(flow_count(&d), 50_000);
     let diff = flows::diff_flows(&d.switch, &bundle).expect("diff");
     assert!(diff.only_in_file.is_empty() && diff.only_in_switch.is_empty());
+    d.shutdown();
+}
+
+/// Reads one response line (bounded wait); None on EOF.
+fn read_response(s: &UnixStream) -> Option<serde_json::Value> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut line = String::new();
+    let n = BufReader::new(s).read_line(&mut line).expect("a response or EOF in time");
+    (n > 0).then(|| serde_json::from_str(&line).expect("a JSON response"))
+}
+
+fn hello(s: &mut UnixStream) -> serde_json::Value {
+    writeln!(s, "{}", serde_json::json!({"version":1,"command":"hello"})).unwrap();
+    read_response(s).expect("a response to hello")
+}
+
+#[test]
+fn clients_beyond_max_clients_get_an_error_and_are_closed_and_counted() {
+    let dir = TestDir::new("max-clients");
+    let d = start_switch(&dir.path, vec![], |c| c.control.max_clients = 2);
+    let mut first = UnixStream::connect(&d.control_socket).unwrap();
+    let mut second = UnixStream::connect(&d.control_socket).unwrap();
+    assert_eq!(hello(&mut first)["ok"], true);
+    assert_eq!(hello(&mut second)["ok"], true);
+    for n in 1..=3u64 {
+        let third = UnixStream::connect(&d.control_socket).unwrap();
+        let r = read_response(&third).expect("an error line before closing");
+        assert_eq!(r["ok"], false, "{r}");
+        let e = r["error"].as_str().unwrap_or("");
+        assert!(e.contains("max_clients") && e.contains('2'), "{e}");
+        assert_eq!(read_response(&third), None, "then closed");
+        assert_eq!(d.control_counters.refused_clients.load(Ordering::Relaxed), n);
+    }
+    let body = patchbay_switch::metrics::render(&d.switch, &d.control_counters).unwrap();
+    assert!(body.lines().any(|l| l == "patchbay_control_refused_clients_total 3"), "{body}");
+    // A slot that frees up is usable again.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut again = UnixStream::connect(&d.control_socket).unwrap();
+        if hello(&mut again)["ok"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the freed slot was never reused");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(hello(&mut second)["ok"], true, "the connected client is unaffected");
+    d.shutdown();
+}
+
+#[test]
+fn an_idle_client_is_disconnected_after_idle_timeout_secs_and_counted() {
+    let dir = TestDir::new("idle-client");
+    let d = start_switch(&dir.path, vec![], |c| c.control.idle_timeout_secs = 1);
+    let mut s = UnixStream::connect(&d.control_socket).unwrap();
+    assert_eq!(hello(&mut s)["ok"], true);
+    // Nothing more is sent: the switch closes the connection (EOF well before 10 s).
+    assert_eq!(read_response(&s), None);
+    assert_eq!(d.control_counters.idle_timeouts.load(Ordering::Relaxed), 1);
     d.shutdown();
 }

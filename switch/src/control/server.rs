@@ -1,13 +1,17 @@
-//! Serves the control socket: one thread accepting, one short-lived thread per client.
-//! A bad request gets an error response and is counted; it never touches the frame path.
+//! Serves the control socket: one thread accepting, one thread per client, at most
+//! `max_clients` of them (a client beyond that gets an error line and is closed, so local
+//! peers cannot exhaust threads); a client idle for `idle_timeout_secs` is disconnected, so
+//! idle connections cannot hold the slots forever. A bad request gets an error response and
+//! is counted; it never touches the frame path.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use super::protocol::*;
 use crate::switch::Switch;
@@ -28,11 +32,59 @@ pub enum ControlError {
     },
 }
 
-/// Counts control requests by outcome (exported as metrics).
+/// Counts control requests by outcome, and clients turned away (exported as metrics).
 #[derive(Debug, Default)]
 pub struct ControlCounters {
     pub ok: AtomicU64,
     pub errors: AtomicU64,
+    /// Connections refused because `max_clients` were connected.
+    pub refused_clients: AtomicU64,
+    /// Clients disconnected after `idle_timeout_secs` without a request.
+    pub idle_timeouts: AtomicU64,
+}
+
+/// Bounds on the control socket's clients (the `[control]` table of the config file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlLimits {
+    /// Most clients served at once.
+    pub max_clients: usize,
+    /// Seconds a client may stay connected without sending a request (or without reading
+    /// a response) before it is disconnected.
+    pub idle_timeout_secs: u64,
+}
+
+pub const DEFAULT_MAX_CLIENTS: usize = 16;
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+
+impl Default for ControlLimits {
+    fn default() -> Self {
+        ControlLimits {
+            max_clients: DEFAULT_MAX_CLIENTS,
+            idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+        }
+    }
+}
+
+impl ControlLimits {
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_clients == 0 {
+            return Err("field `max_clients`: must be at least 1".into());
+        }
+        if self.idle_timeout_secs == 0 {
+            return Err("field `idle_timeout_secs`: must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// A client's place among `max_clients`; given back when the client's thread ends (or its
+/// thread could not be started).
+struct ClientSlot(Arc<AtomicUsize>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Binds the socket now (so a bad path fails before the switch starts) and serves it on a
@@ -77,23 +129,70 @@ impl ControlServer {
         self,
         switch: Arc<Switch>,
         counters: Arc<ControlCounters>,
+        limits: ControlLimits,
     ) -> std::io::Result<thread::JoinHandle<()>> {
         thread::Builder::new()
             .name("control".into())
             .spawn(move || {
+                // Only this thread takes slots, so checking then taking is not racy.
+                let clients = Arc::new(AtomicUsize::new(0));
                 for stream in self.listener.incoming() {
-                    let Ok(stream) = stream else { continue };
+                    let stream = match stream {
+                        Ok(s) => s,
+                        Err(e) => {
+                            // Out of fds, most likely: don't spin.
+                            log::warn!("control socket: accept failed: {e}");
+                            thread::sleep(Duration::from_millis(100));
+                            continue;
+                        }
+                    };
+                    if clients.load(Ordering::Acquire) >= limits.max_clients {
+                        refuse_client(stream, &counters, limits.max_clients);
+                        continue;
+                    }
+                    clients.fetch_add(1, Ordering::AcqRel);
+                    let slot = ClientSlot(clients.clone());
                     let sw = switch.clone();
                     let counters = counters.clone();
-                    let _ = thread::Builder::new()
+                    let spawned = thread::Builder::new()
                         .name("control-client".into())
-                        .spawn(move || serve_client(stream, &sw, &counters));
+                        .spawn(move || {
+                            let _slot = slot;
+                            serve_client(stream, &sw, &counters, limits)
+                        });
+                    if let Err(e) = spawned {
+                        log::warn!("control socket: cannot start a client thread: {e}");
+                    }
                 }
             })
     }
 }
 
-fn serve_client(stream: UnixStream, sw: &Arc<Switch>, counters: &ControlCounters) {
+/// Tells a client over the limit why, then closes it.
+fn refuse_client(stream: UnixStream, counters: &ControlCounters, max_clients: usize) {
+    counters.refused_clients.fetch_add(1, Ordering::Relaxed);
+    log::warn!(
+        "control socket: refused a client: {max_clients} clients connected ([control] max_clients)"
+    );
+    // A fresh socket's buffer takes one short line; the timeout only guards the accept loop.
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let r = Response::error(format!(
+        "too many control clients: {max_clients} are connected ([control] max_clients); try again later"
+    ));
+    let _ = write_response(&mut &stream, &r);
+}
+
+fn serve_client(
+    stream: UnixStream,
+    sw: &Arc<Switch>,
+    counters: &ControlCounters,
+    limits: ControlLimits,
+) {
+    let idle = Duration::from_secs(limits.idle_timeout_secs);
+    if stream.set_read_timeout(Some(idle)).is_err() || stream.set_write_timeout(Some(idle)).is_err()
+    {
+        return;
+    }
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
@@ -107,7 +206,18 @@ fn serve_client(stream: UnixStream, sw: &Arc<Switch>, counters: &ControlCounters
             .take(MAX_REQUEST_LEN as u64 + 1)
             .read_until(b'\n', &mut line)
         {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                counters.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                log::info!("control socket: client idle for {idle:?}: disconnected");
+                return;
+            }
+            Err(_) => return,
             Ok(n) => n,
         };
         let response = if n > MAX_REQUEST_LEN {
