@@ -10,6 +10,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use patchbay_switch::control::flows::{self, FlowLine};
+use patchbay_switch::control::server::ControlServer;
 use patchbay_switch::daemon::Daemon;
 use patchbay_switch::port::{ConnectMode, PortConfig};
 use patchbay_switch::switch::{Settings, Switch, SwitchError};
@@ -306,4 +307,82 @@ fn an_idle_client_is_disconnected_after_idle_timeout_secs_and_counted() {
     assert_eq!(read_response(&s), None);
     assert_eq!(d.control_counters.idle_timeouts.load(Ordering::Relaxed), 1);
     d.shutdown();
+}
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn bind_error(socket: &Path) -> String {
+    match ControlServer::bind(socket) {
+        Ok(_) => panic!("{} was accepted", socket.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn the_control_directory_is_created_private_and_must_be_ours() {
+    let dir = TestDir::new("control-dir");
+    // Absent: created 0700.
+    let fresh = dir.join("fresh");
+    let server = ControlServer::bind(&fresh.join("control.sock")).expect("binds");
+    assert_eq!(mode_of(&fresh), 0o700, "created private");
+    drop(server);
+
+    // A symlink to a directory of ours is still refused: it could be swapped.
+    let real = dir.join("real");
+    std::fs::create_dir(&real).unwrap();
+    set_mode(&real, 0o700);
+    let link = dir.join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let e = bind_error(&link.join("control.sock"));
+    assert!(e.contains(&link.display().to_string()) && e.contains("symlink"), "{e}");
+    assert!(!real.join("control.sock").exists(), "nothing was created through the link");
+
+    // Writable by group or others: refused.
+    for mode in [0o777, 0o770, 0o702, 0o1777] {
+        let open = dir.join(&format!("open{mode:o}"));
+        std::fs::create_dir(&open).unwrap();
+        set_mode(&open, mode);
+        let e = bind_error(&open.join("control.sock"));
+        assert!(
+            e.contains(&open.display().to_string()) && e.contains("writable"),
+            "mode {mode:o}: {e}"
+        );
+    }
+    // Readable by others is fine (0755: the socket's own mode guards it).
+    let shared = dir.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    set_mode(&shared, 0o755);
+    drop(ControlServer::bind(&shared.join("control.sock")).expect("0755 is ours"));
+
+    // Not a directory.
+    let file = dir.join("file");
+    std::fs::write(&file, b"").unwrap();
+    let e = bind_error(&file.join("control.sock"));
+    assert!(e.contains("not a directory"), "{e}");
+
+    // Owned by someone else (needs root to arrange).
+    if nix::unistd::Uid::effective().is_root() {
+        let theirs = dir.join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        set_mode(&theirs, 0o700);
+        nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let e = bind_error(&theirs.join("control.sock"));
+        assert!(
+            e.contains(&theirs.display().to_string()) && e.contains("owned by uid 65534"),
+            "{e}"
+        );
+    } else {
+        patchbay_tests::guest::skip_or_fail(
+            "control directory owned by another user",
+            "needs root to chown a directory to another uid",
+        );
+    }
 }

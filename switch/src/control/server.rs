@@ -23,6 +23,8 @@ pub enum ControlError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("refusing the control socket directory {path}: it {problem}")]
+    UnsafeDir { path: PathBuf, problem: String },
     #[error("control socket {path} is in use by a running switch")]
     InUse { path: PathBuf },
     #[error("cannot listen on control socket {path}: {source}")]
@@ -96,11 +98,8 @@ pub struct ControlServer {
 
 impl ControlServer {
     pub fn bind(path: &Path) -> Result<Self, ControlError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| ControlError::Dir {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            prepare_socket_dir(dir)?;
         }
         if path.exists() {
             if UnixStream::connect(path).is_ok() {
@@ -166,6 +165,62 @@ impl ControlServer {
                 }
             })
     }
+}
+
+/// Makes sure the directory that holds the control socket is the switch's own: created with
+/// mode 0700 if absent; otherwise a real directory (not a symlink), owned by the switch's
+/// user and writable by nobody else. Anyone who can write to the directory, or own it, could
+/// replace the socket between our bind and a client's connect and catch flowctl's requests
+/// (think of `/tmp/patchbay-UID` created in advance by another user).
+pub fn prepare_socket_dir(dir: &Path) -> Result<(), ControlError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let io_err = |source| ControlError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let unsafe_dir = |problem: String| ControlError::UnsafeDir {
+        path: dir.to_path_buf(),
+        problem,
+    };
+    match std::fs::symlink_metadata(dir) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(io_err)?;
+            }
+            match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+                // Exactly 0700, whatever the umask.
+                Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(io_err)?,
+                // Created by someone else meanwhile: checked below like any existing one.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+        Err(e) => return Err(io_err(e)),
+    }
+    // Not following a symlink: the link itself is what an attacker would control.
+    let meta = std::fs::symlink_metadata(dir).map_err(io_err)?;
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_dir("is a symlink".into()));
+    }
+    if !meta.is_dir() {
+        return Err(unsafe_dir("is not a directory".into()));
+    }
+    let me = nix::unistd::Uid::effective().as_raw();
+    if meta.uid() != me {
+        return Err(unsafe_dir(format!(
+            "is owned by uid {}, not by the switch's uid {me}",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_dir(format!(
+            "is writable by group or others (mode {:o}); make it 0700 or 0750",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
 }
 
 /// Tells a client over the limit why, then closes it.
