@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::control::server::ControlLimits;
+use crate::metrics::MetricsLimits;
 use crate::port::{ConnectMode, PortConfig};
 use crate::switch::Settings;
 use patchbay_overlay::vtep::VtepConfig;
@@ -20,6 +21,8 @@ pub struct Config {
     pub control: ControlLimits,
     /// None disables the metrics endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// Bounds on metrics connections (`[metrics] max_connections`, `timeout_secs`).
+    pub metrics: MetricsLimits,
     pub ports: Vec<PortConfig>,
     /// The VXLAN tunnel endpoint, if any.
     pub vxlan: Option<VtepConfig>,
@@ -34,6 +37,7 @@ impl Default for Config {
             control_socket: crate::control::default_socket_path(),
             control: ControlLimits::default(),
             metrics_listen: DEFAULT_METRICS_LISTEN.parse().ok(),
+            metrics: MetricsLimits::default(),
             ports: Vec::new(),
             vxlan: None,
         }
@@ -89,7 +93,9 @@ struct ControlSection {
 #[serde(deny_unknown_fields)]
 struct MetricsSection {
     /// `host:port`, or "off".
-    listen: String,
+    listen: Option<String>,
+    max_connections: Option<usize>,
+    timeout_secs: Option<u64>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -152,8 +158,21 @@ impl Config {
         }
         if let Some(m) = file.metrics {
             let start = m.span().start;
-            config.metrics_listen = parse_metrics_listen(&m.get_ref().listen)
-                .map_err(|e| invalid(start, "[metrics] field `listen`".into(), e))?;
+            let m = m.into_inner();
+            if let Some(listen) = &m.listen {
+                config.metrics_listen = parse_metrics_listen(listen)
+                    .map_err(|e| invalid(start, "[metrics] field `listen`".into(), e))?;
+            }
+            if let Some(n) = m.max_connections {
+                config.metrics.max_connections = n;
+            }
+            if let Some(secs) = m.timeout_secs {
+                config.metrics.timeout_secs = secs;
+            }
+            config
+                .metrics
+                .check()
+                .map_err(|e| invalid(start, "[metrics]".into(), e))?;
         }
         if let Some(v) = file.vxlan {
             let start = v.span().start;
@@ -213,7 +232,10 @@ impl Config {
         check_settings(&self.settings).map_err(ConfigError::Setting)?;
         self.control
             .check()
-            .map_err(|m| ConfigError::Setting(format!("[control] {m}")))
+            .map_err(|m| ConfigError::Setting(format!("[control] {m}")))?;
+        self.metrics
+            .check()
+            .map_err(|m| ConfigError::Setting(format!("[metrics] {m}")))
     }
 }
 
@@ -382,8 +404,16 @@ trunks = "10,20-30"
         let c = Config::from_toml(Path::new("t.toml"), GOOD).unwrap();
         assert_eq!(c.control, ControlLimits::default());
         assert_eq!(c.settings.max_flows, crate::switch::DEFAULT_MAX_FLOWS);
-        let text = "[switch]\nmax_flows = 500\n\n[control]\nmax_clients = 4\nidle_timeout_secs = 30\n";
+        let text = "[switch]\nmax_flows = 500\n\n[control]\nmax_clients = 4\nidle_timeout_secs = 30\n\n[metrics]\nmax_connections = 8\ntimeout_secs = 2\n";
         let c = Config::from_toml(Path::new("t.toml"), text).unwrap();
+        assert_eq!(
+            c.metrics,
+            MetricsLimits {
+                max_connections: 8,
+                timeout_secs: 2
+            }
+        );
+        assert_eq!(c.metrics_listen, DEFAULT_METRICS_LISTEN.parse().ok());
         assert_eq!(c.settings.max_flows, 500);
         assert_eq!(
             c.control,
@@ -401,6 +431,8 @@ trunks = "10,20-30"
             ("[control]\nmax_clients = 0\n", "`max_clients`"),
             ("[control]\nidle_timeout_secs = 0\n", "`idle_timeout_secs`"),
             ("[switch]\nmax_flows = 0\n", "`max_flows`"),
+            ("[metrics]\nmax_connections = 0\n", "`max_connections`"),
+            ("[metrics]\ntimeout_secs = 0\n", "`timeout_secs`"),
         ] {
             let e = Config::from_toml(Path::new("t.toml"), bad)
                 .unwrap_err()

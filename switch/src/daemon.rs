@@ -43,7 +43,10 @@ impl Daemon {
             switch.check_port(port)?;
         }
         let control = ControlServer::bind(&config.control_socket)?;
-        let metrics = config.metrics_listen.map(MetricsServer::bind).transpose()?;
+        let metrics = config
+            .metrics_listen
+            .map(|addr| MetricsServer::bind(addr, config.metrics))
+            .transpose()?;
         let metrics_addr = metrics.as_ref().and_then(|m| m.local_addr());
         if let Some(vxlan) = config.vxlan {
             if let Err(e) = switch.enable_tunnel(vxlan) {

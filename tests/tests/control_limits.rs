@@ -76,7 +76,10 @@ fn concurrent_add_port_with_one_name_or_socket_has_exactly_one_winner() {
             .iter()
             .filter(|p| p.name == format!("dup{round}"))
             .count();
-        assert_eq!(named, 1, "round {round}: one port of that name in the table");
+        assert_eq!(
+            named, 1,
+            "round {round}: one port of that name in the table"
+        );
 
         let socket = dir.join(&format!("shared{round}.sock"));
         let results = add_concurrently(&sw, THREADS, move |i| {
@@ -109,17 +112,35 @@ fn a_bundle_that_would_pass_max_flows_is_refused_whole() {
     let dir = TestDir::new("max-flows");
     let d = start_switch(&dir.path, vec![], |c| c.settings.max_flows = 100);
     let batch = |from: usize, n: usize| {
-        lines_of((from..from + n).map(|i| format!("priority=10,ip,nw_src=10.0.{}.{} actions=drop", i / 256, i % 256)))
+        lines_of((from..from + n).map(|i| {
+            format!(
+                "priority=10,ip,nw_src=10.0.{}.{} actions=drop",
+                i / 256,
+                i % 256
+            )
+        }))
     };
     assert_eq!(flows::add_flows(&d.switch, &batch(0, 60)), Ok(60));
     let e = flows::add_flows(&d.switch, &batch(60, 50)).expect_err("110 flows > 100");
-    assert!(e.contains("100") && e.contains("max_flows"), "the error names the limit: {e}");
-    assert_eq!(flow_count(&d), 60, "nothing of the refused bundle was added");
+    assert!(
+        e.contains("100") && e.contains("max_flows"),
+        "the error names the limit: {e}"
+    );
+    assert_eq!(
+        flow_count(&d),
+        60,
+        "nothing of the refused bundle was added"
+    );
     // Replacing existing flows does not count twice; deleting in the same bundle makes room.
     assert_eq!(flows::add_flows(&d.switch, &batch(0, 60)), Ok(60));
     let mut mixed = batch(60, 45);
-    mixed.extend(lines_of((0..10).map(|i| format!("delete_strict priority=10,ip,nw_src=10.0.0.{i}"))));
-    assert!(flows::add_flows(&d.switch, &mixed).is_ok(), "60 + 45 - 10 = 95 fits");
+    mixed.extend(lines_of(
+        (0..10).map(|i| format!("delete_strict priority=10,ip,nw_src=10.0.0.{i}")),
+    ));
+    assert!(
+        flows::add_flows(&d.switch, &mixed).is_ok(),
+        "60 + 45 - 10 = 95 fits"
+    );
     assert_eq!(flow_count(&d), 95);
     let e = flows::replace_flows(&d.switch, &batch(1000, 101)).expect_err("101 > 100");
     assert!(e.contains("max_flows"), "{e}");
@@ -134,7 +155,13 @@ fn a_bundle_that_would_pass_max_flows_is_refused_whole() {
         &serde_json::json!({"version":1,"command":"add-flows","flows":[{"line":1,"text":"priority=1,arp actions=drop"}]}),
     );
     assert_eq!(response["ok"], false, "{response}");
-    assert!(response["error"].as_str().unwrap_or("").contains("max_flows"), "{response}");
+    assert!(
+        response["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("max_flows"),
+        "{response}"
+    );
     assert_eq!(
         d.control_counters.errors.load(Ordering::Relaxed),
         before + 1
@@ -148,7 +175,9 @@ fn request(socket: &Path, req: &serde_json::Value) -> (serde_json::Value, UnixSt
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     writeln!(s, "{req}").unwrap();
     let mut line = String::new();
-    BufReader::new(s.try_clone().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(s.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     (serde_json::from_str(&line).expect("a JSON response"), s)
 }
 
@@ -231,7 +260,10 @@ fn fifty_thousand_flows_in_one_bundle_and_a_thousand_single_flow_requests() {
     }));
     let started = Instant::now();
     assert!(flows::add_flows(&d.switch, &lines_of(changes)).is_ok());
-    eprintln!("5 000 strict deletes + 1 000 strict modifies: {:?}", started.elapsed());
+    eprintln!(
+        "5 000 strict deletes + 1 000 strict modifies: {:?}",
+        started.elapsed()
+    );
     assert_eq!(flow_count(&d), 46_000);
     assert_eq!(trace("in_port=a,udp,tp_dst=53"), None, "all 5 000 deleted");
     let modified = flows::dump_flows(&d.switch, Some("ip,nw_src=10.0.3.200")).unwrap();
@@ -254,7 +286,9 @@ fn fifty_thousand_flows_in_one_bundle_and_a_thousand_single_flow_requests() {
 fn read_response(s: &UnixStream) -> Option<serde_json::Value> {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut line = String::new();
-    let n = BufReader::new(s).read_line(&mut line).expect("a response or EOF in time");
+    let n = BufReader::new(s)
+        .read_line(&mut line)
+        .expect("a response or EOF in time");
     (n > 0).then(|| serde_json::from_str(&line).expect("a JSON response"))
 }
 
@@ -278,10 +312,17 @@ fn clients_beyond_max_clients_get_an_error_and_are_closed_and_counted() {
         let e = r["error"].as_str().unwrap_or("");
         assert!(e.contains("max_clients") && e.contains('2'), "{e}");
         assert_eq!(read_response(&third), None, "then closed");
-        assert_eq!(d.control_counters.refused_clients.load(Ordering::Relaxed), n);
+        assert_eq!(
+            d.control_counters.refused_clients.load(Ordering::Relaxed),
+            n
+        );
     }
     let body = patchbay_switch::metrics::render(&d.switch, &d.control_counters).unwrap();
-    assert!(body.lines().any(|l| l == "patchbay_control_refused_clients_total 3"), "{body}");
+    assert!(
+        body.lines()
+            .any(|l| l == "patchbay_control_refused_clients_total 3"),
+        "{body}"
+    );
     // A slot that frees up is usable again.
     drop(first);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -293,7 +334,11 @@ fn clients_beyond_max_clients_get_an_error_and_are_closed_and_counted() {
         assert!(Instant::now() < deadline, "the freed slot was never reused");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(hello(&mut second)["ok"], true, "the connected client is unaffected");
+    assert_eq!(
+        hello(&mut second)["ok"],
+        true,
+        "the connected client is unaffected"
+    );
     d.shutdown();
 }
 
@@ -311,7 +356,11 @@ fn an_idle_client_is_disconnected_after_idle_timeout_secs_and_counted() {
 
 fn mode_of(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
 }
 
 fn set_mode(path: &Path, mode: u32) {
@@ -342,8 +391,14 @@ fn the_control_directory_is_created_private_and_must_be_ours() {
     let link = dir.join("link");
     std::os::unix::fs::symlink(&real, &link).unwrap();
     let e = bind_error(&link.join("control.sock"));
-    assert!(e.contains(&link.display().to_string()) && e.contains("symlink"), "{e}");
-    assert!(!real.join("control.sock").exists(), "nothing was created through the link");
+    assert!(
+        e.contains(&link.display().to_string()) && e.contains("symlink"),
+        "{e}"
+    );
+    assert!(
+        !real.join("control.sock").exists(),
+        "nothing was created through the link"
+    );
 
     // Writable by group or others: refused.
     for mode in [0o777, 0o770, 0o702, 0o1777] {

@@ -153,12 +153,13 @@ impl ControlServer {
                     let slot = ClientSlot(clients.clone());
                     let sw = switch.clone();
                     let counters = counters.clone();
-                    let spawned = thread::Builder::new()
-                        .name("control-client".into())
-                        .spawn(move || {
-                            let _slot = slot;
-                            serve_client(stream, &sw, &counters, limits)
-                        });
+                    let spawned =
+                        thread::Builder::new()
+                            .name("control-client".into())
+                            .spawn(move || {
+                                let _slot = slot;
+                                serve_client(stream, &sw, &counters, limits)
+                            });
                     if let Err(e) = spawned {
                         log::warn!("control socket: cannot start a client thread: {e}");
                     }

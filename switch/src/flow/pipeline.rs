@@ -226,11 +226,7 @@ impl Tables {
         match change {
             FlowMod::Add(flow) => {
                 let entry = Entry::new(flow.clone(), now_ms);
-                self.tables[usize::from(flow.table)].insert_unordered(
-                    flow.m,
-                    flow.priority,
-                    entry,
-                );
+                self.tables[usize::from(flow.table)].insert_unordered(flow.m, flow.priority, entry);
                 Ok(1)
             }
             FlowMod::Modify {
