@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::control::server::ControlLimits;
+use crate::metrics::MetricsLimits;
 use crate::port::{ConnectMode, PortConfig};
 use crate::switch::Settings;
 use patchbay_overlay::vtep::VtepConfig;
@@ -15,8 +17,12 @@ use patchbay_overlay::vtep::VtepConfig;
 pub struct Config {
     pub settings: Settings,
     pub control_socket: PathBuf,
+    /// Bounds on control clients (`[control] max_clients`, `idle_timeout_secs`).
+    pub control: ControlLimits,
     /// None disables the metrics endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// Bounds on metrics connections (`[metrics] max_connections`, `timeout_secs`).
+    pub metrics: MetricsLimits,
     pub ports: Vec<PortConfig>,
     /// The VXLAN tunnel endpoint, if any.
     pub vxlan: Option<VtepConfig>,
@@ -29,7 +35,9 @@ impl Default for Config {
         Config {
             settings: Settings::default(),
             control_socket: crate::control::default_socket_path(),
+            control: ControlLimits::default(),
             metrics_listen: DEFAULT_METRICS_LISTEN.parse().ok(),
+            metrics: MetricsLimits::default(),
             ports: Vec::new(),
             vxlan: None,
         }
@@ -64,7 +72,7 @@ struct FileConfig {
     #[serde(default)]
     switch: Option<toml::Spanned<Settings>>,
     #[serde(default)]
-    control: Option<ControlSection>,
+    control: Option<toml::Spanned<ControlSection>>,
     #[serde(default)]
     metrics: Option<toml::Spanned<MetricsSection>>,
     #[serde(default, rename = "port")]
@@ -76,14 +84,18 @@ struct FileConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ControlSection {
-    socket: PathBuf,
+    socket: Option<PathBuf>,
+    max_clients: Option<usize>,
+    idle_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MetricsSection {
     /// `host:port`, or "off".
-    listen: String,
+    listen: Option<String>,
+    max_connections: Option<usize>,
+    timeout_secs: Option<u64>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -128,12 +140,39 @@ impl Config {
             check_settings(&config.settings).map_err(|m| invalid(start, "[switch]".into(), m))?;
         }
         if let Some(c) = file.control {
-            config.control_socket = c.socket;
+            let start = c.span().start;
+            let c = c.into_inner();
+            if let Some(socket) = c.socket {
+                config.control_socket = socket;
+            }
+            if let Some(n) = c.max_clients {
+                config.control.max_clients = n;
+            }
+            if let Some(secs) = c.idle_timeout_secs {
+                config.control.idle_timeout_secs = secs;
+            }
+            config
+                .control
+                .check()
+                .map_err(|m| invalid(start, "[control]".into(), m))?;
         }
         if let Some(m) = file.metrics {
             let start = m.span().start;
-            config.metrics_listen = parse_metrics_listen(&m.get_ref().listen)
-                .map_err(|e| invalid(start, "[metrics] field `listen`".into(), e))?;
+            let m = m.into_inner();
+            if let Some(listen) = &m.listen {
+                config.metrics_listen = parse_metrics_listen(listen)
+                    .map_err(|e| invalid(start, "[metrics] field `listen`".into(), e))?;
+            }
+            if let Some(n) = m.max_connections {
+                config.metrics.max_connections = n;
+            }
+            if let Some(secs) = m.timeout_secs {
+                config.metrics.timeout_secs = secs;
+            }
+            config
+                .metrics
+                .check()
+                .map_err(|e| invalid(start, "[metrics]".into(), e))?;
         }
         if let Some(v) = file.vxlan {
             let start = v.span().start;
@@ -190,7 +229,13 @@ impl Config {
     }
 
     pub fn check(&self) -> Result<(), ConfigError> {
-        check_settings(&self.settings).map_err(ConfigError::Setting)
+        check_settings(&self.settings).map_err(ConfigError::Setting)?;
+        self.control
+            .check()
+            .map_err(|m| ConfigError::Setting(format!("[control] {m}")))?;
+        self.metrics
+            .check()
+            .map_err(|m| ConfigError::Setting(format!("[metrics] {m}")))
     }
 }
 
@@ -203,6 +248,9 @@ fn check_settings(s: &Settings) -> Result<(), String> {
     }
     if s.mac_aging_secs == 0 {
         return Err("field `mac_aging_secs`: must be at least 1".into());
+    }
+    if s.max_flows == 0 {
+        return Err("field `max_flows`: must be at least 1".into());
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if let Some(cpu) = s.poll_cpus.iter().find(|c| **c >= cpus) {
@@ -349,6 +397,48 @@ trunks = "10,20-30"
             .unwrap_err()
             .to_string();
         assert!(e.contains("`trunks`") && e.contains("5000"), "{e}");
+    }
+
+    #[test]
+    fn control_and_flow_limits_parse_and_are_checked() {
+        let c = Config::from_toml(Path::new("t.toml"), GOOD).unwrap();
+        assert_eq!(c.control, ControlLimits::default());
+        assert_eq!(c.settings.max_flows, crate::switch::DEFAULT_MAX_FLOWS);
+        let text = "[switch]\nmax_flows = 500\n\n[control]\nmax_clients = 4\nidle_timeout_secs = 30\n\n[metrics]\nmax_connections = 8\ntimeout_secs = 2\n";
+        let c = Config::from_toml(Path::new("t.toml"), text).unwrap();
+        assert_eq!(
+            c.metrics,
+            MetricsLimits {
+                max_connections: 8,
+                timeout_secs: 2
+            }
+        );
+        assert_eq!(c.metrics_listen, DEFAULT_METRICS_LISTEN.parse().ok());
+        assert_eq!(c.settings.max_flows, 500);
+        assert_eq!(
+            c.control,
+            ControlLimits {
+                max_clients: 4,
+                idle_timeout_secs: 30
+            }
+        );
+        assert_eq!(
+            c.control_socket,
+            crate::control::default_socket_path(),
+            "no socket: the default"
+        );
+        for (bad, field) in [
+            ("[control]\nmax_clients = 0\n", "`max_clients`"),
+            ("[control]\nidle_timeout_secs = 0\n", "`idle_timeout_secs`"),
+            ("[switch]\nmax_flows = 0\n", "`max_flows`"),
+            ("[metrics]\nmax_connections = 0\n", "`max_connections`"),
+            ("[metrics]\ntimeout_secs = 0\n", "`timeout_secs`"),
+        ] {
+            let e = Config::from_toml(Path::new("t.toml"), bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("t.toml:1:") && e.contains(field), "{e}");
+        }
     }
 
     #[test]

@@ -43,7 +43,10 @@ impl Daemon {
             switch.check_port(port)?;
         }
         let control = ControlServer::bind(&config.control_socket)?;
-        let metrics = config.metrics_listen.map(MetricsServer::bind).transpose()?;
+        let metrics = config
+            .metrics_listen
+            .map(|addr| MetricsServer::bind(addr, config.metrics))
+            .transpose()?;
         let metrics_addr = metrics.as_ref().and_then(|m| m.local_addr());
         if let Some(vxlan) = config.vxlan {
             if let Err(e) = switch.enable_tunnel(vxlan) {
@@ -63,7 +66,7 @@ impl Daemon {
         let control_counters = Arc::new(ControlCounters::default());
         let control_socket = control.path().to_path_buf();
         control
-            .spawn(switch.clone(), control_counters.clone())
+            .spawn(switch.clone(), control_counters.clone(), config.control)
             .map_err(DaemonError::Threads)?;
         if let Some(m) = metrics {
             m.spawn(switch.clone(), control_counters.clone())

@@ -11,16 +11,25 @@
 //! - `mac_table_entries`, `mac_table_capacity`: learning table size and limit.
 //! - `floods_total`, `mac_learned_total`, `mac_moved_total`, `mac_table_full_total`.
 //! - `control_requests_total{result}`: control socket requests by outcome.
+//! - `control_refused_clients_total`, `control_idle_timeouts_total`: control clients turned
+//!   away (over `max_clients`) or disconnected (idle).
 //! - `table_lookups_total{table}`, `table_matches_total{table}`, `table_flows{table}`,
 //!   `flow_packets_total{table,cookie}`, `flow_bytes_total{table,cookie}` (at most 1000
 //!   series; the rest summed under cookie="other").
 //! - `vxlan_vni_{rx,tx}_{packets,bytes}_total{vni}`, `vxlan_drops_total{vni,reason}`,
 //!   `vxlan_remote_{rx,tx}_{packets,bytes}_total{remote}`, `vxlan_remote_macs`: the tunnel.
+//! - `metrics_refused_connections_total`, `metrics_timeouts_total`,
+//!   `metrics_bad_requests_total`: this endpoint's own defences (see [`MetricsServer`]).
 
-use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -63,6 +72,15 @@ fn gauge(r: &Registry, name: &str, help: &str, value: i64) -> Result<(), prometh
 
 /// Renders every metric in the Prometheus text format.
 pub fn render(sw: &Switch, control: &ControlCounters) -> Result<String, MetricsError> {
+    render_all(sw, control, None)
+}
+
+/// [`render`], plus the HTTP server's own counters when it is the one asking.
+fn render_all(
+    sw: &Switch,
+    control: &ControlCounters,
+    http: Option<&HttpCounters>,
+) -> Result<String, MetricsError> {
     let r = Registry::new();
     let rx_packets = counter_vec(
         &r,
@@ -197,7 +215,22 @@ pub fn render(sw: &Switch, control: &ControlCounters) -> Result<String, MetricsE
     requests
         .with_label_values(&["error"])
         .inc_by(control.errors.load(Ordering::Relaxed));
+    counter(
+        &r,
+        "control_refused_clients_total",
+        "Control socket clients refused because max_clients were connected.",
+        control.refused_clients.load(Ordering::Relaxed),
+    )?;
+    counter(
+        &r,
+        "control_idle_timeouts_total",
+        "Control socket clients disconnected after idle_timeout_secs without a request.",
+        control.idle_timeouts.load(Ordering::Relaxed),
+    )?;
 
+    if let Some(http) = http {
+        http_metrics(&r, http)?;
+    }
     if let Some(tunnel) = sw.tunnel() {
         tunnel_metrics(&r, &tunnel.vtep.snapshot())?;
     }
@@ -384,24 +417,103 @@ fn tunnel_metrics(
     r.register(Box::new(entries))
 }
 
+/// Bounds on the metrics endpoint (the `[metrics]` table of the config file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsLimits {
+    /// Most connections open at once; a new one beyond it closes the oldest that has not
+    /// finished sending its request.
+    pub max_connections: usize,
+    /// Seconds a connection may take from accept to the end of the response.
+    pub timeout_secs: u64,
+}
+
+pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
+pub const DEFAULT_TIMEOUT_SECS: u64 = 5;
+/// Longest request head read (request line and headers); longer ones get 431.
+pub const MAX_REQUEST_HEAD: usize = 8192;
+
+impl Default for MetricsLimits {
+    fn default() -> Self {
+        MetricsLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            timeout_secs: DEFAULT_TIMEOUT_SECS,
+        }
+    }
+}
+
+impl MetricsLimits {
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_connections == 0 {
+            return Err("field `max_connections`: must be at least 1".into());
+        }
+        if !(1..=3600).contains(&self.timeout_secs) {
+            return Err("field `timeout_secs`: must be 1-3600".into());
+        }
+        Ok(())
+    }
+}
+
+/// What the HTTP server turned away (exported with the other metrics).
+#[derive(Debug, Default)]
+pub struct HttpCounters {
+    /// Connections closed unserved because `max_connections` were open.
+    pub refused: AtomicU64,
+    /// Connections closed because request and response took longer than `timeout_secs`.
+    pub timeouts: AtomicU64,
+    /// Requests answered with an error status (malformed, too long, not GET).
+    pub bad_requests: AtomicU64,
+}
+
+fn http_metrics(r: &Registry, c: &HttpCounters) -> Result<(), prometheus::Error> {
+    counter(
+        r,
+        "metrics_refused_connections_total",
+        "Metrics connections closed unserved because max_connections were open.",
+        c.refused.load(Ordering::Relaxed),
+    )?;
+    counter(
+        r,
+        "metrics_timeouts_total",
+        "Metrics connections closed because the exchange took longer than timeout_secs.",
+        c.timeouts.load(Ordering::Relaxed),
+    )?;
+    counter(
+        r,
+        "metrics_bad_requests_total",
+        "Metrics requests answered with an error status.",
+        c.bad_requests.load(Ordering::Relaxed),
+    )
+}
+
 /// The bound HTTP listener, ready to serve.
+///
+/// A small HTTP/1.x responder of our own rather than tiny_http, which spawns a thread per
+/// connection with no bound and no timeouts: here one thread serves every connection with
+/// poll(2), so idle or slow clients cost a slot and a file descriptor, never a thread. At
+/// most `max_connections` are open; a new one beyond that closes the oldest connection that
+/// is still sending its request (a real scraper sends its request at once, so it is never
+/// the oldest; an attacker's idle connections are), and everything must be done within
+/// `timeout_secs` of accept (a one-byte-per-second sender is cut). Only GET and HEAD of
+/// `/metrics` and `/` are served; every response closes the connection.
 pub struct MetricsServer {
-    server: tiny_http::Server,
+    listener: TcpListener,
+    limits: MetricsLimits,
 }
 
 impl MetricsServer {
     /// Binds now, so a bad address fails before the switch starts.
-    pub fn bind(addr: SocketAddr) -> Result<Self, MetricsError> {
-        tiny_http::Server::http(addr)
-            .map(|server| MetricsServer { server })
-            .map_err(|e| MetricsError::Bind {
-                addr,
-                message: e.to_string(),
-            })
+    pub fn bind(addr: SocketAddr, limits: MetricsLimits) -> Result<Self, MetricsError> {
+        let bind_err = |e: std::io::Error| MetricsError::Bind {
+            addr,
+            message: e.to_string(),
+        };
+        let listener = TcpListener::bind(addr).map_err(bind_err)?;
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        Ok(MetricsServer { listener, limits })
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.server.server_addr().to_ip()
+        self.listener.local_addr().ok()
     }
 
     /// Serves `/metrics` on a background thread.
@@ -413,27 +525,277 @@ impl MetricsServer {
         thread::Builder::new()
             .name("metrics".into())
             .spawn(move || {
-                for request in self.server.incoming_requests() {
-                    let url = request.url().split('?').next().unwrap_or("").to_string();
-                    let response = match url.as_str() {
-                        "/metrics" => match render(&sw, &control) {
-                            Ok(text) => tiny_http::Response::from_string(text).with_header(
-                                tiny_http::Header::from_bytes(
-                                    &b"Content-Type"[..],
-                                    &b"text/plain; version=0.0.4; charset=utf-8"[..],
-                                )
-                                .expect("static header is valid"),
-                            ),
-                            Err(e) => tiny_http::Response::from_string(e.to_string())
-                                .with_status_code(500),
-                        },
-                        "/" => tiny_http::Response::from_string(
-                            "patchbay-switch: metrics at /metrics\n",
-                        ),
-                        _ => tiny_http::Response::from_string("not found\n").with_status_code(404),
-                    };
-                    let _ = request.respond(response);
-                }
+                let mut server = HttpServer {
+                    listener: self.listener,
+                    limits: self.limits,
+                    conns: Vec::new(),
+                    counters: HttpCounters::default(),
+                };
+                server.run(&sw, &control)
             })
+    }
+}
+
+/// One client connection and where it is in its exchange.
+struct Conn {
+    stream: TcpStream,
+    deadline: Instant,
+    state: ConnState,
+}
+
+enum ConnState {
+    /// Reading the request head.
+    Reading(Vec<u8>),
+    /// Sending the response; closed when done.
+    Writing {
+        out: Vec<u8>,
+        sent: usize,
+    },
+    Done,
+}
+
+struct HttpServer {
+    listener: TcpListener,
+    limits: MetricsLimits,
+    conns: Vec<Conn>,
+    counters: HttpCounters,
+}
+
+impl HttpServer {
+    fn run(&mut self, sw: &Switch, control: &ControlCounters) {
+        loop {
+            let ready = match self.wait() {
+                Ok(r) => r,
+                Err(e) => {
+                    log::warn!("metrics: poll failed: {e}");
+                    thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            let now = Instant::now();
+            for (i, readable) in ready.into_iter().enumerate() {
+                if readable {
+                    self.progress(i, sw, control);
+                }
+            }
+            for c in &mut self.conns {
+                if !matches!(c.state, ConnState::Done) && now >= c.deadline {
+                    self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                    c.state = ConnState::Done;
+                }
+            }
+            self.conns.retain(|c| !matches!(c.state, ConnState::Done));
+            self.accept_new(sw, control);
+        }
+    }
+
+    /// Waits until the listener or a connection is ready, or the nearest deadline passes;
+    /// returns, per connection, whether it is ready.
+    fn wait(&self) -> nix::Result<Vec<bool>> {
+        let mut fds: Vec<PollFd> = Vec::with_capacity(self.conns.len() + 1);
+        fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+        for c in &self.conns {
+            let events = match c.state {
+                ConnState::Writing { .. } => PollFlags::POLLOUT,
+                _ => PollFlags::POLLIN,
+            };
+            fds.push(PollFd::new(c.stream.as_fd(), events));
+        }
+        let now = Instant::now();
+        let timeout = self
+            .conns
+            .iter()
+            .map(|c| c.deadline.saturating_duration_since(now))
+            .min()
+            // Rounded up, so a deadline is never woken for a moment early in a loop.
+            .map(|d| {
+                PollTimeout::try_from(d + Duration::from_millis(1)).unwrap_or(PollTimeout::MAX)
+            })
+            .unwrap_or(PollTimeout::NONE);
+        poll(&mut fds, timeout)?;
+        Ok(fds[1..]
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect())
+    }
+
+    /// Takes every pending connection; beyond `max_connections`, the oldest that is still
+    /// reading its request is closed to make room (or, if every one is being answered, the
+    /// new one is).
+    fn accept_new(&mut self, sw: &Switch, control: &ControlCounters) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // Out of file descriptors, most likely: let others finish first.
+                    log::warn!("metrics: accept failed: {e}");
+                    thread::sleep(Duration::from_millis(50));
+                    return;
+                }
+            };
+            if self.conns.len() >= self.limits.max_connections {
+                let oldest = self
+                    .conns
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| matches!(c.state, ConnState::Reading(_)))
+                    .min_by_key(|(_, c)| c.deadline)
+                    .map(|(i, _)| i);
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                match oldest {
+                    Some(i) => {
+                        self.conns.remove(i);
+                    }
+                    None => continue,
+                }
+            }
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            self.conns.push(Conn {
+                stream,
+                deadline: Instant::now() + Duration::from_secs(self.limits.timeout_secs),
+                state: ConnState::Reading(Vec::new()),
+            });
+            // The request is usually there already.
+            let last = self.conns.len() - 1;
+            self.progress(last, sw, control);
+        }
+    }
+
+    /// Reads or writes what a connection can without blocking.
+    fn progress(&mut self, i: usize, sw: &Switch, control: &ControlCounters) {
+        let counters = &self.counters;
+        let c = &mut self.conns[i];
+        if let ConnState::Reading(buf) = &mut c.state {
+            let mut chunk = [0u8; 2048];
+            loop {
+                match c.stream.read(&mut chunk) {
+                    Ok(0) => {
+                        c.state = ConnState::Done;
+                        return;
+                    }
+                    Ok(n) => {
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(end) = head_end(buf) {
+                            let out = respond(&buf[..end], sw, control, counters);
+                            c.state = ConnState::Writing { out, sent: 0 };
+                            break;
+                        }
+                        if buf.len() > MAX_REQUEST_HEAD {
+                            counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+                            let out = response(
+                                431,
+                                "Request Header Fields Too Large",
+                                "",
+                                "request head too long\n",
+                                true,
+                            );
+                            c.state = ConnState::Writing { out, sent: 0 };
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        c.state = ConnState::Done;
+                        return;
+                    }
+                }
+            }
+        }
+        if let ConnState::Writing { out, sent } = &mut c.state {
+            while *sent < out.len() {
+                match c.stream.write(&out[*sent..]) {
+                    Ok(0) => break,
+                    Ok(n) => *sent += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+            }
+            let _ = c.stream.shutdown(std::net::Shutdown::Write);
+            c.state = ConnState::Done;
+        }
+    }
+}
+
+/// Where the request head ends (after the blank line), if it has.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A whole response; `head_only` for HEAD requests.
+fn response(status: u16, reason: &str, content_type: &str, body: &str, head_only: bool) -> Vec<u8> {
+    let content_type = if content_type.is_empty() {
+        "text/plain; charset=utf-8"
+    } else {
+        content_type
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if !head_only {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
+}
+
+/// Answers one request head.
+fn respond(
+    head: &[u8],
+    sw: &Switch,
+    control: &ControlCounters,
+    counters: &HttpCounters,
+) -> Vec<u8> {
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+        return response(400, "Bad Request", "", "bad request\n", false);
+    };
+    if !version.starts_with("HTTP/1.") {
+        counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+        return response(
+            505,
+            "HTTP Version Not Supported",
+            "",
+            "HTTP/1.x only\n",
+            false,
+        );
+    }
+    let head_only = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => {
+            counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+            return response(405, "Method Not Allowed", "", "only GET and HEAD\n", false);
+        }
+    };
+    match target.split('?').next().unwrap_or("") {
+        "/metrics" => match render_all(sw, control, Some(counters)) {
+            Ok(text) => response(200, "OK", TEXT_FORMAT, &text, head_only),
+            Err(e) => response(500, "Internal Server Error", "", &e.to_string(), head_only),
+        },
+        "/" => response(
+            200,
+            "OK",
+            "",
+            "patchbay-switch: metrics at /metrics\n",
+            head_only,
+        ),
+        _ => response(404, "Not Found", "", "not found\n", head_only),
     }
 }

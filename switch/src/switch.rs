@@ -29,7 +29,12 @@ pub struct Settings {
     /// What a packet that matches no flow in table 0 gets: "normal" (the learning switch,
     /// the default) or "drop".
     pub table_miss: crate::flow::pipeline::MissPolicy,
+    /// Most flows all tables together hold; a change that would pass it is refused whole.
+    pub max_flows: usize,
 }
+
+/// Default of [`Settings::max_flows`].
+pub const DEFAULT_MAX_FLOWS: usize = 100_000;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -39,6 +44,7 @@ impl Default for Settings {
             mac_aging_secs: 300,
             poll_cpus: Vec::new(),
             table_miss: crate::flow::pipeline::MissPolicy::Normal,
+            max_flows: DEFAULT_MAX_FLOWS,
         }
     }
 }
@@ -123,7 +129,8 @@ pub struct Switch {
 
 impl Switch {
     pub fn new(settings: Settings) -> Arc<Self> {
-        let settings_miss = settings.table_miss;
+        let flows = crate::flow::pipeline::Pipeline::new(settings.table_miss)
+            .with_max_flows(settings.max_flows);
         let mac_table = MacTable::new(
             settings.mac_table_size,
             Duration::from_secs(settings.mac_aging_secs),
@@ -136,7 +143,7 @@ impl Switch {
             counters: SwitchCounters::default(),
             stopping: AtomicBool::new(false),
             tunnel: std::sync::OnceLock::new(),
-            flows: crate::flow::pipeline::Pipeline::new(settings_miss),
+            flows,
         })
     }
 
@@ -239,7 +246,12 @@ impl Switch {
             name: config.name.clone(),
             source,
         })?;
-        let ports = self.ports_snapshot();
+        Self::check_against(&self.ports_snapshot(), config)
+    }
+
+    /// The uniqueness checks of [`Switch::check_port`] against a given port table, so that
+    /// `add_port` can run them under the same write lock as the insert.
+    fn check_against(ports: &[Option<Arc<Port>>], config: &PortConfig) -> Result<(), SwitchError> {
         for p in ports.iter().flatten() {
             if p.name == config.name {
                 return Err(SwitchError::DuplicateName(config.name.clone()));
@@ -259,6 +271,9 @@ impl Switch {
         self.check_port(&config)?;
         let port = {
             let mut ports = self.ports.write().unwrap_or_else(|p| p.into_inner());
+            // Checked again under the write lock: two concurrent requests for one name or
+            // socket both pass the check above, only one can pass this one.
+            Self::check_against(&ports, &config)?;
             let slot = match ports.iter().skip(1).position(Option::is_none) {
                 Some(i) => i + 1,
                 None if ports.len() <= MAX_PORTS => {

@@ -232,6 +232,7 @@ fn flow_line(table: u8, m: &str, a: &str) -> String {
 }
 
 pub fn diff_flows(sw: &Switch, lines: &[FlowLine]) -> Result<FlowDiff, String> {
+    use std::collections::HashSet;
     let file: Vec<String> = parse_file_flows(sw, lines)?
         .iter()
         .map(|f| flow_line(f.table, &f.match_text, &f.actions_text))
@@ -242,15 +243,18 @@ pub fn diff_flows(sw: &Switch, lines: &[FlowLine]) -> Result<FlowDiff, String> {
         .iter()
         .map(|f| flow_line(f.table, &f.match_text, &f.actions_text))
         .collect();
+    // Sets, not `Vec::contains`: O(n), not O(n * m), for big rule files.
+    let (in_file, in_switch): (HashSet<&String>, HashSet<&String>) =
+        (file.iter().collect(), switch.iter().collect());
     Ok(FlowDiff {
         only_in_switch: switch
             .iter()
-            .filter(|l| !file.contains(l))
+            .filter(|l| !in_file.contains(l))
             .cloned()
             .collect(),
         only_in_file: file
             .iter()
-            .filter(|l| !switch.contains(l))
+            .filter(|l| !in_switch.contains(l))
             .cloned()
             .collect(),
     })

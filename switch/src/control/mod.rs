@@ -13,7 +13,8 @@ pub use protocol::{Request, RequestEnvelope, Response, PROTOCOL_VERSION};
 
 /// Where the control socket lives unless configured: `/run/patchbay/control.sock` for root,
 /// else under `$XDG_RUNTIME_DIR`, else `/tmp/patchbay-<uid>/`. flowctl uses the same rule,
-/// and both honour `PATCHBAY_CONTROL`.
+/// and both honour `PATCHBAY_CONTROL`. The daemon creates the directory 0700 or refuses one
+/// that is not its own (`server::prepare_socket_dir`).
 pub fn default_socket_path() -> PathBuf {
     if let Some(p) = std::env::var_os("PATCHBAY_CONTROL") {
         return PathBuf::from(p);

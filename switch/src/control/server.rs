@@ -1,13 +1,17 @@
-//! Serves the control socket: one thread accepting, one short-lived thread per client.
-//! A bad request gets an error response and is counted; it never touches the frame path.
+//! Serves the control socket: one thread accepting, one thread per client, at most
+//! `max_clients` of them (a client beyond that gets an error line and is closed, so local
+//! peers cannot exhaust threads); a client idle for `idle_timeout_secs` is disconnected, so
+//! idle connections cannot hold the slots forever. A bad request gets an error response and
+//! is counted; it never touches the frame path.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use super::protocol::*;
 use crate::switch::Switch;
@@ -19,6 +23,8 @@ pub enum ControlError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("refusing the control socket directory {path}: it {problem}")]
+    UnsafeDir { path: PathBuf, problem: String },
     #[error("control socket {path} is in use by a running switch")]
     InUse { path: PathBuf },
     #[error("cannot listen on control socket {path}: {source}")]
@@ -28,11 +34,59 @@ pub enum ControlError {
     },
 }
 
-/// Counts control requests by outcome (exported as metrics).
+/// Counts control requests by outcome, and clients turned away (exported as metrics).
 #[derive(Debug, Default)]
 pub struct ControlCounters {
     pub ok: AtomicU64,
     pub errors: AtomicU64,
+    /// Connections refused because `max_clients` were connected.
+    pub refused_clients: AtomicU64,
+    /// Clients disconnected after `idle_timeout_secs` without a request.
+    pub idle_timeouts: AtomicU64,
+}
+
+/// Bounds on the control socket's clients (the `[control]` table of the config file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlLimits {
+    /// Most clients served at once.
+    pub max_clients: usize,
+    /// Seconds a client may stay connected without sending a request (or without reading
+    /// a response) before it is disconnected.
+    pub idle_timeout_secs: u64,
+}
+
+pub const DEFAULT_MAX_CLIENTS: usize = 16;
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+
+impl Default for ControlLimits {
+    fn default() -> Self {
+        ControlLimits {
+            max_clients: DEFAULT_MAX_CLIENTS,
+            idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+        }
+    }
+}
+
+impl ControlLimits {
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_clients == 0 {
+            return Err("field `max_clients`: must be at least 1".into());
+        }
+        if self.idle_timeout_secs == 0 {
+            return Err("field `idle_timeout_secs`: must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// A client's place among `max_clients`; given back when the client's thread ends (or its
+/// thread could not be started).
+struct ClientSlot(Arc<AtomicUsize>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Binds the socket now (so a bad path fails before the switch starts) and serves it on a
@@ -44,11 +98,8 @@ pub struct ControlServer {
 
 impl ControlServer {
     pub fn bind(path: &Path) -> Result<Self, ControlError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| ControlError::Dir {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            prepare_socket_dir(dir)?;
         }
         if path.exists() {
             if UnixStream::connect(path).is_ok() {
@@ -77,23 +128,127 @@ impl ControlServer {
         self,
         switch: Arc<Switch>,
         counters: Arc<ControlCounters>,
+        limits: ControlLimits,
     ) -> std::io::Result<thread::JoinHandle<()>> {
         thread::Builder::new()
             .name("control".into())
             .spawn(move || {
+                // Only this thread takes slots, so checking then taking is not racy.
+                let clients = Arc::new(AtomicUsize::new(0));
                 for stream in self.listener.incoming() {
-                    let Ok(stream) = stream else { continue };
+                    let stream = match stream {
+                        Ok(s) => s,
+                        Err(e) => {
+                            // Out of fds, most likely: don't spin.
+                            log::warn!("control socket: accept failed: {e}");
+                            thread::sleep(Duration::from_millis(100));
+                            continue;
+                        }
+                    };
+                    if clients.load(Ordering::Acquire) >= limits.max_clients {
+                        refuse_client(stream, &counters, limits.max_clients);
+                        continue;
+                    }
+                    clients.fetch_add(1, Ordering::AcqRel);
+                    let slot = ClientSlot(clients.clone());
                     let sw = switch.clone();
                     let counters = counters.clone();
-                    let _ = thread::Builder::new()
-                        .name("control-client".into())
-                        .spawn(move || serve_client(stream, &sw, &counters));
+                    let spawned =
+                        thread::Builder::new()
+                            .name("control-client".into())
+                            .spawn(move || {
+                                let _slot = slot;
+                                serve_client(stream, &sw, &counters, limits)
+                            });
+                    if let Err(e) = spawned {
+                        log::warn!("control socket: cannot start a client thread: {e}");
+                    }
                 }
             })
     }
 }
 
-fn serve_client(stream: UnixStream, sw: &Arc<Switch>, counters: &ControlCounters) {
+/// Makes sure the directory that holds the control socket is the switch's own: created with
+/// mode 0700 if absent; otherwise a real directory (not a symlink), owned by the switch's
+/// user and writable by nobody else. Anyone who can write to the directory, or own it, could
+/// replace the socket between our bind and a client's connect and catch flowctl's requests
+/// (think of `/tmp/patchbay-UID` created in advance by another user).
+pub fn prepare_socket_dir(dir: &Path) -> Result<(), ControlError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let io_err = |source| ControlError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let unsafe_dir = |problem: String| ControlError::UnsafeDir {
+        path: dir.to_path_buf(),
+        problem,
+    };
+    match std::fs::symlink_metadata(dir) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(io_err)?;
+            }
+            match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+                // Exactly 0700, whatever the umask.
+                Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(io_err)?,
+                // Created by someone else meanwhile: checked below like any existing one.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+        Err(e) => return Err(io_err(e)),
+    }
+    // Not following a symlink: the link itself is what an attacker would control.
+    let meta = std::fs::symlink_metadata(dir).map_err(io_err)?;
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_dir("is a symlink".into()));
+    }
+    if !meta.is_dir() {
+        return Err(unsafe_dir("is not a directory".into()));
+    }
+    let me = nix::unistd::Uid::effective().as_raw();
+    if meta.uid() != me {
+        return Err(unsafe_dir(format!(
+            "is owned by uid {}, not by the switch's uid {me}",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_dir(format!(
+            "is writable by group or others (mode {:o}); make it 0700 or 0750",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Tells a client over the limit why, then closes it.
+fn refuse_client(stream: UnixStream, counters: &ControlCounters, max_clients: usize) {
+    counters.refused_clients.fetch_add(1, Ordering::Relaxed);
+    log::warn!(
+        "control socket: refused a client: {max_clients} clients connected ([control] max_clients)"
+    );
+    // A fresh socket's buffer takes one short line; the timeout only guards the accept loop.
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let r = Response::error(format!(
+        "too many control clients: {max_clients} are connected ([control] max_clients); try again later"
+    ));
+    let _ = write_response(&mut &stream, &r);
+}
+
+fn serve_client(
+    stream: UnixStream,
+    sw: &Arc<Switch>,
+    counters: &ControlCounters,
+    limits: ControlLimits,
+) {
+    let idle = Duration::from_secs(limits.idle_timeout_secs);
+    if stream.set_read_timeout(Some(idle)).is_err() || stream.set_write_timeout(Some(idle)).is_err()
+    {
+        return;
+    }
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
@@ -107,7 +262,18 @@ fn serve_client(stream: UnixStream, sw: &Arc<Switch>, counters: &ControlCounters
             .take(MAX_REQUEST_LEN as u64 + 1)
             .read_until(b'\n', &mut line)
         {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                counters.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                log::info!("control socket: client idle for {idle:?}: disconnected");
+                return;
+            }
+            Err(_) => return,
             Ok(n) => n,
         };
         let response = if n > MAX_REQUEST_LEN {

@@ -120,45 +120,57 @@ impl<T> Entry<T> {
     }
 }
 
-/// The rules of one subtable with the same masked value, best first (priority descending,
-/// then id ascending). The best is kept inline so that a lookup touches one hash slot.
+/// The rules of one subtable with the same masked value. They all match exactly the same
+/// packets, so a bucket holds at most one rule per priority (an identical match and priority
+/// replaces). The best (highest priority) is kept inline so that a lookup touches one hash
+/// slot; the others are in a map by priority, so that a bucket of many priorities changes in
+/// O(log n), not O(n).
 #[derive(Clone)]
 struct Bucket<T> {
     best: Entry<T>,
-    rest: Vec<Entry<T>>,
+    rest: BTreeMap<u16, Entry<T>>,
 }
 
 impl<T> Bucket<T> {
-    fn entries(&self) -> impl Iterator<Item = &Entry<T>> {
-        std::iter::once(&self.best).chain(self.rest.iter())
+    fn new(best: Entry<T>) -> Self {
+        Bucket {
+            best,
+            rest: BTreeMap::new(),
+        }
     }
 
-    fn find(&self, id: RuleId) -> Option<&Entry<T>> {
-        self.entries().find(|e| e.id == id)
+    fn by_priority(&self, priority: u16) -> Option<&Entry<T>> {
+        if self.best.priority == priority {
+            return Some(&self.best);
+        }
+        self.rest.get(&priority)
     }
 
-    fn find_mut_by_priority(&mut self, priority: u16) -> Option<&mut Entry<T>> {
+    fn by_priority_mut(&mut self, priority: u16) -> Option<&mut Entry<T>> {
         if self.best.priority == priority {
             return Some(&mut self.best);
         }
-        self.rest.iter_mut().find(|e| e.priority == priority)
+        self.rest.get_mut(&priority)
     }
 
-    fn into_vec(self) -> Vec<Entry<T>> {
-        let mut v = Vec::with_capacity(1 + self.rest.len());
-        v.push(self.best);
-        v.extend(self.rest);
-        v
+    /// Adds a rule of a priority the bucket does not hold yet.
+    fn add(&mut self, entry: Entry<T>) {
+        if entry.priority > self.best.priority {
+            let old = std::mem::replace(&mut self.best, entry);
+            self.rest.insert(old.priority, old);
+        } else {
+            self.rest.insert(entry.priority, entry);
+        }
     }
 
-    /// `v` must be sorted best first.
-    fn from_vec(v: Vec<Entry<T>>) -> Option<Bucket<T>> {
-        let mut it = v.into_iter();
-        let best = it.next()?;
-        Some(Bucket {
-            best,
-            rest: it.collect(),
-        })
+    /// Removes the rule of `priority` from a bucket of at least two rules (a bucket of one
+    /// is removed whole by its owner).
+    fn take(&mut self, priority: u16) -> Option<Entry<T>> {
+        if self.best.priority != priority {
+            return self.rest.remove(&priority);
+        }
+        let (_, next) = self.rest.pop_last()?;
+        Some(std::mem::replace(&mut self.best, next))
     }
 }
 
@@ -189,14 +201,17 @@ impl<T> Subtable<T> {
 /// [`RuleId`]) wins. See the module documentation for the algorithm.
 #[derive(Clone)]
 pub struct Classifier<T> {
-    /// Sorted by `max_priority` descending (the lookup order).
+    /// Sorted by `max_priority` descending (the lookup order), unless `order_stale`.
     subtables: Vec<Subtable<T>>,
-    /// Mask -> index into `subtables`.
+    /// Mask -> index into `subtables` (always up to date).
     by_mask: AHashMap<HKey, usize>,
     /// Every rule's match and priority, to find it from its id.
     rules: AHashMap<RuleId, (Match, u16)>,
     next_id: RuleId,
     seeds: Seeds,
+    /// Set by the `*_unordered` changes: `subtables` is not in lookup order until
+    /// [`Classifier::restore_order`].
+    order_stale: bool,
 }
 
 impl<T: Clone> Default for Classifier<T> {
@@ -213,6 +228,7 @@ impl<T: Clone> Classifier<T> {
             rules: AHashMap::default(),
             next_id: 1,
             seeds: Seeds::random(),
+            order_stale: false,
         }
     }
 
@@ -242,6 +258,23 @@ impl<T: Clone> Classifier<T> {
     /// (OpenFlow "add" semantics) and keeps its id (so also its rank among equal-priority
     /// rules), which is returned.
     pub fn insert(&mut self, m: Match, priority: u16, payload: T) -> RuleId {
+        let id = self.insert_unordered(m, priority, payload);
+        self.restore_order();
+        id
+    }
+
+    /// Removes a rule, returning its match, priority and payload.
+    pub fn remove(&mut self, id: RuleId) -> Option<(Match, u16, T)> {
+        let removed = self.remove_unordered(id);
+        self.restore_order();
+        removed
+    }
+
+    /// [`Classifier::insert`] without restoring the lookup order, for a batch of changes:
+    /// restoring it costs O(subtables log subtables), so doing it once per batch instead of
+    /// once per rule keeps a batch of n rules over many masks from costing O(n²). Everything
+    /// but [`Classifier::lookup`] works before [`Classifier::restore_order`] is called.
+    pub fn insert_unordered(&mut self, m: Match, priority: u16, payload: T) -> RuleId {
         // Normalize: the value is documented as pre-masked; make sure of it so that lookups
         // (which compare masked keys) and `find_exact` agree.
         let m = Match {
@@ -254,12 +287,14 @@ impl<T: Clone> Classifier<T> {
             Some(&i) => i,
             None => {
                 self.subtables.push(Subtable::new(m.mask));
-                self.subtables.len() - 1
+                let i = self.subtables.len() - 1;
+                self.by_mask.insert(mask, i);
+                i
             }
         };
         let st = &mut self.subtables[idx];
         if let Some(bucket) = st.buckets.get_mut(&value) {
-            if let Some(e) = bucket.find_mut_by_priority(priority) {
+            if let Some(e) = bucket.by_priority_mut(priority) {
                 e.payload = payload;
                 return e.id;
             }
@@ -271,62 +306,60 @@ impl<T: Clone> Classifier<T> {
             priority,
             payload,
         };
-        match st.buckets.remove(&value) {
+        match st.buckets.get_mut(&value) {
             None => {
-                st.buckets.insert(
-                    value,
-                    Bucket {
-                        best: entry,
-                        rest: Vec::new(),
-                    },
-                );
+                st.buckets.insert(value, Bucket::new(entry));
             }
-            Some(bucket) => {
-                let mut v = bucket.into_vec();
-                // The new id is the highest, so it goes after every rule of its priority.
-                let pos = v.partition_point(|e| e.priority >= priority);
-                v.insert(pos, entry);
-                st.buckets
-                    .insert(value, Bucket::from_vec(v).expect("not empty"));
-            }
+            Some(bucket) => bucket.add(entry),
         }
         *st.priorities.entry(priority).or_insert(0) += 1;
         self.rules.insert(id, (m, priority));
-        self.reorder();
+        self.order_stale = true;
         id
     }
 
-    /// Removes a rule, returning its match, priority and payload.
-    pub fn remove(&mut self, id: RuleId) -> Option<(Match, u16, T)> {
+    /// [`Classifier::remove`] without restoring the lookup order (see
+    /// [`Classifier::insert_unordered`]).
+    pub fn remove_unordered(&mut self, id: RuleId) -> Option<(Match, u16, T)> {
         let (m, priority) = self.rules.remove(&id)?;
-        let idx = self.by_mask[&self.hkey(m.mask)];
+        let mask = self.hkey(m.mask);
+        let idx = self.by_mask[&mask];
         let value = self.hkey(m.value);
         let st = &mut self.subtables[idx];
-        let bucket = st.buckets.remove(&value).expect("rule index out of sync");
-        let mut v = bucket.into_vec();
-        let pos = v
-            .iter()
-            .position(|e| e.id == id)
-            .expect("rule index out of sync");
-        let entry = v.remove(pos);
-        if let Some(b) = Bucket::from_vec(v) {
-            st.buckets.insert(value, b);
-        }
+        let bucket = st.buckets.get_mut(&value).expect("rule index out of sync");
+        let entry = if bucket.rest.is_empty() {
+            st.buckets
+                .remove(&value)
+                .expect("rule index out of sync")
+                .best
+        } else {
+            bucket.take(priority).expect("rule index out of sync")
+        };
+        debug_assert_eq!(entry.id, id, "rule index out of sync");
         let count = st.priorities.get_mut(&priority).expect("priority count");
         *count -= 1;
         if *count == 0 {
             st.priorities.remove(&priority);
         }
         if st.buckets.is_empty() {
-            self.subtables.remove(idx);
+            self.by_mask.remove(&mask);
+            self.subtables.swap_remove(idx);
+            if let Some(moved) = self.subtables.get(idx) {
+                let moved = self.hkey(moved.mask);
+                self.by_mask.insert(moved, idx);
+            }
         }
-        self.reorder();
+        self.order_stale = true;
         Some((m, priority, entry.payload))
     }
 
-    /// Restores the lookup order after a change: recomputes each subtable's bound, sorts,
-    /// and rebuilds the mask index. O(number of subtables).
-    fn reorder(&mut self) {
+    /// Restores the lookup order after `*_unordered` changes: recomputes each subtable's
+    /// bound, sorts, and rebuilds the mask index. O(subtables log subtables); nothing to do
+    /// if nothing changed.
+    pub fn restore_order(&mut self) {
+        if !self.order_stale {
+            return;
+        }
         for st in &mut self.subtables {
             st.max_priority = st.priorities.keys().next_back().copied().unwrap_or(0);
         }
@@ -341,33 +374,32 @@ impl<T: Clone> Classifier<T> {
             let mask = self.hkey(self.subtables[i].mask);
             self.by_mask.insert(mask, i);
         }
+        self.order_stale = false;
     }
 
-    fn entry(&self, m: &Match, id: RuleId) -> &Entry<T> {
+    fn entry(&self, m: &Match, priority: u16) -> &Entry<T> {
         let st = &self.subtables[self.by_mask[&self.hkey(m.mask)]];
         st.buckets[&self.hkey(m.value)]
-            .find(id)
+            .by_priority(priority)
             .expect("rule index out of sync")
     }
 
     pub fn get(&self, id: RuleId) -> Option<(&Match, u16, &T)> {
         let (m, priority) = self.rules.get(&id)?;
-        Some((m, *priority, &self.entry(m, id).payload))
+        Some((m, *priority, &self.entry(m, *priority).payload))
     }
 
     /// The rule with exactly this match and priority (strict mod-flows/del-flows).
     pub fn find_exact(&self, m: &Match, priority: u16) -> Option<RuleId> {
         let st = &self.subtables[*self.by_mask.get(&self.hkey(m.mask))?];
         let bucket = st.buckets.get(&self.hkey(m.value.masked(&m.mask)))?;
-        bucket
-            .entries()
-            .find(|e| e.priority == priority)
-            .map(|e| e.id)
+        bucket.by_priority(priority).map(|e| e.id)
     }
 
     /// The best rule matching `key`: highest priority, then earliest inserted.
     #[inline]
     pub fn lookup(&self, key: &FlowKey) -> Option<(RuleId, &T)> {
+        debug_assert!(!self.order_stale, "lookup before restore_order");
         let mut best: Option<&Entry<T>> = None;
         for st in &self.subtables {
             if let Some(b) = best {
@@ -390,7 +422,7 @@ impl<T: Clone> Classifier<T> {
     pub fn iter(&self) -> impl Iterator<Item = (RuleId, &Match, u16, &T)> {
         self.rules
             .iter()
-            .map(|(&id, (m, prio))| (id, m, *prio, &self.entry(m, id).payload))
+            .map(|(&id, (m, prio))| (id, m, *prio, &self.entry(m, *prio).payload))
     }
 }
 

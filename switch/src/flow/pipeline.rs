@@ -188,10 +188,29 @@ impl Tables {
         self.n_flows = self.tables.iter().map(|t| t.len()).sum();
     }
 
+    /// Ends a batch of `apply` calls: puts every changed table back in lookup order (once per
+    /// bundle, not once per flow) and recounts.
+    fn finish_changes(&mut self) {
+        for table in &mut self.tables {
+            table.restore_order();
+        }
+        self.recount();
+    }
+
     fn selected(&self, filter: &FlowFilter) -> Vec<(u8, u64)> {
         let mut ids = Vec::new();
         for (t, table) in self.tables.iter().enumerate() {
             if filter.table.is_some_and(|ft| usize::from(ft) != t) {
+                continue;
+            }
+            if let Some(priority) = filter.strict_priority {
+                // Strict: at most one flow per table has this match and priority, found with
+                // a hash probe instead of a scan (a bundle of n strict changes stays O(n)).
+                let found = table.find_exact(&filter.m, priority).and_then(|id| {
+                    let (_, _, entry) = table.get(id)?;
+                    filter.selects(&entry.flow).then_some(id)
+                });
+                ids.extend(found.map(|id| (t as u8, id)));
                 continue;
             }
             for (id, _, _, entry) in table.iter() {
@@ -207,7 +226,7 @@ impl Tables {
         match change {
             FlowMod::Add(flow) => {
                 let entry = Entry::new(flow.clone(), now_ms);
-                self.tables[usize::from(flow.table)].insert(flow.m, flow.priority, entry);
+                self.tables[usize::from(flow.table)].insert_unordered(flow.m, flow.priority, entry);
                 Ok(1)
             }
             FlowMod::Modify {
@@ -229,29 +248,34 @@ impl Tables {
                 }
                 for (t, id) in &ids {
                     let table = &mut self.tables[usize::from(*t)];
-                    if let Some((m, priority, entry)) = table.remove(*id) {
-                        let mut flow = (*entry.flow).clone();
-                        flow.actions = actions.clone();
-                        flow.actions_text = actions_text.clone();
-                        if let Some(c) = new_cookie {
-                            flow.cookie = *c;
-                        }
-                        table.insert(
-                            m,
-                            priority,
-                            Entry {
-                                flow: Arc::new(flow),
-                                stats: entry.stats,
-                            },
-                        );
+                    let Some((m, priority, entry)) =
+                        table.get(*id).map(|(m, p, e)| (*m, p, e.clone()))
+                    else {
+                        continue;
+                    };
+                    let mut flow = (*entry.flow).clone();
+                    flow.actions = actions.clone();
+                    flow.actions_text = actions_text.clone();
+                    if let Some(c) = new_cookie {
+                        flow.cookie = *c;
                     }
+                    // Same match and priority: replaces the payload in place, keeping the
+                    // flow's rank among equal-priority flows.
+                    table.insert_unordered(
+                        m,
+                        priority,
+                        Entry {
+                            flow: Arc::new(flow),
+                            stats: entry.stats,
+                        },
+                    );
                 }
                 Ok(ids.len())
             }
             FlowMod::Delete(filter) => {
                 let ids = self.selected(filter);
                 for (t, id) in &ids {
-                    self.tables[usize::from(*t)].remove(*id);
+                    self.tables[usize::from(*t)].remove_unordered(*id);
                 }
                 Ok(ids.len())
             }
@@ -351,6 +375,8 @@ pub struct Pipeline {
     table_stats: Vec<TableStats>,
     epoch: Instant,
     pub miss: MissPolicy,
+    /// Most flows all tables together may hold; a change that would pass it is refused whole.
+    max_flows: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -359,6 +385,11 @@ pub enum PipelineError {
     BackwardGoto { from: u8, to: u8 },
     #[error("table {0} does not exist (tables are 0-254)")]
     NoSuchTable(u16),
+    #[error(
+        "the change would leave {would_have} flows, more than the limit of {limit} \
+         ([switch] max_flows); nothing was changed"
+    )]
+    TooManyFlows { limit: usize, would_have: usize },
 }
 
 impl Pipeline {
@@ -369,7 +400,34 @@ impl Pipeline {
             table_stats: (0..N_TABLES).map(|_| TableStats::default()).collect(),
             epoch: Instant::now(),
             miss,
+            max_flows: usize::MAX,
         }
+    }
+
+    /// Bounds the number of flows (`[switch] max_flows`).
+    pub fn with_max_flows(mut self, max_flows: usize) -> Pipeline {
+        self.max_flows = max_flows;
+        self
+    }
+
+    pub fn max_flows(&self) -> usize {
+        self.max_flows
+    }
+
+    /// Refuses a new version that holds more flows than allowed.
+    fn check_size(&self, next: &Tables) -> Result<(), PipelineError> {
+        if next.len() > self.max_flows {
+            log::warn!(
+                "flow change refused: it would leave {} flows, over max_flows {}",
+                next.len(),
+                self.max_flows
+            );
+            return Err(PipelineError::TooManyFlows {
+                limit: self.max_flows,
+                would_have: next.len(),
+            });
+        }
+        Ok(())
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -420,7 +478,8 @@ impl Pipeline {
             .iter()
             .map(|c| next.apply(c, now))
             .collect::<Result<Vec<_>, _>>()?;
-        next.recount();
+        next.finish_changes();
+        self.check_size(&next)?;
         next.version += 1;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         Ok(counts)
@@ -436,20 +495,26 @@ impl Pipeline {
         let current = self.snapshot();
         let mut next = Tables::new();
         let now = self.now_ms();
-        let old: Vec<&Entry> = current.entries();
         let mut added = 0;
         for flow in flows {
-            let kept = old.iter().find(|e| *e.flow == flow);
+            // An identical flow has the same table, match and priority: one hash probe.
+            let old = &current.tables[usize::from(flow.table)];
+            let kept = old
+                .find_exact(&flow.m, flow.priority)
+                .and_then(|id| old.get(id))
+                .map(|(_, _, e)| e)
+                .filter(|e| *e.flow == flow);
             let entry = match kept {
-                Some(e) => (*e).clone(),
+                Some(e) => e.clone(),
                 None => {
                     added += 1;
                     Entry::new(flow.clone(), now)
                 }
             };
-            next.tables[usize::from(flow.table)].insert(flow.m, flow.priority, entry);
+            next.tables[usize::from(flow.table)].insert_unordered(flow.m, flow.priority, entry);
         }
-        next.recount();
+        next.finish_changes();
+        self.check_size(&next)?;
         let removed = current.len() + added - next.len();
         next.version = current.version + 1;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
