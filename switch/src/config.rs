@@ -252,6 +252,12 @@ fn check_settings(s: &Settings) -> Result<(), String> {
     if s.max_flows == 0 {
         return Err("field `max_flows`: must be at least 1".into());
     }
+    if s.max_guest_memory_gib == 0 {
+        return Err("field `max_guest_memory_gib`: must be at least 1".into());
+    }
+    if s.mac_limit_per_port == 0 {
+        return Err("field `mac_limit_per_port`: must be at least 1".into());
+    }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if let Some(cpu) = s.poll_cpus.iter().find(|c| **c >= cpus) {
         return Err(format!(

@@ -8,6 +8,9 @@
 //! - `port_drops_total{reason}`: drops by reason (see `port::DropReason`).
 //! - `port_up`: 1 when a frontend is connected and both rings are enabled.
 //! - `port_connects_total`: frontend connections accepted or made.
+//! - `port_memory_faults_total`: connections failed because the frontend's memory shrank
+//!   under the switch's mapping (a SIGBUS absorbed by the guard, see `port::memory`).
+//! - `port_mac_learn_refused_total`: source addresses not learned (the port's MAC limit).
 //! - `mac_table_entries`, `mac_table_capacity`: learning table size and limit.
 //! - `floods_total`, `mac_learned_total`, `mac_moved_total`, `mac_table_full_total`.
 //! - `control_requests_total{result}`: control socket requests by outcome.
@@ -124,6 +127,18 @@ fn render_all(
         "Interrupts (call eventfd signals) sent to the port's guest.",
         &["port"],
     )?;
+    let memory_faults = counter_vec(
+        &r,
+        "port_memory_faults_total",
+        "Connections failed because the frontend's memory shrank under the switch's mapping.",
+        &["port"],
+    )?;
+    let learn_refused = counter_vec(
+        &r,
+        "port_mac_learn_refused_total",
+        "Source addresses not learned because the port reached its MAC limit.",
+        &["port"],
+    )?;
     let up = IntGaugeVec::new(
         Opts::new(
             "port_up",
@@ -156,6 +171,12 @@ fn render_all(
         notifications
             .with_label_values(&[name])
             .inc_by(load(&c.notifications));
+        memory_faults
+            .with_label_values(&[name])
+            .inc_by(load(&c.memory_faults));
+        learn_refused
+            .with_label_values(&[name])
+            .inc_by(load(&c.mac_learn_refused));
         for reason in DropReason::ALL {
             drops
                 .with_label_values(&[name, reason.label()])

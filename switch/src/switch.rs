@@ -31,6 +31,12 @@ pub struct Settings {
     pub table_miss: crate::flow::pipeline::MissPolicy,
     /// Most flows all tables together hold; a change that would pass it is refused whole.
     pub max_flows: usize,
+    /// Most guest memory one port's frontend may map, in GiB (address space: a frontend
+    /// could otherwise declare regions until the switch's address space runs out).
+    pub max_guest_memory_gib: u64,
+    /// Most addresses one port may have in the learning table (a port's own `mac_limit`
+    /// overrides it); beyond it its new source addresses are not learned, and counted.
+    pub mac_limit_per_port: usize,
 }
 
 /// Default of [`Settings::max_flows`].
@@ -45,6 +51,8 @@ impl Default for Settings {
             poll_cpus: Vec::new(),
             table_miss: crate::flow::pipeline::MissPolicy::Normal,
             max_flows: DEFAULT_MAX_FLOWS,
+            max_guest_memory_gib: 1024,
+            mac_limit_per_port: 1024,
         }
     }
 }

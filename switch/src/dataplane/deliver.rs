@@ -21,6 +21,11 @@ pub(super) fn to_guest(
     headers: &[HeaderBuf],
     rx: &mut RxReservation,
 ) {
+    if link.memory_faulted() {
+        link.fail_on_memory_fault(dst);
+        dst.counters.drop(DropReason::NoBuffer, group.len() as u64);
+        return;
+    }
     let dst_mem = link.mem.memory();
     let mut rxv = link.rx.lock().unwrap_or_else(|p| p.into_inner());
     if !rxv.usable() {

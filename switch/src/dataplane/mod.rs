@@ -341,6 +341,7 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usiz
             }
         }
         if popped > 0 {
+            let faults_before = crate::port::memory::fault_count();
             let TxScratch {
                 segs,
                 frames,
@@ -353,6 +354,9 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usiz
                 host: &[],
             };
             switch_frames(sw, port, &source, frames, switch);
+            if crate::port::memory::fault_count() != faults_before && link.memory_faulted() {
+                link.fail_on_memory_fault(port);
+            }
             let queue = &mut txv.queue;
             for head in scratch
                 .frames
@@ -532,6 +536,11 @@ pub fn switch_frames(
         }
     }
 
+    // Reading the sender's frames may have hit memory its frontend pulled away (the guard
+    // turned it into zeros): deliver nothing of such a batch.
+    if source.mem.is_some() && ingress.with_link(Link::memory_faulted) == Some(true) {
+        return;
+    }
     // Group by destination, keeping frame order within each destination.
     deliveries.sort_by_key(|d| d.dst);
     for group in deliveries.chunk_by(|a, b| a.dst == b.dst) {

@@ -21,9 +21,12 @@ use vhost::vhost_user::{
 };
 use vhost::VhostUserMemoryRegionBase;
 use virtio_queue::QueueT;
-use vm_memory::{GuestAddress, GuestAddressSpace, GuestRegionMmap};
+use vm_memory::{
+    GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap,
+};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::memory::{self, RegionClaim};
 use super::ring::RingState;
 use super::{Link, Port};
 use crate::virtio::features::{event_idx, VHOST_USER_F_PROTOCOL_FEATURES};
@@ -53,6 +56,8 @@ struct Mapping {
 pub struct DeviceHandler {
     port: Arc<Port>,
     link: Arc<Link>,
+    /// Most guest memory the port may map (`max_guest_memory_gib`).
+    memory_limit_gib: u64,
     mappings: Vec<Mapping>,
     acked_protocol_features: u64,
     /// Tells the kick thread that kick fds or ring states changed.
@@ -77,10 +82,16 @@ fn nonblocking(fd: Option<File>) -> VhostResult<Option<File>> {
 }
 
 impl DeviceHandler {
-    pub fn new(port: Arc<Port>, link: Arc<Link>, rings_changed: Arc<EventFd>) -> Self {
+    pub fn new(
+        port: Arc<Port>,
+        link: Arc<Link>,
+        memory_limit_gib: u64,
+        rings_changed: Arc<EventFd>,
+    ) -> Self {
         DeviceHandler {
             port,
             link,
+            memory_limit_gib,
             mappings: Vec::new(),
             acked_protocol_features: 0,
             rings_changed,
@@ -143,28 +154,30 @@ impl DeviceHandler {
         [0x02, 0x50, 0x42, b[0], b[1], b[2]]
     }
 
+    /// Maps one region the frontend announced, after the checks in `memory::map_region`;
+    /// a refusal is logged with the port's name (the connection loop counts it).
     fn map_region(
-        region_file: File,
-        mmap: &impl RegionMmap,
-        gpa: u64,
+        &self,
+        file: File,
+        region: &VhostUserMemoryRegion,
+        mapped_before: u64,
     ) -> VhostResult<GuestRegionMmap<()>> {
-        let mapping = mmap.mmap(region_file)?;
-        GuestRegionMmap::new(mapping, GuestAddress(gpa)).ok_or(VhostError::InvalidParam)
-    }
-}
-
-/// The two vhost message types that describe a memory region to map.
-trait RegionMmap {
-    fn mmap(&self, file: File) -> VhostResult<vm_memory::MmapRegion<()>>;
-}
-impl RegionMmap for VhostUserMemoryRegion {
-    fn mmap(&self, file: File) -> VhostResult<vm_memory::MmapRegion<()>> {
-        self.mmap_region(file)
-    }
-}
-impl RegionMmap for VhostUserSingleMemoryRegion {
-    fn mmap(&self, file: File) -> VhostResult<vm_memory::MmapRegion<()>> {
-        self.mmap_region(file)
+        let claim = RegionClaim {
+            gpa: region.guest_phys_addr,
+            size: region.memory_size,
+            file_offset: region.mmap_offset,
+        };
+        memory::map_region(
+            file,
+            claim,
+            mapped_before,
+            self.memory_limit_gib,
+            self.link.guard_owner,
+        )
+        .map_err(|e| {
+            log::warn!("port {}: memory region refused: {e}", self.port.name);
+            VhostError::ReqHandlerError(std::io::Error::other(e.to_string()))
+        })
     }
 }
 
@@ -227,7 +240,8 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
         let mut regions = Vec::with_capacity(ctx.len());
         let mut mappings = Vec::with_capacity(ctx.len());
         for (region, file) in ctx.iter().zip(files) {
-            regions.push(Self::map_region(file, region, region.guest_phys_addr)?);
+            let mapped_before = memory::total_size(regions.iter());
+            regions.push(self.map_region(file, region, mapped_before)?);
             mappings.push(Mapping {
                 vmm_addr: region.user_addr,
                 size: region.memory_size,
@@ -411,8 +425,9 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
         if self.mappings.len() as u64 >= MAX_MEM_SLOTS {
             return Err(VhostError::InvalidParam);
         }
-        let mapped = Arc::new(Self::map_region(fd, region, region.guest_phys_addr)?);
         let current = self.link.mem.memory();
+        let mapped_before: u64 = current.iter().map(|r| r.len()).sum();
+        let mapped = Arc::new(self.map_region(fd, region, mapped_before)?);
         let updated = current
             .insert_region(mapped)
             .map_err(|_| VhostError::InvalidParam)?;

@@ -202,6 +202,7 @@ fn run_connection(switch: &Arc<Switch>, port: &Arc<Port>, stream: UnixStream) {
     let handler = Arc::new(Mutex::new(DeviceHandler::new(
         port.clone(),
         link.clone(),
+        switch.settings().max_guest_memory_gib,
         rings_changed.clone(),
     )));
     let raw_fd = stream.as_raw_fd();

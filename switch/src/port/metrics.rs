@@ -75,6 +75,10 @@ pub struct PortCounters {
     pub notifications: AtomicU64,
     /// vhost-user requests refused (protocol mistakes that did not end the connection).
     pub protocol_errors: AtomicU64,
+    /// Connections failed because the frontend's memory shrank under a mapping.
+    pub memory_faults: AtomicU64,
+    /// Source addresses not learned because the port reached its MAC limit.
+    pub mac_learn_refused: AtomicU64,
 }
 
 impl PortCounters {
@@ -110,6 +114,8 @@ impl PortCounters {
             connects: load(&self.connects),
             notifications: load(&self.notifications),
             protocol_errors: load(&self.protocol_errors),
+            memory_faults: load(&self.memory_faults),
+            mac_learn_refused: load(&self.mac_learn_refused),
         }
     }
 }
@@ -126,6 +132,10 @@ pub struct CounterSnapshot {
     pub connects: u64,
     pub notifications: u64,
     pub protocol_errors: u64,
+    #[serde(default)]
+    pub memory_faults: u64,
+    #[serde(default)]
+    pub mac_learn_refused: u64,
 }
 
 impl CounterSnapshot {

@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod connection;
+pub mod memory;
 pub mod metrics;
 pub mod ring;
 
@@ -160,6 +161,12 @@ pub struct Link {
     /// so that `show ports` and the metrics never wait for a ring lock a batch holds.
     rx_up: AtomicBool,
     tx_up: AtomicBool,
+    /// Identity of this connection's guarded memory regions (see `memory`).
+    pub guard_owner: u64,
+    /// The fault count last looked at, and whether one of our regions faulted.
+    seen_faults: AtomicU64,
+    faulted: AtomicBool,
+    fault_reported: AtomicBool,
 }
 
 impl Link {
@@ -172,6 +179,37 @@ impl Link {
             tx_scratch: Mutex::new(TxScratch::default()),
             rx_up: AtomicBool::new(false),
             tx_up: AtomicBool::new(false),
+            guard_owner: memory::new_owner(),
+            seen_faults: AtomicU64::new(0),
+            faulted: AtomicBool::new(false),
+            fault_reported: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the frontend pulled memory out from under one of our mappings (a SIGBUS the
+    /// guard absorbed). One atomic load while nothing faulted anywhere.
+    pub fn memory_faulted(&self) -> bool {
+        let now = memory::fault_count();
+        if now != self.seen_faults.load(Ordering::Relaxed) {
+            self.seen_faults.store(now, Ordering::Relaxed);
+            if memory::faulted(self.guard_owner) {
+                self.faulted.store(true, Ordering::Relaxed);
+            }
+        }
+        self.faulted.load(Ordering::Relaxed)
+    }
+
+    /// Fails `port`'s connection after a memory fault: counted and logged once, then the
+    /// connection is closed (the frontend may reconnect with sound memory).
+    pub fn fail_on_memory_fault(&self, port: &Port) {
+        if !self.fault_reported.swap(true, Ordering::Relaxed) {
+            port.counters.memory_faults.fetch_add(1, Ordering::Relaxed);
+            log::error!(
+                "port {}: the frontend's memory shrank under the switch's mapping (SIGBUS \
+                 absorbed); closing the connection",
+                port.name
+            );
+            port.close_connection();
         }
     }
 
@@ -190,6 +228,12 @@ impl Link {
             let usable = ring.lock().unwrap_or_else(|p| p.into_inner()).usable();
             up.store(usable, Ordering::Release);
         }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        memory::release(self.guard_owner);
     }
 }
 
