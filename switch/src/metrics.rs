@@ -14,6 +14,8 @@
 //! - `table_lookups_total{table}`, `table_matches_total{table}`, `table_flows{table}`,
 //!   `flow_packets_total{table,cookie}`, `flow_bytes_total{table,cookie}` (at most 1000
 //!   series; the rest summed under cookie="other").
+//! - `flow_vlan_tag_limit_drops_total`: packets dropped because their actions would have
+//!   pushed more than `flow::rewrite::MAX_PUSHED_TAGS` VLAN tags.
 //! - `vxlan_vni_{rx,tx}_{packets,bytes}_total{vni}`, `vxlan_drops_total{vni,reason}`,
 //!   `vxlan_remote_{rx,tx}_{packets,bytes}_total{remote}`, `vxlan_remote_macs`: the tunnel.
 
@@ -265,6 +267,13 @@ fn flow_metrics(r: &Registry, sw: &Switch) -> Result<(), prometheus::Error> {
         packets.with_label_values(&[&t, cookie]).inc_by(*p);
         bytes.with_label_values(&[&t, cookie]).inc_by(*b);
     }
+    let pipeline = sw.flows();
+    counter(
+        r,
+        "flow_vlan_tag_limit_drops_total",
+        "Packets dropped because flow actions would have pushed more VLAN tags than a frame may get.",
+        pipeline.vlan_tag_limit_drops.load(Ordering::Relaxed),
+    )?;
     for t in 0..=254u8 {
         let stats = sw.flows().table_stats(t);
         let l = stats.lookups.load(Ordering::Relaxed);

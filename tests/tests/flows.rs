@@ -352,3 +352,51 @@ fn table_miss_can_drop() {
     assert_eq!(got(&mut b), Some(f));
     d.shutdown();
 }
+
+/// Two push_vlan actions on a frame whose first bytes fill the rewrite buffer used to overrun
+/// it and kill the dataplane thread: now both tags leave, with the whole frame behind them, and
+/// the port keeps switching.
+#[test]
+fn double_push_vlan_on_large_frames_keeps_the_dataplane_running() {
+    let dir = TestDir::new("flows-double-push");
+    let d = start_switch(
+        &dir.path,
+        vec![access(&dir.path, "a", 1), access(&dir.path, "b", 1)],
+        |_| {},
+    );
+    let (mut a, mut b) = (connect(&dir, "a"), connect(&dir, "b"));
+    add(
+        &d,
+        "priority=100,in_port=a,dl_type=0x88b5 actions=push_vlan:0x8100,push_vlan:0x8100,output:b\n\
+         priority=0 actions=normal",
+    );
+    let double_tagged = |f: &[u8]| push_tag(&push_tag(f, 0, 0), 0, 0);
+    for (seq, len) in [(1, 98), (2, 100), (3, 1500), (4, 60), (5, 1500)] {
+        let f = frame(BROADCAST, mac(1), seq, len);
+        send(&mut a, &f);
+        assert_eq!(
+            got(&mut b),
+            Some(double_tagged(&f)),
+            "frame {seq} of {len} bytes leaves with two tags"
+        );
+    }
+    // One tag more than a frame may get: dropped and counted, and the port keeps switching.
+    let nine_pushes = vec!["push_vlan:0x8100"; 9].join(",");
+    add(
+        &d,
+        &format!("priority=200,in_port=a,dl_src=02:00:00:00:00:03 actions={nine_pushes},output:b"),
+    );
+    send(&mut a, &frame(BROADCAST, mac(3), 6, 1500));
+    assert_eq!(got(&mut b), None, "nine pushes: dropped");
+    let body = patchbay_switch::metrics::render(&d.switch, &d.control_counters).unwrap();
+    assert!(
+        body.lines()
+            .any(|l| l == "patchbay_flow_vlan_tag_limit_drops_total 1"),
+        "{body}"
+    );
+    // Frames that take the learning switch still flow too.
+    let ping = ip_packet(1, 2, "icmp", 0);
+    send(&mut a, &ping);
+    assert_eq!(got(&mut b), Some(ping));
+    d.shutdown();
+}

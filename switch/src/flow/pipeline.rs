@@ -351,6 +351,9 @@ pub struct Pipeline {
     table_stats: Vec<TableStats>,
     epoch: Instant,
     pub miss: MissPolicy,
+    /// Packets dropped because a push_vlan would have added more than
+    /// [`crate::flow::rewrite::MAX_PUSHED_TAGS`] tags.
+    pub vlan_tag_limit_drops: AtomicU64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -361,6 +364,23 @@ pub enum PipelineError {
     NoSuchTable(u16),
 }
 
+/// Why a packet's run through the tables stopped before its actions were done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Halt {
+    /// Copies output before the `dec_ttl` still leave.
+    #[error("dec_ttl: the TTL expired")]
+    TtlExpired,
+    /// Copies output before the push still leave.
+    #[error(
+        "push_vlan: the actions already added {} VLAN tags, the most a frame may get",
+        crate::flow::rewrite::MAX_PUSHED_TAGS
+    )]
+    VlanTagLimit,
+    /// The packet is dropped.
+    #[error("resubmits nested deeper than {MAX_RESUBMIT_DEPTH}")]
+    DepthLimit,
+}
+
 impl Pipeline {
     pub fn new(miss: MissPolicy) -> Pipeline {
         Pipeline {
@@ -369,6 +389,7 @@ impl Pipeline {
             table_stats: (0..N_TABLES).map(|_| TableStats::default()).collect(),
             epoch: Instant::now(),
             miss,
+            vlan_tag_limit_drops: AtomicU64::new(0),
         }
     }
 
@@ -513,7 +534,8 @@ impl Pipeline {
 
     /// Runs a packet through the tables from table 0. `outputs` receives one entry per copy
     /// that leaves; `trace`, if given, records each table visited and the flow matched.
-    /// Counts the matched flows' packets and bytes.
+    /// Counts the matched flows' packets and bytes. Returns why the run stopped early, if it
+    /// did (counted here; see [`Halt`] for which outputs still leave).
     pub fn run(
         &self,
         tables: &Tables,
@@ -522,8 +544,8 @@ impl Pipeline {
         frame_len: u32,
         outputs: &mut Vec<Output>,
         mut trace: Option<&mut Vec<TraceStep>>,
-    ) {
-        self.run_with(tables, key, header, frame_len, outputs, trace.take(), None);
+    ) -> Option<Halt> {
+        self.run_with(tables, key, header, frame_len, outputs, trace.take(), None)
     }
 
     /// [`Pipeline::run`] with the frame path's per-thread lookup cache.
@@ -537,7 +559,7 @@ impl Pipeline {
         outputs: &mut Vec<Output>,
         mut trace: Option<&mut Vec<TraceStep>>,
         mut cache: Option<&mut FlowCache>,
-    ) {
+    ) -> Option<Halt> {
         let mut state = ExecState {
             key: *key,
             header,
@@ -546,9 +568,18 @@ impl Pipeline {
             frame_len,
             now_ms: self.now_ms(),
         };
-        self.run_table(
-            tables, 0, &mut state, 0, outputs, &mut trace, &mut cache, true,
-        );
+        let halt = self
+            .run_table(
+                tables, 0, &mut state, 0, outputs, &mut trace, &mut cache, true,
+            )
+            .err()?;
+        match halt {
+            Halt::VlanTagLimit => {
+                self.vlan_tag_limit_drops.fetch_add(1, Ordering::Relaxed);
+            }
+            Halt::TtlExpired | Halt::DepthLimit => {}
+        }
+        Some(halt)
     }
 
     /// Like [`Pipeline::run`], recording each table visited (for trace).
@@ -560,8 +591,8 @@ impl Pipeline {
         frame_len: u32,
         outputs: &mut Vec<Output>,
         steps: &mut Vec<TraceStep>,
-    ) {
-        self.run(tables, key, header, frame_len, outputs, Some(steps));
+    ) -> Option<Halt> {
+        self.run(tables, key, header, frame_len, outputs, Some(steps))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -575,9 +606,9 @@ impl Pipeline {
         trace: &mut Option<&mut Vec<TraceStep>>,
         cache: &mut Option<&mut FlowCache>,
         from_start: bool,
-    ) -> bool {
+    ) -> Result<(), Halt> {
         if depth > MAX_RESUBMIT_DEPTH {
-            return false;
+            return Err(Halt::DepthLimit);
         }
         let mut table = first_table;
         loop {
@@ -598,7 +629,7 @@ impl Pipeline {
                 if table == 0 && from_start && self.miss == MissPolicy::Normal {
                     push(outputs, st, Target::Normal);
                 }
-                return true;
+                return Ok(());
             };
             stats.matches.fetch_add(1, Ordering::Relaxed);
             entry.stats.packets.fetch_add(1, Ordering::Relaxed);
@@ -625,7 +656,9 @@ impl Pipeline {
                     Action::All => push(outputs, st, Target::All),
                     Action::Normal => push(outputs, st, Target::Normal),
                     Action::SetVlanVid(v) => {
-                        st.header.set_vlan_vid(*v);
+                        if !st.header.set_vlan_vid(*v) {
+                            return Err(Halt::VlanTagLimit);
+                        }
                         let tci = st.key.get(Field::VlanTci);
                         st.key.set(
                             Field::VlanTci,
@@ -634,7 +667,9 @@ impl Pipeline {
                         st.modified = true;
                     }
                     Action::SetVlanPcp(p) => {
-                        st.header.set_vlan_pcp(*p);
+                        if !st.header.set_vlan_pcp(*p) {
+                            return Err(Halt::VlanTagLimit);
+                        }
                         let tci = st.key.get(Field::VlanTci);
                         st.key.set(
                             Field::VlanTci,
@@ -648,7 +683,9 @@ impl Pipeline {
                         st.modified = true;
                     }
                     Action::PushVlan(tpid) => {
-                        st.header.push_vlan(*tpid);
+                        if !st.header.push_vlan(*tpid) {
+                            return Err(Halt::VlanTagLimit);
+                        }
                         st.key.set(Field::VlanTci, 0x1000);
                         st.modified = true;
                     }
@@ -689,11 +726,11 @@ impl Pipeline {
                     }
                     Action::DecTtl => {
                         if !st.header.dec_ttl() {
-                            return false;
+                            return Err(Halt::TtlExpired);
                         }
                         st.modified = true;
                     }
-                    Action::SetField { field, value } => set_field(st, *field, *value),
+                    Action::SetField { field, value } => set_field(st, *field, *value)?,
                     Action::SetTunnel(vni) => {
                         st.tun_id = Some(*vni);
                         st.key.set(Field::TunId, *vni);
@@ -704,7 +741,7 @@ impl Pipeline {
                             st.key.set(Field::InPort, u64::from(*p));
                         }
                         let target = t.unwrap_or(table);
-                        if !self.run_table(
+                        self.run_table(
                             tables,
                             target,
                             st,
@@ -713,9 +750,7 @@ impl Pipeline {
                             trace,
                             cache,
                             false,
-                        ) {
-                            return false;
-                        }
+                        )?;
                         st.key.set(Field::InPort, saved_port);
                     }
                     Action::GotoTable(t) => next_table = Some(*t),
@@ -724,7 +759,7 @@ impl Pipeline {
             }
             match next_table {
                 Some(t) if t > table => table = t,
-                _ => return true,
+                _ => return Ok(()),
             }
         }
     }
@@ -734,7 +769,7 @@ fn mac_u64(m: &[u8; 6]) -> u64 {
     m.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
 }
 
-fn set_field(st: &mut ExecState, field: Field, value: u64) {
+fn set_field(st: &mut ExecState, field: Field, value: u64) -> Result<(), Halt> {
     let b = value.to_be_bytes();
     match field {
         Field::DlSrc => st.header.set_dl_src([b[2], b[3], b[4], b[5], b[6], b[7]]),
@@ -745,17 +780,23 @@ fn set_field(st: &mut ExecState, field: Field, value: u64) {
         Field::TpSrc => st.header.set_tp_src(value as u16),
         Field::TpDst => st.header.set_tp_dst(value as u16),
         Field::VlanTci => {
-            st.header.set_vlan_vid((value & 0x0fff) as u16);
-            st.header.set_vlan_pcp(((value >> 13) & 7) as u8);
+            if !st.header.set_vlan_vid((value & 0x0fff) as u16)
+                || !st.header.set_vlan_pcp(((value >> 13) & 7) as u8)
+            {
+                return Err(Halt::VlanTagLimit);
+            }
         }
         Field::TunId => st.tun_id = Some(value),
         // Metadata the parser does not offer for set_field.
-        Field::InPort | Field::DlType | Field::NwProto | Field::TunSrc | Field::TunDst => return,
+        Field::InPort | Field::DlType | Field::NwProto | Field::TunSrc | Field::TunDst => {
+            return Ok(())
+        }
     }
     st.key.set(field, value);
     if field != Field::TunId {
         st.modified = true;
     }
+    Ok(())
 }
 
 struct ExecState {
@@ -887,6 +928,37 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(run(&p, &ip_key(1)), vec![Target::Port(5), Target::Port(6)]);
+    }
+
+    #[test]
+    fn pushing_too_many_tags_drops_and_counts() {
+        let p = Pipeline::new(MissPolicy::Drop);
+        let limit = crate::flow::rewrite::MAX_PUSHED_TAGS;
+        let mut actions = vec![Action::Output(PortRef::Number(2))];
+        actions.extend(std::iter::repeat_n(Action::PushVlan(0x8100), limit));
+        actions.push(Action::Output(PortRef::Number(3)));
+        actions.push(Action::PushVlan(0x8100));
+        actions.push(Action::Output(PortRef::Number(4)));
+        p.commit(&[FlowMod::Add(flow(0, 1, Match::any(), actions))])
+            .unwrap();
+        let mut out = Vec::new();
+        let halt = p.run(
+            &p.snapshot(),
+            &ip_key(1),
+            HeaderBuf::new(&[0u8; 1500][..crate::flow::rewrite::REWRITE_BYTES]),
+            1500,
+            &mut out,
+            None,
+        );
+        assert_eq!(halt, Some(Halt::VlanTagLimit));
+        let targets: Vec<Target> = out.iter().map(|o| o.target).collect();
+        assert_eq!(
+            targets,
+            vec![Target::Port(2), Target::Port(3)],
+            "copies before the refused push leave, nothing after it"
+        );
+        assert_eq!(out[1].header.out_len(1500), 1500 + 4 * limit as u32);
+        assert_eq!(p.vlan_tag_limit_drops.load(Ordering::Relaxed), 1);
     }
 
     #[test]
