@@ -16,6 +16,8 @@
 //!   series; the rest summed under cookie="other").
 //! - `flow_vlan_tag_limit_drops_total`: packets dropped because their actions would have
 //!   pushed more than `flow::rewrite::MAX_PUSHED_TAGS` VLAN tags.
+//! - `flow_resubmit_limit_drops_total`: packets dropped whole because they took more than
+//!   `flow::pipeline::MAX_RESUBMITS` resubmits and goto_tables.
 //! - `vxlan_vni_{rx,tx}_{packets,bytes}_total{vni}`, `vxlan_drops_total{vni,reason}`,
 //!   `vxlan_remote_{rx,tx}_{packets,bytes}_total{remote}`, `vxlan_remote_macs`: the tunnel.
 
@@ -273,6 +275,12 @@ fn flow_metrics(r: &Registry, sw: &Switch) -> Result<(), prometheus::Error> {
         "flow_vlan_tag_limit_drops_total",
         "Packets dropped because flow actions would have pushed more VLAN tags than a frame may get.",
         pipeline.vlan_tag_limit_drops.load(Ordering::Relaxed),
+    )?;
+    counter(
+        r,
+        "flow_resubmit_limit_drops_total",
+        "Packets dropped whole because they took more resubmits and goto_tables than allowed.",
+        pipeline.resubmit_limit_drops.load(Ordering::Relaxed),
     )?;
     for t in 0..=254u8 {
         let stats = sw.flows().table_stats(t);

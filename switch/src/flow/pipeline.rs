@@ -18,6 +18,10 @@ use super::rewrite::HeaderBuf;
 pub const N_TABLES: usize = 255;
 /// How deep resubmits may nest before the packet is dropped (as OVS bounds recursion).
 pub const MAX_RESUBMIT_DEPTH: usize = 64;
+/// Most resubmits and goto_tables one packet may take in all (OVS's limit). Depth alone does
+/// not bound the work: a flow that resubmits twice into a table that does the same takes
+/// 2^depth paths. Beyond it the packet is dropped whole, with nothing output.
+pub const MAX_RESUBMITS: usize = 4096;
 /// Most outputs one packet may produce.
 pub const MAX_OUTPUTS: usize = 64;
 
@@ -354,6 +358,8 @@ pub struct Pipeline {
     /// Packets dropped because a push_vlan would have added more than
     /// [`crate::flow::rewrite::MAX_PUSHED_TAGS`] tags.
     pub vlan_tag_limit_drops: AtomicU64,
+    /// Packets dropped because they took more than [`MAX_RESUBMITS`] resubmits.
+    pub resubmit_limit_drops: AtomicU64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -379,6 +385,9 @@ pub enum Halt {
     /// The packet is dropped.
     #[error("resubmits nested deeper than {MAX_RESUBMIT_DEPTH}")]
     DepthLimit,
+    /// The packet is dropped whole: copies output before the limit do not leave either.
+    #[error("more than {MAX_RESUBMITS} resubmits and goto_tables: packet dropped, nothing output")]
+    ResubmitLimit,
 }
 
 impl Pipeline {
@@ -390,6 +399,7 @@ impl Pipeline {
             epoch: Instant::now(),
             miss,
             vlan_tag_limit_drops: AtomicU64::new(0),
+            resubmit_limit_drops: AtomicU64::new(0),
         }
     }
 
@@ -567,7 +577,9 @@ impl Pipeline {
             tun_id: None,
             frame_len,
             now_ms: self.now_ms(),
+            resubmits: 0,
         };
+        let outputs_before = outputs.len();
         let halt = self
             .run_table(
                 tables, 0, &mut state, 0, outputs, &mut trace, &mut cache, true,
@@ -576,6 +588,10 @@ impl Pipeline {
         match halt {
             Halt::VlanTagLimit => {
                 self.vlan_tag_limit_drops.fetch_add(1, Ordering::Relaxed);
+            }
+            Halt::ResubmitLimit => {
+                outputs.truncate(outputs_before);
+                self.resubmit_limit_drops.fetch_add(1, Ordering::Relaxed);
             }
             Halt::TtlExpired | Halt::DepthLimit => {}
         }
@@ -736,6 +752,7 @@ impl Pipeline {
                         st.key.set(Field::TunId, *vni);
                     }
                     Action::Resubmit { port, table: t } => {
+                        st.count_resubmit()?;
                         let saved_port = st.key.get(Field::InPort);
                         if let Some(PortRef::Number(p)) = port {
                             st.key.set(Field::InPort, u64::from(*p));
@@ -758,7 +775,10 @@ impl Pipeline {
                 }
             }
             match next_table {
-                Some(t) if t > table => table = t,
+                Some(t) if t > table => {
+                    st.count_resubmit()?;
+                    table = t;
+                }
                 _ => return Ok(()),
             }
         }
@@ -806,6 +826,18 @@ struct ExecState {
     tun_id: Option<u64>,
     frame_len: u32,
     now_ms: u64,
+    /// Resubmits and goto_tables taken so far.
+    resubmits: usize,
+}
+
+impl ExecState {
+    fn count_resubmit(&mut self) -> Result<(), Halt> {
+        self.resubmits += 1;
+        if self.resubmits > MAX_RESUBMITS {
+            return Err(Halt::ResubmitLimit);
+        }
+        Ok(())
+    }
 }
 
 fn push(outputs: &mut Vec<Output>, st: &ExecState, target: Target) {
@@ -959,6 +991,106 @@ mod tests {
         );
         assert_eq!(out[1].header.out_len(1500), 1500 + 4 * limit as u32);
         assert_eq!(p.vlan_tag_limit_drops.load(Ordering::Relaxed), 1);
+    }
+
+    /// Tables 0..levels each resubmit twice into the next; the last outputs to port 2. A
+    /// packet takes 2^levels paths and 2^(levels+1) - 2 resubmits.
+    fn binary_fan_out(levels: u8) -> Pipeline {
+        let p = Pipeline::new(MissPolicy::Drop);
+        let mut changes: Vec<FlowMod> = (0..levels)
+            .map(|t| {
+                let next = Action::Resubmit {
+                    port: None,
+                    table: Some(t + 1),
+                };
+                FlowMod::Add(flow(t, 1, Match::any(), vec![next.clone(), next]))
+            })
+            .collect();
+        changes.push(FlowMod::Add(flow(
+            levels,
+            1,
+            Match::any(),
+            vec![Action::Output(PortRef::Number(2))],
+        )));
+        p.commit(&changes).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_resubmit_fan_out_beyond_the_total_limit_is_dropped_whole() {
+        // 2^20 paths: without a total limit this runs two million lookups.
+        let p = binary_fan_out(20);
+        let mut out = Vec::new();
+        let mut steps = Vec::new();
+        let halt = p.run_untracked(
+            &p.snapshot(),
+            &ip_key(1),
+            HeaderBuf::new(&[0u8; 34]),
+            100,
+            &mut out,
+            &mut steps,
+        );
+        assert!(out.is_empty(), "no partial outputs: {} left", out.len());
+        assert_eq!(halt, Some(Halt::ResubmitLimit));
+        assert_eq!(p.resubmit_limit_drops.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            steps.len(),
+            MAX_RESUBMITS + 1,
+            "the run stopped at the limit: table 0, then one lookup per resubmit"
+        );
+
+        // 2^12 - 2 = 4094 resubmits: within the limit, so the packet goes out (64 copies,
+        // the most one packet makes).
+        let p = binary_fan_out(11);
+        let mut out = Vec::new();
+        let halt = p.run(
+            &p.snapshot(),
+            &ip_key(1),
+            HeaderBuf::new(&[0u8; 34]),
+            100,
+            &mut out,
+            None,
+        );
+        assert_eq!((halt, out.len()), (None, MAX_OUTPUTS));
+        assert_eq!(p.resubmit_limit_drops.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn goto_tables_count_towards_the_resubmit_limit() {
+        // Table 0 resubmits 2048 times into table 1, which goes on to table 2 (4096 in all),
+        // then once more into table 1: the 4097th.
+        let p = Pipeline::new(MissPolicy::Drop);
+        let into_1 = Action::Resubmit {
+            port: None,
+            table: Some(1),
+        };
+        p.commit(&[
+            FlowMod::Add(flow(
+                0,
+                1,
+                Match::any(),
+                vec![into_1; MAX_RESUBMITS / 2 + 1],
+            )),
+            FlowMod::Add(flow(1, 1, Match::any(), vec![Action::GotoTable(2)])),
+            FlowMod::Add(flow(
+                2,
+                1,
+                Match::any(),
+                vec![Action::Output(PortRef::Number(2))],
+            )),
+        ])
+        .unwrap();
+        let mut out = Vec::new();
+        let halt = p.run(
+            &p.snapshot(),
+            &ip_key(1),
+            HeaderBuf::new(&[0u8; 34]),
+            100,
+            &mut out,
+            None,
+        );
+        assert_eq!(halt, Some(Halt::ResubmitLimit));
+        assert!(out.is_empty());
     }
 
     #[test]
