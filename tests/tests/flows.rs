@@ -381,7 +381,7 @@ fn double_push_vlan_on_large_frames_keeps_the_dataplane_running() {
         );
     }
     // One tag more than a frame may get: dropped and counted, and the port keeps switching.
-    let nine_pushes = vec!["push_vlan:0x8100"; 9].join(",");
+    let nine_pushes = ["push_vlan:0x8100"; 9].join(",");
     add(
         &d,
         &format!("priority=200,in_port=a,dl_src=02:00:00:00:00:03 actions={nine_pushes},output:b"),
