@@ -510,3 +510,31 @@ fn flow_commands_work_from_files_and_report_bad_lines() {
         stderr(&unsupported)
     );
 }
+
+#[test]
+fn tunnel_ids_beyond_24_bits_are_refused_by_the_switch() {
+    let sw = TestSwitch::start("tunnel_id_24_bits");
+    for (flow, value) in [
+        ("actions=set_tunnel:0x1000005", "0x1000005"),
+        ("actions=set_tunnel64:0x100000000", "0x100000000"),
+        ("ip actions=set_field:0x1000005->tun_id,normal", "0x1000005"),
+        ("tun_id=16777221 actions=normal", "0x1000005"),
+    ] {
+        let out = sw.flowctl(&["add-flow", flow]);
+        assert_eq!(out.status.code(), Some(1), "{flow} is refused");
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("tunnel ID {value} does not fit in 24 bits")),
+            "{flow}: {err}"
+        );
+    }
+    assert_eq!(
+        sw.json(&["dump-flows"]).as_array().unwrap().len(),
+        0,
+        "nothing was added"
+    );
+    sw.ok(&["add-flow", "actions=set_tunnel:0xffffff"]);
+    assert!(sw
+        .ok(&["dump-flows"])
+        .contains("actions=set_tunnel:0xffffff"));
+}

@@ -19,6 +19,10 @@
 //! - `table_lookups_total{table}`, `table_matches_total{table}`, `table_flows{table}`,
 //!   `flow_packets_total{table,cookie}`, `flow_bytes_total{table,cookie}` (at most 1000
 //!   series; the rest summed under cookie="other").
+//! - `flow_vlan_tag_limit_drops_total`: packets dropped because their actions would have
+//!   pushed more than `flow::rewrite::MAX_PUSHED_TAGS` VLAN tags.
+//! - `flow_resubmit_limit_drops_total`: packets dropped whole because they took more than
+//!   `flow::pipeline::MAX_RESUBMITS` resubmits and goto_tables.
 //! - `vxlan_vni_{rx,tx}_{packets,bytes}_total{vni}`, `vxlan_drops_total{vni,reason}`,
 //!   `vxlan_remote_{rx,tx}_{packets,bytes}_total{remote}`, `vxlan_remote_macs`: the tunnel.
 //! - `metrics_refused_connections_total`, `metrics_timeouts_total`,
@@ -319,6 +323,19 @@ fn flow_metrics(r: &Registry, sw: &Switch) -> Result<(), prometheus::Error> {
         packets.with_label_values(&[&t, cookie]).inc_by(*p);
         bytes.with_label_values(&[&t, cookie]).inc_by(*b);
     }
+    let pipeline = sw.flows();
+    counter(
+        r,
+        "flow_vlan_tag_limit_drops_total",
+        "Packets dropped because flow actions would have pushed more VLAN tags than a frame may get.",
+        pipeline.vlan_tag_limit_drops.load(Ordering::Relaxed),
+    )?;
+    counter(
+        r,
+        "flow_resubmit_limit_drops_total",
+        "Packets dropped whole because they took more resubmits and goto_tables than allowed.",
+        pipeline.resubmit_limit_drops.load(Ordering::Relaxed),
+    )?;
     for t in 0..=254u8 {
         let stats = sw.flows().table_stats(t);
         let l = stats.lookups.load(Ordering::Relaxed);

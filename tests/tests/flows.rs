@@ -352,3 +352,98 @@ fn table_miss_can_drop() {
     assert_eq!(got(&mut b), Some(f));
     d.shutdown();
 }
+
+/// Two push_vlan actions on a frame whose first bytes fill the rewrite buffer used to overrun
+/// it and kill the dataplane thread: now both tags leave, with the whole frame behind them, and
+/// the port keeps switching.
+#[test]
+fn double_push_vlan_on_large_frames_keeps_the_dataplane_running() {
+    let dir = TestDir::new("flows-double-push");
+    let d = start_switch(
+        &dir.path,
+        vec![access(&dir.path, "a", 1), access(&dir.path, "b", 1)],
+        |_| {},
+    );
+    let (mut a, mut b) = (connect(&dir, "a"), connect(&dir, "b"));
+    add(
+        &d,
+        "priority=100,in_port=a,dl_type=0x88b5 actions=push_vlan:0x8100,push_vlan:0x8100,output:b\n\
+         priority=0 actions=normal",
+    );
+    let double_tagged = |f: &[u8]| push_tag(&push_tag(f, 0, 0), 0, 0);
+    for (seq, len) in [(1, 98), (2, 100), (3, 1500), (4, 60), (5, 1500)] {
+        let f = frame(BROADCAST, mac(1), seq, len);
+        send(&mut a, &f);
+        assert_eq!(
+            got(&mut b),
+            Some(double_tagged(&f)),
+            "frame {seq} of {len} bytes leaves with two tags"
+        );
+    }
+    // One tag more than a frame may get: dropped and counted, and the port keeps switching.
+    let nine_pushes = ["push_vlan:0x8100"; 9].join(",");
+    add(
+        &d,
+        &format!("priority=200,in_port=a,dl_src=02:00:00:00:00:03 actions={nine_pushes},output:b"),
+    );
+    send(&mut a, &frame(BROADCAST, mac(3), 6, 1500));
+    assert_eq!(got(&mut b), None, "nine pushes: dropped");
+    let body = patchbay_switch::metrics::render(&d.switch, &d.control_counters).unwrap();
+    assert!(
+        body.lines()
+            .any(|l| l == "patchbay_flow_vlan_tag_limit_drops_total 1"),
+        "{body}"
+    );
+    // Frames that take the learning switch still flow too.
+    let ping = ip_packet(1, 2, "icmp", 0);
+    send(&mut a, &ping);
+    assert_eq!(got(&mut b), Some(ping));
+    d.shutdown();
+}
+
+/// Each table resubmitting twice into the next makes 2^20 paths: the packet is dropped whole
+/// at the total resubmit limit (nothing output, counted), trace says why, and the switch
+/// goes on switching.
+#[test]
+fn a_resubmit_explosion_is_dropped_whole_counted_and_traced() {
+    let dir = TestDir::new("flows-resubmit-limit");
+    let d = start_switch(
+        &dir.path,
+        vec![access(&dir.path, "a", 1), access(&dir.path, "b", 1)],
+        |_| {},
+    );
+    let (mut a, mut b) = (connect(&dir, "a"), connect(&dir, "b"));
+    let mut text: Vec<String> = (0..20)
+        .map(|t| {
+            format!(
+                "table={t},priority=1 actions=resubmit(,{n}),resubmit(,{n})",
+                n = t + 1
+            )
+        })
+        .collect();
+    text.push("table=20,priority=1 actions=output:b".to_string());
+    add(&d, &text.join("\n"));
+
+    send(&mut a, &ip_packet(1, 2, "udp", 53));
+    assert_eq!(got(&mut b), None, "not one copy leaves");
+    let body = patchbay_switch::metrics::render(&d.switch, &d.control_counters).unwrap();
+    assert!(
+        body.lines()
+            .any(|l| l == "patchbay_flow_resubmit_limit_drops_total 1"),
+        "{body}"
+    );
+    let t = flows::trace(&d.switch, "in_port=a,udp,nw_src=10.0.0.1,nw_dst=10.0.0.2").unwrap();
+    assert_eq!(
+        t.outputs,
+        vec![format!(
+            "drop: more than {} resubmits and goto_tables: packet dropped, nothing output",
+            patchbay_switch::flow::pipeline::MAX_RESUBMITS
+        )]
+    );
+
+    add(&d, "priority=100,icmp actions=output:b");
+    let ping = ip_packet(1, 2, "icmp", 0);
+    send(&mut a, &ping);
+    assert_eq!(got(&mut b), Some(ping), "the port still switches");
+    d.shutdown();
+}

@@ -40,8 +40,18 @@ pub enum LoadError {
     },
     #[error("{path}: neither an ELF nor a Linux bzImage")]
     UnknownFormat { path: PathBuf },
-    #[error("{path}: bad ELF: {why}")]
-    BadElf { path: PathBuf, why: String },
+    #[error("{path}: bad ELF: {source}")]
+    BadElf { path: PathBuf, source: ElfError },
+    /// A sum of header fields (named) that does not fit in 64 bits: a crafted image.
+    #[error(
+        "{path}: header field {field} overflows: {base:#x} + {add:#x} does not fit in 64 bits"
+    )]
+    HeaderOverflow {
+        path: PathBuf,
+        field: &'static str,
+        base: u64,
+        add: u64,
+    },
     #[error("{path}: ELF needs {needs} bytes at {addr:#x} but the VM has {mem} bytes")]
     ElfTooBig {
         path: PathBuf,
@@ -88,10 +98,52 @@ pub enum LoadError {
     },
     #[error("command line is {len} bytes; at most {max} fit")]
     CmdlineTooLong { len: usize, max: usize },
+    #[error("{what} ({value:#x}) does not fit the boot protocol's 32-bit field")]
+    Not32Bit { what: &'static str, value: u64 },
     #[error("--initrd is only for Linux kernels; {path} is a Patchbay CPL-3 guest")]
     InitrdForGuest { path: PathBuf },
     #[error(transparent)]
     Setup(#[from] SetupError),
+}
+
+/// What is wrong with an ELF's headers.
+#[derive(Debug, thiserror::Error)]
+pub enum ElfError {
+    #[error("cannot read it: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("file too short for an ELF header")]
+    TooShort,
+    #[error("no ELF magic")]
+    NoMagic,
+    #[error("not a 64-bit little-endian ELF")]
+    NotElf64Le,
+    #[error("machine {0} is not x86-64")]
+    NotX86_64(u16),
+    #[error("program header size {0}, expected 56")]
+    PhentSize(usize),
+    #[error("program headers extend past the end of the file")]
+    PhdrsPastEnd,
+    #[error("segment at {paddr:#x} has p_filesz {filesz} > p_memsz {memsz}")]
+    FileszOverMemsz { paddr: u64, filesz: u64, memsz: u64 },
+    /// A sum of program header fields (named) that does not fit in 64 bits.
+    #[error(
+        "program header {index}: {field} overflows: {base:#x} + {add:#x} does not fit in 64 bits"
+    )]
+    Overflow {
+        index: usize,
+        field: &'static str,
+        base: u64,
+        add: u64,
+    },
+    #[error("program header {index}: segment data at {offset:#x} ({filesz} bytes) extends past the end of the file ({file_len} bytes)")]
+    SegmentPastEnd {
+        index: usize,
+        offset: u64,
+        filesz: u64,
+        file_len: u64,
+    },
+    #[error("no loadable segments")]
+    NoLoadableSegments,
 }
 
 const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
@@ -120,57 +172,80 @@ fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// Reads an x86-64 ELF's header and program headers.
-pub fn elf_extent<R: Read + Seek>(image: &mut R) -> Result<ElfExtent, String> {
+/// `base + add`, or the typed error naming the program header field.
+fn checked_sum(index: usize, field: &'static str, base: u64, add: u64) -> Result<u64, ElfError> {
+    base.checked_add(add).ok_or(ElfError::Overflow {
+        index,
+        field,
+        base,
+        add,
+    })
+}
+
+/// Reads an x86-64 ELF's header and program headers, and checks every loadable segment: its
+/// file data inside the file, its physical and virtual extents inside the address space.
+pub fn elf_extent<R: Read + Seek>(image: &mut R) -> Result<ElfExtent, ElfError> {
     let mut eh = [0u8; 64];
-    image.rewind().map_err(|e| e.to_string())?;
-    image
-        .read_exact(&mut eh)
-        .map_err(|_| "file too short for an ELF header".to_string())?;
+    let file_len = image.seek(SeekFrom::End(0))?;
+    image.rewind()?;
+    image.read_exact(&mut eh).map_err(|_| ElfError::TooShort)?;
     if eh[..4] != ELF_MAGIC {
-        return Err("no ELF magic".into());
+        return Err(ElfError::NoMagic);
     }
     if eh[4] != 2 || eh[5] != 1 {
-        return Err("not a 64-bit little-endian ELF".into());
+        return Err(ElfError::NotElf64Le);
     }
     if le16(&eh, 0x12) != EM_X86_64 {
-        return Err(format!("machine {} is not x86-64", le16(&eh, 0x12)));
+        return Err(ElfError::NotX86_64(le16(&eh, 0x12)));
     }
     let entry = le64(&eh, 0x18);
     let phoff = le64(&eh, 0x20);
     let phentsize = le16(&eh, 0x36) as usize;
     let phnum = le16(&eh, 0x38) as usize;
     if phentsize != 56 {
-        return Err(format!("program header size {phentsize}, expected 56"));
+        return Err(ElfError::PhentSize(phentsize));
     }
+    // At most 56 * 65535 bytes: no overflow, and a bounded allocation.
     let mut ph = vec![0u8; phentsize * phnum];
     image
         .seek(SeekFrom::Start(phoff))
         .and_then(|_| image.read_exact(&mut ph))
-        .map_err(|_| "program headers extend past the end of the file".to_string())?;
+        .map_err(|_| ElfError::PhdrsPastEnd)?;
     let (mut start, mut end, mut relocated) = (u64::MAX, 0u64, false);
-    for p in ph.chunks_exact(56) {
+    for (index, p) in ph.chunks_exact(56).enumerate() {
         if le32(p, 0) != PT_LOAD {
             continue;
         }
-        let (vaddr, paddr, filesz, memsz) = (le64(p, 16), le64(p, 24), le64(p, 32), le64(p, 40));
+        let (offset, vaddr, paddr) = (le64(p, 8), le64(p, 16), le64(p, 24));
+        let (filesz, memsz) = (le64(p, 32), le64(p, 40));
         if filesz > memsz {
-            return Err(format!(
-                "segment at {paddr:#x} has p_filesz {filesz} > p_memsz {memsz}"
-            ));
+            return Err(ElfError::FileszOverMemsz {
+                paddr,
+                filesz,
+                memsz,
+            });
+        }
+        let data_end = checked_sum(index, "p_offset + p_filesz", offset, filesz)?;
+        // A segment with no file data (bss only) may point anywhere.
+        if filesz > 0 && data_end > file_len {
+            return Err(ElfError::SegmentPastEnd {
+                index,
+                offset,
+                filesz,
+                file_len,
+            });
         }
         if memsz == 0 {
             continue;
         }
-        let seg_end = paddr
-            .checked_add(memsz)
-            .ok_or_else(|| format!("segment at {paddr:#x} of {memsz} bytes overflows"))?;
+        let seg_end = checked_sum(index, "p_paddr + p_memsz", paddr, memsz)?;
+        checked_sum(index, "p_vaddr + p_memsz", vaddr, memsz)?;
         start = start.min(paddr);
         end = end.max(seg_end);
         relocated |= vaddr != paddr;
     }
     if end == 0 {
-        return Err("no loadable segments".into());
+        return Err(ElfError::NoLoadableSegments);
     }
     Ok(ElfExtent {
         entry,
@@ -191,9 +266,9 @@ pub fn detect(path: &Path) -> Result<(File, KernelKind), LoadError> {
     let n = read_up_to(&mut file, &mut head).map_err(open_err)?;
     let head = &head[..n];
     let kind = if head.starts_with(&ELF_MAGIC) {
-        let extent = elf_extent(&mut file).map_err(|why| LoadError::BadElf {
+        let extent = elf_extent(&mut file).map_err(|source| LoadError::BadElf {
             path: path.to_path_buf(),
-            why,
+            source,
         })?;
         if extent.relocated {
             KernelKind::LinuxElf
@@ -231,7 +306,7 @@ pub fn load_guest_elf(
     path: &Path,
 ) -> Result<u64, LoadError> {
     let p = || path.to_path_buf();
-    let ext = elf_extent(file).map_err(|why| LoadError::BadElf { path: p(), why })?;
+    let ext = elf_extent(file).map_err(|source| LoadError::BadElf { path: p(), source })?;
     check_guest_elf(&ext, mem_size, path)?;
     Elf::load(mem, None, file, Some(GuestAddress(abi::GUEST_LOAD_ADDR)))
         .map_err(|source| LoadError::Loader { path: p(), source })?;
@@ -249,11 +324,11 @@ pub fn preflight(
     let p = || path.to_path_buf();
     match kind {
         KernelKind::GuestElf => {
-            let ext = elf_extent(file).map_err(|why| LoadError::BadElf { path: p(), why })?;
+            let ext = elf_extent(file).map_err(|source| LoadError::BadElf { path: p(), source })?;
             check_guest_elf(&ext, mem_size, path)?;
         }
         KernelKind::LinuxElf => {
-            let ext = elf_extent(file).map_err(|why| LoadError::BadElf { path: p(), why })?;
+            let ext = elf_extent(file).map_err(|source| LoadError::BadElf { path: p(), source })?;
             if ext.end > mem_size {
                 return Err(LoadError::DoesNotFit {
                     what: path.display().to_string(),
@@ -273,7 +348,7 @@ pub fn preflight(
                 a => a,
             };
             let init_size = u64::from(le32(&hdr, 0x260));
-            if pref + init_size > mem_size {
+            if decompressed_end(pref, init_size, path)? > mem_size {
                 return Err(LoadError::DoesNotFit {
                     what: format!("{} (decompressed, init_size)", path.display()),
                     needs: init_size,
@@ -285,6 +360,18 @@ pub fn preflight(
     }
     file.rewind()
         .map_err(|source| LoadError::Open { path: p(), source })
+}
+
+/// Where a bzImage's decompressed kernel ends (`pref_address + init_size`, both from the
+/// header), or the typed error if the sum overflows.
+fn decompressed_end(pref: u64, init_size: u64, path: &Path) -> Result<u64, LoadError> {
+    pref.checked_add(init_size)
+        .ok_or_else(|| LoadError::HeaderOverflow {
+            path: path.to_path_buf(),
+            field: "pref_address + init_size",
+            base: pref,
+            add: init_size,
+        })
 }
 
 fn check_guest_elf(ext: &ElfExtent, mem_size: u64, path: &Path) -> Result<(), LoadError> {
@@ -356,6 +443,8 @@ pub const HIMEM_START: u64 = 0x10_0000;
 pub const LINUX_SEL_CS: u16 = 0x10;
 pub const LINUX_SEL_DS: u16 = 0x18;
 pub const LINUX_SEL_TSS: u16 = 0x20;
+/// Bytes from the command line to the EBDA: the most a command line (with its NUL) may take.
+const CMDLINE_ROOM: usize = (EBDA_START - CMDLINE_ADDR) as usize;
 /// Default command-line capacity when the kernel does not say (vmlinux).
 const DEFAULT_CMDLINE_SIZE: u32 = 2048;
 
@@ -405,7 +494,7 @@ pub fn load_linux(
             } else {
                 0x100_0000
             };
-            let need_end = pref + u64::from(hdr.init_size);
+            let need_end = decompressed_end(pref, u64::from(hdr.init_size), path)?;
             if need_end > mem_size {
                 return Err(LoadError::DoesNotFit {
                     what: format!("{} (decompressed, init_size)", path.display()),
@@ -419,7 +508,8 @@ pub fn load_linux(
             params.hdr = hdr;
         }
         KernelKind::LinuxElf => {
-            let ext = elf_extent(kernel).map_err(|why| LoadError::BadElf { path: p(), why })?;
+            let ext =
+                elf_extent(kernel).map_err(|source| LoadError::BadElf { path: p(), source })?;
             if ext.end > mem_size {
                 return Err(LoadError::DoesNotFit {
                     what: path.display().to_string(),
@@ -441,11 +531,13 @@ pub fn load_linux(
     params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
     params.hdr.header = KERNEL_HDR_MAGIC;
 
-    // Command line.
+    // Command line: as long as the kernel takes (its header says), but never past the EBDA,
+    // so that a crafted cmdline_size cannot let it run over low memory and the kernel.
     let max = match params.hdr.cmdline_size {
         0 => DEFAULT_CMDLINE_SIZE,
         n => n,
     } as usize;
+    let max = max.min(CMDLINE_ROOM);
     if cmdline.len() >= max {
         return Err(LoadError::CmdlineTooLong {
             len: cmdline.len(),
@@ -461,6 +553,7 @@ pub fn load_linux(
             source,
         })?;
     params.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
+    // Below CMDLINE_ROOM, so it fits.
     params.hdr.cmdline_size = cmdline.len() as u32;
 
     // Initrd: at the top of RAM (below initrd_addr_max), page aligned.
@@ -491,13 +584,24 @@ pub fn load_linux(
         };
         mem.read_exact_volatile_from(GuestAddress(addr), &mut f, size as usize)
             .map_err(|e| ierr(std::io::Error::other(e.to_string())))?;
-        params.hdr.ramdisk_image = addr as u32;
-        params.hdr.ramdisk_size = size as u32;
+        let boot_u32 = |what, value: u64| {
+            u32::try_from(value).map_err(|_| LoadError::Not32Bit { what, value })
+        };
+        params.hdr.ramdisk_image = boot_u32("initrd address", addr)?;
+        params.hdr.ramdisk_size = boot_u32("initrd size", size)?;
         initrd_placed = Some((addr, size));
     }
 
     // e820: low RAM below the EBDA, and everything from 1 MiB.
-    let e820 = [(0, EBDA_START), (HIMEM_START, mem_size - HIMEM_START)];
+    let high_ram = mem_size
+        .checked_sub(HIMEM_START)
+        .ok_or_else(|| LoadError::DoesNotFit {
+            what: "RAM above 1 MiB (e820)".into(),
+            needs: HIMEM_START,
+            addr: 0,
+            mem: mem_size,
+        })?;
+    let e820 = [(0, EBDA_START), (HIMEM_START, high_ram)];
     for (i, (addr, size)) in e820.iter().enumerate() {
         params.e820_table[i] = boot_e820_entry {
             addr: *addr,
@@ -633,6 +737,219 @@ mod tests {
         let mut bad = elf(0x20_0000, 0x20_0000, &[0xf4], 0);
         bad[4] = 1;
         assert!(elf_extent(&mut Cursor::new(bad)).is_err());
+    }
+
+    /// `bytes` in a file of the test's own, removed when dropped (the loaders take a File).
+    struct TempImage {
+        path: PathBuf,
+        file: File,
+    }
+
+    impl TempImage {
+        fn new(name: &str, bytes: &[u8]) -> TempImage {
+            let path =
+                std::env::temp_dir().join(format!("patchbay-loader-{}-{name}", std::process::id()));
+            std::fs::write(&path, bytes).unwrap();
+            let file = File::open(&path).unwrap();
+            TempImage { path, file }
+        }
+    }
+
+    impl Drop for TempImage {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    /// A bzImage that linux-loader accepts: one setup sector after the boot sector, a
+    /// 64-bit entry, 512 bytes of protected-mode kernel loaded at 1 MiB.
+    fn bzimage(pref_address: u64, init_size: u32, cmdline_size: u32) -> Vec<u8> {
+        let mut f = vec![0u8; 1024 + 512];
+        f[0x1f1] = 1; // setup_sects
+        f[0x1fe..0x200].copy_from_slice(&KERNEL_BOOT_FLAG_MAGIC.to_le_bytes());
+        f[0x202..0x206].copy_from_slice(b"HdrS");
+        f[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes()); // version
+        f[0x211] = 1; // loadflags: LOADED_HIGH
+        f[0x214..0x218].copy_from_slice(&(HIMEM_START as u32).to_le_bytes()); // code32_start
+        f[0x236..0x238].copy_from_slice(&XLF_KERNEL_64.to_le_bytes());
+        f[0x238..0x23c].copy_from_slice(&cmdline_size.to_le_bytes());
+        f[0x258..0x260].copy_from_slice(&pref_address.to_le_bytes());
+        f[0x260..0x264].copy_from_slice(&init_size.to_le_bytes());
+        f
+    }
+
+    const TEST_MEM: u64 = 4 << 20;
+
+    fn test_memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), TEST_MEM as usize)]).unwrap()
+    }
+
+    #[test]
+    fn a_bzimage_whose_pref_address_plus_init_size_overflows_is_refused() {
+        let mut img = TempImage::new("bz-pref", &bzimage(0xffff_ffff_ffff_f000, 0x10_0000, 0));
+        let path = img.path.clone();
+        let err = preflight(&mut img.file, KernelKind::BzImage, TEST_MEM, &path).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LoadError::HeaderOverflow {
+                    field: "pref_address + init_size",
+                    base: 0xffff_ffff_ffff_f000,
+                    add: 0x10_0000,
+                    ..
+                }
+            ),
+            "preflight: {err}"
+        );
+        let err = load_linux(
+            &test_memory(),
+            TEST_MEM,
+            &mut img.file,
+            KernelKind::BzImage,
+            &path,
+            None,
+            "console=ttyS0",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LoadError::HeaderOverflow {
+                    field: "pref_address + init_size",
+                    ..
+                }
+            ),
+            "load_linux: {err}"
+        );
+    }
+
+    #[test]
+    fn a_bzimage_cannot_make_the_command_line_overwrite_low_memory() {
+        // The kernel claims a 4 GiB command line; only what fits below the EBDA is taken.
+        let mut img = TempImage::new("bz-cmdline", &bzimage(HIMEM_START, 0x1000, u32::MAX));
+        let path = img.path.clone();
+        let mem = test_memory();
+        let room = (EBDA_START - CMDLINE_ADDR) as usize;
+        let long = "x".repeat(room);
+        let err = load_linux(
+            &mem,
+            TEST_MEM,
+            &mut img.file,
+            KernelKind::BzImage,
+            &path,
+            None,
+            &long,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, LoadError::CmdlineTooLong { len, max } if len == room && max == room - 1),
+            "{err}"
+        );
+        img.file.rewind().unwrap();
+        let boot = load_linux(
+            &mem,
+            TEST_MEM,
+            &mut img.file,
+            KernelKind::BzImage,
+            &path,
+            None,
+            &long[..room - 1],
+        )
+        .expect("the longest command line that fits");
+        assert_eq!(boot.entry, HIMEM_START + 0x200);
+    }
+
+    /// The single program header of [`elf`] starts at byte 64.
+    fn set_ph(f: &mut [u8], at: usize, value: u64) {
+        f[64 + at..64 + at + 8].copy_from_slice(&value.to_le_bytes());
+    }
+
+    #[test]
+    fn elf_headers_with_overflowing_or_outside_values_are_refused() {
+        // p_offset + p_filesz wraps (offset is at byte 8 of the program header).
+        let mut f = elf(0x20_0000, 0x20_0000, &[0xf4], 0x5000);
+        set_ph(&mut f, 8, u64::MAX);
+        let err = elf_extent(&mut Cursor::new(f)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ElfError::Overflow {
+                    index: 0,
+                    field: "p_offset + p_filesz",
+                    base: u64::MAX,
+                    add: 1
+                }
+            ),
+            "{err}"
+        );
+        // Segment data past the end of the file.
+        let mut f = elf(0x20_0000, 0x20_0000, &[0xf4], 0x5000);
+        set_ph(&mut f, 8, 0x1000);
+        let err = elf_extent(&mut Cursor::new(f)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ElfError::SegmentPastEnd {
+                    offset: 0x1000,
+                    filesz: 1,
+                    file_len: 121,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Unless it has no file data (bss only).
+        let mut f = elf(0x20_0000, 0x20_0000, &[], 0x5000);
+        set_ph(&mut f, 8, 0x10_0000);
+        assert!(elf_extent(&mut Cursor::new(f)).is_ok());
+        // p_paddr + p_memsz wraps.
+        let f = elf(u64::MAX - 0x10, 0x20_0000, &[0xf4], 0x5000);
+        let err = elf_extent(&mut Cursor::new(f)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ElfError::Overflow {
+                    field: "p_paddr + p_memsz",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // p_vaddr + p_memsz wraps (a vmlinux is linked high).
+        let f = elf(0x100_0000, u64::MAX - 0x10, &[0xf4], 0x5000);
+        let err = elf_extent(&mut Cursor::new(f)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ElfError::Overflow {
+                    field: "p_vaddr + p_memsz",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Through detect, the path and the field are named.
+        let mut bad = elf(0x20_0000, 0x20_0000, &[0xf4], 0x5000);
+        set_ph(&mut bad, 8, u64::MAX);
+        let img = TempImage::new("elf-offset", &bad);
+        let err = detect(&img.path).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                LoadError::BadElf {
+                    source: ElfError::Overflow {
+                        field: "p_offset + p_filesz",
+                        ..
+                    },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("p_offset + p_filesz overflows"),
+            "{err}"
+        );
     }
 
     #[test]

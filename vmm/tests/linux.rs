@@ -145,3 +145,46 @@ fn missing_initrd_is_a_config_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn crafted_kernel_headers_that_overflow_are_config_errors_naming_the_field() {
+    // Checked before the VM exists: no /dev/kvm needed. A debug build used to panic here.
+    let dir = scratch("overflow");
+    let mut bz = fake_bzimage(16 << 20);
+    bz[0x258..0x260].copy_from_slice(&0xffff_ffff_ffff_f000u64.to_le_bytes()); // pref_address
+    let bz_path = dir.join("bzImage");
+    std::fs::write(&bz_path, bz).unwrap();
+
+    // A one-segment ELF whose p_offset + p_filesz wraps.
+    let mut elf = vec![0u8; 121];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2; // 64-bit
+    elf[5] = 1; // little-endian
+    elf[6] = 1;
+    elf[0x10..0x12].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf[0x12..0x14].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+    elf[0x18..0x20].copy_from_slice(&0x20_0000u64.to_le_bytes()); // entry
+    elf[0x20..0x28].copy_from_slice(&64u64.to_le_bytes()); // phoff
+    elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes()); // phentsize
+    elf[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes()); // phnum
+    let ph = &mut elf[64..120];
+    ph[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    ph[8..16].copy_from_slice(&u64::MAX.to_le_bytes()); // p_offset
+    ph[16..24].copy_from_slice(&0x20_0000u64.to_le_bytes());
+    ph[24..32].copy_from_slice(&0x20_0000u64.to_le_bytes());
+    ph[32..40].copy_from_slice(&1u64.to_le_bytes()); // p_filesz
+    ph[40..48].copy_from_slice(&0x1000u64.to_le_bytes()); // p_memsz
+    let elf_path = dir.join("guest.elf");
+    std::fs::write(&elf_path, elf).unwrap();
+
+    for (path, field) in [
+        (&bz_path, "header field pref_address + init_size overflows"),
+        (&elf_path, "p_offset + p_filesz overflows"),
+    ] {
+        let out = vmm(&["--kernel", path.to_str().unwrap(), "--mem", "64M"]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(field), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -377,7 +377,7 @@ pub fn trace(sw: &Arc<Switch>, text: &str) -> Result<Trace, String> {
     let tables = pipeline.snapshot();
     let mut outputs: Vec<Output> = Vec::new();
     let mut steps: Vec<TraceStep> = Vec::new();
-    pipeline.run_untracked(
+    let halt = pipeline.run_untracked(
         &tables,
         &key,
         HeaderBuf::new(&frame),
@@ -443,11 +443,13 @@ pub fn trace(sw: &Arc<Switch>, text: &str) -> Result<Trace, String> {
             }
         })
         .collect::<Vec<_>>();
-    let outputs = if outputs.is_empty() {
-        vec!["drop".to_string()]
-    } else {
-        outputs
-    };
+    // Say why the run stopped early (after any copies that still leave).
+    let mut outputs = outputs;
+    match halt {
+        Some(why) => outputs.push(format!("drop: {why}")),
+        None if outputs.is_empty() => outputs.push("drop".to_string()),
+        None => {}
+    }
     let packet = spec.to_string();
     let packet = packet
         .split(" actions=")

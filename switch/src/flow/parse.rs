@@ -17,6 +17,9 @@
 //!   `set_tunnel` (the same effect, so they print that way).
 //! - Actions that modify IP or L4 headers need the matching prerequisite in the match, as
 //!   OpenFlow's consistency check requires.
+//! - Tunnel IDs (`tun_id=`, `set_tunnel`, `set_tunnel64`, `set_field:...->tun_id`) are VXLAN
+//!   VNIs, so at most 24 bits: a larger value is an error, never truncated into another
+//!   network's VNI.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -28,6 +31,8 @@ use super::key::{consts, Field, Match};
 pub const DEFAULT_PRIORITY: u16 = 32768;
 /// Highest table number (255 in a filter means every table).
 pub const MAX_TABLE: u8 = 254;
+/// Largest tunnel ID: the only tunnel is VXLAN, whose VNI is 24 bits.
+pub const MAX_TUNNEL_ID: u64 = 0xff_ffff;
 /// Highest port number a flow can name (0xff00 and up are OpenFlow's reserved ports, which
 /// are written by name).
 pub const MAX_PORT: u16 = 0xfeff;
@@ -450,7 +455,13 @@ fn fmt_port(p: &PortRef) -> String {
 enum Kind {
     Mac,
     Ip,
-    Int { bits: u32, maskable: bool },
+    Int {
+        bits: u32,
+        maskable: bool,
+    },
+    /// A tunnel ID: at most [`MAX_TUNNEL_ID`]; any mask (its high bits match the zeros
+    /// every VNI has there).
+    TunnelId,
     DlVlan,
     DlVlanPcp,
     NwTos,
@@ -534,7 +545,7 @@ fn field_def(name: &str) -> Option<(Field, Kind, Option<Prereq>)> {
         "arp_spa" => (F::NwSrc, Kind::Ip, Some(Prereq::Arp)),
         "arp_tpa" => (F::NwDst, Kind::Ip, Some(Prereq::Arp)),
         "arp_op" => (F::NwProto, int(8, false), Some(Prereq::Arp)),
-        "tun_id" | "tunnel_id" => (F::TunId, int(64, true), None),
+        "tun_id" | "tunnel_id" => (F::TunId, Kind::TunnelId, None),
         "tun_src" => (F::TunSrc, Kind::Ip, None),
         "tun_dst" => (F::TunDst, Kind::Ip, None),
         _ => return None,
@@ -669,6 +680,21 @@ impl<'a> Parser<'a> {
             Some(Some(v)) if v <= max => Ok(v),
             Some(_) => Err(self.err(at, format!("{what}={s} is out of range (0-{max})"))),
         }
+    }
+
+    /// A tunnel ID (VXLAN VNI): refused beyond 24 bits rather than truncated on the wire,
+    /// which would put the packet in another network.
+    fn tunnel_id(&self, what: &str, s: &str, at: usize) -> Result<u64, ParseError> {
+        let v = self.uint(what, s, at, u64::MAX)?;
+        if v > MAX_TUNNEL_ID {
+            return Err(self.err(
+                at,
+                format!(
+                    "{what}: tunnel ID {v:#x} does not fit in 24 bits (VXLAN VNIs are 0-{MAX_TUNNEL_ID:#x})"
+                ),
+            ));
+        }
+        Ok(v)
     }
 
     fn mac(&self, what: &str, s: &str, at: usize) -> Result<u64, ParseError> {
@@ -918,7 +944,7 @@ impl<'a> Parser<'a> {
         };
         let maskable = matches!(
             kind,
-            Kind::Mac | Kind::Ip | Kind::Int { maskable: true, .. }
+            Kind::Mac | Kind::Ip | Kind::TunnelId | Kind::Int { maskable: true, .. }
         );
         if let (Some((_, mat)), false) = (mask, maskable) {
             let hint = if matches!(kind, Kind::DlVlan | Kind::DlVlanPcp) {
@@ -958,6 +984,14 @@ impl<'a> Parser<'a> {
                 let value = self.uint(key, val, vat, max)?;
                 let mask = match mask {
                     Some((m, mat)) => self.uint(&format!("{key} mask"), m, mat, max)?,
+                    None => field.full_mask(),
+                };
+                (value, mask)
+            }
+            Kind::TunnelId => {
+                let value = self.tunnel_id(key, val, vat)?;
+                let mask = match mask {
+                    Some((m, mat)) => self.uint(&format!("{key} mask"), m, mat, u64::MAX)?,
                     None => field.full_mask(),
                 };
                 (value, mask)
@@ -1124,9 +1158,7 @@ impl<'a> Parser<'a> {
                 }
             }
             "set_field" => self.set_field(t.at, arg, aat)?,
-            "set_tunnel" | "set_tunnel64" => {
-                Action::SetTunnel(self.uint(key, arg, aat, u64::MAX)?)
-            }
+            "set_tunnel" | "set_tunnel64" => Action::SetTunnel(self.tunnel_id(key, arg, aat)?),
             "resubmit" => self.resubmit(t, arg, aat)?,
             "goto_table" => {
                 Action::GotoTable(self.uint(key, arg, aat, u64::from(MAX_TABLE))? as u8)
@@ -1232,7 +1264,7 @@ impl<'a> Parser<'a> {
             // OpenFlow 1.2+ vlan_vid: bit 12 says "tag present".
             "vlan_vid" => Action::SetVlanVid((self.uint(fname, val, aat, 0x1fff)? & 0xfff) as u16),
             "vlan_pcp" => Action::SetVlanPcp(self.uint(fname, val, aat, 7)? as u8),
-            "tun_id" | "tunnel_id" => Action::SetTunnel(self.uint(fname, val, aat, u64::MAX)?),
+            "tun_id" | "tunnel_id" => Action::SetTunnel(self.tunnel_id(fname, val, aat)?),
             _ => return Err(self.err(fat, format!("unsupported field '{fname}' for set_field"))),
         })
     }
@@ -1487,7 +1519,6 @@ fn format_action(a: &Action) -> String {
             };
             format!("set_field:{text}->{name}")
         }
-        Action::SetTunnel(vni) if *vni > u64::from(u32::MAX) => format!("set_tunnel64:{vni:#x}"),
         Action::SetTunnel(vni) => format!("set_tunnel:{vni:#x}"),
         Action::Resubmit { port, table } => match (port, table) {
             (Some(p), None) => format!("resubmit:{}", fmt_port(p)),
@@ -1739,8 +1770,8 @@ mod tests {
                 "set_field:0e:00:00:00:00:01->eth_src,set_field:00:01:02:03:04:05->eth_dst",
             ),
             (
-                "actions=set_tunnel:5001,set_tunnel64:0x100000000",
-                "set_tunnel:0x1389,set_tunnel64:0x100000000",
+                "actions=set_tunnel:5001,set_tunnel64:0xffffff",
+                "set_tunnel:0x1389,set_tunnel:0xffffff",
             ),
             ("actions=set_field:100->tun_id", "set_tunnel:0x64"),
             (
@@ -1924,6 +1955,56 @@ mod tests {
         add("nw_src=10.0.0.1,ip,actions=drop");
         add("tp_dst=80,tcp,actions=drop");
         add("arp,nw_dst=10.0.0.1,nw_proto=2,actions=drop");
+    }
+
+    #[test]
+    fn flow_tunnel_ids_beyond_24_bits_are_refused() {
+        // Each would have become another network's VNI (0x1000005 -> 5) when sent.
+        const CASES: &str = r#"
+         20 | set_tunnel | 0x1000005 | actions=set_tunnel:0x1000005
+         22 | set_tunnel64 | 0x100000000 | actions=set_tunnel64:0x100000000
+         20 | set_tunnel | 0xffffffffffffffff | actions=set_tunnel:0xffffffffffffffff
+         19 | tun_id | 0x1000005 | actions=set_field:0x1000005->tun_id
+         19 | tunnel_id | 0x1000000 | actions=set_field:16777216->tunnel_id
+          8 | tun_id | 0x1000005 | tun_id=0x1000005,actions=drop
+          8 | tun_id | 0x1000000 | tun_id=0x1000000/0x1000000,actions=drop
+         11 | tunnel_id | 0x100000005 | tunnel_id=0x100000005/0xff,actions=drop
+        "#;
+        for line in CASES.lines().filter(|l| !l.trim().is_empty()) {
+            let parts: Vec<&str> = line.split(" | ").map(str::trim).collect();
+            let (column, what, value, flow) = (parts[0], parts[1], parts[2], parts[3]);
+            let e = add_err(flow);
+            assert_eq!(e.column.to_string(), column, "{flow}: {e}");
+            assert!(
+                e.message
+                    .starts_with(&format!("{what}: tunnel ID {value} "))
+                    && e.message.contains("24 bits"),
+                "{flow}: {e}"
+            );
+        }
+        // The largest VNI, and masks wider than 24 bits (their high bits match 0).
+        assert_eq!(
+            add("actions=set_tunnel:0xffffff").actions,
+            vec![Action::SetTunnel(0xff_ffff)]
+        );
+        assert_eq!(
+            add("actions=set_field:0xffffff->tun_id").actions,
+            vec![Action::SetTunnel(0xff_ffff)]
+        );
+        assert_eq!(
+            add("tun_id=0xffffff,actions=drop").m.get(Field::TunId),
+            (0xff_ffff, u64::MAX)
+        );
+        assert_eq!(
+            add("tun_id=0x5/0xffffffffffffffff,actions=drop")
+                .m
+                .get(Field::TunId),
+            (5, u64::MAX)
+        );
+        // load is not supported at all, so not into the tunnel ID either.
+        assert!(add_err("actions=load:0x1000005->NXM_NX_TUN_ID[]")
+            .message
+            .starts_with("unsupported action 'load'"));
     }
 
     #[test]

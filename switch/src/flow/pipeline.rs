@@ -18,6 +18,10 @@ use super::rewrite::HeaderBuf;
 pub const N_TABLES: usize = 255;
 /// How deep resubmits may nest before the packet is dropped (as OVS bounds recursion).
 pub const MAX_RESUBMIT_DEPTH: usize = 64;
+/// Most resubmits and goto_tables one packet may take in all (OVS's limit). Depth alone does
+/// not bound the work: a flow that resubmits twice into a table that does the same takes
+/// 2^depth paths. Beyond it the packet is dropped whole, with nothing output.
+pub const MAX_RESUBMITS: usize = 4096;
 /// Most outputs one packet may produce.
 pub const MAX_OUTPUTS: usize = 64;
 
@@ -377,6 +381,11 @@ pub struct Pipeline {
     pub miss: MissPolicy,
     /// Most flows all tables together may hold; a change that would pass it is refused whole.
     max_flows: usize,
+    /// Packets dropped because a push_vlan would have added more than
+    /// [`crate::flow::rewrite::MAX_PUSHED_TAGS`] tags.
+    pub vlan_tag_limit_drops: AtomicU64,
+    /// Packets dropped because they took more than [`MAX_RESUBMITS`] resubmits.
+    pub resubmit_limit_drops: AtomicU64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -392,6 +401,26 @@ pub enum PipelineError {
     TooManyFlows { limit: usize, would_have: usize },
 }
 
+/// Why a packet's run through the tables stopped before its actions were done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Halt {
+    /// Copies output before the `dec_ttl` still leave.
+    #[error("dec_ttl: the TTL expired")]
+    TtlExpired,
+    /// Copies output before the push still leave.
+    #[error(
+        "push_vlan: the actions already added {} VLAN tags, the most a frame may get",
+        crate::flow::rewrite::MAX_PUSHED_TAGS
+    )]
+    VlanTagLimit,
+    /// The packet is dropped.
+    #[error("resubmits nested deeper than {MAX_RESUBMIT_DEPTH}")]
+    DepthLimit,
+    /// The packet is dropped whole: copies output before the limit do not leave either.
+    #[error("more than {MAX_RESUBMITS} resubmits and goto_tables: packet dropped, nothing output")]
+    ResubmitLimit,
+}
+
 impl Pipeline {
     pub fn new(miss: MissPolicy) -> Pipeline {
         Pipeline {
@@ -401,6 +430,8 @@ impl Pipeline {
             epoch: Instant::now(),
             miss,
             max_flows: usize::MAX,
+            vlan_tag_limit_drops: AtomicU64::new(0),
+            resubmit_limit_drops: AtomicU64::new(0),
         }
     }
 
@@ -578,7 +609,8 @@ impl Pipeline {
 
     /// Runs a packet through the tables from table 0. `outputs` receives one entry per copy
     /// that leaves; `trace`, if given, records each table visited and the flow matched.
-    /// Counts the matched flows' packets and bytes.
+    /// Counts the matched flows' packets and bytes. Returns why the run stopped early, if it
+    /// did (counted here; see [`Halt`] for which outputs still leave).
     pub fn run(
         &self,
         tables: &Tables,
@@ -587,8 +619,8 @@ impl Pipeline {
         frame_len: u32,
         outputs: &mut Vec<Output>,
         mut trace: Option<&mut Vec<TraceStep>>,
-    ) {
-        self.run_with(tables, key, header, frame_len, outputs, trace.take(), None);
+    ) -> Option<Halt> {
+        self.run_with(tables, key, header, frame_len, outputs, trace.take(), None)
     }
 
     /// [`Pipeline::run`] with the frame path's per-thread lookup cache.
@@ -602,7 +634,7 @@ impl Pipeline {
         outputs: &mut Vec<Output>,
         mut trace: Option<&mut Vec<TraceStep>>,
         mut cache: Option<&mut FlowCache>,
-    ) {
+    ) -> Option<Halt> {
         let mut state = ExecState {
             key: *key,
             header,
@@ -610,10 +642,25 @@ impl Pipeline {
             tun_id: None,
             frame_len,
             now_ms: self.now_ms(),
+            resubmits: 0,
         };
-        self.run_table(
-            tables, 0, &mut state, 0, outputs, &mut trace, &mut cache, true,
-        );
+        let outputs_before = outputs.len();
+        let halt = self
+            .run_table(
+                tables, 0, &mut state, 0, outputs, &mut trace, &mut cache, true,
+            )
+            .err()?;
+        match halt {
+            Halt::VlanTagLimit => {
+                self.vlan_tag_limit_drops.fetch_add(1, Ordering::Relaxed);
+            }
+            Halt::ResubmitLimit => {
+                outputs.truncate(outputs_before);
+                self.resubmit_limit_drops.fetch_add(1, Ordering::Relaxed);
+            }
+            Halt::TtlExpired | Halt::DepthLimit => {}
+        }
+        Some(halt)
     }
 
     /// Like [`Pipeline::run`], recording each table visited (for trace).
@@ -625,8 +672,8 @@ impl Pipeline {
         frame_len: u32,
         outputs: &mut Vec<Output>,
         steps: &mut Vec<TraceStep>,
-    ) {
-        self.run(tables, key, header, frame_len, outputs, Some(steps));
+    ) -> Option<Halt> {
+        self.run(tables, key, header, frame_len, outputs, Some(steps))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -640,9 +687,9 @@ impl Pipeline {
         trace: &mut Option<&mut Vec<TraceStep>>,
         cache: &mut Option<&mut FlowCache>,
         from_start: bool,
-    ) -> bool {
+    ) -> Result<(), Halt> {
         if depth > MAX_RESUBMIT_DEPTH {
-            return false;
+            return Err(Halt::DepthLimit);
         }
         let mut table = first_table;
         loop {
@@ -663,7 +710,7 @@ impl Pipeline {
                 if table == 0 && from_start && self.miss == MissPolicy::Normal {
                     push(outputs, st, Target::Normal);
                 }
-                return true;
+                return Ok(());
             };
             stats.matches.fetch_add(1, Ordering::Relaxed);
             entry.stats.packets.fetch_add(1, Ordering::Relaxed);
@@ -690,7 +737,9 @@ impl Pipeline {
                     Action::All => push(outputs, st, Target::All),
                     Action::Normal => push(outputs, st, Target::Normal),
                     Action::SetVlanVid(v) => {
-                        st.header.set_vlan_vid(*v);
+                        if !st.header.set_vlan_vid(*v) {
+                            return Err(Halt::VlanTagLimit);
+                        }
                         let tci = st.key.get(Field::VlanTci);
                         st.key.set(
                             Field::VlanTci,
@@ -699,7 +748,9 @@ impl Pipeline {
                         st.modified = true;
                     }
                     Action::SetVlanPcp(p) => {
-                        st.header.set_vlan_pcp(*p);
+                        if !st.header.set_vlan_pcp(*p) {
+                            return Err(Halt::VlanTagLimit);
+                        }
                         let tci = st.key.get(Field::VlanTci);
                         st.key.set(
                             Field::VlanTci,
@@ -713,7 +764,9 @@ impl Pipeline {
                         st.modified = true;
                     }
                     Action::PushVlan(tpid) => {
-                        st.header.push_vlan(*tpid);
+                        if !st.header.push_vlan(*tpid) {
+                            return Err(Halt::VlanTagLimit);
+                        }
                         st.key.set(Field::VlanTci, 0x1000);
                         st.modified = true;
                     }
@@ -754,22 +807,23 @@ impl Pipeline {
                     }
                     Action::DecTtl => {
                         if !st.header.dec_ttl() {
-                            return false;
+                            return Err(Halt::TtlExpired);
                         }
                         st.modified = true;
                     }
-                    Action::SetField { field, value } => set_field(st, *field, *value),
+                    Action::SetField { field, value } => set_field(st, *field, *value)?,
                     Action::SetTunnel(vni) => {
                         st.tun_id = Some(*vni);
                         st.key.set(Field::TunId, *vni);
                     }
                     Action::Resubmit { port, table: t } => {
+                        st.count_resubmit()?;
                         let saved_port = st.key.get(Field::InPort);
                         if let Some(PortRef::Number(p)) = port {
                             st.key.set(Field::InPort, u64::from(*p));
                         }
                         let target = t.unwrap_or(table);
-                        if !self.run_table(
+                        self.run_table(
                             tables,
                             target,
                             st,
@@ -778,9 +832,7 @@ impl Pipeline {
                             trace,
                             cache,
                             false,
-                        ) {
-                            return false;
-                        }
+                        )?;
                         st.key.set(Field::InPort, saved_port);
                     }
                     Action::GotoTable(t) => next_table = Some(*t),
@@ -788,8 +840,11 @@ impl Pipeline {
                 }
             }
             match next_table {
-                Some(t) if t > table => table = t,
-                _ => return true,
+                Some(t) if t > table => {
+                    st.count_resubmit()?;
+                    table = t;
+                }
+                _ => return Ok(()),
             }
         }
     }
@@ -799,7 +854,7 @@ fn mac_u64(m: &[u8; 6]) -> u64 {
     m.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
 }
 
-fn set_field(st: &mut ExecState, field: Field, value: u64) {
+fn set_field(st: &mut ExecState, field: Field, value: u64) -> Result<(), Halt> {
     let b = value.to_be_bytes();
     match field {
         Field::DlSrc => st.header.set_dl_src([b[2], b[3], b[4], b[5], b[6], b[7]]),
@@ -810,17 +865,23 @@ fn set_field(st: &mut ExecState, field: Field, value: u64) {
         Field::TpSrc => st.header.set_tp_src(value as u16),
         Field::TpDst => st.header.set_tp_dst(value as u16),
         Field::VlanTci => {
-            st.header.set_vlan_vid((value & 0x0fff) as u16);
-            st.header.set_vlan_pcp(((value >> 13) & 7) as u8);
+            if !st.header.set_vlan_vid((value & 0x0fff) as u16)
+                || !st.header.set_vlan_pcp(((value >> 13) & 7) as u8)
+            {
+                return Err(Halt::VlanTagLimit);
+            }
         }
         Field::TunId => st.tun_id = Some(value),
         // Metadata the parser does not offer for set_field.
-        Field::InPort | Field::DlType | Field::NwProto | Field::TunSrc | Field::TunDst => return,
+        Field::InPort | Field::DlType | Field::NwProto | Field::TunSrc | Field::TunDst => {
+            return Ok(())
+        }
     }
     st.key.set(field, value);
     if field != Field::TunId {
         st.modified = true;
     }
+    Ok(())
 }
 
 struct ExecState {
@@ -830,6 +891,18 @@ struct ExecState {
     tun_id: Option<u64>,
     frame_len: u32,
     now_ms: u64,
+    /// Resubmits and goto_tables taken so far.
+    resubmits: usize,
+}
+
+impl ExecState {
+    fn count_resubmit(&mut self) -> Result<(), Halt> {
+        self.resubmits += 1;
+        if self.resubmits > MAX_RESUBMITS {
+            return Err(Halt::ResubmitLimit);
+        }
+        Ok(())
+    }
 }
 
 fn push(outputs: &mut Vec<Output>, st: &ExecState, target: Target) {
@@ -952,6 +1025,137 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(run(&p, &ip_key(1)), vec![Target::Port(5), Target::Port(6)]);
+    }
+
+    #[test]
+    fn pushing_too_many_tags_drops_and_counts() {
+        let p = Pipeline::new(MissPolicy::Drop);
+        let limit = crate::flow::rewrite::MAX_PUSHED_TAGS;
+        let mut actions = vec![Action::Output(PortRef::Number(2))];
+        actions.extend(std::iter::repeat_n(Action::PushVlan(0x8100), limit));
+        actions.push(Action::Output(PortRef::Number(3)));
+        actions.push(Action::PushVlan(0x8100));
+        actions.push(Action::Output(PortRef::Number(4)));
+        p.commit(&[FlowMod::Add(flow(0, 1, Match::any(), actions))])
+            .unwrap();
+        let mut out = Vec::new();
+        let halt = p.run(
+            &p.snapshot(),
+            &ip_key(1),
+            HeaderBuf::new(&[0u8; 1500][..crate::flow::rewrite::REWRITE_BYTES]),
+            1500,
+            &mut out,
+            None,
+        );
+        assert_eq!(halt, Some(Halt::VlanTagLimit));
+        let targets: Vec<Target> = out.iter().map(|o| o.target).collect();
+        assert_eq!(
+            targets,
+            vec![Target::Port(2), Target::Port(3)],
+            "copies before the refused push leave, nothing after it"
+        );
+        assert_eq!(out[1].header.out_len(1500), 1500 + 4 * limit as u32);
+        assert_eq!(p.vlan_tag_limit_drops.load(Ordering::Relaxed), 1);
+    }
+
+    /// Tables 0..levels each resubmit twice into the next; the last outputs to port 2. A
+    /// packet takes 2^levels paths and 2^(levels+1) - 2 resubmits.
+    fn binary_fan_out(levels: u8) -> Pipeline {
+        let p = Pipeline::new(MissPolicy::Drop);
+        let mut changes: Vec<FlowMod> = (0..levels)
+            .map(|t| {
+                let next = Action::Resubmit {
+                    port: None,
+                    table: Some(t + 1),
+                };
+                FlowMod::Add(flow(t, 1, Match::any(), vec![next.clone(), next]))
+            })
+            .collect();
+        changes.push(FlowMod::Add(flow(
+            levels,
+            1,
+            Match::any(),
+            vec![Action::Output(PortRef::Number(2))],
+        )));
+        p.commit(&changes).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_resubmit_fan_out_beyond_the_total_limit_is_dropped_whole() {
+        // 2^20 paths: without a total limit this runs two million lookups.
+        let p = binary_fan_out(20);
+        let mut out = Vec::new();
+        let mut steps = Vec::new();
+        let halt = p.run_untracked(
+            &p.snapshot(),
+            &ip_key(1),
+            HeaderBuf::new(&[0u8; 34]),
+            100,
+            &mut out,
+            &mut steps,
+        );
+        assert!(out.is_empty(), "no partial outputs: {} left", out.len());
+        assert_eq!(halt, Some(Halt::ResubmitLimit));
+        assert_eq!(p.resubmit_limit_drops.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            steps.len(),
+            MAX_RESUBMITS + 1,
+            "the run stopped at the limit: table 0, then one lookup per resubmit"
+        );
+
+        // 2^12 - 2 = 4094 resubmits: within the limit, so the packet goes out (64 copies,
+        // the most one packet makes).
+        let p = binary_fan_out(11);
+        let mut out = Vec::new();
+        let halt = p.run(
+            &p.snapshot(),
+            &ip_key(1),
+            HeaderBuf::new(&[0u8; 34]),
+            100,
+            &mut out,
+            None,
+        );
+        assert_eq!((halt, out.len()), (None, MAX_OUTPUTS));
+        assert_eq!(p.resubmit_limit_drops.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn goto_tables_count_towards_the_resubmit_limit() {
+        // Table 0 resubmits 2048 times into table 1, which goes on to table 2 (4096 in all),
+        // then once more into table 1: the 4097th.
+        let p = Pipeline::new(MissPolicy::Drop);
+        let into_1 = Action::Resubmit {
+            port: None,
+            table: Some(1),
+        };
+        p.commit(&[
+            FlowMod::Add(flow(
+                0,
+                1,
+                Match::any(),
+                vec![into_1; MAX_RESUBMITS / 2 + 1],
+            )),
+            FlowMod::Add(flow(1, 1, Match::any(), vec![Action::GotoTable(2)])),
+            FlowMod::Add(flow(
+                2,
+                1,
+                Match::any(),
+                vec![Action::Output(PortRef::Number(2))],
+            )),
+        ])
+        .unwrap();
+        let mut out = Vec::new();
+        let halt = p.run(
+            &p.snapshot(),
+            &ip_key(1),
+            HeaderBuf::new(&[0u8; 34]),
+            100,
+            &mut out,
+            None,
+        );
+        assert_eq!(halt, Some(Halt::ResubmitLimit));
+        assert!(out.is_empty());
     }
 
     #[test]

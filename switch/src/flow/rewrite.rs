@@ -12,10 +12,20 @@ use super::key::consts::*;
 /// checksum field.
 pub const REWRITE_BYTES: usize = 18 + 60 + 20;
 
-/// A frame's first bytes, modified by actions.
+/// Most tags actions may add to a frame (pushes minus pops). A push beyond is refused and the
+/// pipeline drops the packet (OVS also bounds the VLAN headers it pushes).
+pub const MAX_PUSHED_TAGS: usize = 8;
+
+/// The original prefix plus every tag that may be pushed onto it: bounding the growth, not
+/// the number of pushes, is what keeps every push inside the buffer, and it keeps the whole
+/// original prefix (the rewritable window) in the buffer, whatever the actions.
+const CAPACITY: usize = REWRITE_BYTES + 4 * MAX_PUSHED_TAGS;
+
+/// A frame's first bytes, modified by actions. The frame that leaves is `bytes()` followed by
+/// the original frame from `skip()` on.
 #[derive(Clone, Copy)]
 pub struct HeaderBuf {
-    bytes: [u8; REWRITE_BYTES + 4],
+    bytes: [u8; CAPACITY],
     len: usize,
     /// How many bytes of the original frame these bytes replace.
     skip: usize,
@@ -49,7 +59,7 @@ impl HeaderBuf {
     /// `prefix` is the frame's first bytes (up to [`REWRITE_BYTES`]).
     pub fn new(prefix: &[u8]) -> HeaderBuf {
         let n = prefix.len().min(REWRITE_BYTES);
-        let mut bytes = [0u8; REWRITE_BYTES + 4];
+        let mut bytes = [0u8; CAPACITY];
         bytes[..n].copy_from_slice(&prefix[..n]);
         HeaderBuf {
             bytes,
@@ -84,15 +94,22 @@ impl HeaderBuf {
         self.bytes[14..16].copy_from_slice(&tci.to_be_bytes());
     }
 
-    /// `push_vlan:0x8100` (TCI 0; mod_vlan_* fill it in).
-    pub fn push_vlan(&mut self, tpid: u16) {
-        if self.len < 14 {
-            return;
+    /// `push_vlan:0x8100` (TCI 0; mod_vlan_* fill it in). False, with nothing changed, for a
+    /// runt or when the actions already added [`MAX_PUSHED_TAGS`] tags.
+    pub fn push_vlan(&mut self, tpid: u16) -> bool {
+        // `skip <= REWRITE_BYTES`, so the second test implies the first; both are cheap and
+        // the first is what keeps `copy_within` in bounds.
+        if self.len < 14
+            || self.len + 4 > CAPACITY
+            || self.len + 4 > self.skip + 4 * MAX_PUSHED_TAGS
+        {
+            return false;
         }
         self.bytes.copy_within(12..self.len, 16);
         self.bytes[12..14].copy_from_slice(&tpid.to_be_bytes());
         self.bytes[14..16].copy_from_slice(&[0, 0]);
         self.len += 4;
+        true
     }
 
     /// `strip_vlan` / `pop_vlan`: removes the outer tag if there is one.
@@ -103,22 +120,26 @@ impl HeaderBuf {
         }
     }
 
-    /// `mod_vlan_vid` (pushes a tag first if untagged, as OVS does).
-    pub fn set_vlan_vid(&mut self, vid: u16) {
-        if !self.tagged() {
-            self.push_vlan(0x8100);
+    /// `mod_vlan_vid` (pushes a tag first if untagged, as OVS does). False, with nothing
+    /// changed, if that push is refused (see [`HeaderBuf::push_vlan`]); never for an untagged
+    /// header of at least 14 bytes (it carries no pushed tag).
+    pub fn set_vlan_vid(&mut self, vid: u16) -> bool {
+        if !self.tagged() && !self.push_vlan(0x8100) {
+            return false;
         }
         let tci = self.tci().unwrap_or(0);
         self.set_tci((tci & 0xf000) | (vid & 0x0fff));
+        true
     }
 
-    /// `mod_vlan_pcp`
-    pub fn set_vlan_pcp(&mut self, pcp: u8) {
-        if !self.tagged() {
-            self.push_vlan(0x8100);
+    /// `mod_vlan_pcp`; pushes a tag like [`HeaderBuf::set_vlan_vid`].
+    pub fn set_vlan_pcp(&mut self, pcp: u8) -> bool {
+        if !self.tagged() && !self.push_vlan(0x8100) {
+            return false;
         }
         let tci = self.tci().unwrap_or(0);
         self.set_tci((tci & 0x1fff) | (u16::from(pcp & 7) << 13));
+        true
     }
 
     pub fn set_dl_src(&mut self, mac: [u8; 6]) {
@@ -272,7 +293,7 @@ mod tests {
         out
     }
 
-    fn apply(frame: &[u8], f: impl FnOnce(&mut HeaderBuf)) -> Vec<u8> {
+    fn apply<R>(frame: &[u8], f: impl FnOnce(&mut HeaderBuf) -> R) -> Vec<u8> {
         let mut h = HeaderBuf::new(&frame[..frame.len().min(REWRITE_BYTES)]);
         f(&mut h);
         let mut out = h.bytes().to_vec();
@@ -336,6 +357,297 @@ mod tests {
         assert_eq!(untagged, f);
         let retag = apply(&tcp_frame(Some(7)), |h| h.set_vlan_vid(9));
         assert_eq!(&retag[14..16], &[0x00, 9]);
+    }
+
+    /// `frame` with `n` tags of TCI 0 pushed in front of its own EtherType (or tag).
+    fn with_pushed_tags(frame: &[u8], n: usize) -> Vec<u8> {
+        let mut out = frame[..12].to_vec();
+        for _ in 0..n {
+            out.extend_from_slice(&[0x81, 0x00, 0, 0]);
+        }
+        out.extend_from_slice(&frame[12..]);
+        out
+    }
+
+    fn numbered_frame(len: usize) -> Vec<u8> {
+        let mut f: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+        f[12..14].copy_from_slice(&[0x88, 0xb5]);
+        f
+    }
+
+    #[test]
+    fn stacked_pushes_on_long_frames_emit_every_tag_and_the_whole_frame() {
+        for len in [98, 99, 102, 150, 1500, 9018] {
+            let f = numbered_frame(len);
+            for n in 1..=3 {
+                let out = apply(&f, |h| {
+                    for _ in 0..n {
+                        h.push_vlan(0x8100);
+                    }
+                });
+                assert_eq!(out, with_pushed_tags(&f, n), "{n} pushes on {len} bytes");
+            }
+            let out = apply(&f, |h| {
+                h.push_vlan(0x8100);
+                h.push_vlan(0x8100);
+                h.set_vlan_vid(7);
+                h.strip_vlan();
+                h.push_vlan(0x8100);
+                h.set_vlan_pcp(5);
+            });
+            let mut expected = with_pushed_tags(&f, 2);
+            expected[14..16].copy_from_slice(&[0xa0, 0]);
+            assert_eq!(
+                out, expected,
+                "push, push, vid, strip, push, pcp on {len} bytes"
+            );
+        }
+        // A real TCP packet padded to 1500 bytes, rewritten, then double-tagged.
+        let mut tcp = tcp_frame(None);
+        tcp.resize(1500, 0x5a);
+        let out = apply(&tcp, |h| {
+            h.set_tp_dst(8080);
+            h.push_vlan(0x8100);
+            h.push_vlan(0x8100);
+            h.set_vlan_vid(100);
+        });
+        let mut expected = apply(&tcp, |h| h.set_tp_dst(8080));
+        expected = with_pushed_tags(&expected, 2);
+        expected[14..16].copy_from_slice(&[0, 100]);
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn pushes_beyond_the_tag_limit_are_refused_and_change_nothing() {
+        for len in [14, 60, 98, 1500] {
+            let f = numbered_frame(len);
+            let mut h = HeaderBuf::new(&f[..len.min(REWRITE_BYTES)]);
+            for n in 0..MAX_PUSHED_TAGS {
+                assert!(h.push_vlan(0x8100), "push {n} on {len} bytes");
+            }
+            let full = emitted(&h, &f);
+            assert_eq!(full, with_pushed_tags(&f, MAX_PUSHED_TAGS));
+            assert!(!h.push_vlan(0x8100), "one tag too many on {len} bytes");
+            h.strip_vlan();
+            assert!(h.set_vlan_vid(3), "retagging the top tag needs no push");
+            assert!(h.push_vlan(0x8100), "room again after a pop");
+            assert_eq!(emitted(&h, &f), {
+                let mut e = full.clone();
+                e[18..20].copy_from_slice(&[0, 3]);
+                e
+            });
+        }
+    }
+
+    #[test]
+    fn vlan_actions_on_the_shortest_frames() {
+        for len in 14..=20 {
+            let f = numbered_frame(len);
+            let out = apply(&f, |h| h.set_vlan_vid(9));
+            let mut expected = with_pushed_tags(&f, 1);
+            expected[14..16].copy_from_slice(&[0, 9]);
+            assert_eq!(out, expected, "mod_vlan_vid on {len} bytes");
+            let out = apply(&f, |h| {
+                h.push_vlan(0x8100);
+                h.strip_vlan();
+                h.strip_vlan();
+            });
+            assert_eq!(out, f, "push, strip, strip on {len} bytes");
+        }
+    }
+
+    /// xorshift64*: a deterministic generator, so a failing case can be replayed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Op {
+        Push,
+        Strip,
+        Vid(u16),
+        Pcp(u8),
+        DlSrc(u8),
+        NwSrc(u32),
+        NwTos(u8),
+        TpDst(u16),
+        DecTtl,
+    }
+
+    impl Op {
+        fn random(rng: &mut Rng, vlan_only: bool) -> Op {
+            let kinds = if vlan_only { 5 } else { 9 };
+            match rng.below(kinds) {
+                // Pushes weigh more so that tags stack up.
+                0 | 1 if vlan_only => Op::Push,
+                0 => Op::Push,
+                1 => Op::Strip,
+                2 => Op::Vid(rng.below(4096) as u16),
+                3 => Op::Pcp(rng.below(8) as u8),
+                4 => Op::DlSrc(rng.next() as u8),
+                5 => Op::NwSrc(rng.next() as u32),
+                6 => Op::NwTos(rng.next() as u8),
+                7 => Op::TpDst(rng.next() as u16),
+                _ => Op::DecTtl,
+            }
+        }
+
+        /// Applies the action to the buffer; false if it refused (the buffer is unchanged).
+        fn apply(self, h: &mut HeaderBuf) -> bool {
+            match self {
+                Op::Push => return h.push_vlan(0x8100),
+                Op::Vid(v) => return h.set_vlan_vid(v),
+                Op::Pcp(p) => return h.set_vlan_pcp(p),
+                Op::Strip => h.strip_vlan(),
+                Op::DlSrc(b) => h.set_dl_src([2, 0, 0, 0, 0, b]),
+                Op::NwSrc(ip) => h.set_nw_src(Ipv4Addr::from(ip)),
+                Op::NwTos(t) => h.set_nw_tos(t),
+                Op::TpDst(p) => h.set_tp_dst(p),
+                Op::DecTtl => {
+                    h.dec_ttl();
+                }
+            }
+            true
+        }
+
+        /// The same action on a whole frame held in a Vec (VLAN and Ethernet actions only).
+        fn model(self, f: &mut Vec<u8>) {
+            let push = |f: &mut Vec<u8>| {
+                f.splice(12..12, [0x81, 0x00, 0, 0]);
+            };
+            let set_tci = |f: &mut Vec<u8>, keep: u16, set: u16| {
+                let tci = u16::from_be_bytes([f[14], f[15]]);
+                f[14..16].copy_from_slice(&((tci & keep) | set).to_be_bytes());
+            };
+            match self {
+                Op::Push => push(f),
+                Op::Strip => {
+                    if tag_at_front(f) {
+                        f.drain(12..16);
+                    }
+                }
+                Op::Vid(v) => {
+                    if !tag_at_front(f) {
+                        push(f);
+                    }
+                    set_tci(f, 0xf000, v & 0x0fff);
+                }
+                Op::Pcp(p) => {
+                    if !tag_at_front(f) {
+                        push(f);
+                    }
+                    set_tci(f, 0x1fff, u16::from(p & 7) << 13);
+                }
+                Op::DlSrc(b) => f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, b]),
+                _ => unreachable!("not a VLAN or Ethernet action"),
+            }
+        }
+    }
+
+    /// A random frame of 14..=9018 bytes: random bytes, often shaped as a (tagged) IPv4
+    /// TCP/UDP packet so that the IP and port rewrites have something to change.
+    fn random_frame(rng: &mut Rng) -> Vec<u8> {
+        let len = match rng.below(4) {
+            0 => 14 + rng.below(100),
+            1 => 94 + rng.below(12),
+            2 => 1500,
+            _ => 14 + rng.below(9018 - 14 + 1),
+        };
+        let mut f: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let mut l3 = 14;
+        if rng.below(3) == 0 && len >= 18 {
+            f[12..14].copy_from_slice(&[0x81, 0x00]);
+            l3 = 18;
+        }
+        if rng.below(3) != 0 && len >= l3 {
+            f[l3 - 2..l3].copy_from_slice(&[0x08, 0x00]);
+            if len >= l3 + 20 {
+                f[l3] = 0x40 | (5 + rng.below(11) as u8);
+                f[l3 + 6] &= 0xe0;
+                f[l3 + 9] = [6, 17][rng.below(2)];
+            }
+        }
+        f
+    }
+
+    fn tag_at_front(f: &[u8]) -> bool {
+        f.len() >= 18 && f[12..14] == [0x81, 0x00]
+    }
+
+    fn emitted(h: &HeaderBuf, frame: &[u8]) -> Vec<u8> {
+        assert!(
+            h.skip() <= frame.len(),
+            "{h:?} of a {}-byte frame",
+            frame.len()
+        );
+        let mut out = h.bytes().to_vec();
+        out.extend_from_slice(&frame[h.skip()..]);
+        assert_eq!(out.len() as u32, h.out_len(frame.len() as u32));
+        out
+    }
+
+    #[test]
+    fn random_action_sequences_never_panic_and_vlan_sequences_match_a_model() {
+        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        for case in 0..20_000 {
+            let frame = random_frame(&mut rng);
+            let vlan_only = case % 2 == 0;
+            let n_ops = rng.below(if vlan_only { 40 } else { 24 });
+            let ops: Vec<Op> = (0..n_ops)
+                .map(|_| Op::random(&mut rng, vlan_only))
+                .collect();
+            let mut h = HeaderBuf::new(&frame[..frame.len().min(REWRITE_BYTES)]);
+            let mut model = frame.clone();
+            for op in &ops {
+                let before = emitted(&h, &frame);
+                let done = op.apply(&mut h);
+                let after = emitted(&h, &frame);
+                // Refused exactly when a needed push would add a tag beyond the limit.
+                let pushes = match op {
+                    Op::Push => true,
+                    Op::Vid(_) | Op::Pcp(_) => !tag_at_front(&before),
+                    _ => false,
+                };
+                let at_limit = before.len() + 4 > frame.len() + 4 * MAX_PUSHED_TAGS;
+                assert_eq!(
+                    !done,
+                    pushes && at_limit,
+                    "case {case}: {op:?} on a {}-byte frame grown to {}",
+                    frame.len(),
+                    before.len()
+                );
+                if !done {
+                    assert_eq!(after, before, "case {case}: {op:?} refused but changed");
+                }
+                if vlan_only && done {
+                    op.model(&mut model);
+                }
+                if vlan_only {
+                    assert_eq!(after, model, "case {case}: after {op:?} of {ops:?}");
+                }
+            }
+            // Whatever the actions, the payload beyond the rewritable header is intact.
+            let out = emitted(&h, &frame);
+            if frame.len() > REWRITE_BYTES {
+                let tail = frame.len() - REWRITE_BYTES;
+                assert_eq!(
+                    out[out.len() - tail..],
+                    frame[REWRITE_BYTES..],
+                    "case {case}"
+                );
+            }
+        }
     }
 
     #[test]
