@@ -539,6 +539,7 @@ mod tests {
             mode: mode.into(),
             vlan,
             trunks: trunks.map(String::from),
+            mac_limit: None,
         }
     }
 

@@ -31,6 +31,7 @@ fn port(
         vlan_mode: vlan_mode.map(String::from),
         vlan,
         trunks: trunks.map(String::from),
+        mac_limit: None,
     }
 }
 

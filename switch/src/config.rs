@@ -295,6 +295,7 @@ pub fn parse_port_flag(spec: &str) -> Result<PortConfig, ConfigError> {
         vlan_mode: None,
         vlan: None,
         trunks: None,
+        mac_limit: None,
     };
     for (k, v) in pairs {
         match k.as_str() {
@@ -316,9 +317,15 @@ pub fn parse_port_flag(spec: &str) -> Result<PortConfig, ConfigError> {
             }
             "vlan-mode" | "vlan_mode" => port.vlan_mode = Some(v),
             "trunks" => port.trunks = Some(v),
+            "mac-limit" | "mac_limit" => {
+                port.mac_limit = Some(
+                    v.parse()
+                        .map_err(|_| err(format!("mac-limit '{v}' is not a number")))?,
+                )
+            }
             other => {
                 return Err(err(format!(
-                "unknown key '{other}' (expected name, socket, mode, mac, vlan, vlan-mode, trunks)"
+                "unknown key '{other}' (expected name, socket, mode, mac, vlan, vlan-mode, trunks, mac-limit)"
             )))
             }
         }

@@ -1,11 +1,14 @@
-//! The learning table: which port a MAC address sits behind, per VLAN, with aging and a size
-//! limit.
+//! The learning table: which port a MAC address sits behind, per VLAN, with aging, a size
+//! limit and a limit per port.
 //!
 //! Read-mostly: the frame path takes the read lock for lookups and for refreshing a known
-//! entry (an atomic timestamp); only a new or moved address takes the write lock.
+//! entry (an atomic timestamp); only a new or moved address takes the write lock. Guests
+//! choose their source addresses, so learning is O(1) whatever they send: a port at its
+//! limit is refused on an atomic count without the write lock, and a full table refuses
+//! without scanning (the aging sweep, once a second, makes room).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
@@ -31,6 +34,8 @@ pub enum Learned {
     Moved,
     /// The table is at its limit; the address was not learned (its frames keep flooding).
     TableFull,
+    /// The port has as many addresses as it may; the address was not learned.
+    PortLimit,
 }
 
 /// One row of the table, as shown to users.
@@ -53,6 +58,9 @@ pub struct MacTable {
     max_entries: usize,
     aging: Duration,
     epoch: Instant,
+    /// Entries per port, indexed by port number; changed under the write lock, read
+    /// without it to refuse a port at its limit cheaply.
+    per_port: Vec<AtomicUsize>,
 }
 
 impl MacTable {
@@ -62,7 +70,45 @@ impl MacTable {
             max_entries,
             aging,
             epoch: Instant::now(),
+            per_port: (0..=crate::switch::MAX_PORTS + 1)
+                .map(|_| AtomicUsize::new(0))
+                .collect(),
         }
+    }
+
+    fn port_count(&self, port: PortId) -> Option<&AtomicUsize> {
+        self.per_port.get(usize::from(port))
+    }
+
+    /// Addresses learned behind `port`.
+    pub fn port_entries(&self, port: PortId) -> usize {
+        self.port_count(port)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    fn count_removed(&self, port: PortId) {
+        if let Some(c) = self.port_count(port) {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn count_added(&self, port: PortId) {
+        if let Some(c) = self.port_count(port) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Removes every entry `drop` says so, keeping the per-port counts right.
+    fn remove_where(&self, entries: &mut Entries, drop: impl Fn(&Entry) -> bool) -> usize {
+        let before = entries.len();
+        entries.retain(|_, e| {
+            let gone = drop(e);
+            if gone {
+                self.count_removed(e.port.load(Ordering::Relaxed));
+            }
+            !gone
+        });
+        before - entries.len()
     }
 
     /// The table's clock: whole seconds since it was created.
@@ -74,8 +120,16 @@ impl MacTable {
         now.saturating_sub(last_seen) >= self.aging.as_secs().max(1)
     }
 
-    /// Records that `mac` was seen on `port` in `vlan`.
-    pub fn learn(&self, vlan: Vid, mac: EthernetAddress, port: PortId, now: u64) -> Learned {
+    /// Records that `mac` was seen on `port` in `vlan`; `port_limit` is the most addresses
+    /// `port` may have.
+    pub fn learn(
+        &self,
+        vlan: Vid,
+        mac: EthernetAddress,
+        port: PortId,
+        now: u64,
+        port_limit: usize,
+    ) -> Learned {
         {
             let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
             if let Some(e) = entries.get(&(vlan, mac)) {
@@ -87,22 +141,22 @@ impl MacTable {
                 }
             }
         }
+        if self.port_entries(port) >= port_limit {
+            return Learned::PortLimit;
+        }
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = entries.get(&(vlan, mac)) {
-            let moved = e.port.swap(port, Ordering::Relaxed) != port;
+            let old = e.port.swap(port, Ordering::Relaxed);
             e.last_seen.store(now, Ordering::Relaxed);
-            return if moved {
-                Learned::Moved
-            } else {
-                Learned::Refreshed
-            };
+            if old == port {
+                return Learned::Refreshed;
+            }
+            self.count_removed(old);
+            self.count_added(port);
+            return Learned::Moved;
         }
         if entries.len() >= self.max_entries {
-            // Make room from expired entries before refusing.
-            entries.retain(|_, e| !self.expired(e.last_seen.load(Ordering::Relaxed), now));
-            if entries.len() >= self.max_entries {
-                return Learned::TableFull;
-            }
+            return Learned::TableFull;
         }
         entries.insert(
             (vlan, mac),
@@ -111,6 +165,7 @@ impl MacTable {
                 last_seen: AtomicU64::new(now),
             },
         );
+        self.count_added(port);
         Learned::New
     }
 
@@ -127,17 +182,18 @@ impl MacTable {
     /// Drops aged-out entries; returns how many.
     pub fn expire(&self, now: u64) -> usize {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        let before = entries.len();
-        entries.retain(|_, e| !self.expired(e.last_seen.load(Ordering::Relaxed), now));
-        before - entries.len()
+        self.remove_where(&mut entries, |e| {
+            self.expired(e.last_seen.load(Ordering::Relaxed), now)
+        })
     }
 
     /// Forgets everything learned on `port` (it went down, was removed or changed VLANs).
     pub fn flush_port(&self, port: PortId) -> usize {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        let before = entries.len();
-        entries.retain(|_, e| e.port.load(Ordering::Relaxed) != port);
-        before - entries.len()
+        if self.port_entries(port) == 0 {
+            return 0;
+        }
+        self.remove_where(&mut entries, |e| e.port.load(Ordering::Relaxed) == port)
     }
 
     pub fn len(&self) -> usize {
@@ -184,19 +240,19 @@ mod tests {
     #[test]
     fn learns_per_vlan_and_moves() {
         let t = MacTable::new(16, Duration::from_secs(300));
-        assert_eq!(t.learn(10, A, 1, 0), Learned::New);
-        assert_eq!(t.learn(10, A, 1, 1), Learned::Refreshed);
+        assert_eq!(t.learn(10, A, 1, 0, 16), Learned::New);
+        assert_eq!(t.learn(10, A, 1, 1, 16), Learned::Refreshed);
         assert_eq!(t.lookup(10, A, 1), Some(1));
         assert_eq!(t.lookup(20, A, 1), None, "learning is per VLAN");
-        assert_eq!(t.learn(10, A, 2, 2), Learned::Moved);
+        assert_eq!(t.learn(10, A, 2, 2, 16), Learned::Moved);
         assert_eq!(t.lookup(10, A, 2), Some(2));
     }
 
     #[test]
     fn entries_age_out() {
         let t = MacTable::new(16, Duration::from_secs(300));
-        t.learn(1, A, 1, 0);
-        t.learn(1, B, 2, 200);
+        t.learn(1, A, 1, 0, 16);
+        t.learn(1, B, 2, 200, 16);
         assert_eq!(t.lookup(1, A, 299), Some(1));
         assert_eq!(t.lookup(1, A, 300), None);
         assert_eq!(t.expire(300), 1);
@@ -207,14 +263,42 @@ mod tests {
     #[test]
     fn limit_refuses_new_addresses_until_room_is_made() {
         let t = MacTable::new(2, Duration::from_secs(10));
-        assert_eq!(t.learn(1, A, 1, 0), Learned::New);
-        assert_eq!(t.learn(1, B, 1, 5), Learned::New);
+        assert_eq!(t.learn(1, A, 1, 0, 16), Learned::New);
+        assert_eq!(t.learn(1, B, 1, 5, 16), Learned::New);
         let c = EthernetAddress([2, 0, 0, 0, 0, 0xc]);
-        assert_eq!(t.learn(1, c, 1, 6), Learned::TableFull);
+        assert_eq!(t.learn(1, c, 1, 6, 16), Learned::TableFull);
         assert_eq!(t.lookup(1, c, 6), None);
-        // A ages out at t=10, making room.
-        assert_eq!(t.learn(1, c, 1, 10), Learned::New);
+        // A ages out at t=10; the sweep makes room.
+        assert_eq!(t.expire(10), 1);
+        assert_eq!(t.learn(1, c, 1, 10, 16), Learned::New);
         assert_eq!(t.flush_port(1), 2);
         assert!(t.is_empty());
+        assert_eq!(t.port_entries(1), 0);
+    }
+
+    #[test]
+    fn each_port_learns_at_most_its_limit_and_counts_follow_moves_and_removals() {
+        let t = MacTable::new(100, Duration::from_secs(10));
+        let m = |n: u8| EthernetAddress([2, 0, 0, 0, 1, n]);
+        for n in 0..5 {
+            assert_eq!(
+                t.learn(1, m(n), 1, 0, 3),
+                if n < 3 {
+                    Learned::New
+                } else {
+                    Learned::PortLimit
+                }
+            );
+        }
+        assert_eq!(t.port_entries(1), 3);
+        // Known addresses are refreshed at the limit; a move needs room on the new port.
+        assert_eq!(t.learn(1, m(0), 1, 1, 3), Learned::Refreshed);
+        assert_eq!(t.learn(1, m(0), 2, 1, 1), Learned::Moved);
+        assert_eq!((t.port_entries(1), t.port_entries(2)), (2, 1));
+        assert_eq!(t.learn(1, m(1), 2, 1, 1), Learned::PortLimit);
+        assert_eq!(t.learn(1, m(7), 1, 1, 3), Learned::New);
+        // m1 and m2 were last seen at 0, m0 and m7 at 1.
+        assert_eq!(t.expire(10), 2);
+        assert_eq!((t.port_entries(1), t.port_entries(2)), (1, 1));
     }
 }

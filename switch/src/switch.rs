@@ -296,6 +296,7 @@ impl Switch {
                     source,
                 }
             })?);
+            port.set_mac_limit(config.mac_limit.unwrap_or(self.settings.mac_limit_per_port));
             ports[slot] = Some(port.clone());
             port
         };

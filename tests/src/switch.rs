@@ -53,6 +53,7 @@ pub fn port(
         vlan_mode: Some(vlan_mode.to_string()),
         vlan,
         trunks: trunks.map(str::to_string),
+        mac_limit: None,
     }
 }
 

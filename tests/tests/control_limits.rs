@@ -27,6 +27,7 @@ fn client_port(name: &str, socket: &Path) -> PortConfig {
         vlan_mode: None,
         vlan: None,
         trunks: None,
+        mac_limit: None,
     }
 }
 

@@ -334,3 +334,64 @@ fn the_header_decided_on_is_the_header_that_leaves() {
     drop(a);
     d.shutdown();
 }
+
+#[test]
+fn a_guest_flooding_source_addresses_fills_only_its_own_share_of_the_mac_table() {
+    let dir = TestDir::new("mac-flood");
+    let mut limited = access(&dir.path, "d", 1);
+    limited.mac_limit = Some(4);
+    let d = start_switch(
+        &dir.path,
+        vec![
+            access(&dir.path, "a", 1),
+            access(&dir.path, "b", 1),
+            access(&dir.path, "c", 1),
+            limited,
+        ],
+        |c| {
+            c.settings.mac_table_size = 40;
+            c.settings.mac_limit_per_port = 16;
+        },
+    );
+    let mut a = connect(&dir, "a");
+    let mut b = connect(&dir, "b");
+    let mut c = connect(&dir, "c");
+    let mut dd = connect(&dir, "d");
+    // a sends from 100 made-up addresses (and d from 100 more): a learns 16, d its own 4.
+    for n in 0..100u32 {
+        let src = [0x02, 0xaa, 0, 0, (n >> 8) as u8, n as u8];
+        a.send(&frame(BROADCAST, src, n, 64)).unwrap();
+        let src = [0x02, 0xdd, 0, 0, (n >> 8) as u8, n as u8];
+        dd.send(&frame(BROADCAST, src, n, 64)).unwrap();
+    }
+    assert!(a.wait_tx_completion(T).unwrap() && dd.wait_tx_completion(T).unwrap());
+    let table = d.switch.mac_table();
+    let learned_on = |name: &str| {
+        let id = d.switch.port_by_name(name).unwrap().id;
+        table.port_entries(id)
+    };
+    assert_eq!((learned_on("a"), learned_on("d")), (16, 4));
+    let refused = |name: &str| {
+        d.switch
+            .port_by_name(name)
+            .unwrap()
+            .counters
+            .snapshot()
+            .mac_learn_refused
+    };
+    assert_eq!((refused("a"), refused("d")), (84, 96));
+    // Everyone else still learns: b's address is learned, so a frame to b goes to b alone.
+    b.send(&frame(BROADCAST, mac(2), 1, 64)).unwrap();
+    assert!(b.wait_tx_completion(T).unwrap());
+    for p in [&mut a, &mut b, &mut c, &mut dd] {
+        while p.recv(Duration::ZERO).unwrap().is_some() {}
+    }
+    forwards(&mut c, &mut b, &frame(mac(2), mac(3), 2, 64));
+    assert!(
+        received_now(&mut a).is_none() && received_now(&mut dd).is_none(),
+        "a frame to a learned address was flooded"
+    );
+    let body = patchbay_switch::metrics::render(&d.switch, &d.control_counters).unwrap();
+    assert!(body.contains("patchbay_port_mac_learn_refused_total{port=\"a\"} 84"));
+    d.shutdown();
+}

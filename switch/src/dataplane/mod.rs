@@ -146,14 +146,33 @@ impl Normal<'_> {
         let ingress = self.ingress;
         if header.src.is_unicast() && self.last_learned != Some((class.vid, header.src)) {
             self.last_learned = Some((class.vid, header.src));
-            match self
-                .table
-                .learn(class.vid, header.src, ingress.id, self.now)
-            {
+            match self.table.learn(
+                class.vid,
+                header.src,
+                ingress.id,
+                self.now,
+                ingress.mac_limit(),
+            ) {
                 Learned::Refreshed => {}
                 Learned::New => self.sw.counters.count_learned(),
                 Learned::Moved => self.sw.counters.count_moved(),
                 Learned::TableFull => self.sw.counters.count_table_full(),
+                Learned::PortLimit => {
+                    let refused = ingress
+                        .counters
+                        .mac_learn_refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if refused.is_power_of_two() || refused == 0 {
+                        log::warn!(
+                            "port {}: at its limit of {} MAC addresses; {} not learned \
+                             ({} refused so far)",
+                            ingress.name,
+                            ingress.mac_limit(),
+                            header.src,
+                            refused + 1
+                        );
+                    }
+                }
             }
         }
         let known = if header.dst.is_unicast() {

@@ -63,6 +63,9 @@ pub struct PortConfig {
     /// Trunk's allowed VLANs: "all" (default) or a list like "10,20-29".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trunks: Option<String>,
+    /// Most MAC addresses learned behind this port (default: `[switch] mac_limit_per_port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_limit: Option<usize>,
 }
 
 /// A port configuration that does not make sense, with the field at fault.
@@ -117,6 +120,9 @@ impl PortConfig {
             .map_err(|e| err("mac", e.to_string()))?;
         if mac.is_some_and(|m| m.is_multicast()) {
             return Err(err("mac", "must be a unicast address".into()));
+        }
+        if self.mac_limit == Some(0) {
+            return Err(err("mac_limit", "must be at least 1".into()));
         }
         let vlan = self.vlan_config().to_mode().map_err(|e| {
             let field = match e {
@@ -262,6 +268,8 @@ pub struct Port {
     pub mac: Option<EthernetAddress>,
     vlan: RwLock<Arc<VlanMode>>,
     pub counters: PortCounters,
+    /// Most addresses the learning table keeps behind this port (set by the switch).
+    mac_limit: std::sync::atomic::AtomicUsize,
     link: RwLock<Option<Arc<Link>>>,
     state: Mutex<(LinkState, SystemTime)>,
     removed: AtomicBool,
@@ -284,6 +292,7 @@ impl Port {
             mac,
             vlan: RwLock::new(Arc::new(vlan)),
             counters: PortCounters::default(),
+            mac_limit: std::sync::atomic::AtomicUsize::new(usize::MAX),
             link: RwLock::new(None),
             state: Mutex::new((initial, SystemTime::now())),
             removed: AtomicBool::new(false),
@@ -310,15 +319,26 @@ impl Port {
                 vlan_mode: Some("trunk".into()),
                 vlan: None,
                 trunks: None,
+                mac_limit: None,
             },
             mac: None,
             vlan: RwLock::new(Arc::new(VlanMode::Trunk { allowed: vlans })),
             counters: PortCounters::default(),
+            mac_limit: std::sync::atomic::AtomicUsize::new(usize::MAX),
             link: RwLock::new(None),
             state: Mutex::new((LinkState::Connected, SystemTime::now())),
             removed: AtomicBool::new(false),
             connection: Mutex::new(None),
         }
+    }
+
+    /// Most addresses the learning table keeps behind this port.
+    pub fn mac_limit(&self) -> usize {
+        self.mac_limit.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_mac_limit(&self, limit: usize) {
+        self.mac_limit.store(limit, Ordering::Relaxed);
     }
 
     pub fn is_tunnel(&self) -> bool {
