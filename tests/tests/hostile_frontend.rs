@@ -395,3 +395,53 @@ fn a_guest_flooding_source_addresses_fills_only_its_own_share_of_the_mac_table()
     assert!(body.contains("patchbay_port_mac_learn_refused_total{port=\"a\"} 84"));
     d.shutdown();
 }
+
+#[test]
+fn a_receiver_posting_garbage_costs_the_sender_bounded_work() {
+    let dir = TestDir::new("rx-garbage");
+    let d = start_switch(
+        &dir.path,
+        vec![
+            access(&dir.path, "a", 1),
+            access(&dir.path, "b", 1),
+            access(&dir.path, "c", 1),
+        ],
+        |_| {},
+    );
+    let mut a = connect(&dir, "a");
+    let mut b = connect(&dir, "b");
+    let mut c = connect(&dir, "c");
+    // b uses up its real buffers, then posts 200 malformed ones (read-only descriptors where
+    // the device must write), all in front of the frames the switch would deliver to it.
+    b.set_rx_consumption(false).unwrap();
+    for n in 0..b.rx_posted() as u32 {
+        forwards(&mut a, &mut c, &frame(BROADCAST, mac(1), n, 64));
+        assert!(b.recv(T).unwrap().is_some());
+    }
+    assert_eq!(b.rx_posted(), 0);
+    let buf = b.raw_rx().alloc(2048).unwrap();
+    b.raw_rx().set_desc(0, RawDesc::new(buf, 2048, 0)).unwrap();
+    for _ in 0..200 {
+        b.raw_rx().push(0).unwrap();
+    }
+    b.raw_rx().kick().unwrap();
+    let (_, _, used) = b.raw_rx().ring_addrs();
+    let used_idx = |b: &mut TestPort| {
+        let v = b.raw_rx().read(used + 2, 2).unwrap();
+        u16::from_le_bytes([v[0], v[1]])
+    };
+    let before = used_idx(&mut b);
+    // One frame for b: the switch walks a bounded number of b's garbage chains for it (each
+    // returned unused and counted), not all 200, and a and c carry on.
+    forwards(&mut a, &mut c, &frame(BROADCAST, mac(1), 1000, 64));
+    let walked = used_idx(&mut b).wrapping_sub(before);
+    assert!(
+        (1..=8).contains(&walked),
+        "the sender's thread walked {walked} of the receiver's garbage chains for one frame"
+    );
+    let snap = d.switch.port_by_name("b").unwrap().counters.snapshot();
+    assert_eq!(snap.drop_count("bad-descriptor"), u64::from(walked));
+    assert!(snap.drop_count("no-buffer") >= 1);
+    b.raw_rx().forget_outstanding();
+    d.shutdown();
+}

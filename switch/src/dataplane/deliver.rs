@@ -39,7 +39,7 @@ pub(super) fn to_guest(
     let mut delivered = 0u64;
     {
         let queue = &mut rxv.queue;
-        for d in group {
+        for (index, d) in group.iter().enumerate() {
             let frame = &frames[usize::from(d.frame)];
             let (prefix, skip) = d.prefix(headers);
             let out_len = d.out_len(frame.len, headers);
@@ -48,6 +48,13 @@ pub(super) fn to_guest(
                 Err(RxShortage::NoBuffer) => {
                     dst.counters.drop(DropReason::NoBuffer, 1);
                     continue;
+                }
+                Err(RxShortage::BadChain) => {
+                    // The receiver posts garbage: the rest of this batch's frames for it are
+                    // dropped without walking its ring again (it loses its own frames only).
+                    let rest = group.len() - index;
+                    dst.counters.drop(DropReason::NoBuffer, rest as u64);
+                    break;
                 }
                 Err(RxShortage::TooBig) => {
                     dst.counters.drop(DropReason::TooBig, 1);

@@ -199,9 +199,26 @@ pub struct RxReservation {
 pub enum RxShortage {
     /// The guest has not posted enough buffers (or its ring is not usable).
     NoBuffer,
-    /// The frame does not fit the guest's buffer and buffers cannot be merged.
+    /// The frame does not fit the guest's buffer and buffers cannot be merged, or would
+    /// need more than [`MAX_RX_CHAINS_PER_FRAME`] of them.
     TooBig,
+    /// The guest posted malformed chains: they (and any good ones taken for this frame)
+    /// went back to it empty, and the frame is not delivered.
+    BadChain,
 }
+
+/// Most malformed receive chains one frame's reservation consumes before giving up: the
+/// receiving guest posts them, but the sending port's thread walks them, so the receiver
+/// must not be able to make that thread's work unbounded.
+pub const MAX_BAD_RX_CHAINS: usize = 8;
+
+/// Most receive chains merged for one frame (Linux posts buffers of at least 1500 bytes;
+/// a 9018-byte frame needs 7 of those).
+pub const MAX_RX_CHAINS_PER_FRAME: usize = 64;
+
+/// Most descriptors walked for one receive chain (Linux's "big packets" receive chains have
+/// up to 19); a longer chain counts as malformed.
+pub const MAX_RX_CHAIN_DESCRIPTORS: u16 = 64;
 
 impl RxReservation {
     pub fn clear(&mut self) {
@@ -211,8 +228,13 @@ impl RxReservation {
     }
 
     /// Takes enough chains from `queue` to hold `need` bytes (virtio-net header included).
-    /// On shortage every chain taken is put back. Malformed chains met on the way are
-    /// returned to the guest unused and counted in `bad`.
+    ///
+    /// What the frontend sees, whatever happens: every chain it posted comes back in the used
+    /// ring exactly once. Malformed chains met before any good one are returned empty (up to
+    /// [`MAX_BAD_RX_CHAINS`] per frame) and counted in `bad`. A malformed chain met after good
+    /// ones ends the reservation: all of them go back empty, because rewinding the ring past
+    /// a chain already returned would return it twice. On a shortage of buffers the good
+    /// chains taken are put back, in ring order, for the next frame.
     pub fn reserve(
         &mut self,
         queue: &mut Queue,
@@ -222,6 +244,7 @@ impl RxReservation {
         bad: &mut u64,
     ) -> Result<(), RxShortage> {
         self.clear();
+        let mut bad_run = 0;
         while self.capacity < need {
             let chain = match queue.iter(mem) {
                 Ok(mut it) => it.next(),
@@ -233,20 +256,20 @@ impl RxReservation {
             };
             let head = chain.head_index();
             let seg_start = self.segs.len();
-            // A receive chain longer than any frame we send is fine; bound the walk anyway.
-            let queue_size = queue.size();
+            let max_descriptors = queue.size().min(MAX_RX_CHAIN_DESCRIPTORS);
             match walk(
                 chain,
                 mem,
                 true,
                 u64::from(u32::MAX),
-                queue_size,
+                max_descriptors,
                 &mut self.segs,
             ) {
                 Ok(cap) => {
-                    if !mergeable && cap < need {
+                    if (!mergeable && cap < need) || self.heads.len() == MAX_RX_CHAINS_PER_FRAME {
                         self.segs.truncate(seg_start);
                         queue.go_to_previous_position();
+                        self.put_back(queue);
                         return Err(RxShortage::TooBig);
                     }
                     self.heads.push((head, cap.min(u64::from(u32::MAX)) as u32));
@@ -255,8 +278,18 @@ impl RxReservation {
                 Err(_) => {
                     self.segs.truncate(seg_start);
                     *bad += 1;
-                    // A head outside the queue cannot be returned; the guest broke its ring.
+                    if !self.heads.is_empty() {
+                        self.complete(queue, mem, 0);
+                        self.clear();
+                        // A head outside the queue cannot be returned; the guest broke its ring.
+                        let _ = queue.add_used(mem, head, 0);
+                        return Err(RxShortage::BadChain);
+                    }
                     let _ = queue.add_used(mem, head, 0);
+                    bad_run += 1;
+                    if bad_run == MAX_BAD_RX_CHAINS {
+                        return Err(RxShortage::BadChain);
+                    }
                 }
             }
         }
@@ -376,5 +409,193 @@ impl<'a> FrameCopier<'a> {
             }
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! RX reservations against a model of what a frontend expects from its receive ring:
+    //! every chain it posted comes back in the used ring exactly once (written, or empty if
+    //! it was malformed or given up on), chains put back are offered again in ring order,
+    //! and the used index moves by exactly the entries written.
+
+    use super::*;
+    use vm_memory::{Bytes, GuestMemoryMmap};
+
+    const QSIZE: u16 = 64;
+    const DESC: u64 = 0x1000;
+    const AVAIL: u64 = 0x2000;
+    const USED: u64 = 0x3000;
+    const BUFS: u64 = 0x10000;
+
+    /// A tiny deterministic generator (xorshift), so failures reproduce.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    struct Ring {
+        mem: GuestMemoryMmap,
+        queue: Queue,
+        posted: u16,
+    }
+
+    impl Ring {
+        fn new() -> Ring {
+            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap();
+            let mut queue = Queue::new(QSIZE).unwrap();
+            queue.set_size(QSIZE);
+            queue
+                .try_set_desc_table_address(GuestAddress(DESC))
+                .unwrap();
+            queue
+                .try_set_avail_ring_address(GuestAddress(AVAIL))
+                .unwrap();
+            queue.try_set_used_ring_address(GuestAddress(USED)).unwrap();
+            queue.set_ready(true);
+            Ring {
+                mem,
+                queue,
+                posted: 0,
+            }
+        }
+
+        /// Posts chain `head` (one descriptor): device-writable of `cap` bytes, or
+        /// device-readable (malformed for RX).
+        fn post(&mut self, head: u16, cap: u32, good: bool) {
+            let flags: u16 = if good { 2 } else { 0 };
+            let mut d = [0u8; 16];
+            d[0..8].copy_from_slice(&(BUFS + u64::from(head) * 0x10000).to_le_bytes());
+            d[8..12].copy_from_slice(&cap.to_le_bytes());
+            d[12..14].copy_from_slice(&flags.to_le_bytes());
+            let m = &self.mem;
+            m.write_slice(&d, GuestAddress(DESC + 16 * u64::from(head)))
+                .unwrap();
+            let slot = u64::from(self.posted % QSIZE);
+            m.write_obj(head, GuestAddress(AVAIL + 4 + 2 * slot))
+                .unwrap();
+            self.posted = self.posted.wrapping_add(1);
+            m.write_obj(self.posted, GuestAddress(AVAIL + 2)).unwrap();
+        }
+
+        fn used(&self) -> Vec<(u32, u32)> {
+            let idx: u16 = self.mem.read_obj(GuestAddress(USED + 2)).unwrap();
+            (0..idx)
+                .map(|i| {
+                    let at = USED + 4 + 8 * u64::from(i % QSIZE);
+                    let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
+                    let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
+                    (id, len)
+                })
+                .collect()
+        }
+    }
+
+    /// What the frontend expects, chain by chain: the model of one reservation.
+    fn model(
+        posted: &[(u16, u32, bool)],
+        pos: &mut usize,
+        need: u64,
+        used: &mut Vec<(u32, u32)>,
+    ) -> Result<(), RxShortage> {
+        let mut taken: Vec<(u16, u32)> = Vec::new();
+        let mut bad_run = 0;
+        let mut cap = 0u64;
+        let start = *pos;
+        let mut first_good = None;
+        while cap < need {
+            let Some(&(head, c, good)) = posted.get(*pos) else {
+                // Out of buffers: the good chains go back and are offered again.
+                *pos = first_good.unwrap_or(*pos);
+                return Err(RxShortage::NoBuffer);
+            };
+            *pos += 1;
+            if !good {
+                used.push((u32::from(head), 0));
+                if !taken.is_empty() {
+                    // A malformed chain after good ones: they all come back empty.
+                    let bad = used.pop().unwrap();
+                    used.extend(taken.iter().map(|&(h, _)| (u32::from(h), 0)));
+                    used.push(bad);
+                    return Err(RxShortage::BadChain);
+                }
+                bad_run += 1;
+                if bad_run == MAX_BAD_RX_CHAINS {
+                    return Err(RxShortage::BadChain);
+                }
+                continue;
+            }
+            if taken.len() == MAX_RX_CHAINS_PER_FRAME {
+                *pos = first_good.unwrap_or(start);
+                return Err(RxShortage::TooBig);
+            }
+            first_good.get_or_insert(*pos - 1);
+            taken.push((head, c));
+            cap += u64::from(c);
+        }
+        let mut left = need;
+        for (h, c) in taken {
+            let n = left.min(u64::from(c));
+            left -= n;
+            used.push((u32::from(h), n as u32));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn mergeable_reservations_match_the_frontends_model() {
+        for seed in 1..=300u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let mut ring = Ring::new();
+            let mut posted = Vec::new();
+            for head in 0..QSIZE {
+                let good = rng.below(5) != 0;
+                let cap = [12u32, 100, 1526, 4096][rng.below(4) as usize];
+                ring.post(head, cap, good);
+                posted.push((head, cap, good));
+            }
+            let (mut pos, mut expected) = (0usize, Vec::new());
+            let mut rx = RxReservation::default();
+            for frame in 0..40 {
+                let need = 12 + [60u64, 1500, 9018, 3000][rng.below(4) as usize];
+                let mut bad = 0;
+                let got = rx.reserve(&mut ring.queue, &ring.mem, need, true, &mut bad);
+                let want = model(&posted, &mut pos, need, &mut expected);
+                assert_eq!(
+                    got, want,
+                    "seed {seed} frame {frame}: outcome for {need} bytes"
+                );
+                if got.is_ok() {
+                    rx.complete(&mut ring.queue, &ring.mem, need);
+                }
+                assert_eq!(
+                    ring.used(),
+                    expected,
+                    "seed {seed} frame {frame}: used ring"
+                );
+                assert_eq!(
+                    usize::from(ring.queue.next_avail()),
+                    pos,
+                    "seed {seed} frame {frame}: next chain offered"
+                );
+            }
+            // Every head came back at most once: nothing was posted twice.
+            let mut heads: Vec<u32> = ring.used().iter().map(|u| u.0).collect();
+            heads.sort_unstable();
+            heads.dedup();
+            assert_eq!(
+                heads.len(),
+                ring.used().len(),
+                "seed {seed}: a head returned twice"
+            );
+        }
     }
 }
