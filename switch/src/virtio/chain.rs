@@ -222,13 +222,20 @@ impl RxReservation {
         bad: &mut u64,
     ) -> Result<(), RxShortage> {
         self.clear();
+        // Once a malformed chain is returned behind chains we hold, rewinding the ring would
+        // offer that returned chain again and skip the held ones.
+        let mut returned_behind_held = false;
         while self.capacity < need {
             let chain = match queue.iter(mem) {
                 Ok(mut it) => it.next(),
                 Err(_) => None,
             };
             let Some(chain) = chain else {
-                self.put_back(queue);
+                if returned_behind_held {
+                    self.give_back_unused(queue, mem);
+                } else {
+                    self.put_back(queue);
+                }
                 return Err(RxShortage::NoBuffer);
             };
             let head = chain.head_index();
@@ -255,12 +262,21 @@ impl RxReservation {
                 Err(_) => {
                     self.segs.truncate(seg_start);
                     *bad += 1;
+                    returned_behind_held |= !self.heads.is_empty();
                     // A head outside the queue cannot be returned; the guest broke its ring.
                     let _ = queue.add_used(mem, head, 0);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Returns the chains taken so far to the guest unused (when they cannot be put back).
+    fn give_back_unused(&mut self, queue: &mut Queue, mem: &GuestMemory) {
+        for (head, _) in &self.heads {
+            let _ = queue.add_used(mem, *head, 0);
+        }
+        self.clear();
     }
 
     fn put_back(&mut self, queue: &mut Queue) {
