@@ -34,16 +34,21 @@ fuzz_target!(|data: &[u8]| {
     let initial = InProcessSwitch::initial_ports(&s.dir);
     for port in sw.ports() {
         if !initial.iter().any(|p| p.name == port.name) {
-            sw.remove_port(&port.name).expect("remove a port the input added");
+            sw.remove_port(&port.name)
+                .expect("remove a port the input added");
         }
     }
     for p in initial {
         if sw.port_by_name(&p.name).is_none() {
-            sw.add_port(p.clone()).expect("re-add a port the input removed");
+            sw.add_port(p.clone())
+                .expect("re-add a port the input removed");
         }
-        sw.set_vlan(&p.name, &p.vlan_config()).expect("restore VLANs");
+        sw.set_vlan(&p.name, &p.vlan_config())
+            .expect("restore VLANs");
     }
-    sw.flows().replace_all(Vec::new()).expect("delete every flow");
+    sw.flows()
+        .replace_all(Vec::new())
+        .expect("delete every flow");
     let hello = handle_line(br#"{"version":1,"command":"hello"}"#, sw, counters);
     assert!(hello.ok, "switch stopped answering: {:?}", hello.error);
 });

@@ -73,7 +73,10 @@ fn flow(r: &mut Reader<'_>, table: u8) -> Flow {
     let mut resubmits = 0;
     let mut actions: Vec<Action> = (0..n).map(|_| action(r, table, &mut resubmits)).collect();
     // goto_table must be the last action.
-    if let Some(i) = actions.iter().position(|a| matches!(a, Action::GotoTable(_))) {
+    if let Some(i) = actions
+        .iter()
+        .position(|a| matches!(a, Action::GotoTable(_)))
+    {
         actions.truncate(i + 1);
     }
     Flow {
@@ -122,7 +125,14 @@ fuzz_target!(|data: &[u8]| {
     let prefix = &frame[..frame.len().min(REWRITE_BYTES)];
     let key = flow_key(prefix, 1, None);
     let mut outputs = Vec::new();
-    p.run(&tables, &key, HeaderBuf::new(prefix), frame.len() as u32, &mut outputs, None);
+    p.run(
+        &tables,
+        &key,
+        HeaderBuf::new(prefix),
+        frame.len() as u32,
+        &mut outputs,
+        None,
+    );
     assert!(outputs.len() <= MAX_OUTPUTS);
     let checksum_before = ipv4_checksum_ok(prefix);
     for out in &outputs {

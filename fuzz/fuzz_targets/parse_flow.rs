@@ -24,8 +24,15 @@ fuzz_target!(|data: &[u8]| {
         let printed = spec.to_string();
         match parse_flow(&printed, syntax) {
             Ok(again) => {
-                assert_eq!(again, spec, "{text:?} printed as {printed:?} parses differently");
-                assert_eq!(again.to_string(), printed, "printing {text:?} is not stable");
+                assert_eq!(
+                    again, spec,
+                    "{text:?} printed as {printed:?} parses differently"
+                );
+                assert_eq!(
+                    again.to_string(),
+                    printed,
+                    "printing {text:?} is not stable"
+                );
             }
             Err(e) => panic!("{text:?} printed as {printed:?} does not parse: {e}"),
         }

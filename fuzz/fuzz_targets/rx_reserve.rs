@@ -11,10 +11,10 @@ use std::sync::atomic::Ordering;
 
 use libfuzzer_sys::fuzz_target;
 use patchbay_fuzz::{guest_memory, Reader, RingLayout};
+use patchbay_switch::virtio::GuestMemory;
 use patchbay_switch::virtio::RxReservation;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
-use patchbay_switch::virtio::GuestMemory;
 
 /// Heads at avail ring positions `from..from + n`, and ids of used ring entries at positions
 /// `used_from..used_from + m`, read from guest memory (None when unreadable, or when the
@@ -47,7 +47,8 @@ fn ring_heads(
     let used = (0..m)
         .map(|i| {
             let slot = u64::from(used_from.wrapping_add(i)) % size;
-            mem.read_obj::<u32>(GuestAddress(layout.used + 4 + 8 * slot)).ok()
+            mem.read_obj::<u32>(GuestAddress(layout.used + 4 + 8 * slot))
+                .ok()
         })
         .collect::<Option<Vec<_>>>()?;
     Some((avail, used))
@@ -55,18 +56,16 @@ fn ring_heads(
 
 /// The chains taken from the avail ring during one frame must be exactly the chains returned
 /// through the used ring (each once), whatever happened in between.
-fn check_returned(
-    mem: &GuestMemory,
-    layout: &RingLayout,
-    avail: (u16, u16),
-    used: (u16, u16),
-) {
+fn check_returned(mem: &GuestMemory, layout: &RingLayout, avail: (u16, u16), used: (u16, u16)) {
     if let Some((mut taken, mut returned)) = ring_heads(mem, layout, avail, used) {
         // A head outside the queue cannot be returned (the guest broke its own ring).
         taken.retain(|h| *h < u32::from(layout.size));
         taken.sort_unstable();
         returned.sort_unstable();
-        assert_eq!(taken, returned, "chains taken from avail vs returned through used");
+        assert_eq!(
+            taken, returned,
+            "chains taken from avail vs returned through used"
+        );
     }
 }
 
@@ -87,15 +86,27 @@ fuzz_target!(|data: &[u8]| {
         let result = rx.reserve(&mut queue, mem, need, mergeable, &mut bad);
         let consumed = queue.next_avail().wrapping_sub(avail_before);
         // Never more chains than the ring holds: the walk is bounded.
-        assert!(consumed <= layout.size, "took {consumed} chains from a ring of {}", layout.size);
+        assert!(
+            consumed <= layout.size,
+            "took {consumed} chains from a ring of {}",
+            layout.size
+        );
         match result {
             Ok(()) => {
                 let capacity: u64 = rx.heads.iter().map(|(_, c)| u64::from(*c)).sum();
                 assert!(capacity >= need, "{capacity} bytes reserved for {need}");
-                assert!(mergeable || rx.heads.len() == 1, "{} chains without MRG_RXBUF", rx.heads.len());
+                assert!(
+                    mergeable || rx.heads.len() == 1,
+                    "{} chains without MRG_RXBUF",
+                    rx.heads.len()
+                );
                 assert_eq!(u64::from(consumed), rx.heads.len() as u64 + bad);
                 let in_segs: u64 = rx.segs.iter().map(|s| u64::from(s.len)).sum();
-                assert_eq!(in_segs, capacity, "segments {:?} vs heads {:?}", rx.segs, rx.heads);
+                assert_eq!(
+                    in_segs, capacity,
+                    "segments {:?} vs heads {:?}",
+                    rx.segs, rx.heads
+                );
                 for s in &rx.segs {
                     assert!(
                         mem.check_range(s.addr, s.len as usize),
@@ -108,14 +119,27 @@ fuzz_target!(|data: &[u8]| {
                 if let Ok(idx) = queue.used_idx(mem, Ordering::Acquire) {
                     assert_eq!(idx.0, queue.next_used(), "used index not published");
                 }
-                check_returned(mem, &layout, (avail_before, consumed), (used_before, returned));
+                check_returned(
+                    mem,
+                    &layout,
+                    (avail_before, consumed),
+                    (used_before, returned),
+                );
             }
             Err(_) => {
                 // Everything taken was put back or returned unused (checked below).
-                assert!(u64::from(consumed) >= bad, "{consumed} chains consumed, {bad} refused");
+                assert!(
+                    u64::from(consumed) >= bad,
+                    "{consumed} chains consumed, {bad} refused"
+                );
                 assert!(rx.heads.is_empty() && rx.segs.is_empty());
                 let returned = queue.next_used().wrapping_sub(used_before);
-                check_returned(mem, &layout, (avail_before, consumed), (used_before, returned));
+                check_returned(
+                    mem,
+                    &layout,
+                    (avail_before, consumed),
+                    (used_before, returned),
+                );
             }
         }
     }

@@ -24,7 +24,9 @@ fn check_frame(mem: &GuestMemory, segs: &[Segment], chain: &TxChain, max_frame: 
     assert_eq!(total, u64::from(chain.frame_len), "segments {frame:?}");
     for s in frame {
         assert!(s.len > 0, "empty segment in {frame:?}");
-        let region = mem.find_region(s.addr).expect("segment starts in guest memory");
+        let region = mem
+            .find_region(s.addr)
+            .expect("segment starts in guest memory");
         let last = s.addr.0 + u64::from(s.len) - 1;
         assert!(
             last <= vm_memory::GuestMemoryRegion::last_addr(region).0,

@@ -31,7 +31,9 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 fn make_fd(r: &mut Reader<'_>) -> Option<OwnedFd> {
     let kind = r.u8();
     if kind & 1 == 0 {
-        return EventFd::from_flags(EfdFlags::EFD_NONBLOCK).ok().map(OwnedFd::from);
+        return EventFd::from_flags(EfdFlags::EFD_NONBLOCK)
+            .ok()
+            .map(OwnedFd::from);
     }
     let fd = memfd_create(c"pb-fuzz", MFdFlags::MFD_CLOEXEC).ok()?;
     let mut file = File::from(fd);
@@ -64,19 +66,28 @@ fn send_message(stream: &UnixStream, r: &mut Reader<'_>) -> bool {
     let cmsg = [ControlMessage::ScmRights(&raw)];
     let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &cmsg };
     let iov = [IoSlice::new(&header), IoSlice::new(body)];
-    sendmsg::<()>(stream.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None).is_ok()
+    sendmsg::<()>(
+        stream.as_raw_fd(),
+        &iov,
+        cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .is_ok()
 }
 
 /// Connects to the port and asks for its features: the port is alive.
 fn port_answers(path: &std::path::Path) -> Result<(), String> {
     let mut s = UnixStream::connect(path).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(ANSWER_TIMEOUT))
+        .map_err(|e| e.to_string())?;
     let mut msg = [0u8; 12];
     msg[0..4].copy_from_slice(&GET_FEATURES.to_le_bytes());
     msg[4..8].copy_from_slice(&VERSION_1.to_le_bytes());
     s.write_all(&msg).map_err(|e| format!("write: {e}"))?;
     let mut reply = [0u8; 20];
-    s.read_exact(&mut reply).map_err(|e| format!("no GET_FEATURES reply: {e}"))?;
+    s.read_exact(&mut reply)
+        .map_err(|e| format!("no GET_FEATURES reply: {e}"))?;
     if u32::from_le_bytes([reply[0], reply[1], reply[2], reply[3]]) != GET_FEATURES {
         return Err(format!("bad reply {reply:02x?}"));
     }

@@ -14,9 +14,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use patchbay_vmm::abi::GUEST_LOAD_ADDR;
-use patchbay_vmm::loader::{
-    detect, elf_extent, load_guest_elf, load_linux, preflight, KernelKind,
-};
+use patchbay_vmm::loader::{detect, elf_extent, load_guest_elf, load_linux, preflight, KernelKind};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 const MEM_SIZE: u64 = 32 << 20;
@@ -66,7 +64,15 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         KernelKind::LinuxElf | KernelKind::BzImage => {
-            if let Ok(boot) = load_linux(mem, MEM_SIZE, &mut kernel, kind, path, None, "console=ttyS0") {
+            if let Ok(boot) = load_linux(
+                mem,
+                MEM_SIZE,
+                &mut kernel,
+                kind,
+                path,
+                None,
+                "console=ttyS0",
+            ) {
                 assert!(boot.kernel_end <= MEM_SIZE, "{boot:?}");
             }
         }

@@ -51,11 +51,18 @@ fn check_rules(regs: &MmioRegs, before: &MmioRegs, offset: u64, action: Action) 
     let status = regs.status();
     if status & FEATURES_OK != 0 {
         let f = regs.driver_features();
-        assert_eq!(f & !regs.device_features(), 0, "FEATURES_OK with unoffered features {f:#x}");
+        assert_eq!(
+            f & !regs.device_features(),
+            0,
+            "FEATURES_OK with unoffered features {f:#x}"
+        );
         assert_ne!(f & F_VERSION_1, 0, "FEATURES_OK without VERSION_1");
     }
     for q in regs.queues() {
-        assert!(q.size == 0 || (q.size.is_power_of_two() && q.size <= q.max_size), "{q:?}");
+        assert!(
+            q.size == 0 || (q.size.is_power_of_two() && q.size <= q.max_size),
+            "{q:?}"
+        );
     }
     // A ready queue's configuration changes only through QueueReady or a reset.
     for (old, new) in before.queues().iter().zip(regs.queues()) {
@@ -71,7 +78,10 @@ fn check_rules(regs: &MmioRegs, before: &MmioRegs, offset: u64, action: Action) 
         }
         Action::Reset => {
             assert_eq!(status, 0);
-            assert!(regs.queues().iter().all(|q| !q.ready && q.size == 0 && q.desc == 0));
+            assert!(regs
+                .queues()
+                .iter()
+                .all(|q| !q.ready && q.size == 0 && q.desc == 0));
         }
         Action::None | Action::Notify(_) => {}
     }
@@ -82,7 +92,9 @@ fuzz_target!(|data: &[u8]| {
     let mut r = Reader::new(data);
     let ram_len = usize::from(r.u16()) % 0x4000;
     let ram = r.bytes(ram_len);
-    f.mem.write_slice(ram, GuestAddress(0)).expect("fill guest RAM");
+    f.mem
+        .write_slice(ram, GuestAddress(0))
+        .expect("fill guest RAM");
 
     f.net.mmio_write(reg::STATUS, &0u32.to_le_bytes());
     let mut regs = MmioRegs::new(1, f.net.device_features(), &[256, 256]);

@@ -78,7 +78,11 @@ fn a_frame_too_big_for_good_then_bad_chains_loses_no_chain_and_returns_none_twic
     );
     assert_eq!(bad, 1);
     let used = used_heads(&mem, &q);
-    assert_eq!(used.iter().filter(|h| **h == 1).count(), 1, "used ring {used:?}");
+    assert_eq!(
+        used.iter().filter(|h| **h == 1).count(),
+        1,
+        "used ring {used:?}"
+    );
 
     // A small frame then gets chain 0 (still the guest's to offer, or already returned) and
     // never chain 1 a second time.

@@ -237,12 +237,29 @@ struct Failures(Vec<(String, String, usize)>);
 
 impl Failures {
     fn record(&mut self, tags: &[Tag], ingress: &VlanMode, egress: &VlanMode, why: String) {
-        let kind_of = |m: &VlanMode| format!("{m:?}").split([' ', '{']).next().unwrap_or("").to_string();
+        let kind_of = |m: &VlanMode| {
+            format!("{m:?}")
+                .split([' ', '{'])
+                .next()
+                .unwrap_or("")
+                .to_string()
+        };
         let shape: Vec<String> = tags
             .iter()
-            .map(|t| format!("{:#06x}/{}", t.tpid, if t.vid == 0 { "prio" } else { "vid" }))
+            .map(|t| {
+                format!(
+                    "{:#06x}/{}",
+                    t.tpid,
+                    if t.vid == 0 { "prio" } else { "vid" }
+                )
+            })
             .collect();
-        let kind = format!("{} [{}] -> {}", kind_of(ingress), shape.join(", "), kind_of(egress));
+        let kind = format!(
+            "{} [{}] -> {}",
+            kind_of(ingress),
+            shape.join(", "),
+            kind_of(egress)
+        );
         match self.0.iter_mut().find(|(k, _, _)| *k == kind) {
             Some((_, _, n)) => *n += 1,
             None => self.0.push((
