@@ -84,10 +84,11 @@ fn memories() -> &'static [GuestMemory; 2] {
 /// with a hole between the regions. Reused between inputs (one fuzz thread).
 pub fn guest_memory(gap: bool, contents: &[u8]) -> &'static GuestMemory {
     let mem = &memories()[usize::from(gap)];
-    let zero = vec![0u8; REGION_SIZE];
+    static ZERO: [u8; REGION_SIZE] = [0; REGION_SIZE];
+    let zero = &ZERO[..];
     let second = if gap { 3 } else { 1 } * REGION_SIZE as u64;
     for base in [0, second] {
-        mem.write_slice(&zero, GuestAddress(base))
+        mem.write_slice(zero, GuestAddress(base))
             .expect("zero a region");
     }
     let first = contents.len().min(REGION_SIZE);
