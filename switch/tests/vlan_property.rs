@@ -260,13 +260,17 @@ impl Failures {
             shape.join(", "),
             kind_of(egress)
         );
+        let example = format!("tags {tags:?}, ingress {ingress:?}, egress {egress:?}: {why}");
+        // A frame that lands in another VLAN is the clearer example of a kind.
+        let crosses = why.contains("leaves on VLAN");
         match self.0.iter_mut().find(|(k, _, _)| *k == kind) {
-            Some((_, _, n)) => *n += 1,
-            None => self.0.push((
-                kind,
-                format!("tags {tags:?}, ingress {ingress:?}, egress {egress:?}: {why}"),
-                1,
-            )),
+            Some((_, first, n)) => {
+                *n += 1;
+                if crosses && !first.contains("leaves on VLAN") {
+                    *first = example;
+                }
+            }
+            None => self.0.push((kind, example, 1)),
         }
     }
 
