@@ -159,6 +159,13 @@ pub enum Egress {
     Tagged,
 }
 
+/// Whether a frame may leave through a port as `egress`: sending it untagged (popping its
+/// outer tag, if any) must not expose another tag, which the receiver would take for a tag
+/// this port's policy put there.
+pub fn egress_allowed(header: &L2Header, egress: Egress) -> bool {
+    !(egress == Egress::Untagged && header.has_inner_tag())
+}
+
 /// Why the VLAN policy refused a frame at ingress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IngressDrop {

@@ -190,7 +190,7 @@ impl Normal<'_> {
         let mut deliver = |dst: PortId, egress: Egress| {
             // Popping the outer tag must not expose another one: the port's policy says
             // frames leave it untagged.
-            if egress == Egress::Untagged && header.has_inner_tag() {
+            if !crate::vlan::egress_allowed(header, egress) {
                 ingress.counters.drop(DropReason::DoubleTagged, 1);
                 return;
             }

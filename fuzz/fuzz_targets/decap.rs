@@ -47,9 +47,15 @@ fuzz_target!(|data: &[u8]| {
     let _ = source_port(payload);
     match decap(payload) {
         Ok((vni, inner)) => {
-            let (start, end) = (payload.as_ptr() as usize, payload.as_ptr() as usize + payload.len());
+            let (start, end) = (
+                payload.as_ptr() as usize,
+                payload.as_ptr() as usize + payload.len(),
+            );
             let at = inner.as_ptr() as usize;
-            assert!(at >= start && at + inner.len() <= end, "inner frame outside the payload");
+            assert!(
+                at >= start && at + inner.len() <= end,
+                "inner frame outside the payload"
+            );
             assert!(inner.len() >= 14);
             let _ = source_port(inner);
             match vtep.admit(vni, remote) {
@@ -65,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => vtep.count_drop(None, TunnelDrop::from(e)),
     }
-    if run % 10_000 == 0 {
+    if run.is_multiple_of(10_000) {
         vtep.expire(now);
         let _ = vtep.snapshot();
     }
