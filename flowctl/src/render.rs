@@ -99,10 +99,15 @@ fn link_state(s: LinkState) -> &'static str {
 
 /// `listening`, `connecting`, `connected, rings up`, `connected, rings down`.
 pub fn state(p: &PortInfo) -> String {
-    match p.state {
+    let state: String = match p.state {
         LinkState::Connected if p.rings_up => "connected, rings up".into(),
         LinkState::Connected => "connected, rings down".into(),
         other => link_state(other).into(),
+    };
+    if p.failure.is_some() {
+        format!("{state} [failed before]")
+    } else {
+        state
     }
 }
 
@@ -258,6 +263,9 @@ pub fn port_detail(p: &PortInfo) -> String {
         ("tx bytes", c.tx_bytes.to_string()),
         ("drops", c.total_drops().to_string()),
     ];
+    if let Some(why) = &p.failure {
+        rows.push(("last failure", why.clone()));
+    }
     let drop_rows: Vec<(String, String)> = c
         .drops
         .iter()

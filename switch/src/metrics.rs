@@ -11,6 +11,8 @@
 //! - `port_memory_faults_total`: connections failed because the frontend's memory shrank
 //!   under the switch's mapping (a SIGBUS absorbed by the guard, see `port::memory`).
 //! - `port_mac_learn_refused_total`: source addresses not learned (the port's MAC limit).
+//! - `port_dataplane_panics_total`: dataplane panics while serving the port; each one fails
+//!   the port's connection (logged, and shown by `flowctl show ports`) and is never silent.
 //! - `mac_table_entries`, `mac_table_capacity`: learning table size and limit.
 //! - `floods_total`, `mac_learned_total`, `mac_moved_total`, `mac_table_full_total`.
 //! - `control_requests_total{result}`: control socket requests by outcome.
@@ -143,6 +145,12 @@ fn render_all(
         "Source addresses not learned because the port reached its MAC limit.",
         &["port"],
     )?;
+    let panics = counter_vec(
+        &r,
+        "port_dataplane_panics_total",
+        "Dataplane panics while serving the port (each failed the port's connection).",
+        &["port"],
+    )?;
     let up = IntGaugeVec::new(
         Opts::new(
             "port_up",
@@ -181,6 +189,9 @@ fn render_all(
         learn_refused
             .with_label_values(&[name])
             .inc_by(load(&c.mac_learn_refused));
+        panics
+            .with_label_values(&[name])
+            .inc_by(load(&c.dataplane_panics));
         for reason in DropReason::ALL {
             drops
                 .with_label_values(&[name, reason.label()])

@@ -413,7 +413,11 @@ impl Switch {
                 work = 0;
                 for port in &ports {
                     if let Some(link) = port.link() {
-                        work += crate::dataplane::drain_tx(self, port, &link, false);
+                        work += port
+                            .guard_dataplane(|| {
+                                crate::dataplane::drain_tx(self, port, &link, false)
+                            })
+                            .unwrap_or(0);
                     }
                 }
                 if work == 0 {

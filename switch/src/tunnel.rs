@@ -590,7 +590,14 @@ impl Tunnel {
                 segs: &[],
                 host: &bufs,
             };
-            switch_frames(sw, &port, &source, &frames, &mut scratch);
+            // A panic here is counted and shown on the tunnel port; the thread goes on with
+            // the next datagrams (there is no connection to fail).
+            if port
+                .guard_dataplane(|| switch_frames(sw, &port, &source, &frames, &mut scratch))
+                .is_none()
+            {
+                scratch = SwitchScratch::default();
+            }
         }
     }
 }

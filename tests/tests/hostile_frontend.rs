@@ -445,3 +445,41 @@ fn a_receiver_posting_garbage_costs_the_sender_bounded_work() {
     b.raw_rx().forget_outstanding();
     d.shutdown();
 }
+
+#[test]
+fn a_dataplane_panic_is_counted_shown_and_fails_only_its_port() {
+    let dir = TestDir::new("panic");
+    let d = start_switch(
+        &dir.path,
+        vec![
+            access(&dir.path, "a", 1),
+            access(&dir.path, "b", 1),
+            access(&dir.path, "c", 1),
+        ],
+        |_| {},
+    );
+    let mut a = connect(&dir, "a");
+    let mut b = connect(&dir, "b");
+    let mut c = connect(&dir, "c");
+    let port = d.switch.port_by_name("a").unwrap();
+    patchbay_switch::dataplane::inject_panic(port.id);
+    a.send(&frame(BROADCAST, mac(1), 1, 64)).unwrap();
+    patchbay_tests::switch::eventually("the panic fails a's connection", || port.link().is_none());
+    let info = port.info();
+    assert_eq!(info.counters.dataplane_panics, 1);
+    assert!(
+        info.failure
+            .as_deref()
+            .is_some_and(|f| f.contains("dataplane panic") && f.contains("injected")),
+        "show ports says why: {:?}",
+        info.failure
+    );
+    let body = patchbay_switch::metrics::render(&d.switch, &d.control_counters).unwrap();
+    assert!(body.contains("patchbay_port_dataplane_panics_total{port=\"a\"} 1"));
+    // The other ports never noticed, and a new frontend on a gets a working port.
+    forwards(&mut b, &mut c, &frame(BROADCAST, mac(2), 2, 64));
+    drop(a);
+    let mut a = connect(&dir, "a");
+    forwards(&mut a, &mut b, &frame(mac(2), mac(1), 3, 64));
+    d.shutdown();
+}

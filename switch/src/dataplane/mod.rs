@@ -295,6 +295,16 @@ fn drop_reason(e: &ChainError) -> DropReason {
     }
 }
 
+/// A port whose next TX batch panics (port number + 1; 0: none): how the tests prove a
+/// dataplane panic is caught, counted and shown. One relaxed load per batch.
+static PANIC_NEXT_BATCH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Makes the next TX batch of `port` panic (for tests of the dataplane's failure handling).
+#[doc(hidden)]
+pub fn inject_panic(port: PortId) {
+    PANIC_NEXT_BATCH.store(u32::from(port) + 1, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Switches frames waiting in `port`'s transmit ring. In event mode (`event_mode`), drains
 /// until the ring is empty and re-arms the guest's kick (EVENT_IDX aware), or until
 /// [`DRAIN_BUDGET`] chains were taken (kicks stay off: the caller must call again); in poll
@@ -360,6 +370,11 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usiz
             }
         }
         if popped > 0 {
+            let injected = PANIC_NEXT_BATCH.load(std::sync::atomic::Ordering::Relaxed);
+            if injected == u32::from(port.id) + 1 {
+                PANIC_NEXT_BATCH.store(0, std::sync::atomic::Ordering::Relaxed);
+                panic!("injected for a test");
+            }
             let faults_before = crate::port::memory::fault_count();
             let TxScratch {
                 segs,

@@ -298,11 +298,20 @@ fn kick_loop(
             }
         }
         // Frames may already be waiting when a ring comes up.
-        if !polled && dataplane::drain_tx(switch, port, link, true) >= dataplane::DRAIN_BUDGET {
-            // The guest keeps transmitting: go round again (noticing a stop or a new kick
-            // fd) without waiting for a kick, which stays disabled meanwhile.
-            thread::yield_now();
-            continue;
+        if polled {
+            // Pollers drain this ring; this thread only keeps kicks consumed.
+        } else if let Some(consumed) =
+            port.guard_dataplane(|| dataplane::drain_tx(switch, port, link, true))
+        {
+            if consumed >= dataplane::DRAIN_BUDGET {
+                // The guest keeps transmitting: go round again (noticing a stop or a new
+                // kick fd) without waiting for a kick, which stays disabled meanwhile.
+                thread::yield_now();
+                continue;
+            }
+        } else {
+            // The panic failed the connection; its teardown stops this thread.
+            return;
         }
         let n = match epoll.wait(-1, &mut events) {
             Ok(n) => n,

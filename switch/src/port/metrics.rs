@@ -79,6 +79,8 @@ pub struct PortCounters {
     pub memory_faults: AtomicU64,
     /// Source addresses not learned because the port reached its MAC limit.
     pub mac_learn_refused: AtomicU64,
+    /// Dataplane panics while serving this port (each failed its connection).
+    pub dataplane_panics: AtomicU64,
 }
 
 impl PortCounters {
@@ -116,6 +118,7 @@ impl PortCounters {
             protocol_errors: load(&self.protocol_errors),
             memory_faults: load(&self.memory_faults),
             mac_learn_refused: load(&self.mac_learn_refused),
+            dataplane_panics: load(&self.dataplane_panics),
         }
     }
 }
@@ -136,6 +139,8 @@ pub struct CounterSnapshot {
     pub memory_faults: u64,
     #[serde(default)]
     pub mac_learn_refused: u64,
+    #[serde(default)]
+    pub dataplane_panics: u64,
 }
 
 impl CounterSnapshot {

@@ -210,12 +210,11 @@ impl Link {
     pub fn fail_on_memory_fault(&self, port: &Port) {
         if !self.fault_reported.swap(true, Ordering::Relaxed) {
             port.counters.memory_faults.fetch_add(1, Ordering::Relaxed);
-            log::error!(
-                "port {}: the frontend's memory shrank under the switch's mapping (SIGBUS \
-                 absorbed); closing the connection",
-                port.name
+            port.fail(
+                "memory fault: the frontend's memory shrank under the switch's mapping \
+                 (SIGBUS absorbed)"
+                    .into(),
             );
-            port.close_connection();
         }
     }
 
@@ -275,6 +274,9 @@ pub struct Port {
     removed: AtomicBool,
     /// A handle on the current vhost-user connection, to close it (port removal).
     connection: Mutex<Option<std::os::unix::net::UnixStream>>,
+    /// The last thing that failed this port's connection (a dataplane panic, a memory
+    /// fault), shown by `flowctl show ports` until the port is removed.
+    failure: Mutex<Option<String>>,
 }
 
 impl Port {
@@ -297,6 +299,7 @@ impl Port {
             state: Mutex::new((initial, SystemTime::now())),
             removed: AtomicBool::new(false),
             connection: Mutex::new(None),
+            failure: Mutex::new(None),
         })
     }
 
@@ -329,6 +332,7 @@ impl Port {
             state: Mutex::new((LinkState::Connected, SystemTime::now())),
             removed: AtomicBool::new(false),
             connection: Mutex::new(None),
+            failure: Mutex::new(None),
         }
     }
 
@@ -418,6 +422,36 @@ impl Port {
         }
     }
 
+    /// Records why this port's connection failed: logged as an error, kept for
+    /// `show ports`, and the connection is closed (the frontend may connect again; a new
+    /// connection gets fresh rings and a fresh dataplane thread).
+    pub fn fail(&self, why: String) {
+        log::error!("port {}: {why}; closing its connection", self.name);
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        self.close_connection();
+    }
+
+    /// Runs one piece of dataplane work for this port; a panic in it fails the port's
+    /// connection (counted, logged, shown) instead of ending the thread silently. Returns
+    /// None after a panic.
+    pub fn guard_dataplane<R>(&self, work: impl FnOnce() -> R) -> Option<R> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+            Ok(r) => Some(r),
+            Err(payload) => {
+                let what = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                self.counters
+                    .dataplane_panics
+                    .fetch_add(1, Ordering::Relaxed);
+                self.fail(format!("dataplane panic: {what}"));
+                None
+            }
+        }
+    }
+
     /// A description for the control socket.
     pub fn info(&self) -> PortInfo {
         let (state, since) = self.state();
@@ -440,6 +474,11 @@ impl Port {
                 .collect(),
             header_len: link.as_ref().map(|_| net_header_len(features)),
             counters: self.counters.snapshot(),
+            failure: self
+                .failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 }
@@ -462,4 +501,7 @@ pub struct PortInfo {
     pub feature_names: Vec<String>,
     pub header_len: Option<usize>,
     pub counters: CounterSnapshot,
+    /// Why the port's connection last failed (a dataplane panic, a memory fault), if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
