@@ -163,6 +163,7 @@ impl InProcessSwitch {
             vlan_mode: Some(mode.to_string()),
             vlan,
             trunks: trunks.map(str::to_string),
+            mac_limit: None,
         };
         vec![
             port("p0", "access", Some(10), None),
