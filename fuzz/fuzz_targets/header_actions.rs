@@ -14,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use patchbay_fuzz::Reader;
 use patchbay_switch::flow::extract::{flow_key, l3_offset};
 use patchbay_switch::flow::pipeline::{Flow, MissPolicy, Pipeline, MAX_OUTPUTS};
-use patchbay_switch::flow::rewrite::{HeaderBuf, REWRITE_BYTES};
+use patchbay_switch::flow::rewrite::{HeaderBuf, MAX_PUSHED_TAGS, REWRITE_BYTES};
 use patchbay_switch::flow::{Action, Field, Match, PortRef};
 
 fn pipeline() -> &'static Pipeline {
@@ -138,7 +138,7 @@ fuzz_target!(|data: &[u8]| {
     for out in &outputs {
         let h = &out.header;
         assert_eq!(h.skip(), prefix.len(), "an output replaces the bytes read");
-        assert!(h.bytes().len() <= REWRITE_BYTES + 4);
+        assert!(h.bytes().len() <= REWRITE_BYTES + 4 * MAX_PUSHED_TAGS);
         assert_eq!(
             h.out_len(frame.len() as u32) as usize,
             frame.len() + h.bytes().len() - h.skip()

@@ -8,7 +8,7 @@
 //! [`Testpmd::sock`]`("a.sock")` and `("b.sock")`.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -58,8 +58,48 @@ impl Testpmd {
     /// # Panics
     /// If the private directory cannot be created or the executable cannot be spawned.
     pub fn start(client: bool) -> Option<Testpmd> {
+        let vdev = |i: u32, dir: &Path, sock: &str| {
+            format!(
+                "net_vhost{i},iface={},queues=1,client={}",
+                dir.join(sock).display(),
+                u8::from(client)
+            )
+        };
+        Testpmd::spawn(
+            |dir| vec![vdev(0, dir, "a.sock"), vdev(1, dir, "b.sock")],
+            &["--forward-mode=io", "--nb-cores=1"],
+        )
+    }
+
+    /// Starts testpmd as a vhost-user *frontend*: one `virtio_user` port per socket in
+    /// `sockets` (a switch listens on them), with MAC 02:00:00:00:00:0N for port N, all
+    /// forwarded by one lcore with `app_args` (e.g. `--forward-mode=mac --tx-first`).
+    /// Returns None (after `skip_or_fail`) if testpmd is not installed.
+    pub fn start_frontend(sockets: &[PathBuf], app_args: &[&str]) -> Option<Testpmd> {
+        let vdevs = |_: &Path| {
+            sockets
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    format!(
+                        "virtio_user{i},path={},queues=1,mac=02:00:00:00:00:{i:02x}",
+                        s.display()
+                    )
+                })
+                .collect()
+        };
+        Testpmd::spawn(vdevs, app_args)
+    }
+
+    /// Spawns testpmd (main lcore on CPU 0, forwarding lcore on CPU 1, no hugepages) with
+    /// the vdevs `vdevs` builds for its private directory.
+    fn spawn(vdevs: impl FnOnce(&Path) -> Vec<String>, app_args: &[&str]) -> Option<Testpmd> {
         let Some(exe) = Testpmd::find() else {
-            println!("SKIP: dpdk-testpmd not found in PATH (Debian: apt-get install dpdk-dev)");
+            crate::guest::skip_or_fail(
+                "dpdk-testpmd",
+                "dpdk-testpmd not found in PATH (Debian: dpdk-dev librte-net-vhost23 \
+                 librte-net-virtio23 librte-mempool-ring23; .ci/install-deps.sh installs them)",
+            );
             return None;
         };
         let n = INSTANCE.fetch_add(1, Ordering::Relaxed);
@@ -67,21 +107,15 @@ impl Testpmd {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create testpmd dir");
         let log = fs::File::create(dir.join("testpmd.log")).expect("create log");
-        let vdev = |i: u32, sock: &str| {
-            format!(
-                "net_vhost{i},iface={},queues=1,client={}",
-                dir.join(sock).display(),
-                u8::from(client)
-            )
-        };
-        let mut child = Command::new(exe)
-            .args(["-l", "0,1", "--no-huge", "-m", "512", "--no-pci"])
-            .arg(format!("--file-prefix=pbfe{}-{n}", std::process::id()))
-            .arg("--vdev")
-            .arg(vdev(0, "a.sock"))
-            .arg("--vdev")
-            .arg(vdev(1, "b.sock"))
-            .args(["--", "--auto-start", "--forward-mode=io", "--nb-cores=1"])
+        let mut cmd = Command::new(exe);
+        cmd.args(["-l", "0,1", "--no-huge", "-m", "512", "--no-pci"])
+            .arg(format!("--file-prefix=pbfe{}-{n}", std::process::id()));
+        for v in vdevs(&dir) {
+            cmd.arg("--vdev").arg(v);
+        }
+        let mut child = cmd
+            .args(["--", "--auto-start"])
+            .args(app_args)
             .arg("--total-num-mbufs=16384")
             .env("RUNTIME_DIRECTORY", &dir)
             .env("XDG_RUNTIME_DIR", &dir)

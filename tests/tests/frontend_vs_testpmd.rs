@@ -2,7 +2,8 @@
 //! backend: testpmd listens on two vhost-user sockets and io-forwards port 0 <-> port 1, so
 //! every frame one `TestPort` sends must arrive, intact and in order, at the other.
 //!
-//! Run with `cargo test -p patchbay-tests --test frontend_vs_testpmd -- --ignored --nocapture`.
+//! Needs `dpdk-testpmd` (.ci/install-deps.sh installs it); without it each test is skipped
+//! with a note, or fails under PATCHBAY_REQUIRE_KVM=1 (CI).
 //! Each test starts (and stops) its own testpmd; a lock keeps them from running concurrently
 //! because testpmd busy-polls a core.
 
@@ -216,7 +217,6 @@ fn check_regions(p: &TestPort, n: usize) {
 }
 
 #[test]
-#[ignore = "needs dpdk-testpmd; run with --ignored"]
 fn testpmd_default_config() {
     scenario(
         "default (1 region, contiguous TX, all features)",
@@ -235,7 +235,6 @@ fn testpmd_default_config() {
 }
 
 #[test]
-#[ignore = "needs dpdk-testpmd; run with --ignored"]
 fn testpmd_four_regions_mixed_layouts() {
     scenario(
         "4 regions, one memfd each; a: alternate 1/2 descriptors, b: split",
@@ -300,7 +299,6 @@ fn testpmd_four_regions_mixed_layouts() {
 }
 
 #[test]
-#[ignore = "needs dpdk-testpmd; run with --ignored"]
 fn testpmd_shared_memfd_indirect_merged() {
     scenario(
         "4 regions in one memfd (mmap_offset != 0), indirect TX, 268-B RX buffers (merged)",
@@ -320,7 +318,6 @@ fn testpmd_shared_memfd_indirect_merged() {
 }
 
 #[test]
-#[ignore = "needs dpdk-testpmd; run with --ignored"]
 fn testpmd_without_event_idx_or_protocol_features() {
     scenario(
         "no EVENT_IDX (ring flags), no PROTOCOL_FEATURES (no SET_VRING_ENABLE)",
@@ -338,7 +335,6 @@ fn testpmd_without_event_idx_or_protocol_features() {
 }
 
 #[test]
-#[ignore = "needs dpdk-testpmd; run with --ignored"]
 fn testpmd_legacy_header() {
     scenario(
         "legacy device: no VERSION_1, no MRG_RXBUF (10-byte header); b posts 2-descriptor RX chains",
@@ -358,7 +354,6 @@ fn testpmd_legacy_header() {
 }
 
 #[test]
-#[ignore = "needs dpdk-testpmd; run with --ignored"]
 fn testpmd_batch_rate() {
     scenario(
         "batch API rate (a -> b, 64 B, send_batch/recv_batch)",
@@ -397,7 +392,6 @@ fn testpmd_batch_rate() {
 }
 
 #[test]
-#[ignore = "needs dpdk-testpmd; run with --ignored"]
 fn testpmd_client_mode() {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(pmd) = Testpmd::start(true) else {
