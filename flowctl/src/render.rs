@@ -547,7 +547,6 @@ mod tests {
             mode: mode.into(),
             vlan,
             trunks: trunks.map(String::from),
-            mac_limit: None,
         }
     }
 

@@ -194,8 +194,8 @@ fn show_macs_names_ports_and_filters_by_vlan() {
     let now = table.now();
     let a: EthernetAddress = "52:54:00:00:00:01".parse().unwrap();
     let b: EthernetAddress = "52:54:00:00:00:02".parse().unwrap();
-    table.learn(10, a, 1, now);
-    table.learn(20, b, 2, now);
+    table.learn(10, a, 1, now, usize::MAX);
+    table.learn(20, b, 2, now, usize::MAX);
 
     let all = sw.ok(&["show", "macs"]);
     let line_a = all

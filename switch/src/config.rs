@@ -258,13 +258,38 @@ fn check_settings(s: &Settings) -> Result<(), String> {
     if s.mac_limit_per_port == 0 {
         return Err("field `mac_limit_per_port`: must be at least 1".into());
     }
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if let Some(cpu) = s.poll_cpus.iter().find(|c| **c >= cpus) {
+    // CPU ids, checked against the CPUs this process may run on (taskset, a container's
+    // cpuset, systemd's CPUAffinity=), not against a count of CPUs.
+    let allowed = crate::switch::allowed_cpus();
+    if let Some(cpu) = s.poll_cpus.iter().find(|c| !allowed.contains(c)) {
         return Err(format!(
-            "field `poll_cpus`: CPU {cpu} does not exist (this machine has {cpus})"
+            "field `poll_cpus`: CPU {cpu} is not one this process may run on ({})",
+            cpu_list(&allowed)
         ));
     }
     Ok(())
+}
+
+/// `0-3,6` for the CPUs [0, 1, 2, 3, 6].
+fn cpu_list(cpus: &[usize]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let start = cpus[i];
+        while i + 1 < cpus.len() && cpus[i + 1] == cpus[i] + 1 {
+            i += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if cpus[i] == start {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}-{}", cpus[i]));
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Parses the `--port` flag's key=value list.

@@ -38,6 +38,7 @@ pub struct Daemon {
 impl Daemon {
     pub fn start(config: Config) -> Result<Daemon, DaemonError> {
         config.check()?;
+        crate::switch::keep_off_poll_cpus(&config.settings.poll_cpus);
         let switch = Switch::new(config.settings.clone());
         for port in &config.ports {
             switch.check_port(port)?;

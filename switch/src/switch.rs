@@ -118,6 +118,46 @@ pub enum SwitchError {
     },
 }
 
+/// The CPUs the calling thread may run on, in ascending order (all of `0..n` if the kernel
+/// will not say).
+pub fn allowed_cpus() -> Vec<usize> {
+    match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        Ok(set) => (0..nix::sched::CpuSet::count())
+            .filter(|c| set.is_set(*c).unwrap_or(false))
+            .collect(),
+        Err(_) => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
+    }
+}
+
+/// Keeps every thread the calling thread starts from now on (control, metrics, port
+/// supervisors, kick threads, the VXLAN receiver) off the pollers' CPUs, where they would
+/// starve behind a busy-polling loop. Pollers pin themselves to their own CPU. If the pollers
+/// take every CPU the process has, nothing changes (and a warning says so).
+pub fn keep_off_poll_cpus(poll_cpus: &[usize]) {
+    if poll_cpus.is_empty() {
+        return;
+    }
+    let others: Vec<usize> = allowed_cpus()
+        .into_iter()
+        .filter(|c| !poll_cpus.contains(c))
+        .collect();
+    if others.is_empty() {
+        log::warn!(
+            "the pollers take every CPU this process may use ({poll_cpus:?}): control, \
+             metrics and port threads share them"
+        );
+        return;
+    }
+    let mut set = nix::sched::CpuSet::new();
+    for c in &others {
+        let _ = set.set(*c);
+    }
+    match nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
+        Ok(()) => log::info!("control, metrics and port threads run on CPUs {others:?}"),
+        Err(e) => log::warn!("cannot keep threads off the poll CPUs: {e}"),
+    }
+}
+
 /// Most ports a switch holds (port numbers 1..=MAX_PORTS).
 pub const MAX_PORTS: usize = 4096;
 

@@ -129,3 +129,37 @@ fn check_accepts_a_good_config() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 port(s)"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `poll_cpus` are CPU ids checked against the CPUs the process may run on (taskset, a
+/// container's cpuset), not against a count of CPUs.
+#[test]
+fn poll_cpus_are_checked_against_the_cpus_the_process_may_use() {
+    let Some(last) = patchbay_switch::switch::allowed_cpus().last().copied() else {
+        return;
+    };
+    if last == 0 {
+        eprintln!("SKIPPED poll_cpus_are_checked...: only CPU 0 here, nothing to restrict");
+        return;
+    }
+    let under_taskset = |poll: &str| {
+        Command::new("taskset")
+            .args(["-c", &last.to_string()])
+            .arg(env!("CARGO_BIN_EXE_patchbay-switch"))
+            .args(["--check", "--metrics-listen", "off", "--poll-cpus", poll])
+            .output()
+            .expect("taskset runs")
+    };
+    let ok = under_taskset(&last.to_string());
+    assert!(
+        ok.status.success(),
+        "polling the only CPU the process has is allowed: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let refused = under_taskset("0");
+    assert_eq!(refused.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("CPU 0 is not one this process may run on") && err.contains(&last.to_string()),
+        "{err}"
+    );
+}

@@ -37,7 +37,11 @@ fn control_plane_answers(d: &Daemon, dir: &TestDir) {
     let sw = d.switch.clone();
     let extra = access(&dir.path, "extra", 1);
     std::thread::spawn(move || {
-        let listed = sw.ports().iter().map(|p| p.info()).count();
+        let listed = sw
+            .ports()
+            .iter()
+            .filter(|p| !p.info().name.is_empty())
+            .count();
         let added = sw.add_port(extra).is_ok();
         let removed = sw.remove_port("extra").is_ok();
         let _ = tx.send((listed, added, removed));
@@ -149,7 +153,7 @@ impl FlatOut {
                     // memory, mapped until this thread is joined.
                     let word = unsafe { AtomicU64::from_ptr(*at as *mut u64) };
                     word.store(if flips % 2 == 1 { *alt } else { *orig }, Ordering::Relaxed);
-                    if flips % 64 != 0 {
+                    if !flips.is_multiple_of(64) {
                         continue;
                     }
                 }
@@ -257,7 +261,7 @@ fn port_state_and_counters_are_read_without_dataplane_locks() {
     let (tx, rx) = std::sync::mpsc::channel();
     let (sw, control) = (d.switch.clone(), d.control_counters.clone());
     std::thread::spawn(move || {
-        let up = sw.ports().iter().map(|p| p.info().rings_up).all(|up| up);
+        let up = sw.ports().iter().all(|p| p.info().rings_up);
         let metrics = patchbay_switch::metrics::render(&sw, &control).is_ok();
         let _ = tx.send((up, metrics));
     });
