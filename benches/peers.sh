@@ -680,7 +680,9 @@ main() {
         "burst $BURST, closed loop seeded with $TXFIRST bursts per port"
     say "  switch under test: CPU $SWITCH_CPU (all threads); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
     say "  $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-    say "  $(dpdk-testpmd --version 2>/dev/null | head -1)$("$OVS_VSWITCHD" --version 2>/dev/null | head -1 | sed 's/^/; /')"
+    say "  DPDK $(dpkg-query -W -f='${Version}' dpdk-dev 2>/dev/null)," \
+        "Open vSwitch $(dpkg-query -W -f='${Version}' openvswitch-switch-dpdk 2>/dev/null)," \
+        "kernel $(uname -r)"
     local t_start variant size mode round
     t_start=$(now)
     IFS=, read -r -a variants <<<"$VARIANTS"
