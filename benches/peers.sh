@@ -710,7 +710,7 @@ main() {
         "CPU $SWITCH_CPU; source%: the source testpmd on CPU $SOURCE_CPU; other%: everything else" \
         "on the machine in the same window (100 = one core). Mean over rounds."
     say "load after: $(cut -d' ' -f1-3 /proc/loadavg); total $(awk -v a="$t_start" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }') s"
-    [[ -n ${PATCHBAY_PEERS_OUT:-} ]] && cp "$RESULTS" "$PATCHBAY_PEERS_OUT"
+    if [[ -n ${PATCHBAY_PEERS_OUT:-} ]]; then cp "$RESULTS" "$PATCHBAY_PEERS_OUT"; fi
 }
 
 main "$@"
