@@ -1,23 +1,31 @@
-//! Port-to-port frames per second through Patchbay, ratio'd to DPDK testpmd io-forward
-//! measured in the same run.
+//! The switch's own costs, measured from inside the process: frames per second port to port
+//! with 0 to 100 000 flow rules installed, allocations per frame, memory.
+//!
+//! This is not the comparison with other switches: the traffic here comes from Patchbay's own
+//! test frontend (`patchbay_tests::frontend::TestPort`), which is slower than the switch, so
+//! the rates are bounded by the frontend and say little against DPDK testpmd or Open vSwitch.
+//! That comparison is `benches/peers.sh` (testpmd as source and sink, testpmd io-forward, OVS
+//! with DPDK and Patchbay side by side). What this benchmark still measures that one does not:
+//! that neither the traffic loop nor the switch allocates per frame, the flow-table cases
+//! (1 ... 100k rules against the plain learning switch), the no-buffer drops and floods the
+//! switch counted, and the process's resident memory.
 //!
 //! Two access ports in one VLAN on a switch running in this process, driven by the userspace
-//! vhost-user frontend (`patchbay_tests::frontend::TestPort`): one thread, pinned to CPU 0,
-//! keeps port a's TX ring full with `send_batch` and drains port b with `recv_batch` (case
-//! "a->b"), or does both in both directions ("bidir"). A warm-up makes the switch learn both
-//! MACs first, so the traffic is ordinary unicast. Only frames received at a sink count.
+//! vhost-user frontend: one thread, pinned to CPU 0, keeps port a's TX ring full with
+//! `send_batch` and drains port b with `recv_batch` (case "a->b"), or does both in both
+//! directions ("bidir"). A warm-up makes the switch learn both MACs first, so the traffic is
+//! ordinary unicast. Only frames received at a sink count.
 //!
-//! Cases: `testpmd-io` (DPDK testpmd io-forwarding between two vhost-user ports: no lookup,
-//! the floor for any vhost switch; forwarding lcore on CPU 1), `patchbay-event` (default:
-//! served on guest kicks), `patchbay-poll` (`poll_cpus = [1]`). For each frame size the cases
-//! run interleaved, baseline first, for several rounds, because this 2-core machine is
-//! noisy: compare ratios within a run, not absolute numbers across runs.
+//! Cases: `patchbay-event` (default: served on guest kicks), `patchbay-poll` (`poll_cpus =
+//! [1]`), `flows-1` ... `flows-100k` (event mode with that many rules). For each frame size
+//! the cases run interleaved, for several rounds, because this 2-core machine is noisy:
+//! compare ratios within a run (to `patchbay-event`), not absolute numbers across runs.
 //!
 //! Settings (environment): `PATCHBAY_BENCH_SECS` (measurement per case, default 1.5),
 //! `PATCHBAY_BENCH_ROUNDS` (default 2), `PATCHBAY_BENCH_SIZES` (comma-separated frame sizes
 //! in bytes without FCS, default "64,1500"), `PATCHBAY_BENCH_BIDIR` (0 to skip the
 //! bidirectional case), `PATCHBAY_BENCH_CASES` (comma-separated substrings of case names,
-//! e.g. "poll" or "testpmd,event"; default all).
+//! e.g. "poll" or "event,flows-10k"; default all).
 //!
 //! Run with `cargo bench -p patchbay-benches`.
 
@@ -30,7 +38,6 @@ use patchbay_benches::*;
 use patchbay_switch::daemon::Daemon;
 use patchbay_tests::frames::{frame, mac};
 use patchbay_tests::frontend::TestPort;
-use patchbay_tests::peers::Testpmd;
 use patchbay_tests::switch::{access, start_switch, TestDir};
 
 // ---------------------------------------------------------------------------------------------
@@ -82,8 +89,7 @@ static GLOBAL: Counting = Counting;
 // Cases and the far side of the ports
 // ---------------------------------------------------------------------------------------------
 
-/// CPU the traffic thread runs on; pollers (testpmd's forwarding lcore, Patchbay's poller)
-/// get the other one.
+/// CPU the traffic thread runs on; Patchbay's poller gets the other one.
 const TRAFFIC_CPU: usize = 0;
 const POLL_CPU: usize = 1;
 const VLAN: u16 = 10;
@@ -92,7 +98,6 @@ const WARM_UP: Duration = Duration::from_millis(250);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Case {
-    Testpmd,
     Event,
     Poll,
     /// Event mode with this many flow rules installed (ACL-like rules that the traffic
@@ -106,7 +111,6 @@ const FLOW_CASES: [u32; 4] = [1, 100, 10_000, 100_000];
 impl Case {
     fn name(self) -> &'static str {
         match self {
-            Case::Testpmd => "testpmd-io",
             Case::Event => "patchbay-event",
             Case::Poll => "patchbay-poll",
             Case::Flows(1) => "flows-1",
@@ -158,13 +162,13 @@ fn install_flows(daemon: &Daemon, n: u32) {
     }
 }
 
-/// What forwards between the two ports.
-enum Peer {
-    Testpmd(Testpmd),
-    Switch { daemon: Daemon, _dir: TestDir },
+/// The switch under test, running in this process.
+struct Peer {
+    daemon: Daemon,
+    _dir: TestDir,
 }
 
-/// Counters of the forwarder at one instant.
+/// Counters of the switch at one instant.
 #[derive(Clone, Copy, Default)]
 struct PeerSnap {
     cpu: f64,
@@ -174,92 +178,54 @@ struct PeerSnap {
 
 impl Peer {
     fn snap(&self) -> PeerSnap {
-        match self {
-            Peer::Testpmd(p) => PeerSnap {
-                cpu: process_cpu(p.pid()),
-                ..PeerSnap::default()
-            },
-            Peer::Switch { daemon, .. } => {
-                let sw = &daemon.switch;
-                PeerSnap {
-                    cpu: threads_cpu(SWITCH_THREADS),
-                    no_buffer: no_buffer_drops(sw),
-                    floods: sw.counters.floods.load(Ordering::Relaxed),
-                }
-            }
+        let sw = &self.daemon.switch;
+        PeerSnap {
+            cpu: threads_cpu(SWITCH_THREADS),
+            no_buffer: no_buffer_drops(sw),
+            floods: sw.counters.floods.load(Ordering::Relaxed),
         }
     }
 
-    /// Resident memory of the forwarder in KiB. For the in-process switch this is the whole
-    /// bench process, harness and guest memory included.
+    /// Resident memory in KiB: the whole bench process, harness and guest memory included.
     fn rss_kib(&self) -> Option<u64> {
-        match self {
-            Peer::Testpmd(p) => status_kib(&p.pid().to_string(), "VmRSS"),
-            Peer::Switch { .. } => status_kib("self", "VmRSS"),
-        }
+        status_kib("self", "VmRSS")
     }
 }
 
-/// A forwarder with a frontend connected to each of its two ports.
+/// A switch with a frontend connected to each of its two ports.
 struct Session {
     peer: Peer,
     a: TestPort,
     b: TestPort,
 }
 
-fn open(case: Case) -> Option<Session> {
-    let (peer, sock_a, sock_b) = match case {
-        Case::Testpmd => {
-            let mut pmd = Testpmd::start(false)?;
-            pmd.set_print_stats(false);
-            let (sa, sb) = (pmd.sock("a.sock"), pmd.sock("b.sock"));
-            (Peer::Testpmd(pmd), sa, sb)
+fn open(case: Case) -> Session {
+    let dir = TestDir::new("bench");
+    let ports = vec![access(&dir.path, "a", VLAN), access(&dir.path, "b", VLAN)];
+    let daemon = start_switch(&dir.path, ports, |c| {
+        if case == Case::Poll {
+            c.settings.poll_cpus = vec![POLL_CPU];
         }
-        Case::Event | Case::Poll | Case::Flows(_) => {
-            let dir = TestDir::new("bench");
-            let ports = vec![access(&dir.path, "a", VLAN), access(&dir.path, "b", VLAN)];
-            let daemon = start_switch(&dir.path, ports, |c| {
-                if case == Case::Poll {
-                    c.settings.poll_cpus = vec![POLL_CPU];
-                }
-            });
-            if let Case::Flows(n) = case {
-                install_flows(&daemon, n);
-            }
-            let (sa, sb) = (dir.join("a.sock"), dir.join("b.sock"));
-            (Peer::Switch { daemon, _dir: dir }, sa, sb)
-        }
-    };
-    let a = connect_frontend(sock_a);
-    let b = connect_frontend(sock_b);
-    Some(Session { peer, a, b })
-}
-
-impl Session {
-    /// Disconnects and stops the forwarder; for testpmd returns its (TX-packets, TX-dropped)
-    /// totals over the session, TX-dropped being frames with no room in the sink's RX ring.
-    fn close(self) -> Option<(u64, u64)> {
-        self.a.disconnect();
-        self.b.disconnect();
-        match self.peer {
-            Peer::Testpmd(p) => testpmd_tx_totals(&p.stop()),
-            Peer::Switch { daemon, _dir } => {
-                daemon.shutdown();
-                None
-            }
-        }
+    });
+    if let Case::Flows(n) = case {
+        install_flows(&daemon, n);
+    }
+    let a = connect_frontend(dir.join("a.sock"));
+    let b = connect_frontend(dir.join("b.sock"));
+    Session {
+        peer: Peer { daemon, _dir: dir },
+        a,
+        b,
     }
 }
 
-/// TX-packets and TX-dropped of testpmd's "Accumulated forward statistics for all ports".
-fn testpmd_tx_totals(log: &str) -> Option<(u64, u64)> {
-    let acc = &log[log.rfind("Accumulated forward statistics")?..];
-    let line = acc.lines().find(|l| l.contains("TX-dropped:"))?;
-    let field = |name: &str| -> Option<u64> {
-        let rest = &line[line.find(name)? + name.len()..];
-        rest.split_whitespace().next()?.parse().ok()
-    };
-    Some((field("TX-packets:")?, field("TX-dropped:")?))
+impl Session {
+    /// Disconnects the frontends and stops the switch.
+    fn close(self) {
+        self.a.disconnect();
+        self.b.disconnect();
+        self.peer.daemon.shutdown();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -398,10 +364,9 @@ fn print_table(rows: &[Row], rounds: usize) {
     for r in rows {
         let base = rows
             .iter()
-            .find(|b| b.case == Case::Testpmd && b.bidir == r.bidir && b.size == r.size)
+            .find(|b| b.case == Case::Event && b.bidir == r.bidir && b.size == r.size)
             .map(Row::best);
         let best = r.best();
-        let is_switch = r.case != Case::Testpmd;
         println!(
             "{:<15} {:<6} {:>5}  {:<width$} {:>6.2} {:>8.0} {:>6} {:>7.0}% {:>6.0}% {:>8.0}% {:>9} {:>6}",
             r.case.name(),
@@ -414,8 +379,8 @@ fn print_table(rows: &[Row], rounds: usize) {
             100.0 * r.mean(|s| s.peer_cpu),
             100.0 * r.mean(|s| s.gen_cpu),
             100.0 * r.mean(|s| s.gen_idle),
-            if is_switch { r.sum(|s| s.no_buffer).to_string() } else { "-".into() },
-            if is_switch { r.sum(|s| s.floods).to_string() } else { "-".into() },
+            r.sum(|s| s.no_buffer),
+            r.sum(|s| s.floods),
             width = 6 * rounds
         );
     }
@@ -437,20 +402,11 @@ fn main() {
          {POLL_CPU}"
     );
     let wanted = |c: Case| case_wanted(c.name());
-    let mut cases: Vec<Case> = [Case::Event, Case::Poll]
+    let cases: Vec<Case> = [Case::Event, Case::Poll]
         .into_iter()
         .chain(FLOW_CASES.map(Case::Flows))
         .filter(|&c| wanted(c))
         .collect();
-    match Testpmd::find() {
-        Some(p) => {
-            println!("baseline: {} (io-forward)", p.display());
-            if wanted(Case::Testpmd) {
-                cases.insert(0, Case::Testpmd);
-            }
-        }
-        None => println!("baseline: dpdk-testpmd not installed"),
-    }
     let rss_harness = status_kib("self", "VmRSS");
 
     let dirs: &[bool] = if bidir { &[false, true] } else { &[false] };
@@ -471,14 +427,13 @@ fn main() {
     let (mut traffic_allocs, mut traffic_frames) = (0u64, 0u64);
     let mut switch_allocs: Vec<(Case, u64, u64)> = Vec::new();
     let mut bad = 0;
-    let mut testpmd_tx: Vec<(u64, u64)> = Vec::new();
 
     for &size in &sizes {
         let fa = frame(mac(2), mac(1), 0, size);
         let fb = frame(mac(1), mac(2), 0, size);
         for round in 1..=rounds {
             for &case in &cases {
-                let Some(mut s) = open(case) else { continue };
+                let mut s = open(case);
                 wait_ready(&mut s.a, &mut s.b, &fa, &fb);
                 for &d in dirs {
                     let sample = measure(&mut s, &fa, &fb, d, dur);
@@ -491,9 +446,7 @@ fn main() {
                     traffic_allocs += sample.traffic_allocs;
                     traffic_frames += sample.frames;
                     bad += sample.bad;
-                    if case != Case::Testpmd {
-                        switch_allocs.push((case, sample.other_allocs, sample.frames));
-                    }
+                    switch_allocs.push((case, sample.other_allocs, sample.frames));
                     let row = rows
                         .iter_mut()
                         .find(|r| r.case == case && r.bidir == d && r.size == size)
@@ -503,9 +456,7 @@ fn main() {
                 if let Some(k) = s.peer.rss_kib() {
                     rss.push((case, k));
                 }
-                if let Some(t) = s.close() {
-                    testpmd_tx.push(t);
-                }
+                s.close();
             }
         }
     }
@@ -513,11 +464,12 @@ fn main() {
     print_table(&rows, rounds);
     println!(
         "Mpps = frames received at the sink(s) per second (bidir: both directions together); \
-         ratio = best / testpmd-io best, same size and direction."
+         ratio = best / patchbay-event best, same size and direction (the cost of poll mode \
+         and of flow rules; the rates are bounded by the test frontend: see benches/peers.sh \
+         for the comparison with testpmd and OVS)."
     );
     println!(
-        "fwd-cpu = CPU the forwarder used (testpmd process, or the switch's poll-/kick-/port- \
-         threads), in % of one core; gen-cpu = the traffic thread's share of CPU {TRAFFIC_CPU}; \
+        "fwd-cpu = CPU the switch's poll-/kick-/port- threads used, in % of one core; gen-cpu = the traffic thread's share of CPU {TRAFFIC_CPU}; \
          gen-idle = share of the time it had nothing to send or receive (high: the forwarder \
          is the bottleneck; near 0: the traffic thread is); no-buffer = frames the switch \
          dropped because the sink's RX ring was empty (the sink did not keep up)."
@@ -528,11 +480,10 @@ fn main() {
     println!(
         "RSS: bench process before any switch {}; with the event-mode switch {}, poll-mode {} \
          (in-process: includes the harness and both frontends' 16 MiB guest memory, mapped by \
-         frontend and switch); testpmd process {} (--no-huge -m 512)",
+         frontend and switch)",
         mib(rss_harness),
         mib(max_rss(Case::Event)),
         mib(max_rss(Case::Poll)),
-        mib(max_rss(Case::Testpmd)),
     );
     for c in [Case::Event, Case::Poll] {
         let (n, f) = switch_allocs
@@ -543,22 +494,6 @@ fn main() {
             "allocations while measuring, {}: switch and other threads {n} ({:.4} per frame)",
             c.name(),
             n as f64 / f.max(1) as f64
-        );
-    }
-    if !testpmd_tx.is_empty() {
-        let per: Vec<String> = testpmd_tx
-            .iter()
-            .map(|(tx, dropped)| {
-                format!(
-                    "{dropped} ({:.2}%)",
-                    100.0 * *dropped as f64 / (tx + dropped).max(1) as f64
-                )
-            })
-            .collect();
-        println!(
-            "testpmd TX-dropped per session (no room in the sink's RX ring; whole session incl. \
-             warm-up and both directions): {}",
-            per.join(", ")
         );
     }
     println!(

@@ -1,0 +1,716 @@
+#!/usr/bin/env bash
+# Patchbay beside its peers, one run, same traffic source.
+#
+# DPDK testpmd is the traffic source and sink: ONE process with one virtio_user port per switch
+# port (a vhost-user frontend in a plain process), all ports served by one forwarding lcore on
+# SOURCE_CPU. The switch under test gets SWITCH_CPU (all its threads). Cases:
+#   testpmd-io      a second testpmd as the vhost-user backend, io forwarding between its
+#                   net_vhost ports (paired: 0<->1, 2<->3, ...). No lookup at all: the floor of
+#                   any vhost-user switch.
+#   ovs-dpdk        Open vSwitch with DPDK (Debian openvswitch-switch-dpdk), datapath_type=netdev,
+#                   dpdkvhostuser ports, actions=NORMAL, one PMD thread on SWITCH_CPU.
+#   patchbay-poll   patchbay-switch --poll-cpus SWITCH_CPU
+#   patchbay-event  patchbay-switch in its default mode (served on guest kicks)
+# Modes:
+#   mac       closed loop: testpmd mac-forwards every frame it receives back out of the paired
+#             port, from that port's MAC to its pair's MAC (ordinary unicast a learning switch
+#             learns); traffic is seeded with `start tx_first TXFIRST` bursts per port.
+#   flowgen   open loop: every port sends as fast as it can and discards what it receives.
+#             testpmd 22.11's flowgen uses fixed MACs (00:01:02:03:04:00 -> :01) on every port,
+#             so a learning switch sees the source MAC move between ports and floods (to 1 port
+#             with 2 ports, to 7 with 8).
+# Variants:
+#   plain      2 access ports in VLAN 10
+#   vlan       port 0 access VLAN 10, port 1 a trunk whose native VLAN 10 is tagged on egress
+#              (native-tagged, trunks=10). In mac mode testpmd bounces every frame back out of
+#              the port it came in on (--port-topology=loop), tag included: each frame goes
+#              0 -> switch (push) -> 1 -> back into the switch tagged (pop) -> 0 -> ..., so
+#              every frame is pushed and popped once per round trip. (testpmd 22.11 cannot
+#              insert tags itself through virtio_user: the virtio PMD does it only in
+#              tx_prepare, which mac, txonly and flowgen never call.) In flowgen mode frames
+#              from port 1 are untagged (native VLAN): push only.
+#   flows-10k  plain, plus 10 000 flow rules in table 0 that the traffic misses (ACL-like drops
+#              over a few masks) and a final priority=0 normal (OVS: the same file through
+#              ovs-ofctl add-flows; testpmd-io has no tables and runs as in plain)
+#   8-port     8 access ports in VLAN 10, traffic on all (pairs 0-1, 2-3, 4-5, 6-7)
+#
+# For every (variant, size, mode) the cases run interleaved, A B C D A B C D, for ROUNDS rounds,
+# because this kind of machine is shared and noisy: compare ratios within one run.
+#
+# Throughput is what the source received (sum over its ports, both directions together),
+# measured by testpmd between two `show port stats all` (its own clock). CPU shares are read
+# from /proc/PID/stat over the same window: what each process actually got, in % of one core;
+# "other" is CPU used by everything else on the machine in that window (all CPUs).
+#
+# Settings (environment):
+#   PATCHBAY_PEERS_SECS=5        measurement per case (seconds)
+#   PATCHBAY_PEERS_WARMUP=2      traffic before the measurement (seconds)
+#   PATCHBAY_PEERS_ROUNDS=2
+#   PATCHBAY_PEERS_CASES=testpmd-io,ovs-dpdk,patchbay-poll,patchbay-event
+#   PATCHBAY_PEERS_VARIANTS=plain,vlan,flows-10k,8-port
+#   PATCHBAY_PEERS_SIZES=64,1500 frame bytes without FCS
+#   PATCHBAY_PEERS_MODES=mac,flowgen
+#   PATCHBAY_PEERS_BURST=64      testpmd burst (RX and TX)
+#   PATCHBAY_PEERS_TXFIRST=4     bursts per port that seed the closed loop
+#   PATCHBAY_PEERS_SOURCE_CPU=0  PATCHBAY_PEERS_SWITCH_CPU=1
+#   PATCHBAY_PEERS_TESTPMD_MEM="--no-huge -m 512"   EAL memory options of both testpmds
+#                                (e.g. "--in-memory --single-file-segments -m 256" on hugepages)
+#   PATCHBAY_PEERS_OVS_SOCKET_MEM=1024   MiB of 2 MiB hugepages for OVS (reserved through
+#                                /proc/sys/vm/nr_hugepages for the run and given back at exit)
+#   PATCHBAY_PEERS_SWITCH_BIN, PATCHBAY_PEERS_FLOWCTL_BIN   prebuilt binaries (default: build
+#                                with ${CARGO:-cargo} build --release)
+#   PATCHBAY_PEERS_NO_INSTALL=1  do not apt-get install missing packages
+#   PATCHBAY_PEERS_OUT=FILE      also write the per-round results (TSV) there
+#   PATCHBAY_PEERS_KEEP=1        keep the run directory (logs) after exit
+#
+# Run on demand (root: it installs packages, reserves hugepages for OVS, pins CPUs):
+#   benches/peers.sh
+# Never run in CI.
+
+set -u -o pipefail
+
+SECS=${PATCHBAY_PEERS_SECS:-5}
+WARMUP=${PATCHBAY_PEERS_WARMUP:-2}
+ROUNDS=${PATCHBAY_PEERS_ROUNDS:-2}
+CASES=${PATCHBAY_PEERS_CASES:-testpmd-io,ovs-dpdk,patchbay-poll,patchbay-event}
+VARIANTS=${PATCHBAY_PEERS_VARIANTS:-plain,vlan,flows-10k,8-port}
+SIZES=${PATCHBAY_PEERS_SIZES:-64,1500}
+MODES=${PATCHBAY_PEERS_MODES:-mac,flowgen}
+BURST=${PATCHBAY_PEERS_BURST:-64}
+TXFIRST=${PATCHBAY_PEERS_TXFIRST:-4}
+SOURCE_CPU=${PATCHBAY_PEERS_SOURCE_CPU:-0}
+SWITCH_CPU=${PATCHBAY_PEERS_SWITCH_CPU:-1}
+TESTPMD_MEM=${PATCHBAY_PEERS_TESTPMD_MEM:---no-huge -m 512}
+OVS_SOCKET_MEM=${PATCHBAY_PEERS_OVS_SOCKET_MEM:-1024}
+VLAN=10
+MBUFS=32768
+PACKAGES=(dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-mempool-ring23
+    openvswitch-switch-dpdk)
+OVS_VSWITCHD=/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk
+OVS_SCHEMA=/usr/share/openvswitch/vswitch.ovsschema
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+RUN=$(mktemp -d /tmp/pbpeers.XXXXXX)
+RESULTS=$RUN/results.tsv
+CLK_TCK=$(getconf CLK_TCK)
+
+say() { printf '%s\n' "$*"; }
+die() {
+    printf 'peers.sh: %s\n' "$*" >&2
+    exit 1
+}
+has() { [[ ",$1," == *",$2,"* ]]; }
+now() { date +%s.%N; }
+
+# ------------------------------------------------------------------------------------------
+# Processes and clean-up: everything started is registered and stopped on exit, even on Ctrl-C.
+# ------------------------------------------------------------------------------------------
+
+PIDS=()
+HUGEPAGES_ORIG=""
+SRC_FD_OPEN=0
+
+register() { PIDS+=("$1"); }
+unregister() {
+    local keep=() p
+    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+
+# Stops one process we started: SIGNAL (default TERM), then KILL after 5 s.
+stop_pid() {
+    local pid=$1 sig=${2:-TERM} i
+    kill -0 "$pid" 2>/dev/null || {
+        wait "$pid" 2>/dev/null
+        unregister "$pid"
+        return 0
+    }
+    kill "-$sig" "$pid" 2>/dev/null
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -KILL "$pid" 2>/dev/null
+    fi
+    wait "$pid" 2>/dev/null
+    unregister "$pid"
+}
+
+cleanup() {
+    local p
+    trap - EXIT INT TERM
+    if ((SRC_FD_OPEN)); then exec 7>&-; fi
+    for p in "${PIDS[@]}"; do stop_pid "$p"; done
+    if [[ -n $HUGEPAGES_ORIG ]]; then
+        echo "$HUGEPAGES_ORIG" >/proc/sys/vm/nr_hugepages 2>/dev/null &&
+            say "hugepages: nr_hugepages back to $HUGEPAGES_ORIG"
+    fi
+    if [[ ${PATCHBAY_PEERS_KEEP:-0} == 1 ]]; then
+        say "logs kept in $RUN"
+    else
+        rm -rf "$RUN"
+    fi
+}
+trap cleanup EXIT
+trap 'say "interrupted"; exit 130' INT TERM
+
+# Waits (bounded) for every path in "$@" to be a socket.
+wait_sockets() {
+    local i s ok
+    for ((i = 0; i < 200; i++)); do
+        ok=1
+        for s in "$@"; do [[ -S $s ]] || ok=0; done
+        ((ok)) && return 0
+        sleep 0.05
+    done
+    return 1
+}
+
+# user+system CPU ticks of a process (all its threads); 0 if gone.
+ticks() {
+    local s
+    s=$(cat "/proc/$1/stat" 2>/dev/null) || {
+        echo 0
+        return
+    }
+    s=${s##*) }
+    # shellcheck disable=SC2086
+    set -- $s
+    echo $((${12} + ${13}))
+}
+
+# Busy ticks of the whole machine (all CPUs) from /proc/stat.
+machine_busy() {
+    awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
+}
+
+# ------------------------------------------------------------------------------------------
+# Set-up: packages, binaries, hugepages for OVS
+# ------------------------------------------------------------------------------------------
+
+install_packages() {
+    local missing=() p
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
+            missing+=("$p")
+    done
+    ((${#missing[@]} == 0)) && return 0
+    [[ ${PATCHBAY_PEERS_NO_INSTALL:-0} == 1 ]] && die "missing packages: ${missing[*]}"
+    [[ $(id -u) == 0 ]] || die "missing packages (run as root to install): ${missing[*]}"
+    say "installing ${missing[*]}"
+    apt-get update -q >"$RUN/apt.log" 2>&1 || die "apt-get update failed (see $RUN/apt.log)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" \
+        >>"$RUN/apt.log" 2>&1 || die "apt-get install failed (see $RUN/apt.log)"
+}
+
+build_binaries() {
+    mkdir -p "$RUN/bin"
+    if [[ -n ${PATCHBAY_PEERS_SWITCH_BIN:-} ]]; then
+        cp "$PATCHBAY_PEERS_SWITCH_BIN" "$RUN/bin/patchbay-switch" || die "no switch binary"
+        cp "${PATCHBAY_PEERS_FLOWCTL_BIN:-$(dirname "$PATCHBAY_PEERS_SWITCH_BIN")/flowctl}" \
+            "$RUN/bin/flowctl" || die "no flowctl binary"
+        return
+    fi
+    say "building patchbay-switch and flowctl (release)"
+    local out
+    out=$(cd "$REPO" && ${CARGO:-cargo} build --release -p patchbay-switch -p flowctl \
+        --message-format=json-render-diagnostics) || die "build failed"
+    # Copies: other builds may replace the target directory's binaries while this runs.
+    local exe
+    for exe in patchbay-switch flowctl; do
+        local path
+        path=$(grep -o "\"executable\":\"[^\"]*/$exe\"" <<<"$out" | tail -1 | cut -d'"' -f4)
+        [[ -x $path ]] || die "cannot find the built $exe"
+        cp "$path" "$RUN/bin/$exe"
+    done
+}
+
+# Reserves 2 MiB hugepages for OVS's socket-mem; sets OVS_SKIP to a reason if it cannot.
+OVS_SKIP=""
+reserve_hugepages() {
+    local need=$((OVS_SOCKET_MEM / 2 + 32)) free size
+    size=$(awk '/^Hugepagesize:/ { print $2 }' /proc/meminfo)
+    if [[ $size != 2048 ]]; then
+        OVS_SKIP="default hugepage size is ${size} kB, not 2048"
+        return
+    fi
+    free=$(awk '/^HugePages_Free:/ { print $2 }' /proc/meminfo)
+    if ((free >= need)); then
+        say "hugepages: $free free 2 MiB pages already reserved by someone else; OVS uses them"
+        return
+    fi
+    local orig
+    orig=$(cat /proc/sys/vm/nr_hugepages)
+    if ! echo $((orig + need - free)) >/proc/sys/vm/nr_hugepages 2>/dev/null; then
+        OVS_SKIP="cannot write /proc/sys/vm/nr_hugepages (need $need free 2 MiB pages)"
+        return
+    fi
+    HUGEPAGES_ORIG=$orig
+    free=$(awk '/^HugePages_Free:/ { print $2 }' /proc/meminfo)
+    if ((free < need)); then
+        OVS_SKIP="only $free of $need 2 MiB hugepages could be reserved"
+        return
+    fi
+    say "hugepages: nr_hugepages $orig -> $(cat /proc/sys/vm/nr_hugepages) (2 MiB pages) for OVS's \
+dpdk-socket-mem=$OVS_SOCKET_MEM; given back at exit"
+}
+
+# ------------------------------------------------------------------------------------------
+# Variants
+# ------------------------------------------------------------------------------------------
+
+ports_of() { [[ $1 == 8-port ]] && echo 8 || echo 2; }
+src_mac() { printf '02:00:00:00:00:%02x' "$1"; }
+
+# 9 999 ACL-like drop rules over a few masks that the benchmark's traffic (UDP between 198.18.x.x
+# addresses, MACs 02:00:00:00:00:0x or 00:01:02:03:04:0x) never matches, then priority=0 normal.
+write_flows() {
+    awk -v n=10000 'BEGIN {
+        for (i = 1; i < n; i++) {
+            a = int(i / 65536) % 256; b = int(i / 256) % 256; c = i % 256; p = 100 + i % 50
+            if (i % 4 == 0) printf "priority=%d,tcp,nw_src=10.%d.%d.%d,tp_dst=%d actions=drop\n", p, a, b, c, 1 + i % 1000
+            else if (i % 4 == 1) printf "priority=%d,udp,nw_dst=10.%d.%d.0/24 actions=drop\n", p, a, b
+            else if (i % 4 == 2) printf "priority=%d,ip,nw_src=172.%d.%d.0/24,nw_dst=10.%d.%d.0/24 actions=drop\n", p, a, b, b, c
+            else printf "priority=%d,in_port=p0,dl_src=02:00:%02x:%02x:%02x:01 actions=drop\n", p, a, b, c
+        }
+        print "priority=0 actions=NORMAL"
+    }' >"$RUN/flows-10k.txt"
+    split -l 500 -d -a 3 "$RUN/flows-10k.txt" "$RUN/flows-10k.part"
+}
+
+# ------------------------------------------------------------------------------------------
+# Switches under test. Each sets SUT_PID (the process whose CPU is reported) and SOCKS (the
+# vhost-user sockets, in port order), or returns non-zero with FAIL set.
+# ------------------------------------------------------------------------------------------
+
+SUT_PID=""
+SOCKS=()
+FAIL=""
+
+start_testpmd_io() {
+    local dir=$1 n=$2 i vdevs=()
+    SOCKS=()
+    for ((i = 0; i < n; i++)); do
+        SOCKS+=("$dir/p$i.sock")
+        vdevs+=(--vdev "net_vhost$i,iface=$dir/p$i.sock,queues=1")
+    done
+    # stats-period keeps it running without stdin; it prints nothing in practice.
+    # shellcheck disable=SC2086
+    taskset -c "$SWITCH_CPU" dpdk-testpmd --lcores "0@$SWITCH_CPU,1@$SWITCH_CPU" $TESTPMD_MEM \
+        --no-pci --file-prefix="pbpeers-fwd-$$" "${vdevs[@]}" -- --forward-mode=io \
+        --nb-cores=1 --total-num-mbufs="$MBUFS" --burst="$BURST" --stats-period 3600 \
+        </dev/null >"$dir/sut.log" 2>&1 &
+    SUT_PID=$!
+    register "$SUT_PID"
+    wait_sockets "${SOCKS[@]}" || {
+        FAIL="testpmd backend did not create its sockets (see sut.log)"
+        return 1
+    }
+}
+
+start_patchbay() {
+    local dir=$1 n=$2 variant=$3 poll=$4 i spec args=()
+    SOCKS=()
+    for ((i = 0; i < n; i++)); do
+        SOCKS+=("$dir/p$i.sock")
+        spec="name=p$i,socket=$dir/p$i.sock,vlan=$VLAN"
+        [[ $variant == vlan && $i == 1 ]] &&
+            spec="name=p$i,socket=$dir/p$i.sock,vlan-mode=native-tagged,vlan=$VLAN,trunks=$VLAN"
+        args+=(--port "$spec")
+    done
+    ((poll)) && args+=(--poll-cpus "$SWITCH_CPU")
+    "$RUN/bin/patchbay-switch" "${args[@]}" --metrics-listen off \
+        --control-socket "$dir/ctl.sock" --log-level info >"$dir/sut.log" 2>&1 &
+    SUT_PID=$!
+    register "$SUT_PID"
+    wait_sockets "${SOCKS[@]}" "$dir/ctl.sock" || {
+        FAIL="patchbay-switch did not create its sockets (see sut.log)"
+        return 1
+    }
+    # Not started under taskset: --poll-cpus checks CPUs against its own affinity.
+    taskset -a -p -c "$SWITCH_CPU" "$SUT_PID" >/dev/null || {
+        FAIL="cannot pin patchbay-switch"
+        return 1
+    }
+    if [[ $variant == flows-10k ]]; then
+        # In chunks: a control request is limited to 64 KiB.
+        local chunk
+        for chunk in "$RUN"/flows-10k.part*; do
+            "$RUN/bin/flowctl" --socket "$dir/ctl.sock" --timeout 60 add-flows "$chunk" \
+                >>"$dir/flowctl.log" 2>&1 || {
+                FAIL="flowctl add-flows failed: $(tail -1 "$dir/flowctl.log")"
+                return 1
+            }
+        done
+    fi
+}
+
+OVS_DIR=""
+OVSDB_PID=""
+ovs_vsctl() { ovs-vsctl --db="unix:$OVS_DIR/db.sock" --timeout=20 "$@"; }
+
+# ovsdb-server runs for the whole run (idle); ovs-vswitchd-dpdk only while its case runs, as
+# its PMD thread busy-polls a core even without traffic.
+start_ovsdb() {
+    OVS_DIR=$RUN/ovs
+    mkdir -p "$OVS_DIR"
+    export OVS_RUNDIR=$OVS_DIR OVS_LOGDIR=$OVS_DIR OVS_DBDIR=$OVS_DIR OVS_SYSCONFDIR=$OVS_DIR
+    ovsdb-tool create "$OVS_DIR/conf.db" "$OVS_SCHEMA" >/dev/null || {
+        OVS_SKIP="ovsdb-tool create failed"
+        return
+    }
+    ovsdb-server "$OVS_DIR/conf.db" --remote="punix:$OVS_DIR/db.sock" \
+        --pidfile="$OVS_DIR/ovsdb.pid" --unixctl="$OVS_DIR/ovsdb.ctl" \
+        --log-file="$OVS_DIR/ovsdb.log" -vconsole:off >/dev/null 2>&1 &
+    OVSDB_PID=$!
+    register "$OVSDB_PID"
+    wait_sockets "$OVS_DIR/db.sock" || {
+        OVS_SKIP="ovsdb-server did not start"
+        return
+    }
+    ovs_vsctl --no-wait init &&
+        ovs_vsctl --no-wait set Open_vSwitch . other_config:dpdk-init=true \
+            other_config:pmd-cpu-mask="$(printf '0x%x' $((1 << SWITCH_CPU)))" \
+            other_config:dpdk-socket-mem="$OVS_SOCKET_MEM" \
+            other_config:dpdk-extra="--no-pci --in-memory --file-prefix=pbpeers-ovs-$$" || {
+        OVS_SKIP="ovs-vsctl configuration failed"
+        return
+    }
+}
+
+start_ovs() {
+    local dir=$1 n=$2 variant=$3 i cmd=()
+    SOCKS=()
+    cmd=(-- --if-exists del-br br0 -- add-br br0 -- set bridge br0 datapath_type=netdev)
+    for ((i = 0; i < n; i++)); do
+        SOCKS+=("$OVS_DIR/p$i")
+        rm -f "$OVS_DIR/p$i"
+        cmd+=(-- add-port br0 "p$i" -- set Interface "p$i" type=dpdkvhostuser
+            "ofport_request=$((i + 1))")
+        if [[ $variant == vlan && $i == 1 ]]; then
+            cmd+=(-- set Port "p$i" vlan_mode=native-tagged "tag=$VLAN" "trunks=$VLAN")
+        else
+            cmd+=(-- set Port "p$i" "tag=$VLAN")
+        fi
+    done
+    ovs_vsctl --no-wait "${cmd[@]}" >"$dir/vsctl.log" 2>&1 || {
+        FAIL="ovs-vsctl bridge set-up failed: $(tail -1 "$dir/vsctl.log")"
+        return 1
+    }
+    : >"$OVS_DIR/vswitchd.log"
+    taskset -c "$SWITCH_CPU" "$OVS_VSWITCHD" "unix:$OVS_DIR/db.sock" \
+        --pidfile="$OVS_DIR/vswitchd.pid" --unixctl="$OVS_DIR/vswitchd.ctl" \
+        --log-file="$OVS_DIR/vswitchd.log" -vconsole:off >"$dir/sut.log" 2>&1 &
+    SUT_PID=$!
+    register "$SUT_PID"
+    local i2
+    for ((i2 = 0; i2 < 600; i2++)); do
+        wait_sockets "${SOCKS[@]}" "$OVS_DIR/br0.mgmt" 2>/dev/null && break
+        kill -0 "$SUT_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    if ! wait_sockets "${SOCKS[@]}"; then
+        FAIL="ovs-vswitchd-dpdk did not create its vhost-user sockets: \
+$(grep -E 'ERR|EMER' "$OVS_DIR/vswitchd.log" | tail -1)"
+        cp "$OVS_DIR/vswitchd.log" "$dir/" 2>/dev/null
+        return 1
+    fi
+    if [[ $variant == flows-10k ]]; then
+        { ovs-ofctl del-flows br0 && ovs-ofctl add-flows br0 "$RUN/flows-10k.txt"; } \
+            >"$dir/ofctl.log" 2>&1 || {
+            FAIL="ovs-ofctl add-flows failed: $(tail -1 "$dir/ofctl.log")"
+            return 1
+        }
+    fi
+}
+
+# ------------------------------------------------------------------------------------------
+# The traffic source: testpmd driven through a FIFO on its interactive prompt.
+# ------------------------------------------------------------------------------------------
+
+SRC_PID=""
+SRC_LOG=""
+NPORTS=2
+
+start_source() {
+    local dir=$1 n=$2 mode=$3 size=$4 variant=$5 i vdevs=() peers=() len=$size
+    NPORTS=$n
+    SRC_LOG=$dir/source.log
+    for ((i = 0; i < n; i++)); do
+        vdevs+=(--vdev "virtio_user$i,path=${SOCKS[$i]},queues=1,mac=$(src_mac "$i")")
+        peers+=("--eth-peer=$i,$(src_mac $((i ^ 1)))")
+    done
+    # flowgen subtracts 4 bytes (FCS) from --txpkts; txonly (tx_first) does not.
+    [[ $mode == flowgen ]] && len=$((size + 4))
+    local extra=()
+    [[ $variant == vlan && $mode == mac ]] && extra+=(--port-topology=loop)
+    mkfifo "$dir/cmd"
+    # shellcheck disable=SC2086
+    # stdbuf: line-buffered output, so each `show` can be read as soon as its prompt returns.
+    taskset -c "$SOURCE_CPU" stdbuf -oL dpdk-testpmd --lcores "0@$SOURCE_CPU,1@$SOURCE_CPU" $TESTPMD_MEM \
+        --no-pci --file-prefix="pbpeers-src-$$" "${vdevs[@]}" -- -i --disable-device-start \
+        --forward-mode="$mode" --nb-cores=1 --burst="$BURST" --txpkts="$len" \
+        --total-num-mbufs="$MBUFS" "${peers[@]}" "${extra[@]}" \
+        <"$dir/cmd" >"$SRC_LOG" 2>&1 &
+    SRC_PID=$!
+    register "$SRC_PID"
+    exec 7>"$dir/cmd"
+    SRC_FD_OPEN=1
+    src_run "" || {
+        FAIL="source testpmd did not start: $(grep -E 'Cause|Error|error' "$SRC_LOG" | tail -1)"
+        return 1
+    }
+    src_run "port start all" || {
+        FAIL="source testpmd: port start failed"
+        return 1
+    }
+}
+
+src_cmd() { echo "$1" >&7; }
+
+prompts() { grep -o 'testpmd> ' "$SRC_LOG" | wc -l; }
+
+# Sends a command (none: just waits for the first prompt) and waits (bounded, 30 s) for the
+# prompt that follows it.
+src_run() {
+    local want i
+    want=1
+    if [[ -n $1 ]]; then
+        want=$(($(prompts) + 1))
+        src_cmd "$1"
+    fi
+    for ((i = 0; i < 300; i++)); do
+        (($(prompts) >= want)) && return 0
+        kill -0 "$SRC_PID" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
+# `show port stats all`; prints the sums over all ports of Rx-pps and Tx-pps of that show
+# (testpmd's rates since the previous show, on its own clock).
+src_stats() {
+    local before i
+    before=$(grep -c 'Rx-pps:' "$SRC_LOG")
+    src_cmd "show port stats all"
+    for ((i = 0; i < 100; i++)); do
+        (($(grep -c 'Rx-pps:' "$SRC_LOG") >= before + NPORTS)) && break
+        sleep 0.05
+    done
+    awk -v skip="$before" -v n="$NPORTS" '
+        /Rx-pps:/ { c++; if (c > skip && c <= skip + n) rx += $2; next }
+        /Tx-pps:/ { if (c > skip && c <= skip + n) tx += $2 }
+        END { printf "%d %d\n", rx, tx }' "$SRC_LOG"
+}
+
+stop_source() {
+    if ((SRC_FD_OPEN)); then
+        src_cmd "stop"
+        src_cmd "quit"
+        exec 7>&-
+        SRC_FD_OPEN=0
+    fi
+    [[ -n $SRC_PID ]] && stop_pid "$SRC_PID" INT
+    SRC_PID=""
+}
+
+# ------------------------------------------------------------------------------------------
+# One measurement
+# ------------------------------------------------------------------------------------------
+
+# measure CASE VARIANT SIZE MODE ROUND: appends one line to $RESULTS.
+measure() {
+    local case=$1 variant=$2 size=$3 mode=$4 round=$5
+    local n dir
+    n=$(ports_of "$variant")
+    dir=$RUN/$variant-$size-$mode-$case-$round
+    mkdir -p "$dir"
+    FAIL=""
+    SUT_PID=""
+    local ok=1
+    case $case in
+    testpmd-io) start_testpmd_io "$dir" "$n" || ok=0 ;;
+    ovs-dpdk) start_ovs "$dir" "$n" "$variant" || ok=0 ;;
+    patchbay-poll) start_patchbay "$dir" "$n" "$variant" 1 || ok=0 ;;
+    patchbay-event) start_patchbay "$dir" "$n" "$variant" 0 || ok=0 ;;
+    esac
+    ((ok)) && { start_source "$dir" "$n" "$mode" "$size" "$variant" || ok=0; }
+    local pps=0 tx_pps=0 secs=0 sut_cpu=0 src_cpu=0 other=0 tries
+    if ((ok)); then
+        # Links come up asynchronously: frames sent before both sides are ready are lost,
+        # which in the closed loop would leave nothing circulating. Start, and restart if
+        # nothing arrives.
+        sleep 0.5
+        for ((tries = 0; tries < 3; tries++)); do
+            if [[ $mode == mac ]]; then src_run "start tx_first $TXFIRST"; else src_run "start"; fi
+            src_stats >/dev/null # the first show has no earlier one to rate against
+            sleep 1
+            read -r pps _ < <(src_stats)
+            ((pps > 0)) && break
+            src_run "stop"
+            sleep 0.5
+        done
+        if ((pps == 0)); then
+            FAIL="no traffic arrived"
+            ok=0
+        fi
+    fi
+    if ((ok)); then
+        sleep "$WARMUP"
+        local t0 t1 s0 s1 c0 c1 m0 m1
+        src_stats >/dev/null
+        t0=$(now) s0=$(ticks "$SUT_PID") c0=$(ticks "$SRC_PID") m0=$(machine_busy)
+        sleep "$SECS"
+        read -r pps tx_pps < <(src_stats)
+        t1=$(now) s1=$(ticks "$SUT_PID") c1=$(ticks "$SRC_PID") m1=$(machine_busy)
+        read -r secs sut_cpu src_cpu other < <(awk -v t0="$t0" -v t1="$t1" -v s="$((s1 - s0))" \
+            -v c="$((c1 - c0))" -v m="$((m1 - m0))" -v hz="$CLK_TCK" 'BEGIN {
+                d = t1 - t0; o = (m - s - c) / hz / d; if (o < 0) o = 0
+                printf "%.3f %.1f %.1f %.1f\n", d, 100 * s / hz / d, 100 * c / hz / d, 100 * o }')
+    fi
+    # The switch's own view (counters, drops, learned MACs), for reading logs afterwards.
+    case $case in
+    patchbay-*)
+        {
+            "$RUN/bin/flowctl" --socket "$dir/ctl.sock" show ports
+            "$RUN/bin/flowctl" --socket "$dir/ctl.sock" show switch
+            "$RUN/bin/flowctl" --socket "$dir/ctl.sock" show macs
+        } >"$dir/switch-state.txt" 2>&1
+        ;;
+    ovs-dpdk)
+        {
+            ovs-ofctl dump-ports br0
+            ovs-appctl -t "$OVS_DIR/vswitchd.ctl" fdb/show br0
+            ovs-appctl -t "$OVS_DIR/vswitchd.ctl" dpif-netdev/pmd-stats-show
+        } >"$dir/switch-state.txt" 2>&1
+        ;;
+    esac
+    stop_source
+    [[ -n $SUT_PID ]] && stop_pid "$SUT_PID" INT
+    if ((ok)); then
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$variant" "$size" "$mode" "$case" \
+            "$round" "$pps" "$sut_cpu" "$src_cpu" "$other" "$secs" "$tx_pps" >>"$RESULTS"
+        printf '  %-9s %4s B %-7s round %s  %-15s %7.3f Mpps (sent %7.3f)  switch %5s%%  source %5s%%  other %5s%%\n' \
+            "$variant" "$size" "$mode" "$round" "$case" "$(awk -v p="$pps" 'BEGIN { print p / 1e6 }')" \
+            "$(awk -v p="$tx_pps" 'BEGIN { print p / 1e6 }')" "$sut_cpu" "$src_cpu" "$other"
+    else
+        printf '%s\t%s\t%s\t%s\t%s\tfail\t\t\t\t\t\n' "$variant" "$size" "$mode" "$case" "$round" \
+            >>"$RESULTS"
+        printf '  %-9s %4s B %-7s round %s  %-15s FAILED: %s (logs: %s)\n' "$variant" "$size" \
+            "$mode" "$round" "$case" "$FAIL" "$dir"
+        PATCHBAY_PEERS_KEEP=1
+    fi
+}
+
+# ------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------
+
+print_table() {
+    awk -F'\t' -v rounds="$ROUNDS" '
+        function median(list,   a, n, i, j, t) {
+            n = split(list, a, " ")
+            for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+            if (n == 0) return -1
+            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        }
+        function ratio(x, b) { return (b > 0 && x >= 0) ? sprintf("%.2f", x / b) : "-" }
+        $6 == "fail" { key = $1 SUBSEP $2 SUBSEP $3 SUBSEP $4; if (!(key in seen)) { seen[key] = 1; order[++nk] = key }; fails[key]++; next }
+        {
+            key = $1 SUBSEP $2 SUBSEP $3 SUBSEP $4
+            if (!(key in seen)) { seen[key] = 1; order[++nk] = key }
+            pps[key] = pps[key] " " $6; per[key] = per[key] sprintf(" %.2f", $6 / 1e6)
+            sut[key] += $7; src[key] += $8; oth[key] += $9; sent[key] = sent[key] " " $11; cnt[key]++
+        }
+        END {
+            printf "%-9s %5s %-7s %-15s %7s %7s %7s %7s %7s %8s %8s %7s  %s\n", "variant", "size", "mode", "case", \
+                "Mpps", "Gbit/s", "x tpmd", "x ovs", "sent", "switch%", "source%", "other%", "Mpps per round"
+            for (k = 1; k <= nk; k++) {
+                split(order[k], f, SUBSEP)
+                med[order[k]] = cnt[order[k]] ? median(pps[order[k]]) : -1
+            }
+            for (k = 1; k <= nk; k++) {
+                key = order[k]; split(key, f, SUBSEP)
+                base = med[f[1] SUBSEP f[2] SUBSEP f[3] SUBSEP "testpmd-io"]
+                ovs = med[f[1] SUBSEP f[2] SUBSEP f[3] SUBSEP "ovs-dpdk"]
+                m = med[key]
+                if (m < 0) {
+                    printf "%-9s %5s %-7s %-15s %7s  (failed %d of %d rounds)\n", f[1], f[2], f[3], f[4], "-", fails[key], rounds
+                    continue
+                }
+                printf "%-9s %5s %-7s %-15s %7.3f %7.2f %7s %7s %7.3f %8.0f %8.0f %7.0f %s%s\n", f[1], f[2], f[3], f[4], \
+                    m / 1e6, m * f[2] * 8 / 1e9, ratio(m, base), ratio(m, ovs), median(sent[key]) / 1e6, \
+                    sut[key] / cnt[key], src[key] / cnt[key], oth[key] / cnt[key], per[key], \
+                    fails[key] ? sprintf(" (%d failed)", fails[key]) : ""
+            }
+        }' "$RESULTS"
+}
+
+# ------------------------------------------------------------------------------------------
+# Main
+# ------------------------------------------------------------------------------------------
+
+main() {
+    [[ $(id -u) == 0 ]] || say "warning: not root; pinning other users' processes, hugepages and apt will fail"
+    install_packages
+    command -v dpdk-testpmd >/dev/null || die "dpdk-testpmd not found"
+    build_binaries
+    write_flows
+    : >"$RESULTS"
+
+    local cases=() c
+    for c in testpmd-io ovs-dpdk patchbay-poll patchbay-event; do
+        has "$CASES" "$c" && cases+=("$c")
+    done
+    if has "$CASES" ovs-dpdk; then
+        [[ -x $OVS_VSWITCHD ]] || OVS_SKIP="$OVS_VSWITCHD not installed"
+        [[ -z $OVS_SKIP ]] && reserve_hugepages
+        [[ -z $OVS_SKIP ]] && start_ovsdb
+        if [[ -n $OVS_SKIP ]]; then
+            say "ovs-dpdk skipped: $OVS_SKIP"
+            local keep=()
+            for c in "${cases[@]}"; do [[ $c == ovs-dpdk ]] || keep+=("$c"); done
+            cases=("${keep[@]}")
+        fi
+    fi
+
+    say "peers: ${SECS} s per measurement after ${WARMUP} s warm-up, $ROUNDS rounds, cases ${cases[*]}"
+    say "  source: one dpdk-testpmd ($TESTPMD_MEM), all ports on one lcore on CPU $SOURCE_CPU," \
+        "burst $BURST, closed loop seeded with $TXFIRST bursts per port"
+    say "  switch under test: CPU $SWITCH_CPU (all threads); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    say "  $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+    say "  DPDK $(dpkg-query -W -f='${Version}' dpdk-dev 2>/dev/null)," \
+        "Open vSwitch $(dpkg-query -W -f='${Version}' openvswitch-switch-dpdk 2>/dev/null)," \
+        "kernel $(uname -r)"
+    local t_start variant size mode round
+    t_start=$(now)
+    IFS=, read -r -a variants <<<"$VARIANTS"
+    IFS=, read -r -a sizes <<<"$SIZES"
+    IFS=, read -r -a modes <<<"$MODES"
+    for variant in "${variants[@]}"; do
+        for size in "${sizes[@]}"; do
+            for mode in "${modes[@]}"; do
+                for ((round = 1; round <= ROUNDS; round++)); do
+                    for c in "${cases[@]}"; do
+                        measure "$c" "$variant" "$size" "$mode" "$round"
+                    done
+                done
+            done
+        done
+    done
+    say ""
+    print_table
+    say ""
+    say "Mpps: frames received by the source per second, all ports (both directions) together," \
+        "median over rounds; Gbit/s: Mpps x frame size (no FCS, no wire overhead)."
+    say "x tpmd, x ovs: ratio to testpmd-io and to ovs-dpdk, same variant, size and mode;" \
+        "sent: Mpps the source sent (flowgen: offered load; a flood can deliver more than was sent)."
+    say "switch%: CPU the switch process (testpmd backend, ovs-vswitchd, patchbay-switch) got on" \
+        "CPU $SWITCH_CPU; source%: the source testpmd on CPU $SOURCE_CPU; other%: everything else" \
+        "on the machine in the same window (100 = one core). Mean over rounds."
+    say "load after: $(cut -d' ' -f1-3 /proc/loadavg); total $(awk -v a="$t_start" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }') s"
+    if [[ -n ${PATCHBAY_PEERS_OUT:-} ]]; then cp "$RESULTS" "$PATCHBAY_PEERS_OUT"; fi
+}
+
+main "$@"
