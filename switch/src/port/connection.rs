@@ -225,7 +225,7 @@ fn run_connection(switch: &Arc<Switch>, port: &Arc<Port>, stream: UnixStream) {
                 port.counters
                     .protocol_errors
                     .fetch_add(1, Ordering::Relaxed);
-                log::debug!("port {}: vhost-user request refused: {e}", port.name);
+                port.log_bad_input(format_args!("vhost-user request refused: {e}"));
             }
             Err(VhostError::Disconnected | VhostError::PartialMessage) => break,
             Err(e) => {

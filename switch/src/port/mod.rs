@@ -28,6 +28,12 @@ use crate::vlan::{VlanConfig, VlanMode};
 use crate::wire::EthernetAddress;
 pub use metrics::{CounterSnapshot, DropReason, PortCounters};
 
+/// The clock of rate-limited logs.
+fn log_clock() -> &'static std::time::Instant {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now)
+}
+
 /// Which side of the vhost-user socket listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -277,6 +283,9 @@ pub struct Port {
     /// The last thing that failed this port's connection (a dataplane panic, a memory
     /// fault), shown by `flowctl show ports` until the port is removed.
     failure: Mutex<Option<String>>,
+    /// Rate limit of the bad-input log: the second of the last line, lines held back since.
+    bad_input_logged_at: AtomicU64,
+    bad_input_held_back: AtomicU64,
 }
 
 impl Port {
@@ -300,6 +309,8 @@ impl Port {
             removed: AtomicBool::new(false),
             connection: Mutex::new(None),
             failure: Mutex::new(None),
+            bad_input_logged_at: AtomicU64::new(0),
+            bad_input_held_back: AtomicU64::new(0),
         })
     }
 
@@ -333,6 +344,8 @@ impl Port {
             removed: AtomicBool::new(false),
             connection: Mutex::new(None),
             failure: Mutex::new(None),
+            bad_input_logged_at: AtomicU64::new(0),
+            bad_input_held_back: AtomicU64::new(0),
         }
     }
 
@@ -419,6 +432,32 @@ impl Port {
             .as_ref()
         {
             let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Logs bad input from this port's frontend (a malformed chain, a refused request) as a
+    /// warning naming the port: at most one line a second, saying how many were held back, so
+    /// a hostile guest cannot flood the log. The counters count every one.
+    pub fn log_bad_input(&self, what: std::fmt::Arguments<'_>) {
+        let now = log_clock().elapsed().as_secs() + 1;
+        let last = self.bad_input_logged_at.load(Ordering::Relaxed);
+        if last == now
+            || self
+                .bad_input_logged_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            self.bad_input_held_back.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let held = self.bad_input_held_back.swap(0, Ordering::Relaxed);
+        if held > 0 {
+            log::warn!(
+                "port {}: {what} ({held} more since the last line)",
+                self.name
+            );
+        } else {
+            log::warn!("port {}: {what}", self.name);
         }
     }
 
