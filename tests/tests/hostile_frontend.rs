@@ -466,7 +466,7 @@ fn a_dataplane_panic_is_counted_shown_and_fails_only_its_port() {
     let mut b = connect(&dir, "b");
     let mut c = connect(&dir, "c");
     let port = d.switch.port_by_name("a").unwrap();
-    patchbay_switch::dataplane::inject_panic(port.id);
+    patchbay_switch::dataplane::inject_panic(&port);
     a.send(&frame(BROADCAST, mac(1), 1, 64)).unwrap();
     patchbay_tests::switch::eventually("the panic fails a's connection", || port.link().is_none());
     let info = port.info();

@@ -532,3 +532,50 @@ fn poll_mode_forwards_too() {
     }
     d.shutdown();
 }
+
+/// Without EVENT_IDX a driver says with the avail ring's NO_INTERRUPT flag whether it wants
+/// interrupts: a polling driver (DPDK's virtio-user) sets it and must cost the switch no
+/// eventfd write per burst; a driver waiting for frames clears it and must be woken.
+#[test]
+fn interrupts_follow_the_no_interrupt_flag_without_event_idx() {
+    let dir = TestDir::new("no-interrupt");
+    let d = start_switch(
+        &dir.path,
+        vec![access(&dir.path, "a", 1), access(&dir.path, "b", 1)],
+        |_| {},
+    );
+    let no_event_idx = |c: &mut FrontendConfig| c.features &= !RING_EVENT_IDX;
+    let mut a = connect_with(&dir, "a", no_event_idx);
+    let mut b = connect_with(&dir, "b", no_event_idx);
+    let notifications = |name: &str| {
+        d.switch
+            .port_by_name(name)
+            .unwrap()
+            .counters
+            .snapshot()
+            .notifications
+    };
+    // b polls (its NO_INTERRUPT flag stays set): 50 frames, not one interrupt. (b never
+    // transmits, so every interrupt it could get is a receive interrupt; with two ports the
+    // frames reach it unlearned.)
+    let before = notifications("b");
+    for seq in 1..=50 {
+        send(&mut a, &frame(mac(2), mac(1), seq, 64));
+    }
+    assert_eq!(notifications("b"), before, "b asked for no interrupts");
+    for seq in 1..=50 {
+        assert_eq!(received_now(&mut b), Some(frame(mac(2), mac(1), seq, 64)));
+    }
+    // b waits (the flag is cleared while it sleeps on its call fd): the frame wakes it.
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| b.recv(T).expect("recv"));
+        std::thread::sleep(Duration::from_millis(50));
+        send(&mut a, &frame(mac(2), mac(1), 99, 64));
+        assert_eq!(waiter.join().unwrap(), Some(frame(mac(2), mac(1), 99, 64)));
+    });
+    assert!(
+        notifications("b") > before,
+        "the waiting receiver was interrupted"
+    );
+    d.shutdown();
+}

@@ -2,7 +2,6 @@
 //! guest allows it), write the virtio-net header and the rewritten L2 header, copy the rest
 //! of the frame once from its source, hand the buffers to the guest, notify once per batch.
 
-use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 
 use super::{Delivery, Frame, Source};
@@ -82,9 +81,12 @@ pub(super) fn to_guest(
     }
     if bad_chains > 0 {
         dst.counters.drop(DropReason::BadDescriptor, bad_chains);
+        dst.log_bad_input(format_args!(
+            "{bad_chains} malformed receive chains returned unused"
+        ));
     }
     if delivered > 0 || bad_chains > 0 {
-        let notify = rxv.queue.needs_notification(&*dst_mem).unwrap_or(true);
+        let notify = rxv.needs_interrupt(&dst_mem);
         if notify && rxv.signal() {
             dst.counters
                 .notifications

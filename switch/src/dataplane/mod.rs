@@ -295,14 +295,15 @@ fn drop_reason(e: &ChainError) -> DropReason {
     }
 }
 
-/// A port whose next TX batch panics (port number + 1; 0: none): how the tests prove a
+/// The port whose next TX batch panics (its address; 0: none), so tests can prove a
 /// dataplane panic is caught, counted and shown. One relaxed load per batch.
-static PANIC_NEXT_BATCH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+static PANIC_NEXT_BATCH: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Makes the next TX batch of `port` panic (for tests of the dataplane's failure handling).
 #[doc(hidden)]
-pub fn inject_panic(port: PortId) {
-    PANIC_NEXT_BATCH.store(u32::from(port) + 1, std::sync::atomic::Ordering::Relaxed);
+pub fn inject_panic(port: &Port) {
+    let id = port as *const Port as usize;
+    PANIC_NEXT_BATCH.store(id, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Switches frames waiting in `port`'s transmit ring. In event mode (`event_mode`), drains
@@ -352,7 +353,7 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usiz
                                 tunnel: None,
                             }),
                             Err(e) => {
-                                log::debug!("port {}: TX chain {head} rejected: {e}", port.name);
+                                port.log_bad_input(format_args!("TX chain {head} rejected: {e}"));
                                 port.counters.drop(drop_reason(&e), 1);
                                 s.bad_heads.push(head);
                             }
@@ -363,7 +364,7 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usiz
                     // The avail index moved further than the ring holds: the guest broke its
                     // own ring. Count it and stop here; the next kick (or poll) looks again,
                     // so a guest that repairs its index carries on.
-                    log::debug!("port {}: TX ring unusable: {e}", port.name);
+                    port.log_bad_input(format_args!("TX ring unusable: {e}"));
                     port.counters.drop(DropReason::BadDescriptor, 1);
                     ring_broken = true;
                 }
@@ -371,7 +372,7 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usiz
         }
         if popped > 0 {
             let injected = PANIC_NEXT_BATCH.load(std::sync::atomic::Ordering::Relaxed);
-            if injected == u32::from(port.id) + 1 {
+            if injected == port as *const Port as usize {
                 PANIC_NEXT_BATCH.store(0, std::sync::atomic::Ordering::Relaxed);
                 panic!("injected for a test");
             }
@@ -401,8 +402,7 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usiz
                 // A head outside the queue cannot be returned: nothing else to do with it.
                 let _ = queue.add_used(&*mem, head, 0);
             }
-            let notify = queue.needs_notification(&*mem).unwrap_or(true);
-            if notify && txv.signal() {
+            if txv.needs_interrupt(&mem) && txv.signal() {
                 port.counters
                     .notifications
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

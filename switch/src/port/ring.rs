@@ -6,6 +6,12 @@ use std::fs::File;
 use std::io::{Read, Write};
 
 use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::virtio::GuestMemory;
+
+/// `VRING_AVAIL_F_NO_INTERRUPT`: the driver does not want interrupts (without EVENT_IDX).
+const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 
 use super::backend::MAX_QUEUE_SIZE;
 
@@ -54,6 +60,21 @@ impl RingState {
             },
             None => false,
         }
+    }
+
+    /// Whether the guest wants an interrupt for the used entries added since the last call:
+    /// with EVENT_IDX, its `used_event`; without, the avail ring's NO_INTERRUPT flag, which
+    /// `virtio_queue` does not read (it would interrupt after every batch: a syscall per
+    /// burst for a polling driver such as DPDK's virtio-user, which sets the flag).
+    pub fn needs_interrupt(&mut self, mem: &GuestMemory) -> bool {
+        if self.queue.event_idx_enabled() {
+            return self.queue.needs_notification(mem).unwrap_or(true);
+        }
+        // The used index stores must be visible before the flags are read (the driver
+        // clears NO_INTERRUPT, then re-reads the used index: one of us sees the other).
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let flags: Result<u16, _> = mem.read_obj(GuestAddress(self.queue.avail_ring()));
+        flags.map_or(true, |f| u16::from_le(f) & VRING_AVAIL_F_NO_INTERRUPT == 0)
     }
 
     /// Consumes pending kicks (the eventfd counter).
