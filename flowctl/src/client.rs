@@ -6,7 +6,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use patchbay_switch::control::protocol::{Request, RequestEnvelope, Response, PROTOCOL_VERSION};
+use patchbay_switch::control::protocol::{
+    Request, RequestEnvelope, Response, MAX_REQUEST_LEN, PROTOCOL_VERSION,
+};
 use serde::de::DeserializeOwned;
 
 /// Longest response line accepted. Responses are not bounded by the protocol (a full MAC
@@ -39,6 +41,11 @@ pub enum ClientError {
     /// The switch understood the request and refused it; the text is the switch's.
     #[error("{0}")]
     Switch(String),
+    #[error(
+        "the request is {len} bytes, over the control socket's limit of {limit} \
+         (about a thousand flows): split the file and send it in several requests"
+    )]
+    TooLong { len: usize, limit: usize },
 }
 
 impl ClientError {
@@ -109,6 +116,14 @@ impl Client {
         // Plain structs of strings and numbers: encoding cannot fail.
         let mut line = serde_json::to_string(&envelope).expect("requests always encode");
         line.push('\n');
+        // The switch refuses longer requests and hangs up; say why here rather than report
+        // the broken pipe the write would meet.
+        if line.len() > MAX_REQUEST_LEN {
+            return Err(ClientError::TooLong {
+                len: line.len(),
+                limit: MAX_REQUEST_LEN,
+            });
+        }
         if let Err(e) = self
             .writer
             .write_all(line.as_bytes())

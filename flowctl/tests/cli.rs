@@ -539,3 +539,30 @@ fn tunnel_ids_beyond_24_bits_are_refused_by_the_switch() {
         .ok(&["dump-flows"])
         .contains("actions=set_tunnel:0xffffff"));
 }
+
+#[test]
+fn a_rules_file_over_the_request_limit_gets_a_clear_error_not_a_broken_pipe() {
+    let sw = TestSwitch::start("too_long");
+    let dir = std::env::temp_dir().join(format!("pb-flowctl-long-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("many.flows");
+    let rules: String = (0..5000)
+        .map(|i| {
+            format!(
+                "priority=10,ip,nw_src=10.0.{}.{},actions=drop\n",
+                i / 256,
+                i % 256
+            )
+        })
+        .collect();
+    std::fs::write(&file, rules).unwrap();
+    let out = sw.flowctl(&["add-flows", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("over the control socket's limit of 65536") && !err.contains("pipe"),
+        "{err}"
+    );
+    assert_eq!(sw.json(&["dump-flows"]).as_array().unwrap().len(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
