@@ -527,6 +527,16 @@ pub fn load_linux(
         }
         KernelKind::GuestElf => unreachable!("load_linux is for Linux kernels"),
     }
+    // A header may place the kernel anywhere (code32_start); what was placed, and where it
+    // starts running, must be inside the VM's RAM.
+    if reserved_end > mem_size || entry >= mem_size {
+        return Err(LoadError::DoesNotFit {
+            what: format!("{} (its header places it at {entry:#x})", path.display()),
+            needs: reserved_end.saturating_sub(HIMEM_START),
+            addr: entry,
+            mem: mem_size,
+        });
+    }
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
     params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
     params.hdr.header = KERNEL_HDR_MAGIC;
@@ -782,6 +792,33 @@ mod tests {
 
     fn test_memory() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), TEST_MEM as usize)]).unwrap()
+    }
+
+    #[test]
+    fn a_kernel_whose_header_places_it_outside_ram_is_refused() {
+        // Found by the vmm_loader fuzz target: a bzImage with no payload whose header puts it
+        // at 2 GiB "loaded" (nothing to write) with its entry point outside a 32 MiB VM.
+        let bytes = include_bytes!("../../fuzz/regressions/vmm_loader/bzimage-loaded-above-ram");
+        let img = TempImage::new("bz-above-ram", bytes);
+        let path = img.path.clone();
+        let (mut file, kind) = detect(&path).expect("the fuzzer's input is taken for a kernel");
+        // The fuzzer's VM size.
+        let mem_size = 32 << 20;
+        preflight(&mut file, kind, mem_size, &path).expect("and passes the preflight");
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size as usize)]).unwrap();
+        let loaded = load_linux(
+            &mem,
+            mem_size,
+            &mut file,
+            kind,
+            &path,
+            None,
+            "console=ttyS0",
+        );
+        assert!(
+            matches!(loaded, Err(LoadError::DoesNotFit { .. })),
+            "{loaded:?}"
+        );
     }
 
     #[test]
