@@ -9,27 +9,13 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use patchbay_switch::daemon::Daemon;
 use patchbay_tests::frames::*;
 use patchbay_tests::frontend::*;
-use patchbay_tests::switch::{access, connect, received_now, start_switch, TestDir};
+use patchbay_tests::switch::{
+    access, connect, connect_with, forwards, received_now, start_switch, TestDir,
+};
 use vhost::VhostBackend;
 use vmm_sys_util::eventfd::EventFd;
 
 const T: Duration = Duration::from_secs(5);
-
-fn connect_with(dir: &TestDir, name: &str, f: impl FnOnce(&mut FrontendConfig)) -> TestPort {
-    let mut cfg = FrontendConfig::new(dir.join(&format!("{name}.sock")));
-    f(&mut cfg);
-    TestPort::connect(cfg).expect("frontend connects")
-}
-
-/// Sends `f` from `from` and checks that it completes and reaches `to` intact.
-fn forwards(from: &mut TestPort, to: &mut TestPort, f: &[u8]) {
-    from.send(f).expect("send");
-    assert!(
-        from.wait_tx_completion(T).expect("tx completion"),
-        "the switch did not take the frame"
-    );
-    assert_eq!(to.recv(T).expect("recv").as_deref(), Some(f));
-}
 
 /// The control plane answers: ports are listed and a port can be added and removed.
 fn control_plane_answers(d: &Daemon, dir: &TestDir) {
@@ -485,5 +471,69 @@ fn a_dataplane_panic_is_counted_shown_and_fails_only_its_port() {
     drop(a);
     let mut a = connect(&dir, "a");
     forwards(&mut a, &mut b, &frame(mac(2), mac(1), 3, 64));
+    d.shutdown();
+}
+
+#[test]
+fn the_flow_tables_send_what_they_matched() {
+    use patchbay_switch::control::flows::{add_flows, FlowLine};
+    let dir = TestDir::new("toctou-flows");
+    let d = start_switch(
+        &dir.path,
+        vec![
+            access(&dir.path, "a", 1),
+            access(&dir.path, "b", 1),
+            access(&dir.path, "c", 1),
+        ],
+        |_| {},
+    );
+    let mut a = connect(&dir, "a");
+    let mut b = connect(&dir, "b");
+    let mut c = connect(&dir, "c");
+    let id = |name: &str| d.switch.port_by_name(name).unwrap().id;
+    let (ida, idb, idc) = (id("a"), id("b"), id("c"));
+    let rules = [
+        format!("priority=10,in_port={ida},dl_type=0x88b5,actions=output:{idb}"),
+        format!("priority=5,in_port={ida},actions=output:{idc}"),
+    ];
+    let lines: Vec<FlowLine> = rules
+        .into_iter()
+        .enumerate()
+        .map(|(i, text)| FlowLine { line: i + 1, text })
+        .collect();
+    add_flows(&d.switch, &lines).expect("flows");
+    // a's EtherType flips between 0x88b5 (to b) and IPv4 (to c) while the switch works.
+    let experimental = frame(BROADCAST, mac(1), 0, 200);
+    let mut ipv4 = vec![0x08, 0x00, 0x45, 0x00];
+    ipv4.extend_from_slice(&experimental[16..20]);
+    let flood = FlatOut::start_flipping(&mut a, &experimental, Some((12, ipv4)));
+    let (mut at_b, mut at_c) = (0u64, 0u64);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while (at_b < 3000 || at_c < 3000) && std::time::Instant::now() < deadline {
+        b.recv_batch(&mut |f| {
+            at_b += 1;
+            assert_eq!(
+                f[12..14],
+                [0x88, 0xb5],
+                "b got what the 0x88b5 flow did not match"
+            );
+        })
+        .unwrap();
+        c.recv_batch(&mut |f| {
+            at_c += 1;
+            assert_ne!(
+                f[12..14],
+                [0x88, 0xb5],
+                "c got what the 0x88b5 flow matched"
+            );
+        })
+        .unwrap();
+    }
+    drop(flood);
+    assert!(
+        at_b > 100 && at_c > 100,
+        "too few frames to judge: {at_b} at b, {at_c} at c"
+    );
+    drop(a);
     d.shutdown();
 }
