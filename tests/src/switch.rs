@@ -116,3 +116,47 @@ pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// A test frontend on port `name`, its configuration adjusted by `f` first.
+pub fn connect_with(
+    dir: &TestDir,
+    name: &str,
+    f: impl FnOnce(&mut crate::frontend::FrontendConfig),
+) -> crate::frontend::TestPort {
+    let mut cfg = crate::frontend::FrontendConfig::new(dir.join(&format!("{name}.sock")));
+    f(&mut cfg);
+    crate::frontend::TestPort::connect(cfg).expect("frontend connects")
+}
+
+/// Sends `f` from `from`, checks the switch took it and that it reached `to` intact.
+pub fn forwards(
+    from: &mut crate::frontend::TestPort,
+    to: &mut crate::frontend::TestPort,
+    f: &[u8],
+) {
+    from.send(f).expect("send");
+    assert!(
+        from.wait_tx_completion(WAIT).expect("tx completion"),
+        "the switch did not take the frame"
+    );
+    assert_eq!(to.recv(WAIT).expect("recv").as_deref(), Some(f));
+}
+
+/// Nothing is waiting in `p`'s receive ring (after a completed send this is exact).
+pub fn nothing(p: &mut crate::frontend::TestPort) -> bool {
+    received_now(p).is_none()
+}
+
+/// The counters of port `name`.
+pub fn counters(d: &Daemon, name: &str) -> patchbay_switch::port::CounterSnapshot {
+    d.switch
+        .port_by_name(name)
+        .expect("port")
+        .counters
+        .snapshot()
+}
+
+/// Drops of port `name` for `reason` (a drop label such as "no-buffer").
+pub fn drops(d: &Daemon, name: &str, reason: &str) -> u64 {
+    counters(d, name).drop_count(reason)
+}

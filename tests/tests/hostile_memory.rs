@@ -7,31 +7,16 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::time::Duration;
 
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use patchbay_switch::daemon::Daemon;
 use patchbay_tests::frames::*;
 use patchbay_tests::frontend::*;
-use patchbay_tests::switch::{access, connect, eventually, start_switch, TestDir};
+use patchbay_tests::switch::{
+    access, connect, counters, eventually, forwards, start_switch, TestDir,
+};
 use vhost::vhost_user::VhostUserFrontend;
 use vhost::VhostUserMemoryRegionInfo;
-
-const T: Duration = Duration::from_secs(5);
-
-fn counters(d: &Daemon, name: &str) -> patchbay_switch::port::CounterSnapshot {
-    d.switch
-        .port_by_name(name)
-        .expect("port")
-        .counters
-        .snapshot()
-}
-
-fn forwards(from: &mut TestPort, to: &mut TestPort, f: &[u8]) {
-    from.send(f).expect("send");
-    assert!(from.wait_tx_completion(T).expect("tx completion"));
-    assert_eq!(to.recv(T).expect("recv").as_deref(), Some(f));
-}
 
 fn memfd(len: u64, sealed: bool) -> File {
     let mut flags = MFdFlags::MFD_CLOEXEC;

@@ -2,23 +2,9 @@
 //! may leave a port carrying a tag the port's policy did not put there.
 
 use patchbay_tests::frames::*;
-use patchbay_tests::frontend::TestPort;
 use patchbay_tests::switch::{
-    access, connect, port, received_now, send_done as send, start_switch, TestDir,
+    access, connect, drops, nothing, port, send_done as send, start_switch, TestDir,
 };
-
-fn nothing(p: &mut TestPort) -> bool {
-    received_now(p).is_none()
-}
-
-fn drops(d: &patchbay_switch::daemon::Daemon, name: &str, reason: &str) -> u64 {
-    d.switch
-        .port_by_name(name)
-        .expect("port")
-        .counters
-        .snapshot()
-        .drop_count(reason)
-}
 
 /// `inner` with an outer tag of the given TPID pushed in front of its own tag.
 fn push_outer(inner: &[u8], tpid: u16, vid: u16, pcp: u8) -> Vec<u8> {

@@ -11,20 +11,11 @@ use patchbay_switch::port::{ConnectMode, PortConfig};
 use patchbay_tests::frames::*;
 use patchbay_tests::frontend::*;
 use patchbay_tests::switch::{
-    access, connect, eventually, port, received_now, send_done as send, start_switch, TestDir,
+    access, connect, connect_with, drops, eventually, nothing, port, received_now,
+    send_done as send, start_switch, TestDir,
 };
 
-fn nothing(p: &mut TestPort) -> bool {
-    received_now(p).is_none()
-}
-
 const T: Duration = Duration::from_secs(5);
-
-fn connect_with(dir: &TestDir, name: &str, f: impl FnOnce(&mut FrontendConfig)) -> TestPort {
-    let mut cfg = FrontendConfig::new(dir.join(&format!("{name}.sock")));
-    f(&mut cfg);
-    TestPort::connect(cfg).expect("frontend connects")
-}
 
 fn recv(p: &mut TestPort) -> Vec<u8> {
     p.recv(T).expect("recv").expect("a frame should arrive")
@@ -35,15 +26,6 @@ fn rings_up(d: &patchbay_switch::daemon::Daemon, name: &str) -> bool {
         .port_by_name(name)
         .and_then(|p| p.link())
         .is_some_and(|l| l.is_up())
-}
-
-fn drops(d: &patchbay_switch::daemon::Daemon, name: &str, reason: &str) -> u64 {
-    d.switch
-        .port_by_name(name)
-        .expect("port")
-        .counters
-        .snapshot()
-        .drop_count(reason)
 }
 
 #[test]

@@ -7,17 +7,8 @@
 //! Needs `dpdk-testpmd` (.ci/install-deps.sh installs it); skipped with a note without it, or
 //! a failure under PATCHBAY_REQUIRE_KVM=1 (CI).
 
-use patchbay_switch::daemon::Daemon;
 use patchbay_tests::peers::Testpmd;
-use patchbay_tests::switch::{access, eventually, start_switch, TestDir};
-
-fn counters(d: &Daemon, name: &str) -> patchbay_switch::port::CounterSnapshot {
-    d.switch
-        .port_by_name(name)
-        .expect("port")
-        .counters
-        .snapshot()
-}
+use patchbay_tests::switch::{access, counters, eventually, start_switch, TestDir};
 
 /// testpmd's per-port "RX-packets: N" figures from its exit statistics, in port order.
 fn rx_packets(log: &str) -> Vec<u64> {
