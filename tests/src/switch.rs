@@ -62,6 +62,11 @@ pub fn access(dir: &Path, name: &str, vlan: u16) -> PortConfig {
     port(dir, name, "access", Some(vlan), None)
 }
 
+/// Access ports `(name, VLAN)`, each listening on `dir/NAME.sock`.
+pub fn access_ports(dir: &Path, ports: &[(&str, u16)]) -> Vec<PortConfig> {
+    ports.iter().map(|(n, v)| access(dir, n, *v)).collect()
+}
+
 /// Starts a switch with `ports`, its control socket in `dir`, metrics off unless asked.
 pub fn start_switch(
     dir: &Path,

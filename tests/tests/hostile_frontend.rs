@@ -10,7 +10,7 @@ use patchbay_switch::daemon::Daemon;
 use patchbay_tests::frames::*;
 use patchbay_tests::frontend::*;
 use patchbay_tests::switch::{
-    access, connect, connect_with, forwards, received_now, start_switch, TestDir,
+    access, access_ports, connect, connect_with, forwards, received_now, start_switch, TestDir,
 };
 use vhost::VhostBackend;
 use vmm_sys_util::eventfd::EventFd;
@@ -43,11 +43,7 @@ fn a_call_fd_that_never_drains_does_not_stall_the_sender() {
     let dir = TestDir::new("call-pipe");
     let d = start_switch(
         &dir.path,
-        vec![
-            access(&dir.path, "a", 1),
-            access(&dir.path, "hostile", 1),
-            access(&dir.path, "c", 1),
-        ],
+        access_ports(&dir.path, &[("a", 1), ("hostile", 1), ("c", 1)]),
         |_| {},
     );
     let mut a = connect(&dir, "a");
@@ -176,12 +172,7 @@ fn a_guest_transmitting_flat_out_does_not_freeze_the_control_plane() {
     let dir = TestDir::new("busy-tx");
     let d = start_switch(
         &dir.path,
-        vec![
-            access(&dir.path, "busy", 1),
-            access(&dir.path, "b", 1),
-            access(&dir.path, "c", 2),
-            access(&dir.path, "e", 2),
-        ],
+        access_ports(&dir.path, &[("busy", 1), ("b", 1), ("c", 2), ("e", 2)]),
         |_| {},
     );
     let mut busy = connect(&dir, "busy");
@@ -391,11 +382,7 @@ fn a_receiver_posting_garbage_costs_the_sender_bounded_work() {
     let dir = TestDir::new("rx-garbage");
     let d = start_switch(
         &dir.path,
-        vec![
-            access(&dir.path, "a", 1),
-            access(&dir.path, "b", 1),
-            access(&dir.path, "c", 1),
-        ],
+        access_ports(&dir.path, &[("a", 1), ("b", 1), ("c", 1)]),
         |_| {},
     );
     let mut a = connect(&dir, "a");
@@ -441,11 +428,7 @@ fn a_dataplane_panic_is_counted_shown_and_fails_only_its_port() {
     let dir = TestDir::new("panic");
     let d = start_switch(
         &dir.path,
-        vec![
-            access(&dir.path, "a", 1),
-            access(&dir.path, "b", 1),
-            access(&dir.path, "c", 1),
-        ],
+        access_ports(&dir.path, &[("a", 1), ("b", 1), ("c", 1)]),
         |_| {},
     );
     let mut a = connect(&dir, "a");
@@ -480,11 +463,7 @@ fn the_flow_tables_send_what_they_matched() {
     let dir = TestDir::new("toctou-flows");
     let d = start_switch(
         &dir.path,
-        vec![
-            access(&dir.path, "a", 1),
-            access(&dir.path, "b", 1),
-            access(&dir.path, "c", 1),
-        ],
+        access_ports(&dir.path, &[("a", 1), ("b", 1), ("c", 1)]),
         |_| {},
     );
     let mut a = connect(&dir, "a");

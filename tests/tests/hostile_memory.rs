@@ -13,7 +13,7 @@ use patchbay_switch::daemon::Daemon;
 use patchbay_tests::frames::*;
 use patchbay_tests::frontend::*;
 use patchbay_tests::switch::{
-    access, connect, counters, eventually, forwards, start_switch, TestDir,
+    access_ports, connect, counters, eventually, forwards, start_switch, TestDir,
 };
 use vhost::vhost_user::VhostUserFrontend;
 use vhost::VhostUserMemoryRegionInfo;
@@ -50,11 +50,7 @@ fn three_ports(
     let dir = TestDir::new(name);
     let d = start_switch(
         &dir.path,
-        vec![
-            access(&dir.path, "hostile", 1),
-            access(&dir.path, "b", 1),
-            access(&dir.path, "c", 1),
-        ],
+        access_ports(&dir.path, &[("hostile", 1), ("b", 1), ("c", 1)]),
         configure,
     );
     (dir, d)
