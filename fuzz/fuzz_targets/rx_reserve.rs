@@ -3,17 +3,12 @@
 //! `RxReservation::reserve` either takes chains whose device-writable buffers lie inside guest
 //! memory and hold the frame, or gives back everything it took (rewound, or returned unused);
 //! every chain taken from the avail ring goes back through the used ring exactly once.
-//! Kept thin on purpose: the ring code under it is going to be replaced.
 
 #![no_main]
 
-use std::sync::atomic::Ordering;
-
 use libfuzzer_sys::fuzz_target;
 use patchbay_fuzz::{guest_memory, Reader, RingLayout};
-use patchbay_switch::virtio::GuestMemory;
-use patchbay_switch::virtio::RxReservation;
-use virtio_queue::QueueT;
+use patchbay_switch::virtio::{Burst, GuestMemory, RxReservation};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 /// Heads at avail ring positions `from..from + n`, and ids of used ring entries at positions
@@ -76,71 +71,70 @@ fuzz_target!(|data: &[u8]| {
     let frames: Vec<(u64, bool)> = (0..4)
         .map(|i| (u64::from(r.u16()) + 12, flags & (1 << i) != 0))
         .collect();
-    let mem = guest_memory(flags & 0x10 != 0, r.rest());
-    let mut queue = layout.queue();
+    let map = guest_memory(flags & 0x10 != 0, r.rest());
+    let mem = map.memory();
+    let mut vring = layout.vring();
     let mut rx = RxReservation::default();
     for (need, mergeable) in frames {
-        let avail_before = queue.next_avail();
-        let used_before = queue.next_used();
+        let (avail_before, used_before) = (vring.next_avail, vring.next_used);
+        let Ok(mut burst) = Burst::open(&mut vring, map) else {
+            return;
+        };
         let mut bad = 0u64;
-        let result = rx.reserve(&mut queue, mem, need, mergeable, &mut bad);
-        let consumed = queue.next_avail().wrapping_sub(avail_before);
+        let result = rx.reserve(&mut burst, need, mergeable, &mut bad);
+        if result.is_ok() {
+            let capacity: u64 = rx.heads.iter().map(|(_, c)| u64::from(*c)).sum();
+            assert!(capacity >= need, "{capacity} bytes reserved for {need}");
+            assert!(
+                mergeable || rx.heads.len() == 1,
+                "{} chains without MRG_RXBUF",
+                rx.heads.len()
+            );
+            let in_segs: u64 = rx.segs.iter().map(|s| u64::from(s.len())).sum();
+            assert_eq!(
+                in_segs, capacity,
+                "segments {:?} vs heads {:?}",
+                rx.segs, rx.heads
+            );
+            for s in &rx.segs {
+                assert!(map.contains(s), "segment {s:?} outside guest memory");
+            }
+            rx.complete(&mut burst, need);
+        } else {
+            // Everything taken was put back or returned unused (checked below).
+            assert!(rx.heads.is_empty() && rx.segs.is_empty());
+        }
+        burst.publish();
+        drop(burst);
+        let consumed = vring.next_avail.wrapping_sub(avail_before);
         // Never more chains than the ring holds: the walk is bounded.
         assert!(
             consumed <= layout.size,
             "took {consumed} chains from a ring of {}",
             layout.size
         );
-        match result {
-            Ok(()) => {
-                let capacity: u64 = rx.heads.iter().map(|(_, c)| u64::from(*c)).sum();
-                assert!(capacity >= need, "{capacity} bytes reserved for {need}");
-                assert!(
-                    mergeable || rx.heads.len() == 1,
-                    "{} chains without MRG_RXBUF",
-                    rx.heads.len()
-                );
-                assert_eq!(u64::from(consumed), rx.heads.len() as u64 + bad);
-                let in_segs: u64 = rx.segs.iter().map(|s| u64::from(s.len)).sum();
-                assert_eq!(
-                    in_segs, capacity,
-                    "segments {:?} vs heads {:?}",
-                    rx.segs, rx.heads
-                );
-                for s in &rx.segs {
-                    assert!(
-                        mem.check_range(s.addr, s.len as usize),
-                        "segment {s:?} outside guest memory"
-                    );
-                }
-                rx.complete(&mut queue, mem, need);
-                let returned = queue.next_used().wrapping_sub(used_before);
-                assert!(u64::from(returned) <= rx.heads.len() as u64 + bad);
-                if let Ok(idx) = queue.used_idx(mem, Ordering::Acquire) {
-                    assert_eq!(idx.0, queue.next_used(), "used index not published");
-                }
-                check_returned(
-                    mem,
-                    &layout,
-                    (avail_before, consumed),
-                    (used_before, returned),
-                );
-            }
-            Err(_) => {
-                // Everything taken was put back or returned unused (checked below).
-                assert!(
-                    u64::from(consumed) >= bad,
-                    "{consumed} chains consumed, {bad} refused"
-                );
-                assert!(rx.heads.is_empty() && rx.segs.is_empty());
-                let returned = queue.next_used().wrapping_sub(used_before);
-                check_returned(
-                    mem,
-                    &layout,
-                    (avail_before, consumed),
-                    (used_before, returned),
-                );
+        if result.is_ok() {
+            assert_eq!(u64::from(consumed), rx.heads.len() as u64 + bad);
+        } else {
+            assert!(
+                u64::from(consumed) >= bad,
+                "{consumed} chains consumed, {bad} refused"
+            );
+        }
+        let returned = vring.next_used.wrapping_sub(used_before);
+        assert!(u64::from(returned) <= u64::from(consumed));
+        if let Ok(idx) = mem.read_obj::<u16>(GuestAddress(layout.used + 2)) {
+            // The used index is published, unless the used ring overlaps the avail ring or
+            // descriptors (the guest can scribble over its own index).
+            if ring_heads(mem, &layout, (avail_before, 0), (used_before, 0)).is_some() {
+                assert_eq!(idx, vring.next_used, "used index not published");
             }
         }
+        check_returned(
+            mem,
+            &layout,
+            (avail_before, consumed),
+            (used_before, returned),
+        );
     }
 });

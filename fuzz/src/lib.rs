@@ -7,8 +7,7 @@ use std::sync::OnceLock;
 use patchbay_switch::config::Config;
 use patchbay_switch::daemon::Daemon;
 use patchbay_switch::port::{ConnectMode, PortConfig};
-use patchbay_switch::virtio::GuestMemory;
-use virtio_queue::{Queue, QueueT};
+use patchbay_switch::virtio::{GuestMap, GuestMemory, Vring};
 use vm_memory::{Bytes, GuestAddress};
 
 /// Reads values off the front of the fuzzer's bytes; past the end every value is zero, so
@@ -66,15 +65,17 @@ pub const REGION_SIZE: usize = 0x1_0000;
 
 /// Two guest memories of two 64 KiB regions each: back to back (a buffer may span the
 /// boundary) or with a 64 KiB hole between them (a buffer may fall into it).
-fn memories() -> &'static [GuestMemory; 2] {
-    static MEMS: OnceLock<[GuestMemory; 2]> = OnceLock::new();
+fn memories() -> &'static [GuestMap; 2] {
+    static MEMS: OnceLock<[GuestMap; 2]> = OnceLock::new();
     MEMS.get_or_init(|| {
         let build = |second: u64| {
-            GuestMemory::from_ranges(&[
-                (GuestAddress(0), REGION_SIZE),
-                (GuestAddress(second), REGION_SIZE),
-            ])
-            .expect("guest memory for fuzzing")
+            GuestMap::new(
+                GuestMemory::from_ranges(&[
+                    (GuestAddress(0), REGION_SIZE),
+                    (GuestAddress(second), REGION_SIZE),
+                ])
+                .expect("guest memory for fuzzing"),
+            )
         };
         [build(REGION_SIZE as u64), build(3 * REGION_SIZE as u64)]
     })
@@ -82,8 +83,9 @@ fn memories() -> &'static [GuestMemory; 2] {
 
 /// A guest memory holding `contents` from address 0 (the rest zeroed); `gap` picks the layout
 /// with a hole between the regions. Reused between inputs (one fuzz thread).
-pub fn guest_memory(gap: bool, contents: &[u8]) -> &'static GuestMemory {
-    let mem = &memories()[usize::from(gap)];
+pub fn guest_memory(gap: bool, contents: &[u8]) -> &'static GuestMap {
+    let map = &memories()[usize::from(gap)];
+    let mem = map.memory();
     static ZERO: [u8; REGION_SIZE] = [0; REGION_SIZE];
     let zero = &ZERO[..];
     let second = if gap { 3 } else { 1 } * REGION_SIZE as u64;
@@ -98,7 +100,7 @@ pub fn guest_memory(gap: bool, contents: &[u8]) -> &'static GuestMemory {
     let rest = &rest[..rest.len().min(REGION_SIZE)];
     mem.write_slice(rest, GuestAddress(second))
         .expect("fill the second region");
-    mem
+    map
 }
 
 /// Where a split ring lies, as a driver would configure it.
@@ -125,19 +127,14 @@ impl RingLayout {
     }
 
     /// The device's view of the ring (what the switch builds from SET_VRING_* messages).
-    pub fn queue(&self) -> Queue {
-        let mut q = Queue::new(1024).expect("1024 is a valid queue size");
-        q.set_size(self.size);
-        let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
-        let (lo, hi) = split(self.desc);
-        q.set_desc_table_address(lo, hi);
-        let (lo, hi) = split(self.avail);
-        q.set_avail_ring_address(lo, hi);
-        let (lo, hi) = split(self.used);
-        q.set_used_ring_address(lo, hi);
-        q.set_event_idx(self.event_idx);
-        q.set_ready(true);
-        q
+    pub fn vring(&self) -> Vring {
+        let mut v = Vring::default();
+        v.set_size(u32::from(self.size))
+            .expect("sizes are powers of two up to 256");
+        v.set_addresses(self.desc, self.avail, self.used)
+            .expect("addresses are aligned by construction");
+        v.event_idx = self.event_idx;
+        v
     }
 }
 

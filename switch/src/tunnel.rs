@@ -361,10 +361,10 @@ impl Tunnel {
                 });
             }
             let iovecs = &mut scratch.iovecs;
-            source.for_each_piece(frame, skip, |slice| {
+            source.for_each_piece(frame, skip, |at, len| {
                 iovecs.push(libc::iovec {
-                    iov_base: slice.ptr_guard().as_ptr() as *mut libc::c_void,
-                    iov_len: slice.len(),
+                    iov_base: at as *mut libc::c_void,
+                    iov_len: len,
                 });
             });
             scratch.spans.push((start, scratch.iovecs.len() - start));
@@ -585,11 +585,7 @@ impl Tunnel {
             if frames.is_empty() {
                 continue;
             }
-            let source = Source {
-                mem: None,
-                segs: &[],
-                host: &bufs,
-            };
+            let source = Source::host(&bufs);
             // A panic here is counted and shown on the tunnel port; the thread goes on with
             // the next datagrams (there is no connection to fail).
             if port

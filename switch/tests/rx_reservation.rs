@@ -3,11 +3,8 @@
 //! posted either still available or returned exactly once, never one returned twice and
 //! another lost.
 
-use std::sync::atomic::Ordering;
-
 use patchbay_switch::virtio::chain::RxShortage;
-use patchbay_switch::virtio::{GuestMemory, RxReservation};
-use virtio_queue::{Queue, QueueT};
+use patchbay_switch::virtio::{Burst, GuestMap, GuestMemory, RxReservation, Vring};
 use vm_memory::{Bytes, GuestAddress};
 
 const SIZE: u16 = 8;
@@ -40,18 +37,16 @@ fn post(mem: &GuestMemory, heads: &[u16]) {
         .unwrap();
 }
 
-fn queue() -> Queue {
-    let mut q = Queue::new(SIZE).unwrap();
-    q.set_desc_table_address(Some(DESC as u32), Some(0));
-    q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-    q.set_used_ring_address(Some(USED as u32), Some(0));
-    q.set_ready(true);
+fn queue() -> Vring {
+    let mut q = Vring::default();
+    q.set_size(u32::from(SIZE)).unwrap();
+    q.set_addresses(DESC, AVAIL, USED).unwrap();
     q
 }
 
-/// Heads the device returned through the used ring, in order.
-fn used_heads(mem: &GuestMemory, q: &Queue) -> Vec<u32> {
-    let n = q.used_idx(mem, Ordering::Acquire).unwrap().0;
+/// Heads the device returned (and published) through the used ring, in order.
+fn used_heads(mem: &GuestMemory) -> Vec<u32> {
+    let n: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap();
     (0..n)
         .map(|i| {
             mem.read_obj::<u32>(GuestAddress(USED + 4 + 8 * u64::from(i % SIZE)))
@@ -62,22 +57,25 @@ fn used_heads(mem: &GuestMemory, q: &Queue) -> Vec<u32> {
 
 #[test]
 fn a_frame_too_big_for_good_then_bad_chains_loses_no_chain_and_returns_none_twice() {
-    let mem = memory();
+    let map = GuestMap::new(memory());
+    let mem = map.memory();
     // Chain 0: a good 100-byte receive buffer. Chain 1: device-readable, so malformed in RX.
-    descriptor(&mem, 0, 100, VIRTQ_DESC_F_WRITE);
-    descriptor(&mem, 1, 100, 0);
-    post(&mem, &[0, 1]);
+    descriptor(mem, 0, 100, VIRTQ_DESC_F_WRITE);
+    descriptor(mem, 1, 100, 0);
+    post(mem, &[0, 1]);
     let mut q = queue();
     let mut rx = RxReservation::default();
     let mut bad = 0;
 
     // 1000 bytes do not fit in chain 0 alone; chain 1 is malformed: both go back empty.
+    let mut burst = Burst::open(&mut q, &map).unwrap();
     assert_eq!(
-        rx.reserve(&mut q, &mem, 1000, true, &mut bad),
+        rx.reserve(&mut burst, 1000, true, &mut bad),
         Err(RxShortage::BadChain)
     );
+    burst.publish();
     assert_eq!(bad, 1);
-    let used = used_heads(&mem, &q);
+    let used = used_heads(mem);
     assert_eq!(
         used.iter().filter(|h| **h == 1).count(),
         1,
@@ -86,12 +84,13 @@ fn a_frame_too_big_for_good_then_bad_chains_loses_no_chain_and_returns_none_twic
 
     // A small frame then gets chain 0 (still the guest's to offer, or already returned) and
     // never chain 1 a second time.
-    let small = rx.reserve(&mut q, &mem, 50, true, &mut bad);
+    let small = rx.reserve(&mut burst, 50, true, &mut bad);
     if small.is_ok() {
         assert_eq!(rx.heads, vec![(0, 100)]);
-        rx.complete(&mut q, &mem, 50);
+        rx.complete(&mut burst, 50);
     }
-    let used = used_heads(&mem, &q);
+    burst.publish();
+    let used = used_heads(mem);
     assert_eq!(
         used.iter().filter(|h| **h == 1).count(),
         1,

@@ -2,14 +2,12 @@
 //! guest allows it), write the virtio-net header and the rewritten L2 header, copy the rest
 //! of the frame once from its source, hand the buffers to the guest, notify once per batch.
 
-use vm_memory::GuestAddressSpace;
-
 use super::{Delivery, Frame, Source};
 use crate::flow::rewrite::HeaderBuf;
 use crate::port::{DropReason, Link, Port};
 use crate::virtio::chain::RxShortage;
 use crate::virtio::features::{mergeable_rx, net_header_len};
-use crate::virtio::{FrameCopier, RxReservation};
+use crate::virtio::{Burst, FrameCopier, RxReservation};
 
 pub(super) fn to_guest(
     dst: &Port,
@@ -25,25 +23,34 @@ pub(super) fn to_guest(
         dst.counters.drop(DropReason::NoBuffer, group.len() as u64);
         return;
     }
-    let dst_mem = link.mem.memory();
+    let map = link.mem.load();
     let mut rxv = link.rx.lock().unwrap_or_else(|p| p.into_inner());
     if !rxv.usable() {
         dst.counters.drop(DropReason::NoBuffer, group.len() as u64);
         return;
     }
+    let ring = &mut *rxv;
+    let call = ring.call.as_ref();
+    let mut burst = match Burst::open(&mut ring.vring, &map) {
+        Ok(burst) => burst,
+        Err(e) => {
+            dst.log_bad_input(format_args!("RX ring unusable: {e}"));
+            dst.counters.drop(DropReason::NoBuffer, group.len() as u64);
+            return;
+        }
+    };
     let features = link.features();
     let header_len = net_header_len(features);
     let mergeable = mergeable_rx(features);
     let mut bad_chains = 0u64;
     let mut delivered = 0u64;
     {
-        let queue = &mut rxv.queue;
         for (index, d) in group.iter().enumerate() {
             let frame = &frames[usize::from(d.frame)];
             let (prefix, skip) = d.prefix(headers);
             let out_len = d.out_len(frame.len, headers);
             let need = header_len as u64 + u64::from(out_len);
-            match rx.reserve(queue, &dst_mem, need, mergeable, &mut bad_chains) {
+            match rx.reserve(&mut burst, need, mergeable, &mut bad_chains) {
                 Err(RxShortage::NoBuffer) => {
                     dst.counters.drop(DropReason::NoBuffer, 1);
                     continue;
@@ -63,18 +70,19 @@ pub(super) fn to_guest(
             }
             let mut net_header = [0u8; 12];
             net_header[10..12].copy_from_slice(&(rx.heads.len() as u16).to_le_bytes());
-            let mut copier = FrameCopier::new(&dst_mem, &rx.segs);
+            // SAFETY: the reservation's segments were made by `map`, held for this function.
+            let mut copier = unsafe { FrameCopier::new(&rx.segs) };
             let ok = copier.write(&net_header[..header_len])
                 && copier.write(prefix)
                 && source.copy_into(frame, &mut copier, skip);
             if !ok || copier.written() != need {
                 // The reservation was sized for the frame, so this means guest memory changed
                 // under us; hand the buffers back empty rather than with a partial frame.
-                rx.complete(queue, &dst_mem, 0);
+                rx.complete(&mut burst, 0);
                 bad_chains += 1;
                 continue;
             }
-            rx.complete(queue, &dst_mem, need);
+            rx.complete(&mut burst, need);
             dst.counters.count_tx(u64::from(out_len));
             delivered += 1;
         }
@@ -86,8 +94,9 @@ pub(super) fn to_guest(
         ));
     }
     if delivered > 0 || bad_chains > 0 {
-        let notify = rxv.needs_interrupt(&dst_mem);
-        if notify && rxv.signal() {
+        // One index store and one notification decision per batch.
+        burst.publish();
+        if burst.needs_interrupt() && crate::port::ring::signal(call) {
             dst.counters
                 .notifications
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

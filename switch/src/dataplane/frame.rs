@@ -3,9 +3,8 @@
 
 use std::net::Ipv4Addr;
 
-use vm_memory::{GuestAddress, GuestMemoryBackend, VolatileSlice};
-
-use crate::virtio::{FrameCopier, GuestMemory, Segment};
+use crate::virtio::guest_map::copy_bytes;
+use crate::virtio::{FrameCopier, GuestMap, Segment};
 use crate::vlan::{Classified, Egress, Vid};
 use crate::wire::{ethertype, L2Header};
 
@@ -42,12 +41,47 @@ pub struct Frame {
 /// Where the bytes of a batch's frames are: the sender's memory and segment list, or a host
 /// buffer. Borrowed for the length of the batch.
 pub struct Source<'a> {
-    pub mem: Option<&'a GuestMemory>,
-    pub segs: &'a [Segment],
-    pub host: &'a [u8],
+    /// The sender's memory map, held for the batch: what keeps `segs` valid.
+    map: Option<&'a GuestMap>,
+    segs: &'a [Segment],
+    host: &'a [u8],
 }
 
-impl Source<'_> {
+impl<'a> Source<'a> {
+    /// Frames in a guest's memory.
+    ///
+    /// # Safety
+    /// `segs` must have been made by `map` (so they lie in its mappings, which `map` keeps
+    /// alive for `'a`).
+    pub unsafe fn guest(map: &'a GuestMap, segs: &'a [Segment]) -> Source<'a> {
+        Source {
+            map: Some(map),
+            segs,
+            host: &[],
+        }
+    }
+
+    /// Frames in a host buffer.
+    pub fn host(host: &'a [u8]) -> Source<'a> {
+        Source {
+            map: None,
+            segs: &[],
+            host,
+        }
+    }
+
+    /// Whether the frames are in a guest's memory (which its frontend could pull away).
+    pub fn is_guest(&self) -> bool {
+        self.map.is_some()
+    }
+
+    fn guest_segs(&self, range: (usize, usize)) -> &[Segment] {
+        match self.map {
+            Some(_) => self.segs.get(range.0..range.1).unwrap_or(&[]),
+            None => &[],
+        }
+    }
+
     /// Copies up to `out.len()` bytes from the start of `frame`; returns how many.
     pub fn read_prefix(&self, frame: &Frame, out: &mut [u8]) -> usize {
         match frame.bytes {
@@ -57,17 +91,18 @@ impl Source<'_> {
                 n
             }
             FrameBytes::Guest { segs } => {
-                let Some(mem) = self.mem else { return 0 };
                 let mut filled = 0;
-                for seg in &self.segs[segs.0..segs.1] {
+                for seg in self.guest_segs(segs) {
                     if filled == out.len() {
                         break;
                     }
-                    let want = (out.len() - filled).min(seg.len as usize);
-                    match mem.get_slice(seg.addr, want) {
-                        Ok(slice) => filled += slice.copy_to(&mut out[filled..filled + want]),
-                        Err(_) => break,
-                    }
+                    let want = (out.len() - filled).min(seg.len() as usize);
+                    // SAFETY: `seg` was made by `self.map` (the constructor's contract), which
+                    // is alive for `'a`; `out[filled..]` has room for `want` bytes.
+                    unsafe {
+                        copy_bytes(seg.host_addr(), out[filled..].as_mut_ptr() as usize, want)
+                    };
+                    filled += want;
                 }
                 filled
             }
@@ -86,49 +121,35 @@ impl Source<'_> {
             FrameBytes::Host { start, len } => {
                 copier.write(&self.host[start + skip.min(len)..start + len])
             }
-            FrameBytes::Guest { segs } => match self.mem {
-                Some(mem) => copier.copy_from_guest(mem, &self.segs[segs.0..segs.1], skip),
-                None => false,
-            },
+            FrameBytes::Guest { segs } => {
+                let segs = self.guest_segs(segs);
+                // SAFETY: the segments were made by `self.map`, alive for `'a`.
+                !segs.is_empty() && unsafe { copier.copy_segments(segs, skip) }
+            }
         }
     }
 
-    /// Calls `f` with each piece of `frame` from byte `skip` on, as host memory (for sendmmsg:
-    /// the kernel then copies straight from guest memory).
-    pub fn for_each_piece(
-        &self,
-        frame: &Frame,
-        mut skip: usize,
-        mut f: impl FnMut(VolatileSlice<'_>),
-    ) -> bool {
+    /// Calls `f` with each piece of `frame` from byte `skip` on, as (host address, length),
+    /// valid while this source is (for sendmmsg: the kernel then copies straight from guest
+    /// memory).
+    pub fn for_each_piece(&self, frame: &Frame, mut skip: usize, mut f: impl FnMut(usize, usize)) {
         match frame.bytes {
             FrameBytes::Host { start, len } => {
                 if skip < len {
-                    // Host bytes as a volatile slice, for one code path.
                     let bytes = &self.host[start + skip..start + len];
-                    // SAFETY: the slice is valid for reads for its length and outlives the
-                    // call; `f` only reads from it (it hands the pointer to sendmmsg).
-                    let slice =
-                        unsafe { VolatileSlice::new(bytes.as_ptr() as *mut u8, bytes.len()) };
-                    f(slice);
+                    f(bytes.as_ptr() as usize, bytes.len());
                 }
-                true
             }
             FrameBytes::Guest { segs } => {
-                let Some(mem) = self.mem else { return false };
-                for seg in &self.segs[segs.0..segs.1] {
-                    let len = seg.len as usize;
+                for seg in self.guest_segs(segs) {
+                    let len = seg.len() as usize;
                     if skip >= len {
                         skip -= len;
                         continue;
                     }
-                    match mem.get_slice(GuestAddress(seg.addr.0 + skip as u64), len - skip) {
-                        Ok(slice) => f(slice),
-                        Err(_) => return false,
-                    }
+                    f(seg.host_addr() + skip, len - skip);
                     skip = 0;
                 }
-                true
             }
         }
     }
@@ -253,11 +274,7 @@ mod tests {
             .chain(b"abcdefghijklmnop".iter())
             .copied()
             .collect::<Vec<_>>();
-        let src = Source {
-            mem: None,
-            segs: &[],
-            host: &host,
-        };
+        let src = Source::host(&host);
         let f = Frame {
             head: 0,
             len: 16,
@@ -268,11 +285,10 @@ mod tests {
         assert_eq!(src.read_prefix(&f, &mut out), 4);
         assert_eq!(&out, b"abcd");
         let mut pieces = Vec::new();
-        assert!(src.for_each_piece(&f, 12, |s| {
-            let mut b = vec![0u8; s.len()];
-            s.copy_to(&mut b[..]);
-            pieces.push(b);
-        }));
+        src.for_each_piece(&f, 12, |at, len| {
+            // SAFETY: the piece is in `host`, alive here.
+            pieces.push(unsafe { std::slice::from_raw_parts(at as *const u8, len) }.to_vec());
+        });
         assert_eq!(pieces, vec![b"mnop".to_vec()]);
     }
 }

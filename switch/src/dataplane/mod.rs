@@ -16,9 +16,6 @@ pub mod frame;
 
 use std::sync::Arc;
 
-use virtio_queue::{QueueOwnedT, QueueT};
-use vm_memory::GuestAddressSpace;
-
 pub use frame::{Frame, FrameBytes, Rewrite, Source, TunnelMeta};
 
 use crate::flow::extract::flow_key;
@@ -30,7 +27,7 @@ use crate::port::{DropReason, Link, Port};
 use crate::switch::Switch;
 use crate::virtio::chain::ChainError;
 use crate::virtio::features::net_header_len;
-use crate::virtio::{RxReservation, Segment, TxChain};
+use crate::virtio::{Burst, RxReservation, Segment, TxChain};
 use crate::vlan::{Classified, Egress, IngressDrop, Vid, VlanMode};
 use crate::wire::{EthernetAddress, L2Header};
 
@@ -311,7 +308,7 @@ pub fn inject_panic(port: &Port) {
 /// [`DRAIN_BUDGET`] chains were taken (kicks stay off: the caller must call again); in poll
 /// mode takes one batch and leaves kicks off. Returns the number of chains consumed.
 pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usize {
-    let mem = link.mem.memory();
+    let map = link.mem.load();
     let mut txv = link.tx.lock().unwrap_or_else(|p| p.into_inner());
     if !txv.usable() {
         return 0;
@@ -319,54 +316,50 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usiz
     let header_len = net_header_len(link.features());
     let max_frame = sw.settings().max_frame_len();
     let mut scratch = link.tx_scratch.lock().unwrap_or_else(|p| p.into_inner());
+    let ring = &mut *txv;
+    let call = ring.call.as_ref();
+    let mut burst = match Burst::open(&mut ring.vring, &map) {
+        Ok(burst) => burst,
+        Err(e) => {
+            port.log_bad_input(format_args!("TX ring unusable: {e}"));
+            port.counters.drop(DropReason::BadDescriptor, 1);
+            return 0;
+        }
+    };
+    // Kicks stay off while we drain (event mode re-arms them below; pollers never need them).
+    burst.disable_kicks();
     let mut consumed = 0;
     loop {
-        // Kicks stay off while we drain (event mode re-arms them below; pollers never need them).
-        let _ = txv.queue.disable_notification(&*mem);
         scratch.segs.clear();
         scratch.frames.clear();
         scratch.bad_heads.clear();
-        let mut popped = 0;
-        let mut ring_broken = false;
-        {
-            let queue = &mut txv.queue;
-            let queue_size = queue.size();
-            // One read of the guest's avail index per batch.
-            match queue.iter(&*mem) {
-                Ok(chains) => {
-                    for chain in chains.take(BATCH) {
-                        popped += 1;
-                        let head = chain.head_index();
-                        let s = &mut *scratch;
-                        match TxChain::parse(
-                            chain,
-                            &mem,
-                            header_len,
-                            max_frame,
-                            queue_size,
-                            &mut s.segs,
-                        ) {
-                            Ok(c) => s.frames.push(Frame {
-                                head: c.head,
-                                len: c.frame_len,
-                                bytes: FrameBytes::Guest { segs: c.segs },
-                                tunnel: None,
-                            }),
-                            Err(e) => {
-                                port.log_bad_input(format_args!("TX chain {head} rejected: {e}"));
-                                port.counters.drop(drop_reason(&e), 1);
-                                s.bad_heads.push(head);
-                            }
-                        }
-                    }
-                }
+        // One read of the guest's avail index per batch.
+        let (waiting, ring_broken) = match burst.refresh() {
+            Ok(n) => (n, false),
+            Err(e) => {
+                // The avail index moved further than the ring holds: the guest broke its
+                // own ring. Count it and stop here; the next kick (or poll) looks again,
+                // so a guest that repairs its index carries on.
+                port.log_bad_input(format_args!("TX ring unusable: {e}"));
+                port.counters.drop(DropReason::BadDescriptor, 1);
+                (0, true)
+            }
+        };
+        let popped = usize::from(waiting).min(BATCH);
+        for _ in 0..popped {
+            let head = burst.pop();
+            let s = &mut *scratch;
+            match TxChain::parse(&burst, head, header_len, max_frame, &mut s.segs) {
+                Ok(c) => s.frames.push(Frame {
+                    head: c.head,
+                    len: c.frame_len,
+                    bytes: FrameBytes::Guest { segs: c.segs },
+                    tunnel: None,
+                }),
                 Err(e) => {
-                    // The avail index moved further than the ring holds: the guest broke its
-                    // own ring. Count it and stop here; the next kick (or poll) looks again,
-                    // so a guest that repairs its index carries on.
-                    port.log_bad_input(format_args!("TX ring unusable: {e}"));
-                    port.counters.drop(DropReason::BadDescriptor, 1);
-                    ring_broken = true;
+                    port.log_bad_input(format_args!("TX chain {head} rejected: {e}"));
+                    port.counters.drop(drop_reason(&e), 1);
+                    s.bad_heads.push(head);
                 }
             }
         }
@@ -383,26 +376,24 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usiz
                 switch,
                 ..
             } = &mut *scratch;
-            let source = Source {
-                mem: Some(&mem),
-                segs,
-                host: &[],
-            };
+            // SAFETY: `segs` were made by `map` in this batch (`TxChain::parse` above), and
+            // `map` is held until the end of this function.
+            let source = unsafe { Source::guest(&map, segs) };
             switch_frames(sw, port, &source, frames, switch);
             if crate::port::memory::fault_count() != faults_before && link.memory_faulted() {
                 link.fail_on_memory_fault(port);
             }
-            let queue = &mut txv.queue;
             for head in scratch
                 .frames
                 .iter()
                 .map(|f| f.head)
                 .chain(scratch.bad_heads.iter().copied())
             {
-                // A head outside the queue cannot be returned: nothing else to do with it.
-                let _ = queue.add_used(&*mem, head, 0);
+                burst.push_used(head, 0);
             }
-            if txv.needs_interrupt(&mem) && txv.signal() {
+            // One index store and one notification decision per batch.
+            burst.publish();
+            if burst.needs_interrupt() && crate::port::ring::signal(call) {
                 port.counters
                     .notifications
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -422,10 +413,11 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usiz
                 break;
             }
             // Re-arm; if the guest added chains meanwhile, go round again.
-            match txv.queue.enable_notification(&*mem) {
-                Ok(true) => continue,
-                _ => break,
+            if burst.enable_kicks() {
+                burst.disable_kicks();
+                continue;
             }
+            break;
         } else if !event_mode {
             break;
         }
@@ -572,7 +564,7 @@ pub fn switch_frames(
 
     // Reading the sender's frames may have hit memory its frontend pulled away (the guard
     // turned it into zeros): deliver nothing of such a batch.
-    if source.mem.is_some() && ingress.with_link(Link::memory_faulted) == Some(true) {
+    if source.is_guest() && ingress.with_link(Link::memory_faulted) == Some(true) {
         return;
     }
     // Group by destination, keeping frame order within each destination.

@@ -20,24 +20,22 @@ use vhost::vhost_user::{
     Error as VhostError, GpuBackend, Result as VhostResult, VhostUserBackendReqHandlerMut,
 };
 use vhost::VhostUserMemoryRegionBase;
-use virtio_queue::QueueT;
-use vm_memory::{
-    GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap,
-};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::memory::{self, RegionClaim};
 use super::ring::RingState;
 use super::{Link, Port};
 use crate::virtio::features::{event_idx, VHOST_USER_F_PROTOCOL_FEATURES};
-use crate::virtio::{GuestMemory, OFFERED_FEATURES};
+use crate::virtio::ring::MAX_QUEUE_SIZE as RING_MAX;
+use crate::virtio::{Burst, GuestMap, GuestMemory, OFFERED_FEATURES};
 
 /// Queue indices of a virtio-net device with one queue pair.
 pub const RX_QUEUE: u32 = 0;
 pub const TX_QUEUE: u32 = 1;
 const NUM_QUEUES: u64 = 2;
 /// Largest ring a frontend may configure (QEMU allows up to 1024).
-pub const MAX_QUEUE_SIZE: usize = 1024;
+pub const MAX_QUEUE_SIZE: usize = RING_MAX as usize;
 /// Memory slots offered with CONFIGURE_MEM_SLOTS.
 const MAX_MEM_SLOTS: u64 = 32;
 
@@ -122,18 +120,15 @@ impl DeviceHandler {
     /// Starts a ring once it has a kick fd and addresses: the used index continues from what
     /// the guest's used ring says (it may have run with another backend before).
     fn start_ring(&self, index: u32) -> VhostResult<()> {
-        let mem = self.link.mem.memory();
+        let map = self.link.mem.load();
         let mut ring = self.ring(index)?;
         ring.started = true;
-        ring.queue.set_ready(true);
-        if ring.queue.is_valid(&*mem) {
-            if let Ok(used) = ring.queue.used_idx(&*mem, Ordering::Acquire) {
-                ring.queue.set_next_used(used.0);
-            }
-        }
+        ring.vring.sync_used_from_guest(&map);
         if index == RX_QUEUE {
             // Frames are never queued waiting for RX buffers, so RX kicks are not needed.
-            let _ = ring.queue.disable_notification(&*mem);
+            if let Ok(burst) = Burst::open(&mut ring.vring, &map) {
+                burst.disable_kicks();
+            }
         }
         Ok(())
     }
@@ -216,7 +211,7 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
         let without_protocol = features & VHOST_USER_F_PROTOCOL_FEATURES == 0;
         for index in [RX_QUEUE, TX_QUEUE] {
             let mut ring = self.ring(index)?;
-            ring.queue.set_event_idx(event_idx(features));
+            ring.vring.event_idx = event_idx(features);
             // Without protocol features there is no SET_VRING_ENABLE: rings start enabled.
             if without_protocol {
                 ring.enabled = true;
@@ -249,21 +244,16 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
             });
         }
         let mem = GuestMemory::from_regions(regions).map_err(|_| VhostError::InvalidParam)?;
-        self.link
-            .mem
-            .lock()
-            .map_err(|_| invalid("memory lock poisoned"))?
-            .replace(mem);
+        self.link.mem.store(Arc::new(GuestMap::new(mem)));
         self.mappings = mappings;
         Ok(None)
     }
 
     fn set_vring_num(&mut self, index: u32, num: u32) -> VhostResult<()> {
-        if num == 0 || num as usize > MAX_QUEUE_SIZE || !num.is_power_of_two() {
-            return Err(VhostError::InvalidParam);
-        }
-        self.ring(index)?.queue.set_size(num as u16);
-        Ok(())
+        self.ring(index)?
+            .vring
+            .set_size(num)
+            .map_err(|_| VhostError::InvalidParam)
     }
 
     fn set_vring_addr(
@@ -278,23 +268,17 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
         let desc = self.vmm_va_to_gpa(descriptor)?;
         let avail = self.vmm_va_to_gpa(available)?;
         let used = self.vmm_va_to_gpa(used)?;
-        let mut ring = self.ring(index)?;
-        ring.queue
-            .try_set_desc_table_address(GuestAddress(desc))
-            .map_err(|_| VhostError::InvalidParam)?;
-        ring.queue
-            .try_set_avail_ring_address(GuestAddress(avail))
-            .map_err(|_| VhostError::InvalidParam)?;
-        ring.queue
-            .try_set_used_ring_address(GuestAddress(used))
-            .map_err(|_| VhostError::InvalidParam)?;
-        Ok(())
+        self.ring(index)?
+            .vring
+            .set_addresses(desc, avail, used)
+            .map_err(|e| {
+                log::warn!("port {}: ring {index}: {e}", self.port.name);
+                VhostError::InvalidParam
+            })
     }
 
     fn set_vring_base(&mut self, index: u32, base: u32) -> VhostResult<()> {
-        let mut ring = self.ring(index)?;
-        ring.queue.set_next_avail(base as u16);
-        ring.queue.set_next_used(base as u16);
+        self.ring(index)?.vring.set_base(base as u16);
         Ok(())
     }
 
@@ -303,11 +287,10 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
         let next_avail = {
             let mut ring = self.ring(index)?;
             ring.started = false;
-            ring.queue.set_ready(false);
             ring.kick = None;
             ring.kick_generation += 1;
             ring.call = None;
-            ring.queue.next_avail()
+            ring.vring.next_avail
         };
         self.notify_rings_changed();
         Ok(VhostUserVringState::new(index, u32::from(next_avail)))
@@ -425,18 +408,14 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
         if self.mappings.len() as u64 >= MAX_MEM_SLOTS {
             return Err(VhostError::InvalidParam);
         }
-        let current = self.link.mem.memory();
-        let mapped_before: u64 = current.iter().map(|r| r.len()).sum();
+        let current = self.link.mem.load_full();
+        let mapped_before: u64 = current.memory().iter().map(|r| r.len()).sum();
         let mapped = Arc::new(self.map_region(fd, region, mapped_before)?);
         let updated = current
+            .memory()
             .insert_region(mapped)
             .map_err(|_| VhostError::InvalidParam)?;
-        drop(current);
-        self.link
-            .mem
-            .lock()
-            .map_err(|_| invalid("memory lock poisoned"))?
-            .replace(updated);
+        self.link.mem.store(Arc::new(GuestMap::new(updated)));
         self.mappings.push(Mapping {
             vmm_addr: region.user_addr,
             size: region.memory_size,
@@ -446,16 +425,12 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
     }
 
     fn remove_mem_region(&mut self, region: &VhostUserSingleMemoryRegion) -> VhostResult<()> {
-        let current = self.link.mem.memory();
+        let current = self.link.mem.load_full();
         let (updated, _) = current
+            .memory()
             .remove_region(GuestAddress(region.guest_phys_addr), region.memory_size)
             .map_err(|_| VhostError::InvalidParam)?;
-        drop(current);
-        self.link
-            .mem
-            .lock()
-            .map_err(|_| invalid("memory lock poisoned"))?
-            .replace(updated);
+        self.link.mem.store(Arc::new(GuestMap::new(updated)));
         self.mappings
             .retain(|m| !(m.gpa == region.guest_phys_addr && m.size == region.memory_size));
         Ok(())

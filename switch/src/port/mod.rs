@@ -14,16 +14,17 @@ pub mod ring;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
-use vm_memory::GuestMemoryAtomic;
 
 use crate::dataplane::TxScratch;
 use crate::mac_table::PortId;
 use crate::virtio::features::{feature_names, net_header_len};
-use crate::virtio::GuestMemory;
+use crate::virtio::GuestMap;
 use crate::vlan::{VlanConfig, VlanMode};
 use crate::wire::EthernetAddress;
 pub use metrics::{CounterSnapshot, DropReason, PortCounters};
@@ -160,8 +161,9 @@ pub enum LinkState {
 /// The dataplane's handle on one connected frontend: its memory, its two rings, what it
 /// negotiated. Replaced on every reconnect; the port outlives it.
 pub struct Link {
-    /// The guest's memory map; swapped whole on SET_MEM_TABLE / ADD_MEM_REGION.
-    pub mem: GuestMemoryAtomic<GuestMemory>,
+    /// The guest's memory map; swapped whole on SET_MEM_TABLE / ADD_MEM_REGION. A batch
+    /// holds the map it loaded, so regions it translated into stay mapped until it ends.
+    pub mem: ArcSwap<GuestMap>,
     /// Queue 0: the guest's receive ring (the switch writes into it). A leaf lock.
     pub rx: Mutex<ring::RingState>,
     /// Queue 1: the guest's transmit ring (the switch reads from it).
@@ -184,7 +186,7 @@ pub struct Link {
 impl Link {
     pub fn new() -> Self {
         Link {
-            mem: GuestMemoryAtomic::new(GuestMemory::new()),
+            mem: ArcSwap::from_pointee(GuestMap::empty()),
             rx: Mutex::new(ring::RingState::default()),
             tx: Mutex::new(ring::RingState::default()),
             features: AtomicU64::new(0),
@@ -271,11 +273,13 @@ pub struct Port {
     pub name: String,
     pub config: PortConfig,
     pub mac: Option<EthernetAddress>,
-    vlan: RwLock<Arc<VlanMode>>,
+    vlan: ArcSwap<VlanMode>,
     pub counters: PortCounters,
     /// Most addresses the learning table keeps behind this port (set by the switch).
     mac_limit: std::sync::atomic::AtomicUsize,
-    link: RwLock<Option<Arc<Link>>>,
+    /// Read by every batch that sends to or from this port: an RCU-style pointer, so the
+    /// frame path takes no lock to reach it.
+    link: ArcSwapOption<Link>,
     state: Mutex<(LinkState, SystemTime)>,
     removed: AtomicBool,
     /// A handle on the current vhost-user connection, to close it (port removal).
@@ -301,10 +305,10 @@ impl Port {
             name: config.name.clone(),
             config,
             mac,
-            vlan: RwLock::new(Arc::new(vlan)),
+            vlan: ArcSwap::from_pointee(vlan),
             counters: PortCounters::default(),
             mac_limit: std::sync::atomic::AtomicUsize::new(usize::MAX),
-            link: RwLock::new(None),
+            link: ArcSwapOption::empty(),
             state: Mutex::new((initial, SystemTime::now())),
             removed: AtomicBool::new(false),
             connection: Mutex::new(None),
@@ -336,10 +340,10 @@ impl Port {
                 mac_limit: None,
             },
             mac: None,
-            vlan: RwLock::new(Arc::new(VlanMode::Trunk { allowed: vlans })),
+            vlan: ArcSwap::from_pointee(VlanMode::Trunk { allowed: vlans }),
             counters: PortCounters::default(),
             mac_limit: std::sync::atomic::AtomicUsize::new(usize::MAX),
-            link: RwLock::new(None),
+            link: ArcSwapOption::empty(),
             state: Mutex::new((LinkState::Connected, SystemTime::now())),
             removed: AtomicBool::new(false),
             connection: Mutex::new(None),
@@ -363,37 +367,33 @@ impl Port {
     }
 
     pub fn vlan(&self) -> Arc<VlanMode> {
-        self.vlan.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.vlan.load_full()
     }
 
     pub fn set_vlan(&self, mode: VlanMode) {
-        *self.vlan.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(mode);
+        self.vlan.store(Arc::new(mode));
     }
 
     /// The current link, if a frontend has brought its rings up.
     pub fn link(&self) -> Option<Arc<Link>> {
-        self.link.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.link.load_full()
     }
 
     pub fn has_link(&self) -> bool {
-        self.link
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+        self.link.load().is_some()
     }
 
-    /// Read access to the link without cloning the Arc (frame path).
+    /// Access to the link without a lock or a reference count change (frame path).
     pub fn with_link<R>(&self, f: impl FnOnce(&Link) -> R) -> Option<R> {
-        let guard = self.link.read().unwrap_or_else(|p| p.into_inner());
-        guard.as_deref().map(f)
+        self.link.load().as_deref().map(f)
     }
 
     pub(crate) fn attach(&self, link: Arc<Link>) {
-        *self.link.write().unwrap_or_else(|p| p.into_inner()) = Some(link);
+        self.link.store(Some(link));
     }
 
     pub(crate) fn detach(&self) {
-        *self.link.write().unwrap_or_else(|p| p.into_inner()) = None;
+        self.link.store(None);
     }
 
     pub fn state(&self) -> (LinkState, SystemTime) {

@@ -1,29 +1,16 @@
-//! Validated walks over descriptor chains and the single copy of a frame from one guest's
-//! transmit buffers into another guest's receive buffers.
+//! Validated transmit chains, receive reservations, and the single copy of a frame from one
+//! guest's transmit buffers into another guest's receive buffers, over a [`Burst`].
 //!
-//! `virtio_queue::DescriptorChain` ends iteration silently on a loop, a bad `next` index, an
-//! unreadable descriptor or a bad indirect table; we detect that (the last descriptor still
-//! says NEXT, or none came at all) and reject the chain instead of using a truncated one.
+//! The chain rules themselves (direction, lengths, ranges, loops, indirect tables) are
+//! checked by `Burst::walk`; this file decides what a whole frame needs.
 
-use std::ops::Deref;
-
-use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, VolatileSlice};
-
-use super::GuestMemory;
-
-/// A piece of a guest buffer that lies within one memory region, so it maps to one slice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Segment {
-    pub addr: GuestAddress,
-    pub len: u32,
-}
+use super::guest_map::{copy_bytes, Segment};
+use super::ring::Burst;
 
 /// Why a descriptor chain was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
-    #[error("descriptor chain is broken: a loop, a next index outside the queue, an unreadable descriptor or a bad indirect table")]
+    #[error("descriptor chain is broken: a head or next index outside its table, a nested, chained or malformed indirect table")]
     Broken,
     #[error("device-writable descriptor in a transmit chain")]
     WritableInTx,
@@ -37,101 +24,25 @@ pub enum ChainError {
     Runt { len: u32 },
     #[error("frame of {len}+ bytes exceeds the {max}-byte limit")]
     TooBig { len: u64, max: u64 },
-    #[error("descriptor chain is longer than the queue ({0} descriptors)")]
+    #[error("descriptor chain is longer than {0} descriptors (or loops)")]
     TooLong(u16),
 }
 
-/// Appends `desc`'s buffer to `segs`, split at memory-region boundaries.
-fn push_segments(
-    mem: &GuestMemory,
-    desc: &Descriptor,
-    segs: &mut Vec<Segment>,
-) -> Result<(), ChainError> {
-    let len = desc.len();
-    let out_of_range = ChainError::OutOfRange {
-        addr: desc.addr().raw_value(),
-        len,
-    };
-    if !GuestMemoryBackend::check_range(mem, desc.addr(), len as usize) {
-        return Err(out_of_range);
-    }
-    let mut addr = desc.addr();
-    let mut left = u64::from(len);
-    while left > 0 {
-        let region = mem.find_region(addr).ok_or(out_of_range)?;
-        let in_region = region.last_addr().unchecked_offset_from(addr) + 1;
-        let take = left.min(in_region);
-        segs.push(Segment {
-            addr,
-            len: take as u32,
-        });
-        addr = addr.checked_add(take).ok_or(out_of_range)?;
-        left -= take;
-    }
-    Ok(())
-}
-
-/// Walks a whole chain, checking every descriptor's direction, length and range, and stopping
-/// early once more than `limit` bytes are seen. Returns the chain's byte count.
-fn walk<M>(
-    chain: DescriptorChain<M>,
-    mem: &GuestMemory,
-    device_writes: bool,
-    limit: u64,
-    queue_size: u16,
-    segs: &mut Vec<Segment>,
-) -> Result<u64, ChainError>
-where
-    M: Deref<Target = GuestMemory>,
-{
-    let mut total = 0u64;
-    let mut last_has_next = false;
-    let mut count = 0usize;
-    for desc in chain {
-        count += 1;
-        // The spec bounds a chain by the queue size, indirect tables included.
-        if count > usize::from(queue_size) {
-            return Err(ChainError::TooLong(queue_size));
+/// Drops the first `n` bytes described by `segs[start..]`.
+fn skip_front(segs: &mut Vec<Segment>, start: usize, mut n: u32) {
+    let mut empty = 0;
+    for seg in &mut segs[start..] {
+        if n == 0 {
+            break;
         }
-        last_has_next = desc.has_next();
-        if desc.is_write_only() != device_writes {
-            return Err(if device_writes {
-                ChainError::ReadableInRx
-            } else {
-                ChainError::WritableInTx
-            });
-        }
-        if desc.len() == 0 {
-            return Err(ChainError::ZeroLength);
-        }
-        total += u64::from(desc.len());
-        if total > limit {
-            return Err(ChainError::TooBig {
-                len: total,
-                max: limit,
-            });
-        }
-        push_segments(mem, &desc, segs)?;
-    }
-    if count == 0 || last_has_next {
-        return Err(ChainError::Broken);
-    }
-    Ok(total)
-}
-
-/// Drops the first `n` bytes described by `segs`.
-fn skip_front(segs: &mut Vec<Segment>, start: usize, mut n: usize) {
-    let mut i = start;
-    while n > 0 && i < segs.len() {
-        let seg = &mut segs[i];
-        let take = n.min(seg.len as usize);
-        seg.addr = GuestAddress(seg.addr.raw_value() + take as u64);
-        seg.len -= take as u32;
+        let take = n.min(seg.len());
+        *seg = seg.advance(take);
         n -= take;
-        i += 1;
+        if seg.is_empty() {
+            empty += 1;
+        }
     }
-    let empty_prefix = segs[start..].iter().take_while(|s| s.len == 0).count();
-    segs.drain(start..start + empty_prefix);
+    segs.drain(start..start + empty);
 }
 
 /// A validated transmit chain: where its frame (after the virtio-net header) lies.
@@ -144,43 +55,29 @@ pub struct TxChain {
 }
 
 impl TxChain {
-    /// Validates a chain the guest offered for transmission. `max_frame` bounds the frame
-    /// (headers included, virtio-net header excluded).
-    pub fn parse<M>(
-        chain: DescriptorChain<M>,
-        mem: &GuestMemory,
+    /// Validates the chain at `head` that the guest offered for transmission. `max_frame`
+    /// bounds the frame (headers included, virtio-net header excluded).
+    pub fn parse(
+        burst: &Burst<'_>,
+        head: u16,
         header_len: usize,
         max_frame: u32,
-        queue_size: u16,
         segs: &mut Vec<Segment>,
-    ) -> Result<TxChain, ChainError>
-    where
-        M: Deref<Target = GuestMemory>,
-    {
-        let head = chain.head_index();
+    ) -> Result<TxChain, ChainError> {
         let start = segs.len();
         let limit = header_len as u64 + u64::from(max_frame);
-        let result = walk(chain, mem, false, limit, queue_size, segs).and_then(|total| {
-            let frame_len = total.saturating_sub(header_len as u64) as u32;
-            if total < header_len as u64 + 14 {
-                return Err(ChainError::Runt { len: frame_len });
-            }
-            Ok(frame_len)
-        });
-        match result {
-            Ok(frame_len) => {
-                skip_front(segs, start, header_len);
-                Ok(TxChain {
-                    head,
-                    segs: (start, segs.len()),
-                    frame_len,
-                })
-            }
-            Err(e) => {
-                segs.truncate(start);
-                Err(e)
-            }
+        let total = burst.walk(head, false, limit, burst.size(), segs)?;
+        let frame_len = total.saturating_sub(header_len as u64) as u32;
+        if total < header_len as u64 + 14 {
+            segs.truncate(start);
+            return Err(ChainError::Runt { len: frame_len });
         }
+        skip_front(segs, start, header_len as u32);
+        Ok(TxChain {
+            head,
+            segs: (start, segs.len()),
+            frame_len,
+        })
     }
 }
 
@@ -227,7 +124,8 @@ impl RxReservation {
         self.capacity = 0;
     }
 
-    /// Takes enough chains from `queue` to hold `need` bytes (virtio-net header included).
+    /// Takes enough chains from `burst` to hold `need` bytes (virtio-net header included).
+    /// The avail index is read again only when the chains known to wait run out.
     ///
     /// What the frontend sees, whatever happens: every chain it posted comes back in the used
     /// ring exactly once. Malformed chains met before any good one are returned empty (up to
@@ -237,29 +135,23 @@ impl RxReservation {
     /// chains taken are put back, in ring order, for the next frame.
     pub fn reserve(
         &mut self,
-        queue: &mut Queue,
-        mem: &GuestMemory,
+        burst: &mut Burst<'_>,
         need: u64,
         mergeable: bool,
         bad: &mut u64,
     ) -> Result<(), RxShortage> {
         self.clear();
         let mut bad_run = 0;
+        let max_descriptors = burst.size().min(MAX_RX_CHAIN_DESCRIPTORS);
         while self.capacity < need {
-            let chain = match queue.iter(mem) {
-                Ok(mut it) => it.next(),
-                Err(_) => None,
-            };
-            let Some(chain) = chain else {
-                self.put_back(queue);
+            if burst.pending() == 0 && burst.refresh().map_or(true, |n| n == 0) {
+                self.put_back(burst);
                 return Err(RxShortage::NoBuffer);
-            };
-            let head = chain.head_index();
+            }
+            let head = burst.pop();
             let seg_start = self.segs.len();
-            let max_descriptors = queue.size().min(MAX_RX_CHAIN_DESCRIPTORS);
-            match walk(
-                chain,
-                mem,
+            match burst.walk(
+                head,
                 true,
                 u64::from(u32::MAX),
                 max_descriptors,
@@ -268,24 +160,22 @@ impl RxReservation {
                 Ok(cap) => {
                     if (!mergeable && cap < need) || self.heads.len() == MAX_RX_CHAINS_PER_FRAME {
                         self.segs.truncate(seg_start);
-                        queue.go_to_previous_position();
-                        self.put_back(queue);
+                        burst.unpop(1);
+                        self.put_back(burst);
                         return Err(RxShortage::TooBig);
                     }
                     self.heads.push((head, cap.min(u64::from(u32::MAX)) as u32));
                     self.capacity += cap;
                 }
                 Err(_) => {
-                    self.segs.truncate(seg_start);
                     *bad += 1;
                     if !self.heads.is_empty() {
-                        self.complete(queue, mem, 0);
+                        self.complete(burst, 0);
                         self.clear();
-                        // A head outside the queue cannot be returned; the guest broke its ring.
-                        let _ = queue.add_used(mem, head, 0);
+                        burst.push_used(head, 0);
                         return Err(RxShortage::BadChain);
                     }
-                    let _ = queue.add_used(mem, head, 0);
+                    burst.push_used(head, 0);
                     bad_run += 1;
                     if bad_run == MAX_BAD_RX_CHAINS {
                         return Err(RxShortage::BadChain);
@@ -296,37 +186,37 @@ impl RxReservation {
         Ok(())
     }
 
-    fn put_back(&mut self, queue: &mut Queue) {
-        for _ in 0..self.heads.len() {
-            queue.go_to_previous_position();
-        }
+    fn put_back(&mut self, burst: &mut Burst<'_>) {
+        burst.unpop(self.heads.len() as u16);
         self.clear();
     }
 
-    /// Hands the written chains to the guest: each gets the bytes that landed in it.
-    pub fn complete(&self, queue: &mut Queue, mem: &GuestMemory, written: u64) {
+    /// Hands the written chains to the guest: each gets the bytes that landed in it. They
+    /// become visible with the burst's `publish`.
+    pub fn complete(&self, burst: &mut Burst<'_>, written: u64) {
         let mut left = written;
         for (head, cap) in &self.heads {
             let used = left.min(u64::from(*cap));
             left -= used;
-            let _ = queue.add_used(mem, *head, used as u32);
+            burst.push_used(*head, used as u32);
         }
     }
 }
 
 /// Writes into a reservation's segments in order.
 pub struct FrameCopier<'a> {
-    mem: &'a GuestMemory,
     segs: &'a [Segment],
     idx: usize,
-    off: usize,
+    off: u32,
     written: u64,
 }
 
 impl<'a> FrameCopier<'a> {
-    pub fn new(mem: &'a GuestMemory, segs: &'a [Segment]) -> Self {
+    /// # Safety
+    /// `segs` must come from a [`GuestMap`](super::GuestMap) that stays alive while the
+    /// copier is used (the frame path holds the receiver's map for the burst).
+    pub unsafe fn new(segs: &'a [Segment]) -> Self {
         FrameCopier {
-            mem,
             segs,
             idx: 0,
             off: 0,
@@ -338,74 +228,70 @@ impl<'a> FrameCopier<'a> {
         self.written
     }
 
-    /// The next destination slice with room, at most `max` bytes long.
-    fn next_slice(&mut self, max: usize) -> Option<VolatileSlice<'a>> {
+    /// The next destination run with room, at most `max` bytes long: (host address, length).
+    #[inline]
+    fn next_run(&mut self, max: usize) -> Option<(usize, usize)> {
         while self.idx < self.segs.len() {
             let seg = self.segs[self.idx];
-            let room = seg.len as usize - self.off;
+            let room = (seg.len() - self.off) as usize;
             if room == 0 {
                 self.idx += 1;
                 self.off = 0;
                 continue;
             }
             let n = room.min(max);
-            let slice = self
-                .mem
-                .get_slice(GuestAddress(seg.addr.raw_value() + self.off as u64), n)
-                .ok()?;
-            self.off += n;
+            let at = seg.host_addr() + self.off as usize;
+            self.off += n as u32;
             self.written += n as u64;
-            return Some(slice);
+            return Some((at, n));
         }
         None
     }
 
-    /// Writes `bytes`; returns false if the reservation ran out.
-    pub fn write(&mut self, mut bytes: &[u8]) -> bool {
-        while !bytes.is_empty() {
-            let Some(dst) = self.next_slice(bytes.len()) else {
+    /// Copies `len` bytes from host address `src`; false if the reservation ran out.
+    ///
+    /// # Safety
+    /// `src` must be valid for `len` bytes of reads.
+    #[inline]
+    unsafe fn copy_raw(&mut self, mut src: usize, mut len: usize) -> bool {
+        while len > 0 {
+            let Some((dst, n)) = self.next_run(len) else {
                 return false;
             };
-            let n = dst.len();
-            dst.copy_from(&bytes[..n]);
-            bytes = &bytes[n..];
+            // SAFETY: `dst` is a run of a segment made by the caller's map, alive for the
+            // burst; `src` is valid for `len >= n` bytes by this function's contract.
+            unsafe { copy_bytes(src, dst, n) };
+            src += n;
+            len -= n;
         }
         true
     }
 
-    /// Copies the frame described by `src_segs` in `src_mem`, from byte `skip` on: the one
-    /// copy a frame gets on its way between two guests.
-    pub fn copy_from_guest(
-        &mut self,
-        src_mem: &GuestMemory,
-        src_segs: &[Segment],
-        mut skip: usize,
-    ) -> bool {
+    /// Writes `bytes`; returns false if the reservation ran out.
+    #[inline]
+    pub fn write(&mut self, bytes: &[u8]) -> bool {
+        // SAFETY: a slice is valid for reads of its length.
+        unsafe { self.copy_raw(bytes.as_ptr() as usize, bytes.len()) }
+    }
+
+    /// Copies the frame described by `src_segs`, from byte `skip` on: the one copy a frame
+    /// gets on its way between two guests.
+    ///
+    /// # Safety
+    /// `src_segs` must come from a [`GuestMap`](super::GuestMap) that is alive for the call.
+    pub unsafe fn copy_segments(&mut self, src_segs: &[Segment], skip: usize) -> bool {
+        let mut skip = skip as u32;
         for seg in src_segs {
-            let len = seg.len as usize;
-            if skip >= len {
-                skip -= len;
+            if skip >= seg.len() {
+                skip -= seg.len();
                 continue;
             }
-            let Ok(mut src) =
-                src_mem.get_slice(GuestAddress(seg.addr.raw_value() + skip as u64), len - skip)
-            else {
-                return false;
-            };
+            let seg = seg.advance(skip);
             skip = 0;
-            while !src.is_empty() {
-                let Some(dst) = self.next_slice(src.len()) else {
-                    return false;
-                };
-                let n = dst.len();
-                src.copy_to_volatile_slice(dst);
-                if n == src.len() {
-                    break;
-                }
-                src = match src.offset(n) {
-                    Ok(rest) => rest,
-                    Err(_) => return false,
-                };
+            // SAFETY: `seg` was made by a map alive for this call (the contract), so it is
+            // valid for reads of its length.
+            if !unsafe { self.copy_raw(seg.host_addr(), seg.len() as usize) } {
+                return false;
             }
         }
         true
@@ -420,7 +306,9 @@ mod tests {
     //! and the used index moves by exactly the entries written.
 
     use super::*;
-    use vm_memory::{Bytes, GuestMemoryMmap};
+    use crate::virtio::ring::Vring;
+    use crate::virtio::{GuestMap, GuestMemory};
+    use vm_memory::{Bytes, GuestAddress};
 
     const QSIZE: u16 = 64;
     const DESC: u64 = 0x1000;
@@ -443,27 +331,20 @@ mod tests {
     }
 
     struct Ring {
-        mem: GuestMemoryMmap,
-        queue: Queue,
+        map: GuestMap,
+        vring: Vring,
         posted: u16,
     }
 
     impl Ring {
         fn new() -> Ring {
-            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap();
-            let mut queue = Queue::new(QSIZE).unwrap();
-            queue.set_size(QSIZE);
-            queue
-                .try_set_desc_table_address(GuestAddress(DESC))
-                .unwrap();
-            queue
-                .try_set_avail_ring_address(GuestAddress(AVAIL))
-                .unwrap();
-            queue.try_set_used_ring_address(GuestAddress(USED)).unwrap();
-            queue.set_ready(true);
+            let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap();
+            let mut vring = Vring::default();
+            vring.set_size(u32::from(QSIZE)).unwrap();
+            vring.set_addresses(DESC, AVAIL, USED).unwrap();
             Ring {
-                mem,
-                queue,
+                map: GuestMap::new(mem),
+                vring,
                 posted: 0,
             }
         }
@@ -476,7 +357,7 @@ mod tests {
             d[0..8].copy_from_slice(&(BUFS + u64::from(head) * 0x10000).to_le_bytes());
             d[8..12].copy_from_slice(&cap.to_le_bytes());
             d[12..14].copy_from_slice(&flags.to_le_bytes());
-            let m = &self.mem;
+            let m = self.map.memory();
             m.write_slice(&d, GuestAddress(DESC + 16 * u64::from(head)))
                 .unwrap();
             let slot = u64::from(self.posted % QSIZE);
@@ -487,12 +368,13 @@ mod tests {
         }
 
         fn used(&self) -> Vec<(u32, u32)> {
-            let idx: u16 = self.mem.read_obj(GuestAddress(USED + 2)).unwrap();
+            let m = self.map.memory();
+            let idx: u16 = m.read_obj(GuestAddress(USED + 2)).unwrap();
             (0..idx)
                 .map(|i| {
                     let at = USED + 4 + 8 * u64::from(i % QSIZE);
-                    let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
-                    let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
+                    let id: u32 = m.read_obj(GuestAddress(at)).unwrap();
+                    let len: u32 = m.read_obj(GuestAddress(at + 4)).unwrap();
                     (id, len)
                 })
                 .collect()
@@ -567,22 +449,24 @@ mod tests {
             for frame in 0..40 {
                 let need = 12 + [60u64, 1500, 9018, 3000][rng.below(4) as usize];
                 let mut bad = 0;
-                let got = rx.reserve(&mut ring.queue, &ring.mem, need, true, &mut bad);
+                let mut burst = Burst::open(&mut ring.vring, &ring.map).unwrap();
+                let got = rx.reserve(&mut burst, need, true, &mut bad);
                 let want = model(&posted, &mut pos, need, &mut expected);
                 assert_eq!(
                     got, want,
                     "seed {seed} frame {frame}: outcome for {need} bytes"
                 );
                 if got.is_ok() {
-                    rx.complete(&mut ring.queue, &ring.mem, need);
+                    rx.complete(&mut burst, need);
                 }
+                burst.publish();
                 assert_eq!(
                     ring.used(),
                     expected,
                     "seed {seed} frame {frame}: used ring"
                 );
                 assert_eq!(
-                    usize::from(ring.queue.next_avail()),
+                    usize::from(ring.vring.next_avail),
                     pos,
                     "seed {seed} frame {frame}: next chain offered"
                 );

@@ -1,15 +1,24 @@
 //! virtio-net over split virtqueues, from the device side: which features the switch offers,
-//! the per-packet header, and validated access to descriptor chains in guest memory.
+//! the guest's memory map, the ring itself, and validated access to descriptor chains.
 //!
-//! Guest memory is untrusted input. Every chain is walked once, bounded by the queue size,
-//! every buffer is range-checked against the guest's memory map before it is touched, and a
-//! chain that breaks a rule is returned to the guest unused and counted, never half-used.
+//! Guest memory is untrusted input. Every chain is walked once, bounded, every buffer is
+//! range-checked against the guest's memory map before it is touched, and a chain that
+//! breaks a rule is returned to the guest unused and counted, never half-used.
+//!
+//! - `guest_map.rs`: guest-physical to host translation, cached per region.
+//! - `ring.rs`: the split ring's state and a ring opened for one burst.
+//! - `chain.rs`: transmit chains, receive reservations, the frame copy.
+//! - `features.rs`: feature bits and the virtio-net header length.
 
 pub mod chain;
 pub mod features;
+pub mod guest_map;
+pub mod ring;
 
-pub use chain::{ChainError, FrameCopier, RxReservation, Segment, TxChain};
+pub use chain::{ChainError, FrameCopier, RxReservation, TxChain};
 pub use features::{net_header_len, OFFERED_FEATURES};
+pub use guest_map::{GuestMap, Segment};
+pub use ring::{Burst, RingError, Vring};
 
-/// The guest memory type every port uses (no dirty-page bitmap: no live migration yet).
+/// The guest memory type every port maps (no dirty-page bitmap: no live migration yet).
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
