@@ -62,6 +62,9 @@
 #   PATCHBAY_PEERS_NO_INSTALL=1  do not apt-get install missing packages
 #   PATCHBAY_PEERS_OUT=FILE      also write the per-round results (TSV) there
 #   PATCHBAY_PEERS_KEEP=1        keep the run directory (logs) after exit
+#   PATCHBAY_PEERS_PERF=DIR      profile the switch during each patchbay measurement
+#                                (perf record -e cpu-clock; DIR/CASE-VARIANT-SIZE-MODE-ROUND.data;
+#                                it costs the switch a few percent: not for the table)
 #
 # Run on demand (root: it installs packages, reserves hugepages for OVS, pins CPUs):
 #   benches/peers.sh
@@ -561,7 +564,14 @@ measure() {
         local t0 t1 s0 s1 c0 c1 m0 m1
         src_stats >/dev/null
         t0=$(now) s0=$(ticks "$SUT_PID") c0=$(ticks "$SRC_PID") m0=$(machine_busy)
-        sleep "$SECS"
+        if [[ -n ${PATCHBAY_PEERS_PERF:-} && $case == patchbay-* ]]; then
+            mkdir -p "$PATCHBAY_PEERS_PERF"
+            perf record -q -e cpu-clock -p "$SUT_PID" \
+                -o "$PATCHBAY_PEERS_PERF/$case-$variant-$size-$mode-$round.data" \
+                -- sleep "$SECS" >/dev/null 2>&1 || sleep "$SECS"
+        else
+            sleep "$SECS"
+        fi
         read -r pps tx_pps < <(src_stats)
         t1=$(now) s1=$(ticks "$SUT_PID") c1=$(ticks "$SRC_PID") m1=$(machine_busy)
         read -r secs sut_cpu src_cpu other < <(awk -v t0="$t0" -v t1="$t1" -v s="$((s1 - s0))" \

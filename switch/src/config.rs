@@ -258,6 +258,11 @@ fn check_settings(s: &Settings) -> Result<(), String> {
     if s.mac_limit_per_port == 0 {
         return Err("field `mac_limit_per_port`: must be at least 1".into());
     }
+    if s.event_threads == 0 || s.event_threads > MAX_EVENT_THREADS {
+        return Err(format!(
+            "field `event_threads`: must be between 1 and {MAX_EVENT_THREADS}"
+        ));
+    }
     // CPU ids, checked against the CPUs this process may run on (taskset, a container's
     // cpuset, systemd's CPUAffinity=), not against a count of CPUs.
     let allowed = crate::switch::allowed_cpus();
@@ -269,6 +274,9 @@ fn check_settings(s: &Settings) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Most event-mode dataplane threads.
+pub const MAX_EVENT_THREADS: usize = 64;
 
 /// `0-3,6` for the CPUs [0, 1, 2, 3, 6].
 fn cpu_list(cpus: &[usize]) -> String {

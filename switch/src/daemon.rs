@@ -39,7 +39,7 @@ impl Daemon {
     pub fn start(config: Config) -> Result<Daemon, DaemonError> {
         config.check()?;
         crate::switch::keep_off_poll_cpus(&config.settings.poll_cpus);
-        let switch = Switch::new(config.settings.clone());
+        let switch = Switch::new(config.settings.clone()).map_err(DaemonError::Threads)?;
         for port in &config.ports {
             switch.check_port(port)?;
         }

@@ -8,6 +8,7 @@
 //! - `dataplane`: the frame path between ports.
 //! - `vlan`, `mac_table`: forwarding policy and state.
 //! - `switch`: ports + table + background threads.
+//! - `worker`: the dataplane threads (poll or event mode, one loop).
 //! - `tunnel`: the VXLAN tunnel port's I/O (encapsulation and tables in `patchbay-overlay`).
 //! - `config`, `control`, `metrics`: how users configure, drive and observe it.
 
@@ -24,3 +25,4 @@ pub mod tunnel;
 pub mod virtio;
 pub mod vlan;
 pub mod wire;
+pub mod worker;

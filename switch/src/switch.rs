@@ -23,9 +23,13 @@ pub struct Settings {
     pub mac_table_size: usize,
     /// Seconds an idle learned address is kept.
     pub mac_aging_secs: u64,
-    /// CPUs to run busy-polling threads on. Empty (the default): no pollers; each port is
-    /// served when its guest kicks, which leaves the CPU to the guests.
+    /// CPUs to run busy-polling threads on. Empty (the default): event mode, where the
+    /// dataplane threads poll only while there is work and sleep on the guests' kicks when
+    /// the rings go quiet, which leaves the CPU to the guests.
     pub poll_cpus: Vec<usize>,
+    /// Dataplane threads in event mode (each serves the ports whose number modulo this is
+    /// its index). Ignored with `poll_cpus`, which gives one thread per CPU.
+    pub event_threads: usize,
     /// What a packet that matches no flow in table 0 gets: "normal" (the learning switch,
     /// the default) or "drop".
     pub table_miss: crate::flow::pipeline::MissPolicy,
@@ -49,6 +53,7 @@ impl Default for Settings {
             mac_table_size: 8192,
             mac_aging_secs: 300,
             poll_cpus: Vec::new(),
+            event_threads: 1,
             table_miss: crate::flow::pipeline::MissPolicy::Normal,
             max_flows: DEFAULT_MAX_FLOWS,
             max_guest_memory_gib: 1024,
@@ -65,6 +70,15 @@ impl Settings {
     pub fn is_polled(&self) -> bool {
         !self.poll_cpus.is_empty()
     }
+
+    /// How many dataplane threads run.
+    pub fn dataplane_threads(&self) -> usize {
+        if self.is_polled() {
+            self.poll_cpus.len()
+        } else {
+            self.event_threads.max(1)
+        }
+    }
 }
 
 /// Switch-wide counters.
@@ -79,9 +93,6 @@ pub struct SwitchCounters {
 }
 
 impl SwitchCounters {
-    pub fn count_flood(&self) {
-        self.floods.fetch_add(1, Ordering::Relaxed);
-    }
     pub fn count_learned(&self) {
         self.mac_learned.fetch_add(1, Ordering::Relaxed);
     }
@@ -173,17 +184,21 @@ pub struct Switch {
     tunnel: std::sync::OnceLock<Arc<crate::tunnel::Tunnel>>,
     /// The flow tables (empty: the learning switch alone).
     flows: crate::flow::pipeline::Pipeline,
+    /// Wakes sleeping dataplane workers when ports' rings change.
+    doorbell: Arc<crate::port::Doorbell>,
 }
 
 impl Switch {
-    pub fn new(settings: Settings) -> Arc<Self> {
+    /// A switch with no ports; fails only if the dataplane workers' eventfds cannot be made.
+    pub fn new(settings: Settings) -> std::io::Result<Arc<Self>> {
         let flows = crate::flow::pipeline::Pipeline::new(settings.table_miss)
             .with_max_flows(settings.max_flows);
         let mac_table = MacTable::new(
             settings.mac_table_size,
             Duration::from_secs(settings.mac_aging_secs),
         );
-        Arc::new(Switch {
+        let doorbell = Arc::new(crate::port::Doorbell::new(settings.dataplane_threads())?);
+        Ok(Arc::new(Switch {
             settings,
             ports: RwLock::new(vec![None]),
             mac_table,
@@ -192,7 +207,12 @@ impl Switch {
             stopping: AtomicBool::new(false),
             tunnel: std::sync::OnceLock::new(),
             flows,
-        })
+            doorbell,
+        }))
+    }
+
+    pub fn doorbell(&self) -> &Arc<crate::port::Doorbell> {
+        &self.doorbell
     }
 
     pub fn settings(&self) -> &Settings {
@@ -418,62 +438,22 @@ impl Switch {
                     sw.flows.expire();
                 }
             })?;
-        let pollers = self.settings.poll_cpus.len();
-        for (index, cpu) in self.settings.poll_cpus.iter().copied().enumerate() {
-            let sw = self.clone();
-            thread::Builder::new()
-                .name(format!("poll-{cpu}"))
-                .spawn(move || sw.poll_loop(index, pollers, cpu))?;
+        let workers = self.settings.dataplane_threads();
+        for index in 0..workers {
+            let worker = crate::worker::Worker {
+                index,
+                workers,
+                cpu: self.settings.poll_cpus.get(index).copied(),
+            };
+            worker.spawn(self.clone())?;
         }
         Ok(())
-    }
-
-    /// Busy-polls the TX rings of the ports assigned to poller `index` (port number modulo
-    /// the number of pollers).
-    fn poll_loop(&self, index: usize, pollers: usize, cpu: usize) {
-        let mut set = nix::sched::CpuSet::new();
-        if set.set(cpu).is_ok() {
-            if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
-                log::warn!("poller {index}: cannot pin to CPU {cpu}: {e}");
-            }
-        }
-        log::info!("poller {index} running on CPU {cpu}");
-        let mut ports: Vec<Arc<Port>> = Vec::new();
-        while !self.stopping.load(Ordering::Acquire) {
-            let mut work = 0;
-            ports.clear();
-            ports.extend(
-                self.ports_snapshot()
-                    .iter()
-                    .flatten()
-                    .filter(|p| usize::from(p.id) % pollers == index)
-                    .cloned(),
-            );
-            for _ in 0..64 {
-                work = 0;
-                for port in &ports {
-                    if let Some(link) = port.link() {
-                        work += port
-                            .guard_dataplane(|| {
-                                crate::dataplane::drain_tx(self, port, &link, false)
-                            })
-                            .unwrap_or(0);
-                    }
-                }
-                if work == 0 {
-                    std::hint::spin_loop();
-                }
-            }
-            if work == 0 && ports.iter().all(|p| !p.has_link()) {
-                // Nothing connected: don't burn the CPU.
-                thread::sleep(Duration::from_millis(1));
-            }
-        }
     }
 
     /// Stops background threads and removes every port.
     pub fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
+        self.doorbell.ring();
         for port in self.ports().into_iter().filter(|p| !p.is_tunnel()) {
             let _ = self.remove_port(&port.name);
         }

@@ -411,7 +411,7 @@ impl Tunnel {
             }
             for t in &scratch.targets[sent..sent + n as usize] {
                 self.vtep.count_tx(t.vni, t.remote, u64::from(t.inner_len));
-                port.counters.count_tx(u64::from(t.inner_len));
+                port.counters.count_tx(1, u64::from(t.inner_len));
             }
             sent += n as usize;
         }

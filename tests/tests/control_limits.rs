@@ -58,7 +58,7 @@ fn add_concurrently(
 #[test]
 fn concurrent_add_port_with_one_name_or_socket_has_exactly_one_winner() {
     let dir = TestDir::new("addport-race");
-    let sw = Switch::new(Settings::default());
+    let sw = Switch::new(Settings::default()).expect("a switch");
     const THREADS: usize = 16;
     for round in 0..20 {
         let name = format!("dup{round}");

@@ -44,6 +44,9 @@ pub(super) fn to_guest(
     let mergeable = mergeable_rx(features);
     let mut bad_chains = 0u64;
     let mut delivered = 0u64;
+    let mut delivered_bytes = 0u64;
+    let mut no_buffer = 0u64;
+    let mut too_big = 0u64;
     {
         for (index, d) in group.iter().enumerate() {
             let frame = &frames[usize::from(d.frame)];
@@ -52,18 +55,17 @@ pub(super) fn to_guest(
             let need = header_len as u64 + u64::from(out_len);
             match rx.reserve(&mut burst, need, mergeable, &mut bad_chains) {
                 Err(RxShortage::NoBuffer) => {
-                    dst.counters.drop(DropReason::NoBuffer, 1);
+                    no_buffer += 1;
                     continue;
                 }
                 Err(RxShortage::BadChain) => {
                     // The receiver posts garbage: the rest of this batch's frames for it are
                     // dropped without walking its ring again (it loses its own frames only).
-                    let rest = group.len() - index;
-                    dst.counters.drop(DropReason::NoBuffer, rest as u64);
+                    no_buffer += (group.len() - index) as u64;
                     break;
                 }
                 Err(RxShortage::TooBig) => {
-                    dst.counters.drop(DropReason::TooBig, 1);
+                    too_big += 1;
                     continue;
                 }
                 Ok(()) => {}
@@ -83,10 +85,14 @@ pub(super) fn to_guest(
                 continue;
             }
             rx.complete(&mut burst, need);
-            dst.counters.count_tx(u64::from(out_len));
             delivered += 1;
+            delivered_bytes += u64::from(out_len);
         }
     }
+    // Counters once per batch (see `PortCounters::count_rx`).
+    dst.counters.count_tx(delivered, delivered_bytes);
+    dst.counters.drop(DropReason::NoBuffer, no_buffer);
+    dst.counters.drop(DropReason::TooBig, too_big);
     if bad_chains > 0 {
         dst.counters.drop(DropReason::BadDescriptor, bad_chains);
         dst.log_bad_input(format_args!(

@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::virtio::guest_map::copy_bytes;
+use crate::virtio::guest_map::copy_small;
 use crate::virtio::{FrameCopier, GuestMap, Segment};
 use crate::vlan::{Classified, Egress, Vid};
 use crate::wire::{ethertype, L2Header};
@@ -100,7 +100,7 @@ impl<'a> Source<'a> {
                     // SAFETY: `seg` was made by `self.map` (the constructor's contract), which
                     // is alive for `'a`; `out[filled..]` has room for `want` bytes.
                     unsafe {
-                        copy_bytes(seg.host_addr(), out[filled..].as_mut_ptr() as usize, want)
+                        copy_small(seg.host_addr(), out[filled..].as_mut_ptr() as usize, want)
                     };
                     filled += want;
                 }
@@ -180,8 +180,16 @@ impl Rewrite {
     /// tag pushed, rewritten, kept or popped, and everything else as the decision read it.
     pub fn for_egress(h: &L2Header, class: Classified, egress: Egress) -> Rewrite {
         let mut r = Rewrite::NONE;
-        r.prefix[0..6].copy_from_slice(&h.dst.0);
-        r.prefix[6..12].copy_from_slice(&h.src.0);
+        r.fill_for_egress(h, class, egress);
+        r
+    }
+
+    /// [`Rewrite::for_egress`] written in place (the frame path fills the rewrite where the
+    /// delivery already lies, rather than building it aside and copying it in).
+    #[inline]
+    pub fn fill_for_egress(&mut self, h: &L2Header, class: Classified, egress: Egress) {
+        self.prefix[0..6].copy_from_slice(&h.dst.0);
+        self.prefix[6..12].copy_from_slice(&h.src.0);
         let mut at = 12;
         if egress == Egress::Tagged {
             let tci = match h.vlan {
@@ -194,14 +202,13 @@ impl Rewrite {
                     (u16::from(class.pcp & 7) << 13) | (u16::from(dei) << 12) | class.vid
                 }
             };
-            r.prefix[12..14].copy_from_slice(&ethertype::VLAN.to_be_bytes());
-            r.prefix[14..16].copy_from_slice(&tci.to_be_bytes());
+            self.prefix[12..14].copy_from_slice(&ethertype::VLAN.to_be_bytes());
+            self.prefix[14..16].copy_from_slice(&tci.to_be_bytes());
             at = 16;
         }
-        r.prefix[at..at + 2].copy_from_slice(&h.ethertype.to_be_bytes());
-        r.prefix_len = (at + 2) as u8;
-        r.skip = h.len() as u8;
-        r
+        self.prefix[at..at + 2].copy_from_slice(&h.ethertype.to_be_bytes());
+        self.prefix_len = (at + 2) as u8;
+        self.skip = h.len() as u8;
     }
 
     pub fn prefix(&self) -> &[u8] {

@@ -34,11 +34,6 @@ use crate::wire::{EthernetAddress, L2Header};
 /// Chains taken from a TX ring per batch.
 pub const BATCH: usize = 64;
 
-/// Most chains one `drain_tx` call takes in event mode before it lets go of the ring lock,
-/// so a guest that never stops transmitting cannot keep its ring locked (the vhost-user
-/// handler, port removal and shutdown wait for it) nor its thread from noticing a stop.
-pub const DRAIN_BUDGET: usize = 4 * BATCH;
-
 /// `Delivery::header` when the frame's header is given by `rewrite` alone.
 pub const NO_HEADER: u32 = u32::MAX;
 
@@ -126,6 +121,8 @@ struct Normal<'a> {
     /// Consecutive frames of one flow learn and look up the same addresses: remember the last.
     last_learned: Option<(Vid, EthernetAddress)>,
     last_lookup: Option<((Vid, EthernetAddress), Option<PortId>)>,
+    /// Frames flooded in this batch (added to the switch's counter once per batch).
+    floods: u64,
 }
 
 impl Normal<'_> {
@@ -191,8 +188,8 @@ impl Normal<'_> {
                 ingress.counters.drop(DropReason::DoubleTagged, 1);
                 return;
             }
-            let (rewrite, header_index) = match base {
-                None => (Rewrite::for_egress(header, class, egress), NO_HEADER),
+            let header_index = match base {
+                None => NO_HEADER,
                 Some(mut h) => {
                     match egress {
                         Egress::Untagged => h.strip_vlan(),
@@ -202,17 +199,22 @@ impl Normal<'_> {
                         }
                     }
                     headers.push(h);
-                    (Rewrite::NONE, (headers.len() - 1) as u32)
+                    (headers.len() - 1) as u32
                 }
             };
             deliveries.push(Delivery {
                 dst,
                 frame,
                 vlan: class.vid,
-                rewrite,
+                rewrite: Rewrite::NONE,
                 header: header_index,
                 tun_id: None,
             });
+            if base.is_none() {
+                if let Some(d) = deliveries.last_mut() {
+                    d.rewrite.fill_for_egress(header, class, egress);
+                }
+            }
         };
         match known {
             Some(dst) if dst == ingress.id => ingress.counters.drop(DropReason::Hairpin, 1),
@@ -226,7 +228,7 @@ impl Normal<'_> {
                 None => ingress.counters.drop(DropReason::VlanFilter, 1),
             },
             None => {
-                self.sw.counters.count_flood();
+                self.floods += 1;
                 for (id, view) in self.views.iter().enumerate() {
                     let Some(view) = view else { continue };
                     // Never back out of the ingress port (split horizon for the tunnel too).
@@ -303,19 +305,15 @@ pub fn inject_panic(port: &Port) {
     PANIC_NEXT_BATCH.store(id, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Switches frames waiting in `port`'s transmit ring. In event mode (`event_mode`), drains
-/// until the ring is empty and re-arms the guest's kick (EVENT_IDX aware), or until
-/// [`DRAIN_BUDGET`] chains were taken (kicks stay off: the caller must call again); in poll
-/// mode takes one batch and leaves kicks off. Returns the number of chains consumed.
-pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usize {
+/// Switches one batch (up to [`BATCH`] chains) from `port`'s transmit ring, with the guest's
+/// kicks off (the workers re-arm them before they sleep, see [`arm_kicks`]). Returns the
+/// number of chains consumed.
+pub fn drain_tx(sw: &Switch, port: &Port, link: &Link) -> usize {
     let map = link.mem.load();
     let mut txv = link.tx.lock().unwrap_or_else(|p| p.into_inner());
     if !txv.usable() {
         return 0;
     }
-    let header_len = net_header_len(link.features());
-    let max_frame = sw.settings().max_frame_len();
-    let mut scratch = link.tx_scratch.lock().unwrap_or_else(|p| p.into_inner());
     let ring = &mut *txv;
     let call = ring.call.as_ref();
     let mut burst = match Burst::open(&mut ring.vring, &map) {
@@ -326,103 +324,92 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link, event_mode: bool) -> usiz
             return 0;
         }
     };
-    // Kicks stay off while we drain (event mode re-arms them below; pollers never need them).
     burst.disable_kicks();
-    let mut consumed = 0;
-    loop {
-        scratch.segs.clear();
-        scratch.frames.clear();
-        scratch.bad_heads.clear();
-        // One read of the guest's avail index per batch.
-        let (waiting, ring_broken) = match burst.refresh() {
-            Ok(n) => (n, false),
+    // One read of the guest's avail index per batch.
+    let waiting = match burst.refresh() {
+        Ok(0) => return 0,
+        Ok(n) => n,
+        Err(e) => {
+            // The avail index moved further than the ring holds: the guest broke its own
+            // ring. Count it; the next round looks again, so a guest that repairs its index
+            // carries on.
+            port.log_bad_input(format_args!("TX ring unusable: {e}"));
+            port.counters.drop(DropReason::BadDescriptor, 1);
+            return 0;
+        }
+    };
+    let header_len = net_header_len(link.features());
+    let max_frame = sw.settings().max_frame_len();
+    let mut scratch = link.tx_scratch.lock().unwrap_or_else(|p| p.into_inner());
+    scratch.segs.clear();
+    scratch.frames.clear();
+    scratch.bad_heads.clear();
+    let popped = usize::from(waiting).min(BATCH);
+    for _ in 0..popped {
+        let head = burst.pop();
+        let s = &mut *scratch;
+        match TxChain::parse(&burst, head, header_len, max_frame, &mut s.segs) {
+            Ok(c) => s.frames.push(Frame {
+                head: c.head,
+                len: c.frame_len,
+                bytes: FrameBytes::Guest { segs: c.segs },
+                tunnel: None,
+            }),
             Err(e) => {
-                // The avail index moved further than the ring holds: the guest broke its
-                // own ring. Count it and stop here; the next kick (or poll) looks again,
-                // so a guest that repairs its index carries on.
-                port.log_bad_input(format_args!("TX ring unusable: {e}"));
-                port.counters.drop(DropReason::BadDescriptor, 1);
-                (0, true)
+                port.log_bad_input(format_args!("TX chain {head} rejected: {e}"));
+                port.counters.drop(drop_reason(&e), 1);
+                s.bad_heads.push(head);
             }
-        };
-        let popped = usize::from(waiting).min(BATCH);
-        for _ in 0..popped {
-            let head = burst.pop();
-            let s = &mut *scratch;
-            match TxChain::parse(&burst, head, header_len, max_frame, &mut s.segs) {
-                Ok(c) => s.frames.push(Frame {
-                    head: c.head,
-                    len: c.frame_len,
-                    bytes: FrameBytes::Guest { segs: c.segs },
-                    tunnel: None,
-                }),
-                Err(e) => {
-                    port.log_bad_input(format_args!("TX chain {head} rejected: {e}"));
-                    port.counters.drop(drop_reason(&e), 1);
-                    s.bad_heads.push(head);
-                }
-            }
-        }
-        if popped > 0 {
-            let injected = PANIC_NEXT_BATCH.load(std::sync::atomic::Ordering::Relaxed);
-            if injected == port as *const Port as usize {
-                PANIC_NEXT_BATCH.store(0, std::sync::atomic::Ordering::Relaxed);
-                panic!("injected for a test");
-            }
-            let faults_before = crate::port::memory::fault_count();
-            let TxScratch {
-                segs,
-                frames,
-                switch,
-                ..
-            } = &mut *scratch;
-            // SAFETY: `segs` were made by `map` in this batch (`TxChain::parse` above), and
-            // `map` is held until the end of this function.
-            let source = unsafe { Source::guest(&map, segs) };
-            switch_frames(sw, port, &source, frames, switch);
-            if crate::port::memory::fault_count() != faults_before && link.memory_faulted() {
-                link.fail_on_memory_fault(port);
-            }
-            for head in scratch
-                .frames
-                .iter()
-                .map(|f| f.head)
-                .chain(scratch.bad_heads.iter().copied())
-            {
-                burst.push_used(head, 0);
-            }
-            // One index store and one notification decision per batch.
-            burst.publish();
-            if burst.needs_interrupt() && crate::port::ring::signal(call) {
-                port.counters
-                    .notifications
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            consumed += popped;
-        }
-        if ring_broken {
-            // Re-arming would report the same bogus index as new work and spin here forever
-            // holding the ring lock.
-            break;
-        }
-        if consumed >= DRAIN_BUDGET {
-            break;
-        }
-        if popped < BATCH {
-            if !event_mode {
-                break;
-            }
-            // Re-arm; if the guest added chains meanwhile, go round again.
-            if burst.enable_kicks() {
-                burst.disable_kicks();
-                continue;
-            }
-            break;
-        } else if !event_mode {
-            break;
         }
     }
-    consumed
+    let injected = PANIC_NEXT_BATCH.load(std::sync::atomic::Ordering::Relaxed);
+    if injected == port as *const Port as usize {
+        PANIC_NEXT_BATCH.store(0, std::sync::atomic::Ordering::Relaxed);
+        panic!("injected for a test");
+    }
+    let faults_before = crate::port::memory::fault_count();
+    let TxScratch {
+        segs,
+        frames,
+        switch,
+        bad_heads,
+    } = &mut *scratch;
+    // SAFETY: `segs` were made by `map` in this batch (`TxChain::parse` above), and `map`
+    // is held until the end of this function.
+    let source = unsafe { Source::guest(&map, segs) };
+    switch_frames(sw, port, &source, frames, switch);
+    if crate::port::memory::fault_count() != faults_before && link.memory_faulted() {
+        link.fail_on_memory_fault(port);
+    }
+    for head in frames
+        .iter()
+        .map(|f| f.head)
+        .chain(bad_heads.iter().copied())
+    {
+        burst.push_used(head, 0);
+    }
+    // One index store and one notification decision per batch.
+    burst.publish();
+    if burst.needs_interrupt() && crate::port::ring::signal(call) {
+        port.counters
+            .notifications
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    popped
+}
+
+/// Asks the guest behind `link` to kick when it transmits again (EVENT_IDX aware); true if
+/// chains are already waiting (the caller should drain instead of sleeping).
+pub fn arm_kicks(link: &Link) -> bool {
+    let map = link.mem.load();
+    let mut txv = link.tx.lock().unwrap_or_else(|p| p.into_inner());
+    if !txv.usable() {
+        return false;
+    }
+    match Burst::open(&mut txv.vring, &map) {
+        Ok(mut burst) => burst.enable_kicks(),
+        Err(_) => false,
+    }
 }
 
 /// Decides the destinations of every frame in the batch, then delivers per destination.
@@ -471,8 +458,11 @@ pub fn switch_frames(
         views,
         last_learned: None,
         last_lookup: None,
+        floods: 0,
     };
 
+    // Counted once per batch (see `PortCounters::count_rx`).
+    let (mut rx_packets, mut rx_bytes) = (0u64, 0u64);
     for (index, frame) in frames.iter().enumerate() {
         let frame_index = index as u16;
         if !use_flows {
@@ -483,7 +473,8 @@ pub fn switch_frames(
             let Some(class) = classify(ingress, &ingress_view, frame, &header) else {
                 continue;
             };
-            ingress.counters.count_rx(u64::from(frame.len));
+            rx_packets += 1;
+            rx_bytes += u64::from(frame.len);
             normal.forward(frame_index, &header, class, None, deliveries, headers);
             continue;
         }
@@ -494,7 +485,8 @@ pub fn switch_frames(
             ingress.counters.drop(DropReason::Runt, 1);
             continue;
         }
-        ingress.counters.count_rx(u64::from(frame.len));
+        rx_packets += 1;
+        rx_bytes += u64::from(frame.len);
         let key = flow_key(&prefix[..n], ingress.id, frame.tunnel.as_ref());
         outputs.clear();
         let cache = flow_cache.get_or_insert_with(|| {
@@ -560,6 +552,13 @@ pub fn switch_frames(
                 }
             }
         }
+    }
+
+    ingress.counters.count_rx(rx_packets, rx_bytes);
+    if normal.floods > 0 {
+        sw.counters
+            .floods
+            .fetch_add(normal.floods, std::sync::atomic::Ordering::Relaxed);
     }
 
     // Reading the sender's frames may have hit memory its frontend pulled away (the guard

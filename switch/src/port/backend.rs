@@ -21,7 +21,6 @@ use vhost::vhost_user::{
 };
 use vhost::VhostUserMemoryRegionBase;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::memory::{self, RegionClaim};
 use super::ring::RingState;
@@ -58,8 +57,8 @@ pub struct DeviceHandler {
     memory_limit_gib: u64,
     mappings: Vec<Mapping>,
     acked_protocol_features: u64,
-    /// Tells the kick thread that kick fds or ring states changed.
-    rings_changed: Arc<EventFd>,
+    /// Tells the dataplane workers that kick fds or ring states changed.
+    doorbell: Arc<super::Doorbell>,
 }
 
 fn invalid(what: &'static str) -> VhostError {
@@ -84,7 +83,7 @@ impl DeviceHandler {
         port: Arc<Port>,
         link: Arc<Link>,
         memory_limit_gib: u64,
-        rings_changed: Arc<EventFd>,
+        doorbell: Arc<super::Doorbell>,
     ) -> Self {
         DeviceHandler {
             port,
@@ -92,7 +91,7 @@ impl DeviceHandler {
             memory_limit_gib,
             mappings: Vec::new(),
             acked_protocol_features: 0,
-            rings_changed,
+            doorbell,
         }
     }
 
@@ -106,7 +105,7 @@ impl DeviceHandler {
 
     fn notify_rings_changed(&self) {
         self.link.refresh_up();
-        let _ = self.rings_changed.write(1);
+        self.doorbell.ring();
     }
 
     fn vmm_va_to_gpa(&self, va: u64) -> VhostResult<u64> {

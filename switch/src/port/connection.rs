@@ -3,24 +3,21 @@
 //! backoff (like Open vSwitch's dpdkvhostuserclient). Each connection gets a fresh `Link`, so
 //! nothing of a previous frontend's state survives into the next.
 //!
-//! Per connection there are two threads: this one, reading vhost-user messages, and a kick
-//! thread that waits on the guest's TX kick eventfd and runs the frame path (event mode).
+//! Per connection there is one thread, this one, reading vhost-user messages; the dataplane
+//! workers (`crate::worker`) serve the rings, and the doorbell tells them when rings change.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use vhost::vhost_user::{BackendReqHandler, Error as VhostError, VhostUserBackendReqHandlerMut};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::backend::DeviceHandler;
 use super::{ConnectMode, Link, LinkState, Port};
-use crate::dataplane;
 use crate::switch::Switch;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -168,13 +165,6 @@ fn is_recoverable(e: &VhostError) -> bool {
 
 /// Serves one frontend connection to its end, then forgets its rings and learned addresses.
 fn run_connection(switch: &Arc<Switch>, port: &Arc<Port>, stream: UnixStream) {
-    let rings_changed = match EventFd::new(EFD_NONBLOCK) {
-        Ok(e) => Arc::new(e),
-        Err(e) => {
-            log::error!("port {}: cannot create eventfd: {e}", port.name);
-            return;
-        }
-    };
     let Ok(shutdown_stream) = stream.try_clone() else {
         return;
     };
@@ -185,25 +175,11 @@ fn run_connection(switch: &Arc<Switch>, port: &Arc<Port>, stream: UnixStream) {
     port.set_state(LinkState::Connected);
     log::info!("port {}: frontend connected", port.name);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let kicker = {
-        let (switch, port, link, rings_changed, stop) = (
-            switch.clone(),
-            port.clone(),
-            link.clone(),
-            rings_changed.clone(),
-            stop.clone(),
-        );
-        thread::Builder::new()
-            .name(format!("kick-{}", port.name))
-            .spawn(move || kick_loop(&switch, &port, &link, &rings_changed, &stop))
-    };
-
     let handler = Arc::new(Mutex::new(DeviceHandler::new(
         port.clone(),
         link.clone(),
         switch.settings().max_guest_memory_gib,
-        rings_changed.clone(),
+        switch.doorbell().clone(),
     )));
     let raw_fd = stream.as_raw_fd();
     let mut requests = BackendReqHandler::from_stream(stream, handler.clone());
@@ -235,104 +211,12 @@ fn run_connection(switch: &Arc<Switch>, port: &Arc<Port>, stream: UnixStream) {
         }
     }
 
-    stop.store(true, Ordering::Release);
-    let _ = rings_changed.write(1);
-    if let Ok(k) = kicker {
-        let _ = k.join();
-    }
     port.set_connection(None);
     port.detach();
+    switch.doorbell().ring();
     let flushed = switch.mac_table().flush_port(port.id);
     log::info!(
         "port {}: frontend disconnected ({flushed} learned addresses forgotten)",
         port.name
     );
-}
-
-/// Event mode: waits for TX kicks and drains the ring. Re-reads the kick fd whenever the
-/// message handler says rings changed. In poll mode it only keeps kicks consumed.
-fn kick_loop(
-    switch: &Switch,
-    port: &Port,
-    link: &Link,
-    rings_changed: &EventFd,
-    stop: &AtomicBool,
-) {
-    const WAKE: u64 = 0;
-    const TX_KICK: u64 = 1;
-    let polled = switch.settings().is_polled();
-    let Ok(epoll) = Epoll::new() else {
-        log::error!("port {}: cannot create epoll", port.name);
-        return;
-    };
-    let _ = epoll.ctl(
-        ControlOperation::Add,
-        rings_changed.as_raw_fd(),
-        EpollEvent::new(EventSet::IN, WAKE),
-    );
-    // The kick fd registered with epoll, and the ring's kick generation it belongs to.
-    let mut watched: Option<i32> = None;
-    let mut generation = u64::MAX;
-    let mut events = [EpollEvent::default(); 4];
-    while !stop.load(Ordering::Acquire) {
-        {
-            let ring = link.tx.lock().unwrap_or_else(|p| p.into_inner());
-            if ring.kick_generation != generation {
-                generation = ring.kick_generation;
-                if let Some(fd) = watched.take() {
-                    // Fails harmlessly if closing the old eventfd already removed it.
-                    let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
-                }
-                if let Some(fd) = ring.kick.as_ref().map(|f| f.as_raw_fd()) {
-                    match epoll.ctl(
-                        ControlOperation::Add,
-                        fd,
-                        EpollEvent::new(EventSet::IN, TX_KICK),
-                    ) {
-                        Ok(()) => watched = Some(fd),
-                        Err(e) => {
-                            log::error!("port {}: cannot watch the TX kick fd: {e}", port.name)
-                        }
-                    }
-                }
-            }
-        }
-        // Frames may already be waiting when a ring comes up.
-        if polled {
-            // Pollers drain this ring; this thread only keeps kicks consumed.
-        } else if let Some(consumed) =
-            port.guard_dataplane(|| dataplane::drain_tx(switch, port, link, true))
-        {
-            if consumed >= dataplane::DRAIN_BUDGET {
-                // The guest keeps transmitting: go round again (noticing a stop or a new
-                // kick fd) without waiting for a kick, which stays disabled meanwhile.
-                thread::yield_now();
-                continue;
-            }
-        } else {
-            // The panic failed the connection; its teardown stops this thread.
-            return;
-        }
-        let n = match epoll.wait(-1, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                log::error!("port {}: epoll failed: {e}", port.name);
-                return;
-            }
-        };
-        for ev in &events[..n] {
-            match ev.data() {
-                WAKE => {
-                    let _ = rings_changed.read();
-                }
-                _ => {
-                    link.tx
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .consume_kick();
-                }
-            }
-        }
-    }
 }

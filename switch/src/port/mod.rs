@@ -35,6 +35,46 @@ fn log_clock() -> &'static std::time::Instant {
     START.get_or_init(std::time::Instant::now)
 }
 
+/// The dataplane workers' wake-up line: rung when a port's rings change (a kick eventfd set
+/// or replaced, a ring enabled or stopped, a frontend gone), so sleeping workers re-read
+/// which eventfds to wait on. One eventfd per worker: each must see every change.
+pub struct Doorbell {
+    fds: Vec<vmm_sys_util::eventfd::EventFd>,
+}
+
+impl Doorbell {
+    pub fn new(workers: usize) -> std::io::Result<Doorbell> {
+        let fds = (0..workers)
+            .map(|_| vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK))
+            .collect::<std::io::Result<_>>()?;
+        Ok(Doorbell { fds })
+    }
+
+    pub fn ring(&self) {
+        for fd in &self.fds {
+            // A full counter (EAGAIN) already means "look again".
+            let _ = fd.write(1);
+        }
+    }
+
+    /// Worker `index`'s eventfd, to wait on.
+    pub fn fd(&self, index: usize) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.fds.get(index).map(|f| f.as_raw_fd())
+    }
+
+    /// Clears worker `index`'s eventfd after it woke.
+    pub fn answer(&self, index: usize) {
+        if let Some(fd) = self.fds.get(index) {
+            let _ = fd.read();
+        }
+    }
+}
+
+/// Distinguishes connections, so a worker never mistakes a new link for the one it
+/// registered (they may share an address).
+static LINK_SERIAL: AtomicU64 = AtomicU64::new(1);
+
 /// Which side of the vhost-user socket listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -177,6 +217,8 @@ pub struct Link {
     tx_up: AtomicBool,
     /// Identity of this connection's guarded memory regions (see `memory`).
     pub guard_owner: u64,
+    /// Unique per connection (for the workers' epoll registrations).
+    pub serial: u64,
     /// The fault count last looked at, and whether one of our regions faulted.
     seen_faults: AtomicU64,
     faulted: AtomicBool,
@@ -194,6 +236,7 @@ impl Link {
             rx_up: AtomicBool::new(false),
             tx_up: AtomicBool::new(false),
             guard_owner: memory::new_owner(),
+            serial: LINK_SERIAL.fetch_add(1, Ordering::Relaxed),
             seen_faults: AtomicU64::new(0),
             faulted: AtomicBool::new(false),
             fault_reported: AtomicBool::new(false),
@@ -233,6 +276,22 @@ impl Link {
     /// Both rings are set up and enabled by the frontend: frames can flow. Lock-free.
     pub fn is_up(&self) -> bool {
         self.rx_up.load(Ordering::Acquire) && self.tx_up.load(Ordering::Acquire)
+    }
+
+    /// Bumped whenever the TX ring's kick fd changes.
+    pub fn kick_generation(&self) -> u64 {
+        self.tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .kick_generation
+    }
+
+    /// Consumes pending TX kicks (after a worker woke on them).
+    pub fn consume_tx_kick(&self) {
+        self.tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .consume_kick();
     }
 
     /// Re-reads whether each ring is usable (after the frontend changed ring state).

@@ -4,7 +4,7 @@
 //! The chain rules themselves (direction, lengths, ranges, loops, indirect tables) are
 //! checked by `Burst::walk`; this file decides what a whole frame needs.
 
-use super::guest_map::{copy_bytes, Segment};
+use super::guest_map::{copy_small, Segment};
 use super::ring::Burst;
 
 /// Why a descriptor chain was refused.
@@ -260,7 +260,7 @@ impl<'a> FrameCopier<'a> {
             };
             // SAFETY: `dst` is a run of a segment made by the caller's map, alive for the
             // burst; `src` is valid for `len >= n` bytes by this function's contract.
-            unsafe { copy_bytes(src, dst, n) };
+            unsafe { copy_small(src, dst, n) };
             src += n;
             len -= n;
         }

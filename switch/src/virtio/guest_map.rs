@@ -166,3 +166,32 @@ pub unsafe fn copy_bytes(src: usize, dst: usize, len: usize) {
     // SAFETY: the caller's contract above.
     unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, len) }
 }
+
+/// [`copy_bytes`] for the few small lengths every frame has (a virtio-net header, an
+/// Ethernet header with or without its tag): as fixed-size copies these compile to a few
+/// moves instead of a call, which at 64-byte frames is a tenth of the switch's time.
+///
+/// # Safety
+/// As for [`copy_bytes`].
+#[inline(always)]
+pub unsafe fn copy_small(src: usize, dst: usize, len: usize) {
+    #[inline(always)]
+    unsafe fn fixed<const N: usize>(src: usize, dst: usize) {
+        // SAFETY: the caller's contract, with len == N; unaligned reads and writes of a
+        // byte array, through a local, so overlapping ranges are fine.
+        unsafe {
+            let v = std::ptr::read_unaligned(src as *const [u8; N]);
+            std::ptr::write_unaligned(dst as *mut [u8; N], v);
+        }
+    }
+    // SAFETY: each arm copies exactly `len` bytes, the caller's contract.
+    unsafe {
+        match len {
+            10 => fixed::<10>(src, dst),
+            12 => fixed::<12>(src, dst),
+            14 => fixed::<14>(src, dst),
+            18 => fixed::<18>(src, dst),
+            _ => copy_bytes(src, dst, len),
+        }
+    }
+}

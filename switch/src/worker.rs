@@ -1,0 +1,223 @@
+//! The dataplane threads. Each worker serves the TX rings of a set of ports (port number
+//! modulo the number of workers), one batch per port per round, so no port can hold a worker
+//! for long. Two modes, one loop:
+//!
+//! - poll (`poll_cpus`): one worker pinned to each listed CPU, spinning;
+//! - event (the default, `event_threads` workers): the same loop while there is work; after
+//!   [`IDLE_ROUNDS`] rounds without any, the worker re-enables the guests' kicks (EVENT_IDX
+//!   aware), checks the rings once more, and sleeps in epoll on the kick eventfds and its
+//!   doorbell (rung when a port's rings change). Idle, it costs nothing; under load it never
+//!   sleeps and runs as the poller does.
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use crate::dataplane;
+use crate::port::{Link, Port};
+use crate::switch::Switch;
+
+/// Empty rounds (every port of the worker looked at, nothing found) before an event-mode
+/// worker goes to sleep: a few tens of microseconds, so a burst that pauses briefly (a guest
+/// refilling, a closed loop turning round) does not cost a kick and a wake-up.
+pub const IDLE_ROUNDS: u32 = 256;
+
+/// Rounds between two looks at which ports a worker serves (ports come and go rarely; the
+/// doorbell also makes a sleeping worker look at once).
+const RESCAN_ROUNDS: u32 = 1024;
+
+/// One port a worker serves, with what was registered for it in epoll.
+struct Served {
+    port: Arc<Port>,
+    /// (link serial, kick generation) of the registered kick fd.
+    registered: Option<(u64, u64)>,
+}
+
+/// What one worker does: which of the switch's ports it serves, and how it waits.
+pub struct Worker {
+    pub index: usize,
+    pub workers: usize,
+    /// Poll mode: the CPU to pin to. Event mode: None.
+    pub cpu: Option<usize>,
+}
+
+impl Worker {
+    pub fn spawn(self, sw: Arc<Switch>) -> std::io::Result<thread::JoinHandle<()>> {
+        let name = match self.cpu {
+            Some(cpu) => format!("poll-{cpu}"),
+            None => format!("dataplane-{}", self.index),
+        };
+        thread::Builder::new()
+            .name(name)
+            .spawn(move || self.run(&sw))
+    }
+
+    fn run(&self, sw: &Switch) {
+        if let Some(cpu) = self.cpu {
+            let mut set = nix::sched::CpuSet::new();
+            if set.set(cpu).is_ok() {
+                if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
+                    log::warn!("poller {}: cannot pin to CPU {cpu}: {e}", self.index);
+                }
+            }
+            log::info!("poller {} running on CPU {cpu}", self.index);
+        }
+        let mut served: Vec<Served> = Vec::new();
+        let mut epoll = None;
+        let mut rounds = 0u32;
+        let mut idle = 0u32;
+        while !sw.is_stopping() {
+            if rounds.is_multiple_of(RESCAN_ROUNDS) {
+                self.rescan(sw, &mut served);
+            }
+            rounds = rounds.wrapping_add(1);
+            let mut work = 0;
+            for s in &served {
+                work += s
+                    .port
+                    .with_link(|link| {
+                        s.port
+                            .guard_dataplane(|| dataplane::drain_tx(sw, &s.port, link))
+                            .unwrap_or(0)
+                    })
+                    .unwrap_or(0);
+            }
+            if work > 0 {
+                idle = 0;
+                continue;
+            }
+            idle = idle.saturating_add(1);
+            if self.cpu.is_some() {
+                if idle > IDLE_ROUNDS && served.iter().all(|s| !s.port.has_link()) {
+                    // Nothing connected: don't burn the CPU.
+                    thread::sleep(Duration::from_millis(1));
+                } else {
+                    std::hint::spin_loop();
+                }
+                continue;
+            }
+            if idle < IDLE_ROUNDS {
+                std::hint::spin_loop();
+                continue;
+            }
+            if self.sleep(sw, &mut served, &mut epoll) {
+                rounds = 0; // rescan: the doorbell rang
+            }
+            idle = 0;
+        }
+    }
+
+    /// Re-reads which ports this worker serves.
+    fn rescan(&self, sw: &Switch, served: &mut Vec<Served>) {
+        let ports = sw.ports();
+        let mine = ports
+            .into_iter()
+            .filter(|p| !p.is_tunnel() && usize::from(p.id) % self.workers == self.index);
+        let mut next: Vec<Served> = Vec::new();
+        for port in mine {
+            let registered = served
+                .iter()
+                .find(|s| Arc::ptr_eq(&s.port, &port))
+                .and_then(|s| s.registered);
+            next.push(Served { port, registered });
+        }
+        *served = next;
+    }
+
+    /// Arms every served ring's kicks and sleeps until a kick or the doorbell. Returns true
+    /// if the doorbell rang (ports or rings changed).
+    fn sleep(&self, sw: &Switch, served: &mut [Served], epoll: &mut Option<Epoll>) -> bool {
+        const DOORBELL: u64 = u64::MAX;
+        // Re-register when any kick fd changed: a fresh epoll, so a closed fd whose number
+        // was reused by another port can never leave a stale registration behind.
+        let current: Vec<Option<(u64, u64)>> = served
+            .iter()
+            .map(|s| s.port.with_link(|l| (l.serial, l.kick_generation())))
+            .collect();
+        let stale = epoll.is_none() || served.iter().zip(&current).any(|(s, c)| s.registered != *c);
+        if stale {
+            let Ok(fresh) = Epoll::new() else {
+                log::error!("dataplane worker {}: cannot create epoll", self.index);
+                thread::sleep(Duration::from_millis(1));
+                return true;
+            };
+            if let Some(fd) = sw.doorbell().fd(self.index) {
+                let _ = fresh.ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, DOORBELL),
+                );
+            }
+            for (i, s) in served.iter_mut().enumerate() {
+                s.registered = s
+                    .port
+                    .with_link(|link| register_kick(&fresh, link, i as u64, &s.port))
+                    .flatten();
+            }
+            *epoll = Some(fresh);
+        }
+        let Some(ep) = epoll.as_ref() else {
+            return true;
+        };
+        // Kicks on, then one more look: a chain added before the guest could see kicks
+        // enabled would otherwise wait for the next one.
+        let mut pending = false;
+        for s in served.iter() {
+            pending |= s.port.with_link(dataplane::arm_kicks).unwrap_or(false);
+        }
+        if pending {
+            return false;
+        }
+        let mut events = [EpollEvent::default(); 16];
+        let n = match ep.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return false,
+            Err(e) => {
+                log::error!("dataplane worker {}: epoll failed: {e}", self.index);
+                thread::sleep(Duration::from_millis(1));
+                return true;
+            }
+        };
+        let mut rang = false;
+        for ev in &events[..n] {
+            match ev.data() {
+                DOORBELL => {
+                    sw.doorbell().answer(self.index);
+                    rang = true;
+                }
+                i => {
+                    if let Some(s) = served.get(i as usize) {
+                        s.port.with_link(Link::consume_tx_kick);
+                    }
+                }
+            }
+        }
+        rang
+    }
+}
+
+/// Registers `link`'s TX kick fd under `token`; returns what was registered.
+fn register_kick(epoll: &Epoll, link: &Link, token: u64, port: &Port) -> Option<(u64, u64)> {
+    let ring = link.tx.lock().unwrap_or_else(|p| p.into_inner());
+    let registered = (link.serial, ring.kick_generation);
+    // Without a kick fd the ring is served only while the worker is awake (warned about
+    // when it was set); nothing to register.
+    let Some(kick) = ring.kick.as_ref() else {
+        return Some(registered);
+    };
+    let fd = kick.as_raw_fd();
+    match epoll.ctl(
+        ControlOperation::Add,
+        fd,
+        EpollEvent::new(EventSet::IN, token),
+    ) {
+        Ok(()) => Some(registered),
+        Err(e) => {
+            log::error!("port {}: cannot watch the TX kick fd: {e}", port.name);
+            None
+        }
+    }
+}
