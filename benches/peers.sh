@@ -45,13 +45,16 @@
 # Settings (environment):
 #   PATCHBAY_PEERS_SECS=5        measurement per case (seconds)
 #   PATCHBAY_PEERS_WARMUP=2      traffic before the measurement (seconds)
+#   PATCHBAY_PEERS_IDLE_SECS=2   after it, the source stops and the switch's CPU is read this
+#                                long (the idle% column; 0: skip)
 #   PATCHBAY_PEERS_ROUNDS=2
 #   PATCHBAY_PEERS_CASES=testpmd-io,ovs-dpdk,patchbay-poll,patchbay-event
 #   PATCHBAY_PEERS_VARIANTS=plain,vlan,flows-10k,8-port
 #   PATCHBAY_PEERS_SIZES=64,1500 frame bytes without FCS
 #   PATCHBAY_PEERS_MODES=mac,flowgen
 #   PATCHBAY_PEERS_BURST=64      testpmd burst (RX and TX)
-#   PATCHBAY_PEERS_TXFIRST=4     bursts per port that seed the closed loop
+#   PATCHBAY_PEERS_TXFIRST=32    bursts per port that seed the closed loop (enough that the
+#                                loop runs at its slowest stage, not at a few frames latency)
 #   PATCHBAY_PEERS_SOURCE_CPU=0  PATCHBAY_PEERS_SWITCH_CPU=1
 #   PATCHBAY_PEERS_TESTPMD_MEM="--no-huge -m 512"   EAL memory options of both testpmds
 #                                (e.g. "--in-memory --single-file-segments -m 256" on hugepages)
@@ -73,6 +76,7 @@
 set -u -o pipefail
 
 SECS=${PATCHBAY_PEERS_SECS:-5}
+IDLE_SECS=${PATCHBAY_PEERS_IDLE_SECS:-2}
 WARMUP=${PATCHBAY_PEERS_WARMUP:-2}
 ROUNDS=${PATCHBAY_PEERS_ROUNDS:-2}
 CASES=${PATCHBAY_PEERS_CASES:-testpmd-io,ovs-dpdk,patchbay-poll,patchbay-event}
@@ -80,7 +84,7 @@ VARIANTS=${PATCHBAY_PEERS_VARIANTS:-plain,vlan,flows-10k,8-port}
 SIZES=${PATCHBAY_PEERS_SIZES:-64,1500}
 MODES=${PATCHBAY_PEERS_MODES:-mac,flowgen}
 BURST=${PATCHBAY_PEERS_BURST:-64}
-TXFIRST=${PATCHBAY_PEERS_TXFIRST:-4}
+TXFIRST=${PATCHBAY_PEERS_TXFIRST:-32}
 SOURCE_CPU=${PATCHBAY_PEERS_SOURCE_CPU:-0}
 SWITCH_CPU=${PATCHBAY_PEERS_SWITCH_CPU:-1}
 TESTPMD_MEM=${PATCHBAY_PEERS_TESTPMD_MEM:---no-huge -m 512}
@@ -579,6 +583,19 @@ measure() {
                 d = t1 - t0; o = (m - s - c) / hz / d; if (o < 0) o = 0
                 printf "%.3f %.1f %.1f %.1f\n", d, 100 * s / hz / d, 100 * c / hz / d, 100 * o }')
     fi
+    # Idle: the source stops sending (its ports stay connected) and the switch's CPU is read
+    # over IDLE_SECS: a poller keeps its core busy, an event-mode switch should sleep.
+    local idle=""
+    if ((ok)) && ((IDLE_SECS > 0)); then
+        src_run "stop"
+        sleep 0.5
+        local i0 i1 it0 it1
+        it0=$(now) i0=$(ticks "$SUT_PID")
+        sleep "$IDLE_SECS"
+        it1=$(now) i1=$(ticks "$SUT_PID")
+        idle=$(awk -v t0="$it0" -v t1="$it1" -v s="$((i1 - i0))" -v hz="$CLK_TCK" \
+            'BEGIN { printf "%.1f", 100 * s / hz / (t1 - t0) }')
+    fi
     # The switch's own view (counters, drops, learned MACs), for reading logs afterwards.
     case $case in
     patchbay-*)
@@ -599,11 +616,11 @@ measure() {
     stop_source
     [[ -n $SUT_PID ]] && stop_pid "$SUT_PID" INT
     if ((ok)); then
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$variant" "$size" "$mode" "$case" \
-            "$round" "$pps" "$sut_cpu" "$src_cpu" "$other" "$secs" "$tx_pps" >>"$RESULTS"
-        printf '  %-9s %4s B %-7s round %s  %-15s %7.3f Mpps (sent %7.3f)  switch %5s%%  source %5s%%  other %5s%%\n' \
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$variant" "$size" "$mode" "$case" \
+            "$round" "$pps" "$sut_cpu" "$src_cpu" "$other" "$secs" "$tx_pps" "$idle" >>"$RESULTS"
+        printf '  %-9s %4s B %-7s round %s  %-15s %7.3f Mpps (sent %7.3f)  switch %5s%%  source %5s%%  other %5s%%  idle %5s%%\n' \
             "$variant" "$size" "$mode" "$round" "$case" "$(awk -v p="$pps" 'BEGIN { print p / 1e6 }')" \
-            "$(awk -v p="$tx_pps" 'BEGIN { print p / 1e6 }')" "$sut_cpu" "$src_cpu" "$other"
+            "$(awk -v p="$tx_pps" 'BEGIN { print p / 1e6 }')" "$sut_cpu" "$src_cpu" "$other" "${idle:--}"
     else
         printf '%s\t%s\t%s\t%s\t%s\tfail\t\t\t\t\t\n' "$variant" "$size" "$mode" "$case" "$round" \
             >>"$RESULTS"
@@ -632,10 +649,11 @@ print_table() {
             if (!(key in seen)) { seen[key] = 1; order[++nk] = key }
             pps[key] = pps[key] " " $6; per[key] = per[key] sprintf(" %.2f", $6 / 1e6)
             sut[key] += $7; src[key] += $8; oth[key] += $9; sent[key] = sent[key] " " $11; cnt[key]++
+            if ($12 != "") { idl[key] += $12; icnt[key]++ }
         }
         END {
-            printf "%-9s %5s %-7s %-15s %7s %7s %7s %7s %7s %8s %8s %7s  %s\n", "variant", "size", "mode", "case", \
-                "Mpps", "Gbit/s", "x tpmd", "x ovs", "sent", "switch%", "source%", "other%", "Mpps per round"
+            printf "%-9s %5s %-7s %-15s %7s %7s %7s %7s %7s %8s %8s %7s %6s  %s\n", "variant", "size", "mode", "case", \
+                "Mpps", "Gbit/s", "x tpmd", "x ovs", "sent", "switch%", "source%", "other%", "idle%", "Mpps per round"
             for (k = 1; k <= nk; k++) {
                 split(order[k], f, SUBSEP)
                 med[order[k]] = cnt[order[k]] ? median(pps[order[k]]) : -1
@@ -649,9 +667,10 @@ print_table() {
                     printf "%-9s %5s %-7s %-15s %7s  (failed %d of %d rounds)\n", f[1], f[2], f[3], f[4], "-", fails[key], rounds
                     continue
                 }
-                printf "%-9s %5s %-7s %-15s %7.3f %7.2f %7s %7s %7.3f %8.0f %8.0f %7.0f %s%s\n", f[1], f[2], f[3], f[4], \
+                printf "%-9s %5s %-7s %-15s %7.3f %7.2f %7s %7s %7.3f %8.0f %8.0f %7.0f %6s %s%s\n", f[1], f[2], f[3], f[4], \
                     m / 1e6, m * f[2] * 8 / 1e9, ratio(m, base), ratio(m, ovs), median(sent[key]) / 1e6, \
-                    sut[key] / cnt[key], src[key] / cnt[key], oth[key] / cnt[key], per[key], \
+                    sut[key] / cnt[key], src[key] / cnt[key], oth[key] / cnt[key], \
+                    icnt[key] ? sprintf("%.1f", idl[key] / icnt[key]) : "-", per[key], \
                     fails[key] ? sprintf(" (%d failed)", fails[key]) : ""
             }
         }' "$RESULTS"
@@ -719,6 +738,8 @@ main() {
     say "switch%: CPU the switch process (testpmd backend, ovs-vswitchd, patchbay-switch) got on" \
         "CPU $SWITCH_CPU; source%: the source testpmd on CPU $SOURCE_CPU; other%: everything else" \
         "on the machine in the same window (100 = one core). Mean over rounds."
+    say "idle%: CPU the switch process used while the source's ports stayed connected but sent" \
+        "nothing (${IDLE_SECS} s after each measurement; 100 = one core). Mean over rounds."
     say "load after: $(cut -d' ' -f1-3 /proc/loadavg); total $(awk -v a="$t_start" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }') s"
     if [[ -n ${PATCHBAY_PEERS_OUT:-} ]]; then cp "$RESULTS" "$PATCHBAY_PEERS_OUT"; fi
 }

@@ -182,7 +182,7 @@ impl Peer {
         PeerSnap {
             cpu: threads_cpu(SWITCH_THREADS),
             no_buffer: no_buffer_drops(sw),
-            floods: sw.counters.floods.load(Ordering::Relaxed),
+            floods: sw.counters().floods.load(Ordering::Relaxed),
         }
     }
 

@@ -241,7 +241,7 @@ impl Session {
             let sw = &d.switch;
             s.no_buffer += no_buffer_drops(sw);
             s.floods += sw
-                .counters
+                .counters()
                 .floods
                 .load(std::sync::atomic::Ordering::Relaxed);
             if let Some(t) = sw.tunnel() {

@@ -5,6 +5,7 @@
 //! - `wire`: Ethernet and 802.1Q header views.
 //! - `virtio`: features, the virtio-net header and validated descriptor chains.
 //! - `port`: a port, its vhost-user backend, its connection loop and counters.
+//! - `frame`: a frame in flight (where its bytes are, how its header changes, tunnel metadata).
 //! - `dataplane`: the frame path between ports.
 //! - `vlan`, `mac_table`: forwarding policy and state.
 //! - `switch`: ports + table + background threads.
@@ -17,6 +18,7 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod flow;
+pub mod frame;
 pub mod mac_table;
 pub mod metrics;
 pub mod port;

@@ -20,6 +20,9 @@ use crate::wire::EthernetAddress;
 /// Index of a port in the switch's port table.
 pub type PortId = u16;
 
+/// Most ports a switch holds (port numbers 1..=MAX_PORTS).
+pub const MAX_PORTS: usize = 4096;
+
 struct Entry {
     port: AtomicU16,
     /// Seconds since the table's epoch when the address was last seen.
@@ -70,9 +73,7 @@ impl MacTable {
             max_entries,
             aging,
             epoch: Instant::now(),
-            per_port: (0..=crate::switch::MAX_PORTS + 1)
-                .map(|_| AtomicUsize::new(0))
-                .collect(),
+            per_port: (0..=MAX_PORTS + 1).map(|_| AtomicUsize::new(0)).collect(),
         }
     }
 

@@ -214,7 +214,7 @@ fn render_all(
         "Most addresses the learning table holds.",
         table.max_entries() as i64,
     )?;
-    let sc = &sw.counters;
+    let sc = sw.counters();
     counter(
         &r,
         "floods_total",

@@ -2,15 +2,16 @@
 //! going (port supervisors, table aging, optional pollers).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dataplane::{Fabric, PortTable};
 use crate::mac_table::{MacTable, PortId};
-use crate::port::{connection, Port, PortConfig, PortConfigError};
+use crate::port::connection::{self, ConnectionContext};
+use crate::port::{Port, PortConfig, PortConfigError};
 use crate::vlan::VlanConfig;
 
 /// Switch-wide settings (the `[switch]` table of the config file).
@@ -81,28 +82,7 @@ impl Settings {
     }
 }
 
-/// Switch-wide counters.
-#[derive(Debug, Default)]
-pub struct SwitchCounters {
-    /// Frames sent to every port of their VLAN (unknown unicast, broadcast, multicast).
-    pub floods: AtomicU64,
-    pub mac_learned: AtomicU64,
-    pub mac_moved: AtomicU64,
-    /// Addresses not learned because the table was full.
-    pub mac_table_full: AtomicU64,
-}
-
-impl SwitchCounters {
-    pub fn count_learned(&self) {
-        self.mac_learned.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn count_moved(&self) {
-        self.mac_moved.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn count_table_full(&self) {
-        self.mac_table_full.fetch_add(1, Ordering::Relaxed);
-    }
-}
+pub use crate::dataplane::SwitchCounters;
 
 /// A change to the switch that could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -169,21 +149,15 @@ pub fn keep_off_poll_cpus(poll_cpus: &[usize]) {
     }
 }
 
-/// Most ports a switch holds (port numbers 1..=MAX_PORTS).
-pub const MAX_PORTS: usize = 4096;
+pub use crate::mac_table::MAX_PORTS;
 
 pub struct Switch {
     settings: Settings,
-    /// Indexed by port number; slot 0 is never used (port numbers start at 1, as in OpenFlow).
-    ports: RwLock<Vec<Option<Arc<Port>>>>,
-    mac_table: MacTable,
+    /// What the frame path reads: ports, learning and flow tables, counters.
+    fabric: Arc<Fabric>,
     supervisors: Mutex<HashMap<PortId, thread::JoinHandle<()>>>,
-    pub counters: SwitchCounters,
-    stopping: AtomicBool,
     /// The VXLAN tunnel port, if configured.
     tunnel: std::sync::OnceLock<Arc<crate::tunnel::Tunnel>>,
-    /// The flow tables (empty: the learning switch alone).
-    flows: crate::flow::pipeline::Pipeline,
     /// Wakes sleeping dataplane workers when ports' rings change.
     doorbell: Arc<crate::port::Doorbell>,
 }
@@ -198,15 +172,12 @@ impl Switch {
             Duration::from_secs(settings.mac_aging_secs),
         );
         let doorbell = Arc::new(crate::port::Doorbell::new(settings.dataplane_threads())?);
+        let fabric = Arc::new(Fabric::new(mac_table, flows, settings.max_frame_len()));
         Ok(Arc::new(Switch {
             settings,
-            ports: RwLock::new(vec![None]),
-            mac_table,
+            fabric,
             supervisors: Mutex::new(HashMap::new()),
-            counters: SwitchCounters::default(),
-            stopping: AtomicBool::new(false),
             tunnel: std::sync::OnceLock::new(),
-            flows,
             doorbell,
         }))
     }
@@ -219,12 +190,21 @@ impl Switch {
         &self.settings
     }
 
+    /// The frame path's shared state.
+    pub fn fabric(&self) -> &Arc<Fabric> {
+        &self.fabric
+    }
+
     pub fn mac_table(&self) -> &MacTable {
-        &self.mac_table
+        &self.fabric.mac_table
     }
 
     pub fn flows(&self) -> &crate::flow::pipeline::Pipeline {
-        &self.flows
+        &self.fabric.flows
+    }
+
+    pub fn counters(&self) -> &SwitchCounters {
+        &self.fabric.counters
     }
 
     pub fn tunnel(&self) -> Option<&Arc<crate::tunnel::Tunnel>> {
@@ -232,7 +212,7 @@ impl Switch {
     }
 
     pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
+        self.fabric.is_stopping()
     }
 
     /// Adds the VXLAN tunnel port (once, at start-up) and starts receiving.
@@ -251,25 +231,26 @@ impl Switch {
                 "a port is already named '{TUNNEL_PORT_NAME}'"
             )));
         }
-        let mut ports = self.ports.write().unwrap_or_else(|p| p.into_inner());
-        let slot = match ports.iter().skip(1).position(Option::is_none) {
-            Some(i) => i + 1,
-            None => {
-                ports.push(None);
-                ports.len() - 1
-            }
-        };
-        let tunnel = Arc::new(Tunnel::bind(slot as PortId, config)?);
-        let port = Arc::new(Port::tunnel(
-            slot as PortId,
-            TUNNEL_PORT_NAME,
-            tunnel.describe(),
-            tunnel.vlan_set(),
-        ));
-        ports[slot] = Some(port);
-        drop(ports);
+        let (slot, tunnel) = self.fabric.update_ports(|ports| {
+            let slot = match ports.iter().skip(1).position(Option::is_none) {
+                Some(i) => i + 1,
+                None => {
+                    ports.push(None);
+                    ports.len() - 1
+                }
+            };
+            let tunnel = Arc::new(Tunnel::bind(slot as PortId, config)?);
+            ports[slot] = Some(Arc::new(Port::tunnel(
+                slot as PortId,
+                TUNNEL_PORT_NAME,
+                tunnel.describe(),
+                tunnel.vlan_set(),
+            )));
+            Ok::<_, TunnelError>((slot, tunnel))
+        })?;
         let _ = self.tunnel.set(tunnel.clone());
-        tunnel.spawn_rx(self.clone())?;
+        self.fabric.set_tunnel(tunnel.clone());
+        tunnel.spawn_rx(self.fabric.clone())?;
         log::info!("{} added as port {slot}", tunnel.describe());
         Ok(())
     }
@@ -286,14 +267,14 @@ impl Switch {
                 p.set_vlan(crate::vlan::VlanMode::Trunk {
                     allowed: t.vlan_set(),
                 });
-                self.mac_table.flush_port(p.id);
+                self.mac_table().flush_port(p.id);
             }
         }
     }
 
-    /// The port table for the length of a batch (indexed by port number).
-    pub fn ports_snapshot(&self) -> RwLockReadGuard<'_, Vec<Option<Arc<Port>>>> {
-        self.ports.read().unwrap_or_else(|p| p.into_inner())
+    /// The port table as it is now (indexed by port number); no lock.
+    pub fn ports_snapshot(&self) -> arc_swap::Guard<Arc<PortTable>> {
+        self.fabric.ports()
     }
 
     pub fn ports(&self) -> Vec<Arc<Port>> {
@@ -337,11 +318,10 @@ impl Switch {
     /// Adds a port and starts serving its socket. Returns its port number.
     pub fn add_port(self: &Arc<Self>, config: PortConfig) -> Result<PortId, SwitchError> {
         self.check_port(&config)?;
-        let port = {
-            let mut ports = self.ports.write().unwrap_or_else(|p| p.into_inner());
-            // Checked again under the write lock: two concurrent requests for one name or
+        let port = self.fabric.update_ports(|ports| {
+            // Checked again under the update lock: two concurrent requests for one name or
             // socket both pass the check above, only one can pass this one.
-            Self::check_against(&ports, &config)?;
+            Self::check_against(ports, &config)?;
             let slot = match ports.iter().skip(1).position(Option::is_none) {
                 Some(i) => i + 1,
                 None if ports.len() <= MAX_PORTS => {
@@ -358,9 +338,9 @@ impl Switch {
             })?);
             port.set_mac_limit(config.mac_limit.unwrap_or(self.settings.mac_limit_per_port));
             ports[slot] = Some(port.clone());
-            port
-        };
-        match connection::spawn(self.clone(), port.clone()) {
+            Ok(port)
+        })?;
+        match connection::spawn(self.connection_context(), port.clone()) {
             Ok(handle) => {
                 self.supervisors
                     .lock()
@@ -370,7 +350,7 @@ impl Switch {
                 Ok(port.id)
             }
             Err(source) => {
-                self.ports.write().unwrap_or_else(|p| p.into_inner())[usize::from(port.id)] = None;
+                self.clear_slot(port.id);
                 Err(SwitchError::Thread {
                     name: port.name.clone(),
                     source,
@@ -396,8 +376,8 @@ impl Switch {
         if let Some(h) = handle {
             let _ = h.join();
         }
-        self.ports.write().unwrap_or_else(|p| p.into_inner())[usize::from(port.id)] = None;
-        self.mac_table.flush_port(port.id);
+        self.clear_slot(port.id);
+        self.mac_table().flush_port(port.id);
         log::info!("port {} removed", port.name);
         Ok(())
     }
@@ -418,8 +398,28 @@ impl Switch {
             },
         })?;
         port.set_vlan(mode);
-        self.mac_table.flush_port(port.id);
+        self.mac_table().flush_port(port.id);
         Ok(())
+    }
+
+    /// Empties port slot `id` (the port is gone).
+    fn clear_slot(&self, id: PortId) {
+        let _ = self.fabric.update_ports(|ports| {
+            if let Some(slot) = ports.get_mut(usize::from(id)) {
+                *slot = None;
+            }
+            Ok::<_, std::convert::Infallible>(())
+        });
+    }
+
+    /// What a port's connection needs from the switch.
+    fn connection_context(&self) -> ConnectionContext {
+        let fabric = self.fabric.clone();
+        ConnectionContext {
+            memory_limit_gib: self.settings.max_guest_memory_gib,
+            doorbell: self.doorbell.clone(),
+            forget_port: Arc::new(move |id| fabric.mac_table.flush_port(id)),
+        }
     }
 
     /// Starts the background threads: learning-table aging, and pollers if configured.
@@ -428,14 +428,14 @@ impl Switch {
         thread::Builder::new()
             .name("mac-aging".into())
             .spawn(move || {
-                while !sw.stopping.load(Ordering::Acquire) {
+                while !sw.is_stopping() {
                     thread::sleep(Duration::from_secs(1));
-                    let now = sw.mac_table.now();
-                    sw.mac_table.expire(now);
+                    let now = sw.mac_table().now();
+                    sw.mac_table().expire(now);
                     if let Some(t) = sw.tunnel() {
                         t.vtep.expire(t.vtep.now());
                     }
-                    sw.flows.expire();
+                    sw.flows().expire();
                 }
             })?;
         let workers = self.settings.dataplane_threads();
@@ -445,14 +445,14 @@ impl Switch {
                 workers,
                 cpu: self.settings.poll_cpus.get(index).copied(),
             };
-            worker.spawn(self.clone())?;
+            worker.spawn(self.fabric.clone(), self.doorbell.clone())?;
         }
         Ok(())
     }
 
     /// Stops background threads and removes every port.
     pub fn shutdown(&self) {
-        self.stopping.store(true, Ordering::Release);
+        self.fabric.stop();
         self.doorbell.ring();
         for port in self.ports().into_iter().filter(|p| !p.is_tunnel()) {
             let _ = self.remove_port(&port.name);

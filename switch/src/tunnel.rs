@@ -25,11 +25,11 @@ use patchbay_overlay::vtep::{LocalMacMove, TunnelDrop, Vtep, VtepConfig};
 use patchbay_overlay::Vni;
 
 use crate::dataplane::{
-    switch_frames, Delivery, Frame, FrameBytes, Source, SwitchScratch, TunnelMeta,
+    switch_frames, Delivery, Fabric, Frame, FrameBytes, Source, SwitchScratch, TunnelEgress,
+    TunnelMeta,
 };
 use crate::mac_table::PortId;
 use crate::port::{DropReason, Port};
-use crate::switch::Switch;
 use crate::vlan::VlanSet;
 use crate::wire::{EthernetAddress, L2Header};
 
@@ -143,6 +143,31 @@ struct Target {
     remote: Ipv4Addr,
     inner_len: u32,
     src_port: u16,
+}
+
+thread_local! {
+    /// Each dataplane thread's work space for sending (per-thread state: no lock, no
+    /// allocation once warm).
+    static TX_SCRATCH: std::cell::RefCell<TxScratch> = std::cell::RefCell::new(TxScratch::default());
+}
+
+impl TunnelEgress for Tunnel {
+    fn transmit(
+        &self,
+        port: &Port,
+        source: &Source<'_>,
+        frames: &[Frame],
+        group: &[Delivery],
+        headers: &[crate::flow::rewrite::HeaderBuf],
+    ) {
+        TX_SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => {
+                self.transmit_with(port, source, frames, group, headers, &mut scratch)
+            }
+            // Re-entered on one thread (cannot happen: transmit does not switch frames).
+            Err(_) => port.counters.drop(DropReason::NoBuffer, group.len() as u64),
+        });
+    }
 }
 
 /// Per-thread work space for sending; reused across batches.
@@ -265,7 +290,7 @@ impl Tunnel {
     }
 
     /// Encapsulates and sends a group of deliveries to the tunnel port.
-    pub fn transmit(
+    fn transmit_with(
         &self,
         port: &Port,
         source: &Source<'_>,
@@ -422,35 +447,35 @@ impl Tunnel {
     /// Starts the receive thread: decapsulate, check, learn, switch.
     pub fn spawn_rx(
         self: &Arc<Self>,
-        sw: Arc<Switch>,
+        fabric: Arc<Fabric>,
     ) -> Result<thread::JoinHandle<()>, TunnelError> {
         let tunnel = self.clone();
         thread::Builder::new()
             .name("vxlan-rx".into())
-            .spawn(move || tunnel.rx_loop(&sw))
+            .spawn(move || tunnel.rx_loop(&fabric))
             .map_err(TunnelError::Thread)
     }
 
     /// The local port `src` is learned on in `vlan`, if a tunnel packet from that address
     /// must be refused: under `local_mac_move = "deny"`, a remote may not take over the
     /// address of a guest on this switch. Group addresses are never learned, so never owned.
-    fn local_owner(&self, sw: &Switch, vlan: u16, src: EthernetAddress) -> Option<PortId> {
+    fn local_owner(&self, fabric: &Fabric, vlan: u16, src: EthernetAddress) -> Option<PortId> {
         if self.vtep.local_mac_move() == LocalMacMove::Allow || !src.is_unicast() {
             return None;
         }
-        let table = sw.mac_table();
+        let table = &fabric.mac_table;
         table
             .lookup(vlan, src, table.now())
             .filter(|owner| *owner != self.port_id)
     }
 
-    fn rx_loop(&self, sw: &Switch) {
+    fn rx_loop(&self, fabric: &Fabric) {
         let mut bufs = vec![0u8; RX_BATCH * RX_BUF];
         let mut addrs: Vec<libc::sockaddr_in> = vec![sockaddr(Ipv4Addr::UNSPECIFIED); RX_BATCH];
         let mut frames: Vec<Frame> = Vec::with_capacity(RX_BATCH);
         let mut scratch = SwitchScratch::default();
         let mut drop_log = DropLog::default();
-        let max_frame = sw.settings().max_frame_len() as usize;
+        let max_frame = fabric.max_frame_len as usize;
         let fd = self.udp.as_raw_fd();
         // The message headers point into `bufs` and `addrs`, which neither move nor shrink
         // for the life of this loop; they are rebuilt from raw pointers once, not per call.
@@ -475,7 +500,7 @@ impl Tunnel {
                 m
             })
             .collect();
-        while !sw.is_stopping() {
+        while !fabric.is_stopping() {
             for m in msgs.iter_mut() {
                 m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
                 m.msg_hdr.msg_flags = 0;
@@ -494,8 +519,8 @@ impl Tunnel {
             if n <= 0 {
                 continue;
             }
-            let Some(port) = sw
-                .ports_snapshot()
+            let Some(port) = fabric
+                .ports()
                 .get(usize::from(self.port_id))
                 .cloned()
                 .flatten()
@@ -547,11 +572,11 @@ impl Tunnel {
                     continue;
                 }
                 let src = EthernetAddress::from_bytes(&inner[6..12]);
-                if let Some(owner) = self.local_owner(sw, vlan, src) {
+                if let Some(owner) = self.local_owner(fabric, vlan, src) {
                     self.vtep.count_drop(Some(vni), TunnelDrop::LocalMacClaim);
                     drop_log.warn(now, TunnelDrop::LocalMacClaim, || {
-                        let name = sw
-                            .ports_snapshot()
+                        let name = fabric
+                            .ports()
                             .get(usize::from(owner))
                             .cloned()
                             .flatten()
@@ -589,7 +614,7 @@ impl Tunnel {
             // A panic here is counted and shown on the tunnel port; the thread goes on with
             // the next datagrams (there is no connection to fail).
             if port
-                .guard_dataplane(|| switch_frames(sw, &port, &source, &frames, &mut scratch))
+                .guard_dataplane(|| switch_frames(fabric, &port, &source, &frames, &mut scratch))
                 .is_none()
             {
                 scratch = SwitchScratch::default();

@@ -16,9 +16,8 @@ use std::time::Duration;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use crate::dataplane;
-use crate::port::{Link, Port};
-use crate::switch::Switch;
+use crate::dataplane::{self, Fabric, TxScratch};
+use crate::port::{Doorbell, Link, Port};
 
 /// Empty rounds (every port of the worker looked at, nothing found) before an event-mode
 /// worker goes to sleep: a few tens of microseconds, so a burst that pauses briefly (a guest
@@ -45,17 +44,21 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn spawn(self, sw: Arc<Switch>) -> std::io::Result<thread::JoinHandle<()>> {
+    pub fn spawn(
+        self,
+        fabric: Arc<Fabric>,
+        doorbell: Arc<Doorbell>,
+    ) -> std::io::Result<thread::JoinHandle<()>> {
         let name = match self.cpu {
             Some(cpu) => format!("poll-{cpu}"),
             None => format!("dataplane-{}", self.index),
         };
         thread::Builder::new()
             .name(name)
-            .spawn(move || self.run(&sw))
+            .spawn(move || self.run(&fabric, &doorbell))
     }
 
-    fn run(&self, sw: &Switch) {
+    fn run(&self, fabric: &Fabric, doorbell: &Doorbell) {
         if let Some(cpu) = self.cpu {
             let mut set = nix::sched::CpuSet::new();
             if set.set(cpu).is_ok() {
@@ -66,12 +69,14 @@ impl Worker {
             log::info!("poller {} running on CPU {cpu}", self.index);
         }
         let mut served: Vec<Served> = Vec::new();
+        // This thread's work space (per-thread state: nothing shared, nothing locked).
+        let mut scratch = TxScratch::default();
         let mut epoll = None;
         let mut rounds = 0u32;
         let mut idle = 0u32;
-        while !sw.is_stopping() {
+        while !fabric.is_stopping() {
             if rounds.is_multiple_of(RESCAN_ROUNDS) {
-                self.rescan(sw, &mut served);
+                self.rescan(fabric, &mut served);
             }
             rounds = rounds.wrapping_add(1);
             let mut work = 0;
@@ -80,7 +85,9 @@ impl Worker {
                     .port
                     .with_link(|link| {
                         s.port
-                            .guard_dataplane(|| dataplane::drain_tx(sw, &s.port, link))
+                            .guard_dataplane(|| {
+                                dataplane::drain_tx(fabric, &s.port, link, &mut scratch)
+                            })
                             .unwrap_or(0)
                     })
                     .unwrap_or(0);
@@ -103,7 +110,7 @@ impl Worker {
                 std::hint::spin_loop();
                 continue;
             }
-            if self.sleep(sw, &mut served, &mut epoll) {
+            if self.sleep(doorbell, &mut served, &mut epoll) {
                 rounds = 0; // rescan: the doorbell rang
             }
             idle = 0;
@@ -111,11 +118,13 @@ impl Worker {
     }
 
     /// Re-reads which ports this worker serves.
-    fn rescan(&self, sw: &Switch, served: &mut Vec<Served>) {
-        let ports = sw.ports();
+    fn rescan(&self, fabric: &Fabric, served: &mut Vec<Served>) {
+        let ports = fabric.ports();
         let mine = ports
-            .into_iter()
-            .filter(|p| !p.is_tunnel() && usize::from(p.id) % self.workers == self.index);
+            .iter()
+            .flatten()
+            .filter(|p| !p.is_tunnel() && usize::from(p.id) % self.workers == self.index)
+            .cloned();
         let mut next: Vec<Served> = Vec::new();
         for port in mine {
             let registered = served
@@ -129,7 +138,7 @@ impl Worker {
 
     /// Arms every served ring's kicks and sleeps until a kick or the doorbell. Returns true
     /// if the doorbell rang (ports or rings changed).
-    fn sleep(&self, sw: &Switch, served: &mut [Served], epoll: &mut Option<Epoll>) -> bool {
+    fn sleep(&self, doorbell: &Doorbell, served: &mut [Served], epoll: &mut Option<Epoll>) -> bool {
         const DOORBELL: u64 = u64::MAX;
         // Re-register when any kick fd changed: a fresh epoll, so a closed fd whose number
         // was reused by another port can never leave a stale registration behind.
@@ -144,7 +153,7 @@ impl Worker {
                 thread::sleep(Duration::from_millis(1));
                 return true;
             };
-            if let Some(fd) = sw.doorbell().fd(self.index) {
+            if let Some(fd) = doorbell.fd(self.index) {
                 let _ = fresh.ctl(
                     ControlOperation::Add,
                     fd,
@@ -185,7 +194,7 @@ impl Worker {
         for ev in &events[..n] {
             match ev.data() {
                 DOORBELL => {
-                    sw.doorbell().answer(self.index);
+                    doorbell.answer(self.index);
                     rang = true;
                 }
                 i => {

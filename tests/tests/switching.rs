@@ -68,7 +68,7 @@ fn unknown_unicast_floods_then_learned_addresses_go_to_one_port() {
     );
     assert_eq!(
         d.switch
-            .counters
+            .counters()
             .floods
             .load(std::sync::atomic::Ordering::Relaxed),
         1
@@ -229,7 +229,7 @@ fn a_full_mac_table_stops_learning_but_not_forwarding() {
     assert_eq!(d.switch.mac_table().len(), 2);
     assert_eq!(
         d.switch
-            .counters
+            .counters()
             .mac_table_full
             .load(std::sync::atomic::Ordering::Relaxed),
         1

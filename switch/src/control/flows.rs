@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataplane::TunnelMeta;
 use crate::flow::extract::flow_key;
 use crate::flow::parse::{parse_flow, FlowSpec, FlowSyntax, ParseError};
 use crate::flow::pipeline::{Flow, FlowDump, FlowFilter, FlowMod, Output, Target, TraceStep};
 use crate::flow::rewrite::HeaderBuf;
 use crate::flow::{Action, Field, PortRef};
+use crate::frame::TunnelMeta;
 use crate::switch::Switch;
 
 /// One line of a rules file (or one add-flow argument), with its line number for errors.

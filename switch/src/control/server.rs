@@ -350,7 +350,7 @@ fn execute(request: Request, sw: &Arc<Switch>, counters: &ControlCounters) -> Re
             })
         }
         Request::ShowSwitch => {
-            let c = &sw.counters;
+            let c = sw.counters();
             Response::ok(SwitchInfo {
                 mtu: sw.settings().mtu,
                 ports: sw.ports().len(),

@@ -12,11 +12,12 @@
 //! so there is no lock-order cycle between ports forwarding to each other.
 
 mod deliver;
-pub mod frame;
+mod fabric;
 
 use std::sync::Arc;
 
-pub use frame::{Frame, FrameBytes, Rewrite, Source, TunnelMeta};
+pub use crate::frame::{Frame, FrameBytes, Rewrite, Source, TunnelMeta};
+pub use fabric::{Fabric, PortTable, SwitchCounters, TunnelEgress};
 
 use crate::flow::extract::flow_key;
 use crate::flow::pipeline::{MissPolicy, Target};
@@ -24,7 +25,6 @@ use crate::flow::rewrite::{HeaderBuf, REWRITE_BYTES};
 use crate::flow::Field;
 use crate::mac_table::{Learned, PortId};
 use crate::port::{DropReason, Link, Port};
-use crate::switch::Switch;
 use crate::virtio::chain::ChainError;
 use crate::virtio::features::net_header_len;
 use crate::virtio::{Burst, RxReservation, Segment, TxChain};
@@ -113,7 +113,7 @@ fn classify(
 
 /// The learning switch, for one batch.
 struct Normal<'a> {
-    sw: &'a Switch,
+    fabric: &'a Fabric,
     table: &'a crate::mac_table::MacTable,
     now: u64,
     ingress: &'a Port,
@@ -148,9 +148,9 @@ impl Normal<'_> {
                 ingress.mac_limit(),
             ) {
                 Learned::Refreshed => {}
-                Learned::New => self.sw.counters.count_learned(),
-                Learned::Moved => self.sw.counters.count_moved(),
-                Learned::TableFull => self.sw.counters.count_table_full(),
+                Learned::New => self.fabric.counters.count_learned(),
+                Learned::Moved => self.fabric.counters.count_moved(),
+                Learned::TableFull => self.fabric.counters.count_table_full(),
                 Learned::PortLimit => {
                     let refused = ingress
                         .counters
@@ -267,8 +267,6 @@ pub struct SwitchScratch {
     rx: RxReservation,
     /// Indexed by port number.
     ports: Vec<Option<PortView>>,
-    /// Per-thread work space of the tunnel's transmit side.
-    pub tunnel: crate::tunnel::TxScratch,
     /// Headers rewritten by flow actions, referenced by `Delivery::header`.
     headers: Vec<HeaderBuf>,
     /// Outputs of one packet's pipeline run.
@@ -277,7 +275,8 @@ pub struct SwitchScratch {
     flow_cache: Option<Box<crate::flow::pipeline::FlowCache>>,
 }
 
-/// Work space for draining one TX ring.
+/// Work space for draining TX rings: one per dataplane thread (reused for every port it
+/// serves, so there is no allocation per frame and nothing shared between threads).
 #[derive(Debug, Default)]
 pub struct TxScratch {
     segs: Vec<Segment>,
@@ -308,7 +307,7 @@ pub fn inject_panic(port: &Port) {
 /// Switches one batch (up to [`BATCH`] chains) from `port`'s transmit ring, with the guest's
 /// kicks off (the workers re-arm them before they sleep, see [`arm_kicks`]). Returns the
 /// number of chains consumed.
-pub fn drain_tx(sw: &Switch, port: &Port, link: &Link) -> usize {
+pub fn drain_tx(fabric: &Fabric, port: &Port, link: &Link, scratch: &mut TxScratch) -> usize {
     let map = link.mem.load();
     let mut txv = link.tx.lock().unwrap_or_else(|p| p.into_inner());
     if !txv.usable() {
@@ -339,8 +338,7 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link) -> usize {
         }
     };
     let header_len = net_header_len(link.features());
-    let max_frame = sw.settings().max_frame_len();
-    let mut scratch = link.tx_scratch.lock().unwrap_or_else(|p| p.into_inner());
+    let max_frame = fabric.max_frame_len;
     scratch.segs.clear();
     scratch.frames.clear();
     scratch.bad_heads.clear();
@@ -373,11 +371,11 @@ pub fn drain_tx(sw: &Switch, port: &Port, link: &Link) -> usize {
         frames,
         switch,
         bad_heads,
-    } = &mut *scratch;
+    } = scratch;
     // SAFETY: `segs` were made by `map` in this batch (`TxChain::parse` above), and `map`
     // is held until the end of this function.
     let source = unsafe { Source::guest(&map, segs) };
-    switch_frames(sw, port, &source, frames, switch);
+    switch_frames(fabric, port, &source, frames, switch);
     if crate::port::memory::fault_count() != faults_before && link.memory_faulted() {
         link.fail_on_memory_fault(port);
     }
@@ -417,19 +415,18 @@ pub fn arm_kicks(link: &Link) -> bool {
 /// flows installed this is the learning switch; otherwise each frame first runs through the
 /// flow tables, whose outputs (including `normal`) become the deliveries.
 pub fn switch_frames(
-    sw: &Switch,
+    fabric: &Fabric,
     ingress: &Port,
     source: &Source<'_>,
     frames: &[Frame],
     scratch: &mut SwitchScratch,
 ) {
-    let table = sw.mac_table();
-    let ports = sw.ports_snapshot();
+    let table = &fabric.mac_table;
+    let ports = fabric.ports();
     let SwitchScratch {
         deliveries,
         rx,
         ports: views,
-        tunnel: tunnel_scratch,
         headers,
         outputs,
         flow_cache,
@@ -447,11 +444,11 @@ pub fn switch_frames(
     let Some(Some(ingress_view)) = views.get(usize::from(ingress.id)).cloned() else {
         return;
     };
-    let pipeline = sw.flows();
+    let pipeline = &fabric.flows;
     let flow_tables = pipeline.snapshot();
     let use_flows = !flow_tables.is_empty() || pipeline.miss == MissPolicy::Drop;
     let mut normal = Normal {
-        sw,
+        fabric,
         table,
         now: table.now(),
         ingress,
@@ -556,7 +553,8 @@ pub fn switch_frames(
 
     ingress.counters.count_rx(rx_packets, rx_bytes);
     if normal.floods > 0 {
-        sw.counters
+        fabric
+            .counters
             .floods
             .fetch_add(normal.floods, std::sync::atomic::Ordering::Relaxed);
     }
@@ -574,8 +572,8 @@ pub fn switch_frames(
             continue;
         };
         if dst.is_tunnel() {
-            if let Some(tunnel) = sw.tunnel() {
-                tunnel.transmit(dst, source, frames, group, headers, tunnel_scratch);
+            if let Some(tunnel) = fabric.tunnel() {
+                tunnel.transmit(dst, source, frames, group, headers);
             }
             continue;
         }

@@ -4,7 +4,7 @@
 
 use super::key::consts::*;
 use super::key::{Field, FlowKey};
-use crate::dataplane::TunnelMeta;
+use crate::frame::TunnelMeta;
 
 /// Bytes of a frame the key can depend on: Ethernet + tag + IPv4 with options + L4 ports.
 pub const KEY_BYTES: usize = 18 + 60 + 8;

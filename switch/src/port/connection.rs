@@ -4,7 +4,8 @@
 //! nothing of a previous frontend's state survives into the next.
 //!
 //! Per connection there is one thread, this one, reading vhost-user messages; the dataplane
-//! workers (`crate::worker`) serve the rings, and the doorbell tells them when rings change.
+//! workers (the `worker` module, above this one) serve the rings, and the doorbell tells
+//! them when rings change.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -17,15 +18,29 @@ use std::time::Duration;
 use vhost::vhost_user::{BackendReqHandler, Error as VhostError, VhostUserBackendReqHandlerMut};
 
 use super::backend::DeviceHandler;
+use super::Doorbell;
 use super::{ConnectMode, Link, LinkState, Port};
-use crate::switch::Switch;
+use crate::mac_table::PortId;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// What a port's connection needs from the switch that owns the port (the port knows
+/// nothing of the switch itself).
+#[derive(Clone)]
+pub struct ConnectionContext {
+    /// Most guest memory the frontend may map (`max_guest_memory_gib`).
+    pub memory_limit_gib: u64,
+    /// Rung when the rings change, so the dataplane workers look again.
+    pub doorbell: Arc<Doorbell>,
+    /// Forgets what was learned behind a port whose frontend went away; returns how many
+    /// addresses.
+    pub forget_port: Arc<dyn Fn(PortId) -> usize + Send + Sync>,
+}
+
 /// Starts the thread that keeps `port` connected until it is removed. In server mode the
 /// socket is created here, before returning, so a bad path is an error for the caller.
-pub fn spawn(switch: Arc<Switch>, port: Arc<Port>) -> std::io::Result<thread::JoinHandle<()>> {
+pub fn spawn(ctx: ConnectionContext, port: Arc<Port>) -> std::io::Result<thread::JoinHandle<()>> {
     let listener = match port.config.mode {
         ConnectMode::Server => Some(listen(&port.config.socket)?),
         ConnectMode::Client => None,
@@ -33,8 +48,8 @@ pub fn spawn(switch: Arc<Switch>, port: Arc<Port>) -> std::io::Result<thread::Jo
     thread::Builder::new()
         .name(format!("port-{}", port.name))
         .spawn(move || match listener {
-            Some(listener) => serve(&switch, &port, listener),
-            None => dial(&switch, &port),
+            Some(listener) => serve(&ctx, &port, listener),
+            None => dial(&ctx, &port),
         })
 }
 
@@ -81,7 +96,7 @@ fn sleep_unless_removed(port: &Port, d: Duration) -> bool {
     port.is_removed()
 }
 
-fn serve(switch: &Arc<Switch>, port: &Arc<Port>, listener: UnixListener) {
+fn serve(ctx: &ConnectionContext, port: &Arc<Port>, listener: UnixListener) {
     log::info!(
         "port {}: listening on {}",
         port.name,
@@ -94,7 +109,7 @@ fn serve(switch: &Arc<Switch>, port: &Arc<Port>, listener: UnixListener) {
                 if port.is_removed() {
                     break;
                 }
-                run_connection(switch, port, stream);
+                run_connection(ctx, port, stream);
             }
             Err(e) => {
                 log::warn!("port {}: accept failed: {e}", port.name);
@@ -105,7 +120,7 @@ fn serve(switch: &Arc<Switch>, port: &Arc<Port>, listener: UnixListener) {
     let _ = std::fs::remove_file(&port.config.socket);
 }
 
-fn dial(switch: &Arc<Switch>, port: &Arc<Port>) {
+fn dial(ctx: &ConnectionContext, port: &Arc<Port>) {
     let path = &port.config.socket;
     let mut backoff = BACKOFF_MIN;
     let mut reported = false;
@@ -115,7 +130,7 @@ fn dial(switch: &Arc<Switch>, port: &Arc<Port>) {
             Ok(stream) => {
                 backoff = BACKOFF_MIN;
                 reported = false;
-                run_connection(switch, port, stream);
+                run_connection(ctx, port, stream);
             }
             Err(e) => {
                 if !reported {
@@ -164,7 +179,7 @@ fn is_recoverable(e: &VhostError) -> bool {
 }
 
 /// Serves one frontend connection to its end, then forgets its rings and learned addresses.
-fn run_connection(switch: &Arc<Switch>, port: &Arc<Port>, stream: UnixStream) {
+fn run_connection(ctx: &ConnectionContext, port: &Arc<Port>, stream: UnixStream) {
     let Ok(shutdown_stream) = stream.try_clone() else {
         return;
     };
@@ -178,8 +193,8 @@ fn run_connection(switch: &Arc<Switch>, port: &Arc<Port>, stream: UnixStream) {
     let handler = Arc::new(Mutex::new(DeviceHandler::new(
         port.clone(),
         link.clone(),
-        switch.settings().max_guest_memory_gib,
-        switch.doorbell().clone(),
+        ctx.memory_limit_gib,
+        ctx.doorbell.clone(),
     )));
     let raw_fd = stream.as_raw_fd();
     let mut requests = BackendReqHandler::from_stream(stream, handler.clone());
@@ -213,8 +228,8 @@ fn run_connection(switch: &Arc<Switch>, port: &Arc<Port>, stream: UnixStream) {
 
     port.set_connection(None);
     port.detach();
-    switch.doorbell().ring();
-    let flushed = switch.mac_table().flush_port(port.id);
+    ctx.doorbell.ring();
+    let flushed = (ctx.forget_port)(port.id);
     log::info!(
         "port {}: frontend disconnected ({flushed} learned addresses forgotten)",
         port.name

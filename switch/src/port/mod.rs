@@ -21,7 +21,6 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataplane::TxScratch;
 use crate::mac_table::PortId;
 use crate::virtio::features::{feature_names, net_header_len};
 use crate::virtio::GuestMap;
@@ -209,8 +208,6 @@ pub struct Link {
     /// Queue 1: the guest's transmit ring (the switch reads from it).
     pub tx: Mutex<ring::RingState>,
     pub features: AtomicU64,
-    /// Work space of whoever drains this link's TX ring; locked after the TX ring.
-    pub tx_scratch: Mutex<TxScratch>,
     /// Whether each ring is usable, mirrored from the ring state by the vhost-user handler
     /// so that `show ports` and the metrics never wait for a ring lock a batch holds.
     rx_up: AtomicBool,
@@ -232,7 +229,6 @@ impl Link {
             rx: Mutex::new(ring::RingState::default()),
             tx: Mutex::new(ring::RingState::default()),
             features: AtomicU64::new(0),
-            tx_scratch: Mutex::new(TxScratch::default()),
             rx_up: AtomicBool::new(false),
             tx_up: AtomicBool::new(false),
             guard_owner: memory::new_owner(),

@@ -1,0 +1,122 @@
+//! What the frame path reads for every batch, shared between the switch (which changes it)
+//! and every dataplane thread: the port table, the learning table, the flow tables, the
+//! switch-wide counters, and the tunnel's transmit side.
+//!
+//! The port table is read through an RCU-style pointer (arc-swap): a batch loads it once and
+//! takes no lock; a change (add or remove a port) copies the table under `ports_update` and
+//! publishes the copy.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use arc_swap::{ArcSwap, Guard};
+
+use super::{Delivery, Frame, Source};
+use crate::flow::pipeline::Pipeline;
+use crate::flow::rewrite::HeaderBuf;
+use crate::mac_table::MacTable;
+use crate::port::Port;
+
+/// Indexed by port number; slot 0 is never used (port numbers start at 1, as in OpenFlow).
+pub type PortTable = Vec<Option<Arc<Port>>>;
+
+/// Switch-wide counters.
+#[derive(Debug, Default)]
+pub struct SwitchCounters {
+    /// Frames sent to every port of their VLAN (unknown unicast, broadcast, multicast).
+    pub floods: AtomicU64,
+    pub mac_learned: AtomicU64,
+    pub mac_moved: AtomicU64,
+    /// Addresses not learned because the table was full.
+    pub mac_table_full: AtomicU64,
+}
+
+impl SwitchCounters {
+    pub fn count_learned(&self) {
+        self.mac_learned.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn count_moved(&self) {
+        self.mac_moved.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn count_table_full(&self) {
+        self.mac_table_full.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Where frames for the tunnel port go: the seam between the frame path and the VXLAN
+/// endpoint (which sits above the frame path: its receive side calls `switch_frames`).
+pub trait TunnelEgress: Send + Sync {
+    /// Encapsulates and sends `group` (deliveries to `port`, the tunnel port).
+    fn transmit(
+        &self,
+        port: &Port,
+        source: &Source<'_>,
+        frames: &[Frame],
+        group: &[Delivery],
+        headers: &[HeaderBuf],
+    );
+}
+
+/// The frame path's shared state.
+pub struct Fabric {
+    ports: ArcSwap<PortTable>,
+    /// Serialises changes to the port table (readers never take it).
+    ports_update: Mutex<()>,
+    pub mac_table: MacTable,
+    /// The flow tables (empty: the learning switch alone).
+    pub flows: Pipeline,
+    pub counters: SwitchCounters,
+    /// Largest frame accepted from a guest.
+    pub max_frame_len: u32,
+    tunnel: OnceLock<Arc<dyn TunnelEgress>>,
+    stopping: AtomicBool,
+}
+
+impl Fabric {
+    pub fn new(mac_table: MacTable, flows: Pipeline, max_frame_len: u32) -> Fabric {
+        Fabric {
+            ports: ArcSwap::from_pointee(vec![None]),
+            ports_update: Mutex::new(()),
+            mac_table,
+            flows,
+            counters: SwitchCounters::default(),
+            max_frame_len,
+            tunnel: OnceLock::new(),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    /// The port table as it is now, for the length of a batch; no lock.
+    pub fn ports(&self) -> Guard<Arc<PortTable>> {
+        self.ports.load()
+    }
+
+    /// Changes the port table: `change` gets a copy (and may refuse by returning an error);
+    /// changes are serialised, so a check and an insert made in one `change` are atomic.
+    pub fn update_ports<R, E>(
+        &self,
+        change: impl FnOnce(&mut PortTable) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let _serial = self.ports_update.lock().unwrap_or_else(|p| p.into_inner());
+        let mut table = PortTable::clone(&self.ports.load());
+        let result = change(&mut table)?;
+        self.ports.store(Arc::new(table));
+        Ok(result)
+    }
+
+    pub fn set_tunnel(&self, tunnel: Arc<dyn TunnelEgress>) {
+        let _ = self.tunnel.set(tunnel);
+    }
+
+    pub fn tunnel(&self) -> Option<&Arc<dyn TunnelEgress>> {
+        self.tunnel.get()
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+}
