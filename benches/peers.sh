@@ -601,6 +601,8 @@ measure() {
     patchbay-*)
         {
             "$RUN/bin/flowctl" --socket "$dir/ctl.sock" show ports
+            local i
+            for ((i = 0; i < n; i++)); do "$RUN/bin/flowctl" --socket "$dir/ctl.sock" show port "p$i"; done
             "$RUN/bin/flowctl" --socket "$dir/ctl.sock" show switch
             "$RUN/bin/flowctl" --socket "$dir/ctl.sock" show macs
         } >"$dir/switch-state.txt" 2>&1

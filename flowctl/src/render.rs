@@ -273,6 +273,7 @@ pub fn port_detail(p: &PortInfo) -> String {
         .collect();
     let tail: Vec<(&str, String)> = vec![
         ("connects", c.connects.to_string()),
+        ("rx batches", c.rx_batches.to_string()),
         ("notifications", c.notifications.to_string()),
         ("protocol errors", c.protocol_errors.to_string()),
     ];

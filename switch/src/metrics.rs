@@ -127,6 +127,12 @@ fn render_all(
         "vhost-user frontend connections on the port.",
         &["port"],
     )?;
+    let rx_batches = counter_vec(
+        &r,
+        "port_rx_batches_total",
+        "Batches taken from the port's transmit ring (frames received / batches = mean batch).",
+        &["port"],
+    )?;
     let notifications = counter_vec(
         &r,
         "port_notifications_total",
@@ -180,6 +186,9 @@ fn render_all(
         connects
             .with_label_values(&[name])
             .inc_by(load(&c.connects));
+        rx_batches
+            .with_label_values(&[name])
+            .inc_by(load(&c.rx_batches));
         notifications
             .with_label_values(&[name])
             .inc_by(load(&c.notifications));

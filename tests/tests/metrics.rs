@@ -70,6 +70,12 @@ fn metrics_pass_promtool_and_count_the_traffic() {
         value(&body, "patchbay_port_rx_bytes_total{port=\"a\"}"),
         Some(1000)
     );
+    // Batches: at least one, at most one per frame (11 chains were taken from a's ring).
+    let batches = value(&body, "patchbay_port_rx_batches_total{port=\"a\"}");
+    assert!(
+        batches.is_some_and(|b| (1..=11).contains(&b)),
+        "rx batches {batches:?}"
+    );
     assert_eq!(
         value(&body, "patchbay_port_tx_packets_total{port=\"b\"}"),
         Some(10)

@@ -42,6 +42,10 @@ pub(super) fn to_guest(
     let features = link.features();
     let header_len = net_header_len(features);
     let mergeable = mergeable_rx(features);
+    // The chains this group will take: their descriptors start loading now.
+    if burst.refresh().is_ok() {
+        burst.prefetch_chains(group.len().min(usize::from(u16::MAX)) as u16);
+    }
     let mut bad_chains = 0u64;
     let mut delivered = 0u64;
     let mut delivered_bytes = 0u64;

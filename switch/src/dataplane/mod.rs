@@ -343,6 +343,8 @@ pub fn drain_tx(fabric: &Fabric, port: &Port, link: &Link, scratch: &mut TxScrat
     scratch.frames.clear();
     scratch.bad_heads.clear();
     let popped = usize::from(waiting).min(BATCH);
+    // The batch's descriptors start loading now (each is a miss: the guest's core wrote it).
+    burst.prefetch_chains(popped as u16);
     for _ in 0..popped {
         let head = burst.pop();
         let s = &mut *scratch;
@@ -360,6 +362,9 @@ pub fn drain_tx(fabric: &Fabric, port: &Port, link: &Link, scratch: &mut TxScrat
             }
         }
     }
+    port.counters
+        .rx_batches
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let injected = PANIC_NEXT_BATCH.load(std::sync::atomic::Ordering::Relaxed);
     if injected == port as *const Port as usize {
         PANIC_NEXT_BATCH.store(0, std::sync::atomic::Ordering::Relaxed);

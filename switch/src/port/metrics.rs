@@ -64,6 +64,10 @@ pub struct PortCounters {
     /// Frames received from the guest and accepted for switching.
     pub rx_packets: AtomicU64,
     pub rx_bytes: AtomicU64,
+    /// Batches taken from the guest's transmit ring: `rx_packets / rx_batches` is the mean
+    /// batch, and the per-batch costs (ring indexes, notifications) weigh more per frame the
+    /// smaller it is.
+    pub rx_batches: AtomicU64,
     /// Frames written into the guest's receive ring.
     pub tx_packets: AtomicU64,
     pub tx_bytes: AtomicU64,
@@ -118,6 +122,7 @@ impl PortCounters {
         CounterSnapshot {
             rx_packets: load(&self.rx_packets),
             rx_bytes: load(&self.rx_bytes),
+            rx_batches: load(&self.rx_batches),
             tx_packets: load(&self.tx_packets),
             tx_bytes: load(&self.tx_bytes),
             drops: DropReason::ALL
@@ -139,6 +144,9 @@ impl PortCounters {
 pub struct CounterSnapshot {
     pub rx_packets: u64,
     pub rx_bytes: u64,
+    /// Batches taken from the guest's transmit ring.
+    #[serde(default)]
+    pub rx_batches: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
     /// (reason label, count), in [`DropReason::ALL`] order.

@@ -73,6 +73,9 @@ impl TxChain {
             return Err(ChainError::Runt { len: frame_len });
         }
         skip_front(segs, start, header_len as u32);
+        if let Some(first) = segs.get(start) {
+            first.prefetch();
+        }
         Ok(TxChain {
             head,
             segs: (start, segs.len()),
