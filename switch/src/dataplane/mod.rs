@@ -271,8 +271,9 @@ pub struct SwitchScratch {
     headers: Vec<HeaderBuf>,
     /// Outputs of one packet's pipeline run.
     outputs: Vec<crate::flow::pipeline::Output>,
-    /// This thread's flow lookup cache (allocated when flows are first used).
-    flow_cache: Option<Box<crate::flow::pipeline::FlowCache>>,
+    /// This thread's flow lookup cache and batch counters (allocated when flows are first
+    /// used).
+    flow_thread: Option<Box<crate::flow::pipeline::FlowThread>>,
 }
 
 /// Work space for draining TX rings: one per dataplane thread (reused for every port it
@@ -434,7 +435,7 @@ pub fn switch_frames(
         ports: views,
         headers,
         outputs,
-        flow_cache,
+        flow_thread,
     } = scratch;
     deliveries.clear();
     headers.clear();
@@ -452,6 +453,9 @@ pub fn switch_frames(
     let pipeline = &fabric.flows;
     let flow_tables = pipeline.snapshot();
     let use_flows = !flow_tables.is_empty() || pipeline.miss == MissPolicy::Drop;
+    if use_flows {
+        pipeline.begin_batch(flow_thread.get_or_insert_with(Box::default));
+    }
     let mut normal = Normal {
         fabric,
         table,
@@ -491,11 +495,7 @@ pub fn switch_frames(
         rx_bytes += u64::from(frame.len);
         let key = flow_key(&prefix[..n], ingress.id, frame.tunnel.as_ref());
         outputs.clear();
-        let cache = flow_cache.get_or_insert_with(|| {
-            Box::new(crate::flow::pipeline::FlowCache::new(
-                crate::flow::pipeline::FLOW_CACHE_ENTRIES,
-            ))
-        });
+        let thread = flow_thread.get_or_insert_with(Box::default);
         pipeline.run_with(
             &flow_tables,
             &key,
@@ -503,7 +503,7 @@ pub fn switch_frames(
             frame.len,
             outputs,
             None,
-            Some(cache),
+            Some(thread),
         );
         for out in outputs.iter() {
             let tun_id = out.tun_id.map(|v| v as u32);
@@ -557,6 +557,9 @@ pub fn switch_frames(
     }
 
     ingress.counters.count_rx(rx_packets, rx_bytes);
+    if let (true, Some(thread)) = (use_flows, flow_thread.as_deref_mut()) {
+        pipeline.flush(thread);
+    }
     if normal.floods > 0 {
         fabric
             .counters

@@ -337,6 +337,55 @@ pub type FlowCache = super::classifier::ExactMatchCache<(u8, Option<super::class
 /// Entries in each thread's flow cache.
 pub const FLOW_CACHE_ENTRIES: usize = 4096;
 
+/// A dataplane thread's flow state: its lookup cache, and the counters of the batch it is
+/// switching, added to the shared atomics once per batch by [`Pipeline::flush`] (a locked
+/// add per packet, per table and per flow, plus a clock read per packet, cost more than the
+/// cached lookup itself).
+#[derive(Debug)]
+pub struct FlowThread {
+    pub cache: FlowCache,
+    /// (table, lookups, matches) of this batch.
+    tables: Vec<(u8, u64, u64)>,
+    /// (flow counters, packets, bytes) of this batch.
+    flows: Vec<(Arc<FlowStats>, u64, u64)>,
+    /// The pipeline clock for this batch.
+    now_ms: u64,
+}
+
+impl Default for FlowThread {
+    fn default() -> Self {
+        FlowThread {
+            cache: FlowCache::new(FLOW_CACHE_ENTRIES),
+            tables: Vec::new(),
+            flows: Vec::new(),
+            now_ms: 0,
+        }
+    }
+}
+
+impl FlowThread {
+    fn count_lookup(&mut self, table: u8, matched: bool) {
+        let m = u64::from(matched);
+        match self.tables.iter_mut().find(|t| t.0 == table) {
+            Some(t) => {
+                t.1 += 1;
+                t.2 += m;
+            }
+            None => self.tables.push((table, 1, m)),
+        }
+    }
+
+    fn count_flow(&mut self, stats: &Arc<FlowStats>, bytes: u64) {
+        match self.flows.iter_mut().find(|f| Arc::ptr_eq(&f.0, stats)) {
+            Some(f) => {
+                f.1 += 1;
+                f.2 += bytes;
+            }
+            None => self.flows.push((stats.clone(), 1, bytes)),
+        }
+    }
+}
+
 /// What a table miss in table 0 does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -463,6 +512,25 @@ impl Pipeline {
 
     pub fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Starts a batch on `thread`: one clock read for all its packets.
+    pub fn begin_batch(&self, thread: &mut FlowThread) {
+        thread.now_ms = self.now_ms();
+    }
+
+    /// Adds `thread`'s batch counters to the shared ones and clears them.
+    pub fn flush(&self, thread: &mut FlowThread) {
+        for (table, lookups, matches) in thread.tables.drain(..) {
+            let stats = &self.table_stats[usize::from(table)];
+            stats.lookups.fetch_add(lookups, Ordering::Relaxed);
+            stats.matches.fetch_add(matches, Ordering::Relaxed);
+        }
+        for (flow, packets, bytes) in thread.flows.drain(..) {
+            flow.packets.fetch_add(packets, Ordering::Relaxed);
+            flow.bytes.fetch_add(bytes, Ordering::Relaxed);
+            flow.used_ms.store(thread.now_ms, Ordering::Relaxed);
+        }
     }
 
     /// The version the frame path uses for a batch.
@@ -633,15 +701,19 @@ impl Pipeline {
         frame_len: u32,
         outputs: &mut Vec<Output>,
         mut trace: Option<&mut Vec<TraceStep>>,
-        mut cache: Option<&mut FlowCache>,
+        mut cache: Option<&mut FlowThread>,
     ) -> Option<Halt> {
+        let now_ms = match cache.as_deref() {
+            Some(thread) => thread.now_ms,
+            None => self.now_ms(),
+        };
         let mut state = ExecState {
             key: *key,
             header,
             modified: false,
             tun_id: None,
             frame_len,
-            now_ms: self.now_ms(),
+            now_ms,
             resubmits: 0,
         };
         let outputs_before = outputs.len();
@@ -685,7 +757,7 @@ impl Pipeline {
         depth: usize,
         outputs: &mut Vec<Output>,
         trace: &mut Option<&mut Vec<TraceStep>>,
-        cache: &mut Option<&mut FlowCache>,
+        cache: &mut Option<&mut FlowThread>,
         from_start: bool,
     ) -> Result<(), Halt> {
         if depth > MAX_RESUBMIT_DEPTH {
@@ -693,11 +765,30 @@ impl Pipeline {
         }
         let mut table = first_table;
         loop {
-            let stats = &self.table_stats[usize::from(table)];
-            stats.lookups.fetch_add(1, Ordering::Relaxed);
             let found = match cache.as_deref_mut() {
-                Some(c) => tables.lookup_cached(table, &st.key, c),
-                None => tables.lookup(table, &st.key),
+                Some(thread) => {
+                    let found = tables.lookup_cached(table, &st.key, &mut thread.cache);
+                    thread.count_lookup(table, found.is_some());
+                    if let Some(entry) = found {
+                        thread.count_flow(&entry.stats, u64::from(st.frame_len));
+                    }
+                    found
+                }
+                None => {
+                    let stats = &self.table_stats[usize::from(table)];
+                    stats.lookups.fetch_add(1, Ordering::Relaxed);
+                    let found = tables.lookup(table, &st.key);
+                    if let Some(entry) = found {
+                        stats.matches.fetch_add(1, Ordering::Relaxed);
+                        entry.stats.packets.fetch_add(1, Ordering::Relaxed);
+                        entry
+                            .stats
+                            .bytes
+                            .fetch_add(u64::from(st.frame_len), Ordering::Relaxed);
+                        entry.stats.used_ms.store(st.now_ms, Ordering::Relaxed);
+                    }
+                    found
+                }
             };
             let Some(entry) = found else {
                 if let Some(t) = trace.as_deref_mut() {
@@ -712,13 +803,6 @@ impl Pipeline {
                 }
                 return Ok(());
             };
-            stats.matches.fetch_add(1, Ordering::Relaxed);
-            entry.stats.packets.fetch_add(1, Ordering::Relaxed);
-            entry
-                .stats
-                .bytes
-                .fetch_add(u64::from(st.frame_len), Ordering::Relaxed);
-            entry.stats.used_ms.store(st.now_ms, Ordering::Relaxed);
             if let Some(t) = trace.as_deref_mut() {
                 t.push(TraceStep {
                     table,
