@@ -585,7 +585,11 @@ measure() {
     fi
     # Idle: the source stops sending (its ports stay connected) and the switch's CPU is read
     # over IDLE_SECS: a poller keeps its core busy, an event-mode switch should sleep.
-    local idle=""
+    local idle="" rss=""
+    # Resident memory of the switch process after the traffic (MiB).
+    if ((ok)) && [[ -n $SUT_PID ]]; then
+        rss=$(awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/$SUT_PID/status" 2>/dev/null)
+    fi
     if ((ok)) && ((IDLE_SECS > 0)); then
         src_run "stop"
         sleep 0.5
@@ -618,8 +622,8 @@ measure() {
     stop_source
     [[ -n $SUT_PID ]] && stop_pid "$SUT_PID" INT
     if ((ok)); then
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$variant" "$size" "$mode" "$case" \
-            "$round" "$pps" "$sut_cpu" "$src_cpu" "$other" "$secs" "$tx_pps" "$idle" >>"$RESULTS"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$variant" "$size" "$mode" "$case" \
+            "$round" "$pps" "$sut_cpu" "$src_cpu" "$other" "$secs" "$tx_pps" "$idle" "$rss" >>"$RESULTS"
         printf '  %-9s %4s B %-7s round %s  %-15s %7.3f Mpps (sent %7.3f)  switch %5s%%  source %5s%%  other %5s%%  idle %5s%%\n' \
             "$variant" "$size" "$mode" "$round" "$case" "$(awk -v p="$pps" 'BEGIN { print p / 1e6 }')" \
             "$(awk -v p="$tx_pps" 'BEGIN { print p / 1e6 }')" "$sut_cpu" "$src_cpu" "$other" "${idle:--}"
@@ -652,10 +656,11 @@ print_table() {
             pps[key] = pps[key] " " $6; per[key] = per[key] sprintf(" %.2f", $6 / 1e6)
             sut[key] += $7; src[key] += $8; oth[key] += $9; sent[key] = sent[key] " " $11; cnt[key]++
             if ($12 != "") { idl[key] += $12; icnt[key]++ }
+            if ($13 != "" && $13 > rss[key]) rss[key] = $13
         }
         END {
-            printf "%-9s %5s %-7s %-15s %7s %7s %7s %7s %7s %8s %8s %7s %6s  %s\n", "variant", "size", "mode", "case", \
-                "Mpps", "Gbit/s", "x tpmd", "x ovs", "sent", "switch%", "source%", "other%", "idle%", "Mpps per round"
+            printf "%-9s %5s %-7s %-15s %7s %7s %7s %7s %7s %8s %8s %7s %6s %6s  %s\n", "variant", "size", "mode", "case", \
+                "Mpps", "Gbit/s", "x tpmd", "x ovs", "sent", "switch%", "source%", "other%", "idle%", "RSS", "Mpps per round"
             for (k = 1; k <= nk; k++) {
                 split(order[k], f, SUBSEP)
                 med[order[k]] = cnt[order[k]] ? median(pps[order[k]]) : -1
@@ -669,10 +674,11 @@ print_table() {
                     printf "%-9s %5s %-7s %-15s %7s  (failed %d of %d rounds)\n", f[1], f[2], f[3], f[4], "-", fails[key], rounds
                     continue
                 }
-                printf "%-9s %5s %-7s %-15s %7.3f %7.2f %7s %7s %7.3f %8.0f %8.0f %7.0f %6s %s%s\n", f[1], f[2], f[3], f[4], \
+                printf "%-9s %5s %-7s %-15s %7.3f %7.2f %7s %7s %7.3f %8.0f %8.0f %7.0f %6s %6s %s%s\n", f[1], f[2], f[3], f[4], \
                     m / 1e6, m * f[2] * 8 / 1e9, ratio(m, base), ratio(m, ovs), median(sent[key]) / 1e6, \
                     sut[key] / cnt[key], src[key] / cnt[key], oth[key] / cnt[key], \
-                    icnt[key] ? sprintf("%.1f", idl[key] / icnt[key]) : "-", per[key], \
+                    icnt[key] ? sprintf("%.1f", idl[key] / icnt[key]) : "-", \
+                    (key in rss) ? rss[key] : "-", per[key], \
                     fails[key] ? sprintf(" (%d failed)", fails[key]) : ""
             }
         }' "$RESULTS"
@@ -740,6 +746,7 @@ main() {
     say "switch%: CPU the switch process (testpmd backend, ovs-vswitchd, patchbay-switch) got on" \
         "CPU $SWITCH_CPU; source%: the source testpmd on CPU $SOURCE_CPU; other%: everything else" \
         "on the machine in the same window (100 = one core). Mean over rounds."
+    say "RSS: resident memory of the switch process after the traffic, MiB (largest over rounds)."
     say "idle%: CPU the switch process used while the source's ports stayed connected but sent" \
         "nothing (${IDLE_SECS} s after each measurement; 100 = one core). Mean over rounds."
     say "load after: $(cut -d' ' -f1-3 /proc/loadavg); total $(awk -v a="$t_start" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }') s"
