@@ -42,9 +42,14 @@ struct Args {
     metrics_listen: Option<String>,
 
     /// Serve ports with busy-polling threads pinned to these CPUs (e.g. 1 or 2,3). Without
-    /// it, ports are served when their guests notify, leaving CPU to the guests.
+    /// it (event mode), dataplane threads poll while there is traffic and sleep on the
+    /// guests' notifications when the rings go quiet, leaving CPU to the guests.
     #[arg(long, value_name = "CPUS", value_delimiter = ',')]
     poll_cpus: Option<Vec<usize>>,
+
+    /// Dataplane threads in event mode (1-64) [default: 1].
+    #[arg(long, value_name = "N")]
+    event_threads: Option<usize>,
 
     /// Largest L3 payload carried (68-9216) [default: 9000].
     #[arg(long)]
@@ -84,6 +89,9 @@ fn build_config(args: &Args) -> Result<Config, String> {
     }
     if let Some(cpus) = &args.poll_cpus {
         config.settings.poll_cpus = cpus.clone();
+    }
+    if let Some(n) = args.event_threads {
+        config.settings.event_threads = n;
     }
     if let Some(v) = args.mtu {
         config.settings.mtu = v;

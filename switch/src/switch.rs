@@ -378,6 +378,8 @@ impl Switch {
         }
         self.clear_slot(port.id);
         self.mac_table().flush_port(port.id);
+        // The workers stop watching it.
+        self.doorbell.ring();
         log::info!("port {} removed", port.name);
         Ok(())
     }

@@ -28,11 +28,17 @@ pub const IDLE_ROUNDS: u32 = 256;
 /// doorbell also makes a sleeping worker look at once).
 const RESCAN_ROUNDS: u32 = 1024;
 
-/// One port a worker serves, with what was registered for it in epoll.
-struct Served {
-    port: Arc<Port>,
-    /// (link serial, kick generation) of the registered kick fd.
-    registered: Option<(u64, u64)>,
+/// What a worker's epoll watches for one port: the port, its connection, the kick fd's
+/// generation. A different list means a fresh epoll (ports came or went, a kick fd changed).
+type Registration = (crate::mac_table::PortId, Option<(u64, u64)>);
+
+/// A worker's epoll and what it was built for.
+struct Sleeper {
+    epoll: Epoll,
+    registered: Vec<Registration>,
+    /// Registrations whose kick fd reported a hang-up or error (a pipe whose writer went
+    /// away, say): left out until the fd changes, or the worker would wake forever.
+    muted: Vec<Registration>,
 }
 
 /// What one worker does: which of the switch's ports it serves, and how it waits.
@@ -68,7 +74,7 @@ impl Worker {
             }
             log::info!("poller {} running on CPU {cpu}", self.index);
         }
-        let mut served: Vec<Served> = Vec::new();
+        let mut served: Vec<Arc<Port>> = Vec::new();
         // This thread's work space (per-thread state: nothing shared, nothing locked).
         let mut scratch = TxScratch::default();
         let mut epoll = None;
@@ -80,15 +86,13 @@ impl Worker {
             }
             rounds = rounds.wrapping_add(1);
             let mut work = 0;
-            for s in &served {
-                work += s
-                    .port
+            for port in &served {
+                work += port
                     .with_link(|link| {
-                        s.port
-                            .guard_dataplane(|| {
-                                dataplane::drain_tx(fabric, &s.port, link, &mut scratch)
-                            })
-                            .unwrap_or(0)
+                        port.guard_dataplane(|| {
+                            dataplane::drain_tx(fabric, port, link, &mut scratch)
+                        })
+                        .unwrap_or(0)
                     })
                     .unwrap_or(0);
             }
@@ -98,7 +102,7 @@ impl Worker {
             }
             idle = idle.saturating_add(1);
             if self.cpu.is_some() {
-                if idle > IDLE_ROUNDS && served.iter().all(|s| !s.port.has_link()) {
+                if idle > IDLE_ROUNDS && served.iter().all(|p| !p.has_link()) {
                     // Nothing connected: don't burn the CPU.
                     thread::sleep(Duration::from_millis(1));
                 } else {
@@ -110,7 +114,7 @@ impl Worker {
                 std::hint::spin_loop();
                 continue;
             }
-            if self.sleep(doorbell, &mut served, &mut epoll) {
+            if self.sleep(doorbell, &served, &mut epoll) {
                 rounds = 0; // rescan: the doorbell rang
             }
             idle = 0;
@@ -118,36 +122,34 @@ impl Worker {
     }
 
     /// Re-reads which ports this worker serves.
-    fn rescan(&self, fabric: &Fabric, served: &mut Vec<Served>) {
-        let ports = fabric.ports();
-        let mine = ports
-            .iter()
-            .flatten()
-            .filter(|p| !p.is_tunnel() && usize::from(p.id) % self.workers == self.index)
-            .cloned();
-        let mut next: Vec<Served> = Vec::new();
-        for port in mine {
-            let registered = served
+    fn rescan(&self, fabric: &Fabric, served: &mut Vec<Arc<Port>>) {
+        served.clear();
+        served.extend(
+            fabric
+                .ports()
                 .iter()
-                .find(|s| Arc::ptr_eq(&s.port, &port))
-                .and_then(|s| s.registered);
-            next.push(Served { port, registered });
-        }
-        *served = next;
+                .flatten()
+                .filter(|p| !p.is_tunnel() && usize::from(p.id) % self.workers == self.index)
+                .cloned(),
+        );
     }
 
     /// Arms every served ring's kicks and sleeps until a kick or the doorbell. Returns true
     /// if the doorbell rang (ports or rings changed).
-    fn sleep(&self, doorbell: &Doorbell, served: &mut [Served], epoll: &mut Option<Epoll>) -> bool {
+    fn sleep(
+        &self,
+        doorbell: &Doorbell,
+        served: &[Arc<Port>],
+        epoll: &mut Option<Sleeper>,
+    ) -> bool {
         const DOORBELL: u64 = u64::MAX;
-        // Re-register when any kick fd changed: a fresh epoll, so a closed fd whose number
-        // was reused by another port can never leave a stale registration behind.
-        let current: Vec<Option<(u64, u64)>> = served
+        let current: Vec<Registration> = served
             .iter()
-            .map(|s| s.port.with_link(|l| (l.serial, l.kick_generation())))
+            .map(|p| (p.id, p.with_link(|l| (l.serial, l.kick_generation()))))
             .collect();
-        let stale = epoll.is_none() || served.iter().zip(&current).any(|(s, c)| s.registered != *c);
-        if stale {
+        // A fresh epoll whenever what it watches changed, so a closed fd whose number was
+        // reused by another port can never leave a stale registration behind.
+        if epoll.as_ref().is_none_or(|e| e.registered != current) {
             let Ok(fresh) = Epoll::new() else {
                 log::error!("dataplane worker {}: cannot create epoll", self.index);
                 thread::sleep(Duration::from_millis(1));
@@ -160,28 +162,39 @@ impl Worker {
                     EpollEvent::new(EventSet::IN, DOORBELL),
                 );
             }
-            for (i, s) in served.iter_mut().enumerate() {
-                s.registered = s
-                    .port
-                    .with_link(|link| register_kick(&fresh, link, i as u64, &s.port))
-                    .flatten();
+            let muted: Vec<Registration> = epoll
+                .take()
+                .map(|e| e.muted)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|m| current.contains(m))
+                .collect();
+            for port in served {
+                let id = (port.id, port.with_link(|l| (l.serial, l.kick_generation())));
+                if !muted.contains(&id) {
+                    port.with_link(|link| register_kick(&fresh, link, port));
+                }
             }
-            *epoll = Some(fresh);
+            *epoll = Some(Sleeper {
+                epoll: fresh,
+                registered: current,
+                muted,
+            });
         }
-        let Some(ep) = epoll.as_ref() else {
+        let Some(sleeper) = epoll.as_mut() else {
             return true;
         };
         // Kicks on, then one more look: a chain added before the guest could see kicks
         // enabled would otherwise wait for the next one.
         let mut pending = false;
-        for s in served.iter() {
-            pending |= s.port.with_link(dataplane::arm_kicks).unwrap_or(false);
+        for port in served {
+            pending |= port.with_link(dataplane::arm_kicks).unwrap_or(false);
         }
         if pending {
             return false;
         }
         let mut events = [EpollEvent::default(); 16];
-        let n = match ep.wait(-1, &mut events) {
+        let n = match sleeper.epoll.wait(-1, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return false,
             Err(e) => {
@@ -192,41 +205,48 @@ impl Worker {
         };
         let mut rang = false;
         for ev in &events[..n] {
-            match ev.data() {
-                DOORBELL => {
-                    doorbell.answer(self.index);
-                    rang = true;
-                }
-                i => {
-                    if let Some(s) = served.get(i as usize) {
-                        s.port.with_link(Link::consume_tx_kick);
-                    }
-                }
+            if ev.data() == DOORBELL {
+                doorbell.answer(self.index);
+                rang = true;
+                continue;
             }
+            let Some(port) = served.iter().find(|p| u64::from(p.id) == ev.data()) else {
+                continue;
+            };
+            if ev
+                .event_set()
+                .intersects(EventSet::HANG_UP | EventSet::ERROR)
+            {
+                // Not an eventfd the frontend still writes: stop watching it (it would
+                // wake this worker forever); the ring is still served while the worker is
+                // awake, and a new kick fd brings it back.
+                port.log_bad_input(format_args!(
+                    "TX kick fd hung up or failed; not waiting on it"
+                ));
+                sleeper
+                    .muted
+                    .push((port.id, port.with_link(|l| (l.serial, l.kick_generation()))));
+                sleeper.registered.clear(); // rebuild without it next time
+                continue;
+            }
+            port.with_link(Link::consume_tx_kick);
         }
         rang
     }
 }
 
-/// Registers `link`'s TX kick fd under `token`; returns what was registered.
-fn register_kick(epoll: &Epoll, link: &Link, token: u64, port: &Port) -> Option<(u64, u64)> {
+/// Registers `link`'s TX kick fd under the port's number. Without a kick fd the ring is
+/// served only while the worker is awake (warned about when it was set).
+fn register_kick(epoll: &Epoll, link: &Link, port: &Port) {
     let ring = link.tx.lock().unwrap_or_else(|p| p.into_inner());
-    let registered = (link.serial, ring.kick_generation);
-    // Without a kick fd the ring is served only while the worker is awake (warned about
-    // when it was set); nothing to register.
     let Some(kick) = ring.kick.as_ref() else {
-        return Some(registered);
+        return;
     };
-    let fd = kick.as_raw_fd();
-    match epoll.ctl(
+    if let Err(e) = epoll.ctl(
         ControlOperation::Add,
-        fd,
-        EpollEvent::new(EventSet::IN, token),
+        kick.as_raw_fd(),
+        EpollEvent::new(EventSet::IN, u64::from(port.id)),
     ) {
-        Ok(()) => Some(registered),
-        Err(e) => {
-            log::error!("port {}: cannot watch the TX kick fd: {e}", port.name);
-            None
-        }
+        log::error!("port {}: cannot watch the TX kick fd: {e}", port.name);
     }
 }

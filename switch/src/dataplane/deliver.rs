@@ -51,16 +51,25 @@ pub(super) fn to_guest(
     let mut delivered_bytes = 0u64;
     let mut no_buffer = 0u64;
     let mut too_big = 0u64;
+    // The smallest frame (bytes with its header) found too big for the receiver's buffers:
+    // frames as big are refused without walking its ring again.
+    let mut too_big_from = u64::MAX;
     {
         for (index, d) in group.iter().enumerate() {
             let frame = &frames[usize::from(d.frame)];
             let (prefix, skip) = d.prefix(headers);
             let out_len = d.out_len(frame.len, headers);
             let need = header_len as u64 + u64::from(out_len);
+            if need >= too_big_from {
+                too_big += 1;
+                continue;
+            }
             match rx.reserve(&mut burst, need, mergeable, &mut bad_chains) {
                 Err(RxShortage::NoBuffer) => {
-                    no_buffer += 1;
-                    continue;
+                    // Out of buffers (the chains taken went back): the rest of the group is
+                    // dropped without walking them again, as DPDK's vhost ends a burst.
+                    no_buffer += (group.len() - index) as u64;
+                    break;
                 }
                 Err(RxShortage::BadChain) => {
                     // The receiver posts garbage: the rest of this batch's frames for it are
@@ -70,6 +79,7 @@ pub(super) fn to_guest(
                 }
                 Err(RxShortage::TooBig) => {
                     too_big += 1;
+                    too_big_from = need;
                     continue;
                 }
                 Ok(()) => {}

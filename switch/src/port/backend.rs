@@ -119,9 +119,18 @@ impl DeviceHandler {
     /// Starts a ring once it has a kick fd and addresses: the used index continues from what
     /// the guest's used ring says (it may have run with another backend before).
     fn start_ring(&self, index: u32) -> VhostResult<()> {
+        self.ring(index)?.started = true;
+        self.sync_ring(index)
+    }
+
+    /// Once a started ring has its addresses: continue from the guest's used index, and
+    /// (RX) ask for no kicks. A frontend may send the kick fd before the addresses.
+    fn sync_ring(&self, index: u32) -> VhostResult<()> {
         let map = self.link.mem.load();
         let mut ring = self.ring(index)?;
-        ring.started = true;
+        if !ring.started || !ring.vring.addressed {
+            return Ok(());
+        }
         ring.vring.sync_used_from_guest(&map);
         if index == RX_QUEUE {
             // Frames are never queued waiting for RX buffers, so RX kicks are not needed.
@@ -273,7 +282,8 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
             .map_err(|e| {
                 log::warn!("port {}: ring {index}: {e}", self.port.name);
                 VhostError::InvalidParam
-            })
+            })?;
+        self.sync_ring(index)
     }
 
     fn set_vring_base(&mut self, index: u32, base: u32) -> VhostResult<()> {

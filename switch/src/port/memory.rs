@@ -70,6 +70,13 @@ pub fn map_region(
     if size == 0 {
         return Err(bad("zero size".into()));
     }
+    // Page-aligned, as every frontend maps it: the ring and used-index accesses rely on a
+    // guest address's alignment being its host address's alignment.
+    if !gpa.is_multiple_of(PAGE) || !size.is_multiple_of(PAGE) {
+        return Err(bad(format!(
+            "address or size not a multiple of the {PAGE}-byte page"
+        )));
+    }
     let total = mapped_before.saturating_add(size);
     if total > limit_gib.saturating_mul(1 << 30) {
         return Err(MapError::OverLimit {
@@ -82,6 +89,9 @@ pub fn map_region(
     let needed = file_offset
         .checked_add(size)
         .ok_or_else(|| bad("offset + size overflows".into()))?;
+    // Seals first, size second: a file sealed against shrinking cannot get shorter after we
+    // measured it (the other order would let a frontend shrink, then seal, in between).
+    let sealed = shrink_sealed(&file);
     let meta = file
         .metadata()
         .map_err(|e| bad(format!("cannot stat its file: {e}")))?;
@@ -99,7 +109,6 @@ pub fn map_region(
             needed,
         });
     }
-    let sealed = shrink_sealed(&file);
     let len =
         usize::try_from(size).map_err(|_| bad("size does not fit the address space".into()))?;
     let mapping = MmapRegion::<()>::from_file(vm_memory::FileOffset::new(file, file_offset), len)
@@ -110,6 +119,9 @@ pub fn map_region(
     }
     GuestRegionMmap::new(mapping, GuestAddress(gpa)).ok_or_else(|| bad("it wraps around".into()))
 }
+
+/// Alignment of guest memory regions.
+const PAGE: u64 = 4096;
 
 /// Whether the file can no longer shrink (a memfd with F_SEAL_SHRINK).
 fn shrink_sealed(file: &File) -> bool {

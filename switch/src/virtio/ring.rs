@@ -118,7 +118,7 @@ impl Vring {
     /// have run with another backend before).
     pub fn sync_used_from_guest(&mut self, map: &GuestMap) {
         if let Ok(burst) = Burst::open(self, map) {
-            let used = burst.used_idx().load(Ordering::Acquire);
+            let used = u16::from_le(burst.used_idx().load(Ordering::Acquire));
             burst.ring.next_used = used;
         }
         self.signalled_used = None;
@@ -190,6 +190,21 @@ impl<'a> Burst<'a> {
         let desc = area("descriptor table", ring.desc, 16 * size)?;
         let avail = area("avail ring", ring.avail, 6 + 2 * size)?;
         let used = area("used ring", ring.used, 6 + 8 * size)?;
+        // The index fields are accessed as atomics: their host addresses must be aligned,
+        // not only their guest addresses (regions are page-aligned, so this always holds;
+        // checked here because the atomics' soundness rests on it).
+        for (area, host, align, addr) in [
+            ("avail ring", avail, 2, ring.avail),
+            ("used ring", used, 4, ring.used),
+        ] {
+            if !host.is_multiple_of(align) {
+                return Err(RingError::Misaligned {
+                    area,
+                    addr,
+                    align: align as u64,
+                });
+            }
+        }
         let avail_idx = ring.next_avail;
         Ok(Burst {
             table: Table {
