@@ -586,9 +586,10 @@ measure() {
     # Idle: the source stops sending (its ports stay connected) and the switch's CPU is read
     # over IDLE_SECS: a poller keeps its core busy, an event-mode switch should sleep.
     local idle="" rss=""
-    # Resident memory of the switch process after the traffic (MiB).
+    # Private resident memory of the switch process after the traffic (MiB): RssAnon, not
+    # VmRSS, which also counts the pages of the frontends' shared memory it touched.
     if ((ok)) && [[ -n $SUT_PID ]]; then
-        rss=$(awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/$SUT_PID/status" 2>/dev/null)
+        rss=$(awk '/^RssAnon:/ { printf "%.0f", $2 / 1024 }' "/proc/$SUT_PID/status" 2>/dev/null)
     fi
     if ((ok)) && ((IDLE_SECS > 0)); then
         src_run "stop"
@@ -656,7 +657,7 @@ print_table() {
             pps[key] = pps[key] " " $6; per[key] = per[key] sprintf(" %.2f", $6 / 1e6)
             sut[key] += $7; src[key] += $8; oth[key] += $9; sent[key] = sent[key] " " $11; cnt[key]++
             if ($12 != "") { idl[key] += $12; icnt[key]++ }
-            if ($13 != "" && $13 > rss[key]) rss[key] = $13
+            if ($13 != "" && (!(key in rss) || $13 + 0 > rss[key] + 0)) rss[key] = $13
         }
         END {
             printf "%-9s %5s %-7s %-15s %7s %7s %7s %7s %7s %8s %8s %7s %6s %6s  %s\n", "variant", "size", "mode", "case", \
@@ -746,7 +747,8 @@ main() {
     say "switch%: CPU the switch process (testpmd backend, ovs-vswitchd, patchbay-switch) got on" \
         "CPU $SWITCH_CPU; source%: the source testpmd on CPU $SOURCE_CPU; other%: everything else" \
         "on the machine in the same window (100 = one core). Mean over rounds."
-    say "RSS: resident memory of the switch process after the traffic, MiB (largest over rounds)."
+    say "RSS: private resident memory (RssAnon) of the switch process after the traffic, MiB," \
+        "largest over rounds (not the frontends' shared memory it maps; testpmd-io's includes its mempool)."
     say "idle%: CPU the switch process used while the source's ports stayed connected but sent" \
         "nothing (${IDLE_SECS} s after each measurement; 100 = one core). Mean over rounds."
     say "load after: $(cut -d' ' -f1-3 /proc/loadavg); total $(awk -v a="$t_start" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }') s"

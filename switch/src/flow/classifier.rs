@@ -205,8 +205,10 @@ pub struct Classifier<T> {
     subtables: Vec<Subtable<T>>,
     /// Mask -> index into `subtables` (always up to date).
     by_mask: AHashMap<HKey, usize>,
-    /// Every rule's match and priority, to find it from its id.
-    rules: AHashMap<RuleId, (Match, u16)>,
+    /// Every rule's match, priority and payload, to find it from its id in one lookup (the
+    /// frame path's exact-match cache hits by id; going through the subtable and bucket
+    /// meant three lookups hashing 48-byte keys per packet).
+    rules: AHashMap<RuleId, (Match, u16, T)>,
     next_id: RuleId,
     seeds: Seeds,
     /// Set by the `*_unordered` changes: `subtables` is not in lookup order until
@@ -295,12 +297,16 @@ impl<T: Clone> Classifier<T> {
         let st = &mut self.subtables[idx];
         if let Some(bucket) = st.buckets.get_mut(&value) {
             if let Some(e) = bucket.by_priority_mut(priority) {
+                if let Some(rule) = self.rules.get_mut(&e.id) {
+                    rule.2 = payload.clone();
+                }
                 e.payload = payload;
                 return e.id;
             }
         }
         let id = self.next_id;
         self.next_id += 1;
+        self.rules.insert(id, (m, priority, payload.clone()));
         let entry = Entry {
             id,
             priority,
@@ -313,7 +319,6 @@ impl<T: Clone> Classifier<T> {
             Some(bucket) => bucket.add(entry),
         }
         *st.priorities.entry(priority).or_insert(0) += 1;
-        self.rules.insert(id, (m, priority));
         self.order_stale = true;
         id
     }
@@ -321,7 +326,7 @@ impl<T: Clone> Classifier<T> {
     /// [`Classifier::remove`] without restoring the lookup order (see
     /// [`Classifier::insert_unordered`]).
     pub fn remove_unordered(&mut self, id: RuleId) -> Option<(Match, u16, T)> {
-        let (m, priority) = self.rules.remove(&id)?;
+        let (m, priority, _) = self.rules.remove(&id)?;
         let mask = self.hkey(m.mask);
         let idx = self.by_mask[&mask];
         let value = self.hkey(m.value);
@@ -377,16 +382,9 @@ impl<T: Clone> Classifier<T> {
         self.order_stale = false;
     }
 
-    fn entry(&self, m: &Match, priority: u16) -> &Entry<T> {
-        let st = &self.subtables[self.by_mask[&self.hkey(m.mask)]];
-        st.buckets[&self.hkey(m.value)]
-            .by_priority(priority)
-            .expect("rule index out of sync")
-    }
-
     pub fn get(&self, id: RuleId) -> Option<(&Match, u16, &T)> {
-        let (m, priority) = self.rules.get(&id)?;
-        Some((m, *priority, &self.entry(m, *priority).payload))
+        let (m, priority, payload) = self.rules.get(&id)?;
+        Some((m, *priority, payload))
     }
 
     /// The rule with exactly this match and priority (strict mod-flows/del-flows).
@@ -422,7 +420,7 @@ impl<T: Clone> Classifier<T> {
     pub fn iter(&self) -> impl Iterator<Item = (RuleId, &Match, u16, &T)> {
         self.rules
             .iter()
-            .map(|(&id, (m, prio))| (id, m, *prio, &self.entry(m, *prio).payload))
+            .map(|(&id, (m, prio, payload))| (id, m, *prio, payload))
     }
 }
 
