@@ -18,9 +18,10 @@ fn recv(p: &mut TestPort) -> Vec<u8> {
         .expect("a frame should arrive")
 }
 
-/// States ('R' running, 'S' sleeping, ...) of this process's threads named `prefix*`.
-fn thread_states(prefix: &str) -> Vec<char> {
-    let mut states = Vec::new();
+/// State ('R' running, 'S' sleeping, ...) and CPU time used (clock ticks) of each of this
+/// process's threads named `prefix*`.
+fn threads(prefix: &str) -> Vec<(char, u64)> {
+    let mut out = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
         let path = task.expect("task").path();
         let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
@@ -28,16 +29,33 @@ fn thread_states(prefix: &str) -> Vec<char> {
             continue;
         }
         let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
-        // `pid (comm) S ...`: the state follows the last ')'.
-        if let Some(state) = stat
+        // After `pid (comm)`: the state is field 3; utime and stime are fields 14 and 15.
+        let fields: Vec<&str> = stat
             .rsplit(')')
             .next()
-            .and_then(|r| r.trim().chars().next())
-        {
-            states.push(state);
-        }
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        let Some(state) = fields.first().and_then(|f| f.chars().next()) else {
+            continue;
+        };
+        let tick = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        out.push((state, tick(11) + tick(12)));
     }
-    states
+    out
+}
+
+fn thread_states(prefix: &str) -> Vec<char> {
+    threads(prefix).into_iter().map(|t| t.0).collect()
+}
+
+fn thread_ticks(prefix: &str) -> u64 {
+    threads(prefix).into_iter().map(|t| t.1).sum()
 }
 
 /// Event mode with two dataplane threads: ports are split between them, frames cross in
@@ -68,35 +86,6 @@ fn event_mode_workers_sleep_when_idle_and_wake_on_kicks() {
         });
     }
     d.shutdown();
-}
-
-/// CPU time (clock ticks) this process's threads named `prefix*` have used.
-fn thread_ticks(prefix: &str) -> u64 {
-    let mut ticks = 0;
-    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
-        let path = task.expect("task").path();
-        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if !comm.starts_with(prefix) {
-            continue;
-        }
-        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
-        // After `pid (comm)`: state is field 3; utime and stime are fields 14 and 15.
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .collect();
-        ticks += fields
-            .get(11)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-        ticks += fields
-            .get(12)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    ticks
 }
 
 /// A frontend may hand over anything as its kick "eventfd": here the read end of a pipe

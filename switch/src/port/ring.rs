@@ -29,13 +29,6 @@ impl RingState {
         self.started && self.enabled && self.vring.addressed
     }
 
-    /// Interrupts the guest; false if there is no call eventfd or the write failed. The fd is
-    /// non-blocking (set when the frontend handed it over): a full counter (EAGAIN) means an
-    /// interrupt is already pending, which is as good as ours.
-    pub fn signal(&self) -> bool {
-        signal(self.call.as_ref())
-    }
-
     /// Consumes pending kicks (the eventfd counter).
     pub fn consume_kick(&self) {
         if let Some(mut f) = self.kick.as_ref() {
@@ -45,8 +38,10 @@ impl RingState {
     }
 }
 
-/// Writes the guest's call eventfd (see [`RingState::signal`]); for callers that hold the
-/// ring's `vring` borrowed.
+/// Interrupts the guest through its call eventfd; false if there is none or the write failed.
+/// The fd is non-blocking (set when the frontend handed it over): a full counter (EAGAIN)
+/// means an interrupt is already pending, which is as good as ours. A free function, so
+/// callers can hold the ring's `vring` borrowed meanwhile.
 pub fn signal(call: Option<&File>) -> bool {
     match call {
         Some(mut f) => match f.write(&1u64.to_ne_bytes()) {

@@ -58,13 +58,7 @@ impl Segment {
     /// with work on the frames before it.
     #[inline]
     pub fn prefetch(&self) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a prefetch is a hint; it never faults, whatever the address.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                self.host as *const i8,
-            )
-        };
+        prefetch(self.host);
     }
 
     /// The segment without its first `n` bytes (`n` at most its length).
@@ -179,6 +173,17 @@ impl std::fmt::Debug for GuestMap {
 pub unsafe fn copy_bytes(src: usize, dst: usize, len: usize) {
     // SAFETY: the caller's contract above.
     unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, len) }
+}
+
+/// Asks the CPU to start loading the cache line at host address `at` (a hint: it never
+/// faults, whatever the address).
+#[inline]
+pub fn prefetch(at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at as *const i8)
+    };
 }
 
 /// [`copy_bytes`] for the few small lengths every frame has (a virtio-net header, an

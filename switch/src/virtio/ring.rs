@@ -16,7 +16,7 @@
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 
 use super::chain::ChainError;
-use super::guest_map::{copy_bytes, GuestMap, Segment};
+use super::guest_map::{copy_bytes, prefetch, GuestMap, Segment};
 
 /// `VIRTQ_DESC_F_NEXT`, `_WRITE`, `_INDIRECT`.
 const DESC_F_NEXT: u16 = 1;
@@ -302,13 +302,7 @@ impl<'a> Burst<'a> {
                     .load(Ordering::Relaxed),
             );
             if head < self.table.len {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: a prefetch is a hint; it never faults. The address is in the table.
-                unsafe {
-                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                        (self.table.host + 16 * usize::from(head)) as *const i8,
-                    )
-                };
+                prefetch(self.table.host + 16 * usize::from(head));
             }
         }
     }
