@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build a tiny Linux guest for Patchbay's real-guest tests:
 #   OUTDIR/vmlinuz           Debian's cloud kernel (linux-image-cloud-amd64)
-#   OUTDIR/initramfs.cpio.gz busybox-static + virtio-net/8021q modules + /init
+#   OUTDIR/initramfs.cpio.gz busybox-static + ethtool + virtio-net/8021q modules + /init
 #
 # Usage: scripts/build-guest-image.sh [OUTDIR]    (default: build/guest under the repo root)
 # Rebuilds only when an output is missing or older than this script (FORCE=1 to force).
@@ -69,8 +69,13 @@ echo "kernel package: $KPKG"
 KDEB="$(fetch_deb "$KPKG")"
 BDEB="$(fetch_deb busybox-static)"
 
+# ethtool (for `ethtool -k`: which offloads the guest's driver negotiated) with the two
+# libraries it links: glibc's loader and libc, and libmnl.
+EDEBS=("$(fetch_deb ethtool)" "$(fetch_deb libmnl0)" "$(fetch_deb libc6)")
+
 dpkg-deb -x "$KDEB" "$TMP/kernel"
 dpkg-deb -x "$BDEB" "$TMP/busybox"
+for d in "${EDEBS[@]}"; do dpkg-deb -x "$d" "$TMP/ethtool"; done
 KVER="$(ls "$TMP/kernel/lib/modules" | head -n1)"
 MODDIR="$TMP/kernel/lib/modules/$KVER"
 
@@ -106,6 +111,19 @@ install -m 0755 "$TMP/busybox/bin/busybox" "$R/bin/busybox"
     mkdir -p "$R/$(dirname "$path")"
     ln -sf /bin/busybox "$R/$path"
 done
+ETHTOOL="$(find "$TMP/ethtool" -path "*sbin/ethtool" -type f | head -n1)"
+[[ -n "$ETHTOOL" ]] || { echo "no ethtool binary in the ethtool package" >&2; exit 1; }
+install -m 0755 "$ETHTOOL" "$R/usr/sbin/ethtool.bin"
+mkdir -p "$R/lib/x86_64-linux-gnu" "$R/lib64"
+for lib in ld-linux-x86-64.so.2 libc.so.6 libm.so.6 libmnl.so.0; do
+    f="$(find "$TMP/ethtool" -name "$lib" | head -n1)"
+    [[ -n "$f" ]] || { echo "no $lib in the ethtool packages" >&2; exit 1; }
+    cp -L "$f" "$R/lib/x86_64-linux-gnu/$lib"
+done
+ln -sf /lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$R/lib64/ld-linux-x86-64.so.2"
+# busybox has no ethtool applet; the real one takes its place.
+rm -f "$R/usr/sbin/ethtool" "$R/sbin/ethtool"
+ln -sf /usr/sbin/ethtool.bin "$R/usr/sbin/ethtool"
 for m in "${ORDER[@]}"; do
     f="${KO[$m]}"
     case "$f" in

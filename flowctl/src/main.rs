@@ -116,13 +116,17 @@ enum Command {
     /// retrying), vlan-mode=access|trunk|native-untagged|native-tagged (default access),
     /// vlan=VID (the access VLAN or the native VLAN; default 1), trunks=LIST (allowed VLANs
     /// of a trunk, e.g. 10,20-29; default all), mac=MAC (offered in the device's config
-    /// space). The same syntax as patchbay-switch --port.
+    /// space), offloads=all|none|LIST (the checksum and segmentation offloads offered, by
+    /// QEMU's names: csum,guest_csum,host_tso4,host_tso6,host_ecn,host_uso,guest_tso4,
+    /// guest_tso6,guest_ecn,guest_uso4,guest_uso6; default all). The same syntax as
+    /// patchbay-switch --port.
     #[command(
         after_help = "Examples:\n  flowctl add-port name=vm3,socket=/run/vm3.sock,vlan=10\n  \
                             flowctl add-port name=up,socket=/run/up.sock,mode=client,vlan-mode=trunk,trunks=10,20-29"
     )]
     AddPort {
         /// name=NAME,socket=PATH[,mode=client][,vlan=V][,vlan-mode=M][,trunks=LIST][,mac=M]
+        /// [,offloads=LIST]
         #[arg(value_name = "SPEC", value_parser = parse_spec)]
         spec: PortConfig,
     },
@@ -238,7 +242,7 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum Show {
-    /// Every port: state, VLAN, counters, drops by reason, negotiated features.
+    /// Every port: state, VLAN, counters, drops by reason, negotiated offloads.
     ///
     /// Counts are exact unless --human is given. DROPS is the total followed by the non-zero
     /// reasons; `flowctl show port NAME` lists every reason.

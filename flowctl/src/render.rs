@@ -180,11 +180,12 @@ pub fn duration(secs: u64) -> String {
     }
 }
 
-fn features(p: &PortInfo) -> String {
-    if p.feature_names.is_empty() {
+/// The negotiated offloads in short (every feature is in `show port NAME`).
+fn offloads(p: &PortInfo) -> String {
+    if p.header_len.is_none() {
         "-".into()
     } else {
-        p.feature_names.join(",")
+        patchbay_switch::virtio::features::offload_summary(p.features)
     }
 }
 
@@ -201,7 +202,7 @@ pub fn ports_table(ports: &[PortInfo], human: bool) -> String {
         ("TX-PKTS", Right),
         ("TX-BYTES", Right),
         ("DROPS", Left),
-        ("FEATURES", Left),
+        ("OFFLOADS", Left),
     ]);
     let mut sorted: Vec<&PortInfo> = ports.iter().collect();
     sorted.sort_by_key(|p| p.id);
@@ -217,7 +218,7 @@ pub fn ports_table(ports: &[PortInfo], human: bool) -> String {
             count(c.tx_packets, human),
             bytes(c.tx_bytes, human),
             drops(c),
-            features(p),
+            offloads(p),
         ]);
     }
     let mut out = t.render();
@@ -256,6 +257,10 @@ pub fn port_detail(p: &PortInfo) -> String {
         ),
         ("vlan", vlan(&p.vlan)),
         ("features", feature_line),
+        (
+            "offloads",
+            patchbay_switch::virtio::features::offload_summary(p.features),
+        ),
         ("header length", header_len),
         ("rx packets", c.rx_packets.to_string()),
         ("rx bytes", c.rx_bytes.to_string()),

@@ -32,6 +32,7 @@ fn port(
         vlan,
         trunks: trunks.map(String::from),
         mac_limit: None,
+        offloads: None,
     }
 }
 
@@ -129,7 +130,7 @@ fn show_ports_lists_ports_with_their_vlans() {
     let table = sw.ok(&["show", "ports"]);
     let header = table.lines().next().unwrap();
     for column in [
-        "ID", "NAME", "STATE", "VLAN", "RX-PKTS", "TX-BYTES", "DROPS", "FEATURES",
+        "ID", "NAME", "STATE", "VLAN", "RX-PKTS", "TX-BYTES", "DROPS", "OFFLOADS",
     ] {
         assert!(header.contains(column), "{header}");
     }

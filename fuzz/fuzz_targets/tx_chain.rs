@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
         for _ in 0..take {
             let head = burst.pop();
             let before = segs.len();
-            match TxChain::parse(&burst, head, header_len, max_frame, &mut segs) {
+            match TxChain::parse(&burst, head, header_len, max_frame, true, &mut segs) {
                 Ok(c) => {
                     assert_eq!((c.head, c.segs.0), (head, before));
                     check_frame(map, &segs, &c, max_frame);

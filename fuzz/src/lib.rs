@@ -161,6 +161,7 @@ impl InProcessSwitch {
             vlan,
             trunks: trunks.map(str::to_string),
             mac_limit: None,
+            offloads: None,
         };
         vec![
             port("p0", "access", Some(10), None),

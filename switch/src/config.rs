@@ -210,7 +210,8 @@ impl Config {
     }
 
     /// Adds a port given as `--port name=N,socket=PATH[,mode=client][,mac=M][,vlan=V]
-    /// [,vlan-mode=M][,trunks=LIST]`. A trunk list may itself contain commas.
+    /// [,vlan-mode=M][,trunks=LIST][,offloads=LIST]`. A trunk or offload list may itself
+    /// contain commas.
     pub fn add_port_flag(&mut self, spec: &str) -> Result<(), ConfigError> {
         let port = parse_port_flag(spec)?;
         let err = |message: String| ConfigError::PortFlag {
@@ -312,7 +313,7 @@ pub fn parse_port_flag(spec: &str) -> Result<PortConfig, ConfigError> {
             Some((k, v)) => pairs.push((k.trim().to_string(), v.trim().to_string())),
             None => match pairs.last_mut() {
                 // A bare piece continues the previous value (trunks=10,20-29).
-                Some((k, v)) if k == "trunks" => {
+                Some((k, v)) if k == "trunks" || k == "offloads" => {
                     v.push(',');
                     v.push_str(piece.trim());
                 }
@@ -329,6 +330,7 @@ pub fn parse_port_flag(spec: &str) -> Result<PortConfig, ConfigError> {
         vlan: None,
         trunks: None,
         mac_limit: None,
+        offloads: None,
     };
     for (k, v) in pairs {
         match k.as_str() {
@@ -350,6 +352,7 @@ pub fn parse_port_flag(spec: &str) -> Result<PortConfig, ConfigError> {
             }
             "vlan-mode" | "vlan_mode" => port.vlan_mode = Some(v),
             "trunks" => port.trunks = Some(v),
+            "offloads" => port.offloads = Some(v),
             "mac-limit" | "mac_limit" => {
                 port.mac_limit = Some(
                     v.parse()
@@ -358,7 +361,7 @@ pub fn parse_port_flag(spec: &str) -> Result<PortConfig, ConfigError> {
             }
             other => {
                 return Err(err(format!(
-                "unknown key '{other}' (expected name, socket, mode, mac, vlan, vlan-mode, trunks, mac-limit)"
+                "unknown key '{other}' (expected name, socket, mode, mac, vlan, vlan-mode, trunks, mac-limit, offloads)"
             )))
             }
         }

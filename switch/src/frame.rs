@@ -3,7 +3,8 @@
 
 use std::net::Ipv4Addr;
 
-use crate::virtio::guest_map::copy_small;
+use crate::offload::Offload;
+use crate::virtio::guest_map::{copy_bytes, copy_small};
 use crate::virtio::{FrameCopier, GuestMap, Segment};
 use crate::vlan::{Classified, Egress, Vid};
 use crate::wire::{ethertype, L2Header};
@@ -36,6 +37,8 @@ pub struct Frame {
     pub len: u32,
     pub bytes: FrameBytes,
     pub tunnel: Option<TunnelMeta>,
+    /// What its sender's virtio-net header asked for (converted once, on ingress).
+    pub offload: Offload,
 }
 
 /// Where the bytes of a batch's frames are: the sender's memory and segment list, or a host
@@ -127,6 +130,18 @@ impl<'a> Source<'a> {
                 !segs.is_empty() && unsafe { copier.copy_segments(segs, skip) }
             }
         }
+    }
+
+    /// Appends `frame` from byte `skip` on to `out` (the software offloads work on a frame
+    /// in a host buffer).
+    pub fn append_to(&self, frame: &Frame, skip: usize, out: &mut Vec<u8>) {
+        self.for_each_piece(frame, skip, |at, len| {
+            let from = out.len();
+            out.resize(from + len, 0);
+            // SAFETY: `for_each_piece` hands out pieces valid for reads of `len` bytes while
+            // this source is alive; `out[from..]` was just sized to `len`.
+            unsafe { copy_bytes(at, out[from..].as_mut_ptr() as usize, len) };
+        });
     }
 
     /// Calls `f` with each piece of `frame` from byte `skip` on, as (host address, length),
@@ -287,6 +302,7 @@ mod tests {
             len: 16,
             bytes: FrameBytes::Host { start: 10, len: 16 },
             tunnel: None,
+            offload: Offload::NONE,
         };
         let mut out = [0u8; 4];
         assert_eq!(src.read_prefix(&f, &mut out), 4);

@@ -4,6 +4,7 @@
 //! Where each concept lives:
 //! - `wire`: Ethernet and 802.1Q header views.
 //! - `virtio`: features, the virtio-net header and validated descriptor chains.
+//! - `offload`: checksum and segmentation offloads (metadata, software fallbacks).
 //! - `port`: a port, its vhost-user backend, its connection loop and counters.
 //! - `frame`: a frame in flight (where its bytes are, how its header changes, tunnel metadata).
 //! - `dataplane`: the frame path between ports.
@@ -21,6 +22,7 @@ pub mod flow;
 pub mod frame;
 pub mod mac_table;
 pub mod metrics;
+pub mod offload;
 pub mod port;
 pub mod switch;
 pub mod tunnel;

@@ -29,6 +29,7 @@ use crate::dataplane::{
     TunnelMeta,
 };
 use crate::mac_table::PortId;
+use crate::offload::Offload;
 use crate::port::{DropReason, Port};
 use crate::vlan::VlanSet;
 use crate::wire::{EthernetAddress, L2Header};
@@ -595,6 +596,9 @@ impl Tunnel {
                 frames.push(Frame {
                     head: 0,
                     len: inner.len() as u32,
+                    // The kernel checked the outer UDP checksum; the inner frame's own
+                    // checksums are as the remote sent them: nothing to vouch for.
+                    offload: Offload::NONE,
                     bytes: FrameBytes::Host {
                         start: inner_start,
                         len: inner.len(),

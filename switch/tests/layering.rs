@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// Layers from the bottom. A module not listed is a failure (place it when adding it).
 const LAYERS: &[&[&str]] = &[
-    &["wire", "vlan", "mac_table", "virtio"],
+    &["wire", "vlan", "mac_table", "virtio", "offload"],
     &["port"],
     &["frame"],
     &["flow"],

@@ -108,6 +108,9 @@ pub struct GuestNic {
     /// QEMU listens (`server=on`) and the switch connects (switch port in client mode).
     pub server: bool,
     pub transport: Transport,
+    /// Extra virtio-net device properties, e.g. `guest_csum=off,guest_tso4=off` (QEMU's
+    /// names for the offloads the guest's driver may negotiate).
+    pub device_opts: String,
 }
 
 impl GuestNic {
@@ -117,6 +120,7 @@ impl GuestNic {
             mac: mac.to_string(),
             server: false,
             transport: Transport::Pci,
+            device_opts: String::new(),
         }
     }
 }
@@ -182,6 +186,11 @@ impl QemuGuest {
                 "microvm",
                 format!("virtio-net-device,netdev=net0,mac={}", nic.mac),
             ),
+        };
+        let device = if nic.device_opts.is_empty() {
+            device
+        } else {
+            format!("{device},{}", nic.device_opts)
         };
         let mut command = Command::new("qemu-system-x86_64");
         command

@@ -7,5 +7,6 @@ pub mod frames;
 pub mod frontend;
 pub mod guest;
 pub mod netns;
+pub mod offload;
 pub mod peers;
 pub mod switch;

@@ -54,6 +54,7 @@ pub fn port(
         vlan,
         trunks: trunks.map(str::to_string),
         mac_limit: None,
+        offloads: None,
     }
 }
 

@@ -28,6 +28,7 @@ fn client_port(name: &str, socket: &Path) -> PortConfig {
         vlan: None,
         trunks: None,
         mac_limit: None,
+        offloads: None,
     }
 }
 

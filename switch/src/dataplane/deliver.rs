@@ -7,6 +7,7 @@ use crate::flow::rewrite::HeaderBuf;
 use crate::port::{DropReason, Link, Port};
 use crate::virtio::chain::RxShortage;
 use crate::virtio::features::{mergeable_rx, net_header_len};
+use crate::virtio::net_header;
 use crate::virtio::{Burst, FrameCopier, RxReservation};
 
 pub(super) fn to_guest(
@@ -84,7 +85,17 @@ pub(super) fn to_guest(
                 }
                 Ok(()) => {}
             }
-            let mut net_header = [0u8; 12];
+            let mut net_header = [0u8; net_header::MAX_LEN];
+            if frame.offload.is_some() || frame.offload.csum_valid {
+                // The frame's offload, regenerated for this receiver (the group's frames all
+                // fit it: `soft.rs` finished those that did not).
+                let shift = prefix.len() as i32 - skip as i32;
+                frame
+                    .offload
+                    .shifted(shift)
+                    .net_header(features)
+                    .emit(&mut net_header);
+            }
             net_header[10..12].copy_from_slice(&(rx.heads.len() as u16).to_le_bytes());
             // SAFETY: the reservation's segments were made by `map`, held for this function.
             let mut copier = unsafe { FrameCopier::new(&rx.segs) };

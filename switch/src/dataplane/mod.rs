@@ -6,6 +6,7 @@
 //!
 //! - `frame.rs`: where a frame's bytes are, and how its header is rewritten.
 //! - `deliver.rs`: writing frames into a guest's receive ring.
+//! - `soft.rs`: offloads done in software for destinations that cannot take them.
 //!
 //! Locking: the sender's TX ring lock is held for the batch; each destination's RX ring lock
 //! is taken once per batch. RX ring locks are leaves (never held while taking another lock),
@@ -13,6 +14,7 @@
 
 mod deliver;
 mod fabric;
+mod soft;
 
 use std::sync::Arc;
 
@@ -24,12 +26,18 @@ use crate::flow::pipeline::{MissPolicy, Target};
 use crate::flow::rewrite::{HeaderBuf, REWRITE_BYTES};
 use crate::flow::Field;
 use crate::mac_table::{Learned, PortId};
+use crate::offload::layout::MAX_HEADERS;
+use crate::offload::{Offload, HOST_OFFLOADS, MAX_SUPER_FRAME};
 use crate::port::{DropReason, Link, Port};
 use crate::virtio::chain::ChainError;
-use crate::virtio::features::net_header_len;
-use crate::virtio::{Burst, RxReservation, Segment, TxChain};
+use crate::virtio::features::{bit, net_header_len};
+use crate::virtio::net_header::GSO_NONE;
+use crate::virtio::{Burst, GuestMap, RxReservation, Segment, TxChain};
 use crate::vlan::{Classified, Egress, IngressDrop, Vid, VlanMode};
 use crate::wire::{EthernetAddress, L2Header};
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_USO,
+};
 
 /// Chains taken from a TX ring per batch.
 pub const BATCH: usize = 64;
@@ -274,6 +282,8 @@ pub struct SwitchScratch {
     /// This thread's flow lookup cache and batch counters (allocated when flows are first
     /// used).
     flow_thread: Option<Box<crate::flow::pipeline::FlowThread>>,
+    /// Frames finished in software for destinations without the offloads they ask for.
+    soft: soft::SoftScratch,
 }
 
 /// Work space for draining TX rings: one per dataplane thread (reused for every port it
@@ -338,8 +348,17 @@ pub fn drain_tx(fabric: &Fabric, port: &Port, link: &Link, scratch: &mut TxScrat
             return 0;
         }
     };
-    let header_len = net_header_len(link.features());
+    let features = link.features();
+    let header_len = net_header_len(features);
     let max_frame = fabric.max_frame_len;
+    // A sender that may segment offloads hands over super-frames of up to 64 KiB; what it
+    // sends unsegmented is still held to the switch's frame limit (below).
+    let read_header = features & HOST_OFFLOADS != 0;
+    let chain_limit = if features & SUPER_FRAMES != 0 {
+        max_frame.max(MAX_SUPER_FRAME)
+    } else {
+        max_frame
+    };
     scratch.segs.clear();
     scratch.frames.clear();
     scratch.bad_heads.clear();
@@ -349,13 +368,29 @@ pub fn drain_tx(fabric: &Fabric, port: &Port, link: &Link, scratch: &mut TxScrat
     for _ in 0..popped {
         let head = burst.pop();
         let s = &mut *scratch;
-        match TxChain::parse(&burst, head, header_len, max_frame, &mut s.segs) {
-            Ok(c) => s.frames.push(Frame {
-                head: c.head,
-                len: c.frame_len,
-                bytes: FrameBytes::Guest { segs: c.segs },
-                tunnel: None,
-            }),
+        match TxChain::parse(
+            &burst,
+            head,
+            header_len,
+            chain_limit,
+            read_header,
+            &mut s.segs,
+        ) {
+            Ok(c) => match offload_of(&map, &s.segs, &c, features, max_frame) {
+                Ok(offload) => s.frames.push(Frame {
+                    head: c.head,
+                    len: c.frame_len,
+                    bytes: FrameBytes::Guest { segs: c.segs },
+                    tunnel: None,
+                    offload,
+                }),
+                Err((reason, e)) => {
+                    port.log_bad_input(format_args!("TX chain {head} rejected: {e}"));
+                    port.counters.drop(reason, 1);
+                    s.segs.truncate(c.segs.0);
+                    s.bad_heads.push(head);
+                }
+            },
             Err(e) => {
                 port.log_bad_input(format_args!("TX chain {head} rejected: {e}"));
                 port.counters.drop(drop_reason(&e), 1);
@@ -402,6 +437,50 @@ pub fn drain_tx(fabric: &Fabric, port: &Port, link: &Link, scratch: &mut TxScrat
     popped
 }
 
+/// Features that let a sender hand over super-frames.
+const SUPER_FRAMES: u64 =
+    bit(VIRTIO_NET_F_HOST_TSO4) | bit(VIRTIO_NET_F_HOST_TSO6) | bit(VIRTIO_NET_F_HOST_USO);
+
+/// The offload a transmit chain's virtio-net header asks for, checked against what its
+/// sender negotiated and against the frame (the reason and the error if refused).
+fn offload_of(
+    map: &GuestMap,
+    segs: &[Segment],
+    chain: &TxChain,
+    features: u64,
+    max_frame: u32,
+) -> Result<Offload, (DropReason, String)> {
+    let h = &chain.net_header;
+    let offload = if h.is_plain() {
+        Offload::NONE
+    } else {
+        let mut headers = [0u8; MAX_HEADERS];
+        let n = if h.gso_type != GSO_NONE {
+            let frame = Frame {
+                head: chain.head,
+                len: chain.frame_len,
+                bytes: FrameBytes::Guest { segs: chain.segs },
+                tunnel: None,
+                offload: Offload::NONE,
+            };
+            // SAFETY: `segs` were made by `map` in this batch (the caller's `TxChain::parse`).
+            unsafe { Source::guest(map, segs) }.read_prefix(&frame, &mut headers)
+        } else {
+            0
+        };
+        Offload::from_net_header(h, features, chain.frame_len, &headers[..n])
+            .map_err(|e| (DropReason::BadOffload, e.to_string()))?
+    };
+    if offload.gso.is_none() && chain.frame_len > max_frame {
+        let e = ChainError::TooBig {
+            len: u64::from(chain.frame_len),
+            max: u64::from(max_frame),
+        };
+        return Err((DropReason::TooBig, e.to_string()));
+    }
+    Ok(offload)
+}
+
 /// Asks the guest behind `link` to kick when it transmits again (EVENT_IDX aware); true if
 /// chains are already waiting (the caller should drain instead of sleeping).
 pub fn arm_kicks(link: &Link) -> bool {
@@ -436,6 +515,7 @@ pub fn switch_frames(
         headers,
         outputs,
         flow_thread,
+        soft,
     } = scratch;
     deliveries.clear();
     headers.clear();
@@ -496,10 +576,11 @@ pub fn switch_frames(
         let key = flow_key(&prefix[..n], ingress.id, frame.tunnel.as_ref());
         outputs.clear();
         let thread = flow_thread.get_or_insert_with(Box::default);
+        let partial_csum_at = frame.offload.csum.map(|c| c.start.saturating_add(c.offset));
         pipeline.run_with(
             &flow_tables,
             &key,
-            HeaderBuf::new(&prefix[..n]),
+            HeaderBuf::new(&prefix[..n]).with_partial_csum_at(partial_csum_at),
             frame.len,
             outputs,
             None,
@@ -572,6 +653,9 @@ pub fn switch_frames(
     if source.is_guest() && ingress.with_link(Link::memory_faulted) == Some(true) {
         return;
     }
+    // Offloads the destination cannot take are done in software (`soft.rs`); most batches
+    // have none, and skip the question.
+    let offloads = frames.iter().any(|f| f.offload.is_some());
     // Group by destination, keeping frame order within each destination.
     deliveries.sort_by_key(|d| d.dst);
     for group in deliveries.chunk_by(|a, b| a.dst == b.dst) {
@@ -581,12 +665,32 @@ pub fn switch_frames(
         };
         if dst.is_tunnel() {
             if let Some(tunnel) = fabric.tunnel() {
-                tunnel.transmit(dst, source, frames, group, headers);
+                if offloads && soft::needed(frames, group, None) {
+                    soft.finish_group(ingress, source, frames, group, headers, None, |s, f, g| {
+                        tunnel.transmit(dst, s, f, g, &[])
+                    });
+                } else {
+                    tunnel.transmit(dst, source, frames, group, headers);
+                }
             }
             continue;
         }
-        let delivered =
-            dst.with_link(|link| deliver::to_guest(dst, link, source, frames, group, headers, rx));
+        let delivered = dst.with_link(|link| {
+            let features = Some(link.features());
+            if offloads && soft::needed(frames, group, features) {
+                soft.finish_group(
+                    ingress,
+                    source,
+                    frames,
+                    group,
+                    headers,
+                    features,
+                    |s, f, g| deliver::to_guest(dst, link, s, f, g, &[], rx),
+                );
+            } else {
+                deliver::to_guest(dst, link, source, frames, group, headers, rx)
+            }
+        });
         if delivered.is_none() {
             dst.counters.drop(DropReason::NoBuffer, group.len() as u64);
         }

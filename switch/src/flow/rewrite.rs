@@ -29,6 +29,9 @@ pub struct HeaderBuf {
     len: usize,
     /// How many bytes of the original frame these bytes replace.
     skip: usize,
+    /// Where a partial L4 checksum's field is (the sender offloaded the checksum): that
+    /// field holds the pseudo-header's sum, not the complement of the whole sum.
+    partial_csum_at: Option<usize>,
 }
 
 impl std::fmt::Debug for HeaderBuf {
@@ -55,6 +58,21 @@ fn csum_update32(b: &mut [u8], at: usize, old: u32, new: u32) {
     csum_update16(b, at, old as u16, new as u16);
 }
 
+/// The same change to a partial checksum's field, which holds a sum rather than its
+/// complement: complemented around the full update.
+fn partial_update32(b: &mut [u8], at: usize, old: u32, new: u32) {
+    let Some(field) = b.get_mut(at..at + 2) else {
+        return;
+    };
+    for byte in field.iter_mut() {
+        *byte = !*byte;
+    }
+    csum_update32(b, at, old, new);
+    for byte in &mut b[at..at + 2] {
+        *byte = !*byte;
+    }
+}
+
 impl HeaderBuf {
     /// `prefix` is the frame's first bytes (up to [`REWRITE_BYTES`]).
     pub fn new(prefix: &[u8]) -> HeaderBuf {
@@ -65,7 +83,16 @@ impl HeaderBuf {
             bytes,
             len: n,
             skip: n,
+            partial_csum_at: None,
         }
+    }
+
+    /// Marks the L4 checksum field at `at` (csum_start + csum_offset of the frame's offload)
+    /// as partial, so that address changes keep it a valid pseudo-header sum and port
+    /// changes leave it alone (the receiver, or the switch, sums the ports later).
+    pub fn with_partial_csum_at(mut self, at: Option<u16>) -> HeaderBuf {
+        self.partial_csum_at = at.map(usize::from);
+        self
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -178,10 +205,17 @@ impl HeaderBuf {
         if at + 2 > self.len {
             return None;
         }
-        if u64::from(proto) == IP_UDP && self.bytes[at..at + 2] == [0, 0] {
+        if u64::from(proto) == IP_UDP && self.bytes[at..at + 2] == [0, 0] && !self.is_partial(at) {
             return None;
         }
         Some(at)
+    }
+
+    /// Whether the checksum field at `at` is a partial one (see [`Self::with_partial_csum_at`]).
+    /// The field moves with the tags pushed or popped in front of it.
+    fn is_partial(&self, at: usize) -> bool {
+        self.partial_csum_at
+            .is_some_and(|p| p as isize + self.len as isize - self.skip as isize == at as isize)
     }
 
     fn set_ip(&mut self, offset: usize, ip: Ipv4Addr) {
@@ -200,7 +234,11 @@ impl HeaderBuf {
         csum_update32(&mut self.bytes, l3 + 10, old, new);
         // The TCP/UDP checksum covers the addresses through the pseudo-header.
         if let Some(c) = self.l4_checksum(proto, l4) {
-            csum_update32(&mut self.bytes, c, old, new);
+            if self.is_partial(c) {
+                partial_update32(&mut self.bytes, c, old, new);
+            } else {
+                csum_update32(&mut self.bytes, c, old, new);
+            }
         }
     }
 
@@ -236,7 +274,8 @@ impl HeaderBuf {
         let at = l4 + offset;
         let old = u16::from_be_bytes([self.bytes[at], self.bytes[at + 1]]);
         self.bytes[at..at + 2].copy_from_slice(&port.to_be_bytes());
-        if let Some(c) = self.l4_checksum(proto, l4) {
+        // A partial checksum does not cover the ports yet: whoever completes it will.
+        if let Some(c) = self.l4_checksum(proto, l4).filter(|c| !self.is_partial(*c)) {
             csum_update16(&mut self.bytes, c, old, port);
         }
     }
@@ -341,6 +380,53 @@ mod tests {
         assert_eq!(ip.header().source(), [192, 0, 2, 7]);
         assert_eq!(ip.header().ttl(), 63);
         assert_eq!(ip.header().dcp().value(), 0xb8 >> 2);
+    }
+
+    #[test]
+    fn rewrites_keep_a_partial_checksum_a_valid_pseudo_header_sum() {
+        use crate::offload::{checksum, segment::complete_checksum, PartialCsum};
+        let f = tcp_frame(None);
+        let (l4, at) = (34usize, 34usize + 16);
+        // The checksum as a guest that offloads it sends it: the pseudo-header's sum.
+        let mut partial = f.clone();
+        let pseudo = checksum::pseudo_header(&f[26..30], &f[30..34], 6, (f.len() - l4) as u32);
+        partial[at..at + 2].copy_from_slice(&pseudo.to_be_bytes());
+        let mut h = HeaderBuf::new(&partial[..partial.len().min(REWRITE_BYTES)])
+            .with_partial_csum_at(Some(at as u16));
+        h.set_vlan_vid(5);
+        h.set_nw_src(Ipv4Addr::new(192, 0, 2, 7));
+        h.set_nw_dst(Ipv4Addr::new(198, 51, 100, 9));
+        h.set_tp_src(40000);
+        h.set_tp_dst(8080);
+        let mut out = h.bytes().to_vec();
+        out.extend_from_slice(&partial[h.skip()..]);
+        // Completed where it leaves (4 bytes further on, behind the pushed tag).
+        complete_checksum(
+            &mut out,
+            PartialCsum {
+                start: l4 as u16 + 4,
+                offset: 16,
+            },
+        )
+        .unwrap();
+        assert!(
+            checksums_ok(&out),
+            "the completed checksum is right after the rewrites"
+        );
+        // Without the mark, the same rewrites treat the field as a full checksum: wrong.
+        let mut h = HeaderBuf::new(&partial[..partial.len().min(REWRITE_BYTES)]);
+        h.set_tp_dst(8080);
+        let mut wrong = h.bytes().to_vec();
+        wrong.extend_from_slice(&partial[h.skip()..]);
+        complete_checksum(
+            &mut wrong,
+            PartialCsum {
+                start: l4 as u16,
+                offset: 16,
+            },
+        )
+        .unwrap();
+        assert!(!checksums_ok(&wrong));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use super::ring::RingState;
 use super::{Link, Port};
 use crate::virtio::features::{event_idx, VHOST_USER_F_PROTOCOL_FEATURES};
 use crate::virtio::ring::MAX_QUEUE_SIZE as RING_MAX;
-use crate::virtio::{Burst, GuestMap, GuestMemory, OFFERED_FEATURES};
+use crate::virtio::{Burst, GuestMap, GuestMemory};
 
 /// Queue indices of a virtio-net device with one queue pair.
 pub const RX_QUEUE: u32 = 0;
@@ -208,11 +208,11 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
     }
 
     fn get_features(&mut self) -> VhostResult<u64> {
-        Ok(OFFERED_FEATURES)
+        Ok(self.port.offered_features)
     }
 
     fn set_features(&mut self, features: u64) -> VhostResult<()> {
-        if features & !OFFERED_FEATURES != 0 {
+        if features & !self.port.offered_features != 0 {
             return Err(VhostError::InvalidParam);
         }
         self.link.features.store(features, Ordering::Release);

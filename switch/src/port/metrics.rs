@@ -27,10 +27,14 @@ pub enum DropReason {
     /// carrying another 802.1Q/802.1ad tag, or a frame whose inner tag would be exposed by
     /// popping its outer one on the way out (counted on the port that sent it).
     DoubleTagged,
+    /// An offload request the frame cannot honour: a virtio-net header with a checksum
+    /// outside the frame, a gso_type the sender did not negotiate, gso_size 0, a super-frame
+    /// whose headers are not TCP/UDP over IP (counted on the port that sent it).
+    BadOffload,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::NoBuffer,
         DropReason::BadDescriptor,
         DropReason::VlanFilter,
@@ -38,6 +42,7 @@ impl DropReason {
         DropReason::Runt,
         DropReason::Hairpin,
         DropReason::DoubleTagged,
+        DropReason::BadOffload,
     ];
 
     /// The label used in metrics and flowctl.
@@ -50,6 +55,7 @@ impl DropReason {
             DropReason::Runt => "runt",
             DropReason::Hairpin => "hairpin",
             DropReason::DoubleTagged => "double-tagged",
+            DropReason::BadOffload => "bad-offload",
         }
     }
 

@@ -22,7 +22,9 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::mac_table::PortId;
-use crate::virtio::features::{feature_names, net_header_len};
+use crate::virtio::features::{
+    feature_names, net_header_len, parse_offloads, ALL_OFFLOADS, BASE_FEATURES,
+};
 use crate::virtio::GuestMap;
 use crate::vlan::{VlanConfig, VlanMode};
 use crate::wire::EthernetAddress;
@@ -112,6 +114,10 @@ pub struct PortConfig {
     /// Most MAC addresses learned behind this port (default: `[switch] mac_limit_per_port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_limit: Option<usize>,
+    /// Checksum and segmentation offloads offered to the guest: "all" (default), "none", or
+    /// a list of QEMU's names for them ("csum,guest_csum,host_tso4,...").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offloads: Option<String>,
 }
 
 /// A port configuration that does not make sense, with the field at fault.
@@ -129,6 +135,19 @@ impl PortConfig {
             vlan: self.vlan,
             trunks: self.trunks.clone(),
         }
+    }
+
+    /// The virtio features this port offers its frontend: the base set and the offloads
+    /// its `offloads` setting allows.
+    pub fn offered_features(&self) -> Result<u64, PortConfigError> {
+        let offloads = match self.offloads.as_deref() {
+            None => ALL_OFFLOADS,
+            Some(spec) => parse_offloads(spec).map_err(|message| PortConfigError {
+                field: "offloads",
+                message,
+            })?,
+        };
+        Ok(BASE_FEATURES | offloads)
     }
 
     /// Checks every field; the first problem is reported with its field name.
@@ -170,6 +189,7 @@ impl PortConfig {
         if self.mac_limit == Some(0) {
             return Err(err("mac_limit", "must be at least 1".into()));
         }
+        self.offered_features()?;
         let vlan = self.vlan_config().to_mode().map_err(|e| {
             let field = match e {
                 crate::vlan::VlanParseError::UnknownMode(_) => "vlan_mode",
@@ -328,6 +348,8 @@ pub struct Port {
     pub name: String,
     pub config: PortConfig,
     pub mac: Option<EthernetAddress>,
+    /// The virtio features offered to this port's frontends.
+    pub offered_features: u64,
     vlan: ArcSwap<VlanMode>,
     pub counters: PortCounters,
     /// Most addresses the learning table keeps behind this port (set by the switch).
@@ -350,6 +372,7 @@ pub struct Port {
 impl Port {
     pub fn new(id: PortId, config: PortConfig) -> Result<Self, PortConfigError> {
         let (vlan, mac) = config.validate()?;
+        let offered_features = config.offered_features()?;
         let initial = match config.mode {
             ConnectMode::Server => LinkState::Listening,
             ConnectMode::Client => LinkState::Connecting,
@@ -360,6 +383,7 @@ impl Port {
             name: config.name.clone(),
             config,
             mac,
+            offered_features,
             vlan: ArcSwap::from_pointee(vlan),
             counters: PortCounters::default(),
             mac_limit: std::sync::atomic::AtomicUsize::new(usize::MAX),
@@ -393,8 +417,10 @@ impl Port {
                 vlan: None,
                 trunks: None,
                 mac_limit: None,
+                offloads: None,
             },
             mac: None,
+            offered_features: 0,
             vlan: ArcSwap::from_pointee(VlanMode::Trunk { allowed: vlans }),
             counters: PortCounters::default(),
             mac_limit: std::sync::atomic::AtomicUsize::new(usize::MAX),

@@ -5,6 +5,7 @@
 //! checked by `Burst::walk`; this file decides what a whole frame needs.
 
 use super::guest_map::{copy_small, Segment};
+use super::net_header::{self, NetHeader};
 use super::ring::Burst;
 
 /// Why a descriptor chain was refused.
@@ -45,6 +46,23 @@ fn skip_front(segs: &mut Vec<Segment>, start: usize, mut n: u32) {
     segs.drain(start..start + empty);
 }
 
+/// Copies the first `out.len()` bytes described by `segs` (fewer if they hold fewer).
+///
+/// # Safety
+/// `segs` must come from a [`GuestMap`](super::GuestMap) that is alive for the call.
+unsafe fn read_front(segs: &[Segment], out: &mut [u8]) {
+    let mut filled = 0;
+    for seg in segs {
+        if filled == out.len() {
+            break;
+        }
+        let n = (out.len() - filled).min(seg.len() as usize);
+        // SAFETY: `seg` lies in a live mapping (the contract); `out[filled..]` has room.
+        unsafe { copy_small(seg.host_addr(), out[filled..].as_mut_ptr() as usize, n) };
+        filled += n;
+    }
+}
+
 /// A validated transmit chain: where its frame (after the virtio-net header) lies.
 #[derive(Debug, Clone, Copy)]
 pub struct TxChain {
@@ -52,16 +70,21 @@ pub struct TxChain {
     /// Range of the frame's segments in the caller's segment buffer.
     pub segs: (usize, usize),
     pub frame_len: u32,
+    /// The guest's virtio-net header, when asked for (all zero otherwise).
+    pub net_header: NetHeader,
 }
 
 impl TxChain {
     /// Validates the chain at `head` that the guest offered for transmission. `max_frame`
-    /// bounds the frame (headers included, virtio-net header excluded).
+    /// bounds the frame (headers included, virtio-net header excluded). With `read_header`,
+    /// the virtio-net header is read too (only a guest that negotiated offloads puts
+    /// anything in it).
     pub fn parse(
         burst: &Burst<'_>,
         head: u16,
         header_len: usize,
         max_frame: u32,
+        read_header: bool,
         segs: &mut Vec<Segment>,
     ) -> Result<TxChain, ChainError> {
         let start = segs.len();
@@ -72,6 +95,14 @@ impl TxChain {
             segs.truncate(start);
             return Err(ChainError::Runt { len: frame_len });
         }
+        let mut net_header = NetHeader::default();
+        if read_header {
+            let mut raw = [0u8; net_header::MAX_LEN];
+            let raw = &mut raw[..header_len.min(net_header::MAX_LEN)];
+            // SAFETY: the segments were just made by `burst`'s map, alive while it is.
+            unsafe { read_front(&segs[start..], raw) };
+            net_header = NetHeader::parse(raw).unwrap_or_default();
+        }
         skip_front(segs, start, header_len as u32);
         if let Some(first) = segs.get(start) {
             first.prefetch();
@@ -80,6 +111,7 @@ impl TxChain {
             head,
             segs: (start, segs.len()),
             frame_len,
+            net_header,
         })
     }
 }

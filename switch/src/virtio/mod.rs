@@ -9,10 +9,12 @@
 //! - `ring.rs`: the split ring's state and a ring opened for one burst.
 //! - `chain.rs`: transmit chains, receive reservations, the frame copy.
 //! - `features.rs`: feature bits and the virtio-net header length.
+//! - `net_header.rs`: the virtio-net header's fields.
 
 pub mod chain;
 pub mod features;
 pub mod guest_map;
+pub mod net_header;
 pub mod ring;
 
 pub use chain::{ChainError, FrameCopier, RxReservation, TxChain};

@@ -1,0 +1,86 @@
+//! The Internet checksum (RFC 1071) over host buffers: the software side of checksum offload.
+//! Written here rather than taken from a crate because the fallbacks need it unfolded (a sum
+//! that later parts are added to) and over plain slices; etherparse checks it in the tests.
+
+/// The one's-complement sum of `bytes` (as big-endian 16-bit words, an odd last byte padded
+/// with zero) added to `initial`, folded to 16 bits but not complemented.
+pub fn sum(bytes: &[u8], initial: u16) -> u16 {
+    // Big-endian 32-bit words summed in 64 bits: 2^16 = 1 modulo 2^16 - 1, so folding the
+    // total gives the sum of the 16-bit words, and 64 KiB of input cannot overflow it.
+    let mut acc = u64::from(initial);
+    let mut words = bytes.chunks_exact(4);
+    for w in &mut words {
+        acc += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+    }
+    let rest = words.remainder();
+    let mut tail = [0u8; 4];
+    tail[..rest.len()].copy_from_slice(rest);
+    acc += u64::from(u32::from_be_bytes(tail));
+    fold(acc)
+}
+
+/// Folds a wide one's-complement sum to 16 bits.
+pub fn fold(mut acc: u64) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// One's-complement addition of two folded sums.
+pub fn add(a: u16, b: u16) -> u16 {
+    fold(u64::from(a) + u64::from(b))
+}
+
+/// The sum of the TCP/UDP pseudo-header (RFC 793, RFC 8200 section 8.1) for an L4 segment of
+/// `l4_len` bytes, from the addresses as they appear in the IP header.
+pub fn pseudo_header(src: &[u8], dst: &[u8], proto: u8, l4_len: u32) -> u16 {
+    let s = add(sum(src, 0), sum(dst, 0));
+    let len = fold(u64::from(l4_len));
+    add(add(s, u16::from(proto)), len)
+}
+
+/// The value a checksum field gets from the sum over everything it covers: the complement,
+/// with 0 sent as 0xffff (as Linux's `skb_checksum_help` does; for UDP 0 means "none").
+pub fn finish(total: u16) -> u16 {
+    match !total {
+        0 => 0xffff,
+        c => c,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 16-bit words summed one at a time, the textbook way.
+    fn reference(bytes: &[u8]) -> u16 {
+        let mut acc = 0u64;
+        for pair in bytes.chunks(2) {
+            let hi = u64::from(pair[0]) << 8;
+            let lo = pair.get(1).copied().map_or(0, u64::from);
+            acc += hi | lo;
+        }
+        fold(acc)
+    }
+
+    #[test]
+    fn sums_match_the_word_by_word_definition() {
+        let data: Vec<u8> = (0..1031u32).map(|i| (i * 7 + 3) as u8).collect();
+        for len in [0, 1, 2, 3, 4, 5, 7, 8, 63, 64, 65, 1030, 1031] {
+            assert_eq!(sum(&data[..len], 0), reference(&data[..len]), "len {len}");
+        }
+        assert_eq!(sum(&[0xff; 65536], 0), reference(&[0xff; 65536]));
+        assert_eq!(sum(&[0x12, 0x34], 0x0001), 0x1235);
+    }
+
+    #[test]
+    fn rfc1071_example() {
+        // RFC 1071 section 3: 00 01 f2 03 f4 f5 f6 f7 sums to 0xddf2.
+        assert_eq!(
+            sum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7], 0),
+            0xddf2
+        );
+        assert_eq!(finish(0xffff), 0xffff, "a zero result is sent as 0xffff");
+    }
+}

@@ -1,0 +1,127 @@
+//! The software side of the offloads, over a frame in a host buffer: completing a partial
+//! checksum (for receivers without GUEST_CSUM) and cutting a super-frame into segments with
+//! their own lengths, IDs, sequence numbers and full checksums (for receivers without the
+//! matching GUEST_ feature, and the tunnel). As Linux's `skb_checksum_help` and
+//! `tcp_gso_segment` / `__udp_gso_segment` do; each result is checked against etherparse in
+//! the tests.
+
+use super::checksum;
+use super::layout::{Layout, IP_TCP};
+use super::{Gso, PartialCsum};
+
+/// Most segments one super-frame is cut into (64 KiB at TCP's smallest MSS, 48, is 1366):
+/// a bound on the work one frame can ask of the switch.
+pub const MAX_SEGMENTS: u32 = 2048;
+
+/// Why a frame could not be finished in software (it is dropped and counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SegmentError {
+    #[error("checksum at {at} lies outside the {len}-byte frame")]
+    CsumOutsideFrame { at: usize, len: usize },
+    #[error("super-frame's headers are not Ethernet/IP/{0}")]
+    Headers(&'static str),
+    #[error("super-frame would be cut into more than {MAX_SEGMENTS} segments")]
+    TooManySegments,
+}
+
+/// Writes the checksum a partial-checksum frame asks for into it.
+pub fn complete_checksum(frame: &mut [u8], csum: PartialCsum) -> Result<(), SegmentError> {
+    let start = usize::from(csum.start);
+    let at = start + usize::from(csum.offset);
+    if at + 2 > frame.len() {
+        return Err(SegmentError::CsumOutsideFrame {
+            at,
+            len: frame.len(),
+        });
+    }
+    // The field holds the pseudo-header's sum, so the sum over the range is the whole sum.
+    let total = checksum::sum(&frame[start..], 0);
+    frame[at..at + 2].copy_from_slice(&checksum::finish(total).to_be_bytes());
+    Ok(())
+}
+
+fn put16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+fn get16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// Cuts `frame` (a super-frame as it leaves: headers rewritten, in a host buffer) into
+/// segments of `gso.size` payload bytes, appended to `out` one after the other; `lens` gets
+/// each segment's length. Every segment gets full, correct checksums.
+pub fn segment(
+    frame: &[u8],
+    gso: Gso,
+    out: &mut Vec<u8>,
+    lens: &mut Vec<u32>,
+) -> Result<(), SegmentError> {
+    let what = if gso.kind.is_tcp() { "TCP" } else { "UDP" };
+    let layout = Layout::parse(frame).ok_or(SegmentError::Headers(what))?;
+    if (layout.proto == IP_TCP) != gso.kind.is_tcp() || layout.ipv6 != gso.kind.is_ipv6() {
+        return Err(SegmentError::Headers(what));
+    }
+    let (l3, l4, hdr) = (
+        usize::from(layout.l3),
+        usize::from(layout.l4),
+        usize::from(layout.hdr_len),
+    );
+    let size = usize::from(gso.size.max(1));
+    let payload = &frame[hdr..];
+    let count = payload.len().div_ceil(size).max(1);
+    if count > MAX_SEGMENTS as usize {
+        return Err(SegmentError::TooManySegments);
+    }
+    let ip_id = get16(frame, l3 + 4);
+    let seq = if gso.kind.is_tcp() {
+        u32::from_be_bytes([frame[l4 + 4], frame[l4 + 5], frame[l4 + 6], frame[l4 + 7]])
+    } else {
+        0
+    };
+    out.reserve(count * hdr + payload.len());
+    for i in 0..count {
+        let chunk = &payload[(i * size).min(payload.len())..((i + 1) * size).min(payload.len())];
+        let start = out.len();
+        out.extend_from_slice(&frame[..hdr]);
+        out.extend_from_slice(chunk);
+        let seg = &mut out[start..];
+        let l4_len = hdr - l4 + chunk.len();
+        if layout.ipv6 {
+            put16(seg, l3 + 4, l4_len as u16);
+        } else {
+            put16(seg, l3 + 2, (l4 - l3 + l4_len) as u16);
+            put16(seg, l3 + 4, ip_id.wrapping_add(i as u16));
+            put16(seg, l3 + 10, 0);
+            let ip_sum = !checksum::sum(&seg[l3..l4], 0);
+            put16(seg, l3 + 10, ip_sum);
+        }
+        let csum_at = if gso.kind.is_tcp() {
+            let s = seq.wrapping_add((i * size) as u32);
+            seg[l4 + 4..l4 + 8].copy_from_slice(&s.to_be_bytes());
+            let mut flags = seg[l4 + 13];
+            if i + 1 < count {
+                flags &= !0x09; // FIN and PSH only on the last segment
+            }
+            if i > 0 {
+                flags &= !0x80; // CWR only on the first
+            }
+            seg[l4 + 13] = flags;
+            l4 + 16
+        } else {
+            put16(seg, l4 + 4, l4_len as u16);
+            l4 + 6
+        };
+        put16(seg, csum_at, 0);
+        let (src, dst) = if layout.ipv6 {
+            (l3 + 8..l3 + 24, l3 + 24..l3 + 40)
+        } else {
+            (l3 + 12..l3 + 16, l3 + 16..l3 + 20)
+        };
+        let pseudo = checksum::pseudo_header(&seg[src], &seg[dst], layout.proto, l4_len as u32);
+        let total = checksum::sum(&seg[l4..], pseudo);
+        put16(seg, csum_at, checksum::finish(total));
+        lens.push(seg.len() as u32);
+    }
+    Ok(())
+}
