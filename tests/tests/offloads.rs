@@ -274,7 +274,7 @@ fn inconsistent_offload_headers_are_dropped_and_counted_on_their_sender() {
         ),
     ];
     for (n, (what, h)) in bad.iter().enumerate() {
-        b.tx.send_with_header(&header_bytes(&h), &f).unwrap();
+        b.tx.send_with_header(&header_bytes(h), &f).unwrap();
         assert!(
             b.tx.wait_tx_completion(T).unwrap(),
             "{what}: the switch took the chain"
