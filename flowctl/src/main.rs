@@ -118,15 +118,15 @@ enum Command {
     /// of a trunk, e.g. 10,20-29; default all), mac=MAC (offered in the device's config
     /// space), offloads=all|none|LIST (the checksum and segmentation offloads offered, by
     /// QEMU's names: csum,guest_csum,host_tso4,host_tso6,host_ecn,host_uso,guest_tso4,
-    /// guest_tso6,guest_ecn,guest_uso4,guest_uso6; default all). The same syntax as
-    /// patchbay-switch --port.
+    /// guest_tso6,guest_ecn,guest_uso4,guest_uso6; default all), queue-pairs=N (virtio-net
+    /// multiqueue, 1-64; default 8). The same syntax as patchbay-switch --port.
     #[command(
         after_help = "Examples:\n  flowctl add-port name=vm3,socket=/run/vm3.sock,vlan=10\n  \
                             flowctl add-port name=up,socket=/run/up.sock,mode=client,vlan-mode=trunk,trunks=10,20-29"
     )]
     AddPort {
         /// name=NAME,socket=PATH[,mode=client][,vlan=V][,vlan-mode=M][,trunks=LIST][,mac=M]
-        /// [,offloads=LIST]
+        /// [,offloads=LIST][,queue-pairs=N]
         #[arg(value_name = "SPEC", value_parser = parse_spec)]
         spec: PortConfig,
     },
@@ -242,7 +242,7 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum Show {
-    /// Every port: state, VLAN, counters, drops by reason, negotiated offloads.
+    /// Every port: state, VLAN, counters, drops by reason, queue pairs, negotiated offloads.
     ///
     /// Counts are exact unless --human is given. DROPS is the total followed by the non-zero
     /// reasons; `flowctl show port NAME` lists every reason.

@@ -180,6 +180,16 @@ pub fn duration(secs: u64) -> String {
     }
 }
 
+/// Queue pairs the guest enabled, of those the port offers.
+fn queues(p: &PortInfo) -> String {
+    let (up, max) = p.queue_pairs;
+    if p.header_len.is_none() {
+        format!("-/{max}")
+    } else {
+        format!("{up}/{max}")
+    }
+}
+
 /// The negotiated offloads in short (every feature is in `show port NAME`).
 fn offloads(p: &PortInfo) -> String {
     if p.header_len.is_none() {
@@ -202,6 +212,7 @@ pub fn ports_table(ports: &[PortInfo], human: bool) -> String {
         ("TX-PKTS", Right),
         ("TX-BYTES", Right),
         ("DROPS", Left),
+        ("QUEUES", Right),
         ("OFFLOADS", Left),
     ]);
     let mut sorted: Vec<&PortInfo> = ports.iter().collect();
@@ -218,6 +229,7 @@ pub fn ports_table(ports: &[PortInfo], human: bool) -> String {
             count(c.tx_packets, human),
             bytes(c.tx_bytes, human),
             drops(c),
+            queues(p),
             offloads(p),
         ]);
     }
@@ -261,6 +273,7 @@ pub fn port_detail(p: &PortInfo) -> String {
             "offloads",
             patchbay_switch::virtio::features::offload_summary(p.features),
         ),
+        ("queue pairs", format!("{} (enabled/offered)", queues(p))),
         ("header length", header_len),
         ("rx packets", c.rx_packets.to_string()),
         ("rx bytes", c.rx_bytes.to_string()),

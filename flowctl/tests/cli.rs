@@ -33,6 +33,7 @@ fn port(
         trunks: trunks.map(String::from),
         mac_limit: None,
         offloads: None,
+        queue_pairs: None,
     }
 }
 
@@ -130,7 +131,7 @@ fn show_ports_lists_ports_with_their_vlans() {
     let table = sw.ok(&["show", "ports"]);
     let header = table.lines().next().unwrap();
     for column in [
-        "ID", "NAME", "STATE", "VLAN", "RX-PKTS", "TX-BYTES", "DROPS", "OFFLOADS",
+        "ID", "NAME", "STATE", "VLAN", "RX-PKTS", "TX-BYTES", "DROPS", "QUEUES", "OFFLOADS",
     ] {
         assert!(header.contains(column), "{header}");
     }

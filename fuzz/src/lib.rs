@@ -162,6 +162,7 @@ impl InProcessSwitch {
             trunks: trunks.map(str::to_string),
             mac_limit: None,
             offloads: None,
+            queue_pairs: None,
         };
         vec![
             port("p0", "access", Some(10), None),

@@ -210,7 +210,7 @@ impl Config {
     }
 
     /// Adds a port given as `--port name=N,socket=PATH[,mode=client][,mac=M][,vlan=V]
-    /// [,vlan-mode=M][,trunks=LIST][,offloads=LIST]`. A trunk or offload list may itself
+    /// [,vlan-mode=M][,trunks=LIST][,offloads=LIST][,queue-pairs=N]`. A trunk or offload list may itself
     /// contain commas.
     pub fn add_port_flag(&mut self, spec: &str) -> Result<(), ConfigError> {
         let port = parse_port_flag(spec)?;
@@ -331,6 +331,7 @@ pub fn parse_port_flag(spec: &str) -> Result<PortConfig, ConfigError> {
         trunks: None,
         mac_limit: None,
         offloads: None,
+        queue_pairs: None,
     };
     for (k, v) in pairs {
         match k.as_str() {
@@ -353,6 +354,12 @@ pub fn parse_port_flag(spec: &str) -> Result<PortConfig, ConfigError> {
             "vlan-mode" | "vlan_mode" => port.vlan_mode = Some(v),
             "trunks" => port.trunks = Some(v),
             "offloads" => port.offloads = Some(v),
+            "queue-pairs" | "queue_pairs" => {
+                port.queue_pairs = Some(
+                    v.parse()
+                        .map_err(|_| err(format!("queue-pairs '{v}' is not a number")))?,
+                )
+            }
             "mac-limit" | "mac_limit" => {
                 port.mac_limit = Some(
                     v.parse()
@@ -361,7 +368,7 @@ pub fn parse_port_flag(spec: &str) -> Result<PortConfig, ConfigError> {
             }
             other => {
                 return Err(err(format!(
-                "unknown key '{other}' (expected name, socket, mode, mac, vlan, vlan-mode, trunks, mac-limit, offloads)"
+                "unknown key '{other}' (expected name, socket, mode, mac, vlan, vlan-mode, trunks, mac-limit, offloads, queue-pairs)"
             )))
             }
         }
@@ -510,5 +517,33 @@ trunks = "10,20-30"
         assert!(c
             .add_port_flag("name=x,socket=/tmp/x.sock,mode=maybe")
             .is_err());
+    }
+
+    #[test]
+    fn port_flags_set_offloads_and_queue_pairs() {
+        use crate::virtio::features::{bit, ALL_OFFLOADS};
+        use virtio_bindings::virtio_net::{VIRTIO_NET_F_CSUM, VIRTIO_NET_F_MQ};
+        let mut c = Config::default();
+        c.add_port_flag("name=a,socket=/tmp/a.sock,offloads=csum,guest_csum,queue-pairs=1")
+            .unwrap();
+        c.add_port_flag("name=b,socket=/tmp/b.sock").unwrap();
+        let (a, b) = (&c.ports[0], &c.ports[1]);
+        assert_eq!(a.offloads.as_deref(), Some("csum,guest_csum"));
+        let fa = a.offered_features().unwrap();
+        assert!(fa & bit(VIRTIO_NET_F_CSUM) != 0 && fa & ALL_OFFLOADS == 0b11);
+        assert_eq!(fa & bit(VIRTIO_NET_F_MQ), 0, "one queue pair: no MQ");
+        let fb = b.offered_features().unwrap();
+        assert_eq!(fb & ALL_OFFLOADS, ALL_OFFLOADS, "all offloads by default");
+        assert_ne!(fb & bit(VIRTIO_NET_F_MQ), 0, "8 queue pairs by default: MQ");
+        assert_eq!(b.queue_pairs(), 8);
+        let e = c
+            .add_port_flag("name=x,socket=/tmp/x.sock,queue-pairs=65")
+            .unwrap_err();
+        assert!(e.to_string().contains("queue_pairs"), "{e}");
+        assert!(c
+            .add_port_flag("name=x,socket=/tmp/x.sock,offloads=host_tso4")
+            .unwrap_err()
+            .to_string()
+            .contains("needs csum"));
     }
 }

@@ -1,6 +1,7 @@
-//! The dataplane threads. Each worker serves the TX rings of a set of ports (port number
-//! modulo the number of workers), one batch per port per round, so no port can hold a worker
-//! for long. Two modes, one loop:
+//! The dataplane threads. Each worker serves a set of transmit queues: queue pair `k` of port
+//! `p` belongs to worker `(p + k) mod workers`, so one guest's queue pairs spread over the
+//! workers. One batch per queue per round, so no queue can hold a worker for long. Two modes,
+//! one loop:
 //!
 //! - poll (`poll_cpus`): one worker pinned to each listed CPU, spinning;
 //! - event (the default, `event_threads` workers): the same loop while there is work; after
@@ -28,9 +29,31 @@ pub const IDLE_ROUNDS: u32 = 256;
 /// doorbell also makes a sleeping worker look at once).
 const RESCAN_ROUNDS: u32 = 1024;
 
-/// What a worker's epoll watches for one port: the port, its connection, the kick fd's
-/// generation. A different list means a fresh epoll (ports came or went, a kick fd changed).
-type Registration = (crate::mac_table::PortId, Option<(u64, u64)>);
+/// What a worker's epoll watches for one queue: the port, the queue pair, its connection and
+/// the kick fd's generation. A different list means a fresh epoll (ports or queues came or
+/// went, a kick fd changed).
+type Registration = (crate::mac_table::PortId, usize, Option<(u64, u64)>);
+
+/// A transmit queue a worker serves.
+struct Served {
+    port: Arc<Port>,
+    queue: usize,
+}
+
+impl Served {
+    fn registration(&self) -> Registration {
+        let generation = self.port.with_link(|l| {
+            let kick = l.pair(self.queue).map_or(0, |p| p.kick_generation());
+            (l.serial, kick)
+        });
+        (self.port.id, self.queue, generation)
+    }
+
+    /// The epoll key of this queue's kick fd.
+    fn key(&self) -> u64 {
+        (u64::from(self.port.id) << 16) | self.queue as u64
+    }
+}
 
 /// A worker's epoll and what it was built for.
 struct Sleeper {
@@ -74,7 +97,7 @@ impl Worker {
             }
             log::info!("poller {} running on CPU {cpu}", self.index);
         }
-        let mut served: Vec<Arc<Port>> = Vec::new();
+        let mut served: Vec<Served> = Vec::new();
         // This thread's work space (per-thread state: nothing shared, nothing locked).
         let mut scratch = TxScratch::default();
         let mut epoll = None;
@@ -86,13 +109,20 @@ impl Worker {
             }
             rounds = rounds.wrapping_add(1);
             let mut work = 0;
-            for port in &served {
-                work += port
+            for s in &served {
+                work += s
+                    .port
                     .with_link(|link| {
-                        port.guard_dataplane(|| {
-                            dataplane::drain_tx(fabric, port, link, &mut scratch)
-                        })
-                        .unwrap_or(0)
+                        // Pairs past the first are served once the guest enables them (one
+                        // atomic load each round until then).
+                        if s.queue > 0 && !link.pair(s.queue).is_some_and(|p| p.tx_up()) {
+                            return 0;
+                        }
+                        s.port
+                            .guard_dataplane(|| {
+                                dataplane::drain_tx(fabric, &s.port, link, s.queue, &mut scratch)
+                            })
+                            .unwrap_or(0)
                     })
                     .unwrap_or(0);
             }
@@ -102,7 +132,7 @@ impl Worker {
             }
             idle = idle.saturating_add(1);
             if self.cpu.is_some() {
-                if idle > IDLE_ROUNDS && served.iter().all(|p| !p.has_link()) {
+                if idle > IDLE_ROUNDS && served.iter().all(|s| !s.port.has_link()) {
                     // Nothing connected: don't burn the CPU.
                     thread::sleep(Duration::from_millis(1));
                 } else {
@@ -121,32 +151,34 @@ impl Worker {
         }
     }
 
-    /// Re-reads which ports this worker serves.
-    fn rescan(&self, fabric: &Fabric, served: &mut Vec<Arc<Port>>) {
+    /// Re-reads which queues this worker serves: of every port's queue pairs, those that are
+    /// its share and that the guest enabled (pair 0 always, so a guest is served from its
+    /// first frame).
+    fn rescan(&self, fabric: &Fabric, served: &mut Vec<Served>) {
         served.clear();
-        served.extend(
-            fabric
-                .ports()
-                .iter()
-                .flatten()
-                .filter(|p| !p.is_tunnel() && usize::from(p.id) % self.workers == self.index)
-                .cloned(),
-        );
+        for port in fabric.ports().iter().flatten().filter(|p| !p.is_tunnel()) {
+            let enabled =
+                port.with_link(|l| l.pairs().iter().map(|p| p.tx_up()).collect::<Vec<_>>());
+            for queue in 0..port.config.queue_pairs() {
+                let up = queue == 0
+                    || enabled
+                        .as_ref()
+                        .is_some_and(|e| e.get(queue).copied().unwrap_or(false));
+                if up && (usize::from(port.id) + queue) % self.workers == self.index {
+                    served.push(Served {
+                        port: port.clone(),
+                        queue,
+                    });
+                }
+            }
+        }
     }
 
     /// Arms every served ring's kicks and sleeps until a kick or the doorbell. Returns true
     /// if the doorbell rang (ports or rings changed).
-    fn sleep(
-        &self,
-        doorbell: &Doorbell,
-        served: &[Arc<Port>],
-        epoll: &mut Option<Sleeper>,
-    ) -> bool {
+    fn sleep(&self, doorbell: &Doorbell, served: &[Served], epoll: &mut Option<Sleeper>) -> bool {
         const DOORBELL: u64 = u64::MAX;
-        let current: Vec<Registration> = served
-            .iter()
-            .map(|p| (p.id, p.with_link(|l| (l.serial, l.kick_generation()))))
-            .collect();
+        let current: Vec<Registration> = served.iter().map(Served::registration).collect();
         // A fresh epoll whenever what it watches changed, so a closed fd whose number was
         // reused by another port can never leave a stale registration behind.
         if epoll.as_ref().is_none_or(|e| e.registered != current) {
@@ -169,10 +201,9 @@ impl Worker {
                 .into_iter()
                 .filter(|m| current.contains(m))
                 .collect();
-            for port in served {
-                let id = (port.id, port.with_link(|l| (l.serial, l.kick_generation())));
-                if !muted.contains(&id) {
-                    port.with_link(|link| register_kick(&fresh, link, port));
+            for (s, id) in served.iter().zip(&current) {
+                if !muted.contains(id) {
+                    s.port.with_link(|link| register_kick(&fresh, link, s));
                 }
             }
             *epoll = Some(Sleeper {
@@ -187,8 +218,11 @@ impl Worker {
         // Kicks on, then one more look: a chain added before the guest could see kicks
         // enabled would otherwise wait for the next one.
         let mut pending = false;
-        for port in served {
-            pending |= port.with_link(dataplane::arm_kicks).unwrap_or(false);
+        for s in served {
+            pending |= s
+                .port
+                .with_link(|l| dataplane::arm_kicks(l, s.queue))
+                .unwrap_or(false);
         }
         if pending {
             return false;
@@ -210,7 +244,7 @@ impl Worker {
                 rang = true;
                 continue;
             }
-            let Some(port) = served.iter().find(|p| u64::from(p.id) == ev.data()) else {
+            let Some(s) = served.iter().find(|s| s.key() == ev.data()) else {
                 continue;
             };
             if ev
@@ -220,33 +254,43 @@ impl Worker {
                 // Not an eventfd the frontend still writes: stop watching it (it would
                 // wake this worker forever); the ring is still served while the worker is
                 // awake, and a new kick fd brings it back.
-                port.log_bad_input(format_args!(
-                    "TX kick fd hung up or failed; not waiting on it"
+                s.port.log_bad_input(format_args!(
+                    "TX kick fd of queue pair {} hung up or failed; not waiting on it",
+                    s.queue
                 ));
-                sleeper
-                    .muted
-                    .push((port.id, port.with_link(|l| (l.serial, l.kick_generation()))));
+                sleeper.muted.push(s.registration());
                 sleeper.registered.clear(); // rebuild without it next time
                 continue;
             }
-            port.with_link(Link::consume_tx_kick);
+            s.port.with_link(|l| {
+                if let Some(pair) = l.pair(s.queue) {
+                    pair.consume_tx_kick();
+                }
+            });
         }
         rang
     }
 }
 
-/// Registers `link`'s TX kick fd under the port's number. Without a kick fd the ring is
+/// Registers the TX kick fd of a served queue under its key. Without a kick fd the ring is
 /// served only while the worker is awake (warned about when it was set).
-fn register_kick(epoll: &Epoll, link: &Link, port: &Port) {
-    let ring = link.tx.lock().unwrap_or_else(|p| p.into_inner());
+fn register_kick(epoll: &Epoll, link: &Link, served: &Served) {
+    let Some(pair) = link.pair(served.queue) else {
+        return;
+    };
+    let ring = pair.tx.lock().unwrap_or_else(|p| p.into_inner());
     let Some(kick) = ring.kick.as_ref() else {
         return;
     };
     if let Err(e) = epoll.ctl(
         ControlOperation::Add,
         kick.as_raw_fd(),
-        EpollEvent::new(EventSet::IN, u64::from(port.id)),
+        EpollEvent::new(EventSet::IN, served.key()),
     ) {
-        log::error!("port {}: cannot watch the TX kick fd: {e}", port.name);
+        log::error!(
+            "port {}: cannot watch the TX kick fd of queue pair {}: {e}",
+            served.port.name,
+            served.queue
+        );
     }
 }

@@ -111,6 +111,8 @@ pub struct GuestNic {
     /// Extra virtio-net device properties, e.g. `guest_csum=off,guest_tso4=off` (QEMU's
     /// names for the offloads the guest's driver may negotiate).
     pub device_opts: String,
+    /// Queue pairs (`queues=` on the netdev, `mq=on` on the device when more than one).
+    pub queues: u16,
 }
 
 impl GuestNic {
@@ -121,6 +123,7 @@ impl GuestNic {
             server: false,
             transport: Transport::Pci,
             device_opts: String::new(),
+            queues: 1,
         }
     }
 }
@@ -192,13 +195,21 @@ impl QemuGuest {
         } else {
             format!("{device},{}", nic.device_opts)
         };
+        let (netdev, device) = if nic.queues > 1 {
+            (
+                format!("type=vhost-user,id=net0,chardev=chr0,queues={}", nic.queues),
+                format!("{device},mq=on"),
+            )
+        } else {
+            ("type=vhost-user,id=net0,chardev=chr0".to_string(), device)
+        };
         let mut command = Command::new("qemu-system-x86_64");
         command
             .args(["-accel", "tcg,thread=multi", "-m", "256M"])
             .args(["-M", &format!("{machine},memory-backend=mem")])
             .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on"])
             .args(["-chardev", &chardev])
-            .args(["-netdev", "type=vhost-user,id=net0,chardev=chr0"])
+            .args(["-netdev", &netdev])
             .args(["-device", &device])
             .args(["-nodefaults", "-serial", "stdio", "-display", "none"]);
         if !reboots {

@@ -55,6 +55,7 @@ pub fn port(
         trunks: trunks.map(str::to_string),
         mac_limit: None,
         offloads: None,
+        queue_pairs: None,
     }
 }
 

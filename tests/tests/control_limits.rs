@@ -29,6 +29,7 @@ fn client_port(name: &str, socket: &Path) -> PortConfig {
         trunks: None,
         mac_limit: None,
         offloads: None,
+        queue_pairs: None,
     }
 }
 

@@ -233,8 +233,8 @@ fn port_state_and_counters_are_read_without_dataplane_locks() {
     // Hold a's ring locks the way a dataplane thread holds them for a batch that never ends
     // (a guest transmitting faster than the switch drains).
     let link = port.link().unwrap();
-    let _tx = link.tx.lock().unwrap();
-    let _rx = link.rx.lock().unwrap();
+    let _tx = link.pairs()[0].tx.lock().unwrap();
+    let _rx = link.pairs()[0].rx.lock().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let (sw, control) = (d.switch.clone(), d.control_counters.clone());
     std::thread::spawn(move || {

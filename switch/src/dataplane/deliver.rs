@@ -1,15 +1,30 @@
-//! Writing frames into a guest's receive ring: reserve buffers (merging several when the
-//! guest allows it), write the virtio-net header and the rewritten L2 header, copy the rest
-//! of the frame once from its source, hand the buffers to the guest, notify once per batch.
+//! Writing frames into a guest's receive rings: choose the ring (by flow, when the guest uses
+//! several queue pairs), reserve buffers (merging several when the guest allows it), write
+//! the virtio-net header and the rewritten L2 header, copy the rest of the frame once from its
+//! source, hand the buffers to the guest, notify once per batch.
 
 use super::{Delivery, Frame, Source};
 use crate::flow::rewrite::HeaderBuf;
-use crate::port::{DropReason, Link, Port};
+use crate::port::{DropReason, Link, Port, MAX_QUEUE_PAIRS};
 use crate::virtio::chain::RxShortage;
 use crate::virtio::features::{mergeable_rx, net_header_len};
 use crate::virtio::net_header;
 use crate::virtio::{Burst, FrameCopier, RxReservation};
+use crate::wire::flow_hash;
 
+/// Work space for spreading a group over a guest's receive queues.
+#[derive(Debug, Default)]
+pub struct Steering {
+    /// The queue (an index into the up queues) of each delivery of the group.
+    queue_of: Vec<u8>,
+    /// The deliveries of one queue, in group order.
+    picked: Vec<Delivery>,
+}
+
+/// Delivers `group` (deliveries to `dst`, in order) into the guest's receive rings: into
+/// queue pair 0's when the guest uses one pair; with several enabled, each frame goes to the
+/// ring its flow hashes to (so a flow stays on one queue, in order), one pass per ring.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn to_guest(
     dst: &Port,
     link: &Link,
@@ -18,14 +33,78 @@ pub(super) fn to_guest(
     group: &[Delivery],
     headers: &[HeaderBuf],
     rx: &mut RxReservation,
+    steering: &mut Steering,
 ) {
     if link.memory_faulted() {
         link.fail_on_memory_fault(dst);
         dst.counters.drop(DropReason::NoBuffer, group.len() as u64);
         return;
     }
+    let mut up = [0u16; MAX_QUEUE_PAIRS];
+    let n = link.rx_queues_up(&mut up);
+    if n <= 1 {
+        // None up: queue 0's ring is not usable either, and the group is counted there.
+        return to_ring(
+            dst,
+            link,
+            usize::from(up[0]),
+            source,
+            frames,
+            group,
+            headers,
+            rx,
+        );
+    }
+    steering.queue_of.clear();
+    for d in group {
+        let mut head = [0u8; 64];
+        let len = source.read_prefix(&frames[usize::from(d.frame)], &mut head);
+        steering
+            .queue_of
+            .push((flow_hash(&head[..len]) % n as u32) as u8);
+    }
+    for (i, &queue) in up[..n].iter().enumerate() {
+        steering.picked.clear();
+        steering.picked.extend(
+            group
+                .iter()
+                .zip(&steering.queue_of)
+                .filter(|(_, q)| usize::from(**q) == i)
+                .map(|(d, _)| *d),
+        );
+        if !steering.picked.is_empty() {
+            to_ring(
+                dst,
+                link,
+                usize::from(queue),
+                source,
+                frames,
+                &steering.picked,
+                headers,
+                rx,
+            );
+        }
+    }
+}
+
+/// Delivers `group` into the receive ring of queue pair `queue`.
+#[allow(clippy::too_many_arguments)]
+fn to_ring(
+    dst: &Port,
+    link: &Link,
+    queue: usize,
+    source: &Source<'_>,
+    frames: &[Frame],
+    group: &[Delivery],
+    headers: &[HeaderBuf],
+    rx: &mut RxReservation,
+) {
+    let Some(pair) = link.pair(queue) else {
+        dst.counters.drop(DropReason::NoBuffer, group.len() as u64);
+        return;
+    };
     let map = link.mem.load();
-    let mut rxv = link.rx.lock().unwrap_or_else(|p| p.into_inner());
+    let mut rxv = pair.rx.lock().unwrap_or_else(|p| p.into_inner());
     if !rxv.usable() {
         dst.counters.drop(DropReason::NoBuffer, group.len() as u64);
         return;

@@ -284,6 +284,8 @@ pub struct SwitchScratch {
     flow_thread: Option<Box<crate::flow::pipeline::FlowThread>>,
     /// Frames finished in software for destinations without the offloads they ask for.
     soft: soft::SoftScratch,
+    /// Deliveries spread over a receiver's queues.
+    steering: deliver::Steering,
 }
 
 /// Work space for draining TX rings: one per dataplane thread (reused for every port it
@@ -315,12 +317,21 @@ pub fn inject_panic(port: &Port) {
     PANIC_NEXT_BATCH.store(id, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Switches one batch (up to [`BATCH`] chains) from `port`'s transmit ring, with the guest's
-/// kicks off (the workers re-arm them before they sleep, see [`arm_kicks`]). Returns the
-/// number of chains consumed.
-pub fn drain_tx(fabric: &Fabric, port: &Port, link: &Link, scratch: &mut TxScratch) -> usize {
+/// Switches one batch (up to [`BATCH`] chains) from the transmit ring of `port`'s queue pair
+/// `queue`, with the guest's kicks off (the workers re-arm them before they sleep, see
+/// [`arm_kicks`]). Returns the number of chains consumed.
+pub fn drain_tx(
+    fabric: &Fabric,
+    port: &Port,
+    link: &Link,
+    queue: usize,
+    scratch: &mut TxScratch,
+) -> usize {
+    let Some(pair) = link.pair(queue) else {
+        return 0;
+    };
     let map = link.mem.load();
-    let mut txv = link.tx.lock().unwrap_or_else(|p| p.into_inner());
+    let mut txv = pair.tx.lock().unwrap_or_else(|p| p.into_inner());
     if !txv.usable() {
         return 0;
     }
@@ -481,11 +492,15 @@ fn offload_of(
     Ok(offload)
 }
 
-/// Asks the guest behind `link` to kick when it transmits again (EVENT_IDX aware); true if
-/// chains are already waiting (the caller should drain instead of sleeping).
-pub fn arm_kicks(link: &Link) -> bool {
+/// Asks the guest behind `link` to kick when it transmits again on queue pair `queue`
+/// (EVENT_IDX aware); true if chains are already waiting (the caller should drain instead of
+/// sleeping).
+pub fn arm_kicks(link: &Link, queue: usize) -> bool {
+    let Some(pair) = link.pair(queue) else {
+        return false;
+    };
     let map = link.mem.load();
-    let mut txv = link.tx.lock().unwrap_or_else(|p| p.into_inner());
+    let mut txv = pair.tx.lock().unwrap_or_else(|p| p.into_inner());
     if !txv.usable() {
         return false;
     }
@@ -516,6 +531,7 @@ pub fn switch_frames(
         outputs,
         flow_thread,
         soft,
+        steering,
     } = scratch;
     deliveries.clear();
     headers.clear();
@@ -685,10 +701,10 @@ pub fn switch_frames(
                     group,
                     headers,
                     features,
-                    |s, f, g| deliver::to_guest(dst, link, s, f, g, &[], rx),
+                    |s, f, g| deliver::to_guest(dst, link, s, f, g, &[], rx, steering),
                 );
             } else {
-                deliver::to_guest(dst, link, source, frames, group, headers, rx)
+                deliver::to_guest(dst, link, source, frames, group, headers, rx, steering)
             }
         });
         if delivered.is_none() {

@@ -30,9 +30,10 @@ use crate::virtio::ring::MAX_QUEUE_SIZE as RING_MAX;
 use crate::virtio::{Burst, GuestMap, GuestMemory};
 
 /// Queue indices of a virtio-net device with one queue pair.
-pub const RX_QUEUE: u32 = 0;
-pub const TX_QUEUE: u32 = 1;
-const NUM_QUEUES: u64 = 2;
+/// Virtqueue 2k is queue pair k's receive ring, 2k + 1 its transmit ring.
+fn is_rx(index: u32) -> bool {
+    index.is_multiple_of(2)
+}
 /// Largest ring a frontend may configure (QEMU allows up to 1024).
 pub const MAX_QUEUE_SIZE: usize = RING_MAX as usize;
 /// Memory slots offered with CONFIGURE_MEM_SLOTS.
@@ -95,12 +96,19 @@ impl DeviceHandler {
         }
     }
 
+    /// Virtqueue `index`: queue pair `index / 2`'s receive ring (even) or transmit ring (odd).
     fn ring(&self, index: u32) -> VhostResult<std::sync::MutexGuard<'_, RingState>> {
-        match index {
-            RX_QUEUE => Ok(self.link.rx.lock().unwrap_or_else(|p| p.into_inner())),
-            TX_QUEUE => Ok(self.link.tx.lock().unwrap_or_else(|p| p.into_inner())),
-            _ => Err(VhostError::InvalidParam),
-        }
+        let pair = self
+            .link
+            .pair(index as usize / 2)
+            .ok_or(VhostError::InvalidParam)?;
+        let ring = if is_rx(index) { &pair.rx } else { &pair.tx };
+        Ok(ring.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Every virtqueue index this port has.
+    fn indexes(&self) -> std::ops::Range<u32> {
+        0..(self.link.pairs().len() * 2) as u32
     }
 
     fn notify_rings_changed(&self) {
@@ -132,7 +140,7 @@ impl DeviceHandler {
             return Ok(());
         }
         ring.vring.sync_used_from_guest(&map);
-        if index == RX_QUEUE {
+        if is_rx(index) {
             // Frames are never queued waiting for RX buffers, so RX kicks are not needed.
             if let Ok(burst) = Burst::open(&mut ring.vring, &map) {
                 burst.disable_kicks();
@@ -194,7 +202,7 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
     }
 
     fn reset_device(&mut self) -> VhostResult<()> {
-        for index in [RX_QUEUE, TX_QUEUE] {
+        for index in self.indexes() {
             let mut ring = self.ring(index)?;
             let generation = ring.kick_generation + 1;
             *ring = RingState {
@@ -217,7 +225,7 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
         }
         self.link.features.store(features, Ordering::Release);
         let without_protocol = features & VHOST_USER_F_PROTOCOL_FEATURES == 0;
-        for index in [RX_QUEUE, TX_QUEUE] {
+        for index in self.indexes() {
             let mut ring = self.ring(index)?;
             ring.vring.event_idx = event_idx(features);
             // Without protocol features there is no SET_VRING_ENABLE: rings start enabled.
@@ -283,7 +291,10 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
                 log::warn!("port {}: ring {index}: {e}", self.port.name);
                 VhostError::InvalidParam
             })?;
-        self.sync_ring(index)
+        self.sync_ring(index)?;
+        // A frontend may send the kick fd first: the ring may have become usable just now.
+        self.notify_rings_changed();
+        Ok(())
     }
 
     fn set_vring_base(&mut self, index: u32, base: u32) -> VhostResult<()> {
@@ -338,7 +349,8 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
     fn get_protocol_features(&mut self) -> VhostResult<VhostUserProtocolFeatures> {
         Ok(VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::MQ)
     }
 
     fn set_protocol_features(&mut self, features: u64) -> VhostResult<()> {
@@ -347,7 +359,7 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
     }
 
     fn get_queue_num(&mut self) -> VhostResult<u64> {
-        Ok(NUM_QUEUES)
+        Ok(self.indexes().len() as u64)
     }
 
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> VhostResult<()> {
@@ -367,7 +379,8 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
         let mut config = [0u8; 10];
         config[0..6].copy_from_slice(&self.config_mac());
         config[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
-        config[8..10].copy_from_slice(&1u16.to_le_bytes());
+        let pairs = self.link.pairs().len() as u16;
+        config[8..10].copy_from_slice(&pairs.to_le_bytes());
         let start = (offset as usize).min(config.len());
         let end = start.saturating_add(size as usize).min(config.len());
         let mut out = config[start..end].to_vec();
@@ -414,6 +427,21 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
         fd: File,
         _postcopy_listening: Option<bool>,
     ) -> VhostResult<Option<VhostUserMemoryRegionBase>> {
+        // QEMU announces the memory once per queue pair's vhost device when it has several
+        // (7.2 does, with CONFIGURE_MEM_SLOTS): a region we already map, at the same guest
+        // and frontend addresses, is acknowledged and not mapped twice.
+        let (gpa, size, user_addr) = (region.guest_phys_addr, region.memory_size, region.user_addr);
+        if self
+            .mappings
+            .iter()
+            .any(|m| m.gpa == gpa && m.size == size && m.vmm_addr == user_addr)
+        {
+            log::debug!(
+                "port {}: region at {gpa:#x} announced again",
+                self.port.name
+            );
+            return Ok(None);
+        }
         if self.mappings.len() as u64 >= MAX_MEM_SLOTS {
             return Err(VhostError::InvalidParam);
         }
@@ -434,6 +462,13 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
     }
 
     fn remove_mem_region(&mut self, region: &VhostUserSingleMemoryRegion) -> VhostResult<()> {
+        let (gpa, size) = (region.guest_phys_addr, region.memory_size);
+        if !self.mappings.iter().any(|m| m.gpa == gpa && m.size == size) {
+            // Removed already: announced by another queue pair's vhost device (see
+            // `add_mem_region`).
+            log::debug!("port {}: region at {gpa:#x} removed again", self.port.name);
+            return Ok(());
+        }
         let current = self.link.mem.load_full();
         let (updated, _) = current
             .memory()

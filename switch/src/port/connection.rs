@@ -183,7 +183,7 @@ fn run_connection(ctx: &ConnectionContext, port: &Arc<Port>, stream: UnixStream)
     let Ok(shutdown_stream) = stream.try_clone() else {
         return;
     };
-    let link = Arc::new(Link::new());
+    let link = Arc::new(Link::new(port.config.queue_pairs()));
     port.attach(link.clone());
     port.set_connection(Some(shutdown_stream));
     port.counters.connects.fetch_add(1, Ordering::Relaxed);

@@ -23,12 +23,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::mac_table::PortId;
 use crate::virtio::features::{
-    feature_names, net_header_len, parse_offloads, ALL_OFFLOADS, BASE_FEATURES,
+    bit, feature_names, net_header_len, parse_offloads, ALL_OFFLOADS, BASE_FEATURES,
 };
 use crate::virtio::GuestMap;
 use crate::vlan::{VlanConfig, VlanMode};
 use crate::wire::EthernetAddress;
 pub use metrics::{CounterSnapshot, DropReason, PortCounters};
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MQ;
 
 /// The clock of rate-limited logs.
 fn log_clock() -> &'static std::time::Instant {
@@ -118,6 +119,9 @@ pub struct PortConfig {
     /// a list of QEMU's names for them ("csum,guest_csum,host_tso4,...").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offloads: Option<String>,
+    /// Queue pairs offered to the guest (virtio-net MQ), 1 to 64; default 8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_pairs: Option<u16>,
 }
 
 /// A port configuration that does not make sense, with the field at fault.
@@ -147,7 +151,17 @@ impl PortConfig {
                 message,
             })?,
         };
-        Ok(BASE_FEATURES | offloads)
+        let mq = if self.queue_pairs() > 1 {
+            bit(VIRTIO_NET_F_MQ)
+        } else {
+            0
+        };
+        Ok(BASE_FEATURES | offloads | mq)
+    }
+
+    /// Queue pairs this port offers.
+    pub fn queue_pairs(&self) -> usize {
+        usize::from(self.queue_pairs.unwrap_or(DEFAULT_QUEUE_PAIRS)).clamp(1, MAX_QUEUE_PAIRS)
     }
 
     /// Checks every field; the first problem is reported with its field name.
@@ -190,6 +204,14 @@ impl PortConfig {
             return Err(err("mac_limit", "must be at least 1".into()));
         }
         self.offered_features()?;
+        if let Some(n) = self.queue_pairs {
+            if n == 0 || usize::from(n) > MAX_QUEUE_PAIRS {
+                return Err(err(
+                    "queue_pairs",
+                    format!("{n} is outside 1..={MAX_QUEUE_PAIRS}"),
+                ));
+            }
+        }
         let vlan = self.vlan_config().to_mode().map_err(|e| {
             let field = match e {
                 crate::vlan::VlanParseError::UnknownMode(_) => "vlan_mode",
@@ -217,21 +239,69 @@ pub enum LinkState {
     Removed,
 }
 
-/// The dataplane's handle on one connected frontend: its memory, its two rings, what it
+/// One queue pair: the guest's receive ring (virtqueue 2k) and transmit ring (2k + 1).
+pub struct QueuePair {
+    /// The guest's receive ring (the switch writes into it). A leaf lock.
+    pub rx: Mutex<ring::RingState>,
+    /// The guest's transmit ring (the switch reads from it).
+    pub tx: Mutex<ring::RingState>,
+    /// Whether each ring is usable, mirrored from the ring state by the vhost-user handler
+    /// so that the frame path, `show ports` and the metrics never wait for a ring lock.
+    rx_up: AtomicBool,
+    tx_up: AtomicBool,
+}
+
+impl QueuePair {
+    fn new() -> QueuePair {
+        QueuePair {
+            rx: Mutex::new(ring::RingState::default()),
+            tx: Mutex::new(ring::RingState::default()),
+            rx_up: AtomicBool::new(false),
+            tx_up: AtomicBool::new(false),
+        }
+    }
+
+    pub fn rx_up(&self) -> bool {
+        self.rx_up.load(Ordering::Acquire)
+    }
+
+    pub fn tx_up(&self) -> bool {
+        self.tx_up.load(Ordering::Acquire)
+    }
+
+    /// Bumped whenever the TX ring's kick fd changes.
+    pub fn kick_generation(&self) -> u64 {
+        self.tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .kick_generation
+    }
+
+    /// Consumes pending TX kicks (after a worker woke on them).
+    pub fn consume_tx_kick(&self) {
+        self.tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .consume_kick();
+    }
+}
+
+/// Most queue pairs a port may offer (`queue_pairs`).
+pub const MAX_QUEUE_PAIRS: usize = 64;
+
+/// Queue pairs a port offers unless its `queue_pairs` setting says otherwise.
+pub const DEFAULT_QUEUE_PAIRS: u16 = 8;
+
+/// The dataplane's handle on one connected frontend: its memory, its queue pairs, what it
 /// negotiated. Replaced on every reconnect; the port outlives it.
 pub struct Link {
     /// The guest's memory map; swapped whole on SET_MEM_TABLE / ADD_MEM_REGION. A batch
     /// holds the map it loaded, so regions it translated into stay mapped until it ends.
     pub mem: ArcSwap<GuestMap>,
-    /// Queue 0: the guest's receive ring (the switch writes into it). A leaf lock.
-    pub rx: Mutex<ring::RingState>,
-    /// Queue 1: the guest's transmit ring (the switch reads from it).
-    pub tx: Mutex<ring::RingState>,
+    /// As many as the port offers; a guest without MQ uses pair 0, one with MQ enables as
+    /// many as it wants (SET_VRING_ENABLE).
+    pairs: Box<[QueuePair]>,
     pub features: AtomicU64,
-    /// Whether each ring is usable, mirrored from the ring state by the vhost-user handler
-    /// so that `show ports` and the metrics never wait for a ring lock a batch holds.
-    rx_up: AtomicBool,
-    tx_up: AtomicBool,
     /// Identity of this connection's guarded memory regions (see `memory`).
     pub guard_owner: u64,
     /// Unique per connection (for the workers' epoll registrations).
@@ -243,14 +313,14 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new() -> Self {
+    /// A link with `pairs` queue pairs (at least one, at most [`MAX_QUEUE_PAIRS`]).
+    pub fn new(pairs: usize) -> Self {
         Link {
             mem: ArcSwap::from_pointee(GuestMap::empty()),
-            rx: Mutex::new(ring::RingState::default()),
-            tx: Mutex::new(ring::RingState::default()),
+            pairs: (0..pairs.clamp(1, MAX_QUEUE_PAIRS))
+                .map(|_| QueuePair::new())
+                .collect(),
             features: AtomicU64::new(0),
-            rx_up: AtomicBool::new(false),
-            tx_up: AtomicBool::new(false),
             guard_owner: memory::new_owner(),
             serial: LINK_SERIAL.fetch_add(1, Ordering::Relaxed),
             seen_faults: AtomicU64::new(0),
@@ -289,32 +359,45 @@ impl Link {
         self.features.load(Ordering::Acquire)
     }
 
-    /// Both rings are set up and enabled by the frontend: frames can flow. Lock-free.
+    /// Every queue pair the port offers (those the guest has not enabled are not up).
+    pub fn pairs(&self) -> &[QueuePair] {
+        &self.pairs
+    }
+
+    /// Queue pair `k`, if the port offers that many.
+    pub fn pair(&self, k: usize) -> Option<&QueuePair> {
+        self.pairs.get(k)
+    }
+
+    /// The first queue pair's rings are set up and enabled: frames can flow. Lock-free.
     pub fn is_up(&self) -> bool {
-        self.rx_up.load(Ordering::Acquire) && self.tx_up.load(Ordering::Acquire)
+        self.pairs[0].rx_up() && self.pairs[0].tx_up()
     }
 
-    /// Bumped whenever the TX ring's kick fd changes.
-    pub fn kick_generation(&self) -> u64 {
-        self.tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .kick_generation
+    /// Queue pairs whose transmit ring the guest set up and enabled.
+    pub fn pairs_up(&self) -> usize {
+        self.pairs.iter().filter(|p| p.tx_up()).count()
     }
 
-    /// Consumes pending TX kicks (after a worker woke on them).
-    pub fn consume_tx_kick(&self) {
-        self.tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .consume_kick();
+    /// Writes the indexes of the receive rings that are up into `out`; returns how many.
+    pub fn rx_queues_up(&self, out: &mut [u16; MAX_QUEUE_PAIRS]) -> usize {
+        let mut n = 0;
+        for (k, pair) in self.pairs.iter().enumerate() {
+            if pair.rx_up() {
+                out[n] = k as u16;
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Re-reads whether each ring is usable (after the frontend changed ring state).
     pub(crate) fn refresh_up(&self) {
-        for (ring, up) in [(&self.rx, &self.rx_up), (&self.tx, &self.tx_up)] {
-            let usable = ring.lock().unwrap_or_else(|p| p.into_inner()).usable();
-            up.store(usable, Ordering::Release);
+        for pair in self.pairs.iter() {
+            for (ring, up) in [(&pair.rx, &pair.rx_up), (&pair.tx, &pair.tx_up)] {
+                let usable = ring.lock().unwrap_or_else(|p| p.into_inner()).usable();
+                up.store(usable, Ordering::Release);
+            }
         }
     }
 }
@@ -327,7 +410,7 @@ impl Drop for Link {
 
 impl Default for Link {
     fn default() -> Self {
-        Self::new()
+        Self::new(1)
     }
 }
 
@@ -418,6 +501,7 @@ impl Port {
                 trunks: None,
                 mac_limit: None,
                 offloads: None,
+                queue_pairs: None,
             },
             mac: None,
             offered_features: 0,
@@ -593,6 +677,10 @@ impl Port {
                 .map(String::from)
                 .collect(),
             header_len: link.as_ref().map(|_| net_header_len(features)),
+            queue_pairs: (
+                link.as_ref().map_or(0, |l| l.pairs_up()),
+                self.config.queue_pairs(),
+            ),
             counters: self.counters.snapshot(),
             failure: self
                 .failure
@@ -620,6 +708,9 @@ pub struct PortInfo {
     pub features: u64,
     pub feature_names: Vec<String>,
     pub header_len: Option<usize>,
+    /// Queue pairs the guest enabled (0 when nothing is connected), and the most offered.
+    #[serde(default)]
+    pub queue_pairs: (usize, usize),
     pub counters: CounterSnapshot,
     /// Why the port's connection last failed (a dataplane panic, a memory fault), if ever.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -5,7 +5,8 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
     VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_USO4, VIRTIO_NET_F_GUEST_USO6,
     VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_USO,
-    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
+    VIRTIO_NET_F_STATUS,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
@@ -84,8 +85,9 @@ pub const ALL_OFFLOADS: u64 = {
     all
 };
 
-/// The most any port offers (a port offers [`BASE_FEATURES`] and its configured offloads).
-pub const OFFERED_FEATURES: u64 = BASE_FEATURES | ALL_OFFLOADS;
+/// The most any port offers (a port offers [`BASE_FEATURES`], its configured offloads, and
+/// MQ when it has more than one queue pair).
+pub const OFFERED_FEATURES: u64 = BASE_FEATURES | ALL_OFFLOADS | bit(VIRTIO_NET_F_MQ);
 
 /// A port's `offloads` setting: "all", "none", or a comma-separated list of [`OFFLOADS`]
 /// names. Each listed offload must come with one of the features it needs.
@@ -190,6 +192,7 @@ pub fn feature_names(features: u64) -> Vec<&'static str> {
         (VIRTIO_NET_F_GUEST_USO4, "GUEST_USO4"),
         (VIRTIO_NET_F_GUEST_USO6, "GUEST_USO6"),
         (VIRTIO_NET_F_HOST_USO, "HOST_USO"),
+        (VIRTIO_NET_F_MQ, "MQ"),
         (VIRTIO_NET_F_MTU, "MTU"),
         (VIRTIO_NET_F_MAC, "MAC"),
         (VIRTIO_NET_F_MRG_RXBUF, "MRG_RXBUF"),

@@ -6,9 +6,11 @@
 //! ours; etherparse is fine off the fast path (tests, tracing).
 
 mod ethernet;
+mod flow_hash;
 mod vlan;
 
 pub use ethernet::{ethertype, EthernetAddress, EthernetFrame, EthernetRepr, ParseMacError};
+pub use flow_hash::flow_hash;
 pub use vlan::{VlanPacket, VlanRepr};
 
 /// Why a buffer could not be viewed as a header.
