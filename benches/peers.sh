@@ -33,6 +33,17 @@
 #              over a few masks) and a final priority=0 normal (OVS: the same file through
 #              ovs-ofctl add-flows; testpmd-io has no tables and runs as in plain)
 #   8-port     8 access ports in VLAN 10, traffic on all (pairs 0-1, 2-3, 4-5, 6-7)
+#   tso        checksum and segmentation offloads: the source is not testpmd but
+#              benches/src/bin/tso-traffic.rs (Patchbay's own frontend, one thread on
+#              SOURCE_CPU) sending TCP from port 0 to port 1, in three modes (sizes and
+#              PATCHBAY_PEERS_MODES do not apply):
+#                whole    64 KiB super-frames from a source with CSUM+HOST_TSO4 to a sink with
+#                         GUEST_CSUM+GUEST_TSO4 (the switch passes them whole)
+#                segment  the same super-frames to a sink without offloads (the switch cuts
+#                         and checksums them in software)
+#                mtu      1514-byte frames with full checksums, no offloads on either side
+#              OVS runs with other_config:userspace-tso-enable=true for this variant; testpmd-io
+#              does not take part. Reported as TCP goodput (payload bytes the sink received).
 #
 # For every (variant, size, mode) the cases run interleaved, A B C D A B C D, for ROUNDS rounds,
 # because this kind of machine is shared and noisy: compare ratios within one run.
@@ -224,8 +235,13 @@ build_binaries() {
     out=$(cd "$REPO" && ${CARGO:-cargo} build --release -p patchbay-switch -p flowctl \
         --message-format=json-render-diagnostics) || die "build failed"
     # Copies: other builds may replace the target directory's binaries while this runs.
+    if has "$VARIANTS" tso; then
+        out+=$(cd "$REPO" && ${CARGO:-cargo} build --release -p patchbay-benches \
+            --bin tso-traffic --message-format=json-render-diagnostics) || die "build failed"
+    fi
     local exe
-    for exe in patchbay-switch flowctl; do
+    for exe in patchbay-switch flowctl tso-traffic; do
+        [[ $exe == tso-traffic ]] && ! has "$VARIANTS" tso && continue
         local path
         path=$(grep -o "\"executable\":\"[^\"]*/$exe\"" <<<"$out" | tail -1 | cut -d'"' -f4)
         [[ -x $path ]] || die "cannot find the built $exe"
@@ -393,14 +409,26 @@ start_ovs() {
     for ((i = 0; i < n; i++)); do
         SOCKS+=("$OVS_DIR/p$i")
         rm -f "$OVS_DIR/p$i"
-        cmd+=(-- add-port br0 "p$i" -- set Interface "p$i" type=dpdkvhostuser
-            "ofport_request=$((i + 1))")
+        if [[ $variant == tso ]]; then
+            # OVS 3.1 takes super-frames (external mbufs) only on its client-mode ports; the
+            # source listens on these paths.
+            cmd+=(-- add-port br0 "p$i" -- set Interface "p$i" type=dpdkvhostuserclient
+                "options:vhost-server-path=$OVS_DIR/p$i" "ofport_request=$((i + 1))")
+        else
+            cmd+=(-- add-port br0 "p$i" -- set Interface "p$i" type=dpdkvhostuser
+                "ofport_request=$((i + 1))")
+        fi
         if [[ $variant == vlan && $i == 1 ]]; then
             cmd+=(-- set Port "p$i" vlan_mode=native-tagged "tag=$VLAN" "trunks=$VLAN")
         else
             cmd+=(-- set Port "p$i" "tag=$VLAN")
         fi
     done
+    if [[ $variant == tso ]]; then
+        cmd+=(-- set Open_vSwitch . other_config:userspace-tso-enable=true)
+    else
+        cmd+=(-- remove Open_vSwitch . other_config userspace-tso-enable)
+    fi
     ovs_vsctl --no-wait "${cmd[@]}" >"$dir/vsctl.log" 2>&1 || {
         FAIL="ovs-vsctl bridge set-up failed: $(tail -1 "$dir/vsctl.log")"
         return 1
@@ -411,13 +439,17 @@ start_ovs() {
         --log-file="$OVS_DIR/vswitchd.log" -vconsole:off >"$dir/sut.log" 2>&1 &
     SUT_PID=$!
     register "$SUT_PID"
-    local i2
+    local i2 wait_for=("${SOCKS[@]}")
+    if [[ $variant == tso ]]; then
+        wait_for=()
+        for ((i = 0; i < n; i++)); do SOCKS[i]="listen:$OVS_DIR/p$i"; done
+    fi
     for ((i2 = 0; i2 < 600; i2++)); do
-        wait_sockets "${SOCKS[@]}" "$OVS_DIR/br0.mgmt" 2>/dev/null && break
+        wait_sockets "${wait_for[@]}" "$OVS_DIR/br0.mgmt" 2>/dev/null && break
         kill -0 "$SUT_PID" 2>/dev/null || break
         sleep 0.05
     done
-    if ! wait_sockets "${SOCKS[@]}"; then
+    if ! wait_sockets "${wait_for[@]}" "$OVS_DIR/br0.mgmt"; then
         FAIL="ovs-vswitchd-dpdk did not create its vhost-user sockets: \
 $(grep -E 'ERR|EMER' "$OVS_DIR/vswitchd.log" | tail -1)"
         cp "$OVS_DIR/vswitchd.log" "$dir/" 2>/dev/null
@@ -637,12 +669,109 @@ measure() {
     fi
 }
 
+# measure_tso CASE MODE ROUND: one measurement of the tso variant (source: tso-traffic);
+# appends one line to $RESULTS: variant "tso", size "64k" (mtu: 1514), the frames per second
+# the sink received in the pps field and the goodput (Gbit/s) in field 14.
+measure_tso() {
+    local case=$1 mode=$2 round=$3 dir size=64k
+    [[ $mode == mtu ]] && size=1514
+    dir=$RUN/tso-$mode-$case-$round
+    mkdir -p "$dir"
+    FAIL=""
+    SUT_PID=""
+    local ok=1
+    case $case in
+    ovs-dpdk) start_ovs "$dir" 2 tso || ok=0 ;;
+    patchbay-poll) start_patchbay "$dir" 2 tso 1 || ok=0 ;;
+    patchbay-event) start_patchbay "$dir" 2 tso 0 || ok=0 ;;
+    *) return 0 ;;
+    esac
+    local line="" secs=0 sut_cpu=0 src_cpu=0 other=0 fps=0 gbps=0
+    if ((ok)); then
+        taskset -c "$SOURCE_CPU" "$RUN/bin/tso-traffic" "$mode" "${SOCKS[0]}" "${SOCKS[1]}" \
+            "$((WARMUP + 1))" "$SECS" >"$dir/source.log" 2>&1 &
+        SRC_PID=$!
+        register "$SRC_PID"
+        # The same window as the source's own (it measures after WARMUP + 1 s of traffic).
+        sleep "$((WARMUP + 1))"
+        local t0 t1 s0 s1 m0 m1
+        t0=$(now) s0=$(ticks "$SUT_PID") m0=$(machine_busy)
+        sleep "$SECS"
+        t1=$(now) s1=$(ticks "$SUT_PID") m1=$(machine_busy)
+        wait "$SRC_PID"
+        unregister "$SRC_PID"
+        SRC_PID=""
+        line=$(grep '^goodput_gbps=' "$dir/source.log" | tail -1)
+        if [[ -z $line ]]; then
+            FAIL="tso-traffic: $(tail -1 "$dir/source.log")"
+            ok=0
+        fi
+        read -r secs sut_cpu other < <(awk -v t0="$t0" -v t1="$t1" -v s="$((s1 - s0))" \
+            -v m="$((m1 - m0))" -v hz="$CLK_TCK" 'BEGIN {
+                d = t1 - t0; printf "%.3f %.1f %.1f\n", d, 100 * s / hz / d, 100 * m / hz / d }')
+    fi
+    if ((ok)); then
+        gbps=$(sed -E 's/.*goodput_gbps=([0-9.]+).*/\1/' <<<"$line")
+        src_cpu=$(sed -E 's/.*cpu=([0-9.]+).*/\1/' <<<"$line")
+        fps=$(awk -v l="$line" 'BEGIN { split(l, a, /[ =]/); for (i in a) if (a[i] == "frames") f = a[i + 1]; else if (a[i] == "secs") s = a[i + 1]; printf "%d", f / s }')
+        other=$(awk -v o="$other" -v s="$sut_cpu" -v c="$src_cpu" 'BEGIN { x = o - s - c; printf "%.1f", x < 0 ? 0 : x }')
+    fi
+    case $case in
+    patchbay-*) "$RUN/bin/flowctl" --socket "$dir/ctl.sock" show ports >"$dir/switch-state.txt" 2>&1 ;;
+    ovs-dpdk)
+        {
+            ovs-ofctl dump-ports br0
+            ovs-appctl -t "$OVS_DIR/vswitchd.ctl" coverage/show
+        } >"$dir/switch-state.txt" 2>&1
+        cp "$OVS_DIR/vswitchd.log" "$dir/" 2>/dev/null
+        ;;
+    esac
+    [[ -n $SUT_PID ]] && stop_pid "$SUT_PID" INT
+    if ((ok)); then
+        printf 'tso\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\t\t\t%s\n' "$size" "$mode" "$case" "$round" \
+            "$fps" "$sut_cpu" "$src_cpu" "$other" "$secs" "$gbps" >>"$RESULTS"
+        printf '  tso       %-7s round %s  %-15s %7.2f Gbit/s goodput  %8s frames/s  switch %5s%%  source %5s%%  other %5s%%\n' \
+            "$mode" "$round" "$case" "$gbps" "$fps" "$sut_cpu" "$src_cpu" "$other"
+    else
+        printf 'tso\t%s\t%s\t%s\t%s\tfail\t\t\t\t\t\t\t\t\n' "$size" "$mode" "$case" "$round" >>"$RESULTS"
+        printf '  tso       %-7s round %s  %-15s FAILED: %s (logs: %s)\n' "$mode" "$round" "$case" "$FAIL" "$dir"
+        PATCHBAY_PEERS_KEEP=1
+    fi
+}
+
+# The tso variant's table: goodput per case and mode, ratios to OVS and to the mtu mode.
+print_tso_table() {
+    awk -F'\t' "$AWK_STATS"'
+        $1 != "tso" { next }
+        {
+            key = $3 SUBSEP $4
+            if (!(key in seen)) { seen[key] = 1; order[++nk] = key }
+            if ($6 == "fail") { fails[key]++; next }
+            g[key] = g[key] " " $14; per[key] = per[key] sprintf(" %.1f", $14); fps[key] = fps[key] " " $6
+            sut[key] += $7; src[key] += $8; oth[key] += $9; cnt[key]++
+        }
+        END {
+            if (nk == 0) exit
+            printf "%-8s %-15s %8s %7s %7s %10s %8s %8s %7s  %s\n", "mode", "case", "Gbit/s", "x ovs", "x mtu", \
+                "frames/s", "switch%", "source%", "other%", "Gbit/s per round"
+            for (k = 1; k <= nk; k++) med[order[k]] = cnt[order[k]] ? median(g[order[k]]) : -1
+            for (k = 1; k <= nk; k++) {
+                key = order[k]; split(key, f, SUBSEP)
+                if (med[key] < 0) { printf "%-8s %-15s %8s  (failed %d rounds)\n", f[1], f[2], "-", fails[key]; continue }
+                printf "%-8s %-15s %8.2f %7s %7s %10.0f %8.0f %8.0f %7.0f %s%s\n", f[1], f[2], med[key], \
+                    ratio(med[key], med[f[1] SUBSEP "ovs-dpdk"]), ratio(med[key], med["mtu" SUBSEP f[2]]), \
+                    median(fps[key]), sut[key] / cnt[key], src[key] / cnt[key], oth[key] / cnt[key], per[key], \
+                    fails[key] ? sprintf(" (%d failed)", fails[key]) : ""
+            }
+        }' "$RESULTS"
+}
+
 # ------------------------------------------------------------------------------------------
 # Report
 # ------------------------------------------------------------------------------------------
 
-print_table() {
-    awk -F'\t' -v rounds="$ROUNDS" '
+# awk functions of both tables: the median of a space-separated list, a ratio or "-".
+AWK_STATS='
         function median(list,   a, n, i, j, t) {
             n = split(list, a, " ")
             for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
@@ -650,6 +779,11 @@ print_table() {
             return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
         }
         function ratio(x, b) { return (b > 0 && x >= 0) ? sprintf("%.2f", x / b) : "-" }
+'
+
+print_table() {
+    awk -F'\t' -v rounds="$ROUNDS" "$AWK_STATS"'
+        $1 == "tso" { next }
         $6 == "fail" { key = $1 SUBSEP $2 SUBSEP $3 SUBSEP $4; if (!(key in seen)) { seen[key] = 1; order[++nk] = key }; fails[key]++; next }
         {
             key = $1 SUBSEP $2 SUBSEP $3 SUBSEP $4
@@ -727,6 +861,16 @@ main() {
     IFS=, read -r -a sizes <<<"$SIZES"
     IFS=, read -r -a modes <<<"$MODES"
     for variant in "${variants[@]}"; do
+        if [[ $variant == tso ]]; then
+            for mode in whole segment mtu; do
+                for ((round = 1; round <= ROUNDS; round++)); do
+                    for c in "${cases[@]}"; do
+                        measure_tso "$c" "$mode" "$round"
+                    done
+                done
+            done
+            continue
+        fi
         for size in "${sizes[@]}"; do
             for mode in "${modes[@]}"; do
                 for ((round = 1; round <= ROUNDS; round++)); do
@@ -739,6 +883,14 @@ main() {
     done
     say ""
     print_table
+    if has "$VARIANTS" tso; then
+        say ""
+        print_tso_table
+        say ""
+        say "tso: Gbit/s is TCP goodput (payload bytes the sink received per second; frames/s:"
+        say "  frames it received); x mtu: ratio to the same case's mtu mode (1514-byte frames, no"
+        say "  offloads); source%: tso-traffic (source and sink, one thread) on CPU $SOURCE_CPU."
+    fi
     say ""
     say "Mpps: frames received by the source per second, all ports (both directions) together," \
         "median over rounds; Gbit/s: Mpps x frame size (no FCS, no wire overhead)."

@@ -136,11 +136,15 @@ impl<'a> Source<'a> {
     /// in a host buffer).
     pub fn append_to(&self, frame: &Frame, skip: usize, out: &mut Vec<u8>) {
         self.for_each_piece(frame, skip, |at, len| {
-            let from = out.len();
-            out.resize(from + len, 0);
+            out.reserve(len);
+            let spare = &mut out.spare_capacity_mut()[..len];
             // SAFETY: `for_each_piece` hands out pieces valid for reads of `len` bytes while
-            // this source is alive; `out[from..]` was just sized to `len`.
-            unsafe { copy_bytes(at, out[from..].as_mut_ptr() as usize, len) };
+            // this source is alive; `spare` has room for `len` bytes (reserved above), and
+            // they are all written before `set_len` counts them.
+            unsafe {
+                copy_bytes(at, spare.as_mut_ptr() as usize, len);
+                out.set_len(out.len() + len);
+            }
         });
     }
 

@@ -27,7 +27,7 @@ static INSTANCE: AtomicU32 = AtomicU32::new(0);
 /// needed); the log goes to `testpmd.log` in its private directory.
 pub struct Testpmd {
     child: Child,
-    _stdin: ChildStdin,
+    stdin: ChildStdin,
     dir: PathBuf,
     print_stats: bool,
 }
@@ -67,6 +67,7 @@ impl Testpmd {
         };
         Testpmd::spawn(
             |dir| vec![vdev(0, dir, "a.sock"), vdev(1, dir, "b.sock")],
+            "--auto-start",
             &["--forward-mode=io", "--nb-cores=1"],
         )
     }
@@ -76,6 +77,36 @@ impl Testpmd {
     /// forwarded by one lcore with `app_args` (e.g. `--forward-mode=mac --tx-first`).
     /// Returns None (after `skip_or_fail`) if testpmd is not installed.
     pub fn start_frontend(sockets: &[PathBuf], app_args: &[&str]) -> Option<Testpmd> {
+        Testpmd::frontend(sockets, "--auto-start", app_args)
+    }
+
+    /// [`Testpmd::start_frontend`] at testpmd's interactive prompt instead of forwarding at
+    /// once: configure it with [`Testpmd::command`] (e.g. offloads), then `start`.
+    pub fn start_frontend_interactive(sockets: &[PathBuf], app_args: &[&str]) -> Option<Testpmd> {
+        let pmd = Testpmd::frontend(sockets, "-i", app_args)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !pmd.log().contains("testpmd> ") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(pmd)
+    }
+
+    /// Sends one command line to an interactive testpmd and waits (up to 10 s) for the prompt
+    /// that follows it; returns what it printed meanwhile.
+    pub fn command(&mut self, line: &str) -> String {
+        use std::io::Write;
+        let before = self.log().len();
+        let prompts = self.log().matches("testpmd> ").count();
+        writeln!(self.stdin, "{line}").expect("write to testpmd");
+        self.stdin.flush().expect("flush testpmd's stdin");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.log().matches("testpmd> ").count() <= prompts && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.log().get(before..).unwrap_or_default().to_string()
+    }
+
+    fn frontend(sockets: &[PathBuf], mode: &str, app_args: &[&str]) -> Option<Testpmd> {
         let vdevs = |_: &Path| {
             sockets
                 .iter()
@@ -88,12 +119,16 @@ impl Testpmd {
                 })
                 .collect()
         };
-        Testpmd::spawn(vdevs, app_args)
+        Testpmd::spawn(vdevs, mode, app_args)
     }
 
     /// Spawns testpmd (main lcore on CPU 0, forwarding lcore on CPU 1, no hugepages) with
     /// the vdevs `vdevs` builds for its private directory.
-    fn spawn(vdevs: impl FnOnce(&Path) -> Vec<String>, app_args: &[&str]) -> Option<Testpmd> {
+    fn spawn(
+        vdevs: impl FnOnce(&Path) -> Vec<String>,
+        mode: &str,
+        app_args: &[&str],
+    ) -> Option<Testpmd> {
         let Some(exe) = Testpmd::find() else {
             crate::guest::skip_or_fail(
                 "dpdk-testpmd",
@@ -114,7 +149,7 @@ impl Testpmd {
             cmd.arg("--vdev").arg(v);
         }
         let mut child = cmd
-            .args(["--", "--auto-start"])
+            .args(["--", mode])
             .args(app_args)
             .arg("--total-num-mbufs=16384")
             .env("RUNTIME_DIRECTORY", &dir)
@@ -128,7 +163,7 @@ impl Testpmd {
         let stdin = child.stdin.take().expect("stdin pipe");
         Some(Testpmd {
             child,
-            _stdin: stdin,
+            stdin,
             dir,
             print_stats: true,
         })

@@ -13,9 +13,10 @@ use crate::offload::segment::{complete_checksum, segment};
 use crate::offload::Offload;
 use crate::port::{DropReason, Port};
 
-/// Bytes of finished frames gathered before they are delivered (a batch of 64 super-frames
-/// would otherwise need 4 MiB).
-const FLUSH_BYTES: usize = 512 * 1024;
+/// Bytes of finished frames gathered before they are delivered: about one super-frame's
+/// segments, so the buffer stays in the core's cache between being written and copied out
+/// (at 512 KiB it did not, and segmenting ran at two thirds of the speed).
+const FLUSH_BYTES: usize = 64 * 1024;
 
 /// Work space of the software offloads, reused across batches.
 #[derive(Debug, Default)]

@@ -5,18 +5,23 @@
 /// The one's-complement sum of `bytes` (as big-endian 16-bit words, an odd last byte padded
 /// with zero) added to `initial`, folded to 16 bits but not complemented.
 pub fn sum(bytes: &[u8], initial: u16) -> u16 {
-    // Big-endian 32-bit words summed in 64 bits: 2^16 = 1 modulo 2^16 - 1, so folding the
-    // total gives the sum of the 16-bit words, and 64 KiB of input cannot overflow it.
-    let mut acc = u64::from(initial);
-    let mut words = bytes.chunks_exact(4);
-    for w in &mut words {
-        acc += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+    // Native-order 64-bit words added into 128 bits (an add and an add-with-carry each):
+    // 2^16 = 1 modulo 2^16 - 1, so folding the total gives the sum of the 16-bit words in
+    // native order, and a sum in the other byte order is the byte-swapped sum (RFC 1071,
+    // section 2(B)). The odd tail is padded in memory order, as the definition pads it.
+    let mut acc = 0u128;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        acc += u128::from(u64::from_ne_bytes(w));
     }
-    let rest = words.remainder();
-    let mut tail = [0u8; 4];
+    let rest = chunks.remainder();
+    let mut tail = [0u8; 8];
     tail[..rest.len()].copy_from_slice(rest);
-    acc += u64::from(u32::from_be_bytes(tail));
-    fold(acc)
+    acc += u128::from(u64::from_ne_bytes(tail));
+    let folded = fold(u64::from(fold(acc as u64)) + u64::from(fold((acc >> 64) as u64)));
+    add(u16::from_be(folded), initial)
 }
 
 /// Folds a wide one's-complement sum to 16 bits.
@@ -33,11 +38,19 @@ pub fn add(a: u16, b: u16) -> u16 {
 }
 
 /// The sum of the TCP/UDP pseudo-header (RFC 793, RFC 8200 section 8.1) for an L4 segment of
-/// `l4_len` bytes, from the addresses as they appear in the IP header.
+/// `l4_len` bytes, from the addresses as they appear in the IP header (4 or 16 bytes each).
 pub fn pseudo_header(src: &[u8], dst: &[u8], proto: u8, l4_len: u32) -> u16 {
-    let s = add(sum(src, 0), sum(dst, 0));
-    let len = fold(u64::from(l4_len));
-    add(add(s, u16::from(proto)), len)
+    // One pass over the pseudo-header as it would be laid out (IPv6's form: IPv4's sums the
+    // same, the length's upper half being zero there).
+    let mut buf = [0u8; 40];
+    let n = src.len().min(16);
+    buf[..n].copy_from_slice(&src[..n]);
+    let m = dst.len().min(16);
+    buf[n..n + m].copy_from_slice(&dst[..m]);
+    let at = n + m;
+    buf[at..at + 4].copy_from_slice(&l4_len.to_be_bytes());
+    buf[at + 7] = proto;
+    sum(&buf[..at + 8], 0)
 }
 
 /// The value a checksum field gets from the sum over everything it covers: the complement,
