@@ -74,6 +74,8 @@
 #   PATCHBAY_PEERS_SWITCH_BIN, PATCHBAY_PEERS_FLOWCTL_BIN   prebuilt binaries (default: build
 #                                with ${CARGO:-cargo} build --release)
 #   PATCHBAY_PEERS_NO_INSTALL=1  do not apt-get install missing packages
+#   PATCHBAY_PEERS_PORT_EXTRA=   appended to every Patchbay --port spec (e.g.
+#                                ",offloads=none,queue-pairs=1" to compare settings)
 #   PATCHBAY_PEERS_OUT=FILE      also write the per-round results (TSV) there
 #   PATCHBAY_PEERS_KEEP=1        keep the run directory (logs) after exit
 #   PATCHBAY_PEERS_PERF=DIR      profile the switch during each patchbay measurement
@@ -340,7 +342,7 @@ start_patchbay() {
         spec="name=p$i,socket=$dir/p$i.sock,vlan=$VLAN"
         [[ $variant == vlan && $i == 1 ]] &&
             spec="name=p$i,socket=$dir/p$i.sock,vlan-mode=native-tagged,vlan=$VLAN,trunks=$VLAN"
-        args+=(--port "$spec")
+        args+=(--port "$spec${PATCHBAY_PEERS_PORT_EXTRA:-}")
     done
     ((poll)) && args+=(--poll-cpus "$SWITCH_CPU")
     "$RUN/bin/patchbay-switch" "${args[@]}" --metrics-listen off \
