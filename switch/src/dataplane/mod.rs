@@ -682,9 +682,15 @@ pub fn switch_frames(
         if dst.is_tunnel() {
             if let Some(tunnel) = fabric.tunnel() {
                 if offloads && soft::needed(frames, group, None) {
-                    soft.finish_group(ingress, source, frames, group, headers, None, |s, f, g| {
-                        tunnel.transmit(dst, s, f, g, &[])
-                    });
+                    soft.finish_group(
+                        ingress,
+                        source,
+                        frames,
+                        group,
+                        headers,
+                        None,
+                        |s, f, g, h| tunnel.transmit(dst, s, f, g, h),
+                    );
                 } else {
                     tunnel.transmit(dst, source, frames, group, headers);
                 }
@@ -701,7 +707,7 @@ pub fn switch_frames(
                     group,
                     headers,
                     features,
-                    |s, f, g| deliver::to_guest(dst, link, s, f, g, &[], rx, steering),
+                    |s, f, g, h| deliver::to_guest(dst, link, s, f, g, h, rx, steering),
                 );
             } else {
                 deliver::to_guest(dst, link, source, frames, group, headers, rx, steering)

@@ -1,33 +1,38 @@
 //! Offloads done in software, for a destination that cannot take a frame's offload as it is:
 //! a receiver without GUEST_CSUM gets its checksums completed, one without the matching
 //! GUEST_TSO/USO gets the super-frame cut into segments, and the tunnel (which carries no
-//! virtio-net header) gets both. The group's frames are copied, in order, into a host buffer
-//! as they leave (rewrite applied), finished there, and handed to the same delivery code as
-//! any host frames. Only groups with such a frame come here; the others go straight from the
-//! sender's buffers to the receiver's.
+//! virtio-net header) gets both. Each frame of such a group is copied, in order, into a host
+//! buffer as it leaves (rewrite applied) and finished there; segments are then delivered
+//! straight from that copy, each as its own headers followed by its slice of the payload, so
+//! the payload is copied once more, into the receiver. Only groups with such a frame come
+//! here; the others go straight from the sender's buffers to the receiver's.
 
 use super::{Delivery, Frame, FrameBytes, Source, NO_HEADER};
-use crate::flow::rewrite::HeaderBuf;
-use crate::frame::Rewrite;
-use crate::offload::segment::{complete_checksum, segment};
-use crate::offload::Offload;
+use crate::flow::rewrite::{HeaderBuf, REWRITE_BYTES};
+use crate::frame::{Rewrite, TunnelMeta};
+use crate::offload::segment::{complete_checksum, segment, segment_with, SegmentError};
+use crate::offload::{Gso, Offload};
 use crate::port::{DropReason, Port};
 
-/// Bytes of finished frames gathered before they are delivered: about one super-frame's
-/// segments, so the buffer stays in the core's cache between being written and copied out
-/// (at 512 KiB it did not, and segmenting ran at two thirds of the speed).
+/// Bytes of finished frames gathered before they are delivered: about one super-frame's, so
+/// the buffer stays in the core's cache between being written and copied out.
 const FLUSH_BYTES: usize = 64 * 1024;
 
 /// Work space of the software offloads, reused across batches.
 #[derive(Debug, Default)]
 pub struct SoftScratch {
-    /// Finished frames, one after the other.
+    /// Finished frames, one after the other, and their deliveries.
     buf: Vec<u8>,
     frames: Vec<Frame>,
     deliveries: Vec<Delivery>,
     /// One frame as it leaves, before it is finished.
     work: Vec<u8>,
     lens: Vec<u32>,
+    /// The segments of one super-frame in `work`: their headers, and frames over `work`
+    /// whose first bytes those headers replace.
+    seg_headers: Vec<HeaderBuf>,
+    seg_frames: Vec<Frame>,
+    seg_deliveries: Vec<Delivery>,
 }
 
 /// Whether any frame of `group` needs work a receiver with `features` (None: the tunnel,
@@ -39,10 +44,17 @@ pub fn needed(frames: &[Frame], group: &[Delivery], features: Option<u64>) -> bo
     })
 }
 
+/// What the switch vouches for in a frame it checksummed itself.
+const CHECKSUMMED: Offload = Offload {
+    csum: None,
+    gso: None,
+    csum_valid: true,
+};
+
 impl SoftScratch {
     /// Finishes `group`'s frames for a destination with `features` (None: the tunnel) and
-    /// hands them, in order and in runs of about [`FLUSH_BYTES`], to `deliver`. A frame that
-    /// cannot be finished is dropped and counted on `ingress`.
+    /// hands them, in order, to `deliver` (source, frames, deliveries, header arena). A frame
+    /// that cannot be finished is dropped and counted on `ingress`.
     #[allow(clippy::too_many_arguments)]
     pub fn finish_group(
         &mut self,
@@ -52,7 +64,7 @@ impl SoftScratch {
         group: &[Delivery],
         headers: &[HeaderBuf],
         features: Option<u64>,
-        mut deliver: impl FnMut(&Source<'_>, &[Frame], &[Delivery]),
+        mut deliver: impl FnMut(&Source<'_>, &[Frame], &[Delivery], &[HeaderBuf]),
     ) {
         self.buf.clear();
         self.frames.clear();
@@ -66,22 +78,29 @@ impl SoftScratch {
             let offload = frame.offload.shifted(prefix.len() as i32 - skip as i32);
             self.lens.clear();
             let finished = if !offload.is_some() || features.is_some_and(|f| offload.fits(f)) {
-                self.buf.extend_from_slice(&self.work);
-                self.lens.push(self.work.len() as u32);
+                self.keep_work();
                 Ok(offload)
             } else if let Some(gso) = offload.gso {
-                segment(&self.work, gso, &mut self.buf, &mut self.lens).map(|()| Offload {
-                    csum_valid: true,
-                    ..Offload::NONE
-                })
+                if usize::from(gso.hdr_len) <= REWRITE_BYTES {
+                    // Segments go out straight from `work`: what is gathered goes first.
+                    self.flush(&mut deliver);
+                    match self.cut(d, frame.tunnel, gso) {
+                        Ok(()) => deliver(
+                            &Source::host(&self.work),
+                            &self.seg_frames,
+                            &self.seg_deliveries,
+                            &self.seg_headers,
+                        ),
+                        Err(e) => drop_bad(ingress, e),
+                    }
+                    continue;
+                }
+                // Headers longer than a header buffer holds (IP and TCP options): copied.
+                segment(&self.work, gso, &mut self.buf, &mut self.lens).map(|()| CHECKSUMMED)
             } else if let Some(csum) = offload.csum {
                 complete_checksum(&mut self.work, csum).map(|()| {
-                    self.buf.extend_from_slice(&self.work);
-                    self.lens.push(self.work.len() as u32);
-                    Offload {
-                        csum_valid: true,
-                        ..Offload::NONE
-                    }
+                    self.keep_work();
+                    CHECKSUMMED
                 })
             } else {
                 unreachable!("an offload is a checksum or a segmentation")
@@ -89,8 +108,7 @@ impl SoftScratch {
             let offload = match finished {
                 Ok(offload) => offload,
                 Err(e) => {
-                    ingress.log_bad_input(format_args!("frame dropped: {e}"));
-                    ingress.counters.drop(DropReason::BadOffload, 1);
+                    drop_bad(ingress, e);
                     continue;
                 }
             };
@@ -123,12 +141,84 @@ impl SoftScratch {
         self.flush(&mut deliver);
     }
 
-    fn flush(&mut self, deliver: &mut impl FnMut(&Source<'_>, &[Frame], &[Delivery])) {
+    /// Queues the frame in `work` as it is.
+    fn keep_work(&mut self) {
+        self.buf.extend_from_slice(&self.work);
+        self.lens.push(self.work.len() as u32);
+    }
+
+    /// Cuts the super-frame in `work` into segments that deliver from `work` itself: each a
+    /// frame over its payload and the bytes before it, those bytes replaced by the segment's
+    /// own headers (a header buffer, as flow rewrites are).
+    fn cut(
+        &mut self,
+        d: &Delivery,
+        tunnel: Option<TunnelMeta>,
+        gso: Gso,
+    ) -> Result<(), SegmentError> {
+        let SoftScratch {
+            work,
+            seg_headers,
+            seg_frames,
+            seg_deliveries,
+            ..
+        } = self;
+        seg_headers.clear();
+        seg_frames.clear();
+        seg_deliveries.clear();
+        let mut too_long = false;
+        segment_with(work, gso, |header, payload| {
+            if header.len() > REWRITE_BYTES {
+                // Checked by the caller from the frame's metadata; never a truncated header.
+                too_long = true;
+                return;
+            }
+            let len = header.len() + payload.len();
+            seg_deliveries.push(Delivery {
+                dst: d.dst,
+                frame: seg_frames.len() as u16,
+                vlan: d.vlan,
+                rewrite: Rewrite::NONE,
+                header: seg_headers.len() as u32,
+                tun_id: d.tun_id,
+            });
+            seg_headers.push(HeaderBuf::new(header));
+            seg_frames.push(Frame {
+                head: 0,
+                len: len as u32,
+                bytes: FrameBytes::Host {
+                    start: payload.start - header.len(),
+                    len,
+                },
+                tunnel,
+                offload: CHECKSUMMED,
+            });
+        })?;
+        if too_long {
+            return Err(SegmentError::HeadersTooLong);
+        }
+        Ok(())
+    }
+
+    fn flush(
+        &mut self,
+        deliver: &mut impl FnMut(&Source<'_>, &[Frame], &[Delivery], &[HeaderBuf]),
+    ) {
         if !self.deliveries.is_empty() {
-            deliver(&Source::host(&self.buf), &self.frames, &self.deliveries);
+            deliver(
+                &Source::host(&self.buf),
+                &self.frames,
+                &self.deliveries,
+                &[],
+            );
         }
         self.buf.clear();
         self.frames.clear();
         self.deliveries.clear();
     }
+}
+
+fn drop_bad(ingress: &Port, e: SegmentError) {
+    ingress.log_bad_input(format_args!("frame dropped: {e}"));
+    ingress.counters.drop(DropReason::BadOffload, 1);
 }

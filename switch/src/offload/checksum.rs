@@ -5,10 +5,28 @@
 /// The one's-complement sum of `bytes` (as big-endian 16-bit words, an odd last byte padded
 /// with zero) added to `initial`, folded to 16 bits but not complemented.
 pub fn sum(bytes: &[u8], initial: u16) -> u16 {
-    // Native-order 64-bit words added into 128 bits (an add and an add-with-carry each):
-    // 2^16 = 1 modulo 2^16 - 1, so folding the total gives the sum of the 16-bit words in
-    // native order, and a sum in the other byte order is the byte-swapped sum (RFC 1071,
-    // section 2(B)). The odd tail is padded in memory order, as the definition pads it.
+    // Summed as native-order 16-bit words: a sum in the other byte order is the byte-swapped
+    // sum (RFC 1071, section 2(B)).
+    add(u16::from_be(native_sum(bytes)), initial)
+}
+
+/// The folded sum of `bytes` as native-order 16-bit words (the odd tail padded in memory
+/// order, as the definition pads it).
+fn native_sum(bytes: &[u8]) -> u16 {
+    #[cfg(target_arch = "x86_64")]
+    if bytes.len() >= 256 && std::arch::is_x86_feature_detected!("avx2") {
+        // Whole 32-byte blocks, an even length: the words of the rest stay aligned.
+        let split = bytes.len() / 32 * 32;
+        // SAFETY: the CPU has AVX2 (checked just above).
+        let wide = unsafe { sum_avx2(&bytes[..split]) };
+        return fold(u64::from(wide) + u64::from(sum_words(&bytes[split..])));
+    }
+    sum_words(bytes)
+}
+
+/// [`native_sum`] a 64-bit word at a time, added into 128 bits (an add and an add-with-carry
+/// each): 2^16 = 1 modulo 2^16 - 1, so folding the total gives the sum of the 16-bit words.
+fn sum_words(bytes: &[u8]) -> u16 {
     let mut acc = 0u128;
     let mut chunks = bytes.chunks_exact(8);
     for c in &mut chunks {
@@ -20,8 +38,37 @@ pub fn sum(bytes: &[u8], initial: u16) -> u16 {
     let mut tail = [0u8; 8];
     tail[..rest.len()].copy_from_slice(rest);
     acc += u128::from(u64::from_ne_bytes(tail));
-    let folded = fold(u64::from(fold(acc as u64)) + u64::from(fold((acc >> 64) as u64)));
-    add(u16::from_be(folded), initial)
+    fold(u64::from(fold(acc as u64)) + u64::from(fold((acc >> 64) as u64)))
+}
+
+/// [`native_sum`] of whole 32-byte blocks with AVX2: each block's sixteen 16-bit words are
+/// widened to 32-bit lanes and added, eight lanes at a time (a third of the scalar loop's
+/// time on the segmentation path, where every payload byte is summed). Lanes are folded
+/// every 16 384 blocks, before they could overflow.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sum_avx2(bytes: &[u8]) -> u16 {
+    use std::arch::x86_64::*;
+    let mut total = 0u64;
+    for run in bytes.chunks(32 * 16_384) {
+        let zero = _mm256_setzero_si256();
+        let mut acc = _mm256_setzero_si256();
+        for block in run.chunks_exact(32) {
+            // SAFETY: `block` is 32 readable bytes; loadu has no alignment requirement.
+            let v = unsafe { _mm256_loadu_si256(block.as_ptr() as *const __m256i) };
+            let lo = _mm256_unpacklo_epi16(v, zero);
+            let hi = _mm256_unpackhi_epi16(v, zero);
+            acc = _mm256_add_epi32(acc, _mm256_add_epi32(lo, hi));
+        }
+        let mut lanes = [0u32; 8];
+        // SAFETY: `lanes` is 32 writable bytes; storeu has no alignment requirement.
+        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, acc) };
+        total += lanes.iter().map(|&l| u64::from(l)).sum::<u64>();
+    }
+    fold(total)
 }
 
 /// Folds a wide one's-complement sum to 16 bits.
@@ -85,6 +132,21 @@ mod tests {
         }
         assert_eq!(sum(&[0xff; 65536], 0), reference(&[0xff; 65536]));
         assert_eq!(sum(&[0x12, 0x34], 0x0001), 0x1235);
+    }
+
+    #[test]
+    fn the_wide_path_agrees_with_the_definition() {
+        // Long enough for the AVX2 blocks, with every kind of tail behind them, and words
+        // near 0xffff so the lanes carry.
+        let data: Vec<u8> = (0..70_001u32).map(|i| (0xff - (i % 7)) as u8).collect();
+        for len in [256, 257, 287, 288, 1448, 1449, 65_536, 70_001] {
+            assert_eq!(sum(&data[..len], 0), reference(&data[..len]), "len {len}");
+            assert_eq!(
+                sum(&data[1..len], 0),
+                reference(&data[1..len]),
+                "unaligned, len {len}"
+            );
+        }
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! the tests.
 
 use super::checksum;
-use super::layout::{Layout, IP_TCP};
+use std::ops::Range;
+
+use super::layout::{Layout, IP_TCP, MAX_HEADERS};
 use super::{Gso, PartialCsum};
 
 /// Most segments one super-frame is cut into (64 KiB at TCP's smallest MSS, 48, is 1366):
@@ -22,6 +24,8 @@ pub enum SegmentError {
     Headers(&'static str),
     #[error("super-frame would be cut into more than {MAX_SEGMENTS} segments")]
     TooManySegments,
+    #[error("super-frame's headers are longer than the frame path rewrites in place")]
+    HeadersTooLong,
 }
 
 /// Writes the checksum a partial-checksum frame asks for into it.
@@ -57,6 +61,22 @@ pub fn segment(
     out: &mut Vec<u8>,
     lens: &mut Vec<u32>,
 ) -> Result<(), SegmentError> {
+    segment_with(frame, gso, |header, payload| {
+        out.extend_from_slice(header);
+        out.extend_from_slice(&frame[payload.clone()]);
+        lens.push((header.len() + payload.len()) as u32);
+    })
+}
+
+/// [`segment`] without copying payloads: for each segment, in order, `emit` gets its headers
+/// (lengths, IP ID, sequence number, flags and full checksums already fixed) and the range of
+/// `frame` that is its payload, so the frame path can write the headers and copy the payload
+/// once, straight into the receiver's buffers.
+pub fn segment_with(
+    frame: &[u8],
+    gso: Gso,
+    mut emit: impl FnMut(&[u8], Range<usize>),
+) -> Result<(), SegmentError> {
     let what = if gso.kind.is_tcp() { "TCP" } else { "UDP" };
     let layout = Layout::parse(frame).ok_or(SegmentError::Headers(what))?;
     if (layout.proto == IP_TCP) != gso.kind.is_tcp() || layout.ipv6 != gso.kind.is_ipv6() {
@@ -68,8 +88,8 @@ pub fn segment(
         usize::from(layout.hdr_len),
     );
     let size = usize::from(gso.size.max(1));
-    let payload = &frame[hdr..];
-    let count = payload.len().div_ceil(size).max(1);
+    let payload_len = frame.len() - hdr;
+    let count = payload_len.div_ceil(size).max(1);
     if count > MAX_SEGMENTS as usize {
         return Err(SegmentError::TooManySegments);
     }
@@ -79,14 +99,13 @@ pub fn segment(
     } else {
         0
     };
-    out.reserve(count * hdr + payload.len());
+    // `Layout::parse` bounds the headers by MAX_HEADERS.
+    let mut buf = [0u8; MAX_HEADERS];
+    let seg = &mut buf[..hdr];
     for i in 0..count {
-        let chunk = &payload[(i * size).min(payload.len())..((i + 1) * size).min(payload.len())];
-        let start = out.len();
-        out.extend_from_slice(&frame[..hdr]);
-        out.extend_from_slice(chunk);
-        let seg = &mut out[start..];
-        let l4_len = hdr - l4 + chunk.len();
+        let payload = hdr + (i * size).min(payload_len)..hdr + ((i + 1) * size).min(payload_len);
+        seg.copy_from_slice(&frame[..hdr]);
+        let l4_len = hdr - l4 + payload.len();
         if layout.ipv6 {
             put16(seg, l3 + 4, l4_len as u16);
         } else {
@@ -119,9 +138,11 @@ pub fn segment(
             (l3 + 12..l3 + 16, l3 + 16..l3 + 20)
         };
         let pseudo = checksum::pseudo_header(&seg[src], &seg[dst], layout.proto, l4_len as u32);
-        let total = checksum::sum(&seg[l4..], pseudo);
+        // The L4 header is a whole number of 16-bit words (TCP: of 32-bit words; UDP: 8
+        // bytes), so its sum and the payload's add up to the segment's.
+        let total = checksum::sum(&frame[payload.clone()], checksum::sum(&seg[l4..], pseudo));
         put16(seg, csum_at, checksum::finish(total));
-        lens.push(seg.len() as u32);
+        emit(seg, payload);
     }
     Ok(())
 }
