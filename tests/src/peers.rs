@@ -65,11 +65,22 @@ impl Testpmd {
                 u8::from(client)
             )
         };
-        Testpmd::spawn(
+        let pmd = Testpmd::spawn(
             |dir| vec![vdev(0, dir, "a.sock"), vdev(1, dir, "b.sock")],
             "--auto-start",
             &["--forward-mode=io", "--nb-cores=1"],
-        )
+        )?;
+        if !client {
+            // Its first start on a cold machine can take longer than a frontend's connect
+            // retries (EAL sets up its 512 MiB first): wait for the sockets here.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !["a.sock", "b.sock"].iter().all(|s| pmd.sock(s).exists())
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Some(pmd)
     }
 
     /// Starts testpmd as a vhost-user *frontend*: one `virtio_user` port per socket in
