@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::offload::Offload;
+use crate::offload::{checksum, Offload};
 use crate::virtio::guest_map::{copy_bytes, copy_small};
 use crate::virtio::{FrameCopier, GuestMap, Segment};
 use crate::vlan::{Classified, Egress, Vid};
@@ -129,6 +129,81 @@ impl<'a> Source<'a> {
                 // SAFETY: the segments were made by `self.map`, alive for `'a`.
                 !segs.is_empty() && unsafe { copier.copy_segments(segs, skip) }
             }
+        }
+    }
+
+    /// The Internet checksum's sum ([`checksum::sum`]) of `len` bytes of `frame` from byte
+    /// `from` on, read where they lie (a guest's buffers are not copied for it).
+    pub fn sum_range(&self, frame: &Frame, from: usize, len: usize) -> u16 {
+        let mut total = 0u16;
+        let mut left = len;
+        // Whether the bytes summed so far are odd in number: the next piece's words are then
+        // offset by one byte, and its sum is byte-swapped (RFC 1071, section 2(B)).
+        let mut odd = false;
+        self.for_each_piece(frame, from, |at, n| {
+            let n = n.min(left);
+            if n == 0 {
+                return;
+            }
+            // SAFETY: `for_each_piece` hands out pieces valid for reads of their length while
+            // this source is alive; `n` is at most that.
+            let s = unsafe { checksum::sum_raw(at as *const u8, n) };
+            total = checksum::add(total, if odd { s.swap_bytes() } else { s });
+            odd ^= n % 2 == 1;
+            left -= n;
+        });
+        total
+    }
+
+    /// Where `len` bytes of `frame` from byte `from` on lie, as the bytes of a frame of their
+    /// own: a host range, or guest segments appended to `segs` (deliver it from
+    /// [`Source::reseated`] over `segs`).
+    pub fn window(
+        &self,
+        frame: &Frame,
+        from: usize,
+        len: usize,
+        segs: &mut Vec<Segment>,
+    ) -> FrameBytes {
+        match frame.bytes {
+            FrameBytes::Host { start, .. } => FrameBytes::Host {
+                start: start + from,
+                len,
+            },
+            FrameBytes::Guest { segs: range } => {
+                let first = segs.len();
+                let (mut skip, mut left) = (from as u32, len as u32);
+                for seg in self.guest_segs(range) {
+                    if left == 0 {
+                        break;
+                    }
+                    if skip >= seg.len() {
+                        skip -= seg.len();
+                        continue;
+                    }
+                    let piece = seg.advance(skip).truncate(left);
+                    skip = 0;
+                    left -= piece.len();
+                    segs.push(piece);
+                }
+                FrameBytes::Guest {
+                    segs: (first, segs.len()),
+                }
+            }
+        }
+    }
+
+    /// This source with its segments replaced by `segs` (windows made by
+    /// [`Source::window`]).
+    ///
+    /// # Safety
+    /// Every segment in `segs` must have been made by [`Source::window`] on this source (so
+    /// it lies in the same guest's mappings, which this source keeps alive).
+    pub unsafe fn reseated<'b>(&'b self, segs: &'b [Segment]) -> Source<'b> {
+        Source {
+            map: self.map,
+            segs,
+            host: self.host,
         }
     }
 

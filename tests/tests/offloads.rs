@@ -445,3 +445,40 @@ fn the_vxlan_tunnel_gets_segments_with_full_checksums() {
     assert_eq!(segs.len(), 8);
     assert_eq!(joined(&segs), data);
 }
+
+#[test]
+fn super_frames_in_odd_sized_pieces_are_cut_with_correct_checksums() {
+    use patchbay_tests::frontend::RawDesc;
+    let mut b = bench("offl-pieces");
+    let data = payload(9_001, 8);
+    let (h, f) = offloaded(
+        ip_frame(mac(NOBODY), mac(1), false, L4::Tcp, None, &data),
+        Some(1000),
+    );
+    let (buf, len) = b.tx.raw_tx().frame_buffer(&f).unwrap();
+    // The offload header over the zero one `frame_buffer` wrote.
+    b.tx.raw_tx().write(buf, &header_bytes(&h)).unwrap();
+    // The header and the frame's first 33 bytes, then pieces of odd lengths, so segment
+    // payloads start at odd offsets within the guest's buffers.
+    let cuts = [0u32, 45, 46, 1047, 3333, 3334, len];
+    for (i, w) in cuts.windows(2).enumerate() {
+        let last = i + 2 == cuts.len();
+        let d = if last {
+            RawDesc::new(buf + u64::from(w[0]), w[1] - w[0], 0)
+        } else {
+            RawDesc::chained(buf + u64::from(w[0]), w[1] - w[0], 0, i as u16 + 1)
+        };
+        b.tx.raw_tx().set_desc(i as u16, d).unwrap();
+    }
+    assert_eq!(
+        b.tx.raw_tx().submit(0, T).unwrap(),
+        Some(0),
+        "the chain was taken"
+    );
+    let segs = recv_payload(&mut b.plain, data.len());
+    assert_eq!(segs.len(), 10, "9001 bytes at 1000 a segment");
+    assert_eq!(joined(&segs), data);
+    let whole = b.whole.recv(T).unwrap().expect("whole to the TSO receiver");
+    assert!(whole == f, "the super-frame as sent");
+    assert_eq!(counters(&b.d, "tx").total_drops(), 0);
+}

@@ -10,9 +10,12 @@
 use super::{Delivery, Frame, FrameBytes, Source, NO_HEADER};
 use crate::flow::rewrite::{HeaderBuf, REWRITE_BYTES};
 use crate::frame::{Rewrite, TunnelMeta};
-use crate::offload::segment::{complete_checksum, segment, segment_with, SegmentError};
+use crate::offload::segment::{
+    complete_checksum, segment, segment_parts, segment_with, SegmentError,
+};
 use crate::offload::{Gso, Offload};
 use crate::port::{DropReason, Port};
+use crate::virtio::Segment;
 
 /// Bytes of finished frames gathered before they are delivered: about one super-frame's, so
 /// the buffer stays in the core's cache between being written and copied out.
@@ -33,6 +36,8 @@ pub struct SoftScratch {
     seg_headers: Vec<HeaderBuf>,
     seg_frames: Vec<Frame>,
     seg_deliveries: Vec<Delivery>,
+    /// The guest segments of those frames, when cut in place (`cut_in_place`).
+    seg_segs: Vec<Segment>,
 }
 
 /// Whether any frame of `group` needs work a receiver with `features` (None: the tunnel,
@@ -72,10 +77,30 @@ impl SoftScratch {
         for d in group {
             let frame = &frames[usize::from(d.frame)];
             let (prefix, skip) = d.prefix(headers);
+            let offload = frame.offload.shifted(prefix.len() as i32 - skip as i32);
+            if let Some(gso) = offload.gso.filter(|g| {
+                let hdr = usize::from(g.hdr_len);
+                !features.is_some_and(|f| offload.fits(f))
+                    && prefix.len() <= hdr
+                    && hdr <= REWRITE_BYTES
+            }) {
+                // Cut straight from where the frame lies: only its headers are gathered.
+                self.flush(&mut deliver);
+                match self.cut_in_place(d, source, frame, (prefix, skip), gso) {
+                    // SAFETY: `seg_segs` were made by `source.window` in `cut_in_place`.
+                    Ok(()) => deliver(
+                        &unsafe { source.reseated(&self.seg_segs) },
+                        &self.seg_frames,
+                        &self.seg_deliveries,
+                        &self.seg_headers,
+                    ),
+                    Err(e) => drop_bad(ingress, e),
+                }
+                continue;
+            }
             self.work.clear();
             self.work.extend_from_slice(prefix);
             source.append_to(frame, skip, &mut self.work);
-            let offload = frame.offload.shifted(prefix.len() as i32 - skip as i32);
             self.lens.clear();
             let finished = if !offload.is_some() || features.is_some_and(|f| offload.fits(f)) {
                 self.keep_work();
@@ -194,6 +219,79 @@ impl SoftScratch {
                 offload: CHECKSUMMED,
             });
         })?;
+        if too_long {
+            return Err(SegmentError::HeadersTooLong);
+        }
+        Ok(())
+    }
+
+    /// Cuts the super-frame `frame` into segments that deliver from where it lies: each a
+    /// window over its payload and up to a header's length of bytes before it, those bytes
+    /// replaced by the segment's own headers. Only the outgoing headers are gathered (`prefix`
+    /// replaces the frame's first `skip` bytes, and lies within them); payload checksums are
+    /// summed in place.
+    fn cut_in_place(
+        &mut self,
+        d: &Delivery,
+        source: &Source<'_>,
+        frame: &Frame,
+        (prefix, skip): (&[u8], usize),
+        gso: Gso,
+    ) -> Result<(), SegmentError> {
+        let hdr = usize::from(gso.hdr_len);
+        let out_len = frame.len as usize + prefix.len() - skip;
+        // Outgoing byte `o` past the prefix is the frame's byte `o - prefix.len() + skip`.
+        let at = |o: usize| o - prefix.len() + skip;
+        self.work.clear();
+        self.work.extend_from_slice(prefix);
+        let mut head = [0u8; REWRITE_BYTES + 32];
+        let want = (skip + hdr - prefix.len()).min(head.len());
+        let got = source.read_prefix(frame, &mut head[..want]);
+        self.work.extend_from_slice(&head[skip.min(got)..got]);
+        let SoftScratch {
+            work,
+            seg_headers,
+            seg_frames,
+            seg_deliveries,
+            seg_segs,
+            ..
+        } = self;
+        seg_headers.clear();
+        seg_frames.clear();
+        seg_deliveries.clear();
+        seg_segs.clear();
+        let mut too_long = false;
+        segment_parts(
+            work,
+            out_len,
+            gso,
+            |payload| source.sum_range(frame, at(payload.start), payload.len()),
+            |header, payload| {
+                if header.len() > REWRITE_BYTES {
+                    too_long = true;
+                    return;
+                }
+                let start = at(payload.start);
+                let before = start.min(header.len());
+                let len = before + payload.len();
+                seg_deliveries.push(Delivery {
+                    dst: d.dst,
+                    frame: seg_frames.len() as u16,
+                    vlan: d.vlan,
+                    rewrite: Rewrite::NONE,
+                    header: seg_headers.len() as u32,
+                    tun_id: d.tun_id,
+                });
+                seg_headers.push(HeaderBuf::replacing(header, before));
+                seg_frames.push(Frame {
+                    head: 0,
+                    len: len as u32,
+                    bytes: source.window(frame, start - before, len, seg_segs),
+                    tunnel: frame.tunnel,
+                    offload: CHECKSUMMED,
+                });
+            },
+        )?;
         if too_long {
             return Err(SegmentError::HeadersTooLong);
         }

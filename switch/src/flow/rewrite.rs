@@ -87,6 +87,14 @@ impl HeaderBuf {
         }
     }
 
+    /// `bytes` (up to [`REWRITE_BYTES`]) replacing the first `skip` bytes of a frame (a
+    /// segment's own headers in front of its slice of a super-frame).
+    pub fn replacing(bytes: &[u8], skip: usize) -> HeaderBuf {
+        let mut h = HeaderBuf::new(bytes);
+        h.skip = skip;
+        h
+    }
+
     /// Marks the L4 checksum field at `at` (csum_start + csum_offset of the frame's offload)
     /// as partial, so that address changes keep it a valid pseudo-header sum and port
     /// changes leave it alone (the receiver, or the switch, sums the ports later).

@@ -5,63 +5,85 @@
 /// The one's-complement sum of `bytes` (as big-endian 16-bit words, an odd last byte padded
 /// with zero) added to `initial`, folded to 16 bits but not complemented.
 pub fn sum(bytes: &[u8], initial: u16) -> u16 {
+    // SAFETY: a slice is valid for reads of its length.
+    add(unsafe { sum_raw(bytes.as_ptr(), bytes.len()) }, initial)
+}
+
+/// [`sum`] of `len` bytes at `at`, for memory that is not a Rust slice (a guest's buffers,
+/// read in place by the segmentation path rather than copied first).
+///
+/// # Safety
+/// `at` must be valid for reads of `len` bytes. Another process may write them meanwhile
+/// (a guest its own buffers): the sum is then of some mix of old and new bytes, as a copy
+/// would be, which only that guest's frame carries.
+pub unsafe fn sum_raw(at: *const u8, len: usize) -> u16 {
     // Summed as native-order 16-bit words: a sum in the other byte order is the byte-swapped
     // sum (RFC 1071, section 2(B)).
-    add(u16::from_be(native_sum(bytes)), initial)
-}
-
-/// The folded sum of `bytes` as native-order 16-bit words (the odd tail padded in memory
-/// order, as the definition pads it).
-fn native_sum(bytes: &[u8]) -> u16 {
     #[cfg(target_arch = "x86_64")]
-    if bytes.len() >= 256 && std::arch::is_x86_feature_detected!("avx2") {
+    if len >= 256 && std::arch::is_x86_feature_detected!("avx2") {
         // Whole 32-byte blocks, an even length: the words of the rest stay aligned.
-        let split = bytes.len() / 32 * 32;
-        // SAFETY: the CPU has AVX2 (checked just above).
-        let wide = unsafe { sum_avx2(&bytes[..split]) };
-        return fold(u64::from(wide) + u64::from(sum_words(&bytes[split..])));
+        let split = len / 32 * 32;
+        // SAFETY: the CPU has AVX2 (checked just above); both parts lie in the caller's
+        // `len` bytes.
+        let (wide, rest) = unsafe { (sum_avx2(at, split), sum_words(at.add(split), len - split)) };
+        return u16::from_be(fold(u64::from(wide) + u64::from(rest)));
     }
-    sum_words(bytes)
+    // SAFETY: the caller's contract.
+    u16::from_be(unsafe { sum_words(at, len) })
 }
 
-/// [`native_sum`] a 64-bit word at a time, added into 128 bits (an add and an add-with-carry
-/// each): 2^16 = 1 modulo 2^16 - 1, so folding the total gives the sum of the 16-bit words.
-fn sum_words(bytes: &[u8]) -> u16 {
+/// The folded sum of `len` bytes at `at` as native-order 16-bit words (an odd tail padded in
+/// memory order, as the definition pads it), a 64-bit word at a time added into 128 bits (an
+/// add and an add-with-carry each): 2^16 = 1 modulo 2^16 - 1, so folding the total gives the
+/// sum of the 16-bit words.
+///
+/// # Safety
+/// As for [`sum_raw`].
+unsafe fn sum_words(at: *const u8, len: usize) -> u16 {
     let mut acc = 0u128;
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        acc += u128::from(u64::from_ne_bytes(w));
+    let words = len / 8;
+    for i in 0..words {
+        // SAFETY: word `i` lies in the caller's `len` bytes; unaligned reads are allowed.
+        let w = unsafe { std::ptr::read_unaligned(at.add(i * 8) as *const u64) };
+        acc += u128::from(w);
     }
-    let rest = chunks.remainder();
     let mut tail = [0u8; 8];
-    tail[..rest.len()].copy_from_slice(rest);
+    // Byte by byte: at most 7, and a variable-length copy would be a call.
+    for (j, t) in tail.iter_mut().enumerate().take(len - words * 8) {
+        // SAFETY: byte `words * 8 + j` lies in the caller's range.
+        *t = unsafe { at.add(words * 8 + j).read() };
+    }
     acc += u128::from(u64::from_ne_bytes(tail));
     fold(u64::from(fold(acc as u64)) + u64::from(fold((acc >> 64) as u64)))
 }
 
-/// [`native_sum`] of whole 32-byte blocks with AVX2: each block's sixteen 16-bit words are
+/// [`sum_words`] of whole 32-byte blocks with AVX2: each block's sixteen 16-bit words are
 /// widened to 32-bit lanes and added, eight lanes at a time (a third of the scalar loop's
 /// time on the segmentation path, where every payload byte is summed). Lanes are folded
 /// every 16 384 blocks, before they could overflow.
 ///
 /// # Safety
-/// The CPU must support AVX2.
+/// The CPU must support AVX2; `len` is a multiple of 32; otherwise as for [`sum_raw`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn sum_avx2(bytes: &[u8]) -> u16 {
+unsafe fn sum_avx2(at: *const u8, len: usize) -> u16 {
     use std::arch::x86_64::*;
+    const RUN: usize = 16_384;
+    let blocks = len / 32;
     let mut total = 0u64;
-    for run in bytes.chunks(32 * 16_384) {
+    let mut block = 0;
+    while block < blocks {
+        let end = (block + RUN).min(blocks);
         let zero = _mm256_setzero_si256();
         let mut acc = _mm256_setzero_si256();
-        for block in run.chunks_exact(32) {
-            // SAFETY: `block` is 32 readable bytes; loadu has no alignment requirement.
-            let v = unsafe { _mm256_loadu_si256(block.as_ptr() as *const __m256i) };
+        while block < end {
+            // SAFETY: block `block` is 32 bytes inside the caller's range; loadu has no
+            // alignment requirement.
+            let v = unsafe { _mm256_loadu_si256(at.add(block * 32) as *const __m256i) };
             let lo = _mm256_unpacklo_epi16(v, zero);
             let hi = _mm256_unpackhi_epi16(v, zero);
             acc = _mm256_add_epi32(acc, _mm256_add_epi32(lo, hi));
+            block += 1;
         }
         let mut lanes = [0u32; 8];
         // SAFETY: `lanes` is 32 writable bytes; storeu has no alignment requirement.

@@ -75,9 +75,29 @@ pub fn segment(
 pub fn segment_with(
     frame: &[u8],
     gso: Gso,
+    emit: impl FnMut(&[u8], Range<usize>),
+) -> Result<(), SegmentError> {
+    segment_parts(
+        frame,
+        frame.len(),
+        gso,
+        |payload| checksum::sum(&frame[payload], 0),
+        emit,
+    )
+}
+
+/// [`segment_with`] for a super-frame that is not in one buffer: `headers` holds its first
+/// bytes (at least its headers), `frame_len` is its length, and `payload_sum` gives the
+/// checksum sum ([`checksum::sum`]) of a range of its bytes, wherever they are.
+pub fn segment_parts(
+    headers: &[u8],
+    frame_len: usize,
+    gso: Gso,
+    mut payload_sum: impl FnMut(Range<usize>) -> u16,
     mut emit: impl FnMut(&[u8], Range<usize>),
 ) -> Result<(), SegmentError> {
     let what = if gso.kind.is_tcp() { "TCP" } else { "UDP" };
+    let frame = headers;
     let layout = Layout::parse(frame).ok_or(SegmentError::Headers(what))?;
     if (layout.proto == IP_TCP) != gso.kind.is_tcp() || layout.ipv6 != gso.kind.is_ipv6() {
         return Err(SegmentError::Headers(what));
@@ -88,7 +108,9 @@ pub fn segment_with(
         usize::from(layout.hdr_len),
     );
     let size = usize::from(gso.size.max(1));
-    let payload_len = frame.len() - hdr;
+    let payload_len = frame_len
+        .checked_sub(hdr)
+        .ok_or(SegmentError::Headers(what))?;
     let count = payload_len.div_ceil(size).max(1);
     if count > MAX_SEGMENTS as usize {
         return Err(SegmentError::TooManySegments);
@@ -140,7 +162,10 @@ pub fn segment_with(
         let pseudo = checksum::pseudo_header(&seg[src], &seg[dst], layout.proto, l4_len as u32);
         // The L4 header is a whole number of 16-bit words (TCP: of 32-bit words; UDP: 8
         // bytes), so its sum and the payload's add up to the segment's.
-        let total = checksum::sum(&frame[payload.clone()], checksum::sum(&seg[l4..], pseudo));
+        let total = checksum::add(
+            payload_sum(payload.clone()),
+            checksum::sum(&seg[l4..], pseudo),
+        );
         put16(seg, csum_at, checksum::finish(total));
         emit(seg, payload);
     }
