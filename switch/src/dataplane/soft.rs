@@ -1,11 +1,14 @@
 //! Offloads done in software, for a destination that cannot take a frame's offload as it is:
 //! a receiver without GUEST_CSUM gets its checksums completed, one without the matching
 //! GUEST_TSO/USO gets the super-frame cut into segments, and the tunnel (which carries no
-//! virtio-net header) gets both. Each frame of such a group is copied, in order, into a host
-//! buffer as it leaves (rewrite applied) and finished there; segments are then delivered
-//! straight from that copy, each as its own headers followed by its slice of the payload, so
-//! the payload is copied once more, into the receiver. Only groups with such a frame come
-//! here; the others go straight from the sender's buffers to the receiver's.
+//! virtio-net header) gets both. A super-frame is cut in place (`cut_in_place`): only its
+//! headers are gathered, each segment's payload checksum is summed where the payload lies,
+//! and each segment is delivered as its own headers followed by a window of the sender's
+//! buffers, so its payload is copied once, into the receiver, as forwarding copies a frame.
+//! Other frames of such a group (and super-frames whose headers a header buffer cannot hold,
+//! or that flow actions rewrote past their headers) are copied, in order, into a host buffer
+//! as they leave and finished there. Only groups with such a frame come here; the others go
+//! straight from the sender's buffers to the receiver's.
 
 use super::{Delivery, Frame, FrameBytes, Source, NO_HEADER};
 use crate::flow::rewrite::{HeaderBuf, REWRITE_BYTES};
