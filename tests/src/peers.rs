@@ -88,13 +88,23 @@ impl Testpmd {
     /// forwarded by one lcore with `app_args` (e.g. `--forward-mode=mac --tx-first`).
     /// Returns None (after `skip_or_fail`) if testpmd is not installed.
     pub fn start_frontend(sockets: &[PathBuf], app_args: &[&str]) -> Option<Testpmd> {
-        Testpmd::frontend(sockets, "--auto-start", app_args)
+        Testpmd::frontend(sockets, 1, "--auto-start", app_args)
+    }
+
+    /// [`Testpmd::start_frontend`] with `queues` queue pairs per port (virtio-net MQ; pass
+    /// `--rxq`/`--txq` in `app_args` to use them).
+    pub fn start_frontend_multiqueue(
+        sockets: &[PathBuf],
+        queues: u16,
+        app_args: &[&str],
+    ) -> Option<Testpmd> {
+        Testpmd::frontend(sockets, queues, "--auto-start", app_args)
     }
 
     /// [`Testpmd::start_frontend`] at testpmd's interactive prompt instead of forwarding at
     /// once: configure it with [`Testpmd::command`] (e.g. offloads), then `start`.
     pub fn start_frontend_interactive(sockets: &[PathBuf], app_args: &[&str]) -> Option<Testpmd> {
-        let pmd = Testpmd::frontend(sockets, "-i", app_args)?;
+        let pmd = Testpmd::frontend(sockets, 1, "-i", app_args)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         while !pmd.log().contains("testpmd> ") && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -117,14 +127,19 @@ impl Testpmd {
         self.log().get(before..).unwrap_or_default().to_string()
     }
 
-    fn frontend(sockets: &[PathBuf], mode: &str, app_args: &[&str]) -> Option<Testpmd> {
+    fn frontend(
+        sockets: &[PathBuf],
+        queues: u16,
+        mode: &str,
+        app_args: &[&str],
+    ) -> Option<Testpmd> {
         let vdevs = |_: &Path| {
             sockets
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
                     format!(
-                        "virtio_user{i},path={},queues=1,mac=02:00:00:00:00:{i:02x}",
+                        "virtio_user{i},path={},queues={queues},mac=02:00:00:00:00:{i:02x}",
                         s.display()
                     )
                 })
