@@ -157,13 +157,11 @@ impl Worker {
     fn rescan(&self, fabric: &Fabric, served: &mut Vec<Served>) {
         served.clear();
         for port in fabric.ports().iter().flatten().filter(|p| !p.is_tunnel()) {
-            let enabled =
-                port.with_link(|l| l.pairs().iter().map(|p| p.tx_up()).collect::<Vec<_>>());
             for queue in 0..port.config.queue_pairs() {
                 let up = queue == 0
-                    || enabled
-                        .as_ref()
-                        .is_some_and(|e| e.get(queue).copied().unwrap_or(false));
+                    || port
+                        .with_link(|l| l.pair(queue).is_some_and(|p| p.tx_up()))
+                        .unwrap_or(false);
                 if up && (usize::from(port.id) + queue) % self.workers == self.index {
                     served.push(Served {
                         port: port.clone(),

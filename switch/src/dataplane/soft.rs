@@ -12,10 +12,8 @@
 
 use super::{Delivery, Frame, FrameBytes, Source, NO_HEADER};
 use crate::flow::rewrite::{HeaderBuf, REWRITE_BYTES};
-use crate::frame::{Rewrite, TunnelMeta};
-use crate::offload::segment::{
-    complete_checksum, segment, segment_parts, segment_with, SegmentError,
-};
+use crate::frame::Rewrite;
+use crate::offload::segment::{complete_checksum, segment, segment_parts, SegmentError};
 use crate::offload::{Gso, Offload};
 use crate::port::{DropReason, Port};
 use crate::virtio::Segment;
@@ -34,13 +32,8 @@ pub struct SoftScratch {
     /// One frame as it leaves, before it is finished.
     work: Vec<u8>,
     lens: Vec<u32>,
-    /// The segments of one super-frame in `work`: their headers, and frames over `work`
-    /// whose first bytes those headers replace.
-    seg_headers: Vec<HeaderBuf>,
-    seg_frames: Vec<Frame>,
-    seg_deliveries: Vec<Delivery>,
-    /// The guest segments of those frames, when cut in place (`cut_in_place`).
-    seg_segs: Vec<Segment>,
+    /// The segments of the super-frame being cut.
+    cut: Cut,
 }
 
 /// Whether any frame of `group` needs work a receiver with `features` (None: the tunnel,
@@ -89,16 +82,8 @@ impl SoftScratch {
             }) {
                 // Cut straight from where the frame lies: only its headers are gathered.
                 self.flush(&mut deliver);
-                match self.cut_in_place(d, source, frame, (prefix, skip), gso) {
-                    // SAFETY: `seg_segs` were made by `source.window` in `cut_in_place`.
-                    Ok(()) => deliver(
-                        &unsafe { source.reseated(&self.seg_segs) },
-                        &self.seg_frames,
-                        &self.seg_deliveries,
-                        &self.seg_headers,
-                    ),
-                    Err(e) => drop_bad(ingress, e),
-                }
+                self.cut
+                    .deliver(ingress, d, source, frame, (prefix, skip), gso, &mut deliver);
                 continue;
             }
             self.work.clear();
@@ -110,17 +95,19 @@ impl SoftScratch {
                 Ok(offload)
             } else if let Some(gso) = offload.gso {
                 if usize::from(gso.hdr_len) <= REWRITE_BYTES {
-                    // Segments go out straight from `work`: what is gathered goes first.
+                    // Flow actions rewrote it past its headers: cut from the gathered copy.
                     self.flush(&mut deliver);
-                    match self.cut(d, frame.tunnel, gso) {
-                        Ok(()) => deliver(
-                            &Source::host(&self.work),
-                            &self.seg_frames,
-                            &self.seg_deliveries,
-                            &self.seg_headers,
-                        ),
-                        Err(e) => drop_bad(ingress, e),
-                    }
+                    let gathered = Frame {
+                        bytes: FrameBytes::Host {
+                            start: 0,
+                            len: self.work.len(),
+                        },
+                        len: self.work.len() as u32,
+                        ..*frame
+                    };
+                    let work = Source::host(&self.work);
+                    self.cut
+                        .deliver(ingress, d, &work, &gathered, (&[], 0), gso, &mut deliver);
                     continue;
                 }
                 // Headers longer than a header buffer holds (IP and TCP options): copied.
@@ -175,132 +162,6 @@ impl SoftScratch {
         self.lens.push(self.work.len() as u32);
     }
 
-    /// Cuts the super-frame in `work` into segments that deliver from `work` itself: each a
-    /// frame over its payload and the bytes before it, those bytes replaced by the segment's
-    /// own headers (a header buffer, as flow rewrites are).
-    fn cut(
-        &mut self,
-        d: &Delivery,
-        tunnel: Option<TunnelMeta>,
-        gso: Gso,
-    ) -> Result<(), SegmentError> {
-        let SoftScratch {
-            work,
-            seg_headers,
-            seg_frames,
-            seg_deliveries,
-            ..
-        } = self;
-        seg_headers.clear();
-        seg_frames.clear();
-        seg_deliveries.clear();
-        let mut too_long = false;
-        segment_with(work, gso, |header, payload| {
-            if header.len() > REWRITE_BYTES {
-                // Checked by the caller from the frame's metadata; never a truncated header.
-                too_long = true;
-                return;
-            }
-            let len = header.len() + payload.len();
-            seg_deliveries.push(Delivery {
-                dst: d.dst,
-                frame: seg_frames.len() as u16,
-                vlan: d.vlan,
-                rewrite: Rewrite::NONE,
-                header: seg_headers.len() as u32,
-                tun_id: d.tun_id,
-            });
-            seg_headers.push(HeaderBuf::new(header));
-            seg_frames.push(Frame {
-                head: 0,
-                len: len as u32,
-                bytes: FrameBytes::Host {
-                    start: payload.start - header.len(),
-                    len,
-                },
-                tunnel,
-                offload: CHECKSUMMED,
-            });
-        })?;
-        if too_long {
-            return Err(SegmentError::HeadersTooLong);
-        }
-        Ok(())
-    }
-
-    /// Cuts the super-frame `frame` into segments that deliver from where it lies: each a
-    /// window over its payload and up to a header's length of bytes before it, those bytes
-    /// replaced by the segment's own headers. Only the outgoing headers are gathered (`prefix`
-    /// replaces the frame's first `skip` bytes, and lies within them); payload checksums are
-    /// summed in place.
-    fn cut_in_place(
-        &mut self,
-        d: &Delivery,
-        source: &Source<'_>,
-        frame: &Frame,
-        (prefix, skip): (&[u8], usize),
-        gso: Gso,
-    ) -> Result<(), SegmentError> {
-        let hdr = usize::from(gso.hdr_len);
-        let out_len = frame.len as usize + prefix.len() - skip;
-        // Outgoing byte `o` past the prefix is the frame's byte `o - prefix.len() + skip`.
-        let at = |o: usize| o - prefix.len() + skip;
-        self.work.clear();
-        self.work.extend_from_slice(prefix);
-        let mut head = [0u8; REWRITE_BYTES + 32];
-        let want = (skip + hdr - prefix.len()).min(head.len());
-        let got = source.read_prefix(frame, &mut head[..want]);
-        self.work.extend_from_slice(&head[skip.min(got)..got]);
-        let SoftScratch {
-            work,
-            seg_headers,
-            seg_frames,
-            seg_deliveries,
-            seg_segs,
-            ..
-        } = self;
-        seg_headers.clear();
-        seg_frames.clear();
-        seg_deliveries.clear();
-        seg_segs.clear();
-        let mut too_long = false;
-        segment_parts(
-            work,
-            out_len,
-            gso,
-            |payload| source.sum_range(frame, at(payload.start), payload.len()),
-            |header, payload| {
-                if header.len() > REWRITE_BYTES {
-                    too_long = true;
-                    return;
-                }
-                let start = at(payload.start);
-                let before = start.min(header.len());
-                let len = before + payload.len();
-                seg_deliveries.push(Delivery {
-                    dst: d.dst,
-                    frame: seg_frames.len() as u16,
-                    vlan: d.vlan,
-                    rewrite: Rewrite::NONE,
-                    header: seg_headers.len() as u32,
-                    tun_id: d.tun_id,
-                });
-                seg_headers.push(HeaderBuf::replacing(header, before));
-                seg_frames.push(Frame {
-                    head: 0,
-                    len: len as u32,
-                    bytes: source.window(frame, start - before, len, seg_segs),
-                    tunnel: frame.tunnel,
-                    offload: CHECKSUMMED,
-                });
-            },
-        )?;
-        if too_long {
-            return Err(SegmentError::HeadersTooLong);
-        }
-        Ok(())
-    }
-
     fn flush(
         &mut self,
         deliver: &mut impl FnMut(&Source<'_>, &[Frame], &[Delivery], &[HeaderBuf]),
@@ -316,6 +177,117 @@ impl SoftScratch {
         self.buf.clear();
         self.frames.clear();
         self.deliveries.clear();
+    }
+}
+
+/// The segments of one super-frame, cut where the frame lies: each a window of the frame
+/// over its payload and up to a header's length of bytes before it, those bytes replaced by
+/// the segment's own headers (a header buffer, as flow rewrites are). Only the outgoing
+/// headers are gathered; payload checksums are summed in place.
+#[derive(Debug, Default)]
+struct Cut {
+    /// The frame's outgoing headers.
+    heads: Vec<u8>,
+    headers: Vec<HeaderBuf>,
+    frames: Vec<Frame>,
+    deliveries: Vec<Delivery>,
+    /// The guest segments of those frames' windows.
+    segs: Vec<Segment>,
+}
+
+impl Cut {
+    /// Cuts `frame` (from `source`, leaving as `prefix` in place of its first `skip` bytes,
+    /// the prefix within its headers) and hands the segments to `deliver`; a frame that
+    /// cannot be cut is dropped and counted on `ingress`.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(
+        &mut self,
+        ingress: &Port,
+        d: &Delivery,
+        source: &Source<'_>,
+        frame: &Frame,
+        prefix_skip: (&[u8], usize),
+        gso: Gso,
+        deliver: &mut impl FnMut(&Source<'_>, &[Frame], &[Delivery], &[HeaderBuf]),
+    ) {
+        match self.cut(d, source, frame, prefix_skip, gso) {
+            // SAFETY: `segs` were made by `source.window` in `cut`.
+            Ok(()) => deliver(
+                &unsafe { source.reseated(&self.segs) },
+                &self.frames,
+                &self.deliveries,
+                &self.headers,
+            ),
+            Err(e) => drop_bad(ingress, e),
+        }
+    }
+
+    fn cut(
+        &mut self,
+        d: &Delivery,
+        source: &Source<'_>,
+        frame: &Frame,
+        (prefix, skip): (&[u8], usize),
+        gso: Gso,
+    ) -> Result<(), SegmentError> {
+        let hdr = usize::from(gso.hdr_len);
+        let out_len = frame.len as usize + prefix.len() - skip;
+        // Outgoing byte `o` past the prefix is the frame's byte `o - prefix.len() + skip`.
+        let at = |o: usize| o - prefix.len() + skip;
+        self.heads.clear();
+        self.heads.extend_from_slice(prefix);
+        let mut head = [0u8; REWRITE_BYTES + 32];
+        let want = (skip + hdr - prefix.len()).min(head.len());
+        let got = source.read_prefix(frame, &mut head[..want]);
+        self.heads.extend_from_slice(&head[skip.min(got)..got]);
+        let Cut {
+            heads,
+            headers,
+            frames,
+            deliveries,
+            segs,
+        } = self;
+        headers.clear();
+        frames.clear();
+        deliveries.clear();
+        segs.clear();
+        let mut too_long = false;
+        segment_parts(
+            heads,
+            out_len,
+            gso,
+            |payload| source.sum_range(frame, at(payload.start), payload.len()),
+            |header, payload| {
+                if header.len() > REWRITE_BYTES {
+                    // Checked by the caller from the frame's metadata; never truncated.
+                    too_long = true;
+                    return;
+                }
+                let start = at(payload.start);
+                let before = start.min(header.len());
+                let len = before + payload.len();
+                deliveries.push(Delivery {
+                    dst: d.dst,
+                    frame: frames.len() as u16,
+                    vlan: d.vlan,
+                    rewrite: Rewrite::NONE,
+                    header: headers.len() as u32,
+                    tun_id: d.tun_id,
+                });
+                headers.push(HeaderBuf::replacing(header, before));
+                frames.push(Frame {
+                    head: 0,
+                    len: len as u32,
+                    bytes: source.window(frame, start - before, len, segs),
+                    tunnel: frame.tunnel,
+                    offload: CHECKSUMMED,
+                });
+            },
+        )?;
+        if too_long {
+            return Err(SegmentError::HeadersTooLong);
+        }
+        Ok(())
     }
 }
 

@@ -61,34 +61,26 @@ pub fn segment(
     out: &mut Vec<u8>,
     lens: &mut Vec<u32>,
 ) -> Result<(), SegmentError> {
-    segment_with(frame, gso, |header, payload| {
-        out.extend_from_slice(header);
-        out.extend_from_slice(&frame[payload.clone()]);
-        lens.push((header.len() + payload.len()) as u32);
-    })
-}
-
-/// [`segment`] without copying payloads: for each segment, in order, `emit` gets its headers
-/// (lengths, IP ID, sequence number, flags and full checksums already fixed) and the range of
-/// `frame` that is its payload, so the frame path can write the headers and copy the payload
-/// once, straight into the receiver's buffers.
-pub fn segment_with(
-    frame: &[u8],
-    gso: Gso,
-    emit: impl FnMut(&[u8], Range<usize>),
-) -> Result<(), SegmentError> {
     segment_parts(
         frame,
         frame.len(),
         gso,
         |payload| checksum::sum(&frame[payload], 0),
-        emit,
+        |header, payload| {
+            out.extend_from_slice(header);
+            out.extend_from_slice(&frame[payload.clone()]);
+            lens.push((header.len() + payload.len()) as u32);
+        },
     )
 }
 
-/// [`segment_with`] for a super-frame that is not in one buffer: `headers` holds its first
-/// bytes (at least its headers), `frame_len` is its length, and `payload_sum` gives the
-/// checksum sum ([`checksum::sum`]) of a range of its bytes, wherever they are.
+/// [`segment`] without copying payloads, for a super-frame that need not be in one buffer:
+/// `headers` holds its first bytes (at least its headers), `frame_len` is its length, and
+/// `payload_sum` gives the checksum sum ([`checksum::sum`]) of a range of its bytes,
+/// wherever they are. For each segment, in order, `emit` gets its headers (lengths, IP ID,
+/// sequence number, flags and full checksums already fixed) and the range of the frame that
+/// is its payload, so the frame path can write the headers and copy the payload once,
+/// straight into the receiver's buffers.
 pub fn segment_parts(
     headers: &[u8],
     frame_len: usize,
