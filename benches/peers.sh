@@ -35,12 +35,15 @@
 #   8-port     8 access ports in VLAN 10, traffic on all (pairs 0-1, 2-3, 4-5, 6-7)
 #   tso        checksum and segmentation offloads: the source is not testpmd but
 #              benches/src/bin/tso-traffic.rs (Patchbay's own frontend, one thread on
-#              SOURCE_CPU) sending TCP from port 0 to port 1, in three modes (sizes and
-#              PATCHBAY_PEERS_MODES do not apply):
+#              SOURCE_CPU) sending TCP from port 0 to port 1, in the modes of
+#              PATCHBAY_PEERS_TSO_MODES (default all four; sizes and PATCHBAY_PEERS_MODES do
+#              not apply):
 #                whole    64 KiB super-frames from a source with CSUM+HOST_TSO4 to a sink with
 #                         GUEST_CSUM+GUEST_TSO4 (the switch passes them whole)
 #                segment  the same super-frames to a sink without offloads (the switch cuts
 #                         and checksums them in software)
+#                seg-csum the same to a sink with GUEST_CSUM only (the switch cuts them; each
+#                         segment keeps a partial checksum, as NEEDS_CSUM allows)
 #                mtu      1514-byte frames with full checksums, no offloads on either side
 #              OVS runs with other_config:userspace-tso-enable=true for this variant; testpmd-io
 #              does not take part. Reported as TCP goodput (payload bytes the sink received).
@@ -63,6 +66,7 @@
 #   PATCHBAY_PEERS_VARIANTS=plain,vlan,flows-10k,8-port
 #   PATCHBAY_PEERS_SIZES=64,1500 frame bytes without FCS
 #   PATCHBAY_PEERS_MODES=mac,flowgen
+#   PATCHBAY_PEERS_TSO_MODES=whole,segment,seg-csum,mtu  modes of the tso variant
 #   PATCHBAY_PEERS_BURST=64      testpmd burst (RX and TX)
 #   PATCHBAY_PEERS_TXFIRST=32    bursts per port that seed the closed loop (enough that the
 #                                loop runs at its slowest stage, not at a few frames latency)
@@ -96,6 +100,7 @@ CASES=${PATCHBAY_PEERS_CASES:-testpmd-io,ovs-dpdk,patchbay-poll,patchbay-event}
 VARIANTS=${PATCHBAY_PEERS_VARIANTS:-plain,vlan,flows-10k,8-port}
 SIZES=${PATCHBAY_PEERS_SIZES:-64,1500}
 MODES=${PATCHBAY_PEERS_MODES:-mac,flowgen}
+TSO_MODES=${PATCHBAY_PEERS_TSO_MODES:-whole,segment,seg-csum,mtu}
 BURST=${PATCHBAY_PEERS_BURST:-64}
 TXFIRST=${PATCHBAY_PEERS_TXFIRST:-32}
 SOURCE_CPU=${PATCHBAY_PEERS_SOURCE_CPU:-0}
@@ -602,14 +607,7 @@ measure() {
         local t0 t1 s0 s1 c0 c1 m0 m1
         src_stats >/dev/null
         t0=$(now) s0=$(ticks "$SUT_PID") c0=$(ticks "$SRC_PID") m0=$(machine_busy)
-        if [[ -n ${PATCHBAY_PEERS_PERF:-} && $case == patchbay-* ]]; then
-            mkdir -p "$PATCHBAY_PEERS_PERF"
-            perf record -q -e cpu-clock -p "$SUT_PID" \
-                -o "$PATCHBAY_PEERS_PERF/$case-$variant-$size-$mode-$round.data" \
-                -- sleep "$SECS" >/dev/null 2>&1 || sleep "$SECS"
-        else
-            sleep "$SECS"
-        fi
+        measure_window "$case" "$case-$variant-$size-$mode-$round"
         read -r pps tx_pps < <(src_stats)
         t1=$(now) s1=$(ticks "$SUT_PID") c1=$(ticks "$SRC_PID") m1=$(machine_busy)
         read -r secs sut_cpu src_cpu other < <(awk -v t0="$t0" -v t1="$t1" -v s="$((s1 - s0))" \
@@ -671,6 +669,19 @@ measure() {
     fi
 }
 
+# measure_window CASE NAME: waits out one measurement window ($SECS), recording the switch
+# under perf into $PATCHBAY_PEERS_PERF/NAME.data when that is set and CASE is Patchbay's.
+measure_window() {
+    local case=$1 name=$2
+    if [[ -n ${PATCHBAY_PEERS_PERF:-} && $case == patchbay-* ]]; then
+        mkdir -p "$PATCHBAY_PEERS_PERF"
+        perf record -q -e cpu-clock -p "$SUT_PID" -o "$PATCHBAY_PEERS_PERF/$name.data" \
+            -- sleep "$SECS" >/dev/null 2>&1 || sleep "$SECS"
+    else
+        sleep "$SECS"
+    fi
+}
+
 # measure_tso CASE MODE ROUND: one measurement of the tso variant (source: tso-traffic);
 # appends one line to $RESULTS: variant "tso", size "64k" (mtu: 1514), the frames per second
 # the sink received in the pps field and the goodput (Gbit/s) in field 14.
@@ -698,7 +709,7 @@ measure_tso() {
         sleep "$((WARMUP + 1))"
         local t0 t1 s0 s1 m0 m1
         t0=$(now) s0=$(ticks "$SUT_PID") m0=$(machine_busy)
-        sleep "$SECS"
+        measure_window "$case" "$case-tso-$mode-$round"
         t1=$(now) s1=$(ticks "$SUT_PID") m1=$(machine_busy)
         wait "$SRC_PID"
         unregister "$SRC_PID"
@@ -862,9 +873,10 @@ main() {
     IFS=, read -r -a variants <<<"$VARIANTS"
     IFS=, read -r -a sizes <<<"$SIZES"
     IFS=, read -r -a modes <<<"$MODES"
+    IFS=, read -r -a tso_modes <<<"$TSO_MODES"
     for variant in "${variants[@]}"; do
         if [[ $variant == tso ]]; then
-            for mode in whole segment mtu; do
+            for mode in "${tso_modes[@]}"; do
                 for ((round = 1; round <= ROUNDS; round++)); do
                     for c in "${cases[@]}"; do
                         measure_tso "$c" "$mode" "$round"

@@ -3,15 +3,19 @@
 //! without the offload. Checks: nothing panics; a header the conversion accepted has its
 //! checksum inside the frame (completion succeeds) and a super-frame it accepted is cut into
 //! at most `MAX_SEGMENTS` segments, each within `hdr_len + gso_size` bytes and each with a
-//! TCP/UDP checksum that verifies.
+//! TCP/UDP checksum that verifies; a checksum never starts inside the L2 header; segments
+//! cut with partial checksums complete to the fully checksummed ones.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use patchbay_fuzz::Reader;
-use patchbay_switch::offload::layout::{Layout, MAX_HEADERS};
-use patchbay_switch::offload::segment::{complete_checksum, segment, MAX_SEGMENTS};
-use patchbay_switch::offload::{checksum, Offload};
+use patchbay_switch::offload::layout::{l2_len, Layout, MAX_HEADERS};
+use patchbay_switch::offload::segment::{
+    complete_checksum, segment, segment_parts, L4Checksum, MAX_SEGMENTS,
+};
+use patchbay_switch::offload::Offload;
+use patchbay_switch::wire::checksum;
 use patchbay_switch::virtio::net_header::NetHeader;
 
 fuzz_target!(|data: &[u8]| {
@@ -32,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = off.shifted(shift).net_header(features);
     if let Some(csum) = off.csum {
+        assert!(usize::from(csum.start) >= l2_len(frame).expect("an L2 header"));
         let mut copy = frame.to_vec();
         complete_checksum(&mut copy, csum).expect("an accepted checksum lies in the frame");
     }
@@ -42,6 +47,25 @@ fuzz_target!(|data: &[u8]| {
         }
         assert!(lens.len() as u32 <= MAX_SEGMENTS);
         assert_eq!(lens.iter().map(|l| *l as usize).sum::<usize>(), out.len());
+        let mut n = 0;
+        let mut at = 0;
+        segment_parts(
+            frame,
+            frame.len(),
+            gso,
+            L4Checksum::Partial,
+            |_| unreachable!("partial checksums need no payload sum"),
+            |header, payload, csum| {
+                let mut seg = [header, &frame[payload]].concat();
+                complete_checksum(&mut seg, csum).expect("the field lies in the segment");
+                let len = lens[n] as usize;
+                assert_eq!(seg, &out[at..at + len], "partial segment {n} completes to the full one");
+                at += len;
+                n += 1;
+            },
+        )
+        .expect("cut once already");
+        assert_eq!(n, lens.len());
         let mut at = 0;
         for len in lens {
             let seg = &out[at..at + len as usize];

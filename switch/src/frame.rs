@@ -3,10 +3,11 @@
 
 use std::net::Ipv4Addr;
 
-use crate::offload::{checksum, Offload};
+use crate::offload::Offload;
 use crate::virtio::guest_map::{copy_bytes, copy_small};
 use crate::virtio::{FrameCopier, GuestMap, Segment};
 use crate::vlan::{Classified, Egress, Vid};
+use crate::wire::checksum;
 use crate::wire::{ethertype, L2Header};
 
 /// Where a frame's bytes live.

@@ -1113,11 +1113,13 @@ impl TestPort {
         Ok(n)
     }
 
-    /// Publishes up to `max` copies of one frame behind `hdr` (one descriptor each), with at
-    /// most one kick; returns how many. A TX buffer gets the frame's bytes only the first time
-    /// it carries the frame named `key`: a source whose cost per frame does not grow with the
-    /// frame (for benchmarks of 64 KiB super-frames, where copying each would make the source
-    /// the bottleneck).
+    /// Publishes copies of one frame behind `hdr` (one descriptor each) until `max` are in
+    /// flight, with at most one kick; returns how many it published. A TX buffer gets the
+    /// frame's bytes only the first time it carries the frame named `key`: a source whose
+    /// cost per frame does not grow with the frame (for benchmarks of 64 KiB super-frames,
+    /// where copying each would make the source the bottleneck). `max` also bounds the
+    /// buffers the frames are read from, so a benchmark can give frames of different sizes
+    /// the same bytes in flight (the same working set for the switch's copies).
     pub fn send_repeated(
         &mut self,
         hdr: &[u8],
@@ -1126,6 +1128,7 @@ impl TestPort {
         max: usize,
     ) -> Result<usize> {
         self.reclaim_tx()?;
+        let max = max.saturating_sub(self.tx.in_flight);
         let cap = self.cfg.tx_buffer_size;
         let total = hdr.len() + frame.len();
         if total > cap as usize {

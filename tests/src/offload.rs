@@ -166,6 +166,26 @@ pub fn offloaded(mut f: Vec<u8>, gso: Option<u16>) -> (NetHdr, Vec<u8>) {
     (h, f)
 }
 
+/// `f` as its receiver's stack sees it after finishing a partial checksum (NEEDS_CSUM in
+/// `h`): the sum from csum_start on, summed word by word here, complemented into its field.
+/// Frames without NEEDS_CSUM come back as they are.
+pub fn completed(h: &NetHdr, f: &[u8]) -> Vec<u8> {
+    let mut f = f.to_vec();
+    if h.flags & F_NEEDS_CSUM != 0 {
+        let start = usize::from(h.csum_start);
+        let at = start + usize::from(h.csum_offset);
+        let mut acc = 0u64;
+        for pair in f[start..].chunks(2) {
+            acc += u64::from(pair[0]) << 8 | pair.get(1).map_or(0, |&b| u64::from(b));
+        }
+        while acc >> 16 != 0 {
+            acc = (acc & 0xffff) + (acc >> 16);
+        }
+        f[at..at + 2].copy_from_slice(&(!(acc as u16)).to_be_bytes());
+    }
+    f
+}
+
 /// Checks every checksum of `f` with etherparse; returns its L4 payload (panics, naming the
 /// checksum, if one is wrong).
 pub fn checked_payload(f: &[u8]) -> Vec<u8> {

@@ -78,13 +78,14 @@ fn bench(name: &str) -> Bench {
 }
 
 /// Receives frames on `p` until their payloads add up to `len` bytes; returns them with
-/// the virtio-net header each came with.
+/// the virtio-net header each came with, partial checksums completed as the receiver would.
 fn recv_payload(p: &mut TestPort, len: usize) -> Vec<(NetHdr, Vec<u8>)> {
     let mut got = Vec::new();
     let mut bytes = 0;
     while bytes < len {
         let f = p.recv(T).expect("recv").expect("a segment arrives");
         let h = NetHdr::parse(p.last_rx_header()).unwrap();
+        let f = completed(&h, &f);
         bytes += checked_payload(&strip_tag(&f)).len();
         got.push((h, f));
     }
@@ -118,12 +119,14 @@ fn tcp_super_frames_go_whole_or_in_segments_per_receiver() {
             (1448, h.csum_start, 16, h.hdr_len)
         );
 
-        // Only checksums: segments with verified checksums, marked DATA_VALID.
+        // Only checksums: segments whose partial checksums (the pseudo-header's sum, as
+        // NEEDS_CSUM means) the receiver finishes.
         let segs = recv_payload(&mut b.csum, data.len());
         assert_eq!(segs.len(), 14, "20000 bytes at 1448 a segment");
         assert_eq!(joined(&segs), data);
-        assert!(segs.iter().all(|(h, f)| h.flags == F_DATA_VALID
-            && h.gso_type == GSO_NONE
+        assert!(segs.iter().all(|(sh, f)| sh.flags == F_NEEDS_CSUM
+            && (sh.csum_start, sh.csum_offset) == (h.csum_start, 16)
+            && sh.gso_type == GSO_NONE
             && f.len() <= 1514 + 20));
 
         // No offloads: segments with correct checksums and a plain header.
@@ -176,7 +179,10 @@ fn udp_super_frames_and_partial_checksums() {
     let segs = recv_payload(&mut b.trunk, data.len());
     assert_eq!(joined(&segs), data, "the trunk did not negotiate USO");
     let segs = recv_payload(&mut b.csum, data.len());
-    assert!(segs.iter().all(|(h, _)| h.flags == F_DATA_VALID));
+    assert_eq!(joined(&segs), data);
+    assert!(segs.iter().all(
+        |(sh, _)| (sh.flags, sh.csum_start, sh.csum_offset) == (F_NEEDS_CSUM, h.csum_start, 6)
+    ));
 
     // A partial checksum alone (TCP over IPv6, UDP over IPv4): kept partial for receivers
     // with GUEST_CSUM, completed for the others.
@@ -269,6 +275,16 @@ fn inconsistent_offload_headers_are_dropped_and_counted_on_their_sender() {
             "csum_start not at the TCP header",
             NetHdr {
                 csum_start: 14,
+                ..good
+            },
+        ),
+        (
+            // Completing it would write over the tag a trunk receiver sees.
+            "a checksum inside the L2 header",
+            NetHdr {
+                gso_type: 0,
+                csum_start: 6,
+                csum_offset: 8,
                 ..good
             },
         ),

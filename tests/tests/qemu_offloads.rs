@@ -106,6 +106,7 @@ fn tcp_between_guests_with_offloads_on_both_one_or_no_ends() {
         vec![
             access(&dir.path, "a", 10),
             access(&dir.path, "b", 10),
+            access(&dir.path, "c", 10),
             port(&dir.path, "t", "trunk", None, Some("10")),
         ],
         |_| {},
@@ -128,6 +129,17 @@ fn tcp_between_guests_with_offloads_on_both_one_or_no_ends() {
         "pb.ip=10.0.0.2/24",
     )
     .unwrap();
+    // c takes checksum offload but not TSO: segments reach it with partial checksums.
+    let mut c = QemuGuest::boot(
+        &image,
+        "c",
+        &GuestNic {
+            device_opts: "guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=off".into(),
+            ..nic("c", "52:54:00:00:0a:04")
+        },
+        "pb.ip=10.0.0.4/24",
+    )
+    .unwrap();
     let mut t = QemuGuest::boot(
         &image,
         "t",
@@ -135,7 +147,7 @@ fn tcp_between_guests_with_offloads_on_both_one_or_no_ends() {
         "pb.ip=10.0.0.3/24 pb.vlan=10",
     )
     .unwrap();
-    for g in [&mut a, &mut b, &mut t] {
+    for g in [&mut a, &mut b, &mut c, &mut t] {
         g.wait_ready(BOOT).unwrap();
     }
 
@@ -189,6 +201,20 @@ fn tcp_between_guests_with_offloads_on_both_one_or_no_ends() {
         b1.2 - b0.2
     );
 
+    // a -> c: c takes checksums but not TSO: the switch cuts the super-frames, each segment
+    // keeping a partial checksum for c's stack (NEEDS_CSUM).
+    assert!(names("c").iter().any(|n| n == "GUEST_CSUM"));
+    assert!(!names("c").iter().any(|n| n == "GUEST_TSO4"));
+    let (a0, c0) = (port_stats(&d, "a"), port_stats(&d, "c"));
+    transfer(&mut a, &mut c, "10.0.0.4", 5006);
+    let (a1, c1) = (port_stats(&d, "a"), port_stats(&d, "c"));
+    let frames = a1.0 - a0.0;
+    assert!(
+        c1.2 - c0.2 > frames * 2,
+        "c got segments: {} frames delivered for {frames} received",
+        c1.2 - c0.2
+    );
+
     // b -> a: no offload from b; a receives plain frames.
     transfer(&mut b, &mut a, "10.0.0.1", 5002);
 
@@ -216,7 +242,7 @@ fn tcp_between_guests_with_offloads_on_both_one_or_no_ends() {
     ] {
         assert_eq!(g.counters.snapshot().drop_count("bad-offload"), 0);
     }
-    for g in [a, b, t] {
+    for g in [a, b, c, t] {
         g.poweroff();
     }
     d.shutdown();

@@ -1,16 +1,18 @@
 //! Writing frames into a guest's receive rings: choose the ring (by flow, when the guest uses
 //! several queue pairs), reserve buffers (merging several when the guest allows it), write
 //! the virtio-net header and the rewritten L2 header, copy the rest of the frame once from its
-//! source, hand the buffers to the guest, notify once per batch.
+//! source (completing a partial checksum on the way for a receiver without GUEST_CSUM), hand
+//! the buffers to the guest, notify once per batch.
 
 use super::{Delivery, Frame, Source};
 use crate::flow::rewrite::HeaderBuf;
 use crate::port::{DropReason, Link, Port, MAX_QUEUE_PAIRS};
 use crate::virtio::chain::RxShortage;
-use crate::virtio::features::{mergeable_rx, net_header_len};
+use crate::virtio::features::{bit, mergeable_rx, net_header_len};
 use crate::virtio::net_header;
 use crate::virtio::{Burst, FrameCopier, RxReservation};
-use crate::wire::flow_hash;
+use crate::wire::{checksum, flow_hash};
+use virtio_bindings::virtio_net::VIRTIO_NET_F_GUEST_CSUM;
 
 /// Work space for spreading a group over a guest's receive queues.
 #[derive(Debug, Default)]
@@ -122,6 +124,7 @@ fn to_ring(
     let features = link.features();
     let header_len = net_header_len(features);
     let mergeable = mergeable_rx(features);
+    let guest_csum = features & bit(VIRTIO_NET_F_GUEST_CSUM) != 0;
     // The chains this group will take: their descriptors start loading now.
     if burst.refresh().is_ok() {
         burst.prefetch_chains(group.len().min(usize::from(u16::MAX)) as u16);
@@ -165,22 +168,33 @@ fn to_ring(
                 Ok(()) => {}
             }
             let mut net_header = [0u8; net_header::MAX_LEN];
+            // A partial checksum the receiver cannot take: completed as the frame is copied.
+            let mut complete = None;
             if frame.offload.is_some() || frame.offload.csum_valid {
-                // The frame's offload, regenerated for this receiver (the group's frames all
-                // fit it: `soft.rs` finished those that did not).
-                let shift = prefix.len() as i32 - skip as i32;
-                frame
-                    .offload
-                    .shifted(shift)
-                    .net_header(features)
-                    .emit(&mut net_header);
+                // The frame's offload, regenerated for this receiver (`soft.rs` cut the
+                // super-frames it cannot take).
+                let offload = frame.offload.shifted(prefix.len() as i32 - skip as i32);
+                offload.net_header(features).emit(&mut net_header);
+                if !guest_csum {
+                    complete = offload.csum;
+                }
             }
             net_header[10..12].copy_from_slice(&(rx.heads.len() as u16).to_le_bytes());
             // SAFETY: the reservation's segments were made by `map`, held for this function.
             let mut copier = unsafe { FrameCopier::new(&rx.segs) };
-            let ok = copier.write(&net_header[..header_len])
+            if let Some(c) = complete {
+                copier.sum_from(header_len as u64 + u64::from(c.start));
+            }
+            let mut ok = copier.write(&net_header[..header_len])
                 && copier.write(prefix)
                 && source.copy_into(frame, &mut copier, skip);
+            if let Some(c) = complete.filter(|_| ok) {
+                // The field held the pseudo-header's sum, so the sum is the whole sum. Its
+                // place was checked against the frame's length on ingress (or made by the
+                // segmentation), so it was written.
+                let at = header_len as u64 + u64::from(c.start) + u64::from(c.offset);
+                ok = copier.patch(at, &checksum::finish(copier.sum()).to_be_bytes());
+            }
             if !ok || copier.written() != need {
                 // The reservation was sized for the frame, so this means guest memory changed
                 // under us; hand the buffers back empty rather than with a partial frame.

@@ -26,7 +26,7 @@ use crate::flow::pipeline::{MissPolicy, Target};
 use crate::flow::rewrite::{HeaderBuf, REWRITE_BYTES};
 use crate::flow::Field;
 use crate::mac_table::{Learned, PortId};
-use crate::offload::layout::MAX_HEADERS;
+use crate::offload::layout::{MAX_HEADERS, MAX_L2};
 use crate::offload::{Offload, HOST_OFFLOADS, MAX_SUPER_FRAME};
 use crate::port::{DropReason, Link, Port};
 use crate::virtio::chain::ChainError;
@@ -466,7 +466,12 @@ fn offload_of(
         Offload::NONE
     } else {
         let mut headers = [0u8; MAX_HEADERS];
-        let n = if h.gso_type != GSO_NONE {
+        let want = if h.gso_type != GSO_NONE {
+            MAX_HEADERS
+        } else {
+            MAX_L2
+        };
+        let n = {
             let frame = Frame {
                 head: chain.head,
                 len: chain.frame_len,
@@ -475,9 +480,7 @@ fn offload_of(
                 offload: Offload::NONE,
             };
             // SAFETY: `segs` were made by `map` in this batch (the caller's `TxChain::parse`).
-            unsafe { Source::guest(map, segs) }.read_prefix(&frame, &mut headers)
-        } else {
-            0
+            unsafe { Source::guest(map, segs) }.read_prefix(&frame, &mut headers[..want])
         };
         Offload::from_net_header(h, features, chain.frame_len, &headers[..n])
             .map_err(|e| (DropReason::BadOffload, e.to_string()))?

@@ -1,20 +1,24 @@
 //! Offloads done in software, for a destination that cannot take a frame's offload as it is:
-//! a receiver without GUEST_CSUM gets its checksums completed, one without the matching
-//! GUEST_TSO/USO gets the super-frame cut into segments, and the tunnel (which carries no
-//! virtio-net header) gets both. A super-frame is cut in place (`cut_in_place`): only its
-//! headers are gathered, each segment's payload checksum is summed where the payload lies,
-//! and each segment is delivered as its own headers followed by a window of the sender's
-//! buffers, so its payload is copied once, into the receiver, as forwarding copies a frame.
-//! Other frames of such a group (and super-frames whose headers a header buffer cannot hold,
-//! or that flow actions rewrote past their headers) are copied, in order, into a host buffer
-//! as they leave and finished there. Only groups with such a frame come here; the others go
-//! straight from the sender's buffers to the receiver's.
+//! a receiver without the matching GUEST_TSO/USO gets a super-frame cut into segments, and
+//! the tunnel (which carries no virtio-net header) gets segments and checksums completed.
+//! (A lone partial checksum for a receiver without GUEST_CSUM needs nothing here: delivery
+//! completes it as it copies the frame, `deliver.rs`.) A super-frame is cut in place (`Cut`):
+//! only its headers are gathered, and each segment is delivered as its own headers followed
+//! by a window of the sender's buffers, so its payload is copied once, into the receiver, as
+//! forwarding copies a frame. For a guest each segment leaves with a partial checksum (which
+//! delivery completes as it copies, for a receiver without GUEST_CSUM); for the tunnel each
+//! payload's sum is read where it lies. Other frames of such a group (and super-frames whose
+//! headers a header buffer cannot hold) are copied, in order, into a host buffer as they
+//! leave and finished there. Only groups with such a frame come here; the others go straight
+//! from the sender's buffers to the receiver's.
 
 use super::{Delivery, Frame, FrameBytes, Source, NO_HEADER};
 use crate::flow::rewrite::{HeaderBuf, REWRITE_BYTES};
 use crate::frame::Rewrite;
-use crate::offload::segment::{complete_checksum, segment, segment_parts, SegmentError};
-use crate::offload::{Gso, Offload};
+use crate::offload::segment::{
+    complete_checksum, segment, segment_parts, L4Checksum, SegmentError,
+};
+use crate::offload::{Gso, Offload, PartialCsum};
 use crate::port::{DropReason, Port};
 use crate::virtio::Segment;
 
@@ -36,13 +40,20 @@ pub struct SoftScratch {
     cut: Cut,
 }
 
-/// Whether any frame of `group` needs work a receiver with `features` (None: the tunnel,
-/// which takes no offloads) cannot do.
+/// Whether any frame of `group` needs work here for a receiver with `features` (None: the
+/// tunnel, which takes no offloads).
 pub fn needed(frames: &[Frame], group: &[Delivery], features: Option<u64>) -> bool {
-    group.iter().any(|d| {
-        let offload = &frames[usize::from(d.frame)].offload;
-        offload.is_some() && !features.is_some_and(|f| offload.fits(f))
-    })
+    group
+        .iter()
+        .any(|d| needs_work(&frames[usize::from(d.frame)].offload, features))
+}
+
+/// A super-frame the receiver cannot take whole, or for the tunnel any offload.
+fn needs_work(offload: &Offload, features: Option<u64>) -> bool {
+    match features {
+        Some(f) => offload.gso.is_some() && !offload.fits(f),
+        None => offload.is_some(),
+    }
 }
 
 /// What the switch vouches for in a frame it checksummed itself.
@@ -74,23 +85,32 @@ impl SoftScratch {
             let frame = &frames[usize::from(d.frame)];
             let (prefix, skip) = d.prefix(headers);
             let offload = frame.offload.shifted(prefix.len() as i32 - skip as i32);
+            let l4_checksum = match features {
+                Some(_) => L4Checksum::Partial,
+                None => L4Checksum::Full,
+            };
             if let Some(gso) = offload.gso.filter(|g| {
                 let hdr = usize::from(g.hdr_len);
-                !features.is_some_and(|f| offload.fits(f))
-                    && prefix.len() <= hdr
-                    && hdr <= REWRITE_BYTES
+                needs_work(&offload, features) && prefix.len() <= hdr && hdr <= REWRITE_BYTES
             }) {
                 // Cut straight from where the frame lies: only its headers are gathered.
                 self.flush(&mut deliver);
-                self.cut
-                    .deliver(ingress, d, source, frame, (prefix, skip), gso, &mut deliver);
+                self.cut.deliver(
+                    ingress,
+                    d,
+                    source,
+                    frame,
+                    (prefix, skip),
+                    (gso, l4_checksum),
+                    &mut deliver,
+                );
                 continue;
             }
             self.work.clear();
             self.work.extend_from_slice(prefix);
             source.append_to(frame, skip, &mut self.work);
             self.lens.clear();
-            let finished = if !offload.is_some() || features.is_some_and(|f| offload.fits(f)) {
+            let finished = if !needs_work(&offload, features) {
                 self.keep_work();
                 Ok(offload)
             } else if let Some(gso) = offload.gso {
@@ -106,8 +126,15 @@ impl SoftScratch {
                         ..*frame
                     };
                     let work = Source::host(&self.work);
-                    self.cut
-                        .deliver(ingress, d, &work, &gathered, (&[], 0), gso, &mut deliver);
+                    self.cut.deliver(
+                        ingress,
+                        d,
+                        &work,
+                        &gathered,
+                        (&[], 0),
+                        (gso, l4_checksum),
+                        &mut deliver,
+                    );
                     continue;
                 }
                 // Headers longer than a header buffer holds (IP and TCP options): copied.
@@ -183,7 +210,7 @@ impl SoftScratch {
 /// The segments of one super-frame, cut where the frame lies: each a window of the frame
 /// over its payload and up to a header's length of bytes before it, those bytes replaced by
 /// the segment's own headers (a header buffer, as flow rewrites are). Only the outgoing
-/// headers are gathered; payload checksums are summed in place.
+/// headers are gathered; payload checksums are left partial, or summed in place.
 #[derive(Debug, Default)]
 struct Cut {
     /// The frame's outgoing headers.
@@ -207,10 +234,10 @@ impl Cut {
         source: &Source<'_>,
         frame: &Frame,
         prefix_skip: (&[u8], usize),
-        gso: Gso,
+        how: (Gso, L4Checksum),
         deliver: &mut impl FnMut(&Source<'_>, &[Frame], &[Delivery], &[HeaderBuf]),
     ) {
-        match self.cut(d, source, frame, prefix_skip, gso) {
+        match self.cut(d, source, frame, prefix_skip, how) {
             // SAFETY: `segs` were made by `source.window` in `cut`.
             Ok(()) => deliver(
                 &unsafe { source.reseated(&self.segs) },
@@ -228,7 +255,7 @@ impl Cut {
         source: &Source<'_>,
         frame: &Frame,
         (prefix, skip): (&[u8], usize),
-        gso: Gso,
+        (gso, l4_checksum): (Gso, L4Checksum),
     ) -> Result<(), SegmentError> {
         let hdr = usize::from(gso.hdr_len);
         let out_len = frame.len as usize + prefix.len() - skip;
@@ -256,8 +283,9 @@ impl Cut {
             heads,
             out_len,
             gso,
+            l4_checksum,
             |payload| source.sum_range(frame, at(payload.start), payload.len()),
-            |header, payload| {
+            |header, payload, csum| {
                 if header.len() > REWRITE_BYTES {
                     // Checked by the caller from the frame's metadata; never truncated.
                     too_long = true;
@@ -275,12 +303,26 @@ impl Cut {
                     tun_id: d.tun_id,
                 });
                 headers.push(HeaderBuf::replacing(header, before));
+                // The frame's offsets are the window's; delivery moves them by what the
+                // header adds (as it does a tag's).
+                let shift = header.len() - before;
+                let offload = match l4_checksum {
+                    L4Checksum::Full => CHECKSUMMED,
+                    L4Checksum::Partial => Offload {
+                        csum: Some(PartialCsum {
+                            // The segment's L4 header lies past what it replaces: no underflow.
+                            start: csum.start.saturating_sub(shift as u16),
+                            offset: csum.offset,
+                        }),
+                        ..Offload::NONE
+                    },
+                };
                 frames.push(Frame {
                     head: 0,
                     len: len as u32,
                     bytes: source.window(frame, start - before, len, segs),
                     tunnel: frame.tunnel,
-                    offload: CHECKSUMMED,
+                    offload,
                 });
             },
         )?;

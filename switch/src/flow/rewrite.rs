@@ -392,7 +392,8 @@ mod tests {
 
     #[test]
     fn rewrites_keep_a_partial_checksum_a_valid_pseudo_header_sum() {
-        use crate::offload::{checksum, segment::complete_checksum, PartialCsum};
+        use crate::offload::{segment::complete_checksum, PartialCsum};
+        use crate::wire::checksum;
         let f = tcp_frame(None);
         let (l4, at) = (34usize, 34usize + 16);
         // The checksum as a guest that offloads it sends it: the pseudo-header's sum.

@@ -26,6 +26,23 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
 }
 
+/// Bytes of a frame [`l2_len`] may need: Ethernet with two tags.
+pub const MAX_L2: usize = 14 + 8;
+
+/// Length of the frame's L2 header (Ethernet and up to two 802.1Q or 802.1ad tags); None if
+/// `frame` is shorter.
+pub fn l2_len(frame: &[u8]) -> Option<usize> {
+    let mut at = 12;
+    for _ in 0..2 {
+        match be16(frame, at)? {
+            0x8100 | 0x88a8 => at += 4,
+            _ => break,
+        }
+    }
+    be16(frame, at)?;
+    Some(at + 2)
+}
+
 impl Layout {
     /// Parses the first bytes of a frame (up to [`MAX_HEADERS`] suffice); None if they are
     /// not Ethernet / IP / TCP or UDP as described above, or are cut short.

@@ -7,11 +7,9 @@
 //! that negotiated the matching feature ([`Offload::net_header`]); for any other receiver
 //! (and for the tunnel) the switch does the work in software (`segment.rs`).
 //!
-//! - `checksum.rs`: the Internet checksum.
 //! - `layout.rs`: where a frame's L3 and L4 headers are.
 //! - `segment.rs`: completing a partial checksum; cutting a super-frame into segments.
 
-pub mod checksum;
 pub mod layout;
 pub mod segment;
 
@@ -96,6 +94,8 @@ pub enum OffloadError {
     CsumNotNegotiated,
     #[error("checksum at {start}+{offset} lies outside the {len}-byte frame")]
     CsumOutsideFrame { start: u16, offset: u16, len: u32 },
+    #[error("checksum starts at {start}, inside the {l2}-byte L2 header")]
+    CsumInL2Header { start: u16, l2: u16 },
     #[error("gso_type {0:#x} was not negotiated by the sender (or is not supported)")]
     GsoNotNegotiated(u8),
     #[error("super-frame with gso_size 0")]
@@ -135,8 +135,9 @@ impl Offload {
 
     /// Converts a sender's header. `features` are the sender's, `frame_len` excludes the
     /// virtio-net header, `headers` is the frame's first bytes (at least
-    /// [`layout::MAX_HEADERS`] when there are that many; only read for super-frames).
-    /// DATA_VALID from a sender is ignored (it only means something from a device).
+    /// [`layout::MAX_HEADERS`] for a super-frame and [`layout::MAX_L2`] for a partial
+    /// checksum, when there are that many). DATA_VALID from a sender is ignored (it only
+    /// means something from a device).
     pub fn from_net_header(
         h: &NetHeader,
         features: u64,
@@ -153,6 +154,15 @@ impl Offload {
                     start: h.csum_start,
                     offset: h.csum_offset,
                     len: frame_len,
+                });
+            }
+            // The L2 header is what the switch decided on and sends; a checksum written over
+            // it would change the addresses or the tag a receiver sees.
+            let l2 = layout::l2_len(headers).unwrap_or(usize::MAX);
+            if usize::from(h.csum_start) < l2 {
+                return Err(OffloadError::CsumInL2Header {
+                    start: h.csum_start,
+                    l2: l2.min(usize::from(u16::MAX)) as u16,
                 });
             }
             out.csum = Some(PartialCsum {

@@ -5,7 +5,7 @@
 //! `tcp_gso_segment` / `__udp_gso_segment` do; each result is checked against etherparse in
 //! the tests.
 
-use super::checksum;
+use crate::wire::checksum;
 use std::ops::Range;
 
 use super::layout::{Layout, IP_TCP, MAX_HEADERS};
@@ -65,8 +65,9 @@ pub fn segment(
         frame,
         frame.len(),
         gso,
+        L4Checksum::Full,
         |payload| checksum::sum(&frame[payload], 0),
-        |header, payload| {
+        |header, payload, _| {
             out.extend_from_slice(header);
             out.extend_from_slice(&frame[payload.clone()]);
             lens.push((header.len() + payload.len()) as u32);
@@ -74,19 +75,31 @@ pub fn segment(
     )
 }
 
+/// What each segment's L4 checksum field gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L4Checksum {
+    /// The full checksum (the payload's sum comes from `payload_sum`).
+    Full,
+    /// The pseudo-header's sum, as a partial checksum (NEEDS_CSUM) holds it: whoever
+    /// delivers the segment completes it, or its receiver does.
+    Partial,
+}
+
 /// [`segment`] without copying payloads, for a super-frame that need not be in one buffer:
 /// `headers` holds its first bytes (at least its headers), `frame_len` is its length, and
 /// `payload_sum` gives the checksum sum ([`checksum::sum`]) of a range of its bytes,
-/// wherever they are. For each segment, in order, `emit` gets its headers (lengths, IP ID,
-/// sequence number, flags and full checksums already fixed) and the range of the frame that
-/// is its payload, so the frame path can write the headers and copy the payload once,
-/// straight into the receiver's buffers.
+/// wherever they are (asked only for [`L4Checksum::Full`]). For each segment, in order,
+/// `emit` gets its headers (lengths, IP ID, sequence number, flags and checksums already
+/// fixed), the range of the frame that is its payload, and where its L4 checksum field is
+/// (as csum_start, csum_offset), so the frame path can write the headers and copy the
+/// payload once, straight into the receiver's buffers.
 pub fn segment_parts(
     headers: &[u8],
     frame_len: usize,
     gso: Gso,
+    l4_checksum: L4Checksum,
     mut payload_sum: impl FnMut(Range<usize>) -> u16,
-    mut emit: impl FnMut(&[u8], Range<usize>),
+    mut emit: impl FnMut(&[u8], Range<usize>, PartialCsum),
 ) -> Result<(), SegmentError> {
     let what = if gso.kind.is_tcp() { "TCP" } else { "UDP" };
     let frame = headers;
@@ -152,14 +165,21 @@ pub fn segment_parts(
             (l3 + 12..l3 + 16, l3 + 16..l3 + 20)
         };
         let pseudo = checksum::pseudo_header(&seg[src], &seg[dst], layout.proto, l4_len as u32);
-        // The L4 header is a whole number of 16-bit words (TCP: of 32-bit words; UDP: 8
-        // bytes), so its sum and the payload's add up to the segment's.
-        let total = checksum::add(
-            payload_sum(payload.clone()),
-            checksum::sum(&seg[l4..], pseudo),
-        );
-        put16(seg, csum_at, checksum::finish(total));
-        emit(seg, payload);
+        let field = match l4_checksum {
+            L4Checksum::Partial => pseudo,
+            // The L4 header is a whole number of 16-bit words (TCP: of 32-bit words; UDP: 8
+            // bytes), so its sum and the payload's add up to the segment's.
+            L4Checksum::Full => checksum::finish(checksum::add(
+                payload_sum(payload.clone()),
+                checksum::sum(&seg[l4..], pseudo),
+            )),
+        };
+        put16(seg, csum_at, field);
+        let csum = PartialCsum {
+            start: l4 as u16,
+            offset: (csum_at - l4) as u16,
+        };
+        emit(seg, payload, csum);
     }
     Ok(())
 }

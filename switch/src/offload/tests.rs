@@ -1,10 +1,10 @@
 //! Conversion, checksum completion and segmentation against etherparse's own parsing and
 //! checksum computation.
 
-use super::checksum;
 use super::layout::MAX_HEADERS;
-use super::segment::{complete_checksum, segment, SegmentError};
+use super::segment::{complete_checksum, segment, segment_parts, L4Checksum, SegmentError};
 use super::*;
+use crate::wire::checksum;
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice, VlanId};
 
 const A: [u8; 6] = [2, 0, 0, 0, 0, 1];
@@ -14,7 +14,7 @@ fn payload(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 + 7) as u8).collect()
 }
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum L4 {
     Tcp,
     Udp,
@@ -149,7 +149,7 @@ fn completing_a_partial_checksum_gives_the_full_one() {
                 let good = frame(ipv6, l4, None, 0, &payload(len));
                 let mut f = good.clone();
                 let h = make_partial(&mut f, None);
-                let off = Offload::from_net_header(&h, ALL_HOST, f.len() as u32, &[]).unwrap();
+                let off = Offload::from_net_header(&h, ALL_HOST, f.len() as u32, &f).unwrap();
                 assert!(off.gso.is_none());
                 complete_checksum(&mut f, off.csum.unwrap()).unwrap();
                 assert_eq!(f, good, "ipv6 {ipv6}, len {len}");
@@ -212,6 +212,43 @@ fn tcp_super_frames_are_cut_like_linux() {
             joined.extend(p);
         }
         assert_eq!(joined, data, "the payload, in order");
+    }
+}
+
+#[test]
+fn partial_segments_complete_to_the_full_ones() {
+    for (ipv6, l4, gso_type) in [
+        (false, L4::Tcp, net_header::GSO_TCPV4),
+        (true, L4::Tcp, net_header::GSO_TCPV6),
+        (false, L4::Udp, net_header::GSO_UDP_L4),
+    ] {
+        let data = payload(5000);
+        let mut f = frame(ipv6, l4, Some(7), 0, &data);
+        let h = make_partial(&mut f, Some((gso_type, 1000)));
+        let off =
+            Offload::from_net_header(&h, ALL_HOST, f.len() as u32, &f[..MAX_HEADERS]).unwrap();
+        let full = segments_of(&f, off.gso.unwrap());
+        let mut n = 0;
+        segment_parts(
+            &f,
+            f.len(),
+            off.gso.unwrap(),
+            L4Checksum::Partial,
+            |_| panic!("a partial checksum needs no payload sum"),
+            |header, payload, csum| {
+                let mut seg = [header, &f[payload]].concat();
+                assert_eq!(
+                    csum.start,
+                    off.csum.unwrap().start,
+                    "csum_start is the L4 header"
+                );
+                complete_checksum(&mut seg, csum).unwrap();
+                assert_eq!(seg, full[n], "ipv6 {ipv6}, {l4:?}: segment {n}");
+                n += 1;
+            },
+        )
+        .unwrap();
+        assert_eq!(n, full.len());
     }
 }
 
@@ -376,6 +413,21 @@ fn inconsistent_headers_are_refused() {
         Offload::from_net_header(&good, ALL_HOST, MAX_SUPER_FRAME + 1, &f[..MAX_HEADERS]),
         Err(OffloadError::GsoTooBig { .. })
     ));
+    // A checksum that would be written over the L2 header the switch decided on.
+    for start in [0, 6, 12, 13] {
+        assert_eq!(
+            conv(
+                NetHeader {
+                    gso_type: 0,
+                    csum_start: start,
+                    csum_offset: 0,
+                    ..good
+                },
+                ALL_HOST
+            ),
+            Err(OffloadError::CsumInL2Header { start, l2: 14 })
+        );
+    }
     // A plain header is no offload at all, whatever the features; DATA_VALID is ignored.
     let plain = NetHeader {
         flags: net_header::F_DATA_VALID,

@@ -7,6 +7,7 @@
 use super::guest_map::{copy_small, Segment};
 use super::net_header::{self, NetHeader};
 use super::ring::Burst;
+use crate::wire::checksum;
 
 /// Why a descriptor chain was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -244,6 +245,19 @@ pub struct FrameCopier<'a> {
     idx: usize,
     off: u32,
     written: u64,
+    /// The Internet checksum of what is written from a point on, if asked for.
+    sum: Option<RunningSum>,
+}
+
+/// The checksum sum of the bytes written from byte `from` on, kept as they land: each run is
+/// summed where it was just written (in the core's cache), so a frame whose checksum the
+/// receiver cannot complete costs one pass over its bytes, not a read of the sender's buffers
+/// before the copy. Summing what the receiver got also makes the checksum match its bytes
+/// even if the sender changes its buffers meanwhile.
+#[derive(Debug, Clone, Copy)]
+struct RunningSum {
+    from: u64,
+    total: u16,
 }
 
 impl<'a> FrameCopier<'a> {
@@ -256,11 +270,82 @@ impl<'a> FrameCopier<'a> {
             idx: 0,
             off: 0,
             written: 0,
+            sum: None,
         }
     }
 
     pub fn written(&self) -> u64 {
         self.written
+    }
+
+    /// Starts summing what is written from byte `from` on (see [`FrameCopier::sum`]).
+    pub fn sum_from(&mut self, from: u64) {
+        self.sum = Some(RunningSum { from, total: 0 });
+    }
+
+    /// The checksum sum ([`checksum::sum`]) of the bytes written from the `sum_from` point on
+    /// (0 if none was set).
+    pub fn sum(&self) -> u16 {
+        self.sum.map_or(0, |s| s.total)
+    }
+
+    /// Adds the run of `n` bytes just written at `dst` (ending at byte `self.written`).
+    #[inline]
+    fn add_to_sum(&mut self, dst: usize, n: usize) {
+        let Some(from) = self.sum.map(|s| s.from) else {
+            return;
+        };
+        let end = self.written;
+        let begin = from.max(end - n as u64);
+        if begin >= end {
+            return;
+        }
+        let at = dst + (begin - (end - n as u64)) as usize;
+        // SAFETY: `at..at + (end - begin)` lies in the run just written, inside a segment of
+        // the reservation (valid while the copier is, by `new`'s contract).
+        let s = unsafe { checksum::sum_raw(at as *const u8, (end - begin) as usize) };
+        self.add_run_sum(begin, s);
+    }
+
+    /// Adds the sum `s` of a run written from byte `begin` (at or after the `sum_from` point).
+    #[inline]
+    fn add_run_sum(&mut self, begin: u64, s: u16) {
+        let Some(sum) = &mut self.sum else {
+            return;
+        };
+        // A run starting an odd number of bytes after `from` holds words offset by one byte:
+        // its sum is byte-swapped (RFC 1071, section 2(B)).
+        let s = if (begin - sum.from) % 2 == 1 {
+            s.swap_bytes()
+        } else {
+            s
+        };
+        sum.total = checksum::add(sum.total, s);
+    }
+
+    /// Overwrites the bytes at `at` (already written) with `bytes`; false if they were not
+    /// written yet.
+    pub fn patch(&mut self, at: u64, bytes: &[u8]) -> bool {
+        if at + bytes.len() as u64 > self.written {
+            return false;
+        }
+        let mut pos = 0u64;
+        let mut next = 0;
+        for seg in self.segs {
+            let len = u64::from(seg.len());
+            while next < bytes.len() && at + (next as u64) < pos + len {
+                let off = at + next as u64 - pos;
+                // SAFETY: `off` is inside this segment of the reservation (valid while the
+                // copier is, by `new`'s contract), and the byte was written by this copier.
+                unsafe { ((seg.host_addr() + off as usize) as *mut u8).write(bytes[next]) };
+                next += 1;
+            }
+            if next == bytes.len() {
+                return true;
+            }
+            pos += len;
+        }
+        false
     }
 
     /// The next destination run with room, at most `max` bytes long: (host address, length).
@@ -293,9 +378,25 @@ impl<'a> FrameCopier<'a> {
             let Some((dst, n)) = self.next_run(len) else {
                 return false;
             };
-            // SAFETY: `dst` is a run of a segment made by the caller's map, alive for the
-            // burst; `src` is valid for `len >= n` bytes by this function's contract.
-            unsafe { copy_small(src, dst, n) };
+            // A run wholly inside the summed range is copied and summed in one pass.
+            let fused = match self.sum {
+                Some(sum) if self.written - n as u64 >= sum.from => {
+                    // SAFETY: as below; a reservation's run never overlaps the source (one
+                    // guest's receive buffer, another's transmit buffer or a host buffer).
+                    unsafe { checksum::copy_and_sum(src as *const u8, dst as *mut u8, n) }
+                }
+                _ => None,
+            };
+            match fused {
+                Some(s) => self.add_run_sum(self.written - n as u64, s),
+                None => {
+                    // SAFETY: `dst` is a run of a segment made by the caller's map, alive for
+                    // the burst; `src` is valid for `len >= n` bytes by this function's
+                    // contract.
+                    unsafe { copy_small(src, dst, n) };
+                    self.add_to_sum(dst, n);
+                }
+            }
             src += n;
             len -= n;
         }
@@ -465,6 +566,50 @@ mod tests {
             used.push((u32::from(h), n as u32));
         }
         Ok(())
+    }
+
+    #[test]
+    fn the_copier_sums_what_it_writes_and_patches_across_buffers() {
+        let ring = Ring::new();
+        // Receive buffers of awkward (odd) sizes, scattered in guest memory.
+        let mut segs = Vec::new();
+        for (i, len) in [7u32, 1, 13, 100, 333, 4000].into_iter().enumerate() {
+            assert!(ring
+                .map
+                .segments(BUFS + i as u64 * 0x10000, len, |s| segs.push(s)));
+        }
+        let header = [0xabu8; 12];
+        let frame: Vec<u8> = (0..3000u32).map(|i| (i * 7 + 1) as u8).collect();
+        for from in [0u64, 5, 12, 20, 21, 127, 1000] {
+            // SAFETY: the segments were made by `ring.map`, alive for the test.
+            let mut copier = unsafe { FrameCopier::new(&segs) };
+            copier.sum_from(from);
+            assert!(copier.write(&header));
+            // In pieces of odd lengths, as a sender's chain may hand them over.
+            let mut at = 0;
+            for piece in [1usize, 99, 1, 1700, 1199] {
+                assert!(copier.write(&frame[at..at + piece]));
+                at += piece;
+            }
+            let written = [&header[..], &frame].concat();
+            let expected = checksum::sum(&written[from as usize..], 0);
+            assert_eq!(copier.sum(), expected, "summed from {from}");
+            // The patch lands across the boundary of the first two buffers (7 | 1 | 13).
+            assert!(copier.patch(6, &[0x11, 0x22, 0x33]));
+            assert!(
+                !copier.patch(written.len() as u64 - 1, &[0, 0]),
+                "not written yet"
+            );
+            let mut back = [0u8; 10];
+            let mut filled = 0;
+            for seg in &segs[..3] {
+                let n = (seg.len() as usize).min(back.len() - filled);
+                // SAFETY: as above; `back` has room for `n` more bytes.
+                unsafe { copy_small(seg.host_addr(), back[filled..].as_mut_ptr() as usize, n) };
+                filled += n;
+            }
+            assert_eq!(&back[5..10], &[0xab, 0x11, 0x22, 0x33, 0xab]);
+        }
     }
 
     #[test]

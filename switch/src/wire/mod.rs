@@ -1,10 +1,12 @@
-//! Zero-copy views of the L2 headers the frame path reads and writes.
+//! Zero-copy views of the L2 headers the frame path reads and writes, and the Internet
+//! checksum (`checksum.rs`).
 //!
 //! Shaped like smoltcp's `wire` module: a `Packet<T: AsRef<[u8]>>` view with a checked
 //! constructor for field access in place, and a `Repr` that parses/emits the header as plain
 //! values. smoltcp itself has no 802.1Q type, and the fast path must not allocate, so these are
 //! ours; etherparse is fine off the fast path (tests, tracing).
 
+pub mod checksum;
 mod ethernet;
 mod flow_hash;
 mod vlan;

@@ -25,11 +25,45 @@ pub unsafe fn sum_raw(at: *const u8, len: usize) -> u16 {
         let split = len / 32 * 32;
         // SAFETY: the CPU has AVX2 (checked just above); both parts lie in the caller's
         // `len` bytes.
-        let (wide, rest) = unsafe { (sum_avx2(at, split), sum_words(at.add(split), len - split)) };
+        let (wide, rest) = unsafe {
+            (
+                sum_avx2::<false>(at, std::ptr::null_mut(), split),
+                sum_words(at.add(split), len - split),
+            )
+        };
         return u16::from_be(fold(u64::from(wide) + u64::from(rest)));
     }
     // SAFETY: the caller's contract.
     u16::from_be(unsafe { sum_words(at, len) })
+}
+
+/// Copies `len` bytes from `src` to `dst` and returns their [`sum`], reading each byte once:
+/// the copy into a receiver that completes a partial checksum on the way (a software
+/// segment's payload), where a copy and then a sum would read the bytes twice. Returns None,
+/// having done nothing, where the CPU has no wide path (AVX2) or the run is short: the caller
+/// then copies and sums apart.
+///
+/// # Safety
+/// `src` must be valid for reads and `dst` for writes of `len` bytes, and they must not
+/// overlap. Another process may write `src` meanwhile: the sum is then of the bytes that
+/// were copied (each is read once, into the register that is both stored and summed).
+pub unsafe fn copy_and_sum(src: *const u8, dst: *mut u8, len: usize) -> Option<u16> {
+    #[cfg(target_arch = "x86_64")]
+    if len >= 256 && std::arch::is_x86_feature_detected!("avx2") {
+        let split = len / 32 * 32;
+        // SAFETY: the CPU has AVX2 (checked just above); the blocks lie in the caller's
+        // ranges. The tail is summed from `src` (reading it back from `dst`, just written
+        // by a copy of another width, would stall on store forwarding) and then copied.
+        let (wide, rest) = unsafe {
+            let wide = sum_avx2::<true>(src, dst, split);
+            let rest = sum_words(src.add(split), len - split);
+            std::ptr::copy_nonoverlapping(src.add(split), dst.add(split), len - split);
+            (wide, rest)
+        };
+        return Some(u16::from_be(fold(u64::from(wide) + u64::from(rest))));
+    }
+    let _ = (src, dst, len);
+    None
 }
 
 /// The folded sum of `len` bytes at `at` as native-order 16-bit words (an odd tail padded in
@@ -47,26 +81,58 @@ unsafe fn sum_words(at: *const u8, len: usize) -> u16 {
         let w = unsafe { std::ptr::read_unaligned(at.add(i * 8) as *const u64) };
         acc += u128::from(w);
     }
-    let mut tail = [0u8; 8];
-    // Byte by byte: at most 7, and a variable-length copy would be a call.
-    for (j, t) in tail.iter_mut().enumerate().take(len - words * 8) {
-        // SAFETY: byte `words * 8 + j` lies in the caller's range.
-        *t = unsafe { at.add(words * 8 + j).read() };
-    }
-    acc += u128::from(u64::from_ne_bytes(tail));
+    // SAFETY: the tail lies in the caller's range.
+    acc += u128::from(unsafe { read_tail(at.add(words * 8), len % 8) });
     fold(u64::from(fold(acc as u64)) + u64::from(fold((acc >> 64) as u64)))
+}
+
+/// The `n` (< 8) bytes at `at` as a native-order 64-bit word padded with zeros in memory
+/// order. Read as one 4-, 2- and 1-byte load each rather than byte by byte into a buffer:
+/// loading a word over bytes just stored one at a time stalls the core (the store cannot be
+/// forwarded), which cost the segmentation path more than its payload sums.
+///
+/// # Safety
+/// `at` must be valid for reads of `n` bytes.
+#[inline]
+unsafe fn read_tail(at: *const u8, n: usize) -> u64 {
+    if cfg!(target_endian = "big") {
+        let mut tail = [0u8; 8];
+        // SAFETY: the caller's contract; `tail` has room for `n < 8` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(at, tail.as_mut_ptr(), n.min(8)) };
+        return u64::from_ne_bytes(tail);
+    }
+    // Little-endian: byte `j` in memory is bits 8j.. of the word.
+    let (mut v, mut off) = (0u64, 0usize);
+    if n & 4 != 0 {
+        // SAFETY: bytes 0..4 lie in the caller's `n`.
+        v = u64::from(unsafe { std::ptr::read_unaligned(at as *const u32) });
+        off = 4;
+    }
+    if n & 2 != 0 {
+        // SAFETY: bytes off..off + 2 lie in the caller's `n`.
+        let w = unsafe { std::ptr::read_unaligned(at.add(off) as *const u16) };
+        v |= u64::from(w) << (8 * off);
+        off += 2;
+    }
+    if n & 1 != 0 {
+        // SAFETY: byte `off` lies in the caller's `n`.
+        v |= u64::from(unsafe { at.add(off).read() }) << (8 * off);
+    }
+    v
 }
 
 /// [`sum_words`] of whole 32-byte blocks with AVX2: each block's sixteen 16-bit words are
 /// widened to 32-bit lanes and added, eight lanes at a time (a third of the scalar loop's
 /// time on the segmentation path, where every payload byte is summed). Lanes are folded
-/// every 16 384 blocks, before they could overflow.
+/// every 16 384 blocks, before they could overflow. With `STORE`, each block is also
+/// stored at `dst` (a copy that sums as it goes).
 ///
 /// # Safety
-/// The CPU must support AVX2; `len` is a multiple of 32; otherwise as for [`sum_raw`].
+/// The CPU must support AVX2; `len` is a multiple of 32; `at` valid for reads of `len` bytes
+/// and, with `STORE`, `dst` for writes, apart from them (as for [`copy_and_sum`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn sum_avx2(at: *const u8, len: usize) -> u16 {
+unsafe fn sum_avx2<const STORE: bool>(at: *const u8, dst: *mut u8, len: usize) -> u16 {
     use std::arch::x86_64::*;
     const RUN: usize = 16_384;
     let blocks = len / 32;
@@ -77,9 +143,13 @@ unsafe fn sum_avx2(at: *const u8, len: usize) -> u16 {
         let zero = _mm256_setzero_si256();
         let mut acc = _mm256_setzero_si256();
         while block < end {
-            // SAFETY: block `block` is 32 bytes inside the caller's range; loadu has no
-            // alignment requirement.
+            // SAFETY: block `block` is 32 bytes inside the caller's range(s); loadu and storeu
+            // have no alignment requirement.
             let v = unsafe { _mm256_loadu_si256(at.add(block * 32) as *const __m256i) };
+            if STORE {
+                // SAFETY: with STORE the caller gave `dst` for `len` bytes of writes.
+                unsafe { _mm256_storeu_si256(dst.add(block * 32) as *mut __m256i, v) };
+            }
             let lo = _mm256_unpacklo_epi16(v, zero);
             let hi = _mm256_unpackhi_epi16(v, zero);
             acc = _mm256_add_epi32(acc, _mm256_add_epi32(lo, hi));
@@ -168,6 +238,30 @@ mod tests {
                 reference(&data[1..len]),
                 "unaligned, len {len}"
             );
+        }
+    }
+
+    #[test]
+    fn copying_and_summing_in_one_pass_agrees_with_apart() {
+        let data: Vec<u8> = (0..70_001u32).map(|i| (0xff - (i % 13)) as u8).collect();
+        for (from, len) in [
+            (0, 256),
+            (1, 257),
+            (3, 1448),
+            (0, 1449),
+            (5, 65_536),
+            (0, 70_001),
+        ] {
+            let src = &data[from..from + len.min(data.len() - from)];
+            let mut dst = vec![0u8; src.len()];
+            // SAFETY: both are slices of `src.len()` bytes, apart.
+            let got = unsafe { copy_and_sum(src.as_ptr(), dst.as_mut_ptr(), src.len()) };
+            if let Some(got) = got {
+                assert_eq!(got, reference(src), "from {from}, len {len}");
+                assert_eq!(dst, src, "copied, from {from}, len {len}");
+            } else {
+                assert!(len < 256 || !std::arch::is_x86_feature_detected!("avx2"));
+            }
         }
     }
 
