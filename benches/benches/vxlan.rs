@@ -8,6 +8,7 @@
 //!   (the baseline; as in the `port_to_port` bench).
 //! - `encap+decap`: frontend a on switch A (VTEP 127.0.0.1) -> VNI 42 -> switch B (VTEP
 //!   127.0.0.2) -> frontend b. Both sides learned each other's MAC first, so it is unicast.
+//! - `encap+decap no-udp-offloads`: the same with `udp_offloads = false` (no UDP GSO/GRO).
 //! - `encap-only`: frontend a on switch A -> VNI 42 -> a UDP socket of this benchmark on
 //!   127.0.0.2 that only receives (`recvmmsg`): decapsulation is not on the path.
 //! - `decap-only`: the benchmark sends prebuilt VXLAN packets with `sendmmsg` from a UDP socket
@@ -25,8 +26,7 @@
 //! without FCS, default "64,1450"), `PATCHBAY_BENCH_CASES` (comma-separated substrings of case
 //! names; the baseline runs whenever it is wanted).
 //!
-//! Run with `cargo bench -p patchbay-benches --bench vxlan` (as root: the tunnel sends through
-//! a raw socket).
+//! Run with `cargo bench -p patchbay-benches --bench vxlan`.
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -67,17 +67,25 @@ const VXLAN_HDR: usize = 8;
 enum Case {
     Plain,
     EncapDecap,
+    EncapDecapNoOffloads,
     Encap,
     Decap,
 }
 
 impl Case {
-    const ALL: [Case; 4] = [Case::Plain, Case::EncapDecap, Case::Encap, Case::Decap];
+    const ALL: [Case; 5] = [
+        Case::Plain,
+        Case::EncapDecap,
+        Case::EncapDecapNoOffloads,
+        Case::Encap,
+        Case::Decap,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Case::Plain => "p2p",
             Case::EncapDecap => "encap+decap",
+            Case::EncapDecapNoOffloads => "encap+decap no-udp-offloads",
             Case::Encap => "encap-only",
             Case::Decap => "decap-only",
         }
@@ -96,7 +104,13 @@ fn free_port() -> u16 {
 
 /// A switch with one access port `name` of `VLAN`, and a VTEP on `local` mapping `VNI` to
 /// `VLAN` with `remote` in its flood list.
-fn vtep_switch(name: &str, local: Ipv4Addr, remote: Ipv4Addr, port: u16) -> (Daemon, TestDir) {
+fn vtep_switch(
+    name: &str,
+    local: Ipv4Addr,
+    remote: Ipv4Addr,
+    port: u16,
+    udp_offloads: bool,
+) -> (Daemon, TestDir) {
     let dir = TestDir::new(&format!("bench-vx-{name}"));
     let ports: Vec<PortConfig> = vec![access(&dir.path, name, VLAN)];
     let daemon = start_switch(&dir.path, ports, |c| {
@@ -104,6 +118,7 @@ fn vtep_switch(name: &str, local: Ipv4Addr, remote: Ipv4Addr, port: u16) -> (Dae
             port,
             underlay_mtu: UNDERLAY_MTU,
             unknown_vtep: UnknownVtepPolicy::Drop,
+            udp_offloads,
             vnis: vec![VniConfig {
                 vni: VNI,
                 vlan: VLAN,
@@ -176,9 +191,10 @@ fn open(case: Case) -> Session {
                 to,
             }
         }
-        Case::EncapDecap => {
-            let sa = vtep_switch("a", A, B, port);
-            let sb = vtep_switch("b", B, A, port);
+        Case::EncapDecap | Case::EncapDecapNoOffloads => {
+            let offloads = case == Case::EncapDecap;
+            let sa = vtep_switch("a", A, B, port, offloads);
+            let sb = vtep_switch("b", B, A, port, offloads);
             let a = connect_frontend(sa.1.join("a.sock"));
             let b = connect_frontend(sb.1.join("b.sock"));
             Session {
@@ -190,7 +206,7 @@ fn open(case: Case) -> Session {
             }
         }
         Case::Encap | Case::Decap => {
-            let sa = vtep_switch("a", A, B, port);
+            let sa = vtep_switch("a", A, B, port, true);
             let a = connect_frontend(sa.1.join("a.sock"));
             Session {
                 switches: vec![sa],
@@ -449,7 +465,7 @@ fn drive(s: &mut Session, case: Case, fa: &[u8], fb: &[u8], dur: Duration) -> Sa
             Phase::WarmUp | Phase::Measure => {}
         }
         let (work, n) = match case {
-            Case::Plain | Case::EncapDecap => {
+            Case::Plain | Case::EncapDecap | Case::EncapDecapNoOffloads => {
                 let work = s.a.send_batch(&ra).expect("send a");
                 let b = s.b.as_mut().expect("frontend b");
                 let n = b

@@ -98,8 +98,16 @@ pub struct VtepConfig {
     /// table for all (`mac_table_size` still bounds the total).
     #[serde(default = "default_mac_table_size_per_vni")]
     pub mac_table_size_per_vni: usize,
+    /// Use the kernel's UDP segmentation (GSO: equal-sized packets to one remote leave in
+    /// one send) and receive coalescing (GRO) where it has them (detected at start-up).
+    #[serde(default = "default_udp_offloads")]
+    pub udp_offloads: bool,
     #[serde(default)]
     pub vnis: Vec<VniConfig>,
+}
+
+fn default_udp_offloads() -> bool {
+    true
 }
 
 fn default_port() -> u16 {
@@ -130,6 +138,7 @@ impl VtepConfig {
             mac_aging_secs: default_mac_aging_secs(),
             mac_table_size: default_mac_table_size(),
             mac_table_size_per_vni: default_mac_table_size_per_vni(),
+            udp_offloads: default_udp_offloads(),
             vnis: Vec::new(),
         }
     }
@@ -535,6 +544,7 @@ pub struct Vtep {
     aging_secs: u64,
     max_macs: usize,
     max_macs_per_vni: usize,
+    udp_offloads: bool,
     vnis: RwLock<VniTable>,
     macs: RwLock<MacTable>,
     remotes: RwLock<RemoteTable>,
@@ -582,6 +592,7 @@ impl Vtep {
             aging_secs: cfg.mac_aging_secs,
             max_macs: cfg.mac_table_size,
             max_macs_per_vni: cfg.mac_table_size_per_vni,
+            udp_offloads: cfg.udp_offloads,
             vnis: RwLock::new(vnis),
             macs: RwLock::new(MacTable {
                 entries: HashMap::with_capacity_and_hasher(cfg.mac_table_size, S::new()),
@@ -617,6 +628,7 @@ impl Vtep {
             mac_aging_secs: self.aging_secs,
             mac_table_size: self.max_macs,
             mac_table_size_per_vni: self.max_macs_per_vni,
+            udp_offloads: self.udp_offloads,
             vnis,
         }
     }

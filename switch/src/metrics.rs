@@ -26,7 +26,9 @@
 //! - `flow_resubmit_limit_drops_total`: packets dropped whole because they took more than
 //!   `flow::pipeline::MAX_RESUBMITS` resubmits and goto_tables.
 //! - `vxlan_vni_{rx,tx}_{packets,bytes}_total{vni}`, `vxlan_drops_total{vni,reason}`,
-//!   `vxlan_remote_{rx,tx}_{packets,bytes}_total{remote}`, `vxlan_remote_macs`: the tunnel.
+//!   `vxlan_remote_{rx,tx}_{packets,bytes}_total{remote}`, `vxlan_remote_macs`: the tunnel;
+//!   `vxlan_{tx,rx}_{syscalls,datagrams}_total`, `vxlan_tx_gso_datagrams_total`,
+//!   `vxlan_rx_gro_datagrams_total`, `vxlan_udp_gso`, `vxlan_udp_gro`: its socket I/O.
 //! - `metrics_refused_connections_total`, `metrics_timeouts_total`,
 //!   `metrics_bad_requests_total`: this endpoint's own defences (see [`MetricsServer`]).
 
@@ -278,6 +280,7 @@ fn render_all(
     }
     if let Some(tunnel) = sw.tunnel() {
         tunnel_metrics(&r, &tunnel.vtep.snapshot())?;
+        tunnel_io_metrics(&r, tunnel)?;
     }
     flow_metrics(&r, sw)?;
 
@@ -473,6 +476,62 @@ fn tunnel_metrics(
     )?;
     entries.set(snap.macs.len() as i64);
     r.register(Box::new(entries))
+}
+
+/// The tunnel's system calls and the datagrams the kernel's UDP offloads carried.
+fn tunnel_io_metrics(
+    r: &Registry,
+    tunnel: &crate::tunnel::Tunnel,
+) -> Result<(), prometheus::Error> {
+    let io = &tunnel.io;
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let (gso, gro) = tunnel.udp_offloads();
+    for (name, help, value) in [
+        (
+            "vxlan_tx_syscalls_total",
+            "System calls that sent VXLAN datagrams.",
+            get(&io.tx_syscalls),
+        ),
+        (
+            "vxlan_tx_datagrams_total",
+            "VXLAN datagrams sent.",
+            get(&io.tx_datagrams),
+        ),
+        (
+            "vxlan_tx_gso_datagrams_total",
+            "VXLAN datagrams sent in segmented sends (UDP GSO: several datagrams, one send).",
+            get(&io.tx_gso_datagrams),
+        ),
+        (
+            "vxlan_rx_syscalls_total",
+            "System calls that received VXLAN datagrams.",
+            get(&io.rx_syscalls),
+        ),
+        (
+            "vxlan_rx_datagrams_total",
+            "VXLAN datagrams received.",
+            get(&io.rx_datagrams),
+        ),
+        (
+            "vxlan_rx_gro_datagrams_total",
+            "VXLAN datagrams received coalesced (UDP GRO: several datagrams, one buffer).",
+            get(&io.rx_gro_datagrams),
+        ),
+    ] {
+        counter(r, name, help, value)?;
+    }
+    gauge(
+        r,
+        "vxlan_udp_gso",
+        "1 if the kernel segments the tunnel's sends (UDP GSO).",
+        i64::from(gso),
+    )?;
+    gauge(
+        r,
+        "vxlan_udp_gro",
+        "1 if the kernel coalesces the tunnel's receives (UDP GRO).",
+        i64::from(gro),
+    )
 }
 
 /// Bounds on the metrics endpoint (the `[metrics]` table of the config file).

@@ -425,6 +425,31 @@ fn complete(f: &mut [u8], start: u16, offset: u16) {
 
 #[test]
 fn the_vxlan_tunnel_gets_segments_with_full_checksums() {
+    // With the kernel's UDP offloads (where it has them) and without.
+    for udp_offloads in [true, false] {
+        tunnel_segments(udp_offloads);
+    }
+}
+
+/// Whether this kernel segments UDP sends (UDP_SEGMENT, Linux 4.18+), asked directly.
+fn kernel_has_udp_gso() -> bool {
+    use std::os::fd::AsRawFd;
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into a c_int and its length, alive for the call.
+    unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            &mut v as *mut libc::c_int as *mut libc::c_void,
+            &mut len,
+        ) == 0
+    }
+}
+
+fn tunnel_segments(udp_offloads: bool) {
     let vxlan_port = {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
         s.local_addr().unwrap().port()
@@ -436,6 +461,7 @@ fn the_vxlan_tunnel_gets_segments_with_full_checksums() {
             c.vxlan = Some(VtepConfig {
                 port: vxlan_port,
                 unknown_vtep: UnknownVtepPolicy::Drop,
+                udp_offloads,
                 vnis: vec![VniConfig {
                     vni: 42,
                     vlan: 10,
@@ -447,8 +473,8 @@ fn the_vxlan_tunnel_gets_segments_with_full_checksums() {
         let vm = frontend(&dir, "vm", features);
         (dir, d, vm)
     };
-    let (_da, _a, mut vm_a) = host("offl-vx-a", a, bb, ALL_OFFLOADS);
-    let (_db, _b, mut vm_b) = host("offl-vx-b", bb, a, ALL_OFFLOADS);
+    let (_da, da, mut vm_a) = host("offl-vx-a", a, bb, ALL_OFFLOADS);
+    let (_db, db, mut vm_b) = host("offl-vx-b", bb, a, ALL_OFFLOADS);
     let data = payload(8000, 6);
     let (h, f) = offloaded(
         ip_frame(mac(NOBODY), mac(1), false, L4::Tcp, None, &data),
@@ -460,6 +486,26 @@ fn the_vxlan_tunnel_gets_segments_with_full_checksums() {
     let segs = recv_payload(&mut vm_b, data.len());
     assert_eq!(segs.len(), 8);
     assert_eq!(joined(&segs), data);
+
+    // The 8 equal segments left in one segmented send where the kernel can do it (and the
+    // receiving kernel handed them over as one buffer), one by one otherwise.
+    let (ta, tb) = (da.switch.tunnel().unwrap(), db.switch.tunnel().unwrap());
+    let gso = udp_offloads && kernel_has_udp_gso();
+    assert_eq!(
+        ta.udp_offloads().0,
+        gso,
+        "GSO in use exactly where available and allowed"
+    );
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(load(&ta.io.tx_datagrams), 8);
+    assert_eq!(load(&ta.io.tx_gso_datagrams), if gso { 8 } else { 0 });
+    assert_eq!(load(&ta.io.tx_syscalls), 1, "one batch, one send");
+    assert_eq!(load(&tb.io.rx_datagrams), 8);
+    if tb.udp_offloads().1 && gso {
+        assert_eq!(load(&tb.io.rx_gro_datagrams), 8, "received as one buffer");
+    } else {
+        assert_eq!(load(&tb.io.rx_gro_datagrams), 0);
+    }
 }
 
 #[test]
