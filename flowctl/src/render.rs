@@ -405,6 +405,21 @@ pub fn tunnel(s: &patchbay_overlay::vtep::VtepSnapshot) -> String {
         }
     };
     let mut out = String::new();
+    if let Some(ip) = s.local_ip {
+        let on = |b: bool| if b { "on" } else { "off" };
+        let _ = writeln!(
+            out,
+            "local {ip}:{}, underlay MTU {}: guests on tunnelled VLANs need MTU {} or less \
+             (larger frames are dropped as too-big; TCP super-frames are cut to fit)",
+            s.port, s.underlay_mtu, s.guest_mtu
+        );
+        let _ = writeln!(
+            out,
+            "kernel UDP offloads: segmentation (GSO) {}, coalescing (GRO) {}\n",
+            on(s.udp_gso),
+            on(s.udp_gro)
+        );
+    }
     let mut vnis = Table::new(&[
         ("VNI", Right),
         ("VLAN", Right),

@@ -394,6 +394,23 @@ fn tunnel_commands_change_and_show_the_vtep() {
         shown.contains("42") && shown.contains("127.0.0.2"),
         "{shown}"
     );
+    // The MTU guests must use (the default 1500-byte underlay less 50) and the kernel's
+    // UDP offloads.
+    assert!(
+        shown.contains(&format!(
+            "local 127.0.0.1:{udp_port}, underlay MTU 1500: guests on tunnelled VLANs need MTU 1450 or less"
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("kernel UDP offloads: segmentation (GSO) "),
+        "{shown}"
+    );
+    let snap = sw.json(&["show", "tunnel"]);
+    assert_eq!(
+        (snap["underlay_mtu"].as_u64(), snap["guest_mtu"].as_u64()),
+        (Some(1500), Some(1450))
+    );
     assert!(sw
         .ok(&["tunnel", "map", "43", "30"])
         .contains("VNI 43 <-> VLAN 30"));

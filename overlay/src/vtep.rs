@@ -1029,6 +1029,12 @@ impl Vtep {
             .collect();
         macs.sort_by(|a, b| (a.vni, &a.mac).cmp(&(b.vni, &b.mac)));
         VtepSnapshot {
+            local_ip: Some(self.local_ip),
+            port: self.port,
+            underlay_mtu: self.underlay_mtu,
+            guest_mtu: self.max_inner_frame().saturating_sub(14),
+            udp_gso: false,
+            udp_gro: false,
             vnis,
             remotes,
             remote_overflow: self.remote_overflow.snapshot(),
@@ -1107,6 +1113,24 @@ pub struct VtepMacEntry {
 /// The VTEP's tables and counters at one instant, as sent over the control socket.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VtepSnapshot {
+    /// Where it listens (and sends from).
+    #[serde(default)]
+    pub local_ip: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub port: u16,
+    #[serde(default)]
+    pub underlay_mtu: u32,
+    /// The MTU guests on tunnelled VLANs must use: the underlay's minus the 50 bytes of
+    /// Ethernet, IPv4, UDP and VXLAN headers (larger frames are dropped as too-big; TCP
+    /// super-frames are cut to fit).
+    #[serde(default)]
+    pub guest_mtu: u32,
+    /// Whether the kernel's UDP segmentation (GSO) and coalescing (GRO) are in use (filled
+    /// in by the switch, which owns the sockets).
+    #[serde(default)]
+    pub udp_gso: bool,
+    #[serde(default)]
+    pub udp_gro: bool,
     /// Sorted by VNI.
     pub vnis: Vec<VniSnapshot>,
     /// Sorted by address.

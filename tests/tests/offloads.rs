@@ -449,18 +449,29 @@ fn kernel_has_udp_gso() -> bool {
     }
 }
 
-fn tunnel_segments(udp_offloads: bool) {
+/// Two switches joined by VXLAN over loopback (127.0.0.1 and 127.0.0.2), each with a guest
+/// port "vm" of VLAN 10 (mapped to VNI 42) and a frontend on it with every offload.
+struct TunnelPair {
+    _dirs: (TestDir, TestDir),
+    a: Daemon,
+    b: Daemon,
+    vm_a: TestPort,
+    vm_b: TestPort,
+}
+
+fn tunnel_pair(udp_offloads: bool, underlay_mtu: u32) -> TunnelPair {
     let vxlan_port = {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
         s.local_addr().unwrap().port()
     };
     let (a, bb) = (Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2));
-    let host = |name: &str, local: Ipv4Addr, remote: Ipv4Addr, features: u64| {
+    let host = |name: &str, local: Ipv4Addr, remote: Ipv4Addr| {
         let dir = TestDir::new(name);
         let d = start_switch(&dir.path, vec![access(&dir.path, "vm", 10)], |c| {
             c.vxlan = Some(VtepConfig {
                 port: vxlan_port,
                 unknown_vtep: UnknownVtepPolicy::Drop,
+                underlay_mtu,
                 udp_offloads,
                 vnis: vec![VniConfig {
                     vni: 42,
@@ -470,11 +481,28 @@ fn tunnel_segments(udp_offloads: bool) {
                 ..VtepConfig::new(local)
             });
         });
-        let vm = frontend(&dir, "vm", features);
+        let vm = frontend(&dir, "vm", ALL_OFFLOADS);
         (dir, d, vm)
     };
-    let (_da, da, mut vm_a) = host("offl-vx-a", a, bb, ALL_OFFLOADS);
-    let (_db, db, mut vm_b) = host("offl-vx-b", bb, a, ALL_OFFLOADS);
+    let (dir_a, a_daemon, vm_a) = host("offl-vx-a", a, bb);
+    let (dir_b, b_daemon, vm_b) = host("offl-vx-b", bb, a);
+    TunnelPair {
+        _dirs: (dir_a, dir_b),
+        a: a_daemon,
+        b: b_daemon,
+        vm_a,
+        vm_b,
+    }
+}
+
+fn tunnel_segments(udp_offloads: bool) {
+    let TunnelPair {
+        a: da,
+        b: db,
+        mut vm_a,
+        mut vm_b,
+        ..
+    } = tunnel_pair(udp_offloads, 9000);
     let data = payload(8000, 6);
     let (h, f) = offloaded(
         ip_frame(mac(NOBODY), mac(1), false, L4::Tcp, None, &data),
@@ -506,6 +534,43 @@ fn tunnel_segments(udp_offloads: bool) {
     } else {
         assert_eq!(load(&tb.io.rx_gro_datagrams), 0);
     }
+}
+
+#[test]
+fn tcp_super_frames_are_cut_to_fit_the_underlay() {
+    // A 1500-byte underlay carries inner frames of up to 1464 bytes; a guest with a 1500-byte
+    // MTU sends TCP super-frames at an MSS of 1448 (1502-byte segments).
+    let mut p = tunnel_pair(true, 1500);
+    let data = payload(8000, 7);
+    let (h, f) = offloaded(
+        ip_frame(mac(NOBODY), mac(1), false, L4::Tcp, None, &data),
+        Some(1448),
+    );
+    p.vm_a.send_with_header(&header_bytes(&h), &f).unwrap();
+    let segs = recv_payload(&mut p.vm_b, data.len());
+    assert_eq!(joined(&segs), data, "the byte stream, in order");
+    assert!(
+        segs.iter().all(|(_, f)| f.len() <= 1464),
+        "each fits the underlay"
+    );
+    assert_eq!(
+        segs.len(),
+        8000usize.div_ceil(1464 - 54),
+        "cut at 1410 payload bytes"
+    );
+    assert_eq!(drops(&p.a, "vxlan", "too-big"), 0, "nothing too big");
+
+    // UDP datagrams cannot be re-cut: those too big for the underlay are counted, not sent
+    // (here the first two of 1448 bytes); the last, short one fits and goes.
+    let data = payload(3000, 8);
+    let (h, f) = offloaded(
+        ip_frame(mac(NOBODY), mac(1), false, L4::Udp, None, &data),
+        Some(1448),
+    );
+    p.vm_a.send_with_header(&header_bytes(&h), &f).unwrap();
+    let last = recv_payload(&mut p.vm_b, 3000 - 2 * 1448);
+    assert_eq!(joined(&last), data[2 * 1448..]);
+    assert_eq!(drops(&p.a, "vxlan", "too-big"), 2);
 }
 
 #[test]

@@ -415,7 +415,11 @@ fn tunnel_request(request: Request, sw: &Arc<Switch>) -> Response {
             .map_err(|e| e.to_string())
     };
     let result: Result<(), String> = match request {
-        Request::ShowTunnel => return Response::ok(vtep.snapshot()),
+        Request::ShowTunnel => {
+            let mut snap = vtep.snapshot();
+            (snap.udp_gso, snap.udp_gro) = tunnel.udp_offloads();
+            return Response::ok(snap);
+        }
         Request::TunnelMap { vni, vlan } => vtep.map(vni, vlan).map_err(|e| e.to_string()),
         Request::TunnelUnmap { vni } => vtep.unmap(vni).map_err(|e| e.to_string()),
         Request::TunnelAddRemote { vni, remote } => {

@@ -55,6 +55,10 @@ pub trait TunnelEgress: Send + Sync {
         group: &[Delivery],
         headers: &[HeaderBuf],
     );
+
+    /// The largest inner frame it carries (its underlay MTU minus the encapsulation): TCP
+    /// super-frames are cut to fit it.
+    fn max_frame(&self) -> u32;
 }
 
 /// The frame path's shared state.

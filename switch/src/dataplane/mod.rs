@@ -684,14 +684,17 @@ pub fn switch_frames(
         };
         if dst.is_tunnel() {
             if let Some(tunnel) = fabric.tunnel() {
-                if offloads && soft::needed(frames, group, None) {
+                let receiver = soft::Receiver::Tunnel {
+                    max_frame: tunnel.max_frame(),
+                };
+                if offloads && soft::needed(frames, group, receiver) {
                     soft.finish_group(
                         ingress,
                         source,
                         frames,
                         group,
                         headers,
-                        None,
+                        receiver,
                         |s, f, g, h| tunnel.transmit(dst, s, f, g, h),
                     );
                 } else {
@@ -701,15 +704,17 @@ pub fn switch_frames(
             continue;
         }
         let delivered = dst.with_link(|link| {
-            let features = Some(link.features());
-            if offloads && soft::needed(frames, group, features) {
+            let receiver = soft::Receiver::Guest {
+                features: link.features(),
+            };
+            if offloads && soft::needed(frames, group, receiver) {
                 soft.finish_group(
                     ingress,
                     source,
                     frames,
                     group,
                     headers,
-                    features,
+                    receiver,
                     |s, f, g, h| deliver::to_guest(dst, link, s, f, g, h, rx, steering),
                 );
             } else {

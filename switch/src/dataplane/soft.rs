@@ -40,19 +40,50 @@ pub struct SoftScratch {
     cut: Cut,
 }
 
-/// Whether any frame of `group` needs work here for a receiver with `features` (None: the
-/// tunnel, which takes no offloads).
-pub fn needed(frames: &[Frame], group: &[Delivery], features: Option<u64>) -> bool {
+/// Where a group goes, as far as the software offloads care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receiver {
+    /// A guest that negotiated `features`.
+    Guest { features: u64 },
+    /// The VXLAN tunnel: no offloads, and no inner frame over `max_frame` bytes (its
+    /// underlay MTU minus the encapsulation).
+    Tunnel { max_frame: u32 },
+}
+
+impl Receiver {
+    /// `gso` as this receiver gets it: for the tunnel, a TCP super-frame whose segments
+    /// would not fit its frame limit is cut at a smaller segment size that does (TCP's
+    /// segment sizes are the sender's choice, not part of the stream; UDP's are datagrams and
+    /// stay as sent, those too big are dropped by the tunnel).
+    fn fit(self, gso: Gso) -> Gso {
+        match self {
+            Receiver::Tunnel { max_frame }
+                if gso.kind.is_tcp()
+                    && u32::from(gso.hdr_len) + u32::from(gso.size) > max_frame
+                    && max_frame > u32::from(gso.hdr_len) =>
+            {
+                Gso {
+                    size: (max_frame - u32::from(gso.hdr_len)) as u16,
+                    ..gso
+                }
+            }
+            _ => gso,
+        }
+    }
+}
+
+/// Whether any frame of `group` needs work here for `receiver`.
+pub fn needed(frames: &[Frame], group: &[Delivery], receiver: Receiver) -> bool {
     group
         .iter()
-        .any(|d| needs_work(&frames[usize::from(d.frame)].offload, features))
+        .any(|d| needs_work(&frames[usize::from(d.frame)].offload, receiver))
 }
 
 /// A super-frame the receiver cannot take whole, or for the tunnel any offload.
-fn needs_work(offload: &Offload, features: Option<u64>) -> bool {
-    match features {
-        Some(f) => offload.gso.is_some() && !offload.fits(f),
-        None => offload.is_some(),
+fn needs_work(offload: &Offload, receiver: Receiver) -> bool {
+    match receiver {
+        Receiver::Guest { features } => offload.gso.is_some() && !offload.fits(features),
+        Receiver::Tunnel { .. } => offload.is_some(),
     }
 }
 
@@ -64,7 +95,7 @@ const CHECKSUMMED: Offload = Offload {
 };
 
 impl SoftScratch {
-    /// Finishes `group`'s frames for a destination with `features` (None: the tunnel) and
+    /// Finishes `group`'s frames for `receiver` and
     /// hands them, in order, to `deliver` (source, frames, deliveries, header arena). A frame
     /// that cannot be finished is dropped and counted on `ingress`.
     #[allow(clippy::too_many_arguments)]
@@ -75,7 +106,7 @@ impl SoftScratch {
         frames: &[Frame],
         group: &[Delivery],
         headers: &[HeaderBuf],
-        features: Option<u64>,
+        receiver: Receiver,
         mut deliver: impl FnMut(&Source<'_>, &[Frame], &[Delivery], &[HeaderBuf]),
     ) {
         self.buf.clear();
@@ -84,14 +115,15 @@ impl SoftScratch {
         for d in group {
             let frame = &frames[usize::from(d.frame)];
             let (prefix, skip) = d.prefix(headers);
-            let offload = frame.offload.shifted(prefix.len() as i32 - skip as i32);
-            let l4_checksum = match features {
-                Some(_) => L4Checksum::Partial,
-                None => L4Checksum::Full,
+            let mut offload = frame.offload.shifted(prefix.len() as i32 - skip as i32);
+            offload.gso = offload.gso.map(|g| receiver.fit(g));
+            let l4_checksum = match receiver {
+                Receiver::Guest { .. } => L4Checksum::Partial,
+                Receiver::Tunnel { .. } => L4Checksum::Full,
             };
             if let Some(gso) = offload.gso.filter(|g| {
                 let hdr = usize::from(g.hdr_len);
-                needs_work(&offload, features) && prefix.len() <= hdr && hdr <= REWRITE_BYTES
+                needs_work(&offload, receiver) && prefix.len() <= hdr && hdr <= REWRITE_BYTES
             }) {
                 // Cut straight from where the frame lies: only its headers are gathered.
                 self.flush(&mut deliver);
@@ -110,7 +142,7 @@ impl SoftScratch {
             self.work.extend_from_slice(prefix);
             source.append_to(frame, skip, &mut self.work);
             self.lens.clear();
-            let finished = if !needs_work(&offload, features) {
+            let finished = if !needs_work(&offload, receiver) {
                 self.keep_work();
                 Ok(offload)
             } else if let Some(gso) = offload.gso {

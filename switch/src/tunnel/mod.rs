@@ -161,6 +161,10 @@ impl TunnelEgress for Tunnel {
             Err(_) => port.counters.drop(DropReason::NoBuffer, group.len() as u64),
         });
     }
+
+    fn max_frame(&self) -> u32 {
+        self.max_inner
+    }
 }
 
 impl Tunnel {
