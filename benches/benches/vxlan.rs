@@ -122,9 +122,9 @@ fn vtep_switch(
             vnis: vec![VniConfig {
                 vni: VNI,
                 vlan: VLAN,
-                remotes: vec![remote],
+                remotes: vec![remote.into()],
             }],
-            ..VtepConfig::new(local)
+            ..VtepConfig::new(local.into())
         })
     });
     (daemon, dir)

@@ -277,20 +277,14 @@ enum TunnelOp {
     /// Remove a VNI (its flood list and remote MACs go with it).
     Unmap { vni: u32 },
     /// Add a remote VTEP to the VNI's flood list (head-end replication).
-    AddRemote {
-        vni: u32,
-        remote: std::net::Ipv4Addr,
-    },
+    AddRemote { vni: u32, remote: std::net::IpAddr },
     /// Remove a remote VTEP from the VNI's flood list.
-    DelRemote {
-        vni: u32,
-        remote: std::net::Ipv4Addr,
-    },
+    DelRemote { vni: u32, remote: std::net::IpAddr },
     /// A static entry: MAC is behind REMOTE in VNI (never aged, beats learning).
     AddMac {
         vni: u32,
         mac: String,
-        remote: std::net::Ipv4Addr,
+        remote: std::net::IpAddr,
     },
     /// Remove a static entry.
     DelMac { vni: u32, mac: String },

@@ -118,12 +118,17 @@ fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
-/// Largest inner frame that fits an underlay MTU: `mtu - 20 - 8 - 8` (0 if the MTU cannot
-/// even hold the outer header; IPv4 caps the MTU at 65535).
-pub fn max_inner_frame(underlay_mtu: u32) -> u32 {
+/// Bytes of outer header over an IPv6 underlay: IPv6 + UDP + VXLAN.
+pub const OUTER_LEN_V6: usize = 40 + UDP_LEN + VXLAN_LEN;
+
+/// Largest inner frame that fits an underlay MTU: `mtu - 20 - 8 - 8` over IPv4, `mtu - 40 -
+/// 8 - 8` over IPv6 (0 if the MTU cannot even hold the outer header; the MTU is capped at
+/// 65535).
+pub fn max_inner_frame(underlay_mtu: u32, ipv6: bool) -> u32 {
+    let outer = if ipv6 { OUTER_LEN_V6 } else { OUTER_LEN };
     underlay_mtu
         .min(u32::from(u16::MAX))
-        .saturating_sub(OUTER_LEN as u32)
+        .saturating_sub(outer as u32)
 }
 
 /// RFC 7348 §5: a UDP source port from a hash of the inner frame's flow, in 49152..=65535, so
@@ -337,10 +342,15 @@ mod tests {
 
     #[test]
     fn max_inner_frame_subtracts_the_outer_header() {
-        assert_eq!(max_inner_frame(1500), 1464);
-        assert_eq!(max_inner_frame(9000), 8964);
-        assert_eq!(max_inner_frame(30), 0);
-        assert_eq!(max_inner_frame(u32::MAX), MAX_INNER_LEN as u32);
+        assert_eq!(max_inner_frame(1500, false), 1464);
+        assert_eq!(max_inner_frame(9000, false), 8964);
+        assert_eq!(max_inner_frame(30, false), 0);
+        assert_eq!(max_inner_frame(u32::MAX, false), MAX_INNER_LEN as u32);
+        assert_eq!(
+            max_inner_frame(1500, true),
+            1444,
+            "IPv6's header is 20 bytes longer"
+        );
     }
 
     /// An untagged Ethernet + IPv4 + TCP/UDP frame.

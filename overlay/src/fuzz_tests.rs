@@ -32,10 +32,10 @@ fn decap_never_panics() {
             .map(|i| VniConfig {
                 vni: i,
                 vlan: 1 + i as u16,
-                remotes: vec![Ipv4Addr::new(10, 0, 0, 2 + i as u8)],
+                remotes: vec![Ipv4Addr::new(10, 0, 0, 2 + i as u8).into()],
             })
             .collect(),
-        ..VtepConfig::new(Ipv4Addr::new(10, 0, 0, 1))
+        ..VtepConfig::new(Ipv4Addr::new(10, 0, 0, 1).into())
     })
     .unwrap();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -70,12 +70,13 @@ fn decap_never_panics() {
             }
         }
         let packet = &buf[..len];
-        let remote = Ipv4Addr::from(match rng.below(4) {
+        let remote: std::net::IpAddr = Ipv4Addr::from(match rng.below(4) {
             0 => 0x0a00_0002 + rng.below(10) as u32,
             1 => rng.next() as u32,
             2 => 0,
             _ => u32::MAX,
-        });
+        })
+        .into();
         match decap(packet) {
             Ok((vni, inner)) => {
                 ok += 1;

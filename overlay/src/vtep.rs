@@ -8,15 +8,16 @@
 //! calling back into the caller.
 
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use portable_atomic::AtomicU128;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use crate::decap::DecapError;
-use crate::encap::{OuterTemplate, DEFAULT_TTL};
 use crate::{Vni, MAX_VNI, VXLAN_PORT};
 
 /// Most remotes that are not in any flood list whose traffic is counted separately. Sources
@@ -66,7 +67,7 @@ pub struct VniConfig {
     pub vlan: u16,
     /// Flood list: every broadcast, multicast and unknown-unicast frame is sent to each.
     #[serde(default)]
-    pub remotes: Vec<Ipv4Addr>,
+    pub remotes: Vec<IpAddr>,
 }
 
 /// The VTEP as configured (and, from [`Vtep::config`], as it stands).
@@ -74,7 +75,7 @@ pub struct VniConfig {
 #[serde(deny_unknown_fields)]
 pub struct VtepConfig {
     /// Source address of encapsulated packets; remotes send to it.
-    pub local_ip: Ipv4Addr,
+    pub local_ip: IpAddr,
     /// UDP port to send to and listen on.
     #[serde(default = "default_port")]
     pub port: u16,
@@ -128,7 +129,7 @@ fn default_mac_table_size_per_vni() -> usize {
 
 impl VtepConfig {
     /// A configuration with every default and no VNIs.
-    pub fn new(local_ip: Ipv4Addr) -> Self {
+    pub fn new(local_ip: IpAddr) -> Self {
         VtepConfig {
             local_ip,
             port: default_port(),
@@ -147,7 +148,7 @@ impl VtepConfig {
     pub fn validate(&self) -> Result<(), VtepError> {
         let err = |field: String, message: String| VtepError::Invalid { field, message };
         let ip = self.local_ip;
-        if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+        if !is_unicast(ip) {
             return Err(err(
                 "local_ip".into(),
                 format!("{ip} is not a unicast address"),
@@ -226,7 +227,12 @@ fn check_vlan(vlan: u16) -> Result<(), String> {
 
 /// A remote VTEP must be a unicast address other than ours. Multicast underlays are not
 /// supported: flooding is head-end replication to each listed remote.
-fn check_remote(local: Ipv4Addr, ip: Ipv4Addr) -> Result<(), String> {
+fn check_remote(local: IpAddr, ip: IpAddr) -> Result<(), String> {
+    if ip.is_ipv4() != local.is_ipv4() {
+        return Err(format!(
+            "{ip} is not of the local VTEP address's family ({local}): the underlay is one or the other"
+        ));
+    }
     if ip == local {
         return Err(format!("{ip} is the local VTEP address"));
     }
@@ -241,8 +247,28 @@ fn check_remote(local: Ipv4Addr, ip: Ipv4Addr) -> Result<(), String> {
     Ok(())
 }
 
-fn is_unicast(ip: Ipv4Addr) -> bool {
-    !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast())
+fn is_unicast(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()),
+        // An IPv4-mapped address is IPv4 in disguise (it would be stored as IPv4).
+        IpAddr::V6(v6) => {
+            !(v6.is_unspecified() || v6.is_multicast() || v6.to_ipv4_mapped().is_some())
+        }
+    }
+}
+
+/// A remote address as the MAC table stores it (one 128-bit word, so a move is one store):
+/// IPv6 as it is, IPv4 as its IPv4-mapped IPv6 form (`::ffff:a.b.c.d`, never a remote's IPv6
+/// address: those are refused as not unicast).
+fn to_bits(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().to_bits(),
+        IpAddr::V6(v6) => v6.to_bits(),
+    }
+}
+
+fn from_bits(bits: u128) -> IpAddr {
+    Ipv6Addr::from_bits(bits).to_canonical()
 }
 
 /// A configuration or control request that cannot be applied.
@@ -257,9 +283,9 @@ pub enum VtepError {
     #[error("VLAN {vlan} is already mapped to VNI {vni}")]
     VlanInUse { vlan: u16, vni: Vni },
     #[error("{ip} is already a remote of VNI {vni}")]
-    RemoteExists { vni: Vni, ip: Ipv4Addr },
+    RemoteExists { vni: Vni, ip: IpAddr },
     #[error("{ip} is not a remote of VNI {vni}")]
-    UnknownRemote { vni: Vni, ip: Ipv4Addr },
+    UnknownRemote { vni: Vni, ip: IpAddr },
     #[error("VNI {vni} has no static entry for {mac}")]
     UnknownStatic { vni: Vni, mac: String },
 }
@@ -412,7 +438,7 @@ impl Drops {
 struct VniEntry {
     vlan: u16,
     /// Shared so that [`Vtep::for_each_remote`] can iterate without the lock or a copy.
-    remotes: Arc<[Ipv4Addr]>,
+    remotes: Arc<[IpAddr]>,
     traffic: Traffic,
     drops: Drops,
 }
@@ -424,8 +450,8 @@ struct VniTable {
 }
 
 struct MacEntry {
-    /// The remote VTEP's address as a `u32`, so a move needs no write lock.
-    remote: AtomicU32,
+    /// The remote VTEP's address ([`to_bits`]), one atomic word so a move needs no write lock.
+    remote: AtomicU128,
     /// Seconds since the table's epoch when the address was last seen.
     last_seen: AtomicU64,
     is_static: bool,
@@ -492,14 +518,14 @@ struct RemoteEntry {
 
 #[derive(Default)]
 struct RemoteTable {
-    entries: HashMap<Ipv4Addr, RemoteEntry, S>,
+    entries: HashMap<IpAddr, RemoteEntry, S>,
     /// Entries with `flood_refs == 0`.
     learned: usize,
 }
 
 impl RemoteTable {
     /// A flood list now names `ip`.
-    fn acquire(&mut self, ip: Ipv4Addr, now: u64) {
+    fn acquire(&mut self, ip: IpAddr, now: u64) {
         match self.entries.get_mut(&ip) {
             Some(e) => {
                 if e.flood_refs == 0 {
@@ -522,7 +548,7 @@ impl RemoteTable {
 
     /// A flood list no longer names `ip`. The entry stays (as learned) with its counters until
     /// a sweep finds it unused.
-    fn release(&mut self, ip: Ipv4Addr) {
+    fn release(&mut self, ip: IpAddr) {
         if let Some(e) = self.entries.get_mut(&ip) {
             if e.flood_refs > 0 {
                 e.flood_refs -= 1;
@@ -536,7 +562,7 @@ impl RemoteTable {
 
 /// The VXLAN tunnel endpoint: VNI <-> VLAN map, flood lists, remote MAC learning, counters.
 pub struct Vtep {
-    local_ip: Ipv4Addr,
+    local_ip: IpAddr,
     port: u16,
     underlay_mtu: u32,
     policy: UnknownVtepPolicy,
@@ -633,7 +659,7 @@ impl Vtep {
         }
     }
 
-    pub fn local_ip(&self) -> Ipv4Addr {
+    pub fn local_ip(&self) -> IpAddr {
         self.local_ip
     }
 
@@ -646,9 +672,10 @@ impl Vtep {
         self.underlay_mtu
     }
 
-    /// Largest inner frame that can be sent without exceeding the underlay MTU.
+    /// Largest inner frame that can be sent without exceeding the underlay MTU (its IP
+    /// family decides the header's size).
     pub fn max_inner_frame(&self) -> u32 {
-        crate::encap::max_inner_frame(self.underlay_mtu)
+        crate::encap::max_inner_frame(self.underlay_mtu, self.local_ip.is_ipv6())
     }
 
     pub fn unknown_vtep_policy(&self) -> UnknownVtepPolicy {
@@ -657,11 +684,6 @@ impl Vtep {
 
     pub fn local_mac_move(&self) -> LocalMacMove {
         self.local_mac_move
-    }
-
-    /// The outer header for frames of `vni` sent to `remote` (TTL [`DEFAULT_TTL`]).
-    pub fn template(&self, vni: Vni, remote: Ipv4Addr) -> OuterTemplate {
-        OuterTemplate::new(self.local_ip, remote, self.port, vni, DEFAULT_TTL)
     }
 
     pub fn vni_for_vlan(&self, vlan: u16) -> Option<Vni> {
@@ -719,7 +741,7 @@ impl Vtep {
     }
 
     /// Adds `ip` to the flood list of `vni`.
-    pub fn add_remote(&self, vni: Vni, ip: Ipv4Addr) -> Result<(), VtepError> {
+    pub fn add_remote(&self, vni: Vni, ip: IpAddr) -> Result<(), VtepError> {
         check_remote(self.local_ip, ip).map_err(|m| invalid("remote", m))?;
         let now = self.now();
         let mut t = write(&self.vnis);
@@ -734,7 +756,7 @@ impl Vtep {
 
     /// Removes `ip` from the flood list of `vni`. MACs learned behind it stay until they age
     /// out (under the `learn` policy it may well still be a valid sender).
-    pub fn remove_remote(&self, vni: Vni, ip: Ipv4Addr) -> Result<(), VtepError> {
+    pub fn remove_remote(&self, vni: Vni, ip: IpAddr) -> Result<(), VtepError> {
         let mut t = write(&self.vnis);
         let e = t.by_vni.get_mut(&vni).ok_or(VtepError::UnknownVni(vni))?;
         if !e.remotes.contains(&ip) {
@@ -747,7 +769,7 @@ impl Vtep {
 
     /// Calls `f` for each flood-list remote of `vni` (head-end replication), without
     /// allocating and without holding a lock, so `f` may call back into the `Vtep`.
-    pub fn for_each_remote(&self, vni: Vni, mut f: impl FnMut(Ipv4Addr)) {
+    pub fn for_each_remote(&self, vni: Vni, mut f: impl FnMut(IpAddr)) {
         let list = read(&self.vnis)
             .by_vni
             .get(&vni)
@@ -762,16 +784,22 @@ impl Vtep {
     /// admitted under [`UnknownVtepPolicy::Learn`] and refused as `UnknownVtep` under `Drop`;
     /// a non-unicast source (spoofed: 0.0.0.0, broadcast, multicast) is always refused, since
     /// learning it would make us send unicast traffic to it.
-    pub fn admit(&self, vni: Vni, remote: Ipv4Addr) -> Result<u16, TunnelDrop> {
+    pub fn admit(&self, vni: Vni, remote: IpAddr) -> Result<u16, TunnelDrop> {
         let t = read(&self.vnis);
         let e = t.by_vni.get(&vni).ok_or(TunnelDrop::UnknownVni)?;
         if e.remotes.contains(&remote) {
             return Ok(e.vlan);
         }
         match self.policy {
-            UnknownVtepPolicy::Learn if is_unicast(remote) && remote != self.local_ip => Ok(e.vlan),
+            UnknownVtepPolicy::Learn if self.learnable(remote) => Ok(e.vlan),
             _ => Err(TunnelDrop::UnknownVtep),
         }
+    }
+
+    /// Whether a packet's source may stand as a remote VTEP: unicast, not us, and of the
+    /// underlay's address family.
+    fn learnable(&self, remote: IpAddr) -> bool {
+        is_unicast(remote) && remote != self.local_ip && remote.is_ipv4() == self.local_ip.is_ipv4()
     }
 
     fn expired(&self, last_seen: u64, now: u64) -> bool {
@@ -782,11 +810,12 @@ impl Vtep {
     /// entry for the address wins; a full table, or a VNI at `mac_table_size_per_vni`,
     /// refuses new addresses (after sweeping expired ones, at most once a second). Does not
     /// allocate: the table is sized up front.
-    pub fn learn(&self, vni: Vni, mac: [u8; 6], remote: Ipv4Addr, now_secs: u64) -> Learned {
-        if mac[0] & 1 != 0 || !is_unicast(remote) || !read(&self.vnis).by_vni.contains_key(&vni) {
+    pub fn learn(&self, vni: Vni, mac: [u8; 6], remote: IpAddr, now_secs: u64) -> Learned {
+        if mac[0] & 1 != 0 || !self.learnable(remote) || !read(&self.vnis).by_vni.contains_key(&vni)
+        {
             return Learned::Refused;
         }
-        let ip = u32::from(remote);
+        let ip = to_bits(remote);
         let key = (vni, mac);
         let known = |e: &MacEntry| {
             if e.is_static {
@@ -831,7 +860,7 @@ impl Vtep {
         t.insert(
             key,
             MacEntry {
-                remote: AtomicU32::new(ip),
+                remote: AtomicU128::new(ip),
                 last_seen: AtomicU64::new(now_secs),
                 is_static: false,
             },
@@ -840,18 +869,18 @@ impl Vtep {
     }
 
     /// The remote VTEP `mac` sits behind in `vni`, unless unknown or aged out.
-    pub fn lookup(&self, vni: Vni, mac: [u8; 6], now_secs: u64) -> Option<Ipv4Addr> {
+    pub fn lookup(&self, vni: Vni, mac: [u8; 6], now_secs: u64) -> Option<IpAddr> {
         let t = read(&self.macs);
         let e = t.entries.get(&(vni, mac))?;
         if !e.is_static && self.expired(e.last_seen.load(Ordering::Relaxed), now_secs) {
             return None;
         }
-        Some(Ipv4Addr::from(e.remote.load(Ordering::Relaxed)))
+        Some(from_bits(e.remote.load(Ordering::Relaxed)))
     }
 
     /// Pins `mac` behind `remote` in `vni`: never aged, never moved by learning, and allowed
     /// beyond `mac_table_size` (the operator chose it). Replaces a learned entry.
-    pub fn add_static(&self, vni: Vni, mac: [u8; 6], remote: Ipv4Addr) -> Result<(), VtepError> {
+    pub fn add_static(&self, vni: Vni, mac: [u8; 6], remote: IpAddr) -> Result<(), VtepError> {
         if mac[0] & 1 != 0 {
             return Err(invalid(
                 "mac",
@@ -867,7 +896,7 @@ impl Vtep {
         write(&self.macs).insert(
             (vni, mac),
             MacEntry {
-                remote: AtomicU32::new(u32::from(remote)),
+                remote: AtomicU128::new(to_bits(remote)),
                 last_seen: AtomicU64::new(self.now()),
                 is_static: true,
             },
@@ -898,7 +927,7 @@ impl Vtep {
             let removed = t.retain(|_, e| {
                 e.is_static || !self.expired(e.last_seen.load(Ordering::Relaxed), now_secs)
             });
-            let in_use: HashSet<u32, S> = t
+            let in_use: HashSet<u128, S> = t
                 .entries
                 .values()
                 .map(|e| e.remote.load(Ordering::Relaxed))
@@ -909,7 +938,7 @@ impl Vtep {
         let RemoteTable { entries, learned } = &mut *r;
         entries.retain(|ip, e| {
             let keep = e.flood_refs > 0
-                || in_use.contains(&u32::from(*ip))
+                || in_use.contains(&to_bits(*ip))
                 || !self.expired(e.created, now_secs);
             if !keep {
                 *learned -= 1;
@@ -926,7 +955,7 @@ impl Vtep {
 
     /// Counts a frame received from `remote` in `vni` (its inner length, or whatever the
     /// caller counts consistently).
-    pub fn count_rx(&self, vni: Vni, remote: Ipv4Addr, bytes: u64) {
+    pub fn count_rx(&self, vni: Vni, remote: IpAddr, bytes: u64) {
         if let Some(e) = read(&self.vnis).by_vni.get(&vni) {
             e.traffic.rx(bytes);
         }
@@ -934,7 +963,7 @@ impl Vtep {
     }
 
     /// Counts a frame sent to `remote` in `vni`.
-    pub fn count_tx(&self, vni: Vni, remote: Ipv4Addr, bytes: u64) {
+    pub fn count_tx(&self, vni: Vni, remote: IpAddr, bytes: u64) {
         if let Some(e) = read(&self.vnis).by_vni.get(&vni) {
             e.traffic.tx(bytes);
         }
@@ -954,7 +983,7 @@ impl Vtep {
 
     /// Runs `f` on the counters of `remote`, tracking it if new and there is room, else on the
     /// overflow counters.
-    fn with_remote(&self, remote: Ipv4Addr, f: impl Fn(&Traffic)) {
+    fn with_remote(&self, remote: IpAddr, f: impl Fn(&Traffic)) {
         if let Some(e) = read(&self.remotes).entries.get(&remote) {
             return f(&e.traffic);
         }
@@ -1018,7 +1047,7 @@ impl Vtep {
             .map(|((vni, mac), e)| VtepMacEntry {
                 vni: *vni,
                 mac: fmt_mac(*mac),
-                remote: Ipv4Addr::from(e.remote.load(Ordering::Relaxed)),
+                remote: from_bits(e.remote.load(Ordering::Relaxed)),
                 is_static: e.is_static,
                 age: if e.is_static {
                     0
@@ -1045,7 +1074,7 @@ impl Vtep {
 }
 
 impl VniEntry {
-    fn new(vlan: u16, remotes: impl IntoIterator<Item = Ipv4Addr>) -> Self {
+    fn new(vlan: u16, remotes: impl IntoIterator<Item = IpAddr>) -> Self {
         VniEntry {
             vlan,
             remotes: remotes.into_iter().collect(),
@@ -1077,7 +1106,7 @@ pub struct TrafficSnapshot {
 pub struct VniSnapshot {
     pub vni: Vni,
     pub vlan: u16,
-    pub remotes: Vec<Ipv4Addr>,
+    pub remotes: Vec<IpAddr>,
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub tx_packets: u64,
@@ -1089,7 +1118,7 @@ pub struct VniSnapshot {
 /// One remote VTEP in a [`VtepSnapshot`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteSnapshot {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub tx_packets: u64,
@@ -1103,7 +1132,7 @@ pub struct RemoteSnapshot {
 pub struct VtepMacEntry {
     pub vni: Vni,
     pub mac: String,
-    pub remote: Ipv4Addr,
+    pub remote: IpAddr,
     #[serde(rename = "static")]
     pub is_static: bool,
     /// Seconds since the address was last seen (0 for static entries).
@@ -1115,7 +1144,7 @@ pub struct VtepMacEntry {
 pub struct VtepSnapshot {
     /// Where it listens (and sends from).
     #[serde(default)]
-    pub local_ip: Option<Ipv4Addr>,
+    pub local_ip: Option<IpAddr>,
     #[serde(default)]
     pub port: u16,
     #[serde(default)]
@@ -1163,11 +1192,12 @@ impl VtepSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
-    const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-    const R1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-    const R2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
-    const STRANGER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
+    const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    const R1: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+    const R2: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3));
+    const STRANGER: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
     const A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
     const B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
 
@@ -1189,7 +1219,7 @@ mod tests {
         }
     }
 
-    fn remotes(v: &Vtep, vni: Vni) -> Vec<Ipv4Addr> {
+    fn remotes(v: &Vtep, vni: Vni) -> Vec<IpAddr> {
         let mut out = Vec::new();
         v.for_each_remote(vni, |ip| out.push(ip));
         out
@@ -1255,8 +1285,8 @@ mod tests {
         assert_eq!(field_of(c), "vnis[1].vlan");
         for bad in [
             LOCAL,
-            Ipv4Addr::new(239, 1, 1, 1),
-            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::new(239, 1, 1, 1).into(),
+            Ipv4Addr::UNSPECIFIED.into(),
             R1,
         ] {
             let mut c = config();
@@ -1264,7 +1294,7 @@ mod tests {
             assert_eq!(field_of(c), "vnis[0].remotes[2]", "{bad}");
         }
         let mut c = config();
-        c.local_ip = Ipv4Addr::BROADCAST;
+        c.local_ip = Ipv4Addr::BROADCAST.into();
         assert_eq!(field_of(c), "local_ip");
         let mut c = config();
         c.underlay_mtu = 67;
@@ -1340,7 +1370,7 @@ mod tests {
             Err(VtepError::Invalid { .. })
         ));
         assert!(matches!(
-            v.add_remote(200, Ipv4Addr::new(224, 0, 0, 1)),
+            v.add_remote(200, Ipv4Addr::new(224, 0, 0, 1).into()),
             Err(VtepError::Invalid { .. })
         ));
         v.remove_remote(100, R1).unwrap();
@@ -1372,7 +1402,11 @@ mod tests {
         assert_eq!(v.admit(100, STRANGER), Ok(10));
         assert_eq!(v.admit(200, R1), Ok(20), "learn admits other VNIs' remotes");
         assert_eq!(v.admit(7, R1), Err(TunnelDrop::UnknownVni));
-        for spoofed in [Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, LOCAL] {
+        for spoofed in [
+            Ipv4Addr::UNSPECIFIED.into(),
+            Ipv4Addr::BROADCAST.into(),
+            LOCAL,
+        ] {
             assert_eq!(v.admit(100, spoofed), Err(TunnelDrop::UnknownVtep));
         }
 
@@ -1464,7 +1498,10 @@ mod tests {
         assert_eq!(v.lookup(100, A, 2), Some(R2));
         assert_eq!(v.learn(100, [1, 0, 0, 0, 0, 1], R1, 2), Learned::Refused);
         assert_eq!(v.learn(999, B, R1, 2), Learned::Refused);
-        assert_eq!(v.learn(100, B, Ipv4Addr::BROADCAST, 2), Learned::Refused);
+        assert_eq!(
+            v.learn(100, B, Ipv4Addr::BROADCAST.into(), 2),
+            Learned::Refused
+        );
 
         v.learn(100, B, R1, 200);
         assert_eq!(v.lookup(100, A, 301), Some(R2));
@@ -1474,6 +1511,51 @@ mod tests {
         assert_eq!(snap.macs.len(), 1);
         assert_eq!(snap.macs[0].mac, "02:00:00:00:00:0b");
         assert_eq!(snap.macs[0].remote, R1);
+    }
+
+    #[test]
+    fn an_ipv6_underlay_learns_moves_and_refuses_the_other_family() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let (local, r1, r2) = (ip("2001:db8::1"), ip("2001:db8::2"), ip("2001:db8::3"));
+        let v = Vtep::new(VtepConfig {
+            vnis: vec![VniConfig {
+                vni: 100,
+                vlan: 10,
+                remotes: vec![r1, r2],
+            }],
+            ..VtepConfig::new(local)
+        })
+        .unwrap();
+        assert_eq!(
+            v.max_inner_frame(),
+            1500 - 56,
+            "IPv6's outer header is 56 bytes"
+        );
+        assert_eq!(v.admit(100, r1), Ok(10));
+        assert_eq!(v.learn(100, A, r1, 0), Learned::New);
+        assert_eq!(v.lookup(100, A, 0), Some(r1));
+        assert_eq!(v.learn(100, A, r2, 1), Learned::Moved);
+        assert_eq!(v.lookup(100, A, 1), Some(r2), "the whole address moves");
+        assert_eq!(v.snapshot().macs[0].remote, r2);
+        // One family per underlay; no multicast, no IPv4-mapped disguise.
+        for bad in ["10.0.0.2", "ff02::1", "::ffff:10.0.0.2", "::"] {
+            assert!(v.add_remote(100, ip(bad)).is_err(), "{bad} refused");
+            assert_eq!(
+                v.learn(100, B, ip(bad), 2),
+                Learned::Refused,
+                "{bad} not learned"
+            );
+        }
+        assert!(VtepConfig {
+            vnis: vec![VniConfig {
+                vni: 1,
+                vlan: 1,
+                remotes: vec![ip("10.0.0.2")],
+            }],
+            ..VtepConfig::new(local)
+        }
+        .validate()
+        .is_err());
     }
 
     #[test]
@@ -1565,7 +1647,7 @@ mod tests {
     #[test]
     fn learned_remotes_are_bounded_and_swept() {
         let v = Vtep::new(config()).unwrap();
-        let stranger = |i: usize| Ipv4Addr::from(0xcb00_0000 + i as u32);
+        let stranger = |i: usize| IpAddr::from(Ipv4Addr::from(0xcb00_0000 + i as u32));
         for i in 0..MAX_LEARNED_REMOTES + 10 {
             v.count_rx(100, stranger(i), 1);
         }
@@ -1605,7 +1687,7 @@ mod tests {
                         v.count_rx(100, R1, 1);
                         assert_eq!(v.lookup(100, mac, 0), Some(R1));
                         if t == 0 && i % 100 == 0 {
-                            v.add_remote(200, Ipv4Addr::from(0x0a01_0000 + u32::from(i)))
+                            v.add_remote(200, Ipv4Addr::from(0x0a01_0000 + u32::from(i)).into())
                                 .unwrap();
                         }
                         v.for_each_remote(200, |_| {});

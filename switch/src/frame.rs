@@ -1,7 +1,7 @@
 //! A frame in flight: where its bytes are (a guest's transmit buffers or a host buffer), how
 //! its header changes on the way out, and the metadata a tunnel attaches.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::offload::Offload;
 use crate::virtio::guest_map::{copy_bytes, copy_small};
@@ -26,8 +26,8 @@ pub struct TunnelMeta {
     pub vni: u32,
     /// The local VLAN the VNI maps to.
     pub vlan: Vid,
-    pub remote: Ipv4Addr,
-    pub local: Ipv4Addr,
+    pub remote: IpAddr,
+    pub local: IpAddr,
 }
 
 /// One frame of a batch.

@@ -476,9 +476,9 @@ fn tunnel_pair(udp_offloads: bool, underlay_mtu: u32) -> TunnelPair {
                 vnis: vec![VniConfig {
                     vni: 42,
                     vlan: 10,
-                    remotes: vec![remote],
+                    remotes: vec![remote.into()],
                 }],
-                ..VtepConfig::new(local)
+                ..VtepConfig::new(local.into())
             });
         });
         let vm = frontend(&dir, "vm", ALL_OFFLOADS);

@@ -4,7 +4,7 @@
 //! counted by reason while the switch keeps forwarding.
 //! (The kernel-interop and two-namespace tests are in vxlan_netns.rs.)
 
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use patchbay_overlay::vtep::{UnknownVtepPolicy, VniConfig, VtepConfig};
@@ -15,8 +15,8 @@ use patchbay_tests::frontend::*;
 use patchbay_tests::switch::{access, start_switch, TestDir};
 
 const T: Duration = Duration::from_secs(5);
-const A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
-const B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+const A: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+const B: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
 /// A free UDP port for this test's VTEPs (both sides use the same one, as VXLAN does).
 fn free_port() -> u16 {
@@ -24,7 +24,7 @@ fn free_port() -> u16 {
     s.local_addr().unwrap().port()
 }
 
-fn vtep(local: Ipv4Addr, remote: Ipv4Addr, port: u16, policy: UnknownVtepPolicy) -> VtepConfig {
+fn vtep(local: IpAddr, remote: IpAddr, port: u16, policy: UnknownVtepPolicy) -> VtepConfig {
     VtepConfig {
         port,
         unknown_vtep: policy,
@@ -39,8 +39,8 @@ fn vtep(local: Ipv4Addr, remote: Ipv4Addr, port: u16, policy: UnknownVtepPolicy)
 
 fn host(
     name: &str,
-    local: Ipv4Addr,
-    remote: Ipv4Addr,
+    local: IpAddr,
+    remote: IpAddr,
     port: u16,
     policy: UnknownVtepPolicy,
 ) -> (TestDir, Daemon, TestPort, TestPort) {
@@ -237,7 +237,7 @@ fn unknown_vteps_are_learned_when_the_policy_allows() {
     let port = free_port();
     let (_d, sw, mut vm, _other) = host("vx-learn", A, B, port, UnknownVtepPolicy::Learn);
     let tunnel = sw.switch.tunnel().unwrap();
-    let c = Ipv4Addr::new(127, 0, 0, 3);
+    let c = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
     let stranger = UdpSocket::bind((c, 0)).unwrap();
     let inner = frame(BROADCAST, mac(7), 1, 64);
     let mut p = vec![0x08, 0, 0, 0];
@@ -298,7 +298,7 @@ fn vxlan_packet(vni: u32, inner: &[u8]) -> Vec<u8> {
     p
 }
 
-const C: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+const C: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
 
 /// A received frame in a few words, for assertions that print readably on failure.
 fn describe(f: Option<Vec<u8>>) -> Option<String> {

@@ -128,20 +128,71 @@ fn remote_mac(tunnel: &serde_json::Value, vni: u64, mac: &str) -> Option<String>
 
 #[test]
 fn a_guest_on_the_switch_and_the_kernels_vxlan_device_reach_each_other() {
-    let test = "a_guest_on_the_switch_and_the_kernels_vxlan_device_reach_each_other";
+    kernel_interop(
+        "a_guest_on_the_switch_and_the_kernels_vxlan_device_reach_each_other",
+        Underlay {
+            host: "198.51.100.1",
+            kernel: "198.51.100.2",
+            prefix: 24,
+            guest_mtu: 1450,
+        },
+    );
+}
+
+#[test]
+fn over_an_ipv6_underlay_the_switch_and_the_kernels_vxlan_device_reach_each_other() {
+    kernel_interop(
+        "over_an_ipv6_underlay_the_switch_and_the_kernels_vxlan_device_reach_each_other",
+        Underlay {
+            host: "2001:db8:100::1",
+            kernel: "2001:db8:100::2",
+            prefix: 64,
+            // 1500 less Ethernet, IPv6 (40), UDP and VXLAN.
+            guest_mtu: 1430,
+        },
+    );
+}
+
+/// The underlay between the switch's namespace and the kernel's.
+struct Underlay {
+    host: &'static str,
+    kernel: &'static str,
+    prefix: u8,
+    guest_mtu: u32,
+}
+
+/// A guest on the switch and the kernel's vxlan device in another namespace, over `u`: pings
+/// both ways, each side learns the other's MAC behind the other's VTEP address.
+fn kernel_interop(test: &str, u: Underlay) {
     let Some(image) = prerequisites(test) else {
         return;
     };
-    let dir = TestDir::new("vx-kernel");
-    let host = Netns::create("pbvx").unwrap();
-    let kernel = Netns::create("kvx").unwrap();
-    veth_pair(&host, "198.51.100.1/24", &kernel, "198.51.100.2/24").unwrap();
+    let ipv6 = u.host.contains(':');
+    let dir = TestDir::new(if ipv6 { "vx-kernel6" } else { "vx-kernel" });
+    let host = Netns::create(if ipv6 { "pbvx6" } else { "pbvx" }).unwrap();
+    let kernel = Netns::create(if ipv6 { "kvx6" } else { "kvx" }).unwrap();
+    let (host_cidr, kernel_cidr) = (
+        format!("{}/{}", u.host, u.prefix),
+        format!("{}/{}", u.kernel, u.prefix),
+    );
+    let veth = if ipv6 {
+        // Without duplicate address detection: a tentative address cannot be bound.
+        let veth = veth_pair(&host, "", &kernel, "").unwrap();
+        host.ip(&["addr", "add", &host_cidr, "dev", &veth.a, "nodad"])
+            .unwrap();
+        kernel
+            .ip(&["addr", "add", &kernel_cidr, "dev", &veth.b, "nodad"])
+            .unwrap();
+        veth
+    } else {
+        veth_pair(&host, &host_cidr, &kernel, &kernel_cidr).unwrap()
+    };
     kernel_vxlan(
         &kernel,
         "vx42",
         42,
-        "198.51.100.2",
-        Some("198.51.100.1"),
+        u.kernel,
+        Some(u.host),
         4789,
         "203.0.113.100/24",
     )
@@ -153,16 +204,24 @@ fn a_guest_on_the_switch_and_the_kernels_vxlan_device_reach_each_other() {
         &dir.path,
         "sw",
         &format!(
-            "[vxlan]\nlocal_ip = \"198.51.100.1\"\nunknown_vtep = \"drop\"\n\n[[vxlan.vnis]]\nvni = 42\nvlan = 10\nremotes = [\"198.51.100.2\"]\n\n\
+            "[vxlan]\nlocal_ip = \"{}\"\nunknown_vtep = \"drop\"\n\n[[vxlan.vnis]]\nvni = 42\nvlan = 10\nremotes = [\"{}\"]\n\n\
              [[port]]\nname = \"vm1\"\nsocket = \"{}/vm1.sock\"\nvlan = 10\n",
+            u.host,
+            u.kernel,
             dir.path.display()
         ),
+    );
+    let tunnel = switch.tunnel();
+    assert_eq!(
+        tunnel["guest_mtu"].as_u64(),
+        Some(u64::from(u.guest_mtu)),
+        "{tunnel}"
     );
     let mut g1 = QemuGuest::boot(
         &image,
         "g1",
         &GuestNic::new(dir.join("vm1.sock"), "52:54:00:2a:00:01"),
-        "pb.ip=203.0.113.1/24 pb.mtu=1450",
+        &format!("pb.ip=203.0.113.1/24 pb.mtu={}", u.guest_mtu),
     )
     .unwrap();
     g1.wait_ready(BOOT).unwrap();
@@ -175,13 +234,13 @@ fn a_guest_on_the_switch_and_the_kernels_vxlan_device_reach_each_other() {
     // The kernel learned our guest behind our VTEP address, and we learned its device.
     let fdb = kernel.fdb("vx42").unwrap();
     assert!(
-        fdb.contains("52:54:00:2a:00:01 dst 198.51.100.1"),
+        fdb.contains(&format!("52:54:00:2a:00:01 dst {}", u.host)),
         "kernel fdb:\n{fdb}"
     );
     let tunnel = switch.tunnel();
     assert_eq!(
         remote_mac(&tunnel, 42, &kernel_mac).as_deref(),
-        Some("198.51.100.2"),
+        Some(u.kernel),
         "{tunnel}"
     );
     let v = vni(&tunnel, 42);
@@ -201,7 +260,7 @@ fn a_guest_on_the_switch_and_the_kernels_vxlan_device_reach_each_other() {
 
     // If tshark is installed, it decodes our packets as VXLAN with VNI 42.
     if netns::tshark_available() {
-        let capture = netns::VxlanCapture::start(&kernel, "ulNb", 2, 4789).unwrap();
+        let capture = netns::VxlanCapture::start(&kernel, &veth.b, 2, 4789).unwrap();
         let _ = g1.ping("203.0.113.100", 2).unwrap();
         let vnis = capture.finish(Duration::from_secs(20)).unwrap();
         assert!(

@@ -369,8 +369,8 @@ pub fn trace(sw: &Arc<Switch>, text: &str) -> Result<Trace, String> {
     let tunnel = (spec.m.get(Field::TunId).1 != 0).then(|| TunnelMeta {
         vni: spec.m.get(Field::TunId).0 as u32,
         vlan: 0,
-        remote: std::net::Ipv4Addr::from(spec.m.get(Field::TunSrc).0 as u32),
-        local: std::net::Ipv4Addr::from(spec.m.get(Field::TunDst).0 as u32),
+        remote: std::net::Ipv4Addr::from(spec.m.get(Field::TunSrc).0 as u32).into(),
+        local: std::net::Ipv4Addr::from(spec.m.get(Field::TunDst).0 as u32).into(),
     });
     let key = flow_key(&frame, in_port, tunnel.as_ref());
     let pipeline = sw.flows();

@@ -52,17 +52,17 @@ pub enum Request {
     /// Adds a remote VTEP to a VNI's flood list.
     TunnelAddRemote {
         vni: u32,
-        remote: std::net::Ipv4Addr,
+        remote: std::net::IpAddr,
     },
     TunnelDelRemote {
         vni: u32,
-        remote: std::net::Ipv4Addr,
+        remote: std::net::IpAddr,
     },
     /// A static MAC -> remote VTEP entry (never aged, beats learning).
     TunnelAddMac {
         vni: u32,
         mac: String,
-        remote: std::net::Ipv4Addr,
+        remote: std::net::IpAddr,
     },
     TunnelDelMac {
         vni: u32,

@@ -46,8 +46,14 @@ pub fn flow_key(frame: &[u8], in_port: u16, tunnel: Option<&TunnelMeta>) -> Flow
     k.set(Field::InPort, u64::from(in_port));
     if let Some(t) = tunnel {
         k.set(Field::TunId, u64::from(t.vni));
-        k.set(Field::TunSrc, u64::from(u32::from(t.remote)));
-        k.set(Field::TunDst, u64::from(u32::from(t.local)));
+        // tun_src/tun_dst are IPv4 fields (as OVS's; its IPv6 ones are not matched here):
+        // over an IPv6 underlay they stay 0.
+        let v4 = |ip: std::net::IpAddr| match ip {
+            std::net::IpAddr::V4(v4) => u64::from(u32::from(v4)),
+            std::net::IpAddr::V6(_) => 0,
+        };
+        k.set(Field::TunSrc, v4(t.remote));
+        k.set(Field::TunDst, v4(t.local));
     }
     let (Some(dst), Some(src)) = (mac(frame, 0), mac(frame, 6)) else {
         return k;

@@ -13,7 +13,7 @@ mod rx;
 mod tx;
 mod udp;
 
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -91,12 +91,12 @@ pub enum TunnelError {
     Config(String),
     #[error("cannot bind the VXLAN UDP socket on {addr}: {source}")]
     Bind {
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         source: std::io::Error,
     },
     #[error("cannot open the VXLAN sending sockets on {local}: {source}")]
     Senders {
-        local: Ipv4Addr,
+        local: IpAddr,
         source: std::io::Error,
     },
     #[error("cannot start the VXLAN receive thread: {0}")]
@@ -106,7 +106,7 @@ pub enum TunnelError {
 pub struct Tunnel {
     pub port_id: PortId,
     pub vtep: Vtep,
-    local: Ipv4Addr,
+    local: IpAddr,
     dst_port: u16,
     max_inner: u32,
     senders: Senders,
@@ -175,8 +175,8 @@ impl Tunnel {
     pub fn bind(port_id: PortId, cfg: VtepConfig) -> Result<Tunnel, TunnelError> {
         let local = cfg.local_ip;
         let dst_port = cfg.port;
-        let max_inner = max_inner_frame(cfg.underlay_mtu);
-        let addr = SocketAddrV4::new(local, dst_port);
+        let max_inner = max_inner_frame(cfg.underlay_mtu, local.is_ipv6());
+        let addr = SocketAddr::new(local, dst_port);
         let udp = UdpSocket::bind(addr).map_err(|source| TunnelError::Bind { addr, source })?;
         udp.set_read_timeout(Some(Duration::from_millis(200)))
             .map_err(|source| TunnelError::Bind { addr, source })?;

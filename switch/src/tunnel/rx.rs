@@ -4,14 +4,12 @@
 //! and switches the batch like frames from any other port. The inner frame is copied once,
 //! into the receiving guest's buffers.
 
-use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 
 use patchbay_overlay::decap::decap;
 use patchbay_overlay::vtep::TunnelDrop;
 
-use super::tx::sockaddr;
-use super::udp::{self, CmsgBuf};
+use super::udp::{self, CmsgBuf, RawAddr};
 use super::{DropLog, Tunnel, TunnelIo};
 use crate::dataplane::Source;
 use crate::dataplane::{switch_frames, Fabric, Frame, FrameBytes, SwitchScratch, TunnelMeta};
@@ -28,7 +26,7 @@ const RX_BUF: usize = 65_536;
 impl Tunnel {
     pub(super) fn rx_loop(&self, fabric: &Fabric) {
         let mut bufs = vec![0u8; RX_BATCH * RX_BUF];
-        let mut addrs: Vec<libc::sockaddr_in> = vec![sockaddr(Ipv4Addr::UNSPECIFIED, 0); RX_BATCH];
+        let mut addrs: Vec<RawAddr> = vec![RawAddr::empty(); RX_BATCH];
         let mut cmsgs: Vec<CmsgBuf> = vec![CmsgBuf::default(); RX_BATCH];
         let mut frames: Vec<Frame> = Vec::with_capacity(RX_BATCH);
         let mut scratch = SwitchScratch::default();
@@ -53,7 +51,7 @@ impl Tunnel {
                 // SAFETY: `i` is within each array.
                 unsafe {
                     m.msg_hdr.msg_iov = iovecs.as_mut_ptr().add(i);
-                    m.msg_hdr.msg_name = addr_base.add(i) as *mut libc::c_void;
+                    m.msg_hdr.msg_name = (*addr_base.add(i)).as_mut_ptr();
                     m.msg_hdr.msg_control = cmsg_base.add(i) as *mut libc::c_void;
                 }
                 m.msg_hdr.msg_iovlen = 1;
@@ -62,7 +60,7 @@ impl Tunnel {
             .collect();
         while !fabric.is_stopping() {
             for m in msgs.iter_mut() {
-                m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                m.msg_hdr.msg_namelen = RawAddr::empty().len();
                 m.msg_hdr.msg_controllen = std::mem::size_of::<CmsgBuf>();
                 m.msg_hdr.msg_flags = 0;
             }
@@ -94,9 +92,11 @@ impl Tunnel {
             frames.clear();
             for (i, msg) in msgs.iter().take(n as usize).enumerate() {
                 let len = (msg.msg_len as usize).min(RX_BUF);
-                // SAFETY: the kernel wrote this address during recvmmsg, which has returned.
-                let remote =
-                    Ipv4Addr::from(u32::from_be(unsafe { (*addr_base.add(i)).sin_addr.s_addr }));
+                // SAFETY: the kernel wrote this address during recvmmsg, which has returned;
+                // `addr_base` points at `addrs`, alive for the loop.
+                let Some(remote) = (unsafe { (*addr_base.add(i)).ip() }) else {
+                    continue;
+                };
                 if msg.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
                     self.vtep.count_drop(None, TunnelDrop::Truncated);
                     continue;
@@ -228,6 +228,6 @@ impl Tunnel {
 struct Datagram<'a> {
     fabric: &'a Fabric,
     port: &'a Port,
-    remote: Ipv4Addr,
+    remote: std::net::IpAddr,
     now: u64,
 }

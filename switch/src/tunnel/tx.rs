@@ -11,7 +11,7 @@
 //! [`SENDERS`] sockets on ports of the kernel's choosing, picked by a hash of the inner flow
 //! (a flow stays on one socket, in order, and its runs can be coalesced).
 
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::{IpAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -20,7 +20,7 @@ use patchbay_overlay::vtep::TunnelDrop;
 use patchbay_overlay::wire::{VxlanPacket, VxlanRepr};
 use patchbay_overlay::Vni;
 
-use super::udp::{self, CmsgBuf, GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
+use super::udp::{self, CmsgBuf, RawAddr, GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
 use super::{Tunnel, TunnelIo};
 use crate::dataplane::{Delivery, Frame, Source};
 use crate::flow::rewrite::HeaderBuf;
@@ -47,7 +47,7 @@ impl Senders {
     /// Opens the sockets; `want_gso` is the config's `udp_offloads`. The second value says
     /// whether GSO is in use and, if not, why (for the start-up log).
     pub fn open(
-        local: Ipv4Addr,
+        local: IpAddr,
         want_gso: bool,
         sndbuf: libc::c_int,
     ) -> std::io::Result<(Senders, Result<(), String>)> {
@@ -77,7 +77,7 @@ impl Senders {
 struct Target {
     delivery: usize,
     vni: Vni,
-    remote: Ipv4Addr,
+    remote: IpAddr,
     inner_len: u32,
     /// Index of the socket it leaves from.
     sock: u8,
@@ -99,7 +99,7 @@ pub struct TxScratch {
     /// Per target: its first iovec and how many.
     spans: Vec<(usize, usize)>,
     messages: Vec<Message>,
-    addrs: Vec<libc::sockaddr_in>,
+    addrs: Vec<RawAddr>,
     cmsgs: Vec<CmsgBuf>,
     msgs: Vec<libc::mmsghdr>,
 }
@@ -116,17 +116,6 @@ impl std::fmt::Debug for TxScratch {
 // call, which builds them, hands them to sendmmsg and clears them before returning; the
 // scratch carries no live pointer from one thread to another.
 unsafe impl Send for TxScratch {}
-
-pub fn sockaddr(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    }
-}
 
 impl Tunnel {
     /// Encapsulates and sends a group of deliveries to the tunnel port.
@@ -302,7 +291,7 @@ impl Tunnel {
         for m in &scratch.messages {
             scratch
                 .addrs
-                .push(sockaddr(targets[m.first].remote, self.dst_port));
+                .push(RawAddr::new(targets[m.first].remote, self.dst_port));
             scratch.cmsgs.push(CmsgBuf::default());
         }
         scratch.msgs.clear();
@@ -311,8 +300,8 @@ impl Tunnel {
             let mut msg: libc::mmsghdr = unsafe { std::mem::zeroed() };
             let first = scratch.spans[m.first].0;
             let (last_start, last_len) = scratch.spans[m.first + m.count - 1];
-            msg.msg_hdr.msg_name = &mut scratch.addrs[k] as *mut libc::sockaddr_in as *mut _;
-            msg.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            msg.msg_hdr.msg_name = scratch.addrs[k].as_mut_ptr();
+            msg.msg_hdr.msg_namelen = scratch.addrs[k].len();
             msg.msg_hdr.msg_iov = scratch.iovecs[first..].as_mut_ptr();
             msg.msg_hdr.msg_iovlen = last_start + last_len - first;
             if m.count > 1 {
@@ -389,11 +378,11 @@ impl Tunnel {
             }
             for (j, t) in targets.iter().enumerate() {
                 let (start, len) = scratch.spans[m.first + j];
-                let mut addr = sockaddr(remote, self.dst_port);
+                let mut addr = RawAddr::new(remote, self.dst_port);
                 // SAFETY: an all-zero msghdr is a valid empty message header.
                 let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-                msg.msg_name = &mut addr as *mut libc::sockaddr_in as *mut _;
-                msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                msg.msg_name = addr.as_mut_ptr();
+                msg.msg_namelen = addr.len();
                 msg.msg_iov = scratch.iovecs[start..].as_mut_ptr();
                 msg.msg_iovlen = len;
                 let fd = self.senders.socks[sock].as_raw_fd();

@@ -5,14 +5,101 @@
 //! which sends to one destination per call where the tunnel sends one batch to many remotes
 //! in one `sendmmsg`.
 
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 
 /// Most datagrams in one GSO send (the kernel's UDP_MAX_SEGMENTS was 64 before 6.11).
 pub const GSO_MAX_SEGMENTS: usize = 64;
 
-/// Most UDP payload bytes in one send over IPv4 (65535 minus the IPv4 and UDP headers).
+/// Most UDP payload bytes in one send: 65535 less the IPv4 and UDP headers (IPv6's limit,
+/// 65527, is higher; the lower one serves both).
 pub const GSO_MAX_BYTES: usize = 65_507;
+
+/// A socket address as the kernel takes and gives it (`sockaddr_in` or `sockaddr_in6`).
+#[derive(Clone, Copy)]
+pub struct RawAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl RawAddr {
+    pub fn new(ip: IpAddr, port: u16) -> RawAddr {
+        // SAFETY: an all-zero sockaddr_storage is valid (family AF_UNSPEC).
+        let mut a = RawAddr {
+            storage: unsafe { std::mem::zeroed() },
+            len: 0,
+        };
+        let at = &mut a.storage as *mut libc::sockaddr_storage;
+        match ip {
+            IpAddr::V4(v4) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: port.to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(v4).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for every sockaddr.
+                unsafe { (at as *mut libc::sockaddr_in).write(sin) };
+                a.len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            }
+            IpAddr::V6(v6) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: port.to_be(),
+                    sin6_flowinfo: 0,
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: v6.octets(),
+                    },
+                    sin6_scope_id: 0,
+                };
+                // SAFETY: as above.
+                unsafe { (at as *mut libc::sockaddr_in6).write(sin6) };
+                a.len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            }
+        }
+        a
+    }
+
+    /// Room for the kernel to write any address into (recvmmsg).
+    pub fn empty() -> RawAddr {
+        RawAddr {
+            // SAFETY: an all-zero sockaddr_storage is valid (family AF_UNSPEC).
+            storage: unsafe { std::mem::zeroed() },
+            len: std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+        }
+    }
+
+    pub fn as_mut_ptr(&mut self) -> *mut libc::c_void {
+        &mut self.storage as *mut libc::sockaddr_storage as *mut libc::c_void
+    }
+
+    pub fn len(&self) -> libc::socklen_t {
+        self.len
+    }
+
+    /// The address the kernel wrote (its family says which form), if IPv4 or IPv6. An
+    /// IPv4-mapped IPv6 address (from a dual-stack socket) is read as the IPv4 address.
+    pub fn ip(&self) -> Option<IpAddr> {
+        let at = &self.storage as *const libc::sockaddr_storage;
+        match i32::from(self.storage.ss_family) {
+            libc::AF_INET => {
+                // SAFETY: the family says the storage holds a sockaddr_in.
+                let sin = unsafe { &*(at as *const libc::sockaddr_in) };
+                Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    sin.sin_addr.s_addr,
+                ))))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: the family says the storage holds a sockaddr_in6.
+                let sin6 = unsafe { &*(at as *const libc::sockaddr_in6) };
+                Some(Ipv6Addr::from(sin6.sin6_addr.s6_addr).to_canonical())
+            }
+            _ => None,
+        }
+    }
+}
 
 /// Room for one control message carrying a 16- or 32-bit value (`CMSG_SPACE(4)`), as 8-byte
 /// words so the header inside is aligned.
@@ -42,15 +129,24 @@ pub fn set_buffer(fd: RawFd, forced: libc::c_int, plain: libc::c_int, size: libc
 /// every datagram (IP_PMTUDISC_PROBE: the interface's MTU, not a learned path MTU, as the
 /// raw header's DF bit did), so a frame too big for the underlay fails with EMSGSIZE rather
 /// than being fragmented.
-pub fn sender(local: Ipv4Addr, sndbuf: libc::c_int) -> std::io::Result<UdpSocket> {
-    let sock = UdpSocket::bind(SocketAddrV4::new(local, 0))?;
+pub fn sender(local: IpAddr, sndbuf: libc::c_int) -> std::io::Result<UdpSocket> {
+    let sock = UdpSocket::bind(SocketAddr::new(local, 0))?;
     let fd = sock.as_raw_fd();
-    if !setsockopt_int(
-        fd,
-        libc::IPPROTO_IP,
-        libc::IP_MTU_DISCOVER,
-        libc::IP_PMTUDISC_PROBE,
-    ) {
+    let ok = match local {
+        IpAddr::V4(_) => setsockopt_int(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_PROBE,
+        ),
+        IpAddr::V6(_) => setsockopt_int(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_PROBE,
+        ),
+    };
+    if !ok {
         return Err(std::io::Error::last_os_error());
     }
     set_buffer(fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, sndbuf);
