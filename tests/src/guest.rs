@@ -393,3 +393,63 @@ pub fn skip_or_fail(test: &str, reason: &str) {
     }
     eprintln!("SKIPPED {test}: {reason}");
 }
+
+/// Sends `size` random bytes (whole MiB) from `from` to `to_ip` (listening on `to`) over TCP
+/// with busybox nc, waits for them to arrive and asserts that both ends' SHA-256 sums
+/// match; returns the two sums.
+pub fn tcp_transfer(
+    from: &mut QemuGuest,
+    to: &mut QemuGuest,
+    to_ip: &str,
+    port: u16,
+    size: u64,
+) -> (String, String) {
+    const T: std::time::Duration = std::time::Duration::from_secs(120);
+    let (status, out) = to
+        // busybox nc closes its sending side when its stdin ends, and the peer's nc quits
+        // on that: the listener's stdin must stay open until the transfer is done.
+        .run(
+            &format!("rm -f /tmp/got; (sleep 600 | nc -l -p {port} > /tmp/got &) ; sleep 0.3"),
+            T,
+        )
+        .unwrap();
+    assert_eq!(status, 0, "{}: {out:?}", to.name);
+    let (status, out) = from
+        .run(
+            &format!(
+                "dd if=/dev/urandom of=/tmp/data bs=1M count={} 2>/dev/null && \
+                 nc {to_ip} {port} < /tmp/data && sha256sum /tmp/data",
+                size >> 20
+            ),
+            T,
+        )
+        .unwrap();
+    assert_eq!(status, 0, "{} sending: {out:?}", from.name);
+    let sent = out
+        .iter()
+        .find(|l| l.contains("/tmp/data"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("sender's sum")
+        .to_string();
+    let (_, out) = to
+        .run(
+            &format!(
+                "i=0; while [ \"$(stat -c %s /tmp/got)\" -lt {size} ] && [ $i -lt 300 ]; \
+                 do sleep 0.1; i=$((i+1)); done; stat -c %s /tmp/got; sha256sum /tmp/got"
+            ),
+            T,
+        )
+        .unwrap();
+    let got = out
+        .iter()
+        .find(|l| l.contains("/tmp/got"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or("(none)")
+        .to_string();
+    assert_eq!(
+        got, sent,
+        "{} -> {}: the file arrived whole ({out:?})",
+        from.name, to.name
+    );
+    (sent, got)
+}

@@ -9,69 +9,20 @@
 use std::time::Duration;
 
 use patchbay_switch::daemon::Daemon;
-use patchbay_tests::guest::{skip_or_fail, GuestImage, GuestNic, QemuGuest};
+use patchbay_tests::guest::{skip_or_fail, tcp_transfer, GuestImage, GuestNic, QemuGuest};
 use patchbay_tests::switch::{access, port, start_switch, TestDir};
 
 const BOOT: Duration = Duration::from_secs(240);
-const T: Duration = Duration::from_secs(120);
 const SIZE: u64 = 16 << 20;
+
+fn transfer(from: &mut QemuGuest, to: &mut QemuGuest, to_ip: &str, port: u16) -> (String, String) {
+    tcp_transfer(from, to, to_ip, port, SIZE)
+}
 
 /// Every offload off, as QEMU names them.
 const NO_OFFLOADS: &str = "csum=off,guest_csum=off,gso=off,host_tso4=off,host_tso6=off,\
                            host_ecn=off,host_ufo=off,guest_tso4=off,guest_tso6=off,\
                            guest_ecn=off,guest_ufo=off";
-
-/// Sends SIZE random bytes from `from` to `to_ip` (listening on `to`) over TCP; returns the
-/// two SHA-256 sums.
-fn transfer(from: &mut QemuGuest, to: &mut QemuGuest, to_ip: &str, port: u16) -> (String, String) {
-    let (status, out) = to
-        // busybox nc closes its sending side when its stdin ends, and the peer's nc quits
-        // on that: the listener's stdin must stay open until the transfer is done.
-        .run(
-            &format!("rm -f /tmp/got; (sleep 600 | nc -l -p {port} > /tmp/got &) ; sleep 0.3"),
-            T,
-        )
-        .unwrap();
-    assert_eq!(status, 0, "{}: {out:?}", to.name);
-    let (status, out) = from
-        .run(
-            &format!(
-                "dd if=/dev/urandom of=/tmp/data bs=1M count={} 2>/dev/null && \
-                 nc {to_ip} {port} < /tmp/data && sha256sum /tmp/data",
-                SIZE >> 20
-            ),
-            T,
-        )
-        .unwrap();
-    assert_eq!(status, 0, "{} sending: {out:?}", from.name);
-    let sent = out
-        .iter()
-        .find(|l| l.contains("/tmp/data"))
-        .and_then(|l| l.split_whitespace().next())
-        .expect("sender's sum")
-        .to_string();
-    let (_, out) = to
-        .run(
-            &format!(
-                "i=0; while [ \"$(stat -c %s /tmp/got)\" -lt {SIZE} ] && [ $i -lt 300 ]; \
-                 do sleep 0.1; i=$((i+1)); done; stat -c %s /tmp/got; sha256sum /tmp/got"
-            ),
-            T,
-        )
-        .unwrap();
-    let got = out
-        .iter()
-        .find(|l| l.contains("/tmp/got"))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or("(none)")
-        .to_string();
-    assert_eq!(
-        got, sent,
-        "{} -> {}: the file arrived whole ({out:?})",
-        from.name, to.name
-    );
-    (sent, got)
-}
 
 /// `ethtool -k eth0` lines of one setting, e.g. "tcp-segmentation-offload: on".
 fn ethtool(g: &mut QemuGuest, key: &str) -> String {

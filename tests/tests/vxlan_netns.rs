@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use patchbay_tests::guest::{skip_or_fail, GuestImage, GuestNic, QemuGuest};
+use patchbay_tests::guest::{skip_or_fail, tcp_transfer, GuestImage, GuestNic, QemuGuest};
 use patchbay_tests::netns::{self, kernel_vxlan, switch_binary, veth_pair, Netns};
 use patchbay_tests::switch::TestDir;
 
@@ -106,6 +106,25 @@ impl Drop for SwitchProc {
             .status();
         let _ = self.child.wait();
     }
+}
+
+/// A guest with its default offloads on `sock` in `dir`, at the tunnel's MTU (1450), with
+/// address `ip`/24.
+fn boot_guest(
+    image: &GuestImage,
+    dir: &TestDir,
+    name: &str,
+    sock: &str,
+    mac: &str,
+    ip: &str,
+) -> QemuGuest {
+    QemuGuest::boot(
+        image,
+        name,
+        &GuestNic::new(dir.join(sock), mac),
+        &format!("pb.ip={ip}/24 pb.mtu=1450"),
+    )
+    .unwrap()
 }
 
 fn vni(tunnel: &serde_json::Value, vni: u64) -> &serde_json::Value {
@@ -309,15 +328,8 @@ fn guests_on_two_hosts_share_one_vni_and_not_another() {
             vxlan("198.51.100.2", "198.51.100.1")
         ),
     );
-    let boot = |name: &str, sock: &str, mac: &str, ip: &str| {
-        QemuGuest::boot(
-            &image,
-            name,
-            &GuestNic::new(dir.join(sock), mac),
-            &format!("pb.ip={ip}/24 pb.mtu=1450"),
-        )
-        .unwrap()
-    };
+    let boot =
+        |name: &str, sock: &str, mac: &str, ip: &str| boot_guest(&image, &dir, name, sock, mac, ip);
     let mut g1 = boot("g1", "a1.sock", "52:54:00:2a:00:01", "203.0.113.1");
     let mut g2 = boot("g2", "b1.sock", "52:54:00:2a:00:02", "203.0.113.2");
     let mut g3 = boot("g3", "b2.sock", "52:54:00:2b:00:03", "203.0.113.3");
@@ -385,6 +397,65 @@ fn guests_on_two_hosts_share_one_vni_and_not_another() {
     assert_eq!(again.received, 2, "{again:?}");
 
     for g in [g1, g2, g3] {
+        g.poweroff();
+    }
+}
+
+#[test]
+fn tcp_between_guests_on_two_hosts_crosses_the_overlay_as_cut_super_frames() {
+    let test = "tcp_between_guests_on_two_hosts_crosses_the_overlay_as_cut_super_frames";
+    let Some(image) = prerequisites(test) else {
+        return;
+    };
+    let dir = TestDir::new("vx-tcp");
+    let ns_a = Netns::create("pbTA").unwrap();
+    let ns_b = Netns::create("pbTB").unwrap();
+    veth_pair(&ns_a, "198.51.100.1/24", &ns_b, "198.51.100.2/24").unwrap();
+    let d = dir.path.display();
+    let host = |ns: &Netns, name: &str, local: &str, remote: &str| {
+        SwitchProc::start(
+            ns,
+            &dir.path,
+            name,
+            &format!(
+                "[vxlan]\nlocal_ip = \"{local}\"\n\n[[vxlan.vnis]]\nvni = 42\nvlan = 10\nremotes = [\"{remote}\"]\n\n\
+                 [[port]]\nname = \"{name}1\"\nsocket = \"{d}/{name}1.sock\"\nvlan = 10\n"
+            ),
+        )
+    };
+    let a = host(&ns_a, "a", "198.51.100.1", "198.51.100.2");
+    let _b = host(&ns_b, "b", "198.51.100.2", "198.51.100.1");
+    // Guests with their default offloads (TSO and checksum offload on) at the tunnel's MTU.
+    let boot =
+        |name: &str, sock: &str, mac: &str, ip: &str| boot_guest(&image, &dir, name, sock, mac, ip);
+    let mut g1 = boot("g1", "a1.sock", "52:54:00:2a:00:01", "203.0.113.1");
+    let mut g2 = boot("g2", "b1.sock", "52:54:00:2a:00:02", "203.0.113.2");
+    for g in [&mut g1, &mut g2] {
+        g.wait_ready(BOOT).unwrap();
+    }
+    let before = (
+        a.port("a1")["counters"].clone(),
+        vni(&a.tunnel(), 42)["tx_packets"].clone(),
+    );
+    // 8 MiB over TCP: the sums at both ends are compared (g2's stack checks every segment's
+    // checksum, so a wrong one stalls the transfer).
+    tcp_transfer(&mut g1, &mut g2, "203.0.113.2", 5001, 8 << 20);
+    let counters = a.port("a1")["counters"].clone();
+    let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap();
+    let (frames, bytes) = (
+        n(&counters, "rx_packets") - n(&before.0, "rx_packets"),
+        n(&counters, "rx_bytes") - n(&before.0, "rx_bytes"),
+    );
+    let sent = vni(&a.tunnel(), 42)["tx_packets"].as_u64().unwrap() - before.1.as_u64().unwrap();
+    assert!(
+        bytes / frames > 3000,
+        "g1's data left it as super-frames: {frames} frames, {bytes} bytes"
+    );
+    assert!(
+        sent > frames * 2,
+        "and crossed the tunnel cut into segments: {sent} datagrams for {frames} frames"
+    );
+    for g in [g1, g2] {
         g.poweroff();
     }
 }
