@@ -415,9 +415,20 @@ pub fn tunnel(s: &patchbay_overlay::vtep::VtepSnapshot) -> String {
         );
         let _ = writeln!(
             out,
-            "kernel UDP offloads: segmentation (GSO) {}, coalescing (GRO) {}\n",
+            "kernel UDP offloads: segmentation (GSO) {}, coalescing (GRO) {}",
             on(s.udp_gso),
             on(s.udp_gro)
+        );
+        let io = &s.io;
+        let _ = writeln!(
+            out,
+            "sent {} datagrams in {} system calls ({} in segmented sends), received {} in {} ({} coalesced)\n",
+            io.tx_datagrams,
+            io.tx_syscalls,
+            io.tx_gso_datagrams,
+            io.rx_datagrams,
+            io.rx_syscalls,
+            io.rx_gro_datagrams
         );
     }
     let mut vnis = Table::new(&[

@@ -1064,6 +1064,7 @@ impl Vtep {
             guest_mtu: self.max_inner_frame().saturating_sub(14),
             udp_gso: false,
             udp_gro: false,
+            io: UdpIoSnapshot::default(),
             vnis,
             remotes,
             remote_overflow: self.remote_overflow.snapshot(),
@@ -1139,6 +1140,17 @@ pub struct VtepMacEntry {
     pub age: u64,
 }
 
+/// Counters of a tunnel's UDP sockets (see [`VtepSnapshot::io`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UdpIoSnapshot {
+    pub tx_syscalls: u64,
+    pub tx_datagrams: u64,
+    pub tx_gso_datagrams: u64,
+    pub rx_syscalls: u64,
+    pub rx_datagrams: u64,
+    pub rx_gro_datagrams: u64,
+}
+
 /// The VTEP's tables and counters at one instant, as sent over the control socket.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VtepSnapshot {
@@ -1160,6 +1172,10 @@ pub struct VtepSnapshot {
     pub udp_gso: bool,
     #[serde(default)]
     pub udp_gro: bool,
+    /// The tunnel's socket I/O (filled in by the switch): system calls and datagrams each
+    /// way, and the datagrams the kernel's segmentation and coalescing carried.
+    #[serde(default)]
+    pub io: UdpIoSnapshot,
     /// Sorted by VNI.
     pub vnis: Vec<VniSnapshot>,
     /// Sorted by address.

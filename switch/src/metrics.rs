@@ -483,39 +483,38 @@ fn tunnel_io_metrics(
     r: &Registry,
     tunnel: &crate::tunnel::Tunnel,
 ) -> Result<(), prometheus::Error> {
-    let io = &tunnel.io;
-    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let io = tunnel.io.snapshot();
     let (gso, gro) = tunnel.udp_offloads();
     for (name, help, value) in [
         (
             "vxlan_tx_syscalls_total",
             "System calls that sent VXLAN datagrams.",
-            get(&io.tx_syscalls),
+            io.tx_syscalls,
         ),
         (
             "vxlan_tx_datagrams_total",
             "VXLAN datagrams sent.",
-            get(&io.tx_datagrams),
+            io.tx_datagrams,
         ),
         (
             "vxlan_tx_gso_datagrams_total",
             "VXLAN datagrams sent in segmented sends (UDP GSO: several datagrams, one send).",
-            get(&io.tx_gso_datagrams),
+            io.tx_gso_datagrams,
         ),
         (
             "vxlan_rx_syscalls_total",
             "System calls that received VXLAN datagrams.",
-            get(&io.rx_syscalls),
+            io.rx_syscalls,
         ),
         (
             "vxlan_rx_datagrams_total",
             "VXLAN datagrams received.",
-            get(&io.rx_datagrams),
+            io.rx_datagrams,
         ),
         (
             "vxlan_rx_gro_datagrams_total",
             "VXLAN datagrams received coalesced (UDP GRO: several datagrams, one buffer).",
-            get(&io.rx_gro_datagrams),
+            io.rx_gro_datagrams,
         ),
     ] {
         counter(r, name, help, value)?;

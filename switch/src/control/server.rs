@@ -418,6 +418,7 @@ fn tunnel_request(request: Request, sw: &Arc<Switch>) -> Response {
         Request::ShowTunnel => {
             let mut snap = vtep.snapshot();
             (snap.udp_gso, snap.udp_gro) = tunnel.udp_offloads();
+            snap.io = tunnel.io.snapshot();
             return Response::ok(snap);
         }
         Request::TunnelMap { vni, vlan } => vtep.map(vni, vlan).map_err(|e| e.to_string()),

@@ -21,7 +21,7 @@ use std::thread;
 use std::time::Duration;
 
 use patchbay_overlay::encap::max_inner_frame;
-use patchbay_overlay::vtep::{LocalMacMove, TunnelDrop, Vtep, VtepConfig};
+use patchbay_overlay::vtep::{LocalMacMove, TunnelDrop, UdpIoSnapshot, Vtep, VtepConfig};
 
 use crate::dataplane::{Delivery, Fabric, Frame, Source, TunnelEgress};
 use crate::mac_table::PortId;
@@ -131,6 +131,18 @@ pub struct TunnelIo {
 }
 
 impl TunnelIo {
+    pub fn snapshot(&self) -> UdpIoSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        UdpIoSnapshot {
+            tx_syscalls: get(&self.tx_syscalls),
+            tx_datagrams: get(&self.tx_datagrams),
+            tx_gso_datagrams: get(&self.tx_gso_datagrams),
+            rx_syscalls: get(&self.rx_syscalls),
+            rx_datagrams: get(&self.rx_datagrams),
+            rx_gro_datagrams: get(&self.rx_gro_datagrams),
+        }
+    }
+
     fn add(counter: &AtomicU64, n: u64) {
         if n > 0 {
             counter.fetch_add(n, Ordering::Relaxed);
