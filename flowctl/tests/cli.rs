@@ -406,6 +406,10 @@ fn tunnel_commands_change_and_show_the_vtep() {
         shown.contains("kernel UDP offloads: segmentation (GSO) "),
         "{shown}"
     );
+    assert!(
+        shown.contains("sent 0 datagrams in 0 system calls"),
+        "{shown}"
+    );
     let snap = sw.json(&["show", "tunnel"]);
     assert_eq!(
         (snap["underlay_mtu"].as_u64(), snap["guest_mtu"].as_u64()),
