@@ -33,6 +33,14 @@
 #              over a few masks) and a final priority=0 normal (OVS: the same file through
 #              ovs-ofctl add-flows; testpmd-io has no tables and runs as in plain)
 #   8-port     8 access ports in VLAN 10, traffic on all (pairs 0-1, 2-3, 4-5, 6-7)
+#   vxlan      two "hosts" (network namespaces joined by a veth pair, MTU 9000), a
+#              patchbay-switch on each with one access port of VLAN 10 mapped to VNI 42:
+#              testpmd's port 0 is on host A and port 1 on host B, so every frame crosses the
+#              overlay (encapsulated, sent, received, decapsulated). Patchbay in event mode
+#              only (two pollers would share SWITCH_CPU, which both switches get: one core for
+#              both sides); compare with plain in the same run. After each measurement the
+#              tunnels' system calls per datagram are printed (flowctl show tunnel).
+#              PATCHBAY_PEERS_VXLAN_UDP_OFFLOADS=false turns the kernel's UDP GSO/GRO off.
 #   tso        checksum and segmentation offloads: the source is not testpmd but
 #              benches/src/bin/tso-traffic.rs (Patchbay's own frontend, one thread on
 #              SOURCE_CPU) sending TCP from port 0 to port 1, in the modes of
@@ -167,6 +175,8 @@ cleanup() {
     trap - EXIT INT TERM
     if ((SRC_FD_OPEN)); then exec 7>&-; fi
     for p in "${PIDS[@]}"; do stop_pid "$p"; done
+    local ns
+    for ns in "${VX_NS[@]}"; do ip netns del "$ns" 2>/dev/null; done
     if [[ -n $HUGEPAGES_ORIG ]]; then
         echo "$HUGEPAGES_ORIG" >/proc/sys/vm/nr_hugepages 2>/dev/null &&
             say "hugepages: nr_hugepages back to $HUGEPAGES_ORIG"
@@ -315,6 +325,9 @@ write_flows() {
 # ------------------------------------------------------------------------------------------
 
 SUT_PID=""
+# The vxlan variant's second switch (host B), and the two namespaces.
+SUT_PID2=""
+VX_NS=()
 SOCKS=()
 FAIL=""
 
@@ -337,6 +350,92 @@ start_testpmd_io() {
         FAIL="testpmd backend did not create its sockets (see sut.log)"
         return 1
     }
+}
+
+# CPU ticks of the switch(es) under test.
+sut_ticks() {
+    local t
+    t=$(ticks "$SUT_PID")
+    [[ -n $SUT_PID2 ]] && t=$((t + $(ticks "$SUT_PID2")))
+    echo "$t"
+}
+
+# start_patchbay_vxlan DIR: the vxlan variant's two hosts (see the header). Sets SUT_PID (A),
+# SUT_PID2 (B), SOCKS and VX_NS.
+start_patchbay_vxlan() {
+    local dir=$1 side ns pid
+    VX_NS=("pbpeersA-$$" "pbpeersB-$$")
+    for ns in "${VX_NS[@]}"; do
+        ip netns add "$ns" || {
+            FAIL="cannot create network namespace $ns"
+            return 1
+        }
+        ip -n "$ns" link set lo up
+    done
+    ip link add pvx0 netns "${VX_NS[0]}" type veth peer name pvx1 netns "${VX_NS[1]}" || {
+        FAIL="cannot create the underlay veth pair"
+        return 1
+    }
+    SOCKS=("$dir/p0.sock" "$dir/p1.sock")
+    for side in 0 1; do
+        ns=${VX_NS[$side]}
+        ip -n "$ns" addr add "198.51.100.$((side + 1))/24" dev "pvx$side"
+        ip -n "$ns" link set "pvx$side" mtu 9000 up
+        printf '%s\n' \
+            "[control]" "socket = \"$dir/ctl$side.sock\"" "" \
+            "[metrics]" "listen = \"off\"" "" \
+            "[vxlan]" "local_ip = \"198.51.100.$((side + 1))\"" "underlay_mtu = 9000" \
+            "udp_offloads = ${PATCHBAY_PEERS_VXLAN_UDP_OFFLOADS:-true}" "" \
+            "[[vxlan.vnis]]" "vni = 42" "vlan = $VLAN" "remotes = [\"198.51.100.$((2 - side))\"]" "" \
+            "[[port]]" "name = \"p$side\"" "socket = \"$dir/p$side.sock\"" "vlan = $VLAN" \
+            >"$dir/sw$side.toml"
+        ip netns exec "$ns" "$RUN/bin/patchbay-switch" --config "$dir/sw$side.toml" \
+            --log-level info >"$dir/sut$side.log" 2>&1 &
+        pid=$!
+        register "$pid"
+        if ((side == 0)); then SUT_PID=$pid; else SUT_PID2=$pid; fi
+    done
+    wait_sockets "${SOCKS[@]}" "$dir/ctl0.sock" "$dir/ctl1.sock" || {
+        FAIL="a patchbay-switch did not create its sockets (see sut0.log, sut1.log)"
+        return 1
+    }
+    for pid in "$SUT_PID" "$SUT_PID2"; do
+        taskset -a -p -c "$SWITCH_CPU" "$pid" >/dev/null || {
+            FAIL="cannot pin patchbay-switch"
+            return 1
+        }
+    done
+}
+
+# Stops the vxlan variant's second switch and removes its namespaces.
+stop_vxlan_hosts() {
+    [[ -n $SUT_PID2 ]] && stop_pid "$SUT_PID2" INT
+    SUT_PID2=""
+    local ns
+    for ns in "${VX_NS[@]}"; do ip netns del "$ns" 2>/dev/null; done
+    VX_NS=()
+}
+
+# System calls per datagram of both tunnels (sent and received), from flowctl's counters.
+vxlan_syscalls() {
+    local dir=$1 side
+    for side in 0 1; do
+        "$RUN/bin/flowctl" --socket "$dir/ctl$side.sock" --json show tunnel \
+            >"$dir/tunnel$side.json" 2>/dev/null
+    done
+    python3 - "$dir/tunnel0.json" "$dir/tunnel1.json" <<'PY'
+import json, sys
+tx = rx = txd = rxd = 0
+for path in sys.argv[1:]:
+    try:
+        io = json.load(open(path)).get("io", {})
+    except (OSError, ValueError):
+        continue
+    tx += io.get("tx_syscalls", 0); txd += io.get("tx_datagrams", 0)
+    rx += io.get("rx_syscalls", 0); rxd += io.get("rx_datagrams", 0)
+print("syscalls/datagram send %.3f receive %.3f (%d datagrams each way)"
+      % (tx / max(txd, 1), rx / max(rxd, 1), txd / 2))
+PY
 }
 
 start_patchbay() {
@@ -575,12 +674,18 @@ measure() {
     FAIL=""
     SUT_PID=""
     local ok=1
-    case $case in
-    testpmd-io) start_testpmd_io "$dir" "$n" || ok=0 ;;
-    ovs-dpdk) start_ovs "$dir" "$n" "$variant" || ok=0 ;;
-    patchbay-poll) start_patchbay "$dir" "$n" "$variant" 1 || ok=0 ;;
-    patchbay-event) start_patchbay "$dir" "$n" "$variant" 0 || ok=0 ;;
-    esac
+    if [[ $variant == vxlan ]]; then
+        # Only Patchbay in event mode crosses the overlay (see the header).
+        [[ $case == patchbay-event ]] || return 0
+        start_patchbay_vxlan "$dir" || ok=0
+    else
+        case $case in
+        testpmd-io) start_testpmd_io "$dir" "$n" || ok=0 ;;
+        ovs-dpdk) start_ovs "$dir" "$n" "$variant" || ok=0 ;;
+        patchbay-poll) start_patchbay "$dir" "$n" "$variant" 1 || ok=0 ;;
+        patchbay-event) start_patchbay "$dir" "$n" "$variant" 0 || ok=0 ;;
+        esac
+    fi
     ((ok)) && { start_source "$dir" "$n" "$mode" "$size" "$variant" || ok=0; }
     local pps=0 tx_pps=0 secs=0 sut_cpu=0 src_cpu=0 other=0 tries
     if ((ok)); then
@@ -606,10 +711,10 @@ measure() {
         sleep "$WARMUP"
         local t0 t1 s0 s1 c0 c1 m0 m1
         src_stats >/dev/null
-        t0=$(now) s0=$(ticks "$SUT_PID") c0=$(ticks "$SRC_PID") m0=$(machine_busy)
+        t0=$(now) s0=$(sut_ticks) c0=$(ticks "$SRC_PID") m0=$(machine_busy)
         measure_window "$case" "$case-$variant-$size-$mode-$round"
         read -r pps tx_pps < <(src_stats)
-        t1=$(now) s1=$(ticks "$SUT_PID") c1=$(ticks "$SRC_PID") m1=$(machine_busy)
+        t1=$(now) s1=$(sut_ticks) c1=$(ticks "$SRC_PID") m1=$(machine_busy)
         read -r secs sut_cpu src_cpu other < <(awk -v t0="$t0" -v t1="$t1" -v s="$((s1 - s0))" \
             -v c="$((c1 - c0))" -v m="$((m1 - m0))" -v hz="$CLK_TCK" 'BEGIN {
                 d = t1 - t0; o = (m - s - c) / hz / d; if (o < 0) o = 0
@@ -627,15 +732,24 @@ measure() {
         src_run "stop"
         sleep 0.5
         local i0 i1 it0 it1
-        it0=$(now) i0=$(ticks "$SUT_PID")
+        it0=$(now) i0=$(sut_ticks)
         sleep "$IDLE_SECS"
-        it1=$(now) i1=$(ticks "$SUT_PID")
+        it1=$(now) i1=$(sut_ticks)
         idle=$(awk -v t0="$it0" -v t1="$it1" -v s="$((i1 - i0))" -v hz="$CLK_TCK" \
             'BEGIN { printf "%.1f", 100 * s / hz / (t1 - t0) }')
     fi
     # The switch's own view (counters, drops, learned MACs), for reading logs afterwards.
-    case $case in
-    patchbay-*)
+    local syscalls="" side
+    if [[ $variant == vxlan ]]; then
+        syscalls=$(vxlan_syscalls "$dir")
+        for side in 0 1; do
+            "$RUN/bin/flowctl" --socket "$dir/ctl$side.sock" show tunnel
+            "$RUN/bin/flowctl" --socket "$dir/ctl$side.sock" show ports
+        done >"$dir/switch-state.txt" 2>&1
+    fi
+    case $variant:$case in
+    vxlan:*) ;;
+    *:patchbay-*)
         {
             "$RUN/bin/flowctl" --socket "$dir/ctl.sock" show ports
             local i
@@ -644,7 +758,7 @@ measure() {
             "$RUN/bin/flowctl" --socket "$dir/ctl.sock" show macs
         } >"$dir/switch-state.txt" 2>&1
         ;;
-    ovs-dpdk)
+    *:ovs-dpdk)
         {
             ovs-ofctl dump-ports br0
             ovs-appctl -t "$OVS_DIR/vswitchd.ctl" fdb/show br0
@@ -654,6 +768,8 @@ measure() {
     esac
     stop_source
     [[ -n $SUT_PID ]] && stop_pid "$SUT_PID" INT
+    [[ $variant == vxlan ]] && stop_vxlan_hosts
+    [[ -n $syscalls ]] && say "    $variant $size B $mode round $round: $syscalls"
     if ((ok)); then
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$variant" "$size" "$mode" "$case" \
             "$round" "$pps" "$sut_cpu" "$src_cpu" "$other" "$secs" "$tx_pps" "$idle" "$rss" >>"$RESULTS"

@@ -117,6 +117,43 @@ pub struct Tunnel {
     pub io: TunnelIo,
 }
 
+/// Frames counted for the VTEP's per-VNI and per-remote counters, a run of one (VNI, remote)
+/// at a time: a batch's frames mostly share both, and each count takes the VTEP's locks.
+#[derive(Debug, Default)]
+struct RunCount {
+    key: Option<(patchbay_overlay::Vni, IpAddr)>,
+    packets: u64,
+    bytes: u64,
+}
+
+impl RunCount {
+    /// Adds a frame; `flush` is called with the previous run when the key changes.
+    fn add(
+        &mut self,
+        vni: patchbay_overlay::Vni,
+        remote: IpAddr,
+        bytes: u64,
+        flush: impl FnOnce(patchbay_overlay::Vni, IpAddr, u64, u64),
+    ) {
+        if self.key != Some((vni, remote)) {
+            self.take(flush);
+            self.key = Some((vni, remote));
+        }
+        self.packets += 1;
+        self.bytes += bytes;
+    }
+
+    /// Hands the run counted so far to `flush` and starts afresh.
+    fn take(&mut self, flush: impl FnOnce(patchbay_overlay::Vni, IpAddr, u64, u64)) {
+        if let Some((vni, remote)) = self.key.take() {
+            if self.packets > 0 {
+                flush(vni, remote, self.packets, self.bytes);
+            }
+        }
+        (self.packets, self.bytes) = (0, 0);
+    }
+}
+
 /// The tunnel's socket I/O, for the metrics: system calls and datagrams each way, and how
 /// many datagrams travelled in the kernel's segmented sends (GSO) and coalesced receives
 /// (GRO). Added once per system call.

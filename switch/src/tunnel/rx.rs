@@ -10,7 +10,7 @@ use patchbay_overlay::decap::decap;
 use patchbay_overlay::vtep::TunnelDrop;
 
 use super::udp::{self, CmsgBuf, RawAddr};
-use super::{DropLog, Tunnel, TunnelIo};
+use super::{DropLog, RunCount, Tunnel, TunnelIo};
 use crate::dataplane::Source;
 use crate::dataplane::{switch_frames, Fabric, Frame, FrameBytes, SwitchScratch, TunnelMeta};
 use crate::offload::Offload;
@@ -90,6 +90,7 @@ impl Tunnel {
             };
             let now = self.vtep.now();
             frames.clear();
+            let mut batch = RxBatch::default();
             for (i, msg) in msgs.iter().take(n as usize).enumerate() {
                 let len = (msg.msg_len as usize).min(RX_BUF);
                 // SAFETY: the kernel wrote this address during recvmmsg, which has returned;
@@ -119,12 +120,16 @@ impl Tunnel {
                         remote,
                         now,
                     };
-                    if let Some(frame) = self.admit(&ctx, &bufs, at..end, &mut drop_log) {
+                    if let Some(frame) = self.admit(&ctx, &bufs, at..end, &mut batch, &mut drop_log)
+                    {
                         frames.push(frame);
                     }
                     at = end;
                 }
             }
+            batch.counted.take(|vni, remote, packets, bytes| {
+                self.vtep.count_rx_many(vni, remote, packets, bytes)
+            });
             if frames.is_empty() {
                 continue;
             }
@@ -147,6 +152,7 @@ impl Tunnel {
         ctx: &Datagram<'_>,
         bufs: &[u8],
         range: std::ops::Range<usize>,
+        batch: &mut RxBatch,
         drop_log: &mut DropLog,
     ) -> Option<Frame> {
         let (fabric, port, remote, now) = (ctx.fabric, ctx.port, ctx.remote, ctx.now);
@@ -199,10 +205,18 @@ impl Tunnel {
             });
             return None;
         }
-        if src.is_unicast() {
+        // Learned once per run of frames from one address (the table's locks, per frame,
+        // cost the receive path more than the rest of its work).
+        if src.is_unicast() && batch.learned != Some((vni, src.0, remote)) {
             self.vtep.learn(vni, src.0, remote, now);
+            batch.learned = Some((vni, src.0, remote));
         }
-        self.vtep.count_rx(vni, remote, inner.len() as u64);
+        batch.counted.add(
+            vni,
+            remote,
+            inner.len() as u64,
+            |vni, remote, packets, bytes| self.vtep.count_rx_many(vni, remote, packets, bytes),
+        );
         let inner_start = range.end - inner.len();
         Some(Frame {
             head: 0,
@@ -222,6 +236,14 @@ impl Tunnel {
             }),
         })
     }
+}
+
+/// What a batch of datagrams has learned and counted so far.
+#[derive(Debug, Default)]
+struct RxBatch {
+    /// The last (VNI, source MAC, remote) learned in this batch.
+    learned: Option<(patchbay_overlay::Vni, [u8; 6], std::net::IpAddr)>,
+    counted: RunCount,
 }
 
 /// Where a datagram came from, for [`Tunnel::admit`].

@@ -21,7 +21,7 @@ use patchbay_overlay::wire::{VxlanPacket, VxlanRepr};
 use patchbay_overlay::Vni;
 
 use super::udp::{self, CmsgBuf, RawAddr, GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
-use super::{Tunnel, TunnelIo};
+use super::{RunCount, Tunnel, TunnelIo};
 use crate::dataplane::{Delivery, Frame, Source};
 use crate::flow::rewrite::HeaderBuf;
 use crate::port::{DropReason, Port};
@@ -344,16 +344,19 @@ impl Tunnel {
             let coalesced: usize = went.iter().filter(|m| m.count > 1).map(|m| m.count).sum();
             TunnelIo::add(&self.io.tx_datagrams, datagrams as u64);
             TunnelIo::add(&self.io.tx_gso_datagrams, coalesced as u64);
+            // Counted once per run of one VNI and remote, and once for the port.
+            let mut run = RunCount::default();
+            let count =
+                |vni, remote, packets, bytes| self.vtep.count_tx_many(vni, remote, packets, bytes);
+            let mut bytes = 0u64;
             for m in went {
                 for t in &scratch.targets[m.first..m.first + m.count] {
-                    self.vtep.count_tx(t.vni, t.remote, u64::from(t.inner_len));
+                    run.add(t.vni, t.remote, u64::from(t.inner_len), count);
+                    bytes += u64::from(t.inner_len);
                 }
-                let bytes: u64 = scratch.targets[m.first..m.first + m.count]
-                    .iter()
-                    .map(|t| u64::from(t.inner_len))
-                    .sum();
-                port.counters.count_tx(m.count as u64, bytes);
             }
+            run.take(count);
+            port.counters.count_tx(datagrams as u64, bytes);
             sent += n as usize;
         }
     }
