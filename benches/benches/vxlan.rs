@@ -661,7 +661,7 @@ fn main() {
     print_table(&rows, rounds);
     println!(
         "Mpps = inner frames received at the sink per second; ratio = best / p2p best, same \
-         size. fwd-cpu = CPU of the switches' poll-/kick-/port-/vxlan-rx threads (loopback \
+         size. fwd-cpu = CPU of the switches' poll-/dataplane-/kick-/port-/vxlan-rx threads (loopback \
          delivery runs in the sender's thread: a switch's kick- thread, or the traffic thread \
          for decap-only), in % of one core; gen-cpu/gen-idle = the traffic thread's share of \
          CPU {TRAFFIC_CPU} and share of time it moved nothing; loss = sent but not received."

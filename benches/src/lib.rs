@@ -236,7 +236,7 @@ impl Window {
 // ---------------------------------------------------------------------------------------------
 
 /// Name prefixes of the switch threads that touch frames, rings or tunnel sockets.
-pub const SWITCH_THREADS: &[&str] = &["poll-", "kick-", "port-", "vxlan-rx"];
+pub const SWITCH_THREADS: &[&str] = &["poll-", "dataplane-", "kick-", "port-", "vxlan-rx"];
 
 /// Frames `sw` dropped because a destination had no room (a guest's RX ring was empty, or
 /// the tunnel's socket refused a packet), over all its ports.
