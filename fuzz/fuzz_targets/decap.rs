@@ -4,7 +4,7 @@
 
 #![no_main]
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
@@ -24,10 +24,10 @@ fn vtep() -> &'static Vtep {
                 .map(|i| VniConfig {
                     vni: i,
                     vlan: 10 + i as u16,
-                    remotes: vec![Ipv4Addr::new(10, 0, 0, 2 + i as u8)],
+                    remotes: vec![Ipv4Addr::new(10, 0, 0, 2 + i as u8).into()],
                 })
                 .collect(),
-            ..VtepConfig::new(Ipv4Addr::new(10, 0, 0, 1))
+            ..VtepConfig::new(Ipv4Addr::new(10, 0, 0, 1).into())
         };
         Vtep::new(cfg).expect("valid fuzz configuration")
     })
@@ -40,7 +40,12 @@ fuzz_target!(|data: &[u8]| {
     let Some((addr, payload)) = data.split_first_chunk::<4>() else {
         return;
     };
-    let remote = Ipv4Addr::from(*addr);
+    // IPv4 senders, and now and then an IPv6 one (the wrong family for this VTEP: refused).
+    let remote: IpAddr = if addr[0] == 0xff {
+        Ipv6Addr::from(u128::from(u32::from_be_bytes(*addr)) << 64 | 1).into()
+    } else {
+        Ipv4Addr::from(*addr).into()
+    };
     let vtep = vtep();
     let run = RUNS.fetch_add(1, Ordering::Relaxed);
     let now = run / 1000;
