@@ -41,6 +41,12 @@
 #              both sides); compare with plain in the same run. After each measurement the
 #              tunnels' system calls per datagram are printed (flowctl show tunnel).
 #              PATCHBAY_PEERS_VXLAN_UDP_OFFLOADS=false turns the kernel's UDP GSO/GRO off.
+#              Case kernel-vxlan (add it to PATCHBAY_PEERS_CASES): the same two hosts with
+#              the kernel's own vxlan device and a bridge on each instead of the switches;
+#              testpmd reaches them through AF_PACKET on a veth pair per host (its
+#              net_af_packet PMD, so the source pays a system call per burst). Receive
+#              processing of every veth of the path is steered to SWITCH_CPU (RPS), whose
+#              busy time is reported as switch%.
 #   tso        checksum and segmentation offloads: the source is not testpmd but
 #              benches/src/bin/tso-traffic.rs (Patchbay's own frontend, one thread on
 #              SOURCE_CPU) sending TCP from port 0 to port 1, in the modes of
@@ -118,7 +124,7 @@ OVS_SOCKET_MEM=${PATCHBAY_PEERS_OVS_SOCKET_MEM:-1024}
 VLAN=10
 MBUFS=32768
 PACKAGES=(dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-mempool-ring23
-    openvswitch-switch-dpdk)
+    librte-net-af-packet23 openvswitch-switch-dpdk)
 OVS_VSWITCHD=/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk
 OVS_SCHEMA=/usr/share/openvswitch/vswitch.ovsschema
 
@@ -328,6 +334,10 @@ SUT_PID=""
 # The vxlan variant's second switch (host B), and the two namespaces.
 SUT_PID2=""
 VX_NS=()
+# kernel-vxlan: the interfaces testpmd uses (AF_PACKET) instead of SOCKS, and the CPU whose
+# busy time stands for the switch's.
+SRC_IFACES=()
+SUT_CPU_TICKS=""
 SOCKS=()
 FAIL=""
 
@@ -352,8 +362,17 @@ start_testpmd_io() {
     }
 }
 
-# CPU ticks of the switch(es) under test.
+# Busy ticks of CPU $1 (user, nice, system, irq, softirq, steal).
+cpu_ticks() {
+    awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
+}
+
+# CPU ticks of the switch(es) under test (for kernel-vxlan: of SWITCH_CPU).
 sut_ticks() {
+    if [[ -n $SUT_CPU_TICKS ]]; then
+        cpu_ticks "$SWITCH_CPU"
+        return
+    fi
     local t
     t=$(ticks "$SUT_PID")
     [[ -n $SUT_PID2 ]] && t=$((t + $(ticks "$SUT_PID2")))
@@ -407,6 +426,51 @@ start_patchbay_vxlan() {
     done
 }
 
+# start_kernel_vxlan DIR: the vxlan variant's two hosts with the kernel's vxlan device and a
+# bridge on each (see the header); testpmd's ports are the root ends of two veth pairs.
+start_kernel_vxlan() {
+    local dir=$1 side ns mask
+    VX_NS=("pbpeersA-$$" "pbpeersB-$$")
+    mask=$(printf '%x' $((1 << SWITCH_CPU)))
+    for ns in "${VX_NS[@]}"; do
+        ip netns add "$ns" || {
+            FAIL="cannot create network namespace $ns"
+            return 1
+        }
+        ip -n "$ns" link set lo up
+    done
+    ip link add pvx0 netns "${VX_NS[0]}" type veth peer name pvx1 netns "${VX_NS[1]}" || {
+        FAIL="cannot create the underlay veth pair"
+        return 1
+    }
+    SRC_IFACES=()
+    for side in 0 1; do
+        ns=${VX_NS[$side]}
+        ip -n "$ns" addr add "198.51.100.$((side + 1))/24" dev "pvx$side"
+        ip -n "$ns" link set "pvx$side" mtu 9000 up
+        ip -n "$ns" link add br0 type bridge
+        ip -n "$ns" link add vx42 type vxlan id 42 local "198.51.100.$((side + 1))" \
+            remote "198.51.100.$((2 - side))" dstport 4789 dev "pvx$side"
+        ip -n "$ns" link set vx42 mtu 1550 master br0 up
+        ip link add "pbkvx$side" address "$(src_mac "$side")" type veth peer name "host$side" \
+            netns "$ns" || {
+            FAIL="cannot create the veth pair to host $side"
+            return 1
+        }
+        sysctl -qw "net.ipv6.conf.pbkvx$side.disable_ipv6=1"
+        ip link set "pbkvx$side" mtu 1550 up
+        ip -n "$ns" link set "host$side" mtu 1550 master br0 up
+        ip -n "$ns" link set br0 up
+        # Receive processing of the path's veths on SWITCH_CPU, not the sender's CPU.
+        for dev in "host$side" "pvx$side"; do
+            ip netns exec "$ns" sh -c "echo $mask > /sys/class/net/$dev/queues/rx-0/rps_cpus"
+        done
+        echo "$mask" >"/sys/class/net/pbkvx$side/queues/rx-0/rps_cpus"
+        SRC_IFACES+=("pbkvx$side")
+    done
+    SUT_CPU_TICKS=1
+}
+
 # Stops the vxlan variant's second switch and removes its namespaces.
 stop_vxlan_hosts() {
     [[ -n $SUT_PID2 ]] && stop_pid "$SUT_PID2" INT
@@ -414,6 +478,10 @@ stop_vxlan_hosts() {
     local ns
     for ns in "${VX_NS[@]}"; do ip netns del "$ns" 2>/dev/null; done
     VX_NS=()
+    local i
+    for i in "${SRC_IFACES[@]}"; do ip link del "$i" 2>/dev/null; done
+    SRC_IFACES=()
+    SUT_CPU_TICKS=""
 }
 
 # System calls per datagram of both tunnels (sent and received), from flowctl's counters.
@@ -583,7 +651,11 @@ start_source() {
     NPORTS=$n
     SRC_LOG=$dir/source.log
     for ((i = 0; i < n; i++)); do
-        vdevs+=(--vdev "virtio_user$i,path=${SOCKS[$i]},queues=1,mac=$(src_mac "$i")")
+        if ((${#SRC_IFACES[@]})); then
+            vdevs+=(--vdev "net_af_packet$i,iface=${SRC_IFACES[$i]},qpairs=1")
+        else
+            vdevs+=(--vdev "virtio_user$i,path=${SOCKS[$i]},queues=1,mac=$(src_mac "$i")")
+        fi
         peers+=("--eth-peer=$i,$(src_mac $((i ^ 1)))")
     done
     # flowgen subtracts 4 bytes (FCS) from --txpkts; txonly (tx_first) does not.
@@ -675,9 +747,14 @@ measure() {
     SUT_PID=""
     local ok=1
     if [[ $variant == vxlan ]]; then
-        # Only Patchbay in event mode crosses the overlay (see the header).
-        [[ $case == patchbay-event ]] || return 0
-        start_patchbay_vxlan "$dir" || ok=0
+        # Patchbay in event mode and the kernel cross the overlay (see the header).
+        case $case in
+        patchbay-event) start_patchbay_vxlan "$dir" || ok=0 ;;
+        kernel-vxlan) start_kernel_vxlan "$dir" || ok=0 ;;
+        *) return 0 ;;
+        esac
+    elif [[ $case == kernel-vxlan ]]; then
+        return 0
     else
         case $case in
         testpmd-io) start_testpmd_io "$dir" "$n" || ok=0 ;;
@@ -740,7 +817,7 @@ measure() {
     fi
     # The switch's own view (counters, drops, learned MACs), for reading logs afterwards.
     local syscalls="" side
-    if [[ $variant == vxlan ]]; then
+    if [[ $variant == vxlan && $case == patchbay-* ]]; then
         syscalls=$(vxlan_syscalls "$dir")
         for side in 0 1; do
             "$RUN/bin/flowctl" --socket "$dir/ctl$side.sock" show tunnel
@@ -961,7 +1038,7 @@ main() {
     : >"$RESULTS"
 
     local cases=() c
-    for c in testpmd-io ovs-dpdk patchbay-poll patchbay-event; do
+    for c in testpmd-io ovs-dpdk patchbay-poll patchbay-event kernel-vxlan; do
         has "$CASES" "$c" && cases+=("$c")
     done
     if has "$CASES" ovs-dpdk; then
