@@ -98,8 +98,7 @@ impl Case {
 
 /// A free UDP port for the VTEPs (both ends use the same one, as VXLAN does).
 fn free_port() -> u16 {
-    let s = UdpSocket::bind((A, 0)).expect("bind a UDP socket");
-    s.local_addr().expect("local address").port()
+    patchbay_tests::switch::vxlan_test_port()
 }
 
 /// A switch with one access port `name` of `VLAN`, and a VTEP on `local` mapping `VNI` to

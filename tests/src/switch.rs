@@ -163,6 +163,25 @@ pub fn counters(d: &Daemon, name: &str) -> patchbay_switch::port::CounterSnapsho
         .snapshot()
 }
 
+/// A UDP port for a test's VXLAN tunnels, below the kernel's ephemeral range (32768 and up):
+/// the tunnels' sending sockets take ephemeral ports on the same loopback addresses, so a port
+/// found by binding port 0 could be taken by another test's switch before this one binds it.
+/// Each port is handed out once per process (from a start that differs per process) and
+/// checked free on 127.0.0.1 and 127.0.0.2.
+pub fn vxlan_test_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (std::process::id().wrapping_mul(37).wrapping_add(n) % 12_000) as u16;
+        let free = ["127.0.0.1", "127.0.0.2"]
+            .iter()
+            .all(|a| std::net::UdpSocket::bind((*a, port)).is_ok());
+        if free {
+            return port;
+        }
+    }
+}
+
 /// Drops of port `name` for `reason` (a drop label such as "no-buffer").
 pub fn drops(d: &Daemon, name: &str, reason: &str) -> u64 {
     counters(d, name).drop_count(reason)

@@ -460,10 +460,7 @@ struct TunnelPair {
 }
 
 fn tunnel_pair(udp_offloads: bool, underlay_mtu: u32) -> TunnelPair {
-    let vxlan_port = {
-        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.local_addr().unwrap().port()
-    };
+    let vxlan_port = patchbay_tests::switch::vxlan_test_port();
     let (a, bb) = (Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2));
     let host = |name: &str, local: Ipv4Addr, remote: Ipv4Addr| {
         let dir = TestDir::new(name);

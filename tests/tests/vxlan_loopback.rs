@@ -20,8 +20,7 @@ const B: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
 /// A free UDP port for this test's VTEPs (both sides use the same one, as VXLAN does).
 fn free_port() -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap().port()
+    patchbay_tests::switch::vxlan_test_port()
 }
 
 fn vtep(local: IpAddr, remote: IpAddr, port: u16, policy: UnknownVtepPolicy) -> VtepConfig {
