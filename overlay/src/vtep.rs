@@ -244,7 +244,16 @@ fn check_remote(local: IpAddr, ip: IpAddr) -> Result<(), String> {
     if !is_unicast(ip) {
         return Err(format!("{ip} is not a unicast address"));
     }
+    if is_link_local_v6(ip) {
+        return Err(format!(
+            "{ip} is an IPv6 link-local address, which needs an interface to be reached: use a global or unique local address"
+        ));
+    }
     Ok(())
+}
+
+fn is_link_local_v6(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
 }
 
 fn is_unicast(ip: IpAddr) -> bool {
@@ -799,7 +808,10 @@ impl Vtep {
     /// Whether a packet's source may stand as a remote VTEP: unicast, not us, and of the
     /// underlay's address family.
     fn learnable(&self, remote: IpAddr) -> bool {
-        is_unicast(remote) && remote != self.local_ip && remote.is_ipv4() == self.local_ip.is_ipv4()
+        is_unicast(remote)
+            && !is_link_local_v6(remote)
+            && remote != self.local_ip
+            && remote.is_ipv4() == self.local_ip.is_ipv4()
     }
 
     fn expired(&self, last_seen: u64, now: u64) -> bool {
@@ -1566,7 +1578,7 @@ mod tests {
         assert_eq!(v.lookup(100, A, 1), Some(r2), "the whole address moves");
         assert_eq!(v.snapshot().macs[0].remote, r2);
         // One family per underlay; no multicast, no IPv4-mapped disguise.
-        for bad in ["10.0.0.2", "ff02::1", "::ffff:10.0.0.2", "::"] {
+        for bad in ["10.0.0.2", "ff02::1", "::ffff:10.0.0.2", "::", "fe80::2"] {
             assert!(v.add_remote(100, ip(bad)).is_err(), "{bad} refused");
             assert_eq!(
                 v.learn(100, B, ip(bad), 2),

@@ -27,7 +27,7 @@ use crate::flow::rewrite::{HeaderBuf, REWRITE_BYTES};
 use crate::flow::Field;
 use crate::mac_table::{Learned, PortId};
 use crate::offload::layout::{MAX_HEADERS, MAX_L2};
-use crate::offload::{Offload, HOST_OFFLOADS, MAX_SUPER_FRAME};
+use crate::offload::{Offload, OffloadError, HOST_OFFLOADS, MAX_SUPER_FRAME};
 use crate::port::{DropReason, Link, Port};
 use crate::virtio::chain::ChainError;
 use crate::virtio::features::{bit, net_header_len};
@@ -86,6 +86,25 @@ impl Delivery {
         let (prefix, skip) = self.prefix(headers);
         frame_len + prefix.len() as u32 - skip as u32
     }
+}
+
+/// Whether `frame`'s partial checksum starts inside the `l2`-byte L2 header the switch
+/// decided on (a guest can change its header between the offload check on ingress and the
+/// decision): completing it would write over the addresses or the tag that leave. Dropped
+/// and counted as `bad-offload`.
+fn csum_in_l2(ingress: &Port, frame: &Frame, l2: usize) -> bool {
+    let Some(c) = frame.offload.csum.filter(|c| usize::from(c.start) < l2) else {
+        return false;
+    };
+    ingress.log_bad_input(format_args!(
+        "frame dropped: {}",
+        OffloadError::CsumInL2Header {
+            start: c.start,
+            l2: l2 as u16,
+        }
+    ));
+    ingress.counters.drop(DropReason::BadOffload, 1);
+    true
 }
 
 /// The VLAN an arriving frame belongs to (from its tag and the port's policy, or from the VNI
@@ -575,6 +594,9 @@ pub fn switch_frames(
                 ingress.counters.drop(DropReason::Runt, 1);
                 continue;
             };
+            if csum_in_l2(ingress, frame, header.len()) {
+                continue;
+            }
             let Some(class) = classify(ingress, &ingress_view, frame, &header) else {
                 continue;
             };
@@ -588,6 +610,10 @@ pub fn switch_frames(
         let n = source.read_prefix(frame, &mut prefix);
         if n < 14 {
             ingress.counters.drop(DropReason::Runt, 1);
+            continue;
+        }
+        let l2 = L2Header::parse(&prefix[..n]).map_or(n, |h| h.len());
+        if csum_in_l2(ingress, frame, l2) {
             continue;
         }
         rx_packets += 1;

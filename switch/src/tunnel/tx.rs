@@ -72,6 +72,16 @@ impl Senders {
     }
 }
 
+/// How a datagram the kernel refused is counted: too big for the path (EMSGSIZE) as
+/// too-big, anything else (no route, ...) as no-remote.
+fn drop_reason(err: &std::io::Error) -> (TunnelDrop, DropReason) {
+    if err.raw_os_error() == Some(libc::EMSGSIZE) {
+        (TunnelDrop::TooBig, DropReason::TooBig)
+    } else {
+        (TunnelDrop::NoRemote, DropReason::NoBuffer)
+    }
+}
+
 /// One datagram to send: a delivery (frame) to one remote.
 #[derive(Debug, Clone, Copy)]
 struct Target {
@@ -361,6 +371,38 @@ impl Tunnel {
         }
     }
 
+    /// Sends one datagram made of `iovecs` to `remote` from socket `sock` (retried when
+    /// interrupted).
+    fn send_one(
+        &self,
+        sock: usize,
+        remote: IpAddr,
+        iovecs: &mut [libc::iovec],
+    ) -> std::io::Result<()> {
+        let mut addr = RawAddr::new(remote, self.dst_port);
+        // SAFETY: an all-zero msghdr is a valid empty message header.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = addr.as_mut_ptr();
+        msg.msg_namelen = addr.len();
+        msg.msg_iov = iovecs.as_mut_ptr();
+        msg.msg_iovlen = iovecs.len();
+        let fd = self.senders.socks[sock].as_raw_fd();
+        loop {
+            // SAFETY: as for sendmmsg in `send_messages`; `addr` and `iovecs` live for the
+            // call.
+            let rc = unsafe { libc::sendmsg(fd, &msg, 0) };
+            TunnelIo::add(&self.io.tx_syscalls, 1);
+            if rc >= 0 {
+                TunnelIo::add(&self.io.tx_datagrams, 1);
+                return Ok(());
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+
     /// A message the kernel refused: too big for the path (EMSGSIZE) is counted as too-big;
     /// a segmented send the kernel cannot do after all turns GSO off (logged once) and its
     /// datagrams go one by one; anything else (no route, ...) is counted as no-remote.
@@ -376,38 +418,32 @@ impl Tunnel {
         let remote = targets[0].remote;
         let code = err.raw_os_error();
         if m.count > 1 && matches!(code, Some(libc::EIO) | Some(libc::EINVAL)) {
-            if self.senders.gso.swap(false, Ordering::Relaxed) {
-                log::warn!("vxlan: UDP segmentation failed ({err}); sending datagram by datagram");
-            }
+            // The segmented send failed: the datagrams go one by one. If they go that way,
+            // the kernel cannot segment for this path after all (EIO: a device without
+            // checksum offload on an older kernel; EINVAL: segments it will not take) and
+            // segmentation is turned off; if they fail too, the path is at fault, not GSO.
+            let mut went = 0;
             for (j, t) in targets.iter().enumerate() {
                 let (start, len) = scratch.spans[m.first + j];
-                let mut addr = RawAddr::new(remote, self.dst_port);
-                // SAFETY: an all-zero msghdr is a valid empty message header.
-                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-                msg.msg_name = addr.as_mut_ptr();
-                msg.msg_namelen = addr.len();
-                msg.msg_iov = scratch.iovecs[start..].as_mut_ptr();
-                msg.msg_iovlen = len;
-                let fd = self.senders.socks[sock].as_raw_fd();
-                // SAFETY: as for sendmmsg in `send_messages`; `addr` lives for the call.
-                let rc = unsafe { libc::sendmsg(fd, &msg, 0) };
-                TunnelIo::add(&self.io.tx_syscalls, 1);
-                if rc >= 0 {
-                    TunnelIo::add(&self.io.tx_datagrams, 1);
-                    self.vtep.count_tx(t.vni, t.remote, u64::from(t.inner_len));
-                    port.counters.count_tx(1, u64::from(t.inner_len));
-                } else {
-                    self.vtep.count_drop(Some(t.vni), TunnelDrop::NoRemote);
-                    port.counters.drop(DropReason::NoBuffer, 1);
+                match self.send_one(sock, remote, &mut scratch.iovecs[start..start + len]) {
+                    Ok(()) => {
+                        went += 1;
+                        self.vtep.count_tx(t.vni, t.remote, u64::from(t.inner_len));
+                        port.counters.count_tx(1, u64::from(t.inner_len));
+                    }
+                    Err(e) => {
+                        let (reason, port_reason) = drop_reason(&e);
+                        self.vtep.count_drop(Some(t.vni), reason);
+                        port.counters.drop(port_reason, 1);
+                    }
                 }
+            }
+            if went > 0 && self.senders.gso.swap(false, Ordering::Relaxed) {
+                log::warn!("vxlan: UDP segmentation failed ({err}); sending datagram by datagram");
             }
             return;
         }
-        let (reason, port_reason) = if code == Some(libc::EMSGSIZE) {
-            (TunnelDrop::TooBig, DropReason::TooBig)
-        } else {
-            (TunnelDrop::NoRemote, DropReason::NoBuffer)
-        };
+        let (reason, port_reason) = drop_reason(&err);
         log::debug!(
             "vxlan: sending {} datagrams to {remote} failed: {err}",
             m.count

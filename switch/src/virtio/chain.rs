@@ -378,11 +378,13 @@ impl<'a> FrameCopier<'a> {
             let Some((dst, n)) = self.next_run(len) else {
                 return false;
             };
-            // A run wholly inside the summed range is copied and summed in one pass.
+            // A run wholly inside the summed range is copied and summed in one pass, unless
+            // it overlaps its source (a guest may post receive buffers over its own transmit
+            // buffers, and a flow may send a frame back to its sender): that one is moved.
+            let apart = src + n <= dst || dst + n <= src;
             let fused = match self.sum {
-                Some(sum) if self.written - n as u64 >= sum.from => {
-                    // SAFETY: as below; a reservation's run never overlaps the source (one
-                    // guest's receive buffer, another's transmit buffer or a host buffer).
+                Some(sum) if apart && self.written - n as u64 >= sum.from => {
+                    // SAFETY: as below, and the two ranges do not overlap (checked above).
                     unsafe { checksum::copy_and_sum(src as *const u8, dst as *mut u8, n) }
                 }
                 _ => None,

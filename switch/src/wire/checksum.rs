@@ -37,7 +37,8 @@ pub unsafe fn sum_raw(at: *const u8, len: usize) -> u16 {
     u16::from_be(unsafe { sum_words(at, len) })
 }
 
-/// Copies `len` bytes from `src` to `dst` and returns their [`sum`], reading each byte once:
+/// Copies `len` bytes from `src` to `dst` and returns their [`sum`], reading each byte once
+/// (but the last under 32, read once to sum and once to copy):
 /// the copy into a receiver that completes a partial checksum on the way (a software
 /// segment's payload), where a copy and then a sum would read the bytes twice. Returns None,
 /// having done nothing, where the CPU has no wide path (AVX2) or the run is short: the caller
@@ -46,7 +47,8 @@ pub unsafe fn sum_raw(at: *const u8, len: usize) -> u16 {
 /// # Safety
 /// `src` must be valid for reads and `dst` for writes of `len` bytes, and they must not
 /// overlap. Another process may write `src` meanwhile: the sum is then of the bytes that
-/// were copied (each is read once, into the register that is both stored and summed).
+/// were copied (each is read once, into the register that is both stored and summed), but
+/// for the short tail, where it may differ from them: only that sender's frame carries it.
 pub unsafe fn copy_and_sum(src: *const u8, dst: *mut u8, len: usize) -> Option<u16> {
     #[cfg(target_arch = "x86_64")]
     if len >= 256 && std::arch::is_x86_feature_detected!("avx2") {
