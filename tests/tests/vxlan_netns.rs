@@ -13,7 +13,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use patchbay_tests::guest::{skip_or_fail, tcp_transfer, GuestImage, GuestNic, QemuGuest};
-use patchbay_tests::netns::{self, kernel_vxlan, switch_binary, veth_pair, Netns};
+use patchbay_tests::netns::{self, kernel_vxlan, switch_binary, veth_pair, veth_pair_mtu, Netns};
 use patchbay_tests::switch::TestDir;
 
 const BOOT: Duration = Duration::from_secs(240);
@@ -108,8 +108,8 @@ impl Drop for SwitchProc {
     }
 }
 
-/// A guest with its default offloads on `sock` in `dir`, at the tunnel's MTU (1450), with
-/// address `ip`/24.
+/// A guest with its default offloads on `sock` in `dir`, with address `ip`/24 and MTU `mtu`
+/// (1450: the tunnel's on a 1500-byte underlay).
 fn boot_guest(
     image: &GuestImage,
     dir: &TestDir,
@@ -117,14 +117,53 @@ fn boot_guest(
     sock: &str,
     mac: &str,
     ip: &str,
+    mtu: u32,
 ) -> QemuGuest {
     QemuGuest::boot(
         image,
         name,
         &GuestNic::new(dir.join(sock), mac),
-        &format!("pb.ip={ip}/24 pb.mtu=1450"),
+        &format!("pb.ip={ip}/24 pb.mtu={mtu}"),
     )
     .unwrap()
+}
+
+/// Two "hosts" for a test: namespaces `names` joined by a veth underlay (198.51.100.1 and
+/// .2, MTU `mtu` when given), the guest image and a directory; None if the test is skipped.
+fn two_hosts(
+    test: &str,
+    dir: &str,
+    names: [&str; 2],
+    mtu: Option<u32>,
+) -> Option<(GuestImage, TestDir, Netns, Netns)> {
+    let image = prerequisites(test)?;
+    let dir = TestDir::new(dir);
+    let ns_a = Netns::create(names[0]).unwrap();
+    let ns_b = Netns::create(names[1]).unwrap();
+    veth_pair_mtu(&ns_a, "198.51.100.1/24", &ns_b, "198.51.100.2/24", mtu).unwrap();
+    Some((image, dir, ns_a, ns_b))
+}
+
+/// A switch `name` in `ns` with one guest port `{name}1` on VLAN 10, mapped to VNI 42 with
+/// `remote` as its flood list; `vxlan` adds lines to its `[vxlan]` table.
+fn one_port_host(
+    ns: &Netns,
+    dir: &TestDir,
+    name: &str,
+    local: &str,
+    remote: &str,
+    vxlan: &str,
+) -> SwitchProc {
+    let d = dir.path.display();
+    SwitchProc::start(
+        ns,
+        &dir.path,
+        name,
+        &format!(
+            "[vxlan]\nlocal_ip = \"{local}\"\n{vxlan}\n[[vxlan.vnis]]\nvni = 42\nvlan = 10\nremotes = [\"{remote}\"]\n\n\
+             [[port]]\nname = \"{name}1\"\nsocket = \"{d}/{name}1.sock\"\nvlan = 10\n"
+        ),
+    )
 }
 
 fn vni(tunnel: &serde_json::Value, vni: u64) -> &serde_json::Value {
@@ -295,13 +334,9 @@ fn kernel_interop(test: &str, u: Underlay) {
 #[test]
 fn guests_on_two_hosts_share_one_vni_and_not_another() {
     let test = "guests_on_two_hosts_share_one_vni_and_not_another";
-    let Some(image) = prerequisites(test) else {
+    let Some((image, dir, ns_a, ns_b)) = two_hosts(test, "vx-2hosts", ["pbA", "pbB"], None) else {
         return;
     };
-    let dir = TestDir::new("vx-2hosts");
-    let ns_a = Netns::create("pbA").unwrap();
-    let ns_b = Netns::create("pbB").unwrap();
-    veth_pair(&ns_a, "198.51.100.1/24", &ns_b, "198.51.100.2/24").unwrap();
     let vxlan = |local: &str, remote: &str| {
         format!(
             "[vxlan]\nlocal_ip = \"{local}\"\nmac_aging_secs = 3\n\n\
@@ -328,8 +363,9 @@ fn guests_on_two_hosts_share_one_vni_and_not_another() {
             vxlan("198.51.100.2", "198.51.100.1")
         ),
     );
-    let boot =
-        |name: &str, sock: &str, mac: &str, ip: &str| boot_guest(&image, &dir, name, sock, mac, ip);
+    let boot = |name: &str, sock: &str, mac: &str, ip: &str| {
+        boot_guest(&image, &dir, name, sock, mac, ip, 1450)
+    };
     let mut g1 = boot("g1", "a1.sock", "52:54:00:2a:00:01", "203.0.113.1");
     let mut g2 = boot("g2", "b1.sock", "52:54:00:2a:00:02", "203.0.113.2");
     let mut g3 = boot("g3", "b2.sock", "52:54:00:2b:00:03", "203.0.113.3");
@@ -404,30 +440,15 @@ fn guests_on_two_hosts_share_one_vni_and_not_another() {
 #[test]
 fn tcp_between_guests_on_two_hosts_crosses_the_overlay_as_cut_super_frames() {
     let test = "tcp_between_guests_on_two_hosts_crosses_the_overlay_as_cut_super_frames";
-    let Some(image) = prerequisites(test) else {
+    let Some((image, dir, ns_a, ns_b)) = two_hosts(test, "vx-tcp", ["pbTA", "pbTB"], None) else {
         return;
     };
-    let dir = TestDir::new("vx-tcp");
-    let ns_a = Netns::create("pbTA").unwrap();
-    let ns_b = Netns::create("pbTB").unwrap();
-    veth_pair(&ns_a, "198.51.100.1/24", &ns_b, "198.51.100.2/24").unwrap();
-    let d = dir.path.display();
-    let host = |ns: &Netns, name: &str, local: &str, remote: &str| {
-        SwitchProc::start(
-            ns,
-            &dir.path,
-            name,
-            &format!(
-                "[vxlan]\nlocal_ip = \"{local}\"\n\n[[vxlan.vnis]]\nvni = 42\nvlan = 10\nremotes = [\"{remote}\"]\n\n\
-                 [[port]]\nname = \"{name}1\"\nsocket = \"{d}/{name}1.sock\"\nvlan = 10\n"
-            ),
-        )
-    };
-    let a = host(&ns_a, "a", "198.51.100.1", "198.51.100.2");
-    let _b = host(&ns_b, "b", "198.51.100.2", "198.51.100.1");
+    let a = one_port_host(&ns_a, &dir, "a", "198.51.100.1", "198.51.100.2", "");
+    let _b = one_port_host(&ns_b, &dir, "b", "198.51.100.2", "198.51.100.1", "");
     // Guests with their default offloads (TSO and checksum offload on) at the tunnel's MTU.
-    let boot =
-        |name: &str, sock: &str, mac: &str, ip: &str| boot_guest(&image, &dir, name, sock, mac, ip);
+    let boot = |name: &str, sock: &str, mac: &str, ip: &str| {
+        boot_guest(&image, &dir, name, sock, mac, ip, 1450)
+    };
     let mut g1 = boot("g1", "a1.sock", "52:54:00:2a:00:01", "203.0.113.1");
     let mut g2 = boot("g2", "b1.sock", "52:54:00:2a:00:02", "203.0.113.2");
     for g in [&mut g1, &mut g2] {
@@ -455,6 +476,56 @@ fn tcp_between_guests_on_two_hosts_crosses_the_overlay_as_cut_super_frames() {
         sent > frames * 2,
         "and crossed the tunnel cut into segments: {sent} datagrams for {frames} frames"
     );
+    for g in [g1, g2] {
+        g.poweroff();
+    }
+}
+
+#[test]
+fn jumbo_guests_cross_a_9000_byte_underlay_whole() {
+    let test = "jumbo_guests_cross_a_9000_byte_underlay_whole";
+    let Some((image, dir, ns_a, ns_b)) = two_hosts(test, "vx-jumbo", ["pbJA", "pbJB"], Some(9000))
+    else {
+        return;
+    };
+    let mtu = "underlay_mtu = 9000\n";
+    let a = one_port_host(&ns_a, &dir, "a", "198.51.100.1", "198.51.100.2", mtu);
+    let b = one_port_host(&ns_b, &dir, "b", "198.51.100.2", "198.51.100.1", mtu);
+    assert_eq!(a.tunnel()["guest_mtu"].as_u64(), Some(8950));
+    // Guests at the largest MTU the underlay carries: 9000 less the 50 bytes of VXLAN.
+    let boot = |name: &str, sock: &str, mac: &str, ip: &str| {
+        boot_guest(&image, &dir, name, sock, mac, ip, 8950)
+    };
+    let mut g1 = boot("g1", "a1.sock", "52:54:00:2a:00:01", "203.0.113.1");
+    let mut g2 = boot("g2", "b1.sock", "52:54:00:2a:00:02", "203.0.113.2");
+    for g in [&mut g1, &mut g2] {
+        g.wait_ready(BOOT).unwrap();
+    }
+    // 8900 bytes of ICMP payload: 8928-byte IP packets, 8942-byte frames, one datagram each
+    // (nothing fragments inside: the guests' MTU holds them).
+    for (from, to) in [(&mut g1, "203.0.113.2"), (&mut g2, "203.0.113.1")] {
+        let (status, out) = from
+            .run(
+                &format!("ping -c 3 -W 2 -s 8900 {to}"),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        assert!(
+            status == 0 && out.iter().any(|l| l.contains("3 packets received")),
+            "{} -> {to}: {out:?}",
+            from.name
+        );
+    }
+    for sw in [&a, &b] {
+        let t = sw.tunnel();
+        let dropped: u64 = t["vnis"][0]["drops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d[1].as_u64().unwrap())
+            .sum();
+        assert_eq!(dropped, 0, "nothing too big: {t}");
+    }
     for g in [g1, g2] {
         g.poweroff();
     }
