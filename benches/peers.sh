@@ -379,10 +379,10 @@ sut_ticks() {
     echo "$t"
 }
 
-# start_patchbay_vxlan DIR: the vxlan variant's two hosts (see the header). Sets SUT_PID (A),
-# SUT_PID2 (B), SOCKS and VX_NS.
-start_patchbay_vxlan() {
-    local dir=$1 side ns pid
+# The vxlan variant's two hosts: namespaces VX_NS joined by the veth pair pvx0/pvx1
+# (198.51.100.1 and .2, MTU 9000).
+vxlan_underlay() {
+    local ns side
     VX_NS=("pbpeersA-$$" "pbpeersB-$$")
     for ns in "${VX_NS[@]}"; do
         ip netns add "$ns" || {
@@ -395,11 +395,21 @@ start_patchbay_vxlan() {
         FAIL="cannot create the underlay veth pair"
         return 1
     }
-    SOCKS=("$dir/p0.sock" "$dir/p1.sock")
     for side in 0 1; do
         ns=${VX_NS[$side]}
         ip -n "$ns" addr add "198.51.100.$((side + 1))/24" dev "pvx$side"
         ip -n "$ns" link set "pvx$side" mtu 9000 up
+    done
+}
+
+# start_patchbay_vxlan DIR: the vxlan variant's two hosts (see the header). Sets SUT_PID (A),
+# SUT_PID2 (B), SOCKS and VX_NS.
+start_patchbay_vxlan() {
+    local dir=$1 side ns pid
+    vxlan_underlay || return 1
+    SOCKS=("$dir/p0.sock" "$dir/p1.sock")
+    for side in 0 1; do
+        ns=${VX_NS[$side]}
         printf '%s\n' \
             "[control]" "socket = \"$dir/ctl$side.sock\"" "" \
             "[metrics]" "listen = \"off\"" "" \
@@ -430,24 +440,11 @@ start_patchbay_vxlan() {
 # bridge on each (see the header); testpmd's ports are the root ends of two veth pairs.
 start_kernel_vxlan() {
     local dir=$1 side ns mask
-    VX_NS=("pbpeersA-$$" "pbpeersB-$$")
     mask=$(printf '%x' $((1 << SWITCH_CPU)))
-    for ns in "${VX_NS[@]}"; do
-        ip netns add "$ns" || {
-            FAIL="cannot create network namespace $ns"
-            return 1
-        }
-        ip -n "$ns" link set lo up
-    done
-    ip link add pvx0 netns "${VX_NS[0]}" type veth peer name pvx1 netns "${VX_NS[1]}" || {
-        FAIL="cannot create the underlay veth pair"
-        return 1
-    }
+    vxlan_underlay || return 1
     SRC_IFACES=()
     for side in 0 1; do
         ns=${VX_NS[$side]}
-        ip -n "$ns" addr add "198.51.100.$((side + 1))/24" dev "pvx$side"
-        ip -n "$ns" link set "pvx$side" mtu 9000 up
         ip -n "$ns" link add br0 type bridge
         ip -n "$ns" link add vx42 type vxlan id 42 local "198.51.100.$((side + 1))" \
             remote "198.51.100.$((2 - side))" dstport 4789 dev "pvx$side"

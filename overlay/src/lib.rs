@@ -1,8 +1,9 @@
 //! VXLAN (RFC 7348) encapsulation, decapsulation and the VTEP tables.
 //!
-//! The switch maps a VLAN to a VNI; frames of that VLAN leaving for the underlay are wrapped in
-//! an outer IPv4 + UDP + VXLAN header ([`encap`]) and sent over a raw IP socket (the kernel adds
-//! the outer Ethernet header); datagrams received on the VXLAN UDP port are validated
+//! The switch maps a VLAN to a VNI; frames of that VLAN leaving for the underlay get a VXLAN
+//! header ([`wire`]) and are sent as UDP datagrams (the kernel adds UDP and IPv4 or IPv6; the
+//! sizes and the per-flow source port are in [`encap`]); datagrams received on the VXLAN UDP
+//! port are validated
 //! ([`mod@decap`]) and checked against the [`vtep::Vtep`] tables before their inner frame is
 //! switched. Everything on the per-frame path works on borrowed buffers and does not allocate.
 
@@ -21,7 +22,7 @@ pub const MAX_VNI: Vni = (1 << 24) - 1;
 pub const VXLAN_PORT: u16 = 4789;
 
 pub use decap::{decap, DecapError};
-pub use encap::{max_inner_frame, source_port, OuterTemplate, OUTER_LEN};
+pub use encap::{max_inner_frame, source_port, OUTER_LEN};
 pub use vtep::{
     LocalMacMove, TunnelDrop, UnknownVtepPolicy, VniConfig, Vtep, VtepConfig, VtepError,
     VtepSnapshot,

@@ -165,8 +165,16 @@ impl Tunnel {
                 return None;
             }
         };
-        let vlan = match self.vtep.admit(vni, remote) {
-            Ok(vlan) => vlan,
+        // Admitted once per run of one remote and VNI (the VTEP's lock, not per frame).
+        let admitted = batch
+            .admitted
+            .filter(|(v, r, _)| (*v, *r) == (vni, remote))
+            .map(|(_, _, vlan)| vlan);
+        let vlan = match admitted.map_or_else(|| self.vtep.admit(vni, remote), Ok) {
+            Ok(vlan) => {
+                batch.admitted = Some((vni, remote, vlan));
+                vlan
+            }
             Err(reason) => {
                 self.vtep.count_drop(Some(vni), reason);
                 if reason == TunnelDrop::UnknownVtep {
@@ -241,6 +249,8 @@ impl Tunnel {
 /// What a batch of datagrams has learned and counted so far.
 #[derive(Debug, Default)]
 struct RxBatch {
+    /// The last (VNI, remote) admitted in this batch, and the VLAN it carries.
+    admitted: Option<(patchbay_overlay::Vni, std::net::IpAddr, u16)>,
     /// The last (VNI, source MAC, remote) learned in this batch.
     learned: Option<(patchbay_overlay::Vni, [u8; 6], std::net::IpAddr)>,
     counted: RunCount,
