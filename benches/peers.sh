@@ -11,6 +11,9 @@
 #                   dpdkvhostuser ports, actions=NORMAL, one PMD thread on SWITCH_CPU.
 #   patchbay-poll   patchbay-switch --poll-cpus SWITCH_CPU
 #   patchbay-event  patchbay-switch in its default mode (served on guest kicks)
+#   baseline-poll, baseline-event   the same with the binaries of PATCHBAY_PEERS_BASELINE_BIN:
+#                   an earlier build measured in the same run (an A/B of a change), in every
+#                   variant but vxlan and tso
 # Modes:
 #   mac       closed loop: testpmd mac-forwards every frame it receives back out of the paired
 #             port, from that port's MAC to its pair's MAC (ordinary unicast a learning switch
@@ -91,6 +94,8 @@
 #                                /proc/sys/vm/nr_hugepages for the run and given back at exit)
 #   PATCHBAY_PEERS_SWITCH_BIN, PATCHBAY_PEERS_FLOWCTL_BIN   prebuilt binaries (default: build
 #                                with ${CARGO:-cargo} build --release)
+#   PATCHBAY_PEERS_BASELINE_BIN  a patchbay-switch (with flowctl beside it) for the baseline-*
+#                                cases, e.g. a release build of the commit before a change
 #   PATCHBAY_PEERS_NO_INSTALL=1  do not apt-get install missing packages
 #   PATCHBAY_PEERS_PORT_EXTRA=   appended to every Patchbay --port spec (e.g.
 #                                ",offloads=none,queue-pairs=1" to compare settings)
@@ -247,6 +252,13 @@ install_packages() {
 
 build_binaries() {
     mkdir -p "$RUN/bin"
+    if has "$CASES" baseline-poll || has "$CASES" baseline-event; then
+        [[ -n ${PATCHBAY_PEERS_BASELINE_BIN:-} ]] || die "baseline-* cases need PATCHBAY_PEERS_BASELINE_BIN"
+        mkdir -p "$RUN/bin/baseline"
+        cp "$PATCHBAY_PEERS_BASELINE_BIN" "$RUN/bin/baseline/patchbay-switch" &&
+            cp "$(dirname "$PATCHBAY_PEERS_BASELINE_BIN")/flowctl" "$RUN/bin/baseline/flowctl" ||
+            die "no baseline binaries beside $PATCHBAY_PEERS_BASELINE_BIN"
+    fi
     if [[ -n ${PATCHBAY_PEERS_SWITCH_BIN:-} ]]; then
         cp "$PATCHBAY_PEERS_SWITCH_BIN" "$RUN/bin/patchbay-switch" || die "no switch binary"
         cp "${PATCHBAY_PEERS_FLOWCTL_BIN:-$(dirname "$PATCHBAY_PEERS_SWITCH_BIN")/flowctl}" \
@@ -503,8 +515,9 @@ print("syscalls/datagram send %.3f receive %.3f (%d datagrams each way)"
 PY
 }
 
+# start_patchbay DIR PORTS VARIANT POLL [BINDIR]
 start_patchbay() {
-    local dir=$1 n=$2 variant=$3 poll=$4 i spec args=()
+    local dir=$1 n=$2 variant=$3 poll=$4 bin=${5:-$RUN/bin} i spec args=()
     SOCKS=()
     for ((i = 0; i < n; i++)); do
         SOCKS+=("$dir/p$i.sock")
@@ -514,7 +527,7 @@ start_patchbay() {
         args+=(--port "$spec${PATCHBAY_PEERS_PORT_EXTRA:-}")
     done
     ((poll)) && args+=(--poll-cpus "$SWITCH_CPU")
-    "$RUN/bin/patchbay-switch" "${args[@]}" --metrics-listen off \
+    "$bin/patchbay-switch" "${args[@]}" --metrics-listen off \
         --control-socket "$dir/ctl.sock" --log-level info >"$dir/sut.log" 2>&1 &
     SUT_PID=$!
     register "$SUT_PID"
@@ -531,7 +544,7 @@ start_patchbay() {
         # In chunks: a control request is limited to 64 KiB.
         local chunk
         for chunk in "$RUN"/flows-10k.part*; do
-            "$RUN/bin/flowctl" --socket "$dir/ctl.sock" --timeout 60 add-flows "$chunk" \
+            "$bin/flowctl" --socket "$dir/ctl.sock" --timeout 60 add-flows "$chunk" \
                 >>"$dir/flowctl.log" 2>&1 || {
                 FAIL="flowctl add-flows failed: $(tail -1 "$dir/flowctl.log")"
                 return 1
@@ -752,12 +765,16 @@ measure() {
         esac
     elif [[ $case == kernel-vxlan ]]; then
         return 0
+    elif [[ $variant == tso && $case == baseline-* ]]; then
+        return 0
     else
         case $case in
         testpmd-io) start_testpmd_io "$dir" "$n" || ok=0 ;;
         ovs-dpdk) start_ovs "$dir" "$n" "$variant" || ok=0 ;;
         patchbay-poll) start_patchbay "$dir" "$n" "$variant" 1 || ok=0 ;;
         patchbay-event) start_patchbay "$dir" "$n" "$variant" 0 || ok=0 ;;
+        baseline-poll) start_patchbay "$dir" "$n" "$variant" 1 "$RUN/bin/baseline" || ok=0 ;;
+        baseline-event) start_patchbay "$dir" "$n" "$variant" 0 "$RUN/bin/baseline" || ok=0 ;;
         esac
     fi
     ((ok)) && { start_source "$dir" "$n" "$mode" "$size" "$variant" || ok=0; }
@@ -823,7 +840,7 @@ measure() {
     fi
     case $variant:$case in
     vxlan:*) ;;
-    *:patchbay-*)
+    *:patchbay-* | *:baseline-*)
         {
             "$RUN/bin/flowctl" --socket "$dir/ctl.sock" show ports
             local i
@@ -863,7 +880,7 @@ measure() {
 # under perf into $PATCHBAY_PEERS_PERF/NAME.data when that is set and CASE is Patchbay's.
 measure_window() {
     local case=$1 name=$2
-    if [[ -n ${PATCHBAY_PEERS_PERF:-} && $case == patchbay-* ]]; then
+    if [[ -n ${PATCHBAY_PEERS_PERF:-} && ($case == patchbay-* || $case == baseline-*) ]]; then
         mkdir -p "$PATCHBAY_PEERS_PERF"
         perf record -q -e cpu-clock -p "$SUT_PID" -o "$PATCHBAY_PEERS_PERF/$name.data" \
             -- sleep "$SECS" >/dev/null 2>&1 || sleep "$SECS"
@@ -1035,7 +1052,7 @@ main() {
     : >"$RESULTS"
 
     local cases=() c
-    for c in testpmd-io ovs-dpdk patchbay-poll patchbay-event kernel-vxlan; do
+    for c in testpmd-io ovs-dpdk patchbay-poll patchbay-event baseline-poll baseline-event kernel-vxlan; do
         has "$CASES" "$c" && cases+=("$c")
     done
     if has "$CASES" ovs-dpdk; then

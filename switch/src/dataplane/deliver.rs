@@ -125,9 +125,14 @@ fn to_ring(
     let header_len = net_header_len(features);
     let mergeable = mergeable_rx(features);
     let guest_csum = features & bit(VIRTIO_NET_F_GUEST_CSUM) != 0;
-    // The chains this group will take: their descriptors start loading now.
-    if burst.refresh().is_ok() {
-        burst.prefetch_chains(group.len().min(usize::from(u16::MAX)) as u16);
+    // The chains this group will take, and the used entries that return them: their
+    // lines start coming over from the guest's core now, for writing.
+    if let (Ok(_), Some(first)) = (burst.refresh(), group.first()) {
+        let n = group.len().min(usize::from(u16::MAX)) as u16;
+        let bytes =
+            header_len as u32 + first.out_len(frames[usize::from(first.frame)].len, headers);
+        burst.prefetch_buffers(n, bytes);
+        burst.prefetch_used(n);
     }
     let mut bad_chains = 0u64;
     let mut delivered = 0u64;

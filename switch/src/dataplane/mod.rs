@@ -395,6 +395,7 @@ pub fn drain_tx(
     let popped = usize::from(waiting).min(BATCH);
     // The batch's descriptors start loading now (each is a miss: the guest's core wrote it).
     burst.prefetch_chains(popped as u16);
+    burst.prefetch_used(popped as u16);
     for _ in 0..popped {
         let head = burst.pop();
         let s = &mut *scratch;

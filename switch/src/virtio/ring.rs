@@ -16,7 +16,7 @@
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 
 use super::chain::ChainError;
-use super::guest_map::{copy_bytes, prefetch, GuestMap, Segment};
+use super::guest_map::{copy_bytes, prefetch, prefetch_write, GuestMap, Segment};
 
 /// `VIRTQ_DESC_F_NEXT`, `_WRITE`, `_INDIRECT`.
 const DESC_F_NEXT: u16 = 1;
@@ -304,6 +304,53 @@ impl<'a> Burst<'a> {
             if head < self.table.len {
                 prefetch(self.table.host + 16 * usize::from(head));
             }
+        }
+    }
+
+    /// Starts taking for writing the first `bytes` (at most four cache lines) of the
+    /// buffers of the next `n` waiting chains (as of the last `refresh`), so the copies
+    /// into them do not each wait for their lines (see [`prefetch_write`]). Reads the head
+    /// descriptors, which the guest may change: only hints depend on them.
+    pub fn prefetch_buffers(&self, n: u16, bytes: u32) {
+        let n = n.min(self.pending());
+        for i in 0..n {
+            let slot = usize::from(self.ring.next_avail.wrapping_add(i) & (self.ring.size - 1));
+            let head = u16::from_le(
+                self.u16_at(self.avail + 4 + 2 * slot)
+                    .load(Ordering::Relaxed),
+            );
+            if head >= self.table.len {
+                continue;
+            }
+            let desc = self.table.read(head);
+            if desc.flags & DESC_F_INDIRECT != 0 {
+                continue;
+            }
+            let len = desc.len.min(bytes).max(1);
+            if let Some(host) = self.map.host(desc.addr, u64::from(len)) {
+                let first = host & !63;
+                let last = (host + len as usize - 1) & !63;
+                for line in (first..=last).step_by(64).take(4) {
+                    prefetch_write(line);
+                }
+            }
+        }
+    }
+
+    /// Starts taking for writing the used ring entries the next `n` `push_used` calls
+    /// will write.
+    pub fn prefetch_used(&self, n: u16) {
+        let size = usize::from(self.ring.size);
+        let first = usize::from(self.ring.next_used) & (size - 1);
+        // Entries are 8 bytes; one hint per cache line they cover (the ring may wrap).
+        let mut slot = first;
+        let mut left = usize::from(n.min(self.ring.size));
+        while left > 0 {
+            prefetch_write(self.used + 4 + 8 * slot);
+            let in_line = 8 - ((self.used + 4 + 8 * slot) % 64) / 8;
+            let step = in_line.min(left);
+            left -= step;
+            slot = (slot + step) & (size - 1);
         }
     }
 
