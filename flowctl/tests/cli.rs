@@ -25,6 +25,8 @@ fn port(
 ) -> PortConfig {
     PortConfig {
         name: name.into(),
+        kind: Default::default(),
+        interface: None,
         socket: dir.join(format!("{name}.sock")),
         mode: ConnectMode::Server,
         mac: None,

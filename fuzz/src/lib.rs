@@ -154,6 +154,8 @@ impl InProcessSwitch {
     pub fn initial_ports(dir: &std::path::Path) -> Vec<PortConfig> {
         let port = |name: &str, mode: &str, vlan: Option<u16>, trunks: Option<&str>| PortConfig {
             name: name.to_string(),
+            kind: Default::default(),
+            interface: None,
             socket: dir.join(format!("{name}.sock")),
             mode: ConnectMode::Server,
             mac: None,

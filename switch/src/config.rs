@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::control::server::ControlLimits;
 use crate::metrics::MetricsLimits;
-use crate::port::{ConnectMode, PortConfig};
+use crate::port::{ConnectMode, PortConfig, PortKind};
 use crate::switch::Settings;
 use patchbay_overlay::vtep::VtepConfig;
 
@@ -193,15 +193,28 @@ impl Config {
                     format!("field `name`: '{}' is used twice", first.name),
                 ));
             }
-            if let Some(first) = config.ports.iter().find(|p| p.socket == port.socket) {
+            if let Some(first) = config.ports.iter().find(|p| {
+                p.kind == port.kind
+                    && match port.kind {
+                        PortKind::Internal => p.interface_name() == port.interface_name(),
+                        _ => p.socket == port.socket,
+                    }
+            }) {
                 return Err(invalid(
                     start,
                     format!("[[port]] '{}'", port.name),
-                    format!(
-                        "field `socket`: {} is already port '{}'",
-                        port.socket.display(),
-                        first.name
-                    ),
+                    match port.kind {
+                        PortKind::Internal => format!(
+                            "field `interface`: device {} is already port '{}'",
+                            port.interface_name(),
+                            first.name
+                        ),
+                        _ => format!(
+                            "field `socket`: {} is already port '{}'",
+                            port.socket.display(),
+                            first.name
+                        ),
+                    },
                 ));
             }
             config.ports.push(port);
@@ -321,21 +334,18 @@ pub fn parse_port_flag(spec: &str) -> Result<PortConfig, ConfigError> {
             },
         }
     }
-    let mut port = PortConfig {
-        name: String::new(),
-        socket: PathBuf::new(),
-        mode: ConnectMode::Server,
-        mac: None,
-        vlan_mode: None,
-        vlan: None,
-        trunks: None,
-        mac_limit: None,
-        offloads: None,
-        queue_pairs: None,
-    };
+    let mut port = PortConfig::vhost("", PathBuf::new());
     for (k, v) in pairs {
         match k.as_str() {
             "name" => port.name = v,
+            "type" => {
+                port.kind = match v.as_str() {
+                    "vhost" => PortKind::Vhost,
+                    "internal" => PortKind::Internal,
+                    _ => return Err(err(format!("type '{v}' is not vhost or internal"))),
+                }
+            }
+            "interface" => port.interface = Some(v),
             "socket" | "path" => port.socket = PathBuf::from(v),
             "mode" => {
                 port.mode = match v.as_str() {
@@ -368,7 +378,7 @@ pub fn parse_port_flag(spec: &str) -> Result<PortConfig, ConfigError> {
             }
             other => {
                 return Err(err(format!(
-                "unknown key '{other}' (expected name, socket, mode, mac, vlan, vlan-mode, trunks, mac-limit, offloads, queue-pairs)"
+                "unknown key '{other}' (expected name, type, socket, interface, mode, mac, vlan, vlan-mode, trunks, mac-limit, offloads, queue-pairs)"
             )))
             }
         }
@@ -376,7 +386,7 @@ pub fn parse_port_flag(spec: &str) -> Result<PortConfig, ConfigError> {
     if port.name.is_empty() {
         return Err(err("missing name=".into()));
     }
-    if port.socket.as_os_str().is_empty() {
+    if port.kind == PortKind::Vhost && port.socket.as_os_str().is_empty() {
         return Err(err("missing socket=".into()));
     }
     Ok(port)

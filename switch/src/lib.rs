@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod flow;
 pub mod frame;
+pub mod host_port;
 pub mod mac_table;
 pub mod metrics;
 pub mod offload;

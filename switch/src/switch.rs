@@ -107,6 +107,11 @@ pub enum SwitchError {
         name: String,
         source: std::io::Error,
     },
+    #[error("port '{name}': {source}")]
+    HostPort {
+        name: String,
+        source: crate::host_port::HostPortError,
+    },
 }
 
 /// The CPUs the calling thread may run on, in ascending order (all of `0..n` if the kernel
@@ -305,7 +310,10 @@ impl Switch {
             if p.name == config.name {
                 return Err(SwitchError::DuplicateName(config.name.clone()));
             }
-            if p.config.socket == config.socket {
+            if p.config.kind.is_vhost()
+                && config.kind.is_vhost()
+                && p.config.socket == config.socket
+            {
                 return Err(SwitchError::DuplicateSocket {
                     existing: p.name.clone(),
                     socket: config.socket.display().to_string(),
@@ -340,6 +348,9 @@ impl Switch {
             ports[slot] = Some(port.clone());
             Ok(port)
         })?;
+        if port.kind == crate::port::PortKind::Internal {
+            return self.start_internal(port);
+        }
         match connection::spawn(self.connection_context(), port.clone()) {
             Ok(handle) => {
                 self.supervisors
@@ -352,6 +363,30 @@ impl Switch {
             Err(source) => {
                 self.clear_slot(port.id);
                 Err(SwitchError::Thread {
+                    name: port.name.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Creates an internal port's device and starts serving it; on failure the slot is
+    /// freed again.
+    fn start_internal(&self, port: Arc<Port>) -> Result<PortId, SwitchError> {
+        let started = crate::host_port::InternalPort::open(&port)
+            .and_then(|p| p.start(self.fabric.clone(), port.clone()));
+        match started {
+            Ok(handle) => {
+                self.supervisors
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(port.id, handle);
+                log::info!("port {} added as port {} (internal)", port.name, port.id);
+                Ok(port.id)
+            }
+            Err(source) => {
+                self.clear_slot(port.id);
+                Err(SwitchError::HostPort {
                     name: port.name.clone(),
                     source,
                 })

@@ -11,8 +11,9 @@
 //! [`crate::guest::skip_or_fail`] when it fails.
 
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver};
@@ -594,6 +595,89 @@ impl VxlanCapture {
 impl Drop for VxlanCapture {
     fn drop(&mut self) {
         let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `patchbay-switch` running inside a namespace; stopped on drop.
+pub struct SwitchProc {
+    child: Child,
+    pub control: PathBuf,
+}
+
+impl SwitchProc {
+    /// Starts the switch in `ns` with `config` (TOML after a `[control]` and `[metrics]`
+    /// section this adds), its files in `dir` named after `name`; waits for its control
+    /// socket.
+    pub fn start(ns: &Netns, dir: &Path, name: &str, config: &str) -> SwitchProc {
+        let path = dir.join(format!("{name}.toml"));
+        let control = dir.join(format!("{name}-control.sock"));
+        let text = format!(
+            "[control]\nsocket = \"{}\"\n\n[metrics]\nlisten = \"off\"\n\n{config}",
+            control.display()
+        );
+        std::fs::write(&path, text).unwrap();
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let mut child = ns
+            .exec([
+                switch_binary().as_os_str(),
+                "--config".as_ref(),
+                path.as_os_str(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start patchbay-switch in the namespace");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(&control).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log =
+                    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+                panic!("switch {name} exited ({status}):\n{log}");
+            }
+            assert!(Instant::now() < deadline, "switch {name} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        SwitchProc { child, control }
+    }
+
+    /// One control request; returns `result`.
+    pub fn request(&self, command: &str) -> serde_json::Value {
+        let v = self.call(&format!("{{\"version\":1,\"command\":\"{command}\"}}"));
+        assert_eq!(v["ok"], true, "{command}: {v}");
+        v["result"].clone()
+    }
+
+    /// One control request given as its JSON line; returns the whole response.
+    pub fn call(&self, request: &str) -> serde_json::Value {
+        let mut s = UnixStream::connect(&self.control).unwrap();
+        writeln!(s, "{request}").unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+
+    pub fn tunnel(&self) -> serde_json::Value {
+        self.request("show-tunnel")
+    }
+
+    pub fn port(&self, name: &str) -> serde_json::Value {
+        let ports = self.request("show-ports");
+        ports
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no port {name}"))
+    }
+}
+
+impl Drop for SwitchProc {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
     }
 }

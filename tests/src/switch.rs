@@ -47,6 +47,8 @@ pub fn port(
 ) -> PortConfig {
     PortConfig {
         name: name.to_string(),
+        kind: Default::default(),
+        interface: None,
         socket: dir.join(format!("{name}.sock")),
         mode: ConnectMode::Server,
         mac: None,

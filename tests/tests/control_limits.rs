@@ -21,6 +21,8 @@ use patchbay_tests::switch::{access, start_switch, TestDir};
 fn client_port(name: &str, socket: &Path) -> PortConfig {
     PortConfig {
         name: name.to_string(),
+        kind: Default::default(),
+        interface: None,
         socket: socket.to_path_buf(),
         mode: ConnectMode::Client,
         mac: None,

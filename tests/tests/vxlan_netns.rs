@@ -6,14 +6,10 @@
 //!
 //! Addresses are documentation ranges inside namespaces the tests create (docs/vxlan-testing.md).
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use patchbay_tests::guest::{skip_or_fail, tcp_transfer, GuestImage, GuestNic, QemuGuest};
-use patchbay_tests::netns::{self, kernel_vxlan, switch_binary, veth_pair, veth_pair_mtu, Netns};
+use patchbay_tests::netns::{self, kernel_vxlan, veth_pair, veth_pair_mtu, Netns, SwitchProc};
 use patchbay_tests::switch::TestDir;
 
 const BOOT: Duration = Duration::from_secs(240);
@@ -30,81 +26,6 @@ fn prerequisites(test: &str) -> Option<GuestImage> {
             skip_or_fail(test, &e.to_string());
             None
         }
-    }
-}
-
-/// `patchbay-switch` running inside a namespace; stopped on drop.
-struct SwitchProc {
-    child: Child,
-    control: PathBuf,
-}
-
-impl SwitchProc {
-    fn start(ns: &Netns, dir: &Path, name: &str, config: &str) -> SwitchProc {
-        let path = dir.join(format!("{name}.toml"));
-        let control = dir.join(format!("{name}-control.sock"));
-        let text = format!(
-            "[control]\nsocket = \"{}\"\n\n[metrics]\nlisten = \"off\"\n\n{config}",
-            control.display()
-        );
-        std::fs::write(&path, text).unwrap();
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-        let mut child = ns
-            .exec([
-                switch_binary().as_os_str(),
-                "--config".as_ref(),
-                path.as_os_str(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start patchbay-switch in the namespace");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while UnixStream::connect(&control).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                let log =
-                    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
-                panic!("switch {name} exited ({status}):\n{log}");
-            }
-            assert!(Instant::now() < deadline, "switch {name} did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        SwitchProc { child, control }
-    }
-
-    /// One control request; returns `result`.
-    fn request(&self, command: &str) -> serde_json::Value {
-        let mut s = UnixStream::connect(&self.control).unwrap();
-        writeln!(s, "{{\"version\":1,\"command\":\"{command}\"}}").unwrap();
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(v["ok"], true, "{command}: {v}");
-        v["result"].clone()
-    }
-
-    fn tunnel(&self) -> serde_json::Value {
-        self.request("show-tunnel")
-    }
-
-    fn port(&self, name: &str) -> serde_json::Value {
-        let ports = self.request("show-ports");
-        ports
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .cloned()
-            .unwrap_or_else(|| panic!("no port {name}"))
-    }
-}
-
-impl Drop for SwitchProc {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
     }
 }
 

@@ -43,10 +43,12 @@ impl SwitchCounters {
     }
 }
 
-/// Where frames for the tunnel port go: the seam between the frame path and the VXLAN
-/// endpoint (which sits above the frame path: its receive side calls `switch_frames`).
-pub trait TunnelEgress: Send + Sync {
-    /// Encapsulates and sends `group` (deliveries to `port`, the tunnel port).
+/// Where frames for a port behind the host's kernel go (the VXLAN tunnel, an internal
+/// port): the seam between the frame path and those ports' I/O, which sits above the frame
+/// path (their receive sides call `switch_frames`).
+pub trait HostEgress: Send + Sync {
+    /// Sends `group` (deliveries to `port`): encapsulated for the tunnel, written to the
+    /// device for an internal port.
     fn transmit(
         &self,
         port: &Port,
@@ -56,8 +58,8 @@ pub trait TunnelEgress: Send + Sync {
         headers: &[HeaderBuf],
     );
 
-    /// The largest inner frame it carries (its underlay MTU minus the encapsulation): TCP
-    /// super-frames are cut to fit it.
+    /// The largest frame it carries (the tunnel: its underlay MTU minus the
+    /// encapsulation): TCP super-frames are cut to fit it.
     fn max_frame(&self) -> u32;
 }
 
@@ -72,7 +74,9 @@ pub struct Fabric {
     pub counters: SwitchCounters,
     /// Largest frame accepted from a guest.
     pub max_frame_len: u32,
-    tunnel: OnceLock<Arc<dyn TunnelEgress>>,
+    tunnel: OnceLock<Arc<dyn HostEgress>>,
+    /// The internal ports' egress, indexed by port number (set while the port exists).
+    host_ports: ArcSwap<Vec<Option<Arc<dyn HostEgress>>>>,
     stopping: AtomicBool,
 }
 
@@ -86,6 +90,7 @@ impl Fabric {
             counters: SwitchCounters::default(),
             max_frame_len,
             tunnel: OnceLock::new(),
+            host_ports: ArcSwap::from_pointee(Vec::new()),
             stopping: AtomicBool::new(false),
         }
     }
@@ -108,12 +113,43 @@ impl Fabric {
         Ok(result)
     }
 
-    pub fn set_tunnel(&self, tunnel: Arc<dyn TunnelEgress>) {
+    pub fn set_tunnel(&self, tunnel: Arc<dyn HostEgress>) {
         let _ = self.tunnel.set(tunnel);
     }
 
-    pub fn tunnel(&self) -> Option<&Arc<dyn TunnelEgress>> {
+    pub fn tunnel(&self) -> Option<&Arc<dyn HostEgress>> {
         self.tunnel.get()
+    }
+
+    /// Sets (or with None clears) the egress of host port `id`.
+    pub fn set_host_egress(
+        &self,
+        id: crate::mac_table::PortId,
+        egress: Option<Arc<dyn HostEgress>>,
+    ) {
+        let _serial = self.ports_update.lock().unwrap_or_else(|p| p.into_inner());
+        let mut table = Vec::clone(&self.host_ports.load());
+        let i = usize::from(id);
+        if table.len() <= i {
+            table.resize(i + 1, None);
+        }
+        table[i] = egress;
+        self.host_ports.store(Arc::new(table));
+    }
+
+    /// Where frames for `port` go if it is behind the host's kernel (the tunnel or an
+    /// internal port with its device open); None for a guest's port.
+    pub fn host_egress(&self, port: &Port) -> Option<Arc<dyn HostEgress>> {
+        match port.kind {
+            crate::port::PortKind::Vhost => None,
+            crate::port::PortKind::Vxlan => self.tunnel.get().cloned(),
+            crate::port::PortKind::Internal => self
+                .host_ports
+                .load()
+                .get(usize::from(port.id))
+                .cloned()
+                .flatten(),
+        }
     }
 
     pub fn is_stopping(&self) -> bool {

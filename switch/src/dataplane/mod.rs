@@ -19,7 +19,7 @@ mod soft;
 use std::sync::Arc;
 
 pub use crate::frame::{Frame, FrameBytes, Rewrite, Source, TunnelMeta};
-pub use fabric::{Fabric, PortTable, SwitchCounters, TunnelEgress};
+pub use fabric::{Fabric, HostEgress, PortTable, SwitchCounters};
 
 use crate::flow::extract::flow_key;
 use crate::flow::pipeline::{MissPolicy, Target};
@@ -562,7 +562,7 @@ pub fn switch_frames(
     views.extend(ports.iter().map(|p| {
         p.as_ref().map(|p| PortView {
             vlan: p.vlan(),
-            connected: p.is_tunnel() || p.has_link(),
+            connected: p.is_host_port() || p.has_link(),
             tunnel: p.is_tunnel(),
         })
     }));
@@ -709,24 +709,27 @@ pub fn switch_frames(
         let Some(dst) = ports.get(usize::from(dst_id)).and_then(|p| p.as_ref()) else {
             continue;
         };
-        if dst.is_tunnel() {
-            if let Some(tunnel) = fabric.tunnel() {
-                let receiver = soft::Receiver::Tunnel {
-                    max_frame: tunnel.max_frame(),
-                };
-                if offloads && soft::needed(frames, group, receiver) {
-                    soft.finish_group(
-                        ingress,
-                        source,
-                        frames,
-                        group,
-                        headers,
-                        receiver,
-                        |s, f, g, h| tunnel.transmit(dst, s, f, g, h),
-                    );
-                } else {
-                    tunnel.transmit(dst, source, frames, group, headers);
+        if dst.is_host_port() {
+            match fabric.host_egress(dst) {
+                Some(egress) => {
+                    let receiver = soft::Receiver::Host {
+                        max_frame: egress.max_frame(),
+                    };
+                    if offloads && soft::needed(frames, group, receiver) {
+                        soft.finish_group(
+                            ingress,
+                            source,
+                            frames,
+                            group,
+                            headers,
+                            receiver,
+                            |s, f, g, h| egress.transmit(dst, s, f, g, h),
+                        );
+                    } else {
+                        egress.transmit(dst, source, frames, group, headers);
+                    }
                 }
+                None => dst.counters.drop(DropReason::NoBuffer, group.len() as u64),
             }
             continue;
         }

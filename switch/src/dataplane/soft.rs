@@ -45,9 +45,10 @@ pub struct SoftScratch {
 pub enum Receiver {
     /// A guest that negotiated `features`.
     Guest { features: u64 },
-    /// The VXLAN tunnel: no offloads, and no inner frame over `max_frame` bytes (its
-    /// underlay MTU minus the encapsulation).
-    Tunnel { max_frame: u32 },
+    /// A port behind the host's kernel (the VXLAN tunnel, an internal port): no offloads,
+    /// and no frame over `max_frame` bytes (the tunnel's underlay MTU minus the
+    /// encapsulation; the device's MTU).
+    Host { max_frame: u32 },
 }
 
 impl Receiver {
@@ -57,7 +58,7 @@ impl Receiver {
     /// stay as sent, those too big are dropped by the tunnel).
     fn fit(self, gso: Gso) -> Gso {
         match self {
-            Receiver::Tunnel { max_frame }
+            Receiver::Host { max_frame }
                 if gso.kind.is_tcp()
                     && u32::from(gso.hdr_len) + u32::from(gso.size) > max_frame
                     && max_frame > u32::from(gso.hdr_len) =>
@@ -83,7 +84,7 @@ pub fn needed(frames: &[Frame], group: &[Delivery], receiver: Receiver) -> bool 
 fn needs_work(offload: &Offload, receiver: Receiver) -> bool {
     match receiver {
         Receiver::Guest { features } => offload.gso.is_some() && !offload.fits(features),
-        Receiver::Tunnel { .. } => offload.is_some(),
+        Receiver::Host { .. } => offload.is_some(),
     }
 }
 
@@ -119,7 +120,7 @@ impl SoftScratch {
             offload.gso = offload.gso.map(|g| receiver.fit(g));
             let l4_checksum = match receiver {
                 Receiver::Guest { .. } => L4Checksum::Partial,
-                Receiver::Tunnel { .. } => L4Checksum::Full,
+                Receiver::Host { .. } => L4Checksum::Full,
             };
             if let Some(gso) = offload.gso.filter(|g| {
                 let hdr = usize::from(g.hdr_len);

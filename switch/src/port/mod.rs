@@ -94,8 +94,16 @@ pub enum ConnectMode {
 pub struct PortConfig {
     /// Unique name, shown in flowctl and metrics.
     pub name: String,
-    /// Path of the vhost-user unix socket.
+    /// What is behind the port: `vhost` (default, a vhost-user socket) or `internal` (a tap
+    /// device the switch creates, so the host's own stack joins the port's VLANs).
+    #[serde(rename = "type", default, skip_serializing_if = "PortKind::is_vhost")]
+    pub kind: PortKind,
+    /// Path of the vhost-user unix socket (vhost ports only).
+    #[serde(default, skip_serializing_if = "is_empty_path")]
     pub socket: PathBuf,
+    /// Name of the internal port's tap device (default: the port's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
     /// `server` (default: the switch listens) or `client` (the switch connects).
     #[serde(default)]
     pub mode: ConnectMode,
@@ -132,7 +140,37 @@ pub struct PortConfigError {
     pub message: String,
 }
 
+fn is_empty_path(p: &std::path::Path) -> bool {
+    p.as_os_str().is_empty()
+}
+
+/// Longest network interface name (IFNAMSIZ without its NUL).
+pub const MAX_INTERFACE_NAME: usize = 15;
+
 impl PortConfig {
+    /// A vhost-user port with default settings.
+    pub fn vhost(name: &str, socket: impl Into<PathBuf>) -> PortConfig {
+        PortConfig {
+            name: name.to_string(),
+            kind: PortKind::Vhost,
+            socket: socket.into(),
+            interface: None,
+            mode: ConnectMode::Server,
+            mac: None,
+            vlan_mode: None,
+            vlan: None,
+            trunks: None,
+            mac_limit: None,
+            offloads: None,
+            queue_pairs: None,
+        }
+    }
+
+    /// The tap device's name of an internal port.
+    pub fn interface_name(&self) -> &str {
+        self.interface.as_deref().unwrap_or(&self.name)
+    }
+
     pub fn vlan_config(&self) -> VlanConfig {
         VlanConfig {
             mode: self.vlan_mode.clone().unwrap_or_else(|| "access".into()),
@@ -181,8 +219,54 @@ impl PortConfig {
                 ),
             ));
         }
-        if self.socket.as_os_str().is_empty() {
-            return Err(err("socket", "must be a path".into()));
+        match self.kind {
+            PortKind::Vhost => {
+                if self.socket.as_os_str().is_empty() {
+                    return Err(err("socket", "must be a path".into()));
+                }
+                if self.interface.is_some() {
+                    return Err(err(
+                        "interface",
+                        "only an internal port (type = \"internal\") has a device".into(),
+                    ));
+                }
+            }
+            PortKind::Internal => {
+                if !self.socket.as_os_str().is_empty() {
+                    return Err(err(
+                        "socket",
+                        "an internal port has no socket (it is a tap device)".into(),
+                    ));
+                }
+                let dev = self.interface_name();
+                if dev.is_empty()
+                    || dev.len() > MAX_INTERFACE_NAME
+                    || !dev
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                    || dev == "."
+                    || dev == ".."
+                {
+                    return Err(err(
+                        if self.interface.is_some() {
+                            "interface"
+                        } else {
+                            "name"
+                        },
+                        format!(
+                            "'{dev}' is not a usable interface name (1 to \
+                             {MAX_INTERFACE_NAME} letters, digits, '-', '_' or '.'); \
+                             set `interface`"
+                        ),
+                    ));
+                }
+            }
+            PortKind::Vxlan => {
+                return Err(err(
+                    "type",
+                    "the VXLAN tunnel port comes from the [vxlan] section".into(),
+                ))
+            }
         }
         // sun_path holds 108 bytes including the terminating NUL.
         if self.socket.as_os_str().len() > 107 {
@@ -415,13 +499,22 @@ impl Default for Link {
 }
 
 /// What is behind a port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PortKind {
     /// A vhost-user socket a VM's virtio-net device connects to.
+    #[default]
     Vhost,
     /// The VXLAN tunnel endpoint: frames leave encapsulated towards remote VTEPs.
     Vxlan,
+    /// A tap device the switch creates and owns: the host's own stack on the port's VLANs.
+    Internal,
+}
+
+impl PortKind {
+    pub fn is_vhost(&self) -> bool {
+        *self == PortKind::Vhost
+    }
 }
 
 /// One port of the switch.
@@ -462,7 +555,7 @@ impl Port {
         };
         Ok(Port {
             id,
-            kind: PortKind::Vhost,
+            kind: config.kind,
             name: config.name.clone(),
             config,
             mac,
@@ -492,16 +585,9 @@ impl Port {
             kind: PortKind::Vxlan,
             name: name.to_string(),
             config: PortConfig {
-                name: name.to_string(),
-                socket: PathBuf::from(description),
-                mode: ConnectMode::Server,
-                mac: None,
                 vlan_mode: Some("trunk".into()),
-                vlan: None,
-                trunks: None,
-                mac_limit: None,
-                offloads: None,
-                queue_pairs: None,
+                kind: PortKind::Vxlan,
+                ..PortConfig::vhost(name, description)
             },
             mac: None,
             offered_features: 0,
@@ -529,6 +615,12 @@ impl Port {
 
     pub fn is_tunnel(&self) -> bool {
         self.kind == PortKind::Vxlan
+    }
+
+    /// A port whose frames go through the host's kernel rather than a guest's rings (the
+    /// tunnel, an internal port): it has no link, and its egress is in the fabric.
+    pub fn is_host_port(&self) -> bool {
+        self.kind != PortKind::Vhost
     }
 
     pub fn vlan(&self) -> Arc<VlanMode> {
@@ -665,11 +757,14 @@ impl Port {
             id: self.id,
             kind: self.kind,
             name: self.name.clone(),
-            socket: self.config.socket.display().to_string(),
+            socket: match self.kind {
+                PortKind::Internal => format!("dev {}", self.config.interface_name()),
+                _ => self.config.socket.display().to_string(),
+            },
             mode: self.config.mode,
             state,
             since_secs: since.elapsed().map_or(0, |d| d.as_secs()),
-            rings_up: self.is_tunnel() || link.as_ref().is_some_and(|l| l.is_up()),
+            rings_up: self.is_host_port() || link.as_ref().is_some_and(|l| l.is_up()),
             vlan: self.vlan().describe(),
             features,
             feature_names: feature_names(features)

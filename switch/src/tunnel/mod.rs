@@ -23,7 +23,7 @@ use std::time::Duration;
 use patchbay_overlay::encap::max_inner_frame;
 use patchbay_overlay::vtep::{LocalMacMove, TunnelDrop, UdpIoSnapshot, Vtep, VtepConfig};
 
-use crate::dataplane::{Delivery, Fabric, Frame, Source, TunnelEgress};
+use crate::dataplane::{Delivery, Fabric, Frame, HostEgress, Source};
 use crate::mac_table::PortId;
 use crate::port::{DropReason, Port};
 use crate::vlan::VlanSet;
@@ -193,7 +193,7 @@ thread_local! {
     static TX_SCRATCH: std::cell::RefCell<TxScratch> = std::cell::RefCell::new(TxScratch::default());
 }
 
-impl TunnelEgress for Tunnel {
+impl HostEgress for Tunnel {
     fn transmit(
         &self,
         port: &Port,

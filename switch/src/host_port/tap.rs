@@ -1,0 +1,192 @@
+//! A tap device through `/dev/net/tun`: created by name, brought up, closed (and so removed)
+//! with its file descriptor. Written against the kernel's ioctls directly: the few calls
+//! needed here are smaller than any tun crate's surface, and the crates we looked at
+//! (tun, tun-tap) either pull in an async runtime or leave the fd blocking.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use crate::wire::EthernetAddress;
+
+/// An open tap device (no packet-information prefix, non-blocking). The device exists as
+/// long as this does (it is not made persistent).
+pub struct Tap {
+    file: File,
+    name: String,
+}
+
+/// An `ifreq` with `name` in it (at most IFNAMSIZ - 1 bytes, checked by the port's config).
+fn ifreq(name: &str) -> io::Result<libc::ifreq> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("'{name}' is not a valid interface name"),
+        ));
+    }
+    // SAFETY: an all-zero ifreq is a valid value (a NUL name, a zero union).
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    Ok(req)
+}
+
+/// A socket for the interface ioctls (SIOCGIFFLAGS and friends need one, of any family).
+fn control_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the result is checked and owned.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+impl Tap {
+    /// Creates tap device `name` (it must not exist yet: an existing tap of that name would
+    /// be attached to, and another device of that name fails) and brings it up, with `mac`
+    /// as its address if given. Needs CAP_NET_ADMIN.
+    pub fn create(name: &str, mac: Option<EthernetAddress>) -> io::Result<Tap> {
+        if std::path::Path::new("/sys/class/net").join(name).exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("a network interface named '{name}' already exists"),
+            ));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")
+            .map_err(|e| io::Error::new(e.kind(), format!("/dev/net/tun: {e}")))?;
+        let mut req = ifreq(name)?;
+        req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+        // SAFETY: TUNSETIFF reads and writes an ifreq, which `req` is, alive for the call.
+        if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("TUNSETIFF {name}: {e}")));
+        }
+        let tap = Tap {
+            file,
+            name: name.to_string(),
+        };
+        if let Some(mac) = mac {
+            tap.set_mac(mac)?;
+        }
+        tap.set_up()?;
+        Ok(tap)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+
+    fn set_mac(&self, mac: EthernetAddress) -> io::Result<()> {
+        let sock = control_socket()?;
+        let mut req = ifreq(&self.name)?;
+        // SAFETY: writing the hwaddr member of the union, a plain sockaddr.
+        unsafe {
+            req.ifr_ifru.ifru_hwaddr.sa_family = libc::ARPHRD_ETHER;
+            for (dst, src) in req.ifr_ifru.ifru_hwaddr.sa_data.iter_mut().zip(mac.0) {
+                *dst = src as libc::c_char;
+            }
+        }
+        // SAFETY: SIOCSIFHWADDR reads an ifreq, alive for the call.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFHWADDR, &req) } < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("setting {mac} on {}: {e}", self.name),
+            ));
+        }
+        Ok(())
+    }
+
+    fn set_up(&self) -> io::Result<()> {
+        let sock = control_socket()?;
+        let mut req = ifreq(&self.name)?;
+        // SAFETY: SIOCGIFFLAGS / SIOCSIFFLAGS read and write an ifreq, alive for each call;
+        // the flags member is the one they use.
+        unsafe {
+            if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+                let e = io::Error::last_os_error();
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("bringing {} up: {e}", self.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The device's MTU now (the host's administrator may change it).
+    pub fn mtu(&self) -> io::Result<u32> {
+        let sock = control_socket()?;
+        let mut req = ifreq(&self.name)?;
+        // SAFETY: SIOCGIFMTU writes the mtu member of an ifreq, alive for the call.
+        let mtu = unsafe {
+            if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            req.ifr_ifru.ifru_mtu
+        };
+        Ok(mtu.max(0) as u32)
+    }
+
+    /// Reads one frame into `buf`: its length, or None when nothing waits. A frame longer
+    /// than `buf` comes back cut to `buf.len()` (the caller sizes `buf` one byte over its
+    /// limit to tell).
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        // SAFETY: `buf` is valid for writes of its length for the call.
+        let n = unsafe { libc::read(self.fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => Ok(None),
+            io::ErrorKind::Interrupted => self.read(buf),
+            _ => Err(e),
+        }
+    }
+
+    /// Writes one frame given as pieces.
+    ///
+    /// # Safety
+    /// Each iovec must point at memory valid for reads of its length for the call.
+    pub unsafe fn write(&self, iov: &[libc::iovec]) -> io::Result<()> {
+        loop {
+            // SAFETY: the iovecs are valid for reads (the caller's contract); the count is
+            // the slice's.
+            let n = unsafe { libc::writev(self.fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+            if n >= 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Waits up to `timeout_ms` for a frame to read; true if one (or an error) waits.
+    pub fn wait_readable(&self, timeout_ms: i32) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd, alive for the call.
+        unsafe { libc::poll(&mut pfd, 1, timeout_ms) > 0 }
+    }
+}
