@@ -196,7 +196,9 @@ impl Config {
             if let Some(first) = config.ports.iter().find(|p| {
                 p.kind == port.kind
                     && match port.kind {
-                        PortKind::Internal => p.interface_name() == port.interface_name(),
+                        PortKind::Internal | PortKind::Afpacket => {
+                            p.interface_name() == port.interface_name()
+                        }
                         _ => p.socket == port.socket,
                     }
             }) {
@@ -204,7 +206,7 @@ impl Config {
                     start,
                     format!("[[port]] '{}'", port.name),
                     match port.kind {
-                        PortKind::Internal => format!(
+                        PortKind::Internal | PortKind::Afpacket => format!(
                             "field `interface`: device {} is already port '{}'",
                             port.interface_name(),
                             first.name
@@ -342,7 +344,12 @@ pub fn parse_port_flag(spec: &str) -> Result<PortConfig, ConfigError> {
                 port.kind = match v.as_str() {
                     "vhost" => PortKind::Vhost,
                     "internal" => PortKind::Internal,
-                    _ => return Err(err(format!("type '{v}' is not vhost or internal"))),
+                    "afpacket" => PortKind::Afpacket,
+                    _ => {
+                        return Err(err(format!(
+                            "type '{v}' is not vhost, internal or afpacket"
+                        )))
+                    }
                 }
             }
             "interface" => port.interface = Some(v),

@@ -162,7 +162,7 @@ fn render_all(
     let up = IntGaugeVec::new(
         Opts::new(
             "port_up",
-            "1 when a frontend is connected with both rings enabled.",
+            "1 when a frontend is connected with both rings enabled (an internal port or an uplink: its interface is up with a carrier).",
         )
         .namespace("patchbay"),
         &["port"],
@@ -208,7 +208,7 @@ fn render_all(
                 .with_label_values(&[name, reason.label()])
                 .inc_by(c.drops(reason));
         }
-        let is_up = port.link().is_some_and(|l| l.is_up());
+        let is_up = port.is_up();
         up.with_label_values(&[name]).set(i64::from(is_up));
     }
 

@@ -348,8 +348,8 @@ impl Switch {
             ports[slot] = Some(port.clone());
             Ok(port)
         })?;
-        if port.kind == crate::port::PortKind::Internal {
-            return self.start_internal(port);
+        if port.is_host_port() {
+            return self.start_host_port(port);
         }
         match connection::spawn(self.connection_context(), port.clone()) {
             Ok(handle) => {
@@ -370,18 +370,21 @@ impl Switch {
         }
     }
 
-    /// Creates an internal port's device and starts serving it; on failure the slot is
-    /// freed again.
-    fn start_internal(&self, port: Arc<Port>) -> Result<PortId, SwitchError> {
-        let started = crate::host_port::InternalPort::open(&port)
-            .and_then(|p| p.start(self.fabric.clone(), port.clone()));
-        match started {
+    /// Opens an internal port's device or an uplink's socket and starts serving it; on
+    /// failure the slot is freed again.
+    fn start_host_port(&self, port: Arc<Port>) -> Result<PortId, SwitchError> {
+        match crate::host_port::start(self.fabric.clone(), port.clone()) {
             Ok(handle) => {
                 self.supervisors
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(port.id, handle);
-                log::info!("port {} added as port {} (internal)", port.name, port.id);
+                log::info!(
+                    "port {} added as port {} ({:?})",
+                    port.name,
+                    port.id,
+                    port.kind
+                );
                 Ok(port.id)
             }
             Err(source) => {

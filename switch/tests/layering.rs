@@ -12,7 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["frame"],
     &["flow"],
     &["dataplane"],
-    &["tunnel", "worker"],
+    &["tunnel", "host_port", "worker"],
     &["switch"],
     &["control", "metrics", "config", "daemon", "lib", "main"],
 ];

@@ -57,7 +57,7 @@ fn describe(cmd: &Command) -> String {
 }
 
 /// Runs `cmd` to completion; a non-zero exit is an error carrying its stderr.
-fn output_ok(cmd: &mut Command) -> Result<String> {
+pub fn output_ok(cmd: &mut Command) -> Result<String> {
     let out = output(cmd)?;
     if !out.status.success() {
         return Err(NetnsError::Failed {
@@ -374,6 +374,18 @@ pub fn vxlan_fdb_append(ns: &Netns, dev: &str, remote: &str) -> Result<()> {
 pub fn vxlan_fdb_add(ns: &Netns, dev: &str, mac: &str, remote: &str, append: bool) -> Result<()> {
     let verb = if append { "append" } else { "replace" };
     output_ok(&mut ns.exec(["bridge", "fdb", verb, mac, "dev", dev, "dst", remote]))?;
+    Ok(())
+}
+
+/// Moves the calling thread into namespace `name`: sockets it opens from then on live
+/// there (run it in a thread of its own; the rest of the process stays where it was).
+pub fn enter(name: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(format!("/run/netns/{name}"))?;
+    // SAFETY: setns(2) on an open namespace file; it changes only this thread.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     Ok(())
 }
 

@@ -61,6 +61,13 @@ pub trait HostEgress: Send + Sync {
     /// The largest frame it carries (the tunnel: its underlay MTU minus the
     /// encapsulation): TCP super-frames are cut to fit it.
     fn max_frame(&self) -> u32;
+
+    /// The offloads it takes in a virtio-net header, as a receiving guest's features
+    /// (GUEST_CSUM, GUEST_TSO4, ...); 0 (the default): none, every frame leaves whole and
+    /// checksummed, cut to `max_frame`.
+    fn offloads(&self) -> u64 {
+        0
+    }
 }
 
 /// The frame path's shared state.
@@ -143,7 +150,7 @@ impl Fabric {
         match port.kind {
             crate::port::PortKind::Vhost => None,
             crate::port::PortKind::Vxlan => self.tunnel.get().cloned(),
-            crate::port::PortKind::Internal => self
+            crate::port::PortKind::Internal | crate::port::PortKind::Afpacket => self
                 .host_ports
                 .load()
                 .get(usize::from(port.id))

@@ -712,8 +712,11 @@ pub fn switch_frames(
         if dst.is_host_port() {
             match fabric.host_egress(dst) {
                 Some(egress) => {
-                    let receiver = soft::Receiver::Host {
-                        max_frame: egress.max_frame(),
+                    let receiver = match egress.offloads() {
+                        0 => soft::Receiver::Host {
+                            max_frame: egress.max_frame(),
+                        },
+                        features => soft::Receiver::Guest { features },
                     };
                     if offloads && soft::needed(frames, group, receiver) {
                         soft.finish_group(

@@ -1,7 +1,9 @@
-//! Ports behind the host's kernel other than the tunnel: the internal port, a tap device the
-//! switch creates and owns (like Open vSwitch's bridge-internal port), so the host's own
-//! stack joins the port's VLANs: give the device an address and the host pings its VMs, or
-//! serves them DHCP.
+//! Ports behind the host's kernel other than the tunnel:
+//! - the internal port, a tap device the switch creates and owns (like Open vSwitch's
+//!   bridge-internal port), so the host's own stack joins the port's VLANs: give the device
+//!   an address and the host pings its VMs, or serves them DHCP (below, and `tap.rs`);
+//! - the uplink, an existing interface (a NIC, a veth, a bond) through an AF_PACKET socket,
+//!   so a VLAN or a trunk reaches the physical network (`afpacket.rs`; [`Uplink`]).
 //!
 //! Frames from the host are read from the tap by one thread per port and switched like a
 //! guest's (`switch_frames`); frames for the host are written to the tap by the dataplane
@@ -11,6 +13,7 @@
 //! the host's stack does the same for what it sends. The device goes away when the port is
 //! removed or the switch stops (it is not persistent).
 
+mod afpacket;
 mod tap;
 
 use std::sync::Arc;
@@ -20,9 +23,51 @@ use crate::dataplane::SwitchScratch;
 use crate::dataplane::{switch_frames, Delivery, Fabric, Frame, FrameBytes, HostEgress, Source};
 use crate::flow::rewrite::HeaderBuf;
 use crate::offload::Offload;
-use crate::port::{DropReason, Port};
+use crate::port::{DropReason, LinkState, Port};
 
 pub use tap::Tap;
+
+/// Keeps a host port's state in step with its interface (up with a carrier: connected;
+/// otherwise down), looked at no more than once per receive wait; logs each change.
+struct LinkWatch {
+    checked: Option<std::time::Instant>,
+}
+
+impl LinkWatch {
+    fn new() -> LinkWatch {
+        LinkWatch { checked: None }
+    }
+
+    fn check(&mut self, port: &Port, dev: &str) {
+        if port.is_removed() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        if self
+            .checked
+            .is_some_and(|t| now.duration_since(t).as_millis() < RX_WAIT_MS as u128)
+        {
+            return;
+        }
+        self.checked = Some(now);
+        let state = match tap::running(dev) {
+            Some(true) => LinkState::Connected,
+            _ => LinkState::Down,
+        };
+        if port.state().0 != state {
+            log::info!(
+                "port {}: {dev} is {}",
+                port.name,
+                if state == LinkState::Connected {
+                    "up"
+                } else {
+                    "down (or gone)"
+                }
+            );
+            port.set_state(state);
+        }
+    }
+}
 
 /// Frames read from the device per batch.
 const RX_BATCH: usize = 32;
@@ -37,6 +82,159 @@ pub enum HostPortError {
     Create { dev: String, source: std::io::Error },
     #[error("cannot start the receive thread of '{dev}': {source}")]
     Thread { dev: String, source: std::io::Error },
+    #[error("cannot open an AF_PACKET socket on '{dev}': {source}")]
+    Packet { dev: String, source: std::io::Error },
+}
+
+/// Starts the I/O of host port `port` (an internal port or an uplink): its device or socket
+/// is opened, its egress registered with the fabric, and its receive thread started; the
+/// thread ends (and closes the device or socket) once the port is removed or the switch
+/// stops.
+pub fn start(
+    fabric: Arc<Fabric>,
+    port: Arc<Port>,
+) -> Result<thread::JoinHandle<()>, HostPortError> {
+    match port.kind {
+        crate::port::PortKind::Afpacket => Uplink::open(&port, &fabric)?.start(fabric, port),
+        _ => InternalPort::open(&port)?.start(fabric, port),
+    }
+}
+
+/// An uplink: an existing interface, through an AF_PACKET socket.
+pub struct Uplink {
+    sock: afpacket::PacketSocket,
+    max_frame: u32,
+}
+
+thread_local! {
+    /// Each dataplane thread's work space for sending on uplinks.
+    static UPLINK_TX: std::cell::RefCell<afpacket::TxScratch> =
+        std::cell::RefCell::new(afpacket::TxScratch::default());
+}
+
+impl Uplink {
+    pub fn open(port: &Port, fabric: &Fabric) -> Result<Uplink, HostPortError> {
+        let dev = port.config.interface_name().to_string();
+        let sock = afpacket::PacketSocket::open(&dev).map_err(|source| HostPortError::Packet {
+            dev: dev.clone(),
+            source,
+        })?;
+        let mtu = sock.mtu().unwrap_or(1500);
+        if mtu + L2_OVERHEAD > fabric.max_frame_len {
+            log::warn!(
+                "port {}: {dev}'s MTU {mtu} is above the switch's frame limit ({} bytes): \
+                 larger frames from it are dropped as too-big",
+                port.name,
+                fabric.max_frame_len
+            );
+        }
+        log::info!(
+            "port {}: uplink on {dev} (AF_PACKET, MTU {mtu}, link {})",
+            port.name,
+            if sock.link_up() { "up" } else { "down" }
+        );
+        Ok(Uplink {
+            sock,
+            max_frame: mtu + L2_OVERHEAD,
+        })
+    }
+
+    fn start(
+        self,
+        fabric: Arc<Fabric>,
+        port: Arc<Port>,
+    ) -> Result<thread::JoinHandle<()>, HostPortError> {
+        let me = Arc::new(self);
+        let dev = me.sock.name().to_string();
+        fabric.set_host_egress(port.id, Some(me.clone()));
+        thread::Builder::new()
+            .name(format!("uplink-{}", port.id))
+            .spawn({
+                let fabric = fabric.clone();
+                let port = port.clone();
+                move || {
+                    me.rx_loop(&fabric, &port);
+                    fabric.set_host_egress(port.id, None);
+                    log::info!("port {}: uplink on {} closed", port.name, me.sock.name());
+                }
+            })
+            .map_err(|source| {
+                fabric.set_host_egress(port.id, None);
+                HostPortError::Thread { dev, source }
+            })
+    }
+
+    fn rx_loop(&self, fabric: &Fabric, port: &Port) {
+        // Super-frames the kernel coalesced (GRO) are up to 64 KiB.
+        let mut ring = afpacket::RxRing::new(crate::offload::MAX_SUPER_FRAME as usize);
+        let mut frames: Vec<Frame> = Vec::with_capacity(afpacket::RX_BATCH);
+        let mut scratch = SwitchScratch::default();
+        let max_frame = fabric.max_frame_len;
+        let mut link = LinkWatch::new();
+        while !fabric.is_stopping() && !port.is_removed() {
+            link.check(port, self.sock.name());
+            if !self.sock.wait_readable(RX_WAIT_MS) {
+                continue;
+            }
+            frames.clear();
+            let got = ring.receive(&self.sock, |r| match r {
+                // What is not a super-frame is held to the switch's frame limit.
+                Ok(f) if f.offload.gso.is_none() && f.len > max_frame => {
+                    port.counters.drop(DropReason::TooBig, 1)
+                }
+                Ok(f) => frames.push(f),
+                Err((reason, what)) => {
+                    port.counters.drop(reason, 1);
+                    if let Some(what) = what {
+                        port.log_bad_input(format_args!(
+                            "a frame from {} refused: {what}",
+                            self.sock.name()
+                        ));
+                    }
+                }
+            });
+            if let Err(e) = got {
+                // The interface went away or down: say so (rate-limited) and wait for it.
+                port.log_bad_input(format_args!("receiving on {}: {e}", self.sock.name()));
+                thread::sleep(std::time::Duration::from_millis(RX_WAIT_MS as u64));
+                continue;
+            }
+            if frames.is_empty() {
+                continue;
+            }
+            let source = Source::host(&ring.buf);
+            if port
+                .guard_dataplane(|| switch_frames(fabric, port, &source, &frames, &mut scratch))
+                .is_none()
+            {
+                scratch = SwitchScratch::default();
+            }
+        }
+    }
+}
+
+impl HostEgress for Uplink {
+    fn transmit(
+        &self,
+        port: &Port,
+        source: &Source<'_>,
+        frames: &[Frame],
+        group: &[Delivery],
+        headers: &[HeaderBuf],
+    ) {
+        UPLINK_TX.with(|s| match s.try_borrow_mut() {
+            Ok(mut s) => self.sock.send(port, source, frames, group, headers, &mut s),
+            Err(_) => port.counters.drop(DropReason::NoBuffer, group.len() as u64),
+        });
+    }
+
+    fn max_frame(&self) -> u32 {
+        self.max_frame
+    }
+
+    fn offloads(&self) -> u64 {
+        afpacket::TO_KERNEL
+    }
 }
 
 /// An internal port: its tap device, open while the port exists.
@@ -99,7 +297,9 @@ impl InternalPort {
         let mut buf = vec![0u8; RX_BATCH * slot];
         let mut frames: Vec<Frame> = Vec::with_capacity(RX_BATCH);
         let mut scratch = SwitchScratch::default();
+        let mut link = LinkWatch::new();
         while !fabric.is_stopping() && !port.is_removed() {
+            link.check(port, self.tap.name());
             if !self.tap.wait_readable(RX_WAIT_MS) {
                 continue;
             }

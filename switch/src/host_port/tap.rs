@@ -33,6 +33,22 @@ fn ifreq(name: &str) -> io::Result<libc::ifreq> {
     Ok(req)
 }
 
+/// Whether interface `name` is up with a carrier (IFF_UP and IFF_RUNNING), asked of the
+/// kernel in the caller's network namespace; None if there is no such interface.
+pub fn running(name: &str) -> Option<bool> {
+    let sock = control_socket().ok()?;
+    let mut req = ifreq(name).ok()?;
+    // SAFETY: SIOCGIFFLAGS writes the flags member of an ifreq, alive for the call.
+    let flags = unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return None;
+        }
+        req.ifr_ifru.ifru_flags
+    };
+    let want = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    Some(flags & want == want)
+}
+
 /// A socket for the interface ioctls (SIOCGIFFLAGS and friends need one, of any family).
 fn control_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the result is checked and owned.
@@ -179,7 +195,9 @@ impl Tap {
         }
     }
 
-    /// Waits up to `timeout_ms` for a frame to read; true if one (or an error) waits.
+    /// Waits up to `timeout_ms` for a frame to read; true if one waits. An error (the
+    /// device was deleted under the switch) is waited out for the same time, so the port
+    /// does not spin.
     pub fn wait_readable(&self, timeout_ms: i32) -> bool {
         let mut pfd = libc::pollfd {
             fd: self.fd(),
@@ -187,6 +205,13 @@ impl Tap {
             revents: 0,
         };
         // SAFETY: one pollfd, alive for the call.
-        unsafe { libc::poll(&mut pfd, 1, timeout_ms) > 0 }
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if n > 0 && pfd.revents & libc::POLLIN != 0 {
+            return true;
+        }
+        if n > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(timeout_ms.max(0) as u64));
+        }
+        false
     }
 }

@@ -231,11 +231,12 @@ impl PortConfig {
                     ));
                 }
             }
-            PortKind::Internal => {
+            PortKind::Internal | PortKind::Afpacket => {
                 if !self.socket.as_os_str().is_empty() {
                     return Err(err(
                         "socket",
-                        "an internal port has no socket (it is a tap device)".into(),
+                        "an internal or afpacket port has no socket (it is a network device)"
+                            .into(),
                     ));
                 }
                 let dev = self.interface_name();
@@ -321,6 +322,8 @@ pub enum LinkState {
     Connected,
     /// The port was removed and is shutting down.
     Removed,
+    /// An internal port's or an uplink's interface is down or has no carrier.
+    Down,
 }
 
 /// One queue pair: the guest's receive ring (virtqueue 2k) and transmit ring (2k + 1).
@@ -509,6 +512,8 @@ pub enum PortKind {
     Vxlan,
     /// A tap device the switch creates and owns: the host's own stack on the port's VLANs.
     Internal,
+    /// An existing interface (a NIC, a veth), through an AF_PACKET socket: the uplink.
+    Afpacket,
 }
 
 impl PortKind {
@@ -615,6 +620,16 @@ impl Port {
 
     pub fn is_tunnel(&self) -> bool {
         self.kind == PortKind::Vxlan
+    }
+
+    /// Whether frames can flow: a guest's rings are up, the tunnel is there, a host port's
+    /// interface is up with a carrier (as its receive thread last saw it).
+    pub fn is_up(&self) -> bool {
+        match self.kind {
+            PortKind::Vhost => self.link().is_some_and(|l| l.is_up()),
+            PortKind::Vxlan => true,
+            PortKind::Internal | PortKind::Afpacket => self.state().0 == LinkState::Connected,
+        }
     }
 
     /// A port whose frames go through the host's kernel rather than a guest's rings (the
@@ -758,13 +773,15 @@ impl Port {
             kind: self.kind,
             name: self.name.clone(),
             socket: match self.kind {
-                PortKind::Internal => format!("dev {}", self.config.interface_name()),
+                PortKind::Internal | PortKind::Afpacket => {
+                    format!("dev {}", self.config.interface_name())
+                }
                 _ => self.config.socket.display().to_string(),
             },
             mode: self.config.mode,
             state,
             since_secs: since.elapsed().map_or(0, |d| d.as_secs()),
-            rings_up: self.is_host_port() || link.as_ref().is_some_and(|l| l.is_up()),
+            rings_up: self.is_up(),
             vlan: self.vlan().describe(),
             features,
             feature_names: feature_names(features)
