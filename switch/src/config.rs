@@ -193,15 +193,7 @@ impl Config {
                     format!("field `name`: '{}' is used twice", first.name),
                 ));
             }
-            if let Some(first) = config.ports.iter().find(|p| {
-                p.kind == port.kind
-                    && match port.kind {
-                        PortKind::Internal | PortKind::Afpacket => {
-                            p.interface_name() == port.interface_name()
-                        }
-                        _ => p.socket == port.socket,
-                    }
-            }) {
+            if let Some(first) = config.ports.iter().find(|p| p.same_endpoint(&port)) {
                 return Err(invalid(
                     start,
                     format!("[[port]] '{}'", port.name),
@@ -470,6 +462,37 @@ trunks = "10,20-30"
             .unwrap_err()
             .to_string();
         assert!(e.contains("`trunks`") && e.contains("5000"), "{e}");
+    }
+
+    #[test]
+    fn host_ports_parse_and_their_devices_are_checked() {
+        let ok = "[[port]]\nname = \"host10\"\ntype = \"internal\"\nvlan = 10\n\n\
+                  [[port]]\nname = \"nic\"\ntype = \"afpacket\"\ninterface = \"eth1\"\n\
+                  vlan_mode = \"trunk\"\n";
+        let c = Config::from_toml(Path::new("t.toml"), ok).unwrap();
+        assert_eq!(c.ports[0].kind, PortKind::Internal);
+        assert_eq!(c.ports[0].interface_name(), "host10");
+        assert_eq!(c.ports[1].kind, PortKind::Afpacket);
+        assert_eq!(c.ports[1].interface_name(), "eth1");
+        let err = |text: &str| {
+            Config::from_toml(Path::new("t.toml"), text)
+                .unwrap_err()
+                .to_string()
+        };
+        // An uplink on the switch's own tap would loop its frames.
+        let e = err(&ok.replace("eth1", "host10"));
+        assert!(e.contains("`interface`") && e.contains("'host10'"), "{e}");
+        let e = err(&ok.replace(
+            "type = \"internal\"",
+            "type = \"internal\"\nsocket = \"/tmp/x\"",
+        ));
+        assert!(e.contains("`socket`") && e.contains("no socket"), "{e}");
+        let e = err(&ok.replace("name = \"host10\"", "name = \"a-name-too-long-for-linux\""));
+        assert!(e.contains("interface name"), "{e}");
+        let e = err(&ok.replace("\"afpacket\"", "\"afxdp\""));
+        assert!(e.contains("afxdp"), "{e}");
+        let spec = parse_port_flag("name=h,type=internal,vlan=20").unwrap();
+        assert_eq!((spec.kind, spec.vlan), (PortKind::Internal, Some(20)));
     }
 
     #[test]

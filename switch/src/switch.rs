@@ -94,7 +94,7 @@ pub enum SwitchError {
     },
     #[error("a port named '{0}' already exists")]
     DuplicateName(String),
-    #[error("port '{existing}' already uses socket {socket}")]
+    #[error("port '{existing}' already uses {socket}")]
     DuplicateSocket { existing: String, socket: String },
     #[error("no port named '{0}'")]
     NoSuchPort(String),
@@ -310,13 +310,14 @@ impl Switch {
             if p.name == config.name {
                 return Err(SwitchError::DuplicateName(config.name.clone()));
             }
-            if p.config.kind.is_vhost()
-                && config.kind.is_vhost()
-                && p.config.socket == config.socket
-            {
+            if p.config.same_endpoint(config) {
                 return Err(SwitchError::DuplicateSocket {
                     existing: p.name.clone(),
-                    socket: config.socket.display().to_string(),
+                    socket: if config.kind.is_vhost() {
+                        format!("socket {}", config.socket.display())
+                    } else {
+                        format!("device {}", config.interface_name())
+                    },
                 });
             }
         }

@@ -13,38 +13,24 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use super::{offload_of, TO_KERNEL, VNET_HDR_LEN};
 use crate::dataplane::{Delivery, Frame, FrameBytes, Source};
 use crate::flow::rewrite::HeaderBuf;
-use crate::offload::{layout, Offload};
 use crate::port::{DropReason, Port};
-use crate::virtio::features::bit;
 use crate::virtio::net_header::{self, NetHeader};
-use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
-    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
-};
 
-/// The virtio-net header the kernel reads and writes with PACKET_VNET_HDR (no num_buffers).
-pub const VNET_HDR_LEN: usize = 10;
 /// Frames received per `recvmmsg`.
 pub const RX_BATCH: usize = 32;
 /// Room before each received frame for the tag put back in it.
 const HEADROOM: usize = 4;
-/// What the kernel may send us in its header, as a guest's features would say it.
-pub const FROM_KERNEL: u64 = bit(VIRTIO_NET_F_CSUM)
-    | bit(VIRTIO_NET_F_HOST_TSO4)
-    | bit(VIRTIO_NET_F_HOST_TSO6)
-    | bit(VIRTIO_NET_F_HOST_ECN);
-/// What the kernel takes from us in its header, as a receiving guest's features.
-pub const TO_KERNEL: u64 = bit(VIRTIO_NET_F_GUEST_CSUM)
-    | bit(VIRTIO_NET_F_GUEST_TSO4)
-    | bit(VIRTIO_NET_F_GUEST_TSO6)
-    | bit(VIRTIO_NET_F_GUEST_ECN);
 
 /// The AF_PACKET socket of an uplink, bound to its interface.
 pub struct PacketSocket {
     fd: OwnedFd,
     name: String,
+    /// The largest TCP segment frame to ask the kernel for (its MTU at opening, plus an
+    /// Ethernet header): super-frames cut by the kernel or the NIC must fit the wire.
+    max_segment_frame: u32,
 }
 
 fn check(ret: libc::c_int, what: &str) -> io::Result<()> {
@@ -151,9 +137,14 @@ impl PacketSocket {
             )
         };
         check(r, "promiscuous mode")?;
+        let mtu = std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(1500);
         Ok(PacketSocket {
             fd,
             name: name.to_string(),
+            max_segment_frame: mtu + 14,
         })
     }
 
@@ -237,6 +228,7 @@ impl RxRing {
         mut each: impl FnMut(Result<Frame, (DropReason, Option<String>)>),
     ) -> io::Result<usize> {
         let base = self.buf.as_mut_ptr();
+        let aux = self.aux.as_mut_ptr();
         let mut iovecs: [libc::iovec; RX_BATCH] = [libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
@@ -249,7 +241,8 @@ impl RxRing {
             iovecs[i].iov_len = self.slot - HEADROOM;
             msgs[i].msg_hdr.msg_iov = &mut iovecs[i];
             msgs[i].msg_hdr.msg_iovlen = 1;
-            msgs[i].msg_hdr.msg_control = self.aux[i].as_mut_ptr().cast();
+            // SAFETY: entry i lies inside `aux` (RX_BATCH entries).
+            msgs[i].msg_hdr.msg_control = unsafe { aux.add(i) }.cast();
             msgs[i].msg_hdr.msg_controllen = std::mem::size_of::<[u64; 8]>();
         }
         // SAFETY: the messages point at `buf`, `iovecs` and `aux`, alive for the call.
@@ -326,7 +319,12 @@ fn vlan_of(hdr: &libc::msghdr) -> Option<(u16, u16)> {
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(hdr);
         while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_PACKET && (*c).cmsg_type == libc::PACKET_AUXDATA {
+            let whole =
+                libc::CMSG_LEN(std::mem::size_of::<libc::tpacket_auxdata>() as u32) as usize;
+            if (*c).cmsg_level == libc::SOL_PACKET
+                && (*c).cmsg_type == libc::PACKET_AUXDATA
+                && (*c).cmsg_len as usize >= whole
+            {
                 let aux: libc::tpacket_auxdata =
                     std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
                 if aux.tp_status & libc::TP_STATUS_VLAN_VALID == 0 {
@@ -345,17 +343,6 @@ fn vlan_of(hdr: &libc::msghdr) -> Option<(u16, u16)> {
     None
 }
 
-/// The offload of a received frame, validated like a guest's (the kernel is trusted to say
-/// what it did, not to say something the frame contradicts).
-pub fn offload_of(header: &NetHeader, frame: &[u8]) -> Result<Offload, String> {
-    if header.is_plain() {
-        return Ok(Offload::NONE);
-    }
-    let headers = &frame[..frame.len().min(layout::MAX_HEADERS)];
-    Offload::from_net_header(header, FROM_KERNEL, frame.len() as u32, headers)
-        .map_err(|e| e.to_string())
-}
-
 /// Per-group scratch of the sending side (per thread: no allocation once warm).
 #[derive(Default)]
 pub struct TxScratch {
@@ -365,10 +352,6 @@ pub struct TxScratch {
     msgs: Vec<libc::mmsghdr>,
     lens: Vec<u32>,
 }
-
-// SAFETY: the raw pointers in `iovecs` and `msgs` are only meaningful during one `send`
-// call, which builds them and hands them to sendmmsg; nothing carries them across threads.
-unsafe impl Send for TxScratch {}
 
 impl PacketSocket {
     /// Sends a group of deliveries, each with its virtio-net header, in as few `sendmmsg`
@@ -390,11 +373,16 @@ impl PacketSocket {
             let frame = &frames[usize::from(d.frame)];
             let (prefix, skip) = d.prefix(headers);
             let mut h = [0u8; VNET_HDR_LEN];
-            frame
-                .offload
-                .shifted(prefix.len() as i32 - skip as i32)
-                .net_header(TO_KERNEL)
-                .emit(&mut h);
+            let mut offload = frame.offload.shifted(prefix.len() as i32 - skip as i32);
+            // A TCP super-frame from a guest with a larger MTU is cut smaller for the wire
+            // (TCP's segment size is the sender's choice; UDP's datagrams stay as sent).
+            if let Some(g) = offload.gso.as_mut().filter(|g| g.kind.is_tcp()) {
+                let room = self.max_segment_frame.saturating_sub(u32::from(g.hdr_len));
+                if u32::from(g.size) > room && room > 0 {
+                    g.size = room as u16;
+                }
+            }
+            offload.net_header(TO_KERNEL).emit(&mut h);
             s.headers.push(h);
             s.lens.push(d.out_len(frame.len, headers));
         }
@@ -457,6 +445,14 @@ impl PacketSocket {
             match e.raw_os_error() {
                 Some(libc::EINTR) => continue,
                 Some(libc::EMSGSIZE) => too_big += 1,
+                Some(
+                    libc::EAGAIN | libc::ENOBUFS | libc::ENETDOWN | libc::ENXIO | libc::ENODEV,
+                ) => {
+                    // The interface's queue is full, or it is down or gone: the rest of the
+                    // group is dropped at once, not tried one by one.
+                    failed += (s.msgs.len() - next) as u64;
+                    break;
+                }
                 _ => {
                     failed += 1;
                     port.log_bad_input(format_args!("sending on {}: {e}", self.name));

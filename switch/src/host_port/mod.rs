@@ -8,10 +8,13 @@
 //! Frames from the host are read from the tap by one thread per port and switched like a
 //! guest's (`switch_frames`); frames for the host are written to the tap by the dataplane
 //! thread that switched them, one `writev` each (the kernel takes one frame per call from a
-//! tap). The device carries no virtio-net header (no IFF_VNET_HDR): the frame path completes
-//! checksums and cuts TCP super-frames to the device's MTU before writing (`soft.rs`), and
-//! the host's stack does the same for what it sends. The device goes away when the port is
-//! removed or the switch stops (it is not persistent).
+//! tap). Every frame carries a virtio-net header (IFF_VNET_HDR), and the device offers the
+//! host's stack checksum and TCP segmentation offload (TUNSETOFFLOAD): the host hands over
+//! TCP super-frames with partial checksums, which go whole to receivers that take them, and
+//! gets the same from guests, as a guest with those features would. Where the kernel refuses
+//! the offloads, frames cross finished (`soft.rs` completes checksums and cuts super-frames
+//! to the device's MTU). The device goes away when the port is removed or the switch stops
+//! (it is not persistent).
 
 mod afpacket;
 mod tap;
@@ -22,10 +25,55 @@ use std::thread;
 use crate::dataplane::SwitchScratch;
 use crate::dataplane::{switch_frames, Delivery, Fabric, Frame, FrameBytes, HostEgress, Source};
 use crate::flow::rewrite::HeaderBuf;
-use crate::offload::Offload;
+use crate::offload::{layout, Offload};
 use crate::port::{DropReason, LinkState, Port};
+use crate::virtio::features::bit;
+use crate::virtio::net_header::NetHeader;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+    VIRTIO_NET_F_HOST_USO,
+};
+
+/// The virtio-net header the kernel reads and writes on a tap (IFF_VNET_HDR) and a packet
+/// socket (PACKET_VNET_HDR): without num_buffers.
+pub const VNET_HDR_LEN: usize = 10;
+/// What the kernel may send us in its header, as a guest's features would say it (UDP
+/// super-frames too: a packet socket hands over what UDP GRO coalesced).
+pub const FROM_KERNEL: u64 = bit(VIRTIO_NET_F_CSUM)
+    | bit(VIRTIO_NET_F_HOST_TSO4)
+    | bit(VIRTIO_NET_F_HOST_TSO6)
+    | bit(VIRTIO_NET_F_HOST_ECN)
+    | bit(VIRTIO_NET_F_HOST_USO);
+/// What the kernel takes from us in its header, as a receiving guest's features.
+pub const TO_KERNEL: u64 = bit(VIRTIO_NET_F_GUEST_CSUM)
+    | bit(VIRTIO_NET_F_GUEST_TSO4)
+    | bit(VIRTIO_NET_F_GUEST_TSO6)
+    | bit(VIRTIO_NET_F_GUEST_ECN);
+
+/// The offload of a frame from the kernel, validated like a guest's (the kernel is trusted
+/// to say what it did, not to say something the frame contradicts).
+pub fn offload_of(header: &NetHeader, frame: &[u8]) -> Result<Offload, String> {
+    if header.is_plain() {
+        return Ok(Offload::NONE);
+    }
+    let headers = &frame[..frame.len().min(layout::MAX_HEADERS)];
+    Offload::from_net_header(header, FROM_KERNEL, frame.len() as u32, headers)
+        .map_err(|e| e.to_string())
+}
 
 pub use tap::Tap;
+
+/// Takes a host port's egress out of the fabric when its receive thread ends, however it
+/// ends (a panic outside the guarded switching too): the last reference to the device or
+/// socket then goes with the dataplane's, and the device is removed.
+struct Unregister<'a>(&'a Fabric, &'a Port);
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        self.0.set_host_egress(self.1.id, None);
+    }
+}
 
 /// Keeps a host port's state in step with its interface (up with a carrier: connected;
 /// otherwise down), looked at no more than once per receive wait; logs each change.
@@ -73,8 +121,9 @@ impl LinkWatch {
 const RX_BATCH: usize = 32;
 /// How long the receive thread waits for a frame before it looks for removal or shutdown.
 const RX_WAIT_MS: i32 = 200;
-/// Room for a VLAN tag over the device's MTU and Ethernet header.
-const L2_OVERHEAD: u32 = 14 + 4;
+/// An Ethernet header over the device's MTU: the largest frame written to it (a tagged frame
+/// is then held 4 bytes under what it could carry: never over).
+const L2_OVERHEAD: u32 = 14;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostPortError {
@@ -153,8 +202,8 @@ impl Uplink {
                 let fabric = fabric.clone();
                 let port = port.clone();
                 move || {
+                    let _unregister = Unregister(&fabric, &port);
                     me.rx_loop(&fabric, &port);
-                    fabric.set_host_egress(port.id, None);
                     log::info!("port {}: uplink on {} closed", port.name, me.sock.name());
                 }
             })
@@ -194,9 +243,18 @@ impl Uplink {
                 }
             });
             if let Err(e) = got {
-                // The interface went away or down: say so (rate-limited) and wait for it.
-                port.log_bad_input(format_args!("receiving on {}: {e}", self.sock.name()));
-                thread::sleep(std::time::Duration::from_millis(RX_WAIT_MS as u64));
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENETDOWN | libc::ENXIO | libc::ENODEV)
+                ) {
+                    // The interface went away or down (the link watch says so): wait for it.
+                    thread::sleep(std::time::Duration::from_millis(RX_WAIT_MS as u64));
+                } else {
+                    // A packet the kernel could not hand over (one it cannot describe in a
+                    // virtio-net header: EINVAL): that one is lost, the rest go on.
+                    port.counters.drop(DropReason::BadOffload, 1);
+                    port.log_bad_input(format_args!("receiving on {}: {e}", self.sock.name()));
+                }
                 continue;
             }
             if frames.is_empty() {
@@ -233,7 +291,7 @@ impl HostEgress for Uplink {
     }
 
     fn offloads(&self) -> u64 {
-        afpacket::TO_KERNEL
+        TO_KERNEL
     }
 }
 
@@ -280,8 +338,8 @@ impl InternalPort {
                 let fabric = fabric.clone();
                 let port = port.clone();
                 move || {
+                    let _unregister = Unregister(&fabric, &port);
                     me.rx_loop(&fabric, &port);
-                    fabric.set_host_egress(port.id, None);
                     log::info!("port {}: tap device {} closed", port.name, me.tap.name());
                 }
             });
@@ -292,8 +350,14 @@ impl InternalPort {
     }
 
     fn rx_loop(&self, fabric: &Fabric, port: &Port) {
-        // One byte over the largest frame the switch takes, to tell a longer one.
-        let slot = fabric.max_frame_len as usize + 1;
+        // A virtio-net header, then a frame: up to a 64 KiB super-frame when the host's
+        // stack may hand over its TSO (one byte over the limit tells a longer one).
+        let largest = if self.tap.offloads() {
+            crate::offload::MAX_SUPER_FRAME
+        } else {
+            fabric.max_frame_len
+        };
+        let slot = VNET_HDR_LEN + largest as usize + 1;
         let mut buf = vec![0u8; RX_BATCH * slot];
         let mut frames: Vec<Frame> = Vec::with_capacity(RX_BATCH);
         let mut scratch = SwitchScratch::default();
@@ -306,7 +370,7 @@ impl InternalPort {
             frames.clear();
             for i in 0..RX_BATCH {
                 let at = i * slot;
-                let len = match self.tap.read(&mut buf[at..at + slot]) {
+                let got = match self.tap.read(&mut buf[at..at + slot]) {
                     Ok(Some(n)) => n,
                     Ok(None) => break,
                     Err(e) => {
@@ -314,7 +378,7 @@ impl InternalPort {
                         break;
                     }
                 };
-                if len >= slot {
+                if got >= slot {
                     port.counters.drop(DropReason::TooBig, 1);
                     port.log_bad_input(format_args!(
                         "a frame from {} longer than the switch's limit of {} bytes",
@@ -323,18 +387,33 @@ impl InternalPort {
                     ));
                     continue;
                 }
-                if len < 14 {
+                if got < VNET_HDR_LEN + 14 {
                     port.counters.drop(DropReason::Runt, 1);
+                    continue;
+                }
+                let (start, len) = (at + VNET_HDR_LEN, got - VNET_HDR_LEN);
+                let header = NetHeader::parse(&buf[at..start]).unwrap_or_default();
+                let offload = match offload_of(&header, &buf[start..start + len]) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        port.counters.drop(DropReason::BadOffload, 1);
+                        port.log_bad_input(format_args!(
+                            "a frame from {} refused: {e}",
+                            self.tap.name()
+                        ));
+                        continue;
+                    }
+                };
+                if offload.gso.is_none() && len > fabric.max_frame_len as usize {
+                    port.counters.drop(DropReason::TooBig, 1);
                     continue;
                 }
                 frames.push(Frame {
                     head: 0,
                     len: len as u32,
-                    bytes: FrameBytes::Host { start: at, len },
+                    bytes: FrameBytes::Host { start, len },
                     tunnel: None,
-                    // The host's stack completed its checksums (the device offers it no
-                    // offloads), but the switch does not vouch for them.
-                    offload: Offload::NONE,
+                    offload,
                 });
             }
             if frames.is_empty() {
@@ -362,10 +441,23 @@ impl HostEgress for InternalPort {
     ) {
         let mut iov: Vec<libc::iovec> = Vec::with_capacity(8);
         let (mut sent, mut bytes, mut failed) = (0u64, 0u64, 0u64);
+        let features = self.offloads();
         for d in group {
             let frame = &frames[usize::from(d.frame)];
             let (prefix, skip) = d.prefix(headers);
+            // The frame's offload, regenerated for the device (with no offloads, `soft.rs`
+            // finished the frame and the header says nothing).
+            let mut vnet = [0u8; VNET_HDR_LEN];
+            frame
+                .offload
+                .shifted(prefix.len() as i32 - skip as i32)
+                .net_header(features)
+                .emit(&mut vnet);
             iov.clear();
+            iov.push(libc::iovec {
+                iov_base: vnet.as_ptr() as *mut libc::c_void,
+                iov_len: VNET_HDR_LEN,
+            });
             if !prefix.is_empty() {
                 iov.push(libc::iovec {
                     iov_base: prefix.as_ptr() as *mut libc::c_void,
@@ -399,5 +491,13 @@ impl HostEgress for InternalPort {
 
     fn max_frame(&self) -> u32 {
         self.max_frame
+    }
+
+    fn offloads(&self) -> u64 {
+        if self.tap.offloads() {
+            TO_KERNEL
+        } else {
+            0
+        }
     }
 }

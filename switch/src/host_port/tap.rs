@@ -15,6 +15,8 @@ use crate::wire::EthernetAddress;
 pub struct Tap {
     file: File,
     name: String,
+    /// The device offers the host's stack checksum and TCP segmentation offload.
+    offloads: bool,
 }
 
 /// An `ifreq` with `name` in it (at most IFNAMSIZ - 1 bytes, checked by the port's config).
@@ -61,9 +63,9 @@ fn control_socket() -> io::Result<OwnedFd> {
 }
 
 impl Tap {
-    /// Creates tap device `name` (it must not exist yet: an existing tap of that name would
-    /// be attached to, and another device of that name fails) and brings it up, with `mac`
-    /// as its address if given. Needs CAP_NET_ADMIN.
+    /// Creates tap device `name` (it must not exist yet: IFF_TUN_EXCL refuses an existing
+    /// tap, and another device of that name fails too) and brings it up, with `mac` as its
+    /// address if given. Needs CAP_NET_ADMIN.
     pub fn create(name: &str, mac: Option<EthernetAddress>) -> io::Result<Tap> {
         if std::path::Path::new("/sys/class/net").join(name).exists() {
             return Err(io::Error::new(
@@ -78,15 +80,43 @@ impl Tap {
             .open("/dev/net/tun")
             .map_err(|e| io::Error::new(e.kind(), format!("/dev/net/tun: {e}")))?;
         let mut req = ifreq(name)?;
-        req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+        req.ifr_ifru.ifru_flags =
+            (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_TUN_EXCL)
+                as libc::c_short;
         // SAFETY: TUNSETIFF reads and writes an ifreq, which `req` is, alive for the call.
         if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
             let e = io::Error::last_os_error();
             return Err(io::Error::new(e.kind(), format!("TUNSETIFF {name}: {e}")));
         }
+        let len = super::VNET_HDR_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads an int, alive for the call.
+        if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &len) } < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("TUNSETVNETHDRSZ {name}: {e}"),
+            ));
+        }
+        let offload_flags =
+            libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
+        // SAFETY: TUNSETOFFLOAD takes its flags as the argument itself, not a pointer.
+        let offloads = unsafe {
+            libc::ioctl(
+                file.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                offload_flags as libc::c_ulong,
+            )
+        } == 0;
+        if !offloads {
+            log::info!(
+                "{name}: no checksum or segmentation offload for the host ({}): frames cross finished",
+                io::Error::last_os_error()
+            );
+        }
         let tap = Tap {
             file,
             name: name.to_string(),
+            offloads,
         };
         if let Some(mac) = mac {
             tap.set_mac(mac)?;
@@ -97,6 +127,11 @@ impl Tap {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether the host's stack hands over (and takes) super-frames and partial checksums.
+    pub fn offloads(&self) -> bool {
+        self.offloads
     }
 
     pub fn fd(&self) -> std::os::fd::RawFd {

@@ -166,7 +166,17 @@ impl PortConfig {
         }
     }
 
-    /// The tap device's name of an internal port.
+    /// Whether `other` would use this port's socket or interface (an internal port's tap
+    /// and an uplink on that tap would loop, as would two uplinks on one interface).
+    pub fn same_endpoint(&self, other: &PortConfig) -> bool {
+        match (self.kind.is_vhost(), other.kind.is_vhost()) {
+            (true, true) => self.socket == other.socket,
+            (false, false) => self.interface_name() == other.interface_name(),
+            _ => false,
+        }
+    }
+
+    /// The device of an internal port or an uplink (default: the port's name).
     pub fn interface_name(&self) -> &str {
         self.interface.as_deref().unwrap_or(&self.name)
     }
