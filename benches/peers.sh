@@ -50,6 +50,15 @@
 #              net_af_packet PMD, so the source pays a system call per burst). Receive
 #              processing of every veth of the path is steered to SWITCH_CPU (RPS), whose
 #              busy time is reported as switch%.
+#   uplink     a vhost-user port and an uplink to a "NIC": testpmd's port 0 is virtio_user on
+#              the switch's access port p0 (VLAN 10), its port 1 is its net_af_packet PMD on
+#              pbupp, one end of a veth pair whose other end, pbupl, is the switch's uplink
+#              (access VLAN 10; Patchbay: type=afpacket; OVS: its afxdp netdev, native mode,
+#              copy: veth has no zero-copy). Case kernel-bridge (add it to
+#              PATCHBAY_PEERS_CASES): the Linux bridge instead, between pbupl and a tap that
+#              testpmd's net_tap PMD opens as port 0. Receive processing of pbupl and the tap
+#              is steered to SWITCH_CPU (RPS), and switch% is SWITCH_CPU's whole busy time in
+#              every case of this variant (the kernel's share of an uplink is the switch's).
 #   tso        checksum and segmentation offloads: the source is not testpmd but
 #              benches/src/bin/tso-traffic.rs (Patchbay's own frontend, one thread on
 #              SOURCE_CPU) sending TCP from port 0 to port 1, in the modes of
@@ -80,7 +89,7 @@
 #                                long (the idle% column; 0: skip)
 #   PATCHBAY_PEERS_ROUNDS=2
 #   PATCHBAY_PEERS_CASES=testpmd-io,ovs-dpdk,patchbay-poll,patchbay-event
-#   PATCHBAY_PEERS_VARIANTS=plain,vlan,flows-10k,8-port
+#   PATCHBAY_PEERS_VARIANTS=plain,vlan,flows-10k,8-port  (also: vxlan, uplink, tso)
 #   PATCHBAY_PEERS_SIZES=64,1500 frame bytes without FCS
 #   PATCHBAY_PEERS_MODES=mac,flowgen
 #   PATCHBAY_PEERS_TSO_MODES=whole,segment,seg-csum,mtu  modes of the tso variant
@@ -188,6 +197,8 @@ cleanup() {
     for p in "${PIDS[@]}"; do stop_pid "$p"; done
     local ns
     for ns in "${VX_NS[@]}"; do ip netns del "$ns" 2>/dev/null; done
+    ip link del "$UPLINK_BRIDGE" 2>/dev/null
+    ip link del "$UPLINK" 2>/dev/null
     if [[ -n $HUGEPAGES_ORIG ]]; then
         echo "$HUGEPAGES_ORIG" >/proc/sys/vm/nr_hugepages 2>/dev/null &&
             say "hugepages: nr_hugepages back to $HUGEPAGES_ORIG"
@@ -515,10 +526,61 @@ print("syscalls/datagram send %.3f receive %.3f (%d datagrams each way)"
 PY
 }
 
+# The uplink variant's "NIC": the veth pair UPLINK (the switch's side) / UPLINK_PEER
+# (testpmd's af_packet port, with the source's port-1 MAC), made once per run; receive
+# processing of UPLINK on SWITCH_CPU.
+UPLINK=pbupl
+UPLINK_PEER=pbupp
+UPLINK_TAP=pbtap
+UPLINK_BRIDGE=pbbr
+SRC_VDEVS=()
+uplink_wire() {
+    if ! ip link show "$UPLINK" >/dev/null 2>&1; then
+        ip link add "$UPLINK" type veth peer name "$UPLINK_PEER" address "$(src_mac 1)" || {
+            FAIL="cannot create the uplink's veth pair"
+            return 1
+        }
+        local dev
+        for dev in "$UPLINK" "$UPLINK_PEER"; do
+            sysctl -qw "net.ipv6.conf.$dev.disable_ipv6=1"
+            ip link set "$dev" up
+        done
+    fi
+    printf '%x' $((1 << SWITCH_CPU)) >"/sys/class/net/$UPLINK/queues/rx-0/rps_cpus"
+}
+
+# kernel-bridge: the Linux bridge between the uplink and the tap testpmd opened.
+start_kernel_bridge() {
+    local mask
+    mask=$(printf '%x' $((1 << SWITCH_CPU)))
+    ip link add "$UPLINK_BRIDGE" type bridge 2>/dev/null
+    sysctl -qw "net.ipv6.conf.$UPLINK_BRIDGE.disable_ipv6=1" "net.ipv6.conf.$UPLINK_TAP.disable_ipv6=1"
+    ip link set "$UPLINK" master "$UPLINK_BRIDGE" &&
+        ip link set "$UPLINK_TAP" master "$UPLINK_BRIDGE" up &&
+        ip link set "$UPLINK_BRIDGE" up || {
+        FAIL="cannot bridge $UPLINK and $UPLINK_TAP"
+        return 1
+    }
+    echo "$mask" >"/sys/class/net/$UPLINK_TAP/queues/rx-0/rps_cpus"
+}
+
+# After each uplink measurement: the bridge goes (the tap went with testpmd), OVS's XDP
+# program too if it stayed.
+stop_uplink_case() {
+    ip link del "$UPLINK_BRIDGE" 2>/dev/null
+    ip link set "$UPLINK" xdp off 2>/dev/null
+    SRC_VDEVS=()
+    SUT_CPU_TICKS=""
+}
+
 # start_patchbay DIR PORTS VARIANT POLL [BINDIR]
 start_patchbay() {
     local dir=$1 n=$2 variant=$3 poll=$4 bin=${5:-$RUN/bin} i spec args=()
     SOCKS=()
+    if [[ $variant == uplink ]]; then
+        n=1
+        args+=(--port "name=up,type=afpacket,interface=$UPLINK,vlan=$VLAN")
+    fi
     for ((i = 0; i < n; i++)); do
         SOCKS+=("$dir/p$i.sock")
         spec="name=p$i,socket=$dir/p$i.sock,vlan=$VLAN"
@@ -590,6 +652,11 @@ start_ovs() {
     local dir=$1 n=$2 variant=$3 i cmd=()
     SOCKS=()
     cmd=(-- --if-exists del-br br0 -- add-br br0 -- set bridge br0 datapath_type=netdev)
+    if [[ $variant == uplink ]]; then
+        n=1
+        cmd+=(-- add-port br0 "$UPLINK" -- set Interface "$UPLINK" type=afxdp
+            options:xdp-mode=native ofport_request=2 -- set Port "$UPLINK" "tag=$VLAN")
+    fi
     for ((i = 0; i < n; i++)); do
         SOCKS+=("$OVS_DIR/p$i")
         rm -f "$OVS_DIR/p$i"
@@ -661,7 +728,9 @@ start_source() {
     NPORTS=$n
     SRC_LOG=$dir/source.log
     for ((i = 0; i < n; i++)); do
-        if ((${#SRC_IFACES[@]})); then
+        if [[ -n ${SRC_VDEVS[$i]:-} ]]; then
+            vdevs+=(--vdev "${SRC_VDEVS[$i]}")
+        elif ((${#SRC_IFACES[@]})); then
             vdevs+=(--vdev "net_af_packet$i,iface=${SRC_IFACES[$i]},qpairs=1")
         else
             vdevs+=(--vdev "virtio_user$i,path=${SOCKS[$i]},queues=1,mac=$(src_mac "$i")")
@@ -763,7 +832,20 @@ measure() {
         kernel-vxlan) start_kernel_vxlan "$dir" || ok=0 ;;
         *) return 0 ;;
         esac
-    elif [[ $case == kernel-vxlan ]]; then
+    elif [[ $variant == uplink ]]; then
+        uplink_wire || ok=0
+        SRC_VDEVS=("" "net_af_packet1,iface=$UPLINK_PEER,qpairs=1")
+        SUT_CPU_TICKS=1
+        ((ok)) && case $case in
+        patchbay-poll) start_patchbay "$dir" "$n" "$variant" 1 || ok=0 ;;
+        patchbay-event) start_patchbay "$dir" "$n" "$variant" 0 || ok=0 ;;
+        baseline-poll) start_patchbay "$dir" "$n" "$variant" 1 "$RUN/bin/baseline" || ok=0 ;;
+        baseline-event) start_patchbay "$dir" "$n" "$variant" 0 "$RUN/bin/baseline" || ok=0 ;;
+        ovs-dpdk) start_ovs "$dir" "$n" "$variant" || ok=0 ;;
+        kernel-bridge) SRC_VDEVS[0]="net_tap0,iface=$UPLINK_TAP,mac=$(src_mac 0)" ;;
+        *) SRC_VDEVS=() SUT_CPU_TICKS="" && return 0 ;;
+        esac
+    elif [[ $case == kernel-vxlan || $case == kernel-bridge ]]; then
         return 0
     elif [[ $variant == tso && $case == baseline-* ]]; then
         return 0
@@ -778,6 +860,7 @@ measure() {
         esac
     fi
     ((ok)) && { start_source "$dir" "$n" "$mode" "$size" "$variant" || ok=0; }
+    ((ok)) && [[ $case == kernel-bridge ]] && { start_kernel_bridge || ok=0; }
     local pps=0 tx_pps=0 secs=0 sut_cpu=0 src_cpu=0 other=0 tries
     if ((ok)); then
         # Links come up asynchronously: frames sent before both sides are ready are lost,
@@ -860,6 +943,7 @@ measure() {
     stop_source
     [[ -n $SUT_PID ]] && stop_pid "$SUT_PID" INT
     [[ $variant == vxlan ]] && stop_vxlan_hosts
+    [[ $variant == uplink ]] && stop_uplink_case
     [[ -n $syscalls ]] && say "    $variant $size B $mode round $round: $syscalls"
     if ((ok)); then
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$variant" "$size" "$mode" "$case" \
@@ -1052,7 +1136,7 @@ main() {
     : >"$RESULTS"
 
     local cases=() c
-    for c in testpmd-io ovs-dpdk patchbay-poll patchbay-event baseline-poll baseline-event kernel-vxlan; do
+    for c in testpmd-io ovs-dpdk patchbay-poll patchbay-event baseline-poll baseline-event kernel-vxlan kernel-bridge; do
         has "$CASES" "$c" && cases+=("$c")
     done
     if has "$CASES" ovs-dpdk; then

@@ -73,21 +73,8 @@ fn tcp_across(from: &str, to: &str, to_ip: &str, port: u16, bytes: &[u8]) -> Vec
     listener.join().expect("listener")
 }
 
-#[test]
-fn uplink_trunks_each_vlan_to_the_same_vlan_across_the_wire() {
-    const TEST: &str = "uplink_trunks_each_vlan_to_the_same_vlan_across_the_wire";
-    if let Err(e) = netns::available() {
-        skip_or_fail(TEST, &e);
-        return;
-    }
-    let dir = TestDir::new("uplink");
-    let near = Netns::create("pbup-near").unwrap();
-    let far = Netns::create("pbup-far").unwrap();
-    for ns in [&near, &far] {
-        // No IPv6 chatter: the counters below count only what the test sends.
-        ns.run("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
-            .unwrap();
-    }
+/// The "NIC": a veth pair with an end named `pbup` in each namespace, up.
+fn wire(near: &Netns, far: &Netns) {
     netns::output_ok(std::process::Command::new("ip").args([
         "link",
         "add",
@@ -103,6 +90,27 @@ fn uplink_trunks_each_vlan_to_the_same_vlan_across_the_wire() {
         far.name(),
     ]))
     .unwrap();
+    for ns in [near, far] {
+        ns.ip(&["link", "set", "pbup", "up"]).unwrap();
+    }
+}
+
+#[test]
+fn uplink_trunks_each_vlan_to_the_same_vlan_across_the_wire() {
+    const TEST: &str = "uplink_trunks_each_vlan_to_the_same_vlan_across_the_wire";
+    if let Err(e) = netns::available() {
+        skip_or_fail(TEST, &e);
+        return;
+    }
+    let dir = TestDir::new("uplink");
+    let near = Netns::create("pbup-near").unwrap();
+    let far = Netns::create("pbup-far").unwrap();
+    for ns in [&near, &far] {
+        // No IPv6 chatter: the counters below count only what the test sends.
+        ns.run("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
+            .unwrap();
+    }
+    wire(&near, &far);
     let config = |side: &str| {
         format!(
             "[[port]]\nname = \"host10\"\ntype = \"internal\"\ninterface = \"{side}10\"\nvlan = 10\n\n\
@@ -111,9 +119,6 @@ fn uplink_trunks_each_vlan_to_the_same_vlan_across_the_wire() {
              vlan_mode = \"trunk\"\ntrunks = \"10,20\"\n"
         )
     };
-    for ns in [&near, &far] {
-        ns.ip(&["link", "set", "pbup", "up"]).unwrap();
-    }
     let sw_near = SwitchProc::start(&near, &dir.path, "near", &config("near"));
     let sw_far = SwitchProc::start(&far, &dir.path, "far", &config("far"));
     for (ns, dev, addr) in [
@@ -193,7 +198,8 @@ fn uplink_trunks_each_vlan_to_the_same_vlan_across_the_wire() {
     }
 
     // The interface deleted under the switch: it goes on (its control answers, its host's
-    // own addresses answer), and the port can be removed.
+    // own addresses answer); the interface re-created, both uplinks carry traffic again;
+    // and the port can be removed.
     far.ip(&["link", "del", "pbup"]).unwrap();
     assert!(
         near.ip(&["link", "show", "pbup"]).is_err(),
@@ -204,6 +210,15 @@ fn uplink_trunks_each_vlan_to_the_same_vlan_across_the_wire() {
     })
     .unwrap();
     assert_eq!(sw_near.port("host10")["state"], "connected");
+    wire(&near, &far);
+    for sw in [&sw_near, &sw_far] {
+        netns::wait_until(Duration::from_secs(5), "the uplink back", || {
+            Ok(sw.port("up")["state"] == "connected")
+        })
+        .unwrap();
+    }
+    let stats = netns::ping(&near, "192.0.2.2", 3).unwrap();
+    assert_eq!(stats.received, 3, "across the re-created wire: {stats:?}");
     let v = sw_near.call(r#"{"version":1,"command":"del-port","name":"up"}"#);
     assert_eq!(v["ok"], true, "{v}");
     let stats = netns::ping(&near, "192.0.2.1", 1).unwrap();

@@ -23,11 +23,15 @@ use crate::virtio::net_header::{self, NetHeader};
 pub const RX_BATCH: usize = 32;
 /// Room before each received frame for the tag put back in it.
 const HEADROOM: usize = 4;
+/// Receive buffer asked for (send: half), forced where the switch may (CAP_NET_ADMIN).
+const SOCKET_BUFFER: libc::c_int = 8 << 20;
 
 /// The AF_PACKET socket of an uplink, bound to its interface.
 pub struct PacketSocket {
     fd: OwnedFd,
     name: String,
+    /// The interface it is bound to (a re-created interface of the same name has another).
+    ifindex: i32,
     /// The largest TCP segment frame to ask the kernel for (its MTU at opening, plus an
     /// Ethernet header): super-frames cut by the kernel or the NIC must fit the wire.
     max_segment_frame: u32,
@@ -87,6 +91,15 @@ impl PacketSocket {
         check(raw, "socket(AF_PACKET)")?;
         // SAFETY: `raw` was just returned by socket(2) and is owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // A burst from the wire must not overflow the socket before the receive thread runs
+        // (the default holds a few hundred small frames): as the tunnel's socket.
+        for (forced, plain, size) in [
+            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, SOCKET_BUFFER),
+            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, SOCKET_BUFFER / 2),
+        ] {
+            let _ = set_int(&fd, libc::SOL_SOCKET, forced, size, "buffer")
+                .or_else(|_| set_int(&fd, libc::SOL_SOCKET, plain, size, "buffer"));
+        }
         set_int(
             &fd,
             libc::SOL_PACKET,
@@ -144,12 +157,20 @@ impl PacketSocket {
         Ok(PacketSocket {
             fd,
             name: name.to_string(),
+            ifindex,
             max_segment_frame: mtu + 14,
         })
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
+    /// Whether an interface of this name exists again, but not the one the socket is bound
+    /// to (deleted and re-created: the socket receives nothing from it).
+    pub fn stale(&self) -> bool {
+        let Ok(cname) = std::ffi::CString::new(self.name.as_str()) else {
+            return false;
+        };
+        // SAFETY: a NUL-terminated string alive for the call.
+        let now = unsafe { libc::if_nametoindex(cname.as_ptr()) } as i32;
+        now != 0 && now != self.ifindex
     }
 
     /// Whether the interface is up and has a carrier (as `/sys/class/net` shows it).

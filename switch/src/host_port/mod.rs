@@ -86,7 +86,9 @@ impl LinkWatch {
         LinkWatch { checked: None }
     }
 
-    fn check(&mut self, port: &Port, dev: &str) {
+    /// Looks at the interface if it is time: `before` runs first (an uplink re-attaches
+    /// there, so it is ready once shown up), then the port's state follows the interface.
+    fn check(&mut self, port: &Port, dev: &str, before: impl FnOnce()) {
         if port.is_removed() {
             return;
         }
@@ -98,6 +100,7 @@ impl LinkWatch {
             return;
         }
         self.checked = Some(now);
+        before();
         let state = match tap::running(dev) {
             Some(true) => LinkState::Connected,
             _ => LinkState::Down,
@@ -151,7 +154,10 @@ pub fn start(
 
 /// An uplink: an existing interface, through an AF_PACKET socket.
 pub struct Uplink {
-    sock: afpacket::PacketSocket,
+    /// Replaced when the interface is deleted and comes back (the dataplane loads it per
+    /// group, without a lock).
+    sock: arc_swap::ArcSwap<afpacket::PacketSocket>,
+    dev: String,
     max_frame: u32,
 }
 
@@ -183,7 +189,8 @@ impl Uplink {
             if sock.link_up() { "up" } else { "down" }
         );
         Ok(Uplink {
-            sock,
+            sock: arc_swap::ArcSwap::from_pointee(sock),
+            dev,
             max_frame: mtu + L2_OVERHEAD,
         })
     }
@@ -194,7 +201,7 @@ impl Uplink {
         port: Arc<Port>,
     ) -> Result<thread::JoinHandle<()>, HostPortError> {
         let me = Arc::new(self);
-        let dev = me.sock.name().to_string();
+        let dev = me.dev.clone();
         fabric.set_host_egress(port.id, Some(me.clone()));
         thread::Builder::new()
             .name(format!("uplink-{}", port.id))
@@ -204,13 +211,32 @@ impl Uplink {
                 move || {
                     let _unregister = Unregister(&fabric, &port);
                     me.rx_loop(&fabric, &port);
-                    log::info!("port {}: uplink on {} closed", port.name, me.sock.name());
+                    log::info!("port {}: uplink on {} closed", port.name, me.dev);
                 }
             })
             .map_err(|source| {
                 fabric.set_host_egress(port.id, None);
                 HostPortError::Thread { dev, source }
             })
+    }
+
+    /// The interface was deleted and an interface of its name is back: a new socket on
+    /// it (the old one is bound to what was deleted and receives nothing).
+    fn reattach(&self, port: &Port) {
+        if !self.sock.load().stale() {
+            return;
+        }
+        match afpacket::PacketSocket::open(&self.dev) {
+            Ok(sock) => {
+                self.sock.store(Arc::new(sock));
+                log::info!(
+                    "port {}: {} is back; uplink re-attached",
+                    port.name,
+                    self.dev
+                );
+            }
+            Err(e) => port.log_bad_input(format_args!("re-attaching to {}: {e}", self.dev)),
+        }
     }
 
     fn rx_loop(&self, fabric: &Fabric, port: &Port) {
@@ -220,13 +246,17 @@ impl Uplink {
         let mut scratch = SwitchScratch::default();
         let max_frame = fabric.max_frame_len;
         let mut link = LinkWatch::new();
+        let mut busy = false;
         while !fabric.is_stopping() && !port.is_removed() {
-            link.check(port, self.sock.name());
-            if !self.sock.wait_readable(RX_WAIT_MS) {
+            link.check(port, &self.dev, || self.reattach(port));
+            let sock = self.sock.load_full();
+            // While frames keep coming, the next batch is taken at once; the thread sleeps
+            // in poll(2) only once a receive came back empty.
+            if !busy && !sock.wait_readable(RX_WAIT_MS) {
                 continue;
             }
             frames.clear();
-            let got = ring.receive(&self.sock, |r| match r {
+            let got = ring.receive(&sock, |r| match r {
                 // What is not a super-frame is held to the switch's frame limit.
                 Ok(f) if f.offload.gso.is_none() && f.len > max_frame => {
                     port.counters.drop(DropReason::TooBig, 1)
@@ -237,11 +267,13 @@ impl Uplink {
                     if let Some(what) = what {
                         port.log_bad_input(format_args!(
                             "a frame from {} refused: {what}",
-                            self.sock.name()
+                            self.dev
                         ));
                     }
                 }
             });
+            // Frames came (kept or dropped): look again at once.
+            busy = matches!(got, Ok(n) if n > 0);
             if let Err(e) = got {
                 if matches!(
                     e.raw_os_error(),
@@ -253,7 +285,7 @@ impl Uplink {
                     // A packet the kernel could not hand over (one it cannot describe in a
                     // virtio-net header: EINVAL): that one is lost, the rest go on.
                     port.counters.drop(DropReason::BadOffload, 1);
-                    port.log_bad_input(format_args!("receiving on {}: {e}", self.sock.name()));
+                    port.log_bad_input(format_args!("receiving on {}: {e}", self.dev));
                 }
                 continue;
             }
@@ -281,7 +313,10 @@ impl HostEgress for Uplink {
         headers: &[HeaderBuf],
     ) {
         UPLINK_TX.with(|s| match s.try_borrow_mut() {
-            Ok(mut s) => self.sock.send(port, source, frames, group, headers, &mut s),
+            Ok(mut s) => self
+                .sock
+                .load()
+                .send(port, source, frames, group, headers, &mut s),
             Err(_) => port.counters.drop(DropReason::NoBuffer, group.len() as u64),
         });
     }
@@ -363,7 +398,7 @@ impl InternalPort {
         let mut scratch = SwitchScratch::default();
         let mut link = LinkWatch::new();
         while !fabric.is_stopping() && !port.is_removed() {
-            link.check(port, self.tap.name());
+            link.check(port, self.tap.name(), || {});
             if !self.tap.wait_readable(RX_WAIT_MS) {
                 continue;
             }
