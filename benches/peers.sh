@@ -197,8 +197,10 @@ cleanup() {
     for p in "${PIDS[@]}"; do stop_pid "$p"; done
     local ns
     for ns in "${VX_NS[@]}"; do ip netns del "$ns" 2>/dev/null; done
-    ip link del "$UPLINK_BRIDGE" 2>/dev/null
-    ip link del "$UPLINK" 2>/dev/null
+    if ((${UPLINK_MADE:-0})); then
+        ip link del "$UPLINK_BRIDGE" 2>/dev/null
+        ip link del "$UPLINK" 2>/dev/null
+    fi
     if [[ -n $HUGEPAGES_ORIG ]]; then
         echo "$HUGEPAGES_ORIG" >/proc/sys/vm/nr_hugepages 2>/dev/null &&
             say "hugepages: nr_hugepages back to $HUGEPAGES_ORIG"
@@ -534,8 +536,14 @@ UPLINK_PEER=pbupp
 UPLINK_TAP=pbtap
 UPLINK_BRIDGE=pbbr
 SRC_VDEVS=()
+UPLINK_MADE=0
 uplink_wire() {
-    if ! ip link show "$UPLINK" >/dev/null 2>&1; then
+    if ((!UPLINK_MADE)); then
+        if ip link show "$UPLINK" >/dev/null 2>&1 || ip link show "$UPLINK_BRIDGE" >/dev/null 2>&1; then
+            FAIL="$UPLINK or $UPLINK_BRIDGE exists already (not this run's): remove it first"
+            return 1
+        fi
+        UPLINK_MADE=1
         ip link add "$UPLINK" type veth peer name "$UPLINK_PEER" address "$(src_mac 1)" || {
             FAIL="cannot create the uplink's veth pair"
             return 1
@@ -833,6 +841,10 @@ measure() {
         *) return 0 ;;
         esac
     elif [[ $variant == uplink ]]; then
+        case $case in
+        patchbay-* | baseline-* | ovs-dpdk | kernel-bridge) ;;
+        *) return 0 ;;
+        esac
         uplink_wire || ok=0
         SRC_VDEVS=("" "net_af_packet1,iface=$UPLINK_PEER,qpairs=1")
         SUT_CPU_TICKS=1
@@ -928,6 +940,7 @@ measure() {
             "$RUN/bin/flowctl" --socket "$dir/ctl.sock" show ports
             local i
             for ((i = 0; i < n; i++)); do "$RUN/bin/flowctl" --socket "$dir/ctl.sock" show port "p$i"; done
+            [[ $variant == uplink ]] && "$RUN/bin/flowctl" --socket "$dir/ctl.sock" show port up
             "$RUN/bin/flowctl" --socket "$dir/ctl.sock" show switch
             "$RUN/bin/flowctl" --socket "$dir/ctl.sock" show macs
         } >"$dir/switch-state.txt" 2>&1

@@ -30,8 +30,6 @@ const SOCKET_BUFFER: libc::c_int = 8 << 20;
 pub struct PacketSocket {
     fd: OwnedFd,
     name: String,
-    /// The interface it is bound to (a re-created interface of the same name has another).
-    ifindex: i32,
     /// The largest TCP segment frame to ask the kernel for (its MTU at opening, plus an
     /// Ethernet header): super-frames cut by the kernel or the NIC must fit the wire.
     max_segment_frame: u32,
@@ -157,20 +155,39 @@ impl PacketSocket {
         Ok(PacketSocket {
             fd,
             name: name.to_string(),
-            ifindex,
             max_segment_frame: mtu + 14,
         })
     }
 
-    /// Whether an interface of this name exists again, but not the one the socket is bound
-    /// to (deleted and re-created: the socket receives nothing from it).
+    /// Whether an interface of this name exists, but the socket is not bound to it (it was
+    /// deleted, which unbinds the socket, and an interface of its name came back, even
+    /// with the same index): the socket receives nothing from it.
     pub fn stale(&self) -> bool {
         let Ok(cname) = std::ffi::CString::new(self.name.as_str()) else {
             return false;
         };
         // SAFETY: a NUL-terminated string alive for the call.
         let now = unsafe { libc::if_nametoindex(cname.as_ptr()) } as i32;
-        now != 0 && now != self.ifindex
+        now != 0 && self.bound_ifindex() != Some(now)
+    }
+
+    /// The interface the socket is bound to now, as the kernel says (-1 once it is gone).
+    fn bound_ifindex(&self) -> Option<i32> {
+        // SAFETY: an all-zero sockaddr_ll is valid; getsockname writes at most `len` bytes
+        // of it, both alive for the call.
+        unsafe {
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            if libc::getsockname(
+                self.fd.as_raw_fd(),
+                (&mut addr as *mut libc::sockaddr_ll).cast(),
+                &mut len,
+            ) < 0
+            {
+                return None;
+            }
+            Some(addr.sll_ifindex)
+        }
     }
 
     /// Whether the interface is up and has a carrier (as `/sys/class/net` shows it).

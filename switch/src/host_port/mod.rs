@@ -87,8 +87,9 @@ impl LinkWatch {
     }
 
     /// Looks at the interface if it is time: `before` runs first (an uplink re-attaches
-    /// there, so it is ready once shown up), then the port's state follows the interface.
-    fn check(&mut self, port: &Port, dev: &str, before: impl FnOnce()) {
+    /// there, so it is ready once shown up; false: not attached, so down), then the port's
+    /// state follows the interface.
+    fn check(&mut self, port: &Port, dev: &str, before: impl FnOnce() -> bool) {
         if port.is_removed() {
             return;
         }
@@ -100,9 +101,9 @@ impl LinkWatch {
             return;
         }
         self.checked = Some(now);
-        before();
+        let attached = before();
         let state = match tap::running(dev) {
-            Some(true) => LinkState::Connected,
+            Some(true) if attached => LinkState::Connected,
             _ => LinkState::Down,
         };
         if port.state().0 != state {
@@ -221,21 +222,28 @@ impl Uplink {
     }
 
     /// The interface was deleted and an interface of its name is back: a new socket on
-    /// it (the old one is bound to what was deleted and receives nothing).
-    fn reattach(&self, port: &Port) {
+    /// it (the old one is bound to what was deleted and receives nothing). The old socket
+    /// goes to `retired`, so that the last reference (and the close, which waits for the
+    /// kernel) is dropped by this thread, never by a dataplane thread. False while the
+    /// socket is not attached to the interface of its name.
+    fn reattach(&self, port: &Port, retired: &mut Vec<Arc<afpacket::PacketSocket>>) -> bool {
         if !self.sock.load().stale() {
-            return;
+            return true;
         }
         match afpacket::PacketSocket::open(&self.dev) {
             Ok(sock) => {
-                self.sock.store(Arc::new(sock));
+                retired.push(self.sock.swap(Arc::new(sock)));
                 log::info!(
                     "port {}: {} is back; uplink re-attached",
                     port.name,
                     self.dev
                 );
+                true
             }
-            Err(e) => port.log_bad_input(format_args!("re-attaching to {}: {e}", self.dev)),
+            Err(e) => {
+                port.log_bad_input(format_args!("re-attaching to {}: {e}", self.dev));
+                false
+            }
         }
     }
 
@@ -247,8 +255,10 @@ impl Uplink {
         let max_frame = fabric.max_frame_len;
         let mut link = LinkWatch::new();
         let mut busy = false;
+        let mut retired = Vec::new();
         while !fabric.is_stopping() && !port.is_removed() {
-            link.check(port, &self.dev, || self.reattach(port));
+            link.check(port, &self.dev, || self.reattach(port, &mut retired));
+            retired.retain(|s| Arc::strong_count(s) > 1);
             let sock = self.sock.load_full();
             // While frames keep coming, the next batch is taken at once; the thread sleeps
             // in poll(2) only once a receive came back empty.
@@ -334,7 +344,7 @@ impl HostEgress for Uplink {
 pub struct InternalPort {
     tap: Tap,
     /// The largest frame written to the device: its MTU at creation plus an Ethernet header
-    /// and a tag (TCP super-frames are cut to fit).
+    /// (TCP super-frames are cut to fit).
     max_frame: u32,
 }
 
@@ -398,7 +408,7 @@ impl InternalPort {
         let mut scratch = SwitchScratch::default();
         let mut link = LinkWatch::new();
         while !fabric.is_stopping() && !port.is_removed() {
-            link.check(port, self.tap.name(), || {});
+            link.check(port, self.tap.name(), || true);
             if !self.tap.wait_readable(RX_WAIT_MS) {
                 continue;
             }
