@@ -130,6 +130,10 @@ fn uplink_trunks_each_vlan_to_the_same_vlan_across_the_wire() {
         ns.ip(&["addr", "add", addr, "dev", dev]).unwrap();
     }
     assert_eq!(sw_near.port("up")["socket"], "dev pbup");
+    assert_eq!(
+        sw_near.port("host10")["queue_pairs"],
+        serde_json::json!([1, 1])
+    );
     netns::wait_until(Duration::from_secs(5), "the uplink shown connected", || {
         Ok(sw_near.port("up")["state"] == "connected")
     })

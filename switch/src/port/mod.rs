@@ -799,10 +799,15 @@ impl Port {
                 .map(String::from)
                 .collect(),
             header_len: link.as_ref().map(|_| net_header_len(features)),
-            queue_pairs: (
-                link.as_ref().map_or(0, |l| l.pairs_up()),
-                self.config.queue_pairs(),
-            ),
+            // A host port has one queue each way (its device or socket), up with the port.
+            queue_pairs: if self.is_host_port() {
+                (usize::from(self.is_up()), 1)
+            } else {
+                (
+                    link.as_ref().map_or(0, |l| l.pairs_up()),
+                    self.config.queue_pairs(),
+                )
+            },
             counters: self.counters.snapshot(),
             failure: self
                 .failure
