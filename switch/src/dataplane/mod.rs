@@ -534,6 +534,25 @@ pub fn arm_kicks(link: &Link, queue: usize) -> bool {
     }
 }
 
+/// [`switch_frames`] for frames in a host buffer (from the tunnel, an internal port, an
+/// uplink), under the port's panic guard: a panic is counted and shown on the port, and the
+/// receiving thread goes on with fresh scratch (there is no connection to fail).
+pub fn switch_host_frames(
+    fabric: &Fabric,
+    ingress: &Port,
+    bytes: &[u8],
+    frames: &[Frame],
+    scratch: &mut SwitchScratch,
+) {
+    let source = Source::host(bytes);
+    if ingress
+        .guard_dataplane(|| switch_frames(fabric, ingress, &source, frames, scratch))
+        .is_none()
+    {
+        *scratch = SwitchScratch::default();
+    }
+}
+
 /// Decides the destinations of every frame in the batch, then delivers per destination.
 /// `ingress` is the port the frames arrived on (a guest's port, or the tunnel port). With no
 /// flows installed this is the learning switch; otherwise each frame first runs through the

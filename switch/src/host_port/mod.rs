@@ -23,7 +23,9 @@ use std::sync::Arc;
 use std::thread;
 
 use crate::dataplane::SwitchScratch;
-use crate::dataplane::{switch_frames, Delivery, Fabric, Frame, FrameBytes, HostEgress, Source};
+use crate::dataplane::{
+    switch_host_frames, Delivery, Fabric, Frame, FrameBytes, HostEgress, Source,
+};
 use crate::flow::rewrite::HeaderBuf;
 use crate::offload::{layout, Offload};
 use crate::port::{DropReason, LinkState, Port};
@@ -302,13 +304,7 @@ impl Uplink {
             if frames.is_empty() {
                 continue;
             }
-            let source = Source::host(&ring.buf);
-            if port
-                .guard_dataplane(|| switch_frames(fabric, port, &source, &frames, &mut scratch))
-                .is_none()
-            {
-                scratch = SwitchScratch::default();
-            }
+            switch_host_frames(fabric, port, &ring.buf, &frames, &mut scratch);
         }
     }
 }
@@ -464,13 +460,7 @@ impl InternalPort {
             if frames.is_empty() {
                 continue;
             }
-            let source = Source::host(&buf);
-            if port
-                .guard_dataplane(|| switch_frames(fabric, port, &source, &frames, &mut scratch))
-                .is_none()
-            {
-                scratch = SwitchScratch::default();
-            }
+            switch_host_frames(fabric, port, &buf, &frames, &mut scratch);
         }
     }
 }

@@ -11,8 +11,7 @@ use patchbay_overlay::vtep::TunnelDrop;
 
 use super::udp::{self, CmsgBuf, RawAddr};
 use super::{DropLog, RunCount, Tunnel, TunnelIo};
-use crate::dataplane::Source;
-use crate::dataplane::{switch_frames, Fabric, Frame, FrameBytes, SwitchScratch, TunnelMeta};
+use crate::dataplane::{switch_host_frames, Fabric, Frame, FrameBytes, SwitchScratch, TunnelMeta};
 use crate::offload::Offload;
 use crate::port::{DropReason, Port};
 use crate::wire::EthernetAddress;
@@ -133,15 +132,7 @@ impl Tunnel {
             if frames.is_empty() {
                 continue;
             }
-            let source = Source::host(&bufs);
-            // A panic here is counted and shown on the tunnel port; the thread goes on with
-            // the next datagrams (there is no connection to fail).
-            if port
-                .guard_dataplane(|| switch_frames(fabric, &port, &source, &frames, &mut scratch))
-                .is_none()
-            {
-                scratch = SwitchScratch::default();
-            }
+            switch_host_frames(fabric, &port, &bufs, &frames, &mut scratch);
         }
     }
 
