@@ -534,6 +534,32 @@ pub fn arm_kicks(link: &Link, queue: usize) -> bool {
     }
 }
 
+/// Appends to `out` the pieces of `d`'s frame as it leaves: the rewritten L2 header (in
+/// `headers` or the delivery), then the frame's bytes where they lie (the sender's memory or
+/// the batch's host buffer), for a `writev`/`sendmmsg` that copies each byte once. The
+/// iovecs point into `source`, `headers` and `d`: valid while those are.
+pub fn push_iovecs(
+    source: &Source<'_>,
+    frame: &Frame,
+    d: &Delivery,
+    headers: &[HeaderBuf],
+    out: &mut Vec<libc::iovec>,
+) {
+    let (prefix, skip) = d.prefix(headers);
+    if !prefix.is_empty() {
+        out.push(libc::iovec {
+            iov_base: prefix.as_ptr() as *mut libc::c_void,
+            iov_len: prefix.len(),
+        });
+    }
+    source.for_each_piece(frame, skip, |at, len| {
+        out.push(libc::iovec {
+            iov_base: at as *mut libc::c_void,
+            iov_len: len,
+        })
+    });
+}
+
 /// [`switch_frames`] for frames in a host buffer (from the tunnel, an internal port, an
 /// uplink), under the port's panic guard: a panic is counted and shown on the port, and the
 /// receiving thread goes on with fresh scratch (there is no connection to fail).

@@ -14,7 +14,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use super::{offload_of, TO_KERNEL, VNET_HDR_LEN};
-use crate::dataplane::{Delivery, Frame, FrameBytes, Source};
+use crate::dataplane::{push_iovecs, Delivery, Frame, FrameBytes, Source};
 use crate::flow::rewrite::HeaderBuf;
 use crate::port::{DropReason, Port};
 use crate::virtio::net_header::{self, NetHeader};
@@ -426,25 +426,12 @@ impl PacketSocket {
         }
         for (i, d) in group.iter().enumerate() {
             let frame = &frames[usize::from(d.frame)];
-            let (prefix, skip) = d.prefix(headers);
             let first = s.iovecs.len();
             s.iovecs.push(libc::iovec {
                 iov_base: s.headers[i].as_ptr() as *mut libc::c_void,
                 iov_len: VNET_HDR_LEN,
             });
-            if !prefix.is_empty() {
-                s.iovecs.push(libc::iovec {
-                    iov_base: prefix.as_ptr() as *mut libc::c_void,
-                    iov_len: prefix.len(),
-                });
-            }
-            let iovecs = &mut s.iovecs;
-            source.for_each_piece(frame, skip, |at, len| {
-                iovecs.push(libc::iovec {
-                    iov_base: at as *mut libc::c_void,
-                    iov_len: len,
-                })
-            });
+            push_iovecs(source, frame, d, headers, &mut s.iovecs);
             s.spans.push((first, s.iovecs.len() - first));
         }
         s.msgs.clear();

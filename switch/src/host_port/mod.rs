@@ -24,7 +24,7 @@ use std::thread;
 
 use crate::dataplane::SwitchScratch;
 use crate::dataplane::{
-    switch_host_frames, Delivery, Fabric, Frame, FrameBytes, HostEgress, Source,
+    push_iovecs, switch_host_frames, Delivery, Fabric, Frame, FrameBytes, HostEgress, Source,
 };
 use crate::flow::rewrite::HeaderBuf;
 use crate::offload::{layout, Offload};
@@ -493,18 +493,7 @@ impl HostEgress for InternalPort {
                 iov_base: vnet.as_ptr() as *mut libc::c_void,
                 iov_len: VNET_HDR_LEN,
             });
-            if !prefix.is_empty() {
-                iov.push(libc::iovec {
-                    iov_base: prefix.as_ptr() as *mut libc::c_void,
-                    iov_len: prefix.len(),
-                });
-            }
-            source.for_each_piece(frame, skip, |at, len| {
-                iov.push(libc::iovec {
-                    iov_base: at as *mut libc::c_void,
-                    iov_len: len,
-                })
-            });
+            push_iovecs(source, frame, d, headers, &mut iov);
             // SAFETY: the pieces are the frame's bytes in the batch's source (guest memory
             // held by the batch's map, or its host buffer) and the header in `headers`, all
             // alive for this call.

@@ -22,7 +22,7 @@ use patchbay_overlay::Vni;
 
 use super::udp::{self, CmsgBuf, RawAddr, GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
 use super::{RunCount, Tunnel, TunnelIo};
-use crate::dataplane::{Delivery, Frame, Source};
+use crate::dataplane::{push_iovecs, Delivery, Frame, Source};
 use crate::flow::rewrite::HeaderBuf;
 use crate::port::{DropReason, Port};
 use crate::wire::L2Header;
@@ -161,20 +161,7 @@ impl Tunnel {
                 iov_base: scratch.vxlan[i].as_ptr() as *mut libc::c_void,
                 iov_len: VXLAN_LEN,
             });
-            let (prefix, skip) = d.prefix(headers);
-            if !prefix.is_empty() {
-                scratch.iovecs.push(libc::iovec {
-                    iov_base: prefix.as_ptr() as *mut libc::c_void,
-                    iov_len: prefix.len(),
-                });
-            }
-            let iovecs = &mut scratch.iovecs;
-            source.for_each_piece(frame, skip, |at, len| {
-                iovecs.push(libc::iovec {
-                    iov_base: at as *mut libc::c_void,
-                    iov_len: len,
-                });
-            });
+            push_iovecs(source, frame, d, headers, &mut scratch.iovecs);
             scratch.spans.push((start, scratch.iovecs.len() - start));
         }
         self.plan_messages(scratch);
