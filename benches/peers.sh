@@ -11,6 +11,7 @@
 #                   dpdkvhostuser ports, actions=NORMAL, one PMD thread on SWITCH_CPU.
 #   patchbay-poll   patchbay-switch --poll-cpus SWITCH_CPU
 #   patchbay-event  patchbay-switch in its default mode (served on guest kicks)
+#   patchbay-xdp-poll, patchbay-xdp-event  the same with an AF_XDP uplink (uplink variant only)
 #   baseline-poll, baseline-event   the same with the binaries of PATCHBAY_PEERS_BASELINE_BIN:
 #                   an earlier build measured in the same run (an A/B of a change), in every
 #                   variant but vxlan and tso
@@ -53,7 +54,8 @@
 #   uplink     a vhost-user port and an uplink to a "NIC": testpmd's port 0 is virtio_user on
 #              the switch's access port p0 (VLAN 10), its port 1 is its net_af_packet PMD on
 #              pbupp, one end of a veth pair whose other end, pbupl, is the switch's uplink
-#              (access VLAN 10; Patchbay: type=afpacket; OVS: its afxdp netdev, native mode,
+#              (access VLAN 10; Patchbay: type=afpacket, or type=afxdp in cases
+#              patchbay-xdp-poll and patchbay-xdp-event; OVS: its afxdp netdev, native mode,
 #              copy: veth has no zero-copy). Case kernel-bridge (add it to
 #              PATCHBAY_PEERS_CASES): the Linux bridge instead, between pbupl and a tap that
 #              testpmd's net_tap PMD opens as port 0. Receive processing of pbupl and the tap
@@ -587,7 +589,7 @@ start_patchbay() {
     SOCKS=()
     if [[ $variant == uplink ]]; then
         n=1
-        args+=(--port "name=up,type=afpacket,interface=$UPLINK,vlan=$VLAN")
+        args+=(--port "name=up,type=${UPLINK_TYPE:-afpacket},interface=$UPLINK,vlan=$VLAN")
     fi
     for ((i = 0; i < n; i++)); do
         SOCKS+=("$dir/p$i.sock")
@@ -851,13 +853,15 @@ measure() {
         ((ok)) && case $case in
         patchbay-poll) start_patchbay "$dir" "$n" "$variant" 1 || ok=0 ;;
         patchbay-event) start_patchbay "$dir" "$n" "$variant" 0 || ok=0 ;;
+        patchbay-xdp-poll) UPLINK_TYPE=afxdp start_patchbay "$dir" "$n" "$variant" 1 || ok=0 ;;
+        patchbay-xdp-event) UPLINK_TYPE=afxdp start_patchbay "$dir" "$n" "$variant" 0 || ok=0 ;;
         baseline-poll) start_patchbay "$dir" "$n" "$variant" 1 "$RUN/bin/baseline" || ok=0 ;;
         baseline-event) start_patchbay "$dir" "$n" "$variant" 0 "$RUN/bin/baseline" || ok=0 ;;
         ovs-dpdk) start_ovs "$dir" "$n" "$variant" || ok=0 ;;
         kernel-bridge) SRC_VDEVS[0]="net_tap0,iface=$UPLINK_TAP,mac=$(src_mac 0)" ;;
         *) SRC_VDEVS=() SUT_CPU_TICKS="" && return 0 ;;
         esac
-    elif [[ $case == kernel-vxlan || $case == kernel-bridge ]]; then
+    elif [[ $case == kernel-vxlan || $case == kernel-bridge || $case == patchbay-xdp-* ]]; then
         return 0
     elif [[ $variant == tso && $case == baseline-* ]]; then
         return 0
@@ -1149,7 +1153,8 @@ main() {
     : >"$RESULTS"
 
     local cases=() c
-    for c in testpmd-io ovs-dpdk patchbay-poll patchbay-event baseline-poll baseline-event kernel-vxlan kernel-bridge; do
+    for c in testpmd-io ovs-dpdk patchbay-poll patchbay-event patchbay-xdp-poll patchbay-xdp-event \
+        baseline-poll baseline-event kernel-vxlan kernel-bridge; do
         has "$CASES" "$c" && cases+=("$c")
     done
     if has "$CASES" ovs-dpdk; then

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use patchbay_switch::control::protocol::{MacTableInfo, SwitchInfo};
-use patchbay_switch::port::{ConnectMode, CounterSnapshot, LinkState, PortInfo, PortKind};
+use patchbay_switch::port::{ConnectMode, CounterSnapshot, LinkState, PortInfo};
 use patchbay_switch::vlan::VlanConfig;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -101,7 +101,7 @@ fn link_state(s: LinkState) -> &'static str {
 /// `listening`, `connecting`, `connected, rings up`, `connected, rings down`; for an
 /// internal port or an uplink, `up` or `down` (its interface).
 pub fn state(p: &PortInfo) -> String {
-    let host_port = matches!(p.kind, PortKind::Internal | PortKind::Afpacket);
+    let host_port = p.kind.is_host_device();
     let state: String = match p.state {
         LinkState::Connected if host_port => "up".into(),
         LinkState::Connected if p.rings_up => "connected, rings up".into(),

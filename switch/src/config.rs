@@ -198,7 +198,7 @@ impl Config {
                     start,
                     format!("[[port]] '{}'", port.name),
                     match port.kind {
-                        PortKind::Internal | PortKind::Afpacket => format!(
+                        PortKind::Internal | PortKind::Afpacket | PortKind::Afxdp => format!(
                             "field `interface`: device {} is already port '{}'",
                             port.interface_name(),
                             first.name
@@ -337,9 +337,10 @@ pub fn parse_port_flag(spec: &str) -> Result<PortConfig, ConfigError> {
                     "vhost" => PortKind::Vhost,
                     "internal" => PortKind::Internal,
                     "afpacket" => PortKind::Afpacket,
+                    "afxdp" => PortKind::Afxdp,
                     _ => {
                         return Err(err(format!(
-                            "type '{v}' is not vhost, internal or afpacket"
+                            "type '{v}' is not vhost, internal, afpacket or afxdp"
                         )))
                     }
                 }
@@ -489,8 +490,14 @@ trunks = "10,20-30"
         assert!(e.contains("`socket`") && e.contains("no socket"), "{e}");
         let e = err(&ok.replace("name = \"host10\"", "name = \"a-name-too-long-for-linux\""));
         assert!(e.contains("interface name"), "{e}");
-        let e = err(&ok.replace("\"afpacket\"", "\"afxdp\""));
-        assert!(e.contains("afxdp"), "{e}");
+        let e = err(&ok.replace("\"afpacket\"", "\"dpdk\""));
+        assert!(e.contains("dpdk"), "{e}");
+        let c = Config::from_toml(
+            Path::new("t.toml"),
+            &ok.replace("\"afpacket\"", "\"afxdp\""),
+        )
+        .unwrap();
+        assert_eq!(c.ports[1].kind, PortKind::Afxdp);
         let spec = parse_port_flag("name=h,type=internal,vlan=20").unwrap();
         assert_eq!((spec.kind, spec.vlan), (PortKind::Internal, Some(20)));
     }

@@ -389,6 +389,59 @@ pub fn enter(name: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Starts a TCP listener on `addr` in namespace `ns` that takes one connection and reads
+/// it to its end; returns once it listens. Join the handle for the bytes.
+pub fn tcp_receive(ns: &str, addr: &str) -> std::thread::JoinHandle<Vec<u8>> {
+    use std::io::Read;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (ns, addr) = (ns.to_string(), addr.to_string());
+    let handle = std::thread::spawn(move || {
+        enter(&ns).expect("enter the listener's namespace");
+        let l = std::net::TcpListener::bind(&addr).expect("bind");
+        ready_tx.send(()).unwrap();
+        let (mut s, _) = l.accept().expect("accept");
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).expect("read");
+        got
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("listener ready");
+    handle
+}
+
+/// Connects from namespace `ns` to `addr`, sends `bytes` and closes its sending side.
+pub fn tcp_send(ns: &str, addr: &str, bytes: &[u8]) {
+    let (ns, addr, bytes) = (ns.to_string(), addr.to_string(), bytes.to_vec());
+    std::thread::spawn(move || {
+        enter(&ns).expect("enter the sender's namespace");
+        let mut s = std::net::TcpStream::connect_timeout(
+            &addr.parse().expect("an address"),
+            Duration::from_secs(10),
+        )
+        .expect("connect");
+        s.set_write_timeout(Some(Duration::from_secs(120))).unwrap();
+        s.write_all(&bytes).expect("send");
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+    })
+    .join()
+    .expect("sender");
+}
+
+/// Random-looking bytes (a xorshift stream), so a misplaced segment cannot compare equal.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// Checks that we are root and can create (and delete) a network namespace.
 pub fn available() -> Result<(), String> {
     // SAFETY: geteuid(2) cannot fail and has no preconditions.

@@ -2,7 +2,8 @@
 //! The switch binary runs in a namespace of the test's own with a guest port (this test's
 //! frontend) on VLAN 10 and two internal ports, on VLANs 10 and 20, with addresses from
 //! documentation ranges; the host's kernel answers ARP and ping through the VLAN 10 device
-//! and never sees or sends a frame of VLAN 10 through the VLAN 20 one.
+//! (a tap with four queues) and never sees or sends a frame of VLAN 10 through the VLAN 20
+//! one.
 
 use std::time::{Duration, Instant};
 
@@ -93,7 +94,8 @@ fn internal_port_reaches_the_host_on_its_vlan_only() {
         "sw",
         &format!(
             "[[port]]\nname = \"vm\"\nsocket = \"{d}/vm.sock\"\nvlan = 10\n\n\
-             [[port]]\nname = \"host10\"\ntype = \"internal\"\nvlan = 10\nmac = \"02:00:00:00:10:01\"\n\n\
+             [[port]]\nname = \"host10\"\ntype = \"internal\"\nvlan = 10\nmac = \"02:00:00:00:10:01\"\n\
+             queue_pairs = 4\n\n\
              [[port]]\nname = \"h20\"\ntype = \"internal\"\ninterface = \"host20\"\nvlan = 20\nmac = \"02:00:00:00:20:01\"\n"
         ),
     );
@@ -109,7 +111,19 @@ fn internal_port_reaches_the_host_on_its_vlan_only() {
         .unwrap();
     ns.ip(&["addr", "add", "198.51.100.1/24", "dev", "host20"])
         .unwrap();
-    assert_eq!(sw.port("h20")["socket"], "dev host20");
+    assert_eq!(sw.port("h20")["socket"], "dev host20 (tap, 1 queue)");
+    // host10 is a multiqueue tap: four queues each way, all served.
+    assert_eq!(sw.port("host10")["socket"], "dev host10 (tap, 4 queues)");
+    assert_eq!(sw.port("host10")["queue_pairs"], serde_json::json!([4, 4]));
+    let queues = ns.run("ls /sys/class/net/host10/queues").unwrap();
+    assert_eq!(
+        queues
+            .split_whitespace()
+            .filter(|q| q.starts_with("rx-"))
+            .count(),
+        4,
+        "{queues}"
+    );
 
     let mut vm =
         TestPort::connect(FrontendConfig::new(dir.join("vm.sock"))).expect("frontend connects");

@@ -1,5 +1,5 @@
-//! Uplinks: an existing interface as a switch port through AF_PACKET, trunking VLANs to the
-//! wire. A veth pair stands in for the NIC between two "hosts" (namespaces), each with a
+//! Uplinks: an existing interface as a switch port through AF_XDP or AF_PACKET, trunking
+//! VLANs to the wire. A veth pair stands in for the NIC between two "hosts" (namespaces), each with a
 //! switch whose uplink is its end of the pair (a trunk of VLANs 10 and 20) and whose host
 //! reaches each VLAN through an internal port. This kernel has no 802.1Q devices (no 8021q
 //! module, no VLAN-filtering bridge), so the far side is a second switch rather than Linux
@@ -7,8 +7,6 @@
 //! (VLAN offload) and the uplink puts them back from the packet's aux data. Each VLAN
 //! reaches its own far port only, and TCP crosses both ways with every byte compared.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 use patchbay_tests::guest::skip_or_fail;
@@ -23,53 +21,12 @@ fn counter(ns: &Netns, dev: &str, name: &str) -> u64 {
         .unwrap()
 }
 
-/// Random-looking bytes (a xorshift stream), so a misplaced segment cannot compare equal.
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Sends `bytes` over TCP from namespace `from` to `to_ip:port`, where a listener runs in
 /// namespace `to`; returns what the listener received.
 fn tcp_across(from: &str, to: &str, to_ip: &str, port: u16, bytes: &[u8]) -> Vec<u8> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let to = to.to_string();
     let addr = format!("{to_ip}:{port}");
-    let listener = std::thread::spawn({
-        let addr = addr.clone();
-        move || {
-            netns::enter(&to).expect("enter the listener's namespace");
-            let l = TcpListener::bind(&addr).expect("bind");
-            ready_tx.send(()).unwrap();
-            let (mut s, _) = l.accept().expect("accept");
-            s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-            let mut got = Vec::new();
-            s.read_to_end(&mut got).expect("read");
-            got
-        }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("listener ready");
-    let from = from.to_string();
-    let bytes = bytes.to_vec();
-    std::thread::spawn(move || {
-        netns::enter(&from).expect("enter the sender's namespace");
-        let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(10))
-            .expect("connect");
-        s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
-        s.write_all(&bytes).expect("send");
-        s.shutdown(std::net::Shutdown::Write).unwrap();
-    })
-    .join()
-    .expect("sender");
+    let listener = netns::tcp_receive(to, &addr);
+    netns::tcp_send(from, &addr, bytes);
     listener.join().expect("listener")
 }
 
@@ -96,15 +53,38 @@ fn wire(near: &Netns, far: &Netns) {
 }
 
 #[test]
-fn uplink_trunks_each_vlan_to_the_same_vlan_across_the_wire() {
-    const TEST: &str = "uplink_trunks_each_vlan_to_the_same_vlan_across_the_wire";
+fn afpacket_uplink_trunks_each_vlan_to_the_same_vlan_across_the_wire() {
+    trunk_across_the_wire(
+        "afpacket_uplink_trunks_each_vlan_to_the_same_vlan_across_the_wire",
+        "afpacket",
+    );
+}
+
+#[test]
+fn afxdp_uplink_trunks_each_vlan_to_the_same_vlan_across_the_wire() {
+    trunk_across_the_wire(
+        "afxdp_uplink_trunks_each_vlan_to_the_same_vlan_across_the_wire",
+        "afxdp",
+    );
+}
+
+/// How an uplink of `kind` attaches to a veth, as `show ports` says it.
+fn attachment(kind: &str) -> &'static str {
+    match kind {
+        // veth has no zero-copy AF_XDP; its driver runs XDP programs.
+        "afxdp" => "dev pbup (AF_XDP, copy mode, native XDP, 1 queue)",
+        _ => "dev pbup (AF_PACKET)",
+    }
+}
+
+fn trunk_across_the_wire(test: &str, kind: &str) {
     if let Err(e) = netns::available() {
-        skip_or_fail(TEST, &e);
+        skip_or_fail(test, &e);
         return;
     }
-    let dir = TestDir::new("uplink");
-    let near = Netns::create("pbup-near").unwrap();
-    let far = Netns::create("pbup-far").unwrap();
+    let dir = TestDir::new(&format!("uplink-{kind}"));
+    let near = Netns::create(&format!("pbup-{kind}-near")).unwrap();
+    let far = Netns::create(&format!("pbup-{kind}-far")).unwrap();
     for ns in [&near, &far] {
         // No IPv6 chatter: the counters below count only what the test sends.
         ns.run("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
@@ -115,7 +95,7 @@ fn uplink_trunks_each_vlan_to_the_same_vlan_across_the_wire() {
         format!(
             "[[port]]\nname = \"host10\"\ntype = \"internal\"\ninterface = \"{side}10\"\nvlan = 10\n\n\
              [[port]]\nname = \"host20\"\ntype = \"internal\"\ninterface = \"{side}20\"\nvlan = 20\n\n\
-             [[port]]\nname = \"up\"\ntype = \"afpacket\"\ninterface = \"pbup\"\n\
+             [[port]]\nname = \"up\"\ntype = \"{kind}\"\ninterface = \"pbup\"\n\
              vlan_mode = \"trunk\"\ntrunks = \"10,20\"\n"
         )
     };
@@ -129,7 +109,7 @@ fn uplink_trunks_each_vlan_to_the_same_vlan_across_the_wire() {
     ] {
         ns.ip(&["addr", "add", addr, "dev", dev]).unwrap();
     }
-    assert_eq!(sw_near.port("up")["socket"], "dev pbup");
+    assert_eq!(sw_near.port("up")["socket"], attachment(kind));
     assert_eq!(
         sw_near.port("host10")["queue_pairs"],
         serde_json::json!([1, 1])
@@ -169,12 +149,12 @@ fn uplink_trunks_each_vlan_to_the_same_vlan_across_the_wire() {
     );
 
     // TCP both ways, every byte compared.
-    let out = data(4 << 20, 7);
+    let out = netns::pattern(4 << 20, 7);
     assert!(
         tcp_across(near.name(), far.name(), "192.0.2.2", 5001, &out) == out,
         "VLAN 10 out"
     );
-    let back = data(4 << 20, 11);
+    let back = netns::pattern(4 << 20, 11);
     assert!(
         tcp_across(far.name(), near.name(), "198.51.100.1", 5002, &back) == back,
         "VLAN 20 back"
@@ -186,12 +166,20 @@ fn uplink_trunks_each_vlan_to_the_same_vlan_across_the_wire() {
             up["counters"]["rx_bytes"].as_u64().unwrap(),
         );
         assert!(bytes >= 4 << 20, "a transfer came in: {up}");
-        // The hosts' TCP crossed as super-frames (the taps offer TSO, the uplinks carry
-        // it in their virtio-net headers), not cut to the MTU on the way.
-        assert!(
-            bytes / packets > 1514,
-            "super-frames crossed the wire: {up}"
-        );
+        if kind == "afpacket" {
+            // The hosts' TCP crossed as super-frames (the taps offer TSO, the uplinks
+            // carry it in their virtio-net headers), not cut to the MTU on the way.
+            assert!(
+                bytes / packets > 1514,
+                "super-frames crossed the wire: {up}"
+            );
+        } else {
+            // AF_XDP carries no offloads: the switch cut the super-frames to the MTU.
+            assert!(
+                bytes / packets > 1000 && bytes / packets <= 1518,
+                "MTU-sized frames crossed the wire: {up}"
+            );
+        }
         let drops: u64 = up["counters"]["drops"]
             .as_array()
             .unwrap()
@@ -220,11 +208,63 @@ fn uplink_trunks_each_vlan_to_the_same_vlan_across_the_wire() {
             Ok(sw.port("up")["state"] == "connected")
         })
         .unwrap();
+        assert_eq!(sw.port("up")["socket"], attachment(kind));
     }
     let stats = netns::ping(&near, "192.0.2.2", 3).unwrap();
     assert_eq!(stats.received, 3, "across the re-created wire: {stats:?}");
+    // An AF_XDP uplink's program is on the interface while the port is, and goes with it.
+    let xdp_on = || {
+        near.ip(&["link", "show", "pbup"])
+            .unwrap()
+            .contains("prog/xdp")
+    };
+    assert_eq!(xdp_on(), kind == "afxdp");
     let v = sw_near.call(r#"{"version":1,"command":"del-port","name":"up"}"#);
     assert_eq!(v["ok"], true, "{v}");
+    netns::wait_until(Duration::from_secs(5), "the XDP program detached", || {
+        Ok(!xdp_on())
+    })
+    .unwrap();
     let stats = netns::ping(&near, "192.0.2.1", 1).unwrap();
     assert_eq!(stats.received, 1, "the host's own address still answers");
+}
+
+/// An AF_XDP uplink that cannot attach (here: an MTU over what its chunks hold) falls back
+/// to AF_PACKET by itself, says why, and forwards.
+#[test]
+fn afxdp_uplink_falls_back_to_afpacket_and_says_why() {
+    const TEST: &str = "afxdp_uplink_falls_back_to_afpacket_and_says_why";
+    if let Err(e) = netns::available() {
+        skip_or_fail(TEST, &e);
+        return;
+    }
+    let dir = TestDir::new("uplink-fallback");
+    let near = Netns::create("pbup-fb-near").unwrap();
+    let far = Netns::create("pbup-fb-far").unwrap();
+    wire(&near, &far);
+    for ns in [&near, &far] {
+        ns.ip(&["link", "set", "pbup", "mtu", "9000"]).unwrap();
+    }
+    far.ip(&["addr", "add", "192.0.2.2/24", "dev", "pbup"])
+        .unwrap();
+    let sw = SwitchProc::start(
+        &near,
+        &dir.path,
+        "near",
+        "[[port]]\nname = \"host\"\ntype = \"internal\"\ninterface = \"near0\"\n\n\
+         [[port]]\nname = \"up\"\ntype = \"afxdp\"\ninterface = \"pbup\"\n",
+    );
+    near.ip(&["addr", "add", "192.0.2.1/24", "dev", "near0"])
+        .unwrap();
+    let how = sw.port("up")["socket"].as_str().unwrap().to_string();
+    assert!(
+        how.starts_with("dev pbup (AF_PACKET; no AF_XDP: MTU 9000"),
+        "{how}"
+    );
+    assert!(!near
+        .ip(&["link", "show", "pbup"])
+        .unwrap()
+        .contains("prog/xdp"));
+    let stats = netns::ping(&near, "192.0.2.2", 3).unwrap();
+    assert_eq!(stats.received, 3, "through the fallback: {stats:?}");
 }

@@ -150,7 +150,9 @@ impl Fabric {
         match port.kind {
             crate::port::PortKind::Vhost => None,
             crate::port::PortKind::Vxlan => self.tunnel.get().cloned(),
-            crate::port::PortKind::Internal | crate::port::PortKind::Afpacket => self
+            crate::port::PortKind::Internal
+            | crate::port::PortKind::Afpacket
+            | crate::port::PortKind::Afxdp => self
                 .host_ports
                 .load()
                 .get(usize::from(port.id))

@@ -35,7 +35,8 @@ pub struct PacketSocket {
     max_segment_frame: u32,
 }
 
-fn check(ret: libc::c_int, what: &str) -> io::Result<()> {
+/// A system call's result as an error naming `what` when it failed.
+pub(super) fn check(ret: libc::c_int, what: &str) -> io::Result<()> {
     if ret < 0 {
         let e = io::Error::last_os_error();
         return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
@@ -63,20 +64,66 @@ fn set_int(
     check(r, what)
 }
 
+/// The index of interface `name`; NotFound if there is none.
+pub fn ifindex(name: &str) -> io::Result<u32> {
+    let cname = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name has a NUL"))?;
+    // SAFETY: a NUL-terminated string alive for the call.
+    match unsafe { libc::if_nametoindex(cname.as_ptr()) } {
+        0 => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no network interface named '{name}'"),
+        )),
+        i => Ok(i),
+    }
+}
+
+/// Interface `name`'s MTU now.
+pub fn mtu_of(name: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Makes interface `ifindex` promiscuous while packet socket `fd` is open (the kernel
+/// counts such requests and drops this one with the socket).
+fn add_promiscuous(fd: &OwnedFd, ifindex: i32) -> io::Result<()> {
+    // SAFETY: an all-zero packet_mreq is valid; the fields set below are plain values.
+    let mut mreq: libc::packet_mreq = unsafe { std::mem::zeroed() };
+    mreq.mr_ifindex = ifindex;
+    mreq.mr_type = libc::PACKET_MR_PROMISC as u16;
+    // SAFETY: setsockopt with a packet_mreq and its size, alive for the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_ADD_MEMBERSHIP,
+            (&mreq as *const libc::packet_mreq).cast(),
+            std::mem::size_of::<libc::packet_mreq>() as libc::socklen_t,
+        )
+    };
+    check(r, "promiscuous mode")
+}
+
+/// A packet socket that receives nothing (protocol 0) and keeps interface `ifindex`
+/// promiscuous while it is open: for an uplink whose frames come another way (AF_XDP).
+pub fn promiscuous(ifindex: u32) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the result is checked and then owned.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    check(raw, "socket(AF_PACKET)")?;
+    // SAFETY: `raw` was just returned by socket(2) and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    add_promiscuous(&fd, ifindex as i32)?;
+    Ok(fd)
+}
+
 impl PacketSocket {
     /// Opens the socket on interface `name` (which must exist), in promiscuous mode, with
     /// the virtio-net header and the tags' aux data on, and its own frames not looped back.
     pub fn open(name: &str) -> io::Result<PacketSocket> {
-        let cname = std::ffi::CString::new(name)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name has a NUL"))?;
-        // SAFETY: a NUL-terminated string alive for the call.
-        let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) } as i32;
-        if ifindex == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no network interface named '{name}'"),
-            ));
-        }
+        let ifindex = ifindex(name)? as i32;
         let proto = (libc::ETH_P_ALL as u16).to_be();
         // SAFETY: plain socket(2); the result is checked and then owned.
         let raw = unsafe {
@@ -133,25 +180,8 @@ impl PacketSocket {
             )
         };
         check(r, "bind")?;
-        // SAFETY: an all-zero packet_mreq is valid; the fields set below are plain values.
-        let mut mreq: libc::packet_mreq = unsafe { std::mem::zeroed() };
-        mreq.mr_ifindex = ifindex;
-        mreq.mr_type = libc::PACKET_MR_PROMISC as u16;
-        // SAFETY: setsockopt with a packet_mreq and its size, alive for the call.
-        let r = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_ADD_MEMBERSHIP,
-                (&mreq as *const libc::packet_mreq).cast(),
-                std::mem::size_of::<libc::packet_mreq>() as libc::socklen_t,
-            )
-        };
-        check(r, "promiscuous mode")?;
-        let mtu = std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-            .unwrap_or(1500);
+        add_promiscuous(&fd, ifindex)?;
+        let mtu = mtu_of(name).unwrap_or(1500);
         Ok(PacketSocket {
             fd,
             name: name.to_string(),
@@ -163,12 +193,10 @@ impl PacketSocket {
     /// deleted, which unbinds the socket, and an interface of its name came back, even
     /// with the same index): the socket receives nothing from it.
     pub fn stale(&self) -> bool {
-        let Ok(cname) = std::ffi::CString::new(self.name.as_str()) else {
-            return false;
-        };
-        // SAFETY: a NUL-terminated string alive for the call.
-        let now = unsafe { libc::if_nametoindex(cname.as_ptr()) } as i32;
-        now != 0 && self.bound_ifindex() != Some(now)
+        match ifindex(&self.name) {
+            Ok(now) => self.bound_ifindex() != Some(now as i32),
+            Err(_) => false,
+        }
     }
 
     /// The interface the socket is bound to now, as the kernel says (-1 once it is gone).
@@ -188,21 +216,6 @@ impl PacketSocket {
             }
             Some(addr.sll_ifindex)
         }
-    }
-
-    /// Whether the interface is up and has a carrier (as `/sys/class/net` shows it).
-    pub fn link_up(&self) -> bool {
-        std::fs::read_to_string(format!("/sys/class/net/{}/operstate", self.name))
-            .is_ok_and(|s| matches!(s.trim(), "up" | "unknown"))
-    }
-
-    /// The interface's MTU now.
-    pub fn mtu(&self) -> Option<u32> {
-        std::fs::read_to_string(format!("/sys/class/net/{}/mtu", self.name))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
     }
 
     /// Waits up to `timeout_ms` for frames; true if the socket is readable. An error on the

@@ -2,10 +2,11 @@
 //! - the internal port, a tap device the switch creates and owns (like Open vSwitch's
 //!   bridge-internal port), so the host's own stack joins the port's VLANs: give the device
 //!   an address and the host pings its VMs, or serves them DHCP (below, and `tap.rs`);
-//! - the uplink, an existing interface (a NIC, a veth, a bond) through an AF_PACKET socket,
-//!   so a VLAN or a trunk reaches the physical network (`afpacket.rs`; [`Uplink`]).
+//! - the uplink, an existing interface (a NIC, a veth, a bond) through AF_XDP sockets
+//!   (`afxdp.rs`, with its XDP program in `xdp.rs`) or an AF_PACKET socket (`afpacket.rs`),
+//!   so a VLAN or a trunk reaches the physical network ([`Uplink`]).
 //!
-//! Frames from the host are read from the tap by one thread per port and switched like a
+//! Frames from the host are read from the tap (each of its queues in turn) by one thread per port and switched like a
 //! guest's (`switch_frames`); frames for the host are written to the tap by the dataplane
 //! thread that switched them, one `writev` each (the kernel takes one frame per call from a
 //! tap). Every frame carries a virtio-net header (IFF_VNET_HDR), and the device offers the
@@ -17,7 +18,9 @@
 //! (it is not persistent).
 
 mod afpacket;
+mod afxdp;
 mod tap;
+mod xdp;
 
 use std::sync::Arc;
 use std::thread;
@@ -28,7 +31,7 @@ use crate::dataplane::{
 };
 use crate::flow::rewrite::HeaderBuf;
 use crate::offload::{layout, Offload};
-use crate::port::{DropReason, LinkState, Port};
+use crate::port::{DropReason, LinkState, Port, PortKind};
 use crate::virtio::features::bit;
 use crate::virtio::net_header::NetHeader;
 use virtio_bindings::virtio_net::{
@@ -150,22 +153,84 @@ pub fn start(
     port: Arc<Port>,
 ) -> Result<thread::JoinHandle<()>, HostPortError> {
     match port.kind {
-        crate::port::PortKind::Afpacket => Uplink::open(&port, &fabric)?.start(fabric, port),
+        PortKind::Afpacket | PortKind::Afxdp => Uplink::open(&port, &fabric)?.start(fabric, port),
         _ => InternalPort::open(&port)?.start(fabric, port),
     }
 }
 
-/// An uplink: an existing interface, through an AF_PACKET socket.
+/// How an uplink reaches its interface.
+enum Attachment {
+    /// With why AF_XDP was not used, where it was asked for.
+    Packet(afpacket::PacketSocket, Option<String>),
+    Xdp(afxdp::XdpUplink),
+}
+
+impl Attachment {
+    /// Opens what the port's kind asks for: AF_PACKET for `afpacket`; for `afxdp`, AF_XDP
+    /// where its program and sockets attach, otherwise AF_PACKET, with the reason logged.
+    fn open(port: &Port, dev: &str) -> Result<Attachment, HostPortError> {
+        let packet = |why: Option<String>| {
+            afpacket::PacketSocket::open(dev)
+                .map(|s| Attachment::Packet(s, why))
+                .map_err(|source| HostPortError::Packet {
+                    dev: dev.to_string(),
+                    source,
+                })
+        };
+        if port.kind != PortKind::Afxdp {
+            return packet(None);
+        }
+        match afxdp::XdpUplink::open(dev) {
+            Ok(x) => Ok(Attachment::Xdp(x)),
+            Err(e) => {
+                log::warn!(
+                    "port {}: AF_XDP on {dev} is not available ({e}); using AF_PACKET",
+                    port.name
+                );
+                packet(Some(e.to_string()))
+            }
+        }
+    }
+
+    fn stale(&self) -> bool {
+        match self {
+            Attachment::Packet(s, _) => s.stale(),
+            Attachment::Xdp(x) => x.stale(),
+        }
+    }
+
+    fn queues(&self) -> usize {
+        match self {
+            Attachment::Packet(..) => 1,
+            Attachment::Xdp(x) => x.queues(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Attachment::Packet(_, None) => "AF_PACKET".into(),
+            Attachment::Packet(_, Some(why)) => format!("AF_PACKET; no AF_XDP: {why}"),
+            Attachment::Xdp(x) => x.describe(),
+        }
+    }
+}
+
+/// An uplink: an existing interface, through AF_XDP sockets or an AF_PACKET socket.
 pub struct Uplink {
     /// Replaced when the interface is deleted and comes back (the dataplane loads it per
     /// group, without a lock).
-    sock: arc_swap::ArcSwap<afpacket::PacketSocket>,
+    attachment: arc_swap::ArcSwap<Attachment>,
     dev: String,
     max_frame: u32,
 }
 
+/// Hands out tap queues to dataplane threads.
+static NEXT_TAP_QUEUE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 thread_local! {
-    /// Each dataplane thread's work space for sending on uplinks.
+    /// The tap queue this thread writes to (modulo a device's queues).
+    static TAP_QUEUE: usize = NEXT_TAP_QUEUE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    /// Each dataplane thread's work space for sending on AF_PACKET uplinks.
     static UPLINK_TX: std::cell::RefCell<afpacket::TxScratch> =
         std::cell::RefCell::new(afpacket::TxScratch::default());
 }
@@ -173,11 +238,8 @@ thread_local! {
 impl Uplink {
     pub fn open(port: &Port, fabric: &Fabric) -> Result<Uplink, HostPortError> {
         let dev = port.config.interface_name().to_string();
-        let sock = afpacket::PacketSocket::open(&dev).map_err(|source| HostPortError::Packet {
-            dev: dev.clone(),
-            source,
-        })?;
-        let mtu = sock.mtu().unwrap_or(1500);
+        let attachment = Attachment::open(port, &dev)?;
+        let mtu = afpacket::mtu_of(&dev).unwrap_or(1500);
         if mtu + L2_OVERHEAD > fabric.max_frame_len {
             log::warn!(
                 "port {}: {dev}'s MTU {mtu} is above the switch's frame limit ({} bytes): \
@@ -186,13 +248,20 @@ impl Uplink {
                 fabric.max_frame_len
             );
         }
+        let how = attachment.describe();
         log::info!(
-            "port {}: uplink on {dev} (AF_PACKET, MTU {mtu}, link {})",
+            "port {}: uplink on {dev} ({how}, MTU {mtu}, link {})",
             port.name,
-            if sock.link_up() { "up" } else { "down" }
+            if tap::running(&dev) == Some(true) {
+                "up"
+            } else {
+                "down"
+            }
         );
+        port.set_attachment(how);
+        port.set_host_queues(attachment.queues());
         Ok(Uplink {
-            sock: arc_swap::ArcSwap::from_pointee(sock),
+            attachment: arc_swap::ArcSwap::from_pointee(attachment),
             dev,
             max_frame: mtu + L2_OVERHEAD,
         })
@@ -223,23 +292,29 @@ impl Uplink {
             })
     }
 
-    /// The interface was deleted and an interface of its name is back: a new socket on
-    /// it (the old one is bound to what was deleted and receives nothing). The old socket
+    /// The interface was deleted and an interface of its name is back: a new attachment
+    /// to it (the old one is bound to what was deleted and receives nothing). The old one
     /// goes to `retired`, so that the last reference (and the close, which waits for the
     /// kernel) is dropped by this thread, never by a dataplane thread. False while the
-    /// socket is not attached to the interface of its name.
-    fn reattach(&self, port: &Port, retired: &mut Vec<Arc<afpacket::PacketSocket>>) -> bool {
-        if !self.sock.load().stale() {
+    /// uplink is not attached to the interface of its name.
+    fn reattach(&self, port: &Port, retired: &mut Vec<Arc<Attachment>>) -> bool {
+        if !self.attachment.load().stale() {
             return true;
         }
-        match afpacket::PacketSocket::open(&self.dev) {
-            Ok(sock) => {
-                retired.push(self.sock.swap(Arc::new(sock)));
+        // The old attachment lets go of the interface first: an XDP program and sockets
+        // on it would hold its queues.
+        retired.push(self.attachment.load_full());
+        match Attachment::open(port, &self.dev) {
+            Ok(a) => {
+                let how = a.describe();
+                port.set_host_queues(a.queues());
+                self.attachment.store(Arc::new(a));
                 log::info!(
-                    "port {}: {} is back; uplink re-attached",
+                    "port {}: {} is back; uplink re-attached ({how})",
                     port.name,
                     self.dev
                 );
+                port.set_attachment(how);
                 true
             }
             Err(e) => {
@@ -254,39 +329,66 @@ impl Uplink {
         let mut ring = afpacket::RxRing::new(crate::offload::MAX_SUPER_FRAME as usize);
         let mut frames: Vec<Frame> = Vec::with_capacity(afpacket::RX_BATCH);
         let mut scratch = SwitchScratch::default();
-        let max_frame = fabric.max_frame_len;
         let mut link = LinkWatch::new();
         let mut busy = false;
         let mut retired = Vec::new();
         while !fabric.is_stopping() && !port.is_removed() {
             link.check(port, &self.dev, || self.reattach(port, &mut retired));
             retired.retain(|s| Arc::strong_count(s) > 1);
-            let sock = self.sock.load_full();
+            let attachment = self.attachment.load_full();
             // While frames keep coming, the next batch is taken at once; the thread sleeps
             // in poll(2) only once a receive came back empty.
-            if !busy && !sock.wait_readable(RX_WAIT_MS) {
-                continue;
-            }
-            frames.clear();
-            let got = ring.receive(&sock, |r| match r {
-                // What is not a super-frame is held to the switch's frame limit.
-                Ok(f) if f.offload.gso.is_none() && f.len > max_frame => {
-                    port.counters.drop(DropReason::TooBig, 1)
-                }
-                Ok(f) => frames.push(f),
-                Err((reason, what)) => {
-                    port.counters.drop(reason, 1);
-                    if let Some(what) = what {
-                        port.log_bad_input(format_args!(
-                            "a frame from {} refused: {what}",
-                            self.dev
-                        ));
+            busy = match &*attachment {
+                Attachment::Packet(sock, _) => {
+                    if !busy && !sock.wait_readable(RX_WAIT_MS) {
+                        continue;
                     }
+                    self.receive_packets(fabric, port, sock, &mut ring, &mut frames, &mut scratch)
                 }
-            });
-            // Frames came (kept or dropped): look again at once.
-            busy = matches!(got, Ok(n) if n > 0);
-            if let Err(e) = got {
+                Attachment::Xdp(x) => {
+                    if !busy && !x.wait_readable(RX_WAIT_MS) {
+                        continue;
+                    }
+                    x.receive(fabric, port, &mut frames, &mut scratch) > 0
+                }
+            };
+        }
+    }
+
+    /// Receives and switches a batch from an AF_PACKET socket; true if frames came (kept
+    /// or dropped).
+    fn receive_packets(
+        &self,
+        fabric: &Fabric,
+        port: &Port,
+        sock: &afpacket::PacketSocket,
+        ring: &mut afpacket::RxRing,
+        frames: &mut Vec<Frame>,
+        scratch: &mut SwitchScratch,
+    ) -> bool {
+        let max_frame = fabric.max_frame_len;
+        frames.clear();
+        let got = ring.receive(sock, |r| match r {
+            // What is not a super-frame is held to the switch's frame limit.
+            Ok(f) if f.offload.gso.is_none() && f.len > max_frame => {
+                port.counters.drop(DropReason::TooBig, 1)
+            }
+            Ok(f) => frames.push(f),
+            Err((reason, what)) => {
+                port.counters.drop(reason, 1);
+                if let Some(what) = what {
+                    port.log_bad_input(format_args!("a frame from {} refused: {what}", self.dev));
+                }
+            }
+        });
+        match got {
+            Ok(n) => {
+                if !frames.is_empty() {
+                    switch_host_frames(fabric, port, &ring.buf, frames, scratch);
+                }
+                n > 0
+            }
+            Err(e) => {
                 if matches!(
                     e.raw_os_error(),
                     Some(libc::ENETDOWN | libc::ENXIO | libc::ENODEV)
@@ -299,12 +401,8 @@ impl Uplink {
                     port.counters.drop(DropReason::BadOffload, 1);
                     port.log_bad_input(format_args!("receiving on {}: {e}", self.dev));
                 }
-                continue;
+                false
             }
-            if frames.is_empty() {
-                continue;
-            }
-            switch_host_frames(fabric, port, &ring.buf, &frames, &mut scratch);
         }
     }
 }
@@ -318,21 +416,25 @@ impl HostEgress for Uplink {
         group: &[Delivery],
         headers: &[HeaderBuf],
     ) {
-        UPLINK_TX.with(|s| match s.try_borrow_mut() {
-            Ok(mut s) => self
-                .sock
-                .load()
-                .send(port, source, frames, group, headers, &mut s),
-            Err(_) => port.counters.drop(DropReason::NoBuffer, group.len() as u64),
-        });
+        match &**self.attachment.load() {
+            Attachment::Xdp(x) => x.send(port, source, frames, group, headers),
+            Attachment::Packet(sock, _) => UPLINK_TX.with(|s| match s.try_borrow_mut() {
+                Ok(mut s) => sock.send(port, source, frames, group, headers, &mut s),
+                Err(_) => port.counters.drop(DropReason::NoBuffer, group.len() as u64),
+            }),
+        }
     }
 
     fn max_frame(&self) -> u32 {
         self.max_frame
     }
 
+    /// AF_PACKET takes the kernel's offloads; AF_XDP none (its frames leave finished).
     fn offloads(&self) -> u64 {
-        TO_KERNEL
+        match &**self.attachment.load() {
+            Attachment::Packet(..) => TO_KERNEL,
+            Attachment::Xdp(_) => 0,
+        }
     }
 }
 
@@ -348,15 +450,23 @@ impl InternalPort {
     /// Creates the port's tap device and brings it up.
     pub fn open(port: &Port) -> Result<InternalPort, HostPortError> {
         let dev = port.config.interface_name().to_string();
-        let tap = Tap::create(&dev, port.mac).map_err(|source| HostPortError::Create {
+        // One queue unless the port's `queue_pairs` asks for more.
+        let queues = port.config.queue_pairs.map_or(1, usize::from);
+        let tap = Tap::create(&dev, port.mac, queues).map_err(|source| HostPortError::Create {
             dev: dev.clone(),
             source,
         })?;
         let mtu = tap.mtu().unwrap_or(1500);
         log::info!(
-            "port {}: tap device {dev} created and up (MTU {mtu})",
-            port.name
+            "port {}: tap device {dev} created and up (MTU {mtu}, {queues} queue{})",
+            port.name,
+            if queues == 1 { "" } else { "s" }
         );
+        port.set_attachment(format!(
+            "tap, {queues} queue{}",
+            if queues == 1 { "" } else { "s" }
+        ));
+        port.set_host_queues(queues);
         Ok(InternalPort {
             tap,
             max_frame: mtu + L2_OVERHEAD,
@@ -409,16 +519,28 @@ impl InternalPort {
                 continue;
             }
             frames.clear();
+            // Each queue in turn, until a batch is full or all are empty.
+            let mut queue = 0;
+            let mut empty = 0;
+            let queues = self.tap.queues();
             for i in 0..RX_BATCH {
                 let at = i * slot;
-                let got = match self.tap.read(&mut buf[at..at + slot]) {
-                    Ok(Some(n)) => n,
-                    Ok(None) => break,
-                    Err(e) => {
-                        port.log_bad_input(format_args!("reading {}: {e}", self.tap.name()));
-                        break;
+                let got = loop {
+                    match self.tap.read(queue, &mut buf[at..at + slot]) {
+                        Ok(Some(n)) => break Some(n),
+                        Ok(None) => {}
+                        Err(e) => {
+                            port.log_bad_input(format_args!("reading {}: {e}", self.tap.name()));
+                        }
+                    }
+                    queue = (queue + 1) % queues;
+                    empty += 1;
+                    if empty == queues {
+                        break None;
                     }
                 };
+                let Some(got) = got else { break };
+                empty = 0;
                 if got >= slot {
                     port.counters.drop(DropReason::TooBig, 1);
                     port.log_bad_input(format_args!(
@@ -476,6 +598,9 @@ impl HostEgress for InternalPort {
     ) {
         let mut iov: Vec<libc::iovec> = Vec::with_capacity(8);
         let (mut sent, mut bytes, mut failed) = (0u64, 0u64, 0u64);
+        // Each dataplane thread writes to a queue of its own: a flow, which one thread
+        // serves, stays in order, and threads do not meet on one queue.
+        let queue = TAP_QUEUE.with(|q| *q);
         let features = self.offloads();
         for d in group {
             let frame = &frames[usize::from(d.frame)];
@@ -497,7 +622,7 @@ impl HostEgress for InternalPort {
             // SAFETY: the pieces are the frame's bytes in the batch's source (guest memory
             // held by the batch's map, or its host buffer) and the header in `headers`, all
             // alive for this call.
-            match unsafe { self.tap.write(&iov) } {
+            match unsafe { self.tap.write(queue, &iov) } {
                 Ok(()) => {
                     sent += 1;
                     bytes += u64::from(d.out_len(frame.len, headers));

@@ -10,10 +10,11 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use crate::wire::EthernetAddress;
 
-/// An open tap device (no packet-information prefix, non-blocking). The device exists as
-/// long as this does (it is not made persistent).
+/// An open tap device (no packet-information prefix, non-blocking), with one or more
+/// queues (IFF_MULTI_QUEUE: a file descriptor each; the host's stack spreads its flows over
+/// them). The device exists as long as this does (it is not made persistent).
 pub struct Tap {
-    file: File,
+    queues: Vec<File>,
     name: String,
     /// The device offers the host's stack checksum and TCP segmentation offload.
     offloads: bool,
@@ -62,32 +63,42 @@ fn control_socket() -> io::Result<OwnedFd> {
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
+/// Opens `/dev/net/tun` and attaches it to tap `name` with `flags` (creating the device
+/// if it does not exist).
+fn open_queue(name: &str, flags: libc::c_int) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/net/tun")
+        .map_err(|e| io::Error::new(e.kind(), format!("/dev/net/tun: {e}")))?;
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_flags = flags as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes an ifreq, which `req` is, alive for the call.
+    if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("TUNSETIFF {name}: {e}")));
+    }
+    Ok(file)
+}
+
 impl Tap {
-    /// Creates tap device `name` (it must not exist yet: IFF_TUN_EXCL refuses an existing
-    /// tap, and another device of that name fails too) and brings it up, with `mac` as its
-    /// address if given. Needs CAP_NET_ADMIN.
-    pub fn create(name: &str, mac: Option<EthernetAddress>) -> io::Result<Tap> {
+    /// Creates tap device `name` with `queues` queues (it must not exist yet: IFF_TUN_EXCL
+    /// refuses an existing tap, and another device of that name fails too) and brings it
+    /// up, with `mac` as its address if given. Needs CAP_NET_ADMIN.
+    pub fn create(name: &str, mac: Option<EthernetAddress>, queues: usize) -> io::Result<Tap> {
         if std::path::Path::new("/sys/class/net").join(name).exists() {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 format!("a network interface named '{name}' already exists"),
             ));
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")
-            .map_err(|e| io::Error::new(e.kind(), format!("/dev/net/tun: {e}")))?;
-        let mut req = ifreq(name)?;
-        req.ifr_ifru.ifru_flags =
-            (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_TUN_EXCL)
-                as libc::c_short;
-        // SAFETY: TUNSETIFF reads and writes an ifreq, which `req` is, alive for the call.
-        if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(e.kind(), format!("TUNSETIFF {name}: {e}")));
+        let mut flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+        if queues > 1 {
+            flags |= libc::IFF_MULTI_QUEUE;
         }
+        // The first queue creates the device; the others attach to it.
+        let file = open_queue(name, flags | libc::IFF_TUN_EXCL)?;
         let len = super::VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads an int, alive for the call.
         if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &len) } < 0 {
@@ -113,8 +124,12 @@ impl Tap {
                 io::Error::last_os_error()
             );
         }
+        let mut all = vec![file];
+        for _ in 1..queues {
+            all.push(open_queue(name, flags)?);
+        }
         let tap = Tap {
-            file,
+            queues: all,
             name: name.to_string(),
             offloads,
         };
@@ -134,8 +149,13 @@ impl Tap {
         self.offloads
     }
 
-    pub fn fd(&self) -> std::os::fd::RawFd {
-        self.file.as_raw_fd()
+    /// How many queues the device has.
+    pub fn queues(&self) -> usize {
+        self.queues.len()
+    }
+
+    fn fd(&self, queue: usize) -> std::os::fd::RawFd {
+        self.queues[queue % self.queues.len()].as_raw_fd()
     }
 
     fn set_mac(&self, mac: EthernetAddress) -> io::Result<()> {
@@ -194,32 +214,32 @@ impl Tap {
         Ok(mtu.max(0) as u32)
     }
 
-    /// Reads one frame into `buf`: its length, or None when nothing waits. A frame longer
-    /// than `buf` comes back cut to `buf.len()` (the caller sizes `buf` one byte over its
-    /// limit to tell).
-    pub fn read(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    /// Reads one frame from `queue` into `buf`: its length, or None when nothing waits. A
+    /// frame longer than `buf` comes back cut to `buf.len()` (the caller sizes `buf` one
+    /// byte over its limit to tell).
+    pub fn read(&self, queue: usize, buf: &mut [u8]) -> io::Result<Option<usize>> {
         // SAFETY: `buf` is valid for writes of its length for the call.
-        let n = unsafe { libc::read(self.fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        let n = unsafe { libc::read(self.fd(queue), buf.as_mut_ptr().cast(), buf.len()) };
         if n >= 0 {
             return Ok(Some(n as usize));
         }
         let e = io::Error::last_os_error();
         match e.kind() {
             io::ErrorKind::WouldBlock => Ok(None),
-            io::ErrorKind::Interrupted => self.read(buf),
+            io::ErrorKind::Interrupted => self.read(queue, buf),
             _ => Err(e),
         }
     }
 
-    /// Writes one frame given as pieces.
+    /// Writes one frame given as pieces to `queue`.
     ///
     /// # Safety
     /// Each iovec must point at memory valid for reads of its length for the call.
-    pub unsafe fn write(&self, iov: &[libc::iovec]) -> io::Result<()> {
+    pub unsafe fn write(&self, queue: usize, iov: &[libc::iovec]) -> io::Result<()> {
         loop {
             // SAFETY: the iovecs are valid for reads (the caller's contract); the count is
             // the slice's.
-            let n = unsafe { libc::writev(self.fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+            let n = unsafe { libc::writev(self.fd(queue), iov.as_ptr(), iov.len() as libc::c_int) };
             if n >= 0 {
                 return Ok(());
             }
@@ -230,18 +250,22 @@ impl Tap {
         }
     }
 
-    /// Waits up to `timeout_ms` for a frame to read; true if one waits. An error (the
-    /// device was deleted under the switch) is waited out for the same time, so the port
-    /// does not spin.
+    /// Waits up to `timeout_ms` for a frame to read on any queue; true if one waits. An
+    /// error (the device was deleted under the switch) is waited out for the same time, so
+    /// the port does not spin.
     pub fn wait_readable(&self, timeout_ms: i32) -> bool {
-        let mut pfd = libc::pollfd {
-            fd: self.fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one pollfd, alive for the call.
-        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-        if n > 0 && pfd.revents & libc::POLLIN != 0 {
+        let mut fds: Vec<libc::pollfd> = self
+            .queues
+            .iter()
+            .map(|f| libc::pollfd {
+                fd: f.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds.len()` pollfds, alive for the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if n > 0 && fds.iter().any(|p| p.revents & libc::POLLIN != 0) {
             return true;
         }
         if n > 0 {

@@ -241,11 +241,11 @@ impl PortConfig {
                     ));
                 }
             }
-            PortKind::Internal | PortKind::Afpacket => {
+            PortKind::Internal | PortKind::Afpacket | PortKind::Afxdp => {
                 if !self.socket.as_os_str().is_empty() {
                     return Err(err(
                         "socket",
-                        "an internal or afpacket port has no socket (it is a network device)"
+                        "an internal, afpacket or afxdp port has no socket (it is a network device)"
                             .into(),
                     ));
                 }
@@ -524,11 +524,26 @@ pub enum PortKind {
     Internal,
     /// An existing interface (a NIC, a veth), through an AF_PACKET socket: the uplink.
     Afpacket,
+    /// An existing interface through AF_XDP sockets (AF_PACKET where XDP cannot attach).
+    Afxdp,
 }
 
 impl PortKind {
     pub fn is_vhost(&self) -> bool {
         *self == PortKind::Vhost
+    }
+
+    /// A network device of the host: an internal port's tap or an uplink's interface.
+    pub fn is_host_device(&self) -> bool {
+        matches!(
+            self,
+            PortKind::Internal | PortKind::Afpacket | PortKind::Afxdp
+        )
+    }
+
+    /// An existing interface the switch attaches to (not one it creates).
+    pub fn is_uplink(&self) -> bool {
+        matches!(self, PortKind::Afpacket | PortKind::Afxdp)
     }
 }
 
@@ -555,6 +570,11 @@ pub struct Port {
     /// The last thing that failed this port's connection (a dataplane panic, a memory
     /// fault), shown by `flowctl show ports` until the port is removed.
     failure: Mutex<Option<String>>,
+    /// How an uplink is attached to its interface (AF_XDP in which mode, or AF_PACKET),
+    /// shown by `flowctl show ports`.
+    attachment: Mutex<Option<String>>,
+    /// Queues of a host port's device or sockets.
+    host_queues: std::sync::atomic::AtomicUsize,
     /// Rate limit of the bad-input log: the second of the last line, lines held back since.
     bad_input_logged_at: AtomicU64,
     bad_input_held_back: AtomicU64,
@@ -583,6 +603,8 @@ impl Port {
             removed: AtomicBool::new(false),
             connection: Mutex::new(None),
             failure: Mutex::new(None),
+            attachment: Mutex::new(None),
+            host_queues: std::sync::atomic::AtomicUsize::new(1),
             bad_input_logged_at: AtomicU64::new(0),
             bad_input_held_back: AtomicU64::new(0),
         })
@@ -614,9 +636,21 @@ impl Port {
             removed: AtomicBool::new(false),
             connection: Mutex::new(None),
             failure: Mutex::new(None),
+            attachment: Mutex::new(None),
+            host_queues: std::sync::atomic::AtomicUsize::new(1),
             bad_input_logged_at: AtomicU64::new(0),
             bad_input_held_back: AtomicU64::new(0),
         }
+    }
+
+    /// Records how many queues a host port's device or sockets have.
+    pub fn set_host_queues(&self, n: usize) {
+        self.host_queues.store(n, Ordering::Relaxed);
+    }
+
+    /// Records how an uplink is attached to its interface (for `flowctl show ports`).
+    pub fn set_attachment(&self, how: String) {
+        *self.attachment.lock().unwrap_or_else(|p| p.into_inner()) = Some(how);
     }
 
     /// Most addresses the learning table keeps behind this port.
@@ -638,7 +672,9 @@ impl Port {
         match self.kind {
             PortKind::Vhost => self.link().is_some_and(|l| l.is_up()),
             PortKind::Vxlan => true,
-            PortKind::Internal | PortKind::Afpacket => self.state().0 == LinkState::Connected,
+            PortKind::Internal | PortKind::Afpacket | PortKind::Afxdp => {
+                self.state().0 == LinkState::Connected
+            }
         }
     }
 
@@ -783,8 +819,16 @@ impl Port {
             kind: self.kind,
             name: self.name.clone(),
             socket: match self.kind {
-                PortKind::Internal | PortKind::Afpacket => {
-                    format!("dev {}", self.config.interface_name())
+                PortKind::Internal | PortKind::Afpacket | PortKind::Afxdp => {
+                    match self
+                        .attachment
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .as_ref()
+                    {
+                        Some(how) => format!("dev {} ({how})", self.config.interface_name()),
+                        None => format!("dev {}", self.config.interface_name()),
+                    }
                 }
                 _ => self.config.socket.display().to_string(),
             },
@@ -799,9 +843,10 @@ impl Port {
                 .map(String::from)
                 .collect(),
             header_len: link.as_ref().map(|_| net_header_len(features)),
-            // A host port has one queue each way (its device or socket), up with the port.
+            // A host port's queues (of its device or sockets) are up with the port.
             queue_pairs: if self.is_host_port() {
-                (usize::from(self.is_up()), 1)
+                let n = self.host_queues.load(Ordering::Relaxed);
+                (if self.is_up() { n } else { 0 }, n)
             } else {
                 (
                     link.as_ref().map_or(0, |l| l.pairs_up()),
