@@ -58,9 +58,19 @@
 #              patchbay-xdp-poll and patchbay-xdp-event; OVS: its afxdp netdev, native mode,
 #              copy: veth has no zero-copy). Case kernel-bridge (add it to
 #              PATCHBAY_PEERS_CASES): the Linux bridge instead, between pbupl and a tap that
-#              testpmd's net_tap PMD opens as port 0. Receive processing of pbupl and the tap
+#              testpmd's net_tap PMD opens as port 0. pbupp drops what it received once
+#              testpmd's socket has it (tc ingress), so no IP stack works on testpmd's
+#              frames. Receive processing of pbupl and the tap
 #              is steered to SWITCH_CPU (RPS), and switch% is SWITCH_CPU's whole busy time in
 #              every case of this variant (the kernel's share of an uplink is the switch's).
+#   internal   a vhost-user port and an internal port (the host's own stack on a VLAN): testpmd's
+#              port 0 is virtio_user on the switch's access port p0 (VLAN 10), its port 1 is its
+#              net_af_packet PMD on pbint, the tap the switch creates for its internal port
+#              (access VLAN 10; OVS: its internal port, a tap too). Case kernel-bridge: the
+#              path a VM with a tap backend has to its host, a Linux bridge pbbr with testpmd's
+#              net_tap port 0 (pbtap) as member and its af_packet port 1 on the bridge's own
+#              device. pbint and pbbr drop what they received once testpmd's socket has it
+#              (tc ingress). switch% is SWITCH_CPU's whole busy time, as for uplink.
 #   tso        checksum and segmentation offloads: the source is not testpmd but
 #              benches/src/bin/tso-traffic.rs (Patchbay's own frontend, one thread on
 #              SOURCE_CPU) sending TCP from port 0 to port 1, in the modes of
@@ -91,7 +101,7 @@
 #                                long (the idle% column; 0: skip)
 #   PATCHBAY_PEERS_ROUNDS=2
 #   PATCHBAY_PEERS_CASES=testpmd-io,ovs-dpdk,patchbay-poll,patchbay-event
-#   PATCHBAY_PEERS_VARIANTS=plain,vlan,flows-10k,8-port  (also: vxlan, uplink, tso)
+#   PATCHBAY_PEERS_VARIANTS=plain,vlan,flows-10k,8-port  (also: vxlan, uplink, internal, tso)
 #   PATCHBAY_PEERS_SIZES=64,1500 frame bytes without FCS
 #   PATCHBAY_PEERS_MODES=mac,flowgen
 #   PATCHBAY_PEERS_TSO_MODES=whole,segment,seg-csum,mtu  modes of the tso variant
@@ -199,8 +209,13 @@ cleanup() {
     for p in "${PIDS[@]}"; do stop_pid "$p"; done
     local ns
     for ns in "${VX_NS[@]}"; do ip netns del "$ns" 2>/dev/null; done
-    if ((${UPLINK_MADE:-0})); then
+    if ((${UPLINK_MADE:-0} || ${INTERNAL_BRIDGE_MADE:-0})); then
         ip link del "$UPLINK_BRIDGE" 2>/dev/null
+    fi
+    if ((${INTERNAL_OURS:-0})); then
+        ip link del "$INTERNAL_DEV" 2>/dev/null
+    fi
+    if ((${UPLINK_MADE:-0})); then
         ip link del "$UPLINK" 2>/dev/null
     fi
     if [[ -n $HUGEPAGES_ORIG ]]; then
@@ -530,6 +545,19 @@ print("syscalls/datagram send %.3f receive %.3f (%d datagrams each way)"
 PY
 }
 
+# drop_after_capture DEV: DEV is testpmd's (its af_packet port): once testpmd's packet
+# socket has a frame, the frame is dropped (a tc ingress filter: "return TC_ACT_SHOT"), not
+# handed to the host's IP stack, which would route and reject every frame on the switch's
+# core, in every case.
+drop_after_capture() {
+    tc qdisc del dev "$1" clsact 2>/dev/null
+    tc qdisc add dev "$1" clsact &&
+        tc filter add dev "$1" ingress bpf da bytecode '1,6 0 0 2,' || {
+        FAIL="cannot add the drop filter on $1"
+        return 1
+    }
+}
+
 # The uplink variant's "NIC": the veth pair UPLINK (the switch's side) / UPLINK_PEER
 # (testpmd's af_packet port, with the source's port-1 MAC), made once per run; receive
 # processing of UPLINK on SWITCH_CPU.
@@ -537,6 +565,7 @@ UPLINK=pbupl
 UPLINK_PEER=pbupp
 UPLINK_TAP=pbtap
 UPLINK_BRIDGE=pbbr
+INTERNAL_DEV=pbint
 SRC_VDEVS=()
 UPLINK_MADE=0
 uplink_wire() {
@@ -555,6 +584,7 @@ uplink_wire() {
             sysctl -qw "net.ipv6.conf.$dev.disable_ipv6=1"
             ip link set "$dev" up
         done
+        drop_after_capture "$UPLINK_PEER" || return 1
     fi
     printf '%x' $((1 << SWITCH_CPU)) >"/sys/class/net/$UPLINK/queues/rx-0/rps_cpus"
 }
@@ -574,6 +604,47 @@ start_kernel_bridge() {
     echo "$mask" >"/sys/class/net/$UPLINK_TAP/queues/rx-0/rps_cpus"
 }
 
+# The internal variant's bridge, made before the source (whose af_packet port opens its
+# device) with the source's port-1 MAC; the tap joins it once the source has made it.
+make_internal_bridge() {
+    if ip link show "$UPLINK_BRIDGE" >/dev/null 2>&1; then
+        FAIL="$UPLINK_BRIDGE exists already (not this run's): remove it first"
+        return 1
+    fi
+    INTERNAL_BRIDGE_MADE=1
+    ip link add "$UPLINK_BRIDGE" address "$(src_mac 1)" type bridge &&
+        sysctl -qw "net.ipv6.conf.$UPLINK_BRIDGE.disable_ipv6=1" &&
+        ip link set "$UPLINK_BRIDGE" up || {
+        FAIL="cannot create $UPLINK_BRIDGE"
+        return 1
+    }
+    drop_after_capture "$UPLINK_BRIDGE"
+}
+
+join_internal_bridge() {
+    sysctl -qw "net.ipv6.conf.$UPLINK_TAP.disable_ipv6=1"
+    ip link set "$UPLINK_TAP" master "$UPLINK_BRIDGE" up || {
+        FAIL="cannot add $UPLINK_TAP to $UPLINK_BRIDGE"
+        return 1
+    }
+    printf '%x' $((1 << SWITCH_CPU)) >"/sys/class/net/$UPLINK_TAP/queues/rx-0/rps_cpus"
+}
+
+# Waits (up to 5 s) for network device $1 to exist, and brings it up.
+wait_dev() {
+    local i
+    for ((i = 0; i < 50; i++)); do
+        if [[ -e /sys/class/net/$1 ]]; then
+            ip link set "$1" up && sysctl -qw "net.ipv6.conf.$1.disable_ipv6=1" &&
+                drop_after_capture "$1"
+            return
+        fi
+        sleep 0.1
+    done
+    FAIL="device $1 did not appear"
+    return 1
+}
+
 # After each uplink measurement: the bridge goes (the tap went with testpmd), OVS's XDP
 # program too if it stayed.
 stop_uplink_case() {
@@ -590,6 +661,9 @@ start_patchbay() {
     if [[ $variant == uplink ]]; then
         n=1
         args+=(--port "name=up,type=${UPLINK_TYPE:-afpacket},interface=$UPLINK,vlan=$VLAN")
+    elif [[ $variant == internal ]]; then
+        n=1
+        args+=(--port "name=host,type=internal,interface=$INTERNAL_DEV,vlan=$VLAN,mac=$(src_mac 1)")
     fi
     for ((i = 0; i < n; i++)); do
         SOCKS+=("$dir/p$i.sock")
@@ -666,6 +740,10 @@ start_ovs() {
         n=1
         cmd+=(-- add-port br0 "$UPLINK" -- set Interface "$UPLINK" type=afxdp
             options:xdp-mode=native ofport_request=2 -- set Port "$UPLINK" "tag=$VLAN")
+    elif [[ $variant == internal ]]; then
+        n=1
+        cmd+=(-- add-port br0 "$INTERNAL_DEV" -- set Interface "$INTERNAL_DEV" type=internal
+            ofport_request=2 "mac=\"$(src_mac 1)\"" -- set Port "$INTERNAL_DEV" "tag=$VLAN")
     fi
     for ((i = 0; i < n; i++)); do
         SOCKS+=("$OVS_DIR/p$i")
@@ -861,6 +939,38 @@ measure() {
         kernel-bridge) SRC_VDEVS[0]="net_tap0,iface=$UPLINK_TAP,mac=$(src_mac 0)" ;;
         *) SRC_VDEVS=() SUT_CPU_TICKS="" && return 0 ;;
         esac
+    elif [[ $variant == internal ]]; then
+        case $case in
+        patchbay-poll | patchbay-event | baseline-* | ovs-dpdk | kernel-bridge) ;;
+        *) return 0 ;;
+        esac
+        SRC_VDEVS=("" "net_af_packet1,iface=$INTERNAL_DEV,qpairs=1")
+        SUT_CPU_TICKS=1
+        # The device is the switch's to create (OVS's may outlive its daemon): one left by
+        # an earlier case of this run goes; one from elsewhere stops the run.
+        if [[ -e /sys/class/net/$INTERNAL_DEV ]]; then
+            if ((${INTERNAL_OURS:-0})); then
+                ip link del "$INTERNAL_DEV"
+            else
+                FAIL="$INTERNAL_DEV exists already (not this run's): remove it first"
+                ok=0
+            fi
+        fi
+        ((ok)) && INTERNAL_OURS=1
+        ((ok)) && case $case in
+        patchbay-poll) start_patchbay "$dir" "$n" "$variant" 1 && wait_dev "$INTERNAL_DEV" || ok=0 ;;
+        patchbay-event) start_patchbay "$dir" "$n" "$variant" 0 && wait_dev "$INTERNAL_DEV" || ok=0 ;;
+        baseline-poll) start_patchbay "$dir" "$n" "$variant" 1 "$RUN/bin/baseline" &&
+            wait_dev "$INTERNAL_DEV" || ok=0 ;;
+        baseline-event) start_patchbay "$dir" "$n" "$variant" 0 "$RUN/bin/baseline" &&
+            wait_dev "$INTERNAL_DEV" || ok=0 ;;
+        ovs-dpdk) start_ovs "$dir" "$n" "$variant" && wait_dev "$INTERNAL_DEV" || ok=0 ;;
+        kernel-bridge)
+            SRC_VDEVS=("net_tap0,iface=$UPLINK_TAP,mac=$(src_mac 0)"
+                "net_af_packet1,iface=$UPLINK_BRIDGE,qpairs=1")
+            make_internal_bridge || ok=0
+            ;;
+        esac
     elif [[ $case == kernel-vxlan || $case == kernel-bridge || $case == patchbay-xdp-* ]]; then
         return 0
     elif [[ $variant == tso && $case == baseline-* ]]; then
@@ -876,7 +986,13 @@ measure() {
         esac
     fi
     ((ok)) && { start_source "$dir" "$n" "$mode" "$size" "$variant" || ok=0; }
-    ((ok)) && [[ $case == kernel-bridge ]] && { start_kernel_bridge || ok=0; }
+    if ((ok)) && [[ $case == kernel-bridge ]]; then
+        if [[ $variant == internal ]]; then
+            join_internal_bridge || ok=0
+        else
+            start_kernel_bridge || ok=0
+        fi
+    fi
     local pps=0 tx_pps=0 secs=0 sut_cpu=0 src_cpu=0 other=0 tries
     if ((ok)); then
         # Links come up asynchronously: frames sent before both sides are ready are lost,
@@ -945,6 +1061,7 @@ measure() {
             local i
             for ((i = 0; i < n; i++)); do "$RUN/bin/flowctl" --socket "$dir/ctl.sock" show port "p$i"; done
             [[ $variant == uplink ]] && "$RUN/bin/flowctl" --socket "$dir/ctl.sock" show port up
+            [[ $variant == internal ]] && "$RUN/bin/flowctl" --socket "$dir/ctl.sock" show port host
             "$RUN/bin/flowctl" --socket "$dir/ctl.sock" show switch
             "$RUN/bin/flowctl" --socket "$dir/ctl.sock" show macs
         } >"$dir/switch-state.txt" 2>&1
@@ -960,7 +1077,7 @@ measure() {
     stop_source
     [[ -n $SUT_PID ]] && stop_pid "$SUT_PID" INT
     [[ $variant == vxlan ]] && stop_vxlan_hosts
-    [[ $variant == uplink ]] && stop_uplink_case
+    [[ $variant == uplink || $variant == internal ]] && stop_uplink_case
     [[ -n $syscalls ]] && say "    $variant $size B $mode round $round: $syscalls"
     if ((ok)); then
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$variant" "$size" "$mode" "$case" \

@@ -374,7 +374,7 @@ impl Switch {
     /// Opens an internal port's device or an uplink's socket and starts serving it; on
     /// failure the slot is freed again.
     fn start_host_port(&self, port: Arc<Port>) -> Result<PortId, SwitchError> {
-        match crate::host_port::start(self.fabric.clone(), port.clone()) {
+        match crate::host_port::start(self.fabric.clone(), port.clone(), self.doorbell.clone()) {
             Ok(handle) => {
                 self.supervisors
                     .lock()

@@ -1,14 +1,15 @@
 //! The dataplane threads. Each worker serves a set of transmit queues: queue pair `k` of port
 //! `p` belongs to worker `(p + k) mod workers`, so one guest's queue pairs spread over the
-//! workers. One batch per queue per round, so no queue can hold a worker for long. Two modes,
-//! one loop:
+//! workers; and the receive sides of host ports that offer them to the workers (an AF_XDP
+//! uplink's rings: `HostIngress`), port `p` to worker `p mod workers`. One batch per queue
+//! per round, so no queue can hold a worker for long. Two modes, one loop:
 //!
 //! - poll (`poll_cpus`): one worker pinned to each listed CPU, spinning;
 //! - event (the default, `event_threads` workers): the same loop while there is work; after
 //!   [`IDLE_ROUNDS`] rounds without any, the worker re-enables the guests' kicks (EVENT_IDX
-//!   aware), checks the rings once more, and sleeps in epoll on the kick eventfds and its
-//!   doorbell (rung when a port's rings change). Idle, it costs nothing; under load it never
-//!   sleeps and runs as the poller does.
+//!   aware), checks the rings once more, and sleeps in epoll on the kick eventfds, the host
+//!   ports' sockets and its doorbell (rung when a port's rings or sockets change). Idle, it
+//!   costs nothing; under load it never sleeps and runs as the poller does.
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use crate::dataplane::{self, Fabric, TxScratch};
+use crate::dataplane::{self, Fabric, HostIngress, TxScratch};
 use crate::port::{Doorbell, Link, Port};
 
 /// Empty rounds (every port of the worker looked at, nothing found) before an event-mode
@@ -52,6 +53,29 @@ impl Served {
     /// The epoll key of this queue's kick fd.
     fn key(&self) -> u64 {
         (u64::from(self.port.id) << 16) | self.queue as u64
+    }
+}
+
+/// The queue number in a host port's registration (its receive side, not a queue pair).
+const HOST_QUEUE: usize = 0xffff;
+
+/// A host port's receive side a worker serves (an AF_XDP uplink): port `p` belongs to
+/// worker `p mod workers`.
+struct ServedHost {
+    port: Arc<Port>,
+    ingress: Arc<dyn HostIngress>,
+}
+
+impl ServedHost {
+    /// Its registration (the generation of its descriptors) and the descriptors.
+    fn registration(&self) -> (Registration, Vec<std::os::fd::RawFd>) {
+        let mut fds = Vec::new();
+        let generation = self.ingress.wait_fds(&mut fds);
+        ((self.port.id, HOST_QUEUE, Some((generation, 0))), fds)
+    }
+
+    fn key(&self) -> u64 {
+        (u64::from(self.port.id) << 16) | HOST_QUEUE as u64
     }
 }
 
@@ -98,6 +122,7 @@ impl Worker {
             log::info!("poller {} running on CPU {cpu}", self.index);
         }
         let mut served: Vec<Served> = Vec::new();
+        let mut hosts: Vec<ServedHost> = Vec::new();
         // This thread's work space (per-thread state: nothing shared, nothing locked).
         let mut scratch = TxScratch::default();
         let mut epoll = None;
@@ -105,7 +130,7 @@ impl Worker {
         let mut idle = 0u32;
         while !fabric.is_stopping() {
             if rounds.is_multiple_of(RESCAN_ROUNDS) {
-                self.rescan(fabric, &mut served);
+                self.rescan(fabric, &mut served, &mut hosts);
             }
             rounds = rounds.wrapping_add(1);
             let mut work = 0;
@@ -126,13 +151,24 @@ impl Worker {
                     })
                     .unwrap_or(0);
             }
+            for h in &hosts {
+                work += h
+                    .port
+                    .guard_dataplane(|| {
+                        dataplane::receive_host(fabric, &h.port, &*h.ingress, &mut scratch)
+                    })
+                    .unwrap_or(0);
+            }
             if work > 0 {
                 idle = 0;
                 continue;
             }
             idle = idle.saturating_add(1);
             if self.cpu.is_some() {
-                if idle > IDLE_ROUNDS && served.iter().all(|s| !s.port.has_link()) {
+                if idle > IDLE_ROUNDS
+                    && hosts.is_empty()
+                    && served.iter().all(|s| !s.port.has_link())
+                {
                     // Nothing connected: don't burn the CPU.
                     thread::sleep(Duration::from_millis(1));
                 } else {
@@ -144,7 +180,7 @@ impl Worker {
                 std::hint::spin_loop();
                 continue;
             }
-            if self.sleep(doorbell, &served, &mut epoll) {
+            if self.sleep(doorbell, &served, &hosts, &mut epoll) {
                 rounds = 0; // rescan: the doorbell rang
             }
             idle = 0;
@@ -154,8 +190,20 @@ impl Worker {
     /// Re-reads which queues this worker serves: of every port's queue pairs, those that are
     /// its share and that the guest enabled (pair 0 always, so a guest is served from its
     /// first frame).
-    fn rescan(&self, fabric: &Fabric, served: &mut Vec<Served>) {
+    fn rescan(&self, fabric: &Fabric, served: &mut Vec<Served>, hosts: &mut Vec<ServedHost>) {
         served.clear();
+        hosts.clear();
+        for port in fabric.ports().iter().flatten() {
+            if usize::from(port.id) % self.workers != self.index {
+                continue;
+            }
+            if let Some(ingress) = fabric.host_ingress(port) {
+                hosts.push(ServedHost {
+                    port: port.clone(),
+                    ingress,
+                });
+            }
+        }
         for port in fabric.ports().iter().flatten().filter(|p| !p.is_tunnel()) {
             for queue in 0..port.config.queue_pairs() {
                 let up = queue == 0
@@ -174,9 +222,17 @@ impl Worker {
 
     /// Arms every served ring's kicks and sleeps until a kick or the doorbell. Returns true
     /// if the doorbell rang (ports or rings changed).
-    fn sleep(&self, doorbell: &Doorbell, served: &[Served], epoll: &mut Option<Sleeper>) -> bool {
+    fn sleep(
+        &self,
+        doorbell: &Doorbell,
+        served: &[Served],
+        hosts: &[ServedHost],
+        epoll: &mut Option<Sleeper>,
+    ) -> bool {
         const DOORBELL: u64 = u64::MAX;
-        let current: Vec<Registration> = served.iter().map(Served::registration).collect();
+        let mut current: Vec<Registration> = served.iter().map(Served::registration).collect();
+        let host_regs: Vec<_> = hosts.iter().map(ServedHost::registration).collect();
+        current.extend(host_regs.iter().map(|(r, _)| *r));
         // A fresh epoll whenever what it watches changed, so a closed fd whose number was
         // reused by another port can never leave a stale registration behind.
         if epoll.as_ref().is_none_or(|e| e.registered != current) {
@@ -202,6 +258,20 @@ impl Worker {
             for (s, id) in served.iter().zip(&current) {
                 if !muted.contains(id) {
                     s.port.with_link(|link| register_kick(&fresh, link, s));
+                }
+            }
+            for (h, (id, fds)) in hosts.iter().zip(&host_regs) {
+                if muted.contains(id) {
+                    continue;
+                }
+                for &fd in fds {
+                    if let Err(e) = fresh.ctl(
+                        ControlOperation::Add,
+                        fd,
+                        EpollEvent::new(EventSet::IN, h.key()),
+                    ) {
+                        log::error!("port {}: cannot wait for its frames: {e}", h.port.name);
+                    }
                 }
             }
             *epoll = Some(Sleeper {
@@ -240,6 +310,22 @@ impl Worker {
             if ev.data() == DOORBELL {
                 doorbell.answer(self.index);
                 rang = true;
+                continue;
+            }
+            if let Some(h) = hosts.iter().find(|h| h.key() == ev.data()) {
+                if ev
+                    .event_set()
+                    .intersects(EventSet::HANG_UP | EventSet::ERROR)
+                {
+                    // A socket in error (its interface went away): not waited on until
+                    // its port re-attaches; frames that come are still served while the
+                    // worker is awake.
+                    h.port.log_bad_input(format_args!(
+                        "its receive sockets failed; not waiting on them"
+                    ));
+                    sleeper.muted.push(h.registration().0);
+                    sleeper.registered.clear();
+                }
                 continue;
             }
             let Some(s) = served.iter().find(|s| s.key() == ev.data()) else {

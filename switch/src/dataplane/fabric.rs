@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::{ArcSwap, Guard};
 
-use super::{Delivery, Frame, Source};
+use super::{Delivery, Frame, Source, SwitchScratch};
 use crate::flow::pipeline::Pipeline;
 use crate::flow::rewrite::HeaderBuf;
 use crate::mac_table::MacTable;
@@ -70,6 +70,25 @@ pub trait HostEgress: Send + Sync {
     }
 }
 
+/// The receive side of a host port that the dataplane workers serve in their own loop, as
+/// they serve a guest's transmit queue (an AF_XDP uplink's RX rings): no thread of the
+/// port's own, no hand-over between threads per batch (OVS's PMD does the same).
+pub trait HostIngress: Send + Sync {
+    /// Switches one batch of what waits, as frames of `port`; how many frames came (0:
+    /// nothing, or the port receives on a thread of its own just now).
+    fn receive(
+        &self,
+        fabric: &Fabric,
+        port: &Port,
+        frames: &mut Vec<Frame>,
+        scratch: &mut SwitchScratch,
+    ) -> usize;
+
+    /// Appends the descriptors a sleeping worker waits on (readable while frames wait);
+    /// returns a generation that changes whenever they do.
+    fn wait_fds(&self, out: &mut Vec<std::os::fd::RawFd>) -> u64;
+}
+
 /// The frame path's shared state.
 pub struct Fabric {
     ports: ArcSwap<PortTable>,
@@ -84,6 +103,8 @@ pub struct Fabric {
     tunnel: OnceLock<Arc<dyn HostEgress>>,
     /// The internal ports' egress, indexed by port number (set while the port exists).
     host_ports: ArcSwap<Vec<Option<Arc<dyn HostEgress>>>>,
+    /// The host ports whose receive side the workers serve, indexed by port number.
+    host_ingress: ArcSwap<Vec<Option<Arc<dyn HostIngress>>>>,
     stopping: AtomicBool,
 }
 
@@ -98,6 +119,7 @@ impl Fabric {
             max_frame_len,
             tunnel: OnceLock::new(),
             host_ports: ArcSwap::from_pointee(Vec::new()),
+            host_ingress: ArcSwap::from_pointee(Vec::new()),
             stopping: AtomicBool::new(false),
         }
     }
@@ -126,6 +148,31 @@ impl Fabric {
 
     pub fn tunnel(&self) -> Option<&Arc<dyn HostEgress>> {
         self.tunnel.get()
+    }
+
+    /// Sets (or with None clears) the receive side of host port `id` that the workers serve.
+    pub fn set_host_ingress(
+        &self,
+        id: crate::mac_table::PortId,
+        ingress: Option<Arc<dyn HostIngress>>,
+    ) {
+        let _serial = self.ports_update.lock().unwrap_or_else(|p| p.into_inner());
+        let mut table = Vec::clone(&self.host_ingress.load());
+        let i = usize::from(id);
+        if table.len() <= i {
+            table.resize(i + 1, None);
+        }
+        table[i] = ingress;
+        self.host_ingress.store(Arc::new(table));
+    }
+
+    /// The receive side of `port` the workers serve, if it has one.
+    pub fn host_ingress(&self, port: &Port) -> Option<Arc<dyn HostIngress>> {
+        self.host_ingress
+            .load()
+            .get(usize::from(port.id))
+            .cloned()
+            .flatten()
     }
 
     /// Sets (or with None clears) the egress of host port `id`.

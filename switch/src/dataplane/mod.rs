@@ -19,7 +19,7 @@ mod soft;
 use std::sync::Arc;
 
 pub use crate::frame::{Frame, FrameBytes, Rewrite, Source, TunnelMeta};
-pub use fabric::{Fabric, HostEgress, PortTable, SwitchCounters};
+pub use fabric::{Fabric, HostEgress, HostIngress, PortTable, SwitchCounters};
 
 use crate::flow::extract::flow_key;
 use crate::flow::pipeline::{MissPolicy, Target};
@@ -558,6 +558,17 @@ pub fn push_iovecs(
             iov_len: len,
         })
     });
+}
+
+/// Serves one batch of a host port's receive side from a dataplane worker's loop (an
+/// AF_XDP uplink's rings), with the worker's scratch; how many frames came.
+pub fn receive_host(
+    fabric: &Fabric,
+    port: &Port,
+    ingress: &dyn HostIngress,
+    scratch: &mut TxScratch,
+) -> usize {
+    ingress.receive(fabric, port, &mut scratch.frames, &mut scratch.switch)
 }
 
 /// [`switch_frames`] for frames in a host buffer (from the tunnel, an internal port, an

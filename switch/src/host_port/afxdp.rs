@@ -8,8 +8,9 @@
 //! switches the frames where they lie in the UMEM, then gives their chunks back on the FILL
 //! ring, one index store per ring per batch. Sending: the dataplane thread that switched a
 //! group copies each frame into a free chunk and puts its descriptor on a TX ring (the
-//! socket whose lock it gets first), then one `sendto` per 32 frames in copy mode (the kernel
-//! sends that many per call), none in zero-copy mode unless the driver asks for a wakeup.
+//! queue its flow hashes to, under that queue's lock: one per group and queue), then one
+//! `sendto` per 32 frames in copy mode (the kernel sends that many per call), none in
+//! zero-copy mode unless the driver asks for a wakeup.
 //!
 //! The rings are hand-written here (the protocol is a few index loads and stores) rather
 //! than taken from xsk-rs, which builds libxdp and libbpf from C, or the `xdp` crate, which
@@ -32,6 +33,7 @@ use crate::flow::rewrite::HeaderBuf;
 use crate::offload::Offload;
 use crate::port::{DropReason, Port};
 use crate::virtio::guest_map::copy_bytes;
+use crate::wire::flow_hash;
 
 /// Entries of each ring; also the chunks given to receiving and to sending each.
 const RING: u32 = 2048;
@@ -109,9 +111,24 @@ unsafe impl<T> Send for Ring<T> {}
 
 impl<T: Copy> Ring<T> {
     fn map(fd: &OwnedFd, off: &libc::xdp_ring_offset, page: i64) -> io::Result<Ring<T>> {
-        let len = off.desc as usize + RING as usize * std::mem::size_of::<T>();
-        let map = Mapping::new(Some(fd), len, page)?;
-        // SAFETY: the offsets are the kernel's (XDP_MMAP_OFFSETS), inside the mapping.
+        let map = Mapping::new(Some(fd), Self::len(off), page)?;
+        // SAFETY: the offsets are the kernel's (XDP_MMAP_OFFSETS), and the mapping is as
+        // long as they need.
+        Ok(unsafe { Self::over(map, off) })
+    }
+
+    /// Bytes a ring of RING entries with these offsets takes.
+    fn len(off: &libc::xdp_ring_offset) -> usize {
+        off.desc as usize + RING as usize * std::mem::size_of::<T>()
+    }
+
+    /// The ring in `map`, laid out as `off` says.
+    ///
+    /// # Safety
+    /// `map` must be at least `len(off)` bytes, with the indexes and flags 4-byte aligned
+    /// and the entries aligned for `T`.
+    unsafe fn over(map: Mapping, off: &libc::xdp_ring_offset) -> Ring<T> {
+        // SAFETY: the caller's contract: every offset lies inside the mapping.
         let at = |o: u64| unsafe { map.ptr.add(o as usize) };
         let mut ring = Ring {
             producer: at(off.producer).cast(),
@@ -124,7 +141,7 @@ impl<T: Copy> Ring<T> {
         };
         ring.cached_prod = ring.producer().load(Ordering::Relaxed);
         ring.cached_cons = ring.consumer().load(Ordering::Relaxed);
-        Ok(ring)
+        ring
     }
 
     fn producer(&self) -> &AtomicU32 {
@@ -135,6 +152,11 @@ impl<T: Copy> Ring<T> {
     fn consumer(&self) -> &AtomicU32 {
         // SAFETY: as for `producer`.
         unsafe { &*self.consumer }
+    }
+
+    /// A producer ring's entries the kernel has not taken yet.
+    fn unconsumed(&self) -> bool {
+        self.consumer().load(Ordering::Acquire) != self.cached_prod
     }
 
     fn needs_wakeup(&self) -> bool {
@@ -197,6 +219,22 @@ impl<T: Copy> Ring<T> {
 struct RxSide {
     rx: Ring<libc::xdp_desc>,
     fill: Ring<u64>,
+    /// Chunks received and not yet back on the FILL ring: the kernel publishes a batch on
+    /// the RX ring before it publishes taking the chunks off FILL, so FILL can look full
+    /// for a moment.
+    unfilled: Vec<u64>,
+}
+
+impl RxSide {
+    /// Puts what it can of `unfilled` back on the FILL ring.
+    fn refill(&mut self) {
+        let n = self.fill.free(self.unfilled.len() as u32);
+        for (i, &addr) in self.unfilled[..n as usize].iter().enumerate() {
+            self.fill.write(i as u32, addr);
+        }
+        self.fill.submit(n);
+        self.unfilled.drain(..n as usize);
+    }
 }
 
 /// The sending side: the TX ring, the COMPLETION ring the sent chunks come back on, and
@@ -258,7 +296,20 @@ impl XskSocket {
             flags: 0,
             tx_metadata_len: 0,
         };
-        set(&fd, libc::XDP_UMEM_REG, &reg, "XDP_UMEM_REG")?;
+        set(&fd, libc::XDP_UMEM_REG, &reg, "XDP_UMEM_REG").map_err(|e| {
+            match e.raw_os_error() {
+                // The kernel pins the UMEM, counted against RLIMIT_MEMLOCK.
+                Some(libc::ENOBUFS | libc::ENOMEM | libc::EPERM) => io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{e} (the UMEM is {} MiB of locked memory: needs CAP_IPC_LOCK or a \
+                         larger RLIMIT_MEMLOCK)",
+                        umem.len >> 20
+                    ),
+                ),
+                _ => e,
+            }
+        })?;
         let size = RING as libc::c_int;
         set(&fd, libc::XDP_UMEM_FILL_RING, &size, "FILL ring")?;
         set(
@@ -296,7 +347,11 @@ impl XskSocket {
         fill.submit(n);
         let zero_copy = Self::bind(&fd, ifindex, queue)?;
         Ok(XskSocket {
-            rx: Mutex::new(RxSide { rx, fill }),
+            rx: Mutex::new(RxSide {
+                rx,
+                fill,
+                unfilled: Vec::with_capacity(RING as usize),
+            }),
             tx: Mutex::new(TxSide {
                 tx,
                 comp,
@@ -395,27 +450,26 @@ impl XskSocket {
         scratch: &mut SwitchScratch,
     ) -> u32 {
         let mut side = lock(&self.rx);
-        let RxSide { rx, fill } = &mut *side;
-        let n = rx.peek(RX_BATCH);
+        if !side.unfilled.is_empty() {
+            side.refill();
+        }
+        let n = side.rx.peek(RX_BATCH);
         if n == 0 {
-            if fill.needs_wakeup() {
+            if side.fill.needs_wakeup() {
                 let _ = self.kick(false);
             }
             return 0;
         }
         frames.clear();
+        // Receiving chunks are the UMEM's first half; the kernel's descriptors stay in it,
+        // checked anyway, since a wrong one would make the frame path read out of bounds.
+        let rx_half = RING as usize * self.chunk as usize;
         let room = self.chunk - XDP_HEADROOM;
         for i in 0..n {
-            let d = rx.read(i);
+            let d = side.rx.read(i);
             let (start, len) = (d.addr as usize, d.len as usize);
-            // The kernel's descriptors stay in the UMEM and their chunk; checked anyway,
-            // since a wrong one would make the frame path read out of bounds.
-            let chunk_end = (start / self.chunk as usize + 1) * self.chunk as usize;
-            if start
-                .checked_add(len)
-                .is_none_or(|end| end > chunk_end.min(self.umem.len))
-                || d.len > room
-            {
+            let chunk_end = (start.min(rx_half) / self.chunk as usize + 1) * self.chunk as usize;
+            if start >= rx_half || start + len > chunk_end.min(rx_half) || d.len > room {
                 port.counters.drop(DropReason::TooBig, 1);
                 continue;
             }
@@ -432,23 +486,23 @@ impl XskSocket {
             });
         }
         if !frames.is_empty() {
-            // SAFETY: the UMEM mapping lives as long as `self`. The frame path reads only
-            // the frames' bytes, in chunks the kernel handed over on the RX ring and gets
-            // back on the FILL ring below, after the frames are switched; the kernel writes
-            // only chunks it holds (on the FILL ring), as a NIC's DMA writes only buffers
-            // it was given.
-            let umem = unsafe { std::slice::from_raw_parts(self.umem.ptr, self.umem.len) };
+            // SAFETY: the receiving half of the UMEM mapping, which lives as long as `self`.
+            // The frame path reads only the frames' bytes, in chunks the kernel handed over
+            // on the RX ring and gets back on the FILL ring below, after the frames are
+            // switched; the kernel writes only chunks it holds (on the FILL ring), as a
+            // NIC's DMA writes only buffers it was given, and nothing of this process writes
+            // this half (sending uses the other).
+            let umem = unsafe { std::slice::from_raw_parts(self.umem.ptr, rx_half) };
             switch_host_frames(fabric, port, umem, frames, scratch);
         }
-        // The FILL ring has room for every receiving chunk, so these always fit.
-        let back = fill.free(n);
         let mask = !(u64::from(self.chunk) - 1);
-        for i in 0..back {
-            fill.write(i, rx.read(i).addr & mask);
+        for i in 0..n {
+            let addr = side.rx.read(i).addr & mask;
+            side.unfilled.push(addr);
         }
-        fill.submit(back);
-        rx.release(n);
-        if fill.needs_wakeup() {
+        side.rx.release(n);
+        side.refill();
+        if side.fill.needs_wakeup() {
             let _ = self.kick(false);
         }
         n
@@ -532,6 +586,20 @@ impl XskSocket {
         port.counters.drop(DropReason::NoBuffer, no_room);
     }
 
+    /// Wakes the kernel again for frames left on the TX ring (a wakeup that found the
+    /// socket's send buffer full leaves them there); true if some are still there. Skipped
+    /// while a sender holds the ring (it wakes the kernel itself).
+    fn flush_tx(&self, port: &Port) -> bool {
+        let Ok(side) = self.tx.try_lock() else {
+            return false;
+        };
+        if !side.tx.unconsumed() {
+            return false;
+        }
+        self.wake_tx(&side.tx, COPY_TX_BATCH, port);
+        side.tx.unconsumed()
+    }
+
     /// Has the kernel send what is on the TX ring: in copy mode it sends COPY_TX_BATCH
     /// frames per call and says EAGAIN while more wait.
     fn wake_tx(&self, tx: &Ring<libc::xdp_desc>, put: usize, port: &Port) {
@@ -558,9 +626,10 @@ impl XskSocket {
 
 /// An AF_XDP uplink: the program on the interface and a socket per receive queue.
 pub struct XdpUplink {
-    /// Before the program's link: sockets close after the program is gone.
-    sockets: Vec<XskSocket>,
+    /// Dropped first: the program goes (frames go to the kernel's stack again) before
+    /// the sockets it redirects to close.
     redirect: XdpRedirect,
+    sockets: Vec<XskSocket>,
     /// Keeps the interface promiscuous while the uplink is open (the kernel counts it).
     _promisc: OwnedFd,
     name: String,
@@ -642,20 +711,9 @@ impl XdpUplink {
         }
     }
 
-    /// Waits up to `timeout_ms` for frames on any queue; true if some wait.
-    pub fn wait_readable(&self, timeout_ms: i32) -> bool {
-        let mut fds: Vec<libc::pollfd> = self
-            .sockets
-            .iter()
-            .map(|s| libc::pollfd {
-                fd: s.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        // SAFETY: `fds.len()` pollfds, alive for the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-        n > 0
+    /// Appends the sockets' descriptors (readable while frames wait on their RX rings).
+    pub fn wait_fds(&self, out: &mut Vec<std::os::fd::RawFd>) {
+        out.extend(self.sockets.iter().map(|s| s.fd.as_raw_fd()));
     }
 
     /// Switches a batch from each queue; how many frames came.
@@ -672,8 +730,8 @@ impl XdpUplink {
             .sum()
     }
 
-    /// Sends a group on the first queue whose sending side is free (starting from one
-    /// chosen by the group's first frame), or waits for the first.
+    /// Sends a group, each frame on the queue its flow hashes to (one queue: all on it), so
+    /// a flow stays in order.
     pub fn send(
         &self,
         port: &Port,
@@ -683,14 +741,152 @@ impl XdpUplink {
         headers: &[HeaderBuf],
     ) {
         let n = self.sockets.len();
-        let first = group.first().map_or(0, |d| usize::from(d.frame)) % n;
-        for i in 0..n {
-            let s = &self.sockets[(first + i) % n];
-            if let Ok(mut side) = s.tx.try_lock() {
-                return s.send(&mut side, port, source, frames, group, headers);
-            }
+        if n == 1 {
+            let s = &self.sockets[0];
+            return s.send(&mut lock(&s.tx), port, source, frames, group, headers);
         }
-        let s = &self.sockets[first];
-        s.send(&mut lock(&s.tx), port, source, frames, group, headers);
+        STEERING.with(|st| {
+            let Ok(mut st) = st.try_borrow_mut() else {
+                port.counters.drop(DropReason::NoBuffer, group.len() as u64);
+                return;
+            };
+            let (queue_of, picked) = &mut *st;
+            queue_of.clear();
+            for d in group {
+                let mut head = [0u8; 64];
+                let len = source.read_prefix(&frames[usize::from(d.frame)], &mut head);
+                queue_of.push(flow_hash(&head[..len]) as usize % n);
+            }
+            for (i, s) in self.sockets.iter().enumerate() {
+                picked.clear();
+                picked.extend(
+                    group
+                        .iter()
+                        .zip(queue_of.iter())
+                        .filter(|(_, q)| **q == i)
+                        .map(|(d, _)| *d),
+                );
+                if !picked.is_empty() {
+                    s.send(&mut lock(&s.tx), port, source, frames, picked, headers);
+                }
+            }
+        });
+    }
+
+    /// Wakes the kernel for frames a full send buffer left on a TX ring; true if some are
+    /// still waiting (the receive thread then looks again soon).
+    pub fn flush_tx(&self, port: &Port) -> bool {
+        // Every socket, not only up to the first with frames waiting.
+        let mut waiting = false;
+        for s in &self.sockets {
+            waiting |= s.flush_tx(port);
+        }
+        waiting
+    }
+}
+
+thread_local! {
+    /// Each dataplane thread's work space for spreading a group over an uplink's queues.
+    static STEERING: std::cell::RefCell<(Vec<usize>, Vec<Delivery>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ring in anonymous memory, with its indexes starting at `start`; the test plays
+    /// the kernel through `kernel_*`.
+    fn ring<T: Copy>(start: u32) -> Ring<T> {
+        let off = libc::xdp_ring_offset {
+            producer: 0,
+            consumer: 64,
+            flags: 128,
+            desc: 192,
+        };
+        let map = Mapping::new(None, Ring::<T>::len(&off), 0).unwrap();
+        // SAFETY: the mapping is len(off) bytes, page-aligned, the offsets aligned.
+        let mut r = unsafe { Ring::<T>::over(map, &off) };
+        r.producer().store(start, Ordering::Relaxed);
+        r.consumer().store(start, Ordering::Relaxed);
+        r.cached_prod = start;
+        r.cached_cons = start;
+        r
+    }
+
+    fn kernel_write<T: Copy>(r: &Ring<T>, values: &[T]) {
+        let p = r.producer().load(Ordering::Relaxed);
+        for (i, v) in values.iter().enumerate() {
+            // SAFETY: a slot of the ring, as the kernel writes it.
+            unsafe { r.slot(p.wrapping_add(i as u32)).write(*v) };
+        }
+        r.producer()
+            .store(p.wrapping_add(values.len() as u32), Ordering::Release);
+    }
+
+    fn kernel_take<T: Copy>(r: &Ring<T>, n: u32) -> Vec<T> {
+        let c = r.consumer().load(Ordering::Relaxed);
+        // SAFETY: slots the producer published.
+        let v = (0..n)
+            .map(|i| unsafe { r.slot(c.wrapping_add(i)).read() })
+            .collect();
+        r.consumer().store(c.wrapping_add(n), Ordering::Release);
+        v
+    }
+
+    #[test]
+    fn a_consumer_ring_reads_what_was_published_across_the_index_wrap() {
+        let mut rx = ring::<u64>(u32::MAX - 3);
+        assert_eq!(rx.peek(RX_BATCH), 0);
+        kernel_write(&rx, &[10, 11, 12, 13, 14, 15]);
+        assert_eq!(rx.peek(4), 4, "held to the batch asked for");
+        assert_eq!(
+            (0..4).map(|i| rx.read(i)).collect::<Vec<_>>(),
+            [10, 11, 12, 13]
+        );
+        rx.release(4);
+        assert_eq!(rx.consumer().load(Ordering::Relaxed), 0, "wrapped");
+        assert_eq!(rx.peek(RX_BATCH), 2);
+        assert_eq!((rx.read(0), rx.read(1)), (14, 15));
+    }
+
+    #[test]
+    fn a_producer_ring_never_overwrites_what_the_kernel_has_not_taken() {
+        let mut fill = ring::<u64>(u32::MAX - 1);
+        assert_eq!(fill.free(RING + 5), RING);
+        for i in 0..RING {
+            fill.write(i, u64::from(i));
+        }
+        fill.submit(RING);
+        assert_eq!(fill.free(1), 0, "full until the kernel takes some");
+        assert_eq!(kernel_take(&fill, 3), [0, 1, 2]);
+        assert_eq!(fill.free(8), 3);
+        assert!(fill.unconsumed());
+    }
+
+    #[test]
+    fn chunks_that_do_not_fit_on_the_fill_ring_wait_for_room() {
+        let mut side = RxSide {
+            rx: ring(0),
+            fill: ring(0),
+            unfilled: Vec::new(),
+        };
+        // The kernel has not yet published taking the chunks off FILL (it publishes RX
+        // first): FILL looks full.
+        let n = side.fill.free(RING);
+        for i in 0..n {
+            side.fill.write(i, u64::from(i) * 2048);
+        }
+        side.fill.submit(n);
+        side.unfilled.extend([7 * 2048, 9 * 2048]);
+        side.refill();
+        assert_eq!(side.unfilled.len(), 2, "kept, not lost");
+        kernel_take(&side.fill, 1);
+        side.refill();
+        assert_eq!(side.unfilled, [9 * 2048]);
+        kernel_take(&side.fill, RING - 1);
+        side.refill();
+        assert!(side.unfilled.is_empty());
+        assert_eq!(kernel_take(&side.fill, 2), [7 * 2048, 9 * 2048]);
     }
 }

@@ -27,11 +27,12 @@ use std::thread;
 
 use crate::dataplane::SwitchScratch;
 use crate::dataplane::{
-    push_iovecs, switch_host_frames, Delivery, Fabric, Frame, FrameBytes, HostEgress, Source,
+    push_iovecs, switch_host_frames, Delivery, Fabric, Frame, FrameBytes, HostEgress, HostIngress,
+    Source,
 };
 use crate::flow::rewrite::HeaderBuf;
 use crate::offload::{layout, Offload};
-use crate::port::{DropReason, LinkState, Port, PortKind};
+use crate::port::{Doorbell, DropReason, LinkState, Port, PortKind};
 use crate::virtio::features::bit;
 use crate::virtio::net_header::NetHeader;
 use virtio_bindings::virtio_net::{
@@ -77,6 +78,7 @@ struct Unregister<'a>(&'a Fabric, &'a Port);
 impl Drop for Unregister<'_> {
     fn drop(&mut self) {
         self.0.set_host_egress(self.1.id, None);
+        self.0.set_host_ingress(self.1.id, None);
     }
 }
 
@@ -151,9 +153,12 @@ pub enum HostPortError {
 pub fn start(
     fabric: Arc<Fabric>,
     port: Arc<Port>,
+    doorbell: Arc<Doorbell>,
 ) -> Result<thread::JoinHandle<()>, HostPortError> {
     match port.kind {
-        PortKind::Afpacket | PortKind::Afxdp => Uplink::open(&port, &fabric)?.start(fabric, port),
+        PortKind::Afpacket | PortKind::Afxdp => {
+            Uplink::open(&port, &fabric, doorbell)?.start(fabric, port)
+        }
         _ => InternalPort::open(&port)?.start(fabric, port),
     }
 }
@@ -215,13 +220,19 @@ impl Attachment {
     }
 }
 
-/// An uplink: an existing interface, through AF_XDP sockets or an AF_PACKET socket.
+/// An uplink: an existing interface, through AF_XDP sockets or an AF_PACKET socket. An
+/// AF_PACKET socket is read by the port's own thread; AF_XDP rings are served by the
+/// dataplane workers (`HostIngress`), and the port's thread only watches the link.
 pub struct Uplink {
-    /// Replaced when the interface is deleted and comes back (the dataplane loads it per
-    /// group, without a lock).
-    attachment: arc_swap::ArcSwap<Attachment>,
+    /// Replaced when the interface is deleted and comes back, None in between (the
+    /// dataplane loads it per group, without a lock).
+    attachment: arc_swap::ArcSwapOption<Attachment>,
     dev: String,
     max_frame: u32,
+    /// Changes with the attachment (what the workers wait on).
+    generation: std::sync::atomic::AtomicU64,
+    /// Rung when the attachment changes, so sleeping workers wait on the new sockets.
+    doorbell: Arc<Doorbell>,
 }
 
 /// Hands out tap queues to dataplane threads.
@@ -236,7 +247,11 @@ thread_local! {
 }
 
 impl Uplink {
-    pub fn open(port: &Port, fabric: &Fabric) -> Result<Uplink, HostPortError> {
+    pub fn open(
+        port: &Port,
+        fabric: &Fabric,
+        doorbell: Arc<Doorbell>,
+    ) -> Result<Uplink, HostPortError> {
         let dev = port.config.interface_name().to_string();
         let attachment = Attachment::open(port, &dev)?;
         let mtu = afpacket::mtu_of(&dev).unwrap_or(1500);
@@ -261,9 +276,11 @@ impl Uplink {
         port.set_attachment(how);
         port.set_host_queues(attachment.queues());
         Ok(Uplink {
-            attachment: arc_swap::ArcSwap::from_pointee(attachment),
+            attachment: arc_swap::ArcSwapOption::from_pointee(attachment),
             dev,
             max_frame: mtu + L2_OVERHEAD,
+            generation: std::sync::atomic::AtomicU64::new(0),
+            doorbell,
         })
     }
 
@@ -275,6 +292,8 @@ impl Uplink {
         let me = Arc::new(self);
         let dev = me.dev.clone();
         fabric.set_host_egress(port.id, Some(me.clone()));
+        fabric.set_host_ingress(port.id, Some(me.clone()));
+        me.doorbell.ring();
         thread::Builder::new()
             .name(format!("uplink-{}", port.id))
             .spawn({
@@ -288,27 +307,45 @@ impl Uplink {
             })
             .map_err(|source| {
                 fabric.set_host_egress(port.id, None);
+                fabric.set_host_ingress(port.id, None);
                 HostPortError::Thread { dev, source }
             })
     }
 
-    /// The interface was deleted and an interface of its name is back: a new attachment
-    /// to it (the old one is bound to what was deleted and receives nothing). The old one
-    /// goes to `retired`, so that the last reference (and the close, which waits for the
-    /// kernel) is dropped by this thread, never by a dataplane thread. False while the
-    /// uplink is not attached to the interface of its name.
-    fn reattach(&self, port: &Port, retired: &mut Vec<Arc<Attachment>>) -> bool {
-        if !self.attachment.load().stale() {
+    /// A new attachment (or none) for the workers to wait on.
+    fn attachment_changed(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.doorbell.ring();
+    }
+
+    /// Keeps the uplink attached to the interface of its name. When the interface was
+    /// deleted and one of its name is back (the old attachment is bound to what was deleted
+    /// and receives nothing), the old attachment is first taken out of the dataplane's
+    /// reach and dropped by this thread once no dataplane thread uses it any more (its
+    /// close waits for the kernel, and its XDP program and sockets would hold the new
+    /// interface's queues); then a new one is opened. False while not attached.
+    fn reattach(&self, port: &Port) -> bool {
+        if self.attachment.load().as_ref().is_some_and(|a| !a.stale()) {
             return true;
         }
-        // The old attachment lets go of the interface first: an XDP program and sockets
-        // on it would hold its queues.
-        retired.push(self.attachment.load_full());
+        if let Some(old) = self.attachment.swap(None) {
+            self.attachment_changed();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+            while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+                thread::sleep(std::time::Duration::from_millis(1));
+            }
+            drop(old);
+        }
+        if afpacket::ifindex(&self.dev).is_err() {
+            return false;
+        }
         match Attachment::open(port, &self.dev) {
             Ok(a) => {
                 let how = a.describe();
                 port.set_host_queues(a.queues());
-                self.attachment.store(Arc::new(a));
+                self.attachment.store(Some(Arc::new(a)));
+                self.attachment_changed();
                 log::info!(
                     "port {}: {} is back; uplink re-attached ({how})",
                     port.name,
@@ -331,11 +368,12 @@ impl Uplink {
         let mut scratch = SwitchScratch::default();
         let mut link = LinkWatch::new();
         let mut busy = false;
-        let mut retired = Vec::new();
         while !fabric.is_stopping() && !port.is_removed() {
-            link.check(port, &self.dev, || self.reattach(port, &mut retired));
-            retired.retain(|s| Arc::strong_count(s) > 1);
-            let attachment = self.attachment.load_full();
+            link.check(port, &self.dev, || self.reattach(port));
+            let Some(attachment) = self.attachment.load_full() else {
+                thread::sleep(std::time::Duration::from_millis(RX_WAIT_MS as u64));
+                continue;
+            };
             // While frames keep coming, the next batch is taken at once; the thread sleeps
             // in poll(2) only once a receive came back empty.
             busy = match &*attachment {
@@ -346,10 +384,13 @@ impl Uplink {
                     self.receive_packets(fabric, port, sock, &mut ring, &mut frames, &mut scratch)
                 }
                 Attachment::Xdp(x) => {
-                    if !busy && !x.wait_readable(RX_WAIT_MS) {
-                        continue;
-                    }
-                    x.receive(fabric, port, &mut frames, &mut scratch) > 0
+                    // The workers receive; frames a full send buffer left on a TX ring are
+                    // looked at again soon.
+                    let waiting = x.flush_tx(port);
+                    drop(attachment);
+                    let wait = if waiting { 1 } else { RX_WAIT_MS as u64 };
+                    thread::sleep(std::time::Duration::from_millis(wait));
+                    false
                 }
             };
         }
@@ -407,6 +448,29 @@ impl Uplink {
     }
 }
 
+impl HostIngress for Uplink {
+    fn receive(
+        &self,
+        fabric: &Fabric,
+        port: &Port,
+        frames: &mut Vec<Frame>,
+        scratch: &mut SwitchScratch,
+    ) -> usize {
+        match self.attachment.load().as_deref() {
+            Some(Attachment::Xdp(x)) => x.receive(fabric, port, frames, scratch) as usize,
+            // AF_PACKET: the port's thread receives.
+            _ => 0,
+        }
+    }
+
+    fn wait_fds(&self, out: &mut Vec<std::os::fd::RawFd>) -> u64 {
+        if let Some(Attachment::Xdp(x)) = self.attachment.load().as_deref() {
+            x.wait_fds(out);
+        }
+        self.generation.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 impl HostEgress for Uplink {
     fn transmit(
         &self,
@@ -416,12 +480,14 @@ impl HostEgress for Uplink {
         group: &[Delivery],
         headers: &[HeaderBuf],
     ) {
-        match &**self.attachment.load() {
-            Attachment::Xdp(x) => x.send(port, source, frames, group, headers),
-            Attachment::Packet(sock, _) => UPLINK_TX.with(|s| match s.try_borrow_mut() {
+        match self.attachment.load().as_deref() {
+            Some(Attachment::Xdp(x)) => x.send(port, source, frames, group, headers),
+            Some(Attachment::Packet(sock, _)) => UPLINK_TX.with(|s| match s.try_borrow_mut() {
                 Ok(mut s) => sock.send(port, source, frames, group, headers, &mut s),
                 Err(_) => port.counters.drop(DropReason::NoBuffer, group.len() as u64),
             }),
+            // Re-attaching: as a guest without buffers.
+            None => port.counters.drop(DropReason::NoBuffer, group.len() as u64),
         }
     }
 
@@ -431,9 +497,9 @@ impl HostEgress for Uplink {
 
     /// AF_PACKET takes the kernel's offloads; AF_XDP none (its frames leave finished).
     fn offloads(&self) -> u64 {
-        match &**self.attachment.load() {
-            Attachment::Packet(..) => TO_KERNEL,
-            Attachment::Xdp(_) => 0,
+        match self.attachment.load().as_deref() {
+            Some(Attachment::Packet(..)) => TO_KERNEL,
+            _ => 0,
         }
     }
 }
@@ -513,29 +579,31 @@ impl InternalPort {
         let mut frames: Vec<Frame> = Vec::with_capacity(RX_BATCH);
         let mut scratch = SwitchScratch::default();
         let mut link = LinkWatch::new();
+        let queues = self.tap.queues();
+        let mut queue = 0;
         while !fabric.is_stopping() && !port.is_removed() {
             link.check(port, self.tap.name(), || true);
             if !self.tap.wait_readable(RX_WAIT_MS) {
                 continue;
             }
             frames.clear();
-            // Each queue in turn, until a batch is full or all are empty.
-            let mut queue = 0;
+            // One frame from each queue in turn (the turn carries over from batch to
+            // batch), until a batch is full or every queue is empty.
             let mut empty = 0;
-            let queues = self.tap.queues();
             for i in 0..RX_BATCH {
                 let at = i * slot;
                 let got = loop {
-                    match self.tap.read(queue, &mut buf[at..at + slot]) {
+                    let got = self.tap.read(queue, &mut buf[at..at + slot]);
+                    queue = (queue + 1) % queues;
+                    match got {
                         Ok(Some(n)) => break Some(n),
                         Ok(None) => {}
                         Err(e) => {
                             port.log_bad_input(format_args!("reading {}: {e}", self.tap.name()));
                         }
                     }
-                    queue = (queue + 1) % queues;
                     empty += 1;
-                    if empty == queues {
+                    if empty >= queues {
                         break None;
                     }
                 };
