@@ -156,14 +156,25 @@ impl Fabric {
         id: crate::mac_table::PortId,
         ingress: Option<Arc<dyn HostIngress>>,
     ) {
+        self.set_slot(&self.host_ingress, id, ingress);
+    }
+
+    /// Sets slot `id` of a table by port number (a copy, published; changes serialised with
+    /// the port table's).
+    fn set_slot<T: ?Sized>(
+        &self,
+        table: &ArcSwap<Vec<Option<Arc<T>>>>,
+        id: crate::mac_table::PortId,
+        value: Option<Arc<T>>,
+    ) {
         let _serial = self.ports_update.lock().unwrap_or_else(|p| p.into_inner());
-        let mut table = Vec::clone(&self.host_ingress.load());
+        let mut copy = Vec::clone(&table.load());
         let i = usize::from(id);
-        if table.len() <= i {
-            table.resize(i + 1, None);
+        if copy.len() <= i {
+            copy.resize(i + 1, None);
         }
-        table[i] = ingress;
-        self.host_ingress.store(Arc::new(table));
+        copy[i] = value;
+        table.store(Arc::new(copy));
     }
 
     /// The receive side of `port` the workers serve, if it has one.
@@ -181,14 +192,7 @@ impl Fabric {
         id: crate::mac_table::PortId,
         egress: Option<Arc<dyn HostEgress>>,
     ) {
-        let _serial = self.ports_update.lock().unwrap_or_else(|p| p.into_inner());
-        let mut table = Vec::clone(&self.host_ports.load());
-        let i = usize::from(id);
-        if table.len() <= i {
-            table.resize(i + 1, None);
-        }
-        table[i] = egress;
-        self.host_ports.store(Arc::new(table));
+        self.set_slot(&self.host_ports, id, egress);
     }
 
     /// Where frames for `port` go if it is behind the host's kernel (the tunnel or an
