@@ -36,6 +36,9 @@ fn port(
         mac_limit: None,
         offloads: None,
         queue_pairs: None,
+        allowed_macs: Vec::new(),
+        allowed_ips: Vec::new(),
+        dhcp_server: false,
     }
 }
 

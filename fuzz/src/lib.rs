@@ -165,6 +165,9 @@ impl InProcessSwitch {
             mac_limit: None,
             offloads: None,
             queue_pairs: None,
+            allowed_macs: Vec::new(),
+            allowed_ips: Vec::new(),
+            dhcp_server: false,
         };
         vec![
             port("p0", "access", Some(10), None),

@@ -320,7 +320,17 @@ pub fn parse_port_flag(spec: &str) -> Result<PortConfig, ConfigError> {
             Some((k, v)) => pairs.push((k.trim().to_string(), v.trim().to_string())),
             None => match pairs.last_mut() {
                 // A bare piece continues the previous value (trunks=10,20-29).
-                Some((k, v)) if k == "trunks" || k == "offloads" => {
+                Some((k, v))
+                    if matches!(
+                        k.as_str(),
+                        "trunks"
+                            | "offloads"
+                            | "allowed-macs"
+                            | "allowed_macs"
+                            | "allowed-ips"
+                            | "allowed_ips"
+                    ) =>
+                {
                     v.push(',');
                     v.push_str(piece.trim());
                 }
@@ -364,6 +374,19 @@ pub fn parse_port_flag(spec: &str) -> Result<PortConfig, ConfigError> {
             "vlan-mode" | "vlan_mode" => port.vlan_mode = Some(v),
             "trunks" => port.trunks = Some(v),
             "offloads" => port.offloads = Some(v),
+            "allowed-macs" | "allowed_macs" => {
+                port.allowed_macs = v.split(',').map(|s| s.trim().to_string()).collect()
+            }
+            "allowed-ips" | "allowed_ips" => {
+                port.allowed_ips = v.split(',').map(|s| s.trim().to_string()).collect()
+            }
+            "dhcp-server" | "dhcp_server" => {
+                port.dhcp_server = match v.as_str() {
+                    "true" | "yes" | "1" => true,
+                    "false" | "no" | "0" => false,
+                    _ => return Err(err(format!("dhcp-server '{v}' is not true or false"))),
+                }
+            }
             "queue-pairs" | "queue_pairs" => {
                 port.queue_pairs = Some(
                     v.parse()
@@ -500,6 +523,26 @@ trunks = "10,20-30"
         assert_eq!(c.ports[1].kind, PortKind::Afxdp);
         let spec = parse_port_flag("name=h,type=internal,vlan=20").unwrap();
         assert_eq!((spec.kind, spec.vlan), (PortKind::Internal, Some(20)));
+    }
+
+    #[test]
+    fn port_security_parses_from_flags_and_files_and_is_checked() {
+        let p = parse_port_flag(
+            "name=a,socket=/tmp/a.sock,allowed-macs=52:54:00:00:0a:01,\
+             allowed-ips=10.0.0.1,fd00::/64,dhcp-server=true",
+        )
+        .unwrap();
+        assert_eq!(p.allowed_macs, ["52:54:00:00:0a:01"]);
+        assert_eq!(p.allowed_ips, ["10.0.0.1", "fd00::/64"]);
+        assert!(p.dhcp_server);
+        let toml = "[[port]]\nname = \"a\"\nsocket = \"/tmp/a.sock\"\n\
+                    allowed_ips = [\"10.0.0.0/24\"]\n";
+        let c = Config::from_toml(Path::new("t.toml"), toml).unwrap();
+        assert_eq!(c.ports[0].allowed_ips, ["10.0.0.0/24"]);
+        let e = Config::from_toml(Path::new("t.toml"), &toml.replace("/24", "/40"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`allowed_ips`") && e.contains("0-32"), "{e}");
     }
 
     #[test]

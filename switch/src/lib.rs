@@ -25,6 +25,7 @@ pub mod mac_table;
 pub mod metrics;
 pub mod offload;
 pub mod port;
+pub mod port_security;
 pub mod switch;
 pub mod tunnel;
 pub mod virtio;

@@ -7,7 +7,14 @@ use std::path::Path;
 
 /// Layers from the bottom. A module not listed is a failure (place it when adding it).
 const LAYERS: &[&[&str]] = &[
-    &["wire", "vlan", "mac_table", "virtio", "offload"],
+    &[
+        "wire",
+        "vlan",
+        "mac_table",
+        "virtio",
+        "offload",
+        "port_security",
+    ],
     &["port"],
     &["frame"],
     &["flow"],

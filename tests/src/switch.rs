@@ -58,6 +58,9 @@ pub fn port(
         mac_limit: None,
         offloads: None,
         queue_pairs: None,
+        allowed_macs: Vec::new(),
+        allowed_ips: Vec::new(),
+        dhcp_server: false,
     }
 }
 

@@ -32,6 +32,9 @@ fn client_port(name: &str, socket: &Path) -> PortConfig {
         mac_limit: None,
         offloads: None,
         queue_pairs: None,
+        allowed_macs: Vec::new(),
+        allowed_ips: Vec::new(),
+        dhcp_server: false,
     }
 }
 

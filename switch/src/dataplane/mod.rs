@@ -645,8 +645,19 @@ pub fn switch_frames(
 
     // Counted once per batch (see `PortCounters::count_rx`).
     let (mut rx_packets, mut rx_bytes) = (0u64, 0u64);
+    let security = ingress.security.as_deref();
     for (index, frame) in frames.iter().enumerate() {
         let frame_index = index as u16;
+        // Port security first: a spoofed frame is neither learned from nor matched.
+        if let Some(security) = security {
+            let mut prefix = [0u8; crate::port_security::PREFIX];
+            let n = source.read_prefix(frame, &mut prefix);
+            if let Err(v) = security.check(&prefix[..n]) {
+                ingress.counters.drop(DropReason::Spoofed, 1);
+                ingress.log_bad_input(format_args!("a frame refused: {}", v.describe()));
+                continue;
+            }
+        }
         if !use_flows {
             let Some(header) = source.l2_header(frame) else {
                 ingress.counters.drop(DropReason::Runt, 1);

@@ -31,10 +31,14 @@ pub enum DropReason {
     /// outside the frame, a gso_type the sender did not negotiate, gso_size 0, a super-frame
     /// whose headers are not TCP/UDP over IP (counted on the port that sent it).
     BadOffload,
+    /// A frame port security refused: a source MAC or IP, an ARP or neighbour discovery
+    /// claim, or a DHCP server reply the port is not allowed (counted on the port that
+    /// sent it).
+    Spoofed,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::NoBuffer,
         DropReason::BadDescriptor,
         DropReason::VlanFilter,
@@ -43,6 +47,7 @@ impl DropReason {
         DropReason::Hairpin,
         DropReason::DoubleTagged,
         DropReason::BadOffload,
+        DropReason::Spoofed,
     ];
 
     /// The label used in metrics and flowctl.
@@ -56,6 +61,7 @@ impl DropReason {
             DropReason::Hairpin => "hairpin",
             DropReason::DoubleTagged => "double-tagged",
             DropReason::BadOffload => "bad-offload",
+            DropReason::Spoofed => "spoofed",
         }
     }
 

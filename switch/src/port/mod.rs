@@ -130,6 +130,18 @@ pub struct PortConfig {
     /// Queue pairs offered to the guest (virtio-net MQ), 1 to 64; default 8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_pairs: Option<u16>,
+    /// Port security: the only source MAC addresses the port may send from and announce in
+    /// ARP and neighbour discovery (default: any; `port_security.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_macs: Vec<String>,
+    /// Port security: the IPv4 and IPv6 prefixes the port may send from and claim in ARP
+    /// and neighbour advertisements (default: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_ips: Vec<String>,
+    /// Port security: the port may answer as a DHCP or DHCPv6 server (checked only on a
+    /// port with `allowed_macs` or `allowed_ips`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dhcp_server: bool,
 }
 
 /// A port configuration that does not make sense, with the field at fault.
@@ -163,6 +175,9 @@ impl PortConfig {
             mac_limit: None,
             offloads: None,
             queue_pairs: None,
+            allowed_macs: Vec::new(),
+            allowed_ips: Vec::new(),
+            dhcp_server: false,
         }
     }
 
@@ -299,6 +314,10 @@ impl PortConfig {
             return Err(err("mac_limit", "must be at least 1".into()));
         }
         self.offered_features()?;
+        crate::port_security::PortSecurity::new(&self.allowed_macs, &[], false)
+            .map_err(|m| err("allowed_macs", m))?;
+        crate::port_security::PortSecurity::new(&[], &self.allowed_ips, false)
+            .map_err(|m| err("allowed_ips", m))?;
         if let Some(n) = self.queue_pairs {
             if n == 0 || usize::from(n) > MAX_QUEUE_PAIRS {
                 return Err(err(
@@ -556,6 +575,8 @@ pub struct Port {
     pub mac: Option<EthernetAddress>,
     /// The virtio features offered to this port's frontends.
     pub offered_features: u64,
+    /// What the port may send as (port security); None: no checks.
+    pub security: Option<Arc<crate::port_security::PortSecurity>>,
     vlan: ArcSwap<VlanMode>,
     pub counters: PortCounters,
     /// Most addresses the learning table keeps behind this port (set by the switch).
@@ -584,6 +605,16 @@ impl Port {
     pub fn new(id: PortId, config: PortConfig) -> Result<Self, PortConfigError> {
         let (vlan, mac) = config.validate()?;
         let offered_features = config.offered_features()?;
+        let security = crate::port_security::PortSecurity::new(
+            &config.allowed_macs,
+            &config.allowed_ips,
+            config.dhcp_server,
+        )
+        .map_err(|message| PortConfigError {
+            field: "allowed_ips",
+            message,
+        })?
+        .map(Arc::new);
         let initial = match config.mode {
             ConnectMode::Server => LinkState::Listening,
             ConnectMode::Client => LinkState::Connecting,
@@ -595,6 +626,7 @@ impl Port {
             config,
             mac,
             offered_features,
+            security,
             vlan: ArcSwap::from_pointee(vlan),
             counters: PortCounters::default(),
             mac_limit: std::sync::atomic::AtomicUsize::new(usize::MAX),
@@ -628,6 +660,7 @@ impl Port {
             },
             mac: None,
             offered_features: 0,
+            security: None,
             vlan: ArcSwap::from_pointee(VlanMode::Trunk { allowed: vlans }),
             counters: PortCounters::default(),
             mac_limit: std::sync::atomic::AtomicUsize::new(usize::MAX),
@@ -859,6 +892,7 @@ impl Port {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            security: self.security.as_ref().map(|s| s.describe()),
         }
     }
 }
@@ -887,4 +921,7 @@ pub struct PortInfo {
     /// Why the port's connection last failed (a dataplane panic, a memory fault), if ever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// Port security, as configured: what the port may send as (None: anything).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<String>,
 }

@@ -1,0 +1,530 @@
+//! Port security: what a guest may claim to be (Neutron's port security, a cloud's
+//! anti-spoofing), checked on every frame a port sends, before the switch learns its source
+//! or runs the flow tables, so a spoofed address never enters the MAC table.
+//!
+//! A port with `allowed_macs` sends only from those addresses, and its ARP and neighbour
+//! discovery may announce only them. With `allowed_ips` it sends IPv4 and IPv6 only from those
+//! prefixes (plus what address configuration needs: 0.0.0.0 for DHCP and ARP probes, :: for
+//! duplicate address detection, and the EUI-64 link-local address of each allowed MAC), and
+//! its ARP replies and neighbour advertisements may claim only those addresses. A port with
+//! either list may not answer as a DHCP or DHCPv6 server unless `dhcp_server` is set. Other
+//! EtherTypes are held to the source MAC only.
+//!
+//! The checks read the frame's first [`PREFIX`] bytes (one copy per frame, only on ports with
+//! the setting); an IPv6 packet whose upper-layer header is not found within them is refused.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::wire::{ethertype, EthernetAddress, L2Header};
+
+/// Bytes of a frame the checks look at.
+pub const PREFIX: usize = 128;
+
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+const ETHERTYPE_ARP: u16 = 0x0806;
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_IPV6: u16 = 0x86dd;
+
+/// An address prefix: `10.0.0.0/24`, `fd00::1` (a single address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpPrefix {
+    addr: IpAddr,
+    len: u8,
+}
+
+impl IpPrefix {
+    pub fn parse(s: &str) -> Result<IpPrefix, String> {
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{s}' is not an IP address or prefix"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            Some(l) => l
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|&l| l <= max)
+                .ok_or_else(|| format!("'{s}': prefix length must be 0-{max}"))?,
+            None => max,
+        };
+        Ok(IpPrefix { addr, len })
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(p), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(p) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(p), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                u128::from(p) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for IpPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// Why a frame was refused, for the port's log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Violation {
+    SourceMac,
+    ArpSender,
+    SourceIp,
+    NeighbourAdvertisement,
+    NeighbourLinkAddress,
+    DhcpServer,
+    UnparsedIpv6,
+}
+
+impl Violation {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Violation::SourceMac => "a source MAC address not allowed on the port",
+            Violation::ArpSender => "an ARP sender address not allowed on the port",
+            Violation::SourceIp => "a source IP address not allowed on the port",
+            Violation::NeighbourAdvertisement => {
+                "a neighbour advertisement for an address not allowed on the port"
+            }
+            Violation::NeighbourLinkAddress => {
+                "a neighbour discovery link-layer address not allowed on the port"
+            }
+            Violation::DhcpServer => "a DHCP server reply from a port that is not a DHCP server",
+            Violation::UnparsedIpv6 => "an IPv6 packet whose headers could not be followed",
+        }
+    }
+}
+
+/// One port's rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSecurity {
+    /// Empty: any source MAC.
+    macs: Vec<EthernetAddress>,
+    /// Empty: any IP source.
+    ips: Vec<IpPrefix>,
+    /// The EUI-64 link-local address of each allowed MAC.
+    link_locals: Vec<Ipv6Addr>,
+    dhcp_server: bool,
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn ipv4(b: &[u8], at: usize) -> Option<Ipv4Addr> {
+    let o: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
+    Some(Ipv4Addr::from(o))
+}
+
+fn ipv6(b: &[u8], at: usize) -> Option<Ipv6Addr> {
+    let o: [u8; 16] = b.get(at..at + 16)?.try_into().ok()?;
+    Some(Ipv6Addr::from(o))
+}
+
+/// The EUI-64 link-local address a host derives from `mac` (RFC 4291, appendix A).
+fn link_local(mac: EthernetAddress) -> Ipv6Addr {
+    let m = mac.0;
+    Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        m[0] ^ 0x02,
+        m[1],
+        m[2],
+        0xff,
+        0xfe,
+        m[3],
+        m[4],
+        m[5],
+    ])
+}
+
+impl PortSecurity {
+    /// The rules of a port's settings; None when it has neither list (no checks at all).
+    pub fn new(
+        macs: &[String],
+        ips: &[String],
+        dhcp_server: bool,
+    ) -> Result<Option<PortSecurity>, String> {
+        if macs.is_empty() && ips.is_empty() {
+            return Ok(None);
+        }
+        let macs = macs
+            .iter()
+            .map(|m| {
+                let mac: EthernetAddress = m
+                    .parse()
+                    .map_err(|_| format!("'{m}' is not a MAC address"))?;
+                if mac.0[0] & 1 != 0 {
+                    return Err(format!("'{m}' is a multicast address"));
+                }
+                Ok(mac)
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let ips = ips
+            .iter()
+            .map(|p| IpPrefix::parse(p))
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Some(PortSecurity {
+            link_locals: macs.iter().map(|&m| link_local(m)).collect(),
+            macs,
+            ips,
+            dhcp_server,
+        }))
+    }
+
+    /// For `flowctl show port`: `macs 52:54:00:00:0a:01; ips 10.0.0.1/32; no DHCP server`.
+    pub fn describe(&self) -> String {
+        let list = |v: Vec<String>| {
+            if v.is_empty() {
+                "any".to_string()
+            } else {
+                v.join(" ")
+            }
+        };
+        format!(
+            "macs {}; ips {}; {}",
+            list(self.macs.iter().map(|m| m.to_string()).collect()),
+            list(self.ips.iter().map(|p| p.to_string()).collect()),
+            if self.dhcp_server {
+                "may serve DHCP"
+            } else {
+                "no DHCP server"
+            }
+        )
+    }
+
+    fn mac_allowed(&self, mac: &[u8]) -> bool {
+        self.macs.is_empty() || self.macs.iter().any(|m| m.0[..] == *mac)
+    }
+
+    fn ip_allowed(&self, ip: IpAddr) -> bool {
+        self.ips.is_empty()
+            || self.ips.iter().any(|p| p.contains(ip))
+            || matches!(ip, IpAddr::V6(a) if self.link_locals.contains(&a))
+    }
+
+    /// Checks the start of a frame (up to [`PREFIX`] bytes of it).
+    pub fn check(&self, frame: &[u8]) -> Result<(), Violation> {
+        // Shorter than an Ethernet header: a runt, refused as one further on.
+        let Some(src) = frame.get(6..12).filter(|_| frame.len() >= 14) else {
+            return Ok(());
+        };
+        if !self.mac_allowed(src) {
+            return Err(Violation::SourceMac);
+        }
+        // A tag cut short: nothing behind it to check (the frame path takes the frame's L2
+        // header as it can).
+        let Ok(l2) = L2Header::parse(frame) else {
+            return Ok(());
+        };
+        let l3 = &frame[l2.len().min(frame.len())..];
+        match l2.ethertype {
+            ETHERTYPE_ARP => self.check_arp(l3),
+            ETHERTYPE_IPV4 => self.check_ipv4(l3),
+            ETHERTYPE_IPV6 => self.check_ipv6(l3),
+            t if ethertype::is_vlan_tag(t) => Ok(()), // refused as stacked further on
+            _ => Ok(()),
+        }
+    }
+
+    fn check_arp(&self, arp: &[u8]) -> Result<(), Violation> {
+        // Ethernet/IPv4 ARP: sender MAC at 8, sender IP at 14.
+        if be16(arp, 0) != Some(1) || be16(arp, 2) != Some(ETHERTYPE_IPV4) {
+            return Ok(());
+        }
+        let (Some(sha), Some(spa)) = (arp.get(8..14), ipv4(arp, 14)) else {
+            return Err(Violation::ArpSender);
+        };
+        // 0.0.0.0: a probe before an address is taken (RFC 5227).
+        if !self.mac_allowed(sha) || !(spa.is_unspecified() || self.ip_allowed(IpAddr::V4(spa))) {
+            return Err(Violation::ArpSender);
+        }
+        Ok(())
+    }
+
+    fn check_ipv4(&self, ip: &[u8]) -> Result<(), Violation> {
+        let Some(&vihl) = ip.first() else {
+            return Ok(());
+        };
+        let ihl = usize::from(vihl & 0x0f) * 4;
+        let proto = ip.get(9).copied();
+        let ports = (proto == Some(IPPROTO_UDP))
+            .then(|| Some((be16(ip, ihl)?, be16(ip, ihl + 2)?)))
+            .flatten();
+        if ports == Some((67, 68)) && !self.dhcp_server {
+            return Err(Violation::DhcpServer);
+        }
+        let Some(src) = ipv4(ip, 12) else {
+            return Ok(());
+        };
+        // 0.0.0.0 to a DHCP server: a client without an address yet.
+        if !(self.ip_allowed(IpAddr::V4(src)) || src.is_unspecified() && ports == Some((68, 67))) {
+            return Err(Violation::SourceIp);
+        }
+        Ok(())
+    }
+
+    fn check_ipv6(&self, ip: &[u8]) -> Result<(), Violation> {
+        let Some(src) = ipv6(ip, 8) else {
+            return Ok(());
+        };
+        // ::: duplicate address detection, before an address is taken (RFC 4862).
+        if !(src.is_unspecified() || self.ip_allowed(IpAddr::V6(src))) {
+            return Err(Violation::SourceIp);
+        }
+        // Follow the extension headers to the upper layer (a neighbour advertisement behind
+        // a destination options header must not get through unchecked).
+        let mut next = ip.get(6).copied().ok_or(Violation::UnparsedIpv6)?;
+        let mut at = 40;
+        for _ in 0..8 {
+            match next {
+                // Hop-by-hop, routing, destination options: (next, length in 8 bytes - 1).
+                0 | 43 | 60 => {
+                    let len = usize::from(*ip.get(at + 1).ok_or(Violation::UnparsedIpv6)?);
+                    next = *ip.get(at).ok_or(Violation::UnparsedIpv6)?;
+                    at += (len + 1) * 8;
+                }
+                // Fragment: only the first fragment has the upper-layer header.
+                44 => {
+                    let offset = be16(ip, at + 2).ok_or(Violation::UnparsedIpv6)? >> 3;
+                    if offset != 0 {
+                        return Ok(());
+                    }
+                    next = *ip.get(at).ok_or(Violation::UnparsedIpv6)?;
+                    at += 8;
+                }
+                _ => break,
+            }
+        }
+        let upper = ip.get(at..).unwrap_or(&[]);
+        match next {
+            IPPROTO_ICMPV6 => self.check_icmpv6(upper),
+            IPPROTO_UDP => match (be16(upper, 0), be16(upper, 2)) {
+                (Some(547), Some(546)) if !self.dhcp_server => Err(Violation::DhcpServer),
+                (Some(_), Some(_)) => Ok(()),
+                _ => Err(Violation::UnparsedIpv6),
+            },
+            0 | 43 | 60 | 44 => Err(Violation::UnparsedIpv6),
+            _ => Ok(()),
+        }
+    }
+
+    /// Neighbour solicitations and advertisements: their link-layer address options, and
+    /// an advertisement's target.
+    fn check_icmpv6(&self, icmp: &[u8]) -> Result<(), Violation> {
+        let Some(&kind) = icmp.first() else {
+            return Err(Violation::UnparsedIpv6);
+        };
+        if kind != 135 && kind != 136 {
+            return Ok(());
+        }
+        if kind == 136 {
+            let target = ipv6(icmp, 8).ok_or(Violation::NeighbourAdvertisement)?;
+            if !self.ip_allowed(IpAddr::V6(target)) {
+                return Err(Violation::NeighbourAdvertisement);
+            }
+        }
+        // Options after the 24-byte message: (type, length in 8 bytes, data).
+        let mut at = 24;
+        while let (Some(&t), Some(&len)) = (icmp.get(at), icmp.get(at + 1)) {
+            if len == 0 {
+                return Err(Violation::NeighbourLinkAddress);
+            }
+            if t == 1 || t == 2 {
+                let mac = icmp
+                    .get(at + 2..at + 8)
+                    .ok_or(Violation::NeighbourLinkAddress)?;
+                if !self.mac_allowed(mac) {
+                    return Err(Violation::NeighbourLinkAddress);
+                }
+            }
+            at += usize::from(len) * 8;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0x0a, 0x01];
+    const OTHER: [u8; 6] = [0x52, 0x54, 0, 0, 0x0a, 0x02];
+
+    fn rules(dhcp_server: bool) -> PortSecurity {
+        PortSecurity::new(
+            &["52:54:00:00:0a:01".into()],
+            &["10.0.0.1".into(), "fd00::/64".into()],
+            dhcp_server,
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    fn udp4(src_mac: [u8; 6], src: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(src_mac, [0xff; 6])
+            .ipv4(src, [10, 0, 0, 9], 64)
+            .udp(sport, dport)
+            .write(&mut f, &[1, 2, 3])
+            .unwrap();
+        f
+    }
+
+    fn arp(sha: [u8; 6], spa: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&MAC);
+        f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 2]);
+        f.extend_from_slice(&sha);
+        f.extend_from_slice(&spa);
+        f.extend_from_slice(&[0; 10]);
+        f
+    }
+
+    /// A neighbour advertisement for `target` with a target link-layer option `tll`,
+    /// behind `ext` extension header bytes (a destination options header, or none).
+    fn na(src: Ipv6Addr, target: Ipv6Addr, tll: [u8; 6], dest_opts: bool) -> Vec<u8> {
+        let mut icmp = vec![136, 0, 0, 0, 0x60, 0, 0, 0];
+        icmp.extend_from_slice(&target.octets());
+        icmp.extend_from_slice(&[2, 1]);
+        icmp.extend_from_slice(&tll);
+        let mut payload = Vec::new();
+        let next = if dest_opts {
+            payload.extend_from_slice(&[58, 0, 1, 4, 0, 0, 0, 0]);
+            60
+        } else {
+            58
+        };
+        payload.extend_from_slice(&icmp);
+        let mut f = vec![0x33, 0x33, 0, 0, 0, 1];
+        f.extend_from_slice(&MAC);
+        f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        f.extend_from_slice(&[next, 255]);
+        f.extend_from_slice(&src.octets());
+        f.extend_from_slice(&"ff02::1".parse::<Ipv6Addr>().unwrap().octets());
+        f.extend_from_slice(&payload);
+        f
+    }
+
+    #[test]
+    fn prefixes_parse_and_contain() {
+        let p = IpPrefix::parse("10.0.0.0/24").unwrap();
+        assert!(p.contains("10.0.0.200".parse().unwrap()));
+        assert!(!p.contains("10.0.1.1".parse().unwrap()));
+        assert!(!p.contains("::1".parse().unwrap()));
+        assert!(IpPrefix::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("1.2.3.4".parse().unwrap()));
+        assert!(IpPrefix::parse("10.0.0.0/33").is_err());
+        assert!(IpPrefix::parse("ten").is_err());
+        assert_eq!(
+            IpPrefix::parse("fd00::1").unwrap().to_string(),
+            "fd00::1/128"
+        );
+    }
+
+    #[test]
+    fn no_lists_means_no_checks_and_bad_entries_are_named() {
+        assert_eq!(PortSecurity::new(&[], &[], false), Ok(None));
+        let e = PortSecurity::new(&["01:00:5e:00:00:01".into()], &[], false).unwrap_err();
+        assert!(e.contains("multicast"), "{e}");
+        let e = PortSecurity::new(&[], &["10.0.0.300".into()], false).unwrap_err();
+        assert!(e.contains("10.0.0.300"), "{e}");
+    }
+
+    #[test]
+    fn the_source_mac_and_ip_must_be_allowed() {
+        let r = rules(false);
+        assert_eq!(r.check(&udp4(MAC, [10, 0, 0, 1], 1000, 53)), Ok(()));
+        assert_eq!(
+            r.check(&udp4(OTHER, [10, 0, 0, 1], 1000, 53)),
+            Err(Violation::SourceMac)
+        );
+        assert_eq!(
+            r.check(&udp4(MAC, [10, 0, 0, 2], 1000, 53)),
+            Err(Violation::SourceIp)
+        );
+        // A DHCP client without an address yet.
+        assert_eq!(r.check(&udp4(MAC, [0, 0, 0, 0], 68, 67)), Ok(()));
+        assert_eq!(
+            r.check(&udp4(MAC, [0, 0, 0, 0], 1000, 53)),
+            Err(Violation::SourceIp)
+        );
+    }
+
+    #[test]
+    fn arp_may_announce_only_the_ports_addresses() {
+        let r = rules(false);
+        assert_eq!(r.check(&arp(MAC, [10, 0, 0, 1])), Ok(()));
+        assert_eq!(r.check(&arp(MAC, [0, 0, 0, 0])), Ok(()), "a probe");
+        assert_eq!(r.check(&arp(MAC, [10, 0, 0, 7])), Err(Violation::ArpSender));
+        assert_eq!(
+            r.check(&arp(OTHER, [10, 0, 0, 1])),
+            Err(Violation::ArpSender)
+        );
+        assert_eq!(
+            r.check(&arp(MAC, [10, 0, 0, 1])[..30]),
+            Err(Violation::ArpSender),
+            "cut short"
+        );
+    }
+
+    #[test]
+    fn dhcp_server_replies_only_from_a_dhcp_server_port() {
+        assert_eq!(
+            rules(false).check(&udp4(MAC, [10, 0, 0, 1], 67, 68)),
+            Err(Violation::DhcpServer)
+        );
+        assert_eq!(rules(true).check(&udp4(MAC, [10, 0, 0, 1], 67, 68)), Ok(()));
+    }
+
+    #[test]
+    fn neighbour_advertisements_are_held_to_the_ports_addresses() {
+        let r = rules(false);
+        let mine: Ipv6Addr = "fd00::1".parse().unwrap();
+        let theirs: Ipv6Addr = "fd01::1".parse().unwrap();
+        let ll = link_local(EthernetAddress(MAC));
+        assert_eq!(ll, "fe80::5054:ff:fe00:a01".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(r.check(&na(mine, mine, MAC, false)), Ok(()));
+        assert_eq!(r.check(&na(ll, ll, MAC, false)), Ok(()), "its link-local");
+        assert_eq!(
+            r.check(&na(mine, theirs, MAC, false)),
+            Err(Violation::NeighbourAdvertisement)
+        );
+        assert_eq!(
+            r.check(&na(mine, theirs, MAC, true)),
+            Err(Violation::NeighbourAdvertisement),
+            "behind a destination options header"
+        );
+        assert_eq!(
+            r.check(&na(mine, mine, OTHER, false)),
+            Err(Violation::NeighbourLinkAddress)
+        );
+        assert_eq!(
+            r.check(&na(theirs, mine, MAC, false)),
+            Err(Violation::SourceIp)
+        );
+    }
+}

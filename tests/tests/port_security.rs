@@ -1,0 +1,111 @@
+//! Port security: a guest whose port allows one MAC and one IP sends as itself and reaches
+//! its neighbour; from another MAC or IP, with an ARP reply or a neighbour advertisement
+//! claiming another guest's address, or with a DHCP server reply, it reaches nobody, the
+//! spoofed source is never learned, and its port counts each refusal. Its neighbour, whose
+//! port has no such settings, is held to nothing, and keeps its traffic.
+
+use etherparse::PacketBuilder;
+use patchbay_switch::wire::EthernetAddress;
+use patchbay_tests::frames::{mac, BROADCAST};
+use patchbay_tests::switch::{
+    access, connect, drops, forwards, nothing, send_done, start_switch, TestDir,
+};
+
+const A_IP: [u8; 4] = [10, 0, 0, 1];
+const B_IP: [u8; 4] = [10, 0, 0, 2];
+
+fn udp(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(src, [10, 0, 0, 255], 64)
+        .udp(sport, dport)
+        .write(&mut f, &[0x42; 32])
+        .unwrap();
+    f
+}
+
+fn arp_reply(sha: [u8; 6], spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4]) -> Vec<u8> {
+    let mut f = tha.to_vec();
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 2]);
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&spa);
+    f.extend_from_slice(&tha);
+    f.extend_from_slice(&tpa);
+    f.resize(60, 0);
+    f
+}
+
+#[test]
+fn a_port_sends_only_as_the_addresses_it_is_allowed() {
+    let dir = TestDir::new("port-security");
+    let mut guarded = access(&dir.path, "a", 10);
+    guarded.allowed_macs = vec!["02:00:00:00:00:01".into()];
+    guarded.allowed_ips = vec!["10.0.0.1/32".into()];
+    let d = start_switch(&dir.path, vec![guarded, access(&dir.path, "b", 10)], |_| {});
+    let mut a = connect(&dir, "a");
+    let mut b = connect(&dir, "b");
+    let spoofed = |reason| drops(&d, "a", reason);
+    assert_eq!(
+        d.switch
+            .port_by_name("a")
+            .unwrap()
+            .info()
+            .security
+            .as_deref(),
+        Some("macs 02:00:00:00:00:01; ips 10.0.0.1/32; no DHCP server")
+    );
+    assert_eq!(d.switch.port_by_name("b").unwrap().info().security, None);
+
+    // As itself, a reaches b, and b reaches a.
+    forwards(&mut a, &mut b, &udp(mac(1), BROADCAST, A_IP, 1000, 53));
+    forwards(&mut a, &mut b, &arp_reply(mac(1), A_IP, mac(2), B_IP));
+    forwards(&mut b, &mut a, &udp(mac(2), mac(1), B_IP, 53, 1000));
+    assert_eq!(spoofed("spoofed"), 0);
+
+    // Each of these is refused and counted, and reaches nobody.
+    let attacks = [
+        ("another source MAC", udp(mac(9), BROADCAST, A_IP, 1000, 53)),
+        ("b's MAC", udp(mac(2), BROADCAST, A_IP, 1000, 53)),
+        ("another source IP", udp(mac(1), BROADCAST, B_IP, 1000, 53)),
+        (
+            "an ARP reply claiming b's address",
+            arp_reply(mac(1), B_IP, mac(2), B_IP),
+        ),
+        ("a DHCP server reply", udp(mac(1), BROADCAST, A_IP, 67, 68)),
+    ];
+    for (i, (what, f)) in attacks.iter().enumerate() {
+        send_done(&mut a, f);
+        assert!(nothing(&mut b), "{what} reached b");
+        assert_eq!(spoofed("spoofed"), i as u64 + 1, "{what} counted");
+    }
+
+    // The spoofed sources were never learned: b's address is still behind b, and the
+    // made-up one behind nobody.
+    let now = d.switch.fabric().mac_table.now();
+    let table = &d.switch.fabric().mac_table;
+    let b_port = d.switch.port_by_name("b").unwrap().id;
+    assert_eq!(table.lookup(10, EthernetAddress(mac(2)), now), Some(b_port));
+    assert_eq!(table.lookup(10, EthernetAddress(mac(9)), now), None);
+    // And the neighbour's traffic still flows both ways.
+    forwards(&mut b, &mut a, &udp(mac(2), mac(1), B_IP, 53, 1001));
+    forwards(&mut a, &mut b, &udp(mac(1), mac(2), A_IP, 1001, 53));
+}
+
+#[test]
+fn bad_port_security_settings_are_refused_by_field() {
+    let dir = TestDir::new("port-security-config");
+    let mut p = access(&dir.path, "a", 10);
+    p.allowed_ips = vec!["10.0.0.300".into()];
+    let e = patchbay_switch::port::Port::new(1, p)
+        .err()
+        .expect("refused");
+    assert_eq!(e.field, "allowed_ips");
+    assert!(e.message.contains("10.0.0.300"), "{e}");
+    let mut p = access(&dir.path, "a", 10);
+    p.allowed_macs = vec!["ff:ff:ff:ff:ff:ff".into()];
+    let e = patchbay_switch::port::Port::new(1, p)
+        .err()
+        .expect("refused");
+    assert_eq!(e.field, "allowed_macs");
+}
