@@ -222,7 +222,8 @@ write("decap", "vni1-from-known-vtep", bytes([10, 0, 0, 3]) + vx + tcp_frame())
 write("decap", "vni0-from-unknown", bytes([192, 0, 2, 9]) + struct.pack("!BBBBI", 0x08, 0, 0, 0, 0) + udp_frame())
 write("decap", "bad-flags", bytes([10, 0, 0, 2]) + struct.pack("!BBBBI", 0x00, 0, 0, 0, 0) + udp_frame())
 
-# --- port_security: the start of a frame from the port (MAC 52:54:00:00:00:01, 10.0.0.1) -----
+# --- port_security: a flags byte (bit 0: a checksum offload follows, start and offset as two
+# little-endian u16), then the start of a frame from the port (52:54:00:00:00:01, 10.0.0.1) --
 def arp_reply(spa):
     mac = bytes([0x52, 0x54, 0, 0, 0, 1])
     return (bytes([0xFF] * 6) + mac + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 2)
@@ -240,8 +241,9 @@ def neighbour_advert(target, dest_opts=False):
     return bytes([0x33, 0x33, 0, 0, 0, 1]) + mac + b"\x86\xdd" + ip6 + payload
 
 
-write("port_security", "udp-own", udp_frame()[:6] + bytes([0x52, 0x54, 0, 0, 0, 1]) + udp_frame()[12:])
-write("port_security", "arp-own", arp_reply([10, 0, 0, 1]))
-write("port_security", "arp-spoof", arp_reply([10, 0, 0, 2]))
-write("port_security", "na-own", neighbour_advert(bytes([0xFD] + [0] * 14 + [1])))
-write("port_security", "na-spoof-behind-options", neighbour_advert(bytes([0xFD, 1] + [0] * 13 + [1]), True))
+write("port_security", "udp-own", b"\0" + udp_frame()[:6] + bytes([0x52, 0x54, 0, 0, 0, 1]) + udp_frame()[12:])
+write("port_security", "arp-own", b"\0" + arp_reply([10, 0, 0, 1]))
+write("port_security", "arp-spoof", b"\0" + arp_reply([10, 0, 0, 2]))
+write("port_security", "na-own", b"\0" + neighbour_advert(bytes([0xFD] + [0] * 14 + [1])))
+write("port_security", "na-spoof-behind-options", b"\0" + neighbour_advert(bytes([0xFD, 1] + [0] * 13 + [1]), True))
+write("port_security", "udp-own-csum", b"\1" + struct.pack("<HH", 34, 6) + udp_frame()[:6] + bytes([0x52, 0x54, 0, 0, 0, 1]) + udp_frame()[12:])

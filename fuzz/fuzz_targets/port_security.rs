@@ -1,4 +1,5 @@
-//! Port security on arbitrary frames: the input is the start of a frame a guest sent. Checks
+//! Port security on arbitrary frames: the input is a checksum offload request (optional) and
+//! the start of a frame a guest sent. Checks
 //! that nothing panics, and that a frame whose source MAC is not the port's is never let
 //! through (whatever follows the addresses).
 
@@ -25,8 +26,18 @@ fn rules() -> &'static PortSecurity {
 }
 
 fuzz_target!(|data: &[u8]| {
+    // A first byte with its low bit set: the next four are a checksum offload (start,
+    // offset), the rest the frame.
+    let (csum, data) = match data {
+        [flags, a, b, c, d, rest @ ..] if flags & 1 == 1 => (
+            Some((u16::from_le_bytes([*a, *b]), u16::from_le_bytes([*c, *d]))),
+            rest,
+        ),
+        [_, rest @ ..] => (None, rest),
+        [] => (None, data),
+    };
     let frame = &data[..data.len().min(PREFIX)];
-    let verdict = rules().check(frame);
+    let verdict = rules().check(frame, csum);
     if frame.len() >= 14 && frame[6..12] != MAC {
         assert_eq!(verdict, Err(Violation::SourceMac));
     }

@@ -5,21 +5,30 @@
 //! A port with `allowed_macs` sends only from those addresses, and its ARP and neighbour
 //! discovery may announce only them. With `allowed_ips` it sends IPv4 and IPv6 only from those
 //! prefixes (plus what address configuration needs: 0.0.0.0 for DHCP and ARP probes, :: for
-//! duplicate address detection, and the EUI-64 link-local address of each allowed MAC), and
-//! its ARP replies and neighbour advertisements may claim only those addresses. A port with
-//! either list may not answer as a DHCP or DHCPv6 server unless `dhcp_server` is set. Other
-//! EtherTypes are held to the source MAC only.
+//! neighbour discovery's duplicate address detection and MLD, and the EUI-64 link-local
+//! address of each allowed MAC), and its ARP and neighbour advertisements may claim only
+//! those addresses. A port with either list may not send DHCP or DHCPv6 server or relay
+//! replies unless `dhcp_server` is set, nor router advertisements or redirects, nor frames
+//! with a second VLAN tag, nor ARP other than Ethernet/IPv4. Other EtherTypes are held to the
+//! source MAC only.
 //!
-//! The checks read the frame's first [`PREFIX`] bytes (one copy per frame, only on ports with
-//! the setting); an IPv6 packet whose upper-layer header is not found within them is refused.
+//! The checks read the frame's first [`PREFIX`] bytes, one copy per frame on ports with the
+//! setting, and that copy is what leaves the switch (the frame path sends it in place of the
+//! guest's bytes), so a guest cannot change what was checked after the check. A checksum
+//! offload may only fill the TCP or UDP checksum the checks found (otherwise it could write
+//! two bytes anywhere). An IPv6 packet whose upper layer, or a neighbour discovery message
+//! that does not end, within the prefix is refused.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::wire::{ethertype, EthernetAddress, L2Header};
 
-/// Bytes of a frame the checks look at.
-pub const PREFIX: usize = 128;
+/// Bytes of a frame the checks look at: the most the frame path can send from its own copy
+/// (an Ethernet header with a tag, IPv4 with 40 bytes of options or IPv6 with a neighbour
+/// discovery message and two options, and a transport header).
+pub const PREFIX: usize = 18 + 60 + 20;
 
+const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMPV6: u8 = 58;
 const ETHERTYPE_ARP: u16 = 0x0806;
@@ -89,6 +98,9 @@ pub enum Violation {
     NeighbourLinkAddress,
     DhcpServer,
     UnparsedIpv6,
+    RouterAdvertisement,
+    StackedTag,
+    ChecksumOffload,
 }
 
 impl Violation {
@@ -104,7 +116,14 @@ impl Violation {
                 "a neighbour discovery link-layer address not allowed on the port"
             }
             Violation::DhcpServer => "a DHCP server reply from a port that is not a DHCP server",
-            Violation::UnparsedIpv6 => "an IPv6 packet whose headers could not be followed",
+            Violation::UnparsedIpv6 => {
+                "an IPv6 packet or neighbour discovery message that could not be followed"
+            }
+            Violation::RouterAdvertisement => "a router advertisement or redirect",
+            Violation::StackedTag => "a second VLAN tag",
+            Violation::ChecksumOffload => {
+                "a checksum offload outside the frame's TCP or UDP checksum"
+            }
         }
     }
 }
@@ -223,8 +242,9 @@ impl PortSecurity {
             || matches!(ip, IpAddr::V6(a) if self.link_locals.contains(&a))
     }
 
-    /// Checks the start of a frame (up to [`PREFIX`] bytes of it).
-    pub fn check(&self, frame: &[u8]) -> Result<(), Violation> {
+    /// Checks the start of a frame (up to [`PREFIX`] bytes of it) and, if it asks for one,
+    /// its checksum offload (where the sum starts, and the field's offset from there).
+    pub fn check(&self, frame: &[u8], csum: Option<(u16, u16)>) -> Result<(), Violation> {
         // Shorter than an Ethernet header: a runt, refused as one further on.
         let Some(src) = frame.get(6..12).filter(|_| frame.len() >= 14) else {
             return Ok(());
@@ -237,20 +257,37 @@ impl PortSecurity {
         let Ok(l2) = L2Header::parse(frame) else {
             return Ok(());
         };
-        let l3 = &frame[l2.len().min(frame.len())..];
-        match l2.ethertype {
-            ETHERTYPE_ARP => self.check_arp(l3),
-            ETHERTYPE_IPV4 => self.check_ipv4(l3),
-            ETHERTYPE_IPV6 => self.check_ipv6(l3),
-            t if ethertype::is_vlan_tag(t) => Ok(()), // refused as stacked further on
-            _ => Ok(()),
+        let at = l2.len().min(frame.len());
+        let l3 = &frame[at..];
+        // Where the transport header is, and its protocol, if the frame has one to check.
+        let l4 = match l2.ethertype {
+            ETHERTYPE_ARP => self.check_arp(l3).map(|()| None)?,
+            ETHERTYPE_IPV4 => self.check_ipv4(l3)?,
+            ETHERTYPE_IPV6 => self.check_ipv6(l3)?,
+            t if ethertype::is_vlan_tag(t) => return Err(Violation::StackedTag),
+            _ => None,
+        };
+        if let Some((start, offset)) = csum {
+            let field = match l4 {
+                Some((l4_at, IPPROTO_TCP)) => Some((at + l4_at, 16)),
+                Some((l4_at, IPPROTO_UDP)) => Some((at + l4_at, 6)),
+                _ => None,
+            };
+            if field != Some((usize::from(start), usize::from(offset))) {
+                return Err(Violation::ChecksumOffload);
+            }
         }
+        Ok(())
     }
 
     fn check_arp(&self, arp: &[u8]) -> Result<(), Violation> {
-        // Ethernet/IPv4 ARP: sender MAC at 8, sender IP at 14.
-        if be16(arp, 0) != Some(1) || be16(arp, 2) != Some(ETHERTYPE_IPV4) {
-            return Ok(());
+        // Only Ethernet/IPv4 ARP (Linux also takes hardware type 6, IEEE 802, on Ethernet):
+        // sender MAC at 8, sender IP at 14.
+        if be16(arp, 0) != Some(1)
+            || be16(arp, 2) != Some(ETHERTYPE_IPV4)
+            || arp.get(4..6) != Some(&[6, 4])
+        {
+            return Err(Violation::ArpSender);
         }
         let (Some(sha), Some(spa)) = (arp.get(8..14), ipv4(arp, 14)) else {
             return Err(Violation::ArpSender);
@@ -262,40 +299,47 @@ impl PortSecurity {
         Ok(())
     }
 
-    fn check_ipv4(&self, ip: &[u8]) -> Result<(), Violation> {
-        let Some(&vihl) = ip.first() else {
-            return Ok(());
+    /// The transport header's offset and protocol, if this is the first (or only)
+    /// fragment.
+    fn check_ipv4(&self, ip: &[u8]) -> Result<Option<(usize, u8)>, Violation> {
+        let (Some(&vihl), Some(&proto), Some(frag), Some(src)) =
+            (ip.first(), ip.get(9), be16(ip, 6), ipv4(ip, 12))
+        else {
+            return Ok(None); // cut short: nothing behind it
         };
         let ihl = usize::from(vihl & 0x0f) * 4;
-        let proto = ip.get(9).copied();
-        let ports = (proto == Some(IPPROTO_UDP))
+        let first_fragment = frag & 0x1fff == 0;
+        let ports = (first_fragment && proto == IPPROTO_UDP)
             .then(|| Some((be16(ip, ihl)?, be16(ip, ihl + 2)?)))
             .flatten();
-        if ports == Some((67, 68)) && !self.dhcp_server {
+        // Server and relay replies (a relay answers from 67 to 67).
+        if matches!(ports, Some((67, 68 | 67))) && !self.dhcp_server {
             return Err(Violation::DhcpServer);
         }
-        let Some(src) = ipv4(ip, 12) else {
-            return Ok(());
-        };
         // 0.0.0.0 to a DHCP server: a client without an address yet.
         if !(self.ip_allowed(IpAddr::V4(src)) || src.is_unspecified() && ports == Some((68, 67))) {
             return Err(Violation::SourceIp);
         }
-        Ok(())
+        Ok((first_fragment && ihl >= 20).then_some((ihl, proto)))
     }
 
-    fn check_ipv6(&self, ip: &[u8]) -> Result<(), Violation> {
-        let Some(src) = ipv6(ip, 8) else {
-            return Ok(());
+    /// The transport header's offset and protocol, if the packet has one here.
+    fn check_ipv6(&self, ip: &[u8]) -> Result<Option<(usize, u8)>, Violation> {
+        let (Some(src), Some(payload_len), Some(&first_next)) =
+            (ipv6(ip, 8), be16(ip, 4), ip.get(6))
+        else {
+            return Ok(None); // cut short: nothing behind it
         };
-        // ::: duplicate address detection, before an address is taken (RFC 4862).
         if !(src.is_unspecified() || self.ip_allowed(IpAddr::V6(src))) {
             return Err(Violation::SourceIp);
         }
+        // The packet's end, as far as this copy holds it.
+        let end = (40 + usize::from(payload_len)).min(ip.len());
         // Follow the extension headers to the upper layer (a neighbour advertisement behind
         // a destination options header must not get through unchecked).
-        let mut next = ip.get(6).copied().ok_or(Violation::UnparsedIpv6)?;
+        let mut next = first_next;
         let mut at = 40;
+        let mut fragment = false;
         for _ in 0..8 {
             match next {
                 // Hop-by-hop, routing, destination options: (next, length in 8 bytes - 1).
@@ -308,35 +352,61 @@ impl PortSecurity {
                 44 => {
                     let offset = be16(ip, at + 2).ok_or(Violation::UnparsedIpv6)? >> 3;
                     if offset != 0 {
-                        return Ok(());
+                        // The rest of a packet whose first fragment was checked (or not
+                        // sent): nothing to check. Unspecified sources only for ICMPv6.
+                        return if src.is_unspecified() {
+                            Err(Violation::SourceIp)
+                        } else {
+                            Ok(None)
+                        };
                     }
+                    fragment = true;
                     next = *ip.get(at).ok_or(Violation::UnparsedIpv6)?;
                     at += 8;
                 }
                 _ => break,
             }
         }
-        let upper = ip.get(at..).unwrap_or(&[]);
+        let upper = ip.get(at..end).unwrap_or(&[]);
+        // ::: neighbour discovery and MLD before an address is taken (RFC 4862, 3810).
+        if src.is_unspecified() && next != IPPROTO_ICMPV6 {
+            return Err(Violation::SourceIp);
+        }
         match next {
-            IPPROTO_ICMPV6 => self.check_icmpv6(upper),
+            IPPROTO_ICMPV6 => {
+                // Neighbour discovery and router messages are never fragmented (RFC 6980).
+                if fragment && upper.first().is_some_and(|t| (133..=137).contains(t)) {
+                    return Err(Violation::UnparsedIpv6);
+                }
+                let whole = 40 + usize::from(payload_len) <= ip.len();
+                self.check_icmpv6(upper, whole)?;
+                Ok(Some((at, IPPROTO_ICMPV6)))
+            }
             IPPROTO_UDP => match (be16(upper, 0), be16(upper, 2)) {
-                (Some(547), Some(546)) if !self.dhcp_server => Err(Violation::DhcpServer),
-                (Some(_), Some(_)) => Ok(()),
+                (Some(547), Some(546 | 547)) if !self.dhcp_server => Err(Violation::DhcpServer),
+                (Some(_), Some(_)) => Ok(Some((at, IPPROTO_UDP))),
                 _ => Err(Violation::UnparsedIpv6),
             },
             0 | 43 | 60 | 44 => Err(Violation::UnparsedIpv6),
-            _ => Ok(()),
+            _ => Ok(Some((at, next))),
         }
     }
 
-    /// Neighbour solicitations and advertisements: their link-layer address options, and
-    /// an advertisement's target.
-    fn check_icmpv6(&self, icmp: &[u8]) -> Result<(), Violation> {
+    /// Router advertisements and redirects are refused; neighbour solicitations and
+    /// advertisements are held to the port's addresses in their link-layer address options
+    /// and (an advertisement) target. `whole`: the message ends within the bytes read.
+    fn check_icmpv6(&self, icmp: &[u8], whole: bool) -> Result<(), Violation> {
         let Some(&kind) = icmp.first() else {
             return Err(Violation::UnparsedIpv6);
         };
-        if kind != 135 && kind != 136 {
-            return Ok(());
+        match kind {
+            134 | 137 => return Err(Violation::RouterAdvertisement),
+            135 | 136 => {}
+            _ => return Ok(()),
+        }
+        // Options the copy does not hold could name any address.
+        if !whole {
+            return Err(Violation::UnparsedIpv6);
         }
         if kind == 136 {
             let target = ipv6(icmp, 8).ok_or(Violation::NeighbourAdvertisement)?;
@@ -346,7 +416,10 @@ impl PortSecurity {
         }
         // Options after the 24-byte message: (type, length in 8 bytes, data).
         let mut at = 24;
-        while let (Some(&t), Some(&len)) = (icmp.get(at), icmp.get(at + 1)) {
+        while at < icmp.len() {
+            let (Some(&t), Some(&len)) = (icmp.get(at), icmp.get(at + 1)) else {
+                return Err(Violation::NeighbourLinkAddress);
+            };
             if len == 0 {
                 return Err(Violation::NeighbourLinkAddress);
             }
@@ -368,6 +441,13 @@ impl PortSecurity {
 mod tests {
     use super::*;
     use etherparse::PacketBuilder;
+
+    impl PortSecurity {
+        /// `check` of a frame without a checksum offload.
+        fn plain(&self, frame: &[u8]) -> Result<(), Violation> {
+            self.check(frame, None)
+        }
+    }
 
     const MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0x0a, 0x01];
     const OTHER: [u8; 6] = [0x52, 0x54, 0, 0, 0x0a, 0x02];
@@ -417,15 +497,7 @@ mod tests {
             58
         };
         payload.extend_from_slice(&icmp);
-        let mut f = vec![0x33, 0x33, 0, 0, 0, 1];
-        f.extend_from_slice(&MAC);
-        f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
-        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-        f.extend_from_slice(&[next, 255]);
-        f.extend_from_slice(&src.octets());
-        f.extend_from_slice(&"ff02::1".parse::<Ipv6Addr>().unwrap().octets());
-        f.extend_from_slice(&payload);
-        f
+        v6(src, next, &payload)
     }
 
     #[test]
@@ -457,19 +529,19 @@ mod tests {
     #[test]
     fn the_source_mac_and_ip_must_be_allowed() {
         let r = rules(false);
-        assert_eq!(r.check(&udp4(MAC, [10, 0, 0, 1], 1000, 53)), Ok(()));
+        assert_eq!(r.plain(&udp4(MAC, [10, 0, 0, 1], 1000, 53)), Ok(()));
         assert_eq!(
-            r.check(&udp4(OTHER, [10, 0, 0, 1], 1000, 53)),
+            r.plain(&udp4(OTHER, [10, 0, 0, 1], 1000, 53)),
             Err(Violation::SourceMac)
         );
         assert_eq!(
-            r.check(&udp4(MAC, [10, 0, 0, 2], 1000, 53)),
+            r.plain(&udp4(MAC, [10, 0, 0, 2], 1000, 53)),
             Err(Violation::SourceIp)
         );
         // A DHCP client without an address yet.
-        assert_eq!(r.check(&udp4(MAC, [0, 0, 0, 0], 68, 67)), Ok(()));
+        assert_eq!(r.plain(&udp4(MAC, [0, 0, 0, 0], 68, 67)), Ok(()));
         assert_eq!(
-            r.check(&udp4(MAC, [0, 0, 0, 0], 1000, 53)),
+            r.plain(&udp4(MAC, [0, 0, 0, 0], 1000, 53)),
             Err(Violation::SourceIp)
         );
     }
@@ -477,15 +549,15 @@ mod tests {
     #[test]
     fn arp_may_announce_only_the_ports_addresses() {
         let r = rules(false);
-        assert_eq!(r.check(&arp(MAC, [10, 0, 0, 1])), Ok(()));
-        assert_eq!(r.check(&arp(MAC, [0, 0, 0, 0])), Ok(()), "a probe");
-        assert_eq!(r.check(&arp(MAC, [10, 0, 0, 7])), Err(Violation::ArpSender));
+        assert_eq!(r.plain(&arp(MAC, [10, 0, 0, 1])), Ok(()));
+        assert_eq!(r.plain(&arp(MAC, [0, 0, 0, 0])), Ok(()), "a probe");
+        assert_eq!(r.plain(&arp(MAC, [10, 0, 0, 7])), Err(Violation::ArpSender));
         assert_eq!(
-            r.check(&arp(OTHER, [10, 0, 0, 1])),
+            r.plain(&arp(OTHER, [10, 0, 0, 1])),
             Err(Violation::ArpSender)
         );
         assert_eq!(
-            r.check(&arp(MAC, [10, 0, 0, 1])[..30]),
+            r.plain(&arp(MAC, [10, 0, 0, 1])[..30]),
             Err(Violation::ArpSender),
             "cut short"
         );
@@ -494,10 +566,10 @@ mod tests {
     #[test]
     fn dhcp_server_replies_only_from_a_dhcp_server_port() {
         assert_eq!(
-            rules(false).check(&udp4(MAC, [10, 0, 0, 1], 67, 68)),
+            rules(false).plain(&udp4(MAC, [10, 0, 0, 1], 67, 68)),
             Err(Violation::DhcpServer)
         );
-        assert_eq!(rules(true).check(&udp4(MAC, [10, 0, 0, 1], 67, 68)), Ok(()));
+        assert_eq!(rules(true).plain(&udp4(MAC, [10, 0, 0, 1], 67, 68)), Ok(()));
     }
 
     #[test]
@@ -507,24 +579,107 @@ mod tests {
         let theirs: Ipv6Addr = "fd01::1".parse().unwrap();
         let ll = link_local(EthernetAddress(MAC));
         assert_eq!(ll, "fe80::5054:ff:fe00:a01".parse::<Ipv6Addr>().unwrap());
-        assert_eq!(r.check(&na(mine, mine, MAC, false)), Ok(()));
-        assert_eq!(r.check(&na(ll, ll, MAC, false)), Ok(()), "its link-local");
+        assert_eq!(r.plain(&na(mine, mine, MAC, false)), Ok(()));
+        assert_eq!(r.plain(&na(ll, ll, MAC, false)), Ok(()), "its link-local");
         assert_eq!(
-            r.check(&na(mine, theirs, MAC, false)),
+            r.plain(&na(mine, theirs, MAC, false)),
             Err(Violation::NeighbourAdvertisement)
         );
         assert_eq!(
-            r.check(&na(mine, theirs, MAC, true)),
+            r.plain(&na(mine, theirs, MAC, true)),
             Err(Violation::NeighbourAdvertisement),
             "behind a destination options header"
         );
         assert_eq!(
-            r.check(&na(mine, mine, OTHER, false)),
+            r.plain(&na(mine, mine, OTHER, false)),
             Err(Violation::NeighbourLinkAddress)
         );
         assert_eq!(
-            r.check(&na(theirs, mine, MAC, false)),
+            r.plain(&na(theirs, mine, MAC, false)),
             Err(Violation::SourceIp)
         );
+    }
+
+    /// An IPv6 frame from the port's MAC: `src`, next header `next`, `payload`.
+    fn v6(src: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x33, 0x33, 0, 0, 0, 1];
+        f.extend_from_slice(&MAC);
+        f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        f.extend_from_slice(&[next, 255]);
+        f.extend_from_slice(&src.octets());
+        f.extend_from_slice(&"ff02::1".parse::<Ipv6Addr>().unwrap().octets());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn router_advertisements_arp_of_other_kinds_and_stacked_tags_are_refused() {
+        let r = rules(false);
+        let ll = link_local(EthernetAddress(MAC));
+        for kind in [134, 137] {
+            let mut f = na(ll, ll, MAC, false);
+            f[54] = kind;
+            assert_eq!(
+                r.plain(&f),
+                Err(Violation::RouterAdvertisement),
+                "type {kind}"
+            );
+        }
+        let mut f = arp(MAC, [10, 0, 0, 1]);
+        f[15] = 6; // hardware type IEEE 802, which Linux takes on Ethernet too
+        assert_eq!(r.plain(&f), Err(Violation::ArpSender));
+        let own = udp4(MAC, [10, 0, 0, 1], 67, 68);
+        let mut stacked = own[..12].to_vec();
+        stacked.extend_from_slice(&[0x81, 0, 0, 10, 0x81, 0, 0, 0]);
+        stacked.extend_from_slice(&own[12..]);
+        assert_eq!(r.plain(&stacked), Err(Violation::StackedTag));
+        let mut s_tag = own[..12].to_vec();
+        s_tag.extend_from_slice(&[0x88, 0xa8, 0, 20]);
+        s_tag.extend_from_slice(&own[12..]);
+        assert_eq!(r.plain(&s_tag), Err(Violation::StackedTag));
+    }
+
+    #[test]
+    fn a_checksum_offload_may_only_fill_the_transport_checksum() {
+        let r = rules(false);
+        let f = udp4(MAC, [10, 0, 0, 1], 1000, 53);
+        assert_eq!(r.check(&f, Some((34, 6))), Ok(()), "UDP's checksum");
+        assert_eq!(
+            r.check(&f, Some((34, 0))),
+            Err(Violation::ChecksumOffload),
+            "over the source port"
+        );
+        assert_eq!(r.check(&f, Some((14, 10))), Err(Violation::ChecksumOffload));
+        assert_eq!(
+            r.check(&arp(MAC, [10, 0, 0, 1]), Some((28, 2))),
+            Err(Violation::ChecksumOffload)
+        );
+    }
+
+    #[test]
+    fn neighbour_discovery_must_be_whole_and_unfragmented() {
+        let r = rules(false);
+        let mine: Ipv6Addr = "fd00::1".parse().unwrap();
+        let f = na(mine, mine, MAC, false);
+        assert_eq!(r.plain(&f), Ok(()));
+        // The copy ends before the message does: options past it could name anyone.
+        assert_eq!(r.plain(&f[..f.len() - 4]), Err(Violation::UnparsedIpv6));
+        // A first fragment carrying a neighbour advertisement.
+        let icmp = &f[54..];
+        let mut frag = vec![58, 0, 0, 1, 0, 0, 0, 7];
+        frag.extend_from_slice(icmp);
+        assert_eq!(r.plain(&v6(mine, 44, &frag)), Err(Violation::UnparsedIpv6));
+        // The unspecified source: a solicitation for duplicate address detection, not UDP.
+        let mut ns = vec![135, 0, 0, 0, 0, 0, 0, 0];
+        ns.extend_from_slice(&mine.octets());
+        assert_eq!(r.plain(&v6(Ipv6Addr::UNSPECIFIED, 58, &ns)), Ok(()));
+        let udp = [0x12, 0x34, 0, 53, 0, 8, 0, 0];
+        assert_eq!(
+            r.plain(&v6(Ipv6Addr::UNSPECIFIED, 17, &udp)),
+            Err(Violation::SourceIp)
+        );
+        let relay = [2, 0x23, 2, 0x23, 0, 8, 0, 0];
+        assert_eq!(r.plain(&v6(mine, 17, &relay)), Err(Violation::DhcpServer));
     }
 }

@@ -571,6 +571,9 @@ pub fn receive_host(
     ingress.receive(fabric, port, &mut scratch.frames, &mut scratch.switch)
 }
 
+// Port security checks what the frame path sends from its own copy, and no more.
+const _: () = assert!(crate::port_security::PREFIX == REWRITE_BYTES);
+
 /// [`switch_frames`] for frames in a host buffer (from the tunnel, an internal port, an
 /// uplink), under the port's panic guard: a panic is counted and shown on the port, and the
 /// receiving thread goes on with fresh scratch (there is no connection to fail).
@@ -648,18 +651,26 @@ pub fn switch_frames(
     let security = ingress.security.as_deref();
     for (index, frame) in frames.iter().enumerate() {
         let frame_index = index as u16;
-        // Port security first: a spoofed frame is neither learned from nor matched.
+        // Port security first: a spoofed frame is neither learned from nor matched. The
+        // frame's first bytes are copied once, checked, and leave from that copy (as the
+        // frame's header), so the guest cannot change them after the check.
+        let mut checked = [0u8; REWRITE_BYTES];
+        let mut checked_len = 0;
         if let Some(security) = security {
-            let mut prefix = [0u8; crate::port_security::PREFIX];
-            let n = source.read_prefix(frame, &mut prefix);
-            if let Err(v) = security.check(&prefix[..n]) {
+            checked_len = source.read_prefix(frame, &mut checked);
+            let csum = frame.offload.csum.map(|c| (c.start, c.offset));
+            if let Err(v) = security.check(&checked[..checked_len], csum) {
                 ingress.counters.drop(DropReason::Spoofed, 1);
                 ingress.log_bad_input(format_args!("a frame refused: {}", v.describe()));
                 continue;
             }
         }
         if !use_flows {
-            let Some(header) = source.l2_header(frame) else {
+            let header = match security {
+                Some(_) => L2Header::parse(&checked[..checked_len]).ok(),
+                None => source.l2_header(frame),
+            };
+            let Some(header) = header else {
                 ingress.counters.drop(DropReason::Runt, 1);
                 continue;
             };
@@ -671,12 +682,19 @@ pub fn switch_frames(
             };
             rx_packets += 1;
             rx_bytes += u64::from(frame.len);
-            normal.forward(frame_index, &header, class, None, deliveries, headers);
+            let base = security.map(|_| HeaderBuf::new(&checked[..checked_len]));
+            normal.forward(frame_index, &header, class, base, deliveries, headers);
             continue;
         }
 
-        let mut prefix = [0u8; REWRITE_BYTES];
-        let n = source.read_prefix(frame, &mut prefix);
+        let (prefix, n) = match security {
+            Some(_) => (checked, checked_len),
+            None => {
+                let mut prefix = [0u8; REWRITE_BYTES];
+                let n = source.read_prefix(frame, &mut prefix);
+                (prefix, n)
+            }
+        };
         if n < 14 {
             ingress.counters.drop(DropReason::Runt, 1);
             continue;
@@ -744,7 +762,8 @@ pub fn switch_frames(
                     let Some(class) = classify(ingress, &ingress_view, frame, &header) else {
                         continue;
                     };
-                    let base = out.modified.then_some(out.header);
+                    // A secured port's frame leaves from the checked copy, modified or not.
+                    let base = (out.modified || security.is_some()).then_some(out.header);
                     normal.forward(frame_index, &header, class, base, deliveries, headers);
                 }
             }
