@@ -45,11 +45,18 @@ struct Bench {
 }
 
 fn bench(name: &str) -> Bench {
+    bench_with(name, |_| {})
+}
+
+/// [`bench`] with the sender's port settings changed by `tx_port`.
+fn bench_with(name: &str, tx_port: impl FnOnce(&mut PortConfig)) -> Bench {
     let dir = TestDir::new(name);
+    let mut tx_config = access(&dir.path, "tx", 10);
+    tx_port(&mut tx_config);
     let d = start_switch(
         &dir.path,
         vec![
-            access(&dir.path, "tx", 10),
+            tx_config,
             access(&dir.path, "whole", 10),
             access(&dir.path, "csum", 10),
             access(&dir.path, "plain", 10),
@@ -101,7 +108,22 @@ fn joined(frames: &[(NetHdr, Vec<u8>)]) -> Vec<u8> {
 
 #[test]
 fn tcp_super_frames_go_whole_or_in_segments_per_receiver() {
-    let mut b = bench("offl-tso");
+    tcp_super_frames(&mut bench("offl-tso"));
+}
+
+/// The same from a port with port security: its frames leave from the checked copy of
+/// their first bytes, which must not change what each receiver gets.
+#[test]
+fn tcp_super_frames_from_a_secured_port_go_whole_or_in_segments() {
+    let mut b = bench_with("offl-tso-sec", |p| {
+        p.allowed_macs = vec!["02:00:00:00:00:01".into()];
+        p.allowed_ips = vec!["10.0.0.1".into(), "fdfd:fdfd:fdfd:fdfd::/64".into()];
+    });
+    tcp_super_frames(&mut b);
+    assert!(b.d.switch.port_by_name("tx").unwrap().security.is_some());
+}
+
+fn tcp_super_frames(b: &mut Bench) {
     for ipv6 in [false, true] {
         let data = payload(20_000, ipv6 as u8);
         let f = ip_frame(mac(NOBODY), mac(1), ipv6, L4::Tcp, None, &data);
