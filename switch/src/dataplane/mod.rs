@@ -649,12 +649,14 @@ pub fn switch_frames(
     // Counted once per batch (see `PortCounters::count_rx`).
     let (mut rx_packets, mut rx_bytes) = (0u64, 0u64);
     let security = ingress.security.as_deref();
+    // Port security's copy of a frame's first bytes (once per batch: ports without it pay
+    // no per-frame clearing).
+    let mut checked = [0u8; REWRITE_BYTES];
     for (index, frame) in frames.iter().enumerate() {
         let frame_index = index as u16;
         // Port security first: a spoofed frame is neither learned from nor matched. The
         // frame's first bytes are copied once, checked, and leave from that copy (as the
         // frame's header), so the guest cannot change them after the check.
-        let mut checked = [0u8; REWRITE_BYTES];
         let mut checked_len = 0;
         if let Some(security) = security {
             checked_len = source.read_prefix(frame, &mut checked);
