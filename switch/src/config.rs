@@ -197,13 +197,13 @@ impl Config {
                 return Err(invalid(
                     start,
                     format!("[[port]] '{}'", port.name),
-                    match port.kind {
-                        PortKind::Internal | PortKind::Afpacket | PortKind::Afxdp => format!(
+                    match port.kind.is_host_device() {
+                        true => format!(
                             "field `interface`: device {} is already port '{}'",
                             port.interface_name(),
                             first.name
                         ),
-                        _ => format!(
+                        false => format!(
                             "field `socket`: {} is already port '{}'",
                             port.socket.display(),
                             first.name

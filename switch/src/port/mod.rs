@@ -559,11 +559,6 @@ impl PortKind {
             PortKind::Internal | PortKind::Afpacket | PortKind::Afxdp
         )
     }
-
-    /// An existing interface the switch attaches to (not one it creates).
-    pub fn is_uplink(&self) -> bool {
-        matches!(self, PortKind::Afpacket | PortKind::Afxdp)
-    }
 }
 
 /// One port of the switch.
