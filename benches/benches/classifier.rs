@@ -26,7 +26,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use patchbay_benches::env_or;
-use patchbay_switch::flow::classifier::{Classifier, ExactMatchCache, RuleId};
+use patchbay_switch::flow::classifier::{CacheKey, Classifier, ExactMatchCache, RuleId};
 use patchbay_switch::flow::key::consts;
 use patchbay_switch::flow::{Field, FlowKey, Match};
 
@@ -202,12 +202,16 @@ fn main() {
         let tss = measure(dur, rounds, &ks, |k| cls.lookup(k).map_or(0, |(id, _)| id));
         let mut emc = ExactMatchCache::<Option<RuleId>>::new(EMC_ENTRIES);
         let version = 1;
+        let words = cls.words();
         let with_emc = measure(dur, rounds, &ks, |k| {
-            let r = match emc.get(version, k) {
+            let Some(ck) = CacheKey::gather(0, k, words) else {
+                return cls.lookup(k).map_or(0, |(id, _)| id);
+            };
+            let r = match emc.get(version, &ck) {
                 Some(r) => r,
                 None => {
                     let r = cls.lookup(k).map(|(id, _)| id);
-                    emc.insert(version, k, r);
+                    emc.insert(version, &ck, r);
                     r
                 }
             };

@@ -9,12 +9,14 @@
 //! - `frame`: a frame in flight (where its bytes are, how its header changes, tunnel metadata).
 //! - `dataplane`: the frame path between ports.
 //! - `vlan`, `mac_table`: forwarding policy and state.
+//! - `flow`: OpenFlow-like flow tables; `conntrack`: the connections their `ct` action tracks.
 //! - `switch`: ports + table + background threads.
 //! - `worker`: the dataplane threads (poll or event mode, one loop).
 //! - `tunnel`: the VXLAN tunnel port's I/O (encapsulation and tables in `patchbay-overlay`).
 //! - `config`, `control`, `metrics`: how users configure, drive and observe it.
 
 pub mod config;
+pub mod conntrack;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;

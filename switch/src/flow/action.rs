@@ -60,4 +60,64 @@ pub enum Action {
     GotoTable(u8),
     /// `note:HEX...`: no effect; kept for dump-flows.
     Note(Vec<u8>),
+    /// `load:VALUE->DST[A..B]` (also `set_field:V->regN` on a whole register).
+    Load { dst: SubField, value: u64 },
+    /// `move:SRC[A..B]->DST[C..D]`
+    Move { src: SubField, dst: SubField },
+    /// `ct(...)`: connection tracking.
+    Ct(CtAction),
+    /// `ct_clear`: the packet becomes untracked again (every ct field 0).
+    CtClear,
+}
+
+/// Bits `ofs .. ofs + n_bits` of a field (`reg0[0..15]`, `NXM_OF_IN_PORT[]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SubField {
+    pub field: Field,
+    pub ofs: u8,
+    pub n_bits: u8,
+}
+
+impl SubField {
+    /// The whole field.
+    pub fn whole(field: Field) -> SubField {
+        SubField {
+            field,
+            ofs: 0,
+            n_bits: field.width() as u8,
+        }
+    }
+
+    /// The bits this subfield covers, in place in its field.
+    pub fn mask(&self) -> u64 {
+        let ones = if self.n_bits >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << self.n_bits) - 1
+        };
+        ones << self.ofs
+    }
+}
+
+/// Where `ct` puts a connection: a zone number, or one read from a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CtZone {
+    Value(u16),
+    Field(SubField),
+}
+
+/// `ct(commit, zone=Z, table=T, exec(set_field:V->ct_mark, set_field:V->ct_label))`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CtAction {
+    /// Store a new connection (and apply `exec`); without it a new connection is only
+    /// looked at.
+    pub commit: bool,
+    pub zone: CtZone,
+    /// Where the tracked copy of the packet continues (with the ct fields set); `None`:
+    /// nowhere (only `commit` has an effect).
+    pub table: Option<u8>,
+    /// `exec(set_field:V/M->ct_mark)`: (value, mask).
+    pub set_mark: Option<(u32, u32)>,
+    /// `exec(set_field:V/M->ct_label)`: (value, mask).
+    pub set_label: Option<(u128, u128)>,
 }

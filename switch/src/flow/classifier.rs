@@ -23,15 +23,15 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 use ahash::{AHashMap, RandomState};
 
-use super::key::{FlowKey, Match};
+use super::key::{FlowKey, Match, WordSet, KEY_WORDS};
 
 /// Identifies a rule in its [`Classifier`]. Increasing in insertion order.
 pub type RuleId = u64;
 
-/// Secret per-table keys of [`hash_key`] (random, from ahash's `RandomState`, so that packets
+/// Secret per-table keys of [`hash_words`] (random, from ahash's `RandomState`, so that packets
 /// cannot be crafted to collide).
 #[derive(Clone, Copy)]
-struct Seeds([u64; 8]);
+struct Seeds([u64; KEY_WORDS + 3]);
 
 impl Seeds {
     fn random() -> Seeds {
@@ -46,15 +46,28 @@ fn folded_multiply(a: u64, b: u64) -> u64 {
     (p as u64) ^ ((p >> 64) as u64)
 }
 
-/// A 64-bit hash of a whole key: three independent multiplies of word pairs, then one to
-/// mix (a short dependency chain: this runs once per subtable per packet).
+/// A 64-bit hash of the words of `k` in `words`: independent multiplies of word pairs
+/// (a short dependency chain: this runs once per subtable per packet), then one to mix.
 #[inline(always)]
-fn hash_key(k: &FlowKey, seeds: &Seeds) -> u64 {
+fn hash_words(k: &FlowKey, words: WordSet, seeds: &Seeds) -> u64 {
     let (w, s) = (&k.0, &seeds.0);
-    let h = folded_multiply(w[0] ^ s[0], w[1] ^ s[1])
-        ^ folded_multiply(w[2] ^ s[2], w[3] ^ s[3])
-        ^ folded_multiply(w[4] ^ s[4], w[5] ^ s[5]);
-    folded_multiply(h ^ s[6], s[7])
+    let mut bits = words.0;
+    let mut acc = 0u64;
+    let mut j = 0;
+    while bits != 0 {
+        let a = bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        let b = if bits != 0 {
+            let b = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            w[b]
+        } else {
+            0
+        };
+        acc ^= folded_multiply(w[a] ^ s[j], b ^ s[j + 1]);
+        j += 2;
+    }
+    folded_multiply(acc ^ s[KEY_WORDS + 1], s[KEY_WORDS + 2])
 }
 
 /// A key with its hash computed once, for the hash maps (which then hash only that word).
@@ -178,6 +191,8 @@ impl<T> Bucket<T> {
 #[derive(Clone)]
 struct Subtable<T> {
     mask: FlowKey,
+    /// The words `mask` uses: the only ones a lookup here masks and hashes.
+    words: WordSet,
     /// The highest priority of the rules here (the pruning bound).
     max_priority: u16,
     buckets: PreHashedMap<Bucket<T>>,
@@ -189,6 +204,7 @@ impl<T> Subtable<T> {
     fn new(mask: FlowKey) -> Self {
         Subtable {
             mask,
+            words: WordSet::of(&mask),
             max_priority: 0,
             buckets: Default::default(),
             priorities: BTreeMap::new(),
@@ -211,6 +227,8 @@ pub struct Classifier<T> {
     rules: AHashMap<RuleId, (Match, u16, T)>,
     next_id: RuleId,
     seeds: Seeds,
+    /// The union of the subtables' words (up to date once the order is).
+    words: WordSet,
     /// Set by the `*_unordered` changes: `subtables` is not in lookup order until
     /// [`Classifier::restore_order`].
     order_stale: bool,
@@ -230,16 +248,23 @@ impl<T: Clone> Classifier<T> {
             rules: AHashMap::default(),
             next_id: 1,
             seeds: Seeds::random(),
+            words: WordSet::default(),
             order_stale: false,
         }
     }
 
+    /// `key` hashed over `words` (which must hold every non-zero word of it).
     #[inline(always)]
-    fn hkey(&self, key: FlowKey) -> HKey {
+    fn hkey(&self, key: FlowKey, words: WordSet) -> HKey {
         HKey {
-            hash: hash_key(&key, &self.seeds),
+            hash: hash_words(&key, words, &self.seeds),
             key,
         }
+    }
+
+    /// The words any rule's mask uses: two keys equal in these get the same lookup result.
+    pub fn words(&self) -> WordSet {
+        self.words
     }
 
     pub fn len(&self) -> usize {
@@ -283,8 +308,10 @@ impl<T: Clone> Classifier<T> {
             value: m.value.masked(&m.mask),
             mask: m.mask,
         };
-        let mask = self.hkey(m.mask);
-        let value = self.hkey(m.value);
+        let words = WordSet::of(&m.mask);
+        let mask = self.hkey(m.mask, WordSet::ALL);
+        let value = self.hkey(m.value, words);
+        self.words = self.words.union(words);
         let idx = match self.by_mask.get(&mask) {
             Some(&i) => i,
             None => {
@@ -327,9 +354,9 @@ impl<T: Clone> Classifier<T> {
     /// [`Classifier::insert_unordered`]).
     pub fn remove_unordered(&mut self, id: RuleId) -> Option<(Match, u16, T)> {
         let (m, priority, _) = self.rules.remove(&id)?;
-        let mask = self.hkey(m.mask);
+        let mask = self.hkey(m.mask, WordSet::ALL);
         let idx = self.by_mask[&mask];
-        let value = self.hkey(m.value);
+        let value = self.hkey(m.value, WordSet::of(&m.mask));
         let st = &mut self.subtables[idx];
         let bucket = st.buckets.get_mut(&value).expect("rule index out of sync");
         let entry = if bucket.rest.is_empty() {
@@ -350,7 +377,7 @@ impl<T: Clone> Classifier<T> {
             self.by_mask.remove(&mask);
             self.subtables.swap_remove(idx);
             if let Some(moved) = self.subtables.get(idx) {
-                let moved = self.hkey(moved.mask);
+                let moved = self.hkey(moved.mask, WordSet::ALL);
                 self.by_mask.insert(moved, idx);
             }
         }
@@ -365,8 +392,10 @@ impl<T: Clone> Classifier<T> {
         if !self.order_stale {
             return;
         }
+        self.words = WordSet::default();
         for st in &mut self.subtables {
             st.max_priority = st.priorities.keys().next_back().copied().unwrap_or(0);
+            self.words = self.words.union(st.words);
         }
         // Stable and keyed on the mask too, so the order does not depend on history.
         self.subtables.sort_by(|a, b| {
@@ -376,7 +405,7 @@ impl<T: Clone> Classifier<T> {
         });
         self.by_mask.clear();
         for i in 0..self.subtables.len() {
-            let mask = self.hkey(self.subtables[i].mask);
+            let mask = self.hkey(self.subtables[i].mask, WordSet::ALL);
             self.by_mask.insert(mask, i);
         }
         self.order_stale = false;
@@ -389,8 +418,10 @@ impl<T: Clone> Classifier<T> {
 
     /// The rule with exactly this match and priority (strict mod-flows/del-flows).
     pub fn find_exact(&self, m: &Match, priority: u16) -> Option<RuleId> {
-        let st = &self.subtables[*self.by_mask.get(&self.hkey(m.mask))?];
-        let bucket = st.buckets.get(&self.hkey(m.value.masked(&m.mask)))?;
+        let st = &self.subtables[*self.by_mask.get(&self.hkey(m.mask, WordSet::ALL))?];
+        let bucket = st
+            .buckets
+            .get(&self.hkey(m.value.masked_in(&m.mask, st.words), st.words))?;
         bucket.by_priority(priority).map(|e| e.id)
     }
 
@@ -406,7 +437,8 @@ impl<T: Clone> Classifier<T> {
                     break;
                 }
             }
-            if let Some(bucket) = st.buckets.get(&self.hkey(key.masked(&st.mask))) {
+            let masked = key.masked_in(&st.mask, st.words);
+            if let Some(bucket) = st.buckets.get(&self.hkey(masked, st.words)) {
                 let e = &bucket.best;
                 if best.is_none_or(|b| e.beats(b.priority, b.id)) {
                     best = Some(e);
@@ -424,14 +456,52 @@ impl<T: Clone> Classifier<T> {
     }
 }
 
+/// Words of a key an [`ExactMatchCache`] entry holds: a table whose masks use more words
+/// than this is looked up without the cache.
+pub const CACHE_WORDS: usize = 12;
+
+/// What an [`ExactMatchCache`] is keyed on: the words of a packet key that a table's
+/// masks use (gathered, in order), and a tag (the table), so entries stay small whatever
+/// the size of [`FlowKey`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct CacheKey {
+    tag: u64,
+    words: [u64; CACHE_WORDS],
+}
+
+impl CacheKey {
+    /// `key`'s words in `set`, tagged; `None` when `set` has more than [`CACHE_WORDS`].
+    #[inline]
+    pub fn gather(tag: u64, key: &FlowKey, set: WordSet) -> Option<CacheKey> {
+        if set.len() > CACHE_WORDS {
+            return None;
+        }
+        let mut words = [0u64; CACHE_WORDS];
+        for (slot, i) in words.iter_mut().zip(set.iter()) {
+            *slot = key.0[i];
+        }
+        Some(CacheKey { tag, words })
+    }
+
+    #[inline(always)]
+    fn hash(&self, seeds: &Seeds) -> u64 {
+        let (w, s) = (&self.words, &seeds.0);
+        let mut acc = folded_multiply(self.tag ^ s[0], s[1]);
+        for i in (0..CACHE_WORDS).step_by(2) {
+            acc ^= folded_multiply(w[i] ^ s[i + 2], w[i + 1] ^ s[i + 3]);
+        }
+        folded_multiply(acc ^ s[CACHE_WORDS + 2], s[CACHE_WORDS + 3])
+    }
+}
+
 #[derive(Clone, Copy)]
 struct CacheEntry<V> {
     version: u64,
-    key: FlowKey,
+    key: CacheKey,
     value: V,
 }
 
-/// Maps a full [`FlowKey`] plus a version number to a cached result: a bounded 2-way
+/// Maps a [`CacheKey`] plus a version number to a cached result: a bounded 2-way
 /// set-associative cache. Nothing is allocated after creation. An entry stored under another
 /// version is a miss, so bumping the version invalidates everything at once. On a conflict,
 /// the entry inserted less recently in the set is evicted.
@@ -464,13 +534,13 @@ impl<V: Copy> ExactMatchCache<V> {
     }
 
     #[inline]
-    fn set_of(&self, key: &FlowKey) -> usize {
-        let h = hash_key(key, &self.seeds) as usize;
+    fn set_of(&self, key: &CacheKey) -> usize {
+        let h = key.hash(&self.seeds) as usize;
         (h & self.set_mask) * 2
     }
 
     #[inline]
-    pub fn get(&self, version: u64, key: &FlowKey) -> Option<V> {
+    pub fn get(&self, version: u64, key: &CacheKey) -> Option<V> {
         let s = self.set_of(key);
         self.slots[s..s + 2]
             .iter()
@@ -479,7 +549,7 @@ impl<V: Copy> ExactMatchCache<V> {
             .map(|e| e.value)
     }
 
-    pub fn insert(&mut self, version: u64, key: &FlowKey, value: V) {
+    pub fn insert(&mut self, version: u64, key: &CacheKey, value: V) {
         let s = self.set_of(key);
         let new = Some(CacheEntry {
             version,
@@ -787,11 +857,12 @@ mod tests {
     fn classifier_emc_hits_misses_and_version_invalidation() {
         let mut emc = ExactMatchCache::<u32>::new(1000);
         assert_eq!(emc.capacity(), 1024);
+        let words = 0b1100; // the words of nw_src and tp_dst
         let key = |i: u64| {
             let mut k = FlowKey::default();
             k.set(Field::NwSrc, i);
             k.set(Field::TpDst, i & 0xffff);
-            k
+            CacheKey::gather(0, &k, WordSet(words)).unwrap()
         };
         assert_eq!(emc.get(1, &key(1)), None);
         emc.insert(1, &key(1), 11);

@@ -1,13 +1,16 @@
 //! Building a packet's [`FlowKey`] from the first bytes of its frame (L2, one 802.1Q tag,
-//! IPv4 or ARP, TCP/UDP ports or ICMP type and code), the ingress port and tunnel metadata.
-//! Fields a packet does not have stay 0; truncated headers leave the deeper fields 0.
+//! IPv4, IPv6 (through its extension headers) or ARP, TCP/UDP ports and TCP flags, ICMP and
+//! ICMPv6 type and code, neighbour discovery target and link-layer options), the ingress
+//! port and tunnel metadata. Fields a packet does not have stay 0; truncated headers leave
+//! the deeper fields 0.
 
 use super::key::consts::*;
 use super::key::{Field, FlowKey};
 use crate::frame::TunnelMeta;
 
-/// Bytes of a frame the key can depend on: Ethernet + tag + IPv4 with options + L4 ports.
-pub const KEY_BYTES: usize = 18 + 60 + 8;
+/// Bytes of a frame the key can depend on: Ethernet + tag + IPv4 with options + the TCP
+/// flags; IPv6 neighbour discovery with its first option also fits.
+pub const KEY_BYTES: usize = 18 + 60 + 14;
 
 fn be16(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from(u16::from_be_bytes([
@@ -81,7 +84,12 @@ pub fn flow_key(frame: &[u8], in_port: u16, tunnel: Option<&TunnelMeta>) -> Flow
                 k.set(Field::NwSrc, spa);
                 k.set(Field::NwDst, tpa);
             }
+            if let (Some(sha), Some(tha)) = (mac(frame, l3 + 8), mac(frame, l3 + 18)) {
+                k.set(Field::ArpSha, sha);
+                k.set(Field::ArpTha, tha);
+            }
         }
+        ETH_IPV6 => ipv6(&mut k, frame, l3),
         _ => {}
     }
     k
@@ -102,30 +110,135 @@ fn ipv4(k: &mut FlowKey, frame: &[u8], l3: usize) {
         return;
     };
     k.set(Field::NwTos, u64::from(tos & 0xfc));
+    k.set(Field::NwEcn, u64::from(tos & 3));
     k.set(Field::NwProto, u64::from(proto));
     k.set(Field::NwSrc, src);
     k.set(Field::NwDst, dst);
+    if let Some(&ttl) = frame.get(l3 + 8) {
+        k.set(Field::NwTtl, u64::from(ttl));
+    }
+    let frag = be16(frame, l3 + 6).unwrap_or(0);
+    let frag_offset = frag & 0x1fff;
+    if frag & 0x2000 != 0 || frag_offset != 0 {
+        k.set(
+            Field::NwFrag,
+            FRAG_ANY | if frag_offset != 0 { FRAG_LATER } else { 0 },
+        );
+    }
     // Later fragments carry no L4 header.
-    let frag_offset = be16(frame, l3 + 6).unwrap_or(0) & 0x1fff;
     if frag_offset != 0 || ihl < 20 {
         return;
     }
-    let l4 = l3 + ihl;
-    match u64::from(proto) {
+    transport(k, frame, l3 + ihl, u64::from(proto));
+}
+
+/// `ip_frag` bits: a fragment; not the first one.
+const FRAG_ANY: u64 = 1;
+const FRAG_LATER: u64 = 2;
+
+fn ipv6(k: &mut FlowKey, frame: &[u8], l3: usize) {
+    let (Some(first), Some(src_hi), Some(src_lo), Some(dst_hi), Some(dst_lo)) = (
+        be32(frame, l3),
+        be64(frame, l3 + 8),
+        be64(frame, l3 + 16),
+        be64(frame, l3 + 24),
+        be64(frame, l3 + 32),
+    ) else {
+        return;
+    };
+    if first >> 28 != 6 {
+        return;
+    }
+    let tclass = (first >> 20) & 0xff;
+    k.set(Field::NwTos, tclass & 0xfc);
+    k.set(Field::NwEcn, tclass & 3);
+    k.set(Field::Ipv6Label, first & 0xf_ffff);
+    k.set(Field::Ipv6SrcHi, src_hi);
+    k.set(Field::Ipv6SrcLo, src_lo);
+    k.set(Field::Ipv6DstHi, dst_hi);
+    k.set(Field::Ipv6DstLo, dst_lo);
+    let (Some(&next), Some(&hops)) = (frame.get(l3 + 6), frame.get(l3 + 7)) else {
+        return;
+    };
+    k.set(Field::NwTtl, u64::from(hops));
+    let mut next = next;
+    let mut at = l3 + 40;
+    // Hop-by-hop, routing and destination options headers; a fragment header.
+    for _ in 0..8 {
+        match next {
+            0 | 43 | 60 => {
+                let (Some(&n), Some(&len)) = (frame.get(at), frame.get(at + 1)) else {
+                    return;
+                };
+                next = n;
+                at += (usize::from(len) + 1) * 8;
+            }
+            44 => {
+                let (Some(&n), Some(offset)) = (frame.get(at), be16(frame, at + 2)) else {
+                    return;
+                };
+                let later = offset & 0xfff8 != 0;
+                k.set(Field::NwFrag, FRAG_ANY | if later { FRAG_LATER } else { 0 });
+                if later {
+                    k.set(Field::NwProto, u64::from(n));
+                    return;
+                }
+                next = n;
+                at += 8;
+            }
+            _ => break,
+        }
+    }
+    k.set(Field::NwProto, u64::from(next));
+    transport(k, frame, at, u64::from(next));
+}
+
+/// Ports and TCP flags; ICMP/ICMPv6 type and code; the neighbour discovery fields.
+fn transport(k: &mut FlowKey, frame: &[u8], l4: usize, proto: u64) {
+    match proto {
         IP_TCP | IP_UDP => {
             if let (Some(sp), Some(dp)) = (be16(frame, l4), be16(frame, l4 + 2)) {
                 k.set(Field::TpSrc, sp);
                 k.set(Field::TpDst, dp);
             }
+            if proto == IP_TCP {
+                if let Some(flags) = be16(frame, l4 + 12) {
+                    k.set(Field::TcpFlags, flags & 0x0fff);
+                }
+            }
         }
-        IP_ICMP => {
-            if let (Some(&t), Some(&c)) = (frame.get(l4), frame.get(l4 + 1)) {
-                k.set(Field::TpSrc, u64::from(t));
-                k.set(Field::TpDst, u64::from(c));
+        IP_ICMP | IP_ICMPV6 => {
+            let (Some(&t), Some(&c)) = (frame.get(l4), frame.get(l4 + 1)) else {
+                return;
+            };
+            k.set(Field::TpSrc, u64::from(t));
+            k.set(Field::TpDst, u64::from(c));
+            // Neighbour solicitation / advertisement: the target, then options.
+            if proto == IP_ICMPV6 && (t == 135 || t == 136) {
+                if let (Some(hi), Some(lo)) = (be64(frame, l4 + 8), be64(frame, l4 + 16)) {
+                    k.set(Field::NdTargetHi, hi);
+                    k.set(Field::NdTargetLo, lo);
+                }
+                let mut at = l4 + 24;
+                while let (Some(&ty), Some(&len)) = (frame.get(at), frame.get(at + 1)) {
+                    if len == 0 {
+                        break;
+                    }
+                    match (ty, mac(frame, at + 2)) {
+                        (1, Some(sll)) if t == 135 => k.set(Field::ArpSha, sll),
+                        (2, Some(tll)) if t == 136 => k.set(Field::ArpTha, tll),
+                        _ => {}
+                    }
+                    at += usize::from(len) * 8;
+                }
             }
         }
         _ => {}
     }
+}
+
+fn be64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
 #[cfg(test)]

@@ -24,7 +24,57 @@ pub enum Field {
     TunId,
     TunSrc,
     TunDst,
+    /// OpenFlow metadata: 64 bits carried between tables, 0 when a packet enters.
+    Metadata,
+    /// Registers reg0-reg15: 32 bits each, 0 when a packet enters.
+    Reg(u8),
+    /// xreg0-xreg7: a 64-bit view of two registers (xregN = reg(2N) << 32 | reg(2N+1)).
+    /// Not a field of its own: it overlaps the registers.
+    XReg(u8),
+    /// Connection tracking state bits ([`consts::ct_state`] holds their values); 0 (untracked)
+    /// until a `ct` action recirculates the packet.
+    CtState,
+    CtZone,
+    CtMark,
+    /// `ct_label` is 128 bits: two halves.
+    CtLabelHi,
+    CtLabelLo,
+    /// The original direction's tuple of the connection (IPv4).
+    CtNwSrc,
+    CtNwDst,
+    CtTpSrc,
+    CtTpDst,
+    CtNwProto,
+    /// IPv4 TTL / IPv6 hop limit.
+    NwTtl,
+    /// The two ECN bits of the IPv4 TOS / IPv6 traffic class.
+    NwEcn,
+    /// `ip_frag` bits: 1 = a fragment, 2 = a later fragment.
+    NwFrag,
+    Ipv6SrcHi,
+    Ipv6SrcLo,
+    Ipv6DstHi,
+    Ipv6DstLo,
+    /// IPv6 neighbour discovery target address.
+    NdTargetHi,
+    NdTargetLo,
+    /// ARP sender hardware address, or the ND source link-layer option (as OVS shares them).
+    ArpSha,
+    /// ARP target hardware address, or the ND target link-layer option.
+    ArpTha,
+    /// TCP flags (12 bits).
+    TcpFlags,
+    /// IPv6 flow label (20 bits).
+    Ipv6Label,
+    /// `conj_id`: set by a matched conjunction.
+    ConjId,
 }
+
+/// Words in a [`FlowKey`].
+pub const KEY_WORDS: usize = 29;
+/// The first word of fields that only actions set (metadata, registers, ct): words before
+/// it come from the packet.
+pub const FIRST_METADATA_WORD: usize = 6;
 
 /// (word, shift, width in bits) of each field in [`FlowKey`].
 const fn layout(f: Field) -> (usize, u32, u32) {
@@ -43,26 +93,107 @@ const fn layout(f: Field) -> (usize, u32, u32) {
         Field::TunId => (4, 0, 64),
         Field::TunSrc => (5, 32, 32),
         Field::TunDst => (5, 0, 32),
+        Field::Metadata => (6, 0, 64),
+        Field::Reg(n) => (
+            7 + (n as usize & 15) / 2,
+            if n % 2 == 0 { 32 } else { 0 },
+            32,
+        ),
+        Field::XReg(n) => (7 + (n as usize & 7), 0, 64),
+        Field::CtState => (15, 48, 16),
+        Field::CtZone => (15, 32, 16),
+        Field::CtMark => (15, 0, 32),
+        Field::CtLabelHi => (16, 0, 64),
+        Field::CtLabelLo => (17, 0, 64),
+        Field::CtNwSrc => (18, 32, 32),
+        Field::CtNwDst => (18, 0, 32),
+        Field::CtTpSrc => (19, 48, 16),
+        Field::CtTpDst => (19, 32, 16),
+        Field::CtNwProto => (19, 24, 8),
+        Field::NwTtl => (19, 16, 8),
+        Field::NwEcn => (19, 8, 8),
+        Field::NwFrag => (19, 0, 8),
+        Field::Ipv6SrcHi => (20, 0, 64),
+        Field::Ipv6SrcLo => (21, 0, 64),
+        Field::Ipv6DstHi => (22, 0, 64),
+        Field::Ipv6DstLo => (23, 0, 64),
+        Field::NdTargetHi => (24, 0, 64),
+        Field::NdTargetLo => (25, 0, 64),
+        Field::ArpSha => (26, 16, 48),
+        Field::TcpFlags => (26, 0, 16),
+        Field::ArpTha => (27, 16, 48),
+        Field::Ipv6Label => (28, 32, 32),
+        Field::ConjId => (28, 0, 32),
     }
 }
 
 impl Field {
-    pub const ALL: [Field; 14] = [
-        Field::InPort,
-        Field::DlSrc,
-        Field::DlDst,
-        Field::DlType,
-        Field::VlanTci,
-        Field::NwSrc,
-        Field::NwDst,
-        Field::NwProto,
-        Field::NwTos,
-        Field::TpSrc,
-        Field::TpDst,
-        Field::TunId,
-        Field::TunSrc,
-        Field::TunDst,
-    ];
+    /// Every field once (xregs, which overlap the registers, are left out).
+    pub const ALL: [Field; 55] = {
+        use Field::*;
+        [
+            InPort,
+            DlSrc,
+            DlDst,
+            DlType,
+            VlanTci,
+            NwSrc,
+            NwDst,
+            NwProto,
+            NwTos,
+            TpSrc,
+            TpDst,
+            TunId,
+            TunSrc,
+            TunDst,
+            Metadata,
+            Reg(0),
+            Reg(1),
+            Reg(2),
+            Reg(3),
+            Reg(4),
+            Reg(5),
+            Reg(6),
+            Reg(7),
+            Reg(8),
+            Reg(9),
+            Reg(10),
+            Reg(11),
+            Reg(12),
+            Reg(13),
+            Reg(14),
+            Reg(15),
+            CtState,
+            CtZone,
+            CtMark,
+            CtLabelHi,
+            CtLabelLo,
+            CtNwSrc,
+            CtNwDst,
+            CtTpSrc,
+            CtTpDst,
+            CtNwProto,
+            NwTtl,
+            NwEcn,
+            NwFrag,
+            Ipv6SrcHi,
+            Ipv6SrcLo,
+            Ipv6DstHi,
+            Ipv6DstLo,
+            NdTargetHi,
+            NdTargetLo,
+            ArpSha,
+            TcpFlags,
+            ArpTha,
+            Ipv6Label,
+            ConjId,
+        ]
+    };
+
+    /// The word of [`FlowKey`] that holds this field.
+    pub const fn word(self) -> usize {
+        layout(self).0
+    }
 
     pub fn width(self) -> u32 {
         layout(self).2
@@ -82,7 +213,52 @@ impl Field {
 /// Packet fields, extracted once per packet. Fields a packet does not have are 0 (e.g. the
 /// L4 ports of an ARP packet); prerequisites in [`Match`] keep flows from matching them.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
-pub struct FlowKey(pub [u64; 6]);
+pub struct FlowKey(pub [u64; KEY_WORDS]);
+
+/// A set of words of a [`FlowKey`] (bit i = word i): the words a mask uses, so that hashing
+/// and comparing masked keys touches only those (most flows use 2-4 of the 29).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
+pub struct WordSet(pub u32);
+
+impl WordSet {
+    pub const ALL: WordSet = WordSet((1 << KEY_WORDS) - 1);
+
+    /// The non-zero words of `key` (of a mask: the words it matches on).
+    pub fn of(key: &FlowKey) -> WordSet {
+        let mut bits = 0;
+        for (i, w) in key.0.iter().enumerate() {
+            if *w != 0 {
+                bits |= 1 << i;
+            }
+        }
+        WordSet(bits)
+    }
+
+    pub fn union(self, other: WordSet) -> WordSet {
+        WordSet(self.0 | other.0)
+    }
+
+    pub fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The word indices, in increasing order.
+    #[inline]
+    pub fn iter(self) -> impl Iterator<Item = usize> {
+        let mut bits = self.0;
+        std::iter::from_fn(move || {
+            (bits != 0).then(|| {
+                let i = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                i
+            })
+        })
+    }
+}
 
 impl FlowKey {
     pub fn get(&self, f: Field) -> u64 {
@@ -101,6 +277,17 @@ impl FlowKey {
         let mut out = *self;
         for (o, m) in out.0.iter_mut().zip(mask.0) {
             *o &= m;
+        }
+        out
+    }
+
+    /// `self & mask` where `words` holds every non-zero word of `mask` (cheaper: only those
+    /// words are read).
+    #[inline]
+    pub fn masked_in(&self, mask: &FlowKey, words: WordSet) -> FlowKey {
+        let mut out = FlowKey::default();
+        for i in words.iter() {
+            out.0[i] = self.0[i] & mask.0[i];
         }
         out
     }
@@ -174,8 +361,21 @@ pub mod consts {
     pub const IP_ICMP: u64 = 1;
     pub const IP_TCP: u64 = 6;
     pub const IP_UDP: u64 = 17;
+    pub const IP_ICMPV6: u64 = 58;
     /// The CFI bit OVS sets in `vlan_tci` for tagged packets.
     pub const VLAN_CFI: u64 = 0x1000;
+
+    /// `ct_state` bits, as OVS numbers them.
+    pub mod ct_state {
+        pub const NEW: u64 = 0x01;
+        pub const ESTABLISHED: u64 = 0x02;
+        pub const RELATED: u64 = 0x04;
+        pub const REPLY: u64 = 0x08;
+        pub const INVALID: u64 = 0x10;
+        pub const TRACKED: u64 = 0x20;
+        pub const SNAT: u64 = 0x40;
+        pub const DNAT: u64 = 0x80;
+    }
 }
 
 #[cfg(test)]
@@ -195,8 +395,20 @@ mod tests {
                 "{f:?}"
             );
         }
-        let bits: u32 = Field::ALL.iter().map(|f| f.width()).sum();
-        assert_eq!(bits, 6 * 64, "the layout uses every bit exactly once");
+        let mut used = [0u64; KEY_WORDS];
+        for f in Field::ALL {
+            let (w, shift, _) = layout(f);
+            let bits = f.full_mask() << shift;
+            assert_eq!(used[w] & bits, 0, "{f:?} overlaps another field");
+            used[w] |= bits;
+        }
+        assert!(used.iter().all(|w| *w != 0), "every word holds a field");
+        for n in 0..8u8 {
+            let mut k = FlowKey::default();
+            k.set(Field::Reg(2 * n), 0x1111_2222);
+            k.set(Field::Reg(2 * n + 1), 0x3333_4444);
+            assert_eq!(k.get(Field::XReg(n)), 0x1111_2222_3333_4444);
+        }
     }
 
     #[test]

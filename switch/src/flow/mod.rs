@@ -6,14 +6,18 @@
 //! - `action.rs`: what a flow does.
 //! - `parse.rs`: ovs-ofctl text <-> flows, with errors that point at a column.
 //! - `classifier.rs`: tuple-space search over masks, highest priority wins.
+//! - `pipeline.rs`: the tables, and a packet's walk through them; `exec/`: what each
+//!   family of actions does to the packet (header rewrites, load/move, ct fields).
+//! - `extract.rs`: a packet's key; `rewrite.rs`: its header as actions change it.
 
 pub mod action;
 pub mod classifier;
 pub mod key;
 pub mod parse;
 
-pub use action::{Action, PortRef};
+pub use action::{Action, CtAction, CtZone, PortRef, SubField};
 pub use key::{Field, FlowKey, Match};
+pub mod exec;
 pub mod extract;
 pub mod pipeline;
 pub mod rewrite;

@@ -10,9 +10,11 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::action::{Action, PortRef};
-use super::classifier::Classifier;
+use super::classifier::{CacheKey, Classifier};
+use super::exec::{self, ExecState};
 use super::key::{Field, FlowKey, Match};
 use super::rewrite::HeaderBuf;
+use crate::conntrack::{CommitOptions, Conntrack};
 
 /// Table numbers are 0..=254 (255 is OpenFlow's "all tables").
 pub const N_TABLES: usize = 255;
@@ -298,13 +300,14 @@ impl Tables {
     /// tables (a new version) invalidates them all.
     pub fn lookup_cached(&self, table: u8, key: &FlowKey, cache: &mut FlowCache) -> Option<&Entry> {
         let classifier = self.tables.get(usize::from(table))?;
-        if let Some((t, hit)) = cache.get(self.version, key) {
-            if t == table {
-                return hit.and_then(|id| classifier.get(id)).map(|(_, _, e)| e);
-            }
+        let Some(cache_key) = CacheKey::gather(u64::from(table), key, classifier.words()) else {
+            return classifier.lookup(key).map(|(_, e)| e);
+        };
+        if let Some(hit) = cache.get(self.version, &cache_key) {
+            return hit.and_then(|id| classifier.get(id)).map(|(_, _, e)| e);
         }
         let found = classifier.lookup(key);
-        cache.insert(self.version, key, (table, found.map(|(id, _)| id)));
+        cache.insert(self.version, &cache_key, found.map(|(id, _)| id));
         found.map(|(_, e)| e)
     }
 
@@ -332,7 +335,7 @@ impl Tables {
 }
 
 /// Per-thread cache of (table, matching rule) by packet key; see [`Tables::lookup_cached`].
-pub type FlowCache = super::classifier::ExactMatchCache<(u8, Option<super::classifier::RuleId>)>;
+pub type FlowCache = super::classifier::ExactMatchCache<Option<super::classifier::RuleId>>;
 
 /// Entries in each thread's flow cache.
 pub const FLOW_CACHE_ENTRIES: usize = 4096;
@@ -435,6 +438,8 @@ pub struct Pipeline {
     pub vlan_tag_limit_drops: AtomicU64,
     /// Packets dropped because they took more than [`MAX_RESUBMITS`] resubmits.
     pub resubmit_limit_drops: AtomicU64,
+    /// The connections `ct` tracks.
+    conntrack: Arc<Conntrack>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -481,7 +486,56 @@ impl Pipeline {
             max_flows: usize::MAX,
             vlan_tag_limit_drops: AtomicU64::new(0),
             resubmit_limit_drops: AtomicU64::new(0),
+            conntrack: Arc::new(Conntrack::default()),
         }
+    }
+
+    /// The connection table of the `ct` action.
+    pub fn conntrack(&self) -> &Arc<Conntrack> {
+        &self.conntrack
+    }
+
+    /// `ct(...)`: tracks the packet; with `table=T`, a copy carrying the ct fields continues
+    /// in table T (a fork, as OVS's recirculation: what that copy changes does not affect the
+    /// packet here, which goes on with the next action untracked).
+    #[allow(clippy::too_many_arguments)]
+    fn conntrack_fork(
+        &self,
+        tables: &Tables,
+        ct: &crate::flow::action::CtAction,
+        st: &mut ExecState,
+        depth: usize,
+        outputs: &mut Vec<Output>,
+        trace: &mut Option<&mut Vec<TraceStep>>,
+        cache: &mut Option<&mut FlowThread>,
+    ) -> Result<(), Halt> {
+        let zone = exec::ct::zone(st, ct);
+        let options = CommitOptions {
+            set_mark: ct.set_mark,
+            set_label: ct.set_label,
+        };
+        let commit = (ct.commit && !st.tracing).then_some(&options);
+        let tracked = self
+            .conntrack
+            .track(st.header.bytes(), zone, commit, st.now_ms);
+        let Some(table) = ct.table else {
+            return Ok(());
+        };
+        st.count_resubmit()?;
+        let mut copy = *st;
+        exec::ct::write(&mut copy.key, &tracked);
+        let result = self.run_table(
+            tables,
+            table,
+            &mut copy,
+            depth + 1,
+            outputs,
+            trace,
+            cache,
+            false,
+        );
+        st.resubmits = copy.resubmits;
+        result
     }
 
     /// Bounds the number of flows (`[switch] max_flows`).
@@ -624,6 +678,9 @@ impl Pipeline {
     pub fn expire(&self) -> usize {
         let tables = self.snapshot();
         let now = self.now_ms();
+        if !self.conntrack.is_empty() {
+            self.conntrack.expire(now);
+        }
         let expired: Vec<FlowMod> = tables
             .entries()
             .into_iter()
@@ -715,6 +772,7 @@ impl Pipeline {
             frame_len,
             now_ms,
             resubmits: 0,
+            tracing: trace.is_some(),
         };
         let outputs_before = outputs.len();
         let halt = self
@@ -820,86 +878,26 @@ impl Pipeline {
                     Action::Flood => push(outputs, st, Target::Flood),
                     Action::All => push(outputs, st, Target::All),
                     Action::Normal => push(outputs, st, Target::Normal),
-                    Action::SetVlanVid(v) => {
-                        if !st.header.set_vlan_vid(*v) {
-                            return Err(Halt::VlanTagLimit);
-                        }
-                        let tci = st.key.get(Field::VlanTci);
-                        st.key.set(
-                            Field::VlanTci,
-                            (tci & 0xe000) | 0x1000 | u64::from(*v & 0x0fff),
-                        );
-                        st.modified = true;
+                    Action::Load { dst, value } => exec::fields::load(st, *dst, *value)?,
+                    Action::Move { src, dst } => exec::fields::move_bits(st, *src, *dst)?,
+                    Action::CtClear => exec::ct::clear(&mut st.key),
+                    Action::Ct(ct) => {
+                        self.conntrack_fork(tables, ct, st, depth, outputs, trace, cache)?
                     }
-                    Action::SetVlanPcp(p) => {
-                        if !st.header.set_vlan_pcp(*p) {
-                            return Err(Halt::VlanTagLimit);
-                        }
-                        let tci = st.key.get(Field::VlanTci);
-                        st.key.set(
-                            Field::VlanTci,
-                            (tci & 0x0fff) | 0x1000 | (u64::from(*p & 7) << 13),
-                        );
-                        st.modified = true;
-                    }
-                    Action::StripVlan => {
-                        st.header.strip_vlan();
-                        st.key.set(Field::VlanTci, 0);
-                        st.modified = true;
-                    }
-                    Action::PushVlan(tpid) => {
-                        if !st.header.push_vlan(*tpid) {
-                            return Err(Halt::VlanTagLimit);
-                        }
-                        st.key.set(Field::VlanTci, 0x1000);
-                        st.modified = true;
-                    }
-                    Action::SetDlSrc(m) => {
-                        st.header.set_dl_src(*m);
-                        st.key.set(Field::DlSrc, mac_u64(m));
-                        st.modified = true;
-                    }
-                    Action::SetDlDst(m) => {
-                        st.header.set_dl_dst(*m);
-                        st.key.set(Field::DlDst, mac_u64(m));
-                        st.modified = true;
-                    }
-                    Action::SetNwSrc(ip) => {
-                        st.header.set_nw_src(*ip);
-                        st.key.set(Field::NwSrc, u64::from(u32::from(*ip)));
-                        st.modified = true;
-                    }
-                    Action::SetNwDst(ip) => {
-                        st.header.set_nw_dst(*ip);
-                        st.key.set(Field::NwDst, u64::from(u32::from(*ip)));
-                        st.modified = true;
-                    }
-                    Action::SetNwTos(tos) => {
-                        st.header.set_nw_tos(*tos);
-                        st.key.set(Field::NwTos, u64::from(*tos & 0xfc));
-                        st.modified = true;
-                    }
-                    Action::SetTpSrc(p) => {
-                        st.header.set_tp_src(*p);
-                        st.key.set(Field::TpSrc, u64::from(*p));
-                        st.modified = true;
-                    }
-                    Action::SetTpDst(p) => {
-                        st.header.set_tp_dst(*p);
-                        st.key.set(Field::TpDst, u64::from(*p));
-                        st.modified = true;
-                    }
-                    Action::DecTtl => {
-                        if !st.header.dec_ttl() {
-                            return Err(Halt::TtlExpired);
-                        }
-                        st.modified = true;
-                    }
-                    Action::SetField { field, value } => set_field(st, *field, *value)?,
-                    Action::SetTunnel(vni) => {
-                        st.tun_id = Some(*vni);
-                        st.key.set(Field::TunId, *vni);
-                    }
+                    Action::SetVlanVid(_)
+                    | Action::SetVlanPcp(_)
+                    | Action::StripVlan
+                    | Action::PushVlan(_)
+                    | Action::SetDlSrc(_)
+                    | Action::SetDlDst(_)
+                    | Action::SetNwSrc(_)
+                    | Action::SetNwDst(_)
+                    | Action::SetNwTos(_)
+                    | Action::SetTpSrc(_)
+                    | Action::SetTpDst(_)
+                    | Action::DecTtl
+                    | Action::SetField { .. }
+                    | Action::SetTunnel(_) => exec::header::apply(st, action)?,
                     Action::Resubmit { port, table: t } => {
                         st.count_resubmit()?;
                         let saved_port = st.key.get(Field::InPort);
@@ -931,61 +929,6 @@ impl Pipeline {
                 _ => return Ok(()),
             }
         }
-    }
-}
-
-fn mac_u64(m: &[u8; 6]) -> u64 {
-    m.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
-}
-
-fn set_field(st: &mut ExecState, field: Field, value: u64) -> Result<(), Halt> {
-    let b = value.to_be_bytes();
-    match field {
-        Field::DlSrc => st.header.set_dl_src([b[2], b[3], b[4], b[5], b[6], b[7]]),
-        Field::DlDst => st.header.set_dl_dst([b[2], b[3], b[4], b[5], b[6], b[7]]),
-        Field::NwSrc => st.header.set_nw_src(std::net::Ipv4Addr::from(value as u32)),
-        Field::NwDst => st.header.set_nw_dst(std::net::Ipv4Addr::from(value as u32)),
-        Field::NwTos => st.header.set_nw_tos(value as u8),
-        Field::TpSrc => st.header.set_tp_src(value as u16),
-        Field::TpDst => st.header.set_tp_dst(value as u16),
-        Field::VlanTci => {
-            if !st.header.set_vlan_vid((value & 0x0fff) as u16)
-                || !st.header.set_vlan_pcp(((value >> 13) & 7) as u8)
-            {
-                return Err(Halt::VlanTagLimit);
-            }
-        }
-        Field::TunId => st.tun_id = Some(value),
-        // Metadata the parser does not offer for set_field.
-        Field::InPort | Field::DlType | Field::NwProto | Field::TunSrc | Field::TunDst => {
-            return Ok(())
-        }
-    }
-    st.key.set(field, value);
-    if field != Field::TunId {
-        st.modified = true;
-    }
-    Ok(())
-}
-
-struct ExecState {
-    key: FlowKey,
-    header: HeaderBuf,
-    modified: bool,
-    tun_id: Option<u64>,
-    frame_len: u32,
-    now_ms: u64,
-    /// Resubmits and goto_tables taken so far.
-    resubmits: usize,
-}
-
-impl ExecState {
-    fn count_resubmit(&mut self) -> Result<(), Halt> {
-        self.resubmits += 1;
-        if self.resubmits > MAX_RESUBMITS {
-            return Err(Halt::ResubmitLimit);
-        }
-        Ok(())
     }
 }
 
@@ -1286,5 +1229,197 @@ mod tests {
             1,
             "unchanged flow kept its counters"
         );
+    }
+}
+
+/// A stateful firewall in the style of Neutron's OVS driver, from rules text to frames.
+#[cfg(test)]
+mod firewall_tests {
+    use super::*;
+    use crate::flow::extract::flow_key;
+    use crate::flow::parse::parse_flows_file;
+    use etherparse::PacketBuilder;
+
+    const RULES: &str = "
+        # Classify: reg5 = the port, reg6 = its conntrack zone.
+        table=0,priority=100,in_port=1,ip,actions=load:0x1->NXM_NX_REG5[],load:0x9->NXM_NX_REG6[],resubmit(,1)
+        table=0,priority=100,in_port=2,ip,actions=load:0x2->NXM_NX_REG5[],load:0x9->NXM_NX_REG6[],resubmit(,1)
+        table=0,priority=0,actions=NORMAL
+        table=1,priority=100,ip,ct_state=-trk,actions=ct(table=2,zone=NXM_NX_REG6[0..15])
+        table=2,priority=100,ct_state=+trk+inv,ip,actions=drop
+        table=2,priority=90,ct_state=+trk+est-inv,ip,actions=resubmit(,3)
+        table=2,priority=90,ct_state=+trk+rel-inv,ip,actions=resubmit(,3)
+        # Port 1 may open TCP to port 22 and any UDP; nothing else opens.
+        table=2,priority=80,ct_state=+trk+new-inv,tcp,reg5=0x1,tp_dst=22,actions=ct(commit,zone=NXM_NX_REG6[0..15],exec(set_field:0x7->ct_mark)),resubmit(,3)
+        table=2,priority=80,ct_state=+trk+new-inv,udp,reg5=0x1,actions=ct(commit,zone=NXM_NX_REG6[0..15]),resubmit(,3)
+        table=2,priority=0,actions=drop
+        table=3,priority=100,reg5=0x1,actions=output:2
+        table=3,priority=100,reg5=0x2,actions=output:1
+    ";
+
+    fn pipeline() -> Pipeline {
+        let p = Pipeline::new(MissPolicy::Normal);
+        let flows: Vec<FlowMod> = parse_flows_file(RULES)
+            .expect("rules parse")
+            .into_iter()
+            .map(|spec| {
+                let spec = spec.resolve(|_| None).expect("numbered ports");
+                FlowMod::Add(Flow {
+                    table: spec.table.unwrap_or(0),
+                    priority: spec.priority,
+                    m: spec.m,
+                    actions: spec.actions.clone(),
+                    cookie: 0,
+                    idle_timeout: 0,
+                    hard_timeout: 0,
+                    match_text: spec.to_string(),
+                    actions_text: String::new(),
+                })
+            })
+            .collect();
+        p.commit(&flows).expect("rules install");
+        p
+    }
+
+    /// A TCP segment between A (10.0.0.1:40000, port 1) and B (10.0.0.2, port 2).
+    fn tcp(
+        from_a: bool,
+        a_port: u16,
+        b_port: u16,
+        seq: u32,
+        ack: Option<u32>,
+        syn: bool,
+    ) -> Vec<u8> {
+        tcp_data(from_a, a_port, b_port, seq, ack, syn, 0)
+    }
+
+    fn tcp_data(
+        from_a: bool,
+        a_port: u16,
+        b_port: u16,
+        seq: u32,
+        ack: Option<u32>,
+        syn: bool,
+        len: usize,
+    ) -> Vec<u8> {
+        let (src, dst, sp, dp) = if from_a {
+            ([10, 0, 0, 1], [10, 0, 0, 2], a_port, b_port)
+        } else {
+            ([10, 0, 0, 2], [10, 0, 0, 1], b_port, a_port)
+        };
+        let mut b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(src, dst, 64)
+            .tcp(sp, dp, seq, 64240);
+        if syn {
+            b = b.syn();
+        }
+        if let Some(a) = ack {
+            b = b.ack(a);
+        }
+        let mut out = Vec::new();
+        b.write(&mut out, &vec![0x61; len]).expect("frame");
+        out
+    }
+
+    fn send(p: &Pipeline, in_port: u16, frame: &[u8]) -> Vec<Target> {
+        let key = flow_key(frame, in_port, None);
+        let mut out = Vec::new();
+        let mut thread = FlowThread::default();
+        p.begin_batch(&mut thread);
+        p.run_with(
+            &p.snapshot(),
+            &key,
+            HeaderBuf::new(&frame[..frame.len().min(crate::flow::rewrite::REWRITE_BYTES)]),
+            frame.len() as u32,
+            &mut out,
+            None,
+            Some(&mut thread),
+        );
+        p.flush(&mut thread);
+        out.iter().map(|o| o.target).collect()
+    }
+
+    #[test]
+    fn replies_to_connections_a_port_opened_pass_and_nothing_else_comes_in() {
+        let p = pipeline();
+        let to_b = vec![Target::Port(2)];
+        let to_a = vec![Target::Port(1)];
+        // A opens TCP to B:22; the handshake and data flow both ways.
+        assert_eq!(send(&p, 1, &tcp(true, 40000, 22, 100, None, true)), to_b);
+        assert_eq!(
+            send(&p, 2, &tcp(false, 40000, 22, 900, Some(101), true)),
+            to_a
+        );
+        assert_eq!(
+            send(&p, 1, &tcp(true, 40000, 22, 101, Some(901), false)),
+            to_b
+        );
+        assert_eq!(
+            send(&p, 2, &tcp(false, 40000, 22, 901, Some(101), false)),
+            to_a
+        );
+        // B cannot open a connection to A, nor A to B's port 80.
+        assert_eq!(send(&p, 2, &tcp(false, 40001, 22, 5, None, true)), vec![]);
+        assert_eq!(send(&p, 1, &tcp(true, 40002, 80, 5, None, true)), vec![]);
+        // Nor can B send into A's connection outside its window.
+        assert_eq!(
+            send(
+                &p,
+                2,
+                &tcp_data(false, 40000, 22, 901 + 50_000_000, Some(101), false, 100)
+            ),
+            vec![]
+        );
+        let conns = p.conntrack().dump(None, p.now_ms());
+        assert_eq!(conns.len(), 1, "{conns:?}");
+        assert_eq!((conns[0].zone, conns[0].dport, conns[0].mark), (9, 22, 7));
+        assert_eq!(conns[0].state, "ESTABLISHED");
+
+        // An ICMP port unreachable for A's UDP reaches A (related); one for a datagram A
+        // never sent does not.
+        let mut udp = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(5000, 53)
+            .write(&mut udp, b"q")
+            .expect("frame");
+        assert_eq!(send(&p, 1, &udp), to_b);
+        let unreachable = |quoted: &[u8]| {
+            let mut out = Vec::new();
+            PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+                .ipv4([10, 0, 0, 2], [10, 0, 0, 1], 64)
+                .icmpv4_raw(3, 3, [0; 4])
+                .write(&mut out, quoted)
+                .expect("frame");
+            out
+        };
+        assert_eq!(send(&p, 2, &unreachable(&udp[14..14 + 28])), to_a);
+        let mut other = udp[14..14 + 28].to_vec();
+        other[20] ^= 1; // another source port
+        assert_eq!(send(&p, 2, &unreachable(&other)), vec![]);
+        assert_eq!(p.conntrack().len(), 2);
+    }
+
+    #[test]
+    fn trace_looks_at_connections_but_commits_nothing() {
+        let p = pipeline();
+        let frame = tcp(true, 40000, 22, 100, None, true);
+        let mut out = Vec::new();
+        let mut steps = Vec::new();
+        p.run_untracked(
+            &p.snapshot(),
+            &flow_key(&frame, 1, None),
+            HeaderBuf::new(&frame),
+            frame.len() as u32,
+            &mut out,
+            &mut steps,
+        );
+        assert_eq!(
+            out.iter().map(|o| o.target).collect::<Vec<_>>(),
+            vec![Target::Port(2)]
+        );
+        assert!(p.conntrack().is_empty());
+        let tables: Vec<u8> = steps.iter().map(|s| s.table).collect();
+        assert_eq!(tables, [0, 1, 2, 3]);
     }
 }

@@ -2,18 +2,16 @@
 
 use std::net::Ipv4Addr;
 
-use super::fields::Prereq;
+use super::fields::{pipeline_field, subfield_field, subfield_name, writable, Prereq};
 use super::token::{Token, Tokenizer};
 use super::value::*;
 use super::{ParseError, Parser, MAX_TABLE};
-use crate::flow::action::Action;
+use crate::flow::action::{Action, SubField};
 use crate::flow::key::Field;
 
 /// Action words that take no argument and that we do not support (other bare words are
 /// port names).
-pub(super) const UNSUPPORTED_BARE_ACTIONS: [&str; 8] = [
-    "ct",
-    "ct_clear",
+pub(super) const UNSUPPORTED_BARE_ACTIONS: [&str; 6] = [
     "controller",
     "exit",
     "pop_queue",
@@ -93,18 +91,24 @@ impl<'a> Parser<'a> {
                 | "resubmit"
                 | "goto_table"
                 | "note"
+                | "load"
+                | "move"
+                | "ct"
         );
         let (arg, aat) = match t.value {
             Some((a, aat)) => (a, aat),
+            None if name == "ct" => {
+                return Err(self.err(t.at, "ct needs its options in parentheses: ct(...)"))
+            }
             None if takes_arg => {
                 return Err(self.err(t.at, format!("'{key}' needs an argument ({key}:VALUE)")))
             }
             None => ("", t.at),
         };
-        if t.sep == b'(' && !matches!(name, "resubmit") {
+        if t.sep == b'(' && !matches!(name, "resubmit" | "ct") {
             return Err(self.err(t.at, format!("unsupported action '{key}(...)'")));
         }
-        if takes_arg && arg.is_empty() && name != "note" {
+        if takes_arg && arg.is_empty() && !matches!(name, "note" | "ct") {
             return Err(self.err(aat, format!("'{key}' needs an argument ({key}:VALUE)")));
         }
         Ok(match name {
@@ -145,7 +149,8 @@ impl<'a> Parser<'a> {
                 Action::SetNwTos(self.tos(key, arg, aat)?)
             }
             "mod_tp_src" | "mod_tp_dst" => {
-                self.prereqs.push((Prereq::TcpOrUdp, key.to_string(), t.at));
+                self.prereqs
+                    .push((Prereq::TcpOrUdp4, key.to_string(), t.at));
                 let p = self.uint(key, arg, aat, 0xffff)? as u16;
                 if name == "mod_tp_src" {
                     Action::SetTpSrc(p)
@@ -160,6 +165,11 @@ impl<'a> Parser<'a> {
                 Action::GotoTable(self.uint(key, arg, aat, u64::from(MAX_TABLE))? as u8)
             }
             "note" => Action::Note(self.note(arg, aat)?),
+            "load" => self.load(t.at, arg, aat)?,
+            "move" => self.move_(t.at, arg, aat)?,
+            "ct" if t.sep == b'(' => self.ct(t, arg, aat)?,
+            "ct" => return Err(self.err(t.at, "ct needs its options in parentheses: ct(...)")),
+            "ct_clear" => no_arg(Action::CtClear)?,
             _ if t.value.is_some() || UNSUPPORTED_BARE_ACTIONS.contains(&name) => {
                 return Err(self.err(t.at, format!("unsupported action '{key}'")))
             }
@@ -233,9 +243,9 @@ impl<'a> Parser<'a> {
             "tcp_src" | "tcp_dst" | "udp_src" | "udp_dst" | "tp_src" | "tp_dst" => {
                 need(
                     match &fname[..3] {
-                        "tcp" => Prereq::Tcp,
-                        "udp" => Prereq::Udp,
-                        _ => Prereq::TcpOrUdp,
+                        "tcp" => Prereq::Tcp4,
+                        "udp" => Prereq::Udp4,
+                        _ => Prereq::TcpOrUdp4,
                     },
                     self,
                 );
@@ -261,6 +271,13 @@ impl<'a> Parser<'a> {
             "vlan_vid" => Action::SetVlanVid((self.uint(fname, val, aat, 0x1fff)? & 0xfff) as u16),
             "vlan_pcp" => Action::SetVlanPcp(self.uint(fname, val, aat, 7)? as u8),
             "tun_id" | "tunnel_id" => Action::SetTunnel(self.tunnel_id(fname, val, aat)?),
+            _ if pipeline_field(fname).is_some() => {
+                let field = pipeline_field(fname).unwrap_or(Field::Metadata);
+                Action::SetField {
+                    field,
+                    value: self.uint(fname, val, aat, field.full_mask())?,
+                }
+            }
             _ => return Err(self.err(fat, format!("unsupported field '{fname}' for set_field"))),
         })
     }
@@ -364,24 +381,21 @@ pub(super) fn format_action(a: &Action) -> String {
         Action::DecTtl => "dec_ttl".to_string(),
         Action::SetField { field, value } => {
             let (name, text) = match field {
-                Field::DlSrc => ("eth_src", fmt_mac(*value)),
-                Field::DlDst => ("eth_dst", fmt_mac(*value)),
-                Field::NwSrc => ("ip_src", Ipv4Addr::from(*value as u32).to_string()),
-                Field::NwDst => ("ip_dst", Ipv4Addr::from(*value as u32).to_string()),
-                Field::TpSrc => ("tp_src", value.to_string()),
-                Field::TpDst => ("tp_dst", value.to_string()),
-                Field::TunId => ("tun_id", format!("{value:#x}")),
-                Field::VlanTci => ("vlan_tci", format!("{value:#06x}")),
-                Field::NwTos => ("nw_tos", value.to_string()),
-                Field::InPort => ("in_port", value.to_string()),
-                Field::DlType => ("dl_type", format!("{value:#06x}")),
-                Field::NwProto => ("nw_proto", value.to_string()),
-                Field::TunSrc => ("tun_src", Ipv4Addr::from(*value as u32).to_string()),
-                Field::TunDst => ("tun_dst", Ipv4Addr::from(*value as u32).to_string()),
+                Field::Reg(n) => (format!("reg{n}"), format!("{value:#x}")),
+                Field::XReg(n) => (format!("xreg{n}"), format!("{value:#x}")),
+                Field::Metadata => ("metadata".to_string(), format!("{value:#x}")),
+                f => {
+                    let (name, text) = set_field_text(*f, *value);
+                    (name.to_string(), text)
+                }
             };
             format!("set_field:{text}->{name}")
         }
         Action::SetTunnel(vni) => format!("set_tunnel:{vni:#x}"),
+        Action::Load { dst, value } => format!("load:{value:#x}->{}", fmt_subfield(dst)),
+        Action::Move { src, dst } => format!("move:{}->{}", fmt_subfield(src), fmt_subfield(dst)),
+        Action::Ct(ct) => super::ct::format_ct(ct),
+        Action::CtClear => "ct_clear".to_string(),
         Action::Resubmit { port, table } => match (port, table) {
             (Some(p), None) => format!("resubmit:{}", fmt_port(p)),
             (p, t) => format!(
@@ -395,5 +409,179 @@ pub(super) fn format_action(a: &Action) -> String {
             let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
             format!("note:{}", hex.join("."))
         }
+    }
+}
+
+/// `set_field` of a header field: (name, value as ovs-ofctl prints it).
+fn set_field_text(field: Field, value: u64) -> (&'static str, String) {
+    let value = &value;
+    match field {
+        Field::DlSrc => ("eth_src", fmt_mac(*value)),
+        Field::DlDst => ("eth_dst", fmt_mac(*value)),
+        Field::NwSrc => ("ip_src", Ipv4Addr::from(*value as u32).to_string()),
+        Field::NwDst => ("ip_dst", Ipv4Addr::from(*value as u32).to_string()),
+        Field::TpSrc => ("tp_src", value.to_string()),
+        Field::TpDst => ("tp_dst", value.to_string()),
+        Field::TunId => ("tun_id", format!("{value:#x}")),
+        Field::VlanTci => ("vlan_tci", format!("{value:#06x}")),
+        Field::NwTos => ("nw_tos", value.to_string()),
+        Field::InPort => ("in_port", value.to_string()),
+        Field::DlType => ("dl_type", format!("{value:#06x}")),
+        Field::NwProto => ("nw_proto", value.to_string()),
+        Field::TunSrc => ("tun_src", Ipv4Addr::from(*value as u32).to_string()),
+        Field::TunDst => ("tun_dst", Ipv4Addr::from(*value as u32).to_string()),
+        _ => ("?", format!("{value:#x}")),
+    }
+}
+
+/// `NAME[]`, `NAME[a]` or `NAME[a..b]`.
+pub(super) fn fmt_subfield(sf: &SubField) -> String {
+    let name = subfield_name(sf.field);
+    if u32::from(sf.n_bits) == sf.field.width() && sf.ofs == 0 {
+        format!("{name}[]")
+    } else if sf.n_bits == 1 {
+        format!("{name}[{}]", sf.ofs)
+    } else {
+        format!("{name}[{}..{}]", sf.ofs, sf.ofs + sf.n_bits - 1)
+    }
+}
+
+impl<'a> Parser<'a> {
+    /// `NAME[]`, `NAME[a]`, `NAME[a..b]` or `NAME`: (name, offset, bits), the range checked
+    /// against `width` only by the caller.
+    pub(super) fn bits_of<'s>(
+        &self,
+        what: &str,
+        s: &'s str,
+        at: usize,
+    ) -> Result<(&'s str, u32, u32), ParseError> {
+        let Some(open) = s.find('[') else {
+            return Ok((s, 0, 128));
+        };
+        let name = &s[..open];
+        let Some(inner) = s[open + 1..].strip_suffix(']') else {
+            return Err(self.err(at + open, format!("{what}: expected ']' after '{s}'")));
+        };
+        let iat = at + open + 1;
+        let (lo, hi) = match inner.split_once("..") {
+            _ if inner.is_empty() => return Ok((name, 0, 128)),
+            Some((a, b)) => (
+                self.uint(what, a, iat, 127)?,
+                self.uint(what, b, iat + a.len() + 2, 127)?,
+            ),
+            None => {
+                let bit = self.uint(what, inner, iat, 127)?;
+                (bit, bit)
+            }
+        };
+        if hi < lo {
+            return Err(self.err(iat, format!("{what}: bit range [{inner}] is backwards")));
+        }
+        Ok((name, lo as u32, (hi - lo + 1) as u32))
+    }
+
+    /// A subfield of a field in the key; its prerequisite becomes the flow's.
+    pub(super) fn subfield(
+        &mut self,
+        what: &str,
+        s: &str,
+        at: usize,
+    ) -> Result<SubField, ParseError> {
+        let (name, ofs, n_bits) = self.bits_of(what, s, at)?;
+        let Some((field, prereq)) = subfield_field(name) else {
+            return Err(self.err(at, format!("{what}: unknown or unsupported field '{name}'")));
+        };
+        let width = field.width();
+        let whole = n_bits == 128 && ofs == 0;
+        let n_bits = if whole { width } else { n_bits };
+        if ofs + n_bits > width {
+            return Err(self.err(
+                at,
+                format!("{what}: {s} is beyond the field ({name} is {width} bits)"),
+            ));
+        }
+        if let Some(p) = prereq {
+            self.prereqs.push((p, format!("{what} of {name}"), at));
+        }
+        Ok(SubField {
+            field,
+            ofs: ofs as u8,
+            n_bits: n_bits as u8,
+        })
+    }
+
+    /// A subfield an action writes.
+    fn writable_subfield(
+        &mut self,
+        what: &str,
+        s: &str,
+        at: usize,
+    ) -> Result<SubField, ParseError> {
+        let (name, _, _) = self.bits_of(what, s, at)?;
+        let sf = self.subfield(what, s, at)?;
+        let prereq = subfield_field(name).and_then(|(_, p)| p);
+        if !writable(sf.field, prereq) {
+            return Err(self.err(
+                at,
+                format!(
+                    "{what}: {name} cannot be written (registers, metadata, in_port, tun_id, \
+                     Ethernet addresses, vlan_tci and IPv4 addresses and ports can)"
+                ),
+            ));
+        }
+        if sf.field == Field::TunId && u32::from(sf.ofs) + u32::from(sf.n_bits) > 24 {
+            return Err(self.err(
+                at,
+                format!("{what}: {s} reaches beyond bit 23 of tun_id (VXLAN VNIs are 24 bits)"),
+            ));
+        }
+        Ok(sf)
+    }
+
+    /// `load:VALUE->DST[a..b]`
+    pub(super) fn load(&mut self, _at: usize, arg: &str, aat: usize) -> Result<Action, ParseError> {
+        let Some((val, dst)) = arg.split_once("->") else {
+            return Err(self.err(aat, "load needs VALUE->DST[a..b]"));
+        };
+        let dst = self.writable_subfield("load", dst, aat + val.len() + 2)?;
+        let value = self.uint("load", val, aat, u64::MAX)?;
+        if dst.n_bits < 64 && value >> dst.n_bits != 0 {
+            return Err(self.err(
+                aat,
+                format!(
+                    "load: {val} does not fit in the {} bits of the destination",
+                    dst.n_bits
+                ),
+            ));
+        }
+        Ok(Action::Load { dst, value })
+    }
+
+    /// `move:SRC[a..b]->DST[c..d]`
+    pub(super) fn move_(
+        &mut self,
+        _at: usize,
+        arg: &str,
+        aat: usize,
+    ) -> Result<Action, ParseError> {
+        let Some((src, dst)) = arg.split_once("->") else {
+            return Err(self.err(aat, "move needs SRC[a..b]->DST[c..d]"));
+        };
+        let src_sf = self.subfield("move", src, aat)?;
+        let dat = aat + src.len() + 2;
+        let dst_sf = self.writable_subfield("move", dst, dat)?;
+        if src_sf.n_bits != dst_sf.n_bits {
+            return Err(self.err(
+                dat,
+                format!(
+                    "move: the source is {} bits and the destination {} bits",
+                    src_sf.n_bits, dst_sf.n_bits
+                ),
+            ));
+        }
+        Ok(Action::Move {
+            src: src_sf,
+            dst: dst_sf,
+        })
     }
 }

@@ -22,48 +22,82 @@ pub(super) enum Kind {
     DlVlan,
     DlVlanPcp,
     NwTos,
+    /// `+trk+est-new` flags or a number/mask.
+    CtState,
+    /// 128 bits (ct_label): stored as two halves.
+    Label,
+    /// An IPv6 address with an optional prefix length: stored as two halves.
+    Ipv6,
 }
 
 /// What a field or action needs the match to say about the packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Prereq {
     IpOrArp,
+    /// IPv4.
     Ip,
+    Ipv6,
+    /// IPv4 or IPv6.
+    IpAny,
     Arp,
+    /// TCP or UDP over IPv4 or IPv6.
     TcpOrUdp,
     Tcp,
     Udp,
+    /// TCP or UDP over IPv4 (what header rewrites handle).
+    TcpOrUdp4,
+    Tcp4,
+    Udp4,
     Icmp,
+    Icmpv6,
 }
 
 impl Prereq {
     pub(super) fn holds(self, m: &Match) -> bool {
         let dl_type = exact(m, Field::DlType);
-        let proto = if dl_type == Some(consts::ETH_IPV4) {
+        let v4 = dl_type == Some(consts::ETH_IPV4);
+        let v6 = dl_type == Some(consts::ETH_IPV6);
+        let proto = if v4 || v6 {
             exact(m, Field::NwProto)
         } else {
             None
         };
+        let tcp = proto == Some(consts::IP_TCP);
+        let udp = proto == Some(consts::IP_UDP);
         match self {
             Prereq::IpOrArp => matches!(dl_type, Some(consts::ETH_IPV4 | consts::ETH_ARP)),
-            Prereq::Ip => dl_type == Some(consts::ETH_IPV4),
+            Prereq::Ip => v4,
+            Prereq::Ipv6 => v6,
+            Prereq::IpAny => v4 || v6,
             Prereq::Arp => dl_type == Some(consts::ETH_ARP),
-            Prereq::TcpOrUdp => matches!(proto, Some(consts::IP_TCP | consts::IP_UDP)),
-            Prereq::Tcp => proto == Some(consts::IP_TCP),
-            Prereq::Udp => proto == Some(consts::IP_UDP),
-            Prereq::Icmp => proto == Some(consts::IP_ICMP),
+            Prereq::TcpOrUdp => tcp || udp,
+            Prereq::Tcp => tcp,
+            Prereq::Udp => udp,
+            Prereq::TcpOrUdp4 => v4 && (tcp || udp),
+            Prereq::Tcp4 => v4 && tcp,
+            Prereq::Udp4 => v4 && udp,
+            Prereq::Icmp => v4 && proto == Some(consts::IP_ICMP),
+            Prereq::Icmpv6 => v6 && proto == Some(consts::IP_ICMPV6),
         }
     }
 
+    /// What the match lacks, and how to add it (we refuse such a flow rather than add the
+    /// prerequisite behind the user's back: see the module documentation).
     pub(super) fn needs(self) -> &'static str {
         match self {
-            Prereq::IpOrArp => "dl_type=0x0800 (ip) or 0x0806 (arp)",
-            Prereq::Ip => "dl_type=0x0800 (ip)",
-            Prereq::Arp => "dl_type=0x0806 (arp)",
-            Prereq::TcpOrUdp => "tcp or udp (dl_type=0x0800 with nw_proto=6 or 17)",
-            Prereq::Tcp => "tcp (dl_type=0x0800 with nw_proto=6)",
-            Prereq::Udp => "udp (dl_type=0x0800 with nw_proto=17)",
-            Prereq::Icmp => "icmp (dl_type=0x0800 with nw_proto=1)",
+            Prereq::IpOrArp => "dl_type=0x0800 (ip) or 0x0806 (arp): add 'ip' or 'arp' to the match",
+            Prereq::Ip => "dl_type=0x0800 (ip): add 'ip' to the match",
+            Prereq::Ipv6 => "dl_type=0x86dd (ipv6): add 'ipv6' to the match",
+            Prereq::IpAny => "ip or ipv6 (dl_type=0x0800 or 0x86dd): add 'ip' or 'ipv6' to the match",
+            Prereq::Arp => "dl_type=0x0806 (arp): add 'arp' to the match",
+            Prereq::TcpOrUdp => "tcp or udp (nw_proto=6 or 17 over ip or ipv6): add 'tcp', 'udp', 'tcp6' or 'udp6' to the match",
+            Prereq::Tcp => "tcp (nw_proto=6 over ip or ipv6): add 'tcp' or 'tcp6' to the match",
+            Prereq::Udp => "udp (nw_proto=17 over ip or ipv6): add 'udp' or 'udp6' to the match",
+            Prereq::TcpOrUdp4 => "tcp or udp over IPv4 (dl_type=0x0800 with nw_proto=6 or 17): add 'tcp' or 'udp' to the match",
+            Prereq::Tcp4 => "tcp over IPv4 (dl_type=0x0800 with nw_proto=6): add 'tcp' to the match",
+            Prereq::Udp4 => "udp over IPv4 (dl_type=0x0800 with nw_proto=17): add 'udp' to the match",
+            Prereq::Icmp => "icmp (dl_type=0x0800 with nw_proto=1): add 'icmp' to the match",
+            Prereq::Icmpv6 => "icmp6 (dl_type=0x86dd with nw_proto=58): add 'icmp6' to the match",
         }
     }
 }
@@ -77,6 +111,9 @@ pub(super) fn exact(m: &Match, f: Field) -> Option<u64> {
 pub(super) fn field_def(name: &str) -> Option<(Field, Kind, Option<Prereq>)> {
     use Field as F;
     let int = |bits, maskable| Kind::Int { bits, maskable };
+    if let Some(f) = pipeline_field(name) {
+        return Some((f, int(f.width(), true), None));
+    }
     Some(match name {
         "dl_src" | "eth_src" => (F::DlSrc, Kind::Mac, None),
         "dl_dst" | "eth_dst" => (F::DlDst, Kind::Mac, None),
@@ -105,8 +142,173 @@ pub(super) fn field_def(name: &str) -> Option<(Field, Kind, Option<Prereq>)> {
         "tun_id" | "tunnel_id" => (F::TunId, Kind::TunnelId, None),
         "tun_src" => (F::TunSrc, Kind::Ip, None),
         "tun_dst" => (F::TunDst, Kind::Ip, None),
+        "ct_state" => (F::CtState, Kind::CtState, None),
+        "ct_zone" => (F::CtZone, int(16, false), None),
+        "ct_mark" => (F::CtMark, int(32, true), None),
+        "ct_label" => (F::CtLabelLo, Kind::Label, None),
+        "ct_nw_src" => (F::CtNwSrc, Kind::Ip, Some(Prereq::Ip)),
+        "ct_nw_dst" => (F::CtNwDst, Kind::Ip, Some(Prereq::Ip)),
+        "ct_nw_proto" => (F::CtNwProto, int(8, false), Some(Prereq::IpAny)),
+        "ct_tp_src" => (F::CtTpSrc, int(16, true), Some(Prereq::IpAny)),
+        "ct_tp_dst" => (F::CtTpDst, int(16, true), Some(Prereq::IpAny)),
+        "conj_id" => (F::ConjId, int(32, false), None),
+        "ipv6_src" => (F::Ipv6SrcLo, Kind::Ipv6, Some(Prereq::Ipv6)),
+        "ipv6_dst" => (F::Ipv6DstLo, Kind::Ipv6, Some(Prereq::Ipv6)),
+        "ipv6_label" => (F::Ipv6Label, int(20, true), Some(Prereq::Ipv6)),
+        "nd_target" => (F::NdTargetLo, Kind::Ipv6, Some(Prereq::Icmpv6)),
+        "nd_sll" => (F::ArpSha, Kind::Mac, Some(Prereq::Icmpv6)),
+        "nd_tll" => (F::ArpTha, Kind::Mac, Some(Prereq::Icmpv6)),
+        "arp_sha" => (F::ArpSha, Kind::Mac, Some(Prereq::Arp)),
+        "arp_tha" => (F::ArpTha, Kind::Mac, Some(Prereq::Arp)),
+        "icmpv6_type" => (F::TpSrc, int(8, false), Some(Prereq::Icmpv6)),
+        "icmpv6_code" => (F::TpDst, int(8, false), Some(Prereq::Icmpv6)),
+        "nw_ttl" => (F::NwTtl, int(8, false), Some(Prereq::IpAny)),
+        "nw_ecn" | "ip_ecn" => (F::NwEcn, int(2, false), Some(Prereq::IpAny)),
+        "tcp_flags" => (F::TcpFlags, int(12, true), Some(Prereq::Tcp)),
         _ => return None,
     })
+}
+
+/// `metadata`, `reg0`-`reg15`, `xreg0`-`xreg7`: the fields a flow carries between tables.
+pub(super) fn pipeline_field(name: &str) -> Option<Field> {
+    let index = |s: &str, below: u8| -> Option<u8> {
+        let n: u8 = s.parse().ok()?;
+        (n < below && (s == "0" || !s.starts_with('0'))).then_some(n)
+    };
+    if name == "metadata" {
+        Some(Field::Metadata)
+    } else if let Some(n) = name.strip_prefix("xreg") {
+        index(n, 8).map(Field::XReg)
+    } else if let Some(n) = name.strip_prefix("reg") {
+        index(n, 16).map(Field::Reg)
+    } else {
+        None
+    }
+}
+
+/// The fields `load`, `move`, `set_field` and `ct(zone=...)` can name as `NAME[a..b]`, by
+/// ovs-ofctl and NXM/OXM names: (names, field, prerequisite to read or write it).
+const SUBFIELD_NAMES: &[(&[&str], Field, Option<Prereq>)] = &[
+    (&["NXM_OF_IN_PORT", "in_port"], Field::InPort, None),
+    (&["NXM_OF_ETH_SRC", "eth_src", "dl_src"], Field::DlSrc, None),
+    (&["NXM_OF_ETH_DST", "eth_dst", "dl_dst"], Field::DlDst, None),
+    (
+        &["NXM_OF_ETH_TYPE", "eth_type", "dl_type"],
+        Field::DlType,
+        None,
+    ),
+    (&["NXM_OF_VLAN_TCI", "vlan_tci"], Field::VlanTci, None),
+    (&["nw_src"], Field::NwSrc, Some(Prereq::IpOrArp)),
+    (&["nw_dst"], Field::NwDst, Some(Prereq::IpOrArp)),
+    (&["nw_proto"], Field::NwProto, Some(Prereq::IpOrArp)),
+    (&["NXM_OF_IP_SRC", "ip_src"], Field::NwSrc, Some(Prereq::Ip)),
+    (&["NXM_OF_IP_DST", "ip_dst"], Field::NwDst, Some(Prereq::Ip)),
+    (
+        &["NXM_OF_IP_PROTO", "ip_proto"],
+        Field::NwProto,
+        Some(Prereq::IpAny),
+    ),
+    (&["tp_src"], Field::TpSrc, Some(Prereq::TcpOrUdp)),
+    (&["tp_dst"], Field::TpDst, Some(Prereq::TcpOrUdp)),
+    (
+        &["NXM_OF_TCP_SRC", "tcp_src"],
+        Field::TpSrc,
+        Some(Prereq::Tcp),
+    ),
+    (
+        &["NXM_OF_TCP_DST", "tcp_dst"],
+        Field::TpDst,
+        Some(Prereq::Tcp),
+    ),
+    (
+        &["NXM_OF_UDP_SRC", "udp_src"],
+        Field::TpSrc,
+        Some(Prereq::Udp),
+    ),
+    (
+        &["NXM_OF_UDP_DST", "udp_dst"],
+        Field::TpDst,
+        Some(Prereq::Udp),
+    ),
+    (
+        &["NXM_OF_ARP_OP", "arp_op"],
+        Field::NwProto,
+        Some(Prereq::Arp),
+    ),
+    (
+        &["NXM_OF_ARP_SPA", "arp_spa"],
+        Field::NwSrc,
+        Some(Prereq::Arp),
+    ),
+    (
+        &["NXM_OF_ARP_TPA", "arp_tpa"],
+        Field::NwDst,
+        Some(Prereq::Arp),
+    ),
+    (
+        &["NXM_NX_ARP_SHA", "arp_sha"],
+        Field::ArpSha,
+        Some(Prereq::Arp),
+    ),
+    (
+        &["NXM_NX_ARP_THA", "arp_tha"],
+        Field::ArpTha,
+        Some(Prereq::Arp),
+    ),
+    (
+        &["NXM_NX_TUN_ID", "tun_id", "tunnel_id"],
+        Field::TunId,
+        None,
+    ),
+    (&["OXM_OF_METADATA", "metadata"], Field::Metadata, None),
+    (&["NXM_NX_CT_STATE", "ct_state"], Field::CtState, None),
+    (&["NXM_NX_CT_ZONE", "ct_zone"], Field::CtZone, None),
+    (&["NXM_NX_CT_MARK", "ct_mark"], Field::CtMark, None),
+];
+
+/// A field by a name `NAME[a..b]` can use, with its prerequisite.
+pub(super) fn subfield_field(name: &str) -> Option<(Field, Option<Prereq>)> {
+    if let Some(n) = name.strip_prefix("NXM_NX_REG") {
+        return pipeline_field(&format!("reg{n}")).map(|f| (f, None));
+    }
+    if let Some(n) = name.strip_prefix("OXM_OF_PKT_REG") {
+        return pipeline_field(&format!("xreg{n}")).map(|f| (f, None));
+    }
+    if let Some(f) = pipeline_field(name) {
+        return Some((f, None));
+    }
+    SUBFIELD_NAMES
+        .iter()
+        .find(|(names, _, _)| names.contains(&name))
+        .map(|(_, f, p)| (*f, *p))
+}
+
+/// The name a subfield of `f` is printed with (one that parses back with a prerequisite
+/// the flow already had).
+pub(super) fn subfield_name(f: Field) -> String {
+    match f {
+        Field::Reg(n) => format!("NXM_NX_REG{n}"),
+        Field::XReg(n) => format!("OXM_OF_PKT_REG{n}"),
+        _ => SUBFIELD_NAMES
+            .iter()
+            .find(|(_, field, _)| *field == f)
+            .map_or_else(|| format!("{f:?}"), |(names, _, _)| names[0].to_string()),
+    }
+}
+
+/// Fields `load` and `move` may write (the rest are read-only, or written by `ct` only).
+pub(super) fn writable(f: Field, prereq: Option<Prereq>) -> bool {
+    use Field as F;
+    let header = matches!(
+        f,
+        F::DlSrc | F::DlDst | F::VlanTci | F::NwSrc | F::NwDst | F::TpSrc | F::TpDst
+    );
+    let ipv4_header = matches!(f, F::NwSrc | F::NwDst | F::TpSrc | F::TpDst);
+    let arp = prereq == Some(Prereq::Arp);
+    matches!(
+        f,
+        F::InPort | F::TunId | F::Metadata | F::Reg(_) | F::XReg(_)
+    ) || (header && !arp && (!ipv4_header || prereq.is_some()))
 }
 
 /// `ip`, `tcp`, ...: (dl_type, nw_proto).
@@ -117,6 +319,10 @@ pub(super) fn shorthand(name: &str) -> Option<(u64, Option<u64>)> {
         "icmp" => (consts::ETH_IPV4, Some(consts::IP_ICMP)),
         "tcp" => (consts::ETH_IPV4, Some(consts::IP_TCP)),
         "udp" => (consts::ETH_IPV4, Some(consts::IP_UDP)),
+        "ipv6" => (consts::ETH_IPV6, None),
+        "icmp6" => (consts::ETH_IPV6, Some(consts::IP_ICMPV6)),
+        "tcp6" => (consts::ETH_IPV6, Some(consts::IP_TCP)),
+        "udp6" => (consts::ETH_IPV6, Some(consts::IP_UDP)),
         _ => return None,
     })
 }
@@ -305,7 +511,13 @@ impl<'a> Parser<'a> {
         };
         let maskable = matches!(
             kind,
-            Kind::Mac | Kind::Ip | Kind::TunnelId | Kind::Int { maskable: true, .. }
+            Kind::Mac
+                | Kind::Ip
+                | Kind::TunnelId
+                | Kind::CtState
+                | Kind::Label
+                | Kind::Ipv6
+                | Kind::Int { maskable: true, .. }
         );
         if let (Some((_, mat)), false) = (mask, maskable) {
             let hint = if matches!(kind, Kind::DlVlan | Kind::DlVlanPcp) {
@@ -381,9 +593,62 @@ impl<'a> Parser<'a> {
                 }
                 (tos, 0xff)
             }
+            Kind::CtState => self.ct_state(key, val, vat, mask)?,
+            Kind::Label => {
+                let value = self.uint128(key, val, vat)?;
+                let mask = match mask {
+                    Some((m, mat)) => self.uint128(&format!("{key} mask"), m, mat)?,
+                    None => u128::MAX,
+                };
+                let (v, m) = (value & mask, mask);
+                self.add_match(
+                    key,
+                    at,
+                    Field::CtLabelHi,
+                    (v >> 64) as u64,
+                    (m >> 64) as u64,
+                )?;
+                return self.add_match(key, at, Field::CtLabelLo, v as u64, m as u64);
+            }
+            Kind::Ipv6 => {
+                let addr = self.ipv6(key, val, vat)?;
+                let mask = match mask {
+                    Some((m, mat)) if m.contains(':') => self.ipv6(key, m, mat)?,
+                    Some((m, mat)) => {
+                        let bits = self.uint(&format!("{key} prefix length"), m, mat, 128)?;
+                        u128::MAX.checked_shl(128 - bits as u32).unwrap_or(0)
+                    }
+                    None => u128::MAX,
+                };
+                let (v, m) = (addr & mask, mask);
+                let (hi, lo) = ipv6_halves(field);
+                self.add_match(key, at, hi, (v >> 64) as u64, (m >> 64) as u64)?;
+                return self.add_match(key, at, lo, v as u64, m as u64);
+            }
         };
         self.add_match(key, at, field, value & mask, mask)
     }
+}
+
+/// The (high, low) halves of a 128-bit field named by its low half.
+pub(super) fn ipv6_halves(lo: Field) -> (Field, Field) {
+    match lo {
+        Field::Ipv6SrcLo => (Field::Ipv6SrcHi, Field::Ipv6SrcLo),
+        Field::Ipv6DstLo => (Field::Ipv6DstHi, Field::Ipv6DstLo),
+        Field::NdTargetLo => (Field::NdTargetHi, Field::NdTargetLo),
+        _ => (Field::CtLabelHi, Field::CtLabelLo),
+    }
+}
+
+/// A 128-bit (value, mask) from two halves.
+pub(super) fn get128(m: &Match, lo: Field) -> (u128, u128) {
+    let (hi, lo) = ipv6_halves(lo);
+    let (vh, mh) = m.get(hi);
+    let (vl, ml) = m.get(lo);
+    (
+        (u128::from(vh) << 64) | u128::from(vl),
+        (u128::from(mh) << 64) | u128::from(ml),
+    )
 }
 
 /// The match part as ovs-ofctl prints it (`ip,in_port=1,nw_src=10.0.0.0/24`); empty when
@@ -407,6 +672,7 @@ pub(super) fn match_items(m: &Match, in_port: Option<&PortRef>) -> Vec<String> {
     let proto = exact(m, Field::NwProto);
     let is_ip = dl_type == Some(consts::ETH_IPV4);
     let is_arp = dl_type == Some(consts::ETH_ARP);
+    let is_ipv6 = dl_type == Some(consts::ETH_IPV6);
     let mut skip_proto = false;
     if is_ip {
         let (name, skip) = match proto {
@@ -419,6 +685,15 @@ pub(super) fn match_items(m: &Match, in_port: Option<&PortRef>) -> Vec<String> {
         skip_proto = skip;
     } else if is_arp {
         items.push("arp".to_string());
+    } else if is_ipv6 {
+        let (name, skip) = match proto {
+            Some(consts::IP_ICMPV6) => ("icmp6", true),
+            Some(consts::IP_TCP) => ("tcp6", true),
+            Some(consts::IP_UDP) => ("udp6", true),
+            _ => ("ipv6", false),
+        };
+        items.push(name.to_string());
+        skip_proto = skip;
     }
 
     let (v, mask) = m.get(Field::TunId);
@@ -440,6 +715,23 @@ pub(super) fn match_items(m: &Match, in_port: Option<&PortRef>) -> Vec<String> {
                 items.push(format!("in_port={v}"));
             }
         }
+    }
+
+    super::ct::ct_match_items(m, &mut items);
+    let mut pipeline_fields = vec![Field::Metadata];
+    pipeline_fields.extend((0..16).map(Field::Reg));
+    for f in pipeline_fields {
+        let (v, mask) = m.get(f);
+        if mask != 0 {
+            let name = match f {
+                Field::Reg(n) => format!("reg{n}"),
+                _ => "metadata".to_string(),
+            };
+            items.push(fmt_masked_hex(&name, v, mask, f.full_mask()));
+        }
+    }
+    if let Some(id) = exact(m, Field::ConjId) {
+        items.push(format!("conj_id={id}"));
     }
 
     let (tci, mask) = m.get(Field::VlanTci);
@@ -473,7 +765,7 @@ pub(super) fn match_items(m: &Match, in_port: Option<&PortRef>) -> Vec<String> {
             items.push(format!("{name}={}/{}", fmt_mac(v), fmt_mac(mask)));
         }
     }
-    if !is_ip && !is_arp {
+    if !is_ip && !is_arp && !is_ipv6 {
         let (v, mask) = m.get(Field::DlType);
         if mask != 0 {
             items.push(format!("dl_type={v:#06x}"));
@@ -500,9 +792,59 @@ pub(super) fn match_items(m: &Match, in_port: Option<&PortRef>) -> Vec<String> {
     if mask != 0 {
         items.push(format!("nw_tos={v}"));
     }
+    for (lo, name) in [
+        (Field::Ipv6SrcLo, "ipv6_src"),
+        (Field::Ipv6DstLo, "ipv6_dst"),
+        (Field::NdTargetLo, "nd_target"),
+    ] {
+        let (v, mask) = get128(m, lo);
+        if mask == u128::MAX {
+            items.push(format!("{name}={}", std::net::Ipv6Addr::from(v)));
+        } else if mask != 0 {
+            let prefix = mask.leading_ones();
+            if mask.checked_shl(prefix).unwrap_or(0) == 0 {
+                items.push(format!("{name}={}/{prefix}", std::net::Ipv6Addr::from(v)));
+            } else {
+                items.push(format!(
+                    "{name}={}/{}",
+                    std::net::Ipv6Addr::from(v),
+                    std::net::Ipv6Addr::from(mask)
+                ));
+            }
+        }
+    }
+    let (v, mask) = m.get(Field::Ipv6Label);
+    if mask != 0 {
+        items.push(fmt_masked_hex(
+            "ipv6_label",
+            v,
+            mask,
+            Field::Ipv6Label.full_mask(),
+        ));
+    }
+    for (f, name) in [(Field::NwTtl, "nw_ttl"), (Field::NwEcn, "nw_ecn")] {
+        if let Some(v) = exact(m, f) {
+            items.push(format!("{name}={v}"));
+        }
+    }
+    let (sha, tha) = if is_arp {
+        ("arp_sha", "arp_tha")
+    } else {
+        ("nd_sll", "nd_tll")
+    };
+    for (f, name) in [(Field::ArpSha, sha), (Field::ArpTha, tha)] {
+        let (v, mask) = m.get(f);
+        if mask == f.full_mask() {
+            items.push(format!("{name}={}", fmt_mac(v)));
+        } else if mask != 0 {
+            items.push(format!("{name}={}/{}", fmt_mac(v), fmt_mac(mask)));
+        }
+    }
 
     let (src, dst) = if is_ip && proto == Some(consts::IP_ICMP) {
         ("icmp_type", "icmp_code")
+    } else if is_ipv6 && proto == Some(consts::IP_ICMPV6) {
+        ("icmpv6_type", "icmpv6_code")
     } else {
         ("tp_src", "tp_dst")
     };
@@ -513,6 +855,15 @@ pub(super) fn match_items(m: &Match, in_port: Option<&PortRef>) -> Vec<String> {
         } else if mask != 0 {
             items.push(format!("{name}={v:#x}/{mask:#x}"));
         }
+    }
+    let (v, mask) = m.get(Field::TcpFlags);
+    if mask != 0 {
+        items.push(fmt_masked_hex(
+            "tcp_flags",
+            v,
+            mask,
+            Field::TcpFlags.full_mask(),
+        ));
     }
     items
 }

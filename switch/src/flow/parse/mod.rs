@@ -26,6 +26,7 @@
 //!   network's VNI.
 
 mod actions;
+mod ct;
 mod fields;
 mod token;
 mod value;
@@ -331,6 +332,26 @@ impl<'a> Parser<'a> {
         parse_ip(s)
             .map(u64::from)
             .ok_or_else(|| self.err(at, format!("{what}: invalid IPv4 address '{s}'")))
+    }
+
+    fn ipv6(&self, what: &str, s: &str, at: usize) -> Result<u128, ParseError> {
+        s.parse::<std::net::Ipv6Addr>()
+            .map(u128::from)
+            .map_err(|_| self.err(at, format!("{what}: invalid IPv6 address '{s}'")))
+    }
+
+    /// A number of up to 128 bits (decimal or 0x hex).
+    fn uint128(&self, what: &str, s: &str, at: usize) -> Result<u128, ParseError> {
+        let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+            Some(h) if !h.is_empty() => u128::from_str_radix(h, 16),
+            _ => s.parse::<u128>(),
+        };
+        parsed.map_err(|_| {
+            self.err(
+                at,
+                format!("{what}: invalid number '{s}' (at most 128 bits)"),
+            )
+        })
     }
 
     fn port(&self, what: &str, s: &str, at: usize) -> Result<PortTok, ParseError> {

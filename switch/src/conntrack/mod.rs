@@ -1,0 +1,657 @@
+//! Connection tracking for the flow tables' `ct` action: which connection a packet belongs
+//! to, in which direction, and whether it fits that connection's state.
+//!
+//! - `packet.rs`: the connection key and TCP fields read from a packet's first bytes.
+//! - `tcp.rs`: TCP state with sequence and window checks.
+//! - here: the table of connections (zones, limits, timeouts, eviction), shared by every
+//!   dataplane thread.
+//!
+//! The table is split into shards, each behind its own lock; both directions of a
+//! connection live in the same shard (the shard is chosen by a hash that is the same both
+//! ways), so tracking a packet takes one uncontended lock. Time comes from the caller (the
+//! batch's clock), so tracking reads no clock. Semantics follow OVS's: a packet is `+new`
+//! until its connection has seen a reply and `+est` after; a connection exists only once a
+//! `ct(commit)` stored it; an ICMP error quoting a packet of a connection is `+rel`; what
+//! cannot be tracked (fragments, malformed headers, TCP segments outside the windows or
+//! without a connection to belong to) is `+inv`. NAT and ALGs are not implemented.
+
+pub mod packet;
+pub mod tcp;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::flow::key::consts::ct_state;
+use packet::{ConnKey, Transport};
+use tcp::{TcpConn, Verdict};
+
+/// Connections stored at most, unless configured (about 330 bytes each: see
+/// [`BYTES_PER_CONNECTION`]).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
+/// What a stored connection costs: the connection, its two keys and the maps' overhead
+/// (measured with `size_of` in a test, rounded up).
+pub const BYTES_PER_CONNECTION: usize = 330;
+const SHARDS: usize = 16;
+/// Idle timeouts of connections other than TCP (the Linux nf_conntrack defaults).
+const UDP_TIMEOUT_MS: u64 = 30_000;
+const UDP_STREAM_TIMEOUT_MS: u64 = 120_000;
+const ICMP_TIMEOUT_MS: u64 = 30_000;
+const OTHER_TIMEOUT_MS: u64 = 600_000;
+/// How many entries of the closed list a zone-limited commit looks at for one of its zone.
+const EVICTION_SCAN: usize = 64;
+
+/// Limits on stored connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Across all zones.
+    pub max_connections: usize,
+    /// Per zone, for the zones that have one.
+    pub zones: HashMap<u16, usize>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            zones: HashMap::new(),
+        }
+    }
+}
+
+/// What `ct(commit, exec(...))` sets on the connection: (value, mask).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitOptions {
+    pub set_mark: Option<(u32, u32)>,
+    pub set_label: Option<(u128, u128)>,
+}
+
+/// What tracking a packet found: the ct fields a later table matches on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tracked {
+    /// `ct_state` bits.
+    pub state: u64,
+    pub zone: u16,
+    pub mark: u32,
+    pub label: u128,
+    /// The connection's original direction (`ct_nw_src`, ...), unless invalid.
+    pub orig: Option<ConnKey>,
+}
+
+impl Tracked {
+    fn invalid(zone: u16) -> Tracked {
+        Tracked {
+            state: ct_state::TRACKED | ct_state::INVALID,
+            zone,
+            mark: 0,
+            label: 0,
+            orig: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum ProtoState {
+    Tcp(TcpConn),
+    /// UDP, ICMP echo and other protocols: whether a reply was seen.
+    Other {
+        replied: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Conn {
+    orig: ConnKey,
+    mark: u32,
+    label: u128,
+    proto: ProtoState,
+    expires_ms: u64,
+    /// On its shard's closed list already.
+    listed_closed: bool,
+}
+
+impl Conn {
+    fn replied(&self) -> bool {
+        match &self.proto {
+            ProtoState::Tcp(t) => t.replied(),
+            ProtoState::Other { replied } => *replied,
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        matches!(&self.proto, ProtoState::Tcp(t) if t.is_closed())
+    }
+
+    fn timeout_ms(&self) -> u64 {
+        match &self.proto {
+            ProtoState::Tcp(t) => t.timeout().millis(),
+            ProtoState::Other { replied } => match self.orig.proto {
+                packet::IP_UDP if *replied => UDP_STREAM_TIMEOUT_MS,
+                packet::IP_UDP => UDP_TIMEOUT_MS,
+                packet::IP_ICMP | packet::IP_ICMPV6 => ICMP_TIMEOUT_MS,
+                _ => OTHER_TIMEOUT_MS,
+            },
+        }
+    }
+
+    fn apply(&mut self, commit: &CommitOptions) {
+        if let Some((v, m)) = commit.set_mark {
+            self.mark = (self.mark & !m) | (v & m);
+        }
+        if let Some((v, m)) = commit.set_label {
+            self.label = (self.label & !m) | (v & m);
+        }
+    }
+
+    fn tracked(&self, state: u64) -> Tracked {
+        Tracked {
+            state,
+            zone: self.orig.zone,
+            mark: self.mark,
+            label: self.label,
+            orig: Some(self.orig),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    /// By the original direction's key.
+    conns: HashMap<ConnKey, Conn, ahash::RandomState>,
+    /// Reply direction's key -> original direction's key.
+    replies: HashMap<ConnKey, ConnKey, ahash::RandomState>,
+    /// Original keys of connections as they closed, oldest first (some may be gone).
+    closed: VecDeque<ConnKey>,
+}
+
+impl Shard {
+    /// The connection `key` belongs to: (its original key, whether `key` is the reply
+    /// direction). An expired connection is removed and not found.
+    fn find(
+        &mut self,
+        key: &ConnKey,
+        now_ms: u64,
+        removed: &mut Removed,
+    ) -> Option<(ConnKey, bool)> {
+        let (orig, reply) = if self.conns.contains_key(key) {
+            (*key, false)
+        } else {
+            (*self.replies.get(key)?, true)
+        };
+        if self
+            .conns
+            .get(&orig)
+            .is_some_and(|c| c.expires_ms <= now_ms)
+        {
+            self.remove(&orig, removed);
+            return None;
+        }
+        Some((orig, reply))
+    }
+
+    fn remove(&mut self, orig: &ConnKey, removed: &mut Removed) -> bool {
+        let Some(conn) = self.conns.remove(orig) else {
+            return false;
+        };
+        self.replies.remove(&conn.orig.reverse());
+        removed.push(conn.orig.zone);
+        true
+    }
+
+    fn insert(&mut self, conn: Conn) {
+        self.replies.insert(conn.orig.reverse(), conn.orig);
+        self.conns.insert(conn.orig, conn);
+    }
+
+    /// Removes the oldest closed connection (of `zone`, if given); whether one was found.
+    fn evict_closed(&mut self, zone: Option<u16>, removed: &mut Removed) -> bool {
+        let limit = if zone.is_some() {
+            EVICTION_SCAN
+        } else {
+            usize::MAX
+        };
+        let mut scanned = 0;
+        let mut i = 0;
+        while i < self.closed.len() && scanned < limit {
+            scanned += 1;
+            let key = self.closed[i];
+            let live_closed = self.conns.get(&key).is_some_and(|c| c.is_closed());
+            if !live_closed {
+                self.closed.remove(i);
+                continue;
+            }
+            if zone.is_some_and(|z| z != key.zone) {
+                i += 1;
+                continue;
+            }
+            self.closed.remove(i);
+            return self.remove(&key, removed);
+        }
+        false
+    }
+}
+
+/// Zones of connections removed under a shard lock, to uncount after it.
+#[derive(Default)]
+struct Removed(Vec<u16>);
+
+impl Removed {
+    fn push(&mut self, zone: u16) {
+        self.0.push(zone);
+    }
+}
+
+/// Counters, for the metrics and `flowctl dump-conntrack`.
+#[derive(Debug, Default)]
+pub struct CtCounters {
+    /// Connections stored by `ct(commit)`.
+    pub committed: AtomicU64,
+    /// Commits refused because a limit was reached and nothing closed could be evicted.
+    pub refused: AtomicU64,
+    /// Closed connections removed early to make room.
+    pub evicted: AtomicU64,
+    /// Connections removed after their idle timeout.
+    pub expired: AtomicU64,
+    /// Packets found invalid.
+    pub invalid: AtomicU64,
+}
+
+/// One connection as `flowctl dump-conntrack` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnInfo {
+    pub zone: u16,
+    pub proto: u8,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    /// `SYN_SENT`, `ESTABLISHED`, ... for TCP; `UNREPLIED` or `REPLIED` otherwise.
+    pub state: String,
+    pub mark: u32,
+    pub label: u128,
+    /// Seconds until it expires if idle.
+    pub expires_in_s: u64,
+}
+
+/// The connection table.
+pub struct Conntrack {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: ahash::RandomState,
+    limits: RwLock<Limits>,
+    count: AtomicUsize,
+    zone_counts: Mutex<HashMap<u16, usize>>,
+    pub counters: CtCounters,
+}
+
+impl Default for Conntrack {
+    fn default() -> Self {
+        Conntrack::new(Limits::default())
+    }
+}
+
+impl std::fmt::Debug for Conntrack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Conntrack({} connections)", self.len())
+    }
+}
+
+impl Conntrack {
+    pub fn new(limits: Limits) -> Conntrack {
+        Conntrack {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: ahash::RandomState::new(),
+            limits: RwLock::new(limits),
+            count: AtomicUsize::new(0),
+            zone_counts: Mutex::new(HashMap::new()),
+            counters: CtCounters::default(),
+        }
+    }
+
+    /// Connections stored.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Connections stored per zone (zones with none are left out).
+    pub fn zone_counts(&self) -> HashMap<u16, usize> {
+        lock(&self.zone_counts).clone()
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// New limits; connections beyond them stay until they end (new ones are refused).
+    pub fn set_limits(&self, limits: Limits) {
+        *self.limits.write().unwrap_or_else(|e| e.into_inner()) = limits;
+    }
+
+    /// The shard of a connection (the same for both directions), locked.
+    fn shard(&self, key: &ConnKey) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[self.shard_index(key)])
+    }
+
+    fn shard_index(&self, key: &ConnKey) -> usize {
+        let a = (key.src, key.sport);
+        let b = (key.dst, key.dport);
+        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+        let h = self.hasher.hash_one((key.zone, key.proto, lo, hi));
+        (h as usize) % SHARDS
+    }
+
+    /// Evicts the oldest closed connection (of `zone`, if given): from `own` shard first,
+    /// then from any other shard that is not busy (`try_lock`: taking a second shard's lock
+    /// while holding one could deadlock with a thread doing the reverse).
+    fn evict(
+        &self,
+        own: &mut Shard,
+        own_index: usize,
+        zone: Option<u16>,
+        removed: &mut Removed,
+    ) -> bool {
+        if own.evict_closed(zone, removed) {
+            return true;
+        }
+        for (i, shard) in self.shards.iter().enumerate() {
+            if i == own_index {
+                continue;
+            }
+            let Ok(mut other) = shard.try_lock() else {
+                continue;
+            };
+            if other.evict_closed(zone, removed) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn uncount(&self, removed: Removed) {
+        if removed.0.is_empty() {
+            return;
+        }
+        self.count.fetch_sub(removed.0.len(), Ordering::Relaxed);
+        let mut zones = lock(&self.zone_counts);
+        for z in removed.0 {
+            if let Some(n) = zones.get_mut(&z) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    zones.remove(&z);
+                }
+            }
+        }
+    }
+
+    /// Tracks a packet (an Ethernet frame's first bytes) in `zone`. With `commit`, a new
+    /// connection is stored and the options applied (also to an existing one). `now_ms` is
+    /// the caller's clock (any monotonic milliseconds).
+    pub fn track(
+        &self,
+        frame: &[u8],
+        zone: u16,
+        commit: Option<&CommitOptions>,
+        now_ms: u64,
+    ) -> Tracked {
+        let mut removed = Removed::default();
+        let tracked = self.track_locked(frame, zone, commit, now_ms, &mut removed);
+        self.uncount(removed);
+        if tracked.state & ct_state::INVALID != 0 {
+            self.counters.invalid.fetch_add(1, Ordering::Relaxed);
+        }
+        tracked
+    }
+
+    fn track_locked(
+        &self,
+        frame: &[u8],
+        zone: u16,
+        commit: Option<&CommitOptions>,
+        now_ms: u64,
+        removed: &mut Removed,
+    ) -> Tracked {
+        let Ok(pkt) = packet::parse(frame, zone) else {
+            return Tracked::invalid(zone);
+        };
+        if let Transport::Error(quoted) = pkt.transport {
+            // Related: the error quotes a packet of a connection.
+            let mut shard = self.shard(&quoted);
+            let Some((orig, quoted_is_reply)) = shard.find(&quoted, now_ms, removed) else {
+                return Tracked::invalid(zone);
+            };
+            let Some(conn) = shard.conns.get(&orig) else {
+                return Tracked::invalid(zone);
+            };
+            // The error travels against the quoted packet's direction.
+            let reply = if quoted_is_reply { 0 } else { ct_state::REPLY };
+            return conn.tracked(ct_state::TRACKED | ct_state::RELATED | reply);
+        }
+        let key = pkt.key;
+        let shard_index = self.shard_index(&key);
+        let mut shard = lock(&self.shards[shard_index]);
+        if let Some((orig, reply)) = shard.find(&key, now_ms, removed) {
+            let Some(conn) = shard.conns.get_mut(&orig) else {
+                return Tracked::invalid(zone);
+            };
+            let reopens = match (&conn.proto, &pkt.transport) {
+                (ProtoState::Tcp(t), Transport::Tcp(seg)) => {
+                    t.is_closed() && TcpConn::can_open(seg)
+                }
+                _ => false,
+            };
+            if !reopens {
+                let valid = match (&mut conn.proto, &pkt.transport) {
+                    (ProtoState::Tcp(t), Transport::Tcp(seg)) => {
+                        t.update(usize::from(reply), seg) == Verdict::Valid
+                    }
+                    (ProtoState::Other { replied }, _) => {
+                        *replied |= reply;
+                        true
+                    }
+                    _ => false,
+                };
+                if !valid {
+                    return Tracked::invalid(zone);
+                }
+                conn.expires_ms = now_ms + conn.timeout_ms();
+                if let Some(c) = commit {
+                    conn.apply(c);
+                }
+                let mut state = ct_state::TRACKED;
+                state |= if conn.replied() {
+                    ct_state::ESTABLISHED
+                } else {
+                    ct_state::NEW
+                };
+                if reply {
+                    state |= ct_state::REPLY;
+                }
+                let tracked = conn.tracked(state);
+                if conn.is_closed() && !conn.listed_closed {
+                    conn.listed_closed = true;
+                    shard.closed.push_back(orig);
+                }
+                return tracked;
+            }
+            // A new SYN on a closed connection's ports: the old one is over.
+            shard.remove(&orig, removed);
+        }
+        // No connection yet: may this packet open one?
+        let proto = match &pkt.transport {
+            Transport::Tcp(seg) if TcpConn::can_open(seg) => ProtoState::Tcp(TcpConn::new(seg)),
+            Transport::Tcp(_) => return Tracked::invalid(zone),
+            Transport::Echo if !packet::is_echo_request(key.proto, key.icmp_type) => {
+                return Tracked::invalid(zone)
+            }
+            _ => ProtoState::Other { replied: false },
+        };
+        let mut conn = Conn {
+            orig: key,
+            mark: 0,
+            label: 0,
+            proto,
+            expires_ms: 0,
+            listed_closed: false,
+        };
+        conn.expires_ms = now_ms + conn.timeout_ms();
+        let state = ct_state::TRACKED | ct_state::NEW;
+        let Some(c) = commit else {
+            return conn.tracked(state);
+        };
+        conn.apply(c);
+        if !self.make_room(&mut shard, shard_index, zone, removed) {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            return Tracked::invalid(zone);
+        }
+        let tracked = conn.tracked(state);
+        shard.insert(conn);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.zone_counts).entry(zone).or_insert(0) += 1;
+        self.counters.committed.fetch_add(1, Ordering::Relaxed);
+        tracked
+    }
+
+    /// Whether a connection in `zone` may be added, evicting a closed one if a limit is
+    /// reached.
+    fn make_room(&self, shard: &mut Shard, index: usize, zone: u16, removed: &mut Removed) -> bool {
+        let limits = self.limits.read().unwrap_or_else(|e| e.into_inner());
+        let pending = removed.0.len();
+        let total = self.len().saturating_sub(pending);
+        if total >= limits.max_connections {
+            if !self.evict(shard, index, None, removed) {
+                return false;
+            }
+            self.counters.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(&zone_max) = limits.zones.get(&zone) {
+            let pending_here = removed.0.iter().filter(|z| **z == zone).count();
+            let in_zone = lock(&self.zone_counts)
+                .get(&zone)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(pending_here);
+            if in_zone >= zone_max {
+                if !self.evict(shard, index, Some(zone), removed) {
+                    return false;
+                }
+                self.counters.evicted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        true
+    }
+
+    /// Removes connections idle past their timeout; how many.
+    pub fn expire(&self, now_ms: u64) -> usize {
+        let mut n = 0;
+        for shard in self.shards.iter() {
+            let mut removed = Removed::default();
+            {
+                let mut shard = lock(shard);
+                let old: Vec<ConnKey> = shard
+                    .conns
+                    .values()
+                    .filter(|c| c.expires_ms <= now_ms)
+                    .map(|c| c.orig)
+                    .collect();
+                for k in &old {
+                    shard.remove(k, &mut removed);
+                }
+                let Shard { conns, closed, .. } = &mut *shard;
+                closed.retain(|k| conns.contains_key(k));
+            }
+            n += removed.0.len();
+            self.uncount(removed);
+        }
+        self.counters.expired.fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    /// Every connection (of `zone`, if given).
+    pub fn dump(&self, zone: Option<u16>, now_ms: u64) -> Vec<ConnInfo> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            for c in shard.conns.values() {
+                if zone.is_some_and(|z| z != c.orig.zone) || c.expires_ms <= now_ms {
+                    continue;
+                }
+                let state = match &c.proto {
+                    ProtoState::Tcp(t) => tcp_state_name(t).to_string(),
+                    ProtoState::Other { replied: true } => "REPLIED".to_string(),
+                    ProtoState::Other { replied: false } => "UNREPLIED".to_string(),
+                };
+                out.push(ConnInfo {
+                    zone: c.orig.zone,
+                    proto: c.orig.proto,
+                    src: c.orig.src,
+                    dst: c.orig.dst,
+                    sport: c.orig.sport,
+                    dport: c.orig.dport,
+                    state,
+                    mark: c.mark,
+                    label: c.label,
+                    expires_in_s: (c.expires_ms - now_ms).div_ceil(1000),
+                });
+            }
+        }
+        out.sort_by(|a, b| {
+            (a.zone, a.proto, a.src, a.sport, a.dst, a.dport)
+                .cmp(&(b.zone, b.proto, b.src, b.sport, b.dst, b.dport))
+        });
+        out
+    }
+
+    /// Removes every connection (of `zone`, if given); how many.
+    pub fn flush(&self, zone: Option<u16>) -> usize {
+        let mut n = 0;
+        for shard in self.shards.iter() {
+            let mut removed = Removed::default();
+            {
+                let mut shard = lock(shard);
+                let gone: Vec<ConnKey> = shard
+                    .conns
+                    .keys()
+                    .filter(|k| zone.is_none_or(|z| z == k.zone))
+                    .copied()
+                    .collect();
+                for k in &gone {
+                    shard.remove(k, &mut removed);
+                }
+            }
+            n += removed.0.len();
+            self.uncount(removed);
+        }
+        n
+    }
+}
+
+/// The state of a TCP connection as conntrack tools name it.
+fn tcp_state_name(t: &TcpConn) -> &'static str {
+    use tcp::PeerState as P;
+    match (t.state(0), t.state(1)) {
+        (P::TimeWait, _) | (_, P::TimeWait) => "CLOSE",
+        (a, b) if a >= P::FinWait2 && b >= P::FinWait2 => "TIME_WAIT",
+        (a, b) if a >= P::Closing || b >= P::Closing => "FIN_WAIT",
+        (P::SynSent, P::Closed) => "SYN_SENT",
+        (_, P::SynSent) | (P::SynSent, _) => "SYN_RECV",
+        _ => "ESTABLISHED",
+    }
+}
+
+/// A lock whose holder panicked is still usable: every change under it is complete or
+/// not started.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,349 @@
+//! What connection tracking reads from a packet: its connection key (addresses, protocol,
+//! ports or ICMP identifier) and, for TCP, what the state machine needs; for an ICMP error,
+//! the key of the packet it quotes. Parsed from the frame's first bytes (the header the flow
+//! tables work on), so a guest cannot change it between tracking and delivery.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+const ETH_IPV4: u16 = 0x0800;
+const ETH_IPV6: u16 = 0x86dd;
+const TPID_8021Q: u16 = 0x8100;
+const TPID_8021AD: u16 = 0x88a8;
+pub const IP_ICMP: u8 = 1;
+pub const IP_TCP: u8 = 6;
+pub const IP_UDP: u8 = 17;
+pub const IP_ICMPV6: u8 = 58;
+
+/// One direction of a connection: what a packet travelling that way carries.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct ConnKey {
+    pub zone: u16,
+    pub proto: u8,
+    /// ICMP/ICMPv6 echo: the message type of this direction (request or reply); 0 otherwise.
+    pub icmp_type: u8,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// TCP/UDP ports; ICMP echo: the identifier in both.
+    pub sport: u16,
+    pub dport: u16,
+}
+
+impl ConnKey {
+    /// The key of the other direction.
+    pub fn reverse(&self) -> ConnKey {
+        ConnKey {
+            zone: self.zone,
+            proto: self.proto,
+            icmp_type: echo_pair(self.proto, self.icmp_type).unwrap_or(self.icmp_type),
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+        }
+    }
+}
+
+/// The other half of an ICMP/ICMPv6 query pair (echo request <-> reply).
+fn echo_pair(proto: u8, ty: u8) -> Option<u8> {
+    match (proto, ty) {
+        (IP_ICMP, 8) => Some(0),
+        (IP_ICMP, 0) => Some(8),
+        (IP_ICMPV6, 128) => Some(129),
+        (IP_ICMPV6, 129) => Some(128),
+        _ => None,
+    }
+}
+
+/// Whether an ICMP type starts a query (so may create a connection).
+pub fn is_echo_request(proto: u8, ty: u8) -> bool {
+    matches!((proto, ty), (IP_ICMP, 8) | (IP_ICMPV6, 128))
+}
+
+/// TCP header flags.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+/// What the TCP state machine reads from a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSegment {
+    pub flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    /// The raw (unscaled) window.
+    pub window: u16,
+    /// The window scale option of a SYN: `Some(shift)`; `None` if absent.
+    pub wscale: Option<u8>,
+    /// The options were cut off by the end of the header bytes we have (so the window
+    /// scale is unknown).
+    pub options_unknown: bool,
+    /// Payload bytes.
+    pub payload: u32,
+}
+
+/// The transport part of a packet, as tracking sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp(TcpSegment),
+    Udp,
+    /// An ICMP/ICMPv6 echo request or reply.
+    Echo,
+    /// An ICMP/ICMPv6 error quoting a packet whose key (in the direction it was sent) is
+    /// this.
+    Error(ConnKey),
+    /// Another protocol: tracked by addresses and protocol.
+    Other,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Packet {
+    pub key: ConnKey,
+    pub transport: Transport,
+}
+
+/// Why a packet cannot be tracked (it is then `+inv`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Untrackable {
+    #[error("not IPv4 or IPv6")]
+    NotIp,
+    #[error("truncated or malformed header")]
+    Malformed,
+    #[error("an IP fragment (fragments are not reassembled for tracking)")]
+    Fragment,
+    #[error("an ICMP message that is neither a query nor an error")]
+    IcmpOther,
+}
+
+fn be16(b: &[u8], at: usize) -> Result<u16, Untrackable> {
+    Ok(u16::from_be_bytes([
+        *b.get(at).ok_or(Untrackable::Malformed)?,
+        *b.get(at + 1).ok_or(Untrackable::Malformed)?,
+    ]))
+}
+
+fn be32(b: &[u8], at: usize) -> Result<u32, Untrackable> {
+    Ok(u32::from_be_bytes(
+        b.get(at..at + 4)
+            .ok_or(Untrackable::Malformed)?
+            .try_into()
+            .map_err(|_| Untrackable::Malformed)?,
+    ))
+}
+
+/// Parses an Ethernet frame's first bytes (with up to one 802.1Q/802.1ad tag).
+pub fn parse(frame: &[u8], zone: u16) -> Result<Packet, Untrackable> {
+    let mut l3 = 14;
+    let mut ethertype = be16(frame, 12)?;
+    while matches!(ethertype, TPID_8021Q | TPID_8021AD) {
+        ethertype = be16(frame, l3 + 2)?;
+        l3 += 4;
+    }
+    let ip = match ethertype {
+        ETH_IPV4 => ipv4(frame, l3)?,
+        ETH_IPV6 => ipv6(frame, l3)?,
+        _ => return Err(Untrackable::NotIp),
+    };
+    transport(frame, ip, zone, false)
+}
+
+/// An IP header's addresses, protocol, where L4 starts and how long it is.
+struct Ip {
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    l4: usize,
+    /// L4 bytes (header + payload) as the IP header says.
+    l4_len: u32,
+}
+
+fn ipv4(b: &[u8], l3: usize) -> Result<Ip, Untrackable> {
+    let vihl = *b.get(l3).ok_or(Untrackable::Malformed)?;
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if vihl >> 4 != 4 || ihl < 20 {
+        return Err(Untrackable::Malformed);
+    }
+    let total = u32::from(be16(b, l3 + 2)?);
+    let frag = be16(b, l3 + 6)?;
+    if frag & 0x3fff != 0 {
+        return Err(Untrackable::Fragment);
+    }
+    let src = Ipv4Addr::from(be32(b, l3 + 12)?);
+    let dst = Ipv4Addr::from(be32(b, l3 + 16)?);
+    let proto = *b.get(l3 + 9).ok_or(Untrackable::Malformed)?;
+    let l4_len = total
+        .checked_sub(ihl as u32)
+        .ok_or(Untrackable::Malformed)?;
+    Ok(Ip {
+        src: src.into(),
+        dst: dst.into(),
+        proto,
+        l4: l3 + ihl,
+        l4_len,
+    })
+}
+
+fn ipv6(b: &[u8], l3: usize) -> Result<Ip, Untrackable> {
+    if b.get(l3).ok_or(Untrackable::Malformed)? >> 4 != 6 {
+        return Err(Untrackable::Malformed);
+    }
+    let payload = u32::from(be16(b, l3 + 4)?);
+    let addr = |at: usize| -> Result<Ipv6Addr, Untrackable> {
+        let bytes: [u8; 16] = b
+            .get(at..at + 16)
+            .ok_or(Untrackable::Malformed)?
+            .try_into()
+            .map_err(|_| Untrackable::Malformed)?;
+        Ok(Ipv6Addr::from(bytes))
+    };
+    let (src, dst) = (addr(l3 + 8)?, addr(l3 + 24)?);
+    let mut next = *b.get(l3 + 6).ok_or(Untrackable::Malformed)?;
+    let mut at = l3 + 40;
+    let mut ext = 0u32;
+    // Extension headers: hop-by-hop, routing, destination options; a fragment header ends it.
+    for _ in 0..8 {
+        match next {
+            0 | 43 | 60 => {
+                let len = (usize::from(*b.get(at + 1).ok_or(Untrackable::Malformed)?) + 1) * 8;
+                next = *b.get(at).ok_or(Untrackable::Malformed)?;
+                at += len;
+                ext += len as u32;
+            }
+            44 => return Err(Untrackable::Fragment),
+            _ => break,
+        }
+    }
+    Ok(Ip {
+        src: src.into(),
+        dst: dst.into(),
+        proto: next,
+        l4: at,
+        l4_len: payload.checked_sub(ext).ok_or(Untrackable::Malformed)?,
+    })
+}
+
+fn transport(b: &[u8], ip: Ip, zone: u16, quoted: bool) -> Result<Packet, Untrackable> {
+    let mut key = ConnKey {
+        zone,
+        proto: ip.proto,
+        icmp_type: 0,
+        src: ip.src,
+        dst: ip.dst,
+        sport: 0,
+        dport: 0,
+    };
+    let l4 = ip.l4;
+    let transport = match ip.proto {
+        IP_TCP => {
+            key.sport = be16(b, l4)?;
+            key.dport = be16(b, l4 + 2)?;
+            if quoted {
+                // An ICMP error quotes only the first 8 bytes of the segment.
+                return Ok(Packet {
+                    key,
+                    transport: Transport::Other,
+                });
+            }
+            let seq = be32(b, l4 + 4)?;
+            let ack = be32(b, l4 + 8)?;
+            let offset = usize::from(*b.get(l4 + 12).ok_or(Untrackable::Malformed)? >> 4) * 4;
+            let flags = *b.get(l4 + 13).ok_or(Untrackable::Malformed)?;
+            let window = be16(b, l4 + 14)?;
+            if offset < 20 || ip.l4_len < offset as u32 {
+                return Err(Untrackable::Malformed);
+            }
+            let (wscale, options_unknown) = window_scale(b, l4 + 20, l4 + offset);
+            Transport::Tcp(TcpSegment {
+                flags,
+                seq,
+                ack,
+                window,
+                wscale,
+                options_unknown,
+                payload: ip.l4_len - offset as u32,
+            })
+        }
+        IP_UDP => {
+            key.sport = be16(b, l4)?;
+            key.dport = be16(b, l4 + 2)?;
+            Transport::Udp
+        }
+        IP_ICMP | IP_ICMPV6 => {
+            let ty = *b.get(l4).ok_or(Untrackable::Malformed)?;
+            let error = match ip.proto {
+                IP_ICMP => matches!(ty, 3 | 4 | 5 | 11 | 12),
+                _ => ty < 128,
+            };
+            if error {
+                if quoted {
+                    return Err(Untrackable::Malformed);
+                }
+                // The quoted packet: its IP header starts after the 8-byte ICMP header.
+                let inner_l3 = l4 + 8;
+                let inner = match ip.proto {
+                    IP_ICMP => ipv4_quoted(b, inner_l3)?,
+                    _ => ipv6(b, inner_l3)?,
+                };
+                let quoted = transport(b, inner, zone, true)?;
+                Transport::Error(quoted.key)
+            } else if echo_pair(ip.proto, ty).is_some() {
+                key.icmp_type = ty;
+                key.sport = be16(b, l4 + 4)?;
+                key.dport = key.sport;
+                Transport::Echo
+            } else {
+                return Err(Untrackable::IcmpOther);
+            }
+        }
+        _ => Transport::Other,
+    };
+    Ok(Packet { key, transport })
+}
+
+/// A quoted IPv4 header (its total length describes the original packet, not the quote).
+fn ipv4_quoted(b: &[u8], l3: usize) -> Result<Ip, Untrackable> {
+    let vihl = *b.get(l3).ok_or(Untrackable::Malformed)?;
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if vihl >> 4 != 4 || ihl < 20 {
+        return Err(Untrackable::Malformed);
+    }
+    Ok(Ip {
+        src: Ipv4Addr::from(be32(b, l3 + 12)?).into(),
+        dst: Ipv4Addr::from(be32(b, l3 + 16)?).into(),
+        proto: *b.get(l3 + 9).ok_or(Untrackable::Malformed)?,
+        l4: l3 + ihl,
+        l4_len: 8,
+    })
+}
+
+/// The window scale option among TCP options `b[from..to]`: (shift, options cut short).
+fn window_scale(b: &[u8], from: usize, to: usize) -> (Option<u8>, bool) {
+    let mut at = from;
+    while at < to {
+        let Some(&kind) = b.get(at) else {
+            return (None, true);
+        };
+        match kind {
+            0 => return (None, false),
+            1 => at += 1,
+            _ => {
+                let Some(&len) = b.get(at + 1) else {
+                    return (None, true);
+                };
+                if len < 2 {
+                    return (None, false);
+                }
+                if kind == 3 && len == 3 {
+                    return match b.get(at + 2) {
+                        Some(&shift) => (Some(shift.min(14)), false),
+                        None => (None, true),
+                    };
+                }
+                at += usize::from(len);
+            }
+        }
+    }
+    (None, false)
+}

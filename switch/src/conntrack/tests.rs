@@ -1,0 +1,526 @@
+//! Connection tracking against recorded exchanges: the TCP handshake, data, FIN both ways,
+//! RST, windows and retransmits; UDP and ICMP; related ICMP errors; zones, limits and
+//! timeouts.
+
+use etherparse::{PacketBuilder, TcpOptionElement};
+
+use super::*;
+use crate::flow::key::consts::ct_state::*;
+
+const A: [u8; 4] = [10, 0, 0, 1];
+const B: [u8; 4] = [10, 0, 0, 2];
+const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+/// A TCP segment from A (port 40000) to B (port 22), or back.
+#[derive(Clone, Copy)]
+struct Seg {
+    from_a: bool,
+    syn: bool,
+    ack: Option<u32>,
+    fin: bool,
+    rst: bool,
+    seq: u32,
+    window: u16,
+    payload: usize,
+    wscale: Option<u8>,
+}
+
+fn seg(from_a: bool, seq: u32) -> Seg {
+    Seg {
+        from_a,
+        syn: false,
+        ack: None,
+        fin: false,
+        rst: false,
+        seq,
+        window: 64240,
+        payload: 0,
+        wscale: None,
+    }
+}
+
+impl Seg {
+    fn syn(mut self) -> Seg {
+        self.syn = true;
+        self
+    }
+    fn ack(mut self, ack: u32) -> Seg {
+        self.ack = Some(ack);
+        self
+    }
+    fn fin(mut self) -> Seg {
+        self.fin = true;
+        self
+    }
+    fn rst(mut self) -> Seg {
+        self.rst = true;
+        self
+    }
+    fn data(mut self, n: usize) -> Seg {
+        self.payload = n;
+        self
+    }
+    fn window(mut self, w: u16, scale: Option<u8>) -> Seg {
+        self.window = w;
+        self.wscale = scale;
+        self
+    }
+    fn frame(&self) -> Vec<u8> {
+        let (smac, dmac, src, dst, sp, dp) = if self.from_a {
+            (MAC_A, MAC_B, A, B, 40000, 22)
+        } else {
+            (MAC_B, MAC_A, B, A, 22, 40000)
+        };
+        let mut b = PacketBuilder::ethernet2(smac, dmac).ipv4(src, dst, 64).tcp(
+            sp,
+            dp,
+            self.seq,
+            self.window,
+        );
+        if self.syn {
+            b = b.syn();
+        }
+        if let Some(a) = self.ack {
+            b = b.ack(a);
+        }
+        if self.fin {
+            b = b.fin();
+        }
+        if self.rst {
+            b = b.rst();
+        }
+        if let Some(s) = self.wscale {
+            b = b
+                .options(&[TcpOptionElement::WindowScale(s)])
+                .expect("options fit");
+        }
+        let payload = vec![0x5a; self.payload];
+        let mut out = Vec::new();
+        b.write(&mut out, &payload).expect("frame");
+        out
+    }
+}
+
+fn udp(from_a: bool) -> Vec<u8> {
+    let (smac, dmac, src, dst, sp, dp) = if from_a {
+        (MAC_A, MAC_B, A, B, 5000, 53)
+    } else {
+        (MAC_B, MAC_A, B, A, 53, 5000)
+    };
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(smac, dmac)
+        .ipv4(src, dst, 64)
+        .udp(sp, dp)
+        .write(&mut out, b"query")
+        .expect("frame");
+    out
+}
+
+const COMMIT: CommitOptions = CommitOptions {
+    set_mark: None,
+    set_label: None,
+};
+
+/// Tracks and returns the state bits.
+fn track(ct: &Conntrack, frame: &[u8], commit: bool, now: u64) -> u64 {
+    ct.track(frame, 0, commit.then_some(&COMMIT), now).state
+}
+
+/// A handshake A -> B (ISNs 1000 and 5000), committed; returns the table.
+fn handshake(ct: &Conntrack) {
+    assert_eq!(
+        track(ct, &seg(true, 1000).syn().frame(), true, 0),
+        TRACKED | NEW
+    );
+    assert_eq!(
+        track(ct, &seg(false, 5000).syn().ack(1001).frame(), false, 1),
+        TRACKED | ESTABLISHED | REPLY
+    );
+    assert_eq!(
+        track(ct, &seg(true, 1001).ack(5001).frame(), false, 2),
+        TRACKED | ESTABLISHED
+    );
+}
+
+fn states(ct: &Conntrack) -> Vec<String> {
+    ct.dump(None, 3).into_iter().map(|c| c.state).collect()
+}
+
+#[test]
+fn tcp_handshake_data_and_fin_both_ways() {
+    let ct = Conntrack::default();
+    handshake(&ct);
+    assert_eq!(states(&ct), ["ESTABLISHED"]);
+    let est = TRACKED | ESTABLISHED;
+    assert_eq!(
+        track(&ct, &seg(true, 1001).ack(5001).data(100).frame(), false, 3),
+        est
+    );
+    assert_eq!(
+        track(
+            &ct,
+            &seg(false, 5001).ack(1101).data(1400).frame(),
+            false,
+            3
+        ),
+        est | REPLY
+    );
+    // A retransmit of data already seen is still part of the connection.
+    assert_eq!(
+        track(&ct, &seg(true, 1001).ack(5001).data(100).frame(), false, 3),
+        est
+    );
+    // FIN from A, acked by B; FIN from B, acked by A.
+    assert_eq!(
+        track(&ct, &seg(true, 1101).ack(6401).fin().frame(), false, 4),
+        est
+    );
+    assert_eq!(states(&ct), ["FIN_WAIT"]);
+    assert_eq!(
+        track(&ct, &seg(false, 6401).ack(1102).fin().frame(), false, 5),
+        est | REPLY
+    );
+    assert_eq!(
+        track(&ct, &seg(true, 1102).ack(6402).frame(), false, 6),
+        est
+    );
+    assert_eq!(states(&ct), ["TIME_WAIT"]);
+    // A new SYN on the same ports starts a new connection.
+    assert_eq!(
+        track(&ct, &seg(true, 90_000).syn().frame(), true, 7),
+        TRACKED | NEW
+    );
+    assert_eq!(states(&ct), ["SYN_SENT"]);
+    assert_eq!(ct.len(), 1);
+}
+
+#[test]
+fn tcp_segments_outside_the_windows_are_invalid() {
+    let ct = Conntrack::default();
+    handshake(&ct);
+    let inv = TRACKED | INVALID;
+    // Data far beyond what B's window allows A to send.
+    assert_eq!(
+        track(
+            &ct,
+            &seg(true, 1001 + 10_000_000).ack(5001).data(100).frame(),
+            false,
+            3
+        ),
+        inv
+    );
+    // Data from long before the window (not a plausible retransmit).
+    assert_eq!(
+        track(
+            &ct,
+            &seg(true, 1001u32.wrapping_sub(1_000_000))
+                .ack(5001)
+                .data(100)
+                .frame(),
+            false,
+            3
+        ),
+        inv
+    );
+    // Acking data B never sent.
+    assert_eq!(
+        track(
+            &ct,
+            &seg(true, 1001).ack(5001 + 1_000_000).data(10).frame(),
+            false,
+            3
+        ),
+        inv
+    );
+    // The connection is unharmed.
+    assert_eq!(
+        track(&ct, &seg(true, 1001).ack(5001).data(10).frame(), false, 3),
+        TRACKED | ESTABLISHED
+    );
+    assert_eq!(ct.counters.invalid.load(Ordering::Relaxed), 3);
+}
+
+#[test]
+fn tcp_rst_needs_the_right_sequence_and_ends_the_connection() {
+    let ct = Conntrack::default();
+    handshake(&ct);
+    // A blind reset with a guessed sequence number is refused.
+    assert_eq!(
+        track(&ct, &seg(false, 5001 + 40_000).rst().frame(), false, 3),
+        TRACKED | INVALID
+    );
+    assert_eq!(states(&ct), ["ESTABLISHED"]);
+    assert_eq!(
+        track(&ct, &seg(false, 5001).rst().frame(), false, 3),
+        TRACKED | ESTABLISHED | REPLY
+    );
+    assert_eq!(states(&ct), ["CLOSE"]);
+    // A closed-by-reset connection goes after 10 s.
+    assert_eq!(ct.expire(3 + 9_000), 0);
+    assert_eq!(ct.expire(3 + 10_000), 1);
+    assert!(ct.is_empty());
+}
+
+#[test]
+fn tcp_without_a_connection_only_a_syn_is_new() {
+    let ct = Conntrack::default();
+    // Uncommitted: new every time, nothing stored.
+    assert_eq!(
+        track(&ct, &seg(true, 1000).syn().frame(), false, 0),
+        TRACKED | NEW
+    );
+    assert_eq!(
+        track(&ct, &seg(true, 1000).syn().frame(), false, 0),
+        TRACKED | NEW
+    );
+    assert!(ct.is_empty());
+    // A SYN-ACK, an ACK or data without a connection: invalid.
+    for s in [
+        seg(false, 5000).syn().ack(1001),
+        seg(true, 1001).ack(5001),
+        seg(true, 1001).ack(5001).data(10),
+        seg(true, 1000).syn().fin(),
+    ] {
+        assert_eq!(track(&ct, &s.frame(), true, 0), TRACKED | INVALID);
+    }
+    assert!(ct.is_empty());
+    // A SYN retransmitted before any answer stays new.
+    assert_eq!(
+        track(&ct, &seg(true, 1000).syn().frame(), true, 0),
+        TRACKED | NEW
+    );
+    assert_eq!(
+        track(&ct, &seg(true, 1000).syn().frame(), true, 1000),
+        TRACKED | NEW
+    );
+    assert_eq!(ct.len(), 1);
+}
+
+#[test]
+fn tcp_window_scaling_allows_large_windows() {
+    let ct = Conntrack::default();
+    // Both announce scale 7: 64240 << 7 is about 8 MB of window.
+    let syn = seg(true, 1000).syn().window(64240, Some(7));
+    assert_eq!(track(&ct, &syn.frame(), true, 0), TRACKED | NEW);
+    let syn_ack = seg(false, 5000).syn().ack(1001).window(65160, Some(7));
+    assert_eq!(
+        track(&ct, &syn_ack.frame(), false, 0),
+        TRACKED | ESTABLISHED | REPLY
+    );
+    assert_eq!(
+        track(
+            &ct,
+            &seg(true, 1001).ack(5001).window(502, None).frame(),
+            false,
+            0
+        ),
+        TRACKED | ESTABLISHED
+    );
+    // B opens a window of 40000 << 7 (5 MB): A may send 4 MB ahead.
+    assert_eq!(
+        track(
+            &ct,
+            &seg(false, 5001).ack(1001).window(40000, None).frame(),
+            false,
+            0
+        ),
+        TRACKED | ESTABLISHED | REPLY
+    );
+    let far = 1001 + 4_000_000;
+    assert_eq!(
+        track(
+            &ct,
+            &seg(true, far)
+                .ack(5001)
+                .data(1000)
+                .window(502, None)
+                .frame(),
+            false,
+            0
+        ),
+        TRACKED | ESTABLISHED
+    );
+    // Without scaling the same segment would have been far outside the window.
+    let plain = Conntrack::default();
+    handshake(&plain);
+    assert_eq!(
+        track(
+            &plain,
+            &seg(false, 5001).ack(1001).window(40000, None).frame(),
+            false,
+            0
+        ),
+        TRACKED | ESTABLISHED | REPLY
+    );
+    assert_eq!(
+        track(
+            &plain,
+            &seg(true, far).ack(5001).data(1000).frame(),
+            false,
+            0
+        ),
+        TRACKED | INVALID
+    );
+}
+
+#[test]
+fn udp_and_icmp_echo_become_established_on_reply() {
+    let ct = Conntrack::default();
+    assert_eq!(track(&ct, &udp(true), true, 0), TRACKED | NEW);
+    assert_eq!(track(&ct, &udp(true), false, 0), TRACKED | NEW);
+    assert_eq!(
+        track(&ct, &udp(false), false, 0),
+        TRACKED | ESTABLISHED | REPLY
+    );
+    assert_eq!(track(&ct, &udp(true), false, 0), TRACKED | ESTABLISHED);
+
+    let echo = |request: bool, from_a: bool| {
+        let (smac, dmac, src, dst) = if from_a {
+            (MAC_A, MAC_B, A, B)
+        } else {
+            (MAC_B, MAC_A, B, A)
+        };
+        let b = PacketBuilder::ethernet2(smac, dmac).ipv4(src, dst, 64);
+        let b = if request {
+            b.icmpv4_echo_request(7, 1)
+        } else {
+            b.icmpv4_echo_reply(7, 1)
+        };
+        let mut out = Vec::new();
+        b.write(&mut out, b"ping").expect("frame");
+        out
+    };
+    // A reply with no request: invalid.
+    assert_eq!(track(&ct, &echo(false, false), true, 0), TRACKED | INVALID);
+    assert_eq!(track(&ct, &echo(true, true), true, 0), TRACKED | NEW);
+    assert_eq!(
+        track(&ct, &echo(false, false), false, 0),
+        TRACKED | ESTABLISHED | REPLY
+    );
+    assert_eq!(ct.len(), 2);
+    // Unreplied UDP goes after 30 s, answered after 120 s; ICMP after 30 s.
+    assert_eq!(ct.expire(29_999), 0);
+    assert_eq!(ct.expire(30_000), 1, "the ICMP echo");
+    assert_eq!(ct.expire(120_000), 1, "the answered UDP flow");
+    assert!(ct.is_empty());
+    assert_eq!(track(&ct, &udp(false), false, 120_001), TRACKED | NEW);
+}
+
+#[test]
+fn icmp_errors_for_a_connection_are_related() {
+    let ct = Conntrack::default();
+    assert_eq!(track(&ct, &udp(true), true, 0), TRACKED | NEW);
+    // B answers A's datagram with port unreachable, quoting it.
+    let quoted = &udp(true)[14..14 + 28];
+    let error = |quoted: &[u8]| {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(MAC_B, MAC_A)
+            .ipv4(B, A, 64)
+            .icmpv4_raw(3, 3, [0; 4])
+            .write(&mut out, quoted)
+            .expect("frame");
+        out
+    };
+    assert_eq!(
+        track(&ct, &error(quoted), false, 1),
+        TRACKED | RELATED | REPLY
+    );
+    // An error quoting a packet of no connection is invalid.
+    let mut other = quoted.to_vec();
+    other[22] ^= 0xff; // another destination port
+    assert_eq!(track(&ct, &error(&other), false, 1), TRACKED | INVALID);
+}
+
+#[test]
+fn zones_keep_connections_apart_and_commit_sets_mark_and_label() {
+    let ct = Conntrack::default();
+    let marked = CommitOptions {
+        set_mark: Some((0x12, 0xff)),
+        set_label: Some((1 << 100, 1 << 100)),
+    };
+    let t = ct.track(&udp(true), 1, Some(&marked), 0);
+    assert_eq!(
+        (t.state, t.zone, t.mark, t.label),
+        (TRACKED | NEW, 1, 0x12, 1 << 100)
+    );
+    // The same packets in zone 2 know nothing of zone 1.
+    assert_eq!(ct.track(&udp(false), 2, None, 0).state, TRACKED | NEW);
+    let r = ct.track(&udp(false), 1, None, 0);
+    assert_eq!((r.state, r.mark), (TRACKED | ESTABLISHED | REPLY, 0x12));
+    let orig = r.orig.expect("the original direction");
+    assert_eq!(
+        (orig.src, orig.sport, orig.dport),
+        (IpAddr::from(A), 5000, 53)
+    );
+    assert_eq!(ct.zone_counts(), HashMap::from([(1, 1)]));
+    assert_eq!(ct.dump(Some(2), 0), vec![]);
+    assert_eq!(ct.flush(Some(2)), 0);
+    assert_eq!(ct.flush(Some(1)), 1);
+    assert!(ct.is_empty() && ct.zone_counts().is_empty());
+}
+
+#[test]
+fn limits_refuse_new_connections_and_evict_closed_ones_first() {
+    let ct = Conntrack::new(Limits {
+        max_connections: 2,
+        zones: HashMap::from([(5, 1)]),
+    });
+    let syn = |port: u16| {
+        let mut f = seg(true, 1000).syn().frame();
+        f[34..36].copy_from_slice(&port.to_be_bytes());
+        f
+    };
+    assert_eq!(track(&ct, &syn(1), true, 0), TRACKED | NEW);
+    assert_eq!(track(&ct, &syn(2), true, 0), TRACKED | NEW);
+    assert_eq!(
+        track(&ct, &syn(3), true, 0),
+        TRACKED | INVALID,
+        "the table is full"
+    );
+    assert_eq!(ct.counters.refused.load(Ordering::Relaxed), 1);
+    // Close the first by a reset from A: now it can be evicted for a new one.
+    let mut rst = seg(true, 1001).rst().frame();
+    rst[34..36].copy_from_slice(&1u16.to_be_bytes());
+    assert_eq!(track(&ct, &rst, false, 0), TRACKED | NEW);
+    assert_eq!(track(&ct, &syn(3), true, 0), TRACKED | NEW);
+    assert_eq!(ct.counters.evicted.load(Ordering::Relaxed), 1);
+    assert_eq!(ct.len(), 2);
+    // Zone 5 holds one connection.
+    assert_eq!(ct.flush(None), 2);
+    assert_eq!(ct.track(&syn(1), 5, Some(&COMMIT), 0).state, TRACKED | NEW);
+    assert_eq!(
+        ct.track(&syn(2), 5, Some(&COMMIT), 0).state,
+        TRACKED | INVALID
+    );
+    assert_eq!(ct.track(&syn(2), 6, Some(&COMMIT), 0).state, TRACKED | NEW);
+}
+
+#[test]
+fn untrackable_packets_are_invalid() {
+    let ct = Conntrack::default();
+    let mut frag = udp(true);
+    frag[20] = 0x20; // more fragments
+    let arp = {
+        let mut f = udp(true);
+        f[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        f
+    };
+    for f in [frag, arp, udp(true)[..30].to_vec()] {
+        assert_eq!(track(&ct, &f, true, 0), TRACKED | INVALID);
+    }
+    assert!(ct.is_empty());
+}
+
+#[test]
+fn a_connection_costs_what_the_docs_say() {
+    use std::mem::size_of;
+    // Each connection: its entry in the connection map and one in the reply index (hash
+    // maps keep ~1/8 spare plus a control byte per slot).
+    let per_conn = (size_of::<ConnKey>() + size_of::<Conn>() + 1) * 9 / 8
+        + (2 * size_of::<ConnKey>() + 1) * 9 / 8;
+    assert!(
+        per_conn <= BYTES_PER_CONNECTION,
+        "{per_conn} bytes per connection"
+    );
+}

@@ -1,0 +1,44 @@
+//! Executing actions, one module per family; the pipeline (`pipeline.rs`) walks the tables
+//! and handles what changes where a packet goes (outputs, resubmit, goto_table, the fork
+//! of `ct(table=...)`), and calls these for what changes the packet or its metadata.
+//!
+//! - `header.rs`: header rewrites (VLAN, Ethernet, IPv4, L4 ports, TTL, tunnel ID).
+//! - `fields.rs`: `load` and `move` on registers, metadata and header fields.
+//! - `ct.rs`: writing what connection tracking found into the ct fields.
+
+pub mod ct;
+pub mod fields;
+pub mod header;
+
+use super::key::FlowKey;
+use super::pipeline::{Halt, MAX_RESUBMITS};
+use super::rewrite::HeaderBuf;
+
+/// A packet on its way through the tables.
+#[derive(Clone, Copy)]
+pub struct ExecState {
+    /// The fields later tables match (rewritten as the actions go).
+    pub key: FlowKey,
+    /// The frame's first bytes as the actions left them.
+    pub header: HeaderBuf,
+    /// Whether the header differs from the frame's.
+    pub modified: bool,
+    /// A tunnel ID set by the actions.
+    pub tun_id: Option<u64>,
+    pub frame_len: u32,
+    pub now_ms: u64,
+    /// Resubmits and goto_tables taken so far.
+    pub resubmits: usize,
+    /// A trace: `ct(commit)` only looks, and stores nothing.
+    pub tracing: bool,
+}
+
+impl ExecState {
+    pub fn count_resubmit(&mut self) -> Result<(), Halt> {
+        self.resubmits += 1;
+        if self.resubmits > MAX_RESUBMITS {
+            return Err(Halt::ResubmitLimit);
+        }
+        Ok(())
+    }
+}
