@@ -529,7 +529,10 @@ impl<'a> Parser<'a> {
                 ),
             ));
         }
-        if sf.field == Field::TunId && u32::from(sf.ofs) + u32::from(sf.n_bits) > 24 {
+        if sf.field == Field::TunId
+            && u32::from(sf.ofs) + u32::from(sf.n_bits) > 24
+            && what == "move"
+        {
             return Err(self.err(
                 at,
                 format!("{what}: {s} reaches beyond bit 23 of tun_id (VXLAN VNIs are 24 bits)"),
@@ -552,6 +555,12 @@ impl<'a> Parser<'a> {
                     "load: {val} does not fit in the {} bits of the destination",
                     dst.n_bits
                 ),
+            ));
+        }
+        if dst.field == Field::TunId && (value << dst.ofs) > super::MAX_TUNNEL_ID {
+            return Err(self.err(
+                aat,
+                format!("load: {val} reaches beyond bit 23 of tun_id (VXLAN VNIs are 24 bits)"),
             ));
         }
         Ok(Action::Load { dst, value })

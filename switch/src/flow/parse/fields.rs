@@ -50,6 +50,8 @@ pub(super) enum Prereq {
     Udp4,
     Icmp,
     Icmpv6,
+    /// ICMP or ICMPv6 (`icmp_type` as OVS's dump-flows prints it for both).
+    IcmpAny,
 }
 
 impl Prereq {
@@ -78,6 +80,9 @@ impl Prereq {
             Prereq::Udp4 => v4 && udp,
             Prereq::Icmp => v4 && proto == Some(consts::IP_ICMP),
             Prereq::Icmpv6 => v6 && proto == Some(consts::IP_ICMPV6),
+            Prereq::IcmpAny => {
+                (v4 && proto == Some(consts::IP_ICMP)) || (v6 && proto == Some(consts::IP_ICMPV6))
+            }
         }
     }
 
@@ -98,6 +103,7 @@ impl Prereq {
             Prereq::Udp4 => "udp over IPv4 (dl_type=0x0800 with nw_proto=17): add 'udp' to the match",
             Prereq::Icmp => "icmp (dl_type=0x0800 with nw_proto=1): add 'icmp' to the match",
             Prereq::Icmpv6 => "icmp6 (dl_type=0x86dd with nw_proto=58): add 'icmp6' to the match",
+            Prereq::IcmpAny => "icmp or icmp6: add 'icmp' or 'icmp6' to the match",
         }
     }
 }
@@ -134,8 +140,8 @@ pub(super) fn field_def(name: &str) -> Option<(Field, Kind, Option<Prereq>)> {
         "tcp_dst" => (F::TpDst, int(16, true), Some(Prereq::Tcp)),
         "udp_src" => (F::TpSrc, int(16, true), Some(Prereq::Udp)),
         "udp_dst" => (F::TpDst, int(16, true), Some(Prereq::Udp)),
-        "icmp_type" => (F::TpSrc, int(8, false), Some(Prereq::Icmp)),
-        "icmp_code" => (F::TpDst, int(8, false), Some(Prereq::Icmp)),
+        "icmp_type" => (F::TpSrc, int(8, false), Some(Prereq::IcmpAny)),
+        "icmp_code" => (F::TpDst, int(8, false), Some(Prereq::IcmpAny)),
         "arp_spa" => (F::NwSrc, Kind::Ip, Some(Prereq::Arp)),
         "arp_tpa" => (F::NwDst, Kind::Ip, Some(Prereq::Arp)),
         "arp_op" => (F::NwProto, int(8, false), Some(Prereq::Arp)),
@@ -151,7 +157,6 @@ pub(super) fn field_def(name: &str) -> Option<(Field, Kind, Option<Prereq>)> {
         "ct_nw_proto" => (F::CtNwProto, int(8, false), Some(Prereq::IpAny)),
         "ct_tp_src" => (F::CtTpSrc, int(16, true), Some(Prereq::IpAny)),
         "ct_tp_dst" => (F::CtTpDst, int(16, true), Some(Prereq::IpAny)),
-        "conj_id" => (F::ConjId, int(32, false), None),
         "ipv6_src" => (F::Ipv6SrcLo, Kind::Ipv6, Some(Prereq::Ipv6)),
         "ipv6_dst" => (F::Ipv6DstLo, Kind::Ipv6, Some(Prereq::Ipv6)),
         "ipv6_label" => (F::Ipv6Label, int(20, true), Some(Prereq::Ipv6)),
