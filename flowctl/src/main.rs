@@ -228,6 +228,35 @@ enum Command {
         after_help = "Example:\n  flowctl trace 'in_port=vm1,tcp,dl_src=52:54:00:00:00:01,dl_dst=52:54:00:00:00:02,nw_src=10.0.0.1,nw_dst=10.0.0.2,tp_dst=22'"
     )]
     Trace { packet: String },
+    /// Show tracked connections (of one zone), like `ovs-appctl dpctl/dump-conntrack`, with
+    /// the limits and counters.
+    #[command(
+        name = "dump-conntrack",
+        after_help = "Examples:\n  flowctl dump-conntrack\n  flowctl dump-conntrack zone=5"
+    )]
+    DumpConntrack {
+        #[arg(value_name = "zone=N", value_parser = parse_zone)]
+        zone: Option<u16>,
+    },
+    /// Forget tracked connections (of one zone): their next packets are new again.
+    #[command(
+        name = "flush-conntrack",
+        after_help = "Examples:\n  flowctl flush-conntrack\n  flowctl flush-conntrack zone=5"
+    )]
+    FlushConntrack {
+        #[arg(value_name = "zone=N", value_parser = parse_zone)]
+        zone: Option<u16>,
+    },
+    /// Change connection tracking limits: `max=N` for all zones together, `zone=Z,limit=L`
+    /// per zone (a limit of 0 removes the zone's).
+    #[command(
+        name = "ct-set-limits",
+        after_help = "Example:\n  flowctl ct-set-limits max=100000 zone=5,limit=1000"
+    )]
+    CtSetLimits {
+        #[arg(value_name = "max=N|zone=Z,limit=L", required = true, value_parser = parse_ct_limit)]
+        limits: Vec<CtLimit>,
+    },
 
     /// Change the VXLAN tunnel: VNI mappings, flood lists, static remote MACs.
     #[command(
@@ -387,6 +416,37 @@ impl SetVlanArgs {
 }
 
 /// Reports a usage mistake found after clap's parsing the way clap reports its own: exit 2.
+/// `zone=N`.
+fn parse_zone(s: &str) -> Result<u16, String> {
+    s.strip_prefix("zone=")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("'{s}': expected zone=N with N in 0-65535"))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum CtLimit {
+    Max(usize),
+    Zone(u16, usize),
+}
+
+/// `max=N` or `zone=Z,limit=L`.
+fn parse_ct_limit(s: &str) -> Result<CtLimit, String> {
+    if let Some(n) = s.strip_prefix("max=") {
+        return n
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(CtLimit::Max)
+            .ok_or_else(|| format!("'{s}': expected max=N with N at least 1"));
+    }
+    let parsed = s.split_once(',').and_then(|(z, l)| {
+        let zone = parse_zone(z).ok()?;
+        let limit = l.strip_prefix("limit=")?.parse().ok()?;
+        Some(CtLimit::Zone(zone, limit))
+    });
+    parsed.ok_or_else(|| format!("'{s}': expected max=N or zone=Z,limit=L"))
+}
+
 fn usage_error(subcommand: &str, message: String) -> ! {
     let mut cmd = Cli::command();
     cmd.build();
@@ -593,6 +653,44 @@ fn run(cli: &Cli, client: &mut Client, vlan: Option<VlanConfig>) -> Result<(), C
                     packet: packet.clone(),
                 })?;
                 print!("{}", render::trace(&t));
+            }
+        }
+        Command::DumpConntrack { zone } => {
+            let request = Request::DumpConntrack { zone: *zone };
+            if json {
+                print_json(&client.call(request)?);
+            } else {
+                let d: patchbay_switch::control::protocol::ConntrackDump =
+                    client.call_as(request)?;
+                print!("{}", render::conntrack(&d));
+            }
+        }
+        Command::FlushConntrack { zone } => {
+            let n: usize = client.call_as(Request::FlushConntrack { zone: *zone })?;
+            if json {
+                print_json(&n);
+            } else {
+                println!("{n} connections flushed");
+            }
+        }
+        Command::CtSetLimits { limits } => {
+            let mut max_connections = None;
+            let mut zones = Vec::new();
+            for l in limits {
+                match *l {
+                    CtLimit::Max(n) => max_connections = Some(n),
+                    CtLimit::Zone(z, n) => zones.push((z, n)),
+                }
+            }
+            let now: patchbay_switch::conntrack::Limits =
+                client.call_as(Request::SetConntrackLimits {
+                    max_connections,
+                    zones,
+                })?;
+            if json {
+                print_json(&now);
+            } else {
+                print!("{}", render::ct_limits(&now));
             }
         }
         Command::Show { what: Show::Tables } => {

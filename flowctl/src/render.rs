@@ -590,6 +590,66 @@ pub fn tables(tables: &[patchbay_switch::control::flows::TableInfo]) -> String {
     t.render()
 }
 
+/// `dump-conntrack` as `ovs-appctl dpctl/dump-conntrack` prints connections, then the
+/// limits and counters.
+pub fn conntrack(d: &patchbay_switch::control::protocol::ConntrackDump) -> String {
+    let mut out = String::new();
+    for c in &d.connections {
+        let proto = match c.proto {
+            6 => "tcp".to_string(),
+            17 => "udp".to_string(),
+            1 => "icmp".to_string(),
+            58 => "icmpv6".to_string(),
+            p => format!("proto={p}"),
+        };
+        let (sport, dport) = match c.proto {
+            1 | 58 => ("id", "id"),
+            _ => ("sport", "dport"),
+        };
+        let _ = write!(
+            out,
+            "{proto},orig=(src={},dst={},{sport}={},{dport}={}),reply=(src={},dst={},{sport}={},{dport}={})",
+            c.src, c.dst, c.sport, c.dport, c.dst, c.src, c.dport, c.sport
+        );
+        if c.zone != 0 {
+            let _ = write!(out, ",zone={}", c.zone);
+        }
+        if c.mark != 0 {
+            let _ = write!(out, ",mark={}", c.mark);
+        }
+        if c.label != 0 {
+            let _ = write!(out, ",labels={:#x}", c.label);
+        }
+        let _ = writeln!(
+            out,
+            ",protoinfo=(state={}),expires={}s",
+            c.state, c.expires_in_s
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{} connections in all zones (limit {}); committed {}, refused {}, evicted {}, expired {}, invalid packets {}",
+        d.total, d.limits.max_connections, d.committed, d.refused, d.evicted, d.expired, d.invalid
+    );
+    let mut zones: Vec<_> = d.limits.zones.iter().collect();
+    zones.sort();
+    for (zone, limit) in zones {
+        let _ = writeln!(out, "zone={zone},limit={limit}");
+    }
+    out
+}
+
+/// Per-zone connection limits, one line each (nothing when there are none).
+pub fn ct_limits(l: &patchbay_switch::conntrack::Limits) -> String {
+    let mut zones: Vec<_> = l.zones.iter().collect();
+    zones.sort();
+    let mut out = format!("max={}\n", l.max_connections);
+    for (zone, limit) in zones {
+        let _ = writeln!(out, "zone={zone},limit={limit}");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,6 +26,8 @@ pub struct Config {
     pub ports: Vec<PortConfig>,
     /// The VXLAN tunnel endpoint, if any.
     pub vxlan: Option<VtepConfig>,
+    /// Limits of the flow tables' connection tracking (`[conntrack]`).
+    pub conntrack: crate::conntrack::Limits,
 }
 
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9184";
@@ -40,6 +42,7 @@ impl Default for Config {
             metrics: MetricsLimits::default(),
             ports: Vec::new(),
             vxlan: None,
+            conntrack: crate::conntrack::Limits::default(),
         }
     }
 }
@@ -79,6 +82,24 @@ struct FileConfig {
     ports: Vec<toml::Spanned<PortConfig>>,
     #[serde(default)]
     vxlan: Option<toml::Spanned<VtepConfig>>,
+    #[serde(default)]
+    conntrack: Option<toml::Spanned<ConntrackSection>>,
+}
+
+/// `[conntrack]`: `max_connections = N`, `zone_limits = [{ zone = 5, limit = 100 }]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConntrackSection {
+    max_connections: Option<usize>,
+    #[serde(default)]
+    zone_limits: Vec<ZoneLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ZoneLimit {
+    zone: u16,
+    limit: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,6 +194,29 @@ impl Config {
                 .metrics
                 .check()
                 .map_err(|e| invalid(start, "[metrics]".into(), e))?;
+        }
+        if let Some(c) = file.conntrack {
+            let start = c.span().start;
+            let c = c.into_inner();
+            if let Some(n) = c.max_connections {
+                config.conntrack.max_connections = n;
+            }
+            for z in c.zone_limits {
+                if config.conntrack.zones.insert(z.zone, z.limit).is_some() {
+                    return Err(invalid(
+                        start,
+                        "[conntrack] field `zone_limits`".into(),
+                        format!("zone {} is given twice", z.zone),
+                    ));
+                }
+            }
+            if config.conntrack.max_connections == 0 {
+                return Err(invalid(
+                    start,
+                    "[conntrack] field `max_connections`".into(),
+                    "must be at least 1".into(),
+                ));
+            }
         }
         if let Some(v) = file.vxlan {
             let start = v.span().start;

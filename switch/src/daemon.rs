@@ -40,6 +40,10 @@ impl Daemon {
         config.check()?;
         crate::switch::keep_off_poll_cpus(&config.settings.poll_cpus);
         let switch = Switch::new(config.settings.clone()).map_err(DaemonError::Threads)?;
+        switch
+            .flows()
+            .conntrack()
+            .set_limits(config.conntrack.clone());
         for port in &config.ports {
             switch.check_port(port)?;
         }

@@ -25,6 +25,10 @@
 //!   pushed more than `flow::rewrite::MAX_PUSHED_TAGS` VLAN tags.
 //! - `flow_resubmit_limit_drops_total`: packets dropped whole because they took more than
 //!   `flow::pipeline::MAX_RESUBMITS` resubmits and goto_tables.
+//! - `conntrack_connections`, `conntrack_max_connections`, `conntrack_zone_connections{zone}`
+//!   (zones with connections), `conntrack_committed_total`, `conntrack_refused_total` (commits
+//!   refused at a limit), `conntrack_evicted_total`, `conntrack_expired_total`,
+//!   `conntrack_invalid_total` (packets tracked as invalid).
 //! - `vxlan_vni_{rx,tx}_{packets,bytes}_total{vni}`, `vxlan_drops_total{vni,reason}`,
 //!   `vxlan_remote_{rx,tx}_{packets,bytes}_total{remote}`, `vxlan_remote_macs`: the tunnel;
 //!   `vxlan_{tx,rx}_{syscalls,datagrams}_total`, `vxlan_tx_gso_datagrams_total`,
@@ -359,6 +363,7 @@ fn flow_metrics(r: &Registry, sw: &Switch) -> Result<(), prometheus::Error> {
         "Packets dropped whole because they took more resubmits and goto_tables than allowed.",
         pipeline.resubmit_limit_drops.load(Ordering::Relaxed),
     )?;
+    conntrack_metrics(r, pipeline.conntrack())?;
     for t in 0..=254u8 {
         let stats = sw.flows().table_stats(t);
         let l = stats.lookups.load(Ordering::Relaxed);
@@ -372,6 +377,68 @@ fn flow_metrics(r: &Registry, sw: &Switch) -> Result<(), prometheus::Error> {
             .with_label_values(&[&label])
             .inc_by(stats.matches.load(Ordering::Relaxed));
         flows.with_label_values(&[&label]).set(n as i64);
+    }
+    Ok(())
+}
+
+/// Connection counts, limits and counters of the flow tables' connection tracking.
+fn conntrack_metrics(
+    r: &Registry,
+    ct: &crate::conntrack::Conntrack,
+) -> Result<(), prometheus::Error> {
+    gauge(
+        r,
+        "conntrack_connections",
+        "Connections tracked, in all zones.",
+        ct.len() as i64,
+    )?;
+    gauge(
+        r,
+        "conntrack_max_connections",
+        "Most connections tracked at once (all zones).",
+        ct.limits().max_connections as i64,
+    )?;
+    let zones = IntGaugeVec::new(
+        Opts::new(
+            "conntrack_zone_connections",
+            "Connections tracked in a zone.",
+        )
+        .namespace("patchbay"),
+        &["zone"],
+    )?;
+    r.register(Box::new(zones.clone()))?;
+    for (zone, n) in ct.zone_counts() {
+        zones.with_label_values(&[&zone.to_string()]).set(n as i64);
+    }
+    let c = &ct.counters;
+    for (name, help, value) in [
+        (
+            "conntrack_committed_total",
+            "Connections stored by ct(commit).",
+            &c.committed,
+        ),
+        (
+            "conntrack_refused_total",
+            "Commits refused because a connection limit was reached.",
+            &c.refused,
+        ),
+        (
+            "conntrack_evicted_total",
+            "Closed connections removed early to make room.",
+            &c.evicted,
+        ),
+        (
+            "conntrack_expired_total",
+            "Connections removed after their idle timeout.",
+            &c.expired,
+        ),
+        (
+            "conntrack_invalid_total",
+            "Packets connection tracking found invalid.",
+            &c.invalid,
+        ),
+    ] {
+        counter(r, name, help, value.load(Ordering::Relaxed))?;
     }
     Ok(())
 }

@@ -492,3 +492,46 @@ pub fn tables(sw: &Switch) -> Vec<TableInfo> {
 
 #[allow(dead_code)]
 fn _uses(_: Action) {}
+
+/// `dump-conntrack`: the connections (of `zone`), limits and counters.
+pub fn dump_conntrack(sw: &Switch, zone: Option<u16>) -> crate::control::protocol::ConntrackDump {
+    use std::sync::atomic::Ordering::Relaxed;
+    let pipeline = sw.flows();
+    let ct = pipeline.conntrack();
+    let c = &ct.counters;
+    crate::control::protocol::ConntrackDump {
+        connections: ct.dump(zone, pipeline.now_ms()),
+        total: ct.len(),
+        limits: ct.limits(),
+        committed: c.committed.load(Relaxed),
+        refused: c.refused.load(Relaxed),
+        evicted: c.evicted.load(Relaxed),
+        expired: c.expired.load(Relaxed),
+        invalid: c.invalid.load(Relaxed),
+    }
+}
+
+/// `ct-set-limits`: the total and per-zone limits (a zone's limit 0 removes it).
+pub fn set_conntrack_limits(
+    sw: &Switch,
+    max_connections: Option<usize>,
+    zones: &[(u16, usize)],
+) -> Result<crate::conntrack::Limits, String> {
+    let ct = sw.flows().conntrack();
+    let mut limits = ct.limits();
+    if let Some(n) = max_connections {
+        if n == 0 {
+            return Err("max_connections must be at least 1".into());
+        }
+        limits.max_connections = n;
+    }
+    for &(zone, limit) in zones {
+        if limit == 0 {
+            limits.zones.remove(&zone);
+        } else {
+            limits.zones.insert(zone, limit);
+        }
+    }
+    ct.set_limits(limits.clone());
+    Ok(limits)
+}

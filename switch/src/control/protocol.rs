@@ -104,6 +104,37 @@ pub enum Request {
     },
     /// Per-table flow counts and lookup/match counters.
     ShowTables,
+    /// Tracked connections (of one zone), with the limits and counters.
+    DumpConntrack {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        zone: Option<u16>,
+    },
+    /// Forgets tracked connections (of one zone).
+    FlushConntrack {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        zone: Option<u16>,
+    },
+    /// Changes connection limits: the total and/or per zone (a limit of 0 removes a zone's).
+    SetConntrackLimits {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_connections: Option<usize>,
+        #[serde(default)]
+        zones: Vec<(u16, usize)>,
+    },
+}
+
+/// Result of `dump-conntrack`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackDump {
+    pub connections: Vec<crate::conntrack::ConnInfo>,
+    /// Stored connections in all zones.
+    pub total: usize,
+    pub limits: crate::conntrack::Limits,
+    pub committed: u64,
+    pub refused: u64,
+    pub evicted: u64,
+    pub expired: u64,
+    pub invalid: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -391,6 +391,16 @@ fn execute(request: Request, sw: &Arc<Switch>, counters: &ControlCounters) -> Re
         Request::DiffFlows { flows } => result(super::flows::diff_flows(sw, &flows)),
         Request::Trace { packet } => result(super::flows::trace(sw, &packet)),
         Request::ShowTables => Response::ok(super::flows::tables(sw)),
+        Request::DumpConntrack { zone } => Response::ok(super::flows::dump_conntrack(sw, zone)),
+        Request::FlushConntrack { zone } => Response::ok(sw.flows().conntrack().flush(zone)),
+        Request::SetConntrackLimits {
+            max_connections,
+            zones,
+        } => result(super::flows::set_conntrack_limits(
+            sw,
+            max_connections,
+            &zones,
+        )),
         request => tunnel_request(request, sw),
     }
 }

@@ -48,7 +48,6 @@ pub(super) enum Prereq {
     TcpOrUdp4,
     Tcp4,
     Udp4,
-    Icmp,
     Icmpv6,
     /// ICMP or ICMPv6 (`icmp_type` as OVS's dump-flows prints it for both).
     IcmpAny,
@@ -78,7 +77,6 @@ impl Prereq {
             Prereq::TcpOrUdp4 => v4 && (tcp || udp),
             Prereq::Tcp4 => v4 && tcp,
             Prereq::Udp4 => v4 && udp,
-            Prereq::Icmp => v4 && proto == Some(consts::IP_ICMP),
             Prereq::Icmpv6 => v6 && proto == Some(consts::IP_ICMPV6),
             Prereq::IcmpAny => {
                 (v4 && proto == Some(consts::IP_ICMP)) || (v6 && proto == Some(consts::IP_ICMPV6))
@@ -101,7 +99,6 @@ impl Prereq {
             Prereq::TcpOrUdp4 => "tcp or udp over IPv4 (dl_type=0x0800 with nw_proto=6 or 17): add 'tcp' or 'udp' to the match",
             Prereq::Tcp4 => "tcp over IPv4 (dl_type=0x0800 with nw_proto=6): add 'tcp' to the match",
             Prereq::Udp4 => "udp over IPv4 (dl_type=0x0800 with nw_proto=17): add 'udp' to the match",
-            Prereq::Icmp => "icmp (dl_type=0x0800 with nw_proto=1): add 'icmp' to the match",
             Prereq::Icmpv6 => "icmp6 (dl_type=0x86dd with nw_proto=58): add 'icmp6' to the match",
             Prereq::IcmpAny => "icmp or icmp6: add 'icmp' or 'icmp6' to the match",
         }
