@@ -12,6 +12,8 @@
 #   patchbay-poll   patchbay-switch --poll-cpus SWITCH_CPU
 #   patchbay-event  patchbay-switch in its default mode (served on guest kicks)
 #   patchbay-xdp-poll, patchbay-xdp-event  the same with an AF_XDP uplink (uplink variant only)
+#   ovs-ct, patchbay-ct-poll, patchbay-ct-event  the same with a stateful firewall's flows
+#                   (swap variant only)
 #   baseline-poll, baseline-event   the same with the binaries of PATCHBAY_PEERS_BASELINE_BIN:
 #                   an earlier build measured in the same run (an A/B of a change), in every
 #                   variant but vxlan and tso
@@ -37,6 +39,14 @@
 #              over a few masks) and a final priority=0 normal (OVS: the same file through
 #              ovs-ofctl add-flows; testpmd-io has no tables and runs as in plain)
 #   8-port     8 access ports in VLAN 10, traffic on all (pairs 0-1, 2-3, 4-5, 6-7)
+#   swap       plain with traffic that has replies: in mac mode testpmd forwards with 5tswap
+#              (MACs, addresses and ports swapped) and --port-topology=loop, so a frame from
+#              port 0 (A->B) comes back into the switch on port 1 as its reply (B->A): one
+#              UDP connection, both directions. In flowgen mode, --flowgen-flows=10000: 10 000
+#              connections, one direction. Cases ovs-ct, patchbay-ct-poll and patchbay-ct-event
+#              (this variant only) add a stateful firewall's flows: ct(table=1), commit on
+#              +new, pass +est (OVS: the same file through ovs-ofctl); against ovs-dpdk and
+#              patchbay-* in the same rounds, they give the cost of connection tracking.
 #   vxlan      two "hosts" (network namespaces joined by a veth pair, MTU 9000), a
 #              patchbay-switch on each with one access port of VLAN 10 mapped to VNI 42:
 #              testpmd's port 0 is on host A and port 1 on host B, so every frame crosses the
@@ -101,7 +111,8 @@
 #                                long (the idle% column; 0: skip)
 #   PATCHBAY_PEERS_ROUNDS=2
 #   PATCHBAY_PEERS_CASES=testpmd-io,ovs-dpdk,patchbay-poll,patchbay-event
-#   PATCHBAY_PEERS_VARIANTS=plain,vlan,flows-10k,8-port  (also: vxlan, uplink, internal, tso)
+#   PATCHBAY_PEERS_VARIANTS=plain,vlan,flows-10k,8-port  (also: vxlan, uplink, internal, tso,
+#                                swap)
 #   PATCHBAY_PEERS_SIZES=64,1500 frame bytes without FCS
 #   PATCHBAY_PEERS_MODES=mac,flowgen
 #   PATCHBAY_PEERS_TSO_MODES=whole,segment,seg-csum,mtu  modes of the tso variant
@@ -365,6 +376,14 @@ write_flows() {
         print "priority=0 actions=NORMAL"
     }' >"$RUN/flows-10k.txt"
     split -l 500 -d -a 3 "$RUN/flows-10k.txt" "$RUN/flows-10k.part"
+    # The ct cases: track in zone 1, commit new connections, pass established ones.
+    cat >"$RUN/ct.txt" <<'FLOWS'
+table=0,priority=100,ip,ct_state=-trk,actions=ct(table=1,zone=1)
+table=0,priority=0,actions=NORMAL
+table=1,priority=100,ip,ct_state=+new+trk,actions=ct(commit,zone=1),NORMAL
+table=1,priority=100,ip,ct_state=+est+trk,actions=NORMAL
+table=1,priority=0,actions=drop
+FLOWS
 }
 
 # ------------------------------------------------------------------------------------------
@@ -696,6 +715,12 @@ start_patchbay() {
                 return 1
             }
         done
+    elif ((${CT_FLOWS:-0})); then
+        "$bin/flowctl" --socket "$dir/ctl.sock" add-flows "$RUN/ct.txt" \
+            >>"$dir/flowctl.log" 2>&1 || {
+            FAIL="flowctl add-flows failed: $(tail -1 "$dir/flowctl.log")"
+            return 1
+        }
     fi
 }
 
@@ -794,9 +819,16 @@ $(grep -E 'ERR|EMER' "$OVS_DIR/vswitchd.log" | tail -1)"
         cp "$OVS_DIR/vswitchd.log" "$dir/" 2>/dev/null
         return 1
     fi
-    if [[ $variant == flows-10k ]]; then
-        { ovs-ofctl del-flows br0 && ovs-ofctl add-flows br0 "$RUN/flows-10k.txt"; } \
-            >"$dir/ofctl.log" 2>&1 || {
+    if [[ $variant == flows-10k ]] || ((${CT_FLOWS:-0})); then
+        local file=$RUN/flows-10k.txt tries
+        ((${CT_FLOWS:-0})) && file=$RUN/ct.txt
+        # The management socket exists a moment before it accepts connections.
+        for ((tries = 0; tries < 50; tries++)); do
+            { ovs-ofctl del-flows br0 && ovs-ofctl add-flows br0 "$file"; } \
+                >"$dir/ofctl.log" 2>&1 && break
+            sleep 0.1
+        done
+        ((tries < 50)) || {
             FAIL="ovs-ofctl add-flows failed: $(tail -1 "$dir/ofctl.log")"
             return 1
         }
@@ -829,12 +861,21 @@ start_source() {
     [[ $mode == flowgen ]] && len=$((size + 4))
     local extra=()
     [[ $variant == vlan && $mode == mac ]] && extra+=(--port-topology=loop)
+    local fwd=$mode
+    if [[ $variant == swap ]]; then
+        if [[ $mode == mac ]]; then
+            fwd=5tswap
+            extra+=(--port-topology=loop)
+        else
+            extra+=(--flowgen-flows=10000)
+        fi
+    fi
     mkfifo "$dir/cmd"
     # shellcheck disable=SC2086
     # stdbuf: line-buffered output, so each `show` can be read as soon as its prompt returns.
     taskset -c "$SOURCE_CPU" stdbuf -oL dpdk-testpmd --lcores "0@$SOURCE_CPU,1@$SOURCE_CPU" $TESTPMD_MEM \
         --no-pci --file-prefix="pbpeers-src-$$" "${vdevs[@]}" -- -i --disable-device-start \
-        --forward-mode="$mode" --nb-cores=1 --burst="$BURST" --txpkts="$len" \
+        --forward-mode="$fwd" --nb-cores=1 --burst="$BURST" --txpkts="$len" \
         --total-num-mbufs="$MBUFS" "${peers[@]}" "${extra[@]}" \
         <"$dir/cmd" >"$SRC_LOG" 2>&1 &
     SRC_PID=$!
@@ -983,6 +1024,14 @@ measure() {
         patchbay-event) start_patchbay "$dir" "$n" "$variant" 0 || ok=0 ;;
         baseline-poll) start_patchbay "$dir" "$n" "$variant" 1 "$RUN/bin/baseline" || ok=0 ;;
         baseline-event) start_patchbay "$dir" "$n" "$variant" 0 "$RUN/bin/baseline" || ok=0 ;;
+        ovs-ct | patchbay-ct-*)
+            [[ $variant == swap ]] || return 0
+            case $case in
+            ovs-ct) CT_FLOWS=1 start_ovs "$dir" "$n" "$variant" || ok=0 ;;
+            patchbay-ct-poll) CT_FLOWS=1 start_patchbay "$dir" "$n" "$variant" 1 || ok=0 ;;
+            patchbay-ct-event) CT_FLOWS=1 start_patchbay "$dir" "$n" "$variant" 0 || ok=0 ;;
+            esac
+            ;;
         esac
     fi
     ((ok)) && { start_source "$dir" "$n" "$mode" "$size" "$variant" || ok=0; }
@@ -1064,9 +1113,11 @@ measure() {
             [[ $variant == internal ]] && "$RUN/bin/flowctl" --socket "$dir/ctl.sock" show port host
             "$RUN/bin/flowctl" --socket "$dir/ctl.sock" show switch
             "$RUN/bin/flowctl" --socket "$dir/ctl.sock" show macs
+            "$RUN/bin/flowctl" --socket "$dir/ctl.sock" dump-flows
+            "$RUN/bin/flowctl" --socket "$dir/ctl.sock" dump-conntrack | tail -3
         } >"$dir/switch-state.txt" 2>&1
         ;;
-    *:ovs-dpdk)
+    *:ovs-dpdk | *:ovs-ct)
         {
             ovs-ofctl dump-ports br0
             ovs-appctl -t "$OVS_DIR/vswitchd.ctl" fdb/show br0
@@ -1241,7 +1292,7 @@ print_table() {
             for (k = 1; k <= nk; k++) {
                 key = order[k]; split(key, f, SUBSEP)
                 base = med[f[1] SUBSEP f[2] SUBSEP f[3] SUBSEP "testpmd-io"]
-                ovs = med[f[1] SUBSEP f[2] SUBSEP f[3] SUBSEP "ovs-dpdk"]
+                ovs = med[f[1] SUBSEP f[2] SUBSEP f[3] SUBSEP (f[4] ~ /(^|-)ct(-|$)/ ? "ovs-ct" : "ovs-dpdk")]
                 m = med[key]
                 if (m < 0) {
                     printf "%-9s %5s %-7s %-15s %7s  (failed %d of %d rounds)\n", f[1], f[2], f[3], f[4], "-", fails[key], rounds
@@ -1270,18 +1321,19 @@ main() {
     : >"$RESULTS"
 
     local cases=() c
-    for c in testpmd-io ovs-dpdk patchbay-poll patchbay-event patchbay-xdp-poll patchbay-xdp-event \
-        baseline-poll baseline-event kernel-vxlan kernel-bridge; do
+    for c in testpmd-io ovs-dpdk ovs-ct patchbay-poll patchbay-event patchbay-ct-poll \
+        patchbay-ct-event patchbay-xdp-poll patchbay-xdp-event baseline-poll baseline-event \
+        kernel-vxlan kernel-bridge; do
         has "$CASES" "$c" && cases+=("$c")
     done
-    if has "$CASES" ovs-dpdk; then
+    if has "$CASES" ovs-dpdk || has "$CASES" ovs-ct; then
         [[ -x $OVS_VSWITCHD ]] || OVS_SKIP="$OVS_VSWITCHD not installed"
         [[ -z $OVS_SKIP ]] && reserve_hugepages
         [[ -z $OVS_SKIP ]] && start_ovsdb
         if [[ -n $OVS_SKIP ]]; then
             say "ovs-dpdk skipped: $OVS_SKIP"
             local keep=()
-            for c in "${cases[@]}"; do [[ $c == ovs-dpdk ]] || keep+=("$c"); done
+            for c in "${cases[@]}"; do [[ $c == ovs-* ]] || keep+=("$c"); done
             cases=("${keep[@]}")
         fi
     fi
@@ -1334,7 +1386,7 @@ main() {
     say ""
     say "Mpps: frames received by the source per second, all ports (both directions) together," \
         "median over rounds; Gbit/s: Mpps x frame size (no FCS, no wire overhead)."
-    say "x tpmd, x ovs: ratio to testpmd-io and to ovs-dpdk, same variant, size and mode;" \
+    say "x tpmd, x ovs: ratio to testpmd-io and to ovs-dpdk (the ct cases: to ovs-ct), same variant, size and mode;" \
         "sent: Mpps the source sent (flowgen: offered load; a flood can deliver more than was sent)."
     say "switch%: CPU the switch process (testpmd backend, ovs-vswitchd, patchbay-switch) got on" \
         "CPU $SWITCH_CPU; source%: the source testpmd on CPU $SOURCE_CPU; other%: everything else" \

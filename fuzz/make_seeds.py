@@ -247,3 +247,51 @@ write("port_security", "arp-spoof", b"\0" + arp_reply([10, 0, 0, 2]))
 write("port_security", "na-own", b"\0" + neighbour_advert(bytes([0xFD] + [0] * 14 + [1])))
 write("port_security", "na-spoof-behind-options", b"\0" + neighbour_advert(bytes([0xFD, 1] + [0] * 13 + [1]), True))
 write("port_security", "udp-own-csum", b"\1" + struct.pack("<HH", 34, 6) + udp_frame()[:6] + bytes([0x52, 0x54, 0, 0, 0, 1]) + udp_frame()[12:])
+
+
+# --- conntrack: records of (flags, length, frame start); flags bit 0 commit, bits 1-2 zone,
+# bit 3 advance the clock 40 s --
+def tcp_seg(from_a, seq, ack, flags, payload=b"", opts=b""):
+    src, dst = (bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])) if from_a else (bytes([10, 0, 0, 2]), bytes([10, 0, 0, 1]))
+    sp, dp = (40000, 22) if from_a else (22, 40000)
+    off = (20 + len(opts)) // 4
+    tcp = struct.pack("!HHIIBBHHH", sp, dp, seq, ack, off << 4, flags, 64240, 0, 0) + opts + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0x4000, 64, 6, 0, src, dst)
+    return bytes([2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1]) + b"\x08\x00" + ip + tcp
+
+
+def record(flags, frame):
+    frame = frame[:255]
+    return bytes([flags, len(frame)]) + frame
+
+
+wscale = bytes([1, 3, 3, 7])
+write("conntrack", "tcp-handshake-data-fin",
+      record(1, tcp_seg(True, 1000, 0, 0x02, opts=wscale))
+      + record(0, tcp_seg(False, 5000, 1001, 0x12, opts=wscale))
+      + record(0, tcp_seg(True, 1001, 5001, 0x10))
+      + record(0, tcp_seg(True, 1001, 5001, 0x18, b"data" * 10))
+      + record(0, tcp_seg(False, 5001, 1041, 0x11))
+      + record(0, tcp_seg(True, 1041, 5002, 0x11))
+      + record(0, tcp_seg(False, 5002, 1042, 0x10))
+      + record(9, tcp_seg(True, 9000, 0, 0x02)))
+write("conntrack", "tcp-rst-and-out-of-window",
+      record(1, tcp_seg(True, 1000, 0, 0x02))
+      + record(0, tcp_seg(False, 5000, 1001, 0x12))
+      + record(0, tcp_seg(True, 1001 + 10 ** 8, 5001, 0x18, b"x" * 100))
+      + record(0, tcp_seg(False, 5001, 0, 0x04)))
+udp = udp_frame()
+icmp_err = bytes([0x52, 0x54, 0, 0, 0, 1, 0x52, 0x54, 0, 0, 0, 2]) + b"\x08\x00" + struct.pack(
+    "!BBHHHBBH4s4s", 0x45, 0, 20 + 8 + 28, 1, 0, 64, 1, 0, bytes([10, 0, 0, 2]), bytes([10, 0, 0, 1])) \
+    + bytes([3, 3, 0, 0, 0, 0, 0, 0]) + udp[14:14 + 28]
+write("conntrack", "udp-and-related-error", record(3, udp) + record(2, icmp_err) + record(8, udp))
+write("conntrack", "many-commits-over-the-limit",
+      b"".join(record(1 | (z << 1), tcp_seg(True, 1000 + i, 0, 0x02)[:34] + struct.pack("!H", 1000 + i) + tcp_seg(True, 1000 + i, 0, 0x02)[36:])
+               for i in range(12) for z in (0, 1)))
+for i, line in enumerate([
+    "table=72,priority=90,ct_state=+new-est+trk,ip,actions=ct(commit,zone=NXM_NX_REG6[0..15],exec(set_field:0x1->ct_mark,set_field:0x10/0xff->ct_label)),resubmit(,80)",
+    "table=0,priority=100,in_port=1,ip,actions=load:0x1->NXM_NX_REG5[],move:NXM_OF_IN_PORT[]->NXM_NX_REG6[0..15],resubmit(,71)",
+    "icmp6,ipv6_src=fd00::1/64,icmpv6_type=135,nd_target=fd00::2,nd_sll=52:54:00:00:00:01,actions=NORMAL",
+    "ct_state=0x21/0x21,ct_zone=5,ct_mark=0x1/0x1,ct_label=0x1/0x1,ip,ct_nw_src=10.0.0.1,actions=ct_clear,resubmit(,1)",
+]):
+    write("parse_flow", "ct-regs-ipv6-%d" % i, bytes([0]) + line.encode())

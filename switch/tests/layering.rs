@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
         "virtio",
         "offload",
         "port_security",
+        "conntrack",
     ],
     &["port"],
     &["frame"],

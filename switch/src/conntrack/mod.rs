@@ -3,6 +3,7 @@
 //!
 //! - `packet.rs`: the connection key and TCP fields read from a packet's first bytes.
 //! - `tcp.rs`: TCP state with sequence and window checks.
+//! - `table.rs`: a shard of the table (a slab, and a map from both directions' keys).
 //! - here: the table of connections (zones, limits, timeouts, eviction), shared by every
 //!   dataplane thread.
 //!
@@ -16,25 +17,39 @@
 //! without a connection to belong to) is `+inv`. NAT and ALGs are not implemented.
 
 pub mod packet;
+mod table;
 pub mod tcp;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use crate::flow::key::consts::ct_state;
 use packet::{ConnKey, Transport};
+use table::{Packed, Seeds, Shard};
 use tcp::{TcpConn, Verdict};
 
-/// Connections stored at most, unless configured (about 330 bytes each: see
+/// `ct_state` bits, as OVS numbers them.
+pub mod ct_state {
+    pub const NEW: u64 = 0x01;
+    pub const ESTABLISHED: u64 = 0x02;
+    pub const RELATED: u64 = 0x04;
+    pub const REPLY: u64 = 0x08;
+    pub const INVALID: u64 = 0x10;
+    pub const TRACKED: u64 = 0x20;
+    pub const SNAT: u64 = 0x40;
+    pub const DNAT: u64 = 0x80;
+}
+
+/// Connections stored at most, unless configured (about 250 bytes each: see
 /// [`BYTES_PER_CONNECTION`]).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
-/// What a stored connection costs: the connection, its two keys and the maps' overhead
-/// (measured with `size_of` in a test, rounded up).
-pub const BYTES_PER_CONNECTION: usize = 330;
+/// What a stored connection costs: its slot, and two entries (one per direction) in its
+/// shard's index with the map's spare room (checked with `size_of` in a test; up to twice
+/// that while a shard's vectors grow).
+pub const BYTES_PER_CONNECTION: usize = 256;
 const SHARDS: usize = 16;
 /// Idle timeouts of connections other than TCP (the Linux nf_conntrack defaults).
 const UDP_TIMEOUT_MS: u64 = 30_000;
@@ -105,6 +120,8 @@ enum ProtoState {
 #[derive(Debug, Clone)]
 struct Conn {
     orig: ConnKey,
+    /// Of both directions' keys (the table's hash is direction-independent).
+    hash: u64,
     mark: u32,
     label: u128,
     proto: ProtoState,
@@ -157,83 +174,6 @@ impl Conn {
     }
 }
 
-#[derive(Default)]
-struct Shard {
-    /// By the original direction's key.
-    conns: HashMap<ConnKey, Conn, ahash::RandomState>,
-    /// Reply direction's key -> original direction's key.
-    replies: HashMap<ConnKey, ConnKey, ahash::RandomState>,
-    /// Original keys of connections as they closed, oldest first (some may be gone).
-    closed: VecDeque<ConnKey>,
-}
-
-impl Shard {
-    /// The connection `key` belongs to: (its original key, whether `key` is the reply
-    /// direction). An expired connection is removed and not found.
-    fn find(
-        &mut self,
-        key: &ConnKey,
-        now_ms: u64,
-        removed: &mut Removed,
-    ) -> Option<(ConnKey, bool)> {
-        let (orig, reply) = if self.conns.contains_key(key) {
-            (*key, false)
-        } else {
-            (*self.replies.get(key)?, true)
-        };
-        if self
-            .conns
-            .get(&orig)
-            .is_some_and(|c| c.expires_ms <= now_ms)
-        {
-            self.remove(&orig, removed);
-            return None;
-        }
-        Some((orig, reply))
-    }
-
-    fn remove(&mut self, orig: &ConnKey, removed: &mut Removed) -> bool {
-        let Some(conn) = self.conns.remove(orig) else {
-            return false;
-        };
-        self.replies.remove(&conn.orig.reverse());
-        removed.push(conn.orig.zone);
-        true
-    }
-
-    fn insert(&mut self, conn: Conn) {
-        self.replies.insert(conn.orig.reverse(), conn.orig);
-        self.conns.insert(conn.orig, conn);
-    }
-
-    /// Removes the oldest closed connection (of `zone`, if given); whether one was found.
-    fn evict_closed(&mut self, zone: Option<u16>, removed: &mut Removed) -> bool {
-        let limit = if zone.is_some() {
-            EVICTION_SCAN
-        } else {
-            usize::MAX
-        };
-        let mut scanned = 0;
-        let mut i = 0;
-        while i < self.closed.len() && scanned < limit {
-            scanned += 1;
-            let key = self.closed[i];
-            let live_closed = self.conns.get(&key).is_some_and(|c| c.is_closed());
-            if !live_closed {
-                self.closed.remove(i);
-                continue;
-            }
-            if zone.is_some_and(|z| z != key.zone) {
-                i += 1;
-                continue;
-            }
-            self.closed.remove(i);
-            return self.remove(&key, removed);
-        }
-        false
-    }
-}
-
 /// Zones of connections removed under a shard lock, to uncount after it.
 #[derive(Default)]
 struct Removed(Vec<u16>);
@@ -279,7 +219,7 @@ pub struct ConnInfo {
 /// The connection table.
 pub struct Conntrack {
     shards: Box<[Mutex<Shard>]>,
-    hasher: ahash::RandomState,
+    seeds: Seeds,
     limits: RwLock<Limits>,
     count: AtomicUsize,
     zone_counts: Mutex<HashMap<u16, usize>>,
@@ -302,7 +242,7 @@ impl Conntrack {
     pub fn new(limits: Limits) -> Conntrack {
         Conntrack {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            hasher: ahash::RandomState::new(),
+            seeds: Seeds::random(),
             limits: RwLock::new(limits),
             count: AtomicUsize::new(0),
             zone_counts: Mutex::new(HashMap::new()),
@@ -336,17 +276,11 @@ impl Conntrack {
         *self.limits.write().unwrap_or_else(|e| e.into_inner()) = limits;
     }
 
-    /// The shard of a connection (the same for both directions), locked.
-    fn shard(&self, key: &ConnKey) -> MutexGuard<'_, Shard> {
-        lock(&self.shards[self.shard_index(key)])
-    }
-
-    fn shard_index(&self, key: &ConnKey) -> usize {
-        let a = (key.src, key.sport);
-        let b = (key.dst, key.dport);
-        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-        let h = self.hasher.hash_one((key.zone, key.proto, lo, hi));
-        (h as usize) % SHARDS
+    /// A key packed, its hash (the same both ways) and its shard's index.
+    fn locate(&self, key: &ConnKey) -> (Packed, u64, usize) {
+        let packed = Packed::of(key);
+        let hash = table::hash(&packed, &self.seeds);
+        (packed, hash, ((hash >> 32) as usize) % SHARDS)
     }
 
     /// Evicts the oldest closed connection (of `zone`, if given): from `own` shard first,
@@ -359,7 +293,12 @@ impl Conntrack {
         zone: Option<u16>,
         removed: &mut Removed,
     ) -> bool {
-        if own.evict_closed(zone, removed) {
+        let scan = if zone.is_some() {
+            EVICTION_SCAN
+        } else {
+            usize::MAX
+        };
+        if own.evict_closed(zone, scan, removed) {
             return true;
         }
         for (i, shard) in self.shards.iter().enumerate() {
@@ -369,7 +308,7 @@ impl Conntrack {
             let Ok(mut other) = shard.try_lock() else {
                 continue;
             };
-            if other.evict_closed(zone, removed) {
+            if other.evict_closed(zone, scan, removed) {
                 return true;
             }
         }
@@ -424,11 +363,12 @@ impl Conntrack {
         };
         if let Transport::Error(quoted) = pkt.transport {
             // Related: the error quotes a packet of a connection.
-            let mut shard = self.shard(&quoted);
-            let Some((orig, quoted_is_reply)) = shard.find(&quoted, now_ms, removed) else {
+            let (packed, hash, index) = self.locate(&quoted);
+            let mut shard = lock(&self.shards[index]);
+            let Some((slot, quoted_is_reply)) = shard.find(&packed, hash, now_ms, removed) else {
                 return Tracked::invalid(zone);
             };
-            let Some(conn) = shard.conns.get(&orig) else {
+            let Some(conn) = shard.get(slot) else {
                 return Tracked::invalid(zone);
             };
             // The error travels against the quoted packet's direction.
@@ -436,10 +376,10 @@ impl Conntrack {
             return conn.tracked(ct_state::TRACKED | ct_state::RELATED | reply);
         }
         let key = pkt.key;
-        let shard_index = self.shard_index(&key);
+        let (packed, hash, shard_index) = self.locate(&key);
         let mut shard = lock(&self.shards[shard_index]);
-        if let Some((orig, reply)) = shard.find(&key, now_ms, removed) {
-            let Some(conn) = shard.conns.get_mut(&orig) else {
+        if let Some((slot, reply)) = shard.find(&packed, hash, now_ms, removed) {
+            let Some(conn) = shard.get_mut(slot) else {
                 return Tracked::invalid(zone);
             };
             let reopens = match (&conn.proto, &pkt.transport) {
@@ -478,12 +418,13 @@ impl Conntrack {
                 let tracked = conn.tracked(state);
                 if conn.is_closed() && !conn.listed_closed {
                     conn.listed_closed = true;
-                    shard.closed.push_back(orig);
+                    let entry = (conn.orig, conn.hash);
+                    shard.closed.push_back(entry);
                 }
                 return tracked;
             }
             // A new SYN on a closed connection's ports: the old one is over.
-            shard.remove(&orig, removed);
+            shard.remove(slot, removed);
         }
         // No connection yet: may this packet open one?
         let proto = match &pkt.transport {
@@ -496,6 +437,7 @@ impl Conntrack {
         };
         let mut conn = Conn {
             orig: key,
+            hash,
             mark: 0,
             label: 0,
             proto,
@@ -551,27 +493,24 @@ impl Conntrack {
 
     /// Removes connections idle past their timeout; how many.
     pub fn expire(&self, now_ms: u64) -> usize {
+        let n = self.remove_where(|c| c.expires_ms <= now_ms);
+        self.counters.expired.fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    /// Removes every connection (of `zone`, if given); how many.
+    pub fn flush(&self, zone: Option<u16>) -> usize {
+        self.remove_where(|c| zone.is_none_or(|z| z == c.orig.zone))
+    }
+
+    fn remove_where(&self, which: impl Fn(&Conn) -> bool) -> usize {
         let mut n = 0;
         for shard in self.shards.iter() {
             let mut removed = Removed::default();
-            {
-                let mut shard = lock(shard);
-                let old: Vec<ConnKey> = shard
-                    .conns
-                    .values()
-                    .filter(|c| c.expires_ms <= now_ms)
-                    .map(|c| c.orig)
-                    .collect();
-                for k in &old {
-                    shard.remove(k, &mut removed);
-                }
-                let Shard { conns, closed, .. } = &mut *shard;
-                closed.retain(|k| conns.contains_key(k));
-            }
+            lock(shard).remove_where(&which, &mut removed);
             n += removed.0.len();
             self.uncount(removed);
         }
-        self.counters.expired.fetch_add(n as u64, Ordering::Relaxed);
         n
     }
 
@@ -580,7 +519,7 @@ impl Conntrack {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let shard = lock(shard);
-            for c in shard.conns.values() {
+            for c in shard.iter() {
                 if zone.is_some_and(|z| z != c.orig.zone) || c.expires_ms <= now_ms {
                     continue;
                 }
@@ -608,29 +547,6 @@ impl Conntrack {
                 .cmp(&(b.zone, b.proto, b.src, b.sport, b.dst, b.dport))
         });
         out
-    }
-
-    /// Removes every connection (of `zone`, if given); how many.
-    pub fn flush(&self, zone: Option<u16>) -> usize {
-        let mut n = 0;
-        for shard in self.shards.iter() {
-            let mut removed = Removed::default();
-            {
-                let mut shard = lock(shard);
-                let gone: Vec<ConnKey> = shard
-                    .conns
-                    .keys()
-                    .filter(|k| zone.is_none_or(|z| z == k.zone))
-                    .copied()
-                    .collect();
-                for k in &gone {
-                    shard.remove(k, &mut removed);
-                }
-            }
-            n += removed.0.len();
-            self.uncount(removed);
-        }
-        n
     }
 }
 

@@ -4,8 +4,8 @@
 
 use etherparse::{PacketBuilder, TcpOptionElement};
 
+use super::ct_state::*;
 use super::*;
-use crate::flow::key::consts::ct_state::*;
 
 const A: [u8; 4] = [10, 0, 0, 1];
 const B: [u8; 4] = [10, 0, 0, 2];
@@ -515,10 +515,10 @@ fn untrackable_packets_are_invalid() {
 #[test]
 fn a_connection_costs_what_the_docs_say() {
     use std::mem::size_of;
-    // Each connection: its entry in the connection map and one in the reply index (hash
-    // maps keep ~1/8 spare plus a control byte per slot).
-    let per_conn = (size_of::<ConnKey>() + size_of::<Conn>() + 1) * 9 / 8
-        + (2 * size_of::<ConnKey>() + 1) * 9 / 8;
+    // A slot of the slab, and two entries of the index (its hash, packed key and slot, a
+    // control byte, at most 7/8 full).
+    let entry = size_of::<u64>() + size_of::<super::table::Packed>() + size_of::<u32>() + 1;
+    let per_conn = size_of::<Option<Conn>>() + 2 * entry * 8 / 7;
     assert!(
         per_conn <= BYTES_PER_CONNECTION,
         "{per_conn} bytes per connection"

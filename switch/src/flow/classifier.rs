@@ -461,34 +461,59 @@ impl<T: Clone> Classifier<T> {
 pub const CACHE_WORDS: usize = 12;
 
 /// What an [`ExactMatchCache`] is keyed on: the words of a packet key that a table's
-/// masks use (gathered, in order), and a tag (the table), so entries stay small whatever
-/// the size of [`FlowKey`].
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+/// masks use (gathered, in order; the rest 0), their number and a tag (the table), so
+/// entries stay small whatever the size of [`FlowKey`], and hashing costs what the table
+/// matches on.
+#[derive(Clone, Copy, Debug)]
 pub struct CacheKey {
-    tag: u64,
+    tag: u32,
+    n: u32,
     words: [u64; CACHE_WORDS],
 }
+
+impl PartialEq for CacheKey {
+    /// Word by word without a branch or a call (the unused words are 0 in both).
+    #[inline(always)]
+    fn eq(&self, other: &Self) -> bool {
+        let diff = self
+            .words
+            .iter()
+            .zip(&other.words)
+            .fold(0u64, |acc, (a, b)| acc | (a ^ b));
+        diff == 0 && self.tag == other.tag && self.n == other.n
+    }
+}
+
+impl Eq for CacheKey {}
 
 impl CacheKey {
     /// `key`'s words in `set`, tagged; `None` when `set` has more than [`CACHE_WORDS`].
     #[inline]
-    pub fn gather(tag: u64, key: &FlowKey, set: WordSet) -> Option<CacheKey> {
-        if set.len() > CACHE_WORDS {
+    pub fn gather(tag: u32, key: &FlowKey, set: WordSet) -> Option<CacheKey> {
+        let n = set.len();
+        if n > CACHE_WORDS {
             return None;
         }
         let mut words = [0u64; CACHE_WORDS];
         for (slot, i) in words.iter_mut().zip(set.iter()) {
             *slot = key.0[i];
         }
-        Some(CacheKey { tag, words })
+        Some(CacheKey {
+            tag,
+            n: n as u32,
+            words,
+        })
     }
 
+    /// Pairs of the used words multiplied independently (short dependency chains).
     #[inline(always)]
     fn hash(&self, seeds: &Seeds) -> u64 {
         let (w, s) = (&self.words, &seeds.0);
-        let mut acc = folded_multiply(self.tag ^ s[0], s[1]);
-        for i in (0..CACHE_WORDS).step_by(2) {
+        let mut acc = folded_multiply(u64::from(self.tag) ^ s[0], u64::from(self.n) ^ s[1]);
+        let mut i = 0;
+        while i < self.n as usize {
             acc ^= folded_multiply(w[i] ^ s[i + 2], w[i + 1] ^ s[i + 3]);
+            i += 2;
         }
         folded_multiply(acc ^ s[CACHE_WORDS + 2], s[CACHE_WORDS + 3])
     }

@@ -366,16 +366,7 @@ pub mod consts {
     pub const VLAN_CFI: u64 = 0x1000;
 
     /// `ct_state` bits, as OVS numbers them.
-    pub mod ct_state {
-        pub const NEW: u64 = 0x01;
-        pub const ESTABLISHED: u64 = 0x02;
-        pub const RELATED: u64 = 0x04;
-        pub const REPLY: u64 = 0x08;
-        pub const INVALID: u64 = 0x10;
-        pub const TRACKED: u64 = 0x20;
-        pub const SNAT: u64 = 0x40;
-        pub const DNAT: u64 = 0x80;
-    }
+    pub use crate::conntrack::ct_state;
 }
 
 #[cfg(test)]

@@ -300,7 +300,7 @@ impl Tables {
     /// tables (a new version) invalidates them all.
     pub fn lookup_cached(&self, table: u8, key: &FlowKey, cache: &mut FlowCache) -> Option<&Entry> {
         let classifier = self.tables.get(usize::from(table))?;
-        let Some(cache_key) = CacheKey::gather(u64::from(table), key, classifier.words()) else {
+        let Some(cache_key) = CacheKey::gather(u32::from(table), key, classifier.words()) else {
             return classifier.lookup(key).map(|(_, e)| e);
         };
         if let Some(hit) = cache.get(self.version, &cache_key) {
@@ -497,7 +497,8 @@ impl Pipeline {
 
     /// `ct(...)`: tracks the packet; with `table=T`, a copy carrying the ct fields continues
     /// in table T (a fork, as OVS's recirculation: what that copy changes does not affect the
-    /// packet here, which goes on with the next action untracked).
+    /// packet here, which goes on with the next action untracked). In `tail` position
+    /// nothing goes on, so the packet itself continues (no copy).
     #[allow(clippy::too_many_arguments)]
     fn conntrack_fork(
         &self,
@@ -508,6 +509,7 @@ impl Pipeline {
         outputs: &mut Vec<Output>,
         trace: &mut Option<&mut Vec<TraceStep>>,
         cache: &mut Option<&mut FlowThread>,
+        tail: bool,
     ) -> Result<(), Halt> {
         let zone = exec::ct::zone(st, ct);
         let options = CommitOptions {
@@ -522,6 +524,20 @@ impl Pipeline {
             return Ok(());
         };
         st.count_resubmit()?;
+        if tail {
+            exec::ct::write(&mut st.key, &tracked);
+            return self.run_table(
+                tables,
+                table,
+                st,
+                depth + 1,
+                outputs,
+                trace,
+                cache,
+                false,
+                true,
+            );
+        }
         let mut copy = *st;
         exec::ct::write(&mut copy.key, &tracked);
         let result = self.run_table(
@@ -532,6 +548,7 @@ impl Pipeline {
             outputs,
             trace,
             cache,
+            false,
             false,
         );
         st.resubmits = copy.resubmits;
@@ -777,7 +794,7 @@ impl Pipeline {
         let outputs_before = outputs.len();
         let halt = self
             .run_table(
-                tables, 0, &mut state, 0, outputs, &mut trace, &mut cache, true,
+                tables, 0, &mut state, 0, outputs, &mut trace, &mut cache, true, true,
             )
             .err()?;
         match halt {
@@ -817,6 +834,7 @@ impl Pipeline {
         trace: &mut Option<&mut Vec<TraceStep>>,
         cache: &mut Option<&mut FlowThread>,
         from_start: bool,
+        tail: bool,
     ) -> Result<(), Halt> {
         if depth > MAX_RESUBMIT_DEPTH {
             return Err(Halt::DepthLimit);
@@ -869,7 +887,11 @@ impl Pipeline {
                 });
             }
             let mut next_table = None;
-            for action in &entry.flow.actions {
+            let n_actions = entry.flow.actions.len();
+            for (i, action) in entry.flow.actions.iter().enumerate() {
+                // Nothing of this packet's run follows this action: no caller continues
+                // after it and it is its flow's last.
+                let tail = tail && i + 1 == n_actions;
                 match action {
                     Action::Output(PortRef::Number(p)) => push(outputs, st, Target::Port(*p)),
                     // Names are resolved before flows reach the tables.
@@ -882,7 +904,7 @@ impl Pipeline {
                     Action::Move { src, dst } => exec::fields::move_bits(st, *src, *dst)?,
                     Action::CtClear => exec::ct::clear(&mut st.key),
                     Action::Ct(ct) => {
-                        self.conntrack_fork(tables, ct, st, depth, outputs, trace, cache)?
+                        self.conntrack_fork(tables, ct, st, depth, outputs, trace, cache, tail)?
                     }
                     Action::SetVlanVid(_)
                     | Action::SetVlanPcp(_)
@@ -914,6 +936,7 @@ impl Pipeline {
                             trace,
                             cache,
                             false,
+                            tail,
                         )?;
                         st.key.set(Field::InPort, saved_port);
                     }
@@ -1398,6 +1421,65 @@ mod firewall_tests {
         other[20] ^= 1; // another source port
         assert_eq!(send(&p, 2, &unreachable(&other)), vec![]);
         assert_eq!(p.conntrack().len(), 2);
+    }
+
+    #[test]
+    fn the_tracked_copy_does_not_change_the_packet_that_goes_on() {
+        let p = Pipeline::new(MissPolicy::Normal);
+        let rules = "
+            table=0,priority=10,in_port=1,ip,actions=ct(table=1),load:0x7->NXM_NX_REG0[],output:3
+            table=0,priority=10,in_port=2,ip,actions=resubmit(,5)
+            table=5,ip,actions=ct(table=1)
+            table=1,ct_state=+trk,actions=mod_dl_src:0e:00:00:00:00:09,load:0x5->NXM_NX_REG0[],resubmit(,2)
+            table=2,reg0=0x5,actions=output:2
+            table=2,reg0=0x7,actions=output:4
+        ";
+        let flows: Vec<FlowMod> = parse_flows_file(rules)
+            .expect("rules parse")
+            .into_iter()
+            .map(|spec| {
+                let spec = spec.resolve(|_| None).expect("numbered ports");
+                FlowMod::Add(Flow {
+                    table: spec.table.unwrap_or(0),
+                    priority: spec.priority,
+                    m: spec.m,
+                    actions: spec.actions.clone(),
+                    cookie: 0,
+                    idle_timeout: 0,
+                    hard_timeout: 0,
+                    match_text: spec.to_string(),
+                    actions_text: String::new(),
+                })
+            })
+            .collect();
+        p.commit(&flows).expect("rules install");
+        let frame = tcp(true, 40000, 22, 100, None, true);
+        let run = |in_port: u16| {
+            let mut out = Vec::new();
+            p.run(
+                &p.snapshot(),
+                &flow_key(&frame, in_port, None),
+                HeaderBuf::new(&frame),
+                frame.len() as u32,
+                &mut out,
+                None,
+            );
+            out
+        };
+        // Not in tail position: the tracked copy goes out of port 2 rewritten; the packet
+        // itself, untracked and unchanged, goes on to output:3 (its reg0 is its own).
+        let out = run(1);
+        let targets: Vec<Target> = out.iter().map(|o| o.target).collect();
+        assert_eq!(targets, vec![Target::Port(2), Target::Port(3)]);
+        assert!(out[0].modified && out[0].header.bytes()[6..12] == [0x0e, 0, 0, 0, 0, 9]);
+        assert!(!out[1].modified && out[1].header.bytes()[6..12] == frame[6..12]);
+        // In tail position (ct the last action, reached by a last resubmit): the same.
+        let out = run(2);
+        assert_eq!(
+            out.iter().map(|o| o.target).collect::<Vec<_>>(),
+            vec![Target::Port(2)]
+        );
+        assert!(out[0].modified);
     }
 
     #[test]
