@@ -121,6 +121,8 @@ type PreHashedMap<V> = HashMap<HKey, V, BuildHasherDefault<PreHashed>>;
 #[derive(Clone)]
 struct Entry<T> {
     id: RuleId,
+    /// Where the rule is in [`Classifier`]'s `rules`.
+    slot: u32,
     priority: u16,
     payload: T,
 }
@@ -221,10 +223,14 @@ pub struct Classifier<T> {
     subtables: Vec<Subtable<T>>,
     /// Mask -> index into `subtables` (always up to date).
     by_mask: AHashMap<HKey, usize>,
-    /// Every rule's match, priority and payload, to find it from its id in one lookup (the
-    /// frame path's exact-match cache hits by id; going through the subtable and bucket
-    /// meant three lookups hashing 48-byte keys per packet).
-    rules: AHashMap<RuleId, (Match, u16, T)>,
+    /// Every rule's id, match, priority and payload, by slot: the frame path's exact-match
+    /// cache stores a rule's slot, and a hit is one index (a map from id to rule cost a
+    /// hash probe per table per packet, measured at a quarter of a cached lookup).
+    rules: Vec<Option<(RuleId, Match, u16, T)>>,
+    /// Free slots of `rules`.
+    free: Vec<u32>,
+    /// Rule id -> slot, for changes.
+    slot_of: AHashMap<RuleId, u32>,
     next_id: RuleId,
     seeds: Seeds,
     /// The union of the subtables' words (up to date once the order is).
@@ -245,7 +251,9 @@ impl<T: Clone> Classifier<T> {
         Classifier {
             subtables: Vec::new(),
             by_mask: AHashMap::default(),
-            rules: AHashMap::default(),
+            rules: Vec::new(),
+            free: Vec::new(),
+            slot_of: AHashMap::default(),
             next_id: 1,
             seeds: Seeds::random(),
             words: WordSet::default(),
@@ -268,11 +276,11 @@ impl<T: Clone> Classifier<T> {
     }
 
     pub fn len(&self) -> usize {
-        self.rules.len()
+        self.slot_of.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.slot_of.is_empty()
     }
 
     /// How many distinct masks the rules use (the number of hash probes of a lookup that
@@ -324,8 +332,8 @@ impl<T: Clone> Classifier<T> {
         let st = &mut self.subtables[idx];
         if let Some(bucket) = st.buckets.get_mut(&value) {
             if let Some(e) = bucket.by_priority_mut(priority) {
-                if let Some(rule) = self.rules.get_mut(&e.id) {
-                    rule.2 = payload.clone();
+                if let Some(Some(rule)) = self.rules.get_mut(e.slot as usize) {
+                    rule.3 = payload.clone();
                 }
                 e.payload = payload;
                 return e.id;
@@ -333,9 +341,21 @@ impl<T: Clone> Classifier<T> {
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.rules.insert(id, (m, priority, payload.clone()));
+        let rule = Some((id, m, priority, payload.clone()));
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.rules[slot as usize] = rule;
+                slot
+            }
+            None => {
+                self.rules.push(rule);
+                (self.rules.len() - 1) as u32
+            }
+        };
+        self.slot_of.insert(id, slot);
         let entry = Entry {
             id,
+            slot,
             priority,
             payload,
         };
@@ -353,7 +373,9 @@ impl<T: Clone> Classifier<T> {
     /// [`Classifier::remove`] without restoring the lookup order (see
     /// [`Classifier::insert_unordered`]).
     pub fn remove_unordered(&mut self, id: RuleId) -> Option<(Match, u16, T)> {
-        let (m, priority, _) = self.rules.remove(&id)?;
+        let slot = self.slot_of.remove(&id)?;
+        let (_, m, priority, _) = self.rules.get_mut(slot as usize)?.take()?;
+        self.free.push(slot);
         let mask = self.hkey(m.mask, WordSet::ALL);
         let idx = self.by_mask[&mask];
         let value = self.hkey(m.value, WordSet::of(&m.mask));
@@ -412,8 +434,16 @@ impl<T: Clone> Classifier<T> {
     }
 
     pub fn get(&self, id: RuleId) -> Option<(&Match, u16, &T)> {
-        let (m, priority, payload) = self.rules.get(&id)?;
+        let slot = *self.slot_of.get(&id)?;
+        let (_, m, priority, payload) = self.rules.get(slot as usize)?.as_ref()?;
         Some((m, *priority, payload))
+    }
+
+    /// The payload of the rule in `slot` (from [`Classifier::lookup_slot`]; slots are reused
+    /// after removals, so only with the classifier version that gave it).
+    #[inline]
+    pub fn get_slot(&self, slot: u32) -> Option<&T> {
+        self.rules.get(slot as usize)?.as_ref().map(|r| &r.3)
     }
 
     /// The rule with exactly this match and priority (strict mod-flows/del-flows).
@@ -428,6 +458,12 @@ impl<T: Clone> Classifier<T> {
     /// The best rule matching `key`: highest priority, then earliest inserted.
     #[inline]
     pub fn lookup(&self, key: &FlowKey) -> Option<(RuleId, &T)> {
+        self.lookup_slot(key).map(|(id, _, payload)| (id, payload))
+    }
+
+    /// [`Classifier::lookup`], with the rule's slot.
+    #[inline]
+    pub fn lookup_slot(&self, key: &FlowKey) -> Option<(RuleId, u32, &T)> {
         debug_assert!(!self.order_stale, "lookup before restore_order");
         let mut best: Option<&Entry<T>> = None;
         for st in &self.subtables {
@@ -445,14 +481,15 @@ impl<T: Clone> Classifier<T> {
                 }
             }
         }
-        best.map(|e| (e.id, &e.payload))
+        best.map(|e| (e.id, e.slot, &e.payload))
     }
 
     /// Every rule, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (RuleId, &Match, u16, &T)> {
         self.rules
             .iter()
-            .map(|(&id, (m, prio, payload))| (id, m, *prio, payload))
+            .flatten()
+            .map(|(id, m, prio, payload)| (*id, m, *prio, payload))
     }
 }
 

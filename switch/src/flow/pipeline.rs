@@ -304,11 +304,11 @@ impl Tables {
             return classifier.lookup(key).map(|(_, e)| e);
         };
         if let Some(hit) = cache.get(self.version, &cache_key) {
-            return hit.and_then(|id| classifier.get(id)).map(|(_, _, e)| e);
+            return hit.and_then(|slot| classifier.get_slot(slot));
         }
-        let found = classifier.lookup(key);
-        cache.insert(self.version, &cache_key, found.map(|(id, _)| id));
-        found.map(|(_, e)| e)
+        let found = classifier.lookup_slot(key);
+        cache.insert(self.version, &cache_key, found.map(|(_, slot, _)| slot));
+        found.map(|(_, _, e)| e)
     }
 
     /// Every flow, in dump order: table, then descending priority.
@@ -334,8 +334,9 @@ impl Tables {
     }
 }
 
-/// Per-thread cache of (table, matching rule) by packet key; see [`Tables::lookup_cached`].
-pub type FlowCache = super::classifier::ExactMatchCache<Option<super::classifier::RuleId>>;
+/// Per-thread cache of a table's matching rule (its slot) by packet key; see
+/// [`Tables::lookup_cached`].
+pub type FlowCache = super::classifier::ExactMatchCache<Option<u32>>;
 
 /// Entries in each thread's flow cache.
 pub const FLOW_CACHE_ENTRIES: usize = 4096;
