@@ -1,6 +1,7 @@
 //! A stateful firewall between two real QEMU guests, from a rules file in the layout of
 //! OpenStack Neutron's OVS firewall driver (tests/tests/data/firewall.flows: conntrack zones
-//! per port, registers, ct_state, ct(commit) with a mark) loaded with flowctl. What the guests
+//! per port, registers, ct_state, ct(commit) with a mark, a conjunction of an address set and
+//! a port for a remote group) loaded with flowctl. What the guests
 //! see: A's TCP connection to B's port 22 works both ways; B cannot open one to A, nor A to
 //! B's port 80; the ICMP port-unreachable errors for A's UDP probes come back to A (related),
 //! but only for the ports B's policy lets in; and the switch's connection table holds exactly

@@ -68,6 +68,9 @@ pub enum Action {
     Ct(CtAction),
     /// `ct_clear`: the packet becomes untracked again (every ct field 0).
     CtClear,
+    /// `conjunction(id, k/n)`: this flow is dimension `k` of `n` of conjunctive match `id`
+    /// (a flow with these has no other actions and never matches by itself).
+    Conjunction { id: u32, k: u8, n: u8 },
 }
 
 /// Bits `ofs .. ofs + n_bits` of a field (`reg0[0..15]`, `NXM_OF_IN_PORT[]`).

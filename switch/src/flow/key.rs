@@ -68,6 +68,10 @@ pub enum Field {
     Ipv6Label,
     /// `conj_id`: set by a matched conjunction.
     ConjId,
+    /// 1 in the classifier match of a conjunctive flow (one whose actions are
+    /// `conjunction(...)`), and never in a packet: such flows take part in a lookup only
+    /// through their table's conjunction index. Not a field users write.
+    Conjunctive,
 }
 
 /// Words in a [`FlowKey`].
@@ -124,12 +128,13 @@ const fn layout(f: Field) -> (usize, u32, u32) {
         Field::ArpTha => (27, 16, 48),
         Field::Ipv6Label => (28, 32, 32),
         Field::ConjId => (28, 0, 32),
+        Field::Conjunctive => (27, 0, 16),
     }
 }
 
 impl Field {
     /// Every field once (xregs, which overlap the registers, are left out).
-    pub const ALL: [Field; 55] = {
+    pub const ALL: [Field; 56] = {
         use Field::*;
         [
             InPort,
@@ -187,6 +192,7 @@ impl Field {
             ArpTha,
             Ipv6Label,
             ConjId,
+            Conjunctive,
         ]
     };
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::action::{Action, PortRef};
 use super::classifier::{CacheKey, Classifier};
 use super::exec::{self, ExecState};
-use super::key::{Field, FlowKey, Match};
+use super::key::{Field, FlowKey, Match, WordSet};
 use super::rewrite::HeaderBuf;
 use crate::conntrack::{CommitOptions, Conntrack};
 
@@ -41,6 +41,87 @@ pub struct Flow {
     pub match_text: String,
     /// Canonical text of the actions.
     pub actions_text: String,
+}
+
+impl Flow {
+    /// Whether this flow is a dimension of conjunctive matches (its actions are all
+    /// `conjunction(...)`).
+    pub fn is_conjunctive(&self) -> bool {
+        !self.actions.is_empty()
+            && self
+                .actions
+                .iter()
+                .all(|a| matches!(a, Action::Conjunction { .. }))
+    }
+
+    /// The match the classifier holds: a conjunctive flow's carries the `Conjunctive` mark,
+    /// which no packet has, so it never matches by itself.
+    fn classifier_match(&self) -> Match {
+        let mut m = self.m;
+        if self.is_conjunctive() {
+            m.set_exact(Field::Conjunctive, 1);
+        }
+        m
+    }
+}
+
+/// A table's conjunctive matches (`conjunction(id, k/n)` flows): a packet matches one when it
+/// matches a flow of each of its dimensions; the table is then searched again with
+/// `conj_id` set (OVS's semantics).
+#[derive(Clone, Default)]
+struct Conjunctions {
+    /// Highest priority first.
+    sets: Vec<ConjSet>,
+    /// The words the dimensions' masks use (the flow cache keys on them too).
+    words: WordSet,
+}
+
+#[derive(Clone)]
+struct ConjSet {
+    id: u32,
+    priority: u16,
+    /// Dimension k - 1: the matches of the flows with `conjunction(id, k/n)`.
+    dims: Vec<Classifier<()>>,
+}
+
+impl Conjunctions {
+    fn build(table: &Classifier<Entry>) -> Conjunctions {
+        let mut sets: Vec<ConjSet> = Vec::new();
+        for (_, _, _, entry) in table.iter() {
+            let flow = &entry.flow;
+            for a in &flow.actions {
+                let Action::Conjunction { id, k, n } = *a else {
+                    continue;
+                };
+                let at = sets.iter().position(|s| {
+                    s.id == id && s.priority == flow.priority && s.dims.len() == usize::from(n)
+                });
+                let set = match at {
+                    Some(i) => &mut sets[i],
+                    None => {
+                        sets.push(ConjSet {
+                            id,
+                            priority: flow.priority,
+                            dims: (0..n).map(|_| Classifier::new()).collect(),
+                        });
+                        sets.last_mut().expect("just pushed")
+                    }
+                };
+                if let Some(dim) = set.dims.get_mut(usize::from(k) - 1) {
+                    dim.insert_unordered(flow.m, flow.priority, ());
+                }
+            }
+        }
+        let mut words = WordSet::default();
+        for set in &mut sets {
+            for dim in &mut set.dims {
+                dim.restore_order();
+                words = words.union(dim.words());
+            }
+        }
+        sets.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        Conjunctions { sets, words }
+    }
 }
 
 /// Counters of one flow; shared by every table version the flow is in.
@@ -166,9 +247,13 @@ pub struct TableStats {
 }
 
 /// One immutable version of every table.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Tables {
     tables: Vec<Classifier<Entry>>,
+    /// Per table; rebuilt for the tables a change touched.
+    conjunctions: Vec<Conjunctions>,
+    /// Tables changed since the last `finish_changes`.
+    changed: Vec<bool>,
     pub version: u64,
     n_flows: usize,
 }
@@ -177,6 +262,8 @@ impl Tables {
     fn new() -> Tables {
         Tables {
             tables: (0..N_TABLES).map(|_| Classifier::new()).collect(),
+            conjunctions: vec![Conjunctions::default(); N_TABLES],
+            changed: vec![false; N_TABLES],
             version: 0,
             n_flows: 0,
         }
@@ -197,8 +284,11 @@ impl Tables {
     /// Ends a batch of `apply` calls: puts every changed table back in lookup order (once per
     /// bundle, not once per flow) and recounts.
     fn finish_changes(&mut self) {
-        for table in &mut self.tables {
+        for (t, table) in self.tables.iter_mut().enumerate() {
             table.restore_order();
+            if std::mem::take(&mut self.changed[t]) {
+                self.conjunctions[t] = Conjunctions::build(table);
+            }
         }
         self.recount();
     }
@@ -212,7 +302,12 @@ impl Tables {
             if let Some(priority) = filter.strict_priority {
                 // Strict: at most one flow per table has this match and priority, found with
                 // a hash probe instead of a scan (a bundle of n strict changes stays O(n)).
-                let found = table.find_exact(&filter.m, priority).and_then(|id| {
+                let mut marked = filter.m;
+                marked.set_exact(Field::Conjunctive, 1);
+                let exact = table
+                    .find_exact(&filter.m, priority)
+                    .or_else(|| table.find_exact(&marked, priority));
+                let found = exact.and_then(|id| {
                     let (_, _, entry) = table.get(id)?;
                     filter.selects(&entry.flow).then_some(id)
                 });
@@ -232,7 +327,21 @@ impl Tables {
         match change {
             FlowMod::Add(flow) => {
                 let entry = Entry::new(flow.clone(), now_ms);
-                self.tables[usize::from(flow.table)].insert_unordered(flow.m, flow.priority, entry);
+                let t = usize::from(flow.table);
+                self.changed[t] = true;
+                // A flow with the same match and priority but the other kind (conjunctive
+                // or not) is replaced too.
+                let mut other = flow.classifier_match();
+                if flow.is_conjunctive() {
+                    other.mask.set(Field::Conjunctive, 0);
+                    other.value.set(Field::Conjunctive, 0);
+                } else {
+                    other.set_exact(Field::Conjunctive, 1);
+                }
+                if let Some(id) = self.tables[t].find_exact(&other, flow.priority) {
+                    self.tables[t].remove_unordered(id);
+                }
+                self.tables[t].insert_unordered(flow.classifier_match(), flow.priority, entry);
                 Ok(1)
             }
             FlowMod::Modify {
@@ -253,6 +362,7 @@ impl Tables {
                     }
                 }
                 for (t, id) in &ids {
+                    self.changed[usize::from(*t)] = true;
                     let table = &mut self.tables[usize::from(*t)];
                     let Some((m, priority, entry)) =
                         table.get(*id).map(|(m, p, e)| (*m, p, e.clone()))
@@ -265,10 +375,15 @@ impl Tables {
                     if let Some(c) = new_cookie {
                         flow.cookie = *c;
                     }
+                    let m_now = flow.classifier_match();
+                    if m_now != m {
+                        // It became conjunctive or stopped being: a match of its own.
+                        table.remove_unordered(*id);
+                    }
                     // Same match and priority: replaces the payload in place, keeping the
                     // flow's rank among equal-priority flows.
                     table.insert_unordered(
-                        m,
+                        m_now,
                         priority,
                         Entry {
                             flow: Arc::new(flow),
@@ -281,6 +396,7 @@ impl Tables {
             FlowMod::Delete(filter) => {
                 let ids = self.selected(filter);
                 for (t, id) in &ids {
+                    self.changed[usize::from(*t)] = true;
                     self.tables[usize::from(*t)].remove_unordered(*id);
                 }
                 Ok(ids.len())
@@ -289,26 +405,50 @@ impl Tables {
     }
 
     pub fn lookup(&self, table: u8, key: &FlowKey) -> Option<&Entry> {
-        self.tables
-            .get(usize::from(table))?
-            .lookup(key)
-            .map(|(_, e)| e)
+        self.lookup_slot(table, key).map(|(_, e)| e)
+    }
+
+    /// The flow `key` matches in `table` (its slot and entry), conjunctive matches included.
+    fn lookup_slot(&self, table: u8, key: &FlowKey) -> Option<(u32, &Entry)> {
+        let t = usize::from(table);
+        let classifier = self.tables.get(t)?;
+        let normal = classifier.lookup_slot(key).map(|(_, slot, e)| (slot, e));
+        let conjunctions = &self.conjunctions[t];
+        if conjunctions.sets.is_empty() {
+            return normal;
+        }
+        let best = normal.map(|(_, e)| e.flow.priority);
+        for set in &conjunctions.sets {
+            if best.is_some_and(|p| p >= set.priority) {
+                break;
+            }
+            if set.dims.iter().all(|d| d.lookup(key).is_some()) {
+                let mut with_id = *key;
+                with_id.set(Field::ConjId, u64::from(set.id));
+                if let Some((_, slot, e)) = classifier.lookup_slot(&with_id) {
+                    return Some((slot, e));
+                }
+            }
+        }
+        normal
     }
 
     /// A lookup through a per-thread exact-match cache: a hit costs one probe instead of a
     /// search over every mask. Entries are tagged with this version, so any change to the
     /// tables (a new version) invalidates them all.
     pub fn lookup_cached(&self, table: u8, key: &FlowKey, cache: &mut FlowCache) -> Option<&Entry> {
-        let classifier = self.tables.get(usize::from(table))?;
-        let Some(cache_key) = CacheKey::gather(u32::from(table), key, classifier.words()) else {
-            return classifier.lookup(key).map(|(_, e)| e);
+        let t = usize::from(table);
+        let classifier = self.tables.get(t)?;
+        let words = classifier.words().union(self.conjunctions[t].words);
+        let Some(cache_key) = CacheKey::gather(u32::from(table), key, words) else {
+            return self.lookup(table, key);
         };
         if let Some(hit) = cache.get(self.version, &cache_key) {
             return hit.and_then(|slot| classifier.get_slot(slot));
         }
-        let found = classifier.lookup_slot(key);
-        cache.insert(self.version, &cache_key, found.map(|(_, slot, _)| slot));
-        found.map(|(_, _, e)| e)
+        let found = self.lookup_slot(table, key);
+        cache.insert(self.version, &cache_key, found.map(|(slot, _)| slot));
+        found.map(|(_, e)| e)
     }
 
     /// Every flow, in dump order: table, then descending priority.
@@ -671,7 +811,7 @@ impl Pipeline {
             // An identical flow has the same table, match and priority: one hash probe.
             let old = &current.tables[usize::from(flow.table)];
             let kept = old
-                .find_exact(&flow.m, flow.priority)
+                .find_exact(&flow.classifier_match(), flow.priority)
                 .and_then(|id| old.get(id))
                 .map(|(_, _, e)| e)
                 .filter(|e| *e.flow == flow);
@@ -682,7 +822,9 @@ impl Pipeline {
                     Entry::new(flow.clone(), now)
                 }
             };
-            next.tables[usize::from(flow.table)].insert_unordered(flow.m, flow.priority, entry);
+            let t = usize::from(flow.table);
+            next.changed[t] = true;
+            next.tables[t].insert_unordered(flow.classifier_match(), flow.priority, entry);
         }
         next.finish_changes();
         self.check_size(&next)?;
@@ -904,6 +1046,8 @@ impl Pipeline {
                     Action::Load { dst, value } => exec::fields::load(st, *dst, *value)?,
                     Action::Move { src, dst } => exec::fields::move_bits(st, *src, *dst)?,
                     Action::CtClear => exec::ct::clear(&mut st.key),
+                    // Never matched by itself (see `Conjunctions`).
+                    Action::Conjunction { .. } => {}
                     Action::Ct(ct) => {
                         self.conntrack_fork(tables, ct, st, depth, outputs, trace, cache, tail)?
                     }
@@ -1481,6 +1625,109 @@ mod firewall_tests {
             vec![Target::Port(2)]
         );
         assert!(out[0].modified);
+    }
+
+    fn install(p: &Pipeline, rules: &str) {
+        let flows: Vec<FlowMod> = parse_flows_file(rules)
+            .expect("rules parse")
+            .into_iter()
+            .map(|spec| {
+                let spec = spec.resolve(|_| None).expect("numbered ports");
+                FlowMod::Add(Flow {
+                    table: spec.table.unwrap_or(0),
+                    priority: spec.priority,
+                    m: spec.m,
+                    actions: spec.actions.clone(),
+                    cookie: 0,
+                    idle_timeout: 0,
+                    hard_timeout: 0,
+                    match_text: spec.to_string(),
+                    actions_text: String::new(),
+                })
+            })
+            .collect();
+        p.commit(&flows).expect("rules install");
+    }
+
+    fn tcp_from(src: [u8; 4], dport: u16) -> Vec<u8> {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(src, [10, 0, 0, 9], 64)
+            .tcp(40000, dport, 1, 1000)
+            .syn()
+            .write(&mut out, &[])
+            .expect("frame");
+        out
+    }
+
+    #[test]
+    fn conjunctions_match_a_flow_of_every_dimension() {
+        let p = Pipeline::new(MissPolicy::Normal);
+        install(
+            &p,
+            "
+            # Address set {10.0.0.1, 10.0.0.3} x port set {22, 80}.
+            priority=10,ip,nw_src=10.0.0.1,actions=conjunction(7,1/2)
+            priority=10,ip,nw_src=10.0.0.3,actions=conjunction(7,1/2),conjunction(8,1/2)
+            priority=10,tcp,tp_dst=22,actions=conjunction(7,2/2)
+            priority=10,tcp,tp_dst=80,actions=conjunction(7,2/2)
+            priority=10,conj_id=7,ip,actions=output:2
+            priority=20,tcp,nw_src=10.0.0.3,tp_dst=80,actions=output:9
+            priority=5,ip,actions=drop
+            ",
+        );
+        let out = |src: [u8; 4], dport: u16| {
+            let first = send(&p, 1, &tcp_from(src, dport));
+            // The second goes through the flow cache: the same answer.
+            assert_eq!(send(&p, 1, &tcp_from(src, dport)), first, "{src:?}:{dport}");
+            first
+        };
+        assert_eq!(out([10, 0, 0, 1], 22), vec![Target::Port(2)]);
+        assert_eq!(out([10, 0, 0, 1], 80), vec![Target::Port(2)]);
+        assert_eq!(out([10, 0, 0, 3], 22), vec![Target::Port(2)]);
+        // A flow of higher priority wins over the conjunction.
+        assert_eq!(out([10, 0, 0, 3], 80), vec![Target::Port(9)]);
+        // One dimension only: the lower-priority flow.
+        assert_eq!(out([10, 0, 0, 1], 443), vec![]);
+        assert_eq!(out([10, 0, 0, 2], 22), vec![]);
+        // Conjunction 8 has no second dimension: never matches.
+        assert_eq!(p.dump(&FlowFilter::default()).len(), 7);
+
+        // Conjunctive flows are flows like the others for del-flows and mod-flows.
+        let spec = crate::flow::parse::parse_flow(
+            "priority=10,tcp,tp_dst=80",
+            crate::flow::parse::FlowSyntax::MatchOnly,
+        )
+        .unwrap();
+        p.commit(&[FlowMod::Delete(FlowFilter {
+            table: Some(0),
+            m: spec.m,
+            strict_priority: Some(10),
+            ..FlowFilter::default()
+        })])
+        .unwrap();
+        assert_eq!(p.dump(&FlowFilter::default()).len(), 6);
+        assert_eq!(out([10, 0, 0, 1], 80), vec![]);
+        assert_eq!(out([10, 0, 0, 1], 22), vec![Target::Port(2)]);
+        // Made an ordinary flow by mod-flows: it matches by itself.
+        let spec = crate::flow::parse::parse_flow(
+            "priority=10,tcp,tp_dst=22",
+            crate::flow::parse::FlowSyntax::MatchOnly,
+        )
+        .unwrap();
+        p.commit(&[FlowMod::Modify {
+            filter: FlowFilter {
+                table: Some(0),
+                m: spec.m,
+                strict_priority: Some(10),
+                ..FlowFilter::default()
+            },
+            actions: vec![Action::Output(PortRef::Number(5))],
+            actions_text: "output:5".into(),
+            new_cookie: None,
+        }])
+        .unwrap();
+        assert_eq!(out([10, 0, 0, 2], 22), vec![Target::Port(5)]);
     }
 
     #[test]

@@ -52,6 +52,17 @@ impl<'a> Parser<'a> {
         if let (Some(at), true) = (drop_at, count > 1) {
             return Err(self.err(at, "'drop' must be the only action"));
         }
+        let conjunctions = out
+            .iter()
+            .filter(|a| matches!(a, Action::Conjunction { .. }))
+            .count();
+        if conjunctions > 0 && conjunctions < out.len() {
+            return Err(self.err(
+                start,
+                "conjunction(...) cannot be mixed with other actions (a conjunctive flow only \
+                 says which dimension it is)",
+            ));
+        }
         if let (Some(at), Some(Action::GotoTable(to))) = (goto_at, out.last()) {
             let from = self.spec.table.unwrap_or(0);
             if *to <= from {
@@ -94,6 +105,7 @@ impl<'a> Parser<'a> {
                 | "load"
                 | "move"
                 | "ct"
+                | "conjunction"
         );
         let (arg, aat) = match t.value {
             Some((a, aat)) => (a, aat),
@@ -105,7 +117,7 @@ impl<'a> Parser<'a> {
             }
             None => ("", t.at),
         };
-        if t.sep == b'(' && !matches!(name, "resubmit" | "ct") {
+        if t.sep == b'(' && !matches!(name, "resubmit" | "ct" | "conjunction") {
             return Err(self.err(t.at, format!("unsupported action '{key}(...)'")));
         }
         if takes_arg && arg.is_empty() && !matches!(name, "note" | "ct") {
@@ -170,6 +182,7 @@ impl<'a> Parser<'a> {
             "ct" if t.sep == b'(' => self.ct(t, arg, aat)?,
             "ct" => return Err(self.err(t.at, "ct needs its options in parentheses: ct(...)")),
             "ct_clear" => no_arg(Action::CtClear)?,
+            "conjunction" if t.sep == b'(' => self.conjunction(arg, aat)?,
             _ if t.value.is_some() || UNSUPPORTED_BARE_ACTIONS.contains(&name) => {
                 return Err(self.err(t.at, format!("unsupported action '{key}'")))
             }
@@ -396,6 +409,7 @@ pub(super) fn format_action(a: &Action) -> String {
         Action::Move { src, dst } => format!("move:{}->{}", fmt_subfield(src), fmt_subfield(dst)),
         Action::Ct(ct) => super::ct::format_ct(ct),
         Action::CtClear => "ct_clear".to_string(),
+        Action::Conjunction { id, k, n } => format!("conjunction({id},{k}/{n})"),
         Action::Resubmit { port, table } => match (port, table) {
             (Some(p), None) => format!("resubmit:{}", fmt_port(p)),
             (p, t) => format!(
@@ -539,6 +553,25 @@ impl<'a> Parser<'a> {
             ));
         }
         Ok(sf)
+    }
+
+    /// `conjunction(ID, K/N)`: 1 <= K <= N, 2 <= N <= 64.
+    fn conjunction(&self, arg: &str, aat: usize) -> Result<Action, ParseError> {
+        let usage = "conjunction needs (ID, K/N) with 1 <= K <= N and 2 <= N <= 64";
+        let Some((id, kn)) = arg.split_once(',') else {
+            return Err(self.err(aat, usage));
+        };
+        let kat = aat + id.len() + 1 + (kn.len() - kn.trim_start().len());
+        let Some((k, n)) = kn.trim().split_once('/') else {
+            return Err(self.err(kat, usage));
+        };
+        let id = self.uint("conjunction id", id.trim(), aat, u64::from(u32::MAX))? as u32;
+        let k = self.uint("conjunction k", k.trim(), kat, 64)? as u8;
+        let n = self.uint("conjunction n", n.trim(), kat + k.to_string().len() + 1, 64)? as u8;
+        if k == 0 || n < 2 || k > n {
+            return Err(self.err(kat, usage));
+        }
+        Ok(Action::Conjunction { id, k, n })
     }
 
     /// `load:VALUE->DST[a..b]`

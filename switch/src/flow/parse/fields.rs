@@ -154,6 +154,7 @@ pub(super) fn field_def(name: &str) -> Option<(Field, Kind, Option<Prereq>)> {
         "ct_nw_proto" => (F::CtNwProto, int(8, false), Some(Prereq::IpAny)),
         "ct_tp_src" => (F::CtTpSrc, int(16, true), Some(Prereq::IpAny)),
         "ct_tp_dst" => (F::CtTpDst, int(16, true), Some(Prereq::IpAny)),
+        "conj_id" => (F::ConjId, int(32, false), None),
         "ipv6_src" => (F::Ipv6SrcLo, Kind::Ipv6, Some(Prereq::Ipv6)),
         "ipv6_dst" => (F::Ipv6DstLo, Kind::Ipv6, Some(Prereq::Ipv6)),
         "ipv6_label" => (F::Ipv6Label, int(20, true), Some(Prereq::Ipv6)),

@@ -444,6 +444,9 @@ fn flow_errors_name_the_thing_and_column() {
      14 | move: NXM_NX_REG0[0..40] is beyond the field (NXM_NX_REG0 is 32 bits) | actions=move:NXM_NX_REG0[0..40]->NXM_NX_XXREG0[]
      32 | move: the source is 16 bits and the destination 32 bits | actions=move:NXM_OF_IN_PORT[]->NXM_NX_REG6[]
      17 | load of NXM_OF_IP_SRC requires dl_type=0x0800 (ip) | actions=load:1->NXM_OF_IP_SRC[]
+     23 | conjunction needs (ID, K/N) | actions=conjunction(1,3/2)
+     23 | conjunction needs (ID, K/N) | actions=conjunction(1,1/1)
+      9 | conjunction(...) cannot be mixed | actions=conjunction(1,1/2),output:1
      22 | load: bit range [5..2] is backwards | actions=load:1->reg0[5..2]
       1 | unsupported flag 'send_flow_rem' | send_flow_rem,actions=drop
       9 | unsupported action 'learn(...)' | actions=learn(table=10,NXM_OF_VLAN_TCI[0..11])
@@ -589,6 +592,14 @@ fn flow_registers_conntrack_and_ipv6_round_trip() {
         (
             "tcp6,ipv6_label=0x12345,nw_ttl=64,tcp_flags=0x2/0x12,tcp_dst=80,actions=NORMAL",
             "tcp6,ipv6_label=0x12345,nw_ttl=64,tp_dst=80,tcp_flags=0x2/0x12 actions=NORMAL",
+        ),
+        (
+            "priority=7,ip,nw_src=10.0.0.1,actions=conjunction(5, 1/2),conjunction(6,2/3)",
+            "priority=7,ip,nw_src=10.0.0.1 actions=conjunction(5,1/2),conjunction(6,2/3)",
+        ),
+        (
+            "priority=7,conj_id=5,ip,actions=output:1",
+            "priority=7,ip,conj_id=5 actions=output:1",
         ),
         (
             "arp,arp_sha=52:54:00:00:00:01,arp_tha=00:00:00:00:00:00,arp_op=1,actions=move:NXM_NX_ARP_SHA[]->NXM_OF_ETH_DST[],NORMAL",
