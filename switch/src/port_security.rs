@@ -25,8 +25,8 @@ use crate::wire::{ethertype, EthernetAddress, L2Header};
 
 /// Bytes of a frame the checks look at: the most the frame path can send from its own copy
 /// (an Ethernet header with a tag, IPv4 with 40 bytes of options or IPv6 with a neighbour
-/// discovery message and two options, and a transport header).
-pub const PREFIX: usize = 18 + 60 + 20;
+/// discovery message and two options, and a transport header; the flow tables' prefix).
+pub const PREFIX: usize = 18 + 60 + 20 + 16;
 
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;

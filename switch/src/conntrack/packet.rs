@@ -14,6 +14,10 @@ pub const IP_TCP: u8 = 6;
 pub const IP_UDP: u8 = 17;
 pub const IP_ICMPV6: u8 = 58;
 
+/// Bytes of a frame tracking an ICMPv6 error reads (a tagged Ethernet header, IPv6, ICMPv6,
+/// the quoted IPv6 header and the quoted ports): callers pass at least this many.
+pub const ICMPV6_ERROR_BYTES: usize = 18 + 40 + 8 + 40 + 4;
+
 /// One direction of a connection: what a packet travelling that way carries.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct ConnKey {

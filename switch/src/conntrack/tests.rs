@@ -524,3 +524,35 @@ fn a_connection_costs_what_the_docs_say() {
         "{per_conn} bytes per connection"
     );
 }
+
+#[test]
+fn icmpv6_errors_for_a_connection_are_related_within_the_flow_tables_prefix() {
+    let ct = Conntrack::default();
+    let a: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let b: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+    let mut udp6 = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv6(a, b, 64)
+        .udp(5000, 53)
+        .write(&mut udp6, b"query")
+        .expect("frame");
+    assert_eq!(track(&ct, &udp6, true, 0), TRACKED | NEW);
+    let error = |quoted: &[u8]| {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(MAC_B, MAC_A)
+            .ipv6(b, a, 64)
+            .icmpv6_raw(1, 4, [0; 4])
+            .write(&mut out, quoted)
+            .expect("frame");
+        out
+    };
+    // The error quotes the datagram's IPv6 header and 8 bytes of UDP; tracking needs only
+    // its first ICMPV6_ERROR_BYTES (the flow tables hand it at least that many).
+    let quoted = &udp6[14..14 + 48];
+    let frame = error(quoted);
+    let prefix = &frame[..frame.len().min(super::packet::ICMPV6_ERROR_BYTES)];
+    assert_eq!(track(&ct, prefix, false, 1), TRACKED | RELATED | REPLY);
+    let mut other = quoted.to_vec();
+    other[43] ^= 1; // another destination port
+    assert_eq!(track(&ct, &error(&other), false, 1), TRACKED | INVALID);
+}

@@ -8,9 +8,11 @@ use std::net::Ipv4Addr;
 use super::extract::l3_offset;
 use super::key::consts::*;
 
-/// Bytes of a frame actions may change: Ethernet + tag + IPv4 with options + a TCP header's
-/// checksum field.
-pub const REWRITE_BYTES: usize = 18 + 60 + 20;
+/// Bytes of a frame the flow tables see and actions may change: Ethernet + tag + IPv4 with
+/// options + a TCP header's checksum field; and what connection tracking reads of an ICMPv6
+/// error (Ethernet, tag, IPv6, ICMPv6, the quoted IPv6 header and ports: 18 + 40 + 8 + 44).
+pub const REWRITE_BYTES: usize = 18 + 60 + 20 + 16;
+const _: () = assert!(REWRITE_BYTES >= crate::conntrack::packet::ICMPV6_ERROR_BYTES);
 
 /// Most tags actions may add to a frame (pushes minus pops). A push beyond is refused and the
 /// pipeline drops the packet (OVS also bounds the VLAN headers it pushes).
