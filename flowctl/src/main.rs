@@ -247,6 +247,50 @@ enum Command {
         #[arg(value_name = "zone=N", value_parser = parse_zone)]
         zone: Option<u16>,
     },
+    /// Add a group (ovs-ofctl syntax): buckets of actions that `group:N` in a flow uses.
+    #[command(
+        name = "add-group",
+        after_help = "Examples:\n  flowctl add-group 'group_id=1,type=all,bucket=output:vm2,bucket=output:vm3'\n  \
+                      flowctl add-group 'group_id=2,type=select,bucket=weight:10,actions=output:2,bucket=weight:20,actions=output:3'"
+    )]
+    AddGroup { group: String },
+    /// Replace a group (its counters are kept).
+    #[command(name = "mod-group")]
+    ModGroup { group: String },
+    /// Delete a group (every group without one) and the flows that use it.
+    #[command(
+        name = "del-groups",
+        after_help = "Example:\n  flowctl del-groups group_id=1"
+    )]
+    DelGroups {
+        #[arg(value_name = "group_id=N", value_parser = parse_group_id)]
+        group_id: Option<u32>,
+    },
+    /// Show groups with counters.
+    #[command(name = "dump-groups")]
+    DumpGroups,
+    /// Add a meter (ovs-ofctl syntax): a rate limit that `meter:N` in a flow applies.
+    #[command(
+        name = "add-meter",
+        after_help = "Examples:\n  flowctl add-meter 'meter=1,pktps,bands=type=drop,rate=1000'\n  \
+                      flowctl add-meter 'meter=2,kbps,burst,bands=type=drop,rate=10000,burst_size=1000'"
+    )]
+    AddMeter { meter: String },
+    /// Replace a meter.
+    #[command(name = "mod-meter")]
+    ModMeter { meter: String },
+    /// Delete a meter (every meter without one) and the flows that use it.
+    #[command(
+        name = "del-meters",
+        after_help = "Example:\n  flowctl del-meters meter=1"
+    )]
+    DelMeters {
+        #[arg(value_name = "meter=N", value_parser = parse_meter_id)]
+        meter_id: Option<u32>,
+    },
+    /// Show meters with counters.
+    #[command(name = "dump-meters")]
+    DumpMeters,
     /// Change connection tracking limits: `max=N` for all zones together, `zone=Z,limit=L`
     /// per zone (a limit of 0 removes the zone's).
     #[command(
@@ -421,6 +465,20 @@ fn parse_zone(s: &str) -> Result<u16, String> {
     s.strip_prefix("zone=")
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| format!("'{s}': expected zone=N with N in 0-65535"))
+}
+
+/// `group_id=N`.
+fn parse_group_id(s: &str) -> Result<u32, String> {
+    s.strip_prefix("group_id=")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("'{s}': expected group_id=N"))
+}
+
+/// `meter=N`.
+fn parse_meter_id(s: &str) -> Result<u32, String> {
+    s.strip_prefix("meter=")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("'{s}': expected meter=N"))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -663,6 +721,64 @@ fn run(cli: &Cli, client: &mut Client, vlan: Option<VlanConfig>) -> Result<(), C
                 let d: patchbay_switch::control::protocol::ConntrackDump =
                     client.call_as(request)?;
                 print!("{}", render::conntrack(&d));
+            }
+        }
+        Command::AddGroup { group } | Command::ModGroup { group } => {
+            let modify = matches!(&cli.command, Command::ModGroup { .. });
+            let _: usize = client.call_as(Request::AddGroup {
+                group: group.clone(),
+                modify,
+            })?;
+        }
+        Command::DelGroups { group_id } => {
+            let n: usize = client.call_as(Request::DelGroups {
+                group_id: *group_id,
+            })?;
+            if json {
+                print_json(&n);
+            }
+        }
+        Command::DumpGroups => {
+            let groups: Vec<patchbay_switch::control::protocol::GroupDump> =
+                client.call_as(Request::DumpGroups)?;
+            if json {
+                print_json(&groups);
+            } else {
+                for g in groups {
+                    println!(
+                        " packet_count={}, byte_count={}, {}",
+                        g.packets, g.bytes, g.group
+                    );
+                }
+            }
+        }
+        Command::AddMeter { meter } | Command::ModMeter { meter } => {
+            let modify = matches!(&cli.command, Command::ModMeter { .. });
+            let _: usize = client.call_as(Request::AddMeter {
+                meter: meter.clone(),
+                modify,
+            })?;
+        }
+        Command::DelMeters { meter_id } => {
+            let n: usize = client.call_as(Request::DelMeters {
+                meter_id: *meter_id,
+            })?;
+            if json {
+                print_json(&n);
+            }
+        }
+        Command::DumpMeters => {
+            let meters: Vec<patchbay_switch::control::protocol::MeterDump> =
+                client.call_as(Request::DumpMeters)?;
+            if json {
+                print_json(&meters);
+            } else {
+                for m in meters {
+                    println!(
+                        " packet_count={}, byte_count={}, dropped={}, {}",
+                        m.packets, m.bytes, m.dropped, m.meter
+                    );
+                }
             }
         }
         Command::FlushConntrack { zone } => {

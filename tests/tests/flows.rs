@@ -447,3 +447,138 @@ fn a_resubmit_explosion_is_dropped_whole_counted_and_traced() {
     assert_eq!(got(&mut b), Some(ping), "the port still switches");
     d.shutdown();
 }
+
+#[test]
+fn groups_send_to_every_bucket_to_one_by_flow_hash_or_to_their_one() {
+    let dir = TestDir::new("flows-groups");
+    let d = start_switch(
+        &dir.path,
+        vec![
+            access(&dir.path, "a", 1),
+            access(&dir.path, "b", 1),
+            access(&dir.path, "c", 1),
+        ],
+        |_| {},
+    );
+    let (mut a, mut b, mut c) = (connect(&dir, "a"), connect(&dir, "b"), connect(&dir, "c"));
+    // A flow cannot use a group that does not exist.
+    let refused = flows::add_flows(&d.switch, &lines("in_port=a,udp actions=group:1"));
+    assert!(
+        refused.is_err_and(|e| e.contains("group 1 does not exist")),
+        "refused"
+    );
+    for g in [
+        "group_id=1,type=all,bucket=output:b,bucket=output:c",
+        "group_id=2,type=select,bucket=weight:1,actions=output:b,bucket=weight:1,actions=output:c",
+        "group_id=3,type=indirect,bucket=actions=mod_nw_tos:16,output:c",
+    ] {
+        flows::add_group(&d.switch, g, false).expect("group accepted");
+    }
+    add(
+        &d,
+        "in_port=a,udp,tp_dst=1 actions=group:1\n\
+         in_port=a,udp,tp_dst=2 actions=group:2\n\
+         in_port=a,udp,tp_dst=3 actions=group:3",
+    );
+    // all: a copy to each bucket.
+    let f = ip_packet(1, 9, "udp", 1);
+    send(&mut a, &f);
+    assert_eq!((got(&mut b), got(&mut c)), (Some(f.clone()), Some(f)));
+    // select: each flow (source port) always to the same bucket, both buckets used.
+    let mut to_b = 0;
+    for sport in 0..64u16 {
+        let mut f = ip_packet(1, 9, "udp", 2);
+        f[34..36].copy_from_slice(&(1000 + sport).to_be_bytes());
+        let mut first = None;
+        for _ in 0..2 {
+            send(&mut a, &f);
+            let (in_b, in_c) = (got(&mut b).is_some(), got(&mut c).is_some());
+            assert!(in_b != in_c, "exactly one bucket for flow {sport}");
+            assert!(
+                first.is_none_or(|x| x == in_b),
+                "flow {sport} stays on its bucket"
+            );
+            first = Some(in_b);
+        }
+        to_b += usize::from(first == Some(true));
+    }
+    assert!((12..=52).contains(&to_b), "{to_b} of 64 flows to b");
+    // indirect: its one bucket's actions (the copy is rewritten, checksums right).
+    send(&mut a, &ip_packet(1, 9, "udp", 3));
+    let out = got(&mut c).expect("to c");
+    assert_eq!(out[15], 16, "TOS rewritten");
+    assert!(checksums_ok(&out));
+    let dump = flows::dump_groups(&d.switch);
+    assert_eq!(dump.len(), 3);
+    assert_eq!(
+        (dump[0].packets, dump[1].packets, dump[2].packets),
+        (1, 128, 1)
+    );
+    assert_eq!(
+        dump[0].group,
+        format!(
+            "group_id=1,type=all,bucket=actions=output:{},bucket=actions=output:{}",
+            d.switch.port_by_name("b").unwrap().id,
+            d.switch.port_by_name("c").unwrap().id
+        )
+    );
+    // Deleting a group takes the flows that use it.
+    assert_eq!(flows::del_groups(&d.switch, Some(1)), Ok(1));
+    assert_eq!(d.switch.flows().snapshot().len(), 2);
+    let left = flows::dump_flows(&d.switch, None).unwrap();
+    assert!(
+        left.iter().all(|f| !f.actions_text.contains("group:1")),
+        "{left:?}"
+    );
+    d.shutdown();
+}
+
+#[test]
+fn a_meter_holds_a_flow_to_its_rate() {
+    const RATE: u64 = 2000;
+    let dir = TestDir::new("flows-meter");
+    let d = start_switch(
+        &dir.path,
+        vec![access(&dir.path, "a", 1), access(&dir.path, "b", 1)],
+        |_| {},
+    );
+    let (mut a, mut b) = (connect(&dir, "a"), connect(&dir, "b"));
+    flows::add_meter(
+        &d.switch,
+        &format!("meter=1,pktps,burst,bands=type=drop,rate={RATE},burst_size=20"),
+        false,
+    )
+    .expect("meter accepted");
+    add(&d, "in_port=a,udp actions=meter:1,output:b");
+    let f = ip_packet(1, 2, "udp", 9);
+    let (mut sent, mut delivered) = (0u64, 0u64);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) {
+        send(&mut a, &f);
+        sent += 1;
+        while got(&mut b).is_some() {
+            delivered += 1;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    while got(&mut b).is_some() {
+        delivered += 1;
+    }
+    assert!(
+        sent as f64 >= 2.0 * RATE as f64 * secs,
+        "the test offered only {sent} packets in {secs:.2} s: not enough to test a rate of {RATE}/s"
+    );
+    let expected = RATE as f64 * secs + 20.0;
+    let error = (delivered as f64 - expected).abs() / expected;
+    assert!(
+        error <= 0.10,
+        "delivered {delivered} in {secs:.2} s, expected {expected:.0} (within 10%)"
+    );
+    let m = &flows::dump_meters(&d.switch)[0];
+    assert_eq!((m.packets, m.dropped), (sent, sent - delivered));
+    assert_eq!(
+        m.meter,
+        format!("meter=1,pktps,burst,bands=type=drop,rate={RATE},burst_size=20")
+    );
+    d.shutdown();
+}

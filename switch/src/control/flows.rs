@@ -535,3 +535,97 @@ pub fn set_conntrack_limits(
     ct.set_limits(limits.clone());
     Ok(limits)
 }
+
+/// add-group / mod-group.
+pub fn add_group(sw: &Switch, text: &str, modify: bool) -> Result<usize, String> {
+    let mut group = crate::flow::parse::parse_group(text).map_err(|e| err_at(None, &e))?;
+    // Port names in buckets, as in flows.
+    for bucket in &mut group.buckets {
+        for a in &mut bucket.actions {
+            if let Action::Output(PortRef::Name(name))
+            | Action::Resubmit {
+                port: Some(PortRef::Name(name)),
+                ..
+            } = a
+            {
+                let id = sw
+                    .port_by_name(name)
+                    .map(|p| p.id)
+                    .ok_or_else(|| format!("bucket: unknown port '{name}'"))?;
+                match a {
+                    Action::Output(p) => *p = PortRef::Number(id),
+                    Action::Resubmit { port, .. } => *port = Some(PortRef::Number(id)),
+                    _ => {}
+                }
+            }
+        }
+    }
+    let change = if modify {
+        FlowMod::ModGroup(group)
+    } else {
+        FlowMod::AddGroup(group)
+    };
+    sw.flows()
+        .commit(&[change])
+        .map(|c| c.iter().sum())
+        .map_err(|e| e.to_string())
+}
+
+pub fn del_groups(sw: &Switch, id: Option<u32>) -> Result<usize, String> {
+    sw.flows()
+        .commit(&[FlowMod::DelGroups(id)])
+        .map(|c| c.iter().sum())
+        .map_err(|e| e.to_string())
+}
+
+pub fn dump_groups(sw: &Switch) -> Vec<crate::control::protocol::GroupDump> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let tables = sw.flows().snapshot();
+    let mut groups: Vec<_> = tables.groups.values().collect();
+    groups.sort_by_key(|g| g.group.id);
+    groups
+        .into_iter()
+        .map(|g| crate::control::protocol::GroupDump {
+            group: crate::flow::parse::format_group(&g.group),
+            packets: g.stats.packets.load(Relaxed),
+            bytes: g.stats.bytes.load(Relaxed),
+        })
+        .collect()
+}
+
+/// add-meter / mod-meter.
+pub fn add_meter(sw: &Switch, text: &str, modify: bool) -> Result<usize, String> {
+    let meter = crate::flow::parse::parse_meter(text).map_err(|e| err_at(None, &e))?;
+    let change = if modify {
+        FlowMod::ModMeter(meter)
+    } else {
+        FlowMod::AddMeter(meter)
+    };
+    sw.flows()
+        .commit(&[change])
+        .map(|c| c.iter().sum())
+        .map_err(|e| e.to_string())
+}
+
+pub fn del_meters(sw: &Switch, id: Option<u32>) -> Result<usize, String> {
+    sw.flows()
+        .commit(&[FlowMod::DelMeters(id)])
+        .map(|c| c.iter().sum())
+        .map_err(|e| e.to_string())
+}
+
+pub fn dump_meters(sw: &Switch) -> Vec<crate::control::protocol::MeterDump> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let tables = sw.flows().snapshot();
+    let mut meters: Vec<_> = tables.meters.values().collect();
+    meters.sort_by_key(|m| m.meter.id);
+    meters
+        .into_iter()
+        .map(|m| crate::control::protocol::MeterDump {
+            meter: crate::flow::parse::format_meter(&m.meter),
+            packets: m.stats.packets.load(Relaxed),
+            bytes: m.stats.bytes.load(Relaxed),
+            dropped: m.stats.dropped.load(Relaxed),
+        })
+        .collect()
+}

@@ -114,6 +114,30 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         zone: Option<u16>,
     },
+    /// add-group / mod-group (`modify`), in ovs-ofctl syntax.
+    AddGroup {
+        group: String,
+        #[serde(default)]
+        modify: bool,
+    },
+    /// Deletes a group (every group without one) and the flows that use it.
+    DelGroups {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group_id: Option<u32>,
+    },
+    DumpGroups,
+    /// add-meter / mod-meter (`modify`), in ovs-ofctl syntax.
+    AddMeter {
+        meter: String,
+        #[serde(default)]
+        modify: bool,
+    },
+    /// Deletes a meter (every meter without one) and the flows that use it.
+    DelMeters {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        meter_id: Option<u32>,
+    },
+    DumpMeters,
     /// Changes connection limits: the total and/or per zone (a limit of 0 removes a zone's).
     SetConntrackLimits {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -121,6 +145,24 @@ pub enum Request {
         #[serde(default)]
         zones: Vec<(u16, usize)>,
     },
+}
+
+/// Result of `dump-groups`: each group as `add-group` takes it, with counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDump {
+    pub group: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Result of `dump-meters`: each meter as `add-meter` takes it, with counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeterDump {
+    pub meter: String,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Packets over the rate, dropped.
+    pub dropped: u64,
 }
 
 /// Result of `dump-conntrack`.

@@ -392,6 +392,12 @@ fn execute(request: Request, sw: &Arc<Switch>, counters: &ControlCounters) -> Re
         Request::Trace { packet } => result(super::flows::trace(sw, &packet)),
         Request::ShowTables => Response::ok(super::flows::tables(sw)),
         Request::DumpConntrack { zone } => Response::ok(super::flows::dump_conntrack(sw, zone)),
+        Request::AddGroup { group, modify } => result(super::flows::add_group(sw, &group, modify)),
+        Request::DelGroups { group_id } => result(super::flows::del_groups(sw, group_id)),
+        Request::DumpGroups => Response::ok(super::flows::dump_groups(sw)),
+        Request::AddMeter { meter, modify } => result(super::flows::add_meter(sw, &meter, modify)),
+        Request::DelMeters { meter_id } => result(super::flows::del_meters(sw, meter_id)),
+        Request::DumpMeters => Response::ok(super::flows::dump_meters(sw)),
         Request::FlushConntrack { zone } => Response::ok(sw.flows().conntrack().flush(zone)),
         Request::SetConntrackLimits {
             max_connections,

@@ -71,6 +71,10 @@ pub enum Action {
     /// `conjunction(id, k/n)`: this flow is dimension `k` of `n` of conjunctive match `id`
     /// (a flow with these has no other actions and never matches by itself).
     Conjunction { id: u32, k: u8, n: u8 },
+    /// `group:N`: the packet goes to group N's buckets.
+    Group(u32),
+    /// `meter:N`: the packet is dropped if meter N's rate is exceeded.
+    Meter(u32),
 }
 
 /// Bits `ofs .. ofs + n_bits` of a field (`reg0[0..15]`, `NXM_OF_IN_PORT[]`).

@@ -19,5 +19,7 @@ pub use action::{Action, CtAction, CtZone, PortRef, SubField};
 pub use key::{Field, FlowKey, Match};
 pub mod exec;
 pub mod extract;
+pub mod group;
+pub mod meter;
 pub mod pipeline;
 pub mod rewrite;

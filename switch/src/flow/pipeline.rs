@@ -10,9 +10,13 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::action::{Action, PortRef};
+use std::collections::HashMap;
+
 use super::classifier::{CacheKey, Classifier};
 use super::exec::{self, ExecState};
+use super::group::{Group, GroupEntry, GroupKind};
 use super::key::{Field, FlowKey, Match, WordSet};
+use super::meter::{Meter, MeterEntry};
 use super::rewrite::HeaderBuf;
 use crate::conntrack::{CommitOptions, Conntrack};
 
@@ -221,6 +225,15 @@ pub enum FlowMod {
         new_cookie: Option<u64>,
     },
     Delete(FlowFilter),
+    /// add-group (an existing id is an error) / mod-group (replaces; counters kept).
+    AddGroup(Group),
+    ModGroup(Group),
+    /// del-groups: one group or every group; flows that use a deleted group go too.
+    DelGroups(Option<u32>),
+    /// add-meter / mod-meter / del-meters, the same way.
+    AddMeter(Meter),
+    ModMeter(Meter),
+    DelMeters(Option<u32>),
 }
 
 /// A flow as dump-flows shows it.
@@ -254,6 +267,8 @@ pub struct Tables {
     conjunctions: Vec<Conjunctions>,
     /// Tables changed since the last `finish_changes`.
     changed: Vec<bool>,
+    pub groups: HashMap<u32, GroupEntry>,
+    pub meters: HashMap<u32, MeterEntry>,
     pub version: u64,
     n_flows: usize,
 }
@@ -264,6 +279,8 @@ impl Tables {
             tables: (0..N_TABLES).map(|_| Classifier::new()).collect(),
             conjunctions: vec![Conjunctions::default(); N_TABLES],
             changed: vec![false; N_TABLES],
+            groups: HashMap::new(),
+            meters: HashMap::new(),
             version: 0,
             n_flows: 0,
         }
@@ -323,9 +340,128 @@ impl Tables {
         ids
     }
 
+    /// Every group and meter `actions` use exists.
+    fn check_references(&self, actions: &[Action]) -> Result<(), PipelineError> {
+        let mut bucket_actions = Vec::new();
+        for a in actions {
+            match a {
+                Action::Group(g) => match self.groups.get(g) {
+                    None => return Err(PipelineError::NoSuchGroup(*g)),
+                    Some(e) => {
+                        bucket_actions.extend(e.group.buckets.iter().flat_map(|b| b.actions.iter()))
+                    }
+                },
+                Action::Meter(m) if !self.meters.contains_key(m) => {
+                    return Err(PipelineError::NoSuchMeter(*m))
+                }
+                _ => {}
+            }
+        }
+        for a in bucket_actions {
+            if let Action::Meter(m) = a {
+                if !self.meters.contains_key(m) {
+                    return Err(PipelineError::NoSuchMeter(*m));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the flows `uses` says use something deleted; how many.
+    fn remove_flows_using(&mut self, uses: impl Fn(&Action) -> bool) -> usize {
+        let mut n = 0;
+        for (t, table) in self.tables.iter_mut().enumerate() {
+            let gone: Vec<u64> = table
+                .iter()
+                .filter(|(_, _, _, e)| e.flow.actions.iter().any(&uses))
+                .map(|(id, _, _, _)| id)
+                .collect();
+            for id in &gone {
+                table.remove_unordered(*id);
+            }
+            if !gone.is_empty() {
+                self.changed[t] = true;
+                n += gone.len();
+            }
+        }
+        n
+    }
+
     fn apply(&mut self, change: &FlowMod, now_ms: u64) -> Result<usize, PipelineError> {
         match change {
+            FlowMod::AddGroup(g) | FlowMod::ModGroup(g) => {
+                let old = self.groups.get(&g.id).cloned();
+                if matches!(change, FlowMod::AddGroup(_)) && old.is_some() {
+                    return Err(PipelineError::GroupExists(g.id));
+                }
+                if matches!(change, FlowMod::ModGroup(_)) && old.is_none() {
+                    return Err(PipelineError::NoSuchGroup(g.id));
+                }
+                for b in &g.buckets {
+                    for a in &b.actions {
+                        if let Action::Group(inner) = a {
+                            // Groups may chain, but not to themselves.
+                            if *inner == g.id || !self.groups.contains_key(inner) {
+                                return Err(PipelineError::NoSuchGroup(*inner));
+                            }
+                        }
+                    }
+                    self.check_references(&b.actions)?;
+                }
+                self.groups.insert(
+                    g.id,
+                    GroupEntry {
+                        group: Arc::new(g.clone()),
+                        stats: old.map(|o| o.stats).unwrap_or_default(),
+                    },
+                );
+                Ok(1)
+            }
+            FlowMod::DelGroups(which) => {
+                let ids: Vec<u32> = match which {
+                    Some(id) => self
+                        .groups
+                        .contains_key(id)
+                        .then_some(*id)
+                        .into_iter()
+                        .collect(),
+                    None => self.groups.keys().copied().collect(),
+                };
+                for id in &ids {
+                    self.groups.remove(id);
+                }
+                self.remove_flows_using(|a| matches!(a, Action::Group(g) if ids.contains(g)));
+                Ok(ids.len())
+            }
+            FlowMod::AddMeter(m) | FlowMod::ModMeter(m) => {
+                let exists = self.meters.contains_key(&m.id);
+                if matches!(change, FlowMod::AddMeter(_)) && exists {
+                    return Err(PipelineError::MeterExists(m.id));
+                }
+                if matches!(change, FlowMod::ModMeter(_)) && !exists {
+                    return Err(PipelineError::NoSuchMeter(m.id));
+                }
+                self.meters.insert(m.id, MeterEntry::new(m.clone(), now_ms));
+                Ok(1)
+            }
+            FlowMod::DelMeters(which) => {
+                let ids: Vec<u32> = match which {
+                    Some(id) => self
+                        .meters
+                        .contains_key(id)
+                        .then_some(*id)
+                        .into_iter()
+                        .collect(),
+                    None => self.meters.keys().copied().collect(),
+                };
+                for id in &ids {
+                    self.meters.remove(id);
+                }
+                self.remove_flows_using(|a| matches!(a, Action::Meter(m) if ids.contains(m)));
+                Ok(ids.len())
+            }
             FlowMod::Add(flow) => {
+                self.check_references(&flow.actions)?;
                 let entry = Entry::new(flow.clone(), now_ms);
                 let t = usize::from(flow.table);
                 self.changed[t] = true;
@@ -350,6 +486,7 @@ impl Tables {
                 actions_text,
                 new_cookie,
             } => {
+                self.check_references(actions)?;
                 let ids = self.selected(filter);
                 // goto_table must go forward from every flow it lands in.
                 for (t, _) in &ids {
@@ -594,6 +731,14 @@ pub enum PipelineError {
          ([switch] max_flows); nothing was changed"
     )]
     TooManyFlows { limit: usize, would_have: usize },
+    #[error("group {0} does not exist (add it with add-group first)")]
+    NoSuchGroup(u32),
+    #[error("group {0} exists already (mod-group changes it)")]
+    GroupExists(u32),
+    #[error("meter {0} does not exist (add it with add-meter first)")]
+    NoSuchMeter(u32),
+    #[error("meter {0} exists already (mod-meter changes it)")]
+    MeterExists(u32),
 }
 
 /// Why a packet's run through the tables stopped before its actions were done.
@@ -614,6 +759,9 @@ pub enum Halt {
     /// The packet is dropped whole: copies output before the limit do not leave either.
     #[error("more than {MAX_RESUBMITS} resubmits and goto_tables: packet dropped, nothing output")]
     ResubmitLimit,
+    /// A meter's rate was exceeded: copies output before the meter still leave.
+    #[error("meter: over its rate, dropped")]
+    Metered,
 }
 
 impl Pipeline {
@@ -805,9 +953,13 @@ impl Pipeline {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.snapshot();
         let mut next = Tables::new();
+        // Groups and meters stay: replace-flows replaces flows.
+        next.groups = current.groups.clone();
+        next.meters = current.meters.clone();
         let now = self.now_ms();
         let mut added = 0;
         for flow in flows {
+            next.check_references(&flow.actions)?;
             // An identical flow has the same table, match and priority: one hash probe.
             let old = &current.tables[usize::from(flow.table)];
             let kept = old
@@ -948,7 +1100,7 @@ impl Pipeline {
                 outputs.truncate(outputs_before);
                 self.resubmit_limit_drops.fetch_add(1, Ordering::Relaxed);
             }
-            Halt::TtlExpired | Halt::DepthLimit => {}
+            Halt::TtlExpired | Halt::DepthLimit | Halt::Metered => {}
         }
         Some(halt)
     }
@@ -1029,66 +1181,17 @@ impl Pipeline {
                     flow: Some(entry.flow.clone()),
                 });
             }
-            let mut next_table = None;
-            let n_actions = entry.flow.actions.len();
-            for (i, action) in entry.flow.actions.iter().enumerate() {
-                // Nothing of this packet's run follows this action: no caller continues
-                // after it and it is its flow's last.
-                let tail = tail && i + 1 == n_actions;
-                match action {
-                    Action::Output(PortRef::Number(p)) => push(outputs, st, Target::Port(*p)),
-                    // Names are resolved before flows reach the tables.
-                    Action::Output(PortRef::Name(_)) => {}
-                    Action::InPort => push(outputs, st, Target::InPort),
-                    Action::Flood => push(outputs, st, Target::Flood),
-                    Action::All => push(outputs, st, Target::All),
-                    Action::Normal => push(outputs, st, Target::Normal),
-                    Action::Load { dst, value } => exec::fields::load(st, *dst, *value)?,
-                    Action::Move { src, dst } => exec::fields::move_bits(st, *src, *dst)?,
-                    Action::CtClear => exec::ct::clear(&mut st.key),
-                    // Never matched by itself (see `Conjunctions`).
-                    Action::Conjunction { .. } => {}
-                    Action::Ct(ct) => {
-                        self.conntrack_fork(tables, ct, st, depth, outputs, trace, cache, tail)?
-                    }
-                    Action::SetVlanVid(_)
-                    | Action::SetVlanPcp(_)
-                    | Action::StripVlan
-                    | Action::PushVlan(_)
-                    | Action::SetDlSrc(_)
-                    | Action::SetDlDst(_)
-                    | Action::SetNwSrc(_)
-                    | Action::SetNwDst(_)
-                    | Action::SetNwTos(_)
-                    | Action::SetTpSrc(_)
-                    | Action::SetTpDst(_)
-                    | Action::DecTtl
-                    | Action::SetField { .. }
-                    | Action::SetTunnel(_) => exec::header::apply(st, action)?,
-                    Action::Resubmit { port, table: t } => {
-                        st.count_resubmit()?;
-                        let saved_port = st.key.get(Field::InPort);
-                        if let Some(PortRef::Number(p)) = port {
-                            st.key.set(Field::InPort, u64::from(*p));
-                        }
-                        let target = t.unwrap_or(table);
-                        self.run_table(
-                            tables,
-                            target,
-                            st,
-                            depth + 1,
-                            outputs,
-                            trace,
-                            cache,
-                            false,
-                            tail,
-                        )?;
-                        st.key.set(Field::InPort, saved_port);
-                    }
-                    Action::GotoTable(t) => next_table = Some(*t),
-                    Action::Note(_) => {}
-                }
-            }
+            let next_table = self.run_actions(
+                tables,
+                &entry.flow.actions,
+                table,
+                st,
+                depth,
+                outputs,
+                trace,
+                cache,
+                tail,
+            )?;
             match next_table {
                 Some(t) if t > table => {
                     st.count_resubmit()?;
@@ -1097,6 +1200,121 @@ impl Pipeline {
                 _ => return Ok(()),
             }
         }
+    }
+
+    /// Runs a list of actions (a flow's or a group bucket's) in `table`; returns the
+    /// `goto_table` target, if any.
+    #[allow(clippy::too_many_arguments)]
+    fn run_actions(
+        &self,
+        tables: &Tables,
+        actions: &[Action],
+        table: u8,
+        st: &mut ExecState,
+        depth: usize,
+        outputs: &mut Vec<Output>,
+        trace: &mut Option<&mut Vec<TraceStep>>,
+        cache: &mut Option<&mut FlowThread>,
+        tail: bool,
+    ) -> Result<Option<u8>, Halt> {
+        let mut next_table = None;
+        let n_actions = actions.len();
+        for (i, action) in actions.iter().enumerate() {
+            // Nothing of this packet's run follows this action: no caller continues after it
+            // and it is the list's last.
+            let tail = tail && i + 1 == n_actions;
+            match action {
+                Action::Output(PortRef::Number(p)) => push(outputs, st, Target::Port(*p)),
+                // Names are resolved before flows reach the tables.
+                Action::Output(PortRef::Name(_)) => {}
+                Action::InPort => push(outputs, st, Target::InPort),
+                Action::Flood => push(outputs, st, Target::Flood),
+                Action::All => push(outputs, st, Target::All),
+                Action::Normal => push(outputs, st, Target::Normal),
+                Action::Load { dst, value } => exec::fields::load(st, *dst, *value)?,
+                Action::Move { src, dst } => exec::fields::move_bits(st, *src, *dst)?,
+                Action::CtClear => exec::ct::clear(&mut st.key),
+                // Never matched by itself (see `Conjunctions`).
+                Action::Conjunction { .. } => {}
+                Action::Ct(ct) => {
+                    self.conntrack_fork(tables, ct, st, depth, outputs, trace, cache, tail)?
+                }
+                Action::Meter(id) => {
+                    // Checked when the flow went in; a meter deleted since took the flow.
+                    if let Some(m) = tables.meters.get(id) {
+                        if !m.admit(st.frame_len, st.now_ms) {
+                            return Err(Halt::Metered);
+                        }
+                    }
+                }
+                Action::Group(id) => {
+                    let Some(g) = tables.groups.get(id) else {
+                        continue;
+                    };
+                    g.count(st.frame_len);
+                    let group = &g.group;
+                    let chosen: Vec<&crate::flow::group::Bucket> = match group.kind {
+                        GroupKind::All => group.buckets.iter().collect(),
+                        GroupKind::Select => group.select(&st.key).into_iter().collect(),
+                        GroupKind::Indirect => group.buckets.iter().take(1).collect(),
+                    };
+                    // Each bucket works on its own copy of the packet (as OVS's clone).
+                    for bucket in chosen {
+                        st.count_resubmit()?;
+                        let mut copy = *st;
+                        self.run_actions(
+                            tables,
+                            &bucket.actions,
+                            table,
+                            &mut copy,
+                            depth + 1,
+                            outputs,
+                            trace,
+                            cache,
+                            false,
+                        )?;
+                        st.resubmits = copy.resubmits;
+                    }
+                }
+                Action::SetVlanVid(_)
+                | Action::SetVlanPcp(_)
+                | Action::StripVlan
+                | Action::PushVlan(_)
+                | Action::SetDlSrc(_)
+                | Action::SetDlDst(_)
+                | Action::SetNwSrc(_)
+                | Action::SetNwDst(_)
+                | Action::SetNwTos(_)
+                | Action::SetTpSrc(_)
+                | Action::SetTpDst(_)
+                | Action::DecTtl
+                | Action::SetField { .. }
+                | Action::SetTunnel(_) => exec::header::apply(st, action)?,
+                Action::Resubmit { port, table: t } => {
+                    st.count_resubmit()?;
+                    let saved_port = st.key.get(Field::InPort);
+                    if let Some(PortRef::Number(p)) = port {
+                        st.key.set(Field::InPort, u64::from(*p));
+                    }
+                    let target = t.unwrap_or(table);
+                    self.run_table(
+                        tables,
+                        target,
+                        st,
+                        depth + 1,
+                        outputs,
+                        trace,
+                        cache,
+                        false,
+                        tail,
+                    )?;
+                    st.key.set(Field::InPort, saved_port);
+                }
+                Action::GotoTable(t) => next_table = Some(*t),
+                Action::Note(_) => {}
+            }
+        }
+        Ok(next_table)
     }
 }
 

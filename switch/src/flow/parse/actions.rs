@@ -106,6 +106,8 @@ impl<'a> Parser<'a> {
                 | "move"
                 | "ct"
                 | "conjunction"
+                | "group"
+                | "meter"
         );
         let (arg, aat) = match t.value {
             Some((a, aat)) => (a, aat),
@@ -183,6 +185,8 @@ impl<'a> Parser<'a> {
             "ct" => return Err(self.err(t.at, "ct needs its options in parentheses: ct(...)")),
             "ct_clear" => no_arg(Action::CtClear)?,
             "conjunction" if t.sep == b'(' => self.conjunction(arg, aat)?,
+            "group" => Action::Group(self.uint(key, arg, aat, u64::from(u32::MAX - 1))? as u32),
+            "meter" => Action::Meter(self.uint(key, arg, aat, u64::from(u32::MAX))? as u32),
             _ if t.value.is_some() || UNSUPPORTED_BARE_ACTIONS.contains(&name) => {
                 return Err(self.err(t.at, format!("unsupported action '{key}'")))
             }
@@ -410,6 +414,8 @@ pub(super) fn format_action(a: &Action) -> String {
         Action::Ct(ct) => super::ct::format_ct(ct),
         Action::CtClear => "ct_clear".to_string(),
         Action::Conjunction { id, k, n } => format!("conjunction({id},{k}/{n})"),
+        Action::Group(g) => format!("group:{g}"),
+        Action::Meter(m) => format!("meter:{m}"),
         Action::Resubmit { port, table } => match (port, table) {
             (Some(p), None) => format!("resubmit:{}", fmt_port(p)),
             (p, t) => format!(

@@ -7,8 +7,10 @@
 //! Errors name the field or action at fault and carry the 1-based character column.
 //!
 //! Layout: `token.rs` splits a line into items, `value.rs` reads and prints numbers,
-//! addresses and ports, `fields.rs` holds the match fields (names, prerequisites, printing)
-//! and `actions.rs` the actions; this file has the flow itself and the parser's driver.
+//! addresses and ports, `fields.rs` holds the match fields (names, prerequisites, printing),
+//! `actions.rs` the actions, `ct.rs` connection tracking's action and fields, `group.rs` and
+//! `meter.rs` the `add-group` and `add-meter` syntax; this file has the flow itself and the
+//! parser's driver.
 //!
 //! Where this differs from ovs-ofctl:
 //! - Anything not supported is an error naming it (ovs-ofctl would accept it); `nw_*` and
@@ -28,6 +30,8 @@
 mod actions;
 mod ct;
 mod fields;
+mod group;
+mod meter;
 mod token;
 mod value;
 
@@ -39,6 +43,8 @@ pub use actions::format_actions;
 pub use fields::format_match;
 use fields::match_items;
 use fields::Prereq;
+pub use group::{format_group, parse_group};
+pub use meter::{format_meter, parse_meter};
 use token::{err, Tokenizer};
 use value::*;
 
@@ -177,6 +183,13 @@ pub fn parse_flow(text: &str, syntax: FlowSyntax) -> Result<FlowSpec, ParseError
     Parser::new(text, syntax).run()
 }
 
+/// `actions=...` alone (a group bucket's): the actions without prerequisite checks.
+pub fn parse_actions(text: &str) -> Result<Vec<Action>, ParseError> {
+    let mut p = Parser::new(text, FlowSyntax::Add);
+    p.check_action_prereqs = false;
+    p.run().map(|spec| spec.actions)
+}
+
 /// A rules file: one add-flow flow per line; `#` starts a comment, blank lines are ignored.
 pub fn parse_flows_file(text: &str) -> Result<Vec<FlowSpec>, FileError> {
     let mut flows = Vec::new();
@@ -222,6 +235,10 @@ struct Parser<'a> {
     prereqs: Vec<(Prereq, String, usize)>,
     /// Keywords that may appear once.
     seen: Vec<&'static str>,
+    /// Actions are checked against the match's prerequisites (not for a group's buckets,
+    /// whose packets are known only when they come: a rewrite leaves a packet without the
+    /// header alone).
+    check_action_prereqs: bool,
 }
 
 impl<'a> Parser<'a> {
@@ -232,6 +249,7 @@ impl<'a> Parser<'a> {
             spec: FlowSpec::new(syntax),
             prereqs: Vec::new(),
             seen: Vec::new(),
+            check_action_prereqs: true,
         }
     }
 
@@ -275,6 +293,9 @@ impl<'a> Parser<'a> {
                 let (_, start) = t.value.unwrap_or(("", self.line.len()));
                 self.prereqs.clear();
                 self.spec.actions = self.actions(start)?;
+                if !self.check_action_prereqs {
+                    self.prereqs.clear();
+                }
                 for (p, who, at) in &self.prereqs {
                     if !p.holds(&self.spec.m) {
                         return Err(self.err(*at, format!("{who} requires {}", p.needs())));

@@ -613,3 +613,79 @@ fn flow_registers_conntrack_and_ipv6_round_trip() {
         assert_eq!(add(&printed), spec, "{input} printed as {printed}");
     }
 }
+
+#[test]
+fn groups_and_meters_parse_print_and_refuse_what_is_not_supported() {
+    use crate::flow::group::GroupKind;
+    use crate::flow::meter::MeterUnit;
+    let g = parse_group(
+        "group_id=2,type=select,selection_method=hash,bucket=bucket_id:0,weight:10,actions=output:1,bucket=weight:20,mod_vlan_vid:5,output:2",
+    )
+    .unwrap();
+    assert_eq!((g.id, g.kind, g.buckets.len()), (2, GroupKind::Select, 2));
+    assert_eq!((g.buckets[0].weight, g.buckets[1].weight), (10, 20));
+    let printed = format_group(&g);
+    assert_eq!(
+        printed,
+        "group_id=2,type=select,bucket=weight:10,actions=output:1,bucket=weight:20,actions=mod_vlan_vid:5,output:2"
+    );
+    assert_eq!(parse_group(&printed).unwrap(), g);
+    let all = parse_group("group_id=1,type=all,bucket=output:1,bucket=output:2").unwrap();
+    assert_eq!(parse_group(&format_group(&all)).unwrap(), all);
+    for (text, want) in [
+        (
+            "group_id=1,type=ff,bucket=watch_port:1,output:1",
+            "fast_failover is not supported",
+        ),
+        (
+            "group_id=1,type=all,bucket=watch_port:1,output:1",
+            "watch_port: fast_failover",
+        ),
+        (
+            "group_id=1,type=indirect,bucket=output:1,bucket=output:2",
+            "exactly one bucket",
+        ),
+        ("type=all,bucket=output:1", "needs group_id"),
+        ("group_id=1,bucket=output:1", "needs type"),
+        (
+            "group_id=1,type=all,bucket=output:1,goto_table:2",
+            "goto_table and conjunction",
+        ),
+        (
+            "group_id=1,type=all,bucket=output:LOCAL",
+            "bucket: unsupported port 'LOCAL'",
+        ),
+    ] {
+        let e = parse_group(text).unwrap_err();
+        assert!(e.message.contains(want), "{text}: {e}");
+    }
+    let m =
+        parse_meter("meter=3,pktps,burst,stats,bands=type=drop,rate=500,burst_size=50").unwrap();
+    assert_eq!(
+        (m.id, m.unit, m.rate, m.burst),
+        (3, MeterUnit::Pktps, 500, Some(50))
+    );
+    assert_eq!(parse_meter(&format_meter(&m)).unwrap(), m);
+    let k = parse_meter("meter=4,kbps,bands=type=drop,rate=10000").unwrap();
+    assert_eq!((k.unit, k.burst), (MeterUnit::Kbps, None));
+    for (text, want) in [
+        ("meter=1,kbps", "needs bands"),
+        (
+            "meter=1,kbps,bands=type=dscp_remark,rate=10,prec_level=1",
+            "only drop",
+        ),
+        (
+            "meter=1,kbps,bands=type=drop,rate=10,type=drop,rate=20",
+            "only one band",
+        ),
+        (
+            "meter=1,kbps,bands=type=drop,rate=10,burst_size=5",
+            "burst flag",
+        ),
+        ("meter=0,kbps,bands=type=drop,rate=10", "meter: '0'"),
+        ("kbps,bands=type=drop,rate=10", "needs meter=N"),
+    ] {
+        let e = parse_meter(text).unwrap_err();
+        assert!(e.message.contains(want), "{text}: {e}");
+    }
+}
