@@ -285,6 +285,9 @@ pub fn port_detail(p: &PortInfo) -> String {
         ("tx bytes", c.tx_bytes.to_string()),
         ("drops", c.total_drops().to_string()),
     ];
+    if let Some(policing) = &p.policing {
+        rows.push(("ingress policing", policing.clone()));
+    }
     if let Some(security) = &p.security {
         rows.push(("port security", security.clone()));
     }

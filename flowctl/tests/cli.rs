@@ -39,6 +39,8 @@ fn port(
         allowed_macs: Vec::new(),
         allowed_ips: Vec::new(),
         dhcp_server: false,
+        ingress_policing_rate: None,
+        ingress_policing_burst: None,
     }
 }
 

@@ -168,6 +168,8 @@ impl InProcessSwitch {
             allowed_macs: Vec::new(),
             allowed_ips: Vec::new(),
             dhcp_server: false,
+            ingress_policing_rate: None,
+            ingress_policing_burst: None,
         };
         vec![
             port("p0", "access", Some(10), None),

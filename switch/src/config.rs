@@ -431,6 +431,16 @@ pub fn parse_port_flag(spec: &str) -> Result<PortConfig, ConfigError> {
                     _ => return Err(err(format!("dhcp-server '{v}' is not true or false"))),
                 }
             }
+            "ingress-policing-rate" | "ingress_policing_rate" => {
+                port.ingress_policing_rate = Some(v.parse().map_err(|_| {
+                    err(format!("ingress-policing-rate '{v}' is not a number (kbit/s)"))
+                })?)
+            }
+            "ingress-policing-burst" | "ingress_policing_burst" => {
+                port.ingress_policing_burst = Some(v.parse().map_err(|_| {
+                    err(format!("ingress-policing-burst '{v}' is not a number (kbit)"))
+                })?)
+            }
             "queue-pairs" | "queue_pairs" => {
                 port.queue_pairs = Some(
                     v.parse()

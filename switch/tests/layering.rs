@@ -15,6 +15,7 @@ const LAYERS: &[&[&str]] = &[
         "offload",
         "port_security",
         "conntrack",
+        "rate_limit",
     ],
     &["port"],
     &["frame"],

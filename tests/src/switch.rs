@@ -61,6 +61,8 @@ pub fn port(
         allowed_macs: Vec::new(),
         allowed_ips: Vec::new(),
         dhcp_server: false,
+        ingress_policing_rate: None,
+        ingress_policing_burst: None,
     }
 }
 

@@ -35,6 +35,8 @@ fn client_port(name: &str, socket: &Path) -> PortConfig {
         allowed_macs: Vec::new(),
         allowed_ips: Vec::new(),
         dhcp_server: false,
+        ingress_policing_rate: None,
+        ingress_policing_burst: None,
     }
 }
 

@@ -582,3 +582,52 @@ fn a_meter_holds_a_flow_to_its_rate() {
     );
     d.shutdown();
 }
+
+#[test]
+fn a_policed_port_sends_at_its_rate_and_counts_the_rest() {
+    const KBPS: u32 = 8000; // 1 MB/s: 1000 frames of 1000 bytes a second
+    let dir = TestDir::new("flows-policing");
+    let mut policed = access(&dir.path, "a", 1);
+    policed.ingress_policing_rate = Some(KBPS);
+    policed.ingress_policing_burst = Some(80); // ten frames
+    let d = start_switch(&dir.path, vec![policed, access(&dir.path, "b", 1)], |_| {});
+    let (mut a, mut b) = (connect(&dir, "a"), connect(&dir, "b"));
+    // b announces itself first, so a's frames go to it alone.
+    send(&mut b, &frame(mac(1), mac(2), 0, 60));
+    while got(&mut a).is_some() {}
+    let f = frame(mac(2), mac(1), 0, 1000);
+    let (mut sent, mut delivered) = (0u64, 0u64);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) {
+        send(&mut a, &f);
+        sent += 1;
+        while got(&mut b).is_some() {
+            delivered += 1;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    while got(&mut b).is_some() {
+        delivered += 1;
+    }
+    let rate = f64::from(KBPS) * 1000.0 / 8.0 / 1000.0; // frames per second
+    assert!(
+        sent as f64 >= 2.0 * rate * secs,
+        "the test offered only {sent} frames in {secs:.2} s: not enough to test {rate}/s"
+    );
+    let expected = rate * secs + 10.0;
+    let error = (delivered as f64 - expected).abs() / expected;
+    assert!(
+        error <= 0.10,
+        "delivered {delivered} in {secs:.2} s, expected {expected:.0} (within 10%)"
+    );
+    let info = d.switch.port_by_name("a").unwrap().info();
+    let policed_drops = info
+        .counters
+        .drops
+        .iter()
+        .find(|(reason, _)| reason == "policed")
+        .map(|(_, n)| *n);
+    assert_eq!(policed_drops, Some(sent - delivered));
+    assert_eq!(info.policing.as_deref(), Some("8000 kbit/s, burst 80 kbit"));
+    d.shutdown();
+}

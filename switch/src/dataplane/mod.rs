@@ -652,8 +652,16 @@ pub fn switch_frames(
     // Port security's copy of a frame's first bytes (once per batch: ports without it pay
     // no per-frame clearing).
     let mut checked = [0u8; REWRITE_BYTES];
+    // Ingress policing: one clock read per batch, only on a policed port.
+    let policing = ingress.policer.as_ref().map(|p| (p, fabric.flows.now_ms()));
     for (index, frame) in frames.iter().enumerate() {
         let frame_index = index as u16;
+        if let Some((policer, now_ms)) = policing {
+            if !policer.admit(frame.len, now_ms) {
+                ingress.counters.drop(DropReason::Policed, 1);
+                continue;
+            }
+        }
         // Port security first: a spoofed frame is neither learned from nor matched. The
         // frame's first bytes are copied once, checked, and leave from that copy (as the
         // frame's header), so the guest cannot change them after the check.

@@ -1,16 +1,13 @@
 //! Meters (`add-meter`): a rate limit a flow's `meter:N` action applies; packets beyond the
-//! rate (after a burst) are dropped. One drop band, in kilobits or packets per second; a
-//! token bucket per meter, shared by every dataplane thread (a lock per metered packet:
-//! meters are few and opt-in).
+//! rate (after a burst) are dropped. One drop band, in kilobits or packets per second, on a
+//! token bucket (`rate_limit.rs`) shared by every dataplane thread.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MeterUnit {
-    Kbps,
-    Pktps,
-}
+use crate::rate_limit::{RateUnit, TokenBucket};
+
+pub use crate::rate_limit::RateUnit as MeterUnit;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Meter {
@@ -23,17 +20,11 @@ pub struct Meter {
 }
 
 impl Meter {
-    /// The bucket's size in its tokens (bits, or thousandths of a packet).
-    fn capacity(&self) -> u64 {
-        match self.unit {
-            MeterUnit::Kbps => {
-                let kbits = self.burst.unwrap_or((self.rate / 10).max(12));
-                u64::from(kbits.max(1)) * 1000
-            }
-            MeterUnit::Pktps => {
-                u64::from(self.burst.unwrap_or((self.rate / 10).max(1)).max(1)) * 1000
-            }
-        }
+    fn burst_or_default(&self) -> u32 {
+        self.burst.unwrap_or(match self.unit {
+            RateUnit::Kbps => (self.rate / 10).max(12),
+            RateUnit::Pktps => (self.rate / 10).max(1),
+        })
     }
 }
 
@@ -46,63 +37,38 @@ pub struct MeterStats {
     pub dropped: AtomicU64,
 }
 
-#[derive(Debug)]
-struct Bucket {
-    tokens: u64,
-    last_ms: u64,
-}
-
 /// A meter in the tables: its definition, its token bucket and counters (kept across
 /// table versions; a `mod-meter` starts a full bucket).
 #[derive(Debug, Clone)]
 pub struct MeterEntry {
     pub meter: Arc<Meter>,
-    bucket: Arc<Mutex<Bucket>>,
+    bucket: Arc<TokenBucket>,
     pub stats: Arc<MeterStats>,
 }
 
 impl MeterEntry {
     pub fn new(meter: Meter, now_ms: u64) -> MeterEntry {
-        let tokens = meter.capacity();
+        let bucket = TokenBucket::new(meter.unit, meter.rate, meter.burst_or_default(), now_ms);
         MeterEntry {
             meter: Arc::new(meter),
-            bucket: Arc::new(Mutex::new(Bucket {
-                tokens,
-                last_ms: now_ms,
-            })),
+            bucket: Arc::new(bucket),
             stats: Arc::default(),
         }
     }
 
     /// Whether a packet of `bytes` at `now_ms` is within the rate (and takes its tokens).
     pub fn admit(&self, bytes: u32, now_ms: u64) -> bool {
-        let m = &self.meter;
         self.stats.packets.fetch_add(1, Ordering::Relaxed);
         self.stats
             .bytes
             .fetch_add(u64::from(bytes), Ordering::Relaxed);
-        let cost = match m.unit {
-            // 1 kbit/s is 1 bit per millisecond.
-            MeterUnit::Kbps => u64::from(bytes) * 8,
-            MeterUnit::Pktps => 1000,
-        };
-        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
-        let elapsed = now_ms.saturating_sub(b.last_ms);
-        b.last_ms = b.last_ms.max(now_ms);
-        // kbps: rate bits per ms; pktps: rate thousandths of a packet per ms.
-        let refill = elapsed.saturating_mul(u64::from(m.rate));
-        b.tokens = b.tokens.saturating_add(refill).min(m.capacity());
-        if b.tokens >= cost {
-            b.tokens -= cost;
-            true
-        } else {
-            drop(b);
+        let ok = self.bucket.admit(bytes, now_ms);
+        if !ok {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            false
         }
+        ok
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

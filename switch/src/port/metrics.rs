@@ -35,10 +35,12 @@ pub enum DropReason {
     /// claim, or a DHCP server reply the port is not allowed (counted on the port that
     /// sent it).
     Spoofed,
+    /// Over the port's ingress policing rate (counted on the port that sent it).
+    Policed,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::NoBuffer,
         DropReason::BadDescriptor,
         DropReason::VlanFilter,
@@ -48,6 +50,7 @@ impl DropReason {
         DropReason::DoubleTagged,
         DropReason::BadOffload,
         DropReason::Spoofed,
+        DropReason::Policed,
     ];
 
     /// The label used in metrics and flowctl.
@@ -62,6 +65,7 @@ impl DropReason {
             DropReason::DoubleTagged => "double-tagged",
             DropReason::BadOffload => "bad-offload",
             DropReason::Spoofed => "spoofed",
+            DropReason::Policed => "policed",
         }
     }
 

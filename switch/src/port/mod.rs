@@ -142,6 +142,14 @@ pub struct PortConfig {
     /// port with `allowed_macs` or `allowed_ips`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dhcp_server: bool,
+    /// Ingress policing (OVS's `ingress_policing_rate`): the most this port may send into
+    /// the switch, in kbit/s; beyond it (after the burst) its frames are dropped and counted
+    /// as `policed`. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_policing_rate: Option<u32>,
+    /// The policer's burst in kbit (default 8000, as OVS's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_policing_burst: Option<u32>,
 }
 
 /// A port configuration that does not make sense, with the field at fault.
@@ -155,6 +163,9 @@ pub struct PortConfigError {
 fn is_empty_path(p: &std::path::Path) -> bool {
     p.as_os_str().is_empty()
 }
+
+/// Default burst of ingress policing, kbit (OVS's).
+pub const DEFAULT_POLICING_BURST_KBIT: u32 = 8000;
 
 /// Longest network interface name (IFNAMSIZ without its NUL).
 pub const MAX_INTERFACE_NAME: usize = 15;
@@ -178,6 +189,8 @@ impl PortConfig {
             allowed_macs: Vec::new(),
             allowed_ips: Vec::new(),
             dhcp_server: false,
+            ingress_policing_rate: None,
+            ingress_policing_burst: None,
         }
     }
 
@@ -572,6 +585,8 @@ pub struct Port {
     pub offered_features: u64,
     /// What the port may send as (port security); None: no checks.
     pub security: Option<Arc<crate::port_security::PortSecurity>>,
+    /// Ingress policing, if configured.
+    pub policer: Option<crate::rate_limit::TokenBucket>,
     vlan: ArcSwap<VlanMode>,
     pub counters: PortCounters,
     /// Most addresses the learning table keeps behind this port (set by the switch).
@@ -610,6 +625,17 @@ impl Port {
             message,
         })?
         .map(Arc::new);
+        // A rate of 0 turns policing off (as OVS's).
+        let policer = config.ingress_policing_rate.filter(|r| *r > 0).map(|rate| {
+            crate::rate_limit::TokenBucket::new(
+                crate::rate_limit::RateUnit::Kbps,
+                rate,
+                config
+                    .ingress_policing_burst
+                    .unwrap_or(DEFAULT_POLICING_BURST_KBIT),
+                0,
+            )
+        });
         let initial = match config.mode {
             ConnectMode::Server => LinkState::Listening,
             ConnectMode::Client => LinkState::Connecting,
@@ -622,6 +648,7 @@ impl Port {
             mac,
             offered_features,
             security,
+            policer,
             vlan: ArcSwap::from_pointee(vlan),
             counters: PortCounters::default(),
             mac_limit: std::sync::atomic::AtomicUsize::new(usize::MAX),
@@ -656,6 +683,7 @@ impl Port {
             mac: None,
             offered_features: 0,
             security: None,
+            policer: None,
             vlan: ArcSwap::from_pointee(VlanMode::Trunk { allowed: vlans }),
             counters: PortCounters::default(),
             mac_limit: std::sync::atomic::AtomicUsize::new(usize::MAX),
@@ -888,6 +916,17 @@ impl Port {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
             security: self.security.as_ref().map(|s| s.describe()),
+            policing: self
+                .config
+                .ingress_policing_rate
+                .filter(|r| *r > 0)
+                .map(|rate| {
+                    let burst = self
+                        .config
+                        .ingress_policing_burst
+                        .unwrap_or(DEFAULT_POLICING_BURST_KBIT);
+                    format!("{rate} kbit/s, burst {burst} kbit")
+                }),
         }
     }
 }
@@ -919,4 +958,7 @@ pub struct PortInfo {
     /// Port security, as configured: what the port may send as (None: anything).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security: Option<String>,
+    /// Ingress policing, as configured: `RATE kbit/s, burst BURST kbit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policing: Option<String>,
 }
