@@ -128,7 +128,7 @@ enum Command {
         /// name=NAME,socket=PATH[,mode=client][,vlan=V][,vlan-mode=M][,trunks=LIST][,mac=M]
         /// [,offloads=LIST][,queue-pairs=N]
         #[arg(value_name = "SPEC", value_parser = parse_spec)]
-        spec: PortConfig,
+        spec: Box<PortConfig>,
     },
 
     /// Remove a port: its frontend is disconnected and its learned addresses are forgotten.
@@ -414,8 +414,8 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
 }
 
 /// Parses add-port's SPEC with the daemon's own `--port` parser.
-fn parse_spec(s: &str) -> Result<PortConfig, String> {
-    parse_port_flag(s).map_err(|e| match e {
+fn parse_spec(s: &str) -> Result<Box<PortConfig>, String> {
+    parse_port_flag(s).map(Box::new).map_err(|e| match e {
         ConfigError::PortFlag { message, .. } => message,
         other => other.to_string(),
     })
@@ -879,7 +879,9 @@ fn run(cli: &Cli, client: &mut Client, vlan: Option<VlanConfig>) -> Result<(), C
         }
         Command::AddPort { spec } => {
             let name = spec.name.clone();
-            let added: PortAdded = client.call_as(Request::AddPort { port: spec.clone() })?;
+            let added: PortAdded = client.call_as(Request::AddPort {
+                port: (**spec).clone(),
+            })?;
             if json {
                 print_json(&added);
             } else {

@@ -533,10 +533,10 @@ fn flow_commands_work_from_files_and_report_bad_lines() {
     sw.ok(&["del-flows", "--strict", "priority=200,icmp"]);
     sw.ok(&["del-flows"]);
     assert_eq!(sw.json(&["dump-flows"]).as_array().unwrap().len(), 0);
-    let unsupported = sw.flowctl(&["add-flow", "ip actions=ct(commit)"]);
+    let unsupported = sw.flowctl(&["add-flow", "ip actions=ct(commit,nat)"]);
     assert_eq!(unsupported.status.code(), Some(1));
     assert!(
-        stderr(&unsupported).contains("ct"),
+        stderr(&unsupported).contains("nat is not supported"),
         "{}",
         stderr(&unsupported)
     );
@@ -595,4 +595,52 @@ fn a_rules_file_over_the_request_limit_gets_a_clear_error_not_a_broken_pipe() {
     );
     assert_eq!(sw.json(&["dump-flows"]).as_array().unwrap().len(), 0);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn groups_meters_and_conntrack_commands() {
+    let sw = TestSwitch::start("groups");
+    sw.ok(&["add-meter", "meter=1,pktps,bands=type=drop,rate=1000"]);
+    sw.ok(&["add-group", "group_id=1,type=all,bucket=output:vm1"]);
+    sw.ok(&["add-flow", "ip actions=meter:1,group:1"]);
+    let dup = sw.flowctl(&["add-group", "group_id=1,type=all,bucket=output:vm1"]);
+    assert_eq!(dup.status.code(), Some(1));
+    assert!(
+        stderr(&dup).contains("group 1 exists already"),
+        "{}",
+        stderr(&dup)
+    );
+    let missing = sw.flowctl(&["add-flow", "ip actions=group:9"]);
+    assert!(
+        stderr(&missing).contains("group 9 does not exist"),
+        "{}",
+        stderr(&missing)
+    );
+    assert_eq!(
+        sw.ok(&["dump-groups"]),
+        " packet_count=0, byte_count=0, group_id=1,type=all,bucket=actions=output:1\n"
+    );
+    assert!(sw
+        .ok(&["dump-meters"])
+        .contains("meter=1,pktps,bands=type=drop,rate=1000"));
+    sw.ok(&["mod-group", "group_id=1,type=indirect,bucket=output:vm1"]);
+    assert!(sw.ok(&["dump-groups"]).contains("type=indirect"));
+    // Deleting the meter takes the flow that uses it.
+    sw.ok(&["del-meters", "meter=1"]);
+    assert_eq!(sw.json(&["dump-flows"]).as_array().unwrap().len(), 0);
+    sw.ok(&["del-groups"]);
+    assert_eq!(sw.json(&["dump-groups"]).as_array().unwrap().len(), 0);
+
+    sw.ok(&["ct-set-limits", "max=1000", "zone=5,limit=10"]);
+    let ct = sw.ok(&["dump-conntrack"]);
+    assert!(
+        ct.contains("0 connections in all zones (limit 1000)") && ct.contains("zone=5,limit=10"),
+        "{ct}"
+    );
+    assert_eq!(
+        sw.ok(&["flush-conntrack", "zone=5"]),
+        "0 connections flushed\n"
+    );
+    let bad = sw.flowctl(&["ct-set-limits", "zone=5"]);
+    assert_eq!(bad.status.code(), Some(2));
 }
