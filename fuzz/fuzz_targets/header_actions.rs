@@ -31,7 +31,7 @@ fn mac(r: &mut Reader<'_>) -> [u8; 6] {
 /// One action from the input. `resubmits` bounds resubmits per list to one: two in one flow
 /// that resubmits to its own table recurse 2^64 times (see the report in fuzz/README.md).
 fn action(r: &mut Reader<'_>, table: u8, resubmits: &mut u32) -> Action {
-    match r.u8() % 20 {
+    match r.u8() % 24 {
         0 => Action::Output(PortRef::Number(r.u16() % 4)),
         1 => Action::InPort,
         2 => Action::Flood,
@@ -64,6 +64,29 @@ fn action(r: &mut Reader<'_>, table: u8, resubmits: &mut u32) -> Action {
             }
         }
         19 if table == 0 => Action::GotoTable(1),
+        20 => Action::SetNwTtl(r.u8()),
+        21 => {
+            let mut a = [0u8; 16];
+            a.iter_mut().for_each(|b| *b = r.u8());
+            if r.u8() & 1 == 0 {
+                Action::SetIpv6Src(a.into())
+            } else {
+                Action::SetIpv6Dst(a.into())
+            }
+        }
+        22 => Action::SetArp {
+            field: [Field::NwProto, Field::NwSrc, Field::NwDst, Field::ArpSha, Field::ArpTha]
+                [usize::from(r.u8()) % 5],
+            value: r.u64(),
+        },
+        23 => Action::Load {
+            dst: patchbay_switch::flow::SubField {
+                field: Field::Reg(r.u8() % 16),
+                ofs: r.u8() % 32,
+                n_bits: 1,
+            },
+            value: u64::from(r.u8() & 1),
+        },
         _ => Action::Output(PortRef::Number(1)),
     }
 }

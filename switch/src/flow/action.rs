@@ -45,8 +45,17 @@ pub enum Action {
     SetTpSrc(u16),
     /// `mod_tp_dst:PORT`
     SetTpDst(u16),
-    /// `dec_ttl`: drop the packet when the TTL reaches 0.
+    /// `dec_ttl`: drop the packet when the TTL (IPv6: hop limit) reaches 0.
     DecTtl,
+    /// `mod_nw_ttl:TTL` / `set_field:TTL->nw_ttl` (IPv4 TTL or IPv6 hop limit).
+    SetNwTtl(u8),
+    /// `set_field:ADDR->ipv6_src` (TCP/UDP/ICMPv6 checksums updated)
+    SetIpv6Src(std::net::Ipv6Addr),
+    /// `set_field:ADDR->ipv6_dst`
+    SetIpv6Dst(std::net::Ipv6Addr),
+    /// `set_field:V->arp_op|arp_spa|arp_tpa|arp_sha|arp_tha`: `field` is the key field that
+    /// holds it (nw_proto, nw_src, nw_dst, arp_sha, arp_tha).
+    SetArp { field: Field, value: u64 },
     /// `set_field:VALUE->FIELD` for fields that have no mod_* spelling (or do).
     SetField { field: Field, value: u64 },
     /// `set_tunnel:VNI` (also `set_field:VNI->tun_id`).

@@ -1288,6 +1288,10 @@ impl Pipeline {
                 | Action::SetTpSrc(_)
                 | Action::SetTpDst(_)
                 | Action::DecTtl
+                | Action::SetNwTtl(_)
+                | Action::SetIpv6Src(_)
+                | Action::SetIpv6Dst(_)
+                | Action::SetArp { .. }
                 | Action::SetField { .. }
                 | Action::SetTunnel(_) => exec::header::apply(st, action)?,
                 Action::Resubmit { port, table: t } => {

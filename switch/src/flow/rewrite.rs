@@ -274,7 +274,7 @@ impl HeaderBuf {
     }
 
     fn set_port(&mut self, offset: usize, port: u16) {
-        let Some((_, proto, l4)) = self.ipv4() else {
+        let Some((_, proto, l4)) = self.ipv4().or_else(|| self.ipv6()) else {
             return;
         };
         if !matches!(u64::from(proto), IP_TCP | IP_UDP) || l4.saturating_add(offset + 2) > self.len
@@ -300,9 +300,18 @@ impl HeaderBuf {
         self.set_port(2, port);
     }
 
-    /// `dec_ttl`: false when the TTL is (or reaches) 0 and the packet must be dropped.
-    /// Non-IPv4 packets pass unchanged (OVS would send them to the controller; there is none).
+    /// `dec_ttl`: false when the TTL (IPv4) or hop limit (IPv6) is (or reaches) 0 and the
+    /// packet must be dropped. Other packets pass unchanged (OVS would send them to the
+    /// controller; there is none).
     pub fn dec_ttl(&mut self) -> bool {
+        if let Some((l3, _, _)) = self.ipv6() {
+            let hops = self.bytes[l3 + 7];
+            if hops <= 1 {
+                return false;
+            }
+            self.bytes[l3 + 7] = hops - 1;
+            return true;
+        }
         let Some((l3, _, _)) = self.ipv4() else {
             return true;
         };
@@ -310,11 +319,158 @@ impl HeaderBuf {
         if ttl <= 1 {
             return false;
         }
+        self.set_nw_ttl(ttl - 1);
+        true
+    }
+
+    /// `mod_nw_ttl` / `set_field:...->nw_ttl`: the IPv4 TTL (header checksum updated) or the
+    /// IPv6 hop limit.
+    pub fn set_nw_ttl(&mut self, ttl: u8) {
+        if let Some((l3, _, _)) = self.ipv6() {
+            self.bytes[l3 + 7] = ttl;
+            return;
+        }
+        let Some((l3, _, _)) = self.ipv4() else {
+            return;
+        };
         let old_word = u16::from_be_bytes([self.bytes[l3 + 8], self.bytes[l3 + 9]]);
-        self.bytes[l3 + 8] = ttl - 1;
+        self.bytes[l3 + 8] = ttl;
         let new_word = u16::from_be_bytes([self.bytes[l3 + 8], self.bytes[l3 + 9]]);
         csum_update16(&mut self.bytes, l3 + 10, old_word, new_word);
-        true
+    }
+
+    /// `set_field:...->nw_ecn`: the two ECN bits of the IPv4 TOS or the IPv6 traffic class.
+    pub fn set_nw_ecn(&mut self, ecn: u8) {
+        let ecn = ecn & 3;
+        if let Some((l3, _, _)) = self.ipv6() {
+            // Traffic class: the low nibble of byte 0 and the high nibble of byte 1.
+            self.bytes[l3 + 1] = (self.bytes[l3 + 1] & !0x30) | (ecn << 4);
+            return;
+        }
+        let Some((l3, _, _)) = self.ipv4() else {
+            return;
+        };
+        let old_word = u16::from_be_bytes([self.bytes[l3], self.bytes[l3 + 1]]);
+        self.bytes[l3 + 1] = (self.bytes[l3 + 1] & 0xfc) | ecn;
+        let new_word = u16::from_be_bytes([self.bytes[l3], self.bytes[l3 + 1]]);
+        csum_update16(&mut self.bytes, l3 + 10, old_word, new_word);
+    }
+
+    /// (L3 offset, upper-layer protocol, L4 offset) of an IPv6 packet whose header is in the
+    /// buffer, through hop-by-hop, routing and destination options headers (L4 at
+    /// `usize::MAX` for a later fragment).
+    fn ipv6(&self) -> Option<(usize, u8, usize)> {
+        let (l3, ethertype) = l3_offset(self.bytes())?;
+        if ethertype != ETH_IPV6 || self.len < l3 + 40 || self.bytes[l3] >> 4 != 6 {
+            return None;
+        }
+        let mut next = self.bytes[l3 + 6];
+        let mut at = l3 + 40;
+        for _ in 0..8 {
+            match next {
+                0 | 43 | 60 if at + 2 <= self.len => {
+                    next = self.bytes[at];
+                    at += (usize::from(self.bytes[at + 1]) + 1) * 8;
+                }
+                44 if at + 4 <= self.len => {
+                    let offset = u16::from_be_bytes([self.bytes[at + 2], self.bytes[at + 3]]);
+                    next = self.bytes[at];
+                    at = if offset & 0xfff8 != 0 {
+                        usize::MAX
+                    } else {
+                        at + 8
+                    };
+                    break;
+                }
+                0 | 43 | 60 | 44 => return Some((l3, next, usize::MAX)),
+                _ => break,
+            }
+        }
+        Some((l3, next, at))
+    }
+
+    /// `set_field:...->ipv6_src` / `ipv6_dst`: the TCP, UDP or ICMPv6 checksum (all cover
+    /// the addresses) follows.
+    fn set_ipv6_addr(&mut self, offset: usize, addr: std::net::Ipv6Addr) {
+        let Some((l3, proto, l4)) = self.ipv6() else {
+            return;
+        };
+        let at = l3 + offset;
+        let new = addr.octets();
+        let mut old = [0u8; 16];
+        old.copy_from_slice(&self.bytes[at..at + 16]);
+        self.bytes[at..at + 16].copy_from_slice(&new);
+        let csum = match u64::from(proto) {
+            IP_TCP => l4.checked_add(16),
+            IP_UDP => l4.checked_add(6),
+            IP_ICMPV6 => l4.checked_add(2),
+            _ => None,
+        };
+        let Some(c) = csum.filter(|c| c + 2 <= self.len) else {
+            return;
+        };
+        let partial = self.is_partial(c);
+        for i in (0..16).step_by(4) {
+            let o = u32::from_be_bytes([old[i], old[i + 1], old[i + 2], old[i + 3]]);
+            let n = u32::from_be_bytes([new[i], new[i + 1], new[i + 2], new[i + 3]]);
+            if partial {
+                partial_update32(&mut self.bytes, c, o, n);
+            } else {
+                csum_update32(&mut self.bytes, c, o, n);
+            }
+        }
+    }
+
+    pub fn set_ipv6_src(&mut self, addr: std::net::Ipv6Addr) {
+        self.set_ipv6_addr(8, addr);
+    }
+
+    pub fn set_ipv6_dst(&mut self, addr: std::net::Ipv6Addr) {
+        self.set_ipv6_addr(24, addr);
+    }
+
+    /// `set_field:...->ipv6_label` (20 bits; no checksum covers it).
+    pub fn set_ipv6_label(&mut self, label: u32) {
+        let Some((l3, _, _)) = self.ipv6() else {
+            return;
+        };
+        let first = u32::from_be_bytes([
+            self.bytes[l3],
+            self.bytes[l3 + 1],
+            self.bytes[l3 + 2],
+            self.bytes[l3 + 3],
+        ]);
+        let new = (first & !0xf_ffff) | (label & 0xf_ffff);
+        self.bytes[l3..l3 + 4].copy_from_slice(&new.to_be_bytes());
+    }
+
+    /// An Ethernet/IPv4 ARP packet's L3 offset.
+    fn arp(&self) -> Option<usize> {
+        let (l3, ethertype) = l3_offset(self.bytes())?;
+        (ethertype == ETH_ARP
+            && self.len >= l3 + 28
+            && self.bytes[l3..l3 + 6] == [0, 1, 8, 0, 6, 4])
+        .then_some(l3)
+    }
+
+    /// `set_field:...->arp_op|arp_spa|arp_tpa|arp_sha|arp_tha`: `field` is the key's field
+    /// for it (arp_op is nw_proto, spa and tpa are nw_src and nw_dst, as OVS models them).
+    pub fn set_arp(&mut self, field: super::key::Field, value: u64) {
+        use super::key::Field;
+        let Some(l3) = self.arp() else {
+            return;
+        };
+        let b = value.to_be_bytes();
+        match field {
+            Field::NwProto => {
+                self.bytes[l3 + 6..l3 + 8].copy_from_slice(&(value as u16).to_be_bytes())
+            }
+            Field::ArpSha => self.bytes[l3 + 8..l3 + 14].copy_from_slice(&b[2..8]),
+            Field::NwSrc => self.bytes[l3 + 14..l3 + 18].copy_from_slice(&b[4..8]),
+            Field::ArpTha => self.bytes[l3 + 18..l3 + 24].copy_from_slice(&b[2..8]),
+            Field::NwDst => self.bytes[l3 + 24..l3 + 28].copy_from_slice(&b[4..8]),
+            _ => {}
+        }
     }
 }
 
@@ -753,5 +909,107 @@ mod tests {
         f[14 + 8] = 1;
         let mut h = HeaderBuf::new(&f[..f.len().min(REWRITE_BYTES)]);
         assert!(!h.dec_ttl());
+    }
+
+    /// Whether the IPv6 packet's TCP, UDP or ICMPv6 checksum is right.
+    fn checksums_ok_v6(frame: &[u8]) -> bool {
+        let p = etherparse::SlicedPacket::from_ethernet(frame).unwrap();
+        let Some(etherparse::NetSlice::Ipv6(ip)) = p.net else {
+            return false;
+        };
+        let hdr = ip.header().to_header();
+        match p.transport {
+            Some(etherparse::TransportSlice::Tcp(tcp)) => {
+                let h = tcp.to_header();
+                h.calc_checksum_ipv6(&hdr, tcp.payload()).ok() == Some(h.checksum)
+            }
+            Some(etherparse::TransportSlice::Udp(udp)) => {
+                let h = udp.to_header();
+                h.calc_checksum_ipv6(&hdr, udp.payload()).ok() == Some(h.checksum)
+            }
+            Some(etherparse::TransportSlice::Icmpv6(icmp)) => {
+                let h = icmp.header();
+                h.icmp_type
+                    .calc_checksum(hdr.source, hdr.destination, icmp.payload())
+                    .ok()
+                    == Some(h.checksum)
+            }
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn ipv6_ttl_ecn_label_and_arp_rewrites_keep_checksums_valid() {
+        let a: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let b: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        let eth = || etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        let mut frames = Vec::new();
+        for kind in 0..3 {
+            let mut f = Vec::new();
+            let base = eth().ipv6(a, b, 64);
+            match kind {
+                0 => base
+                    .tcp(1234, 80, 7, 1000)
+                    .write(&mut f, b"payload")
+                    .unwrap(),
+                1 => base.udp(1234, 53).write(&mut f, b"payload").unwrap(),
+                _ => base
+                    .icmpv6_echo_request(1, 2)
+                    .write(&mut f, b"payload")
+                    .unwrap(),
+            }
+            frames.push(f);
+        }
+        let new: std::net::Ipv6Addr = "2001:db8::99".parse().unwrap();
+        for f in &frames {
+            let out = apply(f, |h| {
+                h.set_ipv6_src(new);
+                h.set_ipv6_dst("2001:db8::1:2".parse().unwrap());
+                h.set_nw_ttl(9);
+                h.set_nw_ecn(3);
+                h.set_ipv6_label(0x12345);
+                h.set_tp_dst(8080);
+            });
+            assert!(checksums_ok_v6(&out), "{out:02x?}");
+            assert_eq!(out[22..38], new.octets());
+            assert_eq!(out[21], 9, "hop limit");
+            assert_eq!((out[15] >> 4) & 3, 3, "ECN");
+            assert_eq!(
+                u32::from_be_bytes([0, out[15] & 0xf, out[16], out[17]]),
+                0x12345
+            );
+            // dec_ttl on IPv6: the hop limit, and 1 expires.
+            let out = apply(&out, |h| assert!(h.dec_ttl()));
+            assert_eq!(out[21], 8);
+        }
+        let out = apply(&frames[0], |h| h.set_nw_ttl(1));
+        assert!(!HeaderBuf::new(&out).dec_ttl());
+
+        // IPv4: TTL and ECN under the header checksum.
+        let f = tcp_frame(None);
+        let out = apply(&f, |h| {
+            h.set_nw_ttl(3);
+            h.set_nw_ecn(1);
+        });
+        assert!(checksums_ok(&out));
+        assert_eq!((out[22], out[15] & 3), (3, 1));
+
+        // ARP: every field, no checksum.
+        let mut arp = vec![0xff; 6];
+        arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+        arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 2]);
+        let out = apply(&arp, |h| {
+            use crate::flow::key::Field;
+            h.set_arp(Field::NwProto, 2);
+            h.set_arp(Field::ArpSha, 0x0e00_0000_0009);
+            h.set_arp(Field::NwSrc, 0x0a00_0009);
+            h.set_arp(Field::ArpTha, 0x0200_0000_0001);
+            h.set_arp(Field::NwDst, 0x0a00_0001);
+        });
+        assert_eq!(out[20..22], [0, 2]);
+        assert_eq!(out[22..28], [0x0e, 0, 0, 0, 0, 9]);
+        assert_eq!(out[28..32], [10, 0, 0, 9]);
+        assert_eq!(out[32..38], [2, 0, 0, 0, 0, 1]);
+        assert_eq!(out[38..42], [10, 0, 0, 1]);
     }
 }

@@ -77,10 +77,35 @@ pub fn apply(st: &mut ExecState, action: &Action) -> Result<(), Halt> {
             st.key.set(Field::TpDst, u64::from(*p));
             st.modified = true;
         }
+        Action::SetNwTtl(t) => {
+            st.header.set_nw_ttl(*t);
+            st.key.set(Field::NwTtl, u64::from(*t));
+            st.modified = true;
+        }
+        Action::SetIpv6Src(a) | Action::SetIpv6Dst(a) => {
+            let (hi, lo) = if matches!(action, Action::SetIpv6Src(_)) {
+                st.header.set_ipv6_src(*a);
+                (Field::Ipv6SrcHi, Field::Ipv6SrcLo)
+            } else {
+                st.header.set_ipv6_dst(*a);
+                (Field::Ipv6DstHi, Field::Ipv6DstLo)
+            };
+            let v = u128::from(*a);
+            st.key.set(hi, (v >> 64) as u64);
+            st.key.set(lo, v as u64);
+            st.modified = true;
+        }
+        Action::SetArp { field, value } => {
+            st.header.set_arp(*field, *value);
+            st.key.set(*field, *value);
+            st.modified = true;
+        }
         Action::DecTtl => {
             if !st.header.dec_ttl() {
                 return Err(Halt::TtlExpired);
             }
+            let ttl = st.key.get(Field::NwTtl);
+            st.key.set(Field::NwTtl, ttl.saturating_sub(1));
             st.modified = true;
         }
         Action::SetField { field, value } => set_field(st, *field, *value)?,
@@ -122,6 +147,8 @@ pub fn set_field(st: &mut ExecState, field: Field, value: u64) -> Result<(), Hal
             }
         }
         Field::TunId => st.tun_id = Some(value),
+        Field::Ipv6Label => st.header.set_ipv6_label(value as u32),
+        Field::NwEcn => st.header.set_nw_ecn(value as u8),
         // Pipeline metadata: only the key changes.
         Field::Metadata | Field::Reg(_) | Field::XReg(_) | Field::InPort => {
             st.key.set(field, value);

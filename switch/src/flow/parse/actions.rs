@@ -108,6 +108,8 @@ impl<'a> Parser<'a> {
                 | "conjunction"
                 | "group"
                 | "meter"
+                | "mod_nw_ttl"
+                | "mod_nw_ecn"
         );
         let (arg, aat) = match t.value {
             Some((a, aat)) => (a, aat),
@@ -185,6 +187,17 @@ impl<'a> Parser<'a> {
             "ct" => return Err(self.err(t.at, "ct needs its options in parentheses: ct(...)")),
             "ct_clear" => no_arg(Action::CtClear)?,
             "conjunction" if t.sep == b'(' => self.conjunction(arg, aat)?,
+            "mod_nw_ttl" => {
+                self.prereqs.push((Prereq::IpAny, key.to_string(), t.at));
+                Action::SetNwTtl(self.uint(key, arg, aat, 255)? as u8)
+            }
+            "mod_nw_ecn" => {
+                self.prereqs.push((Prereq::IpAny, key.to_string(), t.at));
+                Action::SetField {
+                    field: Field::NwEcn,
+                    value: self.uint(key, arg, aat, 3)?,
+                }
+            }
             "group" => Action::Group(self.uint(key, arg, aat, u64::from(u32::MAX - 1))? as u32),
             "meter" => Action::Meter(self.uint(key, arg, aat, u64::from(u32::MAX))? as u32),
             _ if t.value.is_some() || UNSUPPORTED_BARE_ACTIONS.contains(&name) => {
@@ -288,6 +301,44 @@ impl<'a> Parser<'a> {
             "vlan_vid" => Action::SetVlanVid((self.uint(fname, val, aat, 0x1fff)? & 0xfff) as u16),
             "vlan_pcp" => Action::SetVlanPcp(self.uint(fname, val, aat, 7)? as u8),
             "tun_id" | "tunnel_id" => Action::SetTunnel(self.tunnel_id(fname, val, aat)?),
+            "ipv6_src" | "ipv6_dst" => {
+                need(Prereq::Ipv6, self);
+                let addr = std::net::Ipv6Addr::from(self.ipv6(fname, val, aat)?);
+                if fname == "ipv6_src" {
+                    Action::SetIpv6Src(addr)
+                } else {
+                    Action::SetIpv6Dst(addr)
+                }
+            }
+            "ipv6_label" => {
+                need(Prereq::Ipv6, self);
+                Action::SetField {
+                    field: Field::Ipv6Label,
+                    value: self.uint(fname, val, aat, 0xf_ffff)?,
+                }
+            }
+            "nw_ttl" => {
+                need(Prereq::IpAny, self);
+                Action::SetNwTtl(self.uint(fname, val, aat, 255)? as u8)
+            }
+            "nw_ecn" | "ip_ecn" => {
+                need(Prereq::IpAny, self);
+                Action::SetField {
+                    field: Field::NwEcn,
+                    value: self.uint(fname, val, aat, 3)?,
+                }
+            }
+            "arp_op" | "arp_spa" | "arp_tpa" | "arp_sha" | "arp_tha" => {
+                need(Prereq::Arp, self);
+                let (field, value) = match fname {
+                    "arp_op" => (Field::NwProto, self.uint(fname, val, aat, 0xffff)?),
+                    "arp_spa" => (Field::NwSrc, self.ip(fname, val, aat)?),
+                    "arp_tpa" => (Field::NwDst, self.ip(fname, val, aat)?),
+                    "arp_sha" => (Field::ArpSha, self.mac(fname, val, aat)?),
+                    _ => (Field::ArpTha, self.mac(fname, val, aat)?),
+                };
+                Action::SetArp { field, value }
+            }
             _ if pipeline_field(fname).is_some() => {
                 let field = pipeline_field(fname).unwrap_or(Field::Metadata);
                 Action::SetField {
@@ -396,11 +447,26 @@ pub(super) fn format_action(a: &Action) -> String {
         Action::SetTpSrc(p) => format!("mod_tp_src:{p}"),
         Action::SetTpDst(p) => format!("mod_tp_dst:{p}"),
         Action::DecTtl => "dec_ttl".to_string(),
+        Action::SetNwTtl(t) => format!("mod_nw_ttl:{t}"),
+        Action::SetIpv6Src(a) => format!("set_field:{a}->ipv6_src"),
+        Action::SetIpv6Dst(a) => format!("set_field:{a}->ipv6_dst"),
+        Action::SetArp { field, value } => {
+            let (name, text) = match field {
+                Field::NwProto => ("arp_op", value.to_string()),
+                Field::NwSrc => ("arp_spa", Ipv4Addr::from(*value as u32).to_string()),
+                Field::NwDst => ("arp_tpa", Ipv4Addr::from(*value as u32).to_string()),
+                Field::ArpSha => ("arp_sha", fmt_mac(*value)),
+                _ => ("arp_tha", fmt_mac(*value)),
+            };
+            format!("set_field:{text}->{name}")
+        }
         Action::SetField { field, value } => {
             let (name, text) = match field {
                 Field::Reg(n) => (format!("reg{n}"), format!("{value:#x}")),
                 Field::XReg(n) => (format!("xreg{n}"), format!("{value:#x}")),
                 Field::Metadata => ("metadata".to_string(), format!("{value:#x}")),
+                Field::Ipv6Label => ("ipv6_label".to_string(), format!("{value:#x}")),
+                Field::NwEcn => ("nw_ecn".to_string(), value.to_string()),
                 f => {
                     let (name, text) = set_field_text(*f, *value);
                     (name.to_string(), text)

@@ -444,6 +444,9 @@ fn flow_errors_name_the_thing_and_column() {
      14 | move: NXM_NX_REG0[0..40] is beyond the field (NXM_NX_REG0 is 32 bits) | actions=move:NXM_NX_REG0[0..40]->NXM_NX_XXREG0[]
      32 | move: the source is 16 bits and the destination 32 bits | actions=move:NXM_OF_IN_PORT[]->NXM_NX_REG6[]
      17 | load of NXM_OF_IP_SRC requires dl_type=0x0800 (ip) | actions=load:1->NXM_OF_IP_SRC[]
+     12 | set_field:...->ipv6_src requires dl_type=0x86dd | ip,actions=set_field:::1->ipv6_src
+     12 | set_field:...->arp_spa requires dl_type=0x0806 | ip,actions=set_field:1.2.3.4->arp_spa
+     13 | mod_nw_ttl requires ip or ipv6 | arp,actions=mod_nw_ttl:5
      23 | conjunction needs (ID, K/N) | actions=conjunction(1,3/2)
      23 | conjunction needs (ID, K/N) | actions=conjunction(1,1/1)
       9 | conjunction(...) cannot be mixed | actions=conjunction(1,1/2),output:1
@@ -596,6 +599,14 @@ fn flow_registers_conntrack_and_ipv6_round_trip() {
         (
             "priority=7,ip,nw_src=10.0.0.1,actions=conjunction(5, 1/2),conjunction(6,2/3)",
             "priority=7,ip,nw_src=10.0.0.1 actions=conjunction(5,1/2),conjunction(6,2/3)",
+        ),
+        (
+            "ipv6,actions=set_field:2001:db8::1->ipv6_src,set_field:0x5->ipv6_label,mod_nw_ttl:9,set_field:1->nw_ecn,dec_ttl",
+            "ipv6 actions=set_field:2001:db8::1->ipv6_src,set_field:0x5->ipv6_label,mod_nw_ttl:9,set_field:1->nw_ecn,dec_ttl",
+        ),
+        (
+            "arp,actions=set_field:2->arp_op,set_field:10.0.0.9->arp_spa,set_field:0e:00:00:00:00:09->arp_sha,set_field:10.0.0.1->arp_tpa",
+            "arp actions=set_field:2->arp_op,set_field:10.0.0.9->arp_spa,set_field:0e:00:00:00:00:09->arp_sha,set_field:10.0.0.1->arp_tpa",
         ),
         (
             "priority=7,conj_id=5,ip,actions=output:1",
