@@ -631,3 +631,44 @@ fn a_policed_port_sends_at_its_rate_and_counts_the_rest() {
     assert_eq!(info.policing.as_deref(), Some("8000 kbit/s, burst 80 kbit"));
     d.shutdown();
 }
+
+#[test]
+fn learn_builds_a_mac_learning_switch_out_of_flows() {
+    let dir = TestDir::new("flows-learn");
+    let d = start_switch(
+        &dir.path,
+        vec![
+            access(&dir.path, "a", 1),
+            access(&dir.path, "b", 1),
+            access(&dir.path, "c", 1),
+        ],
+        |_| {},
+    );
+    let (mut a, mut b, mut c) = (connect(&dir, "a"), connect(&dir, "b"), connect(&dir, "c"));
+    add(
+        &d,
+        "table=0 actions=learn(table=10,hard_timeout=300,NXM_OF_ETH_DST[]=NXM_OF_ETH_SRC[],output:NXM_OF_IN_PORT[]),resubmit(,10)\n\
+         table=10,priority=0 actions=FLOOD",
+    );
+    // a to b: b is unknown, the frame floods; a is learned.
+    let ab = frame(mac(2), mac(1), 0, 60);
+    send(&mut a, &ab);
+    assert_eq!(
+        (got(&mut b), got(&mut c)),
+        (Some(ab.clone()), Some(ab.clone()))
+    );
+    // b answers: to a only, by the flow learned from a's frame.
+    let ba = frame(mac(1), mac(2), 0, 60);
+    send(&mut b, &ba);
+    assert_eq!((got(&mut a), got(&mut c)), (Some(ba), None));
+    send(&mut a, &ab);
+    assert_eq!((got(&mut b), got(&mut c)), (Some(ab), None));
+    let learned = flows::dump_flows(&d.switch, Some("table=10")).unwrap();
+    assert_eq!(learned.len(), 3, "{learned:?}");
+    assert!(learned
+        .iter()
+        .any(|f| f.match_text == "dl_dst=02:00:00:00:00:01"
+            && f.actions_text == format!("output:{}", d.switch.port_by_name("a").unwrap().id)
+            && f.hard_timeout == 300));
+    d.shutdown();
+}

@@ -82,6 +82,8 @@ pub enum Action {
     Conjunction { id: u32, k: u8, n: u8 },
     /// `group:N`: the packet goes to group N's buckets.
     Group(u32),
+    /// `learn(...)`: adds (or refreshes) a flow built from this packet's fields.
+    Learn(Box<LearnSpec>),
     /// `meter:N`: the packet is dropped if meter N's rate is exceeded.
     Meter(u32),
 }
@@ -136,4 +138,38 @@ pub struct CtAction {
     pub set_mark: Option<(u32, u32)>,
     /// `exec(set_field:V/M->ct_label)`: (value, mask).
     pub set_label: Option<(u128, u128)>,
+}
+
+/// What `learn(...)` adds: a flow in `table` whose match and actions take values from the
+/// packet that runs the action (the subset OVS's MAC-learning examples use).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LearnSpec {
+    pub table: u8,
+    pub priority: u16,
+    pub idle_timeout: u16,
+    pub hard_timeout: u16,
+    pub cookie: u64,
+    pub matches: Vec<LearnMatch>,
+    pub actions: Vec<LearnAction>,
+}
+
+/// A match of the learned flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LearnMatch {
+    /// `DST[..]=SRC[..]` (or `FIELD[..]` alone: the same field): `dst` must equal the
+    /// packet's `src` bits.
+    Field { dst: SubField, src: SubField },
+    /// `DST[..]=VALUE`
+    Value { dst: SubField, value: u64 },
+}
+
+/// An action of the learned flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LearnAction {
+    /// `load:SRC[..]->DST[..]`: loads what `src` holds in this packet.
+    LoadField { dst: SubField, src: SubField },
+    /// `load:VALUE->DST[..]`
+    LoadValue { dst: SubField, value: u64 },
+    /// `output:SRC[..]`: to the port `src` holds in this packet.
+    Output { src: SubField },
 }

@@ -15,7 +15,7 @@ pub mod classifier;
 pub mod key;
 pub mod parse;
 
-pub use action::{Action, CtAction, CtZone, PortRef, SubField};
+pub use action::{Action, CtAction, CtZone, LearnAction, LearnMatch, LearnSpec, PortRef, SubField};
 pub use key::{Field, FlowKey, Match};
 pub mod exec;
 pub mod extract;

@@ -545,6 +545,13 @@ impl Tables {
         self.lookup_slot(table, key).map(|(_, e)| e)
     }
 
+    /// The flow with exactly this match and priority in `table`.
+    pub fn find(&self, table: u8, m: &Match, priority: u16) -> Option<&Entry> {
+        let classifier = self.tables.get(usize::from(table))?;
+        let id = classifier.find_exact(m, priority)?;
+        classifier.get(id).map(|(_, _, e)| e)
+    }
+
     /// The flow `key` matches in `table` (its slot and entry), conjunctive matches included.
     fn lookup_slot(&self, table: u8, key: &FlowKey) -> Option<(u32, &Entry)> {
         let t = usize::from(table);
@@ -631,6 +638,8 @@ pub struct FlowThread {
     flows: Vec<(Arc<FlowStats>, u64, u64)>,
     /// The pipeline clock for this batch.
     now_ms: u64,
+    /// Flows `learn` made in this batch that the tables do not have yet: added at its end.
+    learned: Vec<Flow>,
 }
 
 impl Default for FlowThread {
@@ -640,6 +649,7 @@ impl Default for FlowThread {
             tables: Vec::new(),
             flows: Vec::new(),
             now_ms: 0,
+            learned: Vec::new(),
         }
     }
 }
@@ -718,6 +728,8 @@ pub struct Pipeline {
     pub resubmit_limit_drops: AtomicU64,
     /// The connections `ct` tracks.
     conntrack: Arc<Conntrack>,
+    /// Flows `learn` could not add (a limit, or a group or meter gone).
+    pub learn_refused: AtomicU64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -776,6 +788,7 @@ impl Pipeline {
             vlan_tag_limit_drops: AtomicU64::new(0),
             resubmit_limit_drops: AtomicU64::new(0),
             conntrack: Arc::new(Conntrack::default()),
+            learn_refused: AtomicU64::new(0),
         }
     }
 
@@ -890,6 +903,15 @@ impl Pipeline {
             flow.packets.fetch_add(packets, Ordering::Relaxed);
             flow.bytes.fetch_add(bytes, Ordering::Relaxed);
             flow.used_ms.store(thread.now_ms, Ordering::Relaxed);
+        }
+        // What `learn` made: one bundle per batch (and none for a batch that only met
+        // flows it had learned before).
+        if !thread.learned.is_empty() {
+            let adds: Vec<FlowMod> = thread.learned.drain(..).map(FlowMod::Add).collect();
+            if self.commit(&adds).is_err() {
+                self.learn_refused
+                    .fetch_add(adds.len() as u64, Ordering::Relaxed);
+            }
         }
     }
 
@@ -1247,6 +1269,29 @@ impl Pipeline {
                         }
                     }
                 }
+                Action::Learn(spec) => {
+                    if st.tracing {
+                        continue;
+                    }
+                    let flow = learned_flow(spec, &st.key);
+                    // A flow it learned before: refresh its idle time, nothing to add.
+                    let known = tables
+                        .find(flow.table, &flow.m, flow.priority)
+                        .filter(|e| e.flow.actions == flow.actions);
+                    match (known, cache.as_deref_mut()) {
+                        (Some(e), _) => e.stats.used_ms.store(st.now_ms, Ordering::Relaxed),
+                        (None, Some(thread)) => {
+                            if !thread.learned.iter().any(|f| {
+                                f.table == flow.table
+                                    && f.m == flow.m
+                                    && f.priority == flow.priority
+                            }) {
+                                thread.learned.push(flow);
+                            }
+                        }
+                        (None, None) => {}
+                    }
+                }
                 Action::Group(id) => {
                     let Some(g) = tables.groups.get(id) else {
                         continue;
@@ -1319,6 +1364,56 @@ impl Pipeline {
             }
         }
         Ok(next_table)
+    }
+}
+
+/// The flow `learn(spec)` makes from a packet with key `key`.
+fn learned_flow(spec: &crate::flow::action::LearnSpec, key: &FlowKey) -> Flow {
+    use crate::flow::action::{LearnAction, LearnMatch};
+    use exec::fields::read;
+    let mut m = Match::any();
+    for lm in &spec.matches {
+        let (dst, value) = match *lm {
+            LearnMatch::Field { dst, src } => (dst, read(key, src)),
+            LearnMatch::Value { dst, value } => (dst, value),
+        };
+        m.set(dst.field, value << dst.ofs, dst.mask());
+    }
+    let actions: Vec<Action> = spec
+        .actions
+        .iter()
+        .map(|a| match *a {
+            LearnAction::LoadField { dst, src } => Action::Load {
+                dst,
+                value: read(key, src),
+            },
+            LearnAction::LoadValue { dst, value } => Action::Load { dst, value },
+            LearnAction::Output { src } => Action::Output(PortRef::Number(read(key, src) as u16)),
+        })
+        .collect();
+    let mut text = crate::flow::parse::FlowSpec::new(crate::flow::parse::FlowSyntax::Add);
+    text.table = Some(0);
+    text.priority = spec.priority;
+    text.m = m;
+    text.actions = actions.clone();
+    let text = text.to_string();
+    let (match_text, actions_text) = match text.split_once(" actions=") {
+        Some((mt, at)) => (mt.trim().to_string(), at.trim().to_string()),
+        None => (
+            String::new(),
+            text.trim_start_matches("actions=").to_string(),
+        ),
+    };
+    Flow {
+        table: spec.table,
+        priority: spec.priority,
+        m,
+        actions,
+        cookie: spec.cookie,
+        idle_timeout: spec.idle_timeout,
+        hard_timeout: spec.hard_timeout,
+        match_text,
+        actions_text,
     }
 }
 
@@ -1627,7 +1722,7 @@ mod tests {
 mod firewall_tests {
     use super::*;
     use crate::flow::extract::flow_key;
-    use crate::flow::parse::parse_flows_file;
+    use crate::flow::parse::{parse_flows_file, DEFAULT_PRIORITY};
     use etherparse::PacketBuilder;
 
     const RULES: &str = "
@@ -1950,6 +2045,62 @@ mod firewall_tests {
         }])
         .unwrap();
         assert_eq!(out([10, 0, 0, 2], 22), vec![Target::Port(5)]);
+    }
+
+    #[test]
+    fn learn_adds_a_flow_per_source_once_and_it_forwards_the_replies() {
+        let p = Pipeline::new(MissPolicy::Normal);
+        install(
+            &p,
+            "
+            table=0,actions=learn(table=10,idle_timeout=60,NXM_OF_ETH_DST[]=NXM_OF_ETH_SRC[],load:NXM_OF_IN_PORT[]->NXM_NX_REG0[0..15],output:NXM_OF_IN_PORT[]),resubmit(,10)
+            table=10,priority=0,actions=FLOOD
+            ",
+        );
+        let eth = |src: u8, dst: u8| {
+            let mut f = vec![2, 0, 0, 0, 0, dst, 2, 0, 0, 0, 0, src, 0x88, 0xb5];
+            f.resize(60, 0);
+            f
+        };
+        // A (on port 1) to B: B unknown, flooded; A learned behind port 1.
+        assert_eq!(send(&p, 1, &eth(0xa, 0xb)), vec![Target::Flood]);
+        // B (on port 2) to A: the learned flow sends it to port 1 only.
+        assert_eq!(send(&p, 2, &eth(0xb, 0xa)), vec![Target::Port(1)]);
+        assert_eq!(send(&p, 1, &eth(0xa, 0xb)), vec![Target::Port(2)]);
+        let learned: Vec<FlowDump> = p
+            .dump(&FlowFilter {
+                table: Some(10),
+                ..FlowFilter::default()
+            })
+            .into_iter()
+            .filter(|f| f.priority == DEFAULT_PRIORITY)
+            .collect();
+        assert_eq!(learned.len(), 2, "{learned:?}");
+        assert!(learned
+            .iter()
+            .any(|f| f.match_text == "dl_dst=02:00:00:00:00:0a"
+                && f.actions_text == "load:0x1->NXM_NX_REG0[0..15],output:1"
+                && f.idle_timeout == 60));
+        // More of the same traffic changes no table: the flows are known, only refreshed.
+        let version = p.snapshot().version;
+        for _ in 0..10 {
+            send(&p, 1, &eth(0xa, 0xb));
+            send(&p, 2, &eth(0xb, 0xa));
+        }
+        assert_eq!(p.snapshot().version, version);
+        // A trace learns nothing.
+        let mut out = Vec::new();
+        let mut steps = Vec::new();
+        let f = eth(0xc, 0xa);
+        p.run_untracked(
+            &p.snapshot(),
+            &flow_key(&f, 3, None),
+            HeaderBuf::new(&f),
+            60,
+            &mut out,
+            &mut steps,
+        );
+        assert_eq!(p.snapshot().version, version);
     }
 
     #[test]

@@ -121,7 +121,7 @@ impl<'a> Parser<'a> {
             }
             None => ("", t.at),
         };
-        if t.sep == b'(' && !matches!(name, "resubmit" | "ct" | "conjunction") {
+        if t.sep == b'(' && !matches!(name, "resubmit" | "ct" | "conjunction" | "learn") {
             return Err(self.err(t.at, format!("unsupported action '{key}(...)'")));
         }
         if takes_arg && arg.is_empty() && !matches!(name, "note" | "ct") {
@@ -187,6 +187,7 @@ impl<'a> Parser<'a> {
             "ct" => return Err(self.err(t.at, "ct needs its options in parentheses: ct(...)")),
             "ct_clear" => no_arg(Action::CtClear)?,
             "conjunction" if t.sep == b'(' => self.conjunction(arg, aat)?,
+            "learn" if t.sep == b'(' => self.learn(arg, aat)?,
             "mod_nw_ttl" => {
                 self.prereqs.push((Prereq::IpAny, key.to_string(), t.at));
                 Action::SetNwTtl(self.uint(key, arg, aat, 255)? as u8)
@@ -481,6 +482,7 @@ pub(super) fn format_action(a: &Action) -> String {
         Action::CtClear => "ct_clear".to_string(),
         Action::Conjunction { id, k, n } => format!("conjunction({id},{k}/{n})"),
         Action::Group(g) => format!("group:{g}"),
+        Action::Learn(l) => super::learn::format_learn(l),
         Action::Meter(m) => format!("meter:{m}"),
         Action::Resubmit { port, table } => match (port, table) {
             (Some(p), None) => format!("resubmit:{}", fmt_port(p)),
@@ -597,7 +599,7 @@ impl<'a> Parser<'a> {
     }
 
     /// A subfield an action writes.
-    fn writable_subfield(
+    pub(super) fn writable_subfield(
         &mut self,
         what: &str,
         s: &str,

@@ -192,7 +192,11 @@ pub(super) fn pipeline_field(name: &str) -> Option<Field> {
 /// The fields `load`, `move`, `set_field` and `ct(zone=...)` can name as `NAME[a..b]`, by
 /// ovs-ofctl and NXM/OXM names: (names, field, prerequisite to read or write it).
 const SUBFIELD_NAMES: &[(&[&str], Field, Option<Prereq>)] = &[
-    (&["NXM_OF_IN_PORT", "in_port"], Field::InPort, None),
+    (
+        &["NXM_OF_IN_PORT", "OXM_OF_IN_PORT", "in_port"],
+        Field::InPort,
+        None,
+    ),
     (&["NXM_OF_ETH_SRC", "eth_src", "dl_src"], Field::DlSrc, None),
     (&["NXM_OF_ETH_DST", "eth_dst", "dl_dst"], Field::DlDst, None),
     (

@@ -31,6 +31,7 @@ mod actions;
 mod ct;
 mod fields;
 mod group;
+mod learn;
 mod meter;
 mod token;
 mod value;

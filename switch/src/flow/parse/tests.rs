@@ -452,7 +452,9 @@ fn flow_errors_name_the_thing_and_column() {
       9 | conjunction(...) cannot be mixed | actions=conjunction(1,1/2),output:1
      22 | load: bit range [5..2] is backwards | actions=load:1->reg0[5..2]
       1 | unsupported flag 'send_flow_rem' | send_flow_rem,actions=drop
-      9 | unsupported action 'learn(...)' | actions=learn(table=10,NXM_OF_VLAN_TCI[0..11])
+     24 | learn: 'limit' is not supported | actions=learn(table=10,limit=5,NXM_OF_VLAN_TCI[0..11])
+     33 | learn load: NXM_OF_ETH_TYPE cannot be written | actions=learn(table=1,load:0x1->NXM_OF_ETH_TYPE[])
+     32 | learn: a match's two sides differ in width | actions=learn(NXM_OF_ETH_DST[]=NXM_NX_REG0[])
       9 | unsupported action 'CONTROLLER' | actions=CONTROLLER:96
       9 | unsupported port 'LOCAL' | actions=LOCAL
      16 | unsupported port 'CONTROLLER' | actions=output:controller
@@ -607,6 +609,10 @@ fn flow_registers_conntrack_and_ipv6_round_trip() {
         (
             "arp,actions=set_field:2->arp_op,set_field:10.0.0.9->arp_spa,set_field:0e:00:00:00:00:09->arp_sha,set_field:10.0.0.1->arp_tpa",
             "arp actions=set_field:2->arp_op,set_field:10.0.0.9->arp_spa,set_field:0e:00:00:00:00:09->arp_sha,set_field:10.0.0.1->arp_tpa",
+        ),
+        (
+            "table=2 actions=learn(table=10, NXM_OF_VLAN_TCI[0..11], NXM_OF_ETH_DST[]=NXM_OF_ETH_SRC[], load:NXM_OF_IN_PORT[]->NXM_NX_REG0[0..15], load:0->NXM_NX_REG1[], output:OXM_OF_IN_PORT[], idle_timeout=30, priority=5, cookie=0x9),resubmit(,3)",
+            "table=2, actions=learn(table=10,idle_timeout=30,priority=5,cookie=0x9,NXM_OF_VLAN_TCI[0..11],NXM_OF_ETH_DST[]=NXM_OF_ETH_SRC[],load:NXM_OF_IN_PORT[]->NXM_NX_REG0[0..15],load:0x0->NXM_NX_REG1[],output:NXM_OF_IN_PORT[]),resubmit(,3)",
         ),
         (
             "priority=7,conj_id=5,ip,actions=output:1",
