@@ -672,3 +672,39 @@ fn learn_builds_a_mac_learning_switch_out_of_flows() {
             && f.hard_timeout == 300));
     d.shutdown();
 }
+
+#[test]
+fn a_fast_failover_group_moves_to_its_backup_when_the_watched_port_goes_down() {
+    let dir = TestDir::new("flows-ff");
+    let d = start_switch(
+        &dir.path,
+        vec![
+            access(&dir.path, "a", 1),
+            access(&dir.path, "b", 1),
+            access(&dir.path, "c", 1),
+        ],
+        |_| {},
+    );
+    let (mut a, mut b, mut c) = (connect(&dir, "a"), connect(&dir, "b"), connect(&dir, "c"));
+    flows::add_group(
+        &d.switch,
+        "group_id=7,type=fast_failover,bucket=watch_port:b,actions=output:b,bucket=watch_port:c,actions=output:c",
+        false,
+    )
+    .expect("group accepted");
+    add(&d, "in_port=a actions=group:7");
+    let f = frame(mac(9), mac(1), 0, 60);
+    send(&mut a, &f);
+    assert_eq!(
+        (got(&mut b), got(&mut c)),
+        (Some(f.clone()), None),
+        "b while it is up"
+    );
+    // b's guest goes away: the same flow now leaves through c.
+    drop(b);
+    patchbay_tests::switch::eventually("frames move to c", || {
+        send(&mut a, &f);
+        got(&mut c).is_some()
+    });
+    d.shutdown();
+}

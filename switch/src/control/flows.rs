@@ -541,6 +541,13 @@ pub fn add_group(sw: &Switch, text: &str, modify: bool) -> Result<usize, String>
     let mut group = crate::flow::parse::parse_group(text).map_err(|e| err_at(None, &e))?;
     // Port names in buckets, as in flows.
     for bucket in &mut group.buckets {
+        if let Some(PortRef::Name(name)) = &bucket.watch_port {
+            let id = sw
+                .port_by_name(name)
+                .map(|p| p.id)
+                .ok_or_else(|| format!("bucket: watch_port: unknown port '{name}'"))?;
+            bucket.watch_port = Some(PortRef::Number(id));
+        }
         for a in &mut bucket.actions {
             if let Action::Output(PortRef::Name(name))
             | Action::Resubmit {

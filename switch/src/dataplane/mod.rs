@@ -633,7 +633,17 @@ pub fn switch_frames(
     let flow_tables = pipeline.snapshot();
     let use_flows = !flow_tables.is_empty() || pipeline.miss == MissPolicy::Drop;
     if use_flows {
-        pipeline.begin_batch(flow_thread.get_or_insert_with(Box::default));
+        let thread = flow_thread.get_or_insert_with(Box::default);
+        pipeline.begin_batch(thread);
+        // fast_failover groups watch ports: which are up, as this batch sees them.
+        if flow_tables.watches_ports {
+            thread.live_ports.clear();
+            thread.live_ports.extend(
+                views
+                    .iter()
+                    .map(|v| v.as_ref().is_some_and(|v| v.connected)),
+            );
+        }
     }
     let mut normal = Normal {
         fabric,

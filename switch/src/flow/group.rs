@@ -2,7 +2,8 @@
 //! to. `all` runs every bucket on its own copy of the packet (flooding to a set of ports,
 //! mirroring), `select` one bucket chosen by a hash of the packet's flow fields, weighted
 //! (load balancing: a flow always takes the same bucket), `indirect` its one bucket (a
-//! shared next hop). `fast_failover` is not supported yet.
+//! shared next hop), `fast_failover` the first bucket whose watched port is up (a backup
+//! path).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ pub enum GroupKind {
     All,
     Select,
     Indirect,
+    FastFailover,
 }
 
 impl GroupKind {
@@ -23,6 +25,7 @@ impl GroupKind {
             GroupKind::All => "all",
             GroupKind::Select => "select",
             GroupKind::Indirect => "indirect",
+            GroupKind::FastFailover => "fast_failover",
         }
     }
 }
@@ -31,6 +34,9 @@ impl GroupKind {
 pub struct Bucket {
     /// For `select`: this bucket's share (default 1; 0 never chosen).
     pub weight: u16,
+    /// For `fast_failover`: the port whose link decides whether the bucket is live (none:
+    /// always live). Names are resolved when the group is added.
+    pub watch_port: Option<super::action::PortRef>,
     pub actions: Vec<Action>,
 }
 
@@ -65,6 +71,16 @@ impl GroupEntry {
 }
 
 impl Group {
+    /// The bucket a `fast_failover` group gives a packet: the first whose watched port is up
+    /// (`live` says which are).
+    pub fn first_live(&self, live: impl Fn(u16) -> bool) -> Option<&Bucket> {
+        self.buckets.iter().find(|b| match &b.watch_port {
+            None => true,
+            Some(super::action::PortRef::Number(p)) => live(*p),
+            Some(super::action::PortRef::Name(_)) => false,
+        })
+    }
+
     /// The bucket a `select` group gives this packet: a hash of its addresses, protocol and
     /// ports (the same for every packet of a flow), spread by weight.
     pub fn select(&self, key: &FlowKey) -> Option<&Bucket> {

@@ -268,6 +268,9 @@ pub struct Tables {
     /// Tables changed since the last `finish_changes`.
     changed: Vec<bool>,
     pub groups: HashMap<u32, GroupEntry>,
+    /// Whether any group is `fast_failover` (the frame path then tells the pipeline which
+    /// ports are up).
+    pub watches_ports: bool,
     pub meters: HashMap<u32, MeterEntry>,
     pub version: u64,
     n_flows: usize,
@@ -280,6 +283,7 @@ impl Tables {
             conjunctions: vec![Conjunctions::default(); N_TABLES],
             changed: vec![false; N_TABLES],
             groups: HashMap::new(),
+            watches_ports: false,
             meters: HashMap::new(),
             version: 0,
             n_flows: 0,
@@ -301,6 +305,10 @@ impl Tables {
     /// Ends a batch of `apply` calls: puts every changed table back in lookup order (once per
     /// bundle, not once per flow) and recounts.
     fn finish_changes(&mut self) {
+        self.watches_ports = self
+            .groups
+            .values()
+            .any(|g| g.group.kind == GroupKind::FastFailover);
         for (t, table) in self.tables.iter_mut().enumerate() {
             table.restore_order();
             if std::mem::take(&mut self.changed[t]) {
@@ -640,6 +648,9 @@ pub struct FlowThread {
     now_ms: u64,
     /// Flows `learn` made in this batch that the tables do not have yet: added at its end.
     learned: Vec<Flow>,
+    /// Which ports are up (by port number), for `fast_failover` groups: set by the frame
+    /// path per batch when the tables have such groups.
+    pub live_ports: Vec<bool>,
 }
 
 impl Default for FlowThread {
@@ -650,6 +661,7 @@ impl Default for FlowThread {
             flows: Vec::new(),
             now_ms: 0,
             learned: Vec::new(),
+            live_ports: Vec::new(),
         }
     }
 }
@@ -1302,6 +1314,19 @@ impl Pipeline {
                         GroupKind::All => group.buckets.iter().collect(),
                         GroupKind::Select => group.select(&st.key).into_iter().collect(),
                         GroupKind::Indirect => group.buckets.iter().take(1).collect(),
+                        // Without the dataplane's view of the ports (a trace), every port
+                        // counts as up.
+                        GroupKind::FastFailover => {
+                            let live = cache.as_deref().map(|t| &t.live_ports);
+                            group
+                                .first_live(|p| {
+                                    live.is_none_or(|l| {
+                                        l.get(usize::from(p)).copied().unwrap_or(false)
+                                    })
+                                })
+                                .into_iter()
+                                .collect()
+                        }
                     };
                     // Each bucket works on its own copy of the packet (as OVS's clone).
                     for bucket in chosen {

@@ -61,14 +61,12 @@ pub fn parse_group(line: &str) -> Result<Group, ParseError> {
                     "all" => GroupKind::All,
                     "select" => GroupKind::Select,
                     "indirect" => GroupKind::Indirect,
-                    "ff" | "fast_failover" => {
-                        return Err(err(line, vat, "type=fast_failover is not supported yet"))
-                    }
+                    "ff" | "fast_failover" => GroupKind::FastFailover,
                     _ => {
                         return Err(err(
                             line,
                             vat,
-                            format!("type={v}: expected all, select or indirect"),
+                            format!("type={v}: expected all, select, indirect or fast_failover"),
                         ))
                     }
                 })
@@ -94,6 +92,7 @@ pub fn parse_group(line: &str) -> Result<Group, ParseError> {
 
 fn bucket(line: &str, start: usize, end: usize) -> Result<Bucket, ParseError> {
     let mut weight = 1u16;
+    let mut watch_port = None;
     let mut items = Tokenizer {
         line,
         pos: start,
@@ -104,11 +103,18 @@ fn bucket(line: &str, start: usize, end: usize) -> Result<Bucket, ParseError> {
         match (t.key, t.value) {
             ("weight", Some((v, vat))) => weight = number(line, "weight", v, vat, 0xffff)? as u16,
             ("bucket_id", Some(_)) => {}
-            ("watch_port" | "watch_group", _) => {
+            ("watch_port", Some((v, vat))) => {
+                watch_port = Some(if v.chars().all(|c| c.is_ascii_digit()) {
+                    crate::flow::PortRef::Number(number(line, "watch_port", v, vat, 0xfeff)? as u16)
+                } else {
+                    crate::flow::PortRef::Name(v.to_string())
+                })
+            }
+            ("watch_group", _) => {
                 return Err(err(
                     line,
                     t.at,
-                    format!("{}: fast_failover groups are not supported yet", t.key),
+                    "watch_group is not supported (watch_port is)",
                 ))
             }
             ("actions", Some((_, vat))) if t.sep == b'=' => {
@@ -147,7 +153,11 @@ fn bucket(line: &str, start: usize, end: usize) -> Result<Bucket, ParseError> {
             "bucket: goto_table and conjunction are not allowed in a group",
         ));
     }
-    Ok(Bucket { weight, actions })
+    Ok(Bucket {
+        weight,
+        watch_port,
+        actions,
+    })
 }
 
 /// A group as `dump-groups` prints it.
@@ -157,6 +167,11 @@ pub fn format_group(g: &Group) -> String {
         s.push_str(",bucket=");
         if g.kind == GroupKind::Select {
             s.push_str(&format!("weight:{},", b.weight));
+        }
+        match &b.watch_port {
+            Some(crate::flow::PortRef::Number(p)) => s.push_str(&format!("watch_port:{p},")),
+            Some(crate::flow::PortRef::Name(n)) => s.push_str(&format!("watch_port:{n},")),
+            None => {}
         }
         s.push_str("actions=");
         s.push_str(&format_actions(&b.actions));

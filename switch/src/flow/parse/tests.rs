@@ -649,14 +649,24 @@ fn groups_and_meters_parse_print_and_refuse_what_is_not_supported() {
     assert_eq!(parse_group(&printed).unwrap(), g);
     let all = parse_group("group_id=1,type=all,bucket=output:1,bucket=output:2").unwrap();
     assert_eq!(parse_group(&format_group(&all)).unwrap(), all);
+    let ff = parse_group(
+        "group_id=5,type=fast_failover,bucket=watch_port:1,output:1,bucket=watch_port:vm2,actions=output:2",
+    )
+    .unwrap();
+    assert_eq!(ff.kind, GroupKind::FastFailover);
+    assert_eq!(
+        format_group(&ff),
+        "group_id=5,type=fast_failover,bucket=watch_port:1,actions=output:1,bucket=watch_port:vm2,actions=output:2"
+    );
+    assert_eq!(parse_group(&format_group(&ff)).unwrap(), ff);
     for (text, want) in [
         (
-            "group_id=1,type=ff,bucket=watch_port:1,output:1",
-            "fast_failover is not supported",
+            "group_id=1,type=ff,bucket=watch_group:1,output:1",
+            "watch_group is not supported",
         ),
         (
-            "group_id=1,type=all,bucket=watch_port:1,output:1",
-            "watch_port: fast_failover",
+            "group_id=1,type=bogus,bucket=output:1",
+            "expected all, select, indirect or fast_failover",
         ),
         (
             "group_id=1,type=indirect,bucket=output:1,bucket=output:2",
