@@ -94,6 +94,9 @@ pub struct Tracked {
     pub label: u128,
     /// The connection's original direction (`ct_nw_src`, ...), unless invalid.
     pub orig: Option<ConnKey>,
+    /// The packet belongs to a stored connection (so committing it again would only apply
+    /// a mark or label).
+    pub stored: bool,
 }
 
 impl Tracked {
@@ -104,6 +107,7 @@ impl Tracked {
             mark: 0,
             label: 0,
             orig: None,
+            stored: false,
         }
     }
 }
@@ -170,6 +174,7 @@ impl Conn {
             mark: self.mark,
             label: self.label,
             orig: Some(self.orig),
+            stored: true,
         }
     }
 }
@@ -447,7 +452,10 @@ impl Conntrack {
         conn.expires_ms = now_ms + conn.timeout_ms();
         let state = ct_state::TRACKED | ct_state::NEW;
         let Some(c) = commit else {
-            return conn.tracked(state);
+            return Tracked {
+                stored: false,
+                ..conn.tracked(state)
+            };
         };
         conn.apply(c);
         if !self.make_room(&mut shard, shard_index, zone, removed) {

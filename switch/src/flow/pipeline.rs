@@ -831,9 +831,22 @@ impl Pipeline {
             set_label: ct.set_label,
         };
         let commit = (ct.commit && !st.tracing).then_some(&options);
-        let tracked = self
-            .conntrack
-            .track(st.header.bytes(), zone, commit, st.now_ms);
+        // The packet was tracked in this zone already, its header unchanged: the same answer,
+        // unless this commits a new connection or sets a mark or label.
+        let reuse = st.last_tracked.filter(|(z, t)| {
+            *z == zone
+                && match commit {
+                    None => true,
+                    Some(c) => t.stored && c.set_mark.is_none() && c.set_label.is_none(),
+                }
+        });
+        let tracked = match reuse {
+            Some((_, t)) => t,
+            None => self
+                .conntrack
+                .track(st.header.bytes(), zone, commit, st.now_ms),
+        };
+        st.last_tracked = Some((zone, tracked));
         let Some(table) = ct.table else {
             return Ok(());
         };
@@ -1119,6 +1132,7 @@ impl Pipeline {
             now_ms,
             resubmits: 0,
             tracing: trace.is_some(),
+            last_tracked: None,
         };
         let outputs_before = outputs.len();
         let halt = self
@@ -1265,8 +1279,18 @@ impl Pipeline {
                 Action::Flood => push(outputs, st, Target::Flood),
                 Action::All => push(outputs, st, Target::All),
                 Action::Normal => push(outputs, st, Target::Normal),
-                Action::Load { dst, value } => exec::fields::load(st, *dst, *value)?,
-                Action::Move { src, dst } => exec::fields::move_bits(st, *src, *dst)?,
+                Action::Load { dst, value } => {
+                    exec::fields::load(st, *dst, *value)?;
+                    if exec::fields::in_header(dst.field) {
+                        st.last_tracked = None;
+                    }
+                }
+                Action::Move { src, dst } => {
+                    exec::fields::move_bits(st, *src, *dst)?;
+                    if exec::fields::in_header(dst.field) {
+                        st.last_tracked = None;
+                    }
+                }
                 Action::CtClear => exec::ct::clear(&mut st.key),
                 // Never matched by itself (see `Conjunctions`).
                 Action::Conjunction { .. } => {}
@@ -1363,7 +1387,10 @@ impl Pipeline {
                 | Action::SetIpv6Dst(_)
                 | Action::SetArp { .. }
                 | Action::SetField { .. }
-                | Action::SetTunnel(_) => exec::header::apply(st, action)?,
+                | Action::SetTunnel(_) => {
+                    exec::header::apply(st, action)?;
+                    st.last_tracked = None;
+                }
                 Action::Resubmit { port, table: t } => {
                     st.count_resubmit()?;
                     let saved_port = st.key.get(Field::InPort);
@@ -2126,6 +2153,39 @@ mod firewall_tests {
             &mut steps,
         );
         assert_eq!(p.snapshot().version, version);
+    }
+
+    #[test]
+    fn a_second_ct_in_the_zone_reuses_the_lookup_only_while_the_header_is_the_same() {
+        let p = Pipeline::new(MissPolicy::Normal);
+        install(
+            &p,
+            "
+            table=0,ip,actions=ct(table=1,zone=1)
+            table=1,ip,ct_state=+new+trk,tcp,tp_dst=22,actions=ct(commit,zone=1),output:2
+            table=1,ip,ct_state=+new+trk,tcp,tp_dst=80,actions=mod_nw_dst:10.0.0.99,ct(commit,zone=1),output:3
+            ",
+        );
+        // Committed on the second ct (the first found no connection).
+        assert_eq!(
+            send(&p, 1, &tcp(true, 40000, 22, 100, None, true)),
+            vec![Target::Port(2)]
+        );
+        assert_eq!(
+            send(&p, 1, &tcp(true, 40000, 22, 100, None, true)),
+            vec![Target::Port(2)]
+        );
+        // After a rewrite the commit tracks the packet as rewritten.
+        assert_eq!(
+            send(&p, 1, &tcp(true, 40001, 80, 100, None, true)),
+            vec![Target::Port(3)]
+        );
+        let conns = p.conntrack().dump(Some(1), p.now_ms());
+        let dsts: Vec<(String, u16)> = conns.iter().map(|c| (c.dst.to_string(), c.dport)).collect();
+        assert_eq!(
+            dsts,
+            vec![("10.0.0.2".to_string(), 22), ("10.0.0.99".to_string(), 80)]
+        );
     }
 
     #[test]

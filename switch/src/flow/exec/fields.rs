@@ -3,7 +3,7 @@
 use super::header::set_field;
 use super::ExecState;
 use crate::flow::action::SubField;
-use crate::flow::key::FlowKey;
+use crate::flow::key::{Field, FlowKey};
 use crate::flow::pipeline::Halt;
 
 /// The bits of `sf`, shifted down to bit 0.
@@ -23,4 +23,12 @@ pub fn load(st: &mut ExecState, dst: SubField, bits: u64) -> Result<(), Halt> {
 pub fn move_bits(st: &mut ExecState, src: SubField, dst: SubField) -> Result<(), Halt> {
     let bits = read(&st.key, src);
     load(st, dst, bits)
+}
+
+/// Whether writing `field` changes the packet's header (not only the pipeline's metadata).
+pub fn in_header(field: Field) -> bool {
+    !matches!(
+        field,
+        Field::Metadata | Field::Reg(_) | Field::XReg(_) | Field::InPort | Field::TunId
+    )
 }

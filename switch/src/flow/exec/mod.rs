@@ -31,6 +31,10 @@ pub struct ExecState {
     pub resubmits: usize,
     /// A trace: `ct(commit)` only looks, and stores nothing.
     pub tracing: bool,
+    /// What the last `ct` found, and in which zone, while the header is as it saw it: a
+    /// second `ct` of the packet in that zone (the `ct(commit)` after `ct(table=...)`) needs
+    /// no second lookup unless it has a connection to store or a mark to set.
+    pub last_tracked: Option<(u16, crate::conntrack::Tracked)>,
 }
 
 impl ExecState {
