@@ -295,3 +295,8 @@ for i, line in enumerate([
     "ct_state=0x21/0x21,ct_zone=5,ct_mark=0x1/0x1,ct_label=0x1/0x1,ip,ct_nw_src=10.0.0.1,actions=ct_clear,resubmit(,1)",
 ]):
     write("parse_flow", "ct-regs-ipv6-%d" % i, bytes([0]) + line.encode())
+
+write("parse_flow", "group-select", bytes([3]) + b"group_id=2,type=select,bucket=weight:10,actions=output:1,bucket=weight:20,mod_vlan_vid:5,output:2")
+write("parse_flow", "group-ff", bytes([3]) + b"group_id=5,type=fast_failover,bucket=watch_port:1,output:1,bucket=watch_port:vm2,actions=output:2")
+write("parse_flow", "meter-pktps", bytes([4]) + b"meter=3,pktps,burst,stats,bands=type=drop,rate=500,burst_size=50")
+write("parse_flow", "learn", bytes([0]) + b"table=2 actions=learn(table=10,hard_timeout=300,NXM_OF_VLAN_TCI[0..11],NXM_OF_ETH_DST[]=NXM_OF_ETH_SRC[],load:NXM_OF_IN_PORT[]->NXM_NX_REG0[0..15],output:NXM_OF_IN_PORT[]),resubmit(,3)")

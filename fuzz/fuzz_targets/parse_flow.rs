@@ -1,12 +1,15 @@
 //! The ovs-ofctl flow syntax on arbitrary text. The first byte picks the syntax (add-flow,
-//! del/dump-flows filter, mod-flows); the rest is the flow. A flow that parses prints to text
-//! that parses to the same flow and prints the same again; a rules file of the same text
-//! never panics either.
+//! del/dump-flows filter, mod-flows; 3 and 4: add-group and add-meter); the rest is the
+//! text. A flow (group, meter) that parses prints to text that parses to the same thing and
+//! prints the same again; a rules file of the same text never panics either.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use patchbay_switch::flow::parse::{parse_flow, parse_flows_file, FlowSyntax};
+use patchbay_switch::flow::parse::{
+    format_group, format_meter, parse_flow, parse_flows_file, parse_group, parse_meter,
+    FlowSyntax,
+};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, text)) = data.split_first() else {
@@ -15,7 +18,24 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(text) else {
         return;
     };
-    let syntax = match which % 3 {
+    match which % 5 {
+        3 => {
+            if let Ok(g) = parse_group(text) {
+                let printed = format_group(&g);
+                assert_eq!(parse_group(&printed).as_ref(), Ok(&g), "{text:?} -> {printed:?}");
+            }
+            return;
+        }
+        4 => {
+            if let Ok(m) = parse_meter(text) {
+                let printed = format_meter(&m);
+                assert_eq!(parse_meter(&printed).as_ref(), Ok(&m), "{text:?} -> {printed:?}");
+            }
+            return;
+        }
+        _ => {}
+    }
+    let syntax = match which % 5 {
         0 => FlowSyntax::Add,
         1 => FlowSyntax::MatchOnly,
         _ => FlowSyntax::Modify,

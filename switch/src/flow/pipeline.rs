@@ -1309,7 +1309,7 @@ impl Pipeline {
                     if st.tracing {
                         continue;
                     }
-                    let flow = learned_flow(spec, &st.key);
+                    let flow = exec::learn::learned_flow(spec, &st.key);
                     // A flow it learned before: refresh its idle time, nothing to add.
                     let known = tables
                         .find(flow.table, &flow.m, flow.priority)
@@ -1416,56 +1416,6 @@ impl Pipeline {
             }
         }
         Ok(next_table)
-    }
-}
-
-/// The flow `learn(spec)` makes from a packet with key `key`.
-fn learned_flow(spec: &crate::flow::action::LearnSpec, key: &FlowKey) -> Flow {
-    use crate::flow::action::{LearnAction, LearnMatch};
-    use exec::fields::read;
-    let mut m = Match::any();
-    for lm in &spec.matches {
-        let (dst, value) = match *lm {
-            LearnMatch::Field { dst, src } => (dst, read(key, src)),
-            LearnMatch::Value { dst, value } => (dst, value),
-        };
-        m.set(dst.field, value << dst.ofs, dst.mask());
-    }
-    let actions: Vec<Action> = spec
-        .actions
-        .iter()
-        .map(|a| match *a {
-            LearnAction::LoadField { dst, src } => Action::Load {
-                dst,
-                value: read(key, src),
-            },
-            LearnAction::LoadValue { dst, value } => Action::Load { dst, value },
-            LearnAction::Output { src } => Action::Output(PortRef::Number(read(key, src) as u16)),
-        })
-        .collect();
-    let mut text = crate::flow::parse::FlowSpec::new(crate::flow::parse::FlowSyntax::Add);
-    text.table = Some(0);
-    text.priority = spec.priority;
-    text.m = m;
-    text.actions = actions.clone();
-    let text = text.to_string();
-    let (match_text, actions_text) = match text.split_once(" actions=") {
-        Some((mt, at)) => (mt.trim().to_string(), at.trim().to_string()),
-        None => (
-            String::new(),
-            text.trim_start_matches("actions=").to_string(),
-        ),
-    };
-    Flow {
-        table: spec.table,
-        priority: spec.priority,
-        m,
-        actions,
-        cookie: spec.cookie,
-        idle_timeout: spec.idle_timeout,
-        hard_timeout: spec.hard_timeout,
-        match_text,
-        actions_text,
     }
 }
 

@@ -5,10 +5,15 @@
 //! - `header.rs`: header rewrites (VLAN, Ethernet, IPv4, L4 ports, TTL, tunnel ID).
 //! - `fields.rs`: `load` and `move` on registers, metadata and header fields.
 //! - `ct.rs`: writing what connection tracking found into the ct fields.
+//! - `learn.rs`: the flow `learn` makes from a packet.
+//!
+//! Groups' buckets are chosen in `flow/group.rs` and meters' buckets kept in
+//! `flow/meter.rs`; the pipeline runs the chosen buckets' actions like a flow's.
 
 pub mod ct;
 pub mod fields;
 pub mod header;
+pub mod learn;
 
 use super::key::FlowKey;
 use super::pipeline::{Halt, MAX_RESUBMITS};

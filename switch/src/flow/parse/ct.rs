@@ -126,9 +126,10 @@ impl<'a> Parser<'a> {
     ) -> Result<(u64, u64), ParseError> {
         if !val.starts_with(['+', '-']) {
             let value = self.uint(key, val, vat, 0xff)?;
+            // The eight defined bits (what the flags spell): `ct_state=0x21` prints as flags.
             let mask = match mask {
                 Some((m, mat)) => self.uint(&format!("{key} mask"), m, mat, 0xff)?,
-                None => Field::CtState.full_mask(),
+                None => 0xff,
             };
             return Ok((value, mask));
         }

@@ -165,7 +165,7 @@ pub fn format_group(g: &Group) -> String {
     let mut s = format!("group_id={},type={}", g.id, g.kind.name());
     for b in &g.buckets {
         s.push_str(",bucket=");
-        if g.kind == GroupKind::Select {
+        if g.kind == GroupKind::Select || b.weight != 1 {
             s.push_str(&format!("weight:{},", b.weight));
         }
         match &b.watch_port {

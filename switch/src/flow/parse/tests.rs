@@ -579,6 +579,10 @@ fn flow_registers_conntrack_and_ipv6_round_trip() {
             "table=74, ipv6,ct_state=+new-est,reg6=0x5/0xffff actions=ct(commit,zone=NXM_NX_REG6[0..15],exec(set_field:0x1->ct_mark,set_field:0x10/0xff->ct_label)),output:2",
         ),
         (
+            "ct_state=0x21,ip,actions=drop",
+            "ip,ct_state=+new-est-rel-rpl-inv+trk-snat-dnat actions=drop",
+        ),
+        (
             "ct_state=+trk+inv,ip,actions=drop",
             "ip,ct_state=+inv+trk actions=drop",
         ),
