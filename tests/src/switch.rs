@@ -193,3 +193,19 @@ pub fn vxlan_test_port() -> u16 {
 pub fn drops(d: &Daemon, name: &str, reason: &str) -> u64 {
     counters(d, name).drop_count(reason)
 }
+
+/// A binary of this workspace build (`target/<profile>/NAME`), for tests that run it.
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
+    let bin = dir.join(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p {name}` first",
+        bin.display()
+    );
+    bin
+}

@@ -8,32 +8,15 @@
 //! the connections each zone committed. The same file is accepted by `ovs-ofctl
 //! parse-flows`.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use patchbay_switch::flow::parse::parse_flows_file;
 use patchbay_tests::guest::{skip_or_fail, GuestImage, GuestNic, QemuGuest};
-use patchbay_tests::switch::{access, start_switch, TestDir};
+use patchbay_tests::switch::{access, start_switch, workspace_bin, TestDir};
 
 const BOOT: Duration = Duration::from_secs(240);
 const RULES: &str = include_str!("data/firewall.flows");
-
-/// A binary of this workspace build (`target/<profile>/NAME`).
-fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
-    let bin = dir.join(name);
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build -p {name}` first",
-        bin.display()
-    );
-    bin
-}
 
 #[test]
 fn firewall_rules_are_ovs_ofctl_syntax() {

@@ -2,30 +2,13 @@
 //! 22 (plus ARP) may pass. The guests see exactly that: ping and an SSH-port connection work,
 //! a web-port connection does not, and the flow counters account for the packets.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use patchbay_tests::guest::{skip_or_fail, GuestImage, GuestNic, QemuGuest};
-use patchbay_tests::switch::{access, start_switch, TestDir};
+use patchbay_tests::switch::{access, start_switch, workspace_bin, TestDir};
 
 const BOOT: Duration = Duration::from_secs(240);
-
-/// A binary of this workspace build (`target/<profile>/NAME`).
-fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
-    let bin = dir.join(name);
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build -p {name}` first",
-        bin.display()
-    );
-    bin
-}
 
 #[test]
 fn flowctl_policy_allows_only_icmp_and_ssh_between_guests() {

@@ -1746,25 +1746,7 @@ mod firewall_tests {
 
     fn pipeline() -> Pipeline {
         let p = Pipeline::new(MissPolicy::Normal);
-        let flows: Vec<FlowMod> = parse_flows_file(RULES)
-            .expect("rules parse")
-            .into_iter()
-            .map(|spec| {
-                let spec = spec.resolve(|_| None).expect("numbered ports");
-                FlowMod::Add(Flow {
-                    table: spec.table.unwrap_or(0),
-                    priority: spec.priority,
-                    m: spec.m,
-                    actions: spec.actions.clone(),
-                    cookie: 0,
-                    idle_timeout: 0,
-                    hard_timeout: 0,
-                    match_text: spec.to_string(),
-                    actions_text: String::new(),
-                })
-            })
-            .collect();
-        p.commit(&flows).expect("rules install");
+        install(&p, RULES);
         p
     }
 
@@ -1898,25 +1880,7 @@ mod firewall_tests {
             table=2,reg0=0x5,actions=output:2
             table=2,reg0=0x7,actions=output:4
         ";
-        let flows: Vec<FlowMod> = parse_flows_file(rules)
-            .expect("rules parse")
-            .into_iter()
-            .map(|spec| {
-                let spec = spec.resolve(|_| None).expect("numbered ports");
-                FlowMod::Add(Flow {
-                    table: spec.table.unwrap_or(0),
-                    priority: spec.priority,
-                    m: spec.m,
-                    actions: spec.actions.clone(),
-                    cookie: 0,
-                    idle_timeout: 0,
-                    hard_timeout: 0,
-                    match_text: spec.to_string(),
-                    actions_text: String::new(),
-                })
-            })
-            .collect();
-        p.commit(&flows).expect("rules install");
+        install(&p, rules);
         let frame = tcp(true, 40000, 22, 100, None, true);
         let run = |in_port: u16| {
             let mut out = Vec::new();
