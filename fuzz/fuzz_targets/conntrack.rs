@@ -1,5 +1,6 @@
 //! Connection tracking on arbitrary packets: a sequence of records, each a flags byte (bit 0:
-//! commit with a mark, bits 1-2: the zone, bit 3: advance the clock 40 s and expire), a length
+//! commit with a mark, bits 1-2: the zone, bit 3: advance the clock 40 s and expire, bit 4:
+//! force the commit), a length
 //! byte, then that many bytes of an Ethernet frame's start. Checks that nothing panics, that
 //! every packet comes back tracked, that the limits (8 connections, 3 in zone 1) hold, that
 //! the per-zone counts add up to the total, and that a flush empties the table.
@@ -19,6 +20,11 @@ fuzz_target!(|data: &[u8]| {
     let commit = CommitOptions {
         set_mark: Some((7, u32::MAX)),
         set_label: None,
+        force: false,
+    };
+    let forced = CommitOptions {
+        force: true,
+        ..commit
     };
     let mut now = 0u64;
     let mut rest = data;
@@ -31,7 +37,8 @@ fuzz_target!(|data: &[u8]| {
             ct.expire(now);
         }
         let zone = u16::from((flags >> 1) & 3);
-        let t = ct.track(frame, zone, (flags & 1 != 0).then_some(&commit), now);
+        let options = if flags & 0x10 != 0 { &forced } else { &commit };
+        let t = ct.track(frame, zone, (flags & 1 != 0).then_some(options), now);
         assert_ne!(t.state & ct_state::TRACKED, 0);
         if t.state & ct_state::INVALID != 0 {
             assert_eq!(t.state, ct_state::TRACKED | ct_state::INVALID);

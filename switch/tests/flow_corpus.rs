@@ -81,7 +81,7 @@ fn flow_corpus_parses_round_trips_or_names_the_unsupported() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(accepted + rejected >= 140, "{accepted} + {rejected} rules");
     assert!(
-        accepted >= 120 && rejected >= 15,
+        accepted >= 120 && rejected >= 10,
         "{accepted} accepted, {rejected} rejected"
     );
 }

@@ -82,6 +82,9 @@ impl Default for Limits {
 pub struct CommitOptions {
     pub set_mark: Option<(u32, u32)>,
     pub set_label: Option<(u128, u128)>,
+    /// A packet in the reply direction of a connection ends it, and a new one is committed
+    /// in the packet's direction (`ct(commit,force)`).
+    pub force: bool,
 }
 
 /// What tracking a packet found: the ct fields a later table matches on.
@@ -387,12 +390,14 @@ impl Conntrack {
             let Some(conn) = shard.get_mut(slot) else {
                 return Tracked::invalid(zone);
             };
-            let reopens = match (&conn.proto, &pkt.transport) {
-                (ProtoState::Tcp(t), Transport::Tcp(seg)) => {
-                    t.is_closed() && TcpConn::can_open(seg)
-                }
-                _ => false,
-            };
+            let forced = reply && commit.is_some_and(|c| c.force);
+            let reopens = forced
+                || match (&conn.proto, &pkt.transport) {
+                    (ProtoState::Tcp(t), Transport::Tcp(seg)) => {
+                        t.is_closed() && TcpConn::can_open(seg)
+                    }
+                    _ => false,
+                };
             if !reopens {
                 let valid = match (&mut conn.proto, &pkt.transport) {
                     (ProtoState::Tcp(t), Transport::Tcp(seg)) => {
@@ -428,7 +433,8 @@ impl Conntrack {
                 }
                 return tracked;
             }
-            // A new SYN on a closed connection's ports: the old one is over.
+            // A new SYN on a closed connection's ports, or a forced commit against the
+            // connection's direction: the old one is over.
             shard.remove(slot, removed);
         }
         // No connection yet: may this packet open one?

@@ -120,6 +120,7 @@ fn udp(from_a: bool) -> Vec<u8> {
 const COMMIT: CommitOptions = CommitOptions {
     set_mark: None,
     set_label: None,
+    force: false,
 };
 
 /// Tracks and returns the state bits.
@@ -438,6 +439,7 @@ fn zones_keep_connections_apart_and_commit_sets_mark_and_label() {
     let marked = CommitOptions {
         set_mark: Some((0x12, 0xff)),
         set_label: Some((1 << 100, 1 << 100)),
+        force: false,
     };
     let t = ct.track(&udp(true), 1, Some(&marked), 0);
     assert_eq!(
@@ -555,4 +557,29 @@ fn icmpv6_errors_for_a_connection_are_related_within_the_flow_tables_prefix() {
     let mut other = quoted.to_vec();
     other[43] ^= 1; // another destination port
     assert_eq!(track(&ct, &error(&other), false, 1), TRACKED | INVALID);
+}
+
+#[test]
+fn a_forced_commit_against_a_connection_replaces_it_in_the_packets_direction() {
+    let ct = Conntrack::default();
+    assert_eq!(track(&ct, &udp(true), true, 0), TRACKED | NEW);
+    let force = CommitOptions {
+        force: true,
+        ..COMMIT
+    };
+    // B's datagram is A's connection's reply; forced, it becomes a new connection from B.
+    let t = ct.track(&udp(false), 0, Some(&force), 1);
+    assert_eq!(t.state, TRACKED | NEW);
+    assert_eq!(t.orig.map(|o| o.src), Some(IpAddr::from(B)));
+    assert_eq!(ct.len(), 1);
+    // A's datagram is now the reply.
+    assert_eq!(
+        track(&ct, &udp(true), false, 2),
+        TRACKED | ESTABLISHED | REPLY
+    );
+    // In its own direction force changes nothing.
+    assert_eq!(
+        ct.track(&udp(false), 0, Some(&force), 3).state,
+        TRACKED | ESTABLISHED
+    );
 }

@@ -130,6 +130,9 @@ pub struct CtAction {
     /// Store a new connection (and apply `exec`); without it a new connection is only
     /// looked at.
     pub commit: bool,
+    /// With `commit`: a packet in the reply direction of a connection ends it and commits a
+    /// new one in its own direction.
+    pub force: bool,
     pub zone: CtZone,
     /// Where the tracked copy of the packet continues (with the ct fields set); `None`:
     /// nowhere (only `commit` has an effect).

@@ -829,6 +829,7 @@ impl Pipeline {
         let options = CommitOptions {
             set_mark: ct.set_mark,
             set_label: ct.set_label,
+            force: ct.force,
         };
         let commit = (ct.commit && !st.tracing).then_some(&options);
         // The packet was tracked in this zone already, its header unchanged: the same answer,
@@ -837,7 +838,9 @@ impl Pipeline {
             *z == zone
                 && match commit {
                     None => true,
-                    Some(c) => t.stored && c.set_mark.is_none() && c.set_label.is_none(),
+                    Some(c) => {
+                        t.stored && c.set_mark.is_none() && c.set_label.is_none() && !c.force
+                    }
                 }
         });
         let tracked = match reuse {

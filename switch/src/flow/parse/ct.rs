@@ -3,7 +3,7 @@
 //!
 //! `ct(commit, zone=N|zone=SUBFIELD, table=T, exec(set_field:V[/M]->ct_mark,
 //! set_field:V[/M]->ct_label, load:V->NXM_NX_CT_MARK[..], load:V->NXM_NX_CT_LABEL[..]))` as
-//! ovs-ofctl writes it. `nat`, `alg=` and `force` are refused by name.
+//! ovs-ofctl writes it, and `force`. `nat` and `alg=` are refused by name.
 
 use super::fields::{exact, get128};
 use super::token::{Token, Tokenizer};
@@ -25,16 +25,9 @@ const CT_FLAGS: [(&str, u64); 8] = [
     ("dnat", ct_state::DNAT),
 ];
 
-/// `+trk+est-new` (flags and their values) or `0x22/0x3f`.
+/// `+trk+est-new` (flags and their values).
 fn fmt_ct_state(v: u64, mask: u64) -> String {
-    let mut s = String::new();
-    for (name, bit) in CT_FLAGS {
-        if mask & bit != 0 {
-            s.push(if v & bit != 0 { '+' } else { '-' });
-            s.push_str(name);
-        }
-    }
-    s
+    super::fields::fmt_flags(v, mask, &CT_FLAGS)
 }
 
 /// The ct match fields as ovs-ofctl prints them.
@@ -86,6 +79,9 @@ pub(super) fn format_ct(ct: &CtAction) -> String {
     if ct.commit {
         parts.push("commit".to_string());
     }
+    if ct.force {
+        parts.push("force".to_string());
+    }
     match ct.zone {
         CtZone::Value(0) => {}
         CtZone::Value(z) => parts.push(format!("zone={z}")),
@@ -116,7 +112,8 @@ pub(super) fn format_ct(ct: &CtAction) -> String {
 }
 
 impl<'a> Parser<'a> {
-    /// A `ct_state` value: flags (`+trk+est-new`) or a number with an optional mask.
+    /// A `ct_state` value: flags (`+trk+est-new`) or a number with an optional mask (of
+    /// the eight defined bits, so `ct_state=0x21` prints as flags).
     pub(super) fn ct_state(
         &self,
         key: &str,
@@ -124,46 +121,7 @@ impl<'a> Parser<'a> {
         vat: usize,
         mask: Option<(&str, usize)>,
     ) -> Result<(u64, u64), ParseError> {
-        if !val.starts_with(['+', '-']) {
-            let value = self.uint(key, val, vat, 0xff)?;
-            // The eight defined bits (what the flags spell): `ct_state=0x21` prints as flags.
-            let mask = match mask {
-                Some((m, mat)) => self.uint(&format!("{key} mask"), m, mat, 0xff)?,
-                None => 0xff,
-            };
-            return Ok((value, mask));
-        }
-        if let Some((_, mat)) = mask {
-            return Err(self.err(mat - 1, format!("{key}: flags take no mask")));
-        }
-        let (mut value, mut mask) = (0u64, 0u64);
-        let mut rest = val;
-        let mut at = vat;
-        while let Some(sign) = rest.chars().next() {
-            let end = rest[1..].find(['+', '-']).map_or(rest.len(), |i| i + 1);
-            let name = &rest[1..end];
-            let Some((_, bit)) = CT_FLAGS.iter().find(|(n, _)| *n == name) else {
-                return Err(self.err(
-                    at,
-                    format!(
-                        "{key}: unknown flag '{name}' (one of new, est, rel, rpl, inv, trk, snat, dnat)"
-                    ),
-                ));
-            };
-            if sign != '+' && sign != '-' {
-                return Err(self.err(at, format!("{key}: expected '+' or '-' before '{name}'")));
-            }
-            if mask & bit != 0 {
-                return Err(self.err(at, format!("{key}: '{name}' given twice")));
-            }
-            mask |= bit;
-            if sign == '+' {
-                value |= bit;
-            }
-            at += end;
-            rest = &rest[end..];
-        }
-        Ok((value, mask))
+        self.flags(key, val, vat, mask, &CT_FLAGS, 0xff)
     }
 
     /// `ct(...)`; `arg` is the text between the parentheses, at byte `aat` of the line.
@@ -175,6 +133,7 @@ impl<'a> Parser<'a> {
     ) -> Result<Action, ParseError> {
         let mut ct = CtAction {
             commit: false,
+            force: false,
             zone: CtZone::Value(0),
             table: None,
             set_mark: None,
@@ -210,9 +169,12 @@ impl<'a> Parser<'a> {
                         "ct: alg= is not supported (no application layer gateways in this version)",
                     ))
                 }
-                ("force", _) => return Err(self.err(item.at, "ct: force is not supported")),
+                ("force", None) => ct.force = true,
                 (k, _) => return Err(self.err(item.at, format!("ct: unsupported option '{k}'"))),
             }
+        }
+        if ct.force && !ct.commit {
+            return Err(self.err(t.at, "ct: force needs commit"));
         }
         if let (Some(at), false) = (exec_at, ct.commit) {
             return Err(self.err(

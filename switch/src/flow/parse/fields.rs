@@ -28,6 +28,33 @@ pub(super) enum Kind {
     Label,
     /// An IPv6 address with an optional prefix length: stored as two halves.
     Ipv6,
+    /// `+syn-ack` flags or a number/mask.
+    TcpFlags,
+}
+
+/// TCP flag names, in bit order (as ovs-ofctl prints them).
+const TCP_FLAGS: [(&str, u64); 9] = [
+    ("fin", 0x001),
+    ("syn", 0x002),
+    ("rst", 0x004),
+    ("psh", 0x008),
+    ("ack", 0x010),
+    ("urg", 0x020),
+    ("ece", 0x040),
+    ("cwr", 0x080),
+    ("ns", 0x100),
+];
+
+/// `+a-b`: the flags of `mask`, `+` where `v` has them.
+pub(super) fn fmt_flags(v: u64, mask: u64, names: &[(&str, u64)]) -> String {
+    let mut s = String::new();
+    for (name, bit) in names {
+        if mask & bit != 0 {
+            s.push(if v & bit != 0 { '+' } else { '-' });
+            s.push_str(name);
+        }
+    }
+    s
 }
 
 /// What a field or action needs the match to say about the packet.
@@ -167,7 +194,7 @@ pub(super) fn field_def(name: &str) -> Option<(Field, Kind, Option<Prereq>)> {
         "icmpv6_code" => (F::TpDst, int(8, false), Some(Prereq::Icmpv6)),
         "nw_ttl" => (F::NwTtl, int(8, false), Some(Prereq::IpAny)),
         "nw_ecn" | "ip_ecn" => (F::NwEcn, int(2, false), Some(Prereq::IpAny)),
-        "tcp_flags" => (F::TcpFlags, int(12, true), Some(Prereq::Tcp)),
+        "tcp_flags" => (F::TcpFlags, Kind::TcpFlags, Some(Prereq::Tcp)),
         _ => return None,
     })
 }
@@ -524,6 +551,7 @@ impl<'a> Parser<'a> {
                 | Kind::CtState
                 | Kind::Label
                 | Kind::Ipv6
+                | Kind::TcpFlags
                 | Kind::Int { maskable: true, .. }
         );
         if let (Some((_, mat)), false) = (mask, maskable) {
@@ -601,6 +629,7 @@ impl<'a> Parser<'a> {
                 (tos, 0xff)
             }
             Kind::CtState => self.ct_state(key, val, vat, mask)?,
+            Kind::TcpFlags => self.flags(key, val, vat, mask, &TCP_FLAGS, 0xfff)?,
             Kind::Label => {
                 let value = self.uint128(key, val, vat)?;
                 let mask = match mask {
@@ -634,6 +663,65 @@ impl<'a> Parser<'a> {
             }
         };
         self.add_match(key, at, field, value & mask, mask)
+    }
+}
+
+impl<'a> Parser<'a> {
+    /// A flag set: `+name-name...` (each at most once) or a number with an optional mask
+    /// (`full` without one).
+    pub(super) fn flags(
+        &self,
+        key: &str,
+        val: &str,
+        vat: usize,
+        mask: Option<(&str, usize)>,
+        names: &[(&str, u64)],
+        full: u64,
+    ) -> Result<(u64, u64), ParseError> {
+        // A leading name without a sign means `+name` (`tcp_flags=syn+ack`); the offset
+        // moves back by the sign added, so columns still point into the text.
+        let signed;
+        let (val, vat) = if val.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            signed = format!("+{val}");
+            (signed.as_str(), vat.saturating_sub(1))
+        } else {
+            (val, vat)
+        };
+        if !val.starts_with(['+', '-']) {
+            let value = self.uint(key, val, vat, full)?;
+            let mask = match mask {
+                Some((m, mat)) => self.uint(&format!("{key} mask"), m, mat, full)?,
+                None => full,
+            };
+            return Ok((value, mask));
+        }
+        if let Some((_, mat)) = mask {
+            return Err(self.err(mat - 1, format!("{key}: flags take no mask")));
+        }
+        let (mut value, mut mask) = (0u64, 0u64);
+        let mut rest = val;
+        let mut at = vat;
+        while let Some(sign) = rest.chars().next() {
+            let end = rest[1..].find(['+', '-']).map_or(rest.len(), |i| i + 1);
+            let name = &rest[1..end];
+            let Some((_, bit)) = names.iter().find(|(n, _)| *n == name) else {
+                let all: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
+                return Err(self.err(
+                    at,
+                    format!("{key}: unknown flag '{name}' (one of {})", all.join(", ")),
+                ));
+            };
+            if mask & bit != 0 {
+                return Err(self.err(at, format!("{key}: '{name}' given twice")));
+            }
+            mask |= bit;
+            if sign == '+' {
+                value |= bit;
+            }
+            at += end;
+            rest = &rest[end..];
+        }
+        Ok((value, mask))
     }
 }
 
@@ -864,7 +952,9 @@ pub(super) fn match_items(m: &Match, in_port: Option<&PortRef>) -> Vec<String> {
         }
     }
     let (v, mask) = m.get(Field::TcpFlags);
-    if mask != 0 {
+    if mask & !0x1ff == 0 && mask != 0 {
+        items.push(format!("tcp_flags={}", fmt_flags(v, mask, &TCP_FLAGS)));
+    } else if mask != 0 {
         items.push(fmt_masked_hex(
             "tcp_flags",
             v,

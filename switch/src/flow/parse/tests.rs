@@ -420,6 +420,7 @@ fn flow_tunnel_ids_beyond_24_bits_are_refused() {
 fn flow_errors_name_the_thing_and_column() {
     const CASES: &str = r#"
      10 | ct_state: unknown flag 'foo' | ct_state=+foo,actions=drop
+     15 | tcp_flags: unknown flag 'sin' | tcp,tcp_flags=+sin,actions=drop
      14 | ct_state: 'trk' given twice | ct_state=+trk+trk,actions=drop
      14 | ct_state: flags take no mask | ct_state=+trk/0x20,actions=drop
       4 | unsupported field 'reg16' | ip,reg16=1,actions=drop
@@ -430,7 +431,7 @@ fn flow_errors_name_the_thing_and_column() {
       5 | ct_nw_src requires dl_type=0x0800 (ip) | arp,ct_nw_src=1.1.1.1,actions=drop
      22 | ct: nat is not supported | ip,actions=ct(commit,nat)
      22 | ct: alg= is not supported | ip,actions=ct(commit,alg=ftp)
-     15 | ct: force is not supported | ip,actions=ct(force)
+     12 | ct: force needs commit | ip,actions=ct(force)
      15 | ct: unsupported option 'foo' | ip,actions=ct(foo=1)
      15 | ct: exec(...) needs commit | ip,actions=ct(exec(set_field:1->ct_mark))
      40 | ct exec: only ct_mark and ct_label can be set | ip,actions=ct(commit,exec(set_field:1->reg0))
@@ -579,6 +580,18 @@ fn flow_registers_conntrack_and_ipv6_round_trip() {
             "table=74, ipv6,ct_state=+new-est,reg6=0x5/0xffff actions=ct(commit,zone=NXM_NX_REG6[0..15],exec(set_field:0x1->ct_mark,set_field:0x10/0xff->ct_label)),output:2",
         ),
         (
+            "ip,actions=ct(force,commit,zone=3)",
+            "ip actions=ct(commit,force,zone=3)",
+        ),
+        (
+            "tcp,tcp_flags=syn-ack+fin,actions=drop",
+            "tcp,tcp_flags=+fin+syn-ack actions=drop",
+        ),
+        (
+            "tcp,tcp_flags=0x800/0x800,actions=drop",
+            "tcp,tcp_flags=0x800/0x800 actions=drop",
+        ),
+        (
             "ct_state=0x21,ip,actions=drop",
             "ip,ct_state=+new-est-rel-rpl-inv+trk-snat-dnat actions=drop",
         ),
@@ -600,7 +613,7 @@ fn flow_registers_conntrack_and_ipv6_round_trip() {
         ),
         (
             "tcp6,ipv6_label=0x12345,nw_ttl=64,tcp_flags=0x2/0x12,tcp_dst=80,actions=NORMAL",
-            "tcp6,ipv6_label=0x12345,nw_ttl=64,tp_dst=80,tcp_flags=0x2/0x12 actions=NORMAL",
+            "tcp6,ipv6_label=0x12345,nw_ttl=64,tp_dst=80,tcp_flags=+syn-ack actions=NORMAL",
         ),
         (
             "priority=7,ip,nw_src=10.0.0.1,actions=conjunction(5, 1/2),conjunction(6,2/3)",
