@@ -525,6 +525,13 @@ fn groups_send_to_every_bucket_to_one_by_flow_hash_or_to_their_one() {
             d.switch.port_by_name("c").unwrap().id
         )
     );
+    // Groups chain, but never in a loop.
+    flows::add_group(&d.switch, "group_id=4,type=indirect,bucket=group:3", false).expect("a chain");
+    let looped = flows::add_group(&d.switch, "group_id=3,type=indirect,bucket=group:4", true);
+    assert!(
+        looped.is_err_and(|e| e.contains("would reach itself")),
+        "a loop is refused"
+    );
     // Deleting a group takes the flows that use it.
     assert_eq!(flows::del_groups(&d.switch, Some(1)), Ok(1));
     assert_eq!(d.switch.flows().snapshot().len(), 2);

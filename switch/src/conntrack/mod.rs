@@ -43,13 +43,13 @@ pub mod ct_state {
     pub const DNAT: u64 = 0x80;
 }
 
-/// Connections stored at most, unless configured (about 250 bytes each: see
+/// Connections stored at most, unless configured (about 270 bytes each: see
 /// [`BYTES_PER_CONNECTION`]).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
 /// What a stored connection costs: its slot, and two entries (one per direction) in its
 /// shard's index with the map's spare room (checked with `size_of` in a test; up to twice
 /// that while a shard's vectors grow).
-pub const BYTES_PER_CONNECTION: usize = 256;
+pub const BYTES_PER_CONNECTION: usize = 272;
 const SHARDS: usize = 16;
 /// Idle timeouts of connections other than TCP (the Linux nf_conntrack defaults).
 const UDP_TIMEOUT_MS: u64 = 30_000;
@@ -390,7 +390,13 @@ impl Conntrack {
             let Some(conn) = shard.get_mut(slot) else {
                 return Tracked::invalid(zone);
             };
-            let forced = reply && commit.is_some_and(|c| c.force);
+            // A forced commit replaces the connection only if this packet can open one.
+            let can_open = match &pkt.transport {
+                Transport::Tcp(seg) => TcpConn::can_open(seg),
+                Transport::Echo => packet::is_echo_request(key.proto, key.icmp_type),
+                _ => true,
+            };
+            let forced = reply && can_open && commit.is_some_and(|c| c.force);
             let reopens = forced
                 || match (&conn.proto, &pkt.transport) {
                     (ProtoState::Tcp(t), Transport::Tcp(seg)) => {

@@ -291,6 +291,10 @@ fn transport(b: &[u8], ip: Ip, zone: u16, quoted: bool) -> Result<Packet, Untrac
                     _ => ipv6(b, inner_l3)?,
                 };
                 let quoted = transport(b, inner, zone, true)?;
+                // An error goes back to whoever sent the packet it quotes.
+                if quoted.key.src != ip.dst {
+                    return Err(Untrackable::Malformed);
+                }
                 Transport::Error(quoted.key)
             } else if echo_pair(ip.proto, ty).is_some() {
                 key.icmp_type = ty;

@@ -12,10 +12,11 @@ use std::net::IpAddr;
 use super::packet::ConnKey;
 use super::{Conn, Removed};
 
-/// A [`ConnKey`] as five words: addresses as IPv6 (IPv4 mapped), then zone, protocol, ICMP
-/// type and ports.
+/// A [`ConnKey`] as six words: addresses as IPv6 (IPv4 mapped), then zone, protocol, ICMP
+/// type and ports, then the address family (so an IPv6 packet with IPv4-mapped addresses is
+/// not an IPv4 connection's).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(super) struct Packed([u64; 5]);
+pub(super) struct Packed([u64; 6]);
 
 fn words(ip: IpAddr) -> (u64, u64) {
     let v = match ip {
@@ -34,7 +35,8 @@ impl Packed {
             | (u64::from(k.icmp_type) << 32)
             | (u64::from(k.sport) << 16)
             | u64::from(k.dport);
-        Packed([sh, sl, dh, dl, meta])
+        let v6 = u64::from(matches!(k.src, IpAddr::V6(_)));
+        Packed([sh, sl, dh, dl, meta, v6])
     }
 }
 
@@ -59,11 +61,17 @@ fn folded_multiply(a: u64, b: u64) -> u64 {
 /// and the two added; the ICMP type, which differs between directions, is left out.
 #[inline]
 pub(super) fn hash(p: &Packed, s: &Seeds) -> u64 {
-    let [sh, sl, dh, dl, meta] = p.0;
+    let [sh, sl, dh, dl, meta, v6] = p.0;
     let (sport, dport) = ((meta >> 16) & 0xffff, meta & 0xffff);
-    let endpoint =
-        |hi: u64, lo: u64, port: u64| folded_multiply(hi ^ s.0[0], lo ^ s.0[1] ^ (port << 48));
-    let zone_proto = meta >> 40;
+    // The port gets a multiply of its own: xored into an address word, a chosen address
+    // could cancel it (and pile connections onto one hash).
+    let endpoint = |hi: u64, lo: u64, port: u64| {
+        folded_multiply(
+            folded_multiply(hi ^ s.0[0], lo ^ s.0[1]) ^ port ^ s.0[4],
+            s.0[5],
+        )
+    };
+    let zone_proto = (meta >> 40) | (v6 << 24);
     let h = endpoint(sh, sl, sport).wrapping_add(endpoint(dh, dl, dport));
     folded_multiply(h ^ s.0[2], zone_proto ^ s.0[3])
 }
@@ -182,13 +190,17 @@ impl Shard {
             },
             slot,
         );
-        self.index.insert(
-            HKey {
-                hash,
-                key: Packed::of(&orig.reverse()),
-            },
-            slot | REPLY,
-        );
+        // A connection whose two directions are the same key (an address talking to itself
+        // from and to one port) has only its original direction.
+        if orig.reverse() != orig {
+            self.index.insert(
+                HKey {
+                    hash,
+                    key: Packed::of(&orig.reverse()),
+                },
+                slot | REPLY,
+            );
+        }
         self.slots[slot as usize] = Some(conn);
     }
 

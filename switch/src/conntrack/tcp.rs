@@ -164,6 +164,16 @@ impl TcpConn {
 
     /// Tracks a segment sent by side `from` (0: the opener, 1: the answerer).
     pub fn update(&mut self, from: usize, seg: &TcpSegment) -> Verdict {
+        // An invalid segment changes nothing: work on a copy, keep it only if valid.
+        let mut next = self.clone();
+        let verdict = next.track(from, seg);
+        if verdict == Verdict::Valid {
+            *self = next;
+        }
+        verdict
+    }
+
+    fn track(&mut self, from: usize, seg: &TcpSegment) -> Verdict {
         let from = from & 1;
         let (src_i, dst_i) = (from, 1 - from);
         if seg.options_unknown && seg.flags & SYN != 0 {

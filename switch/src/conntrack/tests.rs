@@ -583,3 +583,73 @@ fn a_forced_commit_against_a_connection_replaces_it_in_the_packets_direction() {
         TRACKED | ESTABLISHED
     );
 }
+
+#[test]
+fn review_findings_hold() {
+    // A connection whose two directions are one key (a host to itself, one port): its
+    // packets are all of the original direction.
+    let ct = Conntrack::default();
+    let mut own = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, MAC_A)
+        .ipv4(A, A, 64)
+        .udp(7, 7)
+        .write(&mut own, b"x")
+        .expect("frame");
+    assert_eq!(track(&ct, &own, true, 0), TRACKED | NEW);
+    assert_eq!(track(&ct, &own, false, 1), TRACKED | NEW);
+    assert_eq!(ct.flush(None), 1);
+
+    // IPv6 with IPv4-mapped addresses is not the IPv4 connection's reply.
+    assert_eq!(track(&ct, &udp(true), true, 0), TRACKED | NEW);
+    let mapped = |ip: [u8; 4]| std::net::Ipv4Addr::from(ip).to_ipv6_mapped().octets();
+    let mut v6 = Vec::new();
+    PacketBuilder::ethernet2(MAC_B, MAC_A)
+        .ipv6(mapped(B), mapped(A), 64)
+        .udp(53, 5000)
+        .write(&mut v6, b"x")
+        .expect("frame");
+    assert_eq!(track(&ct, &v6, false, 1), TRACKED | NEW);
+
+    // An ICMP error sent to someone other than the quoted packet's sender is not related.
+    let mut stray = Vec::new();
+    PacketBuilder::ethernet2(MAC_B, MAC_A)
+        .ipv4(B, [10, 0, 0, 3], 64)
+        .icmpv4_raw(3, 3, [0; 4])
+        .write(&mut stray, &udp(true)[14..14 + 28])
+        .expect("frame");
+    assert_eq!(track(&ct, &stray, false, 1), TRACKED | INVALID);
+    ct.flush(None);
+
+    // A bogus first answer (acking what was never sent) leaves the connection unanswered.
+    assert_eq!(
+        track(&ct, &seg(true, 1000).syn().frame(), true, 0),
+        TRACKED | NEW
+    );
+    assert_eq!(
+        track(
+            &ct,
+            &seg(false, 5000).syn().ack(1001 + 500_000).frame(),
+            false,
+            1
+        ),
+        TRACKED | INVALID
+    );
+    assert_eq!(
+        track(&ct, &seg(true, 1000).syn().frame(), false, 2),
+        TRACKED | NEW
+    );
+    assert_eq!(states(&ct), ["SYN_SENT"]);
+
+    // A forced commit by a packet that cannot open a connection keeps the connection.
+    let force = CommitOptions {
+        force: true,
+        ..COMMIT
+    };
+    let ack_only = seg(false, 5000).ack(1001).frame();
+    assert_eq!(
+        ct.track(&ack_only, 0, Some(&force), 3).state,
+        TRACKED | ESTABLISHED | REPLY,
+        "tracked as the connection's reply, not a new connection"
+    );
+    assert_eq!(ct.len(), 1);
+}

@@ -348,6 +348,29 @@ impl Tables {
         ids
     }
 
+    /// Whether group `from`'s buckets lead (through other groups) to group `to`.
+    fn group_reaches(&self, from: u32, to: u32) -> bool {
+        let mut seen = Vec::new();
+        let mut stack = vec![from];
+        while let Some(g) = stack.pop() {
+            if g == to {
+                return true;
+            }
+            if seen.contains(&g) {
+                continue;
+            }
+            seen.push(g);
+            if let Some(e) = self.groups.get(&g) {
+                for a in e.group.buckets.iter().flat_map(|b| b.actions.iter()) {
+                    if let Action::Group(next) = a {
+                        stack.push(*next);
+                    }
+                }
+            }
+        }
+        false
+    }
+
     /// Every group and meter `actions` use exists.
     fn check_references(&self, actions: &[Action]) -> Result<(), PipelineError> {
         let mut bucket_actions = Vec::new();
@@ -408,9 +431,12 @@ impl Tables {
                 for b in &g.buckets {
                     for a in &b.actions {
                         if let Action::Group(inner) = a {
-                            // Groups may chain, but not to themselves.
                             if *inner == g.id || !self.groups.contains_key(inner) {
                                 return Err(PipelineError::NoSuchGroup(*inner));
+                            }
+                            // Groups may chain, but not in a loop back to this one.
+                            if self.group_reaches(*inner, g.id) {
+                                return Err(PipelineError::GroupLoop(g.id));
                             }
                         }
                     }
@@ -742,6 +768,8 @@ pub struct Pipeline {
     conntrack: Arc<Conntrack>,
     /// Flows `learn` could not add (a limit, or a group or meter gone).
     pub learn_refused: AtomicU64,
+    /// No learned bundle is tried before this time (after one was refused).
+    learn_retry_ms: AtomicU64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -759,6 +787,8 @@ pub enum PipelineError {
     NoSuchGroup(u32),
     #[error("group {0} exists already (mod-group changes it)")]
     GroupExists(u32),
+    #[error("group {0} would reach itself through its buckets' groups")]
+    GroupLoop(u32),
     #[error("meter {0} does not exist (add it with add-meter first)")]
     NoSuchMeter(u32),
     #[error("meter {0} exists already (mod-meter changes it)")]
@@ -801,6 +831,7 @@ impl Pipeline {
             resubmit_limit_drops: AtomicU64::new(0),
             conntrack: Arc::new(Conntrack::default()),
             learn_refused: AtomicU64::new(0),
+            learn_retry_ms: AtomicU64::new(0),
         }
     }
 
@@ -870,6 +901,8 @@ impl Pipeline {
         }
         let mut copy = *st;
         exec::ct::write(&mut copy.key, &tracked);
+        // What the copy commits or marks, this packet's remembered answer would not know.
+        st.last_tracked = None;
         let result = self.run_table(
             tables,
             table,
@@ -936,9 +969,16 @@ impl Pipeline {
         // flows it had learned before).
         if !thread.learned.is_empty() {
             let adds: Vec<FlowMod> = thread.learned.drain(..).map(FlowMod::Add).collect();
-            if self.commit(&adds).is_err() {
+            // After a refused bundle (the flow limit, most likely) no new try for a second:
+            // each try copies the tables.
+            if thread.now_ms < self.learn_retry_ms.load(Ordering::Relaxed) {
                 self.learn_refused
                     .fetch_add(adds.len() as u64, Ordering::Relaxed);
+            } else if self.commit(&adds).is_err() {
+                self.learn_refused
+                    .fetch_add(adds.len() as u64, Ordering::Relaxed);
+                self.learn_retry_ms
+                    .store(thread.now_ms + 1000, Ordering::Relaxed);
             }
         }
     }
@@ -1355,6 +1395,11 @@ impl Pipeline {
                                 .collect()
                         }
                     };
+                    if depth > MAX_RESUBMIT_DEPTH {
+                        return Err(Halt::DepthLimit);
+                    }
+                    // A bucket's copy may commit or mark in conntrack.
+                    st.last_tracked = None;
                     // Each bucket works on its own copy of the packet (as OVS's clone).
                     for bucket in chosen {
                         st.count_resubmit()?;
