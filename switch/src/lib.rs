@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod offload;
 pub mod port;
 pub mod port_security;
+pub mod prehash;
 pub mod rate_limit;
 pub mod switch;
 pub mod tunnel;

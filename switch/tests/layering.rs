@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
         "port_security",
         "conntrack",
         "rate_limit",
+        "prehash",
     ],
     &["port"],
     &["frame"],

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 
 use super::packet::ConnKey;
 use super::{Conn, Removed};
+use crate::prehash::{folded_multiply, PreHashed};
 
 /// A [`ConnKey`] as six words: addresses as IPv6 (IPv4 mapped), then zone, protocol, ICMP
 /// type and ports, then the address family (so an IPv6 packet with IPv4-mapped addresses is
@@ -51,12 +52,6 @@ impl Seeds {
     }
 }
 
-#[inline(always)]
-fn folded_multiply(a: u64, b: u64) -> u64 {
-    let p = u128::from(a) * u128::from(b);
-    (p as u64) ^ ((p >> 64) as u64)
-}
-
 /// The same for a key and its reverse: each endpoint (address and port) is hashed on its own
 /// and the two added; the ICMP type, which differs between directions, is left out.
 #[inline]
@@ -87,25 +82,6 @@ impl Hash for HKey {
     #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
         state.write_u64(self.hash);
-    }
-}
-
-#[derive(Default, Clone, Copy)]
-struct PreHashed(u64);
-
-impl Hasher for PreHashed {
-    fn write(&mut self, _: &[u8]) {
-        unreachable!("only HKey is hashed with PreHashed")
-    }
-
-    #[inline]
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
     }
 }
 

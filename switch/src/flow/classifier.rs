@@ -24,6 +24,7 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 use ahash::{AHashMap, RandomState};
 
 use super::key::{FlowKey, Match, WordSet, KEY_WORDS};
+use crate::prehash::{folded_multiply, PreHashed};
 
 /// Identifies a rule in its [`Classifier`]. Increasing in insertion order.
 pub type RuleId = u64;
@@ -38,12 +39,6 @@ impl Seeds {
         let s = RandomState::new();
         Seeds(std::array::from_fn(|i| s.hash_one(i as u64) | 1))
     }
-}
-
-#[inline(always)]
-fn folded_multiply(a: u64, b: u64) -> u64 {
-    let p = (a as u128) * (b as u128);
-    (p as u64) ^ ((p >> 64) as u64)
 }
 
 /// A 64-bit hash of the words of `k` in `words`: independent multiplies of word pairs
@@ -90,29 +85,6 @@ impl Hash for HKey {
     #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
         state.write_u64(self.hash);
-    }
-}
-
-/// The hasher of the per-packet maps: [`HKey`] carries a keyed, well-mixed hash already, so
-/// hashing it again (as ahash would, with two more dependent multiplies) only costs time
-/// (~15% of a lookup measured).
-#[derive(Default, Clone, Copy)]
-struct PreHashed(u64);
-
-impl Hasher for PreHashed {
-    #[inline]
-    fn write(&mut self, _: &[u8]) {
-        unreachable!("only HKey is hashed with PreHashed")
-    }
-
-    #[inline]
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
     }
 }
 

@@ -452,15 +452,7 @@ impl Tables {
                 Ok(1)
             }
             FlowMod::DelGroups(which) => {
-                let ids: Vec<u32> = match which {
-                    Some(id) => self
-                        .groups
-                        .contains_key(id)
-                        .then_some(*id)
-                        .into_iter()
-                        .collect(),
-                    None => self.groups.keys().copied().collect(),
-                };
+                let ids = selected_ids(&self.groups, *which);
                 for id in &ids {
                     self.groups.remove(id);
                 }
@@ -479,15 +471,7 @@ impl Tables {
                 Ok(1)
             }
             FlowMod::DelMeters(which) => {
-                let ids: Vec<u32> = match which {
-                    Some(id) => self
-                        .meters
-                        .contains_key(id)
-                        .then_some(*id)
-                        .into_iter()
-                        .collect(),
-                    None => self.meters.keys().copied().collect(),
-                };
+                let ids = selected_ids(&self.meters, *which);
                 for id in &ids {
                     self.meters.remove(id);
                 }
@@ -1464,6 +1448,14 @@ impl Pipeline {
             }
         }
         Ok(next_table)
+    }
+}
+
+/// The ids `del-groups` / `del-meters` select: `which` if it exists, or all.
+fn selected_ids<V>(map: &HashMap<u32, V>, which: Option<u32>) -> Vec<u32> {
+    match which {
+        Some(id) => map.contains_key(&id).then_some(id).into_iter().collect(),
+        None => map.keys().copied().collect(),
     }
 }
 
