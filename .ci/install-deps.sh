@@ -8,11 +8,12 @@
 #   iputils-ping     ping inside test network namespaces
 #   cpio, kmod       building the guest initramfs (cpio, modinfo)
 #   openvswitch-common  ovs-ofctl, to check that rules files are OVS syntax unchanged
+#   frr              zebra and bgpd for the BGP EVPN fabric test (docs/evpn.md)
 #   dpdk-dev, librte-net-vhost23, librte-net-virtio23, librte-mempool-ring23
 #                    DPDK testpmd: a foreign vhost-user frontend (virtio-user) and backend
 #                    (net_vhost) for the conformance tests; runs without hugepages
 set -euo pipefail
-PKGS=(qemu-system-x86 busybox-static prometheus iproute2 iputils-ping cpio kmod openvswitch-common
+PKGS=(qemu-system-x86 busybox-static prometheus iproute2 iputils-ping cpio kmod openvswitch-common frr
       dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-mempool-ring23)
 
 SUDO=

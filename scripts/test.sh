@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 .ci/install-deps.sh
 scripts/build-guest-image.sh build/guest >/dev/null
+# The integration tests start the workspace's binaries (the switch, flowctl, the bundled VMM).
+cargo build --workspace --bins
 cargo test --workspace "$@"
 # A bounded run of every fuzz target (scripts/fuzz.sh: seeds committed under fuzz/corpus,
 # crash reproducers among them). CI sets PATCHBAY_FUZZ_SECS=60; 0 (the default) skips it.

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use patchbay_overlay::vtep::MacOrigin;
 use patchbay_switch::control::protocol::{MacTableInfo, SwitchInfo};
 use patchbay_switch::port::{ConnectMode, CounterSnapshot, LinkState, PortInfo};
 use patchbay_switch::vlan::VlanConfig;
@@ -452,7 +453,17 @@ pub fn tunnel(s: &patchbay_overlay::vtep::VtepSnapshot) -> String {
         ("FLOOD LIST", Left),
     ]);
     for v in &s.vnis {
-        let remotes: Vec<String> = v.remotes.iter().map(|r| r.to_string()).collect();
+        let remotes: Vec<String> = v
+            .remotes
+            .iter()
+            .map(|r| {
+                if v.bgp_remotes.contains(r) {
+                    format!("{r}(bgp)")
+                } else {
+                    r.to_string()
+                }
+            })
+            .collect();
         vnis.row(vec![
             v.vni.to_string(),
             v.vlan.to_string(),
@@ -486,7 +497,14 @@ pub fn tunnel(s: &patchbay_overlay::vtep::VtepSnapshot) -> String {
             r.rx_bytes.to_string(),
             r.tx_packets.to_string(),
             r.tx_bytes.to_string(),
-            if r.learned { "learned" } else { "configured" }.into(),
+            if r.learned {
+                "learned"
+            } else if s.vnis.iter().any(|v| v.bgp_remotes.contains(&r.ip)) {
+                "bgp"
+            } else {
+                "configured"
+            }
+            .into(),
         ]);
     }
     out.push('\n');
@@ -496,18 +514,21 @@ pub fn tunnel(s: &patchbay_overlay::vtep::VtepSnapshot) -> String {
         ("VNI", Right),
         ("MAC", Left),
         ("REMOTE VTEP", Left),
+        ("FROM", Left),
         ("AGE", Right),
     ]);
     for m in &s.macs {
+        let (from, age) = match m.origin {
+            MacOrigin::Learned => ("learned", duration(m.age)),
+            MacOrigin::Static => ("config", "-".into()),
+            MacOrigin::Bgp => ("bgp", "-".into()),
+        };
         macs.row(vec![
             m.vni.to_string(),
             m.mac.clone(),
             m.remote.to_string(),
-            if m.is_static {
-                "static".into()
-            } else {
-                duration(m.age)
-            },
+            from.into(),
+            age,
         ]);
     }
     out.push('\n');

@@ -297,6 +297,8 @@ pub enum VtepError {
     UnknownRemote { vni: Vni, ip: IpAddr },
     #[error("VNI {vni} has no static entry for {mac}")]
     UnknownStatic { vni: Vni, mac: String },
+    #[error("the remote MAC table is full ({max} entries): {mac} in VNI {vni} not installed")]
+    MacTableFull { vni: Vni, mac: String, max: usize },
 }
 
 fn invalid(field: &str, message: String) -> VtepError {
@@ -448,6 +450,11 @@ struct VniEntry {
     vlan: u16,
     /// Shared so that [`Vtep::for_each_remote`] can iterate without the lock or a copy.
     remotes: Arc<[IpAddr]>,
+    /// The flood-list remotes that BGP EVPN added (type-3 routes), not the configuration.
+    bgp_remotes: Vec<IpAddr>,
+    /// Whether source MACs of tunnel packets are learned (off where BGP EVPN is the only
+    /// source of remote MACs, as `nolearning` on a Linux EVPN host's vxlan device).
+    learning: bool,
     traffic: Traffic,
     drops: Drops,
 }
@@ -458,12 +465,33 @@ struct VniTable {
     by_vlan: HashMap<u16, Vni, S>,
 }
 
+/// Where a remote MAC entry came from. Only learned entries age and move with traffic;
+/// the others are pinned until whoever put them there takes them away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MacOrigin {
+    /// From the source address of a tunnel packet (data-plane learning).
+    #[default]
+    Learned,
+    /// Configured by the operator ([`Vtep::add_static`]).
+    Static,
+    /// Installed from a BGP EVPN route ([`Vtep::add_bgp`]).
+    Bgp,
+}
+
 struct MacEntry {
     /// The remote VTEP's address ([`to_bits`]), one atomic word so a move needs no write lock.
     remote: AtomicU128,
     /// Seconds since the table's epoch when the address was last seen.
     last_seen: AtomicU64,
-    is_static: bool,
+    origin: MacOrigin,
+}
+
+impl MacEntry {
+    /// Not aged and not moved by learning: configured, or from BGP.
+    fn pinned(&self) -> bool {
+        self.origin != MacOrigin::Learned
+    }
 }
 
 /// Keyed by VNI first: each VNI is its own table (the same address in two VNIs is two
@@ -494,7 +522,7 @@ impl MacTable {
         let before = entries.len();
         entries.retain(|key, e| {
             let kept = keep(key, e);
-            if !kept && !e.is_static {
+            if !kept && !e.pinned() {
                 if let Some(n) = learned_per_vni.get_mut(&key.0) {
                     *n = n.saturating_sub(1);
                 }
@@ -506,11 +534,11 @@ impl MacTable {
 
     /// Inserts or replaces an entry, keeping the per-VNI counts right.
     fn insert(&mut self, key: MacKey, entry: MacEntry) {
-        let added = usize::from(!entry.is_static);
+        let added = usize::from(!entry.pinned());
         let removed = self
             .entries
             .insert(key, entry)
-            .map_or(0, |old| usize::from(!old.is_static));
+            .map_or(0, |old| usize::from(!old.pinned()));
         if let Some(n) = self.learned_per_vni.get_mut(&key.0) {
             *n = (*n + added).saturating_sub(removed);
         }
@@ -641,7 +669,8 @@ impl Vtep {
         })
     }
 
-    /// The current state as a configuration (VNIs sorted; static MACs are not part of it).
+    /// The current state as a configuration (VNIs sorted; static MACs and what BGP EVPN
+    /// installed are not part of it).
     pub fn config(&self) -> VtepConfig {
         let t = read(&self.vnis);
         let mut vnis: Vec<VniConfig> = t
@@ -650,7 +679,13 @@ impl Vtep {
             .map(|(vni, e)| VniConfig {
                 vni: *vni,
                 vlan: e.vlan,
-                remotes: e.remotes.to_vec(),
+                // What BGP added is not configuration.
+                remotes: e
+                    .remotes
+                    .iter()
+                    .copied()
+                    .filter(|r| !e.bgp_remotes.contains(r))
+                    .collect(),
             })
             .collect();
         vnis.sort_by_key(|v| v.vni);
@@ -772,8 +807,54 @@ impl Vtep {
             return Err(VtepError::UnknownRemote { vni, ip });
         }
         e.remotes = e.remotes.iter().copied().filter(|r| *r != ip).collect();
+        e.bgp_remotes.retain(|r| *r != ip);
         write(&self.remotes).release(ip);
         Ok(())
+    }
+
+    /// Turns learning from tunnel packets on or off for `vni`; off also forgets what was
+    /// learned there (static and BGP entries stay). BGP EVPN turns it off for its VNIs: a
+    /// learned entry would outlive the withdrawal of its host's routes.
+    pub fn set_learning(&self, vni: Vni, on: bool) -> Result<(), VtepError> {
+        let mut t = write(&self.vnis);
+        let e = t.by_vni.get_mut(&vni).ok_or(VtepError::UnknownVni(vni))?;
+        e.learning = on;
+        if !on {
+            write(&self.macs).retain(|k, e| k.0 != vni || e.pinned());
+        }
+        Ok(())
+    }
+
+    /// Adds `ip` to the flood list of `vni` from a BGP EVPN type-3 route. A remote the
+    /// configuration already names stays configured: returns false and changes nothing.
+    pub fn add_bgp_remote(&self, vni: Vni, ip: IpAddr) -> Result<bool, VtepError> {
+        match self.add_remote(vni, ip) {
+            Ok(()) => {
+                let mut t = write(&self.vnis);
+                if let Some(e) = t.by_vni.get_mut(&vni) {
+                    e.bgp_remotes.push(ip);
+                }
+                Ok(true)
+            }
+            Err(VtepError::RemoteExists { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes `ip` from the flood list of `vni` if BGP added it (its type-3 route was
+    /// withdrawn); whether it did.
+    pub fn remove_bgp_remote(&self, vni: Vni, ip: IpAddr) -> bool {
+        {
+            let mut t = write(&self.vnis);
+            let Some(e) = t.by_vni.get_mut(&vni) else {
+                return false;
+            };
+            let Some(i) = e.bgp_remotes.iter().position(|r| *r == ip) else {
+                return false;
+            };
+            e.bgp_remotes.swap_remove(i);
+        }
+        self.remove_remote(vni, ip).is_ok()
     }
 
     /// Calls `f` for each flood-list remote of `vni` (head-end replication), without
@@ -823,14 +904,19 @@ impl Vtep {
     /// refuses new addresses (after sweeping expired ones, at most once a second). Does not
     /// allocate: the table is sized up front.
     pub fn learn(&self, vni: Vni, mac: [u8; 6], remote: IpAddr, now_secs: u64) -> Learned {
-        if mac[0] & 1 != 0 || !self.learnable(remote) || !read(&self.vnis).by_vni.contains_key(&vni)
+        if mac[0] & 1 != 0
+            || !self.learnable(remote)
+            || !read(&self.vnis)
+                .by_vni
+                .get(&vni)
+                .is_some_and(|e| e.learning)
         {
             return Learned::Refused;
         }
         let ip = to_bits(remote);
         let key = (vni, mac);
         let known = |e: &MacEntry| {
-            if e.is_static {
+            if e.pinned() {
                 return Learned::Static;
             }
             let moved = e.remote.swap(ip, Ordering::Relaxed) != ip;
@@ -863,7 +949,7 @@ impl Vtep {
             }
             t.last_sweep = Some(now_secs);
             t.retain(|_, e| {
-                e.is_static || !self.expired(e.last_seen.load(Ordering::Relaxed), now_secs)
+                e.pinned() || !self.expired(e.last_seen.load(Ordering::Relaxed), now_secs)
             });
             if full(&t) {
                 return Learned::TableFull;
@@ -874,7 +960,7 @@ impl Vtep {
             MacEntry {
                 remote: AtomicU128::new(ip),
                 last_seen: AtomicU64::new(now_secs),
-                is_static: false,
+                origin: MacOrigin::Learned,
             },
         );
         Learned::New
@@ -884,15 +970,21 @@ impl Vtep {
     pub fn lookup(&self, vni: Vni, mac: [u8; 6], now_secs: u64) -> Option<IpAddr> {
         let t = read(&self.macs);
         let e = t.entries.get(&(vni, mac))?;
-        if !e.is_static && self.expired(e.last_seen.load(Ordering::Relaxed), now_secs) {
+        if !e.pinned() && self.expired(e.last_seen.load(Ordering::Relaxed), now_secs) {
             return None;
         }
         Some(from_bits(e.remote.load(Ordering::Relaxed)))
     }
 
-    /// Pins `mac` behind `remote` in `vni`: never aged, never moved by learning, and allowed
-    /// beyond `mac_table_size` (the operator chose it). Replaces a learned entry.
-    pub fn add_static(&self, vni: Vni, mac: [u8; 6], remote: IpAddr) -> Result<(), VtepError> {
+    /// Checks a pinned entry (static or BGP) before it goes in, and returns the VNI table's
+    /// read guard, to be held while it is inserted so that the VNI cannot be unmapped (and
+    /// its MACs flushed) under the caller.
+    fn check_pinned(
+        &self,
+        vni: Vni,
+        mac: [u8; 6],
+        remote: IpAddr,
+    ) -> Result<RwLockReadGuard<'_, VniTable>, VtepError> {
         if mac[0] & 1 != 0 {
             return Err(invalid(
                 "mac",
@@ -900,17 +992,23 @@ impl Vtep {
             ));
         }
         check_remote(self.local_ip, remote).map_err(|m| invalid("remote", m))?;
-        // Held so that the VNI cannot be unmapped (and its MACs flushed) under us.
         let t = read(&self.vnis);
         if !t.by_vni.contains_key(&vni) {
             return Err(VtepError::UnknownVni(vni));
         }
+        Ok(t)
+    }
+
+    /// Pins `mac` behind `remote` in `vni`: never aged, never moved by learning, and allowed
+    /// beyond `mac_table_size` (the operator chose it). Replaces a learned entry.
+    pub fn add_static(&self, vni: Vni, mac: [u8; 6], remote: IpAddr) -> Result<(), VtepError> {
+        let _vnis = self.check_pinned(vni, mac, remote)?;
         write(&self.macs).insert(
             (vni, mac),
             MacEntry {
                 remote: AtomicU128::new(to_bits(remote)),
                 last_seen: AtomicU64::new(self.now()),
-                is_static: true,
+                origin: MacOrigin::Static,
             },
         );
         Ok(())
@@ -919,7 +1017,7 @@ impl Vtep {
     pub fn remove_static(&self, vni: Vni, mac: [u8; 6]) -> Result<(), VtepError> {
         let mut t = write(&self.macs);
         match t.entries.get(&(vni, mac)) {
-            Some(e) if e.is_static => {
+            Some(e) if e.origin == MacOrigin::Static => {
                 t.entries.remove(&(vni, mac));
                 Ok(())
             }
@@ -930,6 +1028,52 @@ impl Vtep {
         }
     }
 
+    /// Installs `mac` behind `remote` in `vni` from a BGP EVPN route (a type-2 route, as
+    /// zebra put it in the kernel's FDB): pinned like a static entry, replacing a learned or
+    /// an earlier BGP entry (the MAC moved). A configured static entry wins: returns false
+    /// and changes nothing.
+    pub fn add_bgp(&self, vni: Vni, mac: [u8; 6], remote: IpAddr) -> Result<bool, VtepError> {
+        let _vnis = self.check_pinned(vni, mac, remote)?;
+        let mut macs = write(&self.macs);
+        match macs.entries.get(&(vni, mac)) {
+            Some(e) if e.origin == MacOrigin::Static => return Ok(false),
+            Some(_) => {}
+            // Routes come from the operator's fabric, but a table without a bound is one
+            // misconfigured peer away from exhausting memory.
+            None if macs.entries.len() >= self.max_macs => {
+                return Err(VtepError::MacTableFull {
+                    vni,
+                    mac: fmt_mac(mac),
+                    max: self.max_macs,
+                })
+            }
+            None => {}
+        }
+        macs.insert(
+            (vni, mac),
+            MacEntry {
+                remote: AtomicU128::new(to_bits(remote)),
+                last_seen: AtomicU64::new(self.now()),
+                origin: MacOrigin::Bgp,
+            },
+        );
+        Ok(true)
+    }
+
+    /// Removes the BGP entry for `mac` in `vni` (its route was withdrawn); whether there was
+    /// one. Learned and static entries are left alone.
+    pub fn remove_bgp(&self, vni: Vni, mac: [u8; 6]) -> bool {
+        let mut t = write(&self.macs);
+        let bgp = t
+            .entries
+            .get(&(vni, mac))
+            .is_some_and(|e| e.origin == MacOrigin::Bgp);
+        if bgp {
+            t.entries.remove(&(vni, mac));
+        }
+        bgp
+    }
+
     /// Drops aged-out learned MACs and returns how many; also forgets learned remotes that no
     /// MAC points to any more (and that are older than the aging time), which frees room under
     /// [`MAX_LEARNED_REMOTES`].
@@ -937,7 +1081,7 @@ impl Vtep {
         let (removed, in_use) = {
             let mut t = write(&self.macs);
             let removed = t.retain(|_, e| {
-                e.is_static || !self.expired(e.last_seen.load(Ordering::Relaxed), now_secs)
+                e.pinned() || !self.expired(e.last_seen.load(Ordering::Relaxed), now_secs)
             });
             let in_use: HashSet<u128, S> = t
                 .entries
@@ -1039,6 +1183,7 @@ impl Vtep {
                     vni: *vni,
                     vlan: e.vlan,
                     remotes: e.remotes.to_vec(),
+                    bgp_remotes: e.bgp_remotes.clone(),
                     rx_packets: t.rx_packets,
                     rx_bytes: t.rx_bytes,
                     tx_packets: t.tx_packets,
@@ -1067,13 +1212,14 @@ impl Vtep {
         let mut macs: Vec<VtepMacEntry> = read(&self.macs)
             .entries
             .iter()
-            .filter(|(_, e)| e.is_static || !self.expired(e.last_seen.load(Ordering::Relaxed), now))
+            .filter(|(_, e)| e.pinned() || !self.expired(e.last_seen.load(Ordering::Relaxed), now))
             .map(|((vni, mac), e)| VtepMacEntry {
                 vni: *vni,
                 mac: fmt_mac(*mac),
                 remote: from_bits(e.remote.load(Ordering::Relaxed)),
-                is_static: e.is_static,
-                age: if e.is_static {
+                is_static: e.origin == MacOrigin::Static,
+                origin: e.origin,
+                age: if e.pinned() {
                     0
                 } else {
                     now.saturating_sub(e.last_seen.load(Ordering::Relaxed))
@@ -1103,6 +1249,8 @@ impl VniEntry {
         VniEntry {
             vlan,
             remotes: remotes.into_iter().collect(),
+            bgp_remotes: Vec::new(),
+            learning: true,
             traffic: Traffic::default(),
             drops: Drops::default(),
         }
@@ -1132,6 +1280,9 @@ pub struct VniSnapshot {
     pub vni: Vni,
     pub vlan: u16,
     pub remotes: Vec<IpAddr>,
+    /// Those of `remotes` that BGP EVPN put there (type-3 routes).
+    #[serde(default)]
+    pub bgp_remotes: Vec<IpAddr>,
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub tx_packets: u64,
@@ -1158,9 +1309,13 @@ pub struct VtepMacEntry {
     pub vni: Vni,
     pub mac: String,
     pub remote: IpAddr,
+    /// Configured by the operator (`origin` is `static`); kept for older readers.
     #[serde(rename = "static")]
     pub is_static: bool,
-    /// Seconds since the address was last seen (0 for static entries).
+    /// Where the entry came from: data-plane learning, configuration or BGP EVPN.
+    #[serde(default)]
+    pub origin: MacOrigin,
+    /// Seconds since the address was last seen (0 for pinned entries).
     pub age: u64,
 }
 
@@ -1632,6 +1787,88 @@ mod tests {
         v.remove_static(100, A).unwrap();
         assert_eq!(v.lookup(100, A, 5), None);
         assert_eq!(v.learn(100, A, R1, 5), Learned::New);
+    }
+
+    #[test]
+    fn bgp_entries_are_pinned_and_yield_to_config() {
+        let v = Vtep::new(config()).unwrap();
+        v.learn(100, A, R1, 0);
+        assert_eq!(v.add_bgp(100, A, R2), Ok(true), "a route replaces learning");
+        assert_eq!(
+            v.learn(100, A, R1, 1),
+            Learned::Static,
+            "learning cannot move it"
+        );
+        assert_eq!(v.lookup(100, A, 1_000_000), Some(R2), "routes never age");
+        assert_eq!(v.expire(1_000_000), 0);
+        let m = &v.snapshot().macs[0];
+        assert_eq!((m.origin, m.is_static), (MacOrigin::Bgp, false));
+        assert!(
+            v.remove_static(100, A).is_err(),
+            "a route is not a static entry"
+        );
+        v.add_static(100, B, R1).unwrap();
+        assert_eq!(v.add_bgp(100, B, R2), Ok(false), "configuration wins");
+        assert_eq!(v.lookup(100, B, 0), Some(R1));
+        assert!(!v.remove_bgp(100, B), "withdrawal leaves a static entry");
+        assert!(v.remove_bgp(100, A));
+        assert!(!v.remove_bgp(100, A));
+        assert_eq!(v.lookup(100, A, 0), None);
+        assert_eq!(v.add_bgp(999, A, R1), Err(VtepError::UnknownVni(999)));
+        assert!(v.add_bgp(100, [1, 0, 0, 0, 0, 1], R1).is_err(), "group MAC");
+    }
+
+    #[test]
+    fn learning_can_be_turned_off_per_vni() {
+        let v = Vtep::new(config()).unwrap();
+        v.learn(100, A, R1, 0);
+        v.add_bgp(100, B, R2).unwrap();
+        v.learn(200, A, R1, 0);
+        v.set_learning(100, false).unwrap();
+        assert_eq!(v.lookup(100, A, 0), None, "learned entries go");
+        assert_eq!(v.lookup(100, B, 0), Some(R2), "routes stay");
+        assert_eq!(v.learn(100, A, R1, 1), Learned::Refused);
+        assert_eq!(v.lookup(200, A, 0), Some(R1), "other VNIs keep learning");
+        v.set_learning(100, true).unwrap();
+        assert_eq!(v.learn(100, A, R1, 1), Learned::New);
+        assert_eq!(v.set_learning(999, false), Err(VtepError::UnknownVni(999)));
+    }
+
+    #[test]
+    fn bgp_flood_remotes_are_kept_apart_from_configured_ones() {
+        let v = Vtep::new(config()).unwrap();
+        let r3: IpAddr = "10.0.0.4".parse().unwrap();
+        assert_eq!(v.add_bgp_remote(100, R1), Ok(false), "R1 is configured");
+        assert_eq!(v.add_bgp_remote(100, r3), Ok(true));
+        assert_eq!(remotes(&v, 100), vec![R1, R2, r3]);
+        assert_eq!(v.snapshot().vnis[0].bgp_remotes, vec![r3]);
+        assert_eq!(
+            v.config().vnis[0].remotes,
+            vec![R1, R2],
+            "routes are not config"
+        );
+        assert!(
+            !v.remove_bgp_remote(100, R1),
+            "a withdrawal keeps configured remotes"
+        );
+        assert!(v.remove_bgp_remote(100, r3));
+        assert_eq!(remotes(&v, 100), vec![R1, R2]);
+        assert!(!v.remove_bgp_remote(100, r3));
+    }
+
+    #[test]
+    fn bgp_entries_are_bounded_by_the_table_size() {
+        let v = Vtep::new(VtepConfig {
+            mac_table_size: 1,
+            ..config()
+        })
+        .unwrap();
+        assert_eq!(v.add_bgp(100, A, R1), Ok(true));
+        assert!(matches!(
+            v.add_bgp(100, B, R1),
+            Err(VtepError::MacTableFull { max: 1, .. })
+        ));
+        assert_eq!(v.add_bgp(100, A, R2), Ok(true), "a move needs no room");
     }
 
     #[test]

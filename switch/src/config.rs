@@ -28,6 +28,8 @@ pub struct Config {
     pub vxlan: Option<VtepConfig>,
     /// Limits of the flow tables' connection tracking (`[conntrack]`).
     pub conntrack: crate::conntrack::Limits,
+    /// BGP EVPN through FRR (`[evpn]`), if configured.
+    pub evpn: Option<crate::evpn::EvpnConfig>,
 }
 
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9184";
@@ -43,6 +45,7 @@ impl Default for Config {
             ports: Vec::new(),
             vxlan: None,
             conntrack: crate::conntrack::Limits::default(),
+            evpn: None,
         }
     }
 }
@@ -84,6 +87,8 @@ struct FileConfig {
     vxlan: Option<toml::Spanned<VtepConfig>>,
     #[serde(default)]
     conntrack: Option<toml::Spanned<ConntrackSection>>,
+    #[serde(default)]
+    evpn: Option<toml::Spanned<crate::evpn::EvpnConfig>>,
 }
 
 /// `[conntrack]`: `max_connections = N`, `zone_limits = [{ zone = 5, limit = 100 }]`.
@@ -224,6 +229,13 @@ impl Config {
             vtep.validate()
                 .map_err(|e| invalid(start, "[vxlan]".into(), e.to_string()))?;
             config.vxlan = Some(vtep);
+        }
+        if let Some(e) = file.evpn {
+            let start = e.span().start;
+            let evpn = e.into_inner();
+            evpn.validate(config.vxlan.as_ref().map(|v| v.port))
+                .map_err(|m| invalid(start, "[evpn]".into(), m))?;
+            config.evpn = Some(evpn).filter(|e| e.enabled);
         }
         for spanned in file.ports {
             let start = spanned.span().start;
@@ -540,6 +552,42 @@ trunks = "10,20-30"
             .unwrap_err()
             .to_string();
         assert!(e.contains("`trunks`") && e.contains("5000"), "{e}");
+    }
+
+    #[test]
+    fn evpn_section_parses_and_is_checked() {
+        let vxlan = "[vxlan]\nlocal_ip = \"198.51.100.1\"\nvnis = [{ vni = 100, vlan = 10 }]\n\n";
+        let c = Config::from_toml(Path::new("t.toml"), &format!("{vxlan}[evpn]\n")).unwrap();
+        assert_eq!(c.evpn, Some(crate::evpn::EvpnConfig::default()));
+        let c = Config::from_toml(
+            Path::new("t.toml"),
+            &format!("{vxlan}[evpn]\nvnis = [100]\ndevice_prefix = \"ev\"\n"),
+        )
+        .unwrap();
+        let e = c.evpn.unwrap();
+        assert_eq!((e.vnis, e.device_prefix.as_str()), (Some(vec![100]), "ev"));
+        let off = Config::from_toml(
+            Path::new("t.toml"),
+            &format!("{vxlan}[evpn]\nenabled = false\n"),
+        );
+        assert_eq!(off.unwrap().evpn, None);
+        for (text, needle) in [
+            ("[evpn]\n".to_string(), "needs the [vxlan] tunnel"),
+            (
+                format!("{vxlan}[evpn]\ndevice_prefix = \"toolong\"\n"),
+                "device_prefix",
+            ),
+            (
+                format!("{vxlan}[evpn]\nshadow_udp_port = 4789\n"),
+                "VTEP's own port",
+            ),
+            (format!("{vxlan}[evpn]\nvni = [100]\n"), "vni"),
+        ] {
+            let e = Config::from_toml(Path::new("t.toml"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
     }
 
     #[test]

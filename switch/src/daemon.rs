@@ -23,6 +23,8 @@ pub enum DaemonError {
     Port(#[from] SwitchError),
     #[error(transparent)]
     Tunnel(#[from] crate::tunnel::TunnelError),
+    #[error(transparent)]
+    Evpn(#[from] crate::evpn::EvpnError),
     #[error("cannot start background threads: {0}")]
     Threads(std::io::Error),
 }
@@ -55,6 +57,13 @@ impl Daemon {
         let metrics_addr = metrics.as_ref().and_then(|m| m.local_addr());
         if let Some(vxlan) = config.vxlan {
             if let Err(e) = switch.enable_tunnel(vxlan) {
+                switch.shutdown();
+                let _ = std::fs::remove_file(control.path());
+                return Err(e.into());
+            }
+        }
+        if let Some(evpn) = &config.evpn {
+            if let Err(e) = switch.enable_evpn(evpn) {
                 switch.shutdown();
                 let _ = std::fs::remove_file(control.path());
                 return Err(e.into());

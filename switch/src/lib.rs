@@ -13,6 +13,7 @@
 //! - `switch`: ports + table + background threads.
 //! - `worker`: the dataplane threads (poll or event mode, one loop).
 //! - `tunnel`: the VXLAN tunnel port's I/O (encapsulation and tables in `patchbay-overlay`).
+//! - `evpn`: BGP EVPN through FRR (shadow kernel devices zebra reads and writes).
 //! - `config`, `control`, `metrics`: how users configure, drive and observe it.
 
 pub mod config;
@@ -20,6 +21,7 @@ pub mod conntrack;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod evpn;
 pub mod flow;
 pub mod frame;
 pub mod host_port;

@@ -64,6 +64,9 @@ pub struct MacTable {
     /// Entries per port, indexed by port number; changed under the write lock, read
     /// without it to refuse a port at its limit cheaply.
     per_port: Vec<AtomicUsize>,
+    /// Bumped (under the write lock) whenever an address is added, moves or goes, so a
+    /// watcher (EVPN's advertiser) can poll one word instead of the table.
+    changes: AtomicU64,
 }
 
 impl MacTable {
@@ -74,6 +77,7 @@ impl MacTable {
             aging,
             epoch: Instant::now(),
             per_port: (0..=MAX_PORTS + 1).map(|_| AtomicUsize::new(0)).collect(),
+            changes: AtomicU64::new(0),
         }
     }
 
@@ -109,7 +113,21 @@ impl MacTable {
             }
             !gone
         });
-        before - entries.len()
+        let removed = before - entries.len();
+        if removed > 0 {
+            self.changed();
+        }
+        removed
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Release);
+    }
+
+    /// A number that changes whenever an address is learned, moves or is removed (aging
+    /// included): equal readings mean the same set of (VLAN, address, port).
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
     }
 
     /// The table's clock: whole seconds since it was created.
@@ -154,6 +172,7 @@ impl MacTable {
             }
             self.count_removed(old);
             self.count_added(port);
+            self.changed();
             return Learned::Moved;
         }
         if entries.len() >= self.max_entries {
@@ -167,6 +186,7 @@ impl MacTable {
             },
         );
         self.count_added(port);
+        self.changed();
         Learned::New
     }
 
@@ -195,6 +215,31 @@ impl MacTable {
             return 0;
         }
         self.remove_where(&mut entries, |e| e.port.load(Ordering::Relaxed) == port)
+    }
+
+    /// Forgets `mac` in `vlan` wherever it was learned (the address now lives elsewhere, as
+    /// a BGP EVPN route says); whether it was there.
+    pub fn forget(&self, vlan: Vid, mac: EthernetAddress) -> bool {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        match entries.remove(&(vlan, mac)) {
+            Some(e) => {
+                self.count_removed(e.port.load(Ordering::Relaxed));
+                self.changed();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Calls `f` with each live entry's VLAN, address and port, under the read lock (so `f`
+    /// must not call back into the table), in no particular order.
+    pub fn for_each_live(&self, now: u64, mut f: impl FnMut(Vid, EthernetAddress, PortId)) {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        for ((vlan, mac), e) in entries.iter() {
+            if !self.expired(e.last_seen.load(Ordering::Relaxed), now) {
+                f(*vlan, *mac, e.port.load(Ordering::Relaxed));
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -247,6 +292,31 @@ mod tests {
         assert_eq!(t.lookup(20, A, 1), None, "learning is per VLAN");
         assert_eq!(t.learn(10, A, 2, 2, 16), Learned::Moved);
         assert_eq!(t.lookup(10, A, 2), Some(2));
+    }
+
+    #[test]
+    fn changes_count_what_a_watcher_must_see() {
+        let t = MacTable::new(16, Duration::from_secs(300));
+        let c0 = t.changes();
+        t.learn(10, A, 1, 0, 16);
+        let c1 = t.changes();
+        assert_ne!(c0, c1, "a new address");
+        t.learn(10, A, 1, 1, 16);
+        assert_eq!(t.changes(), c1, "a refresh is no change");
+        t.learn(10, A, 2, 1, 16);
+        let c2 = t.changes();
+        assert_ne!(c2, c1, "a move");
+        let mut live = Vec::new();
+        t.for_each_live(1, |v, m, p| live.push((v, m, p)));
+        assert_eq!(live, vec![(10, A, 2)]);
+        assert!(t.forget(10, A));
+        assert!(!t.forget(10, A));
+        assert_ne!(t.changes(), c2, "a forgotten address");
+        assert_eq!(t.port_entries(2), 0);
+        t.learn(10, B, 3, 0, 16);
+        let c3 = t.changes();
+        t.expire(300);
+        assert_ne!(t.changes(), c3, "aging");
     }
 
     #[test]

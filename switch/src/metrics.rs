@@ -33,6 +33,11 @@
 //!   `vxlan_remote_{rx,tx}_{packets,bytes}_total{remote}`, `vxlan_remote_macs`: the tunnel;
 //!   `vxlan_{tx,rx}_{syscalls,datagrams}_total`, `vxlan_tx_gso_datagrams_total`,
 //!   `vxlan_rx_gro_datagrams_total`, `vxlan_udp_gso`, `vxlan_udp_gro`: its socket I/O.
+//! - `evpn_routes_received_total{type}` and `evpn_routes_withdrawn_total{type}` (type `mac`:
+//!   type-2, `flood`: type-3, as zebra installed them), `evpn_routes_refused_total`,
+//!   `evpn_remote_macs{vni}`, `evpn_flood_remotes{vni}`, `evpn_local_macs{vni}` (advertised),
+//!   `evpn_local_macs_moved_away_total`, `evpn_netlink_errors_total`, `evpn_resyncs_total`:
+//!   BGP EVPN, when configured.
 //! - `metrics_refused_connections_total`, `metrics_timeouts_total`,
 //!   `metrics_bad_requests_total`: this endpoint's own defences (see [`MetricsServer`]).
 
@@ -285,6 +290,9 @@ fn render_all(
     if let Some(tunnel) = sw.tunnel() {
         tunnel_metrics(&r, &tunnel.vtep.snapshot())?;
         tunnel_io_metrics(&r, tunnel)?;
+    }
+    if let Some(evpn) = sw.evpn() {
+        evpn_metrics(&r, evpn)?;
     }
     flow_metrics(&r, sw)?;
 
@@ -543,6 +551,86 @@ fn tunnel_metrics(
     )?;
     entries.set(snap.macs.len() as i64);
     r.register(Box::new(entries))
+}
+
+/// BGP EVPN: routes received from zebra and what they installed, local MACs advertised.
+fn evpn_metrics(r: &Registry, evpn: &crate::evpn::Evpn) -> Result<(), prometheus::Error> {
+    let c = &evpn.counters;
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let received = counter_vec(
+        r,
+        "evpn_routes_received_total",
+        "EVPN routes zebra installed for the switch: type mac (type-2) or flood (type-3).",
+        &["type"],
+    )?;
+    received
+        .with_label_values(&["mac"])
+        .inc_by(load(&c.mac_routes_received));
+    received
+        .with_label_values(&["flood"])
+        .inc_by(load(&c.flood_routes_received));
+    let withdrawn = counter_vec(
+        r,
+        "evpn_routes_withdrawn_total",
+        "EVPN routes withdrawn, by type.",
+        &["type"],
+    )?;
+    withdrawn
+        .with_label_values(&["mac"])
+        .inc_by(load(&c.mac_routes_withdrawn));
+    withdrawn
+        .with_label_values(&["flood"])
+        .inc_by(load(&c.flood_routes_withdrawn));
+    counter(
+        r,
+        "evpn_routes_refused_total",
+        "EVPN routes not installed (table full, a static entry holds the MAC).",
+        load(&c.routes_refused),
+    )?;
+    counter(
+        r,
+        "evpn_local_macs_moved_away_total",
+        "Local MACs forgotten because a route placed them on another host.",
+        load(&c.local_macs_moved_away),
+    )?;
+    counter(
+        r,
+        "evpn_netlink_errors_total",
+        "Failed netlink requests of the EVPN agent (each is logged).",
+        load(&c.netlink_errors),
+    )?;
+    counter(
+        r,
+        "evpn_resyncs_total",
+        "Full re-reads of the FDB after the kernel dropped events.",
+        load(&c.resyncs),
+    )?;
+    let gauge_vec = |name: &str, help: &str| -> Result<IntGaugeVec, prometheus::Error> {
+        let g = IntGaugeVec::new(Opts::new(name, help).namespace("patchbay"), &["vni"])?;
+        r.register(Box::new(g.clone()))?;
+        Ok(g)
+    };
+    let remote = gauge_vec(
+        "evpn_remote_macs",
+        "Remote MACs installed from type-2 routes.",
+    )?;
+    let floods = gauge_vec(
+        "evpn_flood_remotes",
+        "Flood-list remotes installed from type-3 routes.",
+    )?;
+    let local = gauge_vec(
+        "evpn_local_macs",
+        "Local MACs handed to zebra for advertisement.",
+    )?;
+    for v in evpn.status() {
+        let vni = v.vni.to_string();
+        remote.with_label_values(&[&vni]).set(v.remote_macs as i64);
+        floods
+            .with_label_values(&[&vni])
+            .set(v.flood_remotes.len() as i64);
+        local.with_label_values(&[&vni]).set(v.local_macs as i64);
+    }
+    Ok(())
 }
 
 /// The tunnel's system calls and the datagrams the kernel's UDP offloads carried.

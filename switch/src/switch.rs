@@ -165,6 +165,8 @@ pub struct Switch {
     tunnel: std::sync::OnceLock<Arc<crate::tunnel::Tunnel>>,
     /// Wakes sleeping dataplane workers when ports' rings change.
     doorbell: Arc<crate::port::Doorbell>,
+    /// The BGP EVPN agent, if configured.
+    evpn: std::sync::OnceLock<crate::evpn::Evpn>,
 }
 
 impl Switch {
@@ -184,6 +186,7 @@ impl Switch {
             supervisors: Mutex::new(HashMap::new()),
             tunnel: std::sync::OnceLock::new(),
             doorbell,
+            evpn: std::sync::OnceLock::new(),
         }))
     }
 
@@ -257,6 +260,29 @@ impl Switch {
         self.fabric.set_tunnel(tunnel.clone());
         tunnel.spawn_rx(self.fabric.clone())?;
         log::info!("{} added as port {slot}", tunnel.describe());
+        Ok(())
+    }
+
+    pub fn evpn(&self) -> Option<&crate::evpn::Evpn> {
+        self.evpn.get()
+    }
+
+    /// Starts BGP EVPN (once, after the tunnel): the agent keeps FRR's view of the fabric
+    /// and the switch's tables in step.
+    pub fn enable_evpn(
+        self: &Arc<Self>,
+        config: &crate::evpn::EvpnConfig,
+    ) -> Result<(), crate::evpn::EvpnError> {
+        use crate::evpn::{Evpn, EvpnError};
+        let tunnel = self
+            .tunnel()
+            .ok_or_else(|| EvpnError::Config("EVPN needs the [vxlan] tunnel".into()))?;
+        if self.evpn.get().is_some() {
+            return Err(EvpnError::Config("EVPN is already running".into()));
+        }
+        let view = Arc::new(EvpnView(Arc::downgrade(self)));
+        let evpn = Evpn::start(config, tunnel.vtep.local_ip(), view)?;
+        let _ = self.evpn.set(evpn);
         Ok(())
     }
 
@@ -493,10 +519,34 @@ impl Switch {
 
     /// Stops background threads and removes every port.
     pub fn shutdown(&self) {
+        if let Some(e) = self.evpn() {
+            e.stop();
+        }
         self.fabric.stop();
         self.doorbell.ring();
         for port in self.ports().into_iter().filter(|p| !p.is_tunnel()) {
             let _ = self.remove_port(&port.name);
         }
+    }
+}
+
+/// The EVPN agent's way into the switch: weak, so the agent's thread does not keep a
+/// stopped switch alive.
+struct EvpnView(std::sync::Weak<Switch>);
+
+impl crate::evpn::SwitchTables for EvpnView {
+    fn with_tables(&self, f: &mut dyn FnMut(&crate::evpn::agent::Tables)) -> bool {
+        let Some(sw) = self.0.upgrade() else {
+            return false;
+        };
+        let Some(tunnel) = sw.tunnel() else {
+            return false;
+        };
+        f(&crate::evpn::agent::Tables {
+            mac_table: sw.mac_table(),
+            vtep: &tunnel.vtep,
+            tunnel_port: tunnel.port_id,
+        });
+        true
     }
 }

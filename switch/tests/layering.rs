@@ -23,6 +23,7 @@ const LAYERS: &[&[&str]] = &[
     &["flow"],
     &["dataplane"],
     &["tunnel", "host_port", "worker"],
+    &["evpn"],
     &["switch"],
     &["control", "metrics", "config", "daemon", "lib", "main"],
 ];

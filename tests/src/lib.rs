@@ -5,8 +5,10 @@
 
 pub mod frames;
 pub mod frontend;
+pub mod frr;
 pub mod guest;
 pub mod netns;
 pub mod offload;
 pub mod peers;
 pub mod switch;
+pub mod vmm;

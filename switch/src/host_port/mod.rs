@@ -19,7 +19,7 @@
 
 mod afpacket;
 mod afxdp;
-mod tap;
+pub mod tap;
 mod xdp;
 
 use std::sync::Arc;

@@ -14,6 +14,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use patchbay_tests::guest::{GuestImage, GuestNic, QemuGuest};
+use patchbay_tests::vmm::BundledVm;
 
 fn sibling(name: &str) -> PathBuf {
     std::env::current_exe()
@@ -317,58 +318,16 @@ vlan = 10
     Ok(())
 }
 
-/// A VM of the bundled VMM running one guest program; killed when dropped.
-struct Vmm {
-    child: Child,
-    name: String,
+/// A VM of the bundled VMM running one guest program, beside this binary.
+fn start_vm(name: &str, socket: &Path, ip: &str, program: &str) -> Result<BundledVm, String> {
+    BundledVm::start(&sibling("patchbay-vmm"), name, socket, None, ip, program)
 }
 
-type Lines = std::sync::mpsc::Receiver<String>;
-
-impl Vmm {
-    fn start(name: &str, socket: &Path, ip: &str, program: &str) -> Result<(Vmm, Lines), String> {
-        let mut child = Command::new(sibling("patchbay-vmm"))
-            .arg("--net")
-            .arg(format!("socket={},ip={ip}", socket.display()))
-            .args(["--cmdline", program])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot start patchbay-vmm: {e}"))?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        if let Some(out) = child.stdout.take() {
-            std::thread::spawn(move || {
-                for l in BufReader::new(out).lines().map_while(Result::ok) {
-                    let _ = tx.send(l);
-                }
-            });
-        }
-        let vm = Vmm {
-            child,
-            name: name.to_string(),
-        };
-        Ok((vm, rx))
-    }
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Prints console lines of `name` until one starts with `until`; returns that line.
-fn follow(name: &str, rx: &Lines, until: &str) -> Result<String, String> {
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(120))
-            .map_err(|_| format!("{name}: no '{until}' line"))?;
-        println!("  {name:6}| {line}");
-        if line.starts_with(until) {
-            return Ok(line);
-        }
-    }
+/// Prints console lines of `vm` until one starts with `until`; returns that line.
+fn follow(vm: &BundledVm, until: &str) -> Result<String, String> {
+    vm.wait_line(until, Duration::from_secs(120), |line| {
+        println!("  {:6}| {line}", vm.name)
+    })
 }
 
 /// The main demo: the switch and three VMs of the bundled VMM (two on VLAN 10, one on 20).
@@ -409,51 +368,51 @@ fn run_vmm() -> Result<(), String> {
 
     step("Three VMs with the bundled VMM: web1 and web2 on VLAN 10, db on VLAN 20 (same subnet)");
     let t0 = Instant::now();
-    let (web2, web2_out) = Vmm::start("web2", &dir.join("web2.sock"), "10.0.0.2/24", "udp-echo 7")?;
-    follow(&web2.name, &web2_out, "UDP-ECHO")?;
-    let (db, db_out) = Vmm::start("db", &dir.join("db.sock"), "10.0.0.3/24", "udp-echo 7")?;
-    follow(&db.name, &db_out, "UDP-ECHO")?;
+    let web2 = start_vm("web2", &dir.join("web2.sock"), "10.0.0.2/24", "udp-echo 7")?;
+    follow(&web2, "UDP-ECHO")?;
+    let db = start_vm("db", &dir.join("db.sock"), "10.0.0.3/24", "udp-echo 7")?;
+    follow(&db, "UDP-ECHO")?;
     println!(
         "  two VMs up and serving {:.0} ms after the first was started",
         t0.elapsed().as_secs_f64() * 1e3
     );
 
     step("web1 pings web2 (same VLAN)");
-    let (web1, out) = Vmm::start(
+    let web1 = start_vm(
         "web1",
         &dir.join("web1.sock"),
         "10.0.0.1/24",
         "ping 10.0.0.2 3",
     )?;
-    follow(&web1.name, &out, "PING-DONE")?;
+    follow(&web1, "PING-DONE")?;
     drop(web1);
     step("web1 pings db (other VLAN: the switch must not let it through)");
-    let (web1, out) = Vmm::start(
+    let web1 = start_vm(
         "web1",
         &dir.join("web1.sock"),
         "10.0.0.1/24",
         "ping 10.0.0.3 2",
     )?;
-    follow(&web1.name, &out, "PING-DONE")?;
+    follow(&web1, "PING-DONE")?;
     drop(web1);
     drop(web2);
 
     step("TCP: web1 sends 256 MiB to web2 (payload checksums compared)");
-    let (sink, sink_out) = Vmm::start(
+    let sink = start_vm(
         "web2",
         &dir.join("web2.sock"),
         "10.0.0.2/24",
         "tcp-sink 5001",
     )?;
-    follow(&sink.name, &sink_out, "TCP-SINK listening")?;
-    let (source, source_out) = Vmm::start(
+    follow(&sink, "TCP-SINK listening")?;
+    let source = start_vm(
         "web1",
         &dir.join("web1.sock"),
         "10.0.0.1/24",
         "tcp-source 10.0.0.2 5001 256M",
     )?;
-    let sent = follow(&source.name, &source_out, "TCP-SOURCE bytes=")?;
-    let got = follow(&sink.name, &sink_out, "TCP-SINK bytes=")?;
+    let sent = follow(&source, "TCP-SOURCE bytes=")?;
+    let got = follow(&sink, "TCP-SINK bytes=")?;
     let sum = |l: &str| {
         l.split_whitespace()
             .find_map(|w| w.strip_prefix("checksum="))

@@ -1,0 +1,241 @@
+//! BGP EVPN (RFC 7432, RFC 8365) through FRR: the switch joins a fabric of VXLAN hosts that
+//! learn each other's MACs and flood lists from BGP, without a control plane of its own and
+//! without FRR knowing it exists. Per VNI, "shadow" kernel devices that carry no traffic
+//! stand where zebra expects a Linux host's bridge and vxlan device (`shadow.rs`); the agent
+//! (`agent.rs`) writes the switch's local MACs into them and installs what zebra writes
+//! there into the VTEP; `netlink.rs` speaks rtnetlink. docs/evpn.md says why this way and
+//! how to pair it with FRR.
+
+pub mod agent;
+pub mod netlink;
+pub mod shadow;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use patchbay_overlay::Vni;
+use serde::{Deserialize, Serialize};
+
+use agent::{Agent, EvpnCounters, Kernel, Tables, VniDevices, VniStatus};
+use netlink::{FdbChange, FdbEntry, NetlinkError, Rtnl};
+use shadow::Shadow;
+
+/// How often the agent looks at the learning table and the FDB events: a new local MAC
+/// reaches zebra within this (BGP then adds ~100 ms on its own).
+const TICK: Duration = Duration::from_millis(5);
+
+/// The `[evpn]` section of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvpnConfig {
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
+    /// The VNIs to run EVPN for; absent: every VNI `[vxlan]` maps (and those mapped later).
+    #[serde(default)]
+    pub vnis: Option<Vec<Vni>>,
+    /// Shadow devices are named PREFIX + br/vx/tap + VNI (at most 4 characters).
+    #[serde(default = "default_prefix")]
+    pub device_prefix: String,
+    /// UDP port of the shadow vxlan devices: any port the VTEP does not use (no traffic is
+    /// sent or expected on it; the kernel only binds it).
+    #[serde(default = "default_shadow_port")]
+    pub shadow_udp_port: u16,
+}
+
+fn default_enabled() -> bool {
+    true
+}
+fn default_prefix() -> String {
+    "pb".into()
+}
+fn default_shadow_port() -> u16 {
+    4790
+}
+
+impl Default for EvpnConfig {
+    fn default() -> Self {
+        EvpnConfig {
+            enabled: true,
+            vnis: None,
+            device_prefix: default_prefix(),
+            shadow_udp_port: default_shadow_port(),
+        }
+    }
+}
+
+impl EvpnConfig {
+    /// Checks what can be checked without the VTEP (`vtep_port`: the port it listens on).
+    pub fn validate(&self, vtep_port: Option<u16>) -> Result<(), String> {
+        let p = &self.device_prefix;
+        if p.is_empty()
+            || p.len() > shadow::MAX_PREFIX_LEN
+            || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(format!(
+                "device_prefix '{p}': 1 to {} letters, digits or '-'",
+                shadow::MAX_PREFIX_LEN
+            ));
+        }
+        match vtep_port {
+            None if self.enabled => Err("EVPN needs the [vxlan] tunnel".into()),
+            Some(v) if v == self.shadow_udp_port => Err(format!(
+                "shadow_udp_port {} is the VTEP's own port; choose another",
+                self.shadow_udp_port
+            )),
+            _ if self.shadow_udp_port == 0 => Err("shadow_udp_port 0".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvpnError {
+    #[error("[evpn]: {0}")]
+    Config(String),
+    #[error("evpn: {0}")]
+    Netlink(#[from] NetlinkError),
+    #[error("cannot start the EVPN thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The kernel through rtnetlink: shadow devices and their FDBs.
+struct NetlinkKernel {
+    rtnl: Rtnl,
+    events: Rtnl,
+    shadows: HashMap<Vni, Shadow>,
+    prefix: String,
+    local: IpAddr,
+    udp_port: u16,
+}
+
+impl Kernel for NetlinkKernel {
+    fn add_vni(&mut self, vni: Vni) -> Result<VniDevices, NetlinkError> {
+        let s = Shadow::create(&mut self.rtnl, &self.prefix, vni, self.local, self.udp_port)?;
+        let d = VniDevices {
+            vxlan: s.vxlan,
+            tap: s.tap_index,
+        };
+        self.shadows.insert(vni, s);
+        Ok(d)
+    }
+
+    fn remove_vni(&mut self, vni: Vni) {
+        if let Some(s) = self.shadows.remove(&vni) {
+            s.remove(&mut self.rtnl);
+        }
+    }
+
+    fn fdb_update(
+        &mut self,
+        port: u32,
+        add: bool,
+        macs: &[[u8; 6]],
+    ) -> Result<Vec<Result<(), std::io::Error>>, NetlinkError> {
+        self.rtnl.fdb_update(port, add, macs)
+    }
+
+    fn fdb_changes(&mut self, out: &mut Vec<FdbChange>) -> Result<(), NetlinkError> {
+        self.events.fdb_changes(out)
+    }
+
+    fn dump_fdb(&mut self) -> Result<Vec<FdbEntry>, NetlinkError> {
+        self.rtnl.dump_fdb()
+    }
+}
+
+/// A running EVPN agent: its thread, counters and status.
+pub struct Evpn {
+    pub counters: Arc<EvpnCounters>,
+    status: Arc<Mutex<Vec<VniStatus>>>,
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<thread::JoinHandle<()>>>,
+}
+
+/// Where the agent finds the switch's tables.
+pub trait SwitchTables: Send + Sync + 'static {
+    /// Calls `f` with the tables, or returns false if the switch is stopping.
+    fn with_tables(&self, f: &mut dyn FnMut(&Tables)) -> bool;
+}
+
+impl Evpn {
+    /// Opens the netlink sockets and starts the agent for the VTEP at `local`.
+    pub fn start(
+        config: &EvpnConfig,
+        local: IpAddr,
+        tables: Arc<dyn SwitchTables>,
+    ) -> Result<Evpn, EvpnError> {
+        let events = Rtnl::fdb_events()?;
+        let kernel = NetlinkKernel {
+            rtnl: Rtnl::open()?,
+            events,
+            shadows: HashMap::new(),
+            prefix: config.device_prefix.clone(),
+            local,
+            udp_port: config.shadow_udp_port,
+        };
+        let counters = Arc::new(EvpnCounters::default());
+        let status = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut agent = Agent::new(kernel, config.vnis.clone());
+        let (c, s, st) = (counters.clone(), status.clone(), stop.clone());
+        let thread = thread::Builder::new()
+            .name("evpn".into())
+            .spawn(move || {
+                let mut first = true;
+                while !st.load(Ordering::Relaxed) {
+                    let running = tables.with_tables(&mut |t| {
+                        agent.tick(t, &c);
+                        if first {
+                            // Entries zebra made before we subscribed (a restart).
+                            agent.resync(t, &c);
+                            first = false;
+                        }
+                    });
+                    if !running {
+                        break;
+                    }
+                    if let Ok(mut s) = s.lock() {
+                        *s = agent.status();
+                    }
+                    wait_readable(agent.kernel().events.as_raw_fd(), TICK);
+                }
+                tables.with_tables(&mut |t| agent.stop(t));
+                log::info!("evpn: stopped; shadow devices removed");
+            })
+            .map_err(EvpnError::Thread)?;
+        Ok(Evpn {
+            counters,
+            status,
+            stop,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Each VNI's state as of the agent's last round.
+    pub fn status(&self) -> Vec<VniStatus> {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Stops the agent and removes the shadow devices (zebra withdraws our routes).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Waits until `fd` is readable or `timeout` passes.
+fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `p` is one valid pollfd, alive for the call.
+    unsafe { libc::poll(&mut p, 1, timeout.as_millis() as libc::c_int) };
+}
