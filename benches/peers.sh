@@ -14,6 +14,9 @@
 #   patchbay-xdp-poll, patchbay-xdp-event  the same with an AF_XDP uplink (uplink variant only)
 #   ovs-ct, patchbay-ct-poll, patchbay-ct-event  the same with a stateful firewall's flows
 #                   (swap variant only)
+#   patchbay-evpn-poll, patchbay-evpn-event  patchbay-poll/-event with BGP EVPN on (the VLAN
+#                   mapped to a VNI, [evpn]: shadow devices, the agent; in a network namespace
+#                   of its own), plain and swap variants: EVPN must not cost the frame path
 #   baseline-poll, baseline-event   the same with the binaries of PATCHBAY_PEERS_BASELINE_BIN:
 #                   an earlier build measured in the same run (an A/B of a change), in every
 #                   variant but vxlan and tso
@@ -219,7 +222,7 @@ cleanup() {
     if ((SRC_FD_OPEN)); then exec 7>&-; fi
     for p in "${PIDS[@]}"; do stop_pid "$p"; done
     local ns
-    for ns in "${VX_NS[@]}"; do ip netns del "$ns" 2>/dev/null; done
+    for ns in "${VX_NS[@]}" ${EVPN_NS:-}; do ip netns del "$ns" 2>/dev/null; done
     if ((${UPLINK_MADE:-0} || ${INTERNAL_BRIDGE_MADE:-0})); then
         ip link del "$UPLINK_BRIDGE" 2>/dev/null
     fi
@@ -675,8 +678,25 @@ stop_uplink_case() {
 
 # start_patchbay DIR PORTS VARIANT POLL [BINDIR]
 start_patchbay() {
-    local dir=$1 n=$2 variant=$3 poll=$4 bin=${5:-$RUN/bin} i spec args=()
+    local dir=$1 n=$2 variant=$3 poll=$4 bin=${5:-$RUN/bin} i spec args=() wrap=()
     SOCKS=()
+    if ((${EVPN:-0})); then
+        # The VLAN carried by a VNI with EVPN on, in a namespace of its own (the shadow
+        # devices go there); no FRR is needed for the agent to run.
+        local ns="pbpeersE-$$"
+        if [[ -z ${EVPN_NS:-} ]]; then
+            ip netns add "$ns" || {
+                FAIL="cannot create network namespace $ns"
+                return 1
+            }
+            EVPN_NS=$ns
+            ip -n "$ns" link set lo up
+        fi
+        printf '%s\n' "[vxlan]" "local_ip = \"127.0.0.1\"" \
+            "vnis = [{ vni = 100, vlan = $VLAN }]" "" "[evpn]" >"$dir/evpn.toml"
+        args+=(--config "$dir/evpn.toml")
+        wrap=(ip netns exec "$ns")
+    fi
     if [[ $variant == uplink ]]; then
         n=1
         args+=(--port "name=up,type=${UPLINK_TYPE:-afpacket},interface=$UPLINK,vlan=$VLAN")
@@ -692,7 +712,7 @@ start_patchbay() {
         args+=(--port "$spec${PATCHBAY_PEERS_PORT_EXTRA:-}")
     done
     ((poll)) && args+=(--poll-cpus "$SWITCH_CPU")
-    "$bin/patchbay-switch" "${args[@]}" --metrics-listen off \
+    "${wrap[@]}" "$bin/patchbay-switch" "${args[@]}" --metrics-listen off \
         --control-socket "$dir/ctl.sock" --log-level info >"$dir/sut.log" 2>&1 &
     SUT_PID=$!
     register "$SUT_PID"
@@ -1032,6 +1052,13 @@ measure() {
             patchbay-ct-event) CT_FLOWS=1 start_patchbay "$dir" "$n" "$variant" 0 || ok=0 ;;
             esac
             ;;
+        patchbay-evpn-*)
+            [[ $variant == plain || $variant == swap ]] || return 0
+            case $case in
+            patchbay-evpn-poll) EVPN=1 start_patchbay "$dir" "$n" "$variant" 1 || ok=0 ;;
+            patchbay-evpn-event) EVPN=1 start_patchbay "$dir" "$n" "$variant" 0 || ok=0 ;;
+            esac
+            ;;
         esac
     fi
     ((ok)) && { start_source "$dir" "$n" "$mode" "$size" "$variant" || ok=0; }
@@ -1322,7 +1349,7 @@ main() {
 
     local cases=() c
     for c in testpmd-io ovs-dpdk ovs-ct patchbay-poll patchbay-event patchbay-ct-poll \
-        patchbay-ct-event patchbay-xdp-poll patchbay-xdp-event baseline-poll baseline-event \
+        patchbay-ct-event patchbay-evpn-poll patchbay-evpn-event patchbay-xdp-poll patchbay-xdp-event baseline-poll baseline-event \
         kernel-vxlan kernel-bridge; do
         has "$CASES" "$c" && cases+=("$c")
     done

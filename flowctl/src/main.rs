@@ -340,6 +340,10 @@ enum Show {
     /// addresses learned (or set) behind remote VTEPs.
     #[command(after_help = "Example:\n  flowctl show tunnel")]
     Tunnel,
+    /// BGP EVPN: per VNI the local MACs handed to FRR, the remote MACs and flood-list
+    /// remotes installed from its routes; route counters.
+    #[command(after_help = "Example:\n  flowctl show evpn")]
+    Evpn,
 }
 
 /// Changes to the VXLAN tunnel at run time.
@@ -816,6 +820,15 @@ fn run(cli: &Cli, client: &mut Client, vlan: Option<VlanConfig>) -> Result<(), C
                 let t: Vec<patchbay_switch::control::flows::TableInfo> =
                     client.call_as(Request::ShowTables)?;
                 print!("{}", render::tables(&t));
+            }
+        }
+        Command::Show { what: Show::Evpn } => {
+            if json {
+                print_json(&client.call(Request::ShowEvpn)?);
+            } else {
+                let snap: patchbay_switch::evpn::EvpnSnapshot =
+                    client.call_as(Request::ShowEvpn)?;
+                print!("{}", render::evpn(&snap));
             }
         }
         Command::Show { what: Show::Tunnel } => {

@@ -399,6 +399,48 @@ pub fn switch_info(s: &SwitchInfo) -> String {
     out
 }
 
+/// `flowctl show evpn`: per VNI what goes to FRR and what came from it; route counters.
+pub fn evpn(s: &patchbay_switch::evpn::EvpnSnapshot) -> String {
+    use Align::*;
+    let mut t = Table::new(&[
+        ("VNI", Right),
+        ("VLAN", Right),
+        ("LOCAL MACS", Right),
+        ("REMOTE MACS", Right),
+        ("FLOOD LIST (BGP)", Left),
+    ]);
+    for v in &s.vnis {
+        let floods: Vec<String> = v.flood_remotes.iter().map(|r| r.to_string()).collect();
+        t.row(vec![
+            v.vni.to_string(),
+            v.vlan.to_string(),
+            v.local_macs.to_string(),
+            v.remote_macs.to_string(),
+            if floods.is_empty() {
+                "-".into()
+            } else {
+                floods.join(",")
+            },
+        ]);
+    }
+    let mut out = t.render();
+    let _ = writeln!(
+        out,
+        "routes received: {} mac, {} flood; withdrawn: {} mac, {} flood; refused {}",
+        s.mac_routes_received,
+        s.flood_routes_received,
+        s.mac_routes_withdrawn,
+        s.flood_routes_withdrawn,
+        s.routes_refused
+    );
+    let _ = writeln!(
+        out,
+        "local MACs moved to other hosts: {}; netlink errors: {}; FDB re-reads: {}",
+        s.local_macs_moved_away, s.netlink_errors, s.resyncs
+    );
+    out
+}
+
 /// `flowctl show tunnel`: VNIs with their VLAN and flood list, remote VTEPs, remote MACs.
 pub fn tunnel(s: &patchbay_overlay::vtep::VtepSnapshot) -> String {
     use Align::*;
@@ -699,6 +741,27 @@ mod tests {
             vlan(&vc("native-tagged", Some(5), Some("all"))),
             "native-tagged 5 +all"
         );
+    }
+
+    #[test]
+    fn evpn_shows_each_vni_and_the_route_counters() {
+        let s = patchbay_switch::evpn::EvpnSnapshot {
+            vnis: vec![patchbay_switch::evpn::agent::VniStatus {
+                vni: 100,
+                vlan: 10,
+                local_macs: 2,
+                remote_macs: 5,
+                flood_remotes: vec!["198.51.100.12".parse().unwrap()],
+            }],
+            mac_routes_received: 7,
+            flood_routes_received: 1,
+            ..Default::default()
+        };
+        let out = evpn(&s);
+        let row = out.lines().nth(1).unwrap_or_default();
+        let words: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(words, ["100", "10", "2", "5", "198.51.100.12"], "{out}");
+        assert!(out.contains("routes received: 7 mac, 1 flood"), "{out}");
     }
 
     #[test]

@@ -437,6 +437,17 @@ fn tunnel_commands_change_and_show_the_vtep() {
     assert_eq!(vni["vlan"], 30);
     assert_eq!(vni["remotes"][0], "127.0.0.3");
     assert_eq!(snap["macs"][0]["mac"], "52:54:00:00:00:09");
+    assert_eq!(snap["macs"][0]["origin"], "static");
+    let shown = sw.ok(&["show", "tunnel"]);
+    let row = shown
+        .lines()
+        .find(|l| l.contains("52:54:00:00:00:09"))
+        .unwrap_or_default();
+    assert!(row.contains("config"), "where the entry came from: {shown}");
+    // Without [evpn], show evpn says so.
+    let evpn = sw.flowctl(&["show", "evpn"]);
+    assert_eq!(evpn.status.code(), Some(1));
+    assert!(stderr(&evpn).contains("[evpn]"), "{}", stderr(&evpn));
     // The tunnel port now carries VLAN 30 as well.
     let ports = sw.json(&["show", "ports"]);
     let tunnel = ports

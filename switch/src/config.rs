@@ -235,6 +235,19 @@ impl Config {
             let evpn = e.into_inner();
             evpn.validate(config.vxlan.as_ref().map(|v| v.port))
                 .map_err(|m| invalid(start, "[evpn]".into(), m))?;
+            let learn = patchbay_overlay::vtep::UnknownVtepPolicy::Learn;
+            if evpn.enabled
+                && config
+                    .vxlan
+                    .as_ref()
+                    .is_some_and(|v| v.unknown_vtep == learn)
+            {
+                return Err(invalid(
+                    start,
+                    "[evpn]".into(),
+                    "unknown_vtep = \"learn\" in [vxlan] cannot go with EVPN: remote VTEPs come from BGP, and a sender outside a VNI's flood list is dropped".into(),
+                ));
+            }
             config.evpn = Some(evpn).filter(|e| e.enabled);
         }
         for spanned in file.ports {
@@ -582,6 +595,10 @@ trunks = "10,20-30"
                 "VTEP's own port",
             ),
             (format!("{vxlan}[evpn]\nvni = [100]\n"), "vni"),
+            (
+                vxlan.replace("[vxlan]\n", "[vxlan]\nunknown_vtep = \"learn\"\n") + "[evpn]\n",
+                "cannot go with EVPN",
+            ),
         ] {
             let e = Config::from_toml(Path::new("t.toml"), &text)
                 .unwrap_err()

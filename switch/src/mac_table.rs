@@ -8,8 +8,9 @@
 //! without scanning (the aging sweep, once a second, makes room).
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -64,9 +65,30 @@ pub struct MacTable {
     /// Entries per port, indexed by port number; changed under the write lock, read
     /// without it to refuse a port at its limit cheaply.
     per_port: Vec<AtomicUsize>,
-    /// Bumped (under the write lock) whenever an address is added, moves or goes, so a
-    /// watcher (EVPN's advertiser) can poll one word instead of the table.
-    changes: AtomicU64,
+    /// The addresses added, moved or removed since the watcher (EVPN's advertiser) last
+    /// looked, so it need not read the whole table per change.
+    log: ChangeLog,
+}
+
+/// Most changes the log holds between two looks; past it the watcher reads the table.
+pub const CHANGE_LOG_CAPACITY: usize = 4096;
+
+/// Changed keys for one watcher: off (one atomic load per change) until [`MacTable::watch`],
+/// then bounded and allocated once, so learning never allocates; past the bound it only
+/// records that it overflowed.
+#[derive(Default)]
+struct ChangeLog {
+    watched: AtomicBool,
+    inner: Mutex<LogInner>,
+    /// Signalled when the log stops being empty: one write per round of the watcher, not
+    /// per change, so the watcher sleeps until there is something to do.
+    wake: std::sync::OnceLock<vmm_sys_util::eventfd::EventFd>,
+}
+
+#[derive(Default)]
+struct LogInner {
+    keys: Vec<(Vid, EthernetAddress)>,
+    overflowed: bool,
 }
 
 impl MacTable {
@@ -77,7 +99,7 @@ impl MacTable {
             aging,
             epoch: Instant::now(),
             per_port: (0..=MAX_PORTS + 1).map(|_| AtomicUsize::new(0)).collect(),
-            changes: AtomicU64::new(0),
+            log: ChangeLog::default(),
         }
     }
 
@@ -106,28 +128,70 @@ impl MacTable {
     /// Removes every entry `drop` says so, keeping the per-port counts right.
     fn remove_where(&self, entries: &mut Entries, drop: impl Fn(&Entry) -> bool) -> usize {
         let before = entries.len();
-        entries.retain(|_, e| {
+        entries.retain(|key, e| {
             let gone = drop(e);
             if gone {
                 self.count_removed(e.port.load(Ordering::Relaxed));
+                self.changed(*key);
             }
             !gone
         });
-        let removed = before - entries.len();
-        if removed > 0 {
-            self.changed();
+        before - entries.len()
+    }
+
+    /// Records that `key`'s entry was added, moved or removed, for the watcher if any.
+    fn changed(&self, key: (Vid, EthernetAddress)) {
+        if !self.log.watched.load(Ordering::Relaxed) {
+            return;
         }
-        removed
+        let mut log = self.log.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let was_empty = log.keys.is_empty() && !log.overflowed;
+        if log.keys.len() < CHANGE_LOG_CAPACITY {
+            log.keys.push(key);
+        } else {
+            log.overflowed = true;
+        }
+        if was_empty {
+            if let Some(wake) = self.log.wake.get() {
+                // Full (the watcher is far behind) or failed: it still polls on a timer.
+                let _ = wake.write(1);
+            }
+        }
     }
 
-    fn changed(&self) {
-        self.changes.fetch_add(1, Ordering::Release);
+    /// Starts logging changes for one watcher. Its first [`MacTable::drain_changes`] says
+    /// to read the whole table.
+    pub fn watch(&self) {
+        let mut log = self.log.inner.lock().unwrap_or_else(|p| p.into_inner());
+        log.keys.reserve(CHANGE_LOG_CAPACITY);
+        log.overflowed = true;
+        if let Ok(fd) = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK) {
+            let _ = self.log.wake.set(fd);
+        }
+        self.log.watched.store(true, Ordering::Relaxed);
     }
 
-    /// A number that changes whenever an address is learned, moves or is removed (aging
-    /// included): equal readings mean the same set of (VLAN, address, port).
-    pub fn changes(&self) -> u64 {
-        self.changes.load(Ordering::Acquire)
+    /// A descriptor that becomes readable when changes wait in the log (after
+    /// [`MacTable::watch`]; [`MacTable::drain_changes`] resets it).
+    pub fn changes_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.log.wake.get().map(|w| w.as_raw_fd())
+    }
+
+    /// Moves the (VLAN, address) keys changed since the last call into `out` (a key may
+    /// appear more than once; look each up for its state now). False if changes were lost
+    /// (the log overflowed, or this is the first call): read the whole table instead.
+    pub fn drain_changes(&self, out: &mut Vec<(Vid, EthernetAddress)>) -> bool {
+        let mut log = self.log.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(wake) = self.log.wake.get() {
+            let _ = wake.read();
+        }
+        if std::mem::take(&mut log.overflowed) {
+            log.keys.clear();
+            return false;
+        }
+        out.append(&mut log.keys);
+        true
     }
 
     /// The table's clock: whole seconds since it was created.
@@ -172,7 +236,7 @@ impl MacTable {
             }
             self.count_removed(old);
             self.count_added(port);
-            self.changed();
+            self.changed((vlan, mac));
             return Learned::Moved;
         }
         if entries.len() >= self.max_entries {
@@ -186,7 +250,7 @@ impl MacTable {
             },
         );
         self.count_added(port);
-        self.changed();
+        self.changed((vlan, mac));
         Learned::New
     }
 
@@ -224,7 +288,7 @@ impl MacTable {
         match entries.remove(&(vlan, mac)) {
             Some(e) => {
                 self.count_removed(e.port.load(Ordering::Relaxed));
-                self.changed();
+                self.changed((vlan, mac));
                 true
             }
             None => false,
@@ -295,28 +359,56 @@ mod tests {
     }
 
     #[test]
-    fn changes_count_what_a_watcher_must_see() {
+    fn the_change_log_has_what_a_watcher_must_see() {
         let t = MacTable::new(16, Duration::from_secs(300));
-        let c0 = t.changes();
+        let mut keys = Vec::new();
         t.learn(10, A, 1, 0, 16);
-        let c1 = t.changes();
-        assert_ne!(c0, c1, "a new address");
+        t.watch();
+        let readable = || {
+            let fd = t.changes_fd().expect("an eventfd");
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, alive for the call; no wait.
+            unsafe { libc::poll(&mut p, 1, 0) == 1 }
+        };
+        assert!(
+            !t.drain_changes(&mut keys),
+            "the first look reads the table"
+        );
         t.learn(10, A, 1, 1, 16);
-        assert_eq!(t.changes(), c1, "a refresh is no change");
+        assert!(!readable(), "a refresh wakes nobody");
+        assert!(
+            t.drain_changes(&mut keys) && keys.is_empty(),
+            "a refresh is no change"
+        );
         t.learn(10, A, 2, 1, 16);
-        let c2 = t.changes();
-        assert_ne!(c2, c1, "a move");
+        t.learn(20, B, 2, 1, 16);
+        assert!(readable(), "changes wake the watcher");
+        assert!(t.drain_changes(&mut keys));
+        assert!(!readable(), "until it has looked");
+        assert_eq!(keys, vec![(10, A), (20, B)], "a move and a new address");
+        keys.clear();
         let mut live = Vec::new();
         t.for_each_live(1, |v, m, p| live.push((v, m, p)));
-        assert_eq!(live, vec![(10, A, 2)]);
+        live.sort();
+        assert_eq!(live, vec![(10, A, 2), (20, B, 2)]);
         assert!(t.forget(10, A));
         assert!(!t.forget(10, A));
-        assert_ne!(t.changes(), c2, "a forgotten address");
-        assert_eq!(t.port_entries(2), 0);
-        t.learn(10, B, 3, 0, 16);
-        let c3 = t.changes();
-        t.expire(300);
-        assert_ne!(t.changes(), c3, "aging");
+        assert_eq!(t.port_entries(2), 1);
+        t.expire(301);
+        assert!(t.drain_changes(&mut keys));
+        assert_eq!(keys, vec![(10, A), (20, B)], "forgotten, aged out");
+        keys.clear();
+        for i in 0..=CHANGE_LOG_CAPACITY {
+            let m = EthernetAddress([2, 0, 0, 0, (i >> 8) as u8, i as u8]);
+            t.learn(30, m, 3, 0, usize::MAX);
+            t.forget(30, m);
+        }
+        assert!(!t.drain_changes(&mut keys), "overflowed: read the table");
+        assert!(t.drain_changes(&mut keys) && keys.is_empty());
     }
 
     #[test]

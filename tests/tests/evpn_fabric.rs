@@ -348,6 +348,23 @@ fn evpn_fabric_with_frr_and_a_linux_host() {
             }
         }
     }
+    // show-evpn counts the same: the flood list, the guests behind the other Patchbay hosts,
+    // and the local guests handed to FRR.
+    let evpn = hosts[0].switch().request("show-evpn");
+    let vni100 = evpn["vnis"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["vni"] == 100))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        vni100["flood_remotes"].as_array().map(Vec::len),
+        Some(PATCHBAY_HOSTS),
+        "{evpn}"
+    );
+    assert!(vni100["remote_macs"].as_u64() >= Some(2), "{evpn}");
+    assert!(vni100["local_macs"].as_u64() >= Some(1), "{evpn}");
+    assert!(evpn["mac_routes_received"].as_u64() >= Some(2), "{evpn}");
+    assert_eq!(evpn["netlink_errors"], 0, "{evpn}");
     // And the Linux host has them from its zebra, which got them from ours.
     let h4_fdb = h4.fdb("vx100").unwrap();
     for host in 1..=PATCHBAY_HOSTS {

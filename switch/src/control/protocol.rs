@@ -41,6 +41,9 @@ pub enum Request {
     },
     /// The VXLAN tunnel: VNI mappings, flood lists, remote MACs, counters.
     ShowTunnel,
+    /// BGP EVPN: per VNI the local MACs advertised, remote MACs and flood-list remotes
+    /// installed from routes; the agent's counters.
+    ShowEvpn,
     /// Maps a VNI to a local VLAN.
     TunnelMap {
         vni: u32,

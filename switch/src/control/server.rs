@@ -391,6 +391,10 @@ fn execute(request: Request, sw: &Arc<Switch>, counters: &ControlCounters) -> Re
         Request::DiffFlows { flows } => result(super::flows::diff_flows(sw, &flows)),
         Request::Trace { packet } => result(super::flows::trace(sw, &packet)),
         Request::ShowTables => Response::ok(super::flows::tables(sw)),
+        Request::ShowEvpn => match sw.evpn() {
+            Some(e) => Response::ok(e.snapshot()),
+            None => Response::error("EVPN is not running (add an [evpn] section to the config)"),
+        },
         Request::DumpConntrack { zone } => Response::ok(super::flows::dump_conntrack(sw, zone)),
         Request::AddGroup { group, modify } => result(super::flows::add_group(sw, &group, modify)),
         Request::DelGroups { group_id } => result(super::flows::del_groups(sw, group_id)),

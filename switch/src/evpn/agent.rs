@@ -1,9 +1,10 @@
 //! The EVPN agent's one job, in ticks: keep the kernel's shadow FDBs (which zebra reads and
 //! writes) and the switch's tables (the learning table and the VTEP) telling the same story.
 //!
-//! - Local MACs: when the learning table changes, the addresses learned on local ports in a
-//!   VLAN whose VNI runs EVPN are diffed against what is on the VNI's shadow tap, and the
-//!   difference is added or removed there (zebra then advertises or withdraws type-2 routes).
+//! - Local MACs: the addresses the learning table logged as changed (learned, moved, gone)
+//!   in a VLAN whose VNI runs EVPN are looked up, and put on or taken off the VNI's shadow
+//!   tap (zebra then advertises or withdraws type-2 routes); when the log overflowed, the
+//!   whole table is diffed against the tap instead.
 //! - Remote MACs and flood lists: zebra's entries on a shadow vxlan device (`dst VTEP self`)
 //!   are installed into the VTEP as BGP entries, the all-zero MAC as a flood-list remote
 //!   (type-3). A route for an address the switch holds as local means the address moved to
@@ -31,6 +32,9 @@ const RETRY: Duration = Duration::from_secs(1);
 const FDB_BATCH: usize = 256;
 
 const ENOBUFS: i32 = libc::ENOBUFS;
+
+/// A VNI's changes to its tap: (MACs to add, MACs to remove).
+type Plan = (Vec<[u8; 6]>, Vec<[u8; 6]>);
 
 /// The shadow devices of one VNI, as the agent needs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +100,8 @@ struct VniState {
     vlan: u16,
     devices: VniDevices,
     advertised: HashSet<[u8; 6]>,
+    /// Entries of `installed` in this VNI (kept, not counted per round).
+    remote_macs: usize,
 }
 
 /// The switch's side: its learning table, its VTEP and the tunnel's port number.
@@ -114,8 +120,12 @@ pub struct Agent<K: Kernel> {
     /// Remote MACs installed from routes, with their VTEP.
     installed: HashMap<(Vni, [u8; 6]), IpAddr>,
     floods: HashSet<(Vni, IpAddr)>,
-    /// The learning table's change count when local MACs were last advertised in full.
-    advertised_at: Option<u64>,
+    /// Whether the learning table logs its changes for us yet.
+    watching: bool,
+    /// Read the whole learning table at the next round (a VNI was added).
+    rescan: bool,
+    /// The changed keys of a round (kept to reuse the allocation).
+    keys: Vec<(u16, EthernetAddress)>,
     retry_at: Option<Instant>,
     /// VNIs whose devices could not be made, with when to try again.
     failed: HashMap<Vni, Instant>,
@@ -131,7 +141,9 @@ impl<K: Kernel> Agent<K> {
             by_vxlan: HashMap::new(),
             installed: HashMap::new(),
             floods: HashSet::new(),
-            advertised_at: None,
+            watching: false,
+            rescan: false,
+            keys: Vec::new(),
             retry_at: None,
             failed: HashMap::new(),
             changes: Vec::new(),
@@ -188,9 +200,10 @@ impl<K: Kernel> Agent<K> {
                             vlan,
                             devices,
                             advertised: HashSet::new(),
+                            remote_macs: 0,
                         },
                     );
-                    self.advertised_at = None;
+                    self.rescan = true;
                 }
                 Err(e) => {
                     bump(&counters.netlink_errors);
@@ -283,13 +296,22 @@ impl<K: Kernel> Agent<K> {
             .copied()
             .collect();
         for (vni, mac) in stale {
-            self.installed.remove(&(vni, mac));
+            self.uninstall(vni, mac);
             t.vtep.remove_bgp(vni, mac);
         }
         let stale: Vec<(Vni, IpAddr)> = self.floods.difference(&floods).copied().collect();
         for (vni, ip) in stale {
             self.floods.remove(&(vni, ip));
             t.vtep.remove_bgp_remote(vni, ip);
+        }
+    }
+
+    /// Forgets an installed remote MAC, keeping its VNI's count.
+    fn uninstall(&mut self, vni: Vni, mac: [u8; 6]) {
+        if self.installed.remove(&(vni, mac)).is_some() {
+            if let Some(s) = self.vnis.get_mut(&vni) {
+                s.remote_macs = s.remote_macs.saturating_sub(1);
+            }
         }
     }
 
@@ -336,7 +358,11 @@ impl<K: Kernel> Agent<K> {
             bump(&counters.mac_routes_received);
             match t.vtep.add_bgp(vni, e.mac, remote) {
                 Ok(true) => {
-                    self.installed.insert((vni, e.mac), remote);
+                    if self.installed.insert((vni, e.mac), remote).is_none() {
+                        if let Some(s) = self.vnis.get_mut(&vni) {
+                            s.remote_macs += 1;
+                        }
+                    }
                     let now = t.mac_table.now();
                     let local = t
                         .mac_table
@@ -360,79 +386,132 @@ impl<K: Kernel> Agent<K> {
             }
         } else if self.installed.get(&(vni, e.mac)) == Some(&remote) {
             bump(&counters.mac_routes_withdrawn);
-            self.installed.remove(&(vni, e.mac));
+            self.uninstall(vni, e.mac);
             t.vtep.remove_bgp(vni, e.mac);
         }
     }
 
-    /// Puts the local MACs of each EVPN VNI on its shadow tap, if the learning table changed.
+    /// Puts the local MACs of each EVPN VNI on its shadow tap and takes off those that are
+    /// no longer local: for the addresses the learning table logged as changed, or, when
+    /// the log overflowed (or after a failure or a new VNI), for the whole table.
     fn advertise(&mut self, t: &Tables, counters: &EvpnCounters) {
-        let changes = t.mac_table.changes();
+        if !self.watching {
+            t.mac_table.watch();
+            self.watching = true;
+        }
+        let mut keys = std::mem::take(&mut self.keys);
+        keys.clear();
+        let complete = t.mac_table.drain_changes(&mut keys);
         let due = self.retry_at.is_some_and(|at| Instant::now() >= at);
-        if self.advertised_at == Some(changes) && !due {
+        let rescan = !complete || due || std::mem::take(&mut self.rescan);
+        if !rescan && keys.is_empty() {
+            self.keys = keys;
             return;
         }
         let by_vlan: HashMap<u16, Vni> = self.vnis.iter().map(|(v, s)| (s.vlan, *v)).collect();
-        let mut want: HashMap<Vni, HashSet<[u8; 6]>> =
-            self.vnis.keys().map(|v| (*v, HashSet::new())).collect();
         let now = t.mac_table.now();
-        t.mac_table.for_each_live(now, |vlan, mac, port| {
-            if port == t.tunnel_port {
-                return;
-            }
-            if let Some(vni) = by_vlan.get(&vlan) {
-                if let Some(set) = want.get_mut(vni) {
-                    set.insert(mac.0);
+        let mut plan: HashMap<Vni, Plan> = HashMap::new();
+        if rescan {
+            let mut want: HashMap<Vni, HashSet<[u8; 6]>> =
+                self.vnis.keys().map(|v| (*v, HashSet::new())).collect();
+            // Copied out first, so the table's lock is held only for the copy.
+            let mut live = Vec::new();
+            t.mac_table.for_each_live(now, |vlan, mac, port| {
+                if port != t.tunnel_port && by_vlan.contains_key(&vlan) {
+                    live.push((vlan, mac.0));
+                }
+            });
+            for (vlan, mac) in live {
+                if let Some(set) = by_vlan.get(&vlan).and_then(|v| want.get_mut(v)) {
+                    set.insert(mac);
                 }
             }
-        });
+            for (vni, wanted) in want {
+                let Some(s) = self.vnis.get(&vni) else {
+                    continue;
+                };
+                let add = wanted.difference(&s.advertised).copied().collect();
+                let del = s.advertised.difference(&wanted).copied().collect();
+                plan.insert(vni, (add, del));
+            }
+        } else {
+            for (vlan, mac) in keys.iter().copied() {
+                let Some((vni, s)) = by_vlan
+                    .get(&vlan)
+                    .and_then(|v| Some((*v, self.vnis.get(v)?)))
+                else {
+                    continue;
+                };
+                let local = t
+                    .mac_table
+                    .lookup(vlan, mac, now)
+                    .is_some_and(|p| p != t.tunnel_port);
+                let (add, del) = plan.entry(vni).or_default();
+                if local && !s.advertised.contains(&mac.0) && !add.contains(&mac.0) {
+                    add.push(mac.0);
+                } else if !local && s.advertised.contains(&mac.0) && !del.contains(&mac.0) {
+                    del.push(mac.0);
+                }
+            }
+        }
+        self.keys = keys;
         let mut ok = true;
-        for (vni, wanted) in want {
-            let Some(s) = self.vnis.get_mut(&vni) else {
-                continue;
-            };
-            let add: Vec<[u8; 6]> = wanted.difference(&s.advertised).copied().collect();
-            let del: Vec<[u8; 6]> = s.advertised.difference(&wanted).copied().collect();
-            for (is_add, macs) in [(false, del), (true, add)] {
-                for chunk in macs.chunks(FDB_BATCH) {
-                    let results = match self.kernel.fdb_update(s.devices.tap, is_add, chunk) {
-                        Ok(r) => r,
+        for (vni, (add, del)) in plan {
+            ok &= self.apply_plan(vni, add, del, counters);
+        }
+        self.retry_at = (!ok).then(|| Instant::now() + RETRY);
+    }
+
+    /// Adds and removes static entries on `vni`'s tap; false if any failed (logged).
+    fn apply_plan(
+        &mut self,
+        vni: Vni,
+        add: Vec<[u8; 6]>,
+        del: Vec<[u8; 6]>,
+        counters: &EvpnCounters,
+    ) -> bool {
+        let Some(s) = self.vnis.get_mut(&vni) else {
+            return true;
+        };
+        let mut ok = true;
+        for (is_add, macs) in [(false, del), (true, add)] {
+            for chunk in macs.chunks(FDB_BATCH) {
+                let results = match self.kernel.fdb_update(s.devices.tap, is_add, chunk) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        bump(&counters.netlink_errors);
+                        log::warn!("evpn: VNI {vni}: {e}");
+                        ok = false;
+                        continue;
+                    }
+                };
+                for (mac, r) in chunk.iter().zip(results) {
+                    match r {
+                        Ok(()) => {}
+                        // Already gone (zebra replaced it with a remote entry).
+                        Err(e) if !is_add && e.raw_os_error() == Some(libc::ENOENT) => {}
                         Err(e) => {
                             bump(&counters.netlink_errors);
-                            log::warn!("evpn: VNI {vni}: {e}");
+                            log::warn!(
+                                "evpn: VNI {vni}: cannot {} {}: {e}",
+                                if is_add { "advertise" } else { "withdraw" },
+                                EthernetAddress(*mac)
+                            );
                             ok = false;
                             continue;
                         }
-                    };
-                    for (mac, r) in chunk.iter().zip(results) {
-                        match r {
-                            Ok(()) => {}
-                            // Already gone (zebra replaced it with a remote entry).
-                            Err(e) if !is_add && e.raw_os_error() == Some(libc::ENOENT) => {}
-                            Err(e) => {
-                                bump(&counters.netlink_errors);
-                                log::warn!(
-                                    "evpn: VNI {vni}: cannot {} {}: {e}",
-                                    if is_add { "advertise" } else { "withdraw" },
-                                    EthernetAddress(*mac)
-                                );
-                                ok = false;
-                                continue;
-                            }
-                        }
-                        if is_add {
-                            s.advertised.insert(*mac);
-                            bump(&counters.local_macs_advertised);
-                        } else {
-                            s.advertised.remove(mac);
-                            bump(&counters.local_macs_withdrawn);
-                        }
+                    }
+                    if is_add {
+                        s.advertised.insert(*mac);
+                        bump(&counters.local_macs_advertised);
+                    } else {
+                        s.advertised.remove(mac);
+                        bump(&counters.local_macs_withdrawn);
                     }
                 }
             }
         }
-        self.advertised_at = Some(changes);
-        self.retry_at = (!ok).then(|| Instant::now() + RETRY);
+        ok
     }
 
     /// Each VNI's state, sorted by VNI.
@@ -452,7 +531,7 @@ impl<K: Kernel> Agent<K> {
                     vni: *vni,
                     vlan: s.vlan,
                     local_macs: s.advertised.len(),
-                    remote_macs: self.installed.keys().filter(|(v, _)| v == vni).count(),
+                    remote_macs: s.remote_macs,
                     flood_remotes,
                 }
             })

@@ -12,6 +12,7 @@ pub mod shadow;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -24,9 +25,9 @@ use agent::{Agent, EvpnCounters, Kernel, Tables, VniDevices, VniStatus};
 use netlink::{FdbChange, FdbEntry, NetlinkError, Rtnl};
 use shadow::Shadow;
 
-/// How often the agent looks at the learning table and the FDB events: a new local MAC
-/// reaches zebra within this (BGP then adds ~100 ms on its own).
-const TICK: Duration = Duration::from_millis(5);
+/// How often the agent runs with nothing to wake it: FDB events and the learning table's
+/// change log wake it at once; the timer is for retries and VNIs mapped at run time.
+const TICK: Duration = Duration::from_millis(100);
 
 /// The `[evpn]` section of the configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +148,20 @@ impl Kernel for NetlinkKernel {
     }
 }
 
+/// What `flowctl show evpn` shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvpnSnapshot {
+    pub vnis: Vec<VniStatus>,
+    pub mac_routes_received: u64,
+    pub mac_routes_withdrawn: u64,
+    pub flood_routes_received: u64,
+    pub flood_routes_withdrawn: u64,
+    pub routes_refused: u64,
+    pub local_macs_moved_away: u64,
+    pub netlink_errors: u64,
+    pub resyncs: u64,
+}
+
 /// A running EVPN agent: its thread, counters and status.
 pub struct Evpn {
     pub counters: Arc<EvpnCounters>,
@@ -201,7 +216,9 @@ impl Evpn {
                     if let Ok(mut s) = s.lock() {
                         *s = agent.status();
                     }
-                    wait_readable(agent.kernel().events.as_raw_fd(), TICK);
+                    let mut changes_fd = None;
+                    tables.with_tables(&mut |t| changes_fd = t.mac_table.changes_fd());
+                    wait_readable(agent.kernel().events.as_raw_fd(), changes_fd, TICK);
                 }
                 tables.with_tables(&mut |t| agent.stop(t));
                 log::info!("evpn: stopped; shadow devices removed");
@@ -220,6 +237,23 @@ impl Evpn {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// Status and counters, as `show-evpn` sends them.
+    pub fn snapshot(&self) -> EvpnSnapshot {
+        let c = &self.counters;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        EvpnSnapshot {
+            vnis: self.status(),
+            mac_routes_received: load(&c.mac_routes_received),
+            mac_routes_withdrawn: load(&c.mac_routes_withdrawn),
+            flood_routes_received: load(&c.flood_routes_received),
+            flood_routes_withdrawn: load(&c.flood_routes_withdrawn),
+            routes_refused: load(&c.routes_refused),
+            local_macs_moved_away: load(&c.local_macs_moved_away),
+            netlink_errors: load(&c.netlink_errors),
+            resyncs: load(&c.resyncs),
+        }
+    }
+
     /// Stops the agent and removes the shadow devices (zebra withdraws our routes).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -229,13 +263,15 @@ impl Evpn {
     }
 }
 
-/// Waits until `fd` is readable or `timeout` passes.
-fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) {
-    let mut p = libc::pollfd {
+/// Waits until `fd` or `other` is readable or `timeout` passes.
+fn wait_readable(fd: RawFd, other: Option<RawFd>, timeout: Duration) {
+    let p = |fd| libc::pollfd {
         fd,
         events: libc::POLLIN,
         revents: 0,
     };
-    // SAFETY: `p` is one valid pollfd, alive for the call.
-    unsafe { libc::poll(&mut p, 1, timeout.as_millis() as libc::c_int) };
+    // A negative descriptor is ignored by poll.
+    let mut fds = [p(fd), p(other.unwrap_or(-1))];
+    // SAFETY: `fds` is two valid pollfds, alive for the call.
+    unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout.as_millis() as libc::c_int) };
 }

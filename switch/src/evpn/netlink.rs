@@ -26,7 +26,8 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 const RTNLGRP_NEIGH: u32 = 3;
 
 /// Receive buffer of the event socket: a burst of routes (thousands of MACs at once) must
-/// not overflow it; if it still does, the kernel says ENOBUFS and we dump again.
+/// not overflow it (forced past net.core.rmem_max where we may); if it still does, the
+/// kernel says ENOBUFS and we dump again.
 const EVENT_SOCKET_BUFFER: usize = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
@@ -121,9 +122,23 @@ impl Rtnl {
     /// A socket that receives every FDB change in this network namespace.
     pub fn fdb_events() -> Result<Rtnl, NetlinkError> {
         let rtnl = Rtnl::open()?;
-        rtnl.socket
-            .set_rx_buf_sz(EVENT_SOCKET_BUFFER)
-            .map_err(NetlinkError::Socket)?;
+        let size = EVENT_SOCKET_BUFFER as libc::c_int;
+        // SAFETY: setsockopt reads an int, alive for the call, on our own socket.
+        let forced = unsafe {
+            libc::setsockopt(
+                rtnl.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        } == 0;
+        if !forced {
+            // Without CAP_NET_ADMIN: as much as net.core.rmem_max allows.
+            rtnl.socket
+                .set_rx_buf_sz(EVENT_SOCKET_BUFFER)
+                .map_err(NetlinkError::Socket)?;
+        }
         rtnl.socket
             .add_membership(RTNLGRP_NEIGH)
             .map_err(NetlinkError::Socket)?;
