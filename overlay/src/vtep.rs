@@ -786,6 +786,12 @@ impl Vtep {
 
     /// Adds `ip` to the flood list of `vni`.
     pub fn add_remote(&self, vni: Vni, ip: IpAddr) -> Result<(), VtepError> {
+        self.add_remote_from(vni, ip, false)
+    }
+
+    /// [`Vtep::add_remote`], marking the remote as BGP's if `bgp`: one critical section, so
+    /// the flood list and its BGP part never disagree.
+    fn add_remote_from(&self, vni: Vni, ip: IpAddr, bgp: bool) -> Result<(), VtepError> {
         check_remote(self.local_ip, ip).map_err(|m| invalid("remote", m))?;
         let now = self.now();
         let mut t = write(&self.vnis);
@@ -794,6 +800,9 @@ impl Vtep {
             return Err(VtepError::RemoteExists { vni, ip });
         }
         e.remotes = e.remotes.iter().copied().chain([ip]).collect();
+        if bgp {
+            e.bgp_remotes.push(ip);
+        }
         write(&self.remotes).acquire(ip, now);
         Ok(())
     }
@@ -801,9 +810,14 @@ impl Vtep {
     /// Removes `ip` from the flood list of `vni`. MACs learned behind it stay until they age
     /// out (under the `learn` policy it may well still be a valid sender).
     pub fn remove_remote(&self, vni: Vni, ip: IpAddr) -> Result<(), VtepError> {
+        self.remove_remote_from(vni, ip, false)
+    }
+
+    /// [`Vtep::remove_remote`]; with `only_bgp`, only a remote BGP added.
+    fn remove_remote_from(&self, vni: Vni, ip: IpAddr, only_bgp: bool) -> Result<(), VtepError> {
         let mut t = write(&self.vnis);
         let e = t.by_vni.get_mut(&vni).ok_or(VtepError::UnknownVni(vni))?;
-        if !e.remotes.contains(&ip) {
+        if !e.remotes.contains(&ip) || (only_bgp && !e.bgp_remotes.contains(&ip)) {
             return Err(VtepError::UnknownRemote { vni, ip });
         }
         e.remotes = e.remotes.iter().copied().filter(|r| *r != ip).collect();
@@ -815,6 +829,12 @@ impl Vtep {
     /// Turns learning from tunnel packets on or off for `vni`; off also forgets what was
     /// learned there (static and BGP entries stay). BGP EVPN turns it off for its VNIs: a
     /// learned entry would outlive the withdrawal of its host's routes.
+    /// Whether `vni` learns from tunnel packets (None: not mapped). A VNI mapped again
+    /// starts learning: how the EVPN agent sees that it was.
+    pub fn learning(&self, vni: Vni) -> Option<bool> {
+        read(&self.vnis).by_vni.get(&vni).map(|e| e.learning)
+    }
+
     pub fn set_learning(&self, vni: Vni, on: bool) -> Result<(), VtepError> {
         let mut t = write(&self.vnis);
         let e = t.by_vni.get_mut(&vni).ok_or(VtepError::UnknownVni(vni))?;
@@ -828,14 +848,8 @@ impl Vtep {
     /// Adds `ip` to the flood list of `vni` from a BGP EVPN type-3 route. A remote the
     /// configuration already names stays configured: returns false and changes nothing.
     pub fn add_bgp_remote(&self, vni: Vni, ip: IpAddr) -> Result<bool, VtepError> {
-        match self.add_remote(vni, ip) {
-            Ok(()) => {
-                let mut t = write(&self.vnis);
-                if let Some(e) = t.by_vni.get_mut(&vni) {
-                    e.bgp_remotes.push(ip);
-                }
-                Ok(true)
-            }
+        match self.add_remote_from(vni, ip, true) {
+            Ok(()) => Ok(true),
             Err(VtepError::RemoteExists { .. }) => Ok(false),
             Err(e) => Err(e),
         }
@@ -844,17 +858,7 @@ impl Vtep {
     /// Removes `ip` from the flood list of `vni` if BGP added it (its type-3 route was
     /// withdrawn); whether it did.
     pub fn remove_bgp_remote(&self, vni: Vni, ip: IpAddr) -> bool {
-        {
-            let mut t = write(&self.vnis);
-            let Some(e) = t.by_vni.get_mut(&vni) else {
-                return false;
-            };
-            let Some(i) = e.bgp_remotes.iter().position(|r| *r == ip) else {
-                return false;
-            };
-            e.bgp_remotes.swap_remove(i);
-        }
-        self.remove_remote(vni, ip).is_ok()
+        self.remove_remote_from(vni, ip, true).is_ok()
     }
 
     /// Calls `f` for each flood-list remote of `vni` (head-end replication), without

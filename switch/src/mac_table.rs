@@ -217,8 +217,13 @@ impl MacTable {
             let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
             if let Some(e) = entries.get(&(vlan, mac)) {
                 if e.port.load(Ordering::Relaxed) == port {
-                    if e.last_seen.load(Ordering::Relaxed) != now {
+                    let last = e.last_seen.load(Ordering::Relaxed);
+                    if last != now {
                         e.last_seen.store(now, Ordering::Relaxed);
+                        // Expired but not yet swept: to a watcher it had gone, and is back.
+                        if self.expired(last, now) {
+                            self.changed((vlan, mac));
+                        }
                     }
                     return Learned::Refreshed;
                 }

@@ -437,10 +437,11 @@ fn evpn_fabric_with_frr_and_a_linux_host() {
     for h in &mut hosts {
         h.switch.take();
     }
-    // The switch removed its shadow devices on the way out.
-    let left = hosts[0].ns.ip(&["-br", "link"]).unwrap();
-    assert!(
-        !left.contains("pbvx100"),
-        "shadow devices left behind:\n{left}"
-    );
+    // Each switch removed its shadow devices on the way out.
+    for h in &hosts {
+        let left = h.ns.ip(&["-br", "link"]).unwrap();
+        for dev in ["pbbr", "pbvx", "pbtap"] {
+            assert!(!left.contains(dev), "shadow devices left behind:\n{left}");
+        }
+    }
 }

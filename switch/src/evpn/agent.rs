@@ -29,7 +29,7 @@ use crate::wire::EthernetAddress;
 const RETRY: Duration = Duration::from_secs(1);
 
 /// Most FDB requests in one netlink datagram.
-const FDB_BATCH: usize = 256;
+const FDB_BATCH: usize = 128;
 
 const ENOBUFS: i32 = libc::ENOBUFS;
 
@@ -117,9 +117,15 @@ pub struct Agent<K: Kernel> {
     only: Option<Vec<Vni>>,
     vnis: HashMap<Vni, VniState>,
     by_vxlan: HashMap<u32, Vni>,
+    by_tap: HashMap<u32, Vni>,
     /// Remote MACs installed from routes, with their VTEP.
     installed: HashMap<(Vni, [u8; 6]), IpAddr>,
     floods: HashSet<(Vni, IpAddr)>,
+    /// Routes the VTEP refused (full table, a static entry, a bad address), tried again
+    /// every [`RETRY`] until installed or withdrawn.
+    pending: HashMap<(Vni, [u8; 6]), IpAddr>,
+    pending_floods: HashSet<(Vni, IpAddr)>,
+    routes_retry_at: Option<Instant>,
     /// Whether the learning table logs its changes for us yet.
     watching: bool,
     /// Read the whole learning table at the next round (a VNI was added).
@@ -139,8 +145,12 @@ impl<K: Kernel> Agent<K> {
             only,
             vnis: HashMap::new(),
             by_vxlan: HashMap::new(),
+            by_tap: HashMap::new(),
             installed: HashMap::new(),
             floods: HashSet::new(),
+            pending: HashMap::new(),
+            pending_floods: HashSet::new(),
+            routes_retry_at: None,
             watching: false,
             rescan: false,
             keys: Vec::new(),
@@ -154,10 +164,12 @@ impl<K: Kernel> Agent<K> {
         &mut self.kernel
     }
 
-    /// One round: VNIs, then routes from the kernel, then local MACs.
+    /// One round: VNIs, then routes from the kernel (and refused ones again), then local
+    /// MACs.
     pub fn tick(&mut self, t: &Tables, counters: &EvpnCounters) {
         self.sync_vnis(t, counters);
         self.read_routes(t, counters);
+        self.retry_routes(t, counters);
         self.advertise(t, counters);
     }
 
@@ -180,6 +192,22 @@ impl<K: Kernel> Agent<K> {
         for vni in gone {
             self.drop_vni(vni, t);
         }
+        // A VNI unmapped and mapped again between two rounds is a fresh VTEP entry (no
+        // routes, learning on): install its routes again from the FDB.
+        let remapped: Vec<Vni> = self
+            .vnis
+            .keys()
+            .filter(|vni| t.vtep.learning(**vni) == Some(true))
+            .copied()
+            .collect();
+        for vni in &remapped {
+            log::info!("evpn: VNI {vni} was mapped again; reinstalling its routes");
+            let _ = t.vtep.set_learning(*vni, false);
+            self.forget_routes(*vni, None);
+        }
+        if !remapped.is_empty() {
+            self.resync(t, counters);
+        }
         let now = Instant::now();
         for (vni, vlan) in mapped {
             if self.vnis.contains_key(&vni) || self.failed.get(&vni).is_some_and(|at| now < *at) {
@@ -194,6 +222,7 @@ impl<K: Kernel> Agent<K> {
                     }
                     self.failed.remove(&vni);
                     self.by_vxlan.insert(devices.vxlan, vni);
+                    self.by_tap.insert(devices.tap, vni);
                     self.vnis.insert(
                         vni,
                         VniState {
@@ -219,10 +248,16 @@ impl<K: Kernel> Agent<K> {
     fn drop_vni(&mut self, vni: Vni, t: &Tables) {
         if let Some(s) = self.vnis.remove(&vni) {
             self.by_vxlan.remove(&s.devices.vxlan);
+            self.by_tap.remove(&s.devices.tap);
             self.kernel.remove_vni(vni);
             // Still mapped (EVPN stops, or the VNI moved VLANs): back to learning.
             let _ = t.vtep.set_learning(vni, true);
         }
+        self.forget_routes(vni, Some(t.vtep));
+    }
+
+    /// Forgets what the routes of `vni` installed (and removes it from `vtep` if given).
+    fn forget_routes(&mut self, vni: Vni, vtep: Option<&Vtep>) {
         let macs: Vec<[u8; 6]> = self
             .installed
             .keys()
@@ -230,8 +265,10 @@ impl<K: Kernel> Agent<K> {
             .map(|(_, m)| *m)
             .collect();
         for mac in macs {
-            self.installed.remove(&(vni, mac));
-            t.vtep.remove_bgp(vni, mac);
+            self.uninstall(vni, mac);
+            if let Some(v) = vtep {
+                v.remove_bgp(vni, mac);
+            }
         }
         let floods: Vec<IpAddr> = self
             .floods
@@ -241,8 +278,12 @@ impl<K: Kernel> Agent<K> {
             .collect();
         for ip in floods {
             self.floods.remove(&(vni, ip));
-            t.vtep.remove_bgp_remote(vni, ip);
+            if let Some(v) = vtep {
+                v.remove_bgp_remote(vni, ip);
+            }
         }
+        self.pending.retain(|(v, _), _| *v != vni);
+        self.pending_floods.retain(|(v, _)| *v != vni);
     }
 
     fn read_routes(&mut self, t: &Tables, counters: &EvpnCounters) {
@@ -253,17 +294,38 @@ impl<K: Kernel> Agent<K> {
             self.apply(c.added, &c.entry, t, counters);
         }
         self.changes = changes;
-        match result {
-            Ok(()) => {}
-            Err(e) if e.errno() == Some(ENOBUFS) => {
+        if let Err(e) = result {
+            // Events were lost (ENOBUFS: the kernel dropped them) or could not be read:
+            // either way, what zebra installed is read again in full.
+            if e.errno() == Some(ENOBUFS) {
                 log::warn!("evpn: the kernel dropped FDB events; reading the FDB again");
-                bump(&counters.resyncs);
-                self.resync(t, counters);
-            }
-            Err(e) => {
+            } else {
                 bump(&counters.netlink_errors);
-                log::warn!("evpn: {e}");
+                log::warn!("evpn: {e}; reading the FDB again");
             }
+            bump(&counters.resyncs);
+            self.resync(t, counters);
+        }
+    }
+
+    /// Tries the refused routes again, once every [`RETRY`].
+    fn retry_routes(&mut self, t: &Tables, counters: &EvpnCounters) {
+        if self.pending.is_empty() && self.pending_floods.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        if self.routes_retry_at.is_some_and(|at| now < at) {
+            return;
+        }
+        self.routes_retry_at = Some(now + RETRY);
+        let macs: Vec<((Vni, [u8; 6]), IpAddr)> =
+            self.pending.iter().map(|(k, r)| (*k, *r)).collect();
+        for ((vni, mac), remote) in macs {
+            self.install_mac(vni, mac, remote, t, counters);
+        }
+        let floods: Vec<(Vni, IpAddr)> = self.pending_floods.iter().copied().collect();
+        for (vni, remote) in floods {
+            self.install_flood(vni, remote, t, counters);
         }
     }
 
@@ -304,6 +366,8 @@ impl<K: Kernel> Agent<K> {
             self.floods.remove(&(vni, ip));
             t.vtep.remove_bgp_remote(vni, ip);
         }
+        self.pending.retain(|k, _| macs.contains(k));
+        self.pending_floods.retain(|k| floods.contains(k));
     }
 
     /// Forgets an installed remote MAC, keeping its VNI's count.
@@ -326,68 +390,126 @@ impl<K: Kernel> Agent<K> {
 
     fn apply(&mut self, added: bool, e: &FdbEntry, t: &Tables, counters: &EvpnCounters) {
         let Some((vni, remote)) = self.route_of(e) else {
+            self.tap_entry_changed(added, e);
             return;
         };
-        let Some(vlan) = self.vnis.get(&vni).map(|s| s.vlan) else {
+        if !self.vnis.contains_key(&vni) {
             return;
-        };
+        }
         if e.mac == [0; 6] {
+            let key = (vni, remote);
             if added {
-                if self.floods.insert((vni, remote)) {
+                if !self.floods.contains(&key) && !self.pending_floods.contains(&key) {
                     bump(&counters.flood_routes_received);
-                    match t.vtep.add_bgp_remote(vni, remote) {
-                        Ok(_) => log::info!("evpn: VNI {vni}: floods to {remote}"),
-                        Err(err) => {
-                            bump(&counters.routes_refused);
-                            log::warn!("evpn: VNI {vni}: flood route to {remote} refused: {err}");
-                        }
-                    }
+                    self.install_flood(vni, remote, t, counters);
                 }
-            } else if self.floods.remove(&(vni, remote)) {
-                bump(&counters.flood_routes_withdrawn);
-                t.vtep.remove_bgp_remote(vni, remote);
-                log::info!("evpn: VNI {vni}: no longer floods to {remote}");
+            } else {
+                let pending = self.pending_floods.remove(&key);
+                if self.floods.remove(&key) {
+                    t.vtep.remove_bgp_remote(vni, remote);
+                    log::info!("evpn: VNI {vni}: no longer floods to {remote}");
+                }
+                if pending || !self.floods.contains(&key) {
+                    bump(&counters.flood_routes_withdrawn);
+                }
             }
             return;
         }
-        let mac = EthernetAddress(e.mac);
+        let key = (vni, e.mac);
         if added {
-            if self.installed.get(&(vni, e.mac)) == Some(&remote) {
+            if self.installed.get(&key) == Some(&remote) || self.pending.get(&key) == Some(&remote)
+            {
                 return;
             }
             bump(&counters.mac_routes_received);
-            match t.vtep.add_bgp(vni, e.mac, remote) {
-                Ok(true) => {
-                    if self.installed.insert((vni, e.mac), remote).is_none() {
-                        if let Some(s) = self.vnis.get_mut(&vni) {
-                            s.remote_macs += 1;
-                        }
-                    }
-                    let now = t.mac_table.now();
-                    let local = t
-                        .mac_table
-                        .lookup(vlan, mac, now)
-                        .is_some_and(|p| p != t.tunnel_port);
-                    if local && t.mac_table.forget(vlan, mac) {
-                        bump(&counters.local_macs_moved_away);
-                        log::info!("evpn: VNI {vni}: {mac} moved to {remote}");
-                    }
-                }
-                Ok(false) => {
-                    bump(&counters.routes_refused);
-                    log::warn!(
-                        "evpn: VNI {vni}: route for {mac} via {remote} ignored: a configured static entry holds it"
-                    );
-                }
-                Err(err) => {
-                    bump(&counters.routes_refused);
-                    log::warn!("evpn: VNI {vni}: route for {mac} via {remote} refused: {err}");
-                }
-            }
-        } else if self.installed.get(&(vni, e.mac)) == Some(&remote) {
+            self.install_mac(vni, e.mac, remote, t, counters);
+        } else if self.pending.get(&key) == Some(&remote) {
+            bump(&counters.mac_routes_withdrawn);
+            self.pending.remove(&key);
+        } else if self.installed.get(&key) == Some(&remote) {
             bump(&counters.mac_routes_withdrawn);
             self.uninstall(vni, e.mac);
             t.vtep.remove_bgp(vni, e.mac);
+        }
+    }
+
+    /// Installs a type-3 route's remote into `vni`'s flood list, or keeps it pending.
+    fn install_flood(&mut self, vni: Vni, remote: IpAddr, t: &Tables, counters: &EvpnCounters) {
+        match t.vtep.add_bgp_remote(vni, remote) {
+            Ok(_) => {
+                self.pending_floods.remove(&(vni, remote));
+                self.floods.insert((vni, remote));
+                log::info!("evpn: VNI {vni}: floods to {remote}");
+            }
+            Err(err) => {
+                if self.pending_floods.insert((vni, remote)) {
+                    bump(&counters.routes_refused);
+                    log::warn!(
+                        "evpn: VNI {vni}: flood route to {remote} refused: {err}; trying again every second"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Installs a type-2 route into the VTEP, or keeps it pending; a route for an address
+    /// the switch holds as local means it moved: the local entry is forgotten.
+    fn install_mac(
+        &mut self,
+        vni: Vni,
+        mac: [u8; 6],
+        remote: IpAddr,
+        t: &Tables,
+        counters: &EvpnCounters,
+    ) {
+        let Some(vlan) = self.vnis.get(&vni).map(|s| s.vlan) else {
+            return;
+        };
+        let address = EthernetAddress(mac);
+        let refused = match t.vtep.add_bgp(vni, mac, remote) {
+            Ok(true) => None,
+            Ok(false) => Some("a configured static entry holds it".to_string()),
+            Err(err) => Some(err.to_string()),
+        };
+        if let Some(why) = refused {
+            if self.pending.insert((vni, mac), remote) != Some(remote) {
+                bump(&counters.routes_refused);
+                log::warn!(
+                    "evpn: VNI {vni}: route for {address} via {remote} not installed: {why}; trying again every second"
+                );
+            }
+            return;
+        }
+        self.pending.remove(&(vni, mac));
+        if self.installed.insert((vni, mac), remote).is_none() {
+            if let Some(s) = self.vnis.get_mut(&vni) {
+                s.remote_macs += 1;
+            }
+        }
+        let now = t.mac_table.now();
+        let local = t
+            .mac_table
+            .lookup(vlan, address, now)
+            .is_some_and(|p| p != t.tunnel_port);
+        if local && t.mac_table.forget(vlan, address) {
+            bump(&counters.local_macs_moved_away);
+            log::info!("evpn: VNI {vni}: {address} moved to {remote}");
+        }
+    }
+
+    /// An entry of one of our taps went away without us (zebra or the kernel removed it):
+    /// it is no longer advertised, and the next round puts it back if it is still local.
+    fn tap_entry_changed(&mut self, added: bool, e: &FdbEntry) {
+        if added || e.own {
+            return;
+        }
+        let Some(vni) = self.by_tap.get(&e.ifindex) else {
+            return;
+        };
+        if let Some(s) = self.vnis.get_mut(vni) {
+            if s.advertised.remove(&e.mac) {
+                self.rescan = true;
+            }
         }
     }
 
@@ -459,7 +581,12 @@ impl<K: Kernel> Agent<K> {
         for (vni, (add, del)) in plan {
             ok &= self.apply_plan(vni, add, del, counters);
         }
-        self.retry_at = (!ok).then(|| Instant::now() + RETRY);
+        // A failure is retried by a full rescan; only a successful one clears it.
+        if !ok {
+            self.retry_at = Some(Instant::now() + RETRY);
+        } else if rescan {
+            self.retry_at = None;
+        }
     }
 
     /// Adds and removes static entries on `vni`'s tap; false if any failed (logged).
@@ -838,7 +965,74 @@ mod tests {
         assert!(w.on_tap(100).is_empty());
         assert_eq!(w.counters.netlink_errors.load(Ordering::Relaxed), 1);
         w.agent.kernel().fail_adds = false;
+        // A later round that succeeds does not cancel the retry.
+        w.learn(20, M2, GUEST);
+        w.tick();
+        assert_eq!(w.on_tap(200), HashSet::from([M2]));
+        assert!(w.on_tap(100).is_empty());
+        assert!(
+            w.agent.retry_at.is_some(),
+            "the failed address is still due"
+        );
+        // The retry's time comes: the whole table is read again and M1 goes on.
         w.agent.retry_at = Some(Instant::now());
+        w.tick();
+        assert_eq!(w.on_tap(100), HashSet::from([M1]));
+        assert_eq!(w.agent.retry_at, None);
+    }
+
+    #[test]
+    fn refused_routes_are_installed_when_they_can_be() {
+        let mut w = World::new(None);
+        w.tick();
+        w.vtep.add_static(100, M1, ip(R3)).unwrap();
+        w.event(true, route(100, M1, R2));
+        // A flood route naming ourselves is refused by the VTEP.
+        w.event(true, route(100, [0; 6], LOCAL));
+        w.tick();
+        assert_eq!(
+            w.vtep.lookup(100, M1, 0),
+            Some(ip(R3)),
+            "the static entry holds"
+        );
+        assert_eq!(w.counters.routes_refused.load(Ordering::Relaxed), 2);
+        w.vtep.remove_static(100, M1).unwrap();
+        w.agent.routes_retry_at = None; // a second passes
+        w.tick();
+        assert_eq!(
+            w.vtep.lookup(100, M1, 0),
+            Some(ip(R2)),
+            "installed once it could be"
+        );
+        assert_eq!(w.agent.status()[0].remote_macs, 1);
+        assert_eq!(
+            w.counters.routes_refused.load(Ordering::Relaxed),
+            2,
+            "logged once"
+        );
+        // Withdrawing a pending route forgets it.
+        w.event(false, route(100, [0; 6], LOCAL));
+        w.tick();
+        assert!(w.agent.pending_floods.is_empty());
+    }
+
+    #[test]
+    fn an_advertisement_removed_behind_our_back_is_put_back() {
+        let mut w = World::new(None);
+        w.tick();
+        w.learn(10, M1, GUEST);
+        w.tick();
+        w.agent.kernel().taps.clear();
+        w.event(
+            false,
+            FdbEntry {
+                ifindex: 200 + 100,
+                mac: M1,
+                remote: None,
+                own: false,
+            },
+        );
+        w.tick();
         w.tick();
         assert_eq!(w.on_tap(100), HashSet::from([M1]));
     }
@@ -874,5 +1068,22 @@ mod tests {
         w.vtep.map(100, 10).unwrap();
         w.tick();
         assert_eq!(w.vtep.lookup(100, M1, 0), None, "nothing left behind");
+    }
+
+    #[test]
+    fn a_vni_mapped_again_between_two_rounds_gets_its_routes_back() {
+        let mut w = World::new(None);
+        w.tick();
+        w.event(true, route(100, M1, R2));
+        w.event(true, route(100, [0; 6], R2));
+        w.tick();
+        w.vtep.unmap(100).unwrap();
+        w.vtep.map(100, 10).unwrap();
+        w.agent.kernel().fdb = vec![route(100, M1, R2), route(100, [0; 6], R2)];
+        w.tick();
+        assert_eq!(w.vtep.lookup(100, M1, 0), Some(ip(R2)));
+        assert_eq!(w.vtep.snapshot().vnis[0].bgp_remotes, vec![ip(R2)]);
+        assert_eq!(w.vtep.learning(100), Some(false), "still BGP's");
+        assert_eq!(w.agent.status()[0].remote_macs, 1);
     }
 }

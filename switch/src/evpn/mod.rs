@@ -113,6 +113,16 @@ struct NetlinkKernel {
     udp_port: u16,
 }
 
+/// Whatever stops the agent (a shutdown, or the switch going away), its devices go with it:
+/// zebra withdraws the routes.
+impl Drop for NetlinkKernel {
+    fn drop(&mut self) {
+        for (_, s) in self.shadows.drain() {
+            s.remove(&mut self.rtnl);
+        }
+    }
+}
+
 impl Kernel for NetlinkKernel {
     fn add_vni(&mut self, vni: Vni) -> Result<VniDevices, NetlinkError> {
         let s = Shadow::create(&mut self.rtnl, &self.prefix, vni, self.local, self.udp_port)?;
@@ -220,7 +230,10 @@ impl Evpn {
                     tables.with_tables(&mut |t| changes_fd = t.mac_table.changes_fd());
                     wait_readable(agent.kernel().events.as_raw_fd(), changes_fd, TICK);
                 }
+                // With the switch still there, its tables lose what routes installed; the
+                // devices go when the agent (its kernel side) is dropped, either way.
                 tables.with_tables(&mut |t| agent.stop(t));
+                drop(agent);
                 log::info!("evpn: stopped; shadow devices removed");
             })
             .map_err(EvpnError::Thread)?;

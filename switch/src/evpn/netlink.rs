@@ -25,6 +25,10 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 /// rtnetlink's multicast group for neighbour (and bridge FDB) changes.
 const RTNLGRP_NEIGH: u32 = 3;
 
+/// Receive buffer of a request socket: a batch's acknowledgements (36 bytes each, more for
+/// a refusal, which quotes the request) with room to spare.
+const REQUEST_SOCKET_BUFFER: usize = 1 << 20;
+
 /// Receive buffer of the event socket: a burst of routes (thousands of MACs at once) must
 /// not overflow it (forced past net.core.rmem_max where we may); if it still does, the
 /// kernel says ENOBUFS and we dump again.
@@ -105,40 +109,49 @@ fn fdb_message(port: u32, mac: [u8; 6]) -> NeighbourMessage {
 }
 
 impl Rtnl {
-    /// A socket for requests.
+    /// A socket for requests, with room for a whole batch's acknowledgements (the kernel
+    /// answers every request of a datagram before we read the first answer).
     pub fn open() -> Result<Rtnl, NetlinkError> {
         let mut socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
         socket.bind_auto().map_err(NetlinkError::Socket)?;
         socket
             .connect(&SocketAddr::new(0, 0))
             .map_err(NetlinkError::Socket)?;
-        Ok(Rtnl {
+        let rtnl = Rtnl {
             socket,
             sequence: 0,
             buf: vec![0; 1 << 16],
-        })
+        };
+        rtnl.receive_buffer(REQUEST_SOCKET_BUFFER)?;
+        Ok(rtnl)
+    }
+
+    /// Asks for a receive buffer of `size` bytes: forced past net.core.rmem_max where we may
+    /// (CAP_NET_ADMIN), else as much as it allows.
+    fn receive_buffer(&self, size: usize) -> Result<(), NetlinkError> {
+        let bytes = size as libc::c_int;
+        // SAFETY: setsockopt reads an int, alive for the call, on our own socket.
+        let forced = unsafe {
+            libc::setsockopt(
+                self.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        } == 0;
+        if !forced {
+            self.socket
+                .set_rx_buf_sz(size)
+                .map_err(NetlinkError::Socket)?;
+        }
+        Ok(())
     }
 
     /// A socket that receives every FDB change in this network namespace.
     pub fn fdb_events() -> Result<Rtnl, NetlinkError> {
         let rtnl = Rtnl::open()?;
-        let size = EVENT_SOCKET_BUFFER as libc::c_int;
-        // SAFETY: setsockopt reads an int, alive for the call, on our own socket.
-        let forced = unsafe {
-            libc::setsockopt(
-                rtnl.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        } == 0;
-        if !forced {
-            // Without CAP_NET_ADMIN: as much as net.core.rmem_max allows.
-            rtnl.socket
-                .set_rx_buf_sz(EVENT_SOCKET_BUFFER)
-                .map_err(NetlinkError::Socket)?;
-        }
+        rtnl.receive_buffer(EVENT_SOCKET_BUFFER)?;
         rtnl.socket
             .add_membership(RTNLGRP_NEIGH)
             .map_err(NetlinkError::Socket)?;
@@ -180,6 +193,9 @@ impl Rtnl {
             while at < n {
                 let (len, msg) = self.parse_at(what, at, n)?;
                 at += len;
+                let Ok(msg) = msg else {
+                    continue;
+                };
                 if let NetlinkPayload::Error(e) = msg.payload {
                     let i = msg.header.sequence_number.wrapping_sub(first) as usize;
                     if let Some(slot) = results.get_mut(i).filter(|s| s.is_none()) {
@@ -231,25 +247,28 @@ impl Rtnl {
             })
     }
 
-    /// The message at `at` in the receive buffer (which holds `end` bytes) and its length.
+    /// The length of the message at `at` in the receive buffer (which holds `end` bytes) and
+    /// the message. A message that does not parse is logged and handed back as an error, so
+    /// the caller can go on with the next; a bad length ends the datagram (an error).
+    #[allow(clippy::type_complexity)]
     fn parse_at(
         &self,
         what: &str,
         at: usize,
         end: usize,
-    ) -> Result<(usize, NetlinkMessage<RouteNetlinkMessage>), NetlinkError> {
-        let malformed = |detail: String| NetlinkError::Malformed {
-            what: what.into(),
-            detail,
-        };
+    ) -> Result<(usize, Result<NetlinkMessage<RouteNetlinkMessage>, ()>), NetlinkError> {
         let bytes = &self.buf[at..end];
         let len = bytes
             .get(..4)
             .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize)
             .filter(|l| *l >= 16 && *l <= bytes.len())
-            .ok_or_else(|| malformed(format!("bad length at byte {at}")))?;
-        let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..len])
-            .map_err(|e| malformed(e.to_string()))?;
+            .ok_or_else(|| NetlinkError::Malformed {
+                what: what.into(),
+                detail: format!("bad length at byte {at}"),
+            })?;
+        let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..len]).map_err(|e| {
+            log::warn!("evpn: {what}: skipped a netlink message that does not parse: {e}");
+        });
         // Messages are 4-byte aligned in a datagram.
         Ok(((len + 3) & !3, msg))
     }
@@ -381,6 +400,7 @@ impl Rtnl {
             self.sequence,
         );
         self.send(what, &out)?;
+        let sequence = self.sequence;
         let mut entries = Vec::new();
         loop {
             let n = self.receive(what)?;
@@ -388,6 +408,10 @@ impl Rtnl {
             while at < n {
                 let (len, msg) = self.parse_at(what, at, n)?;
                 at += len;
+                // Answers to something else (the rest of an earlier, interrupted exchange).
+                let Some(msg) = msg.ok().filter(|m| m.header.sequence_number == sequence) else {
+                    continue;
+                };
                 match msg.payload {
                     NetlinkPayload::Done(_) => return Ok(entries),
                     NetlinkPayload::Error(e) if e.code.is_some() => {
@@ -424,6 +448,9 @@ impl Rtnl {
             while at < n {
                 let (len, msg) = self.parse_at(what, at, n)?;
                 at += len;
+                let Ok(msg) = msg else {
+                    continue;
+                };
                 let (added, n) = match msg.payload {
                     NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) => (true, n),
                     NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(n)) => {

@@ -40,7 +40,9 @@ impl ShadowNames {
     }
 }
 
-/// A VNI's shadow devices, deleted when dropped.
+/// A VNI's shadow devices: the tap goes when this is dropped, the bridge and the vxlan
+/// device with [`Shadow::remove`] (which the agent's kernel side calls for every VNI when
+/// it is dropped).
 pub struct Shadow {
     pub names: ShadowNames,
     pub bridge: u32,
