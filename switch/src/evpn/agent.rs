@@ -798,6 +798,16 @@ mod tests {
             }
         }
 
+        /// Running, with a MAC route and a flood route from R2 installed in VNI 100.
+        fn with_a_route() -> World {
+            let mut w = World::new(None);
+            w.tick();
+            w.event(true, route(100, M1, R2));
+            w.event(true, route(100, [0; 6], R2));
+            w.tick();
+            w
+        }
+
         fn tick(&mut self) {
             let t = Tables {
                 mac_table: &self.mac_table,
@@ -1056,11 +1066,7 @@ mod tests {
 
     #[test]
     fn an_unmapped_vni_loses_its_devices_and_routes() {
-        let mut w = World::new(None);
-        w.tick();
-        w.event(true, route(100, M1, R2));
-        w.event(true, route(100, [0; 6], R2));
-        w.tick();
+        let mut w = World::with_a_route();
         w.vtep.unmap(100).unwrap();
         w.tick();
         assert_eq!(w.agent.kernel().vnis, vec![200]);
@@ -1072,11 +1078,7 @@ mod tests {
 
     #[test]
     fn a_vni_mapped_again_between_two_rounds_gets_its_routes_back() {
-        let mut w = World::new(None);
-        w.tick();
-        w.event(true, route(100, M1, R2));
-        w.event(true, route(100, [0; 6], R2));
-        w.tick();
+        let mut w = World::with_a_route();
         w.vtep.unmap(100).unwrap();
         w.vtep.map(100, 10).unwrap();
         w.agent.kernel().fdb = vec![route(100, M1, R2), route(100, [0; 6], R2)];
