@@ -365,6 +365,36 @@ fn evpn_fabric_with_frr_and_a_linux_host() {
     assert!(vni100["local_macs"].as_u64() >= Some(1), "{evpn}");
     assert!(evpn["mac_routes_received"].as_u64() >= Some(2), "{evpn}");
     assert_eq!(evpn["netlink_errors"], 0, "{evpn}");
+    // On the wire, standard EVPN: what the reflector holds from a Patchbay host carries the
+    // route target ASN:VNI, and its type-3 route ingress replication with the VNI as label.
+    let routes = |kind: &str, key: &str| -> Vec<String> {
+        let out = rr_frr
+            .vtysh(&format!("show bgp l2vpn evpn route detail type {kind}"))
+            .unwrap();
+        // Each path's block starts after "  Route [" with the route's key.
+        out.split("  Route [")
+            .filter(|b| b.starts_with(key))
+            .map(String::from)
+            .collect()
+    };
+    for host in 1..=PATCHBAY_HOSTS {
+        let imet = routes("multicast", &format!("3]:[0]:[32]:[{}]", underlay(host)));
+        for (vni, _) in VNIS {
+            assert!(
+                imet.iter().any(|r| r.contains(&format!("RT:65000:{vni}"))
+                    && r.contains(&format!(
+                        "PMSI Tunnel Type: Ingress Replication, label: {vni}"
+                    ))),
+                "h{host} VNI {vni}: {imet:?}"
+            );
+            let key = format!("2]:[0]:[48]:[{}] VNI {vni}", guest_mac(host, vni, 1));
+            let macip = routes("macip", &key);
+            assert!(
+                macip.iter().any(|r| r.contains(&format!("RT:65000:{vni}"))),
+                "{key}: {macip:?}"
+            );
+        }
+    }
     // And the Linux host has them from its zebra, which got them from ours.
     let h4_fdb = h4.fdb("vx100").unwrap();
     for host in 1..=PATCHBAY_HOSTS {
