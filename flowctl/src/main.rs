@@ -119,14 +119,15 @@ enum Command {
     /// space), offloads=all|none|LIST (the checksum and segmentation offloads offered, by
     /// QEMU's names: csum,guest_csum,host_tso4,host_tso6,host_ecn,host_uso,guest_tso4,
     /// guest_tso6,guest_ecn,guest_uso4,guest_uso6; default all), queue-pairs=N (virtio-net
-    /// multiqueue, 1-64; default 8). The same syntax as patchbay-switch --port.
+    /// multiqueue, 1-64; default 8), socket-mode=0660 and socket-group=GROUP (the socket's
+    /// permissions, server mode). The same syntax as patchbay-switch --port.
     #[command(
         after_help = "Examples:\n  flowctl add-port name=vm3,socket=/run/vm3.sock,vlan=10\n  \
                             flowctl add-port name=up,socket=/run/up.sock,mode=client,vlan-mode=trunk,trunks=10,20-29"
     )]
     AddPort {
         /// name=NAME,socket=PATH[,mode=client][,vlan=V][,vlan-mode=M][,trunks=LIST][,mac=M]
-        /// [,offloads=LIST][,queue-pairs=N]
+        /// [,offloads=LIST][,queue-pairs=N][,socket-mode=MODE][,socket-group=GROUP]
         #[arg(value_name = "SPEC", value_parser = parse_spec)]
         spec: Box<PortConfig>,
     },
@@ -892,9 +893,7 @@ fn run(cli: &Cli, client: &mut Client, vlan: Option<VlanConfig>) -> Result<(), C
         }
         Command::AddPort { spec } => {
             let name = spec.name.clone();
-            let added: PortAdded = client.call_as(Request::AddPort {
-                port: (**spec).clone(),
-            })?;
+            let added: PortAdded = client.call_as(Request::AddPort { port: spec.clone() })?;
             if json {
                 print_json(&added);
             } else {

@@ -170,6 +170,8 @@ impl InProcessSwitch {
             dhcp_server: false,
             ingress_policing_rate: None,
             ingress_policing_burst: None,
+            socket_mode: None,
+            socket_group: None,
         };
         vec![
             port("p0", "access", Some(10), None),

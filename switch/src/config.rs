@@ -335,6 +335,12 @@ fn check_settings(s: &Settings) -> Result<(), String> {
     if s.mac_limit_per_port == 0 {
         return Err("field `mac_limit_per_port`: must be at least 1".into());
     }
+    if let Some(m) = &s.socket_mode {
+        crate::port::parse_socket_mode(m).map_err(|e| format!("field `socket_mode`: {e}"))?;
+    }
+    if let Some(g) = &s.socket_group {
+        crate::port::resolve_group(g).map_err(|e| format!("field `socket_group`: {e}"))?;
+    }
     if s.event_threads == 0 || s.event_threads > MAX_EVENT_THREADS {
         return Err(format!(
             "field `event_threads`: must be between 1 and {MAX_EVENT_THREADS}"
@@ -461,6 +467,8 @@ pub fn parse_port_flag(spec: &str) -> Result<PortConfig, ConfigError> {
                     err(format!("ingress-policing-rate '{v}' is not a number (kbit/s)"))
                 })?)
             }
+            "socket-mode" | "socket_mode" => port.socket_mode = Some(v),
+            "socket-group" | "socket_group" => port.socket_group = Some(v),
             "ingress-policing-burst" | "ingress_policing_burst" => {
                 port.ingress_policing_burst = Some(v.parse().map_err(|_| {
                     err(format!("ingress-policing-burst '{v}' is not a number (kbit)"))

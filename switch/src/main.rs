@@ -27,7 +27,9 @@ struct Args {
     /// (server: the switch listens, the default; client: the switch connects and retries
     /// forever), vlan-mode=access|trunk|native-untagged|native-tagged (default access),
     /// vlan=VID (access VLAN or native VLAN, default 1), trunks=LIST (e.g. 10,20-29; default
-    /// all), mac=MAC (offered to frontends that read the config space). Repeatable.
+    /// all), mac=MAC (offered to frontends that read the config space), socket-mode=0660 and
+    /// socket-group=GROUP (the socket's permissions, for a QEMU running as another user).
+    /// Repeatable.
     #[arg(long = "port", value_name = "SPEC")]
     ports: Vec<String>,
 

@@ -42,6 +42,13 @@ pub struct Settings {
     /// Most addresses one port may have in the learning table (a port's own `mac_limit`
     /// overrides it); beyond it its new source addresses are not learned, and counted.
     pub mac_limit_per_port: usize,
+    /// Mode of every server-mode port's socket, in octal (a port's own `socket_mode`
+    /// overrides it), e.g. "0660" with `socket_group = "libvirt-qemu"` for libvirt's QEMU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_mode: Option<String>,
+    /// Group of every server-mode port's socket (a port's own `socket_group` overrides it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_group: Option<String>,
 }
 
 /// Default of [`Settings::max_flows`].
@@ -59,6 +66,8 @@ impl Default for Settings {
             max_flows: DEFAULT_MAX_FLOWS,
             max_guest_memory_gib: 1024,
             mac_limit_per_port: 1024,
+            socket_mode: None,
+            socket_group: None,
         }
     }
 }
@@ -351,7 +360,15 @@ impl Switch {
     }
 
     /// Adds a port and starts serving its socket. Returns its port number.
-    pub fn add_port(self: &Arc<Self>, config: PortConfig) -> Result<PortId, SwitchError> {
+    pub fn add_port(self: &Arc<Self>, mut config: PortConfig) -> Result<PortId, SwitchError> {
+        if config.kind.is_vhost() && config.mode == crate::port::ConnectMode::Server {
+            if config.socket_mode.is_none() {
+                config.socket_mode = self.settings.socket_mode.clone();
+            }
+            if config.socket_group.is_none() {
+                config.socket_group = self.settings.socket_group.clone();
+            }
+        }
         self.check_port(&config)?;
         let port = self.fabric.update_ports(|ports| {
             // Checked again under the update lock: two concurrent requests for one name or

@@ -63,6 +63,8 @@ pub fn port(
         dhcp_server: false,
         ingress_policing_rate: None,
         ingress_policing_burst: None,
+        socket_mode: None,
+        socket_group: None,
     }
 }
 

@@ -37,6 +37,8 @@ fn client_port(name: &str, socket: &Path) -> PortConfig {
         dhcp_server: false,
         ingress_policing_rate: None,
         ingress_policing_burst: None,
+        socket_mode: None,
+        socket_group: None,
     }
 }
 

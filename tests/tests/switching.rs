@@ -561,3 +561,37 @@ fn interrupts_follow_the_no_interrupt_flag_without_event_idx() {
     );
     d.shutdown();
 }
+
+/// Socket mode and group (for a QEMU running as another user, as libvirt's does): per port,
+/// or switch-wide from `[switch]`; a port's own wins.
+#[test]
+fn port_sockets_get_the_mode_and_group_asked_for() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = TestDir::new("socket-mode");
+    let gid = nix::unistd::getgid().as_raw().to_string();
+    let mut own = access(&dir.path, "own", 10);
+    own.socket_mode = Some("0660".into());
+    own.socket_group = Some(gid.clone());
+    let inherits = access(&dir.path, "inherits", 10);
+    let d = start_switch(&dir.path, vec![own, inherits], |c| {
+        c.settings.socket_mode = Some("0666".into());
+        c.settings.socket_group = Some(gid.clone());
+    });
+    let meta = |name: &str| std::fs::metadata(dir.join(&format!("{name}.sock"))).unwrap();
+    assert_eq!(meta("own").permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta("inherits").permissions().mode() & 0o777, 0o666);
+    assert_eq!(meta("own").gid().to_string(), gid);
+    // A group that does not exist is refused by name.
+    let mut bad = access(&dir.path, "bad", 10);
+    bad.socket_group = Some("no-such-group-pb".into());
+    let e = d.switch.add_port(bad).unwrap_err().to_string();
+    assert!(
+        e.contains("socket_group") && e.contains("no-such-group-pb"),
+        "{e}"
+    );
+    let mut bad = access(&dir.path, "bad", 10);
+    bad.socket_mode = Some("999".into());
+    let e = d.switch.add_port(bad).unwrap_err().to_string();
+    assert!(e.contains("socket_mode") && e.contains("octal"), "{e}");
+    d.shutdown();
+}

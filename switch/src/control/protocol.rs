@@ -30,7 +30,8 @@ pub enum Request {
     /// Switch-wide counters and settings.
     ShowSwitch,
     AddPort {
-        port: PortConfig,
+        /// Boxed: a port's description is much larger than any other request.
+        port: Box<PortConfig>,
     },
     DelPort {
         name: String,

@@ -364,7 +364,7 @@ fn execute(request: Request, sw: &Arc<Switch>, counters: &ControlCounters) -> Re
                 poll_cpus: sw.settings().poll_cpus.clone(),
             })
         }
-        Request::AddPort { port } => match sw.add_port(port) {
+        Request::AddPort { port } => match sw.add_port(*port) {
             Ok(id) => Response::ok(PortAdded { id }),
             Err(e) => Response::error(e.to_string()),
         },

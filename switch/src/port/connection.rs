@@ -42,7 +42,7 @@ pub struct ConnectionContext {
 /// socket is created here, before returning, so a bad path is an error for the caller.
 pub fn spawn(ctx: ConnectionContext, port: Arc<Port>) -> std::io::Result<thread::JoinHandle<()>> {
     let listener = match port.config.mode {
-        ConnectMode::Server => Some(listen(&port.config.socket)?),
+        ConnectMode::Server => Some(listen(&port.config)?),
         ConnectMode::Client => None,
     };
     thread::Builder::new()
@@ -53,7 +53,25 @@ pub fn spawn(ctx: ConnectionContext, port: Arc<Port>) -> std::io::Result<thread:
         })
 }
 
-fn listen(path: &Path) -> std::io::Result<UnixListener> {
+/// Listens on a server-mode port's socket, with the mode and group its config asks for.
+fn listen(config: &super::PortConfig) -> std::io::Result<UnixListener> {
+    let path = &config.socket;
+    let listener = bind(path)?;
+    let fail = |what: String| std::io::Error::other(format!("{}: {what}", path.display()));
+    if let Some(group) = &config.socket_group {
+        let gid = super::resolve_group(group).map_err(fail)?;
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .map_err(|e| fail(format!("cannot give it to group {group}: {e}")))?;
+    }
+    if let Some(mode) = &config.socket_mode {
+        let mode = super::parse_socket_mode(mode).map_err(fail)?;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .map_err(|e| fail(format!("cannot set mode {mode:o}: {e}")))?;
+    }
+    Ok(listener)
+}
+
+fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }

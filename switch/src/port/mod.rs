@@ -150,6 +150,35 @@ pub struct PortConfig {
     /// The policer's burst in kbit (default 8000, as OVS's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress_policing_burst: Option<u32>,
+    /// Permissions of the port's socket (server mode), in octal, e.g. "0660": with
+    /// `socket_group`, what lets a QEMU running as another user (libvirt's `libvirt-qemu`)
+    /// connect. Default: `[switch] socket_mode`, else what the umask leaves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_mode: Option<String>,
+    /// Group owning the port's socket (server mode): a name or a number. Default:
+    /// `[switch] socket_group`, else the switch's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_group: Option<String>,
+}
+
+/// Parses a socket mode such as "0660" or "660": octal, at most 0o777.
+pub fn parse_socket_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("'{s}' is not an octal mode like 0660"))
+}
+
+/// Resolves a group name or number to a gid.
+pub fn resolve_group(s: &str) -> Result<u32, String> {
+    if let Ok(gid) = s.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(s) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!("there is no group '{s}'")),
+        Err(e) => Err(format!("cannot look up group '{s}': {e}")),
+    }
 }
 
 /// A port configuration that does not make sense, with the field at fault.
@@ -191,6 +220,8 @@ impl PortConfig {
             dhcp_server: false,
             ingress_policing_rate: None,
             ingress_policing_burst: None,
+            socket_mode: None,
+            socket_group: None,
         }
     }
 
@@ -266,6 +297,20 @@ impl PortConfig {
                     return Err(err(
                         "interface",
                         "only an internal port (type = \"internal\") has a device".into(),
+                    ));
+                }
+                if let Some(m) = &self.socket_mode {
+                    parse_socket_mode(m).map_err(|e| err("socket_mode", e))?;
+                }
+                if let Some(g) = &self.socket_group {
+                    resolve_group(g).map_err(|e| err("socket_group", e))?;
+                }
+                if self.mode == ConnectMode::Client
+                    && (self.socket_mode.is_some() || self.socket_group.is_some())
+                {
+                    return Err(err(
+                        "socket_mode",
+                        "a client-mode port connects to its frontend's socket; set the mode and group where it is made".into(),
                     ));
                 }
             }
