@@ -189,13 +189,7 @@ impl Rtnl {
         let mut answered = 0;
         while answered < count {
             let n = self.receive(what)?;
-            let mut at = 0;
-            while at < n {
-                let (len, msg) = self.parse_at(what, at, n)?;
-                at += len;
-                let Ok(msg) = msg else {
-                    continue;
-                };
+            for msg in self.messages(what, n)? {
                 if let NetlinkPayload::Error(e) = msg.payload {
                     let i = msg.header.sequence_number.wrapping_sub(first) as usize;
                     if let Some(slot) = results.get_mut(i).filter(|s| s.is_none()) {
@@ -247,30 +241,35 @@ impl Rtnl {
             })
     }
 
-    /// The length of the message at `at` in the receive buffer (which holds `end` bytes) and
-    /// the message. A message that does not parse is logged and handed back as an error, so
-    /// the caller can go on with the next; a bad length ends the datagram (an error).
-    #[allow(clippy::type_complexity)]
-    fn parse_at(
+    /// The messages of the datagram in the receive buffer (`end` bytes). One that does not
+    /// parse is logged and skipped; a bad length ends the datagram (an error).
+    fn messages(
         &self,
         what: &str,
-        at: usize,
         end: usize,
-    ) -> Result<(usize, Result<NetlinkMessage<RouteNetlinkMessage>, ()>), NetlinkError> {
-        let bytes = &self.buf[at..end];
-        let len = bytes
-            .get(..4)
-            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize)
-            .filter(|l| *l >= 16 && *l <= bytes.len())
-            .ok_or_else(|| NetlinkError::Malformed {
-                what: what.into(),
-                detail: format!("bad length at byte {at}"),
-            })?;
-        let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..len]).map_err(|e| {
-            log::warn!("evpn: {what}: skipped a netlink message that does not parse: {e}");
-        });
-        // Messages are 4-byte aligned in a datagram.
-        Ok(((len + 3) & !3, msg))
+    ) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>, NetlinkError> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < end {
+            let bytes = &self.buf[at..end];
+            let len = bytes
+                .get(..4)
+                .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                .filter(|l| *l >= 16 && *l <= bytes.len())
+                .ok_or_else(|| NetlinkError::Malformed {
+                    what: what.into(),
+                    detail: format!("bad length at byte {at}"),
+                })?;
+            match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..len]) {
+                Ok(m) => out.push(m),
+                Err(e) => {
+                    log::warn!("evpn: {what}: skipped a netlink message that does not parse: {e}")
+                }
+            }
+            // Messages are 4-byte aligned in a datagram.
+            at += (len + 3) & !3;
+        }
+        Ok(out)
     }
 
     /// Creates bridge `name` (no STP, no VLAN filtering: the defaults).
@@ -404,14 +403,12 @@ impl Rtnl {
         let mut entries = Vec::new();
         loop {
             let n = self.receive(what)?;
-            let mut at = 0;
-            while at < n {
-                let (len, msg) = self.parse_at(what, at, n)?;
-                at += len;
-                // Answers to something else (the rest of an earlier, interrupted exchange).
-                let Some(msg) = msg.ok().filter(|m| m.header.sequence_number == sequence) else {
+            // Answers to something else (the rest of an earlier, interrupted exchange) are
+            // skipped.
+            for msg in self.messages(what, n)? {
+                if msg.header.sequence_number != sequence {
                     continue;
-                };
+                }
                 match msg.payload {
                     NetlinkPayload::Done(_) => return Ok(entries),
                     NetlinkPayload::Error(e) if e.code.is_some() => {
@@ -444,13 +441,7 @@ impl Rtnl {
                     })
                 }
             };
-            let mut at = 0;
-            while at < n {
-                let (len, msg) = self.parse_at(what, at, n)?;
-                at += len;
-                let Ok(msg) = msg else {
-                    continue;
-                };
+            for msg in self.messages(what, n)? {
                 let (added, n) = match msg.payload {
                     NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) => (true, n),
                     NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(n)) => {
