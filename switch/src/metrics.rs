@@ -7,6 +7,10 @@
 //! - `port_tx_packets_total`, `port_tx_bytes_total`: frames the switch delivered to a port.
 //! - `port_drops_total{reason}`: drops by reason (see `port::DropReason`).
 //! - `port_up`: 1 when a frontend is connected and both rings are enabled.
+//! - `port_info{port,kind,socket,connect,vlan_mode,vlan,trunks}`: always 1; what the port is
+//!   (join it on `port` to label other series: `* on (port) group_left(vlan) port_info`).
+//! - `port_rx_ring_pending`: chains waiting in the guest's transmit ring at the switch's last
+//!   look; `port_tx_ring_free`: receive buffers the guest had posted at the last delivery.
 //! - `port_connects_total`: frontend connections accepted or made.
 //! - `port_memory_faults_total`: connections failed because the frontend's memory shrank
 //!   under the switch's mapping (a SIGBUS absorbed by the guard, see `port::memory`).
@@ -40,6 +44,14 @@
 //!   BGP EVPN, when configured.
 //! - `metrics_refused_connections_total`, `metrics_timeouts_total`,
 //!   `metrics_bad_requests_total`: this endpoint's own defences (see [`MetricsServer`]).
+//! - `dataplane_busy_seconds_total{thread}`: time each dataplane thread spent on rounds that
+//!   found work (its rate is the thread's busy ratio); `dataplane_sleeps_total{thread}`.
+//! - `build_info{version}`: always 1.
+//! - `process_*` (no prefix): the standard process metrics (CPU seconds, resident and virtual
+//!   memory, open and maximum file descriptors, threads, start time), read from /proc.
+//!
+//! docs/metrics.md lists them with their node_exporter counterparts, the shipped Grafana
+//! dashboard and the Prometheus rules.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -52,7 +64,8 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::control::server::ControlCounters;
@@ -177,6 +190,35 @@ fn render_all(
         &["port"],
     )?;
     r.register(Box::new(up.clone()))?;
+    let info = IntGaugeVec::new(
+        Opts::new(
+            "port_info",
+            "Always 1: what the port is (kind, socket or interface, who listens, VLAN mode).",
+        )
+        .namespace("patchbay"),
+        &[
+            "port",
+            "kind",
+            "socket",
+            "connect",
+            "vlan_mode",
+            "vlan",
+            "trunks",
+        ],
+    )?;
+    r.register(Box::new(info.clone()))?;
+    let rx_pending = gauge_vec(
+        &r,
+        "port_rx_ring_pending",
+        "Chains waiting in the guest's transmit ring when the switch last looked.",
+        &["port"],
+    )?;
+    let tx_free = gauge_vec(
+        &r,
+        "port_tx_ring_free",
+        "Receive buffers the guest had posted when the switch last delivered to it.",
+        &["port"],
+    )?;
 
     for port in sw.ports() {
         let name = port.name.as_str();
@@ -219,6 +261,15 @@ fn render_all(
         }
         let is_up = port.is_up();
         up.with_label_values(&[name]).set(i64::from(is_up));
+        let labels = port_info_labels(&port);
+        info.with_label_values(&labels.each()).set(1);
+        let gauge_of = |a: &std::sync::atomic::AtomicU64| i64::try_from(load(a)).unwrap_or(0);
+        rx_pending
+            .with_label_values(&[name])
+            .set(gauge_of(&c.rx_ring_pending));
+        tx_free
+            .with_label_values(&[name])
+            .set(gauge_of(&c.tx_ring_free));
     }
 
     let table = sw.mac_table();
@@ -287,6 +338,8 @@ fn render_all(
     if let Some(http) = http {
         http_metrics(&r, http)?;
     }
+    worker_metrics(&r, sw)?;
+    build_metrics(&r)?;
     if let Some(tunnel) = sw.tunnel() {
         tunnel_metrics(&r, &tunnel.vtep.snapshot())?;
         tunnel_io_metrics(&r, tunnel)?;
@@ -299,6 +352,111 @@ fn render_all(
     let mut out = Vec::new();
     TextEncoder::new().encode(&r.gather(), &mut out)?;
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, prometheus::Error> {
+    let g = IntGaugeVec::new(Opts::new(name, help).namespace("patchbay"), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+/// The labels of a port's `port_info` series: empty values where a label does not apply
+/// (no socket on the tunnel port, no `connect` on a host device).
+struct PortInfoLabels {
+    port: String,
+    kind: &'static str,
+    socket: String,
+    connect: &'static str,
+    vlan_mode: String,
+    vlan: String,
+    trunks: String,
+}
+
+impl PortInfoLabels {
+    fn each(&self) -> [&str; 7] {
+        [
+            &self.port,
+            self.kind,
+            &self.socket,
+            self.connect,
+            &self.vlan_mode,
+            &self.vlan,
+            &self.trunks,
+        ]
+    }
+}
+
+fn port_info_labels(port: &crate::port::Port) -> PortInfoLabels {
+    use crate::port::{ConnectMode, PortKind};
+    let (kind, socket, connect) = match port.kind {
+        PortKind::Vhost => (
+            "vhost-user",
+            port.config.socket.display().to_string(),
+            match port.config.mode {
+                ConnectMode::Server => "server",
+                ConnectMode::Client => "client",
+            },
+        ),
+        PortKind::Vxlan => ("vxlan", String::new(), ""),
+        PortKind::Internal => ("internal", port.config.interface_name().to_string(), ""),
+        PortKind::Afpacket => ("afpacket", port.config.interface_name().to_string(), ""),
+        PortKind::Afxdp => ("afxdp", port.config.interface_name().to_string(), ""),
+    };
+    let vlan = port.vlan().describe();
+    PortInfoLabels {
+        port: port.name.clone(),
+        kind,
+        socket,
+        connect,
+        vlan_mode: vlan.mode,
+        vlan: vlan.vlan.map(|v| v.to_string()).unwrap_or_default(),
+        trunks: vlan.trunks.unwrap_or_default(),
+    }
+}
+
+/// Busy time and sleeps of each dataplane thread.
+fn worker_metrics(r: &Registry, sw: &Switch) -> Result<(), prometheus::Error> {
+    let busy = CounterVec::new(
+        Opts::new(
+            "dataplane_busy_seconds_total",
+            "Time the dataplane thread spent on rounds that found work (rate: its busy ratio).",
+        )
+        .namespace("patchbay"),
+        &["thread"],
+    )?;
+    r.register(Box::new(busy.clone()))?;
+    let sleeps = counter_vec(
+        r,
+        "dataplane_sleeps_total",
+        "Times the dataplane thread went to sleep waiting for a kick (event mode).",
+        &["thread"],
+    )?;
+    for w in sw.worker_stats() {
+        busy.with_label_values(&[w.thread.as_str()])
+            .inc_by(w.busy_seconds());
+        sleeps
+            .with_label_values(&[w.thread.as_str()])
+            .inc_by(w.sleeps());
+    }
+    Ok(())
+}
+
+/// `patchbay_build_info`, and the standard `process_*` metrics of this process.
+fn build_metrics(r: &Registry) -> Result<(), prometheus::Error> {
+    let info = IntGaugeVec::new(
+        Opts::new("build_info", "Always 1: the switch's version.").namespace("patchbay"),
+        &["version"],
+    )?;
+    info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    r.register(Box::new(info))?;
+    r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))
 }
 
 /// Most (table, cookie) series exported; the rest are summed under cookie="other", so a

@@ -176,6 +176,8 @@ pub struct Switch {
     doorbell: Arc<crate::port::Doorbell>,
     /// The BGP EVPN agent, if configured.
     evpn: std::sync::OnceLock<crate::evpn::Evpn>,
+    /// The dataplane workers' busy time (set when they start).
+    workers: std::sync::OnceLock<Vec<Arc<crate::worker::WorkerStats>>>,
 }
 
 impl Switch {
@@ -196,6 +198,7 @@ impl Switch {
             tunnel: std::sync::OnceLock::new(),
             doorbell,
             evpn: std::sync::OnceLock::new(),
+            workers: std::sync::OnceLock::new(),
         }))
     }
 
@@ -523,15 +526,25 @@ impl Switch {
                 }
             })?;
         let workers = self.settings.dataplane_threads();
+        let mut stats = Vec::with_capacity(workers);
         for index in 0..workers {
+            let cpu = self.settings.poll_cpus.get(index).copied();
             let worker = crate::worker::Worker {
                 index,
                 workers,
-                cpu: self.settings.poll_cpus.get(index).copied(),
+                cpu,
+                stats: Arc::new(crate::worker::WorkerStats::new(index, cpu)),
             };
+            stats.push(worker.stats.clone());
             worker.spawn(self.fabric.clone(), self.doorbell.clone())?;
         }
+        let _ = self.workers.set(stats);
         Ok(())
+    }
+
+    /// The dataplane workers' busy time and sleeps (empty before they start).
+    pub fn worker_stats(&self) -> &[Arc<crate::worker::WorkerStats>] {
+        self.workers.get().map_or(&[], Vec::as_slice)
     }
 
     /// Stops background threads and removes every port.

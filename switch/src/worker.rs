@@ -12,9 +12,10 @@
 //!   costs nothing; under load it never sleeps and runs as the poller does.
 
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
@@ -94,6 +95,99 @@ pub struct Worker {
     pub workers: usize,
     /// Poll mode: the CPU to pin to. Event mode: None.
     pub cpu: Option<usize>,
+    /// Its busy time and sleeps, read by the metrics endpoint.
+    pub stats: Arc<WorkerStats>,
+}
+
+/// How a worker spends its time, for the metrics endpoint: `rate(busy_seconds)` is the
+/// share of the thread's time spent on rounds that found work (a poll-mode worker spins the
+/// rest; an event-mode one sleeps part of it), the figure OVS shows as a PMD's processing
+/// cycles. A worker flushes its busy time at the end of each busy stretch and at least every
+/// [`RESCAN_ROUNDS`] rounds, so a scrape lags the thread by at most that much.
+#[derive(Debug)]
+pub struct WorkerStats {
+    /// The thread's name (`dataplane-N` or `poll-CPU`), the metrics' `thread` label.
+    pub thread: String,
+    busy_ns: AtomicU64,
+    sleeps: AtomicU64,
+}
+
+impl WorkerStats {
+    pub fn new(index: usize, cpu: Option<usize>) -> Self {
+        let thread = match cpu {
+            Some(cpu) => format!("poll-{cpu}"),
+            None => format!("dataplane-{index}"),
+        };
+        WorkerStats {
+            thread,
+            busy_ns: AtomicU64::new(0),
+            sleeps: AtomicU64::new(0),
+        }
+    }
+
+    /// Seconds spent on rounds that found work.
+    pub fn busy_seconds(&self) -> f64 {
+        self.busy_ns.load(Ordering::Relaxed) as f64 / 1e9
+    }
+
+    /// Times the worker went to sleep in epoll (event mode).
+    pub fn sleeps(&self) -> u64 {
+        self.sleeps.load(Ordering::Relaxed)
+    }
+}
+
+/// Times a worker's busy stretches: the clock is read once per idle round (the thread has
+/// nothing better to do) and at most once per [`RESCAN_ROUNDS`] rounds under load, never per
+/// frame or per batch.
+struct BusyClock<'a> {
+    stats: &'a WorkerStats,
+    /// When the current busy stretch began (the start of its first round).
+    busy_since: Option<Instant>,
+    /// When the current round began, read only while idle.
+    round_start: Option<Instant>,
+}
+
+impl<'a> BusyClock<'a> {
+    fn new(stats: &'a WorkerStats) -> Self {
+        BusyClock {
+            stats,
+            busy_since: None,
+            round_start: None,
+        }
+    }
+
+    /// A round begins.
+    fn round(&mut self) {
+        if self.busy_since.is_none() {
+            self.round_start = Some(Instant::now());
+        }
+    }
+
+    /// The round just run found work (`true`) or none.
+    fn ended(&mut self, busy: bool) {
+        match (busy, self.busy_since) {
+            (true, None) => self.busy_since = self.round_start.take(),
+            (false, Some(since)) => {
+                self.add(since.elapsed());
+                self.busy_since = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// Publishes the stretch so far (a long busy stretch shows up before it ends).
+    fn flush(&mut self) {
+        if let Some(since) = self.busy_since {
+            let now = Instant::now();
+            self.add(now.duration_since(since));
+            self.busy_since = Some(now);
+        }
+    }
+
+    fn add(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.stats.busy_ns.fetch_add(ns, Ordering::Relaxed);
+    }
 }
 
 impl Worker {
@@ -102,12 +196,8 @@ impl Worker {
         fabric: Arc<Fabric>,
         doorbell: Arc<Doorbell>,
     ) -> std::io::Result<thread::JoinHandle<()>> {
-        let name = match self.cpu {
-            Some(cpu) => format!("poll-{cpu}"),
-            None => format!("dataplane-{}", self.index),
-        };
         thread::Builder::new()
-            .name(name)
+            .name(self.stats.thread.clone())
             .spawn(move || self.run(&fabric, &doorbell))
     }
 
@@ -128,11 +218,14 @@ impl Worker {
         let mut epoll = None;
         let mut rounds = 0u32;
         let mut idle = 0u32;
+        let mut clock = BusyClock::new(&self.stats);
         while !fabric.is_stopping() {
             if rounds.is_multiple_of(RESCAN_ROUNDS) {
+                clock.flush();
                 self.rescan(fabric, &mut served, &mut hosts);
             }
             rounds = rounds.wrapping_add(1);
+            clock.round();
             let mut work = 0;
             for s in &served {
                 work += s
@@ -159,6 +252,7 @@ impl Worker {
                     })
                     .unwrap_or(0);
             }
+            clock.ended(work > 0);
             if work > 0 {
                 idle = 0;
                 continue;
@@ -180,6 +274,7 @@ impl Worker {
                 std::hint::spin_loop();
                 continue;
             }
+            self.stats.sleeps.fetch_add(1, Ordering::Relaxed);
             if self.sleep(doorbell, &served, &hosts, &mut epoll) {
                 rounds = 0; // rescan: the doorbell rang
             }

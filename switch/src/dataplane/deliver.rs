@@ -6,7 +6,7 @@
 
 use super::{Delivery, Frame, Source};
 use crate::flow::rewrite::HeaderBuf;
-use crate::port::{DropReason, Link, Port, MAX_QUEUE_PAIRS};
+use crate::port::{DropReason, Link, Port, PortCounters, MAX_QUEUE_PAIRS};
 use crate::virtio::chain::RxShortage;
 use crate::virtio::features::{bit, mergeable_rx, net_header_len};
 use crate::virtio::net_header;
@@ -127,7 +127,11 @@ fn to_ring(
     let guest_csum = features & bit(VIRTIO_NET_F_GUEST_CSUM) != 0;
     // The chains this group will take, and the used entries that return them: their
     // lines start coming over from the guest's core now, for writing.
-    if let (Ok(_), Some(first)) = (burst.refresh(), group.first()) {
+    let posted = burst.refresh().ok();
+    if let Some(free) = posted {
+        PortCounters::sample_ring(&dst.counters.tx_ring_free, free);
+    }
+    if let (Some(_), Some(first)) = (posted, group.first()) {
         let n = group.len().min(usize::from(u16::MAX)) as u16;
         let bytes =
             header_len as u32 + first.out_len(frames[usize::from(first.frame)].len, headers);

@@ -28,7 +28,7 @@ use crate::flow::Field;
 use crate::mac_table::{Learned, PortId};
 use crate::offload::layout::{MAX_HEADERS, MAX_L2};
 use crate::offload::{Offload, OffloadError, HOST_OFFLOADS, MAX_SUPER_FRAME};
-use crate::port::{DropReason, Link, Port};
+use crate::port::{DropReason, Link, Port, PortCounters};
 use crate::virtio::chain::ChainError;
 use crate::virtio::features::{bit, net_header_len};
 use crate::virtio::net_header::GSO_NONE;
@@ -367,8 +367,14 @@ pub fn drain_tx(
     burst.disable_kicks();
     // One read of the guest's avail index per batch.
     let waiting = match burst.refresh() {
-        Ok(0) => return 0,
-        Ok(n) => n,
+        Ok(0) => {
+            PortCounters::sample_ring(&port.counters.rx_ring_pending, 0);
+            return 0;
+        }
+        Ok(n) => {
+            PortCounters::sample_ring(&port.counters.rx_ring_pending, n);
+            n
+        }
         Err(e) => {
             // The avail index moved further than the ring holds: the guest broke its own
             // ring. Count it; the next round looks again, so a guest that repairs its index

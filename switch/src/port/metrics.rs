@@ -101,6 +101,12 @@ pub struct PortCounters {
     pub mac_learn_refused: AtomicU64,
     /// Dataplane panics while serving this port (each failed its connection).
     pub dataplane_panics: AtomicU64,
+    /// Chains waiting in the guest's transmit ring when the switch last looked (before it
+    /// took its batch): a backlog that stays high means the switch falls behind the guest.
+    pub rx_ring_pending: AtomicU64,
+    /// Receive buffers the guest had posted when the switch last delivered to it (before
+    /// it filled them): near zero means the guest falls behind, and `no-buffer` drops follow.
+    pub tx_ring_free: AtomicU64,
 }
 
 impl PortCounters {
@@ -120,6 +126,15 @@ impl PortCounters {
         if packets > 0 {
             self.tx_packets.fetch_add(packets, Ordering::Relaxed);
             self.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a ring's fill at a look (once per batch; written only when it changed, so an
+    /// idle ring's polls leave the counters' line alone).
+    pub fn sample_ring(gauge: &AtomicU64, entries: u16) {
+        let entries = u64::from(entries);
+        if gauge.load(Ordering::Relaxed) != entries {
+            gauge.store(entries, Ordering::Relaxed);
         }
     }
 
