@@ -2,11 +2,13 @@
 //!
 //! - `client.rs`: the connection and the request/response exchange.
 //! - `render.rs`: tables for people; `--json` prints the switch's `result` for scripts.
+//! - `top.rs`: `flowctl top`, rates from two samples of the counters.
 //!
 //! Each subcommand is one variant of [`Command`]; new ones (flow tables, ...) are new variants.
 
 mod client;
 mod render;
+mod top;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -312,6 +314,33 @@ enum Command {
         #[command(subcommand)]
         op: TunnelOp,
     },
+
+    /// A live view like top(1): each port's packet and bit rates and drops per second, each
+    /// dataplane thread's busy share, and the busiest flows, refreshed every interval.
+    ///
+    /// Redraws the terminal; with -b (or when stdout is not a terminal) prints one frame after
+    /// another; with --json prints one JSON object per frame. Quit with Ctrl-C.
+    #[command(
+        after_help = "Examples:\n  flowctl top\n  flowctl top -d 5 --flows 20\n  \
+                      flowctl top -b -n 3 > capture.txt\n  flowctl top --json -n 10"
+    )]
+    Top(TopArgs),
+}
+
+#[derive(Debug, Args)]
+struct TopArgs {
+    /// Seconds between refreshes (0.1 to 30).
+    #[arg(short = 'd', long, value_name = "SECS", default_value = "1", value_parser = parse_top_delay)]
+    delay: Duration,
+    /// Print this many frames, then exit.
+    #[arg(short = 'n', long, value_name = "COUNT")]
+    iterations: Option<u64>,
+    /// Batch mode: print frames one after the other instead of redrawing the screen.
+    #[arg(short = 'b', long)]
+    batch: bool,
+    /// How many of the busiest flows to list.
+    #[arg(long, value_name = "N", default_value = "10")]
+    flows: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -406,6 +435,18 @@ enum VlanModeArg {
     Trunk,
     NativeUntagged,
     NativeTagged,
+}
+
+/// `flowctl top -d`: at most 30 s, so the view never idles out of the control socket (its
+/// default idle timeout is 60 s).
+fn parse_top_delay(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !(0.1..=30.0).contains(&secs) {
+        return Err(format!("{s} must be between 0.1 and 30"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
@@ -841,6 +882,16 @@ fn run(cli: &Cli, client: &mut Client, vlan: Option<VlanConfig>) -> Result<(), C
                 print!("{}", render::tunnel(&snap));
             }
         }
+        Command::Top(a) => top::run(
+            client,
+            &top::TopOptions {
+                delay: a.delay,
+                iterations: a.iterations,
+                batch: a.batch,
+                flows: a.flows,
+                json,
+            },
+        )?,
         Command::Tunnel { op } => {
             let (request, done) = match op {
                 TunnelOp::Map { vni, vlan } => (

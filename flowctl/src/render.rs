@@ -204,6 +204,19 @@ fn offloads(p: &PortInfo) -> String {
     }
 }
 
+/// A table of `rows` under `columns` (name, right-aligned).
+pub fn text_table(columns: &[(&'static str, bool)], rows: Vec<Vec<String>>) -> String {
+    let aligned: Vec<(&'static str, Align)> = columns
+        .iter()
+        .map(|&(name, right)| (name, if right { Align::Right } else { Align::Left }))
+        .collect();
+    let mut t = Table::new(&aligned);
+    for row in rows {
+        t.row(row);
+    }
+    t.render()
+}
+
 /// `flowctl show ports`.
 pub fn ports_table(ports: &[PortInfo], human: bool) -> String {
     use Align::*;

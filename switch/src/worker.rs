@@ -125,9 +125,14 @@ impl WorkerStats {
         }
     }
 
+    /// Nanoseconds spent on rounds that found work.
+    pub fn busy_ns(&self) -> u64 {
+        self.busy_ns.load(Ordering::Relaxed)
+    }
+
     /// Seconds spent on rounds that found work.
     pub fn busy_seconds(&self) -> f64 {
-        self.busy_ns.load(Ordering::Relaxed) as f64 / 1e9
+        self.busy_ns() as f64 / 1e9
     }
 
     /// Times the worker went to sleep in epoll (event mode).

@@ -247,6 +247,19 @@ pub struct SwitchInfo {
     pub mac_table_full: u64,
     pub control_errors: u64,
     pub poll_cpus: Vec<usize>,
+    /// Each dataplane thread's busy time (`flowctl top` shows its share of each interval).
+    #[serde(default)]
+    pub dataplane: Vec<DataplaneThread>,
+}
+
+/// A dataplane thread's counters, as in the metrics' `patchbay_dataplane_*{thread}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataplaneThread {
+    pub thread: String,
+    /// Nanoseconds spent on rounds that found work.
+    pub busy_ns: u64,
+    /// Times it slept waiting for a kick (event mode).
+    pub sleeps: u64,
 }
 
 /// Result of `add-port`.

@@ -362,6 +362,15 @@ fn execute(request: Request, sw: &Arc<Switch>, counters: &ControlCounters) -> Re
                 mac_table_full: c.mac_table_full.load(Ordering::Relaxed),
                 control_errors: counters.errors.load(Ordering::Relaxed),
                 poll_cpus: sw.settings().poll_cpus.clone(),
+                dataplane: sw
+                    .worker_stats()
+                    .iter()
+                    .map(|w| DataplaneThread {
+                        thread: w.thread.clone(),
+                        busy_ns: w.busy_ns(),
+                        sleeps: w.sleeps(),
+                    })
+                    .collect(),
             })
         }
         Request::AddPort { port } => match sw.add_port(*port) {
