@@ -135,6 +135,8 @@
 #   PATCHBAY_PEERS_PORT_EXTRA=   appended to every Patchbay --port spec (e.g.
 #                                ",offloads=none,queue-pairs=1" to compare settings)
 #   PATCHBAY_PEERS_OUT=FILE      also write the per-round results (TSV) there
+#   PATCHBAY_PEERS_REPORT_DIR=DIR   where each run leaves peers-DATE.csv (the table), .svg (a
+#                                bar chart of it) and -rounds.tsv (default: target/peers)
 #   PATCHBAY_PEERS_KEEP=1        keep the run directory (logs) after exit
 #   PATCHBAY_PEERS_PERF=DIR      profile the switch during each patchbay measurement
 #                                (perf record -e cpu-clock; DIR/CASE-VARIANT-SIZE-MODE-ROUND.data;
@@ -171,6 +173,7 @@ OVS_SCHEMA=/usr/share/openvswitch/vswitch.ovsschema
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 RUN=$(mktemp -d /tmp/pbpeers.XXXXXX)
 RESULTS=$RUN/results.tsv
+REPORT_DIR=${PATCHBAY_PEERS_REPORT_DIR:-$REPO/target/peers}
 CLK_TCK=$(getconf CLK_TCK)
 
 say() { printf '%s\n' "$*"; }
@@ -296,6 +299,12 @@ install_packages() {
 
 build_binaries() {
     mkdir -p "$RUN/bin"
+    local chart
+    chart=$(cd "$REPO" && ${CARGO:-cargo} build --release -p patchbay-benches --bin peers-chart \
+        --message-format=json-render-diagnostics) || die "build failed"
+    chart=$(grep -o '"executable":"[^"]*/peers-chart"' <<<"$chart" | tail -1 | cut -d'"' -f4)
+    [[ -x $chart ]] || die "cannot find the built peers-chart"
+    cp "$chart" "$RUN/bin/peers-chart"
     if has "$CASES" baseline-poll || has "$CASES" baseline-event; then
         [[ -n ${PATCHBAY_PEERS_BASELINE_BIN:-} ]] || die "baseline-* cases need PATCHBAY_PEERS_BASELINE_BIN"
         mkdir -p "$RUN/bin/baseline"
@@ -1297,8 +1306,9 @@ AWK_STATS='
         function ratio(x, b) { return (b > 0 && x >= 0) ? sprintf("%.2f", x / b) : "-" }
 '
 
+# print_table [CSV]: the summary table; also written to CSV (one row per case, for the chart).
 print_table() {
-    awk -F'\t' -v rounds="$ROUNDS" "$AWK_STATS"'
+    awk -F'\t' -v rounds="$ROUNDS" -v csv="${1:-/dev/null}" "$AWK_STATS"'
         $1 == "tso" { next }
         $6 == "fail" { key = $1 SUBSEP $2 SUBSEP $3 SUBSEP $4; if (!(key in seen)) { seen[key] = 1; order[++nk] = key }; fails[key]++; next }
         {
@@ -1312,6 +1322,7 @@ print_table() {
         END {
             printf "%-9s %5s %-7s %-15s %7s %7s %7s %7s %7s %8s %8s %7s %6s %6s  %s\n", "variant", "size", "mode", "case", \
                 "Mpps", "Gbit/s", "x tpmd", "x ovs", "sent", "switch%", "source%", "other%", "idle%", "RSS", "Mpps per round"
+            print "variant,size,mode,case,mpps,gbps,x_testpmd,x_ovs,sent_mpps,switch_cpu,source_cpu,other_cpu,idle_cpu,rss_mib,rounds,failed" > csv
             for (k = 1; k <= nk; k++) {
                 split(order[k], f, SUBSEP)
                 med[order[k]] = cnt[order[k]] ? median(pps[order[k]]) : -1
@@ -1323,8 +1334,14 @@ print_table() {
                 m = med[key]
                 if (m < 0) {
                     printf "%-9s %5s %-7s %-15s %7s  (failed %d of %d rounds)\n", f[1], f[2], f[3], f[4], "-", fails[key], rounds
+                    printf "%s,%s,%s,%s,-,-,-,-,-,-,-,-,-,-,%d,%d\n", f[1], f[2], f[3], f[4], rounds, fails[key] > csv
                     continue
                 }
+                printf "%s,%s,%s,%s,%.3f,%.2f,%s,%s,%.3f,%.0f,%.0f,%.0f,%s,%s,%d,%d\n", f[1], f[2], f[3], f[4], \
+                    m / 1e6, m * f[2] * 8 / 1e9, ratio(m, base), ratio(m, ovs), median(sent[key]) / 1e6, \
+                    sut[key] / cnt[key], src[key] / cnt[key], oth[key] / cnt[key], \
+                    icnt[key] ? sprintf("%.1f", idl[key] / icnt[key]) : "-", \
+                    (key in rss) ? rss[key] : "-", cnt[key], fails[key] > csv
                 printf "%-9s %5s %-7s %-15s %7.3f %7.2f %7s %7s %7.3f %8.0f %8.0f %7.0f %6s %6s %s%s\n", f[1], f[2], f[3], f[4], \
                     m / 1e6, m * f[2] * 8 / 1e9, ratio(m, base), ratio(m, ovs), median(sent[key]) / 1e6, \
                     sut[key] / cnt[key], src[key] / cnt[key], oth[key] / cnt[key], \
@@ -1401,7 +1418,7 @@ main() {
         done
     done
     say ""
-    print_table
+    print_table "$RUN/summary.csv"
     if has "$VARIANTS" tso; then
         say ""
         print_tso_table
@@ -1424,6 +1441,22 @@ main() {
         "nothing (${IDLE_SECS} s after each measurement; 100 = one core). Mean over rounds."
     say "load after: $(cut -d' ' -f1-3 /proc/loadavg); total $(awk -v a="$t_start" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }') s"
     if [[ -n ${PATCHBAY_PEERS_OUT:-} ]]; then cp "$RESULTS" "$PATCHBAY_PEERS_OUT"; fi
+    write_report
+}
+
+# The run's summary as CSV and an SVG chart (and the per-round TSV) in $REPORT_DIR.
+write_report() {
+    local stamp base
+    stamp=$(date +%Y%m%d-%H%M%S)
+    base=$REPORT_DIR/peers-$stamp
+    mkdir -p "$REPORT_DIR" || { say "cannot create $REPORT_DIR: no report files"; return; }
+    cp "$RUN/summary.csv" "$base.csv" && cp "$RESULTS" "$base-rounds.tsv"
+    if [[ -s $base.csv ]] && "$RUN/bin/peers-chart" "$base.csv" "$base.svg" \
+        "Patchbay beside its peers, $(date +%Y-%m-%d) (Mpps, both directions, median of $ROUNDS rounds)"; then
+        say "report: $base.csv (summary), $base.svg (chart), $base-rounds.tsv (every round)"
+    else
+        say "report: $base.csv, $base-rounds.tsv (no chart: see the message above)"
+    fi
 }
 
 main "$@"

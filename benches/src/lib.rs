@@ -3,6 +3,8 @@
 //! and the per-round figures of a report. The benchmarks themselves are in `benches/`
 //! (`cargo bench -p patchbay-benches`).
 
+pub mod chart;
+
 use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
