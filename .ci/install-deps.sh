@@ -9,11 +9,14 @@
 #   cpio, kmod       building the guest initramfs (cpio, modinfo)
 #   openvswitch-common  ovs-ofctl, to check that rules files are OVS syntax unchanged
 #   frr              zebra and bgpd for the BGP EVPN fabric test (docs/evpn.md)
+#   libvirt-daemon-system, libvirt-clients
+#                    libvirtd, virtlogd and virsh for the libvirt guests test (docs/libvirt.md)
 #   dpdk-dev, librte-net-vhost23, librte-net-virtio23, librte-mempool-ring23
 #                    DPDK testpmd: a foreign vhost-user frontend (virtio-user) and backend
 #                    (net_vhost) for the conformance tests; runs without hugepages
 set -euo pipefail
 PKGS=(qemu-system-x86 busybox-static prometheus iproute2 iputils-ping cpio kmod openvswitch-common frr
+      libvirt-daemon-system libvirt-clients
       dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-mempool-ring23)
 
 SUDO=

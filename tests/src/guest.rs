@@ -7,7 +7,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -128,14 +128,52 @@ impl GuestNic {
     }
 }
 
-/// One running QEMU guest.
-pub struct QemuGuest {
+/// A guest's serial console speaking /init's protocol (docs/qemu-guests.md): a command per
+/// line in, its output and `PB-DONE <status>` out. Over QEMU's stdio ([`QemuGuest`]) or a
+/// socket (a libvirt guest's `<serial type='unix'>`).
+pub struct Console {
     pub name: String,
-    child: Child,
-    stdin: ChildStdin,
+    input: Box<dyn Write + Send>,
     lines: Receiver<String>,
     recent: Vec<String>,
+}
+
+/// Sends each line `reader` yields (without its `\r`) into `tx`, prefixed, on a thread.
+fn forward_lines(
+    reader: impl std::io::Read + Send + 'static,
+    tx: mpsc::Sender<String>,
+    prefix: &'static str,
+) {
+    thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            if tx
+                .send(format!("{prefix}{}", line.trim_end_matches('\r')))
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+}
+
+/// One running QEMU guest; its console is reached through `Deref` (`guest.run(...)`).
+pub struct QemuGuest {
+    console: Console,
+    child: Child,
     pub started: Instant,
+}
+
+impl std::ops::Deref for QemuGuest {
+    type Target = Console;
+    fn deref(&self) -> &Console {
+        &self.console
+    }
+}
+
+impl std::ops::DerefMut for QemuGuest {
+    fn deref_mut(&mut self) -> &mut Console {
+        &mut self.console
+    }
 }
 
 /// Result of `ping` inside a guest.
@@ -241,27 +279,57 @@ impl QemuGuest {
                 }
             };
         let (tx, lines) = mpsc::channel();
-        let tx_err = tx.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line.trim_end_matches('\r').to_string()).is_err() {
-                    break;
-                }
-            }
-        });
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx_err.send(format!("[qemu] {line}"));
-            }
-        });
+        forward_lines(stdout, tx.clone(), "");
+        forward_lines(stderr, tx, "[qemu] ");
         Ok(QemuGuest {
-            name: name.to_string(),
+            console: Console {
+                name: name.to_string(),
+                input: Box::new(stdin),
+                lines,
+                recent: Vec::new(),
+            },
             child,
-            stdin,
-            lines,
-            recent: Vec::new(),
             started: Instant::now(),
         })
+    }
+
+    /// Powers the guest off and waits for QEMU to exit (killing it after a grace period).
+    pub fn poweroff(mut self) {
+        self.console.send_poweroff();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Console {
+    /// A console on a byte stream (a connected socket): lines from `reader`, commands to
+    /// `writer`.
+    pub fn on_stream(
+        name: &str,
+        reader: impl std::io::Read + Send + 'static,
+        writer: impl Write + Send + 'static,
+    ) -> Console {
+        let (tx, lines) = mpsc::channel();
+        forward_lines(reader, tx, "");
+        Console {
+            name: name.to_string(),
+            input: Box::new(writer),
+            lines,
+            recent: Vec::new(),
+        }
+    }
+
+    /// Asks the guest to power off (`poweroff -f`), without waiting.
+    pub fn send_poweroff(&mut self) {
+        let _ = writeln!(self.input, "poweroff -f");
+        let _ = self.input.flush();
     }
 
     fn tail(&self) -> String {
@@ -319,8 +387,8 @@ impl QemuGuest {
         command: &str,
         timeout: Duration,
     ) -> Result<(i32, Vec<String>), GuestError> {
-        writeln!(self.stdin, "{command}")
-            .and_then(|_| self.stdin.flush())
+        writeln!(self.input, "{command}")
+            .and_then(|_| self.input.flush())
             .map_err(|source| GuestError::Console {
                 name: self.name.clone(),
                 source,
@@ -358,21 +426,6 @@ impl QemuGuest {
             transmitted: number_before("transmitted"),
             received: number_before("received"),
         })
-    }
-
-    /// Powers the guest off and waits for QEMU to exit (killing it after a grace period).
-    pub fn poweroff(mut self) {
-        let _ = writeln!(self.stdin, "poweroff -f");
-        let _ = self.stdin.flush();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

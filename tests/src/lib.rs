@@ -7,6 +7,7 @@ pub mod frames;
 pub mod frontend;
 pub mod frr;
 pub mod guest;
+pub mod libvirt;
 pub mod netns;
 pub mod offload;
 pub mod peers;

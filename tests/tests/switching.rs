@@ -358,7 +358,7 @@ fn config_space_offers_the_port_mac_and_link_up() {
     let dir = TestDir::new("config");
     let mut cfg = access(&dir.path, "a", 1);
     cfg.mac = Some("52:54:00:aa:bb:cc".into());
-    let d = start_switch(&dir.path, vec![cfg], |_| {});
+    let d = start_switch(&dir.path, vec![cfg, access(&dir.path, "b", 1)], |_| {});
     let a = connect(&dir, "a");
     let config = a.get_config(0, 10).unwrap();
     assert_eq!(&config[0..6], &[0x52, 0x54, 0x00, 0xaa, 0xbb, 0xcc]);
@@ -367,6 +367,17 @@ fn config_space_offers_the_port_mac_and_link_up() {
         1,
         "VIRTIO_NET_S_LINK_UP"
     );
+    // A port without a MAC has no config space to offer: the protocol feature is not
+    // offered (QEMU warns about an offered CONFIG it cannot use), the rest are.
+    use patchbay_tests::frontend::{PROTOCOL_F_CONFIG, PROTOCOL_F_CONFIGURE_MEM_SLOTS};
+    let b = connect(&dir, "b");
+    assert_eq!(
+        b.protocol_features() & PROTOCOL_F_CONFIG,
+        0,
+        "CONFIG without a MAC"
+    );
+    assert_ne!(b.protocol_features() & PROTOCOL_F_CONFIGURE_MEM_SLOTS, 0);
+    assert_ne!(a.protocol_features() & PROTOCOL_F_CONFIG, 0);
     d.shutdown();
 }
 

@@ -149,20 +149,10 @@ impl DeviceHandler {
         Ok(())
     }
 
+    /// The MAC in the config space: the port's `mac`, else none (all zero; CONFIG is then not
+    /// offered, so a frontend does not ask).
     fn config_mac(&self) -> [u8; 6] {
-        if let Some(mac) = self.port.mac {
-            return mac.0;
-        }
-        // A stable locally administered address derived from the port name (FNV-1a).
-        let h = self
-            .port
-            .name
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-            });
-        let b = h.to_be_bytes();
-        [0x02, 0x50, 0x42, b[0], b[1], b[2]]
+        self.port.mac.map_or([0; 6], |mac| mac.0)
     }
 
     /// Maps one region the frontend announced, after the checks in `memory::map_region`;
@@ -346,11 +336,18 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
         self.ring(u32::from(index)).map(|_| ())
     }
 
+    /// What a net backend uses: REPLY_ACK, CONFIGURE_MEM_SLOTS, MQ; and CONFIG only on a port
+    /// with a `mac` to hand out (QEMU's net device has no use for the backend's config space
+    /// and logs a warning when it is offered; a frontend that reads the MAC from it, such as
+    /// the bundled VMM, picks its own address without it).
     fn get_protocol_features(&mut self) -> VhostResult<VhostUserProtocolFeatures> {
-        Ok(VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::REPLY_ACK
+        let mut features = VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
-            | VhostUserProtocolFeatures::MQ)
+            | VhostUserProtocolFeatures::MQ;
+        if self.port.mac.is_some() {
+            features |= VhostUserProtocolFeatures::CONFIG;
+        }
+        Ok(features)
     }
 
     fn set_protocol_features(&mut self, features: u64) -> VhostResult<()> {
