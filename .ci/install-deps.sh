@@ -9,6 +9,7 @@
 #   cpio, kmod       building the guest initramfs (cpio, modinfo)
 #   openvswitch-common  ovs-ofctl, to check that rules files are OVS syntax unchanged
 #   frr              zebra and bgpd for the BGP EVPN fabric test (docs/evpn.md)
+#   debootstrap      a clean Debian root to install the package into (tests/tests/package.rs)
 #   libvirt-daemon-system, libvirt-clients
 #                    libvirtd, virtlogd and virsh for the libvirt guests test (docs/libvirt.md)
 #   dpdk-dev, librte-net-vhost23, librte-net-virtio23, librte-mempool-ring23
@@ -16,7 +17,7 @@
 #                    (net_vhost) for the conformance tests; runs without hugepages
 set -euo pipefail
 PKGS=(qemu-system-x86 busybox-static prometheus iproute2 iputils-ping cpio kmod openvswitch-common frr
-      libvirt-daemon-system libvirt-clients
+      libvirt-daemon-system libvirt-clients debootstrap
       dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-mempool-ring23)
 
 SUDO=

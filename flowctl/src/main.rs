@@ -591,6 +591,9 @@ fn print_json(value: &impl Serialize) {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = patchbay_clidocs::intercept(Cli::command) {
+        return code;
+    }
     let cli = Cli::parse();
     // Check everything that can be checked before talking to the switch.
     let vlan = match &cli.command {

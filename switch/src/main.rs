@@ -3,8 +3,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use std::io::Write;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser};
 use nix::sys::signal::{SigSet, Signal};
+use sd_notify::NotifyState;
 
 use patchbay_switch::config::{parse_metrics_listen, Config};
 use patchbay_switch::daemon::Daemon;
@@ -108,11 +112,72 @@ fn build_config(args: &Args) -> Result<Config, String> {
     Ok(config)
 }
 
+/// Logs to stderr: with a timestamp on a terminal or in a file; under systemd (stderr is the
+/// journal, `JOURNAL_STREAM` set) one line per event with a syslog priority prefix that
+/// journald turns into the entry's level, and no timestamp of our own (journald adds it).
+fn init_logging(level: &str) {
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level));
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.format(|buf, record| {
+            let priority = match record.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(buf, "<{priority}>{}: {}", record.target(), record.args())
+        });
+    } else {
+        builder.format_timestamp_millis();
+    }
+    builder.init();
+}
+
+/// Under systemd with `WatchdogSec=`: feeds the watchdog at half its interval while the
+/// switch's housekeeping thread keeps going round (a switch whose threads are stuck stops
+/// feeding it, and systemd restarts it).
+fn feed_watchdog(switch: std::sync::Arc<patchbay_switch::switch::Switch>) {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) {
+        return;
+    }
+    let interval = Duration::from_micros(usec / 2);
+    // Housekeeping goes round once a second: a longer silence means it is stuck.
+    let stuck_after = Duration::from_secs(3);
+    let spawned = std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || {
+            let mut last = switch.housekeeping_rounds();
+            let mut progressed = std::time::Instant::now();
+            while !switch.is_stopping() {
+                std::thread::sleep(interval);
+                let now = switch.housekeeping_rounds();
+                if now != last {
+                    last = now;
+                    progressed = std::time::Instant::now();
+                }
+                if progressed.elapsed() < stuck_after {
+                    let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
+                } else {
+                    log::warn!(
+                        "housekeeping stuck for {:?}: not feeding the watchdog",
+                        progressed.elapsed()
+                    );
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start the watchdog thread: {e}");
+    }
+}
+
 fn main() -> ExitCode {
+    if let Some(code) = patchbay_clidocs::intercept(Args::command) {
+        return code;
+    }
     let args = Args::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(&args.log_level))
-        .format_timestamp_millis()
-        .init();
+    init_logging(&args.log_level);
 
     let config = match build_config(&args) {
         Ok(c) => c,
@@ -154,8 +219,13 @@ fn main() -> ExitCode {
             .metrics_addr
             .map_or("off".to_string(), |a| format!("http://{a}/metrics"))
     );
+    // systemd (Type=notify): ready once the ports, control socket and metrics are up.
+    let status = format!("{} port(s)", daemon.switch.ports().len());
+    let _ = sd_notify::notify(false, &[NotifyState::Ready, NotifyState::Status(&status)]);
+    feed_watchdog(daemon.switch.clone());
     let signal = signals.wait();
     log::info!("{:?}: shutting down", signal.ok());
+    let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
     daemon.shutdown();
     ExitCode::SUCCESS
 }

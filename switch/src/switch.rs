@@ -178,6 +178,9 @@ pub struct Switch {
     evpn: std::sync::OnceLock<crate::evpn::Evpn>,
     /// The dataplane workers' busy time (set when they start).
     workers: std::sync::OnceLock<Vec<Arc<crate::worker::WorkerStats>>>,
+    /// Rounds of the housekeeping thread (aging, timeouts), once a second: the service
+    /// watchdog is fed while it moves.
+    housekeeping_rounds: std::sync::atomic::AtomicU64,
 }
 
 impl Switch {
@@ -199,6 +202,7 @@ impl Switch {
             doorbell,
             evpn: std::sync::OnceLock::new(),
             workers: std::sync::OnceLock::new(),
+            housekeeping_rounds: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -523,6 +527,8 @@ impl Switch {
                         t.vtep.expire(t.vtep.now());
                     }
                     sw.flows().expire();
+                    sw.housekeeping_rounds
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             })?;
         let workers = self.settings.dataplane_threads();
@@ -540,6 +546,12 @@ impl Switch {
         }
         let _ = self.workers.set(stats);
         Ok(())
+    }
+
+    /// Rounds of the housekeeping thread so far (one a second while it is healthy).
+    pub fn housekeeping_rounds(&self) -> u64 {
+        self.housekeeping_rounds
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The dataplane workers' busy time and sleeps (empty before they start).

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use patchbay_vmm::memory::parse_size;
 use std::sync::Arc;
@@ -67,6 +67,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = patchbay_clidocs::intercept(Args::command) {
+        return code;
+    }
     let args = Args::parse();
     let code = match run(args) {
         Ok(code) => code,
