@@ -27,6 +27,8 @@ pub enum DaemonError {
     Evpn(#[from] crate::evpn::EvpnError),
     #[error("cannot start background threads: {0}")]
     Threads(std::io::Error),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
 }
 
 /// A running switch and the endpoints it serves.
@@ -38,8 +40,27 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn start(config: Config) -> Result<Daemon, DaemonError> {
+    pub fn start(mut config: Config) -> Result<Daemon, DaemonError> {
         config.check()?;
+        // The saved running configuration, merged into the config file's before anything
+        // starts: a state file that cannot be used stops the start here, untouched.
+        let state = config
+            .settings
+            .state_file
+            .clone()
+            .map(|path| crate::state::StateFile::new(&path, &config));
+        let saved = match &state {
+            Some(s) => s.load()?,
+            None => None,
+        };
+        let saved = match (&state, saved) {
+            (Some(s), Some(saved)) => {
+                let saved = s.merge_into(saved, &mut config);
+                config.check()?;
+                Some(saved)
+            }
+            _ => None,
+        };
         crate::switch::keep_off_poll_cpus(&config.settings.poll_cpus);
         let switch = Switch::new(config.settings.clone()).map_err(DaemonError::Threads)?;
         switch
@@ -69,8 +90,40 @@ impl Daemon {
                 return Err(e.into());
             }
         }
-        for port in config.ports {
-            if let Err(e) = switch.add_port(port) {
+        // Restored ports take their old numbers back, lowest first.
+        let number = |p: &crate::port::PortConfig| {
+            saved
+                .as_ref()
+                .and_then(|s| s.port_numbers.get(&p.name).copied())
+        };
+        let mut ports = config.ports;
+        ports.sort_by_key(|p| number(p).map_or((1, 0), |n| (0, n)));
+        for port in ports {
+            let wanted = number(&port);
+            if let Err(e) = switch.add_port_numbered(port, wanted) {
+                switch.shutdown();
+                let _ = std::fs::remove_file(control.path());
+                return Err(e.into());
+            }
+        }
+        if let (Some(state), Some(saved)) = (&state, &saved) {
+            if let Err(e) = state.restore(&switch, saved) {
+                switch.shutdown();
+                let _ = std::fs::remove_file(control.path());
+                return Err(e.into());
+            }
+            log::info!(
+                "restored from {}: {} port(s), {} flow(s), {} group(s), {} meter(s)",
+                state.path().display(),
+                switch.ports().iter().filter(|p| !p.is_tunnel()).count(),
+                saved.flows.len(),
+                saved.groups.len(),
+                saved.meters.len()
+            );
+        }
+        // The merged configuration is the new saved state (and its base the config file).
+        if let Some(state) = &state {
+            if let Err(e) = state.save(&switch) {
                 switch.shutdown();
                 let _ = std::fs::remove_file(control.path());
                 return Err(e.into());
@@ -80,6 +133,7 @@ impl Daemon {
         let control_counters = Arc::new(ControlCounters::default());
         let control_socket = control.path().to_path_buf();
         control
+            .with_state(state.map(Arc::new))
             .spawn(switch.clone(), control_counters.clone(), config.control)
             .map_err(DaemonError::Threads)?;
         if let Some(m) = metrics {

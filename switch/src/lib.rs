@@ -32,6 +32,7 @@ pub mod port;
 pub mod port_security;
 pub mod prehash;
 pub mod rate_limit;
+pub mod state;
 pub mod switch;
 pub mod tunnel;
 pub mod virtio;

@@ -69,6 +69,11 @@ struct Args {
     #[arg(long, value_name = "N")]
     mac_table_size: Option<usize>,
 
+    /// Save the running configuration (ports, VLANs, flows, groups, meters, tunnel entries)
+    /// to FILE after every change and restore it at start ([switch] state_file).
+    #[arg(long, value_name = "FILE")]
+    state_file: Option<PathBuf>,
+
     /// Check the configuration and exit without starting.
     #[arg(long)]
     check: bool,
@@ -107,6 +112,9 @@ fn build_config(args: &Args) -> Result<Config, String> {
     }
     if let Some(v) = args.mac_table_size {
         config.settings.mac_table_size = v;
+    }
+    if let Some(p) = &args.state_file {
+        config.settings.state_file = Some(p.clone());
     }
     config.check().map_err(|e| e.to_string())?;
     Ok(config)

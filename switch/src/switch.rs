@@ -49,6 +49,11 @@ pub struct Settings {
     /// Group of every server-mode port's socket (a port's own `socket_group` overrides it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_group: Option<String>,
+    /// Where the running configuration (ports, VLANs, flows, groups, meters, tunnel entries,
+    /// conntrack limits) is saved after every change and restored from at start (`state.rs`,
+    /// docs/restart.md). None: nothing survives a restart but the config file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 /// Default of [`Settings::max_flows`].
@@ -68,6 +73,7 @@ impl Default for Settings {
             mac_limit_per_port: 1024,
             socket_mode: None,
             socket_group: None,
+            state_file: None,
         }
     }
 }
@@ -367,7 +373,18 @@ impl Switch {
     }
 
     /// Adds a port and starts serving its socket. Returns its port number.
-    pub fn add_port(self: &Arc<Self>, mut config: PortConfig) -> Result<PortId, SwitchError> {
+    pub fn add_port(self: &Arc<Self>, config: PortConfig) -> Result<PortId, SwitchError> {
+        self.add_port_numbered(config, None)
+    }
+
+    /// [`Switch::add_port`] with the port number `wanted` if it is free (a port restored
+    /// after a restart keeps the number that groups and OpenFlow-style `output:N` name it
+    /// by), else the lowest free one.
+    pub fn add_port_numbered(
+        self: &Arc<Self>,
+        mut config: PortConfig,
+        wanted: Option<PortId>,
+    ) -> Result<PortId, SwitchError> {
         if config.kind.is_vhost() && config.mode == crate::port::ConnectMode::Server {
             if config.socket_mode.is_none() {
                 config.socket_mode = self.settings.socket_mode.clone();
@@ -381,13 +398,22 @@ impl Switch {
             // Checked again under the update lock: two concurrent requests for one name or
             // socket both pass the check above, only one can pass this one.
             Self::check_against(ports, &config)?;
-            let slot = match ports.iter().skip(1).position(Option::is_none) {
-                Some(i) => i + 1,
-                None if ports.len() <= MAX_PORTS => {
+            let wanted = wanted.map(usize::from).filter(|&n| {
+                (1..=MAX_PORTS).contains(&n) && ports.get(n).is_none_or(Option::is_none)
+            });
+            let slot = match (wanted, ports.iter().skip(1).position(Option::is_none)) {
+                (Some(n), _) => {
+                    if n >= ports.len() {
+                        ports.resize(n + 1, None);
+                    }
+                    n
+                }
+                (None, Some(i)) => i + 1,
+                (None, None) if ports.len() <= MAX_PORTS => {
                     ports.push(None);
                     ports.len() - 1
                 }
-                None => return Err(SwitchError::TooManyPorts(MAX_PORTS)),
+                (None, None) => return Err(SwitchError::TooManyPorts(MAX_PORTS)),
             };
             let port = Arc::new(Port::new(slot as PortId, config.clone()).map_err(|source| {
                 SwitchError::BadPort {

@@ -25,7 +25,9 @@ const LAYERS: &[&[&str]] = &[
     &["tunnel", "host_port", "worker"],
     &["evpn"],
     &["switch"],
-    &["control", "metrics", "config", "daemon", "lib", "main"],
+    &[
+        "control", "metrics", "config", "daemon", "state", "lib", "main",
+    ],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

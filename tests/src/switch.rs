@@ -191,6 +191,21 @@ pub fn vxlan_test_port() -> u16 {
     }
 }
 
+/// A VTEP on 127.0.0.1:`port` carrying VLAN 10 as VNI 42, flooding to 127.0.0.2 (nobody
+/// listens there: frames to it leave and are counted, which is all some tests need).
+pub fn loopback_vtep(port: u16) -> patchbay_overlay::vtep::VtepConfig {
+    use patchbay_overlay::vtep::{VniConfig, VtepConfig};
+    VtepConfig {
+        port,
+        vnis: vec![VniConfig {
+            vni: 42,
+            vlan: 10,
+            remotes: vec![std::net::Ipv4Addr::new(127, 0, 0, 2).into()],
+        }],
+        ..VtepConfig::new(std::net::Ipv4Addr::LOCALHOST.into())
+    }
+}
+
 /// Drops of port `name` for `reason` (a drop label such as "no-buffer").
 pub fn drops(d: &Daemon, name: &str, reason: &str) -> u64 {
     counters(d, name).drop_count(reason)

@@ -11,12 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use patchbay_overlay::vtep::{VniConfig, VtepConfig};
 use patchbay_switch::control::flows::{self, FlowLine};
 use patchbay_tests::frames::*;
 use patchbay_tests::guest::skip_or_fail;
 use patchbay_tests::switch::{
-    access_ports, connect, send_done, start_switch, vxlan_test_port, TestDir,
+    access_ports, connect, loopback_vtep, send_done, start_switch, vxlan_test_port, TestDir,
 };
 use serde_json::Value;
 
@@ -196,15 +195,7 @@ fn prometheus_evaluates_every_shipped_rule_and_dashboard_query() {
             c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
             // Three addresses: the fourth source is refused (the table-full alert).
             c.settings.mac_table_size = 3;
-            c.vxlan = Some(VtepConfig {
-                port: vxlan_port,
-                vnis: vec![VniConfig {
-                    vni: 42,
-                    vlan: 10,
-                    remotes: vec!["127.0.0.2".parse().unwrap()],
-                }],
-                ..VtepConfig::new("127.0.0.1".parse().unwrap())
-            });
+            c.vxlan = Some(loopback_vtep(vxlan_port));
         },
     );
     let line = |text: &str| FlowLine {

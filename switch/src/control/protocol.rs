@@ -183,6 +183,34 @@ pub struct ConntrackDump {
     pub invalid: u64,
 }
 
+impl Request {
+    /// Whether the request changes the running configuration (what the state file saves);
+    /// reads, traces and conntrack flushes do not.
+    pub fn changes_configuration(&self) -> bool {
+        matches!(
+            self,
+            Request::AddPort { .. }
+                | Request::DelPort { .. }
+                | Request::SetVlan { .. }
+                | Request::TunnelMap { .. }
+                | Request::TunnelUnmap { .. }
+                | Request::TunnelAddRemote { .. }
+                | Request::TunnelDelRemote { .. }
+                | Request::TunnelAddMac { .. }
+                | Request::TunnelDelMac { .. }
+                | Request::AddFlows { .. }
+                | Request::ModFlows { .. }
+                | Request::DelFlows { .. }
+                | Request::ReplaceFlows { .. }
+                | Request::AddGroup { .. }
+                | Request::DelGroups { .. }
+                | Request::AddMeter { .. }
+                | Request::DelMeters { .. }
+                | Request::SetConntrackLimits { .. }
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestEnvelope {
     pub version: u32,

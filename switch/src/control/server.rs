@@ -14,6 +14,7 @@ use std::thread;
 use std::time::Duration;
 
 use super::protocol::*;
+use crate::state::StateFile;
 use crate::switch::Switch;
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +95,8 @@ impl Drop for ClientSlot {
 pub struct ControlServer {
     listener: UnixListener,
     path: PathBuf,
+    /// Where accepted changes are saved, if anywhere.
+    state: Option<Arc<StateFile>>,
 }
 
 impl ControlServer {
@@ -117,7 +120,14 @@ impl ControlServer {
         Ok(ControlServer {
             listener,
             path: path.to_path_buf(),
+            state: None,
         })
+    }
+
+    /// Saves the running configuration to `state` after every change it accepts.
+    pub fn with_state(mut self, state: Option<Arc<StateFile>>) -> Self {
+        self.state = state;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -153,12 +163,13 @@ impl ControlServer {
                     let slot = ClientSlot(clients.clone());
                     let sw = switch.clone();
                     let counters = counters.clone();
+                    let state = self.state.clone();
                     let spawned =
                         thread::Builder::new()
                             .name("control-client".into())
                             .spawn(move || {
                                 let _slot = slot;
-                                serve_client(stream, &sw, &counters, limits)
+                                serve_client(stream, &sw, &counters, state.as_deref(), limits)
                             });
                     if let Err(e) = spawned {
                         log::warn!("control socket: cannot start a client thread: {e}");
@@ -242,6 +253,7 @@ fn serve_client(
     stream: UnixStream,
     sw: &Arc<Switch>,
     counters: &ControlCounters,
+    state: Option<&StateFile>,
     limits: ControlLimits,
 ) {
     let idle = Duration::from_secs(limits.idle_timeout_secs);
@@ -282,7 +294,7 @@ fn serve_client(
             let _ = write_response(&mut writer, &r);
             return;
         } else {
-            let r = handle_line(&line, sw, counters);
+            let r = handle_line_saving(&line, sw, counters, state);
             let counter = if r.ok { &counters.ok } else { &counters.errors };
             counter.fetch_add(1, Ordering::Relaxed);
             r
@@ -302,6 +314,18 @@ fn write_response(w: &mut impl Write, r: &Response) -> std::io::Result<()> {
 
 /// Parses and executes one request line.
 pub fn handle_line(line: &[u8], sw: &Arc<Switch>, counters: &ControlCounters) -> Response {
+    handle_line_saving(line, sw, counters, None)
+}
+
+/// [`handle_line`], saving the running configuration to `state` after a change the switch
+/// accepted, before answering: an acknowledged change survives a restart. A change made but
+/// not saved is answered with an error that says both.
+pub fn handle_line_saving(
+    line: &[u8],
+    sw: &Arc<Switch>,
+    counters: &ControlCounters,
+    state: Option<&StateFile>,
+) -> Response {
     let text = match std::str::from_utf8(line) {
         Ok(t) => t.trim(),
         Err(_) => return Response::error("request is not UTF-8"),
@@ -323,7 +347,20 @@ pub fn handle_line(line: &[u8], sw: &Arc<Switch>, counters: &ControlCounters) ->
         Ok(e) => e,
         Err(e) => return Response::error(format!("bad request: {e}")),
     };
-    execute(envelope.request, sw, counters)
+    let changes = envelope.request.changes_configuration();
+    let response = execute(envelope.request, sw, counters);
+    match state {
+        Some(state) if changes && response.ok => match state.save(sw) {
+            Ok(()) => response,
+            Err(e) => {
+                log::error!("{e}");
+                Response::error(format!(
+                    "the change was made but not saved, so it will not survive a restart: {e}"
+                ))
+            }
+        },
+        _ => response,
+    }
 }
 
 fn execute(request: Request, sw: &Arc<Switch>, counters: &ControlCounters) -> Response {
