@@ -286,8 +286,24 @@ fn prometheus_evaluates_every_shipped_rule_and_dashboard_query() {
     let mut queries = Vec::new();
     dashboard_queries(&dashboard["panels"], "", &mut queries);
     assert!(queries.len() >= 20, "dashboard queries: {queries:?}");
+    // A text capture of what each panel shows (docs/metrics.md has one): `--nocapture`.
     for (title, expr) in &queries {
-        prometheus.series(title, &as_grafana_sends(expr));
+        let series = prometheus.series(title, &as_grafana_sends(expr));
+        let first = &series[0];
+        let mut labels: Vec<String> = first["metric"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| !["instance", "job"].contains(&k.as_str()))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        labels.sort();
+        println!(
+            "{title} | {expr} | {} series, e.g. {{{}}} {}",
+            series.len(),
+            labels.join(","),
+            first["value"][1].as_str().unwrap_or("?")
+        );
     }
     let instances = prometheus.series("variable instance", "patchbay_build_info");
     assert_eq!(instances.len(), 1, "{instances:?}");
