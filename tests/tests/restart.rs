@@ -291,3 +291,29 @@ fn bundled_vm_guests_reconnect_and_traffic_resumes_after_a_restart() {
     assert!(b.is_up(), "the echo VM reconnected");
     d.shutdown();
 }
+
+/// A change the switch made but could not save is answered with an error that says both,
+/// and the switch keeps running with the change.
+#[test]
+fn a_change_that_cannot_be_saved_is_reported_as_such() {
+    let dir = TestDir::new("restart-unsaved");
+    let d = Daemon::start(config(&dir, 10, vxlan_test_port())).expect("switch starts");
+    // The state's directory becomes a plain file: the next save cannot write there.
+    let state_dir = dir.join("state");
+    std::fs::remove_dir_all(&state_dir).unwrap();
+    std::fs::write(&state_dir, "in the way").unwrap();
+    let out = Command::new(workspace_bin("flowctl"))
+        .arg("--socket")
+        .arg(dir.join("control.sock"))
+        .args(["add-flow", "priority=9,ip actions=drop"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the change was made but not saved") && err.contains("state.json"),
+        "{err}"
+    );
+    assert_eq!(d.switch.flows().snapshot().len(), 1, "the flow is in");
+    d.shutdown();
+}
