@@ -205,6 +205,19 @@ impl QemuGuest {
         params: &str,
         reboots: bool,
     ) -> Result<QemuGuest, GuestError> {
+        Self::boot_extra(image, name, nic, params, reboots, &[])
+    }
+
+    /// Like [`QemuGuest::boot_with`], with more QEMU arguments (`-qmp ...`, `-incoming ...`:
+    /// a migration's destination takes the guest's state instead of booting it).
+    pub fn boot_extra(
+        image: &GuestImage,
+        name: &str,
+        nic: &GuestNic,
+        params: &str,
+        reboots: bool,
+        extra: &[String],
+    ) -> Result<QemuGuest, GuestError> {
         let chardev = if nic.server {
             format!(
                 "socket,id=chr0,path={},server=on,wait=off",
@@ -253,6 +266,7 @@ impl QemuGuest {
         if !reboots {
             command.arg("-no-reboot");
         }
+        command.args(extra);
         let mut child = command
             .arg("-kernel")
             .arg(&image.kernel)
@@ -447,6 +461,33 @@ pub fn skip_or_fail(test: &str, reason: &str) {
     eprintln!("SKIPPED {test}: {reason}");
 }
 
+/// The SHA-256 of `/tmp/got` in `to` once it holds `size` bytes (waiting up to 30 s), and
+/// the lines that said so.
+pub fn received_sum(to: &mut QemuGuest, size: u64) -> (String, Vec<String>) {
+    let (_, out) = to
+        .run(
+            &format!(
+                "i=0; while [ \"$(stat -c %s /tmp/got)\" -lt {size} ] && [ $i -lt 300 ]; \
+                 do sleep 0.1; i=$((i+1)); done; stat -c %s /tmp/got; sha256sum /tmp/got"
+            ),
+            std::time::Duration::from_secs(120),
+        )
+        .unwrap();
+    (
+        sum_of(&out, "/tmp/got").unwrap_or_else(|| "(none)".into()),
+        out,
+    )
+}
+
+/// The SHA-256 that `sha256sum FILE` printed among `lines`.
+pub fn sum_of(lines: &[String], file: &str) -> Option<String> {
+    lines
+        .iter()
+        .find(|l| l.contains(file))
+        .and_then(|l| l.split_whitespace().next())
+        .map(str::to_string)
+}
+
 /// Sends `size` random bytes (whole MiB) from `from` to `to_ip` (listening on `to`) over TCP
 /// with busybox nc, waits for them to arrive and asserts that both ends' SHA-256 sums
 /// match; returns the two sums.
@@ -478,27 +519,8 @@ pub fn tcp_transfer(
         )
         .unwrap();
     assert_eq!(status, 0, "{} sending: {out:?}", from.name);
-    let sent = out
-        .iter()
-        .find(|l| l.contains("/tmp/data"))
-        .and_then(|l| l.split_whitespace().next())
-        .expect("sender's sum")
-        .to_string();
-    let (_, out) = to
-        .run(
-            &format!(
-                "i=0; while [ \"$(stat -c %s /tmp/got)\" -lt {size} ] && [ $i -lt 300 ]; \
-                 do sleep 0.1; i=$((i+1)); done; stat -c %s /tmp/got; sha256sum /tmp/got"
-            ),
-            T,
-        )
-        .unwrap();
-    let got = out
-        .iter()
-        .find(|l| l.contains("/tmp/got"))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or("(none)")
-        .to_string();
+    let sent = sum_of(&out, "/tmp/data").expect("sender's sum");
+    let (got, out) = received_sum(to, size);
     assert_eq!(
         got, sent,
         "{} -> {}: the file arrived whole ({out:?})",

@@ -11,5 +11,6 @@ pub mod libvirt;
 pub mod netns;
 pub mod offload;
 pub mod peers;
+pub mod qmp;
 pub mod switch;
 pub mod vmm;

@@ -25,7 +25,8 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegion
 use super::memory::{self, RegionClaim};
 use super::ring::RingState;
 use super::{Link, Port};
-use crate::virtio::features::{event_idx, VHOST_USER_F_PROTOCOL_FEATURES};
+use crate::virtio::dirty_log::DirtyLog;
+use crate::virtio::features::{event_idx, VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES};
 use crate::virtio::ring::MAX_QUEUE_SIZE as RING_MAX;
 use crate::virtio::{Burst, GuestMap, GuestMemory};
 
@@ -60,6 +61,9 @@ pub struct DeviceHandler {
     acked_protocol_features: u64,
     /// Tells the dataplane workers that kick fds or ring states changed.
     doorbell: Arc<super::Doorbell>,
+    /// The frontend's dirty log (SET_LOG_BASE), used by the rings while VHOST_F_LOG_ALL is
+    /// acked: the frontend is migrating its guest.
+    dirty_log: Option<Arc<DirtyLog>>,
 }
 
 fn invalid(what: &'static str) -> VhostError {
@@ -93,7 +97,18 @@ impl DeviceHandler {
             mappings: Vec::new(),
             acked_protocol_features: 0,
             doorbell,
+            dirty_log: None,
         }
+    }
+
+    /// Gives every ring the dirty log while the frontend asks for logging, none otherwise.
+    fn apply_dirty_log(&self) -> VhostResult<()> {
+        let logging = self.link.features() & VHOST_F_LOG_ALL != 0;
+        let log = self.dirty_log.clone().filter(|_| logging);
+        for index in self.indexes() {
+            self.ring(index)?.vring.log = log.clone();
+        }
+        Ok(())
     }
 
     /// Virtqueue `index`: queue pair `index / 2`'s receive ring (even) or transmit ring (odd).
@@ -213,7 +228,17 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
         if features & !self.port.offered_features != 0 {
             return Err(VhostError::InvalidParam);
         }
+        let was_logging = self.link.features() & VHOST_F_LOG_ALL != 0;
         self.link.features.store(features, Ordering::Release);
+        let logging = features & VHOST_F_LOG_ALL != 0;
+        if logging != was_logging {
+            log::info!(
+                "port {}: migration: dirty logging {}",
+                self.port.name,
+                if logging { "on" } else { "off" }
+            );
+        }
+        self.apply_dirty_log()?;
         let without_protocol = features & VHOST_USER_F_PROTOCOL_FEATURES == 0;
         for index in self.indexes() {
             let mut ring = self.ring(index)?;
@@ -336,14 +361,16 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
         self.ring(u32::from(index)).map(|_| ())
     }
 
-    /// What a net backend uses: REPLY_ACK, CONFIGURE_MEM_SLOTS, MQ; and CONFIG only on a port
+    /// What a net backend uses: REPLY_ACK, CONFIGURE_MEM_SLOTS, MQ, LOG_SHMFD (live
+    /// migration: QEMU will not migrate without it); and CONFIG only on a port
     /// with a `mac` to hand out (QEMU's net device has no use for the backend's config space
     /// and logs a warning when it is offered; a frontend that reads the MAC from it, such as
     /// the bundled VMM, picks its own address without it).
     fn get_protocol_features(&mut self) -> VhostResult<VhostUserProtocolFeatures> {
         let mut features = VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
-            | VhostUserProtocolFeatures::MQ;
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::LOG_SHMFD;
         if self.port.mac.is_some() {
             features |= VhostUserProtocolFeatures::CONFIG;
         }
@@ -494,7 +521,34 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
         Err(invalid("shared memory regions are not supported"))
     }
 
-    fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> VhostResult<()> {
-        Err(invalid("dirty logging (migration) is not supported"))
+    /// The frontend's dirty log for a live migration (LOG_SHMFD: a shared memory fd). A log
+    /// too small for the guest's memory is refused and the connection closed: logging into
+    /// part of it would let the migration copy stale pages, and the frontend waits for an
+    /// answer the vhost crate cannot send as a refusal. QEMU sizes its log from the same
+    /// memory table, so only a broken frontend meets this.
+    fn set_log_base(&mut self, log: &VhostUserLog, file: File) -> VhostResult<()> {
+        let memory_end = self.link.mem.load().end();
+        match DirtyLog::new(file, log.mmap_offset, log.mmap_size, memory_end) {
+            Ok(dirty) => {
+                log::info!(
+                    "port {}: migration: dirty log of {} bytes for guest memory up to {memory_end:#x}",
+                    self.port.name,
+                    log.mmap_size
+                );
+                self.dirty_log = Some(Arc::new(dirty));
+                self.apply_dirty_log()
+            }
+            Err(e) => {
+                self.port
+                    .counters
+                    .protocol_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                log::error!(
+                    "port {}: dirty log refused: {e}; closing the connection",
+                    self.port.name
+                );
+                Err(VhostError::InvalidMessage)
+            }
+        }
     }
 }

@@ -230,6 +230,7 @@ impl RxReservation {
     /// Hands the written chains to the guest: each gets the bytes that landed in it. They
     /// become visible with the burst's `publish`.
     pub fn complete(&self, burst: &mut Burst<'_>, written: u64) {
+        burst.log_written(&self.segs, written);
         let mut left = written;
         for (head, cap) in &self.heads {
             let used = left.min(u64::from(*cap));

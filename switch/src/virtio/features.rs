@@ -13,6 +13,15 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 /// vhost-user's own bit: the frontend may send GET/SET_PROTOCOL_FEATURES.
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 
+/// vhost's bit: the frontend may ask for every write to be logged (set while it migrates
+/// the guest; `dirty_log.rs`). QEMU refuses to migrate a guest whose backend lacks it.
+pub const VHOST_F_LOG_ALL: u64 = 1 << 26;
+
+/// virtio-net: the device may ask the driver to announce itself (gratuitous ARP and
+/// neighbour advertisements) after a migration. QEMU runs it (it owns the control queue);
+/// it hides it from the guest unless the backend offers it.
+pub const VIRTIO_NET_F_GUEST_ANNOUNCE: u32 = 21;
+
 pub const fn bit(b: u32) -> u64 {
     1u64 << b
 }
@@ -29,6 +38,8 @@ pub const BASE_FEATURES: u64 = bit(VIRTIO_F_VERSION_1)
     | bit(VIRTIO_NET_F_MAC)
     | bit(VIRTIO_NET_F_STATUS)
     | bit(VIRTIO_F_NOTIFY_ON_EMPTY)
+    | bit(VIRTIO_NET_F_GUEST_ANNOUNCE)
+    | VHOST_F_LOG_ALL
     | VHOST_USER_F_PROTOCOL_FEATURES;
 
 /// The checksum and segmentation offloads, by the names QEMU's virtio-net properties give
@@ -201,6 +212,8 @@ pub fn feature_names(features: u64) -> Vec<&'static str> {
         (VIRTIO_RING_F_INDIRECT_DESC, "INDIRECT_DESC"),
         (VIRTIO_RING_F_EVENT_IDX, "EVENT_IDX"),
         (30, "PROTOCOL_FEATURES"),
+        (26, "LOG_ALL"),
+        (VIRTIO_NET_F_GUEST_ANNOUNCE, "GUEST_ANNOUNCE"),
         (VIRTIO_F_VERSION_1, "VERSION_1"),
     ];
     NAMES

@@ -122,6 +122,20 @@ impl GuestMap {
         (end <= r.end).then(|| r.host + (gpa - r.start) as usize)
     }
 
+    /// The guest-physical address of host address `host`, if it lies in this map (the dirty
+    /// log is kept by guest page; the frame path knows its buffers by host address).
+    pub fn gpa_of(&self, host: usize) -> Option<u64> {
+        self.regions.iter().find_map(|r| {
+            let offset = host.checked_sub(r.host)? as u64;
+            (offset < r.end - r.start).then_some(r.start + offset)
+        })
+    }
+
+    /// The end of the highest region (what a dirty log must cover).
+    pub fn end(&self) -> u64 {
+        self.regions.iter().map(|r| r.end).max().unwrap_or(0)
+    }
+
     /// Calls `push` with the pieces of `[gpa, gpa + len)`, split where regions meet; false
     /// (after pushing some) if any byte lies outside guest memory.
     #[inline]

@@ -10,8 +10,10 @@
 //! - `chain.rs`: transmit chains, receive reservations, the frame copy.
 //! - `features.rs`: feature bits and the virtio-net header length.
 //! - `net_header.rs`: the virtio-net header's fields.
+//! - `dirty_log.rs`: the dirty-page log of a live migration.
 
 pub mod chain;
+pub mod dirty_log;
 pub mod features;
 pub mod guest_map;
 pub mod net_header;
@@ -22,5 +24,6 @@ pub use features::{net_header_len, OFFERED_FEATURES};
 pub use guest_map::{GuestMap, Segment};
 pub use ring::{Burst, RingError, Vring};
 
-/// The guest memory type every port maps (no dirty-page bitmap: no live migration yet).
+/// The guest memory type every port maps (the dirty pages of a live migration are logged in
+/// the frontend's own bitmap, `dirty_log.rs`, not in vm-memory's).
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;

@@ -63,6 +63,9 @@ pub struct Vring {
     pub event_idx: bool,
     /// The used index at the last notification decision (EVENT_IDX), None after a reset.
     signalled_used: Option<u16>,
+    /// The dirty log while the frontend migrates (VHOST_F_LOG_ALL acked and a log set):
+    /// pages this ring's bursts write are marked in it.
+    pub log: Option<std::sync::Arc<super::dirty_log::DirtyLog>>,
 }
 
 impl Default for Vring {
@@ -77,6 +80,7 @@ impl Default for Vring {
             next_used: 0,
             event_idx: false,
             signalled_used: None,
+            log: None,
         }
     }
 }
@@ -481,6 +485,34 @@ impl<'a> Burst<'a> {
     pub fn publish(&self) {
         self.used_idx()
             .store(self.ring.next_used.to_le(), Ordering::Release);
+        self.log_used_ring();
+    }
+
+    /// While migrating: the used ring's pages are dirty (entries, index, flags and the avail
+    /// event all live there; the whole ring is a page or two, marked once per batch).
+    fn log_used_ring(&self) {
+        if let Some(log) = &self.ring.log {
+            log.mark(self.ring.used, 6 + 8 * u64::from(self.ring.size));
+        }
+    }
+
+    /// While migrating: the pages under the first `written` bytes of `segs` (a receive
+    /// chain's buffers) are dirty.
+    pub fn log_written(&self, segs: &[Segment], written: u64) {
+        let Some(log) = &self.ring.log else {
+            return;
+        };
+        let mut left = written;
+        for seg in segs {
+            if left == 0 {
+                break;
+            }
+            let n = left.min(u64::from(seg.len()));
+            if let Some(gpa) = self.map.gpa_of(seg.host_addr()) {
+                log.mark(gpa, n);
+            }
+            left -= n;
+        }
     }
 
     /// Whether the guest wants an interrupt for what was published since the last decision:
@@ -509,6 +541,7 @@ impl<'a> Burst<'a> {
         let flags = self.used_flags();
         if !self.ring.event_idx && flags.load(Ordering::Relaxed) != USED_F_NO_NOTIFY.to_le() {
             flags.store(USED_F_NO_NOTIFY.to_le(), Ordering::Relaxed);
+            self.log_used_ring();
         }
     }
 
@@ -521,6 +554,7 @@ impl<'a> Burst<'a> {
         } else {
             self.used_flags().store(0, Ordering::Relaxed);
         }
+        self.log_used_ring();
         fence(Ordering::SeqCst);
         // A broken avail index is not work: the caller stops and looks again at the next kick.
         self.refresh().is_ok_and(|n| n > 0)

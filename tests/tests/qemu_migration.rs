@@ -1,0 +1,148 @@
+//! Live migration of a QEMU guest whose NIC is a Patchbay port, to another port of the same
+//! switch (QEMU's precopy over TCP, driven through QMP): the switch offers VHOST_F_LOG_ALL and
+//! LOG_SHMFD, logs every guest page it writes while QEMU migrates, hands the ring state over
+//! with GET_VRING_BASE, and the destination carries on. A TCP stream into the guest that
+//! runs across the migration arrives whole (SHA-256 compared), and pings from a peer are
+//! counted across it.
+
+use std::time::{Duration, Instant};
+
+use patchbay_tests::guest::{received_sum, skip_or_fail, sum_of, GuestImage, GuestNic, QemuGuest};
+use patchbay_tests::qmp::Qmp;
+use patchbay_tests::switch::{access_ports, start_switch, TestDir};
+use serde_json::json;
+
+const BOOT: Duration = Duration::from_secs(120);
+const LONG: Duration = Duration::from_secs(180);
+
+fn ok(g: &mut QemuGuest, command: &str) -> Vec<String> {
+    let (status, out) = g.run(command, LONG).unwrap();
+    assert_eq!(status, 0, "{}: `{command}`: {out:?}", g.name);
+    out
+}
+
+#[test]
+fn a_guest_migrates_between_two_ports_and_keeps_its_tcp_stream() {
+    let test = "a_guest_migrates_between_two_ports_and_keeps_its_tcp_stream";
+    let image = match GuestImage::prepare() {
+        Ok(i) => i,
+        Err(e) => return skip_or_fail(test, &e.to_string()),
+    };
+    let dir = TestDir::new("migration");
+    let d = start_switch(
+        &dir.path,
+        access_ports(&dir.path, &[("src", 10), ("dst", 10), ("peer", 10)]),
+        |_| {},
+    );
+    let mac = "52:54:00:00:77:01";
+    let qmp_src = dir.join("src.qmp");
+    let qmp_dst = dir.join("dst.qmp");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let qmp_arg = |p: &std::path::Path| {
+        vec![
+            "-qmp".to_string(),
+            format!("unix:{},server=on,wait=off", p.display()),
+        ]
+    };
+    let params = "pb.ip=10.0.77.1/24";
+    let mut src = QemuGuest::boot_extra(
+        &image,
+        "src",
+        &GuestNic::new(dir.join("src.sock"), mac),
+        params,
+        false,
+        &qmp_arg(&qmp_src),
+    )
+    .unwrap();
+    let mut peer = QemuGuest::boot(
+        &image,
+        "peer",
+        &GuestNic::new(dir.join("peer.sock"), "52:54:00:00:77:02"),
+        "pb.ip=10.0.77.2/24",
+    )
+    .unwrap();
+    src.wait_ready(BOOT).unwrap();
+    peer.wait_ready(BOOT).unwrap();
+    let warm = peer.ping("10.0.77.1", 2).unwrap();
+    assert_eq!(warm.received, 2, "before the migration: {warm:?}");
+
+    // The destination: the same machine, waiting for the guest's state.
+    let mut extra = qmp_arg(&qmp_dst);
+    extra.extend(["-incoming".to_string(), format!("tcp:127.0.0.1:{port}")]);
+    let mut dst = QemuGuest::boot_extra(
+        &image,
+        "dst",
+        &GuestNic::new(dir.join("dst.sock"), mac),
+        params,
+        false,
+        &extra,
+    )
+    .unwrap();
+
+    // A TCP stream into the guest, and pings, running while it moves.
+    ok(
+        &mut src,
+        "rm -f /tmp/got; (sleep 600 | nc -l -p 5000 > /tmp/got &) ; sleep 0.3",
+    );
+    ok(
+        &mut peer,
+        "dd if=/dev/urandom of=/tmp/data bs=1M count=24 2>/dev/null; \
+         (nc 10.0.77.1 5000 < /tmp/data > /dev/null 2>&1 &); \
+         (ping -c 40 -i 0.2 -W 1 10.0.77.1 > /tmp/ping 2>&1 &); sleep 0.5",
+    );
+
+    let mut qmp = Qmp::connect(&qmp_src, Duration::from_secs(10)).unwrap();
+    let mut qmp_in = Qmp::connect(&qmp_dst, Duration::from_secs(10)).unwrap();
+    let started = Instant::now();
+    qmp.execute("migrate", json!({"uri": format!("tcp:127.0.0.1:{port}")}))
+        .unwrap();
+    let status = loop {
+        let info = qmp.execute("query-migrate", json!({})).unwrap();
+        let status = info["status"].as_str().unwrap_or("").to_string();
+        if ["completed", "failed", "cancelled"].contains(&status.as_str()) {
+            break (status, info);
+        }
+        assert!(started.elapsed() < LONG, "migration still {status}: {info}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.0, "completed", "migration: {}", status.1);
+    println!(
+        "migration: {:?}, downtime {} ms, {}",
+        started.elapsed(),
+        status.1["downtime"],
+        status.1["ram"]
+    );
+    let running = qmp_in.execute("query-status", json!({})).unwrap();
+    assert_eq!(running["status"], "running", "{running}");
+    let _ = qmp.execute("quit", json!({}));
+    src.poweroff();
+
+    // The stream arrives whole at the guest, now behind port dst.
+    let (got, _) = received_sum(&mut dst, 24 << 20);
+    let out = ok(
+        &mut peer,
+        "sleep 9; sha256sum /tmp/data; tail -n 3 /tmp/ping",
+    );
+    let sent = sum_of(&out, "/tmp/data").expect("sender's sum");
+    assert_eq!(
+        got, sent,
+        "the TCP stream crossed the migration whole: {out:?}"
+    );
+    let summary = out
+        .iter()
+        .find(|l| l.contains("packets transmitted"))
+        .cloned()
+        .unwrap_or_default();
+    println!("pings across the migration: {summary}");
+    assert!(summary.contains("40 packets transmitted"), "{out:?}");
+    // Afterwards the guest is reachable behind its new port.
+    let after = peer.ping("10.0.77.1", 3).unwrap();
+    assert_eq!(after.received, 3, "after the migration: {after:?}");
+    let dst_port = d.switch.port_by_name("dst").unwrap();
+    assert!(dst_port.counters.snapshot().rx_packets > 0);
+    dst.poweroff();
+    peer.poweroff();
+}
