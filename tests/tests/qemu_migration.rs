@@ -21,42 +21,51 @@ fn ok(g: &mut QemuGuest, command: &str) -> Vec<String> {
     out
 }
 
-#[test]
-fn a_guest_migrates_between_two_ports_and_keeps_its_tcp_stream() {
-    let test = "a_guest_migrates_between_two_ports_and_keeps_its_tcp_stream";
+/// A switch with ports src, dst and peer; the guest booted on src, a peer guest on peer,
+/// and a destination QEMU on dst waiting for the guest (`-incoming`); QMP to both.
+struct Setup {
+    _dir: TestDir,
+    d: patchbay_switch::daemon::Daemon,
+    src: QemuGuest,
+    peer: QemuGuest,
+    dst: QemuGuest,
+    qmp: Qmp,
+    qmp_in: Qmp,
+    uri: String,
+}
+
+fn setup(test: &str, name: &str) -> Option<Setup> {
     let image = match GuestImage::prepare() {
         Ok(i) => i,
-        Err(e) => return skip_or_fail(test, &e.to_string()),
+        Err(e) => {
+            skip_or_fail(test, &e.to_string());
+            return None;
+        }
     };
-    let dir = TestDir::new("migration");
+    let dir = TestDir::new(name);
     let d = start_switch(
         &dir.path,
         access_ports(&dir.path, &[("src", 10), ("dst", 10), ("peer", 10)]),
         |_| {},
     );
     let mac = "52:54:00:00:77:01";
-    let qmp_src = dir.join("src.qmp");
-    let qmp_dst = dir.join("dst.qmp");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap()
         .port();
-    let qmp_arg = |p: &std::path::Path| {
+    let qmp_arg = |name: &str| {
         vec![
             "-qmp".to_string(),
-            format!("unix:{},server=on,wait=off", p.display()),
+            format!(
+                "unix:{},server=on,wait=off",
+                dir.join(&format!("{name}.qmp")).display()
+            ),
         ]
     };
     let params = "pb.ip=10.0.77.1/24";
-    let mut src = QemuGuest::boot_extra(
-        &image,
-        "src",
-        &GuestNic::new(dir.join("src.sock"), mac),
-        params,
-        false,
-        &qmp_arg(&qmp_src),
-    )
-    .unwrap();
+    let nic = |name: &str| GuestNic::new(dir.join(&format!("{name}.sock")), mac);
+    let mut src =
+        QemuGuest::boot_extra(&image, "src", &nic("src"), params, false, &qmp_arg("src")).unwrap();
     let mut peer = QemuGuest::boot(
         &image,
         "peer",
@@ -68,19 +77,46 @@ fn a_guest_migrates_between_two_ports_and_keeps_its_tcp_stream() {
     peer.wait_ready(BOOT).unwrap();
     let warm = peer.ping("10.0.77.1", 2).unwrap();
     assert_eq!(warm.received, 2, "before the migration: {warm:?}");
-
     // The destination: the same machine, waiting for the guest's state.
-    let mut extra = qmp_arg(&qmp_dst);
+    let mut extra = qmp_arg("dst");
     extra.extend(["-incoming".to_string(), format!("tcp:127.0.0.1:{port}")]);
-    let mut dst = QemuGuest::boot_extra(
-        &image,
-        "dst",
-        &GuestNic::new(dir.join("dst.sock"), mac),
-        params,
-        false,
-        &extra,
-    )
-    .unwrap();
+    let dst = QemuGuest::boot_extra(&image, "dst", &nic("dst"), params, false, &extra).unwrap();
+    let qmp = Qmp::connect(&dir.join("src.qmp"), Duration::from_secs(10)).unwrap();
+    let qmp_in = Qmp::connect(&dir.join("dst.qmp"), Duration::from_secs(10)).unwrap();
+    Some(Setup {
+        _dir: dir,
+        d,
+        src,
+        peer,
+        dst,
+        qmp,
+        qmp_in,
+        uri: format!("tcp:127.0.0.1:{port}"),
+    })
+}
+
+/// Whether port `name` negotiated VHOST_F_LOG_ALL (the frontend asks for dirty logging).
+fn logging(d: &patchbay_switch::daemon::Daemon, name: &str) -> bool {
+    let port = d.switch.port_by_name(name).unwrap();
+    port.info().feature_names.iter().any(|f| f == "LOG_ALL")
+}
+
+#[test]
+fn a_guest_migrates_between_two_ports_and_keeps_its_tcp_stream() {
+    let test = "a_guest_migrates_between_two_ports_and_keeps_its_tcp_stream";
+    let Some(Setup {
+        _dir,
+        d,
+        mut src,
+        mut peer,
+        mut dst,
+        mut qmp,
+        mut qmp_in,
+        uri,
+    }) = setup(test, "migration")
+    else {
+        return;
+    };
 
     // A TCP stream into the guest, and pings, running while it moves.
     ok(
@@ -94,11 +130,8 @@ fn a_guest_migrates_between_two_ports_and_keeps_its_tcp_stream() {
          (ping -c 40 -i 0.2 -W 1 10.0.77.1 > /tmp/ping 2>&1 &); sleep 0.5",
     );
 
-    let mut qmp = Qmp::connect(&qmp_src, Duration::from_secs(10)).unwrap();
-    let mut qmp_in = Qmp::connect(&qmp_dst, Duration::from_secs(10)).unwrap();
     let started = Instant::now();
-    qmp.execute("migrate", json!({"uri": format!("tcp:127.0.0.1:{port}")}))
-        .unwrap();
+    qmp.execute("migrate", json!({ "uri": uri })).unwrap();
     let status = loop {
         let info = qmp.execute("query-migrate", json!({})).unwrap();
         let status = info["status"].as_str().unwrap_or("").to_string();
@@ -144,5 +177,61 @@ fn a_guest_migrates_between_two_ports_and_keeps_its_tcp_stream() {
     let dst_port = d.switch.port_by_name("dst").unwrap();
     assert!(dst_port.counters.snapshot().rx_packets > 0);
     dst.poweroff();
+    peer.poweroff();
+}
+
+/// A migration cancelled half-way: the switch logs while QEMU migrates and stops when QEMU
+/// takes LOG_ALL back; the guest runs on behind its old port as before.
+#[test]
+fn a_cancelled_migration_leaves_the_guest_running_on_its_port() {
+    let test = "a_cancelled_migration_leaves_the_guest_running_on_its_port";
+    let Some(Setup {
+        _dir,
+        d,
+        src,
+        mut peer,
+        dst,
+        mut qmp,
+        qmp_in: _,
+        uri,
+    }) = setup(test, "migration-cancel")
+    else {
+        return;
+    };
+    assert!(!logging(&d, "src"), "no logging before a migration");
+    // Slow enough to be caught half-way: 1 MiB/s for 256 MiB.
+    qmp.execute("migrate-set-parameters", json!({"max-bandwidth": 1 << 20}))
+        .unwrap();
+    qmp.execute("migrate", json!({ "uri": uri })).unwrap();
+    let start = Instant::now();
+    while !logging(&d, "src") {
+        assert!(start.elapsed() < LONG, "the switch never saw LOG_ALL");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let info = qmp.execute("query-migrate", json!({})).unwrap();
+    assert_eq!(info["status"], "active", "{info}");
+    qmp.execute("migrate_cancel", json!({})).unwrap();
+    loop {
+        let info = qmp.execute("query-migrate", json!({})).unwrap();
+        if info["status"] == "cancelled" {
+            break;
+        }
+        assert!(start.elapsed() < LONG, "not cancelled: {info}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let start = Instant::now();
+    while logging(&d, "src") {
+        assert!(start.elapsed() < LONG, "logging never stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = qmp.execute("query-status", json!({})).unwrap();
+    assert_eq!(status["status"], "running", "{status}");
+    let after = peer.ping("10.0.77.1", 3).unwrap();
+    assert_eq!(
+        after.received, 3,
+        "the guest still answers behind src: {after:?}"
+    );
+    drop(dst);
+    src.poweroff();
     peer.poweroff();
 }
