@@ -256,7 +256,7 @@ impl QemuGuest {
         };
         let mut command = Command::new("qemu-system-x86_64");
         command
-            .args(["-accel", "tcg,thread=multi", "-m", "256M"])
+            .args(["-m", "256M"])
             .args(["-M", &format!("{machine},memory-backend=mem")])
             .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on"])
             .args(["-chardev", &chardev])
@@ -267,6 +267,10 @@ impl QemuGuest {
             command.arg("-no-reboot");
         }
         command.args(extra);
+        // Multi-threaded TCG unless the caller chose (`-accel` in `extra`).
+        if !extra.iter().any(|a| a == "-accel") {
+            command.args(["-accel", "tcg,thread=multi"]);
+        }
         let mut child = command
             .arg("-kernel")
             .arg(&image.kernel)

@@ -34,6 +34,10 @@ struct Setup {
     uri: String,
 }
 
+/// One migration at a time: with both tests' six TCG guests on two cores, a migrated guest
+/// sometimes hung (QEMU 7.2; the guest's idle task in soft lockups).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn setup(test: &str, name: &str) -> Option<Setup> {
     let image = match GuestImage::prepare() {
         Ok(i) => i,
@@ -53,8 +57,12 @@ fn setup(test: &str, name: &str) -> Option<Setup> {
         .and_then(|l| l.local_addr())
         .unwrap()
         .port();
+    // Single-threaded TCG on both sides: with thread=multi the migrated guest hung in about
+    // one migration in three here (soft lockups in its idle task; QEMU 7.2).
     let qmp_arg = |name: &str| {
         vec![
+            "-accel".to_string(),
+            "tcg,thread=single".to_string(),
             "-qmp".to_string(),
             format!(
                 "unix:{},server=on,wait=off",
@@ -104,6 +112,7 @@ fn logging(d: &patchbay_switch::daemon::Daemon, name: &str) -> bool {
 #[test]
 fn a_guest_migrates_between_two_ports_and_keeps_its_tcp_stream() {
     let test = "a_guest_migrates_between_two_ports_and_keeps_its_tcp_stream";
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let Some(Setup {
         _dir,
         d,
@@ -185,6 +194,7 @@ fn a_guest_migrates_between_two_ports_and_keeps_its_tcp_stream() {
 #[test]
 fn a_cancelled_migration_leaves_the_guest_running_on_its_port() {
     let test = "a_cancelled_migration_leaves_the_guest_running_on_its_port";
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let Some(Setup {
         _dir,
         d,
