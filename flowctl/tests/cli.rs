@@ -383,11 +383,13 @@ fn patchbay_control_selects_the_socket() {
 
 #[test]
 fn tunnel_commands_change_and_show_the_vtep() {
-    let udp_port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Below the kernel's ephemeral range (32768 and up): a port found by binding port 0 can
+    // be taken by another socket (the tunnel's own senders use ephemeral ports) before the
+    // switch binds it.
+    let udp_port = (0..2000u16)
+        .map(|i| 20_000 + ((std::process::id() as u16).wrapping_mul(31).wrapping_add(i) % 12_000))
+        .find(|p| std::net::UdpSocket::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free UDP port below the ephemeral range");
     let sw = TestSwitch::start_with("tunnel", |c| {
         let mut vtep = patchbay_overlay::vtep::VtepConfig::new("127.0.0.1".parse().unwrap());
         vtep.port = udp_port;
