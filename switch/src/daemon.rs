@@ -3,13 +3,17 @@
 //! started, so a bad configuration never leaves a half-started daemon.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
 use crate::control::server::{ControlCounters, ControlError, ControlServer};
 use crate::metrics::{MetricsError, MetricsServer};
+use crate::port::pause::Gate;
+use crate::state::StateFile;
 use crate::switch::{Switch, SwitchError};
+use crate::takeover::{Incoming, Source, TakeoverError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -29,6 +33,54 @@ pub enum DaemonError {
     Threads(std::io::Error),
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    #[error("takeover: {0}")]
+    Takeover(#[from] TakeoverError),
+    #[error("takeover: {0}")]
+    Handover(#[from] crate::port::handover::HandoverError),
+}
+
+/// A takeover's switch before it serves anything.
+struct Prepared {
+    switch: Arc<Switch>,
+    snapshot: Arc<StateFile>,
+    saved: Option<crate::state::SavedState>,
+    control: ControlServer,
+    metrics: Option<MetricsServer>,
+    /// Opened once the old process is gone: the adopted ports' threads wait on it.
+    gate: Arc<Gate>,
+}
+
+struct Adopted {
+    /// What remains to start: ports not handed over, tunnel, EVPN.
+    config: Config,
+    switch_part: Prepared,
+}
+
+/// A switch with `config`'s settings and limits, its ports checked (not added).
+fn new_switch(config: &Config) -> Result<Arc<Switch>, DaemonError> {
+    crate::switch::keep_off_poll_cpus(&config.settings.poll_cpus);
+    let switch = Switch::new(config.settings.clone()).map_err(DaemonError::Threads)?;
+    switch
+        .flows()
+        .conntrack()
+        .set_limits(config.conntrack.clone());
+    for port in &config.ports {
+        switch.check_port(port)?;
+    }
+    Ok(switch)
+}
+
+/// Captures the running configuration for the state file (if `config` names one) and for
+/// a takeover; the merge base is `config` as the file says it.
+fn snapshot_of(config: &Config) -> Arc<StateFile> {
+    let path = config.settings.state_file.as_deref();
+    Arc::new(StateFile::new(path.unwrap_or(Path::new("")), config))
+}
+
+/// Undoes a start that failed half-way.
+fn fail_start(switch: &Switch, control: &ControlServer) {
+    switch.shutdown();
+    let _ = std::fs::remove_file(control.path());
 }
 
 /// A running switch and the endpoints it serves.
@@ -40,53 +92,152 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn start(mut config: Config) -> Result<Daemon, DaemonError> {
-        config.check()?;
-        // The saved running configuration, merged into the config file's before anything
-        // starts: a state file that cannot be used stops the start here, untouched.
-        let state = config
-            .settings
-            .state_file
-            .clone()
-            .map(|path| crate::state::StateFile::new(&path, &config));
-        let saved = match &state {
-            Some(s) => s.load()?,
-            None => None,
+    pub fn start(config: Config) -> Result<Daemon, DaemonError> {
+        Self::start_with(config, None)
+    }
+
+    /// Starts the switch; with `incoming`, from what the running switch handed over
+    /// (`--takeover`): its running configuration, its sockets and its connected frontends.
+    /// Until the old process has let go, a failure here tells it to go on, and nothing the
+    /// old process still serves is touched (no socket shut down or removed).
+    pub fn start_with(config: Config, incoming: Option<Incoming>) -> Result<Daemon, DaemonError> {
+        let Some(mut incoming) = incoming else {
+            return Self::build(config, None);
         };
-        let saved = match (&state, saved) {
-            (Some(s), Some(saved)) => {
-                let saved = s.merge_into(saved, &mut config);
-                config.check()?;
-                Some(saved)
+        match Self::adopt(config, &mut incoming) {
+            Ok(adopted) => {
+                let started = incoming.started;
+                let waited = incoming.ready()?;
+                log::info!(
+                    "takeover: the old process let go and exited {waited:?} after the request"
+                );
+                let daemon = Self::build(adopted.config, Some(adopted.switch_part))?;
+                log::info!(
+                    "takeover complete: serving {} port(s), {:?} after the request",
+                    daemon.switch.ports().len(),
+                    started.elapsed()
+                );
+                Ok(daemon)
+            }
+            Err(e) => {
+                incoming.fail(&e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// The part of a takeover done while the old process waits: the configuration merged
+    /// with the handed-over one, the switch with every handed-over port set up again (not
+    /// served yet), the control and metrics listeners.
+    fn adopt(mut config: Config, incoming: &mut Incoming) -> Result<Adopted, DaemonError> {
+        config.check()?;
+        let snapshot = snapshot_of(&config);
+        log::info!("takeover: handed over by {}", incoming.handover.from);
+        let saved = snapshot.merge_into(incoming.handover.state.clone(), &mut config);
+        config.check()?;
+        let switch = new_switch(&config)?;
+        let control_fd = incoming.fds.take(incoming.handover.control)?;
+        let control = ControlServer::adopt(&config.control_socket, UnixListener::from(control_fd));
+        let metrics = match (incoming.handover.metrics, config.metrics_listen) {
+            (Some(i), Some(_)) => {
+                let listener = std::net::TcpListener::from(incoming.fds.take(i)?);
+                Some(MetricsServer::adopt(listener, config.metrics)?)
             }
             _ => None,
         };
-        crate::switch::keep_off_poll_cpus(&config.settings.poll_cpus);
-        let switch = Switch::new(config.settings.clone()).map_err(DaemonError::Threads)?;
-        switch
-            .flows()
-            .conntrack()
-            .set_limits(config.conntrack.clone());
-        for port in &config.ports {
-            switch.check_port(port)?;
+        let gate = Arc::new(Gate::closed());
+        let mut rest = Vec::new();
+        for port in std::mem::take(&mut config.ports) {
+            let handed = incoming.take_port(&port.name)?;
+            match handed {
+                Some(adopted)
+                    if port.kind.is_vhost()
+                        && (adopted.listener.is_some() || adopted.session.is_some()) =>
+                {
+                    let number = saved.port_numbers.get(&port.name).copied();
+                    let name = port.name.clone();
+                    switch.add_port_adopted(
+                        port,
+                        number,
+                        adopted,
+                        &mut incoming.fds,
+                        gate.clone(),
+                    )?;
+                    log::info!("takeover: port {name} adopted");
+                }
+                _ => rest.push(port),
+            }
         }
-        let control = ControlServer::bind(&config.control_socket)?;
-        let metrics = config
-            .metrics_listen
-            .map(|addr| MetricsServer::bind(addr, config.metrics))
-            .transpose()?;
+        config.ports = rest;
+        Ok(Adopted {
+            config,
+            switch_part: Prepared {
+                switch,
+                snapshot,
+                saved: Some(saved),
+                control,
+                metrics,
+                gate,
+            },
+        })
+    }
+
+    /// Starts everything not handed over and serves it all.
+    fn build(mut config: Config, prepared: Option<Prepared>) -> Result<Daemon, DaemonError> {
+        config.check()?;
+        let taken_over = prepared.is_some();
+        let (switch, snapshot, saved, control, metrics, gate) = match prepared {
+            Some(p) => (
+                p.switch,
+                p.snapshot,
+                p.saved,
+                p.control,
+                p.metrics,
+                Some(p.gate),
+            ),
+            None => {
+                // The saved running configuration, merged into the config file's before
+                // anything starts: a state file that cannot be used stops the start here,
+                // untouched.
+                let snapshot = snapshot_of(&config);
+                let saved = match &config.settings.state_file {
+                    Some(_) => snapshot.load()?,
+                    None => None,
+                };
+                let saved = match saved {
+                    Some(saved) => {
+                        let saved = snapshot.merge_into(saved, &mut config);
+                        config.check()?;
+                        Some(saved)
+                    }
+                    None => None,
+                };
+                let switch = new_switch(&config)?;
+                let control = ControlServer::bind(&config.control_socket)?;
+                (switch, snapshot, saved, control, None, None)
+            }
+        };
+        let metrics = match (metrics, config.metrics_listen) {
+            (Some(m), _) => Some(m),
+            (None, Some(addr)) => match MetricsServer::bind(addr, config.metrics) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    fail_start(&switch, &control);
+                    return Err(e.into());
+                }
+            },
+            (None, None) => None,
+        };
         let metrics_addr = metrics.as_ref().and_then(|m| m.local_addr());
         if let Some(vxlan) = config.vxlan {
             if let Err(e) = switch.enable_tunnel(vxlan) {
-                switch.shutdown();
-                let _ = std::fs::remove_file(control.path());
+                fail_start(&switch, &control);
                 return Err(e.into());
             }
         }
         if let Some(evpn) = &config.evpn {
             if let Err(e) = switch.enable_evpn(evpn) {
-                switch.shutdown();
-                let _ = std::fs::remove_file(control.path());
+                fail_start(&switch, &control);
                 return Err(e.into());
             }
         }
@@ -101,20 +252,27 @@ impl Daemon {
         for port in ports {
             let wanted = number(&port);
             if let Err(e) = switch.add_port_numbered(port, wanted) {
-                switch.shutdown();
-                let _ = std::fs::remove_file(control.path());
+                fail_start(&switch, &control);
                 return Err(e.into());
             }
         }
-        if let (Some(state), Some(saved)) = (&state, &saved) {
-            if let Err(e) = state.restore(&switch, saved) {
-                switch.shutdown();
-                let _ = std::fs::remove_file(control.path());
+        let state = config
+            .settings
+            .state_file
+            .is_some()
+            .then(|| snapshot.clone());
+        if let Some(saved) = &saved {
+            if let Err(e) = snapshot.restore(&switch, saved) {
+                fail_start(&switch, &control);
                 return Err(e.into());
             }
             log::info!(
-                "restored from {}: {} port(s), {} flow(s), {} group(s), {} meter(s)",
-                state.path().display(),
+                "restored {}: {} port(s), {} flow(s), {} group(s), {} meter(s)",
+                if taken_over {
+                    "from the handover".to_string()
+                } else {
+                    format!("from {}", snapshot.path().display())
+                },
                 switch.ports().iter().filter(|p| !p.is_tunnel()).count(),
                 saved.flows.len(),
                 saved.groups.len(),
@@ -124,16 +282,29 @@ impl Daemon {
         // The merged configuration is the new saved state (and its base the config file).
         if let Some(state) = &state {
             if let Err(e) = state.save(&switch) {
-                switch.shutdown();
-                let _ = std::fs::remove_file(control.path());
+                fail_start(&switch, &control);
                 return Err(e.into());
             }
         }
         switch.start_background().map_err(DaemonError::Threads)?;
+        if let Some(gate) = gate {
+            gate.let_through();
+        }
         let control_counters = Arc::new(ControlCounters::default());
         let control_socket = control.path().to_path_buf();
+        let source = Source {
+            switch: switch.clone(),
+            snapshot: snapshot.clone(),
+            control: control.listener_clone().map_err(DaemonError::Threads)?,
+            metrics: metrics
+                .as_ref()
+                .map(MetricsServer::listener_clone)
+                .transpose()
+                .map_err(DaemonError::Threads)?,
+        };
         control
-            .with_state(state.map(Arc::new))
+            .with_state(state)
+            .with_takeover(source.hook())
             .spawn(switch.clone(), control_counters.clone(), config.control)
             .map_err(DaemonError::Threads)?;
         if let Some(m) = metrics {

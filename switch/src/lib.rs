@@ -34,6 +34,7 @@ pub mod prehash;
 pub mod rate_limit;
 pub mod state;
 pub mod switch;
+pub mod takeover;
 pub mod tunnel;
 pub mod virtio;
 pub mod vlan;

@@ -74,6 +74,13 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     state_file: Option<PathBuf>,
 
+    /// Upgrade in place: take the ports, their connected guests and the control and metrics
+    /// sockets over from the switch running on the control socket, which then exits. Guests
+    /// see no disconnect; frames wait in their rings meanwhile (docs/upgrade.md). If this
+    /// process cannot take over, the running switch goes on as before.
+    #[arg(long)]
+    takeover: bool,
+
     /// Check the configuration and exit without starting.
     #[arg(long)]
     check: bool,
@@ -212,7 +219,18 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
 
-    let daemon = match Daemon::start(config) {
+    let incoming = if args.takeover {
+        match patchbay_switch::takeover::request(&config.control_socket) {
+            Ok(incoming) => Some(incoming),
+            Err(e) => {
+                eprintln!("patchbay-switch: takeover: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let daemon = match Daemon::start_with(config, incoming) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("patchbay-switch: {e}");

@@ -941,6 +941,24 @@ impl MetricsServer {
         Ok(MetricsServer { listener, limits })
     }
 
+    /// Serves on a listening socket another process handed over (a takeover).
+    pub fn adopt(listener: TcpListener, limits: MetricsLimits) -> Result<Self, MetricsError> {
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| MetricsError::Bind {
+                addr: listener
+                    .local_addr()
+                    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+                message: e.to_string(),
+            })?;
+        Ok(MetricsServer { listener, limits })
+    }
+
+    /// A duplicate of the listening socket, to hand over.
+    pub fn listener_clone(&self) -> std::io::Result<TcpListener> {
+        self.listener.try_clone()
+    }
+
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.local_addr().ok()
     }

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::dataplane::{Fabric, PortTable};
 use crate::mac_table::{MacTable, PortId};
 use crate::port::connection::{self, ConnectionContext};
+use crate::port::handover::FdTable;
+use crate::port::pause::Gate;
 use crate::port::{Port, PortConfig, PortConfigError};
 use crate::vlan::VlanConfig;
 
@@ -127,6 +129,22 @@ pub enum SwitchError {
         name: String,
         source: crate::host_port::HostPortError,
     },
+    #[error("port '{name}': taking it over: {source}")]
+    Adopt {
+        name: String,
+        source: crate::port::handover::HandoverError,
+    },
+}
+
+/// What another process hands over of one vhost-user port.
+pub struct AdoptedPort {
+    /// A server-mode port's listening socket.
+    pub listener: Option<std::os::unix::net::UnixListener>,
+    /// The connected frontend and its device state.
+    pub session: Option<(
+        std::os::unix::net::UnixStream,
+        crate::port::handover::SessionState,
+    )>,
 }
 
 /// The CPUs the calling thread may run on, in ascending order (all of `0..n` if the kernel
@@ -187,6 +205,8 @@ pub struct Switch {
     /// Rounds of the housekeeping thread (aging, timeouts), once a second: the service
     /// watchdog is fed while it moves.
     housekeeping_rounds: std::sync::atomic::AtomicU64,
+    /// Holds the ports' connection threads between messages for a takeover.
+    pause: Arc<crate::port::pause::Pause>,
 }
 
 impl Switch {
@@ -209,6 +229,7 @@ impl Switch {
             evpn: std::sync::OnceLock::new(),
             workers: std::sync::OnceLock::new(),
             housekeeping_rounds: std::sync::atomic::AtomicU64::new(0),
+            pause: Arc::new(crate::port::pause::Pause::new()?),
         }))
     }
 
@@ -382,9 +403,80 @@ impl Switch {
     /// by), else the lowest free one.
     pub fn add_port_numbered(
         self: &Arc<Self>,
-        mut config: PortConfig,
+        config: PortConfig,
         wanted: Option<PortId>,
     ) -> Result<PortId, SwitchError> {
+        let port = self.insert_port(config, wanted)?;
+        if port.is_host_port() {
+            return self.start_host_port(port);
+        }
+        let spawned = connection::spawn(self.connection_context(), port.clone());
+        self.supervise(port, spawned)
+    }
+
+    /// [`Switch::add_port_numbered`] for a vhost-user port another process handed over
+    /// (`--takeover`): its listening socket and connected frontend, set up again from the
+    /// handed-over state and served once `gate` opens.
+    pub fn add_port_adopted(
+        self: &Arc<Self>,
+        config: PortConfig,
+        wanted: Option<PortId>,
+        adopted: AdoptedPort,
+        fds: &mut FdTable,
+        gate: Arc<Gate>,
+    ) -> Result<PortId, SwitchError> {
+        let port = self.insert_port(config, wanted)?;
+        let ctx = self.connection_context();
+        let session = match adopted.session {
+            Some((stream, state)) => {
+                match crate::port::handover::restore(&ctx, &port, stream, &state, fds) {
+                    Ok(session) => Some(session),
+                    Err(source) => {
+                        self.clear_slot(port.id);
+                        return Err(SwitchError::Adopt {
+                            name: port.name.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
+            None => None,
+        };
+        let spawned = connection::spawn_adopted(ctx, port.clone(), adopted.listener, session, gate);
+        self.supervise(port, spawned)
+    }
+
+    /// Keeps a port's connection thread; on failure to start it the slot is freed again.
+    fn supervise(
+        &self,
+        port: Arc<Port>,
+        spawned: std::io::Result<thread::JoinHandle<()>>,
+    ) -> Result<PortId, SwitchError> {
+        match spawned {
+            Ok(handle) => {
+                self.supervisors
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(port.id, handle);
+                log::info!("port {} added as port {}", port.name, port.id);
+                Ok(port.id)
+            }
+            Err(source) => {
+                self.clear_slot(port.id);
+                Err(SwitchError::Thread {
+                    name: port.name.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Checks `config` and puts the port in a slot (number `wanted` if free).
+    fn insert_port(
+        &self,
+        mut config: PortConfig,
+        wanted: Option<PortId>,
+    ) -> Result<Arc<Port>, SwitchError> {
         if config.kind.is_vhost() && config.mode == crate::port::ConnectMode::Server {
             if config.socket_mode.is_none() {
                 config.socket_mode = self.settings.socket_mode.clone();
@@ -425,26 +517,7 @@ impl Switch {
             ports[slot] = Some(port.clone());
             Ok(port)
         })?;
-        if port.is_host_port() {
-            return self.start_host_port(port);
-        }
-        match connection::spawn(self.connection_context(), port.clone()) {
-            Ok(handle) => {
-                self.supervisors
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(port.id, handle);
-                log::info!("port {} added as port {}", port.name, port.id);
-                Ok(port.id)
-            }
-            Err(source) => {
-                self.clear_slot(port.id);
-                Err(SwitchError::Thread {
-                    name: port.name.clone(),
-                    source,
-                })
-            }
-        }
+        Ok(port)
     }
 
     /// Opens an internal port's device or an uplink's socket and starts serving it; on
@@ -536,7 +609,13 @@ impl Switch {
             memory_limit_gib: self.settings.max_guest_memory_gib,
             doorbell: self.doorbell.clone(),
             forget_port: Arc::new(move |id| fabric.mac_table.flush_port(id)),
+            pause: self.pause.clone(),
         }
+    }
+
+    /// Holds the ports' connection threads between messages (a takeover).
+    pub fn pause(&self) -> &crate::port::pause::Pause {
+        &self.pause
     }
 
     /// Starts the background threads: learning-table aging, and pollers if configured.

@@ -26,7 +26,7 @@ const LAYERS: &[&[&str]] = &[
     &["evpn"],
     &["switch"],
     &[
-        "control", "metrics", "config", "daemon", "state", "lib", "main",
+        "control", "metrics", "config", "daemon", "state", "takeover", "lib", "main",
     ],
 ];
 

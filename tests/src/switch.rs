@@ -226,3 +226,111 @@ pub fn workspace_bin(name: &str) -> std::path::PathBuf {
     );
     bin
 }
+
+/// A `patchbay-switch` process (the built binary), its log read line by line as it comes.
+pub struct SwitchProcess {
+    pub child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every line read so far, for failure messages.
+    pub log: Vec<String>,
+}
+
+impl SwitchProcess {
+    /// Starts `patchbay-switch` with `args`.
+    pub fn spawn(args: &[&std::ffi::OsStr]) -> SwitchProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(workspace_bin("patchbay-switch"))
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("patchbay-switch starts");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        SwitchProcess {
+            child,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    /// Waits for a log line containing `text`; None if the log ended or `timeout` passed.
+    pub fn wait_log(&mut self, text: &str, timeout: std::time::Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    eprintln!("  [switch {}] {line}", self.child.id());
+                    self.log.push(line.clone());
+                    if line.contains(text) {
+                        return Some(line);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Waits (bounded) for the process to exit; its status, or None if it still runs.
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // The rest of its log, for the test's output.
+                while self
+                    .wait_log("\u{0}", std::time::Duration::from_millis(50))
+                    .is_some()
+                {}
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for SwitchProcess {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            if self.wait_exit(std::time::Duration::from_secs(5)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+/// Runs `flowctl` against the control socket `socket`; its standard output (the command
+/// must succeed).
+pub fn flowctl_at(socket: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(workspace_bin("flowctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("flowctl runs");
+    assert!(
+        out.status.success(),
+        "flowctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -10,7 +10,7 @@ use std::process::Command;
 use patchbay_switch::config::Config;
 use patchbay_switch::daemon::Daemon;
 use patchbay_tests::switch::{
-    access_ports, loopback_vtep, vxlan_test_port, workspace_bin, TestDir,
+    access_ports, flowctl_at, loopback_vtep, vxlan_test_port, workspace_bin, TestDir,
 };
 
 fn config(dir: &TestDir, a_vlan: u16, vxlan_port: u16) -> Config {
@@ -26,18 +26,7 @@ fn config(dir: &TestDir, a_vlan: u16, vxlan_port: u16) -> Config {
 }
 
 fn flowctl(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(workspace_bin("flowctl"))
-        .arg("--socket")
-        .arg(dir.join("control.sock"))
-        .args(args)
-        .output()
-        .expect("flowctl runs");
-    assert!(
-        out.status.success(),
-        "flowctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    flowctl_at(&dir.join("control.sock"), args)
 }
 
 /// What a restart must keep, as flowctl shows it (counters and ages left out).

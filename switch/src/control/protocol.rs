@@ -20,6 +20,10 @@ pub const MAX_REQUEST_LEN: usize = 64 * 1024;
 pub enum Request {
     /// Protocol and daemon versions.
     Hello,
+    /// Hands every port, with its connected frontend, to the process asking: an in-place
+    /// upgrade (`patchbay-switch --takeover`). The connection then carries the handover
+    /// (docs/upgrade.md), not request lines.
+    Takeover,
     /// All ports with state, negotiated features and counters.
     ShowPorts,
     /// The learning table, optionally one VLAN's part.

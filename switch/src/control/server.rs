@@ -97,7 +97,12 @@ pub struct ControlServer {
     path: PathBuf,
     /// Where accepted changes are saved, if anywhere.
     state: Option<Arc<StateFile>>,
+    /// Serves a takeover request on the connection that asked (the daemon's).
+    takeover: Option<TakeoverHook>,
 }
+
+/// Hands the switch over on the given connection (the `takeover` module's).
+pub type TakeoverHook = Arc<dyn Fn(UnixStream) + Send + Sync>;
 
 impl ControlServer {
     pub fn bind(path: &Path) -> Result<Self, ControlError> {
@@ -121,7 +126,29 @@ impl ControlServer {
             listener,
             path: path.to_path_buf(),
             state: None,
+            takeover: None,
         })
+    }
+
+    /// Serves on a listening socket another process handed over (a takeover).
+    pub fn adopt(path: &Path, listener: UnixListener) -> Self {
+        ControlServer {
+            listener,
+            path: path.to_path_buf(),
+            state: None,
+            takeover: None,
+        }
+    }
+
+    /// A duplicate of the listening socket, to hand over.
+    pub fn listener_clone(&self) -> std::io::Result<UnixListener> {
+        self.listener.try_clone()
+    }
+
+    /// Lets a client take the switch over with `hook`.
+    pub fn with_takeover(mut self, hook: TakeoverHook) -> Self {
+        self.takeover = Some(hook);
+        self
     }
 
     /// Saves the running configuration to `state` after every change it accepts.
@@ -164,12 +191,18 @@ impl ControlServer {
                     let sw = switch.clone();
                     let counters = counters.clone();
                     let state = self.state.clone();
+                    let takeover = self.takeover.clone();
                     let spawned =
                         thread::Builder::new()
                             .name("control-client".into())
                             .spawn(move || {
                                 let _slot = slot;
-                                serve_client(stream, &sw, &counters, state.as_deref(), limits)
+                                let client = Client {
+                                    state: state.as_deref(),
+                                    takeover: takeover.as_ref(),
+                                    limits,
+                                };
+                                serve_client(stream, &sw, &counters, client)
                             });
                     if let Err(e) = spawned {
                         log::warn!("control socket: cannot start a client thread: {e}");
@@ -249,13 +282,26 @@ fn refuse_client(stream: UnixStream, counters: &ControlCounters, max_clients: us
     let _ = write_response(&mut &stream, &r);
 }
 
-fn serve_client(
-    stream: UnixStream,
-    sw: &Arc<Switch>,
-    counters: &ControlCounters,
-    state: Option<&StateFile>,
+/// What a client connection is served with.
+struct Client<'a> {
+    state: Option<&'a StateFile>,
+    takeover: Option<&'a TakeoverHook>,
     limits: ControlLimits,
-) {
+}
+
+/// Whether `line` asks for a takeover (parsed only when it may).
+fn is_takeover(line: &[u8]) -> bool {
+    line.windows(8).any(|w| w == b"takeover")
+        && serde_json::from_slice::<crate::control::protocol::RequestEnvelope>(line)
+            .is_ok_and(|e| e.request == Request::Takeover)
+}
+
+fn serve_client(stream: UnixStream, sw: &Arc<Switch>, counters: &ControlCounters, client: Client) {
+    let Client {
+        state,
+        takeover,
+        limits,
+    } = client;
     let idle = Duration::from_secs(limits.idle_timeout_secs);
     if stream.set_read_timeout(Some(idle)).is_err() || stream.set_write_timeout(Some(idle)).is_err()
     {
@@ -292,6 +338,13 @@ fn serve_client(
             counters.errors.fetch_add(1, Ordering::Relaxed);
             let r = Response::error(format!("request longer than {MAX_REQUEST_LEN} bytes"));
             let _ = write_response(&mut writer, &r);
+            return;
+        } else if let (Some(hook), true) = (takeover, is_takeover(&line)) {
+            counters.ok.fetch_add(1, Ordering::Relaxed);
+            drop(writer);
+            // Nothing follows the request until the handover is answered: the reader holds
+            // no buffered bytes.
+            hook(reader.into_inner());
             return;
         } else {
             let r = handle_line_saving(&line, sw, counters, state);
@@ -365,6 +418,9 @@ pub fn handle_line_saving(
 
 fn execute(request: Request, sw: &Arc<Switch>, counters: &ControlCounters) -> Response {
     match request {
+        Request::Takeover => {
+            Response::error("a takeover is served only on a running daemon's control socket")
+        }
         Request::Hello => Response::ok(Hello {
             protocol: PROTOCOL_VERSION,
             daemon: format!("patchbay-switch {}", env!("CARGO_PKG_VERSION")),

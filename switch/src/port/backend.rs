@@ -46,19 +46,21 @@ const VIRTIO_NET_S_LINK_UP: u16 = 1;
 /// Where a frontend's virtual address range sits in guest-physical memory (SET_VRING_ADDR
 /// carries frontend virtual addresses).
 #[derive(Debug, Clone, Copy)]
-struct Mapping {
-    vmm_addr: u64,
-    size: u64,
-    gpa: u64,
+pub(super) struct Mapping {
+    pub(super) vmm_addr: u64,
+    pub(super) size: u64,
+    pub(super) gpa: u64,
 }
 
 pub struct DeviceHandler {
-    port: Arc<Port>,
-    link: Arc<Link>,
+    pub(super) port: Arc<Port>,
+    pub(super) link: Arc<Link>,
     /// Most guest memory the port may map (`max_guest_memory_gib`).
     memory_limit_gib: u64,
-    mappings: Vec<Mapping>,
-    acked_protocol_features: u64,
+    pub(super) mappings: Vec<Mapping>,
+    pub(super) acked_protocol_features: u64,
+    /// SET_FEATURES arrived (the link's features are the frontend's, not the default 0).
+    pub(super) negotiated: bool,
     /// Tells the dataplane workers that kick fds or ring states changed.
     doorbell: Arc<super::Doorbell>,
     /// The frontend's dirty log (SET_LOG_BASE), used by the rings while VHOST_F_LOG_ALL is
@@ -96,6 +98,7 @@ impl DeviceHandler {
             memory_limit_gib,
             mappings: Vec::new(),
             acked_protocol_features: 0,
+            negotiated: false,
             doorbell,
             dirty_log: None,
         }
@@ -216,6 +219,7 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
             };
         }
         self.link.features.store(0, Ordering::Release);
+        self.negotiated = false;
         self.notify_rings_changed();
         Ok(())
     }
@@ -230,6 +234,7 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
         }
         let was_logging = self.link.features() & VHOST_F_LOG_ALL != 0;
         self.link.features.store(features, Ordering::Release);
+        self.negotiated = true;
         let logging = features & VHOST_F_LOG_ALL != 0;
         if logging != was_logging {
             log::info!(

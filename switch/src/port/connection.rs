@@ -7,7 +7,7 @@
 //! workers (the `worker` module, above this one) serve the rings, and the doorbell tells
 //! them when rings change.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -18,6 +18,7 @@ use std::time::Duration;
 use vhost::vhost_user::{BackendReqHandler, Error as VhostError, VhostUserBackendReqHandlerMut};
 
 use super::backend::DeviceHandler;
+use super::pause::{Gate, Parked, ParkedSession, Pause};
 use super::Doorbell;
 use super::{ConnectMode, Link, LinkState, Port};
 use crate::mac_table::PortId;
@@ -36,6 +37,8 @@ pub struct ConnectionContext {
     /// Forgets what was learned behind a port whose frontend went away; returns how many
     /// addresses.
     pub forget_port: Arc<dyn Fn(PortId) -> usize + Send + Sync>,
+    /// Holds connection threads between messages for a takeover.
+    pub pause: Arc<Pause>,
 }
 
 /// Starts the thread that keeps `port` connected until it is removed. In server mode the
@@ -45,14 +48,32 @@ pub fn spawn(ctx: ConnectionContext, port: Arc<Port>) -> std::io::Result<thread:
         ConnectMode::Server => Some(listen(&port.config)?),
         ConnectMode::Client => None,
     };
-    thread::Builder::new()
-        .name(format!("port-{}", port.name))
-        .spawn(move || match listener {
-            Some(listener) => serve(&ctx, &port, listener),
-            None => dial(&ctx, &port),
-        })
+    spawn_adopted(ctx, port, listener, None, Arc::new(Gate::open()))
 }
 
+/// [`spawn`] with what another process handed over (`--takeover`): the port's listening
+/// socket and its connected frontend, served once `gate` opens.
+pub fn spawn_adopted(
+    ctx: ConnectionContext,
+    port: Arc<Port>,
+    listener: Option<UnixListener>,
+    session: Option<Session>,
+    gate: Arc<Gate>,
+) -> std::io::Result<thread::JoinHandle<()>> {
+    thread::Builder::new()
+        .name(format!("port-{}", port.name))
+        .spawn(move || {
+            let _registration = ctx.pause.enter();
+            gate.wait();
+            if let Some(session) = session {
+                run_session(&ctx, &port, session, listener.as_ref());
+            }
+            match listener {
+                Some(listener) => serve(&ctx, &port, listener),
+                None => dial(&ctx, &port),
+            }
+        })
+}
 /// Listens on a server-mode port's socket, with the mode and group its config asks for.
 fn listen(config: &super::PortConfig) -> std::io::Result<UnixListener> {
     let path = &config.socket;
@@ -99,19 +120,93 @@ pub fn wake(port: &Port) {
     }
 }
 
-/// Sleeps up to `d`, returning early (true) if the port is removed meanwhile.
-fn sleep_unless_removed(port: &Port, d: Duration) -> bool {
+/// Sleeps up to `d`, returning early (true) if the port is removed meanwhile, or (false) if
+/// a pause is requested (the caller parks).
+fn sleep_unless_removed(ctx: &ConnectionContext, port: &Port, d: Duration) -> bool {
     let step = Duration::from_millis(20);
     let mut left = d;
     while !left.is_zero() {
         if port.is_removed() {
             return true;
         }
+        if ctx.pause.requested() {
+            return false;
+        }
         let s = left.min(step);
         thread::sleep(s);
         left -= s;
     }
     port.is_removed()
+}
+
+/// What woke a connection thread.
+enum Wake {
+    /// The socket has something (a message, a connection, a hangup).
+    Socket,
+    /// A pause was requested: park before reading anything.
+    Pause,
+}
+
+/// Waits until `socket` is readable or a pause is requested (the pause first: a message
+/// already waiting is left for whoever serves the socket next).
+fn wait(ctx: &ConnectionContext, socket: BorrowedFd<'_>) -> Wake {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        let mut fds = [
+            PollFd::new(ctx.pause.fd(), PollFlags::POLLIN),
+            PollFd::new(socket, PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {
+                let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+                if ready(&fds[0]) {
+                    return Wake::Pause;
+                }
+                if ready(&fds[1]) {
+                    return Wake::Socket;
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            // Not expected for two valid fds; let the socket call report what is wrong.
+            Err(_) => return Wake::Socket,
+        }
+    }
+}
+
+/// Parks this connection thread with what it serves, until the pause ends.
+fn park(
+    ctx: &ConnectionContext,
+    port: &Arc<Port>,
+    listener: Option<&UnixListener>,
+    session: Option<&Session>,
+) {
+    let mut problem = None;
+    let mut note = |what: &str, e: std::io::Error| {
+        problem = Some(format!(
+            "port {}: cannot duplicate its {what}: {e}",
+            port.name
+        ));
+    };
+    let listener =
+        listener.and_then(|l| l.try_clone().map_err(|e| note("listening socket", e)).ok());
+    let session = session.and_then(|s| {
+        let stream = s
+            .stream
+            .try_clone()
+            .map_err(|e| note("connection", e))
+            .ok()?;
+        Some(ParkedSession {
+            stream,
+            handler: s.handler.clone(),
+            link: s.link.clone(),
+        })
+    });
+    ctx.pause.park(Parked {
+        port: port.clone(),
+        listener,
+        session,
+        problem,
+    });
 }
 
 fn serve(ctx: &ConnectionContext, port: &Arc<Port>, listener: UnixListener) {
@@ -122,16 +217,22 @@ fn serve(ctx: &ConnectionContext, port: &Arc<Port>, listener: UnixListener) {
     );
     while !port.is_removed() {
         port.set_state(LinkState::Listening);
+        if let Wake::Pause = wait(ctx, listener.as_fd()) {
+            park(ctx, port, Some(&listener), None);
+            continue;
+        }
         match listener.accept() {
             Ok((stream, _)) => {
                 if port.is_removed() {
                     break;
                 }
-                run_connection(ctx, port, stream);
+                if let Some(session) = open_session(ctx, port, stream) {
+                    run_session(ctx, port, session, Some(&listener));
+                }
             }
             Err(e) => {
                 log::warn!("port {}: accept failed: {e}", port.name);
-                sleep_unless_removed(port, BACKOFF_MIN);
+                sleep_unless_removed(ctx, port, BACKOFF_MIN);
             }
         }
     }
@@ -143,12 +244,18 @@ fn dial(ctx: &ConnectionContext, port: &Arc<Port>) {
     let mut backoff = BACKOFF_MIN;
     let mut reported = false;
     while !port.is_removed() {
+        if ctx.pause.requested() {
+            park(ctx, port, None, None);
+            continue;
+        }
         port.set_state(LinkState::Connecting);
         match UnixStream::connect(path) {
             Ok(stream) => {
                 backoff = BACKOFF_MIN;
                 reported = false;
-                run_connection(ctx, port, stream);
+                if let Some(session) = open_session(ctx, port, stream) {
+                    run_session(ctx, port, session, None);
+                }
             }
             Err(e) => {
                 if !reported {
@@ -159,7 +266,7 @@ fn dial(ctx: &ConnectionContext, port: &Arc<Port>) {
                     );
                     reported = true;
                 }
-                if sleep_unless_removed(port, backoff) {
+                if sleep_unless_removed(ctx, port, backoff) {
                     break;
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -196,37 +303,80 @@ fn is_recoverable(e: &VhostError) -> bool {
     )
 }
 
-/// Serves one frontend connection to its end, then forgets its rings and learned addresses.
-fn run_connection(ctx: &ConnectionContext, port: &Arc<Port>, stream: UnixStream) {
-    let Ok(shutdown_stream) = stream.try_clone() else {
-        return;
-    };
-    let link = Arc::new(Link::new(port.config.queue_pairs()));
-    port.attach(link.clone());
-    port.set_connection(Some(shutdown_stream));
-    port.counters.connects.fetch_add(1, Ordering::Relaxed);
-    port.set_state(LinkState::Connected);
-    log::info!("port {}: frontend connected", port.name);
+/// One connected frontend: its link, its device handler and the message reader.
+pub struct Session {
+    pub link: Arc<Link>,
+    pub handler: Arc<Mutex<DeviceHandler>>,
+    pub requests: BackendReqHandler<Mutex<DeviceHandler>>,
+    /// The socket (a duplicate of the reader's): polled, and handed over on a takeover.
+    pub stream: UnixStream,
+}
 
+impl Session {
+    /// A session for `stream`: `link` attached to `port` as its current connection.
+    pub fn attach(
+        ctx: &ConnectionContext,
+        port: &Arc<Port>,
+        link: Arc<Link>,
+        handler: Arc<Mutex<DeviceHandler>>,
+        requests: BackendReqHandler<Mutex<DeviceHandler>>,
+        stream: UnixStream,
+    ) -> std::io::Result<Session> {
+        port.set_connection(Some(stream.try_clone()?));
+        port.attach(link.clone());
+        port.set_state(LinkState::Connected);
+        ctx.doorbell.ring();
+        Ok(Session {
+            link,
+            handler,
+            requests,
+            stream,
+        })
+    }
+}
+
+/// A fresh session for a frontend that just connected.
+fn open_session(ctx: &ConnectionContext, port: &Arc<Port>, stream: UnixStream) -> Option<Session> {
+    let reader = stream.try_clone().ok()?;
+    let link = Arc::new(Link::new(port.config.queue_pairs()));
     let handler = Arc::new(Mutex::new(DeviceHandler::new(
         port.clone(),
         link.clone(),
         ctx.memory_limit_gib,
         ctx.doorbell.clone(),
     )));
-    let raw_fd = stream.as_raw_fd();
-    let mut requests = BackendReqHandler::from_stream(stream, handler.clone());
+    let requests = BackendReqHandler::from_stream(reader, handler.clone());
+    let session = Session::attach(ctx, port, link, handler, requests, stream).ok()?;
+    port.counters.connects.fetch_add(1, Ordering::Relaxed);
+    log::info!("port {}: frontend connected", port.name);
+    Some(session)
+}
+
+/// Serves one frontend connection to its end, then forgets its rings and learned addresses.
+/// Parks between messages while a pause is requested (`listener` is the port's, handed
+/// over with the connection).
+fn run_session(
+    ctx: &ConnectionContext,
+    port: &Arc<Port>,
+    mut session: Session,
+    listener: Option<&UnixListener>,
+) {
     if port.is_removed() {
         port.close_connection();
     }
+    let raw_fd = session.stream.as_raw_fd();
     loop {
+        if let Wake::Pause = wait(ctx, session.stream.as_fd()) {
+            park(ctx, port, listener, Some(&session));
+            continue;
+        }
         let early_enable = peek_vring_enable(raw_fd);
-        match requests.handle_request() {
+        match session.requests.handle_request() {
             Ok(()) => {}
             Err(VhostError::InactiveFeature(_)) if early_enable.is_some() => {
                 // QEMU enables the queue pair before SET_FEATURES; apply it as DPDK does.
                 if let Some((index, num)) = early_enable {
-                    let mut h = handler.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut h = session.handler.lock().unwrap_or_else(|p| p.into_inner());
                     let _ = h.set_vring_enable(index, num == 1);
                 }
             }

@@ -5,11 +5,15 @@
 //! - `ring.rs`: one virtqueue with its eventfds and vhost-user state.
 //! - `connection.rs`: accepting or dialling frontends, forever, with backoff; kick thread.
 //! - `metrics.rs`: the port's counters and drop reasons.
+//! - `pause.rs`, `handover.rs`: holding connections still and handing them, with their
+//!   memory and ring state, to another process (`--takeover`).
 
 pub mod backend;
 pub mod connection;
+pub mod handover;
 pub mod memory;
 pub mod metrics;
+pub mod pause;
 pub mod ring;
 
 use std::path::PathBuf;

@@ -1,0 +1,295 @@
+//! In-place upgrade (`patchbay-switch --takeover`): a second switch process takes the ports,
+//! their connected frontends and the control and metrics sockets over from the running one,
+//! which exits; the frontends never see a disconnect and no frame is lost or duplicated. A
+//! takeover whose new process goes away half-way leaves the running switch as it was.
+
+use std::ffi::OsStr;
+use std::io::{BufRead, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use patchbay_tests::frames::{frame, mac};
+use patchbay_tests::frontend::TestPort;
+use patchbay_tests::switch::{connect, flowctl_at, forwards, SwitchProcess, TestDir};
+use vhost::vhost_user::VhostUserFrontend;
+
+const START: Duration = Duration::from_secs(20);
+
+fn write_config(dir: &TestDir) -> std::path::PathBuf {
+    let path = dir.join("switch.toml");
+    let text = format!(
+        r#"[control]
+socket = "{control}"
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[[port]]
+name = "a"
+socket = "{a}"
+vlan = 10
+
+[[port]]
+name = "b"
+socket = "{b}"
+vlan = 10
+"#,
+        control = dir.join("control.sock").display(),
+        a = dir.join("a.sock").display(),
+        b = dir.join("b.sock").display(),
+    );
+    std::fs::write(&path, text).expect("config written");
+    path
+}
+
+fn start(config: &Path, takeover: bool) -> SwitchProcess {
+    let mut args: Vec<&OsStr> = vec![OsStr::new("--config"), config.as_os_str()];
+    if takeover {
+        args.push(OsStr::new("--takeover"));
+    }
+    SwitchProcess::spawn(&args)
+}
+
+fn flowctl(dir: &TestDir, args: &[&str]) -> String {
+    flowctl_at(&dir.join("control.sock"), args)
+}
+
+/// The metrics address a switch logged at start.
+fn metrics_addr(line: &str) -> String {
+    let at = line.find("http://").expect("metrics address logged") + "http://".len();
+    line[at..].split('/').next().expect("address").to_string()
+}
+
+fn scrape(addr: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint answers");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// Most frames of the stream on their way (sent, not yet received): half the receive ring.
+const IN_FLIGHT: u32 = 128;
+
+/// Frames from `a` to `b` with increasing sequence numbers, received and checked in order.
+struct Stream {
+    next: u32,
+    received: Vec<u32>,
+}
+
+impl Stream {
+    fn frame(seq: u32) -> Vec<u8> {
+        frame(mac(2), mac(1), seq, 128)
+    }
+
+    /// Publishes up to `n` more frames (as many as the ring takes) and takes what arrived.
+    /// At most [`IN_FLIGHT`] frames are on their way at any time: fewer than `b` has
+    /// receive buffers, so a burst after a stall of the switch never finds them all taken
+    /// (that would be a drop for want of buffers, which is not the takeover's doing).
+    fn step(&mut self, a: &mut TestPort, b: &mut TestPort, n: u32) {
+        self.take(b);
+        let in_flight = self.next - self.received.len() as u32;
+        let n = n.min(IN_FLIGHT.saturating_sub(in_flight));
+        let frames: Vec<Vec<u8>> = (self.next..self.next + n).map(Self::frame).collect();
+        let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        self.next += a.send_batch(&refs).expect("send") as u32;
+        self.take(b);
+    }
+
+    fn take(&mut self, b: &mut TestPort) {
+        let received = &mut self.received;
+        b.recv_batch(&mut |f: &[u8]| {
+            received.push(u32::from_be_bytes([f[14], f[15], f[16], f[17]]));
+        })
+        .expect("recv");
+    }
+
+    /// Waits until every frame sent has arrived (bounded), then checks none was lost,
+    /// duplicated or reordered.
+    fn finish(&mut self, dir: &TestDir, a: &mut TestPort, b: &mut TestPort) {
+        assert!(
+            a.wait_tx_completion(Duration::from_secs(5)).expect("tx"),
+            "the switch took every frame"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.received.len() < self.next as usize && Instant::now() < deadline {
+            self.take(b);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let expected: Vec<u32> = (0..self.next).collect();
+        assert_eq!(
+            self.received.len(),
+            expected.len(),
+            "{} frames sent, {} received (missing: {:?}); the switch's counters: {}",
+            self.next,
+            self.received.len(),
+            expected
+                .iter()
+                .filter(|s| !self.received.contains(s))
+                .collect::<Vec<_>>(),
+            flowctl(dir, &["--json", "show", "ports"])
+        );
+        assert_eq!(
+            self.received, expected,
+            "frames arrived once each, in order"
+        );
+    }
+}
+
+#[test]
+fn a_takeover_moves_ports_frontends_flows_and_sockets_to_the_new_process() {
+    let dir = TestDir::new("takeover");
+    let config = write_config(&dir);
+    let mut old = start(&config, false);
+    let running = old
+        .wait_log("switch running", START)
+        .expect("old switch starts");
+    let metrics = metrics_addr(&running);
+    let mut a = connect(&dir, "a");
+    let mut b = connect(&dir, "b");
+    // b's address is learned, so the stream below is forwarded, not flooded.
+    forwards(&mut b, &mut a, &frame(mac(1), mac(2), 0, 64));
+    // Changes made at run time travel with the handover.
+    flowctl(
+        &dir,
+        &["add-flow", "priority=7,dl_type=0x88b5,actions=NORMAL"],
+    );
+    flowctl(
+        &dir,
+        &[
+            "add-port",
+            &format!("name=c,socket={},vlan=10", dir.join("c.sock").display()),
+        ],
+    );
+
+    let mut stream = Stream {
+        next: 0,
+        received: Vec::new(),
+    };
+    for _ in 0..20 {
+        stream.step(&mut a, &mut b, 16);
+    }
+    let mut new = start(&config, true);
+    let old_pid = old.child.id();
+    eprintln!("takeover starts at frame {}", stream.next);
+    // Frames keep coming while the takeover runs: the old process serves them, then they
+    // wait in the ring, then the new process serves them.
+    let complete = loop {
+        stream.step(&mut a, &mut b, 8);
+        if let Some(line) = new.wait_log("takeover complete", Duration::from_millis(1)) {
+            eprintln!("takeover complete at frame {}", stream.next);
+            break line;
+        }
+        assert!(new.is_running(), "the new process died: {:?}", new.log);
+    };
+    for _ in 0..20 {
+        stream.step(&mut a, &mut b, 16);
+    }
+    stream.finish(&dir, &mut a, &mut b);
+    println!(
+        "takeover: {complete}; {} frames streamed across it, none lost",
+        stream.next
+    );
+    let status = old.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the old process exited cleanly: {status:?}"
+    );
+    assert!(
+        old.log
+            .iter()
+            .any(|l| l.contains("the new process serves the ports")),
+        "the old process logged the handover"
+    );
+
+    // The same vhost-user connections, now answered by the new process: a request the
+    // frontend waits for an acknowledgement of (REPLY_ACK) is acknowledged.
+    a.vhost()
+        .set_vring_enable(0, true)
+        .expect("the new process answers on the old connection");
+    forwards(&mut a, &mut b, &frame(mac(2), mac(1), 99_999, 200));
+    forwards(&mut b, &mut a, &frame(mac(1), mac(2), 99_998, 200));
+
+    // The control socket is the new process's, with the run-time changes.
+    let ports: serde_json::Value =
+        serde_json::from_str(&flowctl(&dir, &["--json", "show", "ports"])).unwrap();
+    let names: Vec<&str> = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    for p in ports.as_array().unwrap().iter().take(2) {
+        assert_eq!(
+            p["state"], "connected",
+            "port {} stayed connected",
+            p["name"]
+        );
+    }
+    assert!(
+        flowctl(&dir, &["dump-flows"]).contains("priority=7,dl_type=0x88b5"),
+        "the flow added at run time was handed over"
+    );
+    // The metrics socket too, on the same address.
+    let text = scrape(&metrics);
+    assert!(text.starts_with("HTTP/1.1 200"), "metrics: {text}");
+    assert!(text.contains("patchbay_build_info"));
+    assert!(new.is_running());
+    assert_ne!(new.child.id(), old_pid);
+    // A frontend that connects now is served by the new process.
+    let mut c = connect(&dir, "c");
+    forwards(&mut c, &mut a, &frame(mac(1), mac(3), 7, 64));
+}
+
+#[test]
+fn a_takeover_whose_new_process_goes_away_leaves_the_running_switch_as_it_was() {
+    let dir = TestDir::new("takeover-abort");
+    let config = write_config(&dir);
+    let mut old = start(&config, false);
+    old.wait_log("switch running", START)
+        .expect("old switch starts");
+    let mut a = connect(&dir, "a");
+    let mut b = connect(&dir, "b");
+    forwards(&mut b, &mut a, &frame(mac(1), mac(2), 0, 64));
+
+    // A "new process" that asks, reads the answer, and goes away without taking over.
+    let asking = UnixStream::connect(dir.join("control.sock")).expect("control socket");
+    (&asking)
+        .write_all(b"{\"version\":1,\"command\":\"takeover\"}\n")
+        .unwrap();
+    let mut answer = String::new();
+    std::io::BufReader::new(&asking)
+        .read_line(&mut answer)
+        .unwrap();
+    assert!(
+        answer.contains("\"ok\":true"),
+        "the takeover was offered: {answer}"
+    );
+    // The old switch is paused now: a frame sent waits in the ring.
+    a.send(&frame(mac(2), mac(1), 1, 100)).expect("send");
+    drop(asking);
+    old.wait_log("failed", Duration::from_secs(15))
+        .expect("the old switch says the takeover failed");
+    assert!(old.is_running(), "the old switch goes on");
+    // The frame that waited is delivered, and traffic flows both ways.
+    assert_eq!(
+        b.recv(Duration::from_secs(5)).expect("recv").as_deref(),
+        Some(frame(mac(2), mac(1), 1, 100).as_slice())
+    );
+    forwards(&mut a, &mut b, &frame(mac(2), mac(1), 2, 100));
+    forwards(&mut b, &mut a, &frame(mac(1), mac(2), 3, 100));
+    assert!(flowctl(&dir, &["show", "ports"]).contains("connected"));
+
+    // And a real takeover still works after the failed one.
+    let mut new = start(&config, true);
+    new.wait_log("takeover complete", START)
+        .expect("the second takeover completes");
+    assert!(old
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+    forwards(&mut a, &mut b, &frame(mac(2), mac(1), 4, 100));
+}
