@@ -261,6 +261,15 @@ impl SwitchProcess {
         }
     }
 
+    /// Starts `patchbay-switch --config CONFIG`, with `--takeover` if `takeover`.
+    pub fn start(config: &Path, takeover: bool) -> SwitchProcess {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["--config".as_ref(), config.as_os_str()];
+        if takeover {
+            args.push("--takeover".as_ref());
+        }
+        SwitchProcess::spawn(&args)
+    }
+
     /// Waits for a log line containing `text`; None if the log ended or `timeout` passed.
     pub fn wait_log(&mut self, text: &str, timeout: std::time::Duration) -> Option<String> {
         let deadline = std::time::Instant::now() + timeout;

@@ -3,7 +3,6 @@
 //! QEMU never reconnects (the new processes count no connect), the stream arrives whole
 //! (SHA-256 compared) and the pings are counted across both takeovers.
 
-use std::ffi::OsStr;
 use std::time::{Duration, Instant};
 
 use patchbay_tests::guest::{received_sum, skip_or_fail, sum_of, GuestImage, GuestNic, QemuGuest};
@@ -40,14 +39,7 @@ fn qemu_guests_keep_their_tcp_stream_across_two_takeovers() {
         ),
     )
     .unwrap();
-    let args = |takeover: bool| {
-        let mut a: Vec<&OsStr> = vec![OsStr::new("--config"), config.as_os_str()];
-        if takeover {
-            a.push(OsStr::new("--takeover"));
-        }
-        a
-    };
-    let mut switch = SwitchProcess::spawn(&args(false));
+    let mut switch = SwitchProcess::start(&config, false);
     switch
         .wait_log("switch running", Duration::from_secs(20))
         .expect("the switch starts");
@@ -84,7 +76,7 @@ fn qemu_guests_keep_their_tcp_stream_across_two_takeovers() {
     );
     for round in 1..=2 {
         let started = Instant::now();
-        let mut next = SwitchProcess::spawn(&args(true));
+        let mut next = SwitchProcess::start(&config, true);
         let line = next
             .wait_log("takeover complete", Duration::from_secs(30))
             .unwrap_or_else(|| panic!("takeover {round} completes: {:?}", next.log));

@@ -3,10 +3,8 @@
 //! which exits; the frontends never see a disconnect and no frame is lost or duplicated. A
 //! takeover whose new process goes away half-way leaves the running switch as it was.
 
-use std::ffi::OsStr;
 use std::io::{BufRead, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use patchbay_tests::frames::{frame, mac};
@@ -41,14 +39,6 @@ vlan = 10
     );
     std::fs::write(&path, text).expect("config written");
     path
-}
-
-fn start(config: &Path, takeover: bool) -> SwitchProcess {
-    let mut args: Vec<&OsStr> = vec![OsStr::new("--config"), config.as_os_str()];
-    if takeover {
-        args.push(OsStr::new("--takeover"));
-    }
-    SwitchProcess::spawn(&args)
 }
 
 fn flowctl(dir: &TestDir, args: &[&str]) -> String {
@@ -143,7 +133,7 @@ impl Stream {
 fn a_takeover_moves_ports_frontends_flows_and_sockets_to_the_new_process() {
     let dir = TestDir::new("takeover");
     let config = write_config(&dir);
-    let mut old = start(&config, false);
+    let mut old = SwitchProcess::start(&config, false);
     let running = old
         .wait_log("switch running", START)
         .expect("old switch starts");
@@ -172,7 +162,7 @@ fn a_takeover_moves_ports_frontends_flows_and_sockets_to_the_new_process() {
     for _ in 0..20 {
         stream.step(&mut a, &mut b, 16);
     }
-    let mut new = start(&config, true);
+    let mut new = SwitchProcess::start(&config, true);
     let old_pid = old.child.id();
     eprintln!("takeover starts at frame {}", stream.next);
     // Frames keep coming while the takeover runs: the old process serves them, then they
@@ -249,7 +239,7 @@ fn a_takeover_moves_ports_frontends_flows_and_sockets_to_the_new_process() {
 fn a_takeover_whose_new_process_goes_away_leaves_the_running_switch_as_it_was() {
     let dir = TestDir::new("takeover-abort");
     let config = write_config(&dir);
-    let mut old = start(&config, false);
+    let mut old = SwitchProcess::start(&config, false);
     old.wait_log("switch running", START)
         .expect("old switch starts");
     let mut a = connect(&dir, "a");
@@ -285,7 +275,7 @@ fn a_takeover_whose_new_process_goes_away_leaves_the_running_switch_as_it_was() 
     assert!(flowctl(&dir, &["show", "ports"]).contains("connected"));
 
     // And a real takeover still works after the failed one.
-    let mut new = start(&config, true);
+    let mut new = SwitchProcess::start(&config, true);
     new.wait_log("takeover complete", START)
         .expect("the second takeover completes");
     assert!(old
