@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use patchbay_tests::guest::{received_sum, skip_or_fail, sum_of, GuestImage, GuestNic, QemuGuest};
 use patchbay_tests::qmp::Qmp;
-use patchbay_tests::switch::{access_ports, start_switch, TestDir};
+use patchbay_tests::switch::{access_ports, loopback_vtep, start_switch, vxlan_test_port, TestDir};
 use serde_json::json;
 
 const BOOT: Duration = Duration::from_secs(120);
@@ -22,10 +22,13 @@ fn ok(g: &mut QemuGuest, command: &str) -> Vec<String> {
 }
 
 /// A switch with ports src, dst and peer; the guest booted on src, a peer guest on peer,
-/// and a destination QEMU on dst waiting for the guest (`-incoming`); QMP to both.
+/// and a destination QEMU on dst waiting for the guest (`-incoming`); QMP to both. With two
+/// hosts, port dst is on a second switch joined to the first by VXLAN (VLAN 10 as VNI 42
+/// over loopback), as two hosts would be: `d2`.
 struct Setup {
     _dir: TestDir,
     d: patchbay_switch::daemon::Daemon,
+    d2: Option<patchbay_switch::daemon::Daemon>,
     src: QemuGuest,
     peer: QemuGuest,
     dst: QemuGuest,
@@ -38,7 +41,7 @@ struct Setup {
 /// sometimes hung (QEMU 7.2; the guest's idle task in soft lockups).
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn setup(test: &str, name: &str) -> Option<Setup> {
+fn setup(test: &str, name: &str, two_hosts: bool) -> Option<Setup> {
     let image = match GuestImage::prepare() {
         Ok(i) => i,
         Err(e) => {
@@ -47,11 +50,30 @@ fn setup(test: &str, name: &str) -> Option<Setup> {
         }
     };
     let dir = TestDir::new(name);
-    let d = start_switch(
-        &dir.path,
-        access_ports(&dir.path, &[("src", 10), ("dst", 10), ("peer", 10)]),
-        |_| {},
-    );
+    let (d, d2) = if two_hosts {
+        let port = vxlan_test_port();
+        let a = start_switch(
+            &dir.path,
+            access_ports(&dir.path, &[("src", 10), ("peer", 10)]),
+            |c| c.vxlan = Some(loopback_vtep(port)),
+        );
+        let host_b = dir.join("host-b");
+        std::fs::create_dir_all(&host_b).unwrap();
+        let mut vtep = loopback_vtep(port);
+        vtep.local_ip = std::net::Ipv4Addr::new(127, 0, 0, 2).into();
+        vtep.vnis[0].remotes = vec![std::net::Ipv4Addr::LOCALHOST.into()];
+        let mut dst = access_ports(&dir.path, &[("dst", 10)]);
+        dst[0].socket = dir.join("dst.sock");
+        let b = start_switch(&host_b, dst, |c| c.vxlan = Some(vtep));
+        (a, Some(b))
+    } else {
+        let d = start_switch(
+            &dir.path,
+            access_ports(&dir.path, &[("src", 10), ("dst", 10), ("peer", 10)]),
+            |_| {},
+        );
+        (d, None)
+    };
     let mac = "52:54:00:00:77:01";
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -94,6 +116,7 @@ fn setup(test: &str, name: &str) -> Option<Setup> {
     Some(Setup {
         _dir: dir,
         d,
+        d2,
         src,
         peer,
         dst,
@@ -112,17 +135,31 @@ fn logging(d: &patchbay_switch::daemon::Daemon, name: &str) -> bool {
 #[test]
 fn a_guest_migrates_between_two_ports_and_keeps_its_tcp_stream() {
     let test = "a_guest_migrates_between_two_ports_and_keeps_its_tcp_stream";
+    migrate_with_a_tcp_stream(test, "migration", false);
+}
+
+/// Between two hosts: the destination port is on a second switch process, joined to the
+/// first by VXLAN. After the switch-over the guest announces itself (GUEST_ANNOUNCE) through
+/// the second switch, and the first learns it behind the tunnel.
+#[test]
+fn a_guest_migrates_between_two_switches_and_keeps_its_tcp_stream() {
+    let test = "a_guest_migrates_between_two_switches_and_keeps_its_tcp_stream";
+    migrate_with_a_tcp_stream(test, "migration-2", true);
+}
+
+fn migrate_with_a_tcp_stream(test: &str, name: &str, two_hosts: bool) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let Some(Setup {
         _dir,
         d,
+        d2,
         mut src,
         mut peer,
         mut dst,
         mut qmp,
         mut qmp_in,
         uri,
-    }) = setup(test, "migration")
+    }) = setup(test, name, two_hosts)
     else {
         return;
     };
@@ -183,8 +220,24 @@ fn a_guest_migrates_between_two_ports_and_keeps_its_tcp_stream() {
     // Afterwards the guest is reachable behind its new port.
     let after = peer.ping("10.0.77.1", 3).unwrap();
     assert_eq!(after.received, 3, "after the migration: {after:?}");
-    let dst_port = d.switch.port_by_name("dst").unwrap();
+    let dst_port = d2
+        .as_ref()
+        .unwrap_or(&d)
+        .switch
+        .port_by_name("dst")
+        .unwrap();
     assert!(dst_port.counters.snapshot().rx_packets > 0);
+    if let Some(tunnel) = d.switch.tunnel() {
+        // The first switch reaches the guest over the tunnel now.
+        let snap = tunnel.vtep.snapshot();
+        let host_b = std::net::IpAddr::from(std::net::Ipv4Addr::new(127, 0, 0, 2));
+        let remote = snap.remotes.iter().find(|r| r.ip == host_b);
+        assert!(
+            remote.is_some_and(|r| r.rx_packets > 0 && r.tx_packets > 0),
+            "traffic to and from the guest crossed the tunnel: {:?}",
+            snap.remotes
+        );
+    }
     dst.poweroff();
     peer.poweroff();
 }
@@ -198,13 +251,14 @@ fn a_cancelled_migration_leaves_the_guest_running_on_its_port() {
     let Some(Setup {
         _dir,
         d,
+        d2: _,
         src,
         mut peer,
         dst,
         mut qmp,
         qmp_in: _,
         uri,
-    }) = setup(test, "migration-cancel")
+    }) = setup(test, "migration-cancel", false)
     else {
         return;
     };
