@@ -318,6 +318,7 @@ pub fn port_detail(p: &PortInfo) -> String {
         ("rx batches", c.rx_batches.to_string()),
         ("notifications", c.notifications.to_string()),
         ("protocol errors", c.protocol_errors.to_string()),
+        ("announcements", c.announcements.to_string()),
     ];
     let width = rows
         .iter()

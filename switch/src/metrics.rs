@@ -151,6 +151,12 @@ fn render_all(
         "vhost-user frontend connections on the port.",
         &["port"],
     )?;
+    let announcements = counter_vec(
+        &r,
+        "port_announcements_total",
+        "RARP broadcasts sent for the port's guest at the end of a live migration (SEND_RARP).",
+        &["port"],
+    )?;
     let rx_batches = counter_vec(
         &r,
         "port_rx_batches_total",
@@ -239,6 +245,9 @@ fn render_all(
         connects
             .with_label_values(&[name])
             .inc_by(load(&c.connects));
+        announcements
+            .with_label_values(&[name])
+            .inc_by(load(&c.announcements));
         rx_batches
             .with_label_values(&[name])
             .inc_by(load(&c.rx_batches));

@@ -610,6 +610,10 @@ impl Switch {
             doorbell: self.doorbell.clone(),
             forget_port: Arc::new(move |id| fabric.mac_table.flush_port(id)),
             pause: self.pause.clone(),
+            announce: {
+                let fabric = self.fabric.clone();
+                Arc::new(move |port, mac| announce(&fabric, port, mac))
+            },
         }
     }
 
@@ -675,6 +679,32 @@ impl Switch {
             let _ = self.remove_port(&port.name);
         }
     }
+}
+
+/// A RARP broadcast from `mac`, switched as if `port`'s guest had sent it (vhost-user
+/// SEND_RARP after a migration, for a guest that cannot announce itself; as DPDK's vhost
+/// library does): reverse request, sender and target hardware address `mac`, addresses 0.
+fn announce(fabric: &Fabric, port: &Port, mac: [u8; 6]) {
+    let mut bytes = [0u8; 60];
+    bytes[..6].fill(0xff);
+    bytes[6..12].copy_from_slice(&mac);
+    bytes[12..14].copy_from_slice(&0x8035u16.to_be_bytes());
+    // htype Ethernet, ptype IPv4, hlen 6, plen 4, operation 3 (reverse request)
+    bytes[14..22].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 3]);
+    bytes[22..28].copy_from_slice(&mac);
+    bytes[32..38].copy_from_slice(&mac);
+    let frames = [crate::dataplane::Frame {
+        head: 0,
+        len: bytes.len() as u32,
+        bytes: crate::dataplane::FrameBytes::Host {
+            start: 0,
+            len: bytes.len(),
+        },
+        tunnel: None,
+        offload: Default::default(),
+    }];
+    let mut scratch = crate::dataplane::SwitchScratch::default();
+    crate::dataplane::switch_host_frames(fabric, port, &bytes, &frames, &mut scratch);
 }
 
 /// The EVPN agent's way into the switch: weak, so the agent's thread does not keep a

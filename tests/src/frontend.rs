@@ -773,6 +773,8 @@ fn borrow_fd(fd: &impl AsRawFd) -> BorrowedFd<'_> {
 /// One virtio-net device driven from userspace over vhost-user.
 pub struct TestPort {
     frontend: Frontend,
+    /// The vhost-user socket again, for messages `Frontend` has no call for.
+    raw: UnixStream,
     mem: GuestMemoryMmap,
     alloc: GuestAlloc,
     cfg: FrontendConfig,
@@ -879,6 +881,7 @@ impl TestPort {
             return Err(Error::Config("buffer sizes too small".into()));
         }
         let (mem, mut alloc) = build_memory(&cfg)?;
+        let raw = stream.try_clone()?;
         let mut fe = Frontend::from_stream(stream, 2);
 
         // The order QEMU uses.
@@ -946,6 +949,7 @@ impl TestPort {
         let rx = Vq::new(RX_QUEUE, qs, &mut alloc, event_idx)?;
         let tx = Vq::new(TX_QUEUE, qs, &mut alloc, event_idx)?;
         let mut port = TestPort {
+            raw,
             frontend: fe,
             mem,
             alloc,
@@ -1043,6 +1047,35 @@ impl TestPort {
     /// The underlying vhost-user connection, for sending arbitrary control messages.
     pub fn vhost(&mut self) -> &mut Frontend {
         &mut self.frontend
+    }
+
+    /// Sends one vhost-user message as raw bytes (for requests `Frontend` has no call for,
+    /// e.g. SEND_RARP): the header (`code`, `flags` with the version bit added, the body's
+    /// size) and `body`.
+    pub fn send_raw_request(&mut self, code: u32, flags: u32, body: &[u8]) -> Result<()> {
+        use std::io::Write;
+        let mut msg = Vec::with_capacity(12 + body.len());
+        for word in [code, flags | 1, body.len() as u32] {
+            msg.extend_from_slice(&word.to_le_bytes());
+        }
+        msg.extend_from_slice(body);
+        (&self.raw).write_all(&msg)?;
+        Ok(())
+    }
+
+    /// Reads one raw reply: (code, flags, body).
+    pub fn read_raw_reply(&mut self, timeout: Duration) -> Result<(u32, u32, Vec<u8>)> {
+        use std::io::Read;
+        self.raw.set_read_timeout(Some(timeout))?;
+        let mut hdr = [0u8; 12];
+        let r = (&self.raw).read_exact(&mut hdr);
+        let word = |i: usize| u32::from_le_bytes([hdr[i], hdr[i + 1], hdr[i + 2], hdr[i + 3]]);
+        let result = r.and_then(|()| {
+            let mut body = vec![0u8; word(8) as usize];
+            (&self.raw).read_exact(&mut body).map(|()| body)
+        });
+        self.raw.set_read_timeout(None)?;
+        Ok((word(0), word(4), result?))
     }
 
     /// Guest-physical (start, length) of each memory region.

@@ -3,6 +3,7 @@
 //! While logging, the pages of the receive buffers the switch fills and of the used ring it
 //! writes are marked; after SET_FEATURES without the bit nothing more is; a log too small
 //! for the frontend's memory is refused (that connection closes, the other ports carry on).
+//! At the end of a migration, SEND_RARP announces a guest that cannot announce itself.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
@@ -150,5 +151,84 @@ fn writes_are_logged_while_migrating_and_only_then() {
     assert!(port_a.counters.snapshot().protocol_errors >= 1);
     let port_b = d.switch.port_by_name("b").unwrap();
     assert!(port_b.is_up());
+    d.shutdown();
+}
+
+/// After a migration QEMU asks the backend to announce a guest that cannot announce itself
+/// (SEND_RARP with the guest's MAC): the switch broadcasts a RARP from that MAC as if the
+/// guest had, so the port's VLAN receives it and the learning table has the MAC behind the
+/// port; the request is acknowledged (REPLY_ACK). A multicast "MAC" is refused and counted.
+#[test]
+fn send_rarp_broadcasts_a_rarp_from_the_guest_and_the_table_learns_it() {
+    const SEND_RARP: u32 = 19;
+    const NEED_REPLY: u32 = 1 << 3;
+    let dir = TestDir::new("send-rarp");
+    let d = start_switch(
+        &dir.path,
+        access_ports(&dir.path, &[("a", 10), ("b", 10), ("c", 20)]),
+        |_| {},
+    );
+    let rarp = VhostUserProtocolFeatures::RARP.bits();
+    let mut a = patchbay_tests::switch::connect_with(&dir, "a", |c| c.protocol_features |= rarp);
+    assert_ne!(a.protocol_features() & rarp, 0, "RARP is offered");
+    let mut b = patchbay_tests::switch::connect(&dir, "b");
+    let mut c = patchbay_tests::switch::connect(&dir, "c");
+    let guest = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+    let mut body = guest.to_vec();
+    body.extend_from_slice(&[0, 0]);
+    a.send_raw_request(SEND_RARP, NEED_REPLY, &body).unwrap();
+    let (code, flags, reply) = a.read_raw_reply(Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        (code, flags & 4 != 0),
+        (SEND_RARP, true),
+        "a reply to SEND_RARP"
+    );
+    assert_eq!(reply, 0u64.to_le_bytes(), "acknowledged as done");
+
+    let got = b
+        .recv(Duration::from_secs(5))
+        .unwrap()
+        .expect("b receives the RARP");
+    assert_eq!(&got[..6], &[0xff; 6], "broadcast");
+    assert_eq!(&got[6..12], &guest, "from the guest's MAC");
+    assert_eq!(&got[12..14], &[0x80, 0x35], "EtherType RARP");
+    assert_eq!(&got[20..22], &[0, 3], "reverse request");
+    assert_eq!(&got[22..28], &guest, "sender hardware address");
+    assert_eq!(&got[32..38], &guest, "target hardware address");
+    assert!(
+        c.recv(Duration::from_millis(200)).unwrap().is_none(),
+        "not into another VLAN"
+    );
+    let table = d.switch.mac_table();
+    let port_a = d.switch.port_by_name("a").unwrap().id;
+    assert_eq!(
+        table.lookup(
+            10,
+            patchbay_switch::wire::EthernetAddress(guest),
+            table.now()
+        ),
+        Some(port_a),
+        "the guest's MAC is learned behind its port"
+    );
+    let counters_a = || d.switch.port_by_name("a").unwrap().counters.snapshot();
+    assert_eq!(counters_a().announcements, 1);
+    // Unicast to the guest now goes to a without flooding.
+    send_done(&mut b, &frame(guest, mac(2), 1, 64));
+    assert_eq!(
+        a.recv(Duration::from_secs(5)).unwrap().as_deref(),
+        Some(frame(guest, mac(2), 1, 64).as_slice())
+    );
+
+    let mut bad = vec![0x01, 0, 0x5e, 0, 0, 1];
+    bad.extend_from_slice(&[0, 0]);
+    let errors = counters_a().protocol_errors;
+    a.send_raw_request(SEND_RARP, NEED_REPLY, &bad).unwrap();
+    let (_, _, reply) = a.read_raw_reply(Duration::from_secs(5)).unwrap();
+    assert_eq!(reply, 1u64.to_le_bytes(), "a multicast address is refused");
+    assert!(
+        b.recv(Duration::from_millis(200)).unwrap().is_none(),
+        "nothing is announced"
+    );
+    assert_eq!(counters_a().protocol_errors, errors + 1);
     d.shutdown();
 }

@@ -367,7 +367,8 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
     }
 
     /// What a net backend uses: REPLY_ACK, CONFIGURE_MEM_SLOTS, MQ, LOG_SHMFD (live
-    /// migration: QEMU will not migrate without it); and CONFIG only on a port
+    /// migration: QEMU will not migrate without it), RARP (after a migration, announcing a
+    /// guest that cannot announce itself; see `connection.rs`); and CONFIG only on a port
     /// with a `mac` to hand out (QEMU's net device has no use for the backend's config space
     /// and logs a warning when it is offered; a frontend that reads the MAC from it, such as
     /// the bundled VMM, picks its own address without it).
@@ -375,7 +376,8 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
         let mut features = VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::LOG_SHMFD;
+            | VhostUserProtocolFeatures::LOG_SHMFD
+            | VhostUserProtocolFeatures::RARP;
         if self.port.mac.is_some() {
             features |= VhostUserProtocolFeatures::CONFIG;
         }

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{BackendReqHandler, Error as VhostError, VhostUserBackendReqHandlerMut};
 
 use super::backend::DeviceHandler;
@@ -39,7 +40,12 @@ pub struct ConnectionContext {
     pub forget_port: Arc<dyn Fn(PortId) -> usize + Send + Sync>,
     /// Holds connection threads between messages for a takeover.
     pub pause: Arc<Pause>,
+    /// Sends a RARP broadcast from the MAC given, as if the port's guest had (SEND_RARP).
+    pub announce: Announce,
 }
+
+/// Broadcasts a RARP from a MAC behind a port (see [`ConnectionContext::announce`]).
+pub type Announce = Arc<dyn Fn(&Port, [u8; 6]) + Send + Sync>;
 
 /// Starts the thread that keeps `port` connected until it is removed. In server mode the
 /// socket is created here, before returning, so a bad path is an error for the caller.
@@ -277,6 +283,73 @@ fn dial(ctx: &ConnectionContext, port: &Arc<Port>) {
 
 /// `VHOST_USER_SET_VRING_ENABLE`'s request code.
 const SET_VRING_ENABLE: u32 = 18;
+/// `VHOST_USER_SEND_RARP`'s request code.
+const SEND_RARP: u32 = 19;
+/// Header flags: a reply, and "the frontend wants a reply" (REPLY_ACK).
+const FLAG_REPLY: u32 = 1 << 2;
+const FLAG_NEED_REPLY: u32 = 1 << 3;
+
+/// Serves SEND_RARP, which the `vhost` crate's dispatcher does not know: QEMU sends it
+/// after a migration when the guest cannot announce itself (no GUEST_ANNOUNCE), with the
+/// guest's MAC; the switch broadcasts a RARP from that MAC as if the guest had, so every
+/// learning table on the way (this one, and over tunnels the other hosts') learns where the
+/// guest is now. Returns false if the next message is not SEND_RARP (or RARP was not
+/// negotiated), leaving it for the dispatcher.
+fn serve_send_rarp(ctx: &ConnectionContext, port: &Arc<Port>, session: &Session) -> bool {
+    let mut hdr = [0u8; 12];
+    let fd = session.stream.as_raw_fd();
+    let peeked = nix::sys::socket::recv(fd, &mut hdr, nix::sys::socket::MsgFlags::MSG_PEEK);
+    let word = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    if peeked != Ok(hdr.len()) || word(&hdr, 0) != SEND_RARP {
+        return false;
+    }
+    // On the destination of a migration QEMU sends it before SET_FEATURES (the device
+    // starts when the guest runs): the protocol features are all there is to go by.
+    let (negotiated, reply_ack) = {
+        let h = session.handler.lock().unwrap_or_else(|p| p.into_inner());
+        let acked = |f: VhostUserProtocolFeatures| h.acked_protocol_features & f.bits() != 0;
+        (
+            acked(VhostUserProtocolFeatures::RARP),
+            acked(VhostUserProtocolFeatures::REPLY_ACK),
+        )
+    };
+    if !negotiated || word(&hdr, 8) != 8 {
+        return false;
+    }
+    use std::io::{Read, Write};
+    let mut msg = [0u8; 20];
+    if (&session.stream).read_exact(&mut msg).is_err() {
+        return false;
+    }
+    let mac: [u8; 6] = [msg[12], msg[13], msg[14], msg[15], msg[16], msg[17]];
+    let ok = mac[0] & 1 == 0 && mac != [0; 6];
+    if ok {
+        log::info!(
+            "port {}: migration done: announcing {} with a RARP broadcast",
+            port.name,
+            crate::wire::EthernetAddress(mac)
+        );
+        (ctx.announce)(port, mac);
+        port.counters.announcements.fetch_add(1, Ordering::Relaxed);
+    } else {
+        port.counters
+            .protocol_errors
+            .fetch_add(1, Ordering::Relaxed);
+        port.log_bad_input(format_args!(
+            "SEND_RARP with {} refused: not a unicast address",
+            crate::wire::EthernetAddress(mac)
+        ));
+    }
+    if reply_ack && word(&msg, 4) & FLAG_NEED_REPLY != 0 {
+        let mut reply = Vec::with_capacity(20);
+        for w in [SEND_RARP, 1 | FLAG_REPLY, 8] {
+            reply.extend_from_slice(&w.to_le_bytes());
+        }
+        reply.extend_from_slice(&u64::from(!ok).to_le_bytes());
+        let _ = (&session.stream).write_all(&reply);
+    }
+    true
+}
 
 /// Peeks at the next message without consuming it: if it is SET_VRING_ENABLE, returns its
 /// (ring index, enable) body. The `vhost` crate's dispatcher refuses this message before
@@ -368,6 +441,9 @@ fn run_session(
     loop {
         if let Wake::Pause = wait(ctx, session.stream.as_fd()) {
             park(ctx, port, listener, Some(&session));
+            continue;
+        }
+        if serve_send_rarp(ctx, port, &session) {
             continue;
         }
         let early_enable = peek_vring_enable(raw_fd);

@@ -95,6 +95,8 @@ pub struct PortCounters {
     pub notifications: AtomicU64,
     /// vhost-user requests refused (protocol mistakes that did not end the connection).
     pub protocol_errors: AtomicU64,
+    /// RARP broadcasts sent for the port's guest at the end of a migration (SEND_RARP).
+    pub announcements: AtomicU64,
     /// Connections failed because the frontend's memory shrank under a mapping.
     pub memory_faults: AtomicU64,
     /// Source addresses not learned because the port reached its MAC limit.
@@ -163,6 +165,7 @@ impl PortCounters {
             connects: load(&self.connects),
             notifications: load(&self.notifications),
             protocol_errors: load(&self.protocol_errors),
+            announcements: load(&self.announcements),
             memory_faults: load(&self.memory_faults),
             mac_learn_refused: load(&self.mac_learn_refused),
             dataplane_panics: load(&self.dataplane_panics),
@@ -185,6 +188,8 @@ pub struct CounterSnapshot {
     pub connects: u64,
     pub notifications: u64,
     pub protocol_errors: u64,
+    #[serde(default)]
+    pub announcements: u64,
     #[serde(default)]
     pub memory_faults: u64,
     #[serde(default)]
