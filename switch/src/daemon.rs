@@ -77,8 +77,12 @@ fn snapshot_of(config: &Config) -> Arc<StateFile> {
     Arc::new(StateFile::new(path.unwrap_or(Path::new("")), config))
 }
 
-/// Undoes a start that failed half-way.
-fn fail_start(switch: &Switch, control: &ControlServer) {
+/// Undoes a start that failed half-way. (After a takeover the adopted ports' threads wait
+/// at their gate: it is opened first, so they see their ports removed and end.)
+fn fail_start(switch: &Switch, control: &ControlServer, gate: Option<&Gate>) {
+    if let Some(gate) = gate {
+        gate.let_through();
+    }
     switch.shutdown();
     let _ = std::fs::remove_file(control.path());
 }
@@ -222,7 +226,7 @@ impl Daemon {
             (None, Some(addr)) => match MetricsServer::bind(addr, config.metrics) {
                 Ok(m) => Some(m),
                 Err(e) => {
-                    fail_start(&switch, &control);
+                    fail_start(&switch, &control, gate.as_deref());
                     return Err(e.into());
                 }
             },
@@ -231,13 +235,13 @@ impl Daemon {
         let metrics_addr = metrics.as_ref().and_then(|m| m.local_addr());
         if let Some(vxlan) = config.vxlan {
             if let Err(e) = switch.enable_tunnel(vxlan) {
-                fail_start(&switch, &control);
+                fail_start(&switch, &control, gate.as_deref());
                 return Err(e.into());
             }
         }
         if let Some(evpn) = &config.evpn {
             if let Err(e) = switch.enable_evpn(evpn) {
-                fail_start(&switch, &control);
+                fail_start(&switch, &control, gate.as_deref());
                 return Err(e.into());
             }
         }
@@ -252,7 +256,7 @@ impl Daemon {
         for port in ports {
             let wanted = number(&port);
             if let Err(e) = switch.add_port_numbered(port, wanted) {
-                fail_start(&switch, &control);
+                fail_start(&switch, &control, gate.as_deref());
                 return Err(e.into());
             }
         }
@@ -263,7 +267,7 @@ impl Daemon {
             .then(|| snapshot.clone());
         if let Some(saved) = &saved {
             if let Err(e) = snapshot.restore(&switch, saved) {
-                fail_start(&switch, &control);
+                fail_start(&switch, &control, gate.as_deref());
                 return Err(e.into());
             }
             log::info!(
@@ -282,7 +286,7 @@ impl Daemon {
         // The merged configuration is the new saved state (and its base the config file).
         if let Some(state) = &state {
             if let Err(e) = state.save(&switch) {
-                fail_start(&switch, &control);
+                fail_start(&switch, &control, gate.as_deref());
                 return Err(e.into());
             }
         }

@@ -425,12 +425,46 @@ fn receive_fds(stream: &UnixStream, count: usize) -> Result<Vec<OwnedFd>, Takeov
     Ok(fds)
 }
 
+/// Waits until process `pid` has exited (its pidfd becomes readable once every thread is
+/// gone, and with them its files); at once if it is gone already.
+fn wait_for_exit(pid: i32, timeout: Duration) -> std::io::Result<()> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is
+    // passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ESRCH) => Ok(()),
+            _ => Err(e),
+        };
+    }
+    let fd = i32::try_from(fd).map_err(|_| std::io::Error::other("pidfd out of range"))?;
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(
+        std::os::fd::AsFd::as_fd(&fd),
+        PollFlags::POLLIN,
+    )];
+    match poll(&mut fds, PollTimeout::from(ms)) {
+        Ok(0) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("process {pid} still runs after {timeout:?}"),
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The new process's side: the handover received, the old process paused, waiting for
 /// [`Incoming::ready`] or [`Incoming::fail`].
 pub struct Incoming {
     pub handover: Handover,
     pub fds: FdTable,
     conn: BufReader<UnixStream>,
+    /// The old process (its credentials on the connection), watched until it has exited.
+    old_pid: Option<i32>,
     /// When the takeover was requested.
     pub started: Instant,
 }
@@ -442,6 +476,9 @@ pub fn request(control: &Path) -> Result<Incoming, TakeoverError> {
         source,
     })?;
     let started = Instant::now();
+    let old_pid = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+        .ok()
+        .map(|c| c.pid());
     (&stream)
         .write_all(b"{\"version\":1,\"command\":\"takeover\"}\n")
         .map_err(io("asking"))?;
@@ -490,6 +527,7 @@ pub fn request(control: &Path) -> Result<Incoming, TakeoverError> {
         handover,
         fds,
         conn,
+        old_pid,
         started,
     })
 }
@@ -545,16 +583,18 @@ impl Incoming {
                 return Err(TakeoverError::Aborted(why.to_string()));
             }
         }
-        // Then the end of the connection: the old process has exited, and with it every
-        // fd (AF_XDP sockets, tap devices, the VXLAN socket) this one opens next.
+        // Then the end of the connection, and the end of the process: the connection
+        // closes while the exiting process is still closing its other fds (AF_XDP sockets,
+        // tap devices, the VXLAN socket, which this one opens next); its exit comes after.
         let mut rest = Vec::new();
-        match (&mut self.conn).take(64 * 1024).read_to_end(&mut rest) {
-            Ok(_) => Ok(self.started.elapsed()),
-            Err(e) => Err(TakeoverError::Io {
-                doing: "waiting for the old process to exit",
-                source: e,
-            }),
+        (&mut self.conn)
+            .take(64 * 1024)
+            .read_to_end(&mut rest)
+            .map_err(io("waiting for the old process to exit"))?;
+        if let Some(pid) = self.old_pid {
+            wait_for_exit(pid, EXIT_TIMEOUT).map_err(io("waiting for the old process to exit"))?;
         }
+        Ok(self.started.elapsed())
     }
 
     /// Tells the old process to go on: this one cannot take over.

@@ -9,12 +9,16 @@ use std::time::{Duration, Instant};
 
 use patchbay_tests::frames::{frame, mac};
 use patchbay_tests::frontend::TestPort;
-use patchbay_tests::switch::{connect, flowctl_at, forwards, SwitchProcess, TestDir};
+use patchbay_tests::switch::{
+    connect, flowctl_at, forwards, vxlan_test_port, SwitchProcess, TestDir,
+};
 use vhost::vhost_user::VhostUserFrontend;
 
 const START: Duration = Duration::from_secs(20);
 
-fn write_config(dir: &TestDir) -> std::path::PathBuf {
+/// The switch's config: ports a and b on VLAN 10, and VLAN 10 as VNI 42 to a remote VTEP
+/// at 127.0.0.2 on UDP port `vxlan` (the test's socket).
+fn write_config(dir: &TestDir, vxlan: u16) -> std::path::PathBuf {
     let path = dir.join("switch.toml");
     let text = format!(
         r#"[control]
@@ -32,6 +36,15 @@ vlan = 10
 name = "b"
 socket = "{b}"
 vlan = 10
+
+[vxlan]
+local_ip = "127.0.0.1"
+port = {vxlan}
+
+[[vxlan.vnis]]
+vni = 42
+vlan = 10
+remotes = ["127.0.0.2"]
 "#,
         control = dir.join("control.sock").display(),
         a = dir.join("a.sock").display(),
@@ -132,7 +145,12 @@ impl Stream {
 #[test]
 fn a_takeover_moves_ports_frontends_flows_and_sockets_to_the_new_process() {
     let dir = TestDir::new("takeover");
-    let config = write_config(&dir);
+    let vxlan = vxlan_test_port();
+    let remote_vtep = std::net::UdpSocket::bind(("127.0.0.2", vxlan)).expect("remote VTEP");
+    remote_vtep
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let config = write_config(&dir, vxlan);
     let mut old = SwitchProcess::start(&config, false);
     let running = old
         .wait_log("switch running", START)
@@ -212,8 +230,8 @@ fn a_takeover_moves_ports_frontends_flows_and_sockets_to_the_new_process() {
         .iter()
         .filter_map(|p| p["name"].as_str())
         .collect();
-    assert_eq!(names, ["a", "b", "c"]);
-    for p in ports.as_array().unwrap().iter().take(2) {
+    assert_eq!(names, ["vxlan", "a", "b", "c"]);
+    for p in ports.as_array().unwrap().iter().skip(1).take(2) {
         assert_eq!(
             p["state"], "connected",
             "port {} stayed connected",
@@ -230,6 +248,29 @@ fn a_takeover_moves_ports_frontends_flows_and_sockets_to_the_new_process() {
     assert!(text.contains("patchbay_build_info"));
     assert!(new.is_running());
     assert_ne!(new.child.id(), old_pid);
+    // The tunnel is the new process's: it was opened once the old one had let it go, and
+    // a broadcast from a crosses it to the remote VTEP.
+    while remote_vtep.recv(&mut [0u8; 2048]).is_ok_and(|n| n > 0) {
+        remote_vtep
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+    }
+    remote_vtep
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let broadcast = frame([0xff; 6], mac(1), 424_242, 80);
+    a.send(&broadcast).expect("send");
+    let mut packet = [0u8; 2048];
+    let n = remote_vtep
+        .recv(&mut packet)
+        .expect("a VXLAN packet reaches the remote VTEP");
+    assert_eq!(&packet[4..7], &[0, 0, 42], "VNI 42");
+    assert_eq!(
+        &packet[8..n],
+        broadcast.as_slice(),
+        "the broadcast, encapsulated"
+    );
+    assert!(flowctl(&dir, &["show", "tunnel"]).contains("42"));
     // A frontend that connects now is served by the new process.
     let mut c = connect(&dir, "c");
     forwards(&mut c, &mut a, &frame(mac(1), mac(3), 7, 64));
@@ -238,7 +279,7 @@ fn a_takeover_moves_ports_frontends_flows_and_sockets_to_the_new_process() {
 #[test]
 fn a_takeover_whose_new_process_goes_away_leaves_the_running_switch_as_it_was() {
     let dir = TestDir::new("takeover-abort");
-    let config = write_config(&dir);
+    let config = write_config(&dir, vxlan_test_port());
     let mut old = SwitchProcess::start(&config, false);
     old.wait_log("switch running", START)
         .expect("old switch starts");
