@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use patchbay_tests::frames::{frame, mac};
 use patchbay_tests::frontend::{FrontendConfig, TestPort};
-use patchbay_tests::switch::{SwitchProcess, TestDir};
+use patchbay_tests::switch::{write_config_file, SwitchProcess, TestDir};
 
 /// A Linux qdisc's default length (txqueuelen 1000).
 const QUEUE: usize = 1000;
@@ -157,24 +157,6 @@ impl Guests {
     }
 }
 
-fn config(dir: &TestDir) -> PathBuf {
-    let path = dir.join("switch.toml");
-    let port = |name: &str| {
-        format!(
-            "[[port]]\nname = \"{name}\"\nsocket = \"{}\"\nmode = \"client\"\nvlan = 10\n",
-            dir.join(&format!("{name}.sock")).display()
-        )
-    };
-    let text = format!(
-        "[control]\nsocket = \"{}\"\n[metrics]\nlisten = \"off\"\n{}{}",
-        dir.join("control.sock").display(),
-        port("a"),
-        port("b")
-    );
-    std::fs::write(&path, text).expect("config written");
-    path
-}
-
 struct Event {
     kind: &'static str,
     lost: u64,
@@ -191,7 +173,7 @@ fn main() {
     let rounds: usize = env_or("PATCHBAY_UPGRADE_ROUNDS", 3);
     let pps: u64 = env_or("PATCHBAY_UPGRADE_PPS", 100_000);
     let dir = TestDir::new("bench-upgrade");
-    let config = config(&dir);
+    let config = write_config_file(&dir, "", &[("a", "client", 10), ("b", "client", 10)]);
     let (a, b, mut switch) = accept_both(&dir.path, || SwitchProcess::start(&config, false));
     let mut g = Guests {
         dir: dir.path.clone(),

@@ -113,6 +113,9 @@ pub struct GuestNic {
     pub device_opts: String,
     /// Queue pairs (`queues=` on the netdev, `mq=on` on the device when more than one).
     pub queues: u16,
+    /// Client mode: redial the switch's socket every this many seconds after it goes away
+    /// (the chardev's `reconnect=`), as a guest that survives a switch restart needs.
+    pub reconnect: Option<u32>,
 }
 
 impl GuestNic {
@@ -124,6 +127,7 @@ impl GuestNic {
             transport: Transport::Pci,
             device_opts: String::new(),
             queues: 1,
+            reconnect: None,
         }
     }
 }
@@ -224,7 +228,10 @@ impl QemuGuest {
                 nic.socket.display()
             )
         } else {
-            format!("socket,id=chr0,path={}", nic.socket.display())
+            let reconnect = nic
+                .reconnect
+                .map_or(String::new(), |s| format!(",reconnect={s}"));
+            format!("socket,id=chr0,path={}{reconnect}", nic.socket.display())
         };
         let append = format!(
             "console=ttyS0 tsc_early_khz={} tsc=reliable quiet pb.name={name} {params}",
@@ -399,6 +406,16 @@ impl Console {
             .to_string())
     }
 
+    /// [`Console::run`] for a command that must succeed (exit status 0) within 3 minutes:
+    /// its output lines.
+    pub fn run_ok(&mut self, command: &str) -> Vec<String> {
+        let (status, out) = self
+            .run(command, Duration::from_secs(180))
+            .unwrap_or_else(|e| panic!("{}: `{command}`: {e}", self.name));
+        assert_eq!(status, 0, "{}: `{command}`: {out:?}", self.name);
+        out
+    }
+
     /// Runs a shell command in the guest; returns its exit status and output lines.
     pub fn run(
         &mut self,
@@ -463,6 +480,27 @@ pub fn skip_or_fail(test: &str, reason: &str) {
         panic!("{test}: cannot run and PATCHBAY_REQUIRE_KVM=1: {reason}");
     }
     eprintln!("SKIPPED {test}: {reason}");
+}
+
+/// Starts a TCP sink in `to` on port 5000, writing what arrives to /tmp/got (see
+/// [`received_sum`]).
+pub fn start_tcp_sink(to: &mut QemuGuest) {
+    to.run_ok("rm -f /tmp/got; (sleep 600 | nc -l -p 5000 > /tmp/got &) ; sleep 0.3");
+}
+
+/// Starts sending `mib` MiB of random bytes (kept in /tmp/data: see [`sum_of`]) from `from`
+/// to `ip` port 5000, in the background; `also` (a shell command, e.g. pings into a file)
+/// runs in the background beside it.
+pub fn start_tcp_stream(from: &mut QemuGuest, ip: &str, mib: u32, also: &str) {
+    let also = if also.is_empty() {
+        String::new()
+    } else {
+        format!("({also} &); ")
+    };
+    from.run_ok(&format!(
+        "dd if=/dev/urandom of=/tmp/data bs=1M count={mib} 2>/dev/null; \
+         (nc {ip} 5000 < /tmp/data > /dev/null 2>&1 &); {also}sleep 1"
+    ));
 }
 
 /// The SHA-256 of `/tmp/got` in `to` once it holds `size` bytes (waiting up to 30 s), and

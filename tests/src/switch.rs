@@ -343,3 +343,28 @@ pub fn flowctl_at(socket: &Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Writes `dir/switch.toml` for a switch process: its control socket `dir/control.sock`,
+/// `sections` (TOML tables such as `[switch]` or `[vxlan]`; the metrics endpoint is off
+/// unless they have a `[metrics]` table) and one access port per (name, mode, VLAN), its
+/// socket `dir/NAME.sock`. Returns the file's path.
+pub fn write_config_file(dir: &TestDir, sections: &str, ports: &[(&str, &str, u16)]) -> PathBuf {
+    let mut text = format!(
+        "[control]\nsocket = \"{}\"\n",
+        dir.join("control.sock").display()
+    );
+    if !sections.contains("[metrics]") {
+        text.push_str("[metrics]\nlisten = \"off\"\n");
+    }
+    text.push_str(sections);
+    text.push('\n');
+    for (name, mode, vlan) in ports {
+        text.push_str(&format!(
+            "[[port]]\nname = \"{name}\"\nsocket = \"{}\"\nmode = \"{mode}\"\nvlan = {vlan}\n",
+            dir.join(&format!("{name}.sock")).display()
+        ));
+    }
+    let path = dir.join("switch.toml");
+    std::fs::write(&path, text).expect("config written");
+    path
+}

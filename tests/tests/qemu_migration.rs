@@ -7,19 +7,16 @@
 
 use std::time::{Duration, Instant};
 
-use patchbay_tests::guest::{received_sum, skip_or_fail, sum_of, GuestImage, GuestNic, QemuGuest};
+use patchbay_tests::guest::{
+    received_sum, skip_or_fail, start_tcp_sink, start_tcp_stream, sum_of, GuestImage, GuestNic,
+    QemuGuest,
+};
 use patchbay_tests::qmp::Qmp;
 use patchbay_tests::switch::{access_ports, loopback_vtep, start_switch, vxlan_test_port, TestDir};
 use serde_json::json;
 
 const BOOT: Duration = Duration::from_secs(120);
 const LONG: Duration = Duration::from_secs(180);
-
-fn ok(g: &mut QemuGuest, command: &str) -> Vec<String> {
-    let (status, out) = g.run(command, LONG).unwrap();
-    assert_eq!(status, 0, "{}: `{command}`: {out:?}", g.name);
-    out
-}
 
 /// A switch with ports src, dst and peer; the guest booted on src, a peer guest on peer,
 /// and a destination QEMU on dst waiting for the guest (`-incoming`); QMP to both. With two
@@ -173,15 +170,12 @@ fn migrate_with_a_tcp_stream(test: &str, name: &str, two_hosts: bool) {
     };
 
     // A TCP stream into the guest, and pings, running while it moves.
-    ok(
-        &mut src,
-        "rm -f /tmp/got; (sleep 600 | nc -l -p 5000 > /tmp/got &) ; sleep 0.3",
-    );
-    ok(
+    start_tcp_sink(&mut src);
+    start_tcp_stream(
         &mut peer,
-        "dd if=/dev/urandom of=/tmp/data bs=1M count=24 2>/dev/null; \
-         (nc 10.0.77.1 5000 < /tmp/data > /dev/null 2>&1 &); \
-         (ping -c 40 -i 0.2 -W 1 10.0.77.1 > /tmp/ping 2>&1 &); sleep 0.5",
+        "10.0.77.1",
+        24,
+        "ping -c 40 -i 0.2 -W 1 10.0.77.1 > /tmp/ping 2>&1",
     );
 
     let started = Instant::now();
@@ -209,10 +203,7 @@ fn migrate_with_a_tcp_stream(test: &str, name: &str, two_hosts: bool) {
 
     // The stream arrives whole at the guest, now behind port dst.
     let (got, _) = received_sum(&mut dst, 24 << 20);
-    let out = ok(
-        &mut peer,
-        "sleep 9; sha256sum /tmp/data; tail -n 3 /tmp/ping",
-    );
+    let out = peer.run_ok("sleep 9; sha256sum /tmp/data; tail -n 3 /tmp/ping");
     let sent = sum_of(&out, "/tmp/data").expect("sender's sum");
     assert_eq!(
         got, sent,

@@ -5,17 +5,13 @@
 
 use std::time::{Duration, Instant};
 
-use patchbay_tests::guest::{received_sum, skip_or_fail, sum_of, GuestImage, GuestNic, QemuGuest};
-use patchbay_tests::switch::{flowctl_at, SwitchProcess, TestDir};
+use patchbay_tests::guest::{
+    received_sum, skip_or_fail, start_tcp_sink, start_tcp_stream, sum_of, GuestImage, GuestNic,
+    QemuGuest,
+};
+use patchbay_tests::switch::{flowctl_at, write_config_file, SwitchProcess, TestDir};
 
 const BOOT: Duration = Duration::from_secs(120);
-const LONG: Duration = Duration::from_secs(180);
-
-fn ok(g: &mut QemuGuest, command: &str) -> Vec<String> {
-    let (status, out) = g.run(command, LONG).unwrap();
-    assert_eq!(status, 0, "{}: `{command}`: {out:?}", g.name);
-    out
-}
 
 #[test]
 fn qemu_guests_keep_their_tcp_stream_across_two_takeovers() {
@@ -26,19 +22,7 @@ fn qemu_guests_keep_their_tcp_stream_across_two_takeovers() {
     };
     let dir = TestDir::new("qemu-takeover");
     let control = dir.join("control.sock");
-    let config = dir.join("switch.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[control]\nsocket = \"{}\"\n[metrics]\nlisten = \"off\"\n\
-             [[port]]\nname = \"a\"\nsocket = \"{}\"\nvlan = 10\n\
-             [[port]]\nname = \"b\"\nsocket = \"{}\"\nvlan = 10\n",
-            control.display(),
-            dir.join("a.sock").display(),
-            dir.join("b.sock").display()
-        ),
-    )
-    .unwrap();
+    let config = write_config_file(&dir, "", &[("a", "server", 10), ("b", "server", 10)]);
     let mut switch = SwitchProcess::start(&config, false);
     switch
         .wait_log("switch running", Duration::from_secs(20))
@@ -64,15 +48,12 @@ fn qemu_guests_keep_their_tcp_stream_across_two_takeovers() {
     assert_eq!(warm.received, 2, "before the takeovers: {warm:?}");
 
     // A TCP stream into a and pings to it, running across both takeovers.
-    ok(
-        &mut a,
-        "rm -f /tmp/got; (sleep 600 | nc -l -p 5000 > /tmp/got &) ; sleep 0.3",
-    );
-    ok(
+    start_tcp_sink(&mut a);
+    start_tcp_stream(
         &mut b,
-        "dd if=/dev/urandom of=/tmp/data bs=1M count=24 2>/dev/null; \
-         (nc 10.0.78.1 5000 < /tmp/data > /dev/null 2>&1 &); \
-         (ping -c 40 -i 0.2 -W 1 10.0.78.1 > /tmp/ping 2>&1 &); sleep 1",
+        "10.0.78.1",
+        24,
+        "ping -c 40 -i 0.2 -W 1 10.0.78.1 > /tmp/ping 2>&1",
     );
     for round in 1..=2 {
         let started = Instant::now();
@@ -94,7 +75,7 @@ fn qemu_guests_keep_their_tcp_stream_across_two_takeovers() {
     }
 
     let (got, _) = received_sum(&mut a, 24 << 20);
-    let out = ok(&mut b, "sleep 6; sha256sum /tmp/data; tail -n 3 /tmp/ping");
+    let out = b.run_ok("sleep 6; sha256sum /tmp/data; tail -n 3 /tmp/ping");
     let sent = sum_of(&out, "/tmp/data").expect("sender's sum");
     assert_eq!(got, sent, "the TCP stream crossed both takeovers whole");
     let summary = out

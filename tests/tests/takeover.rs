@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use patchbay_tests::frames::{frame, mac};
 use patchbay_tests::frontend::TestPort;
 use patchbay_tests::switch::{
-    connect, flowctl_at, forwards, vxlan_test_port, SwitchProcess, TestDir,
+    connect, flowctl_at, forwards, vxlan_test_port, write_config_file, SwitchProcess, TestDir,
 };
 use vhost::vhost_user::VhostUserFrontend;
 
@@ -19,39 +19,12 @@ const START: Duration = Duration::from_secs(20);
 /// The switch's config: ports a and b on VLAN 10, and VLAN 10 as VNI 42 to a remote VTEP
 /// at 127.0.0.2 on UDP port `vxlan` (the test's socket).
 fn write_config(dir: &TestDir, vxlan: u16) -> std::path::PathBuf {
-    let path = dir.join("switch.toml");
-    let text = format!(
-        r#"[control]
-socket = "{control}"
-
-[metrics]
-listen = "127.0.0.1:0"
-
-[[port]]
-name = "a"
-socket = "{a}"
-vlan = 10
-
-[[port]]
-name = "b"
-socket = "{b}"
-vlan = 10
-
-[vxlan]
-local_ip = "127.0.0.1"
-port = {vxlan}
-
-[[vxlan.vnis]]
-vni = 42
-vlan = 10
-remotes = ["127.0.0.2"]
-"#,
-        control = dir.join("control.sock").display(),
-        a = dir.join("a.sock").display(),
-        b = dir.join("b.sock").display(),
+    let sections = format!(
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [vxlan]\nlocal_ip = \"127.0.0.1\"\nport = {vxlan}\n\
+         [[vxlan.vnis]]\nvni = 42\nvlan = 10\nremotes = [\"127.0.0.2\"]\n"
     );
-    std::fs::write(&path, text).expect("config written");
-    path
+    write_config_file(dir, &sections, &[("a", "server", 10), ("b", "server", 10)])
 }
 
 fn flowctl(dir: &TestDir, args: &[&str]) -> String {
