@@ -13,7 +13,7 @@ use crate::metrics::{MetricsError, MetricsServer};
 use crate::port::pause::Gate;
 use crate::state::StateFile;
 use crate::switch::{Switch, SwitchError};
-use crate::takeover::{Incoming, Source, TakeoverError};
+use crate::takeover::{Handed, Incoming, Source, TakeoverError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -48,6 +48,8 @@ struct Prepared {
     metrics: Option<MetricsServer>,
     /// Opened once the old process is gone: the adopted ports' threads wait on it.
     gate: Arc<Gate>,
+    /// Internal ports' tap devices, by port name, opened once the old process is gone.
+    devices: std::collections::HashMap<String, crate::dataplane::HostDevice>,
 }
 
 struct Adopted {
@@ -151,10 +153,15 @@ impl Daemon {
         };
         let gate = Arc::new(Gate::closed());
         let mut rest = Vec::new();
+        let mut devices = std::collections::HashMap::new();
         for port in std::mem::take(&mut config.ports) {
-            let handed = incoming.take_port(&port.name)?;
+            let handed = incoming.take_port(&port)?;
             match handed {
-                Some(adopted)
+                Some(Handed::Device(device)) => {
+                    devices.insert(port.name.clone(), device);
+                    rest.push(port);
+                }
+                Some(Handed::Vhost(adopted))
                     if port.kind.is_vhost()
                         && (adopted.listener.is_some() || adopted.session.is_some()) =>
                 {
@@ -182,6 +189,7 @@ impl Daemon {
                 control,
                 metrics,
                 gate,
+                devices,
             },
         })
     }
@@ -190,7 +198,7 @@ impl Daemon {
     fn build(mut config: Config, prepared: Option<Prepared>) -> Result<Daemon, DaemonError> {
         config.check()?;
         let taken_over = prepared.is_some();
-        let (switch, snapshot, saved, control, metrics, gate) = match prepared {
+        let (switch, snapshot, saved, control, metrics, gate, mut devices) = match prepared {
             Some(p) => (
                 p.switch,
                 p.snapshot,
@@ -198,6 +206,7 @@ impl Daemon {
                 p.control,
                 p.metrics,
                 Some(p.gate),
+                p.devices,
             ),
             None => {
                 // The saved running configuration, merged into the config file's before
@@ -218,7 +227,15 @@ impl Daemon {
                 };
                 let switch = new_switch(&config)?;
                 let control = ControlServer::bind(&config.control_socket)?;
-                (switch, snapshot, saved, control, None, None)
+                (
+                    switch,
+                    snapshot,
+                    saved,
+                    control,
+                    None,
+                    None,
+                    Default::default(),
+                )
             }
         };
         let metrics = match (metrics, config.metrics_listen) {
@@ -255,7 +272,8 @@ impl Daemon {
         ports.sort_by_key(|p| number(p).map_or((1, 0), |n| (0, n)));
         for port in ports {
             let wanted = number(&port);
-            if let Err(e) = switch.add_port_numbered(port, wanted) {
+            let device = devices.remove(&port.name);
+            if let Err(e) = switch.add_port_with_device(port, wanted, device) {
                 fail_start(&switch, &control, gate.as_deref());
                 return Err(e.into());
             }

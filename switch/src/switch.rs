@@ -406,9 +406,20 @@ impl Switch {
         config: PortConfig,
         wanted: Option<PortId>,
     ) -> Result<PortId, SwitchError> {
+        self.add_port_with_device(config, wanted, None)
+    }
+
+    /// [`Switch::add_port_numbered`], an internal port taking over the tap device `device`
+    /// that another process handed over (`--takeover`) instead of creating one.
+    pub fn add_port_with_device(
+        self: &Arc<Self>,
+        config: PortConfig,
+        wanted: Option<PortId>,
+        device: Option<crate::dataplane::HostDevice>,
+    ) -> Result<PortId, SwitchError> {
         let port = self.insert_port(config, wanted)?;
         if port.is_host_port() {
-            return self.start_host_port(port);
+            return self.start_host_port(port, device);
         }
         let spawned = connection::spawn(self.connection_context(), port.clone());
         self.supervise(port, spawned)
@@ -522,8 +533,17 @@ impl Switch {
 
     /// Opens an internal port's device or an uplink's socket and starts serving it; on
     /// failure the slot is freed again.
-    fn start_host_port(&self, port: Arc<Port>) -> Result<PortId, SwitchError> {
-        match crate::host_port::start(self.fabric.clone(), port.clone(), self.doorbell.clone()) {
+    fn start_host_port(
+        &self,
+        port: Arc<Port>,
+        device: Option<crate::dataplane::HostDevice>,
+    ) -> Result<PortId, SwitchError> {
+        match crate::host_port::start(
+            self.fabric.clone(),
+            port.clone(),
+            self.doorbell.clone(),
+            device,
+        ) {
             Ok(handle) => {
                 self.supervisors
                     .lock()

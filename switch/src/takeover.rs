@@ -95,13 +95,24 @@ pub struct Handover {
     pub ports: Vec<PortHandover>,
 }
 
-/// One vhost-user port's sockets and frontend.
+/// One port's sockets and frontend (a vhost-user port), or its tap device (an internal
+/// port).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PortHandover {
     pub name: String,
     pub listener: Option<usize>,
     pub stream: Option<usize>,
     pub session: Option<SessionState>,
+    #[serde(default)]
+    pub device: Option<DeviceHandover>,
+}
+
+/// An internal port's tap device: its name and its queues' fds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceHandover {
+    pub name: String,
+    pub queues: Vec<usize>,
+    pub offloads: bool,
 }
 
 /// What the old process hands over besides its ports.
@@ -280,6 +291,37 @@ impl Source {
                 listener,
                 stream,
                 session,
+                device: None,
+            });
+        }
+        // Internal ports' tap devices: handed over, the device (and what the host set on
+        // it) survives. Uplinks' sockets are opened again by the new process.
+        for port in self.switch.ports() {
+            if port.kind != crate::port::PortKind::Internal {
+                continue;
+            }
+            let Some(device) = self
+                .switch
+                .fabric()
+                .host_egress(&port)
+                .and_then(|e| e.handover())
+            else {
+                continue;
+            };
+            ports.push(PortHandover {
+                name: port.name.clone(),
+                listener: None,
+                stream: None,
+                session: None,
+                device: Some(DeviceHandover {
+                    name: port.config.interface_name().to_string(),
+                    queues: device
+                        .queues
+                        .into_iter()
+                        .map(|f| fds.push(OwnedFd::from(f)))
+                        .collect(),
+                    offloads: device.offloads,
+                }),
             });
         }
         let handover = Handover {
@@ -469,6 +511,12 @@ pub struct Incoming {
     pub started: Instant,
 }
 
+/// What was handed over of one port.
+pub enum Handed {
+    Vhost(crate::switch::AdoptedPort),
+    Device(crate::dataplane::HostDevice),
+}
+
 /// Asks the switch on `control` to hand over (the new process's first step).
 pub fn request(control: &Path) -> Result<Incoming, TakeoverError> {
     let stream = UnixStream::connect(control).map_err(|source| TakeoverError::Connect {
@@ -533,15 +581,38 @@ pub fn request(control: &Path) -> Result<Incoming, TakeoverError> {
 }
 
 impl Incoming {
-    /// The port's handed-over sockets, taken out of the table.
+    /// What was handed over of port `port` (as this process's config describes it): a
+    /// vhost-user port's sockets, or an internal port's tap device if it is the same device
+    /// (name and queues) the config asks for; taken out of the table.
     pub fn take_port(
         &mut self,
-        name: &str,
-    ) -> Result<Option<crate::switch::AdoptedPort>, TakeoverError> {
-        let Some(index) = self.handover.ports.iter().position(|p| p.name == name) else {
+        port: &crate::port::PortConfig,
+    ) -> Result<Option<Handed>, TakeoverError> {
+        let name = &port.name;
+        let Some(index) = self.handover.ports.iter().position(|p| &p.name == name) else {
             return Ok(None);
         };
         let p = self.handover.ports.remove(index);
+        if let Some(d) = p.device {
+            let same = port.kind == crate::port::PortKind::Internal
+                && d.name == port.interface_name()
+                && d.queues.len() == port.queue_pairs.map_or(1, usize::from);
+            let mut queues = Vec::with_capacity(d.queues.len());
+            for i in d.queues {
+                queues.push(std::fs::File::from(self.fds.take(i)?));
+            }
+            if !same {
+                log::warn!(
+                    "takeover: port {name}: the config changed its device; {} is created anew",
+                    port.interface_name()
+                );
+                return Ok(None);
+            }
+            return Ok(Some(Handed::Device(crate::dataplane::HostDevice {
+                queues,
+                offloads: d.offloads,
+            })));
+        }
         let listener = p
             .listener
             .map(|i| self.fds.take(i).map(UnixListener::from))
@@ -555,7 +626,10 @@ impl Incoming {
                 )))
             }
         };
-        Ok(Some(crate::switch::AdoptedPort { listener, session }))
+        Ok(Some(Handed::Vhost(crate::switch::AdoptedPort {
+            listener,
+            session,
+        })))
     }
 
     /// Tells the old process this one is ready, and waits until it has let go and exited.

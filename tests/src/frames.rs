@@ -53,3 +53,31 @@ pub fn strip_tag(f: &[u8]) -> Vec<u8> {
         f.to_vec()
     }
 }
+
+/// An ARP request (`op` 1, broadcast) or reply (`op` 2, to `dst_mac`), padded to 60 bytes.
+pub fn arp(
+    op: u16,
+    src_mac: [u8; 6],
+    src_ip: [u8; 4],
+    dst_mac: [u8; 6],
+    target_ip: [u8; 4],
+) -> Vec<u8> {
+    let eth_dst = if op == 1 { [0xff; 6] } else { dst_mac };
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&eth_dst);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4]);
+    f.extend_from_slice(&op.to_be_bytes());
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&src_ip);
+    f.extend_from_slice(&if op == 1 { [0; 6] } else { dst_mac });
+    f.extend_from_slice(&target_ip);
+    f.resize(60, 0);
+    f
+}
+
+/// The sender MAC of an ARP reply for `ip` in `f`, if it is one.
+pub fn arp_reply_for(f: &[u8], ip: [u8; 4]) -> Option<[u8; 6]> {
+    (f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2] && f[28..32] == ip)
+        .then(|| f[22..28].try_into().unwrap())
+}

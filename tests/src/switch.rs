@@ -238,9 +238,15 @@ pub struct SwitchProcess {
 impl SwitchProcess {
     /// Starts `patchbay-switch` with `args`.
     pub fn spawn(args: &[&std::ffi::OsStr]) -> SwitchProcess {
+        let mut command = std::process::Command::new(workspace_bin("patchbay-switch"));
+        command.args(args);
+        SwitchProcess::spawn_command(command)
+    }
+
+    /// Runs `command` (a `patchbay-switch`, perhaps behind `ip netns exec`).
+    pub fn spawn_command(mut command: std::process::Command) -> SwitchProcess {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(workspace_bin("patchbay-switch"))
-            .args(args)
+        let mut child = command
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("patchbay-switch starts");

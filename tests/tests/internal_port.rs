@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use etherparse::{Icmpv4Type, PacketBuilder, SlicedPacket};
+use patchbay_tests::frames::{arp, arp_reply_for};
 use patchbay_tests::frontend::{FrontendConfig, TestPort};
 use patchbay_tests::guest::skip_or_fail;
 use patchbay_tests::netns::{self, Netns, SwitchProc};
@@ -18,33 +19,6 @@ const VM_IP: [u8; 4] = [192, 0, 2, 10];
 const HOST10_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x10, 0x01];
 const HOST10_IP: [u8; 4] = [192, 0, 2, 1];
 const HOST20_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x20, 0x01];
-
-fn arp(
-    op: u16,
-    src_mac: [u8; 6],
-    src_ip: [u8; 4],
-    dst_mac: [u8; 6],
-    target_ip: [u8; 4],
-) -> Vec<u8> {
-    let eth_dst = if op == 1 { [0xff; 6] } else { dst_mac };
-    let mut f = Vec::with_capacity(60);
-    f.extend_from_slice(&eth_dst);
-    f.extend_from_slice(&src_mac);
-    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4]);
-    f.extend_from_slice(&op.to_be_bytes());
-    f.extend_from_slice(&src_mac);
-    f.extend_from_slice(&src_ip);
-    f.extend_from_slice(&if op == 1 { [0; 6] } else { dst_mac });
-    f.extend_from_slice(&target_ip);
-    f.resize(60, 0);
-    f
-}
-
-/// The sender MAC of an ARP reply for `ip` in `f`, if it is one.
-fn arp_reply_for(f: &[u8], ip: [u8; 4]) -> Option<[u8; 6]> {
-    (f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2] && f[28..32] == ip)
-        .then(|| f[22..28].try_into().unwrap())
-}
 
 /// Frames arriving at `vm` until one satisfies `want` (returned) or `timeout` passes (None);
 /// every frame seen is handed to `seen`.

@@ -7,10 +7,11 @@ use std::io::{BufRead, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use patchbay_tests::frames::{frame, mac};
+use patchbay_tests::frames::{arp, arp_reply_for, frame, mac};
 use patchbay_tests::frontend::TestPort;
 use patchbay_tests::switch::{
-    connect, flowctl_at, forwards, vxlan_test_port, write_config_file, SwitchProcess, TestDir,
+    connect, flowctl_at, forwards, vxlan_test_port, workspace_bin, write_config_file,
+    SwitchProcess, TestDir,
 };
 use vhost::vhost_user::VhostUserFrontend;
 
@@ -296,4 +297,91 @@ fn a_takeover_whose_new_process_goes_away_leaves_the_running_switch_as_it_was() 
         .wait_exit(Duration::from_secs(10))
         .is_some_and(|s| s.success()));
     forwards(&mut a, &mut b, &frame(mac(2), mac(1), 4, 100));
+}
+
+/// An internal port's tap device is handed over too: the device is the same one afterwards
+/// (same interface index, the address the host gave it still there), and the host answers
+/// ARP through the new process.
+#[test]
+fn an_internal_ports_tap_device_survives_a_takeover() {
+    const TEST: &str = "an_internal_ports_tap_device_survives_a_takeover";
+    if let Err(e) = patchbay_tests::netns::available() {
+        return patchbay_tests::guest::skip_or_fail(TEST, &e);
+    }
+    const VM_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x0a];
+    const VM_IP: [u8; 4] = [192, 0, 2, 10];
+    const HOST_IP: [u8; 4] = [192, 0, 2, 1];
+    const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x10, 0x01];
+    let dir = TestDir::new("takeover-tap");
+    let ns = patchbay_tests::netns::Netns::create("pbtko").unwrap();
+    let config = write_config_file(&dir, "", &[("vm", "server", 10)]);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(
+        "[[port]]\nname = \"host10\"\ntype = \"internal\"\nvlan = 10\n\
+         mac = \"02:00:00:00:10:01\"\nqueue_pairs = 2\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let in_ns = |takeover: bool| {
+        let mut args = vec![
+            workspace_bin("patchbay-switch").into_os_string(),
+            "--config".into(),
+            config.clone().into_os_string(),
+        ];
+        if takeover {
+            args.push("--takeover".into());
+        }
+        SwitchProcess::spawn_command(ns.exec(args))
+    };
+    let mut old = in_ns(false);
+    old.wait_log("switch running", START)
+        .expect("old switch starts");
+    ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "host10"])
+        .unwrap();
+    let index =
+        |ns: &patchbay_tests::netns::Netns| ns.link_json("host10").unwrap()["ifindex"].clone();
+    let before = index(&ns);
+    let mut vm = connect(&dir, "vm");
+    let arp_through = |vm: &mut TestPort| {
+        vm.send(&arp(1, VM_MAC, VM_IP, [0; 6], HOST_IP))
+            .expect("send");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(f) = vm.recv(Duration::from_millis(50)).expect("recv") {
+                if let Some(mac) = arp_reply_for(&f, HOST_IP) {
+                    return Some(mac);
+                }
+            }
+        }
+        None
+    };
+    assert_eq!(
+        arp_through(&mut vm),
+        Some(HOST_MAC),
+        "the host answers before"
+    );
+
+    let mut new = in_ns(true);
+    new.wait_log("takeover complete", START)
+        .expect("the takeover completes");
+    assert!(old
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+    assert!(
+        new.log
+            .iter()
+            .any(|l| l.contains("tap device host10 taken over")),
+        "the new process took the device over"
+    );
+    assert_eq!(index(&ns), before, "the same device (interface index)");
+    assert!(
+        ns.ip(&["-4", "addr", "show", "dev", "host10"])
+            .unwrap()
+            .contains("192.0.2.1/24"),
+        "the host's address on it survived"
+    );
+    assert_eq!(
+        arp_through(&mut vm),
+        Some(HOST_MAC),
+        "the host answers through the new process"
+    );
 }

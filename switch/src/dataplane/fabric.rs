@@ -68,6 +68,20 @@ pub trait HostEgress: Send + Sync {
     fn offloads(&self) -> u64 {
         0
     }
+
+    /// Duplicates of what keeps the device open, for another process to take over
+    /// (`--takeover`); None (the default): the other process opens its own.
+    fn handover(&self) -> Option<HostDevice> {
+        None
+    }
+}
+
+/// An internal port's tap device, handed from one process to another: its queues' file
+/// descriptors (the device lives as long as one is open, so the host's addresses and routes
+/// on it survive) and whether it takes offloads.
+pub struct HostDevice {
+    pub queues: Vec<std::fs::File>,
+    pub offloads: bool,
 }
 
 /// The receive side of a host port that the dataplane workers serve in their own loop, as

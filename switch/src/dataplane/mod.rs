@@ -19,7 +19,7 @@ mod soft;
 use std::sync::Arc;
 
 pub use crate::frame::{Frame, FrameBytes, Rewrite, Source, TunnelMeta};
-pub use fabric::{Fabric, HostEgress, HostIngress, PortTable, SwitchCounters};
+pub use fabric::{Fabric, HostDevice, HostEgress, HostIngress, PortTable, SwitchCounters};
 
 use crate::flow::extract::flow_key;
 use crate::flow::pipeline::{MissPolicy, Target};

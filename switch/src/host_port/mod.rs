@@ -27,8 +27,8 @@ use std::thread;
 
 use crate::dataplane::SwitchScratch;
 use crate::dataplane::{
-    push_iovecs, switch_host_frames, Delivery, Fabric, Frame, FrameBytes, HostEgress, HostIngress,
-    Source,
+    push_iovecs, switch_host_frames, Delivery, Fabric, Frame, FrameBytes, HostDevice, HostEgress,
+    HostIngress, Source,
 };
 use crate::flow::rewrite::HeaderBuf;
 use crate::offload::{layout, Offload};
@@ -154,12 +154,14 @@ pub fn start(
     fabric: Arc<Fabric>,
     port: Arc<Port>,
     doorbell: Arc<Doorbell>,
+    adopted: Option<HostDevice>,
 ) -> Result<thread::JoinHandle<()>, HostPortError> {
-    match port.kind {
-        PortKind::Afpacket | PortKind::Afxdp => {
+    match (port.kind, adopted) {
+        (PortKind::Afpacket | PortKind::Afxdp, _) => {
             Uplink::open(&port, &fabric, doorbell)?.start(fabric, port)
         }
-        _ => InternalPort::open(&port)?.start(fabric, port),
+        (_, Some(device)) => InternalPort::adopt(&port, device)?.start(fabric, port),
+        (_, None) => InternalPort::open(&port)?.start(fabric, port),
     }
 }
 
@@ -539,6 +541,34 @@ impl InternalPort {
         })
     }
 
+    /// The tap device another process handed over (`--takeover`): the same device, with
+    /// whatever the host configured on it.
+    pub fn adopt(port: &Port, device: HostDevice) -> Result<InternalPort, HostPortError> {
+        let dev = port.config.interface_name().to_string();
+        let queues = device.queues.len();
+        let tap = Tap::adopt(&dev, device.queues, device.offloads).map_err(|source| {
+            HostPortError::Create {
+                dev: dev.clone(),
+                source,
+            }
+        })?;
+        let mtu = tap.mtu().unwrap_or(1500);
+        log::info!(
+            "port {}: tap device {dev} taken over (MTU {mtu}, {queues} queue{})",
+            port.name,
+            if queues == 1 { "" } else { "s" }
+        );
+        port.set_attachment(format!(
+            "tap, {queues} queue{}",
+            if queues == 1 { "" } else { "s" }
+        ));
+        port.set_host_queues(queues);
+        Ok(InternalPort {
+            tap,
+            max_frame: mtu + L2_OVERHEAD,
+        })
+    }
+
     /// Registers the port's egress with the fabric and starts its receive thread, which ends
     /// (and closes the device) once the port is removed or the switch stops.
     pub fn start(
@@ -715,6 +745,19 @@ impl HostEgress for InternalPort {
             TO_KERNEL
         } else {
             0
+        }
+    }
+
+    fn handover(&self) -> Option<HostDevice> {
+        match self.tap.duplicate_queues() {
+            Ok(queues) => Some(HostDevice {
+                queues,
+                offloads: self.tap.offloads(),
+            }),
+            Err(e) => {
+                log::warn!("{}: cannot duplicate its queues: {e}", self.tap.name());
+                None
+            }
         }
     }
 }

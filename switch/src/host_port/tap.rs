@@ -140,6 +140,27 @@ impl Tap {
         Ok(tap)
     }
 
+    /// The device another process opened, from duplicates of its queues' fds (the
+    /// header size, offloads and link state are the device's and stay as they were).
+    pub fn adopt(name: &str, queues: Vec<File>, offloads: bool) -> io::Result<Tap> {
+        if queues.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name}: no queue handed over"),
+            ));
+        }
+        Ok(Tap {
+            queues,
+            name: name.to_string(),
+            offloads,
+        })
+    }
+
+    /// Duplicates of the queues' fds (for a takeover).
+    pub fn duplicate_queues(&self) -> io::Result<Vec<File>> {
+        self.queues.iter().map(File::try_clone).collect()
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
