@@ -520,48 +520,36 @@ impl InternalPort {
         let dev = port.config.interface_name().to_string();
         // One queue unless the port's `queue_pairs` asks for more.
         let queues = port.config.queue_pairs.map_or(1, usize::from);
-        let tap = Tap::create(&dev, port.mac, queues).map_err(|source| HostPortError::Create {
-            dev: dev.clone(),
-            source,
-        })?;
-        let mtu = tap.mtu().unwrap_or(1500);
-        log::info!(
-            "port {}: tap device {dev} created and up (MTU {mtu}, {queues} queue{})",
-            port.name,
-            if queues == 1 { "" } else { "s" }
-        );
-        port.set_attachment(format!(
-            "tap, {queues} queue{}",
-            if queues == 1 { "" } else { "s" }
-        ));
-        port.set_host_queues(queues);
-        Ok(InternalPort {
-            tap,
-            max_frame: mtu + L2_OVERHEAD,
-        })
+        let tap = Tap::create(&dev, port.mac, queues);
+        Self::with_tap(port, dev, tap, "created and up")
     }
 
     /// The tap device another process handed over (`--takeover`): the same device, with
     /// whatever the host configured on it.
     pub fn adopt(port: &Port, device: HostDevice) -> Result<InternalPort, HostPortError> {
         let dev = port.config.interface_name().to_string();
-        let queues = device.queues.len();
-        let tap = Tap::adopt(&dev, device.queues, device.offloads).map_err(|source| {
-            HostPortError::Create {
-                dev: dev.clone(),
-                source,
-            }
+        let tap = Tap::adopt(&dev, device.queues, device.offloads);
+        Self::with_tap(port, dev, tap, "taken over")
+    }
+
+    fn with_tap(
+        port: &Port,
+        dev: String,
+        tap: std::io::Result<Tap>,
+        how: &str,
+    ) -> Result<InternalPort, HostPortError> {
+        let tap = tap.map_err(|source| HostPortError::Create {
+            dev: dev.clone(),
+            source,
         })?;
+        let queues = tap.queues();
         let mtu = tap.mtu().unwrap_or(1500);
+        let plural = if queues == 1 { "" } else { "s" };
         log::info!(
-            "port {}: tap device {dev} taken over (MTU {mtu}, {queues} queue{})",
-            port.name,
-            if queues == 1 { "" } else { "s" }
+            "port {}: tap device {dev} {how} (MTU {mtu}, {queues} queue{plural})",
+            port.name
         );
-        port.set_attachment(format!(
-            "tap, {queues} queue{}",
-            if queues == 1 { "" } else { "s" }
-        ));
+        port.set_attachment(format!("tap, {queues} queue{plural}"));
         port.set_host_queues(queues);
         Ok(InternalPort {
             tap,
