@@ -250,9 +250,18 @@ fn a_takeover_moves_ports_frontends_flows_and_sockets_to_the_new_process() {
     forwards(&mut c, &mut a, &frame(mac(1), mac(3), 7, 64));
 }
 
-#[test]
-fn a_takeover_whose_new_process_goes_away_leaves_the_running_switch_as_it_was() {
-    let dir = TestDir::new("takeover-abort");
+/// A running switch (the config of [`write_config`]) with frontends on a and b, b's
+/// address learned.
+fn running(
+    name: &str,
+) -> (
+    TestDir,
+    std::path::PathBuf,
+    SwitchProcess,
+    TestPort,
+    TestPort,
+) {
+    let dir = TestDir::new(name);
     let config = write_config(&dir, vxlan_test_port());
     let mut old = SwitchProcess::start(&config, false);
     old.wait_log("switch running", START)
@@ -260,6 +269,12 @@ fn a_takeover_whose_new_process_goes_away_leaves_the_running_switch_as_it_was() 
     let mut a = connect(&dir, "a");
     let mut b = connect(&dir, "b");
     forwards(&mut b, &mut a, &frame(mac(1), mac(2), 0, 64));
+    (dir, config, old, a, b)
+}
+
+#[test]
+fn a_takeover_whose_new_process_goes_away_leaves_the_running_switch_as_it_was() {
+    let (dir, config, mut old, mut a, mut b) = running("takeover-abort");
 
     // A "new process" that asks, reads the answer, and goes away without taking over.
     let asking = UnixStream::connect(dir.join("control.sock")).expect("control socket");
@@ -297,6 +312,36 @@ fn a_takeover_whose_new_process_goes_away_leaves_the_running_switch_as_it_was() 
         .wait_exit(Duration::from_secs(10))
         .is_some_and(|s| s.success()));
     forwards(&mut a, &mut b, &frame(mac(2), mac(1), 4, 100));
+}
+
+/// A new process that cannot set a connected frontend up again (its config gives the port
+/// fewer queue pairs than the frontend's rings) says why and exits; the running switch takes
+/// its ports back and goes on.
+#[test]
+fn a_takeover_the_new_process_cannot_complete_leaves_the_running_switch_serving() {
+    let (dir, config, mut old, mut a, mut b) = running("takeover-refused");
+
+    let edited = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("name = \"a\"\n", "name = \"a\"\nqueue_pairs = 2\n");
+    let new_config = dir.join("edited.toml");
+    std::fs::write(&new_config, edited).unwrap();
+    let mut new = SwitchProcess::start(&new_config, true);
+    let status = new.wait_exit(START).expect("the new process exits");
+    assert!(!status.success(), "the new process fails: {:?}", new.log);
+    let why = new.log.join("\n");
+    assert!(
+        why.contains("queue_pairs changed"),
+        "the new process says why: {why}"
+    );
+    old.wait_log("failed", Duration::from_secs(15))
+        .expect("the old switch says the takeover failed");
+    assert!(old.is_running(), "the old switch goes on");
+    forwards(&mut a, &mut b, &frame(mac(2), mac(1), 1, 100));
+    forwards(&mut b, &mut a, &frame(mac(1), mac(2), 2, 100));
+    a.vhost()
+        .set_vring_enable(0, true)
+        .expect("the old switch still answers its frontends");
 }
 
 /// An internal port's tap device is handed over too: the device is the same one afterwards

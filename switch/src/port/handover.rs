@@ -44,7 +44,8 @@ pub enum HandoverError {
     Anonymous { port: String, gpa: u64 },
     #[error("the handover names file descriptor {0}, which did not arrive (or came twice)")]
     MissingFd(usize),
-    #[error("port {port}: cannot set up {what} again: {message}")]
+    /// (Reported wrapped in the switch's error, which names the port.)
+    #[error("cannot set up {what} again: {message}")]
     Restore {
         port: String,
         what: String,
