@@ -232,3 +232,34 @@ fn send_rarp_broadcasts_a_rarp_from_the_guest_and_the_table_learns_it() {
     assert_eq!(counters_a().protocol_errors, errors + 1);
     d.shutdown();
 }
+
+/// SET_LOG_FD (an eventfd a backend may signal after logging; QEMU reads the log without
+/// it) is accepted and acknowledged, and the connection goes on; the `vhost` crate's
+/// dispatcher alone would close it.
+#[test]
+fn set_log_fd_is_acknowledged_and_the_connection_goes_on() {
+    let dir = TestDir::new("set-log-fd");
+    let d = start_switch(
+        &dir.path,
+        access_ports(&dir.path, &[("a", 10), ("b", 10)]),
+        |_| {},
+    );
+    let mut a = patchbay_tests::switch::connect(&dir, "a");
+    let mut b = patchbay_tests::switch::connect(&dir, "b");
+    let eventfd = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+    a.vhost()
+        .set_log_fd(eventfd.as_raw_fd())
+        .expect("SET_LOG_FD acknowledged");
+    patchbay_tests::switch::forwards(&mut a, &mut b, &frame(mac(2), mac(1), 1, 64));
+    assert_eq!(
+        d.switch
+            .port_by_name("a")
+            .unwrap()
+            .counters
+            .snapshot()
+            .connects,
+        1,
+        "the same connection"
+    );
+    d.shutdown();
+}

@@ -289,23 +289,24 @@ const SEND_RARP: u32 = 19;
 const FLAG_REPLY: u32 = 1 << 2;
 const FLAG_NEED_REPLY: u32 = 1 << 3;
 
-/// Serves SEND_RARP, which the `vhost` crate's dispatcher does not know: QEMU sends it
-/// after a migration when the guest cannot announce itself (no GUEST_ANNOUNCE), with the
-/// guest's MAC; the switch broadcasts a RARP from that MAC as if the guest had, so every
-/// learning table on the way (this one, and over tunnels the other hosts') learns where the
-/// guest is now. Returns false if the next message is not SEND_RARP (or RARP was not
-/// negotiated), leaving it for the dispatcher.
-fn serve_send_rarp(ctx: &ConnectionContext, port: &Arc<Port>, session: &Session) -> bool {
+/// `VHOST_USER_SET_LOG_FD`'s request code.
+const SET_LOG_FD: u32 = 7;
+
+fn word(b: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+/// Serves the requests the `vhost` crate's dispatcher does not know (it would close the
+/// connection on them): SEND_RARP and SET_LOG_FD. Returns false if the next message is
+/// neither (or not acceptable here), leaving it for the dispatcher.
+fn serve_outside_dispatcher(ctx: &ConnectionContext, port: &Arc<Port>, session: &Session) -> bool {
     let mut hdr = [0u8; 12];
     let fd = session.stream.as_raw_fd();
     let peeked = nix::sys::socket::recv(fd, &mut hdr, nix::sys::socket::MsgFlags::MSG_PEEK);
-    let word = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    if peeked != Ok(hdr.len()) || word(&hdr, 0) != SEND_RARP {
+    if peeked != Ok(hdr.len()) {
         return false;
     }
-    // On the destination of a migration QEMU sends it before SET_FEATURES (the device
-    // starts when the guest runs): the protocol features are all there is to go by.
-    let (negotiated, reply_ack) = {
+    let (rarp, reply_ack) = {
         let h = session.handler.lock().unwrap_or_else(|p| p.into_inner());
         let acked = |f: VhostUserProtocolFeatures| h.acked_protocol_features & f.bits() != 0;
         (
@@ -313,14 +314,38 @@ fn serve_send_rarp(ctx: &ConnectionContext, port: &Arc<Port>, session: &Session)
             acked(VhostUserProtocolFeatures::REPLY_ACK),
         )
     };
-    if !negotiated || word(&hdr, 8) != 8 {
+    let (code, size) = (word(&hdr, 0), word(&hdr, 8));
+    // On the destination of a migration QEMU sends SEND_RARP before SET_FEATURES (the
+    // device starts when the guest runs): the protocol features are all there is to go by.
+    let failed = match (code, size) {
+        (SEND_RARP, 8) if rarp => send_rarp(ctx, port, session),
+        (SET_LOG_FD, 0) => set_log_fd(port, session),
+        _ => return false,
+    };
+    let Some(failed) = failed else {
         return false;
+    };
+    if reply_ack && word(&hdr, 4) & FLAG_NEED_REPLY != 0 {
+        use std::io::Write;
+        let mut reply = Vec::with_capacity(20);
+        for w in [code, 1 | FLAG_REPLY, 8] {
+            reply.extend_from_slice(&w.to_le_bytes());
+        }
+        reply.extend_from_slice(&u64::from(failed).to_le_bytes());
+        let _ = (&session.stream).write_all(&reply);
     }
-    use std::io::{Read, Write};
+    true
+}
+
+/// SEND_RARP: QEMU sends it after a migration when the guest cannot announce itself (no
+/// GUEST_ANNOUNCE), with the guest's MAC; the switch broadcasts a RARP from that MAC as if
+/// the guest had, so every learning table on the way (this one, and over tunnels the other
+/// hosts') learns where the guest is now. Some(whether it was refused), None if the message
+/// could not be read.
+fn send_rarp(ctx: &ConnectionContext, port: &Arc<Port>, session: &Session) -> Option<bool> {
+    use std::io::Read;
     let mut msg = [0u8; 20];
-    if (&session.stream).read_exact(&mut msg).is_err() {
-        return false;
-    }
+    (&session.stream).read_exact(&mut msg).ok()?;
     let mac: [u8; 6] = [msg[12], msg[13], msg[14], msg[15], msg[16], msg[17]];
     let ok = mac[0] & 1 == 0 && mac != [0; 6];
     if ok {
@@ -340,15 +365,44 @@ fn serve_send_rarp(ctx: &ConnectionContext, port: &Arc<Port>, session: &Session)
             crate::wire::EthernetAddress(mac)
         ));
     }
-    if reply_ack && word(&msg, 4) & FLAG_NEED_REPLY != 0 {
-        let mut reply = Vec::with_capacity(20);
-        for w in [SEND_RARP, 1 | FLAG_REPLY, 8] {
-            reply.extend_from_slice(&w.to_le_bytes());
+    Some(!ok)
+}
+
+/// SET_LOG_FD: an eventfd the backend may signal after writing to the dirty log. The dirty
+/// log is read by QEMU at each migration round whether signalled or not, so the fd is
+/// accepted and closed (as DPDK's vhost library does). Some(false), None if unreadable.
+fn set_log_fd(port: &Port, session: &Session) -> Option<bool> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut hdr = [0u8; 12];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 8]);
+    let mut iov = [std::io::IoSliceMut::new(&mut hdr)];
+    let msg = recvmsg::<()>(
+        session.stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    let mut fds = 0;
+    for cmsg in msg.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmRights(raw) = cmsg {
+            for fd in raw {
+                // SAFETY: the kernel just installed `fd` for us (SCM_RIGHTS); owning it
+                // closes it.
+                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                fds += 1;
+            }
         }
-        reply.extend_from_slice(&u64::from(!ok).to_le_bytes());
-        let _ = (&session.stream).write_all(&reply);
     }
-    true
+    if msg.bytes != hdr.len() {
+        return None;
+    }
+    log::debug!(
+        "port {}: SET_LOG_FD ({fds} fd) accepted; the dirty log is read without it",
+        port.name
+    );
+    Some(false)
 }
 
 /// Peeks at the next message without consuming it: if it is SET_VRING_ENABLE, returns its
@@ -443,7 +497,7 @@ fn run_session(
             park(ctx, port, listener, Some(&session));
             continue;
         }
-        if serve_send_rarp(ctx, port, &session) {
+        if serve_outside_dispatcher(ctx, port, &session) {
             continue;
         }
         let early_enable = peek_vring_enable(raw_fd);
