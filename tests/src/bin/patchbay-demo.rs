@@ -385,6 +385,9 @@ fn run_vmm() -> Result<(), String> {
         "ping 10.0.0.2 3",
     )?;
     follow(&web1, "PING-DONE")?;
+    // While the VMs run: a VM that stops takes its learned addresses with it.
+    step("flowctl show macs (what the switch learned, per VLAN)");
+    flowctl(&control, &["show", "macs"]);
     drop(web1);
     step("web1 pings db (other VLAN: the switch must not let it through)");
     let web1 = start_vm(
@@ -429,8 +432,6 @@ fn run_vmm() -> Result<(), String> {
     );
     step("flowctl show ports");
     flowctl(&control, &["show", "ports"]);
-    step("flowctl show macs");
-    flowctl(&control, &["show", "macs"]);
     drop((source, sink, db));
     step(&format!(
         "Metrics (http://{metrics}/metrics, selected lines)"
