@@ -388,14 +388,16 @@ fn await_ready(stream: &UnixStream) -> Result<(), TakeoverError> {
     }
     let answer: serde_json::Value = serde_json::from_slice(&line)
         .map_err(|e| TakeoverError::Malformed(format!("its answer: {e}")))?;
-    if answer.get("ready") == Some(&serde_json::Value::Bool(true)) {
+    verdict(&answer, "ready").map_err(TakeoverError::NotReady)
+}
+
+/// Whether `answer` says `{key: true}`; else the reason it gives (`error`).
+fn verdict(answer: &serde_json::Value, key: &str) -> Result<(), String> {
+    if answer.get(key) == Some(&serde_json::Value::Bool(true)) {
         return Ok(());
     }
-    let why = answer
-        .get("error")
-        .and_then(|e| e.as_str())
-        .unwrap_or("no reason given");
-    Err(TakeoverError::NotReady(why.to_string()))
+    let why = answer.get("error").and_then(|e| e.as_str());
+    Err(why.unwrap_or("no reason given").to_string())
 }
 
 /// Reads one line without reading past it (what follows may carry file descriptors).
@@ -532,13 +534,7 @@ pub fn request(control: &Path) -> Result<Incoming, TakeoverError> {
         .map_err(io("asking"))?;
     let answer: serde_json::Value = serde_json::from_slice(&read_line_unbuffered(&stream)?)
         .map_err(|e| TakeoverError::Malformed(format!("the answer: {e}")))?;
-    if answer.get("ok") != Some(&serde_json::Value::Bool(true)) {
-        let why = answer
-            .get("error")
-            .and_then(|e| e.as_str())
-            .unwrap_or("no reason given");
-        return Err(TakeoverError::Refused(why.to_string()));
-    }
+    verdict(&answer, "ok").map_err(TakeoverError::Refused)?;
     let count = answer
         .pointer("/result/fds")
         .and_then(serde_json::Value::as_u64)
@@ -649,13 +645,7 @@ impl Incoming {
         if !line.is_empty() {
             let answer: serde_json::Value = serde_json::from_slice(&line)
                 .map_err(|e| TakeoverError::Malformed(format!("its release: {e}")))?;
-            if answer.get("released") != Some(&serde_json::Value::Bool(true)) {
-                let why = answer
-                    .get("error")
-                    .and_then(|e| e.as_str())
-                    .unwrap_or("no reason given");
-                return Err(TakeoverError::Aborted(why.to_string()));
-            }
+            verdict(&answer, "released").map_err(TakeoverError::Aborted)?;
         }
         // Then the end of the connection, and the end of the process: the connection
         // closes while the exiting process is still closing its other fds (AF_XDP sockets,
