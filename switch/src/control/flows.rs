@@ -398,7 +398,7 @@ pub fn trace(sw: &Arc<Switch>, text: &str) -> Result<Trace, String> {
     let outputs = outputs
         .iter()
         .map(|o| {
-            let changed = if o.modified {
+            let changed = if o.modified() {
                 " (headers rewritten)"
             } else {
                 ""
@@ -414,7 +414,7 @@ pub fn trace(sw: &Arc<Switch>, text: &str) -> Result<Trace, String> {
                     format!("to every port but {}{changed}", port_name(sw, in_port))
                 }
                 Target::Normal => {
-                    let h = o.header.bytes();
+                    let h = o.header_bytes(&frame);
                     let dst = crate::wire::EthernetAddress::from_bytes(&h[0..6]);
                     let port = sw.port_by_name(&port_name(sw, in_port));
                     let vlan = port.and_then(|p| {

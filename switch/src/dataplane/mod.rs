@@ -668,6 +668,8 @@ pub fn switch_frames(
     // Port security's copy of a frame's first bytes (once per batch: ports without it pay
     // no per-frame clearing).
     let mut checked = [0u8; REWRITE_BYTES];
+    // The flow tables' copy of a frame's first bytes on other ports (also once per batch).
+    let mut unchecked = [0u8; REWRITE_BYTES];
     // Ingress policing: one clock read per batch, only on a policed port.
     let policing = ingress.policer.as_ref().map(|p| (p, fabric.flows.now_ms()));
     for (index, frame) in frames.iter().enumerate() {
@@ -714,11 +716,10 @@ pub fn switch_frames(
         }
 
         let (prefix, n) = match security {
-            Some(_) => (checked, checked_len),
+            Some(_) => (&checked, checked_len),
             None => {
-                let mut prefix = [0u8; REWRITE_BYTES];
-                let n = source.read_prefix(frame, &mut prefix);
-                (prefix, n)
+                let n = source.read_prefix(frame, &mut unchecked);
+                (&unchecked, n)
             }
         };
         if n < 14 {
@@ -735,21 +736,14 @@ pub fn switch_frames(
         outputs.clear();
         let thread = flow_thread.get_or_insert_with(Box::default);
         let partial_csum_at = frame.offload.csum.map(|c| c.start.saturating_add(c.offset));
-        pipeline.run_with(
-            &flow_tables,
-            &key,
-            HeaderBuf::new(&prefix[..n]).with_partial_csum_at(partial_csum_at),
-            frame.len,
-            outputs,
-            None,
-            Some(thread),
-        );
+        let matched = || HeaderBuf::new(&prefix[..n]).with_partial_csum_at(partial_csum_at);
+        pipeline.run_frame(&flow_tables, &key, matched, frame.len, outputs, thread);
         for out in outputs.iter() {
             let tun_id = out.tun_id.map(|v| v as u32);
             // The header copy the tables matched on leaves with the frame, modified or not,
             // so a guest cannot change what was matched after the match.
             let custom = |headers: &mut Vec<HeaderBuf>| {
-                headers.push(out.header);
+                headers.push(out.header.unwrap_or_else(matched));
                 (headers.len() - 1) as u32
             };
             let vlan = (key.get(Field::VlanTci) & 0x0fff) as Vid;
@@ -782,14 +776,17 @@ pub fn switch_frames(
                     }
                 }
                 Target::Normal => {
-                    let Ok(header) = L2Header::parse(out.header.bytes()) else {
+                    let Ok(header) = L2Header::parse(out.header_bytes(&prefix[..n])) else {
                         continue;
                     };
                     let Some(class) = classify(ingress, &ingress_view, frame, &header) else {
                         continue;
                     };
                     // A secured port's frame leaves from the checked copy, modified or not.
-                    let base = (out.modified || security.is_some()).then_some(out.header);
+                    let base = match out.header {
+                        Some(h) => Some(h),
+                        None => security.is_some().then(matched),
+                    };
                     normal.forward(frame_index, &header, class, base, deliveries, headers);
                 }
             }

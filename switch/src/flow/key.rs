@@ -267,6 +267,15 @@ impl WordSet {
 }
 
 impl FlowKey {
+    /// `self == other`, a word at a time: a key just built was stored a word at a time,
+    /// and loads of the same width are forwarded from those stores, where `memcmp`'s or a
+    /// vector compare's wider loads wait for the stores to retire (the frame path compares
+    /// a key it has just extracted).
+    #[inline]
+    pub fn same_as(&self, other: &FlowKey) -> bool {
+        self.0.iter().zip(&other.0).all(|(a, b)| a == b)
+    }
+
     pub fn get(&self, f: Field) -> u64 {
         let (w, shift, _) = layout(f);
         (self.0[w] >> shift) & f.full_mask()
@@ -405,6 +414,22 @@ mod tests {
             k.set(Field::Reg(2 * n), 0x1111_2222);
             k.set(Field::Reg(2 * n + 1), 0x3333_4444);
             assert_eq!(k.get(Field::XReg(n)), 0x1111_2222_3333_4444);
+        }
+    }
+
+    #[test]
+    fn same_as_is_equality_in_every_bit_of_every_word() {
+        let k = FlowKey([0x0123_4567_89ab_cdef; KEY_WORDS]);
+        assert!(k.same_as(&k));
+        for word in 0..KEY_WORDS {
+            for bit in [0, 31, 63] {
+                let mut other = k;
+                other.0[word] ^= 1 << bit;
+                assert!(
+                    !k.same_as(&other) && !other.same_as(&k),
+                    "word {word} bit {bit}"
+                );
+            }
         }
     }
 

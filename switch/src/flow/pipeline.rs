@@ -661,6 +661,34 @@ pub struct FlowThread {
     /// Which ports are up (by port number), for `fast_failover` groups: set by the frame
     /// path per batch when the tables have such groups.
     pub live_ports: Vec<bool>,
+    /// The last run of this batch, for the next frame with the same key.
+    replay: Replay,
+}
+
+/// Most tables a replayable run may visit (longer runs are simply run again).
+const MAX_REPLAY_TABLES: usize = 16;
+
+/// The previous frame's run through the tables, kept for the next frame of the batch with
+/// the same key (OVS's dpif-netdev likewise executes a batch's packets per flow): frames of
+/// one flow come in runs (a guest's TX burst, a TCP window), and a run that depended on
+/// nothing but the key and the tables (see [`ExecState::replayable`]) and changed no header
+/// has the same outputs for them. Replaying it skips the cached lookups, the actions and
+/// the copies of key and header a run makes, and counts the frame in every table and flow
+/// the run passed through, as running it would.
+#[derive(Debug, Default)]
+struct Replay {
+    /// Whether the fields below describe a run of this batch that may be replayed.
+    valid: bool,
+    /// The tables' version it ran in.
+    version: u64,
+    key: FlowKey,
+    /// Its outputs' targets and tunnel ids (none changed the header).
+    outputs: Vec<(Target, Option<u64>)>,
+    /// Frames replayed so far (what the tests observe).
+    hits: u64,
+    /// Per table looked up, in order: its index in [`FlowThread::tables`] and that of the
+    /// flow it matched in [`FlowThread::flows`] (the batch's counters).
+    trail: Vec<(u32, Option<u32>)>,
 }
 
 impl Default for FlowThread {
@@ -672,30 +700,76 @@ impl Default for FlowThread {
             now_ms: 0,
             learned: Vec::new(),
             live_ports: Vec::new(),
+            replay: Replay::default(),
         }
     }
 }
 
 impl FlowThread {
-    fn count_lookup(&mut self, table: u8, matched: bool) {
+    /// Counts a lookup in `table`; returns the table's index in this batch's counters.
+    fn count_lookup(&mut self, table: u8, matched: bool) -> usize {
         let m = u64::from(matched);
-        match self.tables.iter_mut().find(|t| t.0 == table) {
-            Some(t) => {
+        match self.tables.iter().position(|t| t.0 == table) {
+            Some(i) => {
+                let t = &mut self.tables[i];
                 t.1 += 1;
                 t.2 += m;
+                i
             }
-            None => self.tables.push((table, 1, m)),
+            None => {
+                self.tables.push((table, 1, m));
+                self.tables.len() - 1
+            }
         }
     }
 
-    fn count_flow(&mut self, stats: &Arc<FlowStats>, bytes: u64) {
-        match self.flows.iter_mut().find(|f| Arc::ptr_eq(&f.0, stats)) {
-            Some(f) => {
+    /// Counts a packet of `bytes` for a flow; returns the flow's index in this batch's
+    /// counters.
+    fn count_flow(&mut self, stats: &Arc<FlowStats>, bytes: u64) -> usize {
+        match self.flows.iter().position(|f| Arc::ptr_eq(&f.0, stats)) {
+            Some(i) => {
+                let f = &mut self.flows[i];
                 f.1 += 1;
                 f.2 += bytes;
+                i
             }
-            None => self.flows.push((stats.clone(), 1, bytes)),
+            None => {
+                self.flows.push((stats.clone(), 1, bytes));
+                self.flows.len() - 1
+            }
         }
+    }
+
+    /// Replays the last run for a frame with `key` in tables of `version`, if that run may
+    /// be replayed: counts the frame as the run did and appends its outputs.
+    fn replay(
+        &mut self,
+        version: u64,
+        key: &FlowKey,
+        frame_len: u32,
+        outputs: &mut Vec<Output>,
+    ) -> bool {
+        let replay = &self.replay;
+        if !replay.valid || replay.version != version || !replay.key.same_as(key) {
+            return false;
+        }
+        for &(table, flow) in &replay.trail {
+            let t = &mut self.tables[table as usize];
+            t.1 += 1;
+            if let Some(flow) = flow {
+                t.2 += 1;
+                let f = &mut self.flows[flow as usize];
+                f.1 += 1;
+                f.2 += u64::from(frame_len);
+            }
+        }
+        outputs.extend(replay.outputs.iter().map(|&(target, tun_id)| Output {
+            target,
+            header: None,
+            tun_id,
+        }));
+        self.replay.hits += 1;
+        true
     }
 }
 
@@ -726,11 +800,28 @@ pub enum Target {
 #[derive(Debug, Clone, Copy)]
 pub struct Output {
     pub target: Target,
-    pub header: HeaderBuf,
+    /// The header as the actions left it, if any action changed it; `None`: the frame
+    /// leaves with the bytes the tables matched on (the caller's copy of its first bytes,
+    /// not copied again per output).
+    pub header: Option<HeaderBuf>,
     /// Set by set_tunnel (the tunnel port sends with this VNI).
     pub tun_id: Option<u64>,
+}
+
+impl Output {
     /// Whether any action changed the header (if not, the frame leaves as it came).
-    pub modified: bool,
+    pub fn modified(&self) -> bool {
+        self.header.is_some()
+    }
+
+    /// The first bytes this copy leaves with: the rewritten header, or `original` (the
+    /// bytes the run started from).
+    pub fn header_bytes<'a>(&'a self, original: &'a [u8]) -> &'a [u8] {
+        match &self.header {
+            Some(h) => h.bytes(),
+            None => original,
+        }
+    }
 }
 
 /// The pipeline: the current tables, the counters, the miss policy.
@@ -935,6 +1026,8 @@ impl Pipeline {
     /// Starts a batch on `thread`: one clock read for all its packets.
     pub fn begin_batch(&self, thread: &mut FlowThread) {
         thread.now_ms = self.now_ms();
+        // Its trail indexes the counters `flush` drained.
+        thread.replay.valid = false;
     }
 
     /// Adds `thread`'s batch counters to the shared ones and clears them.
@@ -944,6 +1037,7 @@ impl Pipeline {
             stats.lookups.fetch_add(lookups, Ordering::Relaxed);
             stats.matches.fetch_add(matches, Ordering::Relaxed);
         }
+        thread.replay.valid = false;
         for (flow, packets, bytes) in thread.flows.drain(..) {
             flow.packets.fetch_add(packets, Ordering::Relaxed);
             flow.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -1129,14 +1223,16 @@ impl Pipeline {
         header: HeaderBuf,
         frame_len: u32,
         outputs: &mut Vec<Output>,
-        mut trace: Option<&mut Vec<TraceStep>>,
+        trace: Option<&mut Vec<TraceStep>>,
     ) -> Option<Halt> {
-        self.run_with(tables, key, header, frame_len, outputs, trace.take(), None)
+        self.run_inner(tables, key, header, frame_len, outputs, trace, None)
+            .0
     }
 
-    /// [`Pipeline::run`] with the frame path's per-thread lookup cache.
+    /// [`Pipeline::run`], with the frame path's per-thread lookup cache if given, also
+    /// saying whether the run may be replayed.
     #[allow(clippy::too_many_arguments)]
-    pub fn run_with(
+    fn run_inner(
         &self,
         tables: &Tables,
         key: &FlowKey,
@@ -1145,9 +1241,14 @@ impl Pipeline {
         outputs: &mut Vec<Output>,
         mut trace: Option<&mut Vec<TraceStep>>,
         mut cache: Option<&mut FlowThread>,
-    ) -> Option<Halt> {
-        let now_ms = match cache.as_deref() {
-            Some(thread) => thread.now_ms,
+    ) -> (Option<Halt>, bool) {
+        let now_ms = match cache.as_deref_mut() {
+            Some(thread) => {
+                // This run's trail replaces the last one's.
+                thread.replay.valid = false;
+                thread.replay.trail.clear();
+                thread.now_ms
+            }
             None => self.now_ms(),
         };
         let mut state = ExecState {
@@ -1160,13 +1261,14 @@ impl Pipeline {
             resubmits: 0,
             tracing: trace.is_some(),
             last_tracked: None,
+            replayable: true,
         };
         let outputs_before = outputs.len();
-        let halt = self
-            .run_table(
-                tables, 0, &mut state, 0, outputs, &mut trace, &mut cache, true, true,
-            )
-            .err()?;
+        let Err(halt) = self.run_table(
+            tables, 0, &mut state, 0, outputs, &mut trace, &mut cache, true, true,
+        ) else {
+            return (None, state.replayable);
+        };
         match halt {
             Halt::VlanTagLimit => {
                 self.vlan_tag_limit_drops.fetch_add(1, Ordering::Relaxed);
@@ -1177,7 +1279,52 @@ impl Pipeline {
             }
             Halt::TtlExpired | Halt::DepthLimit | Halt::Metered => {}
         }
-        Some(halt)
+        (Some(halt), false)
+    }
+
+    /// The frame path's run: [`Pipeline::run`] through `thread`'s lookup cache and batch
+    /// counters, or, for a frame
+    /// with the same key as the run before it in this batch, that run replayed (see
+    /// [`Replay`]). `header` makes the frame's header buffer, only when the tables really
+    /// run; replayed outputs carry no header (the frame leaves as it came).
+    pub fn run_frame(
+        &self,
+        tables: &Tables,
+        key: &FlowKey,
+        header: impl FnOnce() -> HeaderBuf,
+        frame_len: u32,
+        outputs: &mut Vec<Output>,
+        thread: &mut FlowThread,
+    ) -> Option<Halt> {
+        if thread.replay(tables.version, key, frame_len, outputs) {
+            return None;
+        }
+        let outputs_before = outputs.len();
+        let (halt, replayable) = self.run_inner(
+            tables,
+            key,
+            header(),
+            frame_len,
+            outputs,
+            None,
+            Some(&mut *thread),
+        );
+        let ran = &outputs[outputs_before..];
+        let replay = &mut thread.replay;
+        if halt.is_none()
+            && replayable
+            && replay.trail.len() <= MAX_REPLAY_TABLES
+            && ran.iter().all(|o| !o.modified())
+        {
+            replay.valid = true;
+            replay.version = tables.version;
+            replay.key = *key;
+            replay.outputs.clear();
+            replay
+                .outputs
+                .extend(ran.iter().map(|o| (o.target, o.tun_id)));
+        }
+        halt
     }
 
     /// Like [`Pipeline::run`], recording each table visited (for trace).
@@ -1214,9 +1361,11 @@ impl Pipeline {
             let found = match cache.as_deref_mut() {
                 Some(thread) => {
                     let found = tables.lookup_cached(table, &st.key, &mut thread.cache);
-                    thread.count_lookup(table, found.is_some());
-                    if let Some(entry) = found {
-                        thread.count_flow(&entry.stats, u64::from(st.frame_len));
+                    let t = thread.count_lookup(table, found.is_some());
+                    let f = found.map(|e| thread.count_flow(&e.stats, u64::from(st.frame_len)));
+                    // One past the most a replayable run visits says "too many".
+                    if thread.replay.trail.len() <= MAX_REPLAY_TABLES {
+                        thread.replay.trail.push((t as u32, f.map(|f| f as u32)));
                     }
                     found
                 }
@@ -1322,9 +1471,11 @@ impl Pipeline {
                 // Never matched by itself (see `Conjunctions`).
                 Action::Conjunction { .. } => {}
                 Action::Ct(ct) => {
+                    st.replayable = false;
                     self.conntrack_fork(tables, ct, st, depth, outputs, trace, cache, tail)?
                 }
                 Action::Meter(id) => {
+                    st.replayable = false;
                     // Checked when the flow went in; a meter deleted since took the flow.
                     if let Some(m) = tables.meters.get(id) {
                         if !m.admit(st.frame_len, st.now_ms) {
@@ -1333,6 +1484,7 @@ impl Pipeline {
                     }
                 }
                 Action::Learn(spec) => {
+                    st.replayable = false;
                     if st.tracing {
                         continue;
                     }
@@ -1356,6 +1508,7 @@ impl Pipeline {
                     }
                 }
                 Action::Group(id) => {
+                    st.replayable = false;
                     let Some(g) = tables.groups.get(id) else {
                         continue;
                     };
@@ -1463,9 +1616,8 @@ fn push(outputs: &mut Vec<Output>, st: &ExecState, target: Target) {
     if outputs.len() < MAX_OUTPUTS {
         outputs.push(Output {
             target,
-            header: st.header,
+            header: st.modified.then_some(st.header),
             tun_id: st.tun_id,
-            modified: st.modified,
         });
     }
 }
@@ -1608,7 +1760,8 @@ mod tests {
             vec![Target::Port(2), Target::Port(3)],
             "copies before the refused push leave, nothing after it"
         );
-        assert_eq!(out[1].header.out_len(1500), 1500 + 4 * limit as u32);
+        let pushed = out[1].header.expect("tags were pushed");
+        assert_eq!(pushed.out_len(1500), 1500 + 4 * limit as u32);
         assert_eq!(p.vlan_tag_limit_drops.load(Ordering::Relaxed), 1);
     }
 
@@ -1835,14 +1988,13 @@ mod firewall_tests {
         let mut out = Vec::new();
         let mut thread = FlowThread::default();
         p.begin_batch(&mut thread);
-        p.run_with(
+        p.run_frame(
             &p.snapshot(),
             &key,
-            HeaderBuf::new(&frame[..frame.len().min(crate::flow::rewrite::REWRITE_BYTES)]),
+            || HeaderBuf::new(&frame[..frame.len().min(crate::flow::rewrite::REWRITE_BYTES)]),
             frame.len() as u32,
             &mut out,
-            None,
-            Some(&mut thread),
+            &mut thread,
         );
         p.flush(&mut thread);
         out.iter().map(|o| o.target).collect()
@@ -1939,18 +2091,19 @@ mod firewall_tests {
         let out = run(1);
         let targets: Vec<Target> = out.iter().map(|o| o.target).collect();
         assert_eq!(targets, vec![Target::Port(2), Target::Port(3)]);
-        assert!(out[0].modified && out[0].header.bytes()[6..12] == [0x0e, 0, 0, 0, 0, 9]);
-        assert!(!out[1].modified && out[1].header.bytes()[6..12] == frame[6..12]);
+        assert!(out[0].modified() && out[0].header_bytes(&frame)[6..12] == [0x0e, 0, 0, 0, 0, 9]);
+        assert!(!out[1].modified() && out[1].header_bytes(&frame)[6..12] == frame[6..12]);
         // In tail position (ct the last action, reached by a last resubmit): the same.
         let out = run(2);
         assert_eq!(
             out.iter().map(|o| o.target).collect::<Vec<_>>(),
             vec![Target::Port(2)]
         );
-        assert!(out[0].modified);
+        assert!(out[0].modified());
     }
 
-    fn install(p: &Pipeline, rules: &str) {
+    /// Installs `rules` (ovs-ofctl lines with numbered ports).
+    pub(super) fn install(p: &Pipeline, rules: &str) {
         let flows: Vec<FlowMod> = parse_flows_file(rules)
             .expect("rules parse")
             .into_iter()
@@ -2163,5 +2316,161 @@ mod firewall_tests {
         assert!(p.conntrack().is_empty());
         let tables: Vec<u8> = steps.iter().map(|s| s.table).collect();
         assert_eq!(tables, [0, 1, 2, 3]);
+    }
+}
+
+/// Replaying the last run for a frame with the same key (`Replay`).
+#[cfg(test)]
+mod replay_tests {
+    use super::firewall_tests::install;
+    use super::*;
+    use crate::flow::extract::flow_key;
+    use crate::flow::parse::parse_group;
+    use crate::flow::rewrite::REWRITE_BYTES;
+    use etherparse::PacketBuilder;
+
+    fn pipeline(rules: &str) -> Pipeline {
+        let p = Pipeline::new(MissPolicy::Normal);
+        install(&p, rules);
+        p
+    }
+
+    /// A UDP frame to port `dport` whose payload (inside the header window) is `payload`.
+    fn udp(dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(4000, dport)
+            .write(&mut out, payload)
+            .expect("frame");
+        out
+    }
+
+    /// Each frame's outputs: target, and the header if rewritten.
+    type Outputs = Vec<Vec<(Target, Option<Vec<u8>>)>>;
+
+    /// One batch of `frames` from port 1: each frame's outputs and how many were replayed.
+    fn batch(p: &Pipeline, frames: &[Vec<u8>]) -> (Outputs, u64) {
+        let tables = p.snapshot();
+        let mut thread = FlowThread::default();
+        p.begin_batch(&mut thread);
+        let mut all = Vec::new();
+        for frame in frames {
+            let prefix = &frame[..frame.len().min(REWRITE_BYTES)];
+            let key = flow_key(prefix, 1, None);
+            let mut out = Vec::new();
+            p.run_frame(
+                &tables,
+                &key,
+                || HeaderBuf::new(prefix),
+                frame.len() as u32,
+                &mut out,
+                &mut thread,
+            );
+            all.push(
+                out.iter()
+                    .map(|o| (o.target, o.header.map(|h| h.bytes().to_vec())))
+                    .collect(),
+            );
+        }
+        p.flush(&mut thread);
+        (all, thread.replay.hits)
+    }
+
+    fn counters(p: &Pipeline) -> Vec<(u64, u64)> {
+        let mut c: Vec<(u64, u64)> = (0..3)
+            .map(|t| {
+                let s = p.table_stats(t);
+                (
+                    s.lookups.load(Ordering::Relaxed),
+                    s.matches.load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        c.extend(
+            p.dump(&FlowFilter::default())
+                .iter()
+                .map(|f| (f.packets, f.bytes)),
+        );
+        c
+    }
+
+    const TWO_TABLES: &str = "
+        table=0,priority=10,udp,actions=load:0x7->NXM_NX_REG0[],resubmit(,1)
+        table=1,priority=10,udp,reg0=7,tp_dst=53,actions=output:2,output:3
+        table=1,priority=5,udp,tp_dst=54,actions=drop
+        table=1,priority=0,actions=NORMAL
+    ";
+
+    #[test]
+    fn frames_with_the_last_key_get_its_outputs_and_are_counted_as_if_run() {
+        let frames = [udp(53, b"first"), udp(53, b"second, longer"), udp(53, b"x")];
+        let replaying = pipeline(TWO_TABLES);
+        let (outputs, hits) = batch(&replaying, &frames);
+        assert_eq!(hits, 2, "the second and third frame replay the first's run");
+        let expected = vec![(Target::Port(2), None), (Target::Port(3), None)];
+        assert!(outputs.iter().all(|o| *o == expected), "{outputs:?}");
+        // The same frames each in a batch of its own (nothing to replay) count the same.
+        let running = pipeline(TWO_TABLES);
+        for frame in &frames {
+            assert_eq!(batch(&running, std::slice::from_ref(frame)).1, 0);
+        }
+        assert_eq!(counters(&replaying), counters(&running));
+        assert_eq!(counters(&replaying)[0], (3, 3));
+    }
+
+    #[test]
+    fn another_key_a_new_batch_or_new_tables_run_the_tables_again() {
+        let p = pipeline(TWO_TABLES);
+        let (outputs, hits) = batch(&p, &[udp(53, b"a"), udp(54, b"a"), udp(53, b"a")]);
+        assert_eq!(hits, 0, "each frame's key differs from the one before");
+        assert_eq!(outputs[1], vec![]);
+        assert_eq!(batch(&p, &[udp(53, b"a")]).1, 0, "a batch starts afresh");
+        // A run recorded in one version is not replayed in the next.
+        let tables = p.snapshot();
+        let mut thread = FlowThread::default();
+        p.begin_batch(&mut thread);
+        let frame = udp(53, b"a");
+        let key = flow_key(&frame, 1, None);
+        let mut out = Vec::new();
+        let header = || HeaderBuf::new(&frame);
+        p.run_frame(&tables, &key, header, 50, &mut out, &mut thread);
+        install(&p, "table=1,priority=20,udp,tp_dst=53,actions=output:4");
+        out.clear();
+        p.run_frame(&p.snapshot(), &key, header, 50, &mut out, &mut thread);
+        assert_eq!(thread.replay.hits, 0);
+        assert_eq!(out[0].target, Target::Port(4));
+    }
+
+    #[test]
+    fn runs_that_rewrite_or_keep_state_are_not_replayed() {
+        // A rewrite: each frame leaves with its own bytes, rewritten.
+        let p = pipeline("priority=10,udp,actions=mod_dl_dst:0e:00:00:00:00:09,output:2");
+        let frames = [udp(53, b"first payload"), udp(53, b"other payload")];
+        let (outputs, hits) = batch(&p, &frames);
+        assert_eq!(hits, 0);
+        for (frame, out) in frames.iter().zip(&outputs) {
+            let header = out[0].1.as_ref().expect("rewritten");
+            assert_eq!(header[0..6], [0x0e, 0, 0, 0, 0, 9]);
+            assert_eq!(header[6..], frame[6..frame.len().min(REWRITE_BYTES)]);
+        }
+        // Actions that read or change state outside the packet, or count per packet.
+        for rules in [
+            "priority=10,udp,actions=ct(commit,zone=1),output:2",
+            "priority=10,udp,actions=learn(table=1,NXM_OF_ETH_DST[]=NXM_OF_ETH_SRC[],output:NXM_OF_IN_PORT[]),output:2",
+            "priority=10,udp,actions=group:1",
+        ] {
+            let p = Pipeline::new(MissPolicy::Normal);
+            let group = parse_group("group_id=1,type=all,bucket=output:2").expect("group");
+            p.commit(&[FlowMod::AddGroup(group)]).expect("group installs");
+            install(&p, rules);
+            let (outputs, hits) = batch(&p, &[udp(53, b"a"), udp(53, b"a")]);
+            assert_eq!(hits, 0, "{rules}");
+            assert_eq!(outputs[0], outputs[1], "{rules}");
+            if rules.contains("group") {
+                let g = &p.snapshot().groups[&1];
+                assert_eq!(g.stats.packets.load(Ordering::Relaxed), 2);
+            }
+        }
     }
 }

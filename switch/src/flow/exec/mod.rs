@@ -40,6 +40,10 @@ pub struct ExecState {
     /// second `ct` of the packet in that zone (the `ct(commit)` after `ct(table=...)`) needs
     /// no second lookup unless it has a connection to store or a mark to set.
     pub last_tracked: Option<(u16, crate::conntrack::Tracked)>,
+    /// Whether the run so far depends on nothing but the key and the tables' version (no
+    /// `ct`, `meter`, `learn` or `group`, which read or change state outside the packet or
+    /// count per packet): such a run may be replayed for the next frame with the same key.
+    pub replayable: bool,
 }
 
 impl ExecState {
