@@ -949,11 +949,12 @@ impl Pipeline {
                     }
                 }
         });
+        let now_ms = st.now_ms;
         let tracked = match reuse {
             Some((_, t)) => t,
             None => self
                 .conntrack
-                .track(st.header.bytes(), zone, commit, st.now_ms),
+                .track(st.header_mut().bytes(), zone, commit, now_ms),
         };
         st.last_tracked = Some((zone, tracked));
         let Some(table) = ct.table else {
@@ -1225,7 +1226,7 @@ impl Pipeline {
         outputs: &mut Vec<Output>,
         trace: Option<&mut Vec<TraceStep>>,
     ) -> Option<Halt> {
-        self.run_inner(tables, key, header, frame_len, outputs, trace, None)
+        self.run_inner(tables, key, &|| header, frame_len, outputs, trace, None)
             .0
     }
 
@@ -1236,7 +1237,7 @@ impl Pipeline {
         &self,
         tables: &Tables,
         key: &FlowKey,
-        header: HeaderBuf,
+        make_header: &dyn Fn() -> HeaderBuf,
         frame_len: u32,
         outputs: &mut Vec<Output>,
         mut trace: Option<&mut Vec<TraceStep>>,
@@ -1253,7 +1254,8 @@ impl Pipeline {
         };
         let mut state = ExecState {
             key: *key,
-            header,
+            make_header,
+            header: None,
             modified: false,
             tun_id: None,
             frame_len,
@@ -1283,15 +1285,15 @@ impl Pipeline {
     }
 
     /// The frame path's run: [`Pipeline::run`] through `thread`'s lookup cache and batch
-    /// counters, or, for a frame
-    /// with the same key as the run before it in this batch, that run replayed (see
-    /// [`Replay`]). `header` makes the frame's header buffer, only when the tables really
-    /// run; replayed outputs carry no header (the frame leaves as it came).
+    /// counters, or, for a frame with the same key as the run before it in this batch, that
+    /// run replayed (see [`Replay`]). `header` makes the frame's header buffer, only when an
+    /// action rewrites or reads it; outputs carry a header only if it was rewritten (the
+    /// frame leaves as it came otherwise).
     pub fn run_frame(
         &self,
         tables: &Tables,
         key: &FlowKey,
-        header: impl FnOnce() -> HeaderBuf,
+        header: impl Fn() -> HeaderBuf,
         frame_len: u32,
         outputs: &mut Vec<Output>,
         thread: &mut FlowThread,
@@ -1303,7 +1305,7 @@ impl Pipeline {
         let (halt, replayable) = self.run_inner(
             tables,
             key,
-            header(),
+            &header,
             frame_len,
             outputs,
             None,
@@ -1616,7 +1618,7 @@ fn push(outputs: &mut Vec<Output>, st: &ExecState, target: Target) {
     if outputs.len() < MAX_OUTPUTS {
         outputs.push(Output {
             target,
-            header: st.modified.then_some(st.header),
+            header: if st.modified { st.header } else { None },
             tun_id: st.tun_id,
         });
     }

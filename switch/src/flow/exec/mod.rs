@@ -21,11 +21,15 @@ use super::rewrite::HeaderBuf;
 
 /// A packet on its way through the tables.
 #[derive(Clone, Copy)]
-pub struct ExecState {
+pub struct ExecState<'a> {
     /// The fields later tables match (rewritten as the actions go).
     pub key: FlowKey,
-    /// The frame's first bytes as the actions left them.
-    pub header: HeaderBuf,
+    /// Makes the frame's header buffer (its first bytes as the tables read them).
+    pub make_header: &'a dyn Fn() -> HeaderBuf,
+    /// The header buffer, made when an action first rewrites or reads it: most runs do
+    /// neither, and making it (a few hundred bytes written and moved) cost more than their
+    /// table lookups.
+    pub header: Option<HeaderBuf>,
     /// Whether the header differs from the frame's.
     pub modified: bool,
     /// A tunnel ID set by the actions.
@@ -46,7 +50,12 @@ pub struct ExecState {
     pub replayable: bool,
 }
 
-impl ExecState {
+impl ExecState<'_> {
+    /// The header buffer to rewrite (made on first use).
+    pub fn header_mut(&mut self) -> &mut HeaderBuf {
+        self.header.get_or_insert_with(self.make_header)
+    }
+
     pub fn count_resubmit(&mut self) -> Result<(), Halt> {
         self.resubmits += 1;
         if self.resubmits > MAX_RESUBMITS {
