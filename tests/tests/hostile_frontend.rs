@@ -457,61 +457,123 @@ fn a_dataplane_panic_is_counted_shown_and_fails_only_its_port() {
     d.shutdown();
 }
 
-#[test]
-fn the_flow_tables_send_what_they_matched() {
+/// A switch with access ports a, b and c on VLAN 1, the three connected, and the flows that
+/// `rules` makes from the ports' numbers installed.
+fn with_flows(
+    dir: &TestDir,
+    rules: impl Fn(u16, u16, u16) -> Vec<String>,
+) -> (Daemon, TestPort, TestPort, TestPort) {
     use patchbay_switch::control::flows::{add_flows, FlowLine};
-    let dir = TestDir::new("toctou-flows");
     let d = start_switch(
         &dir.path,
         access_ports(&dir.path, &[("a", 1), ("b", 1), ("c", 1)]),
         |_| {},
     );
-    let mut a = connect(&dir, "a");
-    let mut b = connect(&dir, "b");
-    let mut c = connect(&dir, "c");
+    let a = connect(dir, "a");
+    let b = connect(dir, "b");
+    let c = connect(dir, "c");
     let id = |name: &str| d.switch.port_by_name(name).unwrap().id;
-    let (ida, idb, idc) = (id("a"), id("b"), id("c"));
-    let rules = [
-        format!("priority=10,in_port={ida},dl_type=0x88b5,actions=output:{idb}"),
-        format!("priority=5,in_port={ida},actions=output:{idc}"),
-    ];
-    let lines: Vec<FlowLine> = rules
+    let lines: Vec<FlowLine> = rules(id("a"), id("b"), id("c"))
         .into_iter()
         .enumerate()
         .map(|(i, text)| FlowLine { line: i + 1, text })
         .collect();
     add_flows(&d.switch, &lines).expect("flows");
+    (d, a, b, c)
+}
+
+#[test]
+fn the_flow_tables_send_what_they_matched() {
+    let dir = TestDir::new("toctou-flows");
+    let (d, mut a, mut b, mut c) = with_flows(&dir, |ida, idb, idc| {
+        vec![
+            format!("priority=10,in_port={ida},dl_type=0x88b5,actions=output:{idb}"),
+            format!("priority=5,in_port={ida},actions=output:{idc}"),
+        ]
+    });
     // a's EtherType flips between 0x88b5 (to b) and IPv4 (to c) while the switch works.
     let experimental = frame(BROADCAST, mac(1), 0, 200);
     let mut ipv4 = vec![0x08, 0x00, 0x45, 0x00];
     ipv4.extend_from_slice(&experimental[16..20]);
     let flood = FlatOut::start_flipping(&mut a, &experimental, Some((12, ipv4)));
-    let (mut at_b, mut at_c) = (0u64, 0u64);
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while (at_b < 3000 || at_c < 3000) && std::time::Instant::now() < deadline {
-        b.recv_batch(&mut |f| {
-            at_b += 1;
+    watch_while_flipping(flood, &mut b, &mut c, |port, f| {
+        if port == 0 {
             assert_eq!(
                 f[12..14],
                 [0x88, 0xb5],
                 "b got what the 0x88b5 flow did not match"
             );
-        })
-        .unwrap();
-        c.recv_batch(&mut |f| {
-            at_c += 1;
+        } else {
             assert_ne!(
                 f[12..14],
                 [0x88, 0xb5],
                 "c got what the 0x88b5 flow matched"
             );
-        })
-        .unwrap();
+        }
+    });
+    drop(a);
+    d.shutdown();
+}
+
+/// Checks what b (port 0) and c (port 1) receive while `flood` flips its frame, until each
+/// had 3000 frames or 3 s passed; at least 100 each, or the test says it cannot judge.
+fn watch_while_flipping(
+    flood: FlatOut,
+    b: &mut TestPort,
+    c: &mut TestPort,
+    check: impl Fn(usize, &[u8]),
+) {
+    let mut counts = [0u64; 2];
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while counts.iter().any(|&n| n < 3000) && std::time::Instant::now() < deadline {
+        for (i, port) in [&mut *b, &mut *c].into_iter().enumerate() {
+            port.recv_batch(&mut |f| {
+                counts[i] += 1;
+                check(i, f);
+            })
+            .unwrap();
+        }
+        // Not a third spinning thread on two cores: the flipping one must run while the
+        // switch works (sharing a core, it flips only between the switch's time slices,
+        // and a frame never changes under the switch).
+        std::thread::sleep(Duration::from_micros(200));
     }
     drop(flood);
     assert!(
-        at_b > 100 && at_c > 100,
-        "too few frames to judge: {at_b} at b, {at_c} at c"
+        counts.iter().all(|&n| n > 100),
+        "too few frames to judge: {} at b, {} at c",
+        counts[0],
+        counts[1]
+    );
+}
+
+#[test]
+fn the_learning_switch_after_the_flow_tables_sends_what_they_matched() {
+    let dir = TestDir::new("toctou-normal");
+    // UDP from a is dropped; the rest goes to the learning switch (here: flooded to b, c).
+    let (d, mut a, mut b, mut c) = with_flows(&dir, |ida, _, _| {
+        vec![
+            format!("priority=10,in_port={ida},udp,actions=drop"),
+            "priority=0,actions=NORMAL".to_string(),
+        ]
+    });
+    // A broadcast IPv4 frame whose protocol (byte 23) flips between TCP and UDP while the
+    // switch works: only what the tables saw as TCP may leave, and it must leave as TCP.
+    let mut tcp = frame(BROADCAST, mac(1), 0, 200);
+    tcp[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    tcp[14..34].copy_from_slice(&[
+        0x45, 0, 0, 186, 0, 1, 0, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+    ]);
+    let mut udp = tcp[20..28].to_vec();
+    udp[3] = 17;
+    let flood = FlatOut::start_flipping(&mut a, &tcp, Some((20, udp)));
+    watch_while_flipping(flood, &mut b, &mut c, |_, f| {
+        assert_eq!(f[23], 6, "a frame the tables dropped as UDP left as one");
+    });
+    let dropped = d.switch.flows().dump(&Default::default())[0].packets;
+    assert!(
+        dropped > 100,
+        "too few frames were UDP when matched: {dropped}"
     );
     drop(a);
     d.shutdown();

@@ -782,11 +782,11 @@ pub fn switch_frames(
                     let Some(class) = classify(ingress, &ingress_view, frame, &header) else {
                         continue;
                     };
-                    // A secured port's frame leaves from the checked copy, modified or not.
-                    let base = match out.header {
-                        Some(h) => Some(h),
-                        None => security.is_some().then(matched),
-                    };
+                    // The copy the tables matched on, modified or not, is what leaves: without
+                    // it the learning switch writes only the L2 header it decided on and the
+                    // rest comes from the guest's buffer again, which the guest may have
+                    // changed since (a frame dropped as UDP leaving as UDP after all).
+                    let base = Some(out.header.unwrap_or_else(matched));
                     normal.forward(frame_index, &header, class, base, deliveries, headers);
                 }
             }
