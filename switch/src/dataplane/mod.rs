@@ -160,7 +160,7 @@ impl Normal<'_> {
         frame: u16,
         header: &L2Header,
         class: Classified,
-        base: Option<HeaderBuf>,
+        base: Option<&HeaderBuf>,
         deliveries: &mut Vec<Delivery>,
         headers: &mut Vec<HeaderBuf>,
     ) {
@@ -217,7 +217,11 @@ impl Normal<'_> {
             }
             let header_index = match base {
                 None => NO_HEADER,
-                Some(mut h) => {
+                Some(h) => {
+                    // Copied once, into its place, and changed there.
+                    headers.push(*h);
+                    let index = headers.len() - 1;
+                    let h = &mut headers[index];
                     match egress {
                         Egress::Untagged => h.strip_vlan(),
                         Egress::Tagged => {
@@ -225,8 +229,7 @@ impl Normal<'_> {
                             h.set_vlan_pcp(class.pcp);
                         }
                     }
-                    headers.push(h);
-                    (headers.len() - 1) as u32
+                    index as u32
                 }
             };
             deliveries.push(Delivery {
@@ -711,7 +714,14 @@ pub fn switch_frames(
             rx_packets += 1;
             rx_bytes += u64::from(frame.len);
             let base = security.map(|_| HeaderBuf::new(&checked[..checked_len]));
-            normal.forward(frame_index, &header, class, base, deliveries, headers);
+            normal.forward(
+                frame_index,
+                &header,
+                class,
+                base.as_ref(),
+                deliveries,
+                headers,
+            );
             continue;
         }
 
@@ -786,8 +796,15 @@ pub fn switch_frames(
                     // it the learning switch writes only the L2 header it decided on and the
                     // rest comes from the guest's buffer again, which the guest may have
                     // changed since (a frame dropped as UDP leaving as UDP after all).
-                    let base = Some(out.header.unwrap_or_else(matched));
-                    normal.forward(frame_index, &header, class, base, deliveries, headers);
+                    let base = out.header.unwrap_or_else(matched);
+                    normal.forward(
+                        frame_index,
+                        &header,
+                        class,
+                        Some(&base),
+                        deliveries,
+                        headers,
+                    );
                 }
             }
         }
