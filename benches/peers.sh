@@ -19,7 +19,7 @@
 #                   of its own), plain and swap variants: EVPN must not cost the frame path
 #   baseline-poll, baseline-event   the same with the binaries of PATCHBAY_PEERS_BASELINE_BIN:
 #                   an earlier build measured in the same run (an A/B of a change), in every
-#                   variant but vxlan and tso
+#                   variant but vxlan and tso; baseline-ct-poll: patchbay-ct-poll's (swap only)
 # Modes:
 #   mac       closed loop: testpmd mac-forwards every frame it receives back out of the paired
 #             port, from that port's MAC to its pair's MAC (ordinary unicast a learning switch
@@ -1053,12 +1053,15 @@ measure() {
         patchbay-event) start_patchbay "$dir" "$n" "$variant" 0 || ok=0 ;;
         baseline-poll) start_patchbay "$dir" "$n" "$variant" 1 "$RUN/bin/baseline" || ok=0 ;;
         baseline-event) start_patchbay "$dir" "$n" "$variant" 0 "$RUN/bin/baseline" || ok=0 ;;
-        ovs-ct | patchbay-ct-*)
+        ovs-ct | patchbay-ct-* | baseline-ct-*)
             [[ $variant == swap ]] || return 0
             case $case in
             ovs-ct) CT_FLOWS=1 start_ovs "$dir" "$n" "$variant" || ok=0 ;;
             patchbay-ct-poll) CT_FLOWS=1 start_patchbay "$dir" "$n" "$variant" 1 || ok=0 ;;
             patchbay-ct-event) CT_FLOWS=1 start_patchbay "$dir" "$n" "$variant" 0 || ok=0 ;;
+            baseline-ct-poll)
+                CT_FLOWS=1 start_patchbay "$dir" "$n" "$variant" 1 "$RUN/bin/baseline" || ok=0
+                ;;
             esac
             ;;
         patchbay-evpn-*)
@@ -1367,7 +1370,7 @@ main() {
     local cases=() c
     for c in testpmd-io ovs-dpdk ovs-ct patchbay-poll patchbay-event patchbay-ct-poll \
         patchbay-ct-event patchbay-evpn-poll patchbay-evpn-event patchbay-xdp-poll patchbay-xdp-event baseline-poll baseline-event \
-        kernel-vxlan kernel-bridge; do
+        baseline-ct-poll kernel-vxlan kernel-bridge; do
         has "$CASES" "$c" && cases+=("$c")
     done
     if has "$CASES" ovs-dpdk || has "$CASES" ovs-ct; then

@@ -18,7 +18,7 @@ use patchbay_switch::flow::extract::{flow_key, l3_offset};
 use patchbay_switch::flow::pipeline::{
     Flow, FlowThread, MissPolicy, Output, Pipeline, MAX_OUTPUTS,
 };
-use patchbay_switch::flow::rewrite::{HeaderBuf, MAX_PUSHED_TAGS, REWRITE_BYTES};
+use patchbay_switch::flow::rewrite::{HeaderBuf, Matched, MAX_PUSHED_TAGS, REWRITE_BYTES};
 use patchbay_switch::flow::{Action, Field, Match, PortRef};
 
 fn pipeline() -> &'static Pipeline {
@@ -179,7 +179,10 @@ fuzz_target!(|data: &[u8]| {
         p.run_frame(
             &tables,
             &key,
-            || HeaderBuf::new(prefix),
+            Matched {
+                bytes: prefix,
+                partial_csum_at: None,
+            },
             frame.len() as u32,
             &mut again,
             &mut thread,

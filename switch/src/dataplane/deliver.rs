@@ -4,8 +4,7 @@
 //! source (completing a partial checksum on the way for a receiver without GUEST_CSUM), hand
 //! the buffers to the guest, notify once per batch.
 
-use super::{Delivery, Frame, Source};
-use crate::flow::rewrite::HeaderBuf;
+use super::{Delivery, Frame, Headers, Source};
 use crate::port::{DropReason, Link, Port, PortCounters, MAX_QUEUE_PAIRS};
 use crate::virtio::chain::RxShortage;
 use crate::virtio::features::{bit, mergeable_rx, net_header_len};
@@ -33,7 +32,7 @@ pub(super) fn to_guest(
     source: &Source<'_>,
     frames: &[Frame],
     group: &[Delivery],
-    headers: &[HeaderBuf],
+    headers: Headers<'_>,
     rx: &mut RxReservation,
     steering: &mut Steering,
 ) {
@@ -98,7 +97,7 @@ fn to_ring(
     source: &Source<'_>,
     frames: &[Frame],
     group: &[Delivery],
-    headers: &[HeaderBuf],
+    headers: Headers<'_>,
     rx: &mut RxReservation,
 ) {
     let Some(pair) = link.pair(queue) else {

@@ -11,9 +11,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::{ArcSwap, Guard};
 
-use super::{Delivery, Frame, Source, SwitchScratch};
+use super::{Delivery, Frame, Headers, Source, SwitchScratch};
 use crate::flow::pipeline::Pipeline;
-use crate::flow::rewrite::HeaderBuf;
 use crate::mac_table::MacTable;
 use crate::port::Port;
 
@@ -55,7 +54,7 @@ pub trait HostEgress: Send + Sync {
         source: &Source<'_>,
         frames: &[Frame],
         group: &[Delivery],
-        headers: &[HeaderBuf],
+        headers: Headers<'_>,
     );
 
     /// The largest frame it carries (the tunnel: its underlay MTU minus the

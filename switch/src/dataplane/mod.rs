@@ -23,7 +23,7 @@ pub use fabric::{Fabric, HostDevice, HostEgress, HostIngress, PortTable, SwitchC
 
 use crate::flow::extract::flow_key;
 use crate::flow::pipeline::{MissPolicy, Target};
-use crate::flow::rewrite::{HeaderBuf, REWRITE_BYTES};
+use crate::flow::rewrite::{HeaderBuf, Matched, REWRITE_BYTES};
 use crate::flow::Field;
 use crate::mac_table::{Learned, PortId};
 use crate::offload::layout::{MAX_HEADERS, MAX_L2};
@@ -44,6 +44,64 @@ pub const BATCH: usize = 64;
 
 /// `Delivery::header` when the frame's header is given by `rewrite` alone.
 pub const NO_HEADER: u32 = u32::MAX;
+
+/// `Delivery::header` bit: the frame leaves with its first bytes as the switch copied them
+/// for the flow tables or port security (`Headers::matched`, indexed by the frame), not
+/// with a rewritten header (`Headers::rewritten`).
+const MATCHED: u32 = 1 << 31;
+
+/// A frame's first bytes as the switch copied them once from the sender, for the flow
+/// tables' match or port security's check. Kept for the batch: a frame whose bytes leave
+/// unchanged is delivered from this copy (so the guest cannot change what was matched or
+/// checked), and nothing copies them again per output.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+pub struct FramePrefix {
+    bytes: [u8; REWRITE_BYTES],
+    len: u8,
+}
+
+const _: () = assert!(REWRITE_BYTES <= u8::MAX as usize);
+
+impl Default for FramePrefix {
+    fn default() -> Self {
+        FramePrefix {
+            bytes: [0; REWRITE_BYTES],
+            len: 0,
+        }
+    }
+}
+
+impl FramePrefix {
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// Copies `frame`'s first bytes (up to [`REWRITE_BYTES`]) from `source`.
+    fn read(&mut self, source: &Source<'_>, frame: &Frame) -> &[u8] {
+        let n = source.read_prefix(frame, &mut self.bytes);
+        self.len = n as u8;
+        self.bytes()
+    }
+}
+
+/// Where deliveries' leading bytes are (see [`Delivery::prefix`]): headers rewritten by
+/// flow actions or the learning switch, and the batch's frames' first bytes as matched.
+#[derive(Debug, Clone, Copy)]
+pub struct Headers<'a> {
+    pub rewritten: &'a [HeaderBuf],
+    pub matched: &'a [FramePrefix],
+}
+
+impl<'a> Headers<'a> {
+    /// Only rewritten headers (deliveries made outside a batch's switching).
+    pub fn rewritten(rewritten: &'a [HeaderBuf]) -> Headers<'a> {
+        Headers {
+            rewritten,
+            matched: &[],
+        }
+    }
+}
 
 /// One frame going to one port.
 #[derive(Debug, Clone, Copy)]
@@ -74,15 +132,23 @@ impl Delivery {
     }
 
     /// The bytes that replace the start of the frame, and how many they replace.
-    pub fn prefix<'a>(&'a self, headers: &'a [HeaderBuf]) -> (&'a [u8], usize) {
-        match headers.get(self.header as usize) {
-            Some(h) => (h.bytes(), h.skip()),
-            None => (self.rewrite.prefix(), usize::from(self.rewrite.skip)),
-        }
+    pub fn prefix<'a>(&'a self, headers: Headers<'a>) -> (&'a [u8], usize) {
+        let held = match self.header {
+            NO_HEADER => None,
+            h if h & MATCHED != 0 => headers
+                .matched
+                .get((h & !MATCHED) as usize)
+                .map(|p| (p.bytes(), p.bytes().len())),
+            h => headers
+                .rewritten
+                .get(h as usize)
+                .map(|h| (h.bytes(), h.skip())),
+        };
+        held.unwrap_or((self.rewrite.prefix(), usize::from(self.rewrite.skip)))
     }
 
     /// Length of the frame that leaves.
-    pub fn out_len(&self, frame_len: u32, headers: &[HeaderBuf]) -> u32 {
+    pub fn out_len(&self, frame_len: u32, headers: Headers<'_>) -> u32 {
         let (prefix, skip) = self.prefix(headers);
         frame_len + prefix.len() as u32 - skip as u32
     }
@@ -152,15 +218,58 @@ struct Normal<'a> {
     floods: u64,
 }
 
+/// What a frame the learning switch forwards leaves with, before its VLAN change.
+#[derive(Clone, Copy)]
+enum Base<'a> {
+    /// The sender's bytes, behind the L2 header the switch decides (`Delivery::rewrite`).
+    Sender,
+    /// The batch's copy of the frame's first bytes (`Headers::matched`), as matched or
+    /// checked.
+    Matched(Matched<'a>),
+    /// A header rewritten by flow actions.
+    Rewritten(&'a HeaderBuf),
+}
+
+/// Whether `m` already leaves as `egress` for `class` asks (no tag to pop, or the tag
+/// with the class's VID and PCP), so the frame can leave from the batch's copy as it is.
+fn leaves_as_matched(m: &Matched, egress: Egress, class: Classified) -> bool {
+    match (egress, m.tci()) {
+        (Egress::Untagged, None) => true,
+        (Egress::Tagged, Some(tci)) => tci & 0x0fff == class.vid && (tci >> 13) as u8 == class.pcp,
+        _ => false,
+    }
+}
+
+/// Adds `h`, changed for `egress`, to the batch's rewritten headers; returns its index.
+fn push_for_egress(
+    headers: &mut Vec<HeaderBuf>,
+    h: HeaderBuf,
+    egress: Egress,
+    class: Classified,
+) -> u32 {
+    // Copied once, into its place, and changed there.
+    headers.push(h);
+    let index = headers.len() - 1;
+    let h = &mut headers[index];
+    match egress {
+        Egress::Untagged => h.strip_vlan(),
+        Egress::Tagged => {
+            h.set_vlan_vid(class.vid);
+            h.set_vlan_pcp(class.pcp);
+        }
+    }
+    index as u32
+}
+
 impl Normal<'_> {
-    /// Learns the source, finds the destination(s) and queues deliveries. `base` is a header
-    /// already rewritten by flow actions (the VLAN egress change is applied on top of it).
+    /// Learns the source, finds the destination(s) and queues deliveries. `base` is what
+    /// leaves (the VLAN egress change is applied on top of it).
     fn forward(
         &mut self,
         frame: u16,
         header: &L2Header,
         class: Classified,
-        base: Option<&HeaderBuf>,
+        base: Base<'_>,
         deliveries: &mut Vec<Delivery>,
         headers: &mut Vec<HeaderBuf>,
     ) {
@@ -216,21 +325,12 @@ impl Normal<'_> {
                 return;
             }
             let header_index = match base {
-                None => NO_HEADER,
-                Some(h) => {
-                    // Copied once, into its place, and changed there.
-                    headers.push(*h);
-                    let index = headers.len() - 1;
-                    let h = &mut headers[index];
-                    match egress {
-                        Egress::Untagged => h.strip_vlan(),
-                        Egress::Tagged => {
-                            h.set_vlan_vid(class.vid);
-                            h.set_vlan_pcp(class.pcp);
-                        }
-                    }
-                    index as u32
+                Base::Sender => NO_HEADER,
+                Base::Matched(m) if leaves_as_matched(&m, egress, class) => {
+                    MATCHED | u32::from(frame)
                 }
+                Base::Matched(m) => push_for_egress(headers, m.to_buf(), egress, class),
+                Base::Rewritten(h) => push_for_egress(headers, *h, egress, class),
             };
             deliveries.push(Delivery {
                 dst,
@@ -240,7 +340,7 @@ impl Normal<'_> {
                 header: header_index,
                 tun_id: None,
             });
-            if base.is_none() {
+            if matches!(base, Base::Sender) {
                 if let Some(d) = deliveries.last_mut() {
                     d.rewrite.fill_for_egress(header, class, egress);
                 }
@@ -299,6 +399,8 @@ pub struct SwitchScratch {
     ports: Vec<Option<PortView>>,
     /// Headers rewritten by flow actions, referenced by `Delivery::header`.
     headers: Vec<HeaderBuf>,
+    /// The batch's frames' first bytes as matched or checked, by frame (see [`FramePrefix`]).
+    matched: Vec<FramePrefix>,
     /// Outputs of one packet's pipeline run.
     outputs: Vec<crate::flow::pipeline::Output>,
     /// This thread's flow lookup cache and batch counters (allocated when flows are first
@@ -551,7 +653,7 @@ pub fn push_iovecs(
     source: &Source<'_>,
     frame: &Frame,
     d: &Delivery,
-    headers: &[HeaderBuf],
+    headers: Headers<'_>,
     out: &mut Vec<libc::iovec>,
 ) {
     let (prefix, skip) = d.prefix(headers);
@@ -620,6 +722,7 @@ pub fn switch_frames(
         rx,
         ports: views,
         headers,
+        matched,
         outputs,
         flow_thread,
         soft,
@@ -627,6 +730,10 @@ pub fn switch_frames(
     } = scratch;
     deliveries.clear();
     headers.clear();
+    // Grown to the largest batch once; a frame's slot is written before it is read.
+    if matched.len() < frames.len() {
+        matched.resize(frames.len(), FramePrefix::default());
+    }
     views.clear();
     views.extend(ports.iter().map(|p| {
         p.as_ref().map(|p| PortView {
@@ -668,11 +775,6 @@ pub fn switch_frames(
     // Counted once per batch (see `PortCounters::count_rx`).
     let (mut rx_packets, mut rx_bytes) = (0u64, 0u64);
     let security = ingress.security.as_deref();
-    // Port security's copy of a frame's first bytes (once per batch: ports without it pay
-    // no per-frame clearing).
-    let mut checked = [0u8; REWRITE_BYTES];
-    // The flow tables' copy of a frame's first bytes on other ports (also once per batch).
-    let mut unchecked = [0u8; REWRITE_BYTES];
     // Ingress policing: one clock read per batch, only on a policed port.
     let policing = ingress.policer.as_ref().map(|p| (p, fabric.flows.now_ms()));
     for (index, frame) in frames.iter().enumerate() {
@@ -686,11 +788,12 @@ pub fn switch_frames(
         // Port security first: a spoofed frame is neither learned from nor matched. The
         // frame's first bytes are copied once, checked, and leave from that copy (as the
         // frame's header), so the guest cannot change them after the check.
-        let mut checked_len = 0;
+        let partial_csum_at = frame.offload.csum.map(|c| c.start.saturating_add(c.offset));
+        let slot = &mut matched[index];
         if let Some(security) = security {
-            checked_len = source.read_prefix(frame, &mut checked);
+            let checked = slot.read(source, frame);
             let csum = frame.offload.csum.map(|c| (c.start, c.offset));
-            if let Err(v) = security.check(&checked[..checked_len], csum) {
+            if let Err(v) = security.check(checked, csum) {
                 ingress.counters.drop(DropReason::Spoofed, 1);
                 ingress.log_bad_input(format_args!("a frame refused: {}", v.describe()));
                 continue;
@@ -698,7 +801,7 @@ pub fn switch_frames(
         }
         if !use_flows {
             let header = match security {
-                Some(_) => L2Header::parse(&checked[..checked_len]).ok(),
+                Some(_) => L2Header::parse(slot.bytes()).ok(),
                 None => source.l2_header(frame),
             };
             let Some(header) = header else {
@@ -713,48 +816,50 @@ pub fn switch_frames(
             };
             rx_packets += 1;
             rx_bytes += u64::from(frame.len);
-            let base = security.map(|_| HeaderBuf::new(&checked[..checked_len]));
-            normal.forward(
-                frame_index,
-                &header,
-                class,
-                base.as_ref(),
-                deliveries,
-                headers,
-            );
+            let base = match security {
+                Some(_) => Base::Matched(Matched {
+                    bytes: slot.bytes(),
+                    partial_csum_at,
+                }),
+                None => Base::Sender,
+            };
+            normal.forward(frame_index, &header, class, base, deliveries, headers);
             continue;
         }
 
-        let (prefix, n) = match security {
-            Some(_) => (&checked, checked_len),
-            None => {
-                let n = source.read_prefix(frame, &mut unchecked);
-                (&unchecked, n)
-            }
+        let prefix = match security {
+            Some(_) => slot.bytes(),
+            None => slot.read(source, frame),
         };
+        let n = prefix.len();
         if n < 14 {
             ingress.counters.drop(DropReason::Runt, 1);
             continue;
         }
-        let l2 = L2Header::parse(&prefix[..n]).map_or(n, |h| h.len());
+        let l2 = L2Header::parse(prefix).map_or(n, |h| h.len());
         if csum_in_l2(ingress, frame, l2) {
             continue;
         }
         rx_packets += 1;
         rx_bytes += u64::from(frame.len);
-        let key = flow_key(&prefix[..n], ingress.id, frame.tunnel.as_ref());
+        let key = flow_key(prefix, ingress.id, frame.tunnel.as_ref());
         outputs.clear();
         let thread = flow_thread.get_or_insert_with(Box::default);
-        let partial_csum_at = frame.offload.csum.map(|c| c.start.saturating_add(c.offset));
-        let matched = || HeaderBuf::new(&prefix[..n]).with_partial_csum_at(partial_csum_at);
-        pipeline.run_frame(&flow_tables, &key, matched, frame.len, outputs, thread);
+        let as_matched = Matched {
+            bytes: prefix,
+            partial_csum_at,
+        };
+        pipeline.run_frame(&flow_tables, &key, as_matched, frame.len, outputs, thread);
         for out in outputs.iter() {
             let tun_id = out.tun_id.map(|v| v as u32);
-            // The header copy the tables matched on leaves with the frame, modified or not,
-            // so a guest cannot change what was matched after the match.
-            let custom = |headers: &mut Vec<HeaderBuf>| {
-                headers.push(out.header.unwrap_or_else(matched));
-                (headers.len() - 1) as u32
+            // The copy the tables matched on leaves with the frame, rewritten or not, so a
+            // guest cannot change what was matched after the match.
+            let custom = |headers: &mut Vec<HeaderBuf>| match &out.header {
+                Some(h) => {
+                    headers.push(*h);
+                    (headers.len() - 1) as u32
+                }
+                None => MATCHED | u32::from(frame_index),
             };
             let vlan = (key.get(Field::VlanTci) & 0x0fff) as Vid;
             match out.target {
@@ -786,7 +891,7 @@ pub fn switch_frames(
                     }
                 }
                 Target::Normal => {
-                    let Ok(header) = L2Header::parse(out.header_bytes(&prefix[..n])) else {
+                    let Ok(header) = L2Header::parse(out.header_bytes(prefix)) else {
                         continue;
                     };
                     let Some(class) = classify(ingress, &ingress_view, frame, &header) else {
@@ -796,15 +901,11 @@ pub fn switch_frames(
                     // it the learning switch writes only the L2 header it decided on and the
                     // rest comes from the guest's buffer again, which the guest may have
                     // changed since (a frame dropped as UDP leaving as UDP after all).
-                    let base = out.header.unwrap_or_else(matched);
-                    normal.forward(
-                        frame_index,
-                        &header,
-                        class,
-                        Some(&base),
-                        deliveries,
-                        headers,
-                    );
+                    let base = match &out.header {
+                        Some(h) => Base::Rewritten(h),
+                        None => Base::Matched(as_matched),
+                    };
+                    normal.forward(frame_index, &header, class, base, deliveries, headers);
                 }
             }
         }
@@ -829,6 +930,10 @@ pub fn switch_frames(
     // Offloads the destination cannot take are done in software (`soft.rs`); most batches
     // have none, and skip the question.
     let offloads = frames.iter().any(|f| f.offload.is_some());
+    let headers = Headers {
+        rewritten: headers,
+        matched,
+    };
     // Group by destination, keeping frame order within each destination.
     deliveries.sort_by_key(|d| d.dst);
     for group in deliveries.chunk_by(|a, b| a.dst == b.dst) {
@@ -884,5 +989,109 @@ pub fn switch_frames(
         if delivered.is_none() {
             dst.counters.drop(DropReason::NoBuffer, group.len() as u64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: Option<u16>) -> Vec<u8> {
+        let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+        if let Some(tci) = tag {
+            f.extend_from_slice(&[0x81, 0x00]);
+            f.extend_from_slice(&tci.to_be_bytes());
+        }
+        f.extend_from_slice(&[0x08, 0x00]);
+        f.resize(f.len() + 46, 0xab);
+        f
+    }
+
+    fn matched(bytes: &[u8]) -> Matched<'_> {
+        Matched {
+            bytes,
+            partial_csum_at: None,
+        }
+    }
+
+    #[test]
+    fn a_frame_leaves_from_the_batch_copy_only_when_its_tag_is_already_right() {
+        let class = Classified { vid: 10, pcp: 3 };
+        let untagged = frame(None);
+        let right = frame(Some((3 << 13) | 10));
+        let other_vid = frame(Some((3 << 13) | 20));
+        let other_pcp = frame(Some(10));
+        let dei = frame(Some((3 << 13) | 0x1000 | 10));
+        assert!(leaves_as_matched(
+            &matched(&untagged),
+            Egress::Untagged,
+            class
+        ));
+        assert!(!leaves_as_matched(
+            &matched(&untagged),
+            Egress::Tagged,
+            class
+        ));
+        assert!(leaves_as_matched(&matched(&right), Egress::Tagged, class));
+        assert!(!leaves_as_matched(
+            &matched(&right),
+            Egress::Untagged,
+            class
+        ));
+        assert!(!leaves_as_matched(
+            &matched(&other_vid),
+            Egress::Tagged,
+            class
+        ));
+        assert!(!leaves_as_matched(
+            &matched(&other_pcp),
+            Egress::Tagged,
+            class
+        ));
+        // The VLAN rewrites keep the DEI bit, so a tag with it set needs no change either.
+        assert!(leaves_as_matched(&matched(&dei), Egress::Tagged, class));
+        // Whatever it says, a header too short to hold a tag has none.
+        assert!(!leaves_as_matched(
+            &matched(&right[..16]),
+            Egress::Tagged,
+            class
+        ));
+    }
+
+    #[test]
+    fn a_delivery_finds_its_bytes_in_the_arena_it_names() {
+        let bytes = frame(Some(10));
+        let mut prefix = FramePrefix::default();
+        let source = Source::host(&bytes);
+        let f = Frame {
+            head: 0,
+            len: bytes.len() as u32,
+            bytes: FrameBytes::Host {
+                start: 0,
+                len: bytes.len(),
+            },
+            tunnel: None,
+            offload: Offload::NONE,
+        };
+        assert_eq!(prefix.read(&source, &f), &bytes[..]);
+        let mut rewritten = HeaderBuf::new(&bytes);
+        rewritten.strip_vlan();
+        let prefixes = [FramePrefix::default(), prefix];
+        let rewritten = [rewritten];
+        let headers = Headers {
+            rewritten: &rewritten,
+            matched: &prefixes,
+        };
+        let mut d = Delivery::raw(1, 1, 10, MATCHED | 1, None);
+        assert_eq!(d.prefix(headers), (&bytes[..], bytes.len()));
+        assert_eq!(d.out_len(f.len, headers), f.len);
+        d.header = 0;
+        assert_eq!(d.prefix(headers).0.len(), bytes.len() - 4);
+        assert_eq!(d.out_len(f.len, headers), f.len - 4);
+        // An index past the arena falls back to the delivery's own rewrite (none here).
+        d.header = MATCHED | 7;
+        assert_eq!(d.prefix(headers), (&[][..], 0));
+        d.header = NO_HEADER;
+        assert_eq!(d.prefix(headers), (&[][..], 0));
     }
 }

@@ -12,7 +12,7 @@
 //! leave and finished there. Only groups with such a frame come here; the others go straight
 //! from the sender's buffers to the receiver's.
 
-use super::{Delivery, Frame, FrameBytes, Source, NO_HEADER};
+use super::{Delivery, Frame, FrameBytes, Headers, Source, NO_HEADER};
 use crate::flow::rewrite::{HeaderBuf, REWRITE_BYTES};
 use crate::frame::Rewrite;
 use crate::offload::segment::{
@@ -106,9 +106,9 @@ impl SoftScratch {
         source: &Source<'_>,
         frames: &[Frame],
         group: &[Delivery],
-        headers: &[HeaderBuf],
+        headers: Headers<'_>,
         receiver: Receiver,
-        mut deliver: impl FnMut(&Source<'_>, &[Frame], &[Delivery], &[HeaderBuf]),
+        mut deliver: impl FnMut(&Source<'_>, &[Frame], &[Delivery], Headers<'_>),
     ) {
         self.buf.clear();
         self.frames.clear();
@@ -222,16 +222,13 @@ impl SoftScratch {
         self.lens.push(self.work.len() as u32);
     }
 
-    fn flush(
-        &mut self,
-        deliver: &mut impl FnMut(&Source<'_>, &[Frame], &[Delivery], &[HeaderBuf]),
-    ) {
+    fn flush(&mut self, deliver: &mut impl FnMut(&Source<'_>, &[Frame], &[Delivery], Headers<'_>)) {
         if !self.deliveries.is_empty() {
             deliver(
                 &Source::host(&self.buf),
                 &self.frames,
                 &self.deliveries,
-                &[],
+                Headers::rewritten(&[]),
             );
         }
         self.buf.clear();
@@ -268,7 +265,7 @@ impl Cut {
         frame: &Frame,
         prefix_skip: (&[u8], usize),
         how: (Gso, L4Checksum),
-        deliver: &mut impl FnMut(&Source<'_>, &[Frame], &[Delivery], &[HeaderBuf]),
+        deliver: &mut impl FnMut(&Source<'_>, &[Frame], &[Delivery], Headers<'_>),
     ) {
         match self.cut(d, source, frame, prefix_skip, how) {
             // SAFETY: `segs` were made by `source.window` in `cut`.
@@ -276,7 +273,7 @@ impl Cut {
                 &unsafe { source.reseated(&self.segs) },
                 &self.frames,
                 &self.deliveries,
-                &self.headers,
+                Headers::rewritten(&self.headers),
             ),
             Err(e) => drop_bad(ingress, e),
         }

@@ -17,7 +17,7 @@ use super::exec::{self, ExecState};
 use super::group::{Group, GroupEntry, GroupKind};
 use super::key::{Field, FlowKey, Match, WordSet};
 use super::meter::{Meter, MeterEntry};
-use super::rewrite::HeaderBuf;
+use super::rewrite::{HeaderBuf, Matched};
 use crate::conntrack::{CommitOptions, Conntrack};
 
 /// Table numbers are 0..=254 (255 is OpenFlow's "all tables").
@@ -954,7 +954,7 @@ impl Pipeline {
             Some((_, t)) => t,
             None => self
                 .conntrack
-                .track(st.header_mut().bytes(), zone, commit, now_ms),
+                .track(st.header_bytes(), zone, commit, now_ms),
         };
         st.last_tracked = Some((zone, tracked));
         let Some(table) = ct.table else {
@@ -1226,7 +1226,11 @@ impl Pipeline {
         outputs: &mut Vec<Output>,
         trace: Option<&mut Vec<TraceStep>>,
     ) -> Option<Halt> {
-        self.run_inner(tables, key, &|| header, frame_len, outputs, trace, None)
+        let matched = Matched {
+            bytes: header.bytes(),
+            partial_csum_at: header.partial_csum_at(),
+        };
+        self.run_inner(tables, key, matched, frame_len, outputs, trace, None)
             .0
     }
 
@@ -1237,7 +1241,7 @@ impl Pipeline {
         &self,
         tables: &Tables,
         key: &FlowKey,
-        make_header: &dyn Fn() -> HeaderBuf,
+        matched: Matched,
         frame_len: u32,
         outputs: &mut Vec<Output>,
         mut trace: Option<&mut Vec<TraceStep>>,
@@ -1254,7 +1258,7 @@ impl Pipeline {
         };
         let mut state = ExecState {
             key: *key,
-            make_header,
+            matched,
             header: None,
             modified: false,
             tun_id: None,
@@ -1286,14 +1290,14 @@ impl Pipeline {
 
     /// The frame path's run: [`Pipeline::run`] through `thread`'s lookup cache and batch
     /// counters, or, for a frame with the same key as the run before it in this batch, that
-    /// run replayed (see [`Replay`]). `header` makes the frame's header buffer, only when an
-    /// action rewrites or reads it; outputs carry a header only if it was rewritten (the
-    /// frame leaves as it came otherwise).
+    /// run replayed (see [`Replay`]). `matched` is the frame's first bytes that `key` was
+    /// made from; outputs carry a header only if an action rewrote it (the frame leaves as
+    /// it was matched otherwise).
     pub fn run_frame(
         &self,
         tables: &Tables,
         key: &FlowKey,
-        header: impl Fn() -> HeaderBuf,
+        matched: Matched,
         frame_len: u32,
         outputs: &mut Vec<Output>,
         thread: &mut FlowThread,
@@ -1305,7 +1309,7 @@ impl Pipeline {
         let (halt, replayable) = self.run_inner(
             tables,
             key,
-            &header,
+            matched,
             frame_len,
             outputs,
             None,
@@ -1993,7 +1997,10 @@ mod firewall_tests {
         p.run_frame(
             &p.snapshot(),
             &key,
-            || HeaderBuf::new(&frame[..frame.len().min(crate::flow::rewrite::REWRITE_BYTES)]),
+            Matched {
+                bytes: &frame[..frame.len().min(crate::flow::rewrite::REWRITE_BYTES)],
+                partial_csum_at: None,
+            },
             frame.len() as u32,
             &mut out,
             &mut thread,
@@ -2364,7 +2371,10 @@ mod replay_tests {
             p.run_frame(
                 &tables,
                 &key,
-                || HeaderBuf::new(prefix),
+                Matched {
+                    bytes: prefix,
+                    partial_csum_at: None,
+                },
                 frame.len() as u32,
                 &mut out,
                 &mut thread,
@@ -2435,7 +2445,10 @@ mod replay_tests {
         let frame = udp(53, b"a");
         let key = flow_key(&frame, 1, None);
         let mut out = Vec::new();
-        let header = || HeaderBuf::new(&frame);
+        let header = Matched {
+            bytes: &frame,
+            partial_csum_at: None,
+        };
         p.run_frame(&tables, &key, header, 50, &mut out, &mut thread);
         install(&p, "table=1,priority=20,udp,tp_dst=53,actions=output:4");
         out.clear();

@@ -23,6 +23,33 @@ pub const MAX_PUSHED_TAGS: usize = 8;
 /// original prefix (the rewritable window) in the buffer, whatever the actions.
 const CAPACITY: usize = REWRITE_BYTES + 4 * MAX_PUSHED_TAGS;
 
+/// A frame's first bytes as the tables matched them, where the caller keeps them: a
+/// [`HeaderBuf`] is made from them only when an action rewrites them (most runs do not,
+/// and the copy, written and read back at once, cost more than their lookups).
+#[derive(Debug, Clone, Copy)]
+pub struct Matched<'a> {
+    pub bytes: &'a [u8],
+    /// Where the frame's partial L4 checksum field is, if its sender offloaded it.
+    pub partial_csum_at: Option<u16>,
+}
+
+impl Matched<'_> {
+    /// A header buffer to rewrite, made from these bytes.
+    pub fn to_buf(&self) -> HeaderBuf {
+        HeaderBuf::new(self.bytes).with_partial_csum_at(self.partial_csum_at)
+    }
+
+    /// The outer 802.1Q tag's TCI, if tagged (a tag as [`HeaderBuf`]'s VLAN rewrites see it).
+    pub fn tci(&self) -> Option<u16> {
+        match self.bytes {
+            [_, _, _, _, _, _, _, _, _, _, _, _, 0x81, 0x00, hi, lo, _, _, ..] => {
+                Some(u16::from_be_bytes([*hi, *lo]))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// A frame's first bytes, modified by actions. The frame that leaves is `bytes()` followed by
 /// the original frame from `skip()` on.
 #[derive(Clone, Copy)]
@@ -107,6 +134,11 @@ impl HeaderBuf {
 
     pub fn bytes(&self) -> &[u8] {
         &self.bytes[..self.len]
+    }
+
+    /// Where the partial L4 checksum field is (see [`Self::with_partial_csum_at`]).
+    pub fn partial_csum_at(&self) -> Option<u16> {
+        self.partial_csum_at.and_then(|at| u16::try_from(at).ok())
     }
 
     pub fn skip(&self) -> usize {

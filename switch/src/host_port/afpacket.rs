@@ -14,8 +14,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use super::{offload_of, TO_KERNEL, VNET_HDR_LEN};
-use crate::dataplane::{push_iovecs, Delivery, Frame, FrameBytes, Source};
-use crate::flow::rewrite::HeaderBuf;
+use crate::dataplane::{push_iovecs, Delivery, Frame, FrameBytes, Headers, Source};
 use crate::port::{DropReason, Port};
 use crate::virtio::net_header::{self, NetHeader};
 
@@ -413,7 +412,7 @@ impl PacketSocket {
         source: &Source<'_>,
         frames: &[Frame],
         group: &[Delivery],
-        headers: &[HeaderBuf],
+        headers: Headers<'_>,
         s: &mut TxScratch,
     ) {
         s.headers.clear();

@@ -27,9 +27,9 @@ use std::sync::{Mutex, MutexGuard};
 use super::afpacket::check;
 use super::xdp::{XdpMode, XdpRedirect};
 use crate::dataplane::{
-    push_iovecs, switch_host_frames, Delivery, Fabric, Frame, FrameBytes, Source, SwitchScratch,
+    push_iovecs, switch_host_frames, Delivery, Fabric, Frame, FrameBytes, Headers, Source,
+    SwitchScratch,
 };
-use crate::flow::rewrite::HeaderBuf;
 use crate::offload::Offload;
 use crate::port::{DropReason, Port};
 use crate::virtio::guest_map::copy_bytes;
@@ -516,7 +516,7 @@ impl XskSocket {
         source: &Source<'_>,
         frames: &[Frame],
         group: &[Delivery],
-        headers: &[HeaderBuf],
+        headers: Headers<'_>,
     ) {
         let TxSide {
             tx,
@@ -738,7 +738,7 @@ impl XdpUplink {
         source: &Source<'_>,
         frames: &[Frame],
         group: &[Delivery],
-        headers: &[HeaderBuf],
+        headers: Headers<'_>,
     ) {
         let n = self.sockets.len();
         if n == 1 {

@@ -27,10 +27,9 @@ use std::thread;
 
 use crate::dataplane::SwitchScratch;
 use crate::dataplane::{
-    push_iovecs, switch_host_frames, Delivery, Fabric, Frame, FrameBytes, HostDevice, HostEgress,
-    HostIngress, Source,
+    push_iovecs, switch_host_frames, Delivery, Fabric, Frame, FrameBytes, Headers, HostDevice,
+    HostEgress, HostIngress, Source,
 };
-use crate::flow::rewrite::HeaderBuf;
 use crate::offload::{layout, Offload};
 use crate::port::{Doorbell, DropReason, LinkState, Port, PortKind};
 use crate::virtio::features::bit;
@@ -480,7 +479,7 @@ impl HostEgress for Uplink {
         source: &Source<'_>,
         frames: &[Frame],
         group: &[Delivery],
-        headers: &[HeaderBuf],
+        headers: Headers<'_>,
     ) {
         match self.attachment.load().as_deref() {
             Some(Attachment::Xdp(x)) => x.send(port, source, frames, group, headers),
@@ -680,7 +679,7 @@ impl HostEgress for InternalPort {
         source: &Source<'_>,
         frames: &[Frame],
         group: &[Delivery],
-        headers: &[HeaderBuf],
+        headers: Headers<'_>,
     ) {
         let mut iov: Vec<libc::iovec> = Vec::with_capacity(8);
         let (mut sent, mut bytes, mut failed) = (0u64, 0u64, 0u64);

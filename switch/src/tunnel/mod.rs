@@ -200,7 +200,7 @@ impl HostEgress for Tunnel {
         source: &Source<'_>,
         frames: &[Frame],
         group: &[Delivery],
-        headers: &[crate::flow::rewrite::HeaderBuf],
+        headers: crate::dataplane::Headers<'_>,
     ) {
         TX_SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
             Ok(mut scratch) => {

@@ -22,8 +22,7 @@ use patchbay_overlay::Vni;
 
 use super::udp::{self, CmsgBuf, RawAddr, GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
 use super::{RunCount, Tunnel, TunnelIo};
-use crate::dataplane::{push_iovecs, Delivery, Frame, Source};
-use crate::flow::rewrite::HeaderBuf;
+use crate::dataplane::{push_iovecs, Delivery, Frame, Headers, Source};
 use crate::port::{DropReason, Port};
 use crate::wire::L2Header;
 
@@ -135,7 +134,7 @@ impl Tunnel {
         source: &Source<'_>,
         frames: &[Frame],
         group: &[Delivery],
-        headers: &[HeaderBuf],
+        headers: Headers<'_>,
         scratch: &mut TxScratch,
     ) {
         self.pick_targets(port, source, frames, group, headers, scratch);
@@ -188,7 +187,7 @@ impl Tunnel {
         source: &Source<'_>,
         frames: &[Frame],
         group: &[Delivery],
-        headers: &[HeaderBuf],
+        headers: Headers<'_>,
         scratch: &mut TxScratch,
     ) {
         let now = self.vtep.now();

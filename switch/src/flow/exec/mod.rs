@@ -17,18 +17,16 @@ pub mod learn;
 
 use super::key::FlowKey;
 use super::pipeline::{Halt, MAX_RESUBMITS};
-use super::rewrite::HeaderBuf;
+use super::rewrite::{HeaderBuf, Matched};
 
 /// A packet on its way through the tables.
 #[derive(Clone, Copy)]
 pub struct ExecState<'a> {
     /// The fields later tables match (rewritten as the actions go).
     pub key: FlowKey,
-    /// Makes the frame's header buffer (its first bytes as the tables read them).
-    pub make_header: &'a dyn Fn() -> HeaderBuf,
-    /// The header buffer, made when an action first rewrites or reads it: most runs do
-    /// neither, and making it (a few hundred bytes written and moved) cost more than their
-    /// table lookups.
+    /// The frame's first bytes as the tables read them (the caller's copy).
+    pub matched: Matched<'a>,
+    /// The header buffer, made from `matched` when an action first rewrites it.
     pub header: Option<HeaderBuf>,
     /// Whether the header differs from the frame's.
     pub modified: bool,
@@ -53,7 +51,16 @@ pub struct ExecState<'a> {
 impl ExecState<'_> {
     /// The header buffer to rewrite (made on first use).
     pub fn header_mut(&mut self) -> &mut HeaderBuf {
-        self.header.get_or_insert_with(self.make_header)
+        let matched = self.matched;
+        self.header.get_or_insert_with(|| matched.to_buf())
+    }
+
+    /// The packet's first bytes as the actions have left them so far (read, not copied).
+    pub fn header_bytes(&self) -> &[u8] {
+        match &self.header {
+            Some(h) => h.bytes(),
+            None => self.matched.bytes,
+        }
     }
 
     pub fn count_resubmit(&mut self) -> Result<(), Halt> {
