@@ -21,7 +21,8 @@ use std::sync::Arc;
 pub use crate::frame::{Frame, FrameBytes, Rewrite, Source, TunnelMeta};
 pub use fabric::{Fabric, HostDevice, HostEgress, HostIngress, PortTable, SwitchCounters};
 
-use crate::flow::extract::flow_key;
+use crate::flow::extract::flow_key_into;
+use crate::flow::key::FlowKey;
 use crate::flow::pipeline::{MissPolicy, Target};
 use crate::flow::rewrite::{HeaderBuf, Matched, REWRITE_BYTES};
 use crate::flow::Field;
@@ -775,6 +776,8 @@ pub fn switch_frames(
     // Counted once per batch (see `PortCounters::count_rx`).
     let (mut rx_packets, mut rx_bytes) = (0u64, 0u64);
     let security = ingress.security.as_deref();
+    // The flow tables' key of each frame in turn, made where it lies.
+    let mut key = FlowKey::default();
     // Ingress policing: one clock read per batch, only on a policed port.
     let policing = ingress.policer.as_ref().map(|p| (p, fabric.flows.now_ms()));
     for (index, frame) in frames.iter().enumerate() {
@@ -842,7 +845,7 @@ pub fn switch_frames(
         }
         rx_packets += 1;
         rx_bytes += u64::from(frame.len);
-        let key = flow_key(prefix, ingress.id, frame.tunnel.as_ref());
+        flow_key_into(prefix, ingress.id, frame.tunnel.as_ref(), &mut key);
         outputs.clear();
         let thread = flow_thread.get_or_insert_with(Box::default);
         let as_matched = Matched {

@@ -46,6 +46,15 @@ pub fn l3_offset(frame: &[u8]) -> Option<(usize, u64)> {
 /// The key of `frame` (its first bytes suffice: see [`KEY_BYTES`]).
 pub fn flow_key(frame: &[u8], in_port: u16, tunnel: Option<&TunnelMeta>) -> FlowKey {
     let mut k = FlowKey::default();
+    flow_key_into(frame, in_port, tunnel, &mut k);
+    k
+}
+
+/// [`flow_key`], written into `k` where it lies: the frame path keeps one key for a batch,
+/// and a key made and then moved (232 bytes stored a word at a time, then loaded wide) had
+/// its copy wait for those stores on every frame.
+pub fn flow_key_into(frame: &[u8], in_port: u16, tunnel: Option<&TunnelMeta>, k: &mut FlowKey) {
+    *k = FlowKey::default();
     k.set(Field::InPort, u64::from(in_port));
     if let Some(t) = tunnel {
         k.set(Field::TunId, u64::from(t.vni));
@@ -59,12 +68,12 @@ pub fn flow_key(frame: &[u8], in_port: u16, tunnel: Option<&TunnelMeta>) -> Flow
         k.set(Field::TunDst, v4(t.local));
     }
     let (Some(dst), Some(src)) = (mac(frame, 0), mac(frame, 6)) else {
-        return k;
+        return;
     };
     k.set(Field::DlDst, dst);
     k.set(Field::DlSrc, src);
     let Some((l3, ethertype)) = l3_offset(frame) else {
-        return k;
+        return;
     };
     if l3 == 18 {
         let tci = be16(frame, 14).unwrap_or(0);
@@ -72,7 +81,7 @@ pub fn flow_key(frame: &[u8], in_port: u16, tunnel: Option<&TunnelMeta>) -> Flow
     }
     k.set(Field::DlType, ethertype);
     match ethertype {
-        ETH_IPV4 => ipv4(&mut k, frame, l3),
+        ETH_IPV4 => ipv4(k, frame, l3),
         ETH_ARP => {
             // OVS's model: arp_op in nw_proto, spa/tpa in nw_src/nw_dst.
             if let (Some(op), Some(spa), Some(tpa)) = (
@@ -89,10 +98,9 @@ pub fn flow_key(frame: &[u8], in_port: u16, tunnel: Option<&TunnelMeta>) -> Flow
                 k.set(Field::ArpTha, tha);
             }
         }
-        ETH_IPV6 => ipv6(&mut k, frame, l3),
+        ETH_IPV6 => ipv6(k, frame, l3),
         _ => {}
     }
-    k
 }
 
 fn ipv4(k: &mut FlowKey, frame: &[u8], l3: usize) {
