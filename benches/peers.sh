@@ -305,7 +305,7 @@ build_binaries() {
     chart=$(grep -o '"executable":"[^"]*/peers-chart"' <<<"$chart" | tail -1 | cut -d'"' -f4)
     [[ -x $chart ]] || die "cannot find the built peers-chart"
     cp "$chart" "$RUN/bin/peers-chart"
-    if has "$CASES" baseline-poll || has "$CASES" baseline-event; then
+    if has "$CASES" baseline-poll || has "$CASES" baseline-event || has "$CASES" baseline-ct-poll; then
         [[ -n ${PATCHBAY_PEERS_BASELINE_BIN:-} ]] || die "baseline-* cases need PATCHBAY_PEERS_BASELINE_BIN"
         mkdir -p "$RUN/bin/baseline"
         cp "$PATCHBAY_PEERS_BASELINE_BIN" "$RUN/bin/baseline/patchbay-switch" &&

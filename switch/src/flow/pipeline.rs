@@ -18,7 +18,7 @@ use super::group::{Group, GroupEntry, GroupKind};
 use super::key::{Field, FlowKey, Match, WordSet};
 use super::meter::{Meter, MeterEntry};
 use super::rewrite::{HeaderBuf, Matched};
-use crate::conntrack::{CommitOptions, Conntrack};
+use crate::conntrack::{CommitOptions, Conntrack, Tracked};
 
 /// Table numbers are 0..=254 (255 is OpenFlow's "all tables").
 pub const N_TABLES: usize = 255;
@@ -675,6 +675,11 @@ const MAX_REPLAY_TABLES: usize = 16;
 /// has the same outputs for them. Replaying it skips the cached lookups, the actions and
 /// the copies of key and header a run makes, and counts the frame in every table and flow
 /// the run passed through, as running it would.
+///
+/// A run may also depend on one connection-tracking lookup that stores nothing (the
+/// `ct(table=...)` of a stateful firewall, the established path): that lookup is made again
+/// for each replayed frame, on the frame's own header (it moves the connection on), and
+/// the replay holds only if it answers as it did for the run.
 #[derive(Debug, Default)]
 struct Replay {
     /// Whether the fields below describe a run of this batch that may be replayed.
@@ -689,6 +694,8 @@ struct Replay {
     /// Per table looked up, in order: its index in [`FlowThread::tables`] and that of the
     /// flow it matched in [`FlowThread::flows`] (the batch's counters).
     trail: Vec<(u32, Option<u32>)>,
+    /// The run's one `ct` lookup, if it made one: its zone and what it found.
+    ct: Option<(u16, Tracked)>,
 }
 
 impl Default for FlowThread {
@@ -740,19 +747,16 @@ impl FlowThread {
         }
     }
 
-    /// Replays the last run for a frame with `key` in tables of `version`, if that run may
-    /// be replayed: counts the frame as the run did and appends its outputs.
-    fn replay(
-        &mut self,
-        version: u64,
-        key: &FlowKey,
-        frame_len: u32,
-        outputs: &mut Vec<Output>,
-    ) -> bool {
+    /// Whether the last run may be replayed for a frame with `key` in tables of `version`
+    /// (its `ct` lookup, if any, aside).
+    fn may_replay(&self, version: u64, key: &FlowKey) -> bool {
         let replay = &self.replay;
-        if !replay.valid || replay.version != version || !replay.key.same_as(key) {
-            return false;
-        }
+        replay.valid && replay.version == version && replay.key.same_as(key)
+    }
+
+    /// Replays the last run: counts the frame as the run did and appends its outputs.
+    fn replay(&mut self, frame_len: u32, outputs: &mut Vec<Output>) {
+        let replay = &self.replay;
         for &(table, flow) in &replay.trail {
             let t = &mut self.tables[table as usize];
             t.1 += 1;
@@ -769,7 +773,6 @@ impl FlowThread {
             tun_id,
         }));
         self.replay.hits += 1;
-        true
     }
 }
 
@@ -957,6 +960,16 @@ impl Pipeline {
                 .track(st.header_bytes(), zone, commit, now_ms),
         };
         st.last_tracked = Some((zone, tracked));
+        // A run's first lookup that stores nothing, on the header as it came, may be
+        // replayed (asked again per frame, see [`Replay`]); any other makes the run unique.
+        if st.replayable {
+            match cache.as_deref_mut() {
+                Some(thread) if thread.replay.ct.is_none() && commit.is_none() && !st.modified => {
+                    thread.replay.ct = Some((zone, tracked));
+                }
+                _ => st.replayable = false,
+            }
+        }
         let Some(table) = ct.table else {
             return Ok(());
         };
@@ -991,6 +1004,7 @@ impl Pipeline {
             false,
         );
         st.resubmits = copy.resubmits;
+        st.replayable = copy.replayable;
         result
     }
 
@@ -1230,7 +1244,7 @@ impl Pipeline {
             bytes: header.bytes(),
             partial_csum_at: header.partial_csum_at(),
         };
-        self.run_inner(tables, key, matched, frame_len, outputs, trace, None)
+        self.run_inner(tables, key, matched, frame_len, outputs, trace, None, None)
             .0
     }
 
@@ -1246,12 +1260,14 @@ impl Pipeline {
         outputs: &mut Vec<Output>,
         mut trace: Option<&mut Vec<TraceStep>>,
         mut cache: Option<&mut FlowThread>,
+        tracked: Option<(u16, Tracked)>,
     ) -> (Option<Halt>, bool) {
         let now_ms = match cache.as_deref_mut() {
             Some(thread) => {
                 // This run's trail replaces the last one's.
                 thread.replay.valid = false;
                 thread.replay.trail.clear();
+                thread.replay.ct = None;
                 thread.now_ms
             }
             None => self.now_ms(),
@@ -1266,7 +1282,7 @@ impl Pipeline {
             now_ms,
             resubmits: 0,
             tracing: trace.is_some(),
-            last_tracked: None,
+            last_tracked: tracked,
             replayable: true,
         };
         let outputs_before = outputs.len();
@@ -1302,8 +1318,24 @@ impl Pipeline {
         outputs: &mut Vec<Output>,
         thread: &mut FlowThread,
     ) -> Option<Halt> {
-        if thread.replay(tables.version, key, frame_len, outputs) {
-            return None;
+        // What this frame's `ct` lookup found, when a replay asked it and got another
+        // answer: the run below takes it rather than tracking the frame twice.
+        let mut tracked = None;
+        if thread.may_replay(tables.version, key) {
+            let same = match thread.replay.ct {
+                None => true,
+                Some((zone, before)) => {
+                    let now = self
+                        .conntrack
+                        .track(matched.bytes, zone, None, thread.now_ms);
+                    tracked = Some((zone, now));
+                    now == before
+                }
+            };
+            if same {
+                thread.replay(frame_len, outputs);
+                return None;
+            }
         }
         let outputs_before = outputs.len();
         let (halt, replayable) = self.run_inner(
@@ -1314,6 +1346,7 @@ impl Pipeline {
             outputs,
             None,
             Some(&mut *thread),
+            tracked,
         );
         let ran = &outputs[outputs_before..];
         let replay = &mut thread.replay;
@@ -1477,7 +1510,6 @@ impl Pipeline {
                 // Never matched by itself (see `Conjunctions`).
                 Action::Conjunction { .. } => {}
                 Action::Ct(ct) => {
-                    st.replayable = false;
                     self.conntrack_fork(tables, ct, st, depth, outputs, trace, cache, tail)?
                 }
                 Action::Meter(id) => {
@@ -2070,6 +2102,67 @@ mod firewall_tests {
         assert_eq!(p.conntrack().len(), 2);
     }
 
+    /// `frames` from `in_port` in one batch: each one's targets, and how many were replayed.
+    fn send_batch(p: &Pipeline, in_port: u16, frames: &[Vec<u8>]) -> (Vec<Vec<Target>>, u64) {
+        let (outputs, hits) = run_batch(p, in_port, frames);
+        let targets = outputs.iter().map(|o| o.iter().map(|o| o.target).collect());
+        (targets.collect(), hits)
+    }
+
+    /// `frames` from `in_port` through the frame path's runs in one batch: each one's
+    /// outputs, and how many were replayed.
+    pub(super) fn run_batch(
+        p: &Pipeline,
+        in_port: u16,
+        frames: &[Vec<u8>],
+    ) -> (Vec<Vec<Output>>, u64) {
+        let tables = p.snapshot();
+        let mut thread = FlowThread::default();
+        p.begin_batch(&mut thread);
+        let mut all = Vec::new();
+        for frame in frames {
+            let prefix = &frame[..frame.len().min(crate::flow::rewrite::REWRITE_BYTES)];
+            let mut out = Vec::new();
+            p.run_frame(
+                &tables,
+                &flow_key(prefix, in_port, None),
+                Matched {
+                    bytes: prefix,
+                    partial_csum_at: None,
+                },
+                frame.len() as u32,
+                &mut out,
+                &mut thread,
+            );
+            all.push(out);
+        }
+        p.flush(&mut thread);
+        (all, thread.replay.hits)
+    }
+
+    #[test]
+    fn a_segment_outside_the_window_is_dropped_inside_a_replayed_run() {
+        let p = pipeline();
+        let to_a = vec![Target::Port(1)];
+        send(&p, 1, &tcp(true, 40000, 22, 100, None, true));
+        send(&p, 2, &tcp(false, 40000, 22, 900, Some(101), true));
+        send(&p, 1, &tcp(true, 40000, 22, 101, Some(901), false));
+        // B's data in one batch, all with the same key: the run through `ct` is replayed,
+        // but conntrack still sees each segment, and the one outside the window is invalid.
+        let data = |seq| tcp_data(false, 40000, 22, seq, Some(101), false, 100);
+        let (targets, replayed) = send_batch(
+            &p,
+            2,
+            &[data(901), data(1001), data(901 + 50_000_000), data(1101)],
+        );
+        assert_eq!(targets, vec![to_a.clone(), to_a.clone(), vec![], to_a]);
+        assert_eq!(
+            replayed, 1,
+            "only the second segment answers as the one before it"
+        );
+        assert_eq!(p.conntrack().counters.invalid.load(Ordering::Relaxed), 1);
+    }
+
     #[test]
     fn the_tracked_copy_does_not_change_the_packet_that_goes_on() {
         let p = Pipeline::new(MissPolicy::Normal);
@@ -2331,7 +2424,7 @@ mod firewall_tests {
 /// Replaying the last run for a frame with the same key (`Replay`).
 #[cfg(test)]
 mod replay_tests {
-    use super::firewall_tests::install;
+    use super::firewall_tests::{install, run_batch};
     use super::*;
     use crate::flow::extract::flow_key;
     use crate::flow::parse::parse_group;
@@ -2360,33 +2453,10 @@ mod replay_tests {
 
     /// One batch of `frames` from port 1: each frame's outputs and how many were replayed.
     fn batch(p: &Pipeline, frames: &[Vec<u8>]) -> (Outputs, u64) {
-        let tables = p.snapshot();
-        let mut thread = FlowThread::default();
-        p.begin_batch(&mut thread);
-        let mut all = Vec::new();
-        for frame in frames {
-            let prefix = &frame[..frame.len().min(REWRITE_BYTES)];
-            let key = flow_key(prefix, 1, None);
-            let mut out = Vec::new();
-            p.run_frame(
-                &tables,
-                &key,
-                Matched {
-                    bytes: prefix,
-                    partial_csum_at: None,
-                },
-                frame.len() as u32,
-                &mut out,
-                &mut thread,
-            );
-            all.push(
-                out.iter()
-                    .map(|o| (o.target, o.header.map(|h| h.bytes().to_vec())))
-                    .collect(),
-            );
-        }
-        p.flush(&mut thread);
-        (all, thread.replay.hits)
+        let (outputs, hits) = run_batch(p, 1, frames);
+        let leaving = |o: &Output| (o.target, o.header.map(|h| h.bytes().to_vec()));
+        let outputs = outputs.iter().map(|o| o.iter().map(leaving).collect());
+        (outputs.collect(), hits)
     }
 
     fn counters(p: &Pipeline) -> Vec<(u64, u64)> {
@@ -2455,6 +2525,79 @@ mod replay_tests {
         p.run_frame(&p.snapshot(), &key, header, 50, &mut out, &mut thread);
         assert_eq!(thread.replay.hits, 0);
         assert_eq!(out[0].target, Target::Port(4));
+    }
+
+    const FIREWALL: &str = "
+        table=0,priority=10,ip,ct_state=-trk,actions=ct(table=1,zone=1)
+        table=1,priority=10,ct_state=+trk+new-inv,ip,actions=ct(commit,zone=1),output:2
+        table=1,priority=10,ct_state=+trk+est-inv,ip,actions=output:3
+        table=1,priority=0,actions=drop
+    ";
+
+    /// The reply to `udp(53, ..)`.
+    fn reply(payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+            .ipv4([10, 0, 0, 2], [10, 0, 0, 1], 64)
+            .udp(53, 4000)
+            .write(&mut out, payload)
+            .expect("frame");
+        out
+    }
+
+    #[test]
+    fn a_run_through_ct_is_replayed_while_conntrack_answers_the_same() {
+        let replaying = pipeline(FIREWALL);
+        let (outputs, hits) = batch(&replaying, &[udp(53, b"q")]);
+        assert_eq!(
+            (outputs[0].clone(), hits),
+            (vec![(Target::Port(2), None)], 0)
+        );
+        let replies = [reply(b"1"), reply(b"22"), reply(b"333")];
+        let (outputs, hits) = batch(&replaying, &replies);
+        assert_eq!(
+            hits, 2,
+            "the established replies after the first replay its run"
+        );
+        assert!(outputs.iter().all(|o| *o == vec![(Target::Port(3), None)]));
+        // Counted as the same frames run one batch each.
+        let running = pipeline(FIREWALL);
+        batch(&running, &[udp(53, b"q")]);
+        for frame in &replies {
+            assert_eq!(batch(&running, std::slice::from_ref(frame)).1, 0);
+        }
+        assert_eq!(counters(&replaying), counters(&running));
+    }
+
+    #[test]
+    fn a_replay_asks_conntrack_again_for_each_frame() {
+        let p = pipeline(FIREWALL);
+        batch(&p, &[udp(53, b"q")]);
+        let tables = p.snapshot();
+        let mut thread = FlowThread::default();
+        p.begin_batch(&mut thread);
+        let frame = reply(b"r");
+        let key = flow_key(&frame, 2, None);
+        let matched = Matched {
+            bytes: &frame,
+            partial_csum_at: None,
+        };
+        let mut out = Vec::new();
+        p.run_frame(&tables, &key, matched, 50, &mut out, &mut thread);
+        assert_eq!(out[0].target, Target::Port(3));
+        // The connection goes between two frames of a batch with one key: the second is a
+        // new connection (B's), committed once, not a replay of the first's run.
+        p.conntrack().flush(None);
+        out.clear();
+        p.run_frame(&tables, &key, matched, 50, &mut out, &mut thread);
+        p.flush(&mut thread);
+        assert_eq!(thread.replay.hits, 0);
+        assert_eq!(
+            out.iter().map(|o| o.target).collect::<Vec<_>>(),
+            vec![Target::Port(2)]
+        );
+        assert_eq!(p.conntrack().len(), 1);
+        assert_eq!(p.conntrack().counters.committed.load(Ordering::Relaxed), 2);
     }
 
     #[test]
