@@ -224,9 +224,23 @@ pub struct ConnInfo {
     pub expires_in_s: u64,
 }
 
+/// What answering a packet again needs without a lookup (see [`Conntrack::answers_again`]):
+/// the key it was tracked under, its shard, that shard's generation as the lookup left it,
+/// and the clock it ran at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    key: ConnKey,
+    shard: usize,
+    generation: u64,
+    now_ms: u64,
+}
+
 /// The connection table.
 pub struct Conntrack {
     shards: Box<[Mutex<Shard>]>,
+    /// Per shard: bumped each time its lock is taken to change it (before the change), so
+    /// that an unchanged generation means an unchanged shard (see [`Stamp`]).
+    generations: Box<[AtomicU64]>,
     seeds: Seeds,
     limits: RwLock<Limits>,
     count: AtomicUsize,
@@ -250,6 +264,7 @@ impl Conntrack {
     pub fn new(limits: Limits) -> Conntrack {
         Conntrack {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            generations: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
             seeds: Seeds::random(),
             limits: RwLock::new(limits),
             count: AtomicUsize::new(0),
@@ -316,6 +331,7 @@ impl Conntrack {
             let Ok(mut other) = shard.try_lock() else {
                 continue;
             };
+            self.bump(i);
             if other.evict_closed(zone, scan, removed) {
                 return true;
             }
@@ -349,13 +365,63 @@ impl Conntrack {
         commit: Option<&CommitOptions>,
         now_ms: u64,
     ) -> Tracked {
+        self.track_stamped(frame, zone, commit, now_ms).0
+    }
+
+    /// [`Conntrack::track`], with a [`Stamp`] when the same answer may be given again to
+    /// a packet of the same key without a lookup (a lookup that stored nothing, of a
+    /// protocol with no state per packet, answered valid).
+    pub fn track_stamped(
+        &self,
+        frame: &[u8],
+        zone: u16,
+        commit: Option<&CommitOptions>,
+        now_ms: u64,
+    ) -> (Tracked, Option<Stamp>) {
         let mut removed = Removed::default();
-        let tracked = self.track_locked(frame, zone, commit, now_ms, &mut removed);
+        let mut stamp = None;
+        let tracked = self.track_locked(frame, zone, commit, now_ms, &mut removed, &mut stamp);
         self.uncount(removed);
         if tracked.state & ct_state::INVALID != 0 {
             self.counters.invalid.fetch_add(1, Ordering::Relaxed);
+            stamp = None;
         }
-        tracked
+        (tracked, stamp)
+    }
+
+    /// Whether tracking `frame` at `now_ms` would answer as the lookup that made `stamp`
+    /// did, and change nothing: it has the stamp's key and a protocol that keeps no state
+    /// per packet, and nothing has changed the stamp's shard since (one atomic load, no
+    /// lock). What the packet's bytes say beyond the key (a fragment, a malformed header)
+    /// is read again.
+    pub fn answers_again(&self, frame: &[u8], now_ms: u64, stamp: &Stamp) -> bool {
+        let Ok(pkt) = packet::parse(frame, stamp.key.zone) else {
+            return false;
+        };
+        now_ms == stamp.now_ms
+            && pkt.key == stamp.key
+            && matches!(
+                pkt.transport,
+                Transport::Udp | Transport::Echo | Transport::Other
+            )
+            && self
+                .generations
+                .get(stamp.shard)
+                .is_some_and(|g| g.load(Ordering::Acquire) == stamp.generation)
+    }
+
+    /// Locks shard `index` to change it (its generation moves first).
+    fn write(&self, index: usize) -> MutexGuard<'_, Shard> {
+        let shard = lock(&self.shards[index]);
+        self.bump(index);
+        shard
+    }
+
+    /// Moves shard `index`'s generation on; called with its lock held (a plain store:
+    /// writers are serialised by that lock).
+    fn bump(&self, index: usize) {
+        let g = &self.generations[index];
+        g.store(g.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
     }
 
     fn track_locked(
@@ -365,6 +431,7 @@ impl Conntrack {
         commit: Option<&CommitOptions>,
         now_ms: u64,
         removed: &mut Removed,
+        stamp: &mut Option<Stamp>,
     ) -> Tracked {
         let Ok(pkt) = packet::parse(frame, zone) else {
             return Tracked::invalid(zone);
@@ -372,7 +439,7 @@ impl Conntrack {
         if let Transport::Error(quoted) = pkt.transport {
             // Related: the error quotes a packet of a connection.
             let (packed, hash, index) = self.locate(&quoted);
-            let mut shard = lock(&self.shards[index]);
+            let mut shard = self.write(index);
             let Some((slot, quoted_is_reply)) = shard.find(&packed, hash, now_ms, removed) else {
                 return Tracked::invalid(zone);
             };
@@ -385,7 +452,22 @@ impl Conntrack {
         }
         let key = pkt.key;
         let (packed, hash, shard_index) = self.locate(&key);
-        let mut shard = lock(&self.shards[shard_index]);
+        let mut shard = self.write(shard_index);
+        // Tracked again with the shard as this leaves it, a packet of the same key whose
+        // protocol keeps no state per packet gets this answer and changes nothing.
+        if commit.is_none()
+            && matches!(
+                pkt.transport,
+                Transport::Udp | Transport::Echo | Transport::Other
+            )
+        {
+            *stamp = Some(Stamp {
+                key,
+                shard: shard_index,
+                generation: self.generations[shard_index].load(Ordering::Relaxed),
+                now_ms,
+            });
+        }
         if let Some((slot, reply)) = shard.find(&packed, hash, now_ms, removed) {
             let Some(conn) = shard.get_mut(slot) else {
                 return Tracked::invalid(zone);
@@ -525,9 +607,9 @@ impl Conntrack {
 
     fn remove_where(&self, which: impl Fn(&Conn) -> bool) -> usize {
         let mut n = 0;
-        for shard in self.shards.iter() {
+        for i in 0..self.shards.len() {
             let mut removed = Removed::default();
-            lock(shard).remove_where(&which, &mut removed);
+            self.write(i).remove_where(&which, &mut removed);
             n += removed.0.len();
             self.uncount(removed);
         }

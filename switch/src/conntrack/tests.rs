@@ -653,3 +653,42 @@ fn review_findings_hold() {
     );
     assert_eq!(ct.len(), 1);
 }
+
+#[test]
+fn a_stamped_answer_holds_only_while_nothing_could_change_it() {
+    let ct = Conntrack::default();
+    track(&ct, &udp(true), true, 0);
+    let reply = udp(false);
+    let (tracked, stamp) = ct.track_stamped(&reply, 0, None, 5);
+    assert_eq!(tracked.state, TRACKED | ESTABLISHED | REPLY);
+    let stamp = stamp.expect("a UDP lookup that stores nothing is stamped");
+    assert!(ct.answers_again(&reply, 5, &stamp));
+    // Tracking it again changes nothing and answers the same, but it took the shard's lock
+    // to change it: the stamp is spent.
+    assert_eq!(ct.track(&reply, 0, None, 5), tracked);
+    assert!(!ct.answers_again(&reply, 5, &stamp));
+    let stamp = ct.track_stamped(&reply, 0, None, 5).1.expect("stamped");
+    // Another clock, another key, a fragment or a malformed copy: asked again.
+    let mut fragment = reply.clone();
+    fragment[20] = 0x20;
+    let mut malformed = reply.clone();
+    malformed[16..18].copy_from_slice(&10u16.to_be_bytes()); // total length under the header
+    assert!(!ct.answers_again(&reply, 6, &stamp));
+    assert!(!ct.answers_again(&udp(true), 5, &stamp));
+    assert!(!ct.answers_again(&fragment, 5, &stamp));
+    assert!(!ct.answers_again(&malformed, 5, &stamp));
+    assert!(ct.answers_again(&reply, 5, &stamp));
+    // A flush changes every shard: spent.
+    ct.flush(None);
+    assert!(!ct.answers_again(&reply, 5, &stamp));
+    // Commits, TCP segments and invalid answers are never stamped.
+    assert!(ct
+        .track_stamped(&udp(true), 0, Some(&COMMIT), 5)
+        .1
+        .is_none());
+    assert!(ct
+        .track_stamped(&seg(true, 1000).syn().frame(), 0, None, 5)
+        .1
+        .is_none());
+    assert!(ct.track_stamped(&fragment, 0, None, 5).1.is_none());
+}

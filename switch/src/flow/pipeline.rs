@@ -18,7 +18,7 @@ use super::group::{Group, GroupEntry, GroupKind};
 use super::key::{Field, FlowKey, Match, WordSet};
 use super::meter::{Meter, MeterEntry};
 use super::rewrite::{HeaderBuf, Matched};
-use crate::conntrack::{CommitOptions, Conntrack, Tracked};
+use crate::conntrack::{CommitOptions, Conntrack, Stamp, Tracked};
 
 /// Table numbers are 0..=254 (255 is OpenFlow's "all tables").
 pub const N_TABLES: usize = 255;
@@ -694,8 +694,17 @@ struct Replay {
     /// Per table looked up, in order: its index in [`FlowThread::tables`] and that of the
     /// flow it matched in [`FlowThread::flows`] (the batch's counters).
     trail: Vec<(u32, Option<u32>)>,
-    /// The run's one `ct` lookup, if it made one: its zone and what it found.
-    ct: Option<(u16, Tracked)>,
+    /// The run's one `ct` lookup, if it made one.
+    ct: Option<CtPoint>,
+}
+
+/// A replayable run's `ct` lookup: its zone, what it found, and (for a protocol with no
+/// state per packet) the stamp that lets the same answer be given again without one.
+#[derive(Debug, Clone, Copy)]
+struct CtPoint {
+    zone: u16,
+    tracked: Tracked,
+    stamp: Option<Stamp>,
 }
 
 impl Default for FlowThread {
@@ -953,11 +962,11 @@ impl Pipeline {
                 }
         });
         let now_ms = st.now_ms;
-        let tracked = match reuse {
-            Some((_, t)) => t,
+        let (tracked, stamp) = match reuse {
+            Some((_, t)) => (t, None),
             None => self
                 .conntrack
-                .track(st.header_bytes(), zone, commit, now_ms),
+                .track_stamped(st.header_bytes(), zone, commit, now_ms),
         };
         st.last_tracked = Some((zone, tracked));
         // A run's first lookup that stores nothing, on the header as it came, may be
@@ -965,7 +974,11 @@ impl Pipeline {
         if st.replayable {
             match cache.as_deref_mut() {
                 Some(thread) if thread.replay.ct.is_none() && commit.is_none() && !st.modified => {
-                    thread.replay.ct = Some((zone, tracked));
+                    thread.replay.ct = Some(CtPoint {
+                        zone,
+                        tracked,
+                        stamp,
+                    });
                 }
                 _ => st.replayable = false,
             }
@@ -1322,14 +1335,24 @@ impl Pipeline {
         // answer: the run below takes it rather than tracking the frame twice.
         let mut tracked = None;
         if thread.may_replay(tables.version, key) {
+            let now_ms = thread.now_ms;
             let same = match thread.replay.ct {
                 None => true,
-                Some((zone, before)) => {
-                    let now = self
-                        .conntrack
-                        .track(matched.bytes, zone, None, thread.now_ms);
-                    tracked = Some((zone, now));
-                    now == before
+                // Nothing changed that lookup's answer (a UDP packet of one flow in a
+                // batch): no lookup.
+                Some(CtPoint {
+                    stamp: Some(stamp), ..
+                }) if self.conntrack.answers_again(matched.bytes, now_ms, &stamp) => true,
+                Some(point) => {
+                    let (now, stamp) =
+                        self.conntrack
+                            .track_stamped(matched.bytes, point.zone, None, now_ms);
+                    tracked = Some((point.zone, now));
+                    let same = now == point.tracked;
+                    if same {
+                        thread.replay.ct = Some(CtPoint { stamp, ..point });
+                    }
+                    same
                 }
             };
             if same {
