@@ -136,10 +136,13 @@ impl Delivery {
     pub fn prefix<'a>(&'a self, headers: Headers<'a>) -> (&'a [u8], usize) {
         let held = match self.header {
             NO_HEADER => None,
-            h if h & MATCHED != 0 => headers
-                .matched
-                .get((h & !MATCHED) as usize)
-                .map(|p| (p.bytes(), p.bytes().len())),
+            h if h & MATCHED != 0 => {
+                let slot = headers.matched.get((h & !MATCHED) as usize);
+                // Only made for a frame of the batch whose slot holds its bytes: a miss
+                // would send the sender's bytes as they are now, not as matched.
+                debug_assert!(slot.is_some(), "a delivery names a slot the batch lacks");
+                slot.map(|p| (p.bytes(), p.bytes().len()))
+            }
             h => headers
                 .rewritten
                 .get(h as usize)
@@ -1091,8 +1094,8 @@ mod tests {
         d.header = 0;
         assert_eq!(d.prefix(headers).0.len(), bytes.len() - 4);
         assert_eq!(d.out_len(f.len, headers), f.len - 4);
-        // An index past the arena falls back to the delivery's own rewrite (none here).
-        d.header = MATCHED | 7;
+        // A rewritten index past the arena falls back to the delivery's own rewrite (none).
+        d.header = 7;
         assert_eq!(d.prefix(headers), (&[][..], 0));
         d.header = NO_HEADER;
         assert_eq!(d.prefix(headers), (&[][..], 0));

@@ -1243,7 +1243,9 @@ impl Pipeline {
     /// Runs a packet through the tables from table 0. `outputs` receives one entry per copy
     /// that leaves; `trace`, if given, records each table visited and the flow matched.
     /// Counts the matched flows' packets and bytes. Returns why the run stopped early, if it
-    /// did (counted here; see [`Halt`] for which outputs still leave).
+    /// did (counted here; see [`Halt`] for which outputs still leave). `header` is the
+    /// frame's first bytes as [`HeaderBuf::new`] makes them (the run starts from its bytes;
+    /// one that replaces another number of bytes is not a frame's start).
     pub fn run(
         &self,
         tables: &Tables,
@@ -1253,6 +1255,11 @@ impl Pipeline {
         outputs: &mut Vec<Output>,
         trace: Option<&mut Vec<TraceStep>>,
     ) -> Option<Halt> {
+        debug_assert_eq!(
+            header.skip(),
+            header.bytes().len(),
+            "not a frame's first bytes"
+        );
         let matched = Matched {
             bytes: header.bytes(),
             partial_csum_at: header.partial_csum_at(),
