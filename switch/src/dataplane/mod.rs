@@ -1028,40 +1028,27 @@ mod tests {
         let other_vid = frame(Some((3 << 13) | 20));
         let other_pcp = frame(Some(10));
         let dei = frame(Some((3 << 13) | 0x1000 | 10));
-        assert!(leaves_as_matched(
-            &matched(&untagged),
-            Egress::Untagged,
-            class
-        ));
-        assert!(!leaves_as_matched(
-            &matched(&untagged),
-            Egress::Tagged,
-            class
-        ));
-        assert!(leaves_as_matched(&matched(&right), Egress::Tagged, class));
-        assert!(!leaves_as_matched(
-            &matched(&right),
-            Egress::Untagged,
-            class
-        ));
-        assert!(!leaves_as_matched(
-            &matched(&other_vid),
-            Egress::Tagged,
-            class
-        ));
-        assert!(!leaves_as_matched(
-            &matched(&other_pcp),
-            Egress::Tagged,
-            class
-        ));
-        // The VLAN rewrites keep the DEI bit, so a tag with it set needs no change either.
-        assert!(leaves_as_matched(&matched(&dei), Egress::Tagged, class));
-        // Whatever it says, a header too short to hold a tag has none.
-        assert!(!leaves_as_matched(
-            &matched(&right[..16]),
-            Egress::Tagged,
-            class
-        ));
+        let short = &right[..16];
+        // (header, egress, leaves from the batch's copy as it is)
+        let cases: [(&[u8], Egress, bool); 8] = [
+            (&untagged, Egress::Untagged, true),
+            (&untagged, Egress::Tagged, false),
+            (&right, Egress::Tagged, true),
+            (&right, Egress::Untagged, false),
+            (&other_vid, Egress::Tagged, false),
+            (&other_pcp, Egress::Tagged, false),
+            // The VLAN rewrites keep the DEI bit, so a tag with it set needs no change either.
+            (&dei, Egress::Tagged, true),
+            // Whatever it says, a header too short to hold a tag has none.
+            (short, Egress::Tagged, false),
+        ];
+        for (i, (bytes, egress, as_is)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                leaves_as_matched(&matched(bytes), egress, class),
+                as_is,
+                "case {i}"
+            );
+        }
     }
 
     #[test]
