@@ -139,6 +139,7 @@
 #                                bar chart of it) and -rounds.tsv (default: target/peers)
 #   PATCHBAY_PEERS_KEEP=1        keep the run directory (logs) after exit
 #   PATCHBAY_PEERS_PERF=DIR      profile the switch during each patchbay measurement
+#   PATCHBAY_PEERS_PERF_ARGS="--call-graph dwarf,16384"   more `perf record` options for it
 #                                (perf record -e cpu-clock; DIR/CASE-VARIANT-SIZE-MODE-ROUND.data;
 #                                it costs the switch a few percent: not for the table)
 #
@@ -1190,7 +1191,9 @@ measure_window() {
     local case=$1 name=$2
     if [[ -n ${PATCHBAY_PEERS_PERF:-} && ($case == patchbay-* || $case == baseline-*) ]]; then
         mkdir -p "$PATCHBAY_PEERS_PERF"
-        perf record -q -e cpu-clock -p "$SUT_PID" -o "$PATCHBAY_PEERS_PERF/$name.data" \
+        # shellcheck disable=SC2086
+        perf record -q -e cpu-clock ${PATCHBAY_PEERS_PERF_ARGS:-} -p "$SUT_PID" \
+            -o "$PATCHBAY_PEERS_PERF/$name.data" \
             -- sleep "$SECS" >/dev/null 2>&1 || sleep "$SECS"
     else
         sleep "$SECS"

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod offload;
 pub mod port;
 pub mod port_security;
+pub mod prefetch;
 pub mod prehash;
 pub mod rate_limit;
 pub mod state;

@@ -48,7 +48,7 @@ impl ConnKey {
 }
 
 /// The other half of an ICMP/ICMPv6 query pair (echo request <-> reply).
-fn echo_pair(proto: u8, ty: u8) -> Option<u8> {
+pub(super) fn echo_pair(proto: u8, ty: u8) -> Option<u8> {
     match (proto, ty) {
         (IP_ICMP, 8) => Some(0),
         (IP_ICMP, 0) => Some(8),

@@ -103,15 +103,19 @@ impl Seg {
 }
 
 fn udp(from_a: bool) -> Vec<u8> {
-    let (smac, dmac, src, dst, sp, dp) = if from_a {
-        (MAC_A, MAC_B, A, B, 5000, 53)
+    if from_a {
+        udp_between((A, 5000), (B, 53))
     } else {
-        (MAC_B, MAC_A, B, A, 53, 5000)
-    };
+        udp_between((B, 53), (A, 5000))
+    }
+}
+
+/// A UDP datagram from `src` to `dst` (address, port).
+fn udp_between(src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Vec<u8> {
     let mut out = Vec::new();
-    PacketBuilder::ethernet2(smac, dmac)
-        .ipv4(src, dst, 64)
-        .udp(sp, dp)
+    PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(src.0, dst.0, 64)
+        .udp(src.1, dst.1)
         .write(&mut out, b"query")
         .expect("frame");
     out
@@ -517,10 +521,10 @@ fn untrackable_packets_are_invalid() {
 #[test]
 fn a_connection_costs_what_the_docs_say() {
     use std::mem::size_of;
-    // A slot of the slab, and two entries of the index (its hash, packed key and slot, a
-    // control byte, at most 7/8 full).
-    let entry = size_of::<u64>() + size_of::<super::table::Packed>() + size_of::<u32>() + 1;
-    let per_conn = size_of::<Option<Conn>>() + 2 * entry * 8 / 7;
+    // One entry of a shard's table, which is at most half full; two cache lines, so that
+    // a lookup reads two lines.
+    assert_eq!(size_of::<Option<Conn>>(), 128);
+    let per_conn = 2 * size_of::<Option<Conn>>();
     assert!(
         per_conn <= BYTES_PER_CONNECTION,
         "{per_conn} bytes per connection"
@@ -691,4 +695,54 @@ fn a_stamped_answer_holds_only_while_nothing_could_change_it() {
         .1
         .is_none());
     assert!(ct.track_stamped(&fragment, 0, None, 5).1.is_none());
+}
+
+/// A UDP packet of connection `n` (client port `n`, from 10.1.x.y), either way.
+fn udp_conn(n: u16, from_client: bool) -> Vec<u8> {
+    let client = ([10, 1, (n >> 8) as u8, n as u8], n);
+    if from_client {
+        udp_between(client, (B, 53))
+    } else {
+        udp_between((B, 53), client)
+    }
+}
+
+#[test]
+fn thousands_of_connections_grow_the_tables_and_outlive_their_neighbours_removal() {
+    let ct = Conntrack::default();
+    const N: u16 = 3000;
+    // Odd connections start at 0 s, even ones at 20 s; every one gets its reply.
+    for n in 0..N {
+        let at = if n % 2 == 0 { 20_000 } else { 0 };
+        assert_eq!(track(&ct, &udp_conn(n, true), true, at), TRACKED | NEW);
+        assert_eq!(
+            track(&ct, &udp_conn(n, false), false, at),
+            TRACKED | ESTABLISHED | REPLY,
+            "connection {n}"
+        );
+    }
+    assert_eq!(ct.len(), usize::from(N));
+    // The replied odd ones time out after 120 s; removing them moves their neighbours
+    // back along their probes, and each even one is still found, from either side.
+    assert_eq!(ct.expire(130_000), usize::from(N / 2));
+    for n in 0..N {
+        let want = if n % 2 == 0 {
+            TRACKED | ESTABLISHED
+        } else {
+            TRACKED | NEW
+        };
+        assert_eq!(track(&ct, &udp_conn(n, true), false, 130_000), want, "{n}");
+        if n % 2 == 0 {
+            assert_eq!(
+                track(&ct, &udp_conn(n, false), false, 130_000),
+                TRACKED | ESTABLISHED | REPLY
+            );
+        }
+    }
+    assert_eq!(ct.flush(None), usize::from(N / 2));
+    assert!(ct.is_empty());
+    assert_eq!(
+        track(&ct, &udp_conn(2, false), false, 130_000),
+        TRACKED | NEW
+    );
 }

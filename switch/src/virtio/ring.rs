@@ -16,7 +16,8 @@
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 
 use super::chain::ChainError;
-use super::guest_map::{copy_bytes, prefetch, prefetch_write, GuestMap, Segment};
+use super::guest_map::{copy_bytes, GuestMap, Segment};
+use crate::prefetch::{prefetch, prefetch_write};
 
 /// `VIRTQ_DESC_F_NEXT`, `_WRITE`, `_INDIRECT`.
 const DESC_F_NEXT: u16 = 1;
