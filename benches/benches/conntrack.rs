@@ -10,7 +10,8 @@
 //! The ratio column is `track+prefetch` against `track` of the same size.
 //!
 //! Settings (environment): `PATCHBAY_BENCH_SECS` (per case, default 0.4),
-//! `PATCHBAY_BENCH_ROUNDS` (best of, default 3).
+//! `PATCHBAY_BENCH_ROUNDS` (best of, default 3), `PATCHBAY_BENCH_CONNECTIONS` (one size
+//! instead of the three).
 //!
 //! Run with `cargo bench -p patchbay-benches --bench conntrack`.
 
@@ -51,15 +52,18 @@ fn measure(frames: &[Vec<u8>], ct: &Conntrack, prefetch: bool, secs: f64, rounds
         let start = Instant::now();
         let mut packets = 0u64;
         while start.elapsed() < Duration::from_secs_f64(secs) {
-            for (i, f) in frames.iter().enumerate() {
-                if prefetch {
-                    if let Some(next) = frames.get(i + 1) {
-                        ct.prefetch(next, ZONE);
+            // At least 4096 packets between clock reads.
+            for _ in 0..4096usize.div_ceil(frames.len()) {
+                for (i, f) in frames.iter().enumerate() {
+                    if prefetch {
+                        if let Some(next) = frames.get(i + 1) {
+                            ct.prefetch(next, ZONE);
+                        }
                     }
+                    black_box(ct.track(f, ZONE, None, 1_000));
                 }
-                black_box(ct.track(f, ZONE, None, 1_000));
+                packets += frames.len() as u64;
             }
-            packets += frames.len() as u64;
         }
         best = best.min(start.elapsed().as_nanos() as f64 / packets as f64);
     }
@@ -73,7 +77,8 @@ fn main() {
         "{:>12} {:>16} {:>10} {:>8}",
         "connections", "case", "ns/packet", "ratio"
     );
-    for n in SIZES {
+    let only: usize = env_or("PATCHBAY_BENCH_CONNECTIONS", 0);
+    for n in SIZES.into_iter().filter(|&n| only == 0 || n == only) {
         let ct = Conntrack::new(Limits {
             max_connections: n.max(1) * 2,
             ..Limits::default()

@@ -248,6 +248,11 @@ impl WordSet {
         self.0.count_ones() as usize
     }
 
+    /// Whether word `i` is in the set.
+    pub fn contains(self, i: usize) -> bool {
+        i < 32 && self.0 & (1 << i) != 0
+    }
+
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
@@ -274,6 +279,12 @@ impl FlowKey {
     #[inline]
     pub fn same_as(&self, other: &FlowKey) -> bool {
         self.0.iter().zip(&other.0).all(|(a, b)| a == b)
+    }
+
+    /// Whether the two keys are equal in the words of `words`.
+    #[inline]
+    pub fn same_in(&self, other: &FlowKey, words: WordSet) -> bool {
+        words.iter().all(|i| self.0[i] == other.0[i])
     }
 
     pub fn get(&self, f: Field) -> u64 {

@@ -601,7 +601,7 @@ impl Tables {
     pub fn lookup_cached(&self, table: u8, key: &FlowKey, cache: &mut FlowCache) -> Option<&Entry> {
         let t = usize::from(table);
         let classifier = self.tables.get(t)?;
-        let words = classifier.words().union(self.conjunctions[t].words);
+        let words = self.lookup_words(table);
         let Some(cache_key) = CacheKey::gather(u32::from(table), key, words) else {
             return self.lookup(table, key);
         };
@@ -611,6 +611,17 @@ impl Tables {
         let found = self.lookup_slot(table, key);
         cache.insert(self.version, &cache_key, found.map(|(slot, _)| slot));
         found.map(|(_, e)| e)
+    }
+
+    /// The words of a key a lookup in `table` reads: those its rules' masks and
+    /// conjunctions use.
+    #[inline]
+    pub fn lookup_words(&self, table: u8) -> WordSet {
+        let t = usize::from(table);
+        match (self.tables.get(t), self.conjunctions.get(t)) {
+            (Some(c), Some(conj)) => c.words().union(conj.words),
+            _ => WordSet::default(),
+        }
     }
 
     /// Every flow, in dump order: table, then descending priority.
@@ -676,10 +687,18 @@ const MAX_REPLAY_TABLES: usize = 16;
 /// the copies of key and header a run makes, and counts the frame in every table and flow
 /// the run passed through, as running it would.
 ///
+/// "The same key" is the same in the words the run's lookups read (the union of its tables'
+/// masks, as the lookup cache keys them): a table whose rules never look at the addresses
+/// finds the same rule for every address, so a firewall's run serves a batch of many
+/// connections. A run whose actions read the key themselves (`move`, a `ct` zone from a
+/// register) needs the whole key the same.
+///
 /// A run may also depend on one connection-tracking lookup that stores nothing (the
-/// `ct(table=...)` of a stateful firewall, the established path): that lookup is made again
-/// for each replayed frame, on the frame's own header (it moves the connection on), and
-/// the replay holds only if it answers as it did for the run.
+/// `ct(table=...)` of a stateful firewall, the established path), and on a `ct(commit)`
+/// after it that reuses its answer (the connection is stored, nothing to set): that lookup
+/// is made again for each replayed frame, on the frame's own header (it moves the
+/// connection on), and the replay holds only if it answers as it did for the run, in what
+/// the tables after it read (see [`exec::ct::same_answer`]).
 #[derive(Debug, Default)]
 struct Replay {
     /// Whether the fields below describe a run of this batch that may be replayed.
@@ -687,6 +706,8 @@ struct Replay {
     /// The tables' version it ran in.
     version: u64,
     key: FlowKey,
+    /// The words of `key` a frame must share to replay the run.
+    words: WordSet,
     /// Its outputs' targets and tunnel ids (none changed the header).
     outputs: Vec<(Target, Option<u64>)>,
     /// Frames replayed so far (what the tests observe).
@@ -760,7 +781,7 @@ impl FlowThread {
     /// (its `ct` lookup, if any, aside).
     fn may_replay(&self, version: u64, key: &FlowKey) -> bool {
         let replay = &self.replay;
-        replay.valid && replay.version == version && replay.key.same_as(key)
+        replay.valid && replay.version == version && replay.key.same_in(key, replay.words)
     }
 
     /// Replays the last run: counts the frame as the run did and appends its outputs.
@@ -944,6 +965,12 @@ impl Pipeline {
         tail: bool,
     ) -> Result<(), Halt> {
         let zone = exec::ct::zone(st, ct);
+        // A zone read from the key: a replay needs all of the key the same.
+        if let (crate::flow::action::CtZone::Field(_), Some(thread)) =
+            (ct.zone, cache.as_deref_mut())
+        {
+            thread.replay.words = WordSet::ALL;
+        }
         let options = CommitOptions {
             set_mark: ct.set_mark,
             set_label: ct.set_label,
@@ -980,6 +1007,10 @@ impl Pipeline {
                         stamp,
                     });
                 }
+                // The `ct(commit)` of a connection that run's lookup found stored, with
+                // nothing to set: it stores nothing, and a replay's lookup, asked again,
+                // must find it stored too.
+                Some(thread) if reuse.is_some() && thread.replay.ct.is_some() => {}
                 _ => st.replayable = false,
             }
         }
@@ -1287,6 +1318,7 @@ impl Pipeline {
                 // This run's trail replaces the last one's.
                 thread.replay.valid = false;
                 thread.replay.trail.clear();
+                thread.replay.words = WordSet::default();
                 thread.replay.ct = None;
                 thread.now_ms
             }
@@ -1355,7 +1387,7 @@ impl Pipeline {
                         self.conntrack
                             .track_stamped(matched.bytes, point.zone, None, now_ms);
                     tracked = Some((point.zone, now));
-                    let same = now == point.tracked;
+                    let same = exec::ct::same_answer(&now, &point.tracked, thread.replay.words);
                     if same {
                         thread.replay.ct = Some(CtPoint { stamp, ..point });
                     }
@@ -1436,6 +1468,8 @@ impl Pipeline {
                     if thread.replay.trail.len() <= MAX_REPLAY_TABLES {
                         thread.replay.trail.push((t as u32, f.map(|f| f as u32)));
                     }
+                    let words = &mut thread.replay.words;
+                    *words = words.union(tables.lookup_words(table));
                     found
                 }
                 None => {
@@ -1531,6 +1565,10 @@ impl Pipeline {
                     }
                 }
                 Action::Move { src, dst } => {
+                    // What it copies is the key's: a replay needs all of the key the same.
+                    if let Some(thread) = cache.as_deref_mut() {
+                        thread.replay.words = WordSet::ALL;
+                    }
                     exec::fields::move_bits(st, *src, *dst)?;
                     if exec::fields::in_header(dst.field) {
                         st.last_tracked = None;
@@ -2628,6 +2666,129 @@ mod replay_tests {
         );
         assert_eq!(p.conntrack().len(), 1);
         assert_eq!(p.conntrack().counters.committed.load(Ordering::Relaxed), 2);
+    }
+
+    /// A UDP frame from `src` (port 4000) to 10.0.0.2 port `dport`.
+    fn udp_from(src: [u8; 4], dport: u16) -> Vec<u8> {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(src, [10, 0, 0, 2], 64)
+            .udp(4000, dport)
+            .write(&mut out, b"p")
+            .expect("frame");
+        out
+    }
+
+    /// Outputs of each frame, and replays, as `batch`; and the same frames' counters when
+    /// each runs in a batch of its own on the same rules (with `setup` first) match.
+    fn batch_counted_as_run(
+        rules: &str,
+        setup: &[Vec<u8>],
+        frames: &[Vec<u8>],
+    ) -> (Vec<Vec<Target>>, u64) {
+        let replaying = pipeline(rules);
+        let running = pipeline(rules);
+        for frame in setup {
+            batch(&replaying, std::slice::from_ref(frame));
+            batch(&running, std::slice::from_ref(frame));
+        }
+        let (outputs, hits) = batch(&replaying, frames);
+        for frame in frames {
+            batch(&running, std::slice::from_ref(frame));
+        }
+        assert_eq!(counters(&replaying), counters(&running), "{rules}");
+        assert_eq!(
+            replaying.conntrack().len(),
+            running.conntrack().len(),
+            "{rules}"
+        );
+        let targets = outputs.iter().map(|o| o.iter().map(|o| o.0).collect());
+        (targets.collect(), hits)
+    }
+
+    #[test]
+    fn frames_that_differ_only_where_no_table_looks_replay_the_run() {
+        let rules = "
+            table=0,priority=10,udp,actions=resubmit(,1)
+            table=1,priority=10,udp,tp_dst=53,actions=output:2
+            table=1,priority=0,actions=output:3
+        ";
+        let frames = [
+            udp_from([10, 0, 0, 1], 53),
+            udp_from([10, 0, 0, 7], 53),
+            udp_from([10, 9, 9, 9], 53),
+            udp_from([10, 0, 0, 1], 54),
+        ];
+        let (outputs, hits) = batch_counted_as_run(rules, &[], &frames);
+        assert_eq!(
+            hits, 2,
+            "the other sources replay the first's run; port 54 runs"
+        );
+        let p2 = vec![Target::Port(2)];
+        assert_eq!(
+            outputs,
+            vec![p2.clone(), p2.clone(), p2, vec![Target::Port(3)]]
+        );
+    }
+
+    #[test]
+    fn a_run_whose_actions_read_the_key_needs_all_of_it_the_same() {
+        // `move` copies the source address where table 1 looks: both frames have reg0 0
+        // when they arrive, but not when table 1 sees them.
+        let rules = "
+            table=0,priority=10,ip,actions=move:NXM_OF_IP_SRC[]->NXM_NX_REG0[],resubmit(,1)
+            table=1,priority=10,reg0=0x0a000001,actions=output:2
+            table=1,priority=0,actions=output:3
+        ";
+        let frames = [udp_from([10, 0, 0, 1], 53), udp_from([10, 0, 0, 2], 53)];
+        let (outputs, hits) = batch_counted_as_run(rules, &[], &frames);
+        assert_eq!(hits, 0);
+        assert_eq!(outputs, vec![vec![Target::Port(2)], vec![Target::Port(3)]]);
+    }
+
+    #[test]
+    fn a_firewall_replays_one_run_for_many_connections_and_commits_each_new_one() {
+        let conns: Vec<Vec<u8>> = (1..=3).map(|i| udp_from([10, 0, 1, i], 53)).collect();
+        // New connections: each commits (stores), so none is replayed.
+        let (outputs, hits) = batch_counted_as_run(FIREWALL, &[], &conns);
+        assert_eq!(hits, 0);
+        assert!(outputs.iter().all(|o| *o == vec![Target::Port(2)]));
+        // Stored, still unreplied (+new): their commits store nothing; one run serves all.
+        let (outputs, hits) = batch_counted_as_run(FIREWALL, &conns, &conns);
+        assert_eq!(hits, 2);
+        assert!(outputs.iter().all(|o| *o == vec![Target::Port(2)]));
+        // A new connection after stored ones: its lookup answers "not stored", so it runs
+        // the tables and is committed; the stored one after it runs again too.
+        let fresh = udp_from([10, 0, 1, 9], 53);
+        let frames = [conns[0].clone(), fresh, conns[1].clone(), conns[2].clone()];
+        let (_, hits) = batch_counted_as_run(FIREWALL, &conns, &frames);
+        assert_eq!(hits, 1, "only the last frame replays the one before it");
+        let p = pipeline(FIREWALL);
+        batch(&p, &conns);
+        batch(&p, &frames);
+        assert_eq!(p.conntrack().len(), 4);
+        assert_eq!(p.conntrack().counters.committed.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn connections_differ_for_a_replay_where_a_table_reads_their_addresses() {
+        let rules = "
+            table=0,priority=10,ip,ct_state=-trk,actions=ct(table=1,zone=1)
+            table=1,priority=20,ct_state=+trk,ct_nw_src=10.0.0.1,ip,actions=output:2
+            table=1,priority=10,ct_state=+trk,ip,actions=output:3
+        ";
+        let frames = [udp_from([10, 0, 0, 1], 53), udp_from([10, 0, 0, 2], 53)];
+        let (outputs, hits) = batch_counted_as_run(rules, &[], &frames);
+        assert_eq!(hits, 0);
+        assert_eq!(outputs, vec![vec![Target::Port(2)], vec![Target::Port(3)]]);
+        // Matching on ct_state alone, the second connection replays the first's run.
+        let rules = "
+            table=0,priority=10,ip,ct_state=-trk,actions=ct(table=1,zone=1)
+            table=1,priority=10,ct_state=+trk,ip,actions=output:3
+        ";
+        let (outputs, hits) = batch_counted_as_run(rules, &[], &frames);
+        assert_eq!(hits, 1);
+        assert_eq!(outputs, vec![vec![Target::Port(3)], vec![Target::Port(3)]]);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use super::fields::read;
 use super::ExecState;
 use crate::conntrack::Tracked;
 use crate::flow::action::{CtAction, CtZone};
-use crate::flow::key::{Field, FlowKey};
+use crate::flow::key::{Field, FlowKey, WordSet};
 
 const CT_FIELDS: [Field; 10] = [
     Field::CtState,
@@ -35,6 +35,28 @@ pub fn clear(key: &mut FlowKey) {
     for f in CT_FIELDS {
         key.set(f, 0);
     }
+}
+
+/// Whether two answers of `ct` leave the same ct fields in the key words `read` (those the
+/// tables after it look at) and make a `ct(commit)` after them do the same (store nothing,
+/// or store). The original direction's addresses and ports count only where they are read:
+/// a firewall that matches on `ct_state` alone sees every connection's packets alike.
+pub fn same_answer(a: &Tracked, b: &Tracked, read: WordSet) -> bool {
+    let tuple_read = [
+        Field::CtNwSrc,
+        Field::CtNwDst,
+        Field::CtTpSrc,
+        Field::CtTpDst,
+        Field::CtNwProto,
+    ]
+    .iter()
+    .any(|f| read.contains(f.word()));
+    a.state == b.state
+        && a.zone == b.zone
+        && a.mark == b.mark
+        && a.label == b.label
+        && a.stored == b.stored
+        && (!tuple_read || a.orig == b.orig)
 }
 
 /// The ct fields as tracking found them.
