@@ -398,9 +398,36 @@ impl Conntrack {
         commit: Option<&CommitOptions>,
         now_ms: u64,
     ) -> (Tracked, Option<Stamp>) {
+        self.track_parsed(packet::parse(frame, zone), zone, commit, now_ms)
+    }
+
+    /// Tracks `frame` in `zone` without committing, unless `stamp` (of an earlier lookup)
+    /// says the answer would be that lookup's (see [`Conntrack::answers_again`]): then
+    /// `None`. The packet is parsed once either way.
+    pub fn track_unless_stamped(
+        &self,
+        frame: &[u8],
+        zone: u16,
+        now_ms: u64,
+        stamp: Option<&Stamp>,
+    ) -> Option<(Tracked, Option<Stamp>)> {
+        let pkt = packet::parse(frame, zone);
+        match (&pkt, stamp) {
+            (Ok(p), Some(s)) if self.stamp_holds(p, now_ms, s) => None,
+            _ => Some(self.track_parsed(pkt, zone, None, now_ms)),
+        }
+    }
+
+    fn track_parsed(
+        &self,
+        pkt: Result<packet::Packet, packet::Untrackable>,
+        zone: u16,
+        commit: Option<&CommitOptions>,
+        now_ms: u64,
+    ) -> (Tracked, Option<Stamp>) {
         let mut removed = Removed::default();
         let mut stamp = None;
-        let tracked = self.track_locked(frame, zone, commit, now_ms, &mut removed, &mut stamp);
+        let tracked = self.track_locked(pkt, zone, commit, now_ms, &mut removed, &mut stamp);
         self.uncount(removed);
         if tracked.state & ct_state::INVALID != 0 {
             self.counters.invalid.fetch_add(1, Ordering::Relaxed);
@@ -415,9 +442,10 @@ impl Conntrack {
     /// lock). What the packet's bytes say beyond the key (a fragment, a malformed header)
     /// is read again.
     pub fn answers_again(&self, frame: &[u8], now_ms: u64, stamp: &Stamp) -> bool {
-        let Ok(pkt) = packet::parse(frame, stamp.key.zone) else {
-            return false;
-        };
+        packet::parse(frame, stamp.key.zone).is_ok_and(|p| self.stamp_holds(&p, now_ms, stamp))
+    }
+
+    fn stamp_holds(&self, pkt: &packet::Packet, now_ms: u64, stamp: &Stamp) -> bool {
         now_ms == stamp.now_ms
             && pkt.key == stamp.key
             && matches!(
@@ -480,14 +508,14 @@ impl Conntrack {
 
     fn track_locked(
         &self,
-        frame: &[u8],
+        pkt: Result<packet::Packet, packet::Untrackable>,
         zone: u16,
         commit: Option<&CommitOptions>,
         now_ms: u64,
         removed: &mut Removed,
         stamp: &mut Option<Stamp>,
     ) -> Tracked {
-        let Ok(pkt) = packet::parse(frame, zone) else {
+        let Ok(pkt) = pkt else {
             return Tracked::invalid(zone);
         };
         if let Transport::Error(quoted) = pkt.transport {

@@ -1375,24 +1375,29 @@ impl Pipeline {
         let mut tracked = None;
         if thread.may_replay(tables.version, key) {
             let now_ms = thread.now_ms;
-            let same = match thread.replay.ct {
+            let replay = &mut thread.replay;
+            // The point is read in place (copied out and back, its wide loads waited for
+            // the narrow stores that made it).
+            let same = match &mut replay.ct {
                 None => true,
-                // Nothing changed that lookup's answer (a UDP packet of one flow in a
-                // batch): no lookup.
-                Some(CtPoint {
-                    stamp: Some(stamp), ..
-                }) if self.conntrack.answers_again(matched.bytes, now_ms, &stamp) => true,
-                Some(point) => {
-                    let (now, stamp) =
-                        self.conntrack
-                            .track_stamped(matched.bytes, point.zone, None, now_ms);
-                    tracked = Some((point.zone, now));
-                    let same = exec::ct::same_answer(&now, &point.tracked, thread.replay.words);
-                    if same {
-                        thread.replay.ct = Some(CtPoint { stamp, ..point });
+                // Looked up again, unless nothing changed the answer (a UDP packet of one
+                // flow in a batch).
+                Some(point) => match self.conntrack.track_unless_stamped(
+                    matched.bytes,
+                    point.zone,
+                    now_ms,
+                    point.stamp.as_ref(),
+                ) {
+                    None => true,
+                    Some((now, stamp)) => {
+                        let same = exec::ct::same_answer(&now, &point.tracked, replay.words);
+                        if same {
+                            point.stamp = stamp;
+                        }
+                        tracked = Some((point.zone, now));
+                        same
                     }
-                    same
-                }
+                },
             };
             if same {
                 thread.replay(frame_len, outputs);
