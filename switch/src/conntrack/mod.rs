@@ -27,7 +27,6 @@ use std::sync::{Mutex, MutexGuard, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use crate::prefetch::prefetch;
 use packet::{ConnKey, Transport};
 use table::{Packed, Seeds, Shard};
 use tcp::{TcpConn, Verdict};
@@ -242,24 +241,12 @@ pub struct Stamp {
     now_ms: u64,
 }
 
-/// A shard's table as [`Conntrack::prefetch`] sees it: its address and mask of slot
-/// numbers (0 and 0 while it has none). Read without the shard's lock, so possibly stale:
-/// only ever used for a prefetch, which cannot fault, whatever the address.
-#[derive(Default)]
-struct TableLayout {
-    address: AtomicUsize,
-    mask: AtomicUsize,
-}
-
 /// The connection table.
 pub struct Conntrack {
     shards: Box<[Mutex<Shard>]>,
     /// Per shard: bumped each time its lock is taken to change it (before the change), so
     /// that an unchanged generation means an unchanged shard (see [`Stamp`]).
     generations: Box<[AtomicU64]>,
-    /// Per shard: where its table is, published after it moves, so that a lookup can be
-    /// prefetched without the lock (see [`Conntrack::prefetch`]).
-    layouts: Box<[TableLayout]>,
     seeds: Seeds,
     limits: RwLock<Limits>,
     count: AtomicUsize,
@@ -284,7 +271,6 @@ impl Conntrack {
         Conntrack {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             generations: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
-            layouts: (0..SHARDS).map(|_| TableLayout::default()).collect(),
             seeds: Seeds::random(),
             limits: RwLock::new(limits),
             count: AtomicUsize::new(0),
@@ -458,40 +444,6 @@ impl Conntrack {
                 .is_some_and(|g| g.load(Ordering::Acquire) == stamp.generation)
     }
 
-    /// Asks the CPU for the table entry that tracking `frame` in `zone` would read, so that
-    /// it is in the cache by then. Takes no lock; a stale layout makes a useless prefetch.
-    /// `benches/conntrack` measures it (1.13x with 100 000 connections); the frame path
-    /// does not call it yet: a frame ahead, parsing each packet twice cost more than the
-    /// miss it hid (0.95x with 10 000 connections, `benches/peers.sh`), so it waits for a
-    /// lookup that reuses this parse.
-    pub fn prefetch(&self, frame: &[u8], zone: u16) {
-        let Ok(pkt) = packet::parse(frame, zone) else {
-            return;
-        };
-        let key = match pkt.transport {
-            Transport::Error(quoted) => quoted,
-            _ => pkt.key,
-        };
-        let (_, hash, index) = self.locate(&key);
-        let layout = &self.layouts[index];
-        let address = layout.address.load(Ordering::Relaxed);
-        if address == 0 {
-            return;
-        }
-        let slot = hash as usize & layout.mask.load(Ordering::Relaxed);
-        let entry = address.wrapping_add(slot.wrapping_mul(std::mem::size_of::<Option<Conn>>()));
-        prefetch(entry);
-        prefetch(entry.wrapping_add(64));
-    }
-
-    /// Publishes where shard `index`'s table is (after an insert may have moved it).
-    fn publish(&self, index: usize, shard: &Shard) {
-        let (address, mask) = shard.layout().unwrap_or((0, 0));
-        let layout = &self.layouts[index];
-        layout.address.store(address, Ordering::Relaxed);
-        layout.mask.store(mask, Ordering::Relaxed);
-    }
-
     /// Locks shard `index` to change it (its generation moves first).
     fn write(&self, index: usize) -> MutexGuard<'_, Shard> {
         let shard = lock(&self.shards[index]);
@@ -645,7 +597,6 @@ impl Conntrack {
         }
         let tracked = conn.tracked(state, key);
         shard.insert(conn);
-        self.publish(shard_index, &shard);
         self.count.fetch_add(1, Ordering::Relaxed);
         *lock(&self.zone_counts).entry(zone).or_insert(0) += 1;
         self.counters.committed.fetch_add(1, Ordering::Relaxed);
