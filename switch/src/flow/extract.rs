@@ -54,6 +54,90 @@ pub fn flow_key(frame: &[u8], in_port: u16, tunnel: Option<&TunnelMeta>) -> Flow
 /// and a key made and then moved (232 bytes stored a word at a time, then loaded wide) had
 /// its copy wait for those stores on every frame.
 pub fn flow_key_into(frame: &[u8], in_port: u16, tunnel: Option<&TunnelMeta>, k: &mut FlowKey) {
+    if tunnel.is_none() && tcp_udp_over_ipv4(frame, in_port, k) {
+        return;
+    }
+    walk_into(frame, in_port, tunnel, k);
+}
+
+/// The words of the most common frame's key. The walk of [`walk_into`] sets a field at a
+/// time, each a read-modify-write of its word that waits on the one before it (the key's
+/// making was 6% of the switch's time with 10 000 flows); here the few words such a frame
+/// fills are composed in registers and each stored once.
+const W_ETH_DST: usize = Field::DlDst.word();
+const W_ETH_SRC: usize = Field::DlSrc.word();
+const W_L4: usize = Field::TpDst.word();
+const W_IP: usize = Field::NwSrc.word();
+const W_IP_MORE: usize = Field::NwTtl.word();
+const W_TCP: usize = Field::TcpFlags.word();
+const _: () = assert!(
+    Field::DlDst.shift() == 16
+        && Field::DlSrc.shift() == 16
+        && Field::NwSrc.shift() == 32
+        && Field::NwDst.shift() == 0
+        && Field::InPort.word() == W_ETH_DST
+        && Field::DlType.word() == W_ETH_SRC
+        && Field::VlanTci.word() == W_L4
+        && Field::NwProto.word() == W_L4
+        && Field::NwTos.word() == W_L4
+        && Field::TpSrc.word() == W_L4
+        && Field::NwDst.word() == W_IP
+        && Field::NwEcn.word() == W_IP_MORE
+);
+
+/// An IPv4 TCP or UDP frame without IP options, not a fragment, untagged or with one
+/// 802.1Q tag, holding its TCP flags (every frame at least 60 bytes long does), and with
+/// no tunnel: its key in one pass (the same as [`walk_into`]'s, checked by a test), or
+/// `false` for any other frame.
+#[inline]
+fn tcp_udp_over_ipv4(frame: &[u8], in_port: u16, k: &mut FlowKey) -> bool {
+    let tagged = frame.get(12..14) == Some(&[0x81, 0x00][..]);
+    let l3 = if tagged { 18 } else { 14 };
+    let Some(h) = frame.get(..l3 + 34) else {
+        return false;
+    };
+    let byte = |at: usize| u64::from(h[at]);
+    let be16 = |at: usize| u64::from(u16::from_be_bytes([h[at], h[at + 1]]));
+    let be64 = |at: usize| {
+        let mut b = [0; 8];
+        b.copy_from_slice(&h[at..at + 8]);
+        u64::from_be_bytes(b)
+    };
+    let proto = byte(l3 + 9);
+    if be16(l3 - 2) != ETH_IPV4
+        || h[l3] != 0x45
+        || be16(l3 + 6) & 0x3fff != 0
+        || (proto != IP_TCP && proto != IP_UDP)
+    {
+        return false;
+    }
+    let tos = byte(l3 + 1);
+    let tci = if tagged {
+        (be16(14) | VLAN_CFI) << Field::VlanTci.shift()
+    } else {
+        0
+    };
+    let l4 = l3 + 20;
+    *k = FlowKey::default();
+    // Eight bytes at once: the destination MAC and two of the source's, the source MAC and
+    // the TPID or EtherType, then the addresses; the low 16 bits replaced.
+    k.0[W_ETH_DST] = (be64(0) & !0xffff) | u64::from(in_port);
+    k.0[W_ETH_SRC] = (be64(6) & !0xffff) | ETH_IPV4;
+    k.0[W_L4] = tci
+        | (proto << Field::NwProto.shift())
+        | ((tos & 0xfc) << Field::NwTos.shift())
+        | (be16(l4) << Field::TpSrc.shift())
+        | be16(l4 + 2);
+    k.0[W_IP] = be64(l3 + 12);
+    k.0[W_IP_MORE] = (byte(l3 + 8) << Field::NwTtl.shift()) | ((tos & 3) << Field::NwEcn.shift());
+    if proto == IP_TCP {
+        k.0[W_TCP] = (be16(l4 + 12) & 0x0fff) << Field::TcpFlags.shift();
+    }
+    true
+}
+
+/// [`flow_key_into`] for any frame: header by header, field by field.
+fn walk_into(frame: &[u8], in_port: u16, tunnel: Option<&TunnelMeta>, k: &mut FlowKey) {
     *k = FlowKey::default();
     k.set(Field::InPort, u64::from(in_port));
     if let Some(t) = tunnel {
@@ -301,5 +385,75 @@ mod tests {
         assert_eq!(k.get(Field::TpDst), 0);
         let k = flow_key(&f[..5], 1, None);
         assert_eq!(k.get(Field::DlSrc), 0);
+    }
+
+    /// A frame padded to Ethernet's 60 bytes, as frames on the wire are.
+    fn padded(mut f: Vec<u8>) -> Vec<u8> {
+        f.resize(f.len().max(60), 0);
+        f
+    }
+
+    #[test]
+    fn the_one_pass_key_is_the_walks_key() {
+        let b = || etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        let mut tcp = Vec::new();
+        b().ipv4([10, 0, 0, 1], [192, 168, 7, 9], 33)
+            .tcp(40000, 443, 7, 1000)
+            .syn()
+            .ack(99)
+            .write(&mut tcp, b"x")
+            .expect("tcp");
+        let mut tagged_tcp = Vec::new();
+        b().single_vlan(etherparse::VlanId::try_new(42).expect("vid"))
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(1, 2, 3, 4)
+            .fin()
+            .write(&mut tagged_tcp, &[0; 30])
+            .expect("tcp");
+        let common = [
+            padded(udp_frame(None)),
+            padded(udp_frame(Some(7))),
+            padded(tcp),
+            padded(tagged_tcp),
+        ];
+        for f in &common {
+            let mut k = FlowKey::default();
+            assert!(tcp_udp_over_ipv4(f, 5, &mut k), "a common frame");
+        }
+        // Every bit of every byte flipped in turn, and each byte set to random values (tos,
+        // ecn, flags, fragments, options, other protocols and tags), at random lengths: the
+        // same key both ways.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for base in &common {
+            for at in 0..base.len() {
+                for change in 0..16 {
+                    let mut f = base.clone();
+                    if change < 8 {
+                        f[at] ^= 1 << change;
+                    } else {
+                        f[at] = next() as u8;
+                    }
+                    let len = if next() % 4 == 0 {
+                        (next() as usize) % (f.len() + 1)
+                    } else {
+                        f.len()
+                    };
+                    let f = &f[..len];
+                    let (mut one_pass, mut walked) = (FlowKey::default(), FlowKey::default());
+                    flow_key_into(f, 9, None, &mut one_pass);
+                    walk_into(f, 9, None, &mut walked);
+                    assert!(
+                        one_pass.same_as(&walked),
+                        "byte {at} of {base:02x?}: {f:02x?}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -201,6 +201,11 @@ impl Field {
         layout(self).0
     }
 
+    /// Where in its word the field starts (bits from the low end).
+    pub const fn shift(self) -> u32 {
+        layout(self).1
+    }
+
     pub fn width(self) -> u32 {
         layout(self).2
     }
