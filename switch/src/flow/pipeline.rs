@@ -1376,13 +1376,13 @@ impl Pipeline {
         if thread.may_replay(tables.version, key) {
             let now_ms = thread.now_ms;
             let replay = &mut thread.replay;
-            // The point is read in place (copied out and back, its wide loads waited for
-            // the narrow stores that made it).
+            // The point and the answer are read where they lie, and copied only as needed
+            // (copied whole, their wide loads waited for the narrow stores that made them).
             let same = match &mut replay.ct {
                 None => true,
                 // Looked up again, unless nothing changed the answer (a UDP packet of one
                 // flow in a batch).
-                Some(point) => match self.conntrack.track_unless_stamped(
+                Some(point) => match &self.conntrack.track_unless_stamped(
                     matched.bytes,
                     point.zone,
                     now_ms,
@@ -1390,11 +1390,12 @@ impl Pipeline {
                 ) {
                     None => true,
                     Some((now, stamp)) => {
-                        let same = exec::ct::same_answer(&now, &point.tracked, replay.words);
+                        let same = exec::ct::same_answer(now, &point.tracked, replay.words);
                         if same {
-                            point.stamp = stamp;
+                            point.stamp = *stamp;
+                        } else {
+                            tracked = Some((point.zone, *now));
                         }
-                        tracked = Some((point.zone, now));
                         same
                     }
                 },
