@@ -19,7 +19,7 @@ use patchbay_switch::conntrack::{CommitOptions, Conntrack, Limits};
 const SIZES: [usize; 3] = [1, 10_000, 100_000];
 const ZONE: u16 = 1;
 
-/// A 64-byte UDP frame of connection `n`: 10.(n>>16).(n>>8).n:(n % 50000 + 1024) to
+/// A 60-byte UDP frame (64 on the wire, with its FCS) of connection `n`: 10.(n>>16).(n>>8).n:(n % 50000 + 1024) to
 /// 192.168.0.1:53.
 fn frame(n: usize) -> Vec<u8> {
     let mut f = vec![0u8; 60];

@@ -1,5 +1,5 @@
 //! Cache-line hints the frame path gives the CPU ahead of its loads and stores (guest rings
-//! and buffers, connection-table entries).
+//! and buffers).
 
 /// Asks the CPU to start loading the cache line at host address `at` (a hint: it never
 /// faults, whatever the address).

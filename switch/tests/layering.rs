@@ -17,6 +17,7 @@ const LAYERS: &[&[&str]] = &[
         "conntrack",
         "rate_limit",
         "prehash",
+        "prefetch",
     ],
     &["port"],
     &["frame"],

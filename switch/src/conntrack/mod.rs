@@ -48,7 +48,7 @@ pub mod ct_state {
 pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
 /// What a stored connection costs: its 128-byte entry in a shard's table, which is kept at
 /// most half full (checked with `size_of` in a test); up to twice that right after a
-/// table doubles, when it is a quarter full.
+/// table doubles, when it is a quarter full (tables do not shrink when connections end).
 pub const BYTES_PER_CONNECTION: usize = 256;
 const SHARDS: usize = 16;
 /// Idle timeouts of connections other than TCP (the Linux nf_conntrack defaults).

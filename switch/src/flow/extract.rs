@@ -71,7 +71,10 @@ const W_IP: usize = Field::NwSrc.word();
 const W_IP_MORE: usize = Field::NwTtl.word();
 const W_TCP: usize = Field::TcpFlags.word();
 const _: () = assert!(
-    Field::DlDst.shift() == 16
+    Field::InPort.shift() == 0
+        && Field::DlType.shift() == 0
+        && Field::TpDst.shift() == 0
+        && Field::DlDst.shift() == 16
         && Field::DlSrc.shift() == 16
         && Field::NwSrc.shift() == 32
         && Field::NwDst.shift() == 0

@@ -690,8 +690,9 @@ const MAX_REPLAY_TABLES: usize = 16;
 /// "The same key" is the same in the words the run's lookups read (the union of its tables'
 /// masks, as the lookup cache keys them): a table whose rules never look at the addresses
 /// finds the same rule for every address, so a firewall's run serves a batch of many
-/// connections. A run whose actions read the key themselves (`move`, a `ct` zone from a
-/// register) needs the whole key the same.
+/// connections. A run whose actions read the key themselves needs what they read the same
+/// too: the whole key after a `move` or a `ct` zone from a field, the word a `load` of part
+/// of a field keeps; a run that rewrote the header (which reads it) is never replayed.
 ///
 /// A run may also depend on one connection-tracking lookup that stores nothing (the
 /// `ct(table=...)` of a stateful firewall, the established path), and on a `ct(commit)`
@@ -1565,6 +1566,17 @@ impl Pipeline {
                 Action::All => push(outputs, st, Target::All),
                 Action::Normal => push(outputs, st, Target::Normal),
                 Action::Load { dst, value } => {
+                    if exec::fields::in_header(dst.field) {
+                        // It reads and rewrites the frame's header (see the rewrites below).
+                        st.replayable = false;
+                    } else if let Some(thread) = cache.as_deref_mut() {
+                        // Loading part of a field keeps the rest of the key's value (a
+                        // frame's tunnel id): a replay needs that word the same.
+                        if dst.mask() != dst.field.full_mask() {
+                            let words = &mut thread.replay.words;
+                            *words = words.union(WordSet(1 << dst.field.word()));
+                        }
+                    }
                     exec::fields::load(st, *dst, *value)?;
                     if exec::fields::in_header(dst.field) {
                         st.last_tracked = None;
@@ -1685,6 +1697,15 @@ impl Pipeline {
                 | Action::SetArp { .. }
                 | Action::SetField { .. }
                 | Action::SetTunnel(_) => {
+                    // A rewrite reads the frame's header too (`dec_ttl` its TTL, a tag
+                    // push the tags there are, a field its prerequisites) and may stop the
+                    // run on what it finds there: its run is the frame's alone. (Its
+                    // outputs carry the rewritten header, so they were never replayed.)
+                    if !matches!(action, Action::SetTunnel(_))
+                        && !matches!(action, Action::SetField { field, .. } if !exec::fields::in_header(*field))
+                    {
+                        st.replayable = false;
+                    }
                     exec::header::apply(st, action)?;
                     st.last_tracked = None;
                 }
@@ -2750,6 +2771,53 @@ mod replay_tests {
         let (outputs, hits) = batch_counted_as_run(rules, &[], &frames);
         assert_eq!(hits, 0);
         assert_eq!(outputs, vec![vec![Target::Port(2)], vec![Target::Port(3)]]);
+    }
+
+    #[test]
+    fn a_load_of_part_of_a_field_needs_the_rest_of_it_the_same() {
+        // Frames from two VNIs in one batch of the tunnel port: the load keeps each one's
+        // upper bits.
+        let p = pipeline("priority=10,ip,actions=load:0x5->NXM_NX_TUN_ID[0..7],output:3");
+        let tables = p.snapshot();
+        let mut thread = FlowThread::default();
+        p.begin_batch(&mut thread);
+        let frame = udp_from([10, 0, 0, 1], 53);
+        let mut tun_ids = Vec::new();
+        for vni in [0x100, 0x200, 0x200] {
+            let tunnel = crate::frame::TunnelMeta {
+                vni,
+                vlan: 0,
+                remote: [192, 0, 2, 1].into(),
+                local: [192, 0, 2, 2].into(),
+            };
+            let key = flow_key(&frame, 9, Some(&tunnel));
+            let matched = Matched {
+                bytes: &frame,
+                partial_csum_at: None,
+            };
+            let mut out = Vec::new();
+            p.run_frame(&tables, &key, matched, 50, &mut out, &mut thread);
+            tun_ids.extend(out.iter().map(|o| o.tun_id));
+        }
+        assert_eq!(tun_ids, vec![Some(0x105), Some(0x205), Some(0x205)]);
+        assert_eq!(
+            thread.replay.hits, 1,
+            "only the second frame of VNI 0x200 replays"
+        );
+    }
+
+    #[test]
+    fn a_run_that_reads_the_header_to_rewrite_it_is_the_frames_alone() {
+        // The second frame's TTL ends its run at dec_ttl: table 1 never sees it.
+        let rules = "
+            table=0,priority=10,ip,actions=dec_ttl,resubmit(,1)
+            table=1,priority=0,actions=drop
+        ";
+        let mut expiring = udp_from([10, 0, 0, 1], 53);
+        expiring[22] = 1;
+        let frames = [udp_from([10, 0, 0, 1], 53), expiring];
+        let (_, hits) = batch_counted_as_run(rules, &[], &frames);
+        assert_eq!(hits, 0);
     }
 
     #[test]
