@@ -230,7 +230,8 @@ pub struct ConnInfo {
     pub expires_in_s: u64,
 }
 
-/// What answering a packet again needs without a lookup (see [`Conntrack::answers_again`]):
+/// What answering a packet again needs without a lookup (see
+/// [`Conntrack::track_unless_stamped`]):
 /// the key it was tracked under, its shard, that shard's generation as the lookup left it,
 /// and the clock it ran at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -388,7 +389,8 @@ impl Conntrack {
     }
 
     /// Tracks `frame` in `zone` without committing, unless `stamp` (of an earlier lookup)
-    /// says the answer would be that lookup's (see [`Conntrack::answers_again`]): then
+    /// says the answer would be that lookup's (the packet has the stamp's key and a protocol
+    /// that keeps no state per packet, at the stamp's clock, its shard unchanged since): then
     /// `None`. The packet is parsed once either way.
     pub fn track_unless_stamped(
         &self,
@@ -427,6 +429,9 @@ impl Conntrack {
     /// per packet, and nothing has changed the stamp's shard since (one atomic load, no
     /// lock). What the packet's bytes say beyond the key (a fragment, a malformed header)
     /// is read again.
+    /// (The frame path asks through [`Conntrack::track_unless_stamped`], on one parse; this
+    /// side-effect-free form is what the tests use.)
+    #[cfg(test)]
     pub fn answers_again(&self, frame: &[u8], now_ms: u64, stamp: &Stamp) -> bool {
         packet::parse(frame, stamp.key.zone).is_ok_and(|p| self.stamp_holds(&p, now_ms, stamp))
     }

@@ -1701,9 +1701,12 @@ impl Pipeline {
                     // push the tags there are, a field its prerequisites) and may stop the
                     // run on what it finds there: its run is the frame's alone. (Its
                     // outputs carry the rewritten header, so they were never replayed.)
-                    if !matches!(action, Action::SetTunnel(_))
-                        && !matches!(action, Action::SetField { field, .. } if !exec::fields::in_header(*field))
-                    {
+                    let reads_header = match action {
+                        Action::SetTunnel(_) => false,
+                        Action::SetField { field, .. } => exec::fields::in_header(*field),
+                        _ => true,
+                    };
+                    if reads_header {
                         st.replayable = false;
                     }
                     exec::header::apply(st, action)?;
