@@ -3,7 +3,7 @@
 //! the key of the packet it quotes. Parsed from the frame's first bytes (the header the flow
 //! tables work on), so a guest cannot change it between tracking and delivery.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 
 const ETH_IPV4: u16 = 0x0800;
 const ETH_IPV6: u16 = 0x86dd;
@@ -18,33 +18,140 @@ pub const IP_ICMPV6: u8 = 58;
 /// the quoted IPv6 header and the quoted ports): callers pass at least this many.
 pub const ICMPV6_ERROR_BYTES: usize = 18 + 40 + 8 + 40 + 4;
 
-/// One direction of a connection: what a packet travelling that way carries.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct ConnKey {
-    pub zone: u16,
-    pub proto: u8,
-    /// ICMP/ICMPv6 echo: the message type of this direction (request or reply); 0 otherwise.
-    pub icmp_type: u8,
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    /// TCP/UDP ports; ICMP echo: the identifier in both.
-    pub sport: u16,
-    pub dport: u16,
+/// One direction of a connection: what a packet travelling that way carries, in the six
+/// words the table stores and hashes: source and destination address as IPv6 (IPv4
+/// mapped), then zone, protocol, ICMP type and ports, then the address family (so an IPv6
+/// packet with IPv4-mapped addresses is not an IPv4 connection's). Parsed straight into
+/// this form: the lookup neither builds nor converts addresses.
+#[derive(Clone, Copy, Eq, Debug)]
+pub struct ConnKey([u64; 6]);
+
+/// The high and low word of an IPv4 address mapped into IPv6 (`::ffff:a.b.c.d`).
+const fn v4_words(addr: u32) -> (u64, u64) {
+    (0, 0xffff_0000_0000 | addr as u64)
+}
+
+fn v6_words(addr: u128) -> (u64, u64) {
+    ((addr >> 64) as u64, addr as u64)
+}
+
+impl PartialEq for ConnKey {
+    /// Word by word, without a branch per word (the array's own comparison called
+    /// `memcmp`, twice per lookup).
+    #[inline]
+    fn eq(&self, other: &ConnKey) -> bool {
+        self.0
+            .iter()
+            .zip(&other.0)
+            .fold(0, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
 }
 
 impl ConnKey {
+    /// `icmp_type`: for ICMP/ICMPv6 echo, the message type of this direction (request or
+    /// reply), 0 otherwise; `sport`, `dport`: TCP/UDP ports, for ICMP echo the identifier
+    /// in both. Both addresses are of one family (the source's decides).
+    pub fn new(
+        zone: u16,
+        proto: u8,
+        icmp_type: u8,
+        src: IpAddr,
+        dst: IpAddr,
+        sport: u16,
+        dport: u16,
+    ) -> ConnKey {
+        let words = |ip: IpAddr| match ip {
+            IpAddr::V4(v4) => v4_words(u32::from(v4)),
+            IpAddr::V6(v6) => v6_words(u128::from(v6)),
+        };
+        let ((sh, sl), (dh, dl)) = (words(src), words(dst));
+        ConnKey([
+            sh,
+            sl,
+            dh,
+            dl,
+            meta(zone, proto, icmp_type, sport, dport),
+            u64::from(src.is_ipv6()),
+        ])
+    }
+
     /// The key of the other direction.
+    #[inline]
     pub fn reverse(&self) -> ConnKey {
-        ConnKey {
-            zone: self.zone,
-            proto: self.proto,
-            icmp_type: echo_pair(self.proto, self.icmp_type).unwrap_or(self.icmp_type),
-            src: self.dst,
-            dst: self.src,
-            sport: self.dport,
-            dport: self.sport,
+        let [sh, sl, dh, dl, meta, v6] = self.0;
+        let ty = echo_pair(self.proto(), self.icmp_type()).unwrap_or(self.icmp_type());
+        let meta = (meta & 0xffff_ff00_0000_0000)
+            | (u64::from(ty) << 32)
+            | ((meta & 0xffff) << 16)
+            | ((meta >> 16) & 0xffff);
+        ConnKey([dh, dl, sh, sl, meta, v6])
+    }
+
+    /// The words, for the table's hash.
+    pub(super) fn words(&self) -> &[u64; 6] {
+        &self.0
+    }
+
+    pub fn zone(&self) -> u16 {
+        (self.0[4] >> 48) as u16
+    }
+
+    pub fn proto(&self) -> u8 {
+        (self.0[4] >> 40) as u8
+    }
+
+    pub fn icmp_type(&self) -> u8 {
+        (self.0[4] >> 32) as u8
+    }
+
+    pub fn sport(&self) -> u16 {
+        (self.0[4] >> 16) as u16
+    }
+
+    pub fn dport(&self) -> u16 {
+        self.0[4] as u16
+    }
+
+    fn address(&self, hi: u64, lo: u64) -> IpAddr {
+        let v6 = Ipv6Addr::from((u128::from(hi) << 64) | u128::from(lo));
+        match (self.0[5], v6.to_ipv4_mapped()) {
+            (0, Some(v4)) => IpAddr::V4(v4),
+            _ => IpAddr::V6(v6),
         }
     }
+
+    pub fn src(&self) -> IpAddr {
+        self.address(self.0[0], self.0[1])
+    }
+
+    pub fn dst(&self) -> IpAddr {
+        self.address(self.0[2], self.0[3])
+    }
+
+    /// Source and destination of an IPv4 connection.
+    pub fn ipv4(&self) -> Option<(u32, u32)> {
+        (self.0[5] == 0).then_some((self.0[1] as u32, self.0[3] as u32))
+    }
+
+    fn with_transport(mut self, icmp_type: u8, sport: u16, dport: u16) -> ConnKey {
+        self.0[4] = meta(self.zone(), self.proto(), icmp_type, sport, dport);
+        self
+    }
+
+    /// Whether this packet's source is `ip`'s destination.
+    fn source_is_destination_of(&self, ip: &Ip) -> bool {
+        self.0[0] == ip.words[2] && self.0[1] == ip.words[3] && self.0[5] == ip.v6
+    }
+}
+
+/// The key's fourth word.
+const fn meta(zone: u16, proto: u8, icmp_type: u8, sport: u16, dport: u16) -> u64 {
+    ((zone as u64) << 48)
+        | ((proto as u64) << 40)
+        | ((icmp_type as u64) << 32)
+        | ((sport as u64) << 16)
+        | dport as u64
 }
 
 /// The other half of an ICMP/ICMPv6 query pair (echo request <-> reply).
@@ -153,10 +260,11 @@ pub fn parse(frame: &[u8], zone: u16) -> Result<Packet, Untrackable> {
     transport(frame, ip, zone, false)
 }
 
-/// An IP header's addresses, protocol, where L4 starts and how long it is.
+/// An IP header's addresses (as a key's first four words, and its family word), protocol,
+/// where L4 starts and how long it is.
 struct Ip {
-    src: IpAddr,
-    dst: IpAddr,
+    words: [u64; 4],
+    v6: u64,
     proto: u8,
     l4: usize,
     /// L4 bytes (header + payload) as the IP header says.
@@ -174,15 +282,15 @@ fn ipv4(b: &[u8], l3: usize) -> Result<Ip, Untrackable> {
     if frag & 0x3fff != 0 {
         return Err(Untrackable::Fragment);
     }
-    let src = Ipv4Addr::from(be32(b, l3 + 12)?);
-    let dst = Ipv4Addr::from(be32(b, l3 + 16)?);
+    let (sh, sl) = v4_words(be32(b, l3 + 12)?);
+    let (dh, dl) = v4_words(be32(b, l3 + 16)?);
     let proto = *b.get(l3 + 9).ok_or(Untrackable::Malformed)?;
     let l4_len = total
         .checked_sub(ihl as u32)
         .ok_or(Untrackable::Malformed)?;
     Ok(Ip {
-        src: src.into(),
-        dst: dst.into(),
+        words: [sh, sl, dh, dl],
+        v6: 0,
         proto,
         l4: l3 + ihl,
         l4_len,
@@ -194,15 +302,15 @@ fn ipv6(b: &[u8], l3: usize) -> Result<Ip, Untrackable> {
         return Err(Untrackable::Malformed);
     }
     let payload = u32::from(be16(b, l3 + 4)?);
-    let addr = |at: usize| -> Result<Ipv6Addr, Untrackable> {
+    let addr = |at: usize| -> Result<(u64, u64), Untrackable> {
         let bytes: [u8; 16] = b
             .get(at..at + 16)
             .ok_or(Untrackable::Malformed)?
             .try_into()
             .map_err(|_| Untrackable::Malformed)?;
-        Ok(Ipv6Addr::from(bytes))
+        Ok(v6_words(u128::from_be_bytes(bytes)))
     };
-    let (src, dst) = (addr(l3 + 8)?, addr(l3 + 24)?);
+    let ((sh, sl), (dh, dl)) = (addr(l3 + 8)?, addr(l3 + 24)?);
     let mut next = *b.get(l3 + 6).ok_or(Untrackable::Malformed)?;
     let mut at = l3 + 40;
     let mut ext = 0u32;
@@ -220,8 +328,8 @@ fn ipv6(b: &[u8], l3: usize) -> Result<Ip, Untrackable> {
         }
     }
     Ok(Ip {
-        src: src.into(),
-        dst: dst.into(),
+        words: [sh, sl, dh, dl],
+        v6: 1,
         proto: next,
         l4: at,
         l4_len: payload.checked_sub(ext).ok_or(Untrackable::Malformed)?,
@@ -229,20 +337,12 @@ fn ipv6(b: &[u8], l3: usize) -> Result<Ip, Untrackable> {
 }
 
 fn transport(b: &[u8], ip: Ip, zone: u16, quoted: bool) -> Result<Packet, Untrackable> {
-    let mut key = ConnKey {
-        zone,
-        proto: ip.proto,
-        icmp_type: 0,
-        src: ip.src,
-        dst: ip.dst,
-        sport: 0,
-        dport: 0,
-    };
+    let [sh, sl, dh, dl] = ip.words;
+    let key = ConnKey([sh, sl, dh, dl, meta(zone, ip.proto, 0, 0, 0), ip.v6]);
     let l4 = ip.l4;
     let transport = match ip.proto {
         IP_TCP => {
-            key.sport = be16(b, l4)?;
-            key.dport = be16(b, l4 + 2)?;
+            let key = key.with_transport(0, be16(b, l4)?, be16(b, l4 + 2)?);
             if quoted {
                 // An ICMP error quotes only the first 8 bytes of the segment.
                 return Ok(Packet {
@@ -259,7 +359,7 @@ fn transport(b: &[u8], ip: Ip, zone: u16, quoted: bool) -> Result<Packet, Untrac
                 return Err(Untrackable::Malformed);
             }
             let (wscale, options_unknown) = window_scale(b, l4 + 20, l4 + offset);
-            Transport::Tcp(TcpSegment {
+            let segment = TcpSegment {
                 flags,
                 seq,
                 ack,
@@ -267,12 +367,17 @@ fn transport(b: &[u8], ip: Ip, zone: u16, quoted: bool) -> Result<Packet, Untrac
                 wscale,
                 options_unknown,
                 payload: ip.l4_len - offset as u32,
-            })
+            };
+            return Ok(Packet {
+                key,
+                transport: Transport::Tcp(segment),
+            });
         }
         IP_UDP => {
-            key.sport = be16(b, l4)?;
-            key.dport = be16(b, l4 + 2)?;
-            Transport::Udp
+            return Ok(Packet {
+                key: key.with_transport(0, be16(b, l4)?, be16(b, l4 + 2)?),
+                transport: Transport::Udp,
+            });
         }
         IP_ICMP | IP_ICMPV6 => {
             let ty = *b.get(l4).ok_or(Untrackable::Malformed)?;
@@ -292,15 +397,16 @@ fn transport(b: &[u8], ip: Ip, zone: u16, quoted: bool) -> Result<Packet, Untrac
                 };
                 let quoted = transport(b, inner, zone, true)?;
                 // An error goes back to whoever sent the packet it quotes.
-                if quoted.key.src != ip.dst {
+                if !quoted.key.source_is_destination_of(&ip) {
                     return Err(Untrackable::Malformed);
                 }
                 Transport::Error(quoted.key)
             } else if echo_pair(ip.proto, ty).is_some() {
-                key.icmp_type = ty;
-                key.sport = be16(b, l4 + 4)?;
-                key.dport = key.sport;
-                Transport::Echo
+                let id = be16(b, l4 + 4)?;
+                return Ok(Packet {
+                    key: key.with_transport(ty, id, id),
+                    transport: Transport::Echo,
+                });
             } else {
                 return Err(Untrackable::IcmpOther);
             }
@@ -317,9 +423,11 @@ fn ipv4_quoted(b: &[u8], l3: usize) -> Result<Ip, Untrackable> {
     if vihl >> 4 != 4 || ihl < 20 {
         return Err(Untrackable::Malformed);
     }
+    let (sh, sl) = v4_words(be32(b, l3 + 12)?);
+    let (dh, dl) = v4_words(be32(b, l3 + 16)?);
     Ok(Ip {
-        src: Ipv4Addr::from(be32(b, l3 + 12)?).into(),
-        dst: Ipv4Addr::from(be32(b, l3 + 16)?).into(),
+        words: [sh, sl, dh, dl],
+        v6: 0,
         proto: *b.get(l3 + 9).ok_or(Untrackable::Malformed)?,
         l4: l3 + ihl,
         l4_len: 8,

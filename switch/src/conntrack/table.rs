@@ -1,5 +1,5 @@
 //! One shard of the connection table: the connections themselves, in one open-addressed
-//! array probed linearly from the slot their hash names. Keys are packed into six words and
+//! array probed linearly from the slot their hash names. Keys (six words, as parsed) are
 //! hashed with a keyed, direction-independent hash computed once per packet: the same hash
 //! picks the shard and the slot, for both directions of a connection, so a lookup is one
 //! cheap hash and (nearly always) one two-line entry that holds the key and the state.
@@ -13,94 +13,10 @@
 //! and a separate hash for the shard cost a fifth of the tracked path, measured.
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, Ipv6Addr};
 
-use super::packet::{echo_pair, ConnKey};
+use super::packet::ConnKey;
 use super::{Conn, Removed};
 use crate::prehash::folded_multiply;
-
-/// A [`ConnKey`] as six words: addresses as IPv6 (IPv4 mapped), then zone, protocol, ICMP
-/// type and ports, then the address family (so an IPv6 packet with IPv4-mapped addresses is
-/// not an IPv4 connection's).
-#[derive(Clone, Copy, Eq, Debug)]
-pub(super) struct Packed([u64; 6]);
-
-impl PartialEq for Packed {
-    /// Word by word, without a branch per word (the array's own comparison called
-    /// `memcmp`, twice per lookup).
-    #[inline]
-    fn eq(&self, other: &Packed) -> bool {
-        self.0
-            .iter()
-            .zip(&other.0)
-            .fold(0, |acc, (a, b)| acc | (a ^ b))
-            == 0
-    }
-}
-
-fn words(ip: IpAddr) -> (u64, u64) {
-    let v = match ip {
-        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-        IpAddr::V6(v6) => u128::from(v6),
-    };
-    ((v >> 64) as u64, v as u64)
-}
-
-impl Packed {
-    pub(super) fn of(k: &ConnKey) -> Packed {
-        let (sh, sl) = words(k.src);
-        let (dh, dl) = words(k.dst);
-        let meta = (u64::from(k.zone) << 48)
-            | (u64::from(k.proto) << 40)
-            | (u64::from(k.icmp_type) << 32)
-            | (u64::from(k.sport) << 16)
-            | u64::from(k.dport);
-        let v6 = u64::from(matches!(k.src, IpAddr::V6(_)));
-        Packed([sh, sl, dh, dl, meta, v6])
-    }
-
-    /// The key of the other direction (as [`ConnKey::reverse`]).
-    #[inline]
-    pub(super) fn reverse(&self) -> Packed {
-        let [sh, sl, dh, dl, meta, v6] = self.0;
-        let (proto, ty) = ((meta >> 40) as u8, (meta >> 32) as u8);
-        let ty = echo_pair(proto, ty).unwrap_or(ty);
-        let meta = (meta & 0xffff_ff00_0000_0000)
-            | (u64::from(ty) << 32)
-            | ((meta & 0xffff) << 16)
-            | ((meta >> 16) & 0xffff);
-        Packed([dh, dl, sh, sl, meta, v6])
-    }
-
-    pub(super) fn zone(&self) -> u16 {
-        (self.0[4] >> 48) as u16
-    }
-
-    pub(super) fn proto(&self) -> u8 {
-        (self.0[4] >> 40) as u8
-    }
-
-    /// The key this was packed from.
-    pub(super) fn unpack(&self) -> ConnKey {
-        let [sh, sl, dh, dl, meta, v6] = self.0;
-        let ip = |hi: u64, lo: u64| {
-            let v6_addr = Ipv6Addr::from((u128::from(hi) << 64) | u128::from(lo));
-            match (v6, v6_addr.to_ipv4_mapped()) {
-                (0, Some(v4)) => IpAddr::V4(v4),
-                _ => IpAddr::V6(v6_addr),
-            }
-        };
-        ConnKey {
-            zone: self.zone(),
-            proto: self.proto(),
-            icmp_type: (meta >> 32) as u8,
-            src: ip(sh, sl),
-            dst: ip(dh, dl),
-            sport: (meta >> 16) as u16,
-            dport: meta as u16,
-        }
-    }
-}
 
 /// Secret keys of [`hash`] (random per table, so that packets cannot be crafted to collide).
 #[derive(Clone, Copy)]
@@ -116,8 +32,8 @@ impl Seeds {
 /// The same for a key and its reverse: each endpoint (address and port) is hashed on its own
 /// and the two added; the ICMP type, which differs between directions, is left out.
 #[inline]
-pub(super) fn hash(p: &Packed, s: &Seeds) -> u64 {
-    let [sh, sl, dh, dl, meta, v6] = p.0;
+pub(super) fn hash(key: &ConnKey, s: &Seeds) -> u64 {
+    let [sh, sl, dh, dl, meta, v6] = *key.words();
     let (sport, dport) = ((meta >> 16) & 0xffff, meta & 0xffff);
     // The port gets a multiply of its own: xored into an address word, a chosen address
     // could cancel it (and pile connections onto one hash).
@@ -138,7 +54,7 @@ const MIN_SLOTS: usize = 16;
 /// Where `key` (of hash `hash`) is in `slots`, and whether it is its connection's reply
 /// direction. The table is never more than half full, so a probe ends at an empty slot.
 #[inline]
-fn position(slots: &[Option<Conn>], key: &Packed, hash: u64) -> Option<(usize, bool)> {
+fn position(slots: &[Option<Conn>], key: &ConnKey, hash: u64) -> Option<(usize, bool)> {
     if slots.is_empty() {
         return None;
     }
@@ -169,7 +85,7 @@ pub(super) struct Shard {
     len: usize,
     /// Original keys (and hashes) of connections as they closed, oldest first (some may be
     /// gone).
-    pub(super) closed: VecDeque<(Packed, u64)>,
+    pub(super) closed: VecDeque<(ConnKey, u64)>,
 }
 
 impl Shard {
@@ -179,7 +95,7 @@ impl Shard {
     #[inline]
     pub(super) fn find(
         &mut self,
-        key: &Packed,
+        key: &ConnKey,
         hash: u64,
         now_ms: u64,
         removed: &mut Removed,
@@ -256,7 +172,7 @@ impl Shard {
 
     /// Removes the connections `which` selects.
     pub(super) fn remove_where(&mut self, which: impl Fn(&Conn) -> bool, removed: &mut Removed) {
-        let gone: Vec<(Packed, u64)> = self
+        let gone: Vec<(ConnKey, u64)> = self
             .iter()
             .filter(|c| which(c))
             .map(|c| (c.key, c.hash))

@@ -456,7 +456,7 @@ fn zones_keep_connections_apart_and_commit_sets_mark_and_label() {
     assert_eq!((r.state, r.mark), (TRACKED | ESTABLISHED | REPLY, 0x12));
     let orig = r.orig.expect("the original direction");
     assert_eq!(
-        (orig.src, orig.sport, orig.dport),
+        (orig.src(), orig.sport(), orig.dport()),
         (IpAddr::from(A), 5000, 53)
     );
     assert_eq!(ct.zone_counts(), HashMap::from([(1, 1)]));
@@ -574,7 +574,7 @@ fn a_forced_commit_against_a_connection_replaces_it_in_the_packets_direction() {
     // B's datagram is A's connection's reply; forced, it becomes a new connection from B.
     let t = ct.track(&udp(false), 0, Some(&force), 1);
     assert_eq!(t.state, TRACKED | NEW);
-    assert_eq!(t.orig.map(|o| o.src), Some(IpAddr::from(B)));
+    assert_eq!(t.orig.map(|o| o.src()), Some(IpAddr::from(B)));
     assert_eq!(ct.len(), 1);
     // A's datagram is now the reply.
     assert_eq!(
@@ -744,5 +744,39 @@ fn thousands_of_connections_grow_the_tables_and_outlive_their_neighbours_removal
     assert_eq!(
         track(&ct, &udp_conn(2, false), false, 130_000),
         TRACKED | NEW
+    );
+}
+
+#[test]
+fn keys_read_back_what_they_were_made_of_and_keep_families_apart() {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    let v4 = |a: [u8; 4]| IpAddr::from(a);
+    let key = packet::ConnKey::new(7, packet::IP_UDP, 0, v4(A), v4(B), 40000, 53);
+    assert_eq!(
+        (key.zone(), key.proto(), key.icmp_type()),
+        (7, packet::IP_UDP, 0)
+    );
+    assert_eq!((key.src(), key.dst()), (v4(A), v4(B)));
+    assert_eq!((key.sport(), key.dport()), (40000, 53));
+    assert_eq!(
+        key.ipv4(),
+        Some((u32::from_be_bytes(A), u32::from_be_bytes(B)))
+    );
+    let back = key.reverse();
+    assert_eq!((back.src(), back.sport(), back.dport()), (v4(B), 53, 40000));
+    assert_eq!(back.reverse(), key);
+    // An echo request's reverse is the reply.
+    let echo = packet::ConnKey::new(0, packet::IP_ICMP, 8, v4(A), v4(B), 9, 9);
+    assert_eq!(echo.reverse().icmp_type(), 0);
+
+    // The same addresses written as IPv4-mapped IPv6 are another connection's.
+    let mapped = |a: [u8; 4]| IpAddr::V6(Ipv4Addr::from(a).to_ipv6_mapped());
+    let v6_key = packet::ConnKey::new(7, packet::IP_UDP, 0, mapped(A), mapped(B), 40000, 53);
+    assert_ne!(v6_key, key);
+    assert_eq!((v6_key.src(), v6_key.ipv4()), (mapped(A), None));
+    let v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+    assert_eq!(
+        packet::ConnKey::new(0, packet::IP_TCP, 0, v6, v4(B), 1, 2).src(),
+        v6
     );
 }

@@ -1,8 +1,6 @@
 //! The ct fields of a packet's key: written from what connection tracking found (for the
 //! table `ct(table=T)` continues in), or cleared by `ct_clear`.
 
-use std::net::IpAddr;
-
 use super::fields::read;
 use super::ExecState;
 use crate::conntrack::Tracked;
@@ -68,12 +66,12 @@ pub fn write(key: &mut FlowKey, t: &Tracked) {
     key.set(Field::CtLabelHi, (t.label >> 64) as u64);
     key.set(Field::CtLabelLo, t.label as u64);
     if let Some(orig) = t.orig {
-        if let (IpAddr::V4(src), IpAddr::V4(dst)) = (orig.src, orig.dst) {
-            key.set(Field::CtNwSrc, u64::from(u32::from(src)));
-            key.set(Field::CtNwDst, u64::from(u32::from(dst)));
+        if let Some((src, dst)) = orig.ipv4() {
+            key.set(Field::CtNwSrc, u64::from(src));
+            key.set(Field::CtNwDst, u64::from(dst));
         }
-        key.set(Field::CtNwProto, u64::from(orig.proto));
-        key.set(Field::CtTpSrc, u64::from(orig.sport));
-        key.set(Field::CtTpDst, u64::from(orig.dport));
+        key.set(Field::CtNwProto, u64::from(orig.proto()));
+        key.set(Field::CtTpSrc, u64::from(orig.sport()));
+        key.set(Field::CtTpDst, u64::from(orig.dport()));
     }
 }
