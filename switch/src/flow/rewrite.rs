@@ -294,8 +294,17 @@ impl HeaderBuf {
         self.set_ip(16, ip);
     }
 
-    /// `mod_nw_tos`: the DSCP bits (ECN bits kept).
+    /// `mod_nw_tos`: the DSCP bits (ECN bits kept) of the IPv4 TOS (header checksum
+    /// updated) or the IPv6 traffic class.
     pub fn set_nw_tos(&mut self, tos: u8) {
+        if let Some((l3, _, _)) = self.ipv6() {
+            // Traffic class: the low nibble of byte 0 and the high nibble of byte 1.
+            let class = (self.bytes[l3] << 4) | (self.bytes[l3 + 1] >> 4);
+            let class = (tos & 0xfc) | (class & 0x03);
+            self.bytes[l3] = (self.bytes[l3] & 0xf0) | (class >> 4);
+            self.bytes[l3 + 1] = (self.bytes[l3 + 1] & 0x0f) | (class << 4);
+            return;
+        }
         let Some((l3, _, _)) = self.ipv4() else {
             return;
         };
@@ -999,6 +1008,7 @@ mod tests {
                 h.set_ipv6_dst("2001:db8::1:2".parse().unwrap());
                 h.set_nw_ttl(9);
                 h.set_nw_ecn(3);
+                h.set_nw_tos(0xb8);
                 h.set_ipv6_label(0x12345);
                 h.set_tp_dst(8080);
             });
@@ -1006,6 +1016,12 @@ mod tests {
             assert_eq!(out[22..38], new.octets());
             assert_eq!(out[21], 9, "hop limit");
             assert_eq!((out[15] >> 4) & 3, 3, "ECN");
+            let class = (out[14] << 4) | (out[15] >> 4);
+            assert_eq!(
+                (class, out[14] >> 4),
+                (0xbb, 6),
+                "DSCP set, ECN and version kept"
+            );
             assert_eq!(
                 u32::from_be_bytes([0, out[15] & 0xf, out[16], out[17]]),
                 0x12345

@@ -161,12 +161,11 @@ impl<'a> Parser<'a> {
                 }
             }
             "mod_nw_tos" => {
-                self.prereqs.push((Prereq::Ip, key.to_string(), t.at));
+                self.prereqs.push((Prereq::IpAny, key.to_string(), t.at));
                 Action::SetNwTos(self.tos(key, arg, aat)?)
             }
             "mod_tp_src" | "mod_tp_dst" => {
-                self.prereqs
-                    .push((Prereq::TcpOrUdp4, key.to_string(), t.at));
+                self.prereqs.push((Prereq::TcpOrUdp, key.to_string(), t.at));
                 let p = self.uint(key, arg, aat, 0xffff)? as u16;
                 if name == "mod_tp_src" {
                     Action::SetTpSrc(p)
@@ -274,9 +273,9 @@ impl<'a> Parser<'a> {
             "tcp_src" | "tcp_dst" | "udp_src" | "udp_dst" | "tp_src" | "tp_dst" => {
                 need(
                     match &fname[..3] {
-                        "tcp" => Prereq::Tcp4,
-                        "udp" => Prereq::Udp4,
-                        _ => Prereq::TcpOrUdp4,
+                        "tcp" => Prereq::Tcp,
+                        "udp" => Prereq::Udp,
+                        _ => Prereq::TcpOrUdp,
                     },
                     self,
                 );
@@ -291,11 +290,11 @@ impl<'a> Parser<'a> {
                 }
             }
             "nw_tos" => {
-                need(Prereq::Ip, self);
+                need(Prereq::IpAny, self);
                 Action::SetNwTos(self.tos(fname, val, aat)?)
             }
             "ip_dscp" => {
-                need(Prereq::Ip, self);
+                need(Prereq::IpAny, self);
                 Action::SetNwTos((self.uint(fname, val, aat, 63)? as u8) << 2)
             }
             // OpenFlow 1.2+ vlan_vid: bit 12 says "tag present".

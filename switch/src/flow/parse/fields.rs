@@ -71,10 +71,6 @@ pub(super) enum Prereq {
     TcpOrUdp,
     Tcp,
     Udp,
-    /// TCP or UDP over IPv4 (what header rewrites handle).
-    TcpOrUdp4,
-    Tcp4,
-    Udp4,
     Icmpv6,
     /// ICMP or ICMPv6 (`icmp_type` as OVS's dump-flows prints it for both).
     IcmpAny,
@@ -101,9 +97,6 @@ impl Prereq {
             Prereq::TcpOrUdp => tcp || udp,
             Prereq::Tcp => tcp,
             Prereq::Udp => udp,
-            Prereq::TcpOrUdp4 => v4 && (tcp || udp),
-            Prereq::Tcp4 => v4 && tcp,
-            Prereq::Udp4 => v4 && udp,
             Prereq::Icmpv6 => v6 && proto == Some(consts::IP_ICMPV6),
             Prereq::IcmpAny => {
                 (v4 && proto == Some(consts::IP_ICMP)) || (v6 && proto == Some(consts::IP_ICMPV6))
@@ -123,9 +116,6 @@ impl Prereq {
             Prereq::TcpOrUdp => "tcp or udp (nw_proto=6 or 17 over ip or ipv6): add 'tcp', 'udp', 'tcp6' or 'udp6' to the match",
             Prereq::Tcp => "tcp (nw_proto=6 over ip or ipv6): add 'tcp' or 'tcp6' to the match",
             Prereq::Udp => "udp (nw_proto=17 over ip or ipv6): add 'udp' or 'udp6' to the match",
-            Prereq::TcpOrUdp4 => "tcp or udp over IPv4 (dl_type=0x0800 with nw_proto=6 or 17): add 'tcp' or 'udp' to the match",
-            Prereq::Tcp4 => "tcp over IPv4 (dl_type=0x0800 with nw_proto=6): add 'tcp' to the match",
-            Prereq::Udp4 => "udp over IPv4 (dl_type=0x0800 with nw_proto=17): add 'udp' to the match",
             Prereq::Icmpv6 => "icmp6 (dl_type=0x86dd with nw_proto=58): add 'icmp6' to the match",
             Prereq::IcmpAny => "icmp or icmp6: add 'icmp' or 'icmp6' to the match",
         }
@@ -157,7 +147,7 @@ pub(super) fn field_def(name: &str) -> Option<(Field, Kind, Option<Prereq>)> {
         "ip_dst" => (F::NwDst, Kind::Ip, Some(Prereq::Ip)),
         "nw_proto" => (F::NwProto, int(8, false), Some(Prereq::IpOrArp)),
         "ip_proto" => (F::NwProto, int(8, false), Some(Prereq::Ip)),
-        "nw_tos" => (F::NwTos, Kind::NwTos, Some(Prereq::Ip)),
+        "nw_tos" => (F::NwTos, Kind::NwTos, Some(Prereq::IpAny)),
         "tp_src" => (F::TpSrc, int(16, true), Some(Prereq::TcpOrUdp)),
         "tp_dst" => (F::TpDst, int(16, true), Some(Prereq::TcpOrUdp)),
         "tcp_src" => (F::TpSrc, int(16, true), Some(Prereq::Tcp)),

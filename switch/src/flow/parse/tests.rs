@@ -336,7 +336,7 @@ fn flow_prerequisites() {
     const CASES: &str = r#"
       1 | nw_src requires dl_type=0x0800 (ip) or 0x0806 (arp) | nw_src=10.0.0.1,actions=drop
      16 | nw_dst requires dl_type=0x0800 (ip) or 0x0806 (arp) | dl_type=0x86dd,nw_dst=10.0.0.1,actions=drop
-      5 | nw_tos requires dl_type=0x0800 (ip) | arp,nw_tos=4,actions=drop
+      5 | nw_tos requires ip or ipv6 | arp,nw_tos=4,actions=drop
       4 | arp_spa requires dl_type=0x0806 (arp) | ip,arp_spa=10.0.0.1,actions=drop
       4 | tp_dst requires tcp or udp | ip,tp_dst=80,actions=drop
      17 | tp_dst requires tcp or udp | ip,nw_proto=132,tp_dst=80,actions=drop
@@ -356,6 +356,10 @@ fn flow_prerequisites() {
     add("nw_src=10.0.0.1,ip,actions=drop");
     add("tp_dst=80,tcp,actions=drop");
     add("arp,nw_dst=10.0.0.1,nw_proto=2,actions=drop");
+    // DSCP and ports are matched and rewritten over IPv6 too.
+    add("ipv6,nw_tos=184,actions=mod_nw_tos:0,set_field:8->ip_dscp,normal");
+    add("tcp6,tp_dst=80,actions=mod_tp_dst:8080,set_field:1->tcp_src,normal");
+    add("udp6,actions=mod_tp_src:53,set_field:5353->udp_dst,set_field:1->tp_dst,normal");
 }
 
 #[test]
