@@ -45,7 +45,8 @@
 #   swap       plain with traffic that has replies: in mac mode testpmd forwards with 5tswap
 #              (MACs, addresses and ports swapped) and --port-topology=loop, so a frame from
 #              port 0 (A->B) comes back into the switch on port 1 as its reply (B->A): one
-#              UDP connection, both directions. In flowgen mode, --flowgen-flows=10000: 10 000
+#              UDP connection, both directions. In flowgen mode, --flowgen-flows=10000 (or
+#              $PATCHBAY_PEERS_CONNECTIONS): 10 000
 #              connections, one direction. Cases ovs-ct, patchbay-ct-poll and patchbay-ct-event
 #              (this variant only) add a stateful firewall's flows: ct(table=1), commit on
 #              +new, pass +est (OVS: the same file through ovs-ofctl); against ovs-dpdk and
@@ -897,7 +898,7 @@ start_source() {
             fwd=5tswap
             extra+=(--port-topology=loop)
         else
-            extra+=(--flowgen-flows=10000)
+            extra+=(--flowgen-flows="${PATCHBAY_PEERS_CONNECTIONS:-10000}")
         fi
     fi
     mkfifo "$dir/cmd"
