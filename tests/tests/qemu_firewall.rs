@@ -194,6 +194,18 @@ fn neutron_style_firewall_allows_replies_and_related_and_nothing_else_in() {
         .unwrap();
     let after = dest_unreachables(&mut a);
     assert!(after > before, "A got the port unreachable: {out:?}");
+    // The range's second piece (10016-10017): the probe goes to 10017.
+    let (_, out) = a
+        .run("traceroute -n -m 1 -q 1 -w 2 -p 10016 10.0.0.2", t)
+        .unwrap();
+    let after = {
+        let now = dest_unreachables(&mut a);
+        assert!(
+            now > after,
+            "A got the port unreachable from 10017: {out:?}"
+        );
+        now
+    };
     let (_, out) = a
         .run("traceroute -n -m 1 -q 1 -w 2 -p 20000 10.0.0.2", t)
         .unwrap();
@@ -235,6 +247,10 @@ fn neutron_style_firewall_allows_replies_and_related_and_nothing_else_in() {
         "{zone2:?}"
     );
     assert!(
+        has(&zone2, udp, "10.0.0.1", Some(10017..=10017)),
+        "{zone2:?}"
+    );
+    assert!(
         has(&zone1, udp, "10.0.0.1", Some(20000..=20015)),
         "{zone1:?}"
     );
@@ -257,6 +273,44 @@ fn neutron_style_firewall_allows_replies_and_related_and_nothing_else_in() {
         ct.zone_counts(),
         std::collections::HashMap::from([(1, zone1.len()), (2, zone2.len())])
     );
+    // The metrics say the same.
+    let body = patchbay_switch::metrics::render(&d.switch, &d.control_counters).unwrap();
+    for line in [
+        format!("patchbay_conntrack_connections {}", ct.len()),
+        format!(
+            "patchbay_conntrack_zone_connections{{zone=\"1\"}} {}",
+            zone1.len()
+        ),
+        format!(
+            "patchbay_conntrack_zone_connections{{zone=\"2\"}} {}",
+            zone2.len()
+        ),
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line} in:\n{body}");
+    }
+
+    // `flowctl flush-conntrack zone=1` empties zone 1 and leaves zone 2; without a zone it
+    // empties the table.
+    let flush = |zone: Option<&str>| {
+        let mut cmd = Command::new(workspace_bin("flowctl"));
+        cmd.arg("--socket")
+            .arg(&d.control_socket)
+            .arg("--json")
+            .arg("flush-conntrack");
+        cmd.args(zone);
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<usize>(&out.stdout).unwrap()
+    };
+    assert_eq!(flush(Some("zone=1")), zone1.len());
+    assert!(connections(&d.control_socket, 1).is_empty());
+    assert_eq!(connections(&d.control_socket, 2).len(), zone2.len());
+    assert_eq!(flush(None), zone2.len());
+    assert!(ct.is_empty() && connections(&d.control_socket, 2).is_empty());
     a.poweroff();
     b.poweroff();
     d.shutdown();
