@@ -122,7 +122,9 @@ enum Command {
     /// QEMU's names: csum,guest_csum,host_tso4,host_tso6,host_ecn,host_uso,guest_tso4,
     /// guest_tso6,guest_ecn,guest_uso4,guest_uso6; default all), queue-pairs=N (virtio-net
     /// multiqueue, 1-64; default 8), socket-mode=0660 and socket-group=GROUP (the socket's
-    /// permissions, server mode). The same syntax as patchbay-switch --port.
+    /// permissions, server mode), allowed-macs=LIST, allowed-ips=LIST and dhcp-server=true|false
+    /// (port security: the only source MACs and IP prefixes the port may send as; see
+    /// set-port-security). The same syntax as patchbay-switch --port.
     #[command(
         after_help = "Examples:\n  flowctl add-port name=vm3,socket=/run/vm3.sock,vlan=10\n  \
                             flowctl add-port name=up,socket=/run/up.sock,mode=client,vlan-mode=trunk,trunks=10,20-29"
@@ -130,6 +132,7 @@ enum Command {
     AddPort {
         /// name=NAME,socket=PATH[,mode=client][,vlan=V][,vlan-mode=M][,trunks=LIST][,mac=M]
         /// [,offloads=LIST][,queue-pairs=N][,socket-mode=MODE][,socket-group=GROUP]
+        /// [,allowed-macs=LIST][,allowed-ips=LIST][,dhcp-server=BOOL]
         #[arg(value_name = "SPEC", value_parser = parse_spec)]
         spec: Box<PortConfig>,
     },
@@ -148,6 +151,18 @@ enum Command {
                       flowctl set-vlan up native-untagged 5 10,20"
     )]
     SetVlan(SetVlanArgs),
+
+    /// Replace a port's security settings: the only source MACs and IP prefixes it may send
+    /// as (and claim in ARP and neighbour discovery), and whether it may answer as a DHCP
+    /// server. Settings not given are cleared; with no lists the port is not checked.
+    /// Addresses the port learned before are forgotten. The same keys as add-port's SPEC.
+    #[command(
+        name = "set-port-security",
+        after_help = "Examples:\n  flowctl set-port-security vm1 allowed-macs=52:54:00:00:0a:01 allowed-ips=10.0.0.1,fd00::/64\n  \
+                      flowctl set-port-security dhcp1 allowed-macs=52:54:00:00:0a:09 dhcp-server=true\n  \
+                      flowctl set-port-security vm1"
+    )]
+    SetPortSecurity(SetPortSecurityArgs),
 
     /// Add one flow (ovs-ofctl syntax). Changes are atomic: a bad flow changes nothing.
     #[command(
@@ -427,6 +442,38 @@ struct SetVlanArgs {
     /// VID and/or LIST, as the mode needs (see above).
     #[arg(num_args = 0..=2, value_name = "VID|LIST")]
     args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct SetPortSecurityArgs {
+    /// The port's name.
+    name: String,
+    /// allowed-macs=LIST, allowed-ips=LIST (addresses or prefixes), dhcp-server=true|false.
+    #[arg(value_name = "KEY=VALUE", value_parser = parse_security_setting)]
+    settings: Vec<SecuritySetting>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SecuritySetting {
+    Macs(Vec<String>),
+    Ips(Vec<String>),
+    DhcpServer(bool),
+}
+
+fn parse_security_setting(s: &str) -> Result<SecuritySetting, String> {
+    let list = |v: &str| v.split(',').map(|x| x.trim().to_string()).collect();
+    match s.split_once('=') {
+        Some(("allowed-macs" | "allowed_macs", v)) => Ok(SecuritySetting::Macs(list(v))),
+        Some(("allowed-ips" | "allowed_ips", v)) => Ok(SecuritySetting::Ips(list(v))),
+        Some(("dhcp-server" | "dhcp_server", v)) => match v {
+            "true" => Ok(SecuritySetting::DhcpServer(true)),
+            "false" => Ok(SecuritySetting::DhcpServer(false)),
+            _ => Err(format!("dhcp-server is true or false, not '{v}'")),
+        },
+        _ => Err(format!(
+            "'{s}' is not allowed-macs=LIST, allowed-ips=LIST or dhcp-server=true|false"
+        )),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -973,6 +1020,30 @@ fn run(cli: &Cli, client: &mut Client, vlan: Option<VlanConfig>) -> Result<(), C
                 print_json(&result);
             } else {
                 println!("port {}: vlan {words}", a.name);
+            }
+        }
+        Command::SetPortSecurity(a) => {
+            let (mut allowed_macs, mut allowed_ips, mut dhcp_server) = (vec![], vec![], false);
+            for s in &a.settings {
+                match s {
+                    SecuritySetting::Macs(m) => allowed_macs.clone_from(m),
+                    SecuritySetting::Ips(i) => allowed_ips.clone_from(i),
+                    SecuritySetting::DhcpServer(d) => dhcp_server = *d,
+                }
+            }
+            let off = allowed_macs.is_empty() && allowed_ips.is_empty();
+            let result = client.call(Request::SetPortSecurity {
+                name: a.name.clone(),
+                allowed_macs,
+                allowed_ips,
+                dhcp_server,
+            })?;
+            if json {
+                print_json(&result);
+            } else if off {
+                println!("port {}: security off", a.name);
+            } else {
+                println!("port {}: security set", a.name);
             }
         }
     }

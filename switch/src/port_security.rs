@@ -177,6 +177,55 @@ fn link_local(mac: EthernetAddress) -> Ipv6Addr {
     ])
 }
 
+/// A port's security settings as given (config or `flowctl set-port-security`) and the
+/// checks made of them. Replaced whole when changed, so a batch sees one or the other.
+#[derive(Debug, Default)]
+pub struct PortSecuritySettings {
+    pub allowed_macs: Vec<String>,
+    pub allowed_ips: Vec<String>,
+    pub dhcp_server: bool,
+    /// None: neither list given, no checks.
+    pub checks: Option<PortSecurity>,
+}
+
+/// Which setting was refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SettingError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl PortSecuritySettings {
+    pub fn new(
+        allowed_macs: Vec<String>,
+        allowed_ips: Vec<String>,
+        dhcp_server: bool,
+    ) -> Result<PortSecuritySettings, SettingError> {
+        // Each list checked on its own, so the error names the one at fault.
+        for (field, macs, ips) in [
+            ("allowed_macs", &allowed_macs[..], &[][..]),
+            ("allowed_ips", &[][..], &allowed_ips[..]),
+        ] {
+            PortSecurity::new(macs, ips, false)
+                .map_err(|message| SettingError { field, message })?;
+        }
+        let checks =
+            PortSecurity::new(&allowed_macs, &allowed_ips, dhcp_server).map_err(|message| {
+                SettingError {
+                    field: "allowed_ips",
+                    message,
+                }
+            })?;
+        Ok(PortSecuritySettings {
+            allowed_macs,
+            allowed_ips,
+            dhcp_server,
+            checks,
+        })
+    }
+}
+
 impl PortSecurity {
     /// The rules of a port's settings; None when it has neither list (no checks at all).
     pub fn new(

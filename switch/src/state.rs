@@ -307,6 +307,10 @@ impl StateFile {
                 config.vlan_mode = Some(vlan.mode);
                 config.vlan = vlan.vlan;
                 config.trunks = vlan.trunks;
+                let security = p.security();
+                config.allowed_macs = security.allowed_macs.clone();
+                config.allowed_ips = security.allowed_ips.clone();
+                config.dhcp_server = security.dhcp_server;
                 config
             })
             .collect();

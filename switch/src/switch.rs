@@ -612,6 +612,40 @@ impl Switch {
         Ok(())
     }
 
+    /// Changes a port's security settings (no addresses: no checks); addresses it learned
+    /// before are forgotten (they may be ones it may no longer send as).
+    pub fn set_port_security(
+        &self,
+        name: &str,
+        allowed_macs: Vec<String>,
+        allowed_ips: Vec<String>,
+        dhcp_server: bool,
+    ) -> Result<(), SwitchError> {
+        let port = self
+            .port_by_name(name)
+            .ok_or_else(|| SwitchError::NoSuchPort(name.to_string()))?;
+        if port.is_tunnel() {
+            return Err(SwitchError::TunnelPort(name.to_string()));
+        }
+        let settings =
+            crate::port_security::PortSecuritySettings::new(allowed_macs, allowed_ips, dhcp_server)
+                .map_err(|e| SwitchError::BadPort {
+                    name: name.to_string(),
+                    source: PortConfigError {
+                        field: e.field,
+                        message: e.message,
+                    },
+                })?;
+        let described = settings.checks.as_ref().map(|s| s.describe());
+        port.set_security(settings);
+        self.mac_table().flush_port(port.id);
+        log::info!(
+            "port {name}: security {}",
+            described.as_deref().unwrap_or("off")
+        );
+        Ok(())
+    }
+
     /// Empties port slot `id` (the port is gone).
     fn clear_slot(&self, id: PortId) {
         let _ = self.fabric.update_ports(|ports| {

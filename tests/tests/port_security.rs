@@ -8,7 +8,7 @@ use etherparse::PacketBuilder;
 use patchbay_switch::wire::EthernetAddress;
 use patchbay_tests::frames::{mac, BROADCAST};
 use patchbay_tests::switch::{
-    access, connect, drops, forwards, nothing, send_done, start_switch, TestDir,
+    access, connect, drops, forwards, nothing, send_done, start_switch, workspace_bin, TestDir,
 };
 
 const A_IP: [u8; 4] = [10, 0, 0, 1];
@@ -108,4 +108,91 @@ fn bad_port_security_settings_are_refused_by_field() {
         .err()
         .expect("refused");
     assert_eq!(e.field, "allowed_macs");
+}
+
+/// `flowctl set-port-security` on a running port: from then on it is held to its addresses
+/// (what it learned before is forgotten); with no settings it is free again.
+#[test]
+fn flowctl_sets_and_clears_a_running_ports_security() {
+    let dir = TestDir::new("port-security-flowctl");
+    let d = start_switch(
+        &dir.path,
+        vec![access(&dir.path, "a", 10), access(&dir.path, "b", 10)],
+        |_| {},
+    );
+    let mut a = connect(&dir, "a");
+    let mut b = connect(&dir, "b");
+    let flowctl = |args: &[&str]| {
+        let out = std::process::Command::new(workspace_bin("flowctl"))
+            .arg("--socket")
+            .arg(&d.control_socket)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let spoof = udp(mac(9), BROADCAST, B_IP, 1000, 53);
+    // Unguarded, a may send as anyone: the made-up source is learned behind it.
+    forwards(&mut a, &mut b, &spoof);
+    let table = &d.switch.fabric().mac_table;
+    let a_port = d.switch.port_by_name("a").unwrap().id;
+    assert_eq!(
+        table.lookup(10, EthernetAddress(mac(9)), table.now()),
+        Some(a_port)
+    );
+
+    let (ok, err) = flowctl(&[
+        "set-port-security",
+        "a",
+        "allowed-macs=02:00:00:00:00:01",
+        "allowed-ips=10.0.0.1/32",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        d.switch
+            .port_by_name("a")
+            .unwrap()
+            .info()
+            .security
+            .as_deref(),
+        Some("macs 02:00:00:00:00:01; ips 10.0.0.1/32; no DHCP server")
+    );
+    assert_eq!(
+        table.lookup(10, EthernetAddress(mac(9)), table.now()),
+        None,
+        "what a learned before is forgotten"
+    );
+    send_done(&mut a, &spoof);
+    assert!(nothing(&mut b), "the spoofed frame reached b");
+    assert_eq!(drops(&d, "a", "spoofed"), 1);
+    forwards(&mut a, &mut b, &udp(mac(1), BROADCAST, A_IP, 1000, 53));
+
+    // Bad settings are refused by name and change nothing.
+    let (ok, err) = flowctl(&["set-port-security", "a", "allowed-ips=10.0.0.300"]);
+    assert!(!ok && err.contains("allowed_ips"), "{err}");
+    let (ok, err) = flowctl(&[
+        "set-port-security",
+        "a",
+        "allowed-macs=02:00:00:00:00:01",
+        "vlan=3",
+    ]);
+    assert!(!ok && err.contains("allowed-macs=LIST"), "{err}");
+    send_done(&mut a, &spoof);
+    assert!(nothing(&mut b), "still held to its addresses");
+    assert_eq!(drops(&d, "a", "spoofed"), 2);
+
+    // No settings: checks off.
+    let (ok, err) = flowctl(&["set-port-security", "a"]);
+    assert!(ok, "{err}");
+    assert_eq!(d.switch.port_by_name("a").unwrap().info().security, None);
+    forwards(&mut a, &mut b, &spoof);
+    let (ok, err) = flowctl(&[
+        "set-port-security",
+        "nope",
+        "allowed-macs=02:00:00:00:00:01",
+    ]);
+    assert!(!ok && err.contains("nope"), "{err}");
 }

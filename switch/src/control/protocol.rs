@@ -44,6 +44,16 @@ pub enum Request {
         name: String,
         vlan: VlanConfig,
     },
+    /// Replaces a port's security settings (both lists empty: no checks).
+    SetPortSecurity {
+        name: String,
+        #[serde(default)]
+        allowed_macs: Vec<String>,
+        #[serde(default)]
+        allowed_ips: Vec<String>,
+        #[serde(default)]
+        dhcp_server: bool,
+    },
     /// The VXLAN tunnel: VNI mappings, flood lists, remote MACs, counters.
     ShowTunnel,
     /// BGP EVPN: per VNI the local MACs advertised, remote MACs and flood-list remotes
@@ -196,6 +206,7 @@ impl Request {
             Request::AddPort { .. }
                 | Request::DelPort { .. }
                 | Request::SetVlan { .. }
+                | Request::SetPortSecurity { .. }
                 | Request::TunnelMap { .. }
                 | Request::TunnelUnmap { .. }
                 | Request::TunnelAddRemote { .. }

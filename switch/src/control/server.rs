@@ -478,6 +478,15 @@ fn execute(request: Request, sw: &Arc<Switch>, counters: &ControlCounters) -> Re
             Ok(()) => Response::ok(serde_json::Value::Null),
             Err(e) => Response::error(e.to_string()),
         },
+        Request::SetPortSecurity {
+            name,
+            allowed_macs,
+            allowed_ips,
+            dhcp_server,
+        } => match sw.set_port_security(&name, allowed_macs, allowed_ips, dhcp_server) {
+            Ok(()) => Response::ok(serde_json::Value::Null),
+            Err(e) => Response::error(e.to_string()),
+        },
         Request::AddFlows { flows } => {
             result(super::flows::add_flows(sw, &flows).map(|n| serde_json::json!({ "changes": n })))
         }

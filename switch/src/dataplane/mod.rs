@@ -778,7 +778,8 @@ pub fn switch_frames(
 
     // Counted once per batch (see `PortCounters::count_rx`).
     let (mut rx_packets, mut rx_bytes) = (0u64, 0u64);
-    let security = ingress.security.as_deref();
+    let security_settings = ingress.security();
+    let security = security_settings.checks.as_ref();
     // The flow tables' key of each frame in turn, made where it lies.
     let mut key = FlowKey::default();
     // Ingress policing: one clock read per batch, only on a policed port.

@@ -26,6 +26,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::mac_table::PortId;
+use crate::port_security::PortSecuritySettings;
 use crate::virtio::features::{
     bit, feature_names, net_header_len, parse_offloads, ALL_OFFLOADS, BASE_FEATURES,
 };
@@ -376,10 +377,12 @@ impl PortConfig {
             return Err(err("mac_limit", "must be at least 1".into()));
         }
         self.offered_features()?;
-        crate::port_security::PortSecurity::new(&self.allowed_macs, &[], false)
-            .map_err(|m| err("allowed_macs", m))?;
-        crate::port_security::PortSecurity::new(&[], &self.allowed_ips, false)
-            .map_err(|m| err("allowed_ips", m))?;
+        PortSecuritySettings::new(
+            self.allowed_macs.clone(),
+            self.allowed_ips.clone(),
+            self.dhcp_server,
+        )
+        .map_err(|e| err(e.field, e.message))?;
         if let Some(n) = self.queue_pairs {
             if n == 0 || usize::from(n) > MAX_QUEUE_PAIRS {
                 return Err(err(
@@ -632,8 +635,9 @@ pub struct Port {
     pub mac: Option<EthernetAddress>,
     /// The virtio features offered to this port's frontends.
     pub offered_features: u64,
-    /// What the port may send as (port security); None: no checks.
-    pub security: Option<Arc<crate::port_security::PortSecurity>>,
+    /// What the port may send as (port security): read by each batch from the port,
+    /// replaced whole by `flowctl set-port-security`.
+    security: ArcSwap<PortSecuritySettings>,
     /// Ingress policing, if configured.
     pub policer: Option<crate::rate_limit::TokenBucket>,
     vlan: ArcSwap<VlanMode>,
@@ -664,16 +668,15 @@ impl Port {
     pub fn new(id: PortId, config: PortConfig) -> Result<Self, PortConfigError> {
         let (vlan, mac) = config.validate()?;
         let offered_features = config.offered_features()?;
-        let security = crate::port_security::PortSecurity::new(
-            &config.allowed_macs,
-            &config.allowed_ips,
+        let security = PortSecuritySettings::new(
+            config.allowed_macs.clone(),
+            config.allowed_ips.clone(),
             config.dhcp_server,
         )
-        .map_err(|message| PortConfigError {
-            field: "allowed_ips",
-            message,
-        })?
-        .map(Arc::new);
+        .map_err(|e| PortConfigError {
+            field: e.field,
+            message: e.message,
+        })?;
         // A rate of 0 turns policing off (as OVS's).
         let policer = config.ingress_policing_rate.filter(|r| *r > 0).map(|rate| {
             crate::rate_limit::TokenBucket::new(
@@ -696,7 +699,7 @@ impl Port {
             config,
             mac,
             offered_features,
-            security,
+            security: ArcSwap::from_pointee(security),
             policer,
             vlan: ArcSwap::from_pointee(vlan),
             counters: PortCounters::default(),
@@ -731,7 +734,7 @@ impl Port {
             },
             mac: None,
             offered_features: 0,
-            security: None,
+            security: ArcSwap::default(),
             policer: None,
             vlan: ArcSwap::from_pointee(VlanMode::Trunk { allowed: vlans }),
             counters: PortCounters::default(),
@@ -795,6 +798,15 @@ impl Port {
 
     pub fn set_vlan(&self, mode: VlanMode) {
         self.vlan.store(Arc::new(mode));
+    }
+
+    /// The port's security settings, as a batch reads them (held for the batch).
+    pub fn security(&self) -> arc_swap::Guard<Arc<PortSecuritySettings>> {
+        self.security.load()
+    }
+
+    pub fn set_security(&self, settings: PortSecuritySettings) {
+        self.security.store(Arc::new(settings));
     }
 
     /// The current link, if a frontend has brought its rings up.
@@ -964,7 +976,7 @@ impl Port {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
-            security: self.security.as_ref().map(|s| s.describe()),
+            security: self.security.load().checks.as_ref().map(|s| s.describe()),
             policing: self
                 .config
                 .ingress_policing_rate
