@@ -780,3 +780,416 @@ fn keys_read_back_what_they_were_made_of_and_keep_families_apart() {
         v6
     );
 }
+
+// Replays of real Linux TCP exchanges, recorded with tcpdump by `testdata/record.sh` (which
+// says what each trace holds). The traces are read here with a parser of their own, so that
+// what a packet is (whose, which flags) is not the tracker's word.
+
+/// One packet of a recorded trace.
+struct Recorded<'a> {
+    /// The capture's timestamp, in ms.
+    ms: u64,
+    /// As captured: the Ethernet frame's first bytes (the snaplen cuts payloads short; the
+    /// payload's length is the IP header's).
+    frame: &'a [u8],
+    src: (IpAddr, u16),
+    flags: u8,
+    seq: u32,
+    /// Where the sequence number is in `frame`.
+    seq_at: usize,
+    payload: usize,
+}
+
+impl Recorded<'_> {
+    fn describe(&self, client: (IpAddr, u16)) -> String {
+        let names = [(SYN, 'S'), (FIN, 'F'), (RST, 'R'), (ACK, '.')];
+        let flags: String = names
+            .iter()
+            .filter(|(bit, _)| self.flags & bit != 0)
+            .map(|(_, c)| *c)
+            .collect();
+        let dir = if self.src == client {
+            "client -> server"
+        } else {
+            "server -> client"
+        };
+        format!("{dir} [{flags}] seq {} len {}", self.seq, self.payload)
+    }
+
+    /// A segment that carries sequence space (data, SYN or FIN).
+    fn occupies_sequence_space(&self) -> bool {
+        self.payload > 0 || self.flags & (SYN | FIN) != 0
+    }
+}
+
+use super::packet::tcp_flags::{ACK, FIN, RST, SYN};
+
+/// The packets of a classic pcap file (microsecond timestamps, either byte order) of
+/// Ethernet frames carrying TCP over IPv4 or IPv6.
+fn read_pcap(file: &[u8]) -> Vec<Recorded<'_>> {
+    let word = |at: usize| -> [u8; 4] { file[at..at + 4].try_into().expect("4 bytes") };
+    let big_endian = match u32::from_le_bytes(word(0)) {
+        0xa1b2_c3d4 => false,
+        0xd4c3_b2a1 => true,
+        magic => panic!("not a classic microsecond pcap (magic {magic:#x})"),
+    };
+    let u32_at = |at: usize| {
+        if big_endian {
+            u32::from_be_bytes(word(at))
+        } else {
+            u32::from_le_bytes(word(at))
+        }
+    };
+    assert_eq!(u32_at(20), 1, "LINKTYPE_ETHERNET");
+    let snaplen = u32_at(16) as usize;
+    let mut packets = Vec::new();
+    let mut at = 24;
+    while at < file.len() {
+        let (sec, usec) = (u64::from(u32_at(at)), u64::from(u32_at(at + 4)));
+        let (caught, len) = (u32_at(at + 8) as usize, u32_at(at + 12) as usize);
+        assert!(caught <= snaplen && caught <= len, "record at byte {at}");
+        let frame = &file[at + 16..at + 16 + caught];
+        packets.push(recorded(sec * 1000 + usec / 1000, frame));
+        at += 16 + caught;
+    }
+    packets
+}
+
+/// Reads a captured frame's addresses, ports and TCP header (no VLAN tags, no IPv6
+/// extension headers: a veth capture has none).
+fn recorded(ms: u64, frame: &[u8]) -> Recorded<'_> {
+    let be16 = |at: usize| u16::from_be_bytes([frame[at], frame[at + 1]]);
+    let (src, l4, l4_len) = match be16(12) {
+        0x0800 => {
+            let ihl = usize::from(frame[14] & 0x0f) * 4;
+            assert_eq!(frame[23], 6, "TCP");
+            let src: [u8; 4] = frame[26..30].try_into().expect("address");
+            (IpAddr::from(src), 14 + ihl, usize::from(be16(16)) - ihl)
+        }
+        0x86dd => {
+            assert_eq!(frame[20], 6, "TCP, no extension headers");
+            let src: [u8; 16] = frame[22..38].try_into().expect("address");
+            (IpAddr::from(src), 14 + 40, usize::from(be16(18)))
+        }
+        other => panic!("ethertype {other:#x}"),
+    };
+    let header = usize::from(frame[l4 + 12] >> 4) * 4;
+    assert!(
+        frame.len() >= l4 + header,
+        "the snaplen cut the TCP header short"
+    );
+    Recorded {
+        ms,
+        frame,
+        src: (src, be16(l4)),
+        flags: frame[l4 + 13],
+        seq: u32::from_be_bytes(frame[l4 + 4..l4 + 8].try_into().expect("seq")),
+        seq_at: l4 + 4,
+        payload: l4_len - header,
+    }
+}
+
+/// `packet`'s frame with its sequence number moved by `by` (nothing else changes: the
+/// checksums go stale, which the tracker does not read).
+fn with_seq_moved(packet: &Recorded, by: i32) -> Vec<u8> {
+    let mut frame = packet.frame.to_vec();
+    let seq = packet.seq.wrapping_add_signed(by);
+    frame[packet.seq_at..packet.seq_at + 4].copy_from_slice(&seq.to_be_bytes());
+    frame
+}
+
+/// Tracks `frame` as a firewall does: `ct` first, `ct(commit)` if that found it `+new`.
+fn track_and_commit_new(ct: &Conntrack, frame: &[u8], now: u64) -> Tracked {
+    let t = ct.track(frame, 0, None, now);
+    if t.state & NEW == 0 {
+        return t;
+    }
+    ct.track(frame, 0, Some(&CommitOptions::default()), now)
+}
+
+/// Replays `packets` through `ct` (calling `before` ahead of each), asserting each one's
+/// `ct_state`: the client's SYN (and any copy of it before the server answered) `+new`;
+/// from the server's first packet (the SYN-ACK) on, all `+est`, the server's also `+rpl`;
+/// none `+inv`. Returns the connection's state name after each packet.
+fn replay(
+    name: &str,
+    packets: &[Recorded],
+    ct: &Conntrack,
+    mut before: impl FnMut(usize, &Recorded),
+) -> Vec<String> {
+    let client = packets[0].src;
+    let mut answered = false;
+    let mut names = Vec::new();
+    for (i, p) in packets.iter().enumerate() {
+        before(i, p);
+        let what = format!("{name}: packet {} ({})", i + 1, p.describe(client));
+        let from_client = p.src == client;
+        if !from_client && !answered {
+            assert_eq!(p.flags, SYN | ACK, "{what}: the server's first packet");
+            answered = true;
+        }
+        let want = match (answered, from_client) {
+            (false, _) => {
+                assert_eq!(
+                    p.flags, SYN,
+                    "{what}: the client's packets before an answer"
+                );
+                TRACKED | NEW
+            }
+            (true, true) => TRACKED | ESTABLISHED,
+            (true, false) => TRACKED | ESTABLISHED | REPLY,
+        };
+        let t = track_and_commit_new(ct, p.frame, p.ms);
+        assert_eq!(t.state, want, "{what}: ct_state {:#x}", t.state);
+        let orig = t.orig.expect("a connection");
+        assert_eq!((orig.src(), orig.sport()), client, "{what}: its direction");
+        let dump = ct.dump(None, p.ms);
+        assert_eq!(dump.len(), 1, "{what}: one connection");
+        names.push(dump[0].state.clone());
+    }
+    names
+}
+
+/// The state names in order, each once.
+fn progression(names: &[String]) -> Vec<&str> {
+    let mut out: Vec<&str> = names.iter().map(String::as_str).collect();
+    out.dedup();
+    out
+}
+
+/// The recorded SYN with another initial sequence number: the same ports, a new connection.
+fn next_syn(packets: &[Recorded]) -> Vec<u8> {
+    with_seq_moved(&packets[0], 1 << 30)
+}
+
+/// The states of an exchange closed by a FIN each way, in order, as conntrack tools name
+/// them.
+const CLOSED_BY_FINS: [&str; 5] = [
+    "SYN_SENT",
+    "SYN_RECV",
+    "ESTABLISHED",
+    "FIN_WAIT",
+    "TIME_WAIT",
+];
+
+const TCP4_FIN: &[u8] = include_bytes!("testdata/tcp4_fin.pcap");
+const TCP6_FIN: &[u8] = include_bytes!("testdata/tcp6_fin.pcap");
+const TCP4_RST: &[u8] = include_bytes!("testdata/tcp4_rst.pcap");
+const TCP4_RETRANSMIT: &[u8] = include_bytes!("testdata/tcp4_retransmit.pcap");
+
+/// A recorded exchange closed by a FIN each way: every packet as `replay` wants it, the
+/// states as conntrack tools name them in order, and once closed the ports free for a new
+/// connection.
+fn check_closed_by_fins(name: &str, file: &[u8]) -> Vec<String> {
+    let packets = read_pcap(file);
+    let client = packets[0].src;
+    let fins: Vec<usize> = (0..packets.len())
+        .filter(|&i| packets[i].flags & FIN != 0)
+        .collect();
+    assert_eq!(fins.len(), 2, "{name}: a FIN each way");
+    let (first_fin, last) = (fins[0], packets.len() - 1);
+    assert_eq!(packets[first_fin].src, client, "{name}: the client closes");
+    assert_eq!(
+        packets[last].flags, ACK,
+        "{name}: ends acking the server's FIN"
+    );
+    assert!(
+        packets.iter().any(|p| p.payload > 0 && p.src == client)
+            && packets.iter().any(|p| p.payload > 0 && p.src != client),
+        "{name}: data both ways"
+    );
+
+    let ct = Conntrack::default();
+    let names = replay(name, &packets, &ct, |i, p| {
+        if i == first_fin {
+            // Until the close, a SYN on the same ports is no new connection (it is far
+            // outside the windows).
+            assert_eq!(
+                ct.track(&next_syn(&packets), 0, Some(&COMMIT), p.ms).state,
+                TRACKED | INVALID,
+                "{name}: a SYN while established"
+            );
+        }
+    });
+    assert_eq!(progression(&names), CLOSED_BY_FINS, "{name}");
+    assert_eq!(
+        names[first_fin - 1],
+        "ESTABLISHED",
+        "{name}: before the FIN"
+    );
+    assert_eq!(names[first_fin], "FIN_WAIT", "{name}: at the client's FIN");
+    assert_eq!(names[last - 1], "FIN_WAIT", "{name}: before the last ACK");
+    assert_eq!(names[last], "TIME_WAIT", "{name}: after the last ACK");
+    assert_eq!(ct.counters.invalid.load(Ordering::Relaxed), 1, "{name}");
+    assert_eq!(ct.counters.committed.load(Ordering::Relaxed), 1, "{name}");
+
+    // Closed: it goes after 2 minutes idle (established, it would stay 5 days) ...
+    let end = packets[last].ms;
+    assert_eq!(ct.expire(end + 119_999), 0, "{name}");
+    assert_eq!(ct.expire(end + 120_000), 1, "{name}");
+    // ... and a new SYN on its ports opens a new connection in its place.
+    let ct = Conntrack::default();
+    replay(name, &packets, &ct, |_, _| {});
+    assert_eq!(
+        ct.track(&next_syn(&packets), 0, Some(&COMMIT), end + 1)
+            .state,
+        TRACKED | NEW,
+        "{name}: a SYN after the close"
+    );
+    assert_eq!(ct.len(), 1, "{name}");
+    assert_eq!(states_at(&ct, end + 1), ["SYN_SENT"], "{name}");
+    names
+}
+
+fn states_at(ct: &Conntrack, now: u64) -> Vec<String> {
+    ct.dump(None, now).into_iter().map(|c| c.state).collect()
+}
+
+#[test]
+fn recorded_ipv4_exchange_closed_by_fins_both_ways() {
+    let names = check_closed_by_fins("tcp4_fin", TCP4_FIN);
+    assert_eq!(names.len(), 21);
+}
+
+#[test]
+fn recorded_ipv6_exchange_closed_by_fins_both_ways() {
+    let packets = read_pcap(TCP6_FIN);
+    assert!(packets.iter().all(|p| p.src.0.is_ipv6()));
+    let names = check_closed_by_fins("tcp6_fin", TCP6_FIN);
+    assert_eq!(names.len(), 21);
+}
+
+#[test]
+fn recorded_ipv4_exchange_closed_by_a_reset() {
+    let packets = read_pcap(TCP4_RST);
+    let last = packets.len() - 1;
+    assert_eq!(packets.len(), 8);
+    assert_eq!(packets[last].flags, RST | ACK, "the client's close");
+    assert!(packets[..last].iter().all(|p| p.flags & (RST | FIN) == 0));
+    let ct = Conntrack::default();
+    let names = replay("tcp4_rst", &packets, &ct, |_, _| {});
+    assert_eq!(
+        progression(&names),
+        ["SYN_SENT", "SYN_RECV", "ESTABLISHED", "CLOSE"]
+    );
+    assert_eq!(names[last - 1], "ESTABLISHED");
+    assert_eq!(ct.counters.invalid.load(Ordering::Relaxed), 0);
+    // Reset: it goes after 10 s idle.
+    let end = packets[last].ms;
+    assert_eq!(ct.expire(end + 9_999), 0);
+    assert_eq!(ct.expire(end + 10_000), 1);
+    // Before that, a new SYN on its ports opens a new connection in its place.
+    let ct = Conntrack::default();
+    replay("tcp4_rst", &packets, &ct, |_, _| {});
+    assert_eq!(
+        ct.track(&next_syn(&packets), 0, Some(&COMMIT), end + 1)
+            .state,
+        TRACKED | NEW
+    );
+    assert_eq!(states_at(&ct, end + 1), ["SYN_SENT"]);
+}
+
+#[test]
+fn recorded_retransmits_are_part_of_the_connection() {
+    let packets = read_pcap(TCP4_RETRANSMIT);
+    let client = packets[0].src;
+    // The retransmits the trace holds: segments repeating an earlier one's sequence space.
+    let retransmits: Vec<usize> = (0..packets.len())
+        .filter(|&i| {
+            let p = &packets[i];
+            p.occupies_sequence_space()
+                && packets[..i].iter().any(|q| {
+                    (q.src, q.seq, q.payload, q.flags & (SYN | FIN))
+                        == (p.src, p.seq, p.payload, p.flags & (SYN | FIN))
+                })
+        })
+        .collect();
+    let kinds: Vec<(bool, u8, bool)> = retransmits
+        .iter()
+        .map(|&i| {
+            let p = &packets[i];
+            (p.src == client, p.flags & (SYN | ACK), p.payload > 0)
+        })
+        .collect();
+    // The client's SYN, the server's SYN-ACK (twice: answering the SYN, and on its timer),
+    // a data segment each way.
+    assert_eq!(
+        kinds,
+        [
+            (true, SYN, false),
+            (false, SYN | ACK, false),
+            (false, SYN | ACK, false),
+            (true, ACK, true),
+            (false, ACK, true),
+        ],
+        "retransmits at packets {retransmits:?} (from 0)"
+    );
+    let ct = Conntrack::default();
+    let names = replay("tcp4_retransmit", &packets, &ct, |_, _| {});
+    assert_eq!(progression(&names), CLOSED_BY_FINS);
+    assert_eq!(ct.counters.invalid.load(Ordering::Relaxed), 0);
+    assert_eq!(ct.counters.committed.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn recorded_segments_moved_outside_the_window_are_invalid() {
+    for (name, file) in [("tcp4_fin", TCP4_FIN), ("tcp6_fin", TCP6_FIN)] {
+        let packets = read_pcap(file);
+        let client = packets[0].src;
+        // The first data segment each way.
+        let first_data = |from_client: bool| {
+            (0..packets.len())
+                .find(|&i| packets[i].payload > 0 && (packets[i].src == client) == from_client)
+                .expect("data")
+        };
+        let targets = [first_data(true), first_data(false)];
+        let mut injected = 0;
+        let ct = Conntrack::default();
+        replay(name, &packets, &ct, |i, p| {
+            if !targets.contains(&i) {
+                return;
+            }
+            // 1 MiB ahead of or behind the recorded segment: beyond what the receiver's
+            // window allows, and further back than a retransmit could be.
+            for by in [1 << 20, -(1 << 20)] {
+                let moved = with_seq_moved(p, by);
+                assert_eq!(
+                    ct.track(&moved, 0, None, p.ms).state,
+                    TRACKED | INVALID,
+                    "{name}: packet {} moved by {by}",
+                    i + 1
+                );
+                injected += 1;
+            }
+        });
+        assert_eq!(injected, 4, "{name}");
+        // The control: the same segments unmoved, tracked by `replay` right after, were the
+        // connection's; the invalid copies changed nothing that a later packet noticed.
+        assert_eq!(ct.counters.invalid.load(Ordering::Relaxed), 4, "{name}");
+    }
+}
+
+#[test]
+fn pcaps_are_read_in_either_byte_order() {
+    // The little-endian file rewritten big-endian: the global header's fields (magic,
+    // versions, zone, sigfigs, snaplen, linktype) and each record header's four words.
+    let mut swapped = TCP4_RST.to_vec();
+    let swap = |b: &mut [u8], at: usize, n: usize| b[at..at + n].reverse();
+    for (at, n) in [(0, 4), (4, 2), (6, 2), (8, 4), (12, 4), (16, 4), (20, 4)] {
+        swap(&mut swapped, at, n);
+    }
+    let mut at = 24;
+    while at < swapped.len() {
+        let caught = u32::from_le_bytes(swapped[at + 8..at + 12].try_into().expect("len"));
+        for word in 0..4 {
+            swap(&mut swapped, at + 4 * word, 4);
+        }
+        at += 16 + caught as usize;
+    }
+    assert_eq!(&swapped[..4], [0xa1, 0xb2, 0xc3, 0xd4]);
+    let (le, be) = (read_pcap(TCP4_RST), read_pcap(&swapped));
+    assert_eq!(le.len(), be.len());
+    for (a, b) in le.iter().zip(&be) {
+        assert_eq!((a.ms, a.frame, a.src, a.seq), (b.ms, b.frame, b.src, b.seq));
+    }
+}
