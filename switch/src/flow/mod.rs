@@ -4,10 +4,12 @@
 //!
 //! - `key.rs`: the packet fields a flow can match (`FlowKey`), and `Match` (values + masks).
 //! - `action.rs`: what a flow does.
-//! - `parse.rs`: ovs-ofctl text <-> flows, with errors that point at a column.
+//! - `parse/`: ovs-ofctl text <-> flows, with errors that point at a column; one file per
+//!   syntax family (tokens, values, match fields, actions, ct, learn, groups, meters).
 //! - `classifier.rs`: tuple-space search over masks, highest priority wins.
-//! - `pipeline.rs`: the tables, and a packet's walk through them; `exec/`: what each
-//!   family of actions does to the packet (header rewrites, load/move, ct fields).
+//! - `pipeline.rs`: the tables, and a packet's walk through them; `exec/`: each family of
+//!   actions executed, one module per family (outputs, header rewrites, load/move, ct,
+//!   groups, meters, learn).
 //! - `extract.rs`: a packet's key; `rewrite.rs`: its header as actions change it.
 
 pub mod action;

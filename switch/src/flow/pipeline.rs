@@ -18,7 +18,7 @@ use super::group::{Group, GroupEntry, GroupKind};
 use super::key::{Field, FlowKey, Match, WordSet};
 use super::meter::{Meter, MeterEntry};
 use super::rewrite::{HeaderBuf, Matched};
-use crate::conntrack::{CommitOptions, Conntrack, Stamp, Tracked};
+use crate::conntrack::{Conntrack, Stamp, Tracked};
 
 /// Table numbers are 0..=254 (255 is OpenFlow's "all tables").
 pub const N_TABLES: usize = 255;
@@ -673,7 +673,7 @@ pub struct FlowThread {
     /// path per batch when the tables have such groups.
     pub live_ports: Vec<bool>,
     /// The last run of this batch, for the next frame with the same key.
-    replay: Replay,
+    pub(super) replay: Replay,
 }
 
 /// Most tables a replayable run may visit (longer runs are simply run again).
@@ -701,14 +701,14 @@ const MAX_REPLAY_TABLES: usize = 16;
 /// connection on), and the replay holds only if it answers as it did for the run, in what
 /// the tables after it read (see [`exec::ct::same_answer`]).
 #[derive(Debug, Default)]
-struct Replay {
+pub(super) struct Replay {
     /// Whether the fields below describe a run of this batch that may be replayed.
     valid: bool,
     /// The tables' version it ran in.
     version: u64,
     key: FlowKey,
     /// The words of `key` a frame must share to replay the run.
-    words: WordSet,
+    pub(super) words: WordSet,
     /// Its outputs' targets and tunnel ids (none changed the header).
     outputs: Vec<(Target, Option<u64>)>,
     /// Frames replayed so far (what the tests observe).
@@ -717,16 +717,16 @@ struct Replay {
     /// flow it matched in [`FlowThread::flows`] (the batch's counters).
     trail: Vec<(u32, Option<u32>)>,
     /// The run's one `ct` lookup, if it made one.
-    ct: Option<CtPoint>,
+    pub(super) ct: Option<CtPoint>,
 }
 
 /// A replayable run's `ct` lookup: its zone, what it found, and (for a protocol with no
 /// state per packet) the stamp that lets the same answer be given again without one.
 #[derive(Debug, Clone, Copy)]
-struct CtPoint {
-    zone: u16,
-    tracked: Tracked,
-    stamp: Option<Stamp>,
+pub(super) struct CtPoint {
+    pub(super) zone: u16,
+    pub(super) tracked: Tracked,
+    pub(super) stamp: Option<Stamp>,
 }
 
 impl Default for FlowThread {
@@ -874,7 +874,7 @@ pub struct Pipeline {
     /// Packets dropped because they took more than [`MAX_RESUBMITS`] resubmits.
     pub resubmit_limit_drops: AtomicU64,
     /// The connections `ct` tracks.
-    conntrack: Arc<Conntrack>,
+    pub(super) conntrack: Arc<Conntrack>,
     /// Flows `learn` could not add (a limit, or a group or meter gone).
     pub learn_refused: AtomicU64,
     /// No learned bundle is tried before this time (after one was refused).
@@ -947,110 +947,6 @@ impl Pipeline {
     /// The connection table of the `ct` action.
     pub fn conntrack(&self) -> &Arc<Conntrack> {
         &self.conntrack
-    }
-
-    /// `ct(...)`: tracks the packet; with `table=T`, a copy carrying the ct fields continues
-    /// in table T (a fork, as OVS's recirculation: what that copy changes does not affect the
-    /// packet here, which goes on with the next action untracked). In `tail` position
-    /// nothing goes on, so the packet itself continues (no copy).
-    #[allow(clippy::too_many_arguments)]
-    fn conntrack_fork(
-        &self,
-        tables: &Tables,
-        ct: &crate::flow::action::CtAction,
-        st: &mut ExecState,
-        depth: usize,
-        outputs: &mut Vec<Output>,
-        trace: &mut Option<&mut Vec<TraceStep>>,
-        cache: &mut Option<&mut FlowThread>,
-        tail: bool,
-    ) -> Result<(), Halt> {
-        let zone = exec::ct::zone(st, ct);
-        // A zone read from the key: a replay needs all of the key the same.
-        if let (crate::flow::action::CtZone::Field(_), Some(thread)) =
-            (ct.zone, cache.as_deref_mut())
-        {
-            thread.replay.words = WordSet::ALL;
-        }
-        let options = CommitOptions {
-            set_mark: ct.set_mark,
-            set_label: ct.set_label,
-            force: ct.force,
-        };
-        let commit = (ct.commit && !st.tracing).then_some(&options);
-        // The packet was tracked in this zone already, its header unchanged: the same answer,
-        // unless this commits a new connection or sets a mark or label.
-        let reuse = st.last_tracked.filter(|(z, t)| {
-            *z == zone
-                && match commit {
-                    None => true,
-                    Some(c) => {
-                        t.stored && c.set_mark.is_none() && c.set_label.is_none() && !c.force
-                    }
-                }
-        });
-        let now_ms = st.now_ms;
-        let (tracked, stamp) = match reuse {
-            Some((_, t)) => (t, None),
-            None => self
-                .conntrack
-                .track_stamped(st.header_bytes(), zone, commit, now_ms),
-        };
-        st.last_tracked = Some((zone, tracked));
-        // A run's first lookup that stores nothing, on the header as it came, may be
-        // replayed (asked again per frame, see [`Replay`]); any other makes the run unique.
-        if st.replayable {
-            match cache.as_deref_mut() {
-                Some(thread) if thread.replay.ct.is_none() && commit.is_none() && !st.modified => {
-                    thread.replay.ct = Some(CtPoint {
-                        zone,
-                        tracked,
-                        stamp,
-                    });
-                }
-                // The `ct(commit)` of a connection that run's lookup found stored, with
-                // nothing to set: it stores nothing, and a replay's lookup, asked again,
-                // must find it stored too.
-                Some(thread) if reuse.is_some() && thread.replay.ct.is_some() => {}
-                _ => st.replayable = false,
-            }
-        }
-        let Some(table) = ct.table else {
-            return Ok(());
-        };
-        st.count_resubmit()?;
-        if tail {
-            exec::ct::write(&mut st.key, &tracked);
-            return self.run_table(
-                tables,
-                table,
-                st,
-                depth + 1,
-                outputs,
-                trace,
-                cache,
-                false,
-                true,
-            );
-        }
-        let mut copy = *st;
-        exec::ct::write(&mut copy.key, &tracked);
-        // What the copy commits or marks, this packet's remembered answer would not know.
-        st.last_tracked = None;
-        let result = self.run_table(
-            tables,
-            table,
-            &mut copy,
-            depth + 1,
-            outputs,
-            trace,
-            cache,
-            false,
-            false,
-        );
-        st.resubmits = copy.resubmits;
-        st.replayable = copy.replayable;
-        result
     }
 
     /// Bounds the number of flows (`[switch] max_flows`).
@@ -1449,7 +1345,7 @@ impl Pipeline {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn run_table(
+    pub(super) fn run_table(
         &self,
         tables: &Tables,
         first_table: u8,
@@ -1504,7 +1400,7 @@ impl Pipeline {
                     });
                 }
                 if table == 0 && from_start && self.miss == MissPolicy::Normal {
-                    push(outputs, st, Target::Normal);
+                    exec::output::push(outputs, st, Target::Normal);
                 }
                 return Ok(());
             };
@@ -1539,7 +1435,7 @@ impl Pipeline {
     /// Runs a list of actions (a flow's or a group bucket's) in `table`; returns the
     /// `goto_table` target, if any.
     #[allow(clippy::too_many_arguments)]
-    fn run_actions(
+    pub(super) fn run_actions(
         &self,
         tables: &Tables,
         actions: &[Action],
@@ -1558,13 +1454,15 @@ impl Pipeline {
             // and it is the list's last.
             let tail = tail && i + 1 == n_actions;
             match action {
-                Action::Output(PortRef::Number(p)) => push(outputs, st, Target::Port(*p)),
+                Action::Output(PortRef::Number(p)) => {
+                    exec::output::push(outputs, st, Target::Port(*p))
+                }
                 // Names are resolved before flows reach the tables.
                 Action::Output(PortRef::Name(_)) => {}
-                Action::InPort => push(outputs, st, Target::InPort),
-                Action::Flood => push(outputs, st, Target::Flood),
-                Action::All => push(outputs, st, Target::All),
-                Action::Normal => push(outputs, st, Target::Normal),
+                Action::InPort => exec::output::push(outputs, st, Target::InPort),
+                Action::Flood => exec::output::push(outputs, st, Target::Flood),
+                Action::All => exec::output::push(outputs, st, Target::All),
+                Action::Normal => exec::output::push(outputs, st, Target::Normal),
                 Action::Load { dst, value } => {
                     if exec::fields::in_header(dst.field) {
                         // It reads and rewrites the frame's header (see the rewrites below).
@@ -1598,15 +1496,7 @@ impl Pipeline {
                 Action::Ct(ct) => {
                     self.conntrack_fork(tables, ct, st, depth, outputs, trace, cache, tail)?
                 }
-                Action::Meter(id) => {
-                    st.replayable = false;
-                    // Checked when the flow went in; a meter deleted since took the flow.
-                    if let Some(m) = tables.meters.get(id) {
-                        if !m.admit(st.frame_len, st.now_ms) {
-                            return Err(Halt::Metered);
-                        }
-                    }
-                }
+                Action::Meter(id) => exec::meter::admit(tables, *id, st)?,
                 Action::Learn(spec) => {
                     st.replayable = false;
                     if st.tracing {
@@ -1632,52 +1522,7 @@ impl Pipeline {
                     }
                 }
                 Action::Group(id) => {
-                    st.replayable = false;
-                    let Some(g) = tables.groups.get(id) else {
-                        continue;
-                    };
-                    g.count(st.frame_len);
-                    let group = &g.group;
-                    let chosen: Vec<&crate::flow::group::Bucket> = match group.kind {
-                        GroupKind::All => group.buckets.iter().collect(),
-                        GroupKind::Select => group.select(&st.key).into_iter().collect(),
-                        GroupKind::Indirect => group.buckets.iter().take(1).collect(),
-                        // Without the dataplane's view of the ports (a trace), every port
-                        // counts as up.
-                        GroupKind::FastFailover => {
-                            let live = cache.as_deref().map(|t| &t.live_ports);
-                            group
-                                .first_live(|p| {
-                                    live.is_none_or(|l| {
-                                        l.get(usize::from(p)).copied().unwrap_or(false)
-                                    })
-                                })
-                                .into_iter()
-                                .collect()
-                        }
-                    };
-                    if depth > MAX_RESUBMIT_DEPTH {
-                        return Err(Halt::DepthLimit);
-                    }
-                    // A bucket's copy may commit or mark in conntrack.
-                    st.last_tracked = None;
-                    // Each bucket works on its own copy of the packet (as OVS's clone).
-                    for bucket in chosen {
-                        st.count_resubmit()?;
-                        let mut copy = *st;
-                        self.run_actions(
-                            tables,
-                            &bucket.actions,
-                            table,
-                            &mut copy,
-                            depth + 1,
-                            outputs,
-                            trace,
-                            cache,
-                            false,
-                        )?;
-                        st.resubmits = copy.resubmits;
-                    }
+                    self.run_group(tables, *id, table, st, depth, outputs, trace, cache)?
                 }
                 Action::SetVlanVid(_)
                 | Action::SetVlanPcp(_)
@@ -1745,16 +1590,6 @@ fn selected_ids<V>(map: &HashMap<u32, V>, which: Option<u32>) -> Vec<u32> {
     match which {
         Some(id) => map.contains_key(&id).then_some(id).into_iter().collect(),
         None => map.keys().copied().collect(),
-    }
-}
-
-fn push(outputs: &mut Vec<Output>, st: &ExecState, target: Target) {
-    if outputs.len() < MAX_OUTPUTS {
-        outputs.push(Output {
-            target,
-            header: if st.modified { st.header } else { None },
-            tun_id: st.tun_id,
-        });
     }
 }
 

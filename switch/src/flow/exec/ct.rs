@@ -1,11 +1,14 @@
-//! The ct fields of a packet's key: written from what connection tracking found (for the
-//! table `ct(table=T)` continues in), or cleared by `ct_clear`.
+//! `ct` and `ct_clear`, all of their execution in one place: the lookup in connection
+//! tracking (or the reuse of the packet's last one), what a replayed run keeps of it, the
+//! fork of `ct(table=T)`, and the ct fields of the key, written from what tracking found
+//! (for the table the fork continues in) or cleared.
 
 use super::fields::read;
 use super::ExecState;
-use crate::conntrack::Tracked;
+use crate::conntrack::{CommitOptions, Tracked};
 use crate::flow::action::{CtAction, CtZone};
 use crate::flow::key::{Field, FlowKey, WordSet};
+use crate::flow::pipeline::{CtPoint, FlowThread, Halt, Output, Pipeline, Tables, TraceStep};
 
 const CT_FIELDS: [Field; 10] = [
     Field::CtState,
@@ -73,5 +76,112 @@ pub fn write(key: &mut FlowKey, t: &Tracked) {
         key.set(Field::CtNwProto, u64::from(orig.proto()));
         key.set(Field::CtTpSrc, u64::from(orig.sport()));
         key.set(Field::CtTpDst, u64::from(orig.dport()));
+    }
+}
+
+impl Pipeline {
+    /// `ct(...)`: tracks the packet; with `table=T`, a copy carrying the ct fields continues
+    /// in table T (a fork, as OVS's recirculation: what that copy changes does not affect the
+    /// packet here, which goes on with the next action untracked). In `tail` position
+    /// nothing goes on, so the packet itself continues (no copy).
+    // Out of line, as the compiler left it in `pipeline.rs`: inlined (as it is once moved
+    // here), it adds 1.5 KB to `run_actions`, the dispatcher every action goes through.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn conntrack_fork(
+        &self,
+        tables: &Tables,
+        ct: &CtAction,
+        st: &mut ExecState,
+        depth: usize,
+        outputs: &mut Vec<Output>,
+        trace: &mut Option<&mut Vec<TraceStep>>,
+        cache: &mut Option<&mut FlowThread>,
+        tail: bool,
+    ) -> Result<(), Halt> {
+        let zone = zone(st, ct);
+        // A zone read from the key: a replay needs all of the key the same.
+        if let (CtZone::Field(_), Some(thread)) = (ct.zone, cache.as_deref_mut()) {
+            thread.replay.words = WordSet::ALL;
+        }
+        let options = CommitOptions {
+            set_mark: ct.set_mark,
+            set_label: ct.set_label,
+            force: ct.force,
+        };
+        let commit = (ct.commit && !st.tracing).then_some(&options);
+        // The packet was tracked in this zone already, its header unchanged: the same answer,
+        // unless this commits a new connection or sets a mark or label.
+        let reuse = st.last_tracked.filter(|(z, t)| {
+            *z == zone
+                && match commit {
+                    None => true,
+                    Some(c) => {
+                        t.stored && c.set_mark.is_none() && c.set_label.is_none() && !c.force
+                    }
+                }
+        });
+        let now_ms = st.now_ms;
+        let (tracked, stamp) = match reuse {
+            Some((_, t)) => (t, None),
+            None => self
+                .conntrack
+                .track_stamped(st.header_bytes(), zone, commit, now_ms),
+        };
+        st.last_tracked = Some((zone, tracked));
+        // A run's first lookup that stores nothing, on the header as it came, may be
+        // replayed (asked again per frame, see [`Replay`]); any other makes the run unique.
+        if st.replayable {
+            match cache.as_deref_mut() {
+                Some(thread) if thread.replay.ct.is_none() && commit.is_none() && !st.modified => {
+                    thread.replay.ct = Some(CtPoint {
+                        zone,
+                        tracked,
+                        stamp,
+                    });
+                }
+                // The `ct(commit)` of a connection that run's lookup found stored, with
+                // nothing to set: it stores nothing, and a replay's lookup, asked again,
+                // must find it stored too.
+                Some(thread) if reuse.is_some() && thread.replay.ct.is_some() => {}
+                _ => st.replayable = false,
+            }
+        }
+        let Some(table) = ct.table else {
+            return Ok(());
+        };
+        st.count_resubmit()?;
+        if tail {
+            write(&mut st.key, &tracked);
+            return self.run_table(
+                tables,
+                table,
+                st,
+                depth + 1,
+                outputs,
+                trace,
+                cache,
+                false,
+                true,
+            );
+        }
+        let mut copy = *st;
+        write(&mut copy.key, &tracked);
+        // What the copy commits or marks, this packet's remembered answer would not know.
+        st.last_tracked = None;
+        let result = self.run_table(
+            tables,
+            table,
+            &mut copy,
+            depth + 1,
+            outputs,
+            trace,
+            cache,
+            false,
+            false,
+        );
+        st.resubmits = copy.resubmits;
+        st.replayable = copy.replayable;
+        result
     }
 }

@@ -1,19 +1,25 @@
-//! Executing actions, one module per family; the pipeline (`pipeline.rs`) walks the tables
-//! and handles what changes where a packet goes (outputs, resubmit, goto_table, the fork
-//! of `ct(table=...)`), and calls these for what changes the packet or its metadata.
+//! Executing actions, one module per family, so a reader finds each family's execution in
+//! one place; the pipeline (`pipeline.rs`) walks the tables (`resubmit`, `goto_table`) and
+//! its `run_actions` dispatches each action to these.
 //!
+//! - `output.rs`: the copies that leave (`output:PORT`, `in_port`, `flood`, `all`, `normal`).
 //! - `header.rs`: header rewrites (VLAN, Ethernet, IPv4, L4 ports, TTL, tunnel ID).
 //! - `fields.rs`: `load` and `move` on registers, metadata and header fields.
-//! - `ct.rs`: writing what connection tracking found into the ct fields.
+//! - `ct.rs`: `ct` and `ct_clear`: the lookup, the fork of `ct(table=...)`, the ct fields.
+//! - `group.rs`: running a group's chosen buckets, each on a copy of the packet.
+//! - `meter.rs`: a meter admitting the packet or stopping its run.
 //! - `learn.rs`: the flow `learn` makes from a packet.
 //!
-//! Groups' buckets are chosen in `flow/group.rs` and meters' buckets kept in
-//! `flow/meter.rs`; the pipeline runs the chosen buckets' actions like a flow's.
+//! Groups' buckets are chosen in `flow/group.rs` and meters' token buckets kept in
+//! `flow/meter.rs`.
 
 pub mod ct;
 pub mod fields;
+pub mod group;
 pub mod header;
 pub mod learn;
+pub mod meter;
+pub mod output;
 
 use super::key::FlowKey;
 use super::pipeline::{Halt, MAX_RESUBMITS};
