@@ -608,6 +608,28 @@ fn a_meter_holds_a_flow_to_its_rate() {
 }
 
 #[test]
+fn a_kbps_meter_holds_a_flow_to_its_bit_rate() {
+    const KBPS: u64 = 8000; // 1 MB/s: 1000 frames of 1000 bytes a second
+    let dir = TestDir::new("flows-meter-kbps");
+    let d = start_switch(
+        &dir.path,
+        vec![access(&dir.path, "a", 1), access(&dir.path, "b", 1)],
+        |_| {},
+    );
+    let (mut a, mut b) = (connect(&dir, "a"), connect(&dir, "b"));
+    let spec = format!("meter=2,kbps,burst,bands=type=drop,rate={KBPS},burst_size=80");
+    flows::add_meter(&d.switch, &spec, false).expect("meter accepted");
+    add(&d, "in_port=a actions=meter:2,output:b");
+    let f = frame(mac(2), mac(1), 0, 1000);
+    // 1000-byte frames: KBPS / 8 frames per second, a burst of ten.
+    let (sent, delivered) = offer(&mut a, &mut b, &f, KBPS as f64 / 8.0, 10.0);
+    let m = &flows::dump_meters(&d.switch)[0];
+    assert_eq!((m.packets, m.dropped), (sent, sent - delivered));
+    assert_eq!(m.meter, spec);
+    d.shutdown();
+}
+
+#[test]
 fn a_policed_port_sends_at_its_rate_and_counts_the_rest() {
     const KBPS: u32 = 8000; // 1 MB/s: 1000 frames of 1000 bytes a second
     let dir = TestDir::new("flows-policing");
