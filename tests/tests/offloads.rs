@@ -120,7 +120,14 @@ fn tcp_super_frames_from_a_secured_port_go_whole_or_in_segments() {
         p.allowed_ips = vec!["10.0.0.1".into(), "fdfd:fdfd:fdfd:fdfd::/64".into()];
     });
     tcp_super_frames(&mut b);
-    assert!(b.d.switch.port_by_name("tx").unwrap().security().checks.is_some());
+    assert!(b
+        .d
+        .switch
+        .port_by_name("tx")
+        .unwrap()
+        .security()
+        .checks
+        .is_some());
 }
 
 fn tcp_super_frames(b: &mut Bench) {
