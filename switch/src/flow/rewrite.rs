@@ -87,6 +87,14 @@ fn csum_update32(b: &mut [u8], at: usize, old: u32, new: u32) {
     csum_update16(b, at, old as u16, new as u16);
 }
 
+/// A UDP checksum that comes out 0 after an update is sent as 0xffff, as one computed in
+/// full would be (RFC 768): 0 means "no checksum", which an IPv6 receiver drops.
+fn udp_not_zero(b: &mut [u8], at: usize, proto: u8) {
+    if u64::from(proto) == IP_UDP && b.get(at..at + 2) == Some(&[0, 0][..]) {
+        b[at..at + 2].copy_from_slice(&[0xff, 0xff]);
+    }
+}
+
 /// The same change to a partial checksum's field, which holds a sum rather than its
 /// complement: complemented around the full update.
 fn partial_update32(b: &mut [u8], at: usize, old: u32, new: u32) {
@@ -280,6 +288,7 @@ impl HeaderBuf {
                 partial_update32(&mut self.bytes, c, old, new);
             } else {
                 csum_update32(&mut self.bytes, c, old, new);
+                udp_not_zero(&mut self.bytes, c, proto);
             }
         }
     }
@@ -314,13 +323,16 @@ impl HeaderBuf {
         csum_update16(&mut self.bytes, l3 + 10, old_word, new_word);
     }
 
-    fn set_port(&mut self, offset: usize, port: u16) {
+    /// Whether the port was there to change: not for a later fragment, nor past the
+    /// bytes kept (IPv6 extension headers can push it there); the caller's key then keeps
+    /// the frame's ports.
+    fn set_port(&mut self, offset: usize, port: u16) -> bool {
         let Some((_, proto, l4)) = self.ipv4().or_else(|| self.ipv6()) else {
-            return;
+            return false;
         };
         if !matches!(u64::from(proto), IP_TCP | IP_UDP) || l4.saturating_add(offset + 2) > self.len
         {
-            return;
+            return false;
         }
         let at = l4 + offset;
         let old = u16::from_be_bytes([self.bytes[at], self.bytes[at + 1]]);
@@ -328,17 +340,21 @@ impl HeaderBuf {
         // A partial checksum does not cover the ports yet: whoever completes it will.
         if let Some(c) = self.l4_checksum(proto, l4).filter(|c| !self.is_partial(*c)) {
             csum_update16(&mut self.bytes, c, old, port);
+            udp_not_zero(&mut self.bytes, c, proto);
         }
+        true
     }
 
-    /// `mod_tp_src`
-    pub fn set_tp_src(&mut self, port: u16) {
-        self.set_port(0, port);
+    /// `mod_tp_src`; whether the frame had a port to change (see `set_port`).
+    #[must_use]
+    pub fn set_tp_src(&mut self, port: u16) -> bool {
+        self.set_port(0, port)
     }
 
-    /// `mod_tp_dst`
-    pub fn set_tp_dst(&mut self, port: u16) {
-        self.set_port(2, port);
+    /// `mod_tp_dst`; as [`Self::set_tp_src`].
+    #[must_use]
+    pub fn set_tp_dst(&mut self, port: u16) -> bool {
+        self.set_port(2, port)
     }
 
     /// `dec_ttl`: false when the TTL (IPv4) or hop limit (IPv6) is (or reaches) 0 and the
@@ -413,15 +429,14 @@ impl HeaderBuf {
                     next = self.bytes[at];
                     at += (usize::from(self.bytes[at + 1]) + 1) * 8;
                 }
+                // A first fragment's headers go on after it, as extraction reads them.
                 44 if at + 4 <= self.len => {
                     let offset = u16::from_be_bytes([self.bytes[at + 2], self.bytes[at + 3]]);
                     next = self.bytes[at];
-                    at = if offset & 0xfff8 != 0 {
-                        usize::MAX
-                    } else {
-                        at + 8
-                    };
-                    break;
+                    if offset & 0xfff8 != 0 {
+                        return Some((l3, next, usize::MAX));
+                    }
+                    at += 8;
                 }
                 0 | 43 | 60 | 44 => return Some((l3, next, usize::MAX)),
                 _ => break,
@@ -459,6 +474,9 @@ impl HeaderBuf {
             } else {
                 csum_update32(&mut self.bytes, c, o, n);
             }
+        }
+        if !partial {
+            udp_not_zero(&mut self.bytes, c, proto);
         }
     }
 
@@ -573,8 +591,8 @@ mod tests {
         let out = apply(&f, |h| {
             h.set_nw_src(Ipv4Addr::new(192, 0, 2, 7));
             h.set_nw_dst(Ipv4Addr::new(198, 51, 100, 9));
-            h.set_tp_dst(8080);
-            h.set_tp_src(40000);
+            assert!(h.set_tp_dst(8080));
+            assert!(h.set_tp_src(40000));
             h.set_nw_tos(0xb8);
             assert!(h.dec_ttl());
         });
@@ -604,8 +622,8 @@ mod tests {
         h.set_vlan_vid(5);
         h.set_nw_src(Ipv4Addr::new(192, 0, 2, 7));
         h.set_nw_dst(Ipv4Addr::new(198, 51, 100, 9));
-        h.set_tp_src(40000);
-        h.set_tp_dst(8080);
+        assert!(h.set_tp_src(40000));
+        assert!(h.set_tp_dst(8080));
         let mut out = h.bytes().to_vec();
         out.extend_from_slice(&partial[h.skip()..]);
         // Completed where it leaves (4 bytes further on, behind the pushed tag).
@@ -623,7 +641,7 @@ mod tests {
         );
         // Without the mark, the same rewrites treat the field as a full checksum: wrong.
         let mut h = HeaderBuf::new(&partial[..partial.len().min(REWRITE_BYTES)]);
-        h.set_tp_dst(8080);
+        assert!(h.set_tp_dst(8080));
         let mut wrong = h.bytes().to_vec();
         wrong.extend_from_slice(&partial[h.skip()..]);
         complete_checksum(
@@ -700,12 +718,12 @@ mod tests {
         let mut tcp = tcp_frame(None);
         tcp.resize(1500, 0x5a);
         let out = apply(&tcp, |h| {
-            h.set_tp_dst(8080);
+            assert!(h.set_tp_dst(8080));
             h.push_vlan(0x8100);
             h.push_vlan(0x8100);
             h.set_vlan_vid(100);
         });
-        let mut expected = apply(&tcp, |h| h.set_tp_dst(8080));
+        let mut expected = apply(&tcp, |h| assert!(h.set_tp_dst(8080)));
         expected = with_pushed_tags(&expected, 2);
         expected[14..16].copy_from_slice(&[0, 100]);
         assert_eq!(out, expected);
@@ -807,7 +825,9 @@ mod tests {
                 Op::DlSrc(b) => h.set_dl_src([2, 0, 0, 0, 0, b]),
                 Op::NwSrc(ip) => h.set_nw_src(Ipv4Addr::from(ip)),
                 Op::NwTos(t) => h.set_nw_tos(t),
-                Op::TpDst(p) => h.set_tp_dst(p),
+                Op::TpDst(p) => {
+                    let _ = h.set_tp_dst(p);
+                }
                 Op::DecTtl => {
                     h.dec_ttl();
                 }
@@ -980,6 +1000,57 @@ mod tests {
     }
 
     #[test]
+    fn a_udp_checksum_that_comes_out_zero_leaves_as_all_ones() {
+        let a: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let mut f = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv6(a, a, 64)
+            .udp(1234, 53)
+            .write(&mut f, b"payload")
+            .unwrap();
+        let (at, sport_at) = (14 + 40 + 6, 14 + 40);
+        let checksum = u32::from(u16::from_be_bytes([f[at], f[at + 1]]));
+        // The source port that brings the one's complement sum to zero: the checksum's
+        // complement then comes out as 0x0000, which UDP must send as 0xffff.
+        let sum = checksum + 1234;
+        let port = ((sum & 0xffff) + (sum >> 16)) as u16;
+        let out = apply(&f, |h| assert!(h.set_tp_src(port)));
+        assert_eq!(out[sport_at..sport_at + 2], port.to_be_bytes());
+        assert_eq!(out[at..at + 2], [0xff, 0xff]);
+        assert!(checksums_ok_v6(&out), "{out:02x?}");
+    }
+
+    #[test]
+    fn ipv6_ports_are_found_past_a_first_fragment_and_not_past_the_bytes_kept() {
+        // Ethernet, IPv6 (next: fragment), a fragment header at offset 0 (next: destination
+        // options), destination options of `opts` 8-byte units, UDP.
+        let frame = |opts: usize| {
+            let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x86, 0xdd];
+            let l4_len = 8 + 8 * opts + 8 + 8;
+            f.extend_from_slice(&[0x60, 0, 0, 0]);
+            f.extend_from_slice(&(l4_len as u16).to_be_bytes());
+            f.extend_from_slice(&[44, 64]);
+            f.extend_from_slice(&[0xfd; 32]);
+            f.extend_from_slice(&[60, 0, 0, 0, 0, 0, 0, 1]);
+            f.extend_from_slice(&[17, (opts - 1) as u8, 1, (8 * opts - 4) as u8]);
+            f.resize(f.len() + 8 * opts - 4, 0);
+            let l4 = f.len();
+            f.extend_from_slice(&[0x04, 0xd2, 0x00, 0x35, 0, 16, 0, 0]);
+            f.extend_from_slice(b"payload!");
+            (f, l4)
+        };
+        let (f, l4) = frame(1);
+        let out = apply(&f, |h| assert!(h.set_tp_dst(8080)));
+        assert_eq!(out[l4 + 2..l4 + 4], 8080u16.to_be_bytes());
+        // Options long enough to push the ports past the rewritable bytes: nothing changes,
+        // and the caller is told so (its key keeps the frame's ports).
+        let (f, l4) = frame(8);
+        assert!(l4 + 4 > REWRITE_BYTES);
+        let out = apply(&f, |h| assert!(!h.set_tp_dst(8080)));
+        assert_eq!(out, f);
+    }
+
+    #[test]
     fn ipv6_ttl_ecn_label_and_arp_rewrites_keep_checksums_valid() {
         let a: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
         let b: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
@@ -1002,7 +1073,7 @@ mod tests {
             frames.push(f);
         }
         let new: std::net::Ipv6Addr = "2001:db8::99".parse().unwrap();
-        for f in &frames {
+        for (kind, f) in frames.iter().enumerate() {
             let out = apply(f, |h| {
                 h.set_ipv6_src(new);
                 h.set_ipv6_dst("2001:db8::1:2".parse().unwrap());
@@ -1010,7 +1081,8 @@ mod tests {
                 h.set_nw_ecn(3);
                 h.set_nw_tos(0xb8);
                 h.set_ipv6_label(0x12345);
-                h.set_tp_dst(8080);
+                // TCP and UDP have a port; ICMPv6 has none.
+                assert_eq!(h.set_tp_dst(8080), kind < 2);
             });
             assert!(checksums_ok_v6(&out), "{out:02x?}");
             assert_eq!(out[22..38], new.octets());

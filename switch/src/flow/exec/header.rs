@@ -67,14 +67,17 @@ pub fn apply(st: &mut ExecState, action: &Action) -> Result<(), Halt> {
             st.key.set(Field::NwTos, u64::from(*tos & 0xfc));
             st.modified = true;
         }
+        // The key follows only a port that was there to change (see `HeaderBuf::set_tp_src`).
         Action::SetTpSrc(p) => {
-            st.header_mut().set_tp_src(*p);
-            st.key.set(Field::TpSrc, u64::from(*p));
+            if st.header_mut().set_tp_src(*p) {
+                st.key.set(Field::TpSrc, u64::from(*p));
+            }
             st.modified = true;
         }
         Action::SetTpDst(p) => {
-            st.header_mut().set_tp_dst(*p);
-            st.key.set(Field::TpDst, u64::from(*p));
+            if st.header_mut().set_tp_dst(*p) {
+                st.key.set(Field::TpDst, u64::from(*p));
+            }
             st.modified = true;
         }
         Action::SetNwTtl(t) => {
@@ -138,8 +141,17 @@ pub fn set_field(st: &mut ExecState, field: Field, value: u64) -> Result<(), Hal
             .header_mut()
             .set_nw_dst(std::net::Ipv4Addr::from(value as u32)),
         Field::NwTos => st.header_mut().set_nw_tos(value as u8),
-        Field::TpSrc => st.header_mut().set_tp_src(value as u16),
-        Field::TpDst => st.header_mut().set_tp_dst(value as u16),
+        Field::TpSrc | Field::TpDst => {
+            let h = st.header_mut();
+            let changed = match field {
+                Field::TpSrc => h.set_tp_src(value as u16),
+                _ => h.set_tp_dst(value as u16),
+            };
+            st.modified = true;
+            if !changed {
+                return Ok(());
+            }
+        }
         // A TCI without the CFI bit means no tag (as OVS's vlan_tci).
         Field::VlanTci if value & 0x1000 == 0 => {
             st.header_mut().strip_vlan();
