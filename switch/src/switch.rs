@@ -637,7 +637,15 @@ impl Switch {
                     },
                 })?;
         let described = settings.checks.as_ref().map(|s| s.describe());
-        port.set_security(settings);
+        let old = port.set_security(settings);
+        // A batch that read the old settings may still learn a source they let through:
+        // the table is flushed once those batches are done (a batch takes microseconds; a
+        // second at most, in case a worker is stuck, and then flushed anyway).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+        drop(old);
         self.mac_table().flush_port(port.id);
         log::info!(
             "port {name}: security {}",

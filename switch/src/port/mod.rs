@@ -805,8 +805,10 @@ impl Port {
         self.security.load()
     }
 
-    pub fn set_security(&self, settings: PortSecuritySettings) {
-        self.security.store(Arc::new(settings));
+    /// Replaces the settings; returns the old ones, counted once more for each batch still
+    /// reading them (arc-swap turns its readers' borrows into counts when it swaps).
+    pub fn set_security(&self, settings: PortSecuritySettings) -> Arc<PortSecuritySettings> {
+        self.security.swap(Arc::new(settings))
     }
 
     /// The current link, if a frontend has brought its rings up.
