@@ -24,6 +24,14 @@ fn udp(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], sport: u16, dport: u16)
     f
 }
 
+/// What `flowctl show port` says of a port's security.
+fn security(d: &patchbay_switch::daemon::Daemon, port: &str) -> Option<String> {
+    d.switch.port_by_name(port).unwrap().info().security
+}
+
+/// Port a's settings in these tests, as `security` shows them.
+const A_SECURITY: &str = "macs 02:00:00:00:00:01; ips 10.0.0.1/32; no DHCP server";
+
 fn arp_reply(sha: [u8; 6], spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4]) -> Vec<u8> {
     let mut f = tha.to_vec();
     f.extend_from_slice(&sha);
@@ -46,16 +54,8 @@ fn a_port_sends_only_as_the_addresses_it_is_allowed() {
     let mut a = connect(&dir, "a");
     let mut b = connect(&dir, "b");
     let spoofed = |reason| drops(&d, "a", reason);
-    assert_eq!(
-        d.switch
-            .port_by_name("a")
-            .unwrap()
-            .info()
-            .security
-            .as_deref(),
-        Some("macs 02:00:00:00:00:01; ips 10.0.0.1/32; no DHCP server")
-    );
-    assert_eq!(d.switch.port_by_name("b").unwrap().info().security, None);
+    assert_eq!(security(&d, "a").as_deref(), Some(A_SECURITY));
+    assert_eq!(security(&d, "b"), None);
 
     // As itself, a reaches b, and b reaches a.
     forwards(&mut a, &mut b, &udp(mac(1), BROADCAST, A_IP, 1000, 53));
@@ -151,15 +151,7 @@ fn flowctl_sets_and_clears_a_running_ports_security() {
         "allowed-ips=10.0.0.1/32",
     ]);
     assert!(ok, "{err}");
-    assert_eq!(
-        d.switch
-            .port_by_name("a")
-            .unwrap()
-            .info()
-            .security
-            .as_deref(),
-        Some("macs 02:00:00:00:00:01; ips 10.0.0.1/32; no DHCP server")
-    );
+    assert_eq!(security(&d, "a").as_deref(), Some(A_SECURITY));
     assert_eq!(
         table.lookup(10, EthernetAddress(mac(9)), table.now()),
         None,
@@ -187,7 +179,7 @@ fn flowctl_sets_and_clears_a_running_ports_security() {
     // No settings: checks off.
     let (ok, err) = flowctl(&["set-port-security", "a"]);
     assert!(ok, "{err}");
-    assert_eq!(d.switch.port_by_name("a").unwrap().info().security, None);
+    assert_eq!(security(&d, "a"), None);
     forwards(&mut a, &mut b, &spoof);
     let (ok, err) = flowctl(&[
         "set-port-security",
