@@ -202,21 +202,7 @@ impl PortSecuritySettings {
         allowed_ips: Vec<String>,
         dhcp_server: bool,
     ) -> Result<PortSecuritySettings, SettingError> {
-        // Each list checked on its own, so the error names the one at fault.
-        for (field, macs, ips) in [
-            ("allowed_macs", &allowed_macs[..], &[][..]),
-            ("allowed_ips", &[][..], &allowed_ips[..]),
-        ] {
-            PortSecurity::new(macs, ips, false)
-                .map_err(|message| SettingError { field, message })?;
-        }
-        let checks =
-            PortSecurity::new(&allowed_macs, &allowed_ips, dhcp_server).map_err(|message| {
-                SettingError {
-                    field: "allowed_ips",
-                    message,
-                }
-            })?;
+        let checks = PortSecurity::new(&allowed_macs, &allowed_ips, dhcp_server)?;
         Ok(PortSecuritySettings {
             allowed_macs,
             allowed_ips,
@@ -228,14 +214,16 @@ impl PortSecuritySettings {
 
 impl PortSecurity {
     /// The rules of a port's settings; None when it has neither list (no checks at all).
+    /// A bad entry is refused with the setting it is in.
     pub fn new(
         macs: &[String],
         ips: &[String],
         dhcp_server: bool,
-    ) -> Result<Option<PortSecurity>, String> {
+    ) -> Result<Option<PortSecurity>, SettingError> {
         if macs.is_empty() && ips.is_empty() {
             return Ok(None);
         }
+        let refused = |field| move |message| SettingError { field, message };
         let macs = macs
             .iter()
             .map(|m| {
@@ -247,11 +235,13 @@ impl PortSecurity {
                 }
                 Ok(mac)
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(refused("allowed_macs"))?;
         let ips = ips
             .iter()
             .map(|p| IpPrefix::parse(p))
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(refused("allowed_ips"))?;
         Ok(Some(PortSecurity {
             link_locals: macs.iter().map(|&m| link_local(m)).collect(),
             macs,
@@ -570,9 +560,9 @@ mod tests {
     fn no_lists_means_no_checks_and_bad_entries_are_named() {
         assert_eq!(PortSecurity::new(&[], &[], false), Ok(None));
         let e = PortSecurity::new(&["01:00:5e:00:00:01".into()], &[], false).unwrap_err();
-        assert!(e.contains("multicast"), "{e}");
+        assert!(e.message.contains("multicast"), "{e}");
         let e = PortSecurity::new(&[], &["10.0.0.300".into()], false).unwrap_err();
-        assert!(e.contains("10.0.0.300"), "{e}");
+        assert!(e.message.contains("10.0.0.300"), "{e}");
     }
 
     #[test]
