@@ -30,9 +30,9 @@ use crate::mac_table::{Learned, PortId};
 use crate::offload::layout::{MAX_HEADERS, MAX_L2};
 use crate::offload::{Offload, OffloadError, HOST_OFFLOADS, MAX_SUPER_FRAME};
 use crate::port::{DropReason, Link, Port, PortCounters};
-use crate::virtio::chain::ChainError;
 use crate::virtio::features::{bit, net_header_len};
 use crate::virtio::net_header::GSO_NONE;
+use crate::virtio::ChainError;
 use crate::virtio::{Burst, GuestMap, RxReservation, Segment, TxChain};
 use crate::vlan::{Classified, Egress, IngressDrop, Vid, VlanMode};
 use crate::wire::{EthernetAddress, L2Header};
@@ -750,7 +750,7 @@ pub fn switch_frames(
         return;
     };
     let pipeline = &fabric.flows;
-    let flow_tables = pipeline.snapshot();
+    let flow_tables = pipeline.batch_snapshot();
     let use_flows = !flow_tables.is_empty() || pipeline.miss == MissPolicy::Drop;
     if use_flows {
         let thread = flow_thread.get_or_insert_with(Box::default);

@@ -4,9 +4,10 @@
 //! the tables.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use arc_swap::{ArcSwap, Guard};
 use serde::{Deserialize, Serialize};
 
 use super::action::{Action, PortRef};
@@ -860,7 +861,10 @@ impl Output {
 
 /// The pipeline: the current tables, the counters, the miss policy.
 pub struct Pipeline {
-    current: RwLock<Arc<Tables>>,
+    /// Read without a lock (an RCU-style snapshot): a batch's load is a couple of plain
+    /// loads and stores, where a lock's read side was an atomic update of a line every
+    /// dataplane thread shares.
+    current: ArcSwap<Tables>,
     /// Serialises writers (each builds from the latest version).
     writer: Mutex<()>,
     table_stats: Vec<TableStats>,
@@ -930,7 +934,7 @@ pub enum Halt {
 impl Pipeline {
     pub fn new(miss: MissPolicy) -> Pipeline {
         Pipeline {
-            current: RwLock::new(Arc::new(Tables::new())),
+            current: ArcSwap::from_pointee(Tables::new()),
             writer: Mutex::new(()),
             table_stats: (0..N_TABLES).map(|_| TableStats::default()).collect(),
             epoch: Instant::now(),
@@ -1017,12 +1021,17 @@ impl Pipeline {
         }
     }
 
-    /// The version the frame path uses for a batch.
+    /// The current version, to keep (control requests, tests).
     pub fn snapshot(&self) -> Arc<Tables> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.current.load_full()
+    }
+
+    /// The version the frame path uses for a batch: held for the batch, no reference count
+    /// taken (the writer that replaces it waits for no reader; the old version is freed
+    /// when the last batch holding it ends).
+    #[inline]
+    pub fn batch_snapshot(&self) -> Guard<Arc<Tables>> {
+        self.current.load()
     }
 
     pub fn table_stats(&self, table: u8) -> &TableStats {
@@ -1064,7 +1073,7 @@ impl Pipeline {
         next.finish_changes();
         self.check_size(&next)?;
         next.version += 1;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        self.current.store(Arc::new(next));
         Ok(counts)
     }
 
@@ -1106,7 +1115,7 @@ impl Pipeline {
         self.check_size(&next)?;
         let removed = current.len() + added - next.len();
         next.version = current.version + 1;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        self.current.store(Arc::new(next));
         Ok((added, removed))
     }
 
