@@ -6,29 +6,8 @@
 
 use super::guest_map::{copy_small, Segment};
 use super::net_header::{self, NetHeader};
-use super::ring::Burst;
+use super::ring::{Burst, ChainError};
 use crate::wire::checksum;
-
-/// Why a descriptor chain was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ChainError {
-    #[error("descriptor chain is broken: a head or next index outside its table, a nested, chained or malformed indirect table")]
-    Broken,
-    #[error("device-writable descriptor in a transmit chain")]
-    WritableInTx,
-    #[error("device-readable descriptor in a receive chain")]
-    ReadableInRx,
-    #[error("zero-length descriptor")]
-    ZeroLength,
-    #[error("buffer at {addr:#x} of {len} bytes is outside guest memory")]
-    OutOfRange { addr: u64, len: u32 },
-    #[error("frame of {len} bytes is shorter than its headers")]
-    Runt { len: u32 },
-    #[error("frame of {len}+ bytes exceeds the {max}-byte limit")]
-    TooBig { len: u64, max: u64 },
-    #[error("descriptor chain is longer than {0} descriptors (or loops)")]
-    TooLong(u16),
-}
 
 /// Drops the first `n` bytes described by `segs[start..]`.
 fn skip_front(segs: &mut Vec<Segment>, start: usize, mut n: u32) {

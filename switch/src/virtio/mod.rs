@@ -19,10 +19,10 @@ pub mod guest_map;
 pub mod net_header;
 pub mod ring;
 
-pub use chain::{ChainError, FrameCopier, RxReservation, TxChain};
+pub use chain::{FrameCopier, RxReservation, TxChain};
 pub use features::{net_header_len, OFFERED_FEATURES};
 pub use guest_map::{GuestMap, Segment};
-pub use ring::{Burst, RingError, Vring};
+pub use ring::{Burst, ChainError, RingError, Vring};
 
 /// The guest memory type every port maps (the dirty pages of a live migration are logged in
 /// the frontend's own bitmap, `dirty_log.rs`, not in vm-memory's).

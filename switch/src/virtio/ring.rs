@@ -15,9 +15,30 @@
 
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 
-use super::chain::ChainError;
 use super::guest_map::{copy_bytes, GuestMap, Segment};
 use crate::prefetch::{prefetch, prefetch_write};
+
+/// Why a descriptor chain was refused (by the walk here, or by what `chain.rs` needs of a
+/// whole frame).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("descriptor chain is broken: a head or next index outside its table, a nested, chained or malformed indirect table")]
+    Broken,
+    #[error("device-writable descriptor in a transmit chain")]
+    WritableInTx,
+    #[error("device-readable descriptor in a receive chain")]
+    ReadableInRx,
+    #[error("zero-length descriptor")]
+    ZeroLength,
+    #[error("buffer at {addr:#x} of {len} bytes is outside guest memory")]
+    OutOfRange { addr: u64, len: u32 },
+    #[error("frame of {len} bytes is shorter than its headers")]
+    Runt { len: u32 },
+    #[error("frame of {len}+ bytes exceeds the {max}-byte limit")]
+    TooBig { len: u64, max: u64 },
+    #[error("descriptor chain is longer than {0} descriptors (or loops)")]
+    TooLong(u16),
+}
 
 /// `VIRTQ_DESC_F_NEXT`, `_WRITE`, `_INDIRECT`.
 const DESC_F_NEXT: u16 = 1;
