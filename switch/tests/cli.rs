@@ -163,3 +163,88 @@ fn poll_cpus_are_checked_against_the_cpus_the_process_may_use() {
         "{err}"
     );
 }
+
+/// The CPUs a task of process `pid` may run on (its `Cpus_allowed_list`), by thread name.
+fn thread_cpus(pid: u32) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let Some(list) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        else {
+            continue;
+        };
+        let mut cpus = Vec::new();
+        for part in list.trim().split(',') {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
+                cpus.extend(a..=b);
+            }
+        }
+        out.push((comm.trim().to_string(), cpus));
+    }
+    out
+}
+
+/// A poller owns its CPU: it is pinned there, and every other thread of the switch (main,
+/// control, metrics, port supervisors) is kept off it, where it would starve behind the
+/// busy-polling loop.
+#[test]
+fn control_metrics_and_port_threads_stay_off_the_pollers_cpu() {
+    let allowed = patchbay_switch::switch::allowed_cpus();
+    let Some(&poll) = allowed.last().filter(|_| allowed.len() > 1) else {
+        eprintln!("SKIPPED control_metrics_..._pollers_cpu: one CPU here, nothing to keep off");
+        return;
+    };
+    let dir = temp_dir("poll-affinity");
+    let mut child = bin()
+        .arg("--control-socket")
+        .arg(dir.join("ctl.sock"))
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .args(["--poll-cpus", &poll.to_string()])
+        .arg("--port")
+        .arg(format!("name=a,socket={}/a.sock", dir.display()))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("patchbay-switch starts");
+    let poller = format!("poll-{poll}");
+    // Up once the poller and the control socket are there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let threads = loop {
+        let threads = thread_cpus(child.id());
+        if dir.join("ctl.sock").exists() && threads.iter().any(|(name, _)| *name == poller) {
+            break threads;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the switch did not start its poller: {threads:?}"
+        );
+        assert!(
+            child.try_wait().expect("child status").is_none(),
+            "the switch exited"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    for (name, cpus) in &threads {
+        if *name == poller {
+            assert_eq!(cpus, &vec![poll], "the poller is pinned to its CPU");
+        } else {
+            assert!(
+                !cpus.contains(&poll) && !cpus.is_empty(),
+                "thread {name} may run on the poller's CPU {poll}: {cpus:?}"
+            );
+        }
+    }
+    assert!(
+        threads.len() > 2,
+        "more threads than the poller: {threads:?}"
+    );
+}
