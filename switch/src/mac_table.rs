@@ -1,8 +1,10 @@
 //! The learning table: which port a MAC address sits behind, per VLAN, with aging, a size
 //! limit and a limit per port.
 //!
-//! Read-mostly: the frame path takes the read lock for lookups and for refreshing a known
-//! entry (an atomic timestamp); only a new or moved address takes the write lock. Guests
+//! Read-mostly: each dataplane thread keeps the entries it used in its own [`MacCache`]
+//! (OVS's per-thread caches), so the frame path reads and refreshes a known address with
+//! plain atomic loads and stores on the entry, no lock; a miss takes the read lock, and
+//! only a new or moved address takes the write lock. Guests
 //! choose their source addresses, so learning is O(1) whatever they send: a port at its
 //! limit is refused on an atomic count without the write lock, and a full table refuses
 //! without scanning (the aging sweep, once a second, makes room).
@@ -10,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -24,10 +26,95 @@ pub type PortId = u16;
 /// Most ports a switch holds (port numbers 1..=MAX_PORTS).
 pub const MAX_PORTS: usize = 4096;
 
+/// An address's entry. Shared (`Arc`) so a thread's [`MacCache`] can read it without the
+/// table's lock; one allocation when an address is stored, none when it is refreshed.
 struct Entry {
     port: AtomicU16,
     /// Seconds since the table's epoch when the address was last seen.
     last_seen: AtomicU64,
+    /// Taken out of the table (aged out, flushed, forgotten): caches holding it must ask
+    /// the table again.
+    removed: AtomicBool,
+}
+
+impl Entry {
+    fn new(port: PortId, now: u64) -> Arc<Entry> {
+        Arc::new(Entry {
+            port: AtomicU16::new(port),
+            last_seen: AtomicU64::new(now),
+            removed: AtomicBool::new(false),
+        })
+    }
+}
+
+/// Slots of a [`MacCache`] (a power of two): more than the addresses one thread's batches
+/// usually meet, 4 KiB in all.
+const CACHE_SLOTS: usize = 256;
+
+/// One dataplane thread's cache of the table's entries, direct-mapped by (VLAN, address).
+/// A hit reads the shared entry's atomics (its port may have moved, it may have been
+/// removed: both are seen there), so the cache never answers what the table would not.
+/// Addresses come from guests, who could make theirs collide here: that only sends their
+/// frames to the table's locked path, as without a cache.
+pub struct MacCache {
+    /// The table the entries belong to (its address), so a cache is never read against
+    /// another table.
+    table: usize,
+    slots: Box<[Option<(u64, Arc<Entry>)>]>,
+}
+
+impl Default for MacCache {
+    fn default() -> Self {
+        MacCache {
+            table: 0,
+            slots: (0..CACHE_SLOTS).map(|_| None).collect(),
+        }
+    }
+}
+
+impl std::fmt::Debug for MacCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let used = self.slots.iter().filter(|s| s.is_some()).count();
+        write!(f, "MacCache({used} of {CACHE_SLOTS})")
+    }
+}
+
+/// (VLAN, address) as one word.
+fn cache_key(vlan: Vid, mac: EthernetAddress) -> u64 {
+    let m = mac.0;
+    u64::from_le_bytes([
+        m[0],
+        m[1],
+        m[2],
+        m[3],
+        m[4],
+        m[5],
+        vlan as u8,
+        (vlan >> 8) as u8,
+    ])
+}
+
+impl MacCache {
+    fn slot(key: u64) -> usize {
+        (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - CACHE_SLOTS.trailing_zeros())) as usize
+    }
+
+    /// The cached entry of `key` for `table`, if this cache holds one (removed or not).
+    fn get(&mut self, table: usize, key: u64) -> Option<&Entry> {
+        if self.table != table {
+            self.slots.iter_mut().for_each(|s| *s = None);
+            self.table = table;
+            return None;
+        }
+        match &self.slots[Self::slot(key)] {
+            Some((k, e)) if *k == key => Some(e),
+            _ => None,
+        }
+    }
+
+    fn put(&mut self, key: u64, entry: Arc<Entry>) {
+        self.slots[Self::slot(key)] = Some((key, entry));
+    }
 }
 
 /// What learning a source address did, for counters.
@@ -55,7 +142,7 @@ pub struct MacEntry {
 /// MAC learning table keyed by (VLAN, address).
 /// Keyed with a per-process random seed: guests choose the addresses, so the hash must not be
 /// predictable, and it is on the per-frame path, so it must be fast.
-type Entries = HashMap<(Vid, EthernetAddress), Entry, ahash::RandomState>;
+type Entries = HashMap<(Vid, EthernetAddress), Arc<Entry>, ahash::RandomState>;
 
 pub struct MacTable {
     entries: RwLock<Entries>,
@@ -131,6 +218,7 @@ impl MacTable {
         entries.retain(|key, e| {
             let gone = drop(e);
             if gone {
+                e.removed.store(true, Ordering::Relaxed);
                 self.count_removed(e.port.load(Ordering::Relaxed));
                 self.changed(*key);
             }
@@ -247,16 +335,75 @@ impl MacTable {
         if entries.len() >= self.max_entries {
             return Learned::TableFull;
         }
-        entries.insert(
-            (vlan, mac),
-            Entry {
-                port: AtomicU16::new(port),
-                last_seen: AtomicU64::new(now),
-            },
-        );
+        entries.insert((vlan, mac), Entry::new(port, now));
         self.count_added(port);
         self.changed((vlan, mac));
         Learned::New
+    }
+
+    /// [`MacTable::learn`] through this thread's `cache`: an address already learned on
+    /// `port` and not aged out is refreshed on its entry, without the table's lock.
+    pub fn learn_cached(
+        &self,
+        cache: &mut MacCache,
+        vlan: Vid,
+        mac: EthernetAddress,
+        port: PortId,
+        now: u64,
+        port_limit: usize,
+    ) -> Learned {
+        let key = cache_key(vlan, mac);
+        if let Some(e) = cache.get(self.id(), key) {
+            let last = e.last_seen.load(Ordering::Relaxed);
+            if !e.removed.load(Ordering::Relaxed)
+                && e.port.load(Ordering::Relaxed) == port
+                && !self.expired(last, now)
+            {
+                if last != now {
+                    e.last_seen.store(now, Ordering::Relaxed);
+                }
+                return Learned::Refreshed;
+            }
+        }
+        let learned = self.learn(vlan, mac, port, now, port_limit);
+        if let Some(e) = self.entry(vlan, mac) {
+            cache.put(key, e);
+        }
+        learned
+    }
+
+    /// [`MacTable::lookup`] through this thread's `cache`.
+    pub fn lookup_cached(
+        &self,
+        cache: &mut MacCache,
+        vlan: Vid,
+        mac: EthernetAddress,
+        now: u64,
+    ) -> Option<PortId> {
+        let key = cache_key(vlan, mac);
+        let e = match cache.get(self.id(), key) {
+            Some(e) if !e.removed.load(Ordering::Relaxed) => e,
+            _ => {
+                let e = self.entry(vlan, mac)?;
+                cache.put(key, e);
+                cache.get(self.id(), key)?
+            }
+        };
+        if self.expired(e.last_seen.load(Ordering::Relaxed), now) {
+            return None;
+        }
+        Some(e.port.load(Ordering::Relaxed))
+    }
+
+    /// What identifies this table to a cache.
+    fn id(&self) -> usize {
+        self as *const MacTable as usize
+    }
+
+    /// The entry of `mac` in `vlan`, to cache.
+    fn entry(&self, vlan: Vid, mac: EthernetAddress) -> Option<Arc<Entry>> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        entries.get(&(vlan, mac)).cloned()
     }
 
     /// The port `mac` was learned on in `vlan`, unless unknown or aged out.
@@ -292,6 +439,7 @@ impl MacTable {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         match entries.remove(&(vlan, mac)) {
             Some(e) => {
+                e.removed.store(true, Ordering::Relaxed);
                 self.count_removed(e.port.load(Ordering::Relaxed));
                 self.changed((vlan, mac));
                 true
@@ -414,6 +562,48 @@ mod tests {
         }
         assert!(!t.drain_changes(&mut keys), "overflowed: read the table");
         assert!(t.drain_changes(&mut keys) && keys.is_empty());
+    }
+
+    #[test]
+    fn a_threads_cache_answers_what_the_table_would() {
+        let t = MacTable::new(16, Duration::from_secs(300));
+        let (mut one, mut two) = (MacCache::default(), MacCache::default());
+        assert_eq!(t.learn_cached(&mut one, 10, A, 1, 0, 16), Learned::New);
+        assert_eq!(
+            t.learn_cached(&mut one, 10, A, 1, 1, 16),
+            Learned::Refreshed
+        );
+        assert_eq!(t.lookup_cached(&mut two, 10, A, 1), Some(1));
+        assert_eq!(t.lookup_cached(&mut two, 20, A, 1), None, "per VLAN");
+        // Another thread sees the address move; this one's cached entry says so too.
+        assert_eq!(t.learn_cached(&mut one, 10, A, 2, 2, 16), Learned::Moved);
+        assert_eq!(t.lookup_cached(&mut two, 10, A, 2), Some(2));
+        // A refresh through a cache keeps the entry alive past its first aging.
+        assert_eq!(
+            t.learn_cached(&mut one, 10, A, 2, 200, 16),
+            Learned::Refreshed
+        );
+        assert_eq!(t.expire(301), 0, "refreshed at 200");
+        assert_eq!(t.lookup_cached(&mut two, 10, A, 301), Some(2));
+        // Aged out, not yet swept: gone for the cache as for the table.
+        assert_eq!(t.lookup_cached(&mut two, 10, A, 500), None);
+        assert_eq!(t.lookup(10, A, 500), None);
+        // Flushed: the cached entry is not answered any more, and learning stores it anew.
+        assert_eq!(t.flush_port(2), 1);
+        assert_eq!(t.lookup_cached(&mut two, 10, A, 201), None);
+        assert_eq!(t.learn_cached(&mut one, 10, A, 2, 201, 16), Learned::New);
+        assert_eq!(t.lookup_cached(&mut two, 10, A, 201), Some(2));
+        assert!(t.forget(10, A));
+        assert_eq!(t.lookup_cached(&mut two, 10, A, 201), None, "forgotten");
+        // A cache is never read against another table.
+        let other = MacTable::new(16, Duration::from_secs(300));
+        assert_eq!(other.lookup_cached(&mut one, 10, A, 201), None);
+        other.learn(10, B, 7, 0, 16);
+        assert_eq!(t.lookup_cached(&mut one, 10, B, 0), None);
+        assert_eq!(other.lookup_cached(&mut one, 10, B, 0), Some(7));
+        // At the port's limit the cache refuses as the table does.
+        assert_eq!(t.learn_cached(&mut one, 10, B, 3, 0, 0), Learned::PortLimit);
+        assert_eq!(t.lookup_cached(&mut one, 10, B, 0), None);
     }
 
     #[test]

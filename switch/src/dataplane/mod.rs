@@ -212,6 +212,8 @@ fn classify(
 struct Normal<'a> {
     fabric: &'a Fabric,
     table: &'a crate::mac_table::MacTable,
+    /// This thread's cache of the table's entries.
+    macs: &'a mut crate::mac_table::MacCache,
     now: u64,
     ingress: &'a Port,
     views: &'a [Option<PortView>],
@@ -280,7 +282,8 @@ impl Normal<'_> {
         let ingress = self.ingress;
         if header.src.is_unicast() && self.last_learned != Some((class.vid, header.src)) {
             self.last_learned = Some((class.vid, header.src));
-            match self.table.learn(
+            match self.table.learn_cached(
+                self.macs,
                 class.vid,
                 header.src,
                 ingress.id,
@@ -313,7 +316,9 @@ impl Normal<'_> {
             match self.last_lookup {
                 Some((key, hit)) if key == (class.vid, header.dst) => hit,
                 _ => {
-                    let hit = self.table.lookup(class.vid, header.dst, self.now);
+                    let hit = self
+                        .table
+                        .lookup_cached(self.macs, class.vid, header.dst, self.now);
                     self.last_lookup = Some(((class.vid, header.dst), hit));
                     hit
                 }
@@ -414,6 +419,8 @@ pub struct SwitchScratch {
     soft: soft::SoftScratch,
     /// Deliveries spread over a receiver's queues.
     steering: deliver::Steering,
+    /// This thread's cache of MAC table entries.
+    macs: crate::mac_table::MacCache,
 }
 
 /// Work space for draining TX rings: one per dataplane thread (reused for every port it
@@ -731,6 +738,7 @@ pub fn switch_frames(
         flow_thread,
         soft,
         steering,
+        macs,
     } = scratch;
     deliveries.clear();
     headers.clear();
@@ -768,6 +776,7 @@ pub fn switch_frames(
     let mut normal = Normal {
         fabric,
         table,
+        macs,
         now: table.now(),
         ingress,
         views,
