@@ -635,3 +635,519 @@ fn super_frames_in_odd_sized_pieces_are_cut_with_correct_checksums() {
     assert!(whole == f, "the super-frame as sent");
     assert_eq!(counters(&b.d, "tx").total_drops(), 0);
 }
+
+const TCP_CWR: u8 = 0x80;
+const TCP_PSH: u8 = 0x08;
+const TCP_ACK: u8 = 0x10;
+
+/// The TCP flags of a frame (tagged or not) built by `ip_frame`.
+fn tcp_flags(f: &[u8]) -> u8 {
+    let (_, l4, _, _, tcp) = offsets(f);
+    assert!(tcp, "a TCP frame");
+    f[l4 + 13]
+}
+
+/// Adds flow lines to the switch of `d`.
+fn add_flows(d: &Daemon, lines: &[&str]) {
+    let lines: Vec<FlowLine> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| FlowLine {
+            line: i + 1,
+            text: l.to_string(),
+        })
+        .collect();
+    flows::add_flows(&d.switch, &lines).expect("flows accepted");
+}
+
+#[test]
+fn ecn_super_frames_stay_whole_for_guest_ecn_and_are_cut_with_cwr_on_the_first_segment_only() {
+    let mut b = bench("offl-ecn");
+    for ipv6 in [false, true] {
+        let data = payload(10_000, 11 + ipv6 as u8);
+        let mut full = ip_frame(mac(NOBODY), mac(1), ipv6, L4::Tcp, None, &data);
+        let (_, l4, _, _, _) = offsets(&full);
+        full[l4 + 13] |= TCP_CWR;
+        let (h, f) = offloaded(full, Some(1448));
+        let h = NetHdr {
+            gso_type: h.gso_type | GSO_ECN,
+            ..h
+        };
+        b.tx.send_with_header(&header_bytes(&h), &f).unwrap();
+
+        // GUEST_ECN (with TSO4/6): whole, the ECN bit kept in its header.
+        let got = b.whole.recv(T).unwrap().expect("the super-frame arrives");
+        assert_eq!(got, f, "ipv6 {ipv6}: the super-frame as sent, CWR and all");
+        let gh = NetHdr::parse(b.whole.last_rx_header()).unwrap();
+        let base = if ipv6 { GSO_TCPV6 } else { GSO_TCPV4 };
+        assert_eq!(
+            (
+                gh.flags,
+                gh.gso_type,
+                gh.gso_size,
+                gh.csum_start,
+                gh.hdr_len
+            ),
+            (F_NEEDS_CSUM, base | GSO_ECN, 1448, h.csum_start, h.hdr_len),
+            "ipv6 {ipv6}: the ECN bit kept"
+        );
+
+        // The trunk has GUEST_TSO4 but not GUEST_ECN; `csum` and `plain` neither: segments,
+        // CWR on the first only (as Linux's tcp_gso_segment), PSH on the last only.
+        for (name, p) in [
+            ("trunk", &mut b.trunk),
+            ("csum", &mut b.csum),
+            ("plain", &mut b.plain),
+        ] {
+            let segs = recv_payload(p, data.len());
+            assert_eq!(segs.len(), 7, "ipv6 {ipv6}, {name}: 10000 bytes at 1448");
+            assert_eq!(joined(&segs), data, "ipv6 {ipv6}, {name}");
+            for (i, (sh, sf)) in segs.iter().enumerate() {
+                assert_eq!(
+                    sh.gso_type, GSO_NONE,
+                    "ipv6 {ipv6}, {name} #{i}: no GSO, no ECN bit"
+                );
+                let flags = tcp_flags(sf);
+                assert_eq!(
+                    flags & TCP_CWR != 0,
+                    i == 0,
+                    "ipv6 {ipv6}, {name} #{i}: CWR on the first segment only"
+                );
+                assert_eq!(flags & TCP_PSH != 0, i + 1 == segs.len(), "PSH on the last");
+                assert_ne!(flags & TCP_ACK, 0, "ACK on every segment");
+            }
+        }
+    }
+    assert_eq!(counters(&b.d, "tx").total_drops(), 0);
+}
+
+#[test]
+fn ecn_super_frames_from_a_sender_without_host_ecn_are_dropped_and_counted() {
+    let dir = TestDir::new("offl-noecn");
+    let d = start_switch(
+        &dir.path,
+        vec![access(&dir.path, "tx", 10), access(&dir.path, "rx", 10)],
+        |_| {},
+    );
+    let mut tx = frontend(&dir, "tx", ALL_OFFLOADS & !HOST_ECN);
+    let mut rx = frontend(&dir, "rx", ALL_OFFLOADS);
+    assert_eq!(tx.features() & (HOST_TSO4 | HOST_ECN), HOST_TSO4);
+
+    let data = payload(4000, 14);
+    let mut full = ip_frame(mac(NOBODY), mac(1), false, L4::Tcp, None, &data);
+    let (_, l4, _, _, _) = offsets(&full);
+    full[l4 + 13] |= TCP_CWR;
+    let (h, f) = offloaded(full, Some(1448));
+    let ecn = NetHdr {
+        gso_type: GSO_TCPV4 | GSO_ECN,
+        ..h
+    };
+    tx.send_with_header(&header_bytes(&ecn), &f).unwrap();
+    assert!(
+        tx.wait_tx_completion(T).unwrap(),
+        "the switch took the chain"
+    );
+    assert_eq!(
+        drops(&d, "tx", "bad-offload"),
+        1,
+        "HOST_ECN was not negotiated"
+    );
+    assert_eq!(received_now(&mut rx), None, "nothing forwarded");
+
+    // The same super-frame without the ECN bit is one it negotiated.
+    tx.send_with_header(&header_bytes(&h), &f).unwrap();
+    assert_eq!(rx.recv(T).unwrap(), Some(f));
+    let rh = NetHdr::parse(rx.last_rx_header()).unwrap();
+    assert_eq!(rh.gso_type, GSO_TCPV4);
+    assert_eq!(drops(&d, "tx", "bad-offload"), 1);
+}
+
+/// A TCP/IPv4 frame from `ip_frame`'s addresses and ports whose IP and TCP headers both
+/// carry 40 bytes of options (NOPs): 134 bytes of headers, more than a flow rewrite's header
+/// buffer holds.
+fn long_header_frame(data: &[u8]) -> Vec<u8> {
+    use etherparse::{IpHeaders, IpNumber, Ipv4Extensions, Ipv4Header, PacketBuilder, TcpHeader};
+    let mut ip = Ipv4Header::new(0, 64, IpNumber::TCP, [10, 0, 0, 1], [10, 0, 0, 2]).unwrap();
+    ip.options = [1u8; 40].into();
+    let mut tcp = TcpHeader::new(40000, 5201, 1_000_000, 64240);
+    tcp.ack = true;
+    tcp.acknowledgment_number = 1;
+    tcp.psh = true;
+    tcp.set_options_raw(&[1u8; 40]).unwrap();
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(mac(1), mac(NOBODY))
+        .ip(IpHeaders::Ipv4(ip, Ipv4Extensions::default()))
+        .tcp_header(tcp)
+        .write(&mut out, data)
+        .unwrap();
+    out
+}
+
+#[test]
+fn data_valid_is_set_only_on_checksums_the_switch_computed_itself() {
+    let mut b = bench("offl-dv");
+    // A full checksum the switch did not check: passed on without DATA_VALID, even when the
+    // sender's header claims it (DATA_VALID from a driver means nothing) and even when the
+    // checksum is wrong (which shows the switch did not vouch for it).
+    let data = payload(400, 12);
+    let good = ip_frame(mac(NOBODY), mac(1), false, L4::Tcp, None, &data);
+    let mut bad = good.clone();
+    let (_, l4, _, _, _) = offsets(&bad);
+    bad[l4 + 16] ^= 0x5a;
+    let claims_valid = NetHdr {
+        flags: F_DATA_VALID,
+        ..NetHdr::default()
+    };
+    for (what, f) in [("correct", &good), ("wrong", &bad)] {
+        b.tx.send_with_header(&header_bytes(&claims_valid), f)
+            .unwrap();
+        for (name, p) in [
+            ("whole", &mut b.whole),
+            ("csum", &mut b.csum),
+            ("trunk", &mut b.trunk),
+            ("plain", &mut b.plain),
+        ] {
+            let got = p.recv(T).unwrap().expect("arrives");
+            assert_eq!(strip_tag(&got), *f, "{what} checksum to {name}: as sent");
+            let gh = NetHdr::parse(p.last_rx_header()).unwrap();
+            assert_eq!(
+                (gh.flags, gh.gso_type),
+                (0, GSO_NONE),
+                "{what} checksum to {name}: no DATA_VALID"
+            );
+        }
+    }
+
+    // A partial checksum passed on stays NEEDS_CSUM, never DATA_VALID; one the switch
+    // completed for `plain` has no flags (DATA_VALID needs GUEST_CSUM).
+    let (h, f) = offloaded(good.clone(), None);
+    b.tx.send_with_header(&header_bytes(&h), &f).unwrap();
+    for p in [&mut b.whole, &mut b.csum, &mut b.trunk] {
+        p.recv(T).unwrap().expect("arrives");
+        assert_eq!(
+            NetHdr::parse(p.last_rx_header()).unwrap().flags,
+            F_NEEDS_CSUM
+        );
+    }
+    assert_eq!(b.plain.recv(T).unwrap(), Some(good));
+    assert_eq!(NetHdr::parse(b.plain.last_rx_header()).unwrap().flags, 0);
+
+    // A super-frame whose headers are too long to be cut in place is segmented in a host
+    // buffer with every checksum computed by the switch: DATA_VALID for a receiver with
+    // GUEST_CSUM, checksums etherparse agrees with.
+    let data = payload(6000, 13);
+    let (h, f) = offloaded(long_header_frame(&data), Some(1000));
+    assert_eq!(h.hdr_len, 134);
+    assert!(usize::from(h.hdr_len) > patchbay_switch::flow::rewrite::REWRITE_BYTES);
+    b.tx.send_with_header(&header_bytes(&h), &f).unwrap();
+    let segs = recv_payload(&mut b.csum, data.len());
+    assert_eq!(segs.len(), 6, "6000 bytes at 1000");
+    assert_eq!(joined(&segs), data);
+    for (i, (sh, sf)) in segs.iter().enumerate() {
+        assert_eq!(
+            (sh.flags, sh.gso_type),
+            (F_DATA_VALID, GSO_NONE),
+            "segment {i}: checksummed by the switch"
+        );
+        // `recv_payload` completes only NEEDS_CSUM: this checksum is the switch's own.
+        assert_eq!(checked_payload(sf).len(), 1000);
+    }
+    let segs = recv_payload(&mut b.plain, data.len());
+    assert_eq!(joined(&segs), data);
+    assert!(
+        segs.iter().all(|(sh, _)| sh.flags == 0),
+        "no GUEST_CSUM: no flags"
+    );
+    // Receivers that take it whole get it partial.
+    let got = b.whole.recv(T).unwrap().expect("the super-frame arrives");
+    assert_eq!(got, f);
+    let gh = NetHdr::parse(b.whole.last_rx_header()).unwrap();
+    assert_eq!((gh.flags, gh.gso_type), (F_NEEDS_CSUM, GSO_TCPV4));
+    let got = b.trunk.recv(T).unwrap().expect("the super-frame arrives");
+    assert_eq!(strip_tag(&got), f);
+    assert_eq!(
+        NetHdr::parse(b.trunk.last_rx_header()).unwrap().flags,
+        F_NEEDS_CSUM
+    );
+    assert_eq!(counters(&b.d, "tx").total_drops(), 0);
+}
+
+/// (source address, destination address, destination port) of a frame, tagged or not.
+fn addrs_and_dst_port(f: &[u8]) -> (std::net::IpAddr, std::net::IpAddr, u16) {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let p = SlicedPacket::from_ethernet(f).expect("an Ethernet/IP frame");
+    let (src, dst) = match &p.net {
+        Some(NetSlice::Ipv4(ip)) => (
+            ip.header().source_addr().into(),
+            ip.header().destination_addr().into(),
+        ),
+        Some(NetSlice::Ipv6(ip)) => (
+            ip.header().source_addr().into(),
+            ip.header().destination_addr().into(),
+        ),
+        _ => panic!("no IP header"),
+    };
+    let port = match &p.transport {
+        Some(TransportSlice::Tcp(t)) => t.destination_port(),
+        Some(TransportSlice::Udp(u)) => u.destination_port(),
+        _ => panic!("no TCP or UDP header"),
+    };
+    (src, dst, port)
+}
+
+#[test]
+fn ipv6_and_set_field_rewrites_keep_partial_checksums_valid() {
+    let mut b = bench("offl-flow6");
+    add_flows(
+        &b.d,
+        &[
+            "priority=10,tcp6,actions=set_field:fd00::9->ipv6_src,mod_tp_dst:8080,normal",
+            "priority=10,udp6,actions=set_field:fe80::1234->ipv6_dst,set_field:5353->tp_dst,normal",
+            "priority=10,tcp,actions=set_field:192.0.2.7->ip_src,set_field:8443->tp_dst,normal",
+            "priority=0,actions=normal",
+        ],
+    );
+    let v6 = |s: &str| -> std::net::IpAddr { s.parse().unwrap() };
+    let cases = [
+        (
+            true,
+            L4::Tcp,
+            (
+                v6("fd00::9"),
+                v6("fefe:fefe:fefe:fefe:fefe:fefe:fefe:fefe"),
+                8080,
+            ),
+        ),
+        (
+            true,
+            L4::Udp,
+            (
+                v6("fdfd:fdfd:fdfd:fdfd:fdfd:fdfd:fdfd:fdfd"),
+                v6("fe80::1234"),
+                5353,
+            ),
+        ),
+        (false, L4::Tcp, (v6("192.0.2.7"), v6("10.0.0.2"), 8443)),
+    ];
+    for (ipv6, l4, want) in cases {
+        let what = format!("ipv6 {ipv6} {l4:?}");
+        // A lone partial checksum, then a super-frame, through the rewrite.
+        for gso in [None, Some(1000)] {
+            let data = payload(if gso.is_some() { 6000 } else { 700 }, 15);
+            let (h, f) = offloaded(ip_frame(mac(NOBODY), mac(1), ipv6, l4, None, &data), gso);
+            b.tx.send_with_header(&header_bytes(&h), &f).unwrap();
+            // Every receiver: whatever it gets (whole or in segments, partial or completed
+            // by the switch), once it finished the partial checksums as its stack would,
+            // every checksum is right for the rewritten addresses and port.
+            for (name, p) in [
+                ("whole", &mut b.whole),
+                ("csum", &mut b.csum),
+                ("plain", &mut b.plain),
+                ("trunk", &mut b.trunk),
+            ] {
+                let got = recv_payload(p, data.len());
+                assert_eq!(joined(&got), data, "{what} {gso:?} to {name}");
+                for (gh, gf) in &got {
+                    assert_eq!(
+                        addrs_and_dst_port(gf),
+                        want,
+                        "{what} {gso:?} to {name}: rewritten"
+                    );
+                    if name == "plain" {
+                        assert_eq!(gh.flags, 0, "{what} {gso:?}: completed by the switch");
+                    } else {
+                        assert_eq!(gh.flags, F_NEEDS_CSUM, "{what} {gso:?} to {name}: partial");
+                    }
+                }
+                if name == "whole" {
+                    assert_eq!(got.len(), 1, "{what} {gso:?}: whole to `whole`");
+                }
+            }
+        }
+    }
+    assert_eq!(counters(&b.d, "tx").total_drops(), 0);
+}
+
+/// A switch with senders on both sides of a tag: `ttx` on a trunk and `atx` on an access
+/// port of VLAN 10, both with every offload; access receivers `whole` (every offload),
+/// `csum` (checksums only) and `plain` (none), and a trunk receiver `trunk` (checksums, TSO).
+struct TagBench {
+    _dir: TestDir,
+    d: Daemon,
+    ttx: TestPort,
+    atx: TestPort,
+    whole: TestPort,
+    csum: TestPort,
+    plain: TestPort,
+    trunk: TestPort,
+}
+
+fn tag_bench(name: &str) -> TagBench {
+    let dir = TestDir::new(name);
+    let d = start_switch(
+        &dir.path,
+        vec![
+            port(&dir.path, "ttx", "trunk", None, Some("10")),
+            access(&dir.path, "atx", 10),
+            access(&dir.path, "whole", 10),
+            access(&dir.path, "csum", 10),
+            access(&dir.path, "plain", 10),
+            port(&dir.path, "trunk", "trunk", None, Some("10")),
+        ],
+        |_| {},
+    );
+    TagBench {
+        ttx: frontend(&dir, "ttx", ALL_OFFLOADS),
+        atx: frontend(&dir, "atx", ALL_OFFLOADS),
+        whole: frontend(
+            &dir,
+            "whole",
+            GUEST_CSUM | GUEST_TSO4 | GUEST_TSO6 | GUEST_ECN | GUEST_USO4 | GUEST_USO6,
+        ),
+        csum: frontend(&dir, "csum", GUEST_CSUM),
+        plain: frontend(&dir, "plain", 0),
+        trunk: frontend(&dir, "trunk", GUEST_CSUM | GUEST_TSO4 | GUEST_TSO6),
+        _dir: dir,
+        d,
+    }
+}
+
+#[test]
+fn a_popped_tag_moves_csum_start_and_hdr_len_back_by_4_and_checksums_stay_right() {
+    let mut b = tag_bench("offl-pop");
+    for ipv6 in [false, true] {
+        // A tagged super-frame from the trunk.
+        let data = payload(9000, 16 + ipv6 as u8);
+        let (h, f) = offloaded(
+            ip_frame(mac(NOBODY), mac(1), ipv6, L4::Tcp, Some(10), &data),
+            Some(1448),
+        );
+        assert_eq!(h.csum_start, if ipv6 { 58 } else { 38 }, "behind the tag");
+        b.ttx.send_with_header(&header_bytes(&h), &f).unwrap();
+
+        let got = b.whole.recv(T).unwrap().expect("the super-frame arrives");
+        assert_eq!(
+            got,
+            strip_tag(&f),
+            "ipv6 {ipv6}: untagged, otherwise as sent"
+        );
+        let gh = NetHdr::parse(b.whole.last_rx_header()).unwrap();
+        assert_eq!(
+            (
+                gh.flags,
+                gh.csum_start,
+                gh.csum_offset,
+                gh.hdr_len,
+                gh.gso_size
+            ),
+            (F_NEEDS_CSUM, h.csum_start - 4, 16, h.hdr_len - 4, 1448),
+            "ipv6 {ipv6}: offsets back by the tag's 4 bytes"
+        );
+        assert_eq!(
+            checked_payload(&completed(&gh, &got)),
+            data,
+            "ipv6 {ipv6}: the receiver's completed checksum is right"
+        );
+
+        // Segments with partial checksums at the moved offset, completed right.
+        let segs = recv_payload(&mut b.csum, data.len());
+        assert_eq!(segs.len(), 7);
+        assert_eq!(joined(&segs), data);
+        assert!(segs.iter().all(|(sh, sf)| tag_of(sf).is_none()
+            && (sh.flags, sh.csum_start, sh.csum_offset) == (F_NEEDS_CSUM, h.csum_start - 4, 16)));
+        let segs = recv_payload(&mut b.plain, data.len());
+        assert_eq!(joined(&segs), data);
+        assert!(segs
+            .iter()
+            .all(|(sh, sf)| tag_of(sf).is_none() && sh.flags == 0));
+        // Trunk to trunk: the tag stays, and the offsets with it.
+        let got = b.trunk.recv(T).unwrap().expect("the super-frame arrives");
+        assert_eq!(got, f);
+        let th = NetHdr::parse(b.trunk.last_rx_header()).unwrap();
+        assert_eq!((th.csum_start, th.hdr_len), (h.csum_start, h.hdr_len));
+        assert!(b.atx.recv(T).unwrap().is_some(), "flooded to `atx` too");
+
+        // A tagged frame with a partial checksum alone (TCP, and UDP).
+        for l4 in [L4::Tcp, L4::Udp] {
+            let data = payload(500, 18);
+            let full = ip_frame(mac(NOBODY), mac(1), ipv6, l4, Some(10), &data);
+            let (h, f) = offloaded(full.clone(), None);
+            b.ttx.send_with_header(&header_bytes(&h), &f).unwrap();
+            for (name, p) in [("whole", &mut b.whole), ("csum", &mut b.csum)] {
+                let got = p.recv(T).unwrap().expect("arrives");
+                assert_eq!(got, strip_tag(&f), "{name}: untagged, still partial");
+                let ph = NetHdr::parse(p.last_rx_header()).unwrap();
+                assert_eq!(
+                    (ph.flags, ph.csum_start, ph.csum_offset),
+                    (F_NEEDS_CSUM, h.csum_start - 4, h.csum_offset),
+                    "ipv6 {ipv6} {l4:?} to {name}: csum_start back by 4"
+                );
+                assert_eq!(
+                    completed(&ph, &got),
+                    strip_tag(&full),
+                    "{name}: completes right"
+                );
+            }
+            let got = b.plain.recv(T).unwrap().expect("arrives");
+            assert_eq!(
+                got,
+                strip_tag(&full),
+                "completed by the switch after the pop"
+            );
+            assert_eq!(b.trunk.recv(T).unwrap(), Some(f.clone()));
+            assert!(b.atx.recv(T).unwrap().is_some(), "flooded to `atx` too");
+        }
+    }
+    assert_eq!(counters(&b.d, "ttx").total_drops(), 0);
+}
+
+#[test]
+fn a_pushed_tag_moves_csum_start_and_hdr_len_on_by_4_and_checksums_stay_right() {
+    let mut b = tag_bench("offl-push");
+    for ipv6 in [false, true] {
+        let data = payload(9000, 19 + ipv6 as u8);
+        let (h, f) = offloaded(
+            ip_frame(mac(NOBODY), mac(2), ipv6, L4::Tcp, None, &data),
+            Some(1448),
+        );
+        b.atx.send_with_header(&header_bytes(&h), &f).unwrap();
+        // The trunk takes TSO4 and TSO6: whole, tagged, offsets on by 4.
+        let got = b.trunk.recv(T).unwrap().expect("the super-frame arrives");
+        assert_eq!(tag_of(&got), Some((10, 0)));
+        assert_eq!(strip_tag(&got), f);
+        let th = NetHdr::parse(b.trunk.last_rx_header()).unwrap();
+        assert_eq!(
+            (th.flags, th.csum_start, th.csum_offset, th.hdr_len),
+            (F_NEEDS_CSUM, h.csum_start + 4, 16, h.hdr_len + 4)
+        );
+        assert_eq!(checked_payload(&completed(&th, &got)), data, "ipv6 {ipv6}");
+        for p in [&mut b.whole, &mut b.csum, &mut b.plain, &mut b.ttx] {
+            assert_eq!(joined(&recv_payload(p, data.len())), data);
+        }
+
+        for l4 in [L4::Tcp, L4::Udp] {
+            let data = payload(500, 21);
+            let full = ip_frame(mac(NOBODY), mac(2), ipv6, l4, None, &data);
+            let (h, f) = offloaded(full.clone(), None);
+            b.atx.send_with_header(&header_bytes(&h), &f).unwrap();
+            let got = b.trunk.recv(T).unwrap().expect("arrives");
+            let th = NetHdr::parse(b.trunk.last_rx_header()).unwrap();
+            assert_eq!(
+                (th.flags, th.csum_start, th.csum_offset),
+                (F_NEEDS_CSUM, h.csum_start + 4, h.csum_offset),
+                "ipv6 {ipv6} {l4:?}"
+            );
+            let done = completed(&th, &got);
+            assert_eq!(tag_of(&done), Some((10, 0)));
+            assert_eq!(
+                strip_tag(&done),
+                full,
+                "ipv6 {ipv6} {l4:?}: completes right"
+            );
+            for p in [&mut b.whole, &mut b.csum, &mut b.plain, &mut b.ttx] {
+                assert_eq!(joined(&recv_payload(p, data.len())), data);
+            }
+        }
+    }
+    assert_eq!(counters(&b.d, "atx").total_drops(), 0);
+}
