@@ -60,8 +60,11 @@ pub struct MacCache {
     /// The table the entries belong to (its address), so a cache is never read against
     /// another table.
     table: usize,
-    slots: Box<[Option<(u64, Arc<Entry>)>]>,
+    slots: Box<[CacheSlot]>,
 }
+
+/// A cached entry and its key ([`cache_key`]).
+type CacheSlot = Option<(u64, Arc<Entry>)>;
 
 impl Default for MacCache {
     fn default() -> Self {

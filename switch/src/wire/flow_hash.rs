@@ -16,8 +16,24 @@ fn fnv(mut h: u32, bytes: &[u8]) -> u32 {
 
 /// The flow hash of the frame starting with `b` (its first 64 bytes suffice): IP addresses,
 /// protocol and ports for unfragmented TCP/UDP over IPv4 or IPv6 (behind up to two tags),
-/// the addresses alone for other IP packets, the MAC addresses for anything else.
+/// the addresses alone for other IP packets, the MAC addresses for anything else. Callers
+/// take it modulo a queue count, so its low bits must depend on every input bit: FNV-1a's
+/// multiply only carries upwards (its low two bits see only the low two bits of each byte),
+/// so the result is mixed once more at the end.
 pub fn flow_hash(b: &[u8]) -> u32 {
+    mix(fnv_of_flow(b))
+}
+
+/// A 32-bit finaliser (lowbias32): every output bit depends on every input bit.
+fn mix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x7feb_352d);
+    h ^= h >> 15;
+    h = h.wrapping_mul(0x846c_a68b);
+    h ^ (h >> 16)
+}
+
+fn fnv_of_flow(b: &[u8]) -> u32 {
     const SEED: u32 = 0x811c_9dc5;
     let macs = b.get(..12).unwrap_or(b);
     let mut l3 = 12;
@@ -88,10 +104,26 @@ mod tests {
             queues.iter().all(|&n| n > 50),
             "400 flows over 4 queues: {queues:?}"
         );
+        // Ports that differ only above their low two bits (as a client's ephemeral ports
+        // may) spread too.
+        let mut queues = [0u32; 4];
+        for i in 0..64 {
+            queues[(flow_hash(&tcp(40_000 + 4 * i, 1, b"x")) % 4) as usize] += 1;
+        }
+        assert!(
+            queues.iter().all(|&n| n >= 8),
+            "64 flows, ports 4 apart, over 4 queues: {queues:?}"
+        );
         // Not IP: the MAC pair decides; a runt still hashes.
         let mut arp = tcp(1, 1, b"");
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
         assert_eq!(flow_hash(&arp), flow_hash(&arp[..12]));
+        // Tagged or not, one flow hashes alike.
+        let plain = tcp(7, 1, b"x");
+        let mut tagged = plain[..12].to_vec();
+        tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x0a]);
+        tagged.extend_from_slice(&plain[12..]);
+        assert_eq!(flow_hash(&tagged), flow_hash(&plain));
         let _ = flow_hash(&[1, 2, 3]);
     }
 }
