@@ -807,6 +807,77 @@ mod tests {
         assert_eq!(duration(2 * 86400 + 4 * 3600), "2d04h");
     }
 
+    fn port(id: u16, name: &str, vlan: VlanConfig, features: u64) -> PortInfo {
+        PortInfo {
+            id,
+            kind: Default::default(),
+            name: name.into(),
+            socket: format!("/tmp/{name}.sock"),
+            mode: ConnectMode::Server,
+            state: LinkState::Connected,
+            since_secs: 0,
+            rings_up: true,
+            vlan,
+            features,
+            feature_names: Vec::new(),
+            header_len: Some(12),
+            queue_pairs: (1, 8),
+            counters: CounterSnapshot::default(),
+            failure: None,
+            security: None,
+            policing: None,
+        }
+    }
+
+    #[test]
+    fn ports_table_shows_queue_pairs_and_negotiated_offloads() {
+        use patchbay_switch::virtio::features::{parse_offloads, BASE_FEATURES};
+        // vm1: no guest yet; vm2: a multiqueue guest with 4 of 8 pairs enabled that sends
+        // checksum- and TSO-offloaded frames and takes partial checksums only; vm3: a guest
+        // that negotiated no offload and has one pair of the one offered.
+        let waiting = PortInfo {
+            state: LinkState::Listening,
+            rings_up: false,
+            features: 0,
+            header_len: None,
+            queue_pairs: (0, 8),
+            ..port(1, "vm1", vc("access", Some(10), None), 0)
+        };
+        let mq = PortInfo {
+            queue_pairs: (4, 8),
+            counters: CounterSnapshot {
+                rx_packets: 12,
+                rx_bytes: 3456,
+                tx_packets: 7,
+                tx_bytes: 890,
+                drops: vec![("no-buffer".into(), 2)],
+                ..Default::default()
+            },
+            ..port(
+                2,
+                "vm2",
+                vc("trunk", None, Some("10,20")),
+                BASE_FEATURES | parse_offloads("csum,host_tso4,host_tso6,guest_csum").unwrap(),
+            )
+        };
+        let plain = PortInfo {
+            queue_pairs: (1, 1),
+            ..port(3, "vm3", vc("access", Some(20), None), BASE_FEATURES)
+        };
+        // Given out of order: the table sorts by id.
+        let out = ports_table(&[plain, mq, waiting], false);
+        assert_eq!(
+            out,
+            "\
+ID  NAME  STATE                VLAN         RX-PKTS  RX-BYTES  TX-PKTS  TX-BYTES  DROPS            QUEUES  OFFLOADS
+ 1  vm1   listening            access 10          0         0        0         0  0                   -/8  -
+ 2  vm2   connected, rings up  trunk 10,20       12      3456        7       890  2 (no-buffer=2)     4/8  tx:csum,tso4,tso6 rx:csum
+ 3  vm3   connected, rings up  access 20          0         0        0         0  0                   1/1  -
+3 ports
+"
+        );
+    }
+
     #[test]
     fn tables_align_columns() {
         let mut t = Table::new(&[("ID", Align::Right), ("NAME", Align::Left)]);

@@ -4,13 +4,14 @@
 //! A 16 MiB TCP transfer in each direction between them arrives with the sender's SHA-256:
 //! the Linux guests drop frames with bad checksums, so a wrong offload shows as a stalled or
 //! corrupt transfer. The super-frames are seen crossing the switch (mean frame far above the
-//! MTU), `ethtool -k` inside the guests shows what each negotiated, and so does the switch.
+//! MTU), `ethtool -k` inside the guests shows what each negotiated (`c` takes checksums but
+//! no super-frames), and so do the switch and `flowctl show ports` (text and --json).
 
 use std::time::Duration;
 
 use patchbay_switch::daemon::Daemon;
 use patchbay_tests::guest::{skip_or_fail, tcp_transfer, GuestImage, GuestNic, QemuGuest};
-use patchbay_tests::switch::{access, port, start_switch, TestDir};
+use patchbay_tests::switch::{access, flowctl_at, port, start_switch, TestDir};
 
 const BOOT: Duration = Duration::from_secs(240);
 const SIZE: u64 = 16 << 20;
@@ -33,6 +34,32 @@ fn ethtool(g: &mut QemuGuest, key: &str) -> String {
         .unwrap_or_else(|| panic!("{}: no {key} in {out:?}", g.name))
         .trim()
         .to_string()
+}
+
+/// The QUEUES and OFFLOADS cells of port `name` in `flowctl show ports`' table.
+fn ports_row(table: &str, name: &str) -> (String, String) {
+    let mut lines = table.lines();
+    let header = lines.next().unwrap_or_default();
+    let at = header
+        .find("OFFLOADS")
+        .unwrap_or_else(|| panic!("no OFFLOADS column: {table}"));
+    assert!(
+        header[..at].trim_end().ends_with("QUEUES"),
+        "QUEUES before OFFLOADS: {table}"
+    );
+    let row = lines
+        .find(|l| l.split_whitespace().nth(1) == Some(name))
+        .unwrap_or_else(|| panic!("no row for {name}: {table}"));
+    let queues = row[..at].split_whitespace().last().unwrap_or_default();
+    (queues.to_string(), row[at..].trim().to_string())
+}
+
+/// The offloads an OFFLOADS cell lists for `side`: "tx" in `tx:csum,tso4 rx:csum` gives
+/// csum and tso4.
+fn offload_list<'a>(cell: &'a str, side: &str) -> Vec<&'a str> {
+    cell.split_whitespace()
+        .find_map(|part| part.strip_prefix(side)?.strip_prefix(':'))
+        .map_or(Vec::new(), |list| list.split(',').collect())
 }
 
 fn port_stats(d: &Daemon, name: &str) -> (u64, u64, u64, u64) {
@@ -102,12 +129,23 @@ fn tcp_between_guests_with_offloads_on_both_one_or_no_ends() {
         g.wait_ready(BOOT).unwrap();
     }
 
-    // What each side negotiated, seen from inside and from the switch.
+    // What each side negotiated, seen from inside and from the switch. Every port offers
+    // every offload; a and t take them all, b none, c all but the receive side's
+    // segmentation (GUEST_TSO4/6, which the driver shows as rx-gro-hw).
     // "on", or "on [fixed]" where the guest cannot change it (no CTRL_GUEST_OFFLOADS).
     // (Linux 6.1 shows rx-checksumming on without GUEST_CSUM too: the switch's view of the
     // receive side, below, is the one that counts.)
-    for (g, on) in [(&mut a, "on"), (&mut b, "off")] {
-        for key in ["tcp-segmentation-offload:", "tx-checksumming:"] {
+    for (g, tx, gro) in [
+        (&mut a, "on", "on"),
+        (&mut b, "off", "off"),
+        (&mut c, "on", "off"),
+        (&mut t, "on", "on"),
+    ] {
+        for (key, on) in [
+            ("tcp-segmentation-offload:", tx),
+            ("tx-checksumming:", tx),
+            ("rx-gro-hw:", gro),
+        ] {
             let line = ethtool(g, key);
             assert!(
                 line.starts_with(&format!("{key} {on}")),
@@ -117,6 +155,7 @@ fn tcp_between_guests_with_offloads_on_both_one_or_no_ends() {
         }
     }
     let names = |p: &str| d.switch.port_by_name(p).unwrap().info().feature_names;
+    let has = |p: &str, f: &str| names(p).iter().any(|n| n == f);
     for f in [
         "CSUM",
         "GUEST_CSUM",
@@ -125,14 +164,54 @@ fn tcp_between_guests_with_offloads_on_both_one_or_no_ends() {
         "HOST_TSO6",
         "GUEST_TSO6",
     ] {
-        assert!(
-            names("a").iter().any(|n| n == f),
-            "a negotiated {f}: {:?}",
-            names("a")
+        for p in ["a", "t"] {
+            assert!(has(p, f), "{p} negotiated {f}: {:?}", names(p));
+        }
+        assert!(!has("b", f), "b did not negotiate {f}");
+    }
+    for f in ["CSUM", "HOST_TSO4", "HOST_TSO6", "GUEST_CSUM"] {
+        assert!(has("c", f), "c negotiated {f}: {:?}", names("c"));
+    }
+    for f in ["GUEST_TSO4", "GUEST_TSO6"] {
+        assert!(!has("c", f), "c did not negotiate {f}: {:?}", names("c"));
+    }
+
+    // And as `flowctl show ports` prints it: one queue pair of the 8 offered each, and
+    // what each guest may send offloaded (tx) and takes (rx).
+    let control = dir.join("control.sock");
+    let table = flowctl_at(&control, &["show", "ports"]);
+    for p in ["a", "b", "c", "t"] {
+        let (queues, offloads) = ports_row(&table, p);
+        assert_eq!(queues, "1/8", "{p}: QUEUES in {table}");
+        let (tx, rx) = (offload_list(&offloads, "tx"), offload_list(&offloads, "rx"));
+        match p {
+            "b" => assert_eq!(offloads, "-", "b: OFFLOADS in {table}"),
+            _ => {
+                for o in ["csum", "tso4", "tso6"] {
+                    assert!(tx.contains(&o), "{p}: OFFLOADS '{offloads}' has tx:{o}");
+                    // c takes partial checksums but no super-frames.
+                    let takes = p != "c" || o == "csum";
+                    assert_eq!(rx.contains(&o), takes, "{p}: OFFLOADS '{offloads}', rx:{o}");
+                }
+            }
+        }
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&flowctl_at(&control, &["--json", "show", "ports"])).unwrap();
+    for p in ["a", "b", "c", "t"] {
+        let entry = json
+            .as_array()
+            .and_then(|ports| ports.iter().find(|q| q["name"] == p))
+            .unwrap_or_else(|| panic!("no {p} in {json}"));
+        assert_eq!(
+            entry["queue_pairs"],
+            serde_json::json!([1, 8]),
+            "{p}: {entry}"
         );
-        assert!(
-            !names("b").iter().any(|n| n == f),
-            "b did not negotiate {f}"
+        assert_eq!(
+            entry["feature_names"],
+            serde_json::json!(names(p)),
+            "{p}: --json shows the negotiated features"
         );
     }
 
