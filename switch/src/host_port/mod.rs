@@ -325,9 +325,13 @@ impl Uplink {
     /// and receives nothing), the old attachment is first taken out of the dataplane's
     /// reach and dropped by this thread once no dataplane thread uses it any more (its
     /// close waits for the kernel, and its XDP program and sockets would hold the new
-    /// interface's queues); then a new one is opened. False while not attached.
+    /// interface's queues); then a new one is opened. While no interface of its name
+    /// exists, the uplink has no attachment: frames for it are counted dropped as for a
+    /// guest without buffers, not handed to a socket bound to nothing (an AF_XDP socket
+    /// takes them on its TX ring and would count them sent). False while not attached.
     fn reattach(&self, port: &Port) -> bool {
-        if self.attachment.load().as_ref().is_some_and(|a| !a.stale()) {
+        let gone = afpacket::ifindex(&self.dev).is_err();
+        if !gone && self.attachment.load().as_ref().is_some_and(|a| !a.stale()) {
             return true;
         }
         if let Some(old) = self.attachment.swap(None) {
@@ -338,7 +342,7 @@ impl Uplink {
             }
             drop(old);
         }
-        if afpacket::ifindex(&self.dev).is_err() {
+        if gone {
             return false;
         }
         match Attachment::open(port, &self.dev) {
