@@ -134,6 +134,14 @@ fn trunk_across_the_wire(test: &str, kind: &str) {
         ns.ip(&["addr", "add", addr, "dev", dev]).unwrap();
     }
     assert_eq!(sw_near.port("up")["socket"], attachment(kind));
+    // Frames for a link not (yet) up are counted dropped: start once both ends see it up
+    // (attaching XDP on one end of a veth bounces the carrier of both).
+    for sw in [&sw_near, &sw_far] {
+        netns::wait_until(Duration::from_secs(5), "the uplinks shown connected", || {
+            Ok(sw.port("up")["state"] == "connected")
+        })
+        .unwrap();
+    }
     assert_eq!(
         sw_near.port("host10")["queue_pairs"],
         serde_json::json!([1, 1])
@@ -751,6 +759,41 @@ fn guests_keep_forwarding(test: &str, kind: &str) {
     let mut b = TestPort::connect(FrontendConfig::new(dir.join("b.sock"))).expect("b");
     let wire_end = Wire::open(&far, "pbup");
     a_and_b_exchange(&mut a, &mut b, Some(&wire_end), 1, 1514);
+
+    // The interface set down: the same as gone for what is sent on it (counted dropped, not
+    // sent, and nothing stale leaves once it is up again).
+    near.ip(&["link", "set", "pbup", "down"]).unwrap();
+    netns::wait_until(Duration::from_secs(5), "the uplink shown down", || {
+        Ok(sw.port("up")["state"] == "down")
+    })
+    .unwrap();
+    let before = port_counters(&sw, "up");
+    const WHILE_DOWN: u16 = 4;
+    for seq in 0..WHILE_DOWN {
+        a_and_b_exchange(&mut a, &mut b, None, 50 + seq, 1514);
+    }
+    let down = port_counters(&sw, "up");
+    assert_eq!(
+        down.tx_packets, before.tx_packets,
+        "nothing counted sent on a downed interface: {down:?}"
+    );
+    assert_eq!(
+        down.drop_count("no-buffer"),
+        before.drop_count("no-buffer") + u64::from(WHILE_DOWN),
+        "each broadcast for the downed interface counted dropped: {down:?}"
+    );
+    near.ip(&["link", "set", "pbup", "up"]).unwrap();
+    netns::wait_until(Duration::from_secs(5), "the uplink shown up again", || {
+        Ok(sw.port("up")["state"] == "connected")
+    })
+    .unwrap();
+    a_and_b_exchange(&mut a, &mut b, Some(&wire_end), 60, 1514);
+    assert!(
+        wire_end
+            .recv_from(A.0, Duration::from_millis(300))
+            .is_none(),
+        "nothing sent while down left late"
+    );
 
     // The interface deleted under the switch (the whole veth pair goes).
     drop(wire_end);

@@ -94,17 +94,17 @@ impl LinkWatch {
 
     /// Looks at the interface if it is time: `before` runs first (an uplink re-attaches
     /// there, so it is ready once shown up; false: not attached, so down), then the port's
-    /// state follows the interface.
-    fn check(&mut self, port: &Port, dev: &str, before: impl FnOnce() -> bool) {
+    /// state follows the interface. Whether it is up, when it looked.
+    fn check(&mut self, port: &Port, dev: &str, before: impl FnOnce() -> bool) -> Option<bool> {
         if port.is_removed() {
-            return;
+            return None;
         }
         let now = std::time::Instant::now();
         if self
             .checked
             .is_some_and(|t| now.duration_since(t).as_millis() < RX_WAIT_MS as u128)
         {
-            return;
+            return None;
         }
         self.checked = Some(now);
         let attached = before();
@@ -124,6 +124,7 @@ impl LinkWatch {
             );
             port.set_state(state);
         }
+        Some(state == LinkState::Connected)
     }
 }
 
@@ -234,6 +235,10 @@ pub struct Uplink {
     generation: std::sync::atomic::AtomicU64,
     /// Rung when the attachment changes, so sleeping workers wait on the new sockets.
     doorbell: Arc<Doorbell>,
+    /// The interface is up with a carrier, as the link watch last saw it: while it is not,
+    /// frames for it are counted dropped (an AF_XDP socket would take them on its TX ring,
+    /// count them sent and send them, stale, once the link is back).
+    link_up: std::sync::atomic::AtomicBool,
 }
 
 /// Hands out tap queues to dataplane threads.
@@ -265,14 +270,11 @@ impl Uplink {
             );
         }
         let how = attachment.describe();
+        let up = tap::running(&dev) == Some(true);
         log::info!(
             "port {}: uplink on {dev} ({how}, MTU {mtu}, link {})",
             port.name,
-            if tap::running(&dev) == Some(true) {
-                "up"
-            } else {
-                "down"
-            }
+            if up { "up" } else { "down" }
         );
         port.set_attachment(how);
         port.set_host_queues(attachment.queues());
@@ -282,6 +284,7 @@ impl Uplink {
             max_frame: mtu + L2_OVERHEAD,
             generation: std::sync::atomic::AtomicU64::new(0),
             doorbell,
+            link_up: std::sync::atomic::AtomicBool::new(up),
         })
     }
 
@@ -374,7 +377,9 @@ impl Uplink {
         let mut link = LinkWatch::new();
         let mut busy = false;
         while !fabric.is_stopping() && !port.is_removed() {
-            link.check(port, &self.dev, || self.reattach(port));
+            if let Some(up) = link.check(port, &self.dev, || self.reattach(port)) {
+                self.link_up.store(up, std::sync::atomic::Ordering::Relaxed);
+            }
             let Some(attachment) = self.attachment.load_full() else {
                 thread::sleep(std::time::Duration::from_millis(RX_WAIT_MS as u64));
                 continue;
@@ -485,6 +490,10 @@ impl HostEgress for Uplink {
         group: &[Delivery],
         headers: Headers<'_>,
     ) {
+        if !self.link_up.load(std::sync::atomic::Ordering::Relaxed) {
+            port.counters.drop(DropReason::NoBuffer, group.len() as u64);
+            return;
+        }
         match self.attachment.load().as_deref() {
             Some(Attachment::Xdp(x)) => x.send(port, source, frames, group, headers),
             Some(Attachment::Packet(sock, _)) => UPLINK_TX.with(|s| match s.try_borrow_mut() {
