@@ -422,10 +422,11 @@ pub fn parse_port_flag(spec: &str) -> Result<PortConfig, ConfigError> {
                     "vhost" => PortKind::Vhost,
                     "internal" => PortKind::Internal,
                     "afpacket" => PortKind::Afpacket,
-                    "afxdp" => PortKind::Afxdp,
+                    // The uplink kind measured fastest, AF_PACKET where it cannot attach.
+                    "afxdp" | "uplink" => PortKind::Afxdp,
                     _ => {
                         return Err(err(format!(
-                            "type '{v}' is not vhost, internal, afpacket or afxdp"
+                            "type '{v}' is not vhost, internal, uplink, afpacket or afxdp"
                         )))
                     }
                 }
@@ -648,6 +649,14 @@ trunks = "10,20-30"
         )
         .unwrap();
         assert_eq!(c.ports[1].kind, PortKind::Afxdp);
+        let c = Config::from_toml(
+            Path::new("t.toml"),
+            &ok.replace("\"afpacket\"", "\"uplink\""),
+        )
+        .unwrap();
+        assert_eq!(c.ports[1].kind, PortKind::Afxdp, "uplink: the measured default");
+        let spec = parse_port_flag("name=u,type=uplink,interface=eth1").unwrap();
+        assert_eq!(spec.kind, PortKind::Afxdp);
         let spec = parse_port_flag("name=h,type=internal,vlan=20").unwrap();
         assert_eq!((spec.kind, spec.vlan), (PortKind::Internal, Some(20)));
     }

@@ -609,6 +609,9 @@ pub enum PortKind {
     /// An existing interface (a NIC, a veth), through an AF_PACKET socket: the uplink.
     Afpacket,
     /// An existing interface through AF_XDP sockets (AF_PACKET where XDP cannot attach).
+    /// `type = "uplink"` picks it: on the interfaces measured (veth, copy mode) it moved more
+    /// frames than AF_PACKET at every size (docs/performance.md, "Host ports").
+    #[serde(alias = "uplink")]
     Afxdp,
 }
 
