@@ -577,6 +577,31 @@ trunks = "10,20-30"
     }
 
     #[test]
+    fn the_arp_nd_proxy_is_set_in_a_vni_entry() {
+        let text = "[vxlan]\nlocal_ip = \"198.51.100.1\"\n\
+                    [[vxlan.vnis]]\nvni = 100\nvlan = 10\nproxy = true\n\
+                    [[vxlan.vnis]]\nvni = 200\nvlan = 20\n";
+        let c = Config::from_toml(Path::new("t.toml"), text).unwrap();
+        let vxlan = c.vxlan.unwrap();
+        assert_eq!(vxlan.proxy_vnis, vec![100], "on where set, off by default");
+        assert_eq!(vxlan.vnis.len(), 2);
+        let e = Config::from_toml(Path::new("t.toml"), &text.replace("proxy", "prox"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("prox"), "{e}");
+        let e = Config::from_toml(
+            Path::new("t.toml"),
+            &text.replace(
+                "[[vxlan.vnis]]\nvni = 100",
+                "neigh_table_size = 2000000\n[[vxlan.vnis]]\nvni = 100",
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("neigh_table_size"), "{e}");
+    }
+
+    #[test]
     fn evpn_section_parses_and_is_checked() {
         let vxlan = "[vxlan]\nlocal_ip = \"198.51.100.1\"\nvnis = [{ vni = 100, vlan = 10 }]\n\n";
         let c = Config::from_toml(Path::new("t.toml"), &format!("{vxlan}[evpn]\n")).unwrap();
@@ -654,7 +679,11 @@ trunks = "10,20-30"
             &ok.replace("\"afpacket\"", "\"uplink\""),
         )
         .unwrap();
-        assert_eq!(c.ports[1].kind, PortKind::Afxdp, "uplink: the measured default");
+        assert_eq!(
+            c.ports[1].kind,
+            PortKind::Afxdp,
+            "uplink: the measured default"
+        );
         let spec = parse_port_flag("name=u,type=uplink,interface=eth1").unwrap();
         assert_eq!(spec.kind, PortKind::Afxdp);
         let spec = parse_port_flag("name=h,type=internal,vlan=20").unwrap();

@@ -137,9 +137,11 @@ fn trunk_across_the_wire(test: &str, kind: &str) {
     // Frames for a link not (yet) up are counted dropped: start once both ends see it up
     // (attaching XDP on one end of a veth bounces the carrier of both).
     for sw in [&sw_near, &sw_far] {
-        netns::wait_until(Duration::from_secs(5), "the uplinks shown connected", || {
-            Ok(sw.port("up")["state"] == "connected")
-        })
+        netns::wait_until(
+            Duration::from_secs(5),
+            "the uplinks shown connected",
+            || Ok(sw.port("up")["state"] == "connected"),
+        )
         .unwrap();
     }
     assert_eq!(
