@@ -1083,7 +1083,7 @@ measure() {
             start_kernel_bridge || ok=0
         fi
     fi
-    local pps=0 tx_pps=0 secs=0 sut_cpu=0 src_cpu=0 other=0 tries
+    local pps=0 tx_pps=0 secs=0 sut_cpu=0 src_cpu=0 other=0 tries per_side=""
     if ((ok)); then
         # Links come up asynchronously: frames sent before both sides are ready are lost,
         # which in the closed loop would leave nothing circulating. Start, and restart if
@@ -1105,12 +1105,21 @@ measure() {
     fi
     if ((ok)); then
         sleep "$WARMUP"
-        local t0 t1 s0 s1 c0 c1 m0 m1
+        local t0 t1 s0 s1 c0 c1 m0 m1 a0=0 a1=0
         src_stats >/dev/null
+        # Two switches (the vxlan variant's hosts): host A's share is kept apart too.
+        [[ -n ${SUT_PID2:-} ]] && a0=$(ticks "$SUT_PID")
         t0=$(now) s0=$(sut_ticks) c0=$(ticks "$SRC_PID") m0=$(machine_busy)
         measure_window "$case" "$case-$variant-$size-$mode-$round"
         read -r pps tx_pps < <(src_stats)
         t1=$(now) s1=$(sut_ticks) c1=$(ticks "$SRC_PID") m1=$(machine_busy)
+        [[ -n ${SUT_PID2:-} ]] && a1=$(ticks "$SUT_PID")
+        if [[ -n ${SUT_PID2:-} ]]; then
+            per_side=$(awk -v t0="$t0" -v t1="$t1" -v a="$((a1 - a0))" -v s="$((s1 - s0))" \
+                -v hz="$CLK_TCK" 'BEGIN { d = t1 - t0
+                    printf "CPU per side: host A %.1f%%, host B %.1f%%", 100 * a / hz / d,
+                        100 * (s - a) / hz / d }')
+        fi
         read -r secs sut_cpu src_cpu other < <(awk -v t0="$t0" -v t1="$t1" -v s="$((s1 - s0))" \
             -v c="$((c1 - c0))" -v m="$((m1 - m0))" -v hz="$CLK_TCK" 'BEGIN {
                 d = t1 - t0; o = (m - s - c) / hz / d; if (o < 0) o = 0
@@ -1137,7 +1146,7 @@ measure() {
     # The switch's own view (counters, drops, learned MACs), for reading logs afterwards.
     local syscalls="" side
     if [[ $variant == vxlan && $case == patchbay-* ]]; then
-        syscalls=$(vxlan_syscalls "$dir")
+        syscalls="$(vxlan_syscalls "$dir")${per_side:+; $per_side}"
         for side in 0 1; do
             "$RUN/bin/flowctl" --socket "$dir/ctl$side.sock" show tunnel
             "$RUN/bin/flowctl" --socket "$dir/ctl$side.sock" show ports
