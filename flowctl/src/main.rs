@@ -320,10 +320,13 @@ enum Command {
         limits: Vec<CtLimit>,
     },
 
-    /// Change the VXLAN tunnel: VNI mappings, flood lists, static remote MACs.
+    /// Change the VXLAN tunnel: VNI mappings, flood lists, static remote MACs, the ARP/ND
+    /// proxy.
     #[command(
         after_help = "Examples:\n  flowctl tunnel map 42 10\n  flowctl tunnel add-remote 42 192.0.2.2\n  \
-                      flowctl tunnel add-mac 42 52:54:00:00:00:02 192.0.2.2\n  flowctl show tunnel"
+                      flowctl tunnel add-mac 42 52:54:00:00:00:02 192.0.2.2\n  \
+                      flowctl tunnel proxy 42 on\n  flowctl tunnel add-neigh 42 10.0.0.2 52:54:00:00:00:02\n  \
+                      flowctl show tunnel"
     )]
     Tunnel {
         #[command(subcommand)]
@@ -410,6 +413,31 @@ enum TunnelOp {
     },
     /// Remove a static entry.
     DelMac { vni: u32, mac: String },
+    /// Turn the VNI's ARP/ND proxy on or off: ARP requests and IPv6 neighbour solicitations
+    /// from local guests for addresses known behind remote VTEPs are answered here instead of
+    /// crossing the tunnel (as the kernel vxlan device's `proxy`). Off forgets what it learned.
+    Proxy {
+        vni: u32,
+        #[arg(action = clap::ArgAction::Set, value_parser = parse_on_off, value_name = "on|off")]
+        state: bool,
+    },
+    /// A static address for the VNI's proxy: IP is at MAC (never aged, beats learning;
+    /// answered while MAC is behind a remote VTEP), as `ip neigh add` for the kernel's.
+    AddNeigh {
+        vni: u32,
+        ip: std::net::IpAddr,
+        mac: String,
+    },
+    /// Remove a static proxy address.
+    DelNeigh { vni: u32, ip: std::net::IpAddr },
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(format!("'{s}' is not on or off")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -983,6 +1011,28 @@ fn run(cli: &Cli, client: &mut Client, vlan: Option<VlanConfig>) -> Result<(), C
                         mac: mac.clone(),
                     },
                     format!("VNI {vni}: {mac} removed"),
+                ),
+                TunnelOp::Proxy { vni, state } => (
+                    Request::TunnelSetProxy {
+                        vni: *vni,
+                        proxy: *state,
+                    },
+                    format!(
+                        "VNI {vni}: ARP/ND proxy {}",
+                        if *state { "on" } else { "off" }
+                    ),
+                ),
+                TunnelOp::AddNeigh { vni, ip, mac } => (
+                    Request::TunnelAddNeighbor {
+                        vni: *vni,
+                        ip: *ip,
+                        mac: mac.clone(),
+                    },
+                    format!("VNI {vni}: {ip} -> {mac} (static)"),
+                ),
+                TunnelOp::DelNeigh { vni, ip } => (
+                    Request::TunnelDelNeighbor { vni: *vni, ip: *ip },
+                    format!("VNI {vni}: {ip} removed"),
                 ),
             };
             let result = client.call(request)?;

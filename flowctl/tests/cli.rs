@@ -481,6 +481,97 @@ fn tunnel_commands_change_and_show_the_vtep() {
 }
 
 #[test]
+fn tunnel_proxy_commands_set_the_proxy_and_its_static_addresses() {
+    // A free UDP port below the ephemeral range, as above.
+    let udp_port = (0..2000u16)
+        .map(|i| 20_000 + ((std::process::id() as u16).wrapping_mul(37).wrapping_add(i) % 12_000))
+        .find(|p| std::net::UdpSocket::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free UDP port below the ephemeral range");
+    let sw = TestSwitch::start_with("tunnel-proxy", |c| {
+        let mut vtep = patchbay_overlay::vtep::VtepConfig::new("127.0.0.1".parse().unwrap());
+        vtep.port = udp_port;
+        vtep.vnis.push(patchbay_overlay::vtep::VniConfig {
+            vni: 42,
+            vlan: 10,
+            remotes: vec!["127.0.0.2".parse().unwrap()],
+        });
+        c.vxlan = Some(vtep);
+    });
+    let vni42 = |snap: &serde_json::Value| snap["vnis"][0].clone();
+    assert_eq!(
+        vni42(&sw.json(&["show", "tunnel"]))["proxy"],
+        false,
+        "off by default"
+    );
+    assert_eq!(
+        sw.ok(&["tunnel", "proxy", "42", "on"]).trim(),
+        "VNI 42: ARP/ND proxy on"
+    );
+    let snap = sw.json(&["show", "tunnel"]);
+    assert_eq!(vni42(&snap)["proxy"], true);
+    assert_eq!(vni42(&snap)["proxy_arp_replies"], 0);
+    assert!(sw
+        .ok(&[
+            "tunnel",
+            "add-neigh",
+            "42",
+            "2001:db8::9",
+            "52:54:00:00:00:09"
+        ])
+        .contains("VNI 42: 2001:db8::9 -> 52:54:00:00:00:09 (static)"));
+    let snap = sw.json(&["show", "tunnel"]);
+    let n = &snap["neighbors"][0];
+    assert_eq!(
+        (&n["vni"], &n["ip"], &n["mac"], &n["origin"]),
+        (
+            &serde_json::json!(42),
+            &serde_json::json!("2001:db8::9"),
+            &serde_json::json!("52:54:00:00:00:09"),
+            &serde_json::json!("static")
+        )
+    );
+    // Errors: from flowctl's own parsing (exit 2) or from the switch (exit 1).
+    for (args, code, says) in [
+        (vec!["tunnel", "proxy", "42", "maybe"], 2, "not on or off"),
+        (
+            vec!["tunnel", "proxy", "43", "on"],
+            1,
+            "VNI 43 is not mapped",
+        ),
+        (
+            vec!["tunnel", "add-neigh", "42", "10.0.0.1", "nonsense"],
+            1,
+            "not a MAC",
+        ),
+        (
+            vec![
+                "tunnel",
+                "add-neigh",
+                "42",
+                "255.255.255.255",
+                "52:54:00:00:00:09",
+            ],
+            1,
+            "255.255.255.255",
+        ),
+        (
+            vec!["tunnel", "del-neigh", "42", "10.0.0.1"],
+            1,
+            "no static address entry",
+        ),
+    ] {
+        let out = sw.flowctl(&args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+    sw.ok(&["tunnel", "del-neigh", "42", "2001:db8::9"]);
+    sw.ok(&["tunnel", "proxy", "42", "off"]);
+    let snap = sw.json(&["show", "tunnel"]);
+    assert_eq!(vni42(&snap)["proxy"], false);
+    assert_eq!(snap["neighbors"], serde_json::json!([]));
+}
+
+#[test]
 fn flow_commands_work_from_files_and_report_bad_lines() {
     let sw = TestSwitch::start("flows");
     let file = sw.dir.join("rules.txt");

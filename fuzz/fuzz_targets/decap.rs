@@ -1,6 +1,7 @@
 //! The VXLAN receive path on arbitrary input: the first four bytes are the outer source
 //! address, the rest is the UDP payload. Checks that nothing panics and that an accepted inner
-//! frame lies within the payload, then runs it through the VTEP tables as the switch does.
+//! frame lies within the payload, then runs it through the VTEP tables (and the ARP/ND proxy)
+//! as the switch does.
 
 #![no_main]
 
@@ -10,7 +11,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use patchbay_overlay::vtep::{UnknownVtepPolicy, VniConfig, Vtep, VtepConfig};
-use patchbay_overlay::{decap, source_port, TunnelDrop};
+use patchbay_overlay::{decap, proxy, source_port, TunnelDrop};
 
 fn vtep() -> &'static Vtep {
     static VTEP: OnceLock<Vtep> = OnceLock::new();
@@ -20,6 +21,9 @@ fn vtep() -> &'static Vtep {
             mac_aging_secs: 2,
             // Learning from any sender reaches more of the tables than the default `drop`.
             unknown_vtep: UnknownVtepPolicy::Learn,
+            neigh_table_size: 64,
+            // The ARP/ND proxy of half the VNIs reads every inner frame.
+            proxy_vnis: vec![0, 1],
             vnis: (0..4)
                 .map(|i| VniConfig {
                     vni: i,
@@ -70,6 +74,18 @@ fuzz_target!(|data: &[u8]| {
                     vtep.learn(vni, mac, remote, now);
                     vtep.count_rx(vni, remote, inner.len() as u64);
                     let _ = vtep.lookup(vni, mac, now);
+                    let _ = proxy::is_candidate(inner);
+                    if let Ok(m) = proxy::parse(inner) {
+                        if let Some(b) = m.binding() {
+                            vtep.learn_neighbor(vni, b, now);
+                        }
+                        if let Some(q) = m.question() {
+                            if let Some(t) = vtep.proxy_target(vni, q.target, now) {
+                                let reply = proxy::answer(&q, t.known);
+                                assert!(proxy::parse(reply.as_bytes()).is_ok());
+                            }
+                        }
+                    }
                 }
                 Err(reason) => vtep.count_drop(Some(vni), reason),
             }

@@ -28,6 +28,8 @@ fn decap_never_panics() {
         mac_aging_secs: 5,
         // Learning from any sender reaches more of the tables than the default `drop`.
         unknown_vtep: UnknownVtepPolicy::Learn,
+        neigh_table_size: 64,
+        proxy_vnis: (0..4).collect(),
         vnis: (0..8)
             .map(|i| VniConfig {
                 vni: i,
@@ -91,6 +93,18 @@ fn decap_never_panics() {
                     vtep.learn(vni, mac, remote, now);
                     vtep.count_rx(vni, remote, inner.len() as u64);
                     let _ = vtep.lookup(vni, mac, now);
+                    // The ARP/ND proxy reads every inner frame as the tunnel port does.
+                    let _ = crate::proxy::is_candidate(inner);
+                    if let Ok(m) = crate::proxy::parse(inner) {
+                        if let Some(b) = m.binding() {
+                            vtep.learn_neighbor(vni, b, now);
+                        }
+                        if let Some(q) = m.question() {
+                            if let Some(t) = vtep.proxy_target(vni, q.target, now) {
+                                let _ = crate::proxy::answer(&q, t.known);
+                            }
+                        }
+                    }
                 }
             }
             Err(e) => {

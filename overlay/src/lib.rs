@@ -6,9 +6,12 @@
 //! port are validated
 //! ([`mod@decap`]) and checked against the [`vtep::Vtep`] tables before their inner frame is
 //! switched. Everything on the per-frame path works on borrowed buffers and does not allocate.
+//! A VNI may answer ARP and IPv6 neighbour discovery for addresses known behind remote VTEPs
+//! instead of flooding the questions through the tunnel ([`proxy`], off by default).
 
 pub mod decap;
 pub mod encap;
+pub mod proxy;
 pub mod vtep;
 pub mod wire;
 
@@ -24,7 +27,7 @@ pub const VXLAN_PORT: u16 = 4789;
 pub use decap::{decap, DecapError};
 pub use encap::{max_inner_frame, source_port, OUTER_LEN};
 pub use vtep::{
-    LocalMacMove, TunnelDrop, UnknownVtepPolicy, VniConfig, Vtep, VtepConfig, VtepError,
+    LocalMacMove, TunnelDrop, UnknownVtepPolicy, VniConfig, VniSpec, Vtep, VtepConfig, VtepError,
     VtepSnapshot,
 };
 pub use wire::{VxlanPacket, VxlanRepr};

@@ -4,8 +4,11 @@
 //! One [`Vtep`] is shared by all the switch's threads. Read-mostly, like the switch's MAC
 //! table: the per-frame methods take read locks and touch atomics; a write lock is taken only
 //! for a new MAC address or a newly seen remote, and by the control path. Locks are taken in
-//! the order VNI table, then remotes or MACs (never both at once), and none is held while
-//! calling back into the caller.
+//! the order VNI table, then remotes, MACs or known addresses (never two of those at once),
+//! and none is held while calling back into the caller.
+//!
+//! Each VNI may also answer ARP and neighbour discovery for addresses known behind remote
+//! VTEPs ([`crate::proxy`]; the known addresses are a table here too).
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv6Addr};
@@ -18,6 +21,9 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::decap::DecapError;
+use crate::proxy::{
+    Binding, Known, NeighLearned, NeighTable, NeighborSnapshot, Protocol as ProxyProtocol,
+};
 use crate::{Vni, MAX_VNI, VXLAN_PORT};
 
 /// Most remotes that are not in any flood list whose traffic is counted separately. Sources
@@ -26,8 +32,9 @@ use crate::{Vni, MAX_VNI, VXLAN_PORT};
 /// entry ([`VtepSnapshot::remote_overflow`]).
 pub const MAX_LEARNED_REMOTES: usize = 1024;
 
-/// Largest `mac_table_size` accepted: the table is allocated at full size up front (so that
-/// learning never allocates on the frame path), which must stay reasonable.
+/// Largest `mac_table_size` (and `neigh_table_size`) accepted: the tables are allocated at
+/// full size up front (so that learning never allocates on the frame path), which must stay
+/// reasonable.
 pub const MAX_MAC_TABLE_SIZE: usize = 1 << 20;
 
 /// Keyed with a per-process random seed: peers choose MACs and addresses, so the hash must not
@@ -70,41 +77,129 @@ pub struct VniConfig {
     pub remotes: Vec<IpAddr>,
 }
 
-/// The VTEP as configured (and, from [`Vtep::config`], as it stands).
+/// One `[[vxlan.vnis]]` entry as the config file (and the state file) writes it: the mapping
+/// ([`VniConfig`]) and the VNI's own options. In Rust the options are fields of [`VtepConfig`]
+/// (`proxy_vnis`) rather than of [`VniConfig`], so that code building a `VniConfig` keeps
+/// compiling as options are added.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct VniSpec {
+    pub vni: Vni,
+    pub vlan: u16,
+    #[serde(default)]
+    pub remotes: Vec<IpAddr>,
+    /// Answer ARP requests and IPv6 neighbour solicitations from local guests for addresses
+    /// known behind remote VTEPs, instead of flooding them through the tunnel (the kernel
+    /// vxlan device's `proxy`; [`crate::proxy`]). Off by default. Written only when on, so
+    /// that a state file without it still reads in an older switch.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub proxy: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The VTEP as configured (and, from [`Vtep::config`], as it stands). Read from and written
+/// as [`VtepConfigFile`] (the `[vxlan]` section), where each VNI's options sit in its entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "VtepConfigFile", into = "VtepConfigFile")]
 pub struct VtepConfig {
     /// Source address of encapsulated packets; remotes send to it.
     pub local_ip: IpAddr,
     /// UDP port to send to and listen on.
-    #[serde(default = "default_port")]
     pub port: u16,
     /// MTU of the underlay: inner frames larger than `underlay_mtu - 36` are dropped as
     /// too-big (DF is set; there is no fragmentation).
-    #[serde(default = "default_underlay_mtu")]
     pub underlay_mtu: u32,
-    #[serde(default)]
     pub unknown_vtep: UnknownVtepPolicy,
     /// May a tunnel packet claim a MAC learned on a local port (see [`LocalMacMove`])?
-    #[serde(default)]
     pub local_mac_move: LocalMacMove,
-    /// Seconds an idle learned remote MAC is kept.
-    #[serde(default = "default_mac_aging_secs")]
+    /// Seconds an idle learned remote MAC (or known address of the ARP/ND proxy) is kept.
     pub mac_aging_secs: u64,
     /// Most remote MACs held (static ones included); beyond it new ones are not learned and
     /// their frames keep flooding.
-    #[serde(default = "default_mac_table_size")]
     pub mac_table_size: usize,
     /// Most learned remote MACs in one VNI, so that the remotes of one VNI cannot fill the
     /// table for all (`mac_table_size` still bounds the total).
-    #[serde(default = "default_mac_table_size_per_vni")]
     pub mac_table_size_per_vni: usize,
+    /// Most addresses the ARP/ND proxy learns, all VNIs together (static ones come on top);
+    /// beyond it new ones are not learned (counted per VNI as `proxy_table_full`) and
+    /// questions for them cross the tunnel as without the proxy.
+    pub neigh_table_size: usize,
     /// Use the kernel's UDP segmentation (GSO: equal-sized packets to one remote leave in
     /// one send) and receive coalescing (GRO) where it has them (detected at start-up).
-    #[serde(default = "default_udp_offloads")]
     pub udp_offloads: bool,
-    #[serde(default)]
     pub vnis: Vec<VniConfig>,
+    /// The VNIs (of `vnis`) whose ARP/ND proxy is on (`proxy = true` in their entry).
+    pub proxy_vnis: Vec<Vni>,
+}
+
+/// [`VtepConfig`] as the `[vxlan]` section writes it: the same fields, with the defaults
+/// that may be left out, and each VNI's options in its `[[vxlan.vnis]]` entry ([`VniSpec`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VtepConfigFile {
+    local_ip: IpAddr,
+    #[serde(default = "default_port")]
+    port: u16,
+    #[serde(default = "default_underlay_mtu")]
+    underlay_mtu: u32,
+    #[serde(default)]
+    unknown_vtep: UnknownVtepPolicy,
+    #[serde(default)]
+    local_mac_move: LocalMacMove,
+    #[serde(default = "default_mac_aging_secs")]
+    mac_aging_secs: u64,
+    #[serde(default = "default_mac_table_size")]
+    mac_table_size: usize,
+    #[serde(default = "default_mac_table_size_per_vni")]
+    mac_table_size_per_vni: usize,
+    #[serde(default = "default_neigh_table_size")]
+    neigh_table_size: usize,
+    #[serde(default = "default_udp_offloads")]
+    udp_offloads: bool,
+    #[serde(default)]
+    vnis: Vec<VniSpec>,
+}
+
+impl From<VtepConfigFile> for VtepConfig {
+    fn from(f: VtepConfigFile) -> Self {
+        let mut cfg = VtepConfig {
+            local_ip: f.local_ip,
+            port: f.port,
+            underlay_mtu: f.underlay_mtu,
+            unknown_vtep: f.unknown_vtep,
+            local_mac_move: f.local_mac_move,
+            mac_aging_secs: f.mac_aging_secs,
+            mac_table_size: f.mac_table_size,
+            mac_table_size_per_vni: f.mac_table_size_per_vni,
+            neigh_table_size: f.neigh_table_size,
+            udp_offloads: f.udp_offloads,
+            vnis: Vec::new(),
+            proxy_vnis: Vec::new(),
+        };
+        cfg.set_vni_specs(f.vnis);
+        cfg
+    }
+}
+
+impl From<VtepConfig> for VtepConfigFile {
+    fn from(c: VtepConfig) -> Self {
+        VtepConfigFile {
+            vnis: c.vni_specs(),
+            local_ip: c.local_ip,
+            port: c.port,
+            underlay_mtu: c.underlay_mtu,
+            unknown_vtep: c.unknown_vtep,
+            local_mac_move: c.local_mac_move,
+            mac_aging_secs: c.mac_aging_secs,
+            mac_table_size: c.mac_table_size,
+            mac_table_size_per_vni: c.mac_table_size_per_vni,
+            neigh_table_size: c.neigh_table_size,
+            udp_offloads: c.udp_offloads,
+        }
+    }
 }
 
 fn default_udp_offloads() -> bool {
@@ -126,6 +221,9 @@ fn default_mac_table_size() -> usize {
 fn default_mac_table_size_per_vni() -> usize {
     4096
 }
+fn default_neigh_table_size() -> usize {
+    8192
+}
 
 impl VtepConfig {
     /// A configuration with every default and no VNIs.
@@ -139,9 +237,37 @@ impl VtepConfig {
             mac_aging_secs: default_mac_aging_secs(),
             mac_table_size: default_mac_table_size(),
             mac_table_size_per_vni: default_mac_table_size_per_vni(),
+            neigh_table_size: default_neigh_table_size(),
             udp_offloads: default_udp_offloads(),
             vnis: Vec::new(),
+            proxy_vnis: Vec::new(),
         }
+    }
+
+    /// The VNIs as the config file writes them, each with its options.
+    pub fn vni_specs(&self) -> Vec<VniSpec> {
+        self.vnis
+            .iter()
+            .map(|v| VniSpec {
+                vni: v.vni,
+                vlan: v.vlan,
+                remotes: v.remotes.clone(),
+                proxy: self.proxy_vnis.contains(&v.vni),
+            })
+            .collect()
+    }
+
+    /// Replaces the VNIs, and their options, with `specs`.
+    pub fn set_vni_specs(&mut self, specs: Vec<VniSpec>) {
+        self.proxy_vnis = specs.iter().filter(|s| s.proxy).map(|s| s.vni).collect();
+        self.vnis = specs
+            .into_iter()
+            .map(|s| VniConfig {
+                vni: s.vni,
+                vlan: s.vlan,
+                remotes: s.remotes,
+            })
+            .collect();
     }
 
     /// Checks every field; the first problem is reported with its path (`vnis[1].vlan`).
@@ -180,6 +306,20 @@ impl VtepConfig {
                     self.mac_table_size_per_vni
                 ),
             ));
+        }
+        if self.neigh_table_size > MAX_MAC_TABLE_SIZE {
+            return Err(err(
+                "neigh_table_size".into(),
+                format!("{} is above {MAX_MAC_TABLE_SIZE}", self.neigh_table_size),
+            ));
+        }
+        for (i, vni) in self.proxy_vnis.iter().enumerate() {
+            if !self.vnis.iter().any(|v| v.vni == *vni) {
+                return Err(err(
+                    format!("proxy_vnis[{i}]"),
+                    format!("VNI {vni} is not in `vnis`"),
+                ));
+            }
         }
         for (i, v) in self.vnis.iter().enumerate() {
             check_vni(v.vni).map_err(|m| err(format!("vnis[{i}].vni"), m))?;
@@ -299,6 +439,8 @@ pub enum VtepError {
     UnknownStatic { vni: Vni, mac: String },
     #[error("the remote MAC table is full ({max} entries): {mac} in VNI {vni} not installed")]
     MacTableFull { vni: Vni, mac: String, max: usize },
+    #[error("VNI {vni} has no static address entry for {ip}")]
+    UnknownNeighbor { vni: Vni, ip: IpAddr },
 }
 
 fn invalid(field: &str, message: String) -> VtepError {
@@ -425,6 +567,15 @@ impl Traffic {
     }
 }
 
+/// What the ARP/ND proxy of one VNI did.
+#[derive(Debug, Default)]
+struct ProxyCounters {
+    arp_replies: AtomicU64,
+    nd_replies: AtomicU64,
+    /// Addresses not learned because the table was full.
+    table_full: AtomicU64,
+}
+
 /// Drop counters indexed by [`TunnelDrop`].
 #[derive(Debug, Default)]
 struct Drops([AtomicU64; TunnelDrop::ALL.len()]);
@@ -455,6 +606,9 @@ struct VniEntry {
     /// Whether source MACs of tunnel packets are learned (off where BGP EVPN is the only
     /// source of remote MACs, as `nolearning` on a Linux EVPN host's vxlan device).
     learning: bool,
+    /// Whether the VNI's ARP/ND proxy is on (it learns addresses and answers questions).
+    proxy: bool,
+    proxy_counters: ProxyCounters,
     traffic: Traffic,
     drops: Drops,
 }
@@ -611,6 +765,8 @@ pub struct Vtep {
     vnis: RwLock<VniTable>,
     macs: RwLock<MacTable>,
     remotes: RwLock<RemoteTable>,
+    /// The ARP/ND proxy's known addresses (it has its own lock).
+    neighbors: NeighTable,
     remote_overflow: Traffic,
     /// Drops with no mapped VNI to charge them to.
     drops: Drops,
@@ -642,8 +798,9 @@ impl Vtep {
                 remotes.acquire(*r, 0);
             }
             vnis.by_vlan.insert(v.vlan, v.vni);
-            vnis.by_vni
-                .insert(v.vni, VniEntry::new(v.vlan, v.remotes.iter().copied()));
+            let mut entry = VniEntry::new(v.vlan, v.remotes.iter().copied());
+            entry.proxy = cfg.proxy_vnis.contains(&v.vni);
+            vnis.by_vni.insert(v.vni, entry);
             learned_per_vni.insert(v.vni, 0);
         }
         Ok(Vtep {
@@ -663,6 +820,7 @@ impl Vtep {
                 last_sweep: None,
             }),
             remotes: RwLock::new(remotes),
+            neighbors: NeighTable::new(cfg.neigh_table_size, cfg.mac_aging_secs),
             remote_overflow: Traffic::default(),
             drops: Drops::default(),
             epoch: Instant::now(),
@@ -689,6 +847,13 @@ impl Vtep {
             })
             .collect();
         vnis.sort_by_key(|v| v.vni);
+        let mut proxy_vnis: Vec<Vni> = t
+            .by_vni
+            .iter()
+            .filter(|(_, e)| e.proxy)
+            .map(|(vni, _)| *vni)
+            .collect();
+        proxy_vnis.sort_unstable();
         VtepConfig {
             local_ip: self.local_ip,
             port: self.port,
@@ -698,8 +863,10 @@ impl Vtep {
             mac_aging_secs: self.aging_secs,
             mac_table_size: self.max_macs,
             mac_table_size_per_vni: self.max_macs_per_vni,
+            neigh_table_size: self.neighbors.max(),
             udp_offloads: self.udp_offloads,
             vnis,
+            proxy_vnis,
         }
     }
 
@@ -767,7 +934,8 @@ impl Vtep {
         Ok(())
     }
 
-    /// Removes a VNI with its flood list, counters and MAC entries (static ones included).
+    /// Removes a VNI with its flood list, counters, MAC entries and known addresses (static
+    /// ones included).
     pub fn unmap(&self, vni: Vni) -> Result<(), VtepError> {
         let mut t = write(&self.vnis);
         let e = t.by_vni.remove(&vni).ok_or(VtepError::UnknownVni(vni))?;
@@ -778,9 +946,12 @@ impl Vtep {
                 remotes.release(*r);
             }
         }
-        let mut macs = write(&self.macs);
-        macs.retain(|k, _| k.0 != vni);
-        macs.learned_per_vni.remove(&vni);
+        {
+            let mut macs = write(&self.macs);
+            macs.retain(|k, _| k.0 != vni);
+            macs.learned_per_vni.remove(&vni);
+        }
+        self.neighbors.forget(vni, true);
         Ok(())
     }
 
@@ -1082,6 +1253,7 @@ impl Vtep {
     /// MAC points to any more (and that are older than the aging time), which frees room under
     /// [`MAX_LEARNED_REMOTES`].
     pub fn expire(&self, now_secs: u64) -> usize {
+        self.neighbors.expire(now_secs);
         let (removed, in_use) = {
             let mut t = write(&self.macs);
             let removed = t.retain(|_, e| {
@@ -1106,6 +1278,97 @@ impl Vtep {
             keep
         });
         removed
+    }
+
+    /// Whether the ARP/ND proxy of `vni` is on (None: not mapped).
+    pub fn proxy(&self, vni: Vni) -> Option<bool> {
+        read(&self.vnis).by_vni.get(&vni).map(|e| e.proxy)
+    }
+
+    /// Turns the ARP/ND proxy of `vni` on or off; off also forgets the addresses it learned
+    /// there (static ones stay, for when it is turned on again).
+    pub fn set_proxy(&self, vni: Vni, on: bool) -> Result<(), VtepError> {
+        let mut t = write(&self.vnis);
+        let e = t.by_vni.get_mut(&vni).ok_or(VtepError::UnknownVni(vni))?;
+        e.proxy = on;
+        if !on {
+            self.neighbors.forget(vni, false);
+        }
+        Ok(())
+    }
+
+    /// Records what an ARP or ND frame that came through the tunnel in `vni` says (see
+    /// [`crate::proxy::NeighMessage::binding`]); only while the VNI's proxy is on. The caller
+    /// has admitted the frame's sender. A refusal for room is counted for the VNI.
+    pub fn learn_neighbor(&self, vni: Vni, b: Binding, now_secs: u64) -> NeighLearned {
+        // Held while the entry goes in, so that the VNI cannot be unmapped (and its addresses
+        // forgotten) in between.
+        let t = read(&self.vnis);
+        let Some(e) = t.by_vni.get(&vni).filter(|e| e.proxy) else {
+            return NeighLearned::Refused;
+        };
+        let learned = self.neighbors.learn(vni, b, now_secs);
+        if learned == NeighLearned::TableFull {
+            e.proxy_counters.table_full.fetch_add(1, Ordering::Relaxed);
+        }
+        learned
+    }
+
+    /// What the proxy of `vni` answers for `ip`, if anything: the address's MAC, known to
+    /// the table, and the remote VTEP that MAC sits behind now. Nothing while the proxy is
+    /// off, and nothing for an address whose MAC is not (or no longer) behind a remote VTEP.
+    pub fn proxy_target(&self, vni: Vni, ip: IpAddr, now_secs: u64) -> Option<ProxyTarget> {
+        if self.proxy(vni) != Some(true) {
+            return None;
+        }
+        let known = self.neighbors.lookup(vni, ip, now_secs)?;
+        let remote = self.lookup(vni, known.mac, now_secs)?;
+        Some(ProxyTarget { known, remote })
+    }
+
+    /// Counts an answer the proxy of `vni` gave.
+    pub fn count_proxy_reply(&self, vni: Vni, protocol: ProxyProtocol) {
+        if let Some(e) = read(&self.vnis).by_vni.get(&vni) {
+            let c = match protocol {
+                ProxyProtocol::Arp => &e.proxy_counters.arp_replies,
+                ProxyProtocol::Nd => &e.proxy_counters.nd_replies,
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Pins `ip` at `mac` in `vni` for the proxy (as `ip neigh add ... nud permanent` does
+    /// for the kernel's): never aged, beats learning, allowed beyond `neigh_table_size`.
+    /// It is answered for while the proxy is on and `mac` is behind a remote VTEP.
+    pub fn add_static_neighbor(&self, vni: Vni, ip: IpAddr, mac: [u8; 6]) -> Result<(), VtepError> {
+        if !crate::proxy::host_ip(ip) {
+            return Err(invalid(
+                "ip",
+                format!("{ip} is not an address a host may have"),
+            ));
+        }
+        if mac[0] & 1 != 0 || mac == [0; 6] {
+            return Err(invalid(
+                "mac",
+                format!("{} is not a host's unicast address", fmt_mac(mac)),
+            ));
+        }
+        let now = self.now();
+        let t = read(&self.vnis);
+        if !t.by_vni.contains_key(&vni) {
+            return Err(VtepError::UnknownVni(vni));
+        }
+        // Checked above; `add_static` checks the same.
+        self.neighbors.add_static(vni, ip, mac, now);
+        Ok(())
+    }
+
+    pub fn remove_static_neighbor(&self, vni: Vni, ip: IpAddr) -> Result<(), VtepError> {
+        if self.neighbors.remove_static(vni, ip) {
+            Ok(())
+        } else {
+            Err(VtepError::UnknownNeighbor { vni, ip })
+        }
     }
 
     /// The tables' clock: whole seconds since the `Vtep` was created.
@@ -1188,6 +1451,10 @@ impl Vtep {
                     vlan: e.vlan,
                     remotes: e.remotes.to_vec(),
                     bgp_remotes: e.bgp_remotes.clone(),
+                    proxy: e.proxy,
+                    proxy_arp_replies: e.proxy_counters.arp_replies.load(Ordering::Relaxed),
+                    proxy_nd_replies: e.proxy_counters.nd_replies.load(Ordering::Relaxed),
+                    proxy_table_full: e.proxy_counters.table_full.load(Ordering::Relaxed),
                     rx_packets: t.rx_packets,
                     rx_bytes: t.rx_bytes,
                     tx_packets: t.tx_packets,
@@ -1243,6 +1510,7 @@ impl Vtep {
             remotes,
             remote_overflow: self.remote_overflow.snapshot(),
             macs,
+            neighbors: self.neighbors.snapshot(now),
             drops: self.drops.snapshot(),
         }
     }
@@ -1255,6 +1523,8 @@ impl VniEntry {
             remotes: remotes.into_iter().collect(),
             bgp_remotes: Vec::new(),
             learning: true,
+            proxy: false,
+            proxy_counters: ProxyCounters::default(),
             traffic: Traffic::default(),
             drops: Drops::default(),
         }
@@ -1266,6 +1536,14 @@ fn fmt_mac(b: [u8; 6]) -> String {
         "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
         b[0], b[1], b[2], b[3], b[4], b[5]
     )
+}
+
+/// What the proxy answers for an address ([`Vtep::proxy_target`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyTarget {
+    pub known: Known,
+    /// The remote VTEP the address's MAC is behind.
+    pub remote: IpAddr,
 }
 
 /// Packet and byte counts in both directions. `rx` is what came out of the tunnel, `tx` what
@@ -1287,6 +1565,18 @@ pub struct VniSnapshot {
     /// Those of `remotes` that BGP EVPN put there (type-3 routes).
     #[serde(default)]
     pub bgp_remotes: Vec<IpAddr>,
+    /// Whether the VNI's ARP/ND proxy is on.
+    #[serde(default)]
+    pub proxy: bool,
+    /// ARP requests the proxy answered (they did not cross the tunnel).
+    #[serde(default)]
+    pub proxy_arp_replies: u64,
+    /// IPv6 neighbour solicitations the proxy answered.
+    #[serde(default)]
+    pub proxy_nd_replies: u64,
+    /// Addresses the proxy did not learn because its table was full.
+    #[serde(default)]
+    pub proxy_table_full: u64,
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub tx_packets: u64,
@@ -1367,6 +1657,9 @@ pub struct VtepSnapshot {
     pub remote_overflow: TrafficSnapshot,
     /// Live entries, sorted by VNI then address.
     pub macs: Vec<VtepMacEntry>,
+    /// The ARP/ND proxy's known addresses (live), sorted by VNI then address.
+    #[serde(default)]
+    pub neighbors: Vec<NeighborSnapshot>,
     /// Drops with no mapped VNI: (reason label, count), in [`TunnelDrop::ALL`] order.
     pub drops: Vec<(String, u64)>,
 }
@@ -1460,6 +1753,179 @@ mod tests {
             "local_ip = \"10.0.0.1\"\n[[vnis]]\nvni = 1\nvlan = 2\nremote = []"
         )
         .is_err());
+    }
+
+    #[test]
+    fn the_proxy_is_set_per_vni_in_its_entry_and_off_by_default() {
+        let cfg: VtepConfig = toml::from_str(
+            r#"
+            local_ip = "10.0.0.1"
+            [[vnis]]
+            vni = 100
+            vlan = 10
+            proxy = true
+            [[vnis]]
+            vni = 200
+            vlan = 20
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.proxy_vnis, vec![100]);
+        assert_eq!(cfg.neigh_table_size, 8192);
+        assert_eq!(cfg.vnis[0].remotes, Vec::<IpAddr>::new());
+        let v = Vtep::new(cfg.clone()).unwrap();
+        assert_eq!(
+            (v.proxy(100), v.proxy(200), v.proxy(7)),
+            (Some(true), Some(false), None)
+        );
+        assert_eq!(v.config(), cfg);
+        // Written back in the entry, and only where on.
+        let text = toml::to_string(&cfg).unwrap();
+        assert_eq!(text.matches("proxy = true").count(), 1, "{text}");
+        assert!(
+            !text.contains("proxy_vnis") && !text.contains("proxy = false"),
+            "{text}"
+        );
+        assert_eq!(toml::from_str::<VtepConfig>(&text).unwrap(), cfg);
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert_eq!(serde_json::from_str::<VtepConfig>(&json).unwrap(), cfg);
+        // Specs carry the option both ways.
+        let specs = cfg.vni_specs();
+        assert_eq!((specs[0].proxy, specs[1].proxy), (true, false));
+        let mut other = VtepConfig::new(LOCAL);
+        other.set_vni_specs(specs);
+        assert_eq!(
+            (other.vnis, other.proxy_vnis),
+            (cfg.vnis.clone(), vec![100])
+        );
+        // Unknown keys in an entry are still refused; a proxy for an unmapped VNI too.
+        assert!(toml::from_str::<VtepConfig>(
+            "local_ip = \"10.0.0.1\"\n[[vnis]]\nvni = 1\nvlan = 2\nproxi = true"
+        )
+        .is_err());
+        let mut bad = config();
+        bad.proxy_vnis = vec![100, 300];
+        assert!(matches!(
+            bad.validate(),
+            Err(VtepError::Invalid { field, .. }) if field == "proxy_vnis[1]"
+        ));
+        let mut big = config();
+        big.neigh_table_size = MAX_MAC_TABLE_SIZE + 1;
+        assert!(big.validate().is_err());
+    }
+
+    #[test]
+    fn the_proxy_answers_only_for_addresses_behind_a_remote_vtep() {
+        use crate::proxy::{Binding, NeighLearned, NeighOrigin};
+        let v = Vtep::new(VtepConfig {
+            proxy_vnis: vec![100],
+            ..config()
+        })
+        .unwrap();
+        let ip: IpAddr = "10.1.0.2".parse().unwrap();
+        let bind = |mac| Binding {
+            ip,
+            mac,
+            router: None,
+        };
+        // Learned only where the proxy is on.
+        assert_eq!(v.learn_neighbor(200, bind(B), 0), NeighLearned::Refused);
+        assert_eq!(v.learn_neighbor(999, bind(B), 0), NeighLearned::Refused);
+        assert_eq!(v.learn_neighbor(100, bind(B), 0), NeighLearned::New);
+        // Known, but B is not behind a remote yet: no answer.
+        assert_eq!(v.proxy_target(100, ip, 0), None);
+        v.learn(100, B, R2, 0);
+        let t = v.proxy_target(100, ip, 0).unwrap();
+        assert_eq!((t.known.mac, t.remote), (B, R2));
+        assert_eq!(v.proxy_target(200, ip, 0), None, "per VNI");
+        // When B's MAC entry ages out, so does the answer (even if the address is fresh).
+        v.learn_neighbor(100, bind(B), 299);
+        assert!(v.proxy_target(100, ip, 299).is_some());
+        assert_eq!(v.proxy_target(100, ip, 300), None);
+        // Answers are counted per VNI and protocol.
+        v.count_proxy_reply(100, crate::proxy::Protocol::Arp);
+        v.count_proxy_reply(100, crate::proxy::Protocol::Nd);
+        v.count_proxy_reply(100, crate::proxy::Protocol::Nd);
+        let s = v.snapshot();
+        let vni = &s.vnis[0];
+        assert_eq!(
+            (vni.proxy, vni.proxy_arp_replies, vni.proxy_nd_replies),
+            (true, 1, 2)
+        );
+        assert!(!s.vnis[1].proxy);
+        assert_eq!(s.neighbors.len(), 1);
+        assert_eq!(
+            (
+                s.neighbors[0].ip,
+                s.neighbors[0].mac.as_str(),
+                s.neighbors[0].origin
+            ),
+            (ip, "02:00:00:00:00:0b", NeighOrigin::Learned)
+        );
+        // Turning the proxy off forgets what it learned but keeps statics.
+        let other: IpAddr = "2001:db8::9".parse().unwrap();
+        v.add_static_neighbor(100, other, A).unwrap();
+        v.set_proxy(100, false).unwrap();
+        assert_eq!(v.proxy(100), Some(false));
+        v.learn(100, A, R1, 300);
+        assert_eq!(v.proxy_target(100, other, 300), None, "off: no answers");
+        v.set_proxy(100, true).unwrap();
+        let t = v.proxy_target(100, other, 300).unwrap();
+        assert_eq!((t.known.mac, t.remote), (A, R1));
+        assert_eq!(v.snapshot().neighbors.len(), 1, "the learned one went");
+        assert_eq!(v.config().proxy_vnis, vec![100]);
+        // Static entries: checked, removable, gone with their VNI.
+        assert!(matches!(
+            v.add_static_neighbor(100, "224.0.0.1".parse().unwrap(), A),
+            Err(VtepError::Invalid { .. })
+        ));
+        assert!(matches!(
+            v.add_static_neighbor(100, other, [1, 0, 0, 0, 0, 1]),
+            Err(VtepError::Invalid { .. })
+        ));
+        assert_eq!(
+            v.add_static_neighbor(999, other, A),
+            Err(VtepError::UnknownVni(999))
+        );
+        assert_eq!(v.set_proxy(999, true), Err(VtepError::UnknownVni(999)));
+        v.unmap(100).unwrap();
+        assert_eq!(
+            v.remove_static_neighbor(100, other),
+            Err(VtepError::UnknownNeighbor {
+                vni: 100,
+                ip: other
+            })
+        );
+        assert!(v.snapshot().neighbors.is_empty());
+        v.map(100, 10).unwrap();
+        assert_eq!(v.proxy(100), Some(false), "mapped again: off");
+    }
+
+    #[test]
+    fn a_full_neighbor_table_is_counted_per_vni() {
+        use crate::proxy::{Binding, NeighLearned};
+        let v = Vtep::new(VtepConfig {
+            neigh_table_size: 1,
+            proxy_vnis: vec![100, 200],
+            ..config()
+        })
+        .unwrap();
+        let bind = |n: u8| Binding {
+            ip: IpAddr::V4(Ipv4Addr::new(10, 1, 0, n)),
+            mac: [2, 0, 0, 0, 2, n],
+            router: None,
+        };
+        assert_eq!(v.learn_neighbor(100, bind(1), 0), NeighLearned::New);
+        assert_eq!(v.learn_neighbor(200, bind(2), 0), NeighLearned::TableFull);
+        assert_eq!(v.learn_neighbor(200, bind(3), 0), NeighLearned::TableFull);
+        let s = v.snapshot();
+        assert_eq!(
+            (s.vnis[0].proxy_table_full, s.vnis[1].proxy_table_full),
+            (0, 2)
+        );
+        // Aging (mac_aging_secs) makes room.
+        v.expire(300);
+        assert_eq!(v.learn_neighbor(200, bind(2), 300), NeighLearned::New);
     }
 
     #[test]

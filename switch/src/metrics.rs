@@ -35,6 +35,8 @@
 //!   `conntrack_invalid_total` (packets tracked as invalid).
 //! - `vxlan_vni_{rx,tx}_{packets,bytes}_total{vni}`, `vxlan_drops_total{vni,reason}`,
 //!   `vxlan_remote_{rx,tx}_{packets,bytes}_total{remote}`, `vxlan_remote_macs`: the tunnel;
+//!   `vxlan_proxy_replies_total{vni,protocol}`, `vxlan_proxy_table_full_total{vni}`,
+//!   `vxlan_proxy_neighbors`: its ARP/ND proxy;
 //!   `vxlan_{tx,rx}_{syscalls,datagrams}_total`, `vxlan_tx_gso_datagrams_total`,
 //!   `vxlan_rx_gro_datagrams_total`, `vxlan_udp_gso`, `vxlan_udp_gro`: its socket I/O.
 //! - `evpn_routes_received_total{type}` and `evpn_routes_withdrawn_total{type}` (type `mac`:
@@ -677,6 +679,30 @@ fn tunnel_metrics(
         "Inner bytes sent to the remote VTEP.",
         &["remote"],
     )?;
+    let proxy_replies = counter_vec(
+        r,
+        "vxlan_proxy_replies_total",
+        "ARP requests (protocol arp) and IPv6 neighbour solicitations (nd) the VNI's proxy answered instead of sending them through the tunnel.",
+        &["vni", "protocol"],
+    )?;
+    let proxy_table_full = counter_vec(
+        r,
+        "vxlan_proxy_table_full_total",
+        "Addresses the VNI's ARP/ND proxy did not learn because its table was full.",
+        &["vni"],
+    )?;
+    for v in &snap.vnis {
+        let vni = v.vni.to_string();
+        proxy_replies
+            .with_label_values(&[&vni, "arp"])
+            .inc_by(v.proxy_arp_replies);
+        proxy_replies
+            .with_label_values(&[&vni, "nd"])
+            .inc_by(v.proxy_nd_replies);
+        proxy_table_full
+            .with_label_values(&[&vni])
+            .inc_by(v.proxy_table_full);
+    }
     for v in &snap.vnis {
         let vni = v.vni.to_string();
         vni_rx_packets
@@ -717,7 +743,16 @@ fn tunnel_metrics(
         .namespace("patchbay"),
     )?;
     entries.set(snap.macs.len() as i64);
-    r.register(Box::new(entries))
+    r.register(Box::new(entries))?;
+    let neighbors = IntGauge::with_opts(
+        Opts::new(
+            "vxlan_proxy_neighbors",
+            "Addresses the ARP/ND proxy knows behind remote VTEPs (learned and static).",
+        )
+        .namespace("patchbay"),
+    )?;
+    neighbors.set(snap.neighbors.len() as i64);
+    r.register(Box::new(neighbors))
 }
 
 /// BGP EVPN: routes received from zebra and what they installed, local MACs advertised.

@@ -22,7 +22,8 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use patchbay_overlay::vtep::{MacOrigin, VniConfig};
+use patchbay_overlay::proxy::NeighOrigin;
+use patchbay_overlay::vtep::{MacOrigin, VniSpec};
 
 use crate::config::Config;
 use crate::control::flows::{self, FlowLine};
@@ -68,8 +69,9 @@ pub enum StateError {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ConfigBase {
     pub ports: Vec<PortConfig>,
+    /// With each VNI's options (its ARP/ND proxy).
     #[serde(default)]
-    pub vnis: Vec<VniConfig>,
+    pub vnis: Vec<VniSpec>,
     #[serde(default)]
     pub conntrack: Option<crate::conntrack::Limits>,
 }
@@ -80,6 +82,14 @@ pub struct StaticMac {
     pub vni: u32,
     pub mac: String,
     pub remote: std::net::IpAddr,
+}
+
+/// A static address of a VNI's ARP/ND proxy (`flowctl tunnel add-neigh`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticNeighbor {
+    pub vni: u32,
+    pub ip: std::net::IpAddr,
+    pub mac: String,
 }
 
 /// The saved running configuration (JSON).
@@ -102,9 +112,11 @@ pub struct SavedState {
     #[serde(default)]
     pub flows: Vec<String>,
     #[serde(default)]
-    pub vnis: Vec<VniConfig>,
+    pub vnis: Vec<VniSpec>,
     #[serde(default)]
     pub static_macs: Vec<StaticMac>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub static_neighbors: Vec<StaticNeighbor>,
     #[serde(default)]
     pub conntrack: Option<crate::conntrack::Limits>,
 }
@@ -184,7 +196,7 @@ impl StateFile {
                 vnis: config
                     .vxlan
                     .as_ref()
-                    .map(|v| v.vnis.clone())
+                    .map(|v| v.vni_specs())
                     .unwrap_or_default(),
                 conntrack: Some(config.conntrack.clone()),
             },
@@ -230,15 +242,18 @@ impl StateFile {
             .map_err(|e| corrupt(e.to_string()))
     }
 
-    /// Merges `saved` into `config` (ports, VNIs, conntrack limits) and returns what only the
-    /// saved state has (flows, groups, meters, static MACs), for [`StateFile::restore`] once
-    /// the switch runs.
+    /// Merges `saved` into `config` (ports, VNIs with their options, conntrack limits) and
+    /// returns what only the saved state has (flows, groups, meters, static MACs and
+    /// addresses), for [`StateFile::restore`] once the switch runs.
     pub fn merge_into(&self, saved: SavedState, config: &mut Config) -> SavedState {
         config.ports = merge3(&saved.config.ports, &saved.ports, &config.ports, |p| {
             p.name.clone()
         });
         if let Some(vxlan) = &mut config.vxlan {
-            vxlan.vnis = merge3(&saved.config.vnis, &saved.vnis, &vxlan.vnis, |v| v.vni);
+            let vnis = merge3(&saved.config.vnis, &saved.vnis, &vxlan.vni_specs(), |v| {
+                v.vni
+            });
+            vxlan.set_vni_specs(vnis);
         }
         if let Some(limits) = &saved.conntrack {
             // The config file's limits win if they changed since the save.
@@ -249,7 +264,8 @@ impl StateFile {
         saved
     }
 
-    /// Puts back the saved meters, groups, flows and static MACs into the running switch.
+    /// Puts back the saved meters, groups, flows, static MACs and static proxy addresses into
+    /// the running switch.
     pub fn restore(&self, sw: &Switch, saved: &SavedState) -> Result<(), StateError> {
         let failed = |what: &str, message: String| StateError::Restore {
             path: self.path.clone(),
@@ -292,6 +308,25 @@ impl StateFile {
                     .map_err(|e| failed(&format!("tunnel MAC {}", m.mac), e.to_string()))?;
             }
         }
+        if !saved.static_neighbors.is_empty() {
+            let tunnel = sw.tunnel().ok_or_else(|| {
+                failed(
+                    "static tunnel addresses",
+                    "the config has no [vxlan] any more".into(),
+                )
+            })?;
+            for n in &saved.static_neighbors {
+                let what = || format!("tunnel address {} in VNI {}", n.ip, n.vni);
+                let mac = n
+                    .mac
+                    .parse::<crate::wire::EthernetAddress>()
+                    .map_err(|e| failed(&what(), e.to_string()))?;
+                tunnel
+                    .vtep
+                    .add_static_neighbor(n.vni, n.ip, mac.0)
+                    .map_err(|e| failed(&what(), e.to_string()))?;
+            }
+        }
         Ok(())
     }
 
@@ -314,22 +349,32 @@ impl StateFile {
                 config
             })
             .collect();
-        let (vnis, static_macs) = match sw.tunnel() {
-            Some(t) => (
-                t.vtep.config().vnis,
-                t.vtep
-                    .snapshot()
-                    .macs
-                    .into_iter()
-                    .filter(|m| m.origin == MacOrigin::Static)
-                    .map(|m| StaticMac {
-                        vni: m.vni,
-                        mac: m.mac,
-                        remote: m.remote,
-                    })
-                    .collect(),
-            ),
-            None => (Vec::new(), Vec::new()),
+        let (vnis, static_macs, static_neighbors) = match sw.tunnel() {
+            Some(t) => {
+                let snap = t.vtep.snapshot();
+                (
+                    t.vtep.config().vni_specs(),
+                    snap.macs
+                        .into_iter()
+                        .filter(|m| m.origin == MacOrigin::Static)
+                        .map(|m| StaticMac {
+                            vni: m.vni,
+                            mac: m.mac,
+                            remote: m.remote,
+                        })
+                        .collect(),
+                    snap.neighbors
+                        .into_iter()
+                        .filter(|n| n.origin == NeighOrigin::Static)
+                        .map(|n| StaticNeighbor {
+                            vni: n.vni,
+                            ip: n.ip,
+                            mac: n.mac,
+                        })
+                        .collect(),
+                )
+            }
+            None => (Vec::new(), Vec::new(), Vec::new()),
         };
         SavedState {
             version: STATE_VERSION,
@@ -352,6 +397,7 @@ impl StateFile {
                 .collect(),
             vnis,
             static_macs,
+            static_neighbors,
             conntrack: Some(sw.flows().conntrack().limits()),
         }
     }
@@ -424,6 +470,48 @@ mod tests {
         let saved = [Item("x", 1)];
         let config = [Item("x", 2)];
         assert_eq!(merged(&[], &saved, &config), [Item("x", 2)]);
+    }
+
+    #[test]
+    fn the_proxy_setting_of_a_vni_merges_like_the_vni() {
+        use patchbay_overlay::vtep::{VniConfig, VtepConfig};
+        let vni = |n: u32| VniConfig {
+            vni: n,
+            vlan: n as u16,
+            remotes: vec![],
+        };
+        let vtep = |proxy: Vec<u32>| VtepConfig {
+            vnis: vec![vni(1), vni(2)],
+            proxy_vnis: proxy,
+            ..VtepConfig::new("192.0.2.1".parse().unwrap())
+        };
+        let config_with = |proxy| Config {
+            vxlan: Some(vtep(proxy)),
+            ..Config::default()
+        };
+        // Started with the proxy of VNI 1 on; at run time VNI 2's was turned on too.
+        let file = StateFile::new(Path::new("/nonexistent/state.json"), &config_with(vec![1]));
+        let saved = SavedState {
+            config: file.base.clone(),
+            vnis: vtep(vec![1, 2]).vni_specs(),
+            ..SavedState::default()
+        };
+        // Unchanged file: the run-time settings come back.
+        let mut config = config_with(vec![1]);
+        file.merge_into(saved.clone(), &mut config);
+        assert_eq!(config.vxlan.as_ref().unwrap().proxy_vnis, vec![1, 2]);
+        // The file turned VNI 1's off since: its edit wins; VNI 2 keeps the run time's.
+        let mut config = config_with(vec![]);
+        file.merge_into(saved, &mut config);
+        assert_eq!(config.vxlan.unwrap().proxy_vnis, vec![2]);
+        // A state file from before the setting reads as off.
+        let old: SavedState = serde_json::from_str(
+            r#"{"version":1,"config":{"ports":[],"vnis":[{"vni":1,"vlan":1,"remotes":[]}]},
+                "ports":[],"vnis":[{"vni":1,"vlan":1,"remotes":[]}]}"#,
+        )
+        .unwrap();
+        assert!(!old.vnis[0].proxy);
+        assert!(old.static_neighbors.is_empty());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! A switch restarted with `[switch] state_file` comes back as it was changed at run time
-//! (ports added with flowctl, VLAN changes, flows, groups, meters, tunnel mappings and static
-//! MACs, conntrack limits), with the config file's own edits since merged in; a state file
+//! (ports added with flowctl, VLAN changes, flows, groups, meters, tunnel mappings, static
+//! MACs, ARP/ND proxy settings and static addresses, conntrack limits), with the config file's own edits since merged in; a state file
 //! that is corrupt or from a newer Patchbay stops the start with a clear error and is left
 //! untouched.
 
@@ -61,13 +61,21 @@ fn running_configuration(dir: &Path) -> Vec<String> {
         serde_json::from_str(&flowctl(dir, &["--json", "show", "tunnel"])).unwrap();
     for v in tunnel["vnis"].as_array().unwrap() {
         lines.push(format!(
-            "vni {} vlan {} remotes {}",
-            v["vni"], v["vlan"], v["remotes"]
+            "vni {} vlan {} remotes {} proxy {}",
+            v["vni"], v["vlan"], v["remotes"], v["proxy"]
         ));
     }
     for m in tunnel["macs"].as_array().unwrap() {
         if m["origin"] == "static" {
             lines.push(format!("static {} {} {}", m["vni"], m["mac"], m["remote"]));
+        }
+    }
+    for n in tunnel["neighbors"].as_array().unwrap() {
+        if n["origin"] == "static" {
+            lines.push(format!(
+                "static address {} {} {}",
+                n["vni"], n["ip"], n["mac"]
+            ));
         }
     }
     let ct: serde_json::Value =
@@ -114,12 +122,27 @@ fn run_time_changes_and_config_edits_survive_a_restart() {
         vec!["tunnel", "map", "77", "30"],
         vec!["tunnel", "add-remote", "77", "127.0.0.3"],
         vec!["tunnel", "add-mac", "77", "02:00:00:00:00:77", "127.0.0.3"],
+        vec!["tunnel", "proxy", "77", "on"],
+        vec![
+            "tunnel",
+            "add-neigh",
+            "77",
+            "10.0.0.77",
+            "02:00:00:00:00:77",
+        ],
         vec!["ct-set-limits", "max=5000"],
     ] {
         flowctl(&dir.path, &args);
     }
     let before = running_configuration(&dir.path);
     assert!(before.iter().any(|l| l.contains(" \"c\" ")), "{before:?}");
+    for line in [
+        "vni 77 vlan 30 remotes [\"127.0.0.3\"] proxy true",
+        "vni 42 vlan 10 remotes [\"127.0.0.2\"] proxy false",
+        "static address 77 \"10.0.0.77\" \"02:00:00:00:00:77\"",
+    ] {
+        assert!(before.iter().any(|l| l == line), "{line} in {before:?}");
+    }
     d.shutdown();
     drop(d);
 

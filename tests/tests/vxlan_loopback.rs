@@ -1,7 +1,8 @@
 //! Two switches, each with a VXLAN tunnel port, on the loopback addresses 127.0.0.1 and
 //! 127.0.0.2: guests (test frontends) on VLAN 10 reach each other across VNI 42; a VLAN that
 //! is not mapped stays local; remote MACs are learned; malformed VXLAN packets are dropped and
-//! counted by reason while the switch keeps forwarding.
+//! counted by reason while the switch keeps forwarding; a VNI's ARP/ND proxy answers for
+//! guests behind the remote VTEP, and only for those.
 //! (The kernel-interop and two-namespace tests are in vxlan_netns.rs.)
 
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
@@ -616,4 +617,327 @@ fn the_local_mac_check_is_per_vlan() {
         0
     );
     sw.shutdown();
+}
+
+const IP_A: [u8; 4] = [10, 0, 0, 1];
+const IP_B: [u8; 4] = [10, 0, 0, 2];
+
+/// Host A (127.0.0.1; guests `vm` and `vm2` on VLAN 10, its VNI 42's ARP/ND proxy as
+/// `proxy`) and host B (127.0.0.2; guest `vm` on VLAN 10), joined by VNI 42.
+struct ProxyPair {
+    dir_a: TestDir,
+    _dir_b: TestDir,
+    a: Daemon,
+    b: Daemon,
+    vm_a: TestPort,
+    vm2_a: TestPort,
+    vm_b: TestPort,
+}
+
+fn proxy_pair(name: &str, proxy: bool) -> ProxyPair {
+    let port = free_port();
+    let cfg = VtepConfig {
+        proxy_vnis: if proxy { vec![42] } else { vec![] },
+        ..vni42_from_b(port)
+    };
+    let (dir_a, a, ports) = host_with(
+        &format!("{name}-a"),
+        cfg,
+        |_| {},
+        &[("vm", 10), ("vm2", 10)],
+    );
+    let [vm_a, vm2_a]: [TestPort; 2] = ports.try_into().unwrap_or_else(|_| unreachable!());
+    let (dir_b, b, vm_b, _other_b) =
+        host(&format!("{name}-b"), B, A, port, UnknownVtepPolicy::Drop);
+    ProxyPair {
+        dir_a,
+        _dir_b: dir_b,
+        a,
+        b,
+        vm_a,
+        vm2_a,
+        vm_b,
+    }
+}
+
+impl ProxyPair {
+    /// B's guest announces `frame` (its address) through the tunnel; A's guests both get it,
+    /// so A has learned from it by then.
+    fn b_announces(&mut self, frame: &[u8]) {
+        self.vm_b.send(frame).unwrap();
+        assert_eq!(self.vm_a.recv(T).unwrap().as_deref(), Some(frame));
+        assert_eq!(self.vm2_a.recv(T).unwrap().as_deref(), Some(frame));
+    }
+
+    /// A's guest sends a frame through the tunnel; it must be the first and only frame B's
+    /// guest gets: so nothing A's guest sent before it crossed (loopback keeps the order).
+    fn nothing_else_crossed(&mut self, seq: u32) {
+        assert!(self.vm_a.wait_tx_completion(T).unwrap());
+        let sentinel = frame(BROADCAST, mac(1), seq, 64);
+        self.vm_a.send(&sentinel).unwrap();
+        assert_eq!(
+            describe(self.vm_b.recv(T).unwrap()),
+            describe(Some(sentinel)),
+            "the sentinel is the first frame to cross"
+        );
+        assert_eq!(describe(self.vm_b.recv(Duration::ZERO).unwrap()), None);
+        assert_eq!(
+            describe(self.vm2_a.recv(T).unwrap()),
+            describe(Some(frame(BROADCAST, mac(1), seq, 64)))
+        );
+    }
+
+    fn vni42(&self) -> patchbay_overlay::vtep::VniSnapshot {
+        let snap = self.a.switch.tunnel().unwrap().vtep.snapshot();
+        snap.vnis.into_iter().find(|v| v.vni == 42).unwrap()
+    }
+}
+
+/// Checks that `reply` is the ARP reply B's guest would send A's guest.
+fn assert_arp_reply_from_b(reply: &[u8]) {
+    use etherparse::{ArpOperation, Ethernet2Slice, LinkSlice, SlicedPacket};
+    let eth = Ethernet2Slice::from_slice_without_fcs(reply).unwrap();
+    assert_eq!(
+        (eth.destination(), eth.source()),
+        (mac(1), mac(2)),
+        "{reply:02x?}"
+    );
+    let sliced = SlicedPacket::from_ethernet(reply).unwrap();
+    assert!(matches!(sliced.link, Some(LinkSlice::Ethernet2(_))));
+    let arp = match sliced.net {
+        Some(etherparse::NetSlice::Arp(arp)) => arp,
+        other => panic!("not ARP: {other:?}"),
+    };
+    assert_eq!(arp.operation(), ArpOperation::REPLY);
+    assert_eq!(
+        (arp.sender_hw_addr(), arp.sender_protocol_addr()),
+        (&mac(2)[..], &IP_B[..])
+    );
+    assert_eq!(
+        (arp.target_hw_addr(), arp.target_protocol_addr()),
+        (&mac(1)[..], &IP_A[..])
+    );
+}
+
+#[test]
+fn the_proxy_answers_arp_for_a_guest_behind_the_remote_vtep() {
+    let mut p = proxy_pair("vx-proxy-arp", true);
+    // A target nobody announced: the request crosses the tunnel, proxy or not.
+    let unknown = arp(1, mac(1), IP_A, [0; 6], [10, 0, 0, 3]);
+    p.vm_a.send(&unknown).unwrap();
+    assert_eq!(
+        p.vm_b.recv(T).unwrap(),
+        Some(unknown.clone()),
+        "unknown targets cross"
+    );
+    assert_eq!(p.vm2_a.recv(T).unwrap(), Some(unknown));
+    // B's guest announces itself (gratuitous ARP): A learns 10.0.0.2 at mac(2), behind B.
+    p.b_announces(&arp(1, mac(2), IP_B, [0; 6], IP_B));
+    // A's guest asks for B's address: the answer comes from A, with B's MAC.
+    let request = arp(1, mac(1), IP_A, [0; 6], IP_B);
+    p.vm_a.send(&request).unwrap();
+    let reply = p.vm_a.recv(T).unwrap().expect("an ARP reply");
+    assert_arp_reply_from_b(&reply);
+    assert_eq!(
+        p.vm2_a.recv(T).unwrap(),
+        Some(request),
+        "local guests still see the broadcast"
+    );
+    // The request did not cross: B's guest gets the next frame, and only that.
+    p.nothing_else_crossed(9);
+    let vni = p.vni42();
+    assert_eq!(
+        (vni.proxy, vni.proxy_arp_replies, vni.proxy_nd_replies),
+        (true, 1, 0)
+    );
+    assert_eq!(
+        vni.tx_packets, 2,
+        "the unknown request and the sentinel, not the answered one"
+    );
+    // The answer came "from the tunnel": A's switch has B's MAC there.
+    let table = p.a.switch.mac_table();
+    let tunnel_id = p.a.switch.port_by_name("vxlan").unwrap().id;
+    assert_eq!(
+        table.lookup(10, EthernetAddress(mac(2)), table.now()),
+        Some(tunnel_id)
+    );
+    let body = scrape(p.a.metrics_addr.unwrap());
+    for line in [
+        "patchbay_vxlan_proxy_replies_total{protocol=\"arp\",vni=\"42\"} 1",
+        "patchbay_vxlan_proxy_replies_total{protocol=\"nd\",vni=\"42\"} 0",
+        "patchbay_vxlan_proxy_neighbors 1",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "metrics have `{line}`:\n{body}"
+        );
+    }
+    promtool_check(&body);
+    p.a.shutdown();
+    p.b.shutdown();
+}
+
+#[test]
+fn without_the_proxy_arp_requests_cross_until_it_is_turned_on() {
+    let mut p = proxy_pair("vx-proxy-off", false);
+    let garp = arp(1, mac(2), IP_B, [0; 6], IP_B);
+    p.b_announces(&garp);
+    // Off (the default): the request crosses as ever, and B's guest answers it.
+    let request = arp(1, mac(1), IP_A, [0; 6], IP_B);
+    p.vm_a.send(&request).unwrap();
+    assert_eq!(p.vm_b.recv(T).unwrap(), Some(request.clone()), "crossed");
+    assert_eq!(p.vm2_a.recv(T).unwrap(), Some(request.clone()));
+    let from_b = arp(2, mac(2), IP_B, mac(1), IP_A);
+    p.vm_b.send(&from_b).unwrap();
+    assert_eq!(
+        p.vm_a.recv(T).unwrap(),
+        Some(from_b),
+        "the first answer is B's own"
+    );
+    assert_eq!(p.vni42().proxy_arp_replies, 0);
+    let tunnel = p.a.switch.tunnel().unwrap();
+    assert!(
+        tunnel.vtep.snapshot().neighbors.is_empty(),
+        "nothing learned while off"
+    );
+    // Turned on at run time: A learns from B's next announcement and answers.
+    let control = p.dir_a.join("control.sock");
+    let out = patchbay_tests::switch::flowctl_at(&control, &["tunnel", "proxy", "42", "on"]);
+    assert!(out.contains("VNI 42: ARP/ND proxy on"), "{out}");
+    assert_eq!(tunnel.vtep.proxy(42), Some(true));
+    p.b_announces(&garp);
+    p.vm_a.send(&request).unwrap();
+    assert_arp_reply_from_b(&p.vm_a.recv(T).unwrap().expect("an ARP reply"));
+    assert_eq!(p.vm2_a.recv(T).unwrap(), Some(request));
+    p.nothing_else_crossed(9);
+    // flowctl's JSON has the setting, the counter and the known address.
+    let shown: serde_json::Value = serde_json::from_str(&patchbay_tests::switch::flowctl_at(
+        &control,
+        &["--json", "show", "tunnel"],
+    ))
+    .unwrap();
+    let vni = &shown["vnis"][0];
+    assert_eq!(
+        (vni["vni"].as_u64(), vni["proxy"].as_bool()),
+        (Some(42), Some(true))
+    );
+    assert_eq!(vni["proxy_arp_replies"].as_u64(), Some(1));
+    assert_eq!(shown["neighbors"][0]["ip"], "10.0.0.2");
+    assert_eq!(shown["neighbors"][0]["mac"], "02:00:00:00:00:02");
+    // And off again: the next request crosses.
+    patchbay_tests::switch::flowctl_at(&control, &["tunnel", "proxy", "42", "off"]);
+    let again = arp(1, mac(1), IP_A, [0; 6], IP_B);
+    p.vm_a.send(&again).unwrap();
+    assert_eq!(p.vm_b.recv(T).unwrap(), Some(again), "crossed again");
+    p.a.shutdown();
+    p.b.shutdown();
+}
+
+/// A neighbour solicitation (`solicit`) or advertisement (else, with the override flag),
+/// checksummed, with a source or target link-layer address option for `lla`.
+fn nd_frame(
+    solicit: bool,
+    eth: ([u8; 6], [u8; 6]),
+    ip: (std::net::Ipv6Addr, std::net::Ipv6Addr),
+    target: std::net::Ipv6Addr,
+    lla: [u8; 6],
+) -> Vec<u8> {
+    use etherparse::{icmpv6::NeighborAdvertisementHeader, Icmpv6Type, PacketBuilder};
+    let (kind, icmp) = if solicit {
+        (1, Icmpv6Type::NeighborSolicitation)
+    } else {
+        (
+            2,
+            Icmpv6Type::NeighborAdvertisement(NeighborAdvertisementHeader {
+                router: false,
+                solicited: false,
+                r#override: true,
+            }),
+        )
+    };
+    let mut payload = target.octets().to_vec();
+    payload.extend_from_slice(&[kind, 1]);
+    payload.extend_from_slice(&lla);
+    let builder = PacketBuilder::ethernet2(eth.0, eth.1)
+        .ipv6(ip.0.octets(), ip.1.octets(), 255)
+        .icmpv6(icmp);
+    let mut out = Vec::with_capacity(builder.size(payload.len()));
+    builder.write(&mut out, &payload).unwrap();
+    out
+}
+
+#[test]
+fn the_proxy_answers_a_neighbor_solicitation_with_an_advertisement() {
+    use etherparse::{icmpv6::Icmpv6PayloadSlice, Icmpv6Type, SlicedPacket, TransportSlice};
+    use std::net::Ipv6Addr;
+    let mut p = proxy_pair("vx-proxy-nd", true);
+    let (ip_a, ip_b): (Ipv6Addr, Ipv6Addr) = (
+        "2001:db8::1".parse().unwrap(),
+        "2001:db8::2".parse().unwrap(),
+    );
+    // B's guest advertises its address to all nodes (unsolicited, as after DAD).
+    let all_nodes = ([0x33, 0x33, 0, 0, 0, 1], "ff02::1".parse().unwrap());
+    p.b_announces(&nd_frame(
+        false,
+        (mac(2), all_nodes.0),
+        (ip_b, all_nodes.1),
+        ip_b,
+        mac(2),
+    ));
+    // A's guest solicits B's address (to its solicited-node group).
+    let ns = nd_frame(
+        true,
+        (mac(1), [0x33, 0x33, 0xff, 0, 0, 2]),
+        (ip_a, "ff02::1:ff00:2".parse().unwrap()),
+        ip_b,
+        mac(1),
+    );
+    p.vm_a.send(&ns).unwrap();
+    let na = p.vm_a.recv(T).unwrap().expect("a neighbour advertisement");
+    let sliced = SlicedPacket::from_ethernet(&na).unwrap();
+    let Some(etherparse::LinkSlice::Ethernet2(eth)) = &sliced.link else {
+        panic!("not Ethernet: {na:02x?}");
+    };
+    assert_eq!((eth.destination(), eth.source()), (mac(1), mac(2)));
+    let Some(etherparse::NetSlice::Ipv6(ip)) = &sliced.net else {
+        panic!("not IPv6: {na:02x?}");
+    };
+    let h = ip.header();
+    assert_eq!((h.source_addr(), h.destination_addr()), (ip_b, ip_a));
+    assert_eq!(h.hop_limit(), 255);
+    let Some(TransportSlice::Icmpv6(icmp)) = &sliced.transport else {
+        panic!("not ICMPv6: {na:02x?}");
+    };
+    assert!(
+        icmp.is_checksum_valid(ip_b.octets(), ip_a.octets()),
+        "ICMPv6 checksum"
+    );
+    let Icmpv6Type::NeighborAdvertisement(flags) = icmp.icmp_type() else {
+        panic!("not an advertisement: {:?}", icmp.icmp_type());
+    };
+    assert!(flags.solicited && flags.r#override && !flags.router);
+    let Ok(Icmpv6PayloadSlice::NeighborAdvertisement(body)) = icmp.payload_slice() else {
+        panic!("no advertisement body");
+    };
+    assert_eq!(body.target_address(), ip_b);
+    let mut tlla = vec![2, 1];
+    tlla.extend_from_slice(&mac(2));
+    assert_eq!(
+        body.options(),
+        &tlla[..],
+        "target link-layer address: B's MAC"
+    );
+    // Local guests still see the solicitation; B's guest does not.
+    assert_eq!(p.vm2_a.recv(T).unwrap(), Some(ns));
+    p.nothing_else_crossed(9);
+    let vni = p.vni42();
+    assert_eq!((vni.proxy_arp_replies, vni.proxy_nd_replies), (0, 1));
+    let body = scrape(p.a.metrics_addr.unwrap());
+    let line = "patchbay_vxlan_proxy_replies_total{protocol=\"nd\",vni=\"42\"} 1";
+    assert!(
+        body.lines().any(|l| l == line),
+        "metrics have `{line}`:\n{body}"
+    );
+    p.a.shutdown();
+    p.b.shutdown();
 }

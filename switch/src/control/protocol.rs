@@ -86,6 +86,22 @@ pub enum Request {
         vni: u32,
         mac: String,
     },
+    /// Turns a VNI's ARP/ND proxy on or off (`proxy` in its `[[vxlan.vnis]]` entry).
+    TunnelSetProxy {
+        vni: u32,
+        proxy: bool,
+    },
+    /// A static address for a VNI's ARP/ND proxy: `ip` is at `mac` (never aged, beats
+    /// learning; answered while `mac` is behind a remote VTEP).
+    TunnelAddNeighbor {
+        vni: u32,
+        ip: std::net::IpAddr,
+        mac: String,
+    },
+    TunnelDelNeighbor {
+        vni: u32,
+        ip: std::net::IpAddr,
+    },
     /// Adds flows (or, with ovs-ofctl's line prefixes, modifies/deletes), all or nothing.
     AddFlows {
         flows: Vec<crate::control::flows::FlowLine>,
@@ -213,6 +229,9 @@ impl Request {
                 | Request::TunnelDelRemote { .. }
                 | Request::TunnelAddMac { .. }
                 | Request::TunnelDelMac { .. }
+                | Request::TunnelSetProxy { .. }
+                | Request::TunnelAddNeighbor { .. }
+                | Request::TunnelDelNeighbor { .. }
                 | Request::AddFlows { .. }
                 | Request::ModFlows { .. }
                 | Request::DelFlows { .. }

@@ -566,6 +566,16 @@ fn tunnel_request(request: Request, sw: &Arc<Switch>) -> Response {
         Request::TunnelDelMac { vni, mac } => {
             parse_mac(&mac).and_then(|m| vtep.remove_static(vni, m).map_err(|e| e.to_string()))
         }
+        Request::TunnelSetProxy { vni, proxy } => {
+            vtep.set_proxy(vni, proxy).map_err(|e| e.to_string())
+        }
+        Request::TunnelAddNeighbor { vni, ip, mac } => parse_mac(&mac).and_then(|m| {
+            vtep.add_static_neighbor(vni, ip, m)
+                .map_err(|e| e.to_string())
+        }),
+        Request::TunnelDelNeighbor { vni, ip } => vtep
+            .remove_static_neighbor(vni, ip)
+            .map_err(|e| e.to_string()),
         _ => Err("not a tunnel request".to_string()),
     };
     match result {

@@ -7,8 +7,10 @@
 //!
 //! - `tx.rs`: sending, batched per socket, segmented by the kernel where it can (GSO);
 //! - `rx.rs`: receiving, batched, coalesced by the kernel where it can (GRO);
+//! - `proxy.rs`: the ARP/ND proxy (learning on receive, answering on send);
 //! - `udp.rs`: the sockets and the kernel's UDP offloads.
 
+mod proxy;
 mod rx;
 mod tx;
 mod udp;
@@ -16,7 +18,7 @@ mod udp;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::thread;
 use std::time::Duration;
 
@@ -115,6 +117,9 @@ pub struct Tunnel {
     /// Whether the kernel coalesces what `udp` receives (UDP_GRO).
     gro: bool,
     pub io: TunnelIo,
+    /// The switch's shared state (set when receiving starts), for the ARP/ND proxy's
+    /// answers, which are switched from the sending side. Weak: the fabric holds the tunnel.
+    fabric: OnceLock<Weak<Fabric>>,
 }
 
 /// Frames counted for the VTEP's per-VNI and per-remote counters, a run of one (VNI, remote)
@@ -202,13 +207,29 @@ impl HostEgress for Tunnel {
         group: &[Delivery],
         headers: crate::dataplane::Headers<'_>,
     ) {
-        TX_SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        let answers = TX_SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
             Ok(mut scratch) => {
-                self.transmit_with(port, source, frames, group, headers, &mut scratch)
+                self.transmit_with(port, source, frames, group, headers, &mut scratch);
+                (!scratch.answers.is_empty()).then(|| std::mem::take(&mut scratch.answers))
             }
-            // Re-entered on one thread (cannot happen: transmit does not switch frames).
-            Err(_) => port.counters.drop(DropReason::NoBuffer, group.len() as u64),
+            // Re-entered on one thread (cannot happen: answers are switched below, once the
+            // scratch is free).
+            Err(_) => {
+                port.counters.drop(DropReason::NoBuffer, group.len() as u64);
+                None
+            }
         });
+        // The ARP/ND proxy's answers, switched once the group has left and the scratch is
+        // free (switching them may bring frames back here); then their buffers go back.
+        if let Some(mut answers) = answers {
+            self.deliver_answers(port, &answers);
+            answers.clear();
+            TX_SCRATCH.with(|scratch| {
+                if let Ok(mut scratch) = scratch.try_borrow_mut() {
+                    scratch.answers = answers;
+                }
+            });
+        }
     }
 
     fn max_frame(&self) -> u32 {
@@ -265,6 +286,7 @@ impl Tunnel {
             udp,
             gro: gro.is_ok(),
             io: TunnelIo::default(),
+            fabric: OnceLock::new(),
         })
     }
 
@@ -291,6 +313,7 @@ impl Tunnel {
         self: &Arc<Self>,
         fabric: Arc<Fabric>,
     ) -> Result<thread::JoinHandle<()>, TunnelError> {
+        let _ = self.fabric.set(Arc::downgrade(&fabric));
         let tunnel = self.clone();
         thread::Builder::new()
             .name("vxlan-rx".into())

@@ -210,6 +210,8 @@ impl Tunnel {
             self.vtep.learn(vni, src.0, remote, now);
             batch.learned = Some((vni, src.0, remote));
         }
+        // What an ARP or ND message says, for the VNI's proxy (if on).
+        self.learn_neighbor(vni, inner, now);
         batch.counted.add(
             vni,
             remote,

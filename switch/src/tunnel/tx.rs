@@ -20,6 +20,7 @@ use patchbay_overlay::vtep::TunnelDrop;
 use patchbay_overlay::wire::{VxlanPacket, VxlanRepr};
 use patchbay_overlay::Vni;
 
+use super::proxy::{Answers, WINDOW};
 use super::udp::{self, CmsgBuf, RawAddr, GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
 use super::{RunCount, Tunnel, TunnelIo};
 use crate::dataplane::{push_iovecs, Delivery, Frame, Headers, Source};
@@ -71,6 +72,18 @@ impl Senders {
     }
 }
 
+/// Fills `out` with the first bytes of a frame as it leaves: `prefix` (the rewritten or
+/// checked header) and then the frame's bytes from `skip` on (`rest` holds its first bytes);
+/// returns how many.
+fn leaving_bytes(prefix: &[u8], rest: &[u8], skip: usize, out: &mut [u8]) -> usize {
+    let lead = prefix.len().min(out.len());
+    out[..lead].copy_from_slice(&prefix[..lead]);
+    let from = skip.min(rest.len());
+    let tail = (rest.len() - from).min(out.len() - lead);
+    out[lead..lead + tail].copy_from_slice(&rest[from..from + tail]);
+    lead + tail
+}
+
 /// How a datagram the kernel refused is counted: too big for the path (EMSGSIZE) as
 /// too-big, anything else (no route, ...) as no-remote.
 fn drop_reason(err: &std::io::Error) -> (TunnelDrop, DropReason) {
@@ -111,6 +124,8 @@ pub struct TxScratch {
     addrs: Vec<RawAddr>,
     cmsgs: Vec<CmsgBuf>,
     msgs: Vec<libc::mmsghdr>,
+    /// The ARP/ND proxy's answers to questions of this group (sent instead of them).
+    pub(super) answers: Answers,
 }
 
 impl std::fmt::Debug for TxScratch {
@@ -208,20 +223,24 @@ impl Tunnel {
             }
             // The inner frame's first bytes, as they will leave (rewrite applied), for the
             // destination lookup and the flow hash.
-            let mut head = [0u8; 64];
-            let lead = prefix.len().min(head.len());
-            head[..lead].copy_from_slice(&prefix[..lead]);
-            let mut rest = [0u8; 128];
+            let mut rest = [0u8; WINDOW];
             let got = source.read_prefix(frame, &mut rest);
-            let from = skip.min(got);
-            let tail = (got - from).min(head.len() - lead);
-            head[lead..lead + tail].copy_from_slice(&rest[from..from + tail]);
-            let head = &head[..lead + tail];
+            let mut head = [0u8; 64];
+            let n = leaving_bytes(prefix, &rest[..got], skip, &mut head);
+            let head = &head[..n];
             let sock = (source_port(head) as usize % SENDERS) as u8;
             let Ok(inner) = L2Header::parse(head) else {
                 port.counters.drop(DropReason::Runt, 1);
                 continue;
             };
+            // An ARP request or neighbour solicitation the VNI's proxy answers stays here.
+            if patchbay_overlay::proxy::is_candidate(head) {
+                let mut window = [0u8; WINDOW];
+                let n = leaving_bytes(prefix, &rest[..got], skip, &mut window);
+                if self.answer(vni, &window[..n], now, &mut scratch.answers) {
+                    continue;
+                }
+            }
             let before = scratch.targets.len();
             let targets = &mut scratch.targets;
             let mut push = |remote| {
@@ -438,5 +457,29 @@ impl Tunnel {
             self.vtep.count_drop(Some(t.vni), reason);
         }
         port.counters.drop(port_reason, m.count as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaving_bytes_put_the_prefix_before_the_rest_of_the_frame() {
+        let frame: Vec<u8> = (0..100).collect();
+        // A 4-byte tag popped: the 12 addresses as the prefix, the frame from byte 16 on.
+        let prefix: Vec<u8> = (0..12).collect();
+        let mut out = [0u8; 64];
+        let n = leaving_bytes(&prefix, &frame, 16, &mut out);
+        assert_eq!(n, 64);
+        assert_eq!(&out[..12], &frame[..12]);
+        assert_eq!(&out[12..], &frame[16..68]);
+        // Short frames, long prefixes, skips past the end: whatever there is, no panic.
+        assert_eq!(leaving_bytes(&prefix, &frame[..10], 16, &mut out), 12);
+        assert_eq!(leaving_bytes(&[7; 80], &frame, 0, &mut out), 64);
+        assert_eq!(out, [7; 64]);
+        assert_eq!(leaving_bytes(&[], &frame[..20], 0, &mut out), 20);
+        let mut window = [0u8; WINDOW];
+        assert_eq!(leaving_bytes(&[], &frame, 0, &mut window), 100);
     }
 }
