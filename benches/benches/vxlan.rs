@@ -122,6 +122,7 @@ fn vtep_switch(
                 vni: VNI,
                 vlan: VLAN,
                 remotes: vec![remote.into()],
+                proxy: false,
             }],
             ..VtepConfig::new(local.into())
         })

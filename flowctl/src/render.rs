@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use patchbay_overlay::proxy::NeighOrigin;
 use patchbay_overlay::vtep::MacOrigin;
 use patchbay_switch::control::protocol::{MacTableInfo, SwitchInfo};
 use patchbay_switch::port::{ConnectMode, CounterSnapshot, LinkState, PortInfo};
@@ -455,7 +456,8 @@ pub fn evpn(s: &patchbay_switch::evpn::EvpnSnapshot) -> String {
     out
 }
 
-/// `flowctl show tunnel`: VNIs with their VLAN and flood list, remote VTEPs, remote MACs.
+/// `flowctl show tunnel`: VNIs with their VLAN, flood list and ARP/ND proxy, remote VTEPs,
+/// remote MACs, and the proxy's known addresses where a VNI has the proxy on or any are known.
 pub fn tunnel(s: &patchbay_overlay::vtep::VtepSnapshot) -> String {
     use Align::*;
     let drops = |d: &[(String, u64)]| {
@@ -506,9 +508,23 @@ pub fn tunnel(s: &patchbay_overlay::vtep::VtepSnapshot) -> String {
         ("TX-PKTS", Right),
         ("TX-BYTES", Right),
         ("DROPS", Left),
+        ("PROXY", Left),
         ("FLOOD LIST", Left),
     ]);
     for v in &s.vnis {
+        let proxy = if v.proxy {
+            let full = if v.proxy_table_full > 0 {
+                format!(" full={}", v.proxy_table_full)
+            } else {
+                String::new()
+            };
+            format!(
+                "on (arp={} nd={}{full})",
+                v.proxy_arp_replies, v.proxy_nd_replies
+            )
+        } else {
+            "off".into()
+        };
         let remotes: Vec<String> = v
             .remotes
             .iter()
@@ -528,6 +544,7 @@ pub fn tunnel(s: &patchbay_overlay::vtep::VtepSnapshot) -> String {
             v.tx_packets.to_string(),
             v.tx_bytes.to_string(),
             drops(&v.drops),
+            proxy,
             if remotes.is_empty() {
                 "-".into()
             } else {
@@ -595,6 +612,39 @@ pub fn tunnel(s: &patchbay_overlay::vtep::VtepSnapshot) -> String {
         "{n} remote MAC entr{}",
         if n == 1 { "y" } else { "ies" }
     );
+
+    if s.vnis.iter().any(|v| v.proxy) || !s.neighbors.is_empty() {
+        let mut known = Table::new(&[
+            ("VNI", Right),
+            ("ADDRESS", Left),
+            ("MAC", Left),
+            ("ROUTER", Left),
+            ("FROM", Left),
+            ("AGE", Right),
+        ]);
+        for k in &s.neighbors {
+            let (from, age) = match k.origin {
+                NeighOrigin::Learned => ("learned", duration(k.age)),
+                NeighOrigin::Static => ("static", "-".into()),
+            };
+            known.row(vec![
+                k.vni.to_string(),
+                k.ip.to_string(),
+                k.mac.clone(),
+                if k.router { "yes" } else { "no" }.into(),
+                from.into(),
+                age,
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&known.render());
+        let n = s.neighbors.len();
+        let _ = writeln!(
+            out,
+            "{n} address{} the ARP/ND proxy knows",
+            if n == 1 { "" } else { "es" }
+        );
+    }
     out
 }
 

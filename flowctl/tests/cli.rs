@@ -397,6 +397,7 @@ fn tunnel_commands_change_and_show_the_vtep() {
             vni: 42,
             vlan: 10,
             remotes: vec!["127.0.0.2".parse().unwrap()],
+            proxy: false,
         });
         c.vxlan = Some(vtep);
     });
@@ -494,6 +495,7 @@ fn tunnel_proxy_commands_set_the_proxy_and_its_static_addresses() {
             vni: 42,
             vlan: 10,
             remotes: vec!["127.0.0.2".parse().unwrap()],
+            proxy: false,
         });
         c.vxlan = Some(vtep);
     });
@@ -519,6 +521,18 @@ fn tunnel_proxy_commands_set_the_proxy_and_its_static_addresses() {
             "52:54:00:00:00:09"
         ])
         .contains("VNI 42: 2001:db8::9 -> 52:54:00:00:00:09 (static)"));
+    let shown = sw.ok(&["show", "tunnel"]);
+    assert!(shown.contains("on (arp=0 nd=0)"), "{shown}");
+    assert!(
+        shown.lines().any(|l| l.contains("2001:db8::9")
+            && l.contains("52:54:00:00:00:09")
+            && l.contains("static")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("1 address the ARP/ND proxy knows"),
+        "{shown}"
+    );
     let snap = sw.json(&["show", "tunnel"]);
     let n = &snap["neighbors"][0];
     assert_eq!(
@@ -569,6 +583,11 @@ fn tunnel_proxy_commands_set_the_proxy_and_its_static_addresses() {
     let snap = sw.json(&["show", "tunnel"]);
     assert_eq!(vni42(&snap)["proxy"], false);
     assert_eq!(snap["neighbors"], serde_json::json!([]));
+    let shown = sw.ok(&["show", "tunnel"]);
+    assert!(
+        !shown.contains("proxy knows"),
+        "no proxy, no table: {shown}"
+    );
 }
 
 #[test]

@@ -22,13 +22,13 @@ fn vtep() -> &'static Vtep {
             // Learning from any sender reaches more of the tables than the default `drop`.
             unknown_vtep: UnknownVtepPolicy::Learn,
             neigh_table_size: 64,
-            // The ARP/ND proxy of half the VNIs reads every inner frame.
-            proxy_vnis: vec![0, 1],
             vnis: (0..4)
                 .map(|i| VniConfig {
                     vni: i,
                     vlan: 10 + i as u16,
                     remotes: vec![Ipv4Addr::new(10, 0, 0, 2 + i as u8).into()],
+                    // The ARP/ND proxy of half the VNIs reads every inner frame.
+                    proxy: i < 2,
                 })
                 .collect(),
             ..VtepConfig::new(Ipv4Addr::new(10, 0, 0, 1).into())

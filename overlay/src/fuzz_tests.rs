@@ -29,12 +29,12 @@ fn decap_never_panics() {
         // Learning from any sender reaches more of the tables than the default `drop`.
         unknown_vtep: UnknownVtepPolicy::Learn,
         neigh_table_size: 64,
-        proxy_vnis: (0..4).collect(),
         vnis: (0..8)
             .map(|i| VniConfig {
                 vni: i,
                 vlan: 1 + i as u16,
                 remotes: vec![Ipv4Addr::new(10, 0, 0, 2 + i as u8).into()],
+                proxy: i < 4,
             })
             .collect(),
         ..VtepConfig::new(Ipv4Addr::new(10, 0, 0, 1).into())

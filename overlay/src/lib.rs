@@ -27,7 +27,7 @@ pub const VXLAN_PORT: u16 = 4789;
 pub use decap::{decap, DecapError};
 pub use encap::{max_inner_frame, source_port, OUTER_LEN};
 pub use vtep::{
-    LocalMacMove, TunnelDrop, UnknownVtepPolicy, VniConfig, VniSpec, Vtep, VtepConfig, VtepError,
+    LocalMacMove, TunnelDrop, UnknownVtepPolicy, VniConfig, Vtep, VtepConfig, VtepError,
     VtepSnapshot,
 };
 pub use wire::{VxlanPacket, VxlanRepr};

@@ -75,19 +75,6 @@ pub struct VniConfig {
     /// Flood list: every broadcast, multicast and unknown-unicast frame is sent to each.
     #[serde(default)]
     pub remotes: Vec<IpAddr>,
-}
-
-/// One `[[vxlan.vnis]]` entry as the config file (and the state file) writes it: the mapping
-/// ([`VniConfig`]) and the VNI's own options. In Rust the options are fields of [`VtepConfig`]
-/// (`proxy_vnis`) rather than of [`VniConfig`], so that code building a `VniConfig` keeps
-/// compiling as options are added.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VniSpec {
-    pub vni: Vni,
-    pub vlan: u16,
-    #[serde(default)]
-    pub remotes: Vec<IpAddr>,
     /// Answer ARP requests and IPv6 neighbour solicitations from local guests for addresses
     /// known behind remote VTEPs, instead of flooding them through the tunnel (the kernel
     /// vxlan device's `proxy`; [`crate::proxy`]). Off by default. Written only when on, so
@@ -100,106 +87,46 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
-/// The VTEP as configured (and, from [`Vtep::config`], as it stands). Read from and written
-/// as [`VtepConfigFile`] (the `[vxlan]` section), where each VNI's options sit in its entry.
+/// The VTEP as configured (and, from [`Vtep::config`], as it stands).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "VtepConfigFile", into = "VtepConfigFile")]
+#[serde(deny_unknown_fields)]
 pub struct VtepConfig {
     /// Source address of encapsulated packets; remotes send to it.
     pub local_ip: IpAddr,
     /// UDP port to send to and listen on.
+    #[serde(default = "default_port")]
     pub port: u16,
     /// MTU of the underlay: inner frames larger than `underlay_mtu - 36` are dropped as
     /// too-big (DF is set; there is no fragmentation).
+    #[serde(default = "default_underlay_mtu")]
     pub underlay_mtu: u32,
+    #[serde(default)]
     pub unknown_vtep: UnknownVtepPolicy,
     /// May a tunnel packet claim a MAC learned on a local port (see [`LocalMacMove`])?
+    #[serde(default)]
     pub local_mac_move: LocalMacMove,
     /// Seconds an idle learned remote MAC (or known address of the ARP/ND proxy) is kept.
+    #[serde(default = "default_mac_aging_secs")]
     pub mac_aging_secs: u64,
     /// Most remote MACs held (static ones included); beyond it new ones are not learned and
     /// their frames keep flooding.
+    #[serde(default = "default_mac_table_size")]
     pub mac_table_size: usize,
     /// Most learned remote MACs in one VNI, so that the remotes of one VNI cannot fill the
     /// table for all (`mac_table_size` still bounds the total).
+    #[serde(default = "default_mac_table_size_per_vni")]
     pub mac_table_size_per_vni: usize,
     /// Most addresses the ARP/ND proxy learns, all VNIs together (static ones come on top);
     /// beyond it new ones are not learned (counted per VNI as `proxy_table_full`) and
     /// questions for them cross the tunnel as without the proxy.
+    #[serde(default = "default_neigh_table_size")]
     pub neigh_table_size: usize,
     /// Use the kernel's UDP segmentation (GSO: equal-sized packets to one remote leave in
     /// one send) and receive coalescing (GRO) where it has them (detected at start-up).
-    pub udp_offloads: bool,
-    pub vnis: Vec<VniConfig>,
-    /// The VNIs (of `vnis`) whose ARP/ND proxy is on (`proxy = true` in their entry).
-    pub proxy_vnis: Vec<Vni>,
-}
-
-/// [`VtepConfig`] as the `[vxlan]` section writes it: the same fields, with the defaults
-/// that may be left out, and each VNI's options in its `[[vxlan.vnis]]` entry ([`VniSpec`]).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VtepConfigFile {
-    local_ip: IpAddr,
-    #[serde(default = "default_port")]
-    port: u16,
-    #[serde(default = "default_underlay_mtu")]
-    underlay_mtu: u32,
-    #[serde(default)]
-    unknown_vtep: UnknownVtepPolicy,
-    #[serde(default)]
-    local_mac_move: LocalMacMove,
-    #[serde(default = "default_mac_aging_secs")]
-    mac_aging_secs: u64,
-    #[serde(default = "default_mac_table_size")]
-    mac_table_size: usize,
-    #[serde(default = "default_mac_table_size_per_vni")]
-    mac_table_size_per_vni: usize,
-    #[serde(default = "default_neigh_table_size")]
-    neigh_table_size: usize,
     #[serde(default = "default_udp_offloads")]
-    udp_offloads: bool,
+    pub udp_offloads: bool,
     #[serde(default)]
-    vnis: Vec<VniSpec>,
-}
-
-impl From<VtepConfigFile> for VtepConfig {
-    fn from(f: VtepConfigFile) -> Self {
-        let mut cfg = VtepConfig {
-            local_ip: f.local_ip,
-            port: f.port,
-            underlay_mtu: f.underlay_mtu,
-            unknown_vtep: f.unknown_vtep,
-            local_mac_move: f.local_mac_move,
-            mac_aging_secs: f.mac_aging_secs,
-            mac_table_size: f.mac_table_size,
-            mac_table_size_per_vni: f.mac_table_size_per_vni,
-            neigh_table_size: f.neigh_table_size,
-            udp_offloads: f.udp_offloads,
-            vnis: Vec::new(),
-            proxy_vnis: Vec::new(),
-        };
-        cfg.set_vni_specs(f.vnis);
-        cfg
-    }
-}
-
-impl From<VtepConfig> for VtepConfigFile {
-    fn from(c: VtepConfig) -> Self {
-        VtepConfigFile {
-            vnis: c.vni_specs(),
-            local_ip: c.local_ip,
-            port: c.port,
-            underlay_mtu: c.underlay_mtu,
-            unknown_vtep: c.unknown_vtep,
-            local_mac_move: c.local_mac_move,
-            mac_aging_secs: c.mac_aging_secs,
-            mac_table_size: c.mac_table_size,
-            mac_table_size_per_vni: c.mac_table_size_per_vni,
-            neigh_table_size: c.neigh_table_size,
-            udp_offloads: c.udp_offloads,
-        }
-    }
+    pub vnis: Vec<VniConfig>,
 }
 
 fn default_udp_offloads() -> bool {
@@ -240,34 +167,7 @@ impl VtepConfig {
             neigh_table_size: default_neigh_table_size(),
             udp_offloads: default_udp_offloads(),
             vnis: Vec::new(),
-            proxy_vnis: Vec::new(),
         }
-    }
-
-    /// The VNIs as the config file writes them, each with its options.
-    pub fn vni_specs(&self) -> Vec<VniSpec> {
-        self.vnis
-            .iter()
-            .map(|v| VniSpec {
-                vni: v.vni,
-                vlan: v.vlan,
-                remotes: v.remotes.clone(),
-                proxy: self.proxy_vnis.contains(&v.vni),
-            })
-            .collect()
-    }
-
-    /// Replaces the VNIs, and their options, with `specs`.
-    pub fn set_vni_specs(&mut self, specs: Vec<VniSpec>) {
-        self.proxy_vnis = specs.iter().filter(|s| s.proxy).map(|s| s.vni).collect();
-        self.vnis = specs
-            .into_iter()
-            .map(|s| VniConfig {
-                vni: s.vni,
-                vlan: s.vlan,
-                remotes: s.remotes,
-            })
-            .collect();
     }
 
     /// Checks every field; the first problem is reported with its path (`vnis[1].vlan`).
@@ -312,14 +212,6 @@ impl VtepConfig {
                 "neigh_table_size".into(),
                 format!("{} is above {MAX_MAC_TABLE_SIZE}", self.neigh_table_size),
             ));
-        }
-        for (i, vni) in self.proxy_vnis.iter().enumerate() {
-            if !self.vnis.iter().any(|v| v.vni == *vni) {
-                return Err(err(
-                    format!("proxy_vnis[{i}]"),
-                    format!("VNI {vni} is not in `vnis`"),
-                ));
-            }
         }
         for (i, v) in self.vnis.iter().enumerate() {
             check_vni(v.vni).map_err(|m| err(format!("vnis[{i}].vni"), m))?;
@@ -799,7 +691,7 @@ impl Vtep {
             }
             vnis.by_vlan.insert(v.vlan, v.vni);
             let mut entry = VniEntry::new(v.vlan, v.remotes.iter().copied());
-            entry.proxy = cfg.proxy_vnis.contains(&v.vni);
+            entry.proxy = v.proxy;
             vnis.by_vni.insert(v.vni, entry);
             learned_per_vni.insert(v.vni, 0);
         }
@@ -844,16 +736,10 @@ impl Vtep {
                     .copied()
                     .filter(|r| !e.bgp_remotes.contains(r))
                     .collect(),
+                proxy: e.proxy,
             })
             .collect();
         vnis.sort_by_key(|v| v.vni);
-        let mut proxy_vnis: Vec<Vni> = t
-            .by_vni
-            .iter()
-            .filter(|(_, e)| e.proxy)
-            .map(|(vni, _)| *vni)
-            .collect();
-        proxy_vnis.sort_unstable();
         VtepConfig {
             local_ip: self.local_ip,
             port: self.port,
@@ -866,7 +752,6 @@ impl Vtep {
             neigh_table_size: self.neighbors.max(),
             udp_offloads: self.udp_offloads,
             vnis,
-            proxy_vnis,
         }
     }
 
@@ -1700,15 +1585,26 @@ mod tests {
                     vni: 100,
                     vlan: 10,
                     remotes: vec![R1, R2],
+                    proxy: false,
                 },
                 VniConfig {
                     vni: 200,
                     vlan: 20,
                     remotes: vec![],
+                    proxy: false,
                 },
             ],
             ..VtepConfig::new(LOCAL)
         }
+    }
+
+    /// [`config`] with the ARP/ND proxy on in the VNIs `on`.
+    fn config_with_proxy(on: &[Vni]) -> VtepConfig {
+        let mut cfg = config();
+        for v in &mut cfg.vnis {
+            v.proxy = on.contains(&v.vni);
+        }
+        cfg
     }
 
     fn remotes(v: &Vtep, vni: Vni) -> Vec<IpAddr> {
@@ -1770,7 +1666,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(cfg.proxy_vnis, vec![100]);
+        assert_eq!((cfg.vnis[0].proxy, cfg.vnis[1].proxy), (true, false));
         assert_eq!(cfg.neigh_table_size, 8192);
         assert_eq!(cfg.vnis[0].remotes, Vec::<IpAddr>::new());
         let v = Vtep::new(cfg.clone()).unwrap();
@@ -1782,33 +1678,15 @@ mod tests {
         // Written back in the entry, and only where on.
         let text = toml::to_string(&cfg).unwrap();
         assert_eq!(text.matches("proxy = true").count(), 1, "{text}");
-        assert!(
-            !text.contains("proxy_vnis") && !text.contains("proxy = false"),
-            "{text}"
-        );
+        assert!(!text.contains("proxy = false"), "{text}");
         assert_eq!(toml::from_str::<VtepConfig>(&text).unwrap(), cfg);
         let json = serde_json::to_string(&cfg).unwrap();
         assert_eq!(serde_json::from_str::<VtepConfig>(&json).unwrap(), cfg);
-        // Specs carry the option both ways.
-        let specs = cfg.vni_specs();
-        assert_eq!((specs[0].proxy, specs[1].proxy), (true, false));
-        let mut other = VtepConfig::new(LOCAL);
-        other.set_vni_specs(specs);
-        assert_eq!(
-            (other.vnis, other.proxy_vnis),
-            (cfg.vnis.clone(), vec![100])
-        );
-        // Unknown keys in an entry are still refused; a proxy for an unmapped VNI too.
+        // Unknown keys in an entry are still refused.
         assert!(toml::from_str::<VtepConfig>(
             "local_ip = \"10.0.0.1\"\n[[vnis]]\nvni = 1\nvlan = 2\nproxi = true"
         )
         .is_err());
-        let mut bad = config();
-        bad.proxy_vnis = vec![100, 300];
-        assert!(matches!(
-            bad.validate(),
-            Err(VtepError::Invalid { field, .. }) if field == "proxy_vnis[1]"
-        ));
         let mut big = config();
         big.neigh_table_size = MAX_MAC_TABLE_SIZE + 1;
         assert!(big.validate().is_err());
@@ -1817,11 +1695,7 @@ mod tests {
     #[test]
     fn the_proxy_answers_only_for_addresses_behind_a_remote_vtep() {
         use crate::proxy::{Binding, NeighLearned, NeighOrigin};
-        let v = Vtep::new(VtepConfig {
-            proxy_vnis: vec![100],
-            ..config()
-        })
-        .unwrap();
+        let v = Vtep::new(config_with_proxy(&[100])).unwrap();
         let ip: IpAddr = "10.1.0.2".parse().unwrap();
         let bind = |mac| Binding {
             ip,
@@ -1873,7 +1747,8 @@ mod tests {
         let t = v.proxy_target(100, other, 300).unwrap();
         assert_eq!((t.known.mac, t.remote), (A, R1));
         assert_eq!(v.snapshot().neighbors.len(), 1, "the learned one went");
-        assert_eq!(v.config().proxy_vnis, vec![100]);
+        let c = v.config();
+        assert_eq!((c.vnis[0].proxy, c.vnis[1].proxy), (true, false));
         // Static entries: checked, removable, gone with their VNI.
         assert!(matches!(
             v.add_static_neighbor(100, "224.0.0.1".parse().unwrap(), A),
@@ -1906,8 +1781,7 @@ mod tests {
         use crate::proxy::{Binding, NeighLearned};
         let v = Vtep::new(VtepConfig {
             neigh_table_size: 1,
-            proxy_vnis: vec![100, 200],
-            ..config()
+            ..config_with_proxy(&[100, 200])
         })
         .unwrap();
         let bind = |n: u8| Binding {
@@ -2187,6 +2061,7 @@ mod tests {
                 vni: 100,
                 vlan: 10,
                 remotes: vec![r1, r2],
+                proxy: false,
             }],
             ..VtepConfig::new(local)
         })
@@ -2216,6 +2091,7 @@ mod tests {
                 vni: 1,
                 vlan: 1,
                 remotes: vec![ip("10.0.0.2")],
+                proxy: false,
             }],
             ..VtepConfig::new(local)
         }

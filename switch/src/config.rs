@@ -583,7 +583,11 @@ trunks = "10,20-30"
                     [[vxlan.vnis]]\nvni = 200\nvlan = 20\n";
         let c = Config::from_toml(Path::new("t.toml"), text).unwrap();
         let vxlan = c.vxlan.unwrap();
-        assert_eq!(vxlan.proxy_vnis, vec![100], "on where set, off by default");
+        assert_eq!(
+            (vxlan.vnis[0].proxy, vxlan.vnis[1].proxy),
+            (true, false),
+            "on where set, off by default"
+        );
         assert_eq!(vxlan.vnis.len(), 2);
         let e = Config::from_toml(Path::new("t.toml"), &text.replace("proxy", "prox"))
             .unwrap_err()

@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use patchbay_overlay::proxy::NeighOrigin;
-use patchbay_overlay::vtep::{MacOrigin, VniSpec};
+use patchbay_overlay::vtep::{MacOrigin, VniConfig};
 
 use crate::config::Config;
 use crate::control::flows::{self, FlowLine};
@@ -71,7 +71,7 @@ pub struct ConfigBase {
     pub ports: Vec<PortConfig>,
     /// With each VNI's options (its ARP/ND proxy).
     #[serde(default)]
-    pub vnis: Vec<VniSpec>,
+    pub vnis: Vec<VniConfig>,
     #[serde(default)]
     pub conntrack: Option<crate::conntrack::Limits>,
 }
@@ -112,7 +112,7 @@ pub struct SavedState {
     #[serde(default)]
     pub flows: Vec<String>,
     #[serde(default)]
-    pub vnis: Vec<VniSpec>,
+    pub vnis: Vec<VniConfig>,
     #[serde(default)]
     pub static_macs: Vec<StaticMac>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -196,7 +196,7 @@ impl StateFile {
                 vnis: config
                     .vxlan
                     .as_ref()
-                    .map(|v| v.vni_specs())
+                    .map(|v| v.vnis.clone())
                     .unwrap_or_default(),
                 conntrack: Some(config.conntrack.clone()),
             },
@@ -250,10 +250,7 @@ impl StateFile {
             p.name.clone()
         });
         if let Some(vxlan) = &mut config.vxlan {
-            let vnis = merge3(&saved.config.vnis, &saved.vnis, &vxlan.vni_specs(), |v| {
-                v.vni
-            });
-            vxlan.set_vni_specs(vnis);
+            vxlan.vnis = merge3(&saved.config.vnis, &saved.vnis, &vxlan.vnis, |v| v.vni);
         }
         if let Some(limits) = &saved.conntrack {
             // The config file's limits win if they changed since the save.
@@ -353,7 +350,7 @@ impl StateFile {
             Some(t) => {
                 let snap = t.vtep.snapshot();
                 (
-                    t.vtep.config().vni_specs(),
+                    t.vtep.config().vnis,
                     snap.macs
                         .into_iter()
                         .filter(|m| m.origin == MacOrigin::Static)
@@ -474,16 +471,20 @@ mod tests {
 
     #[test]
     fn the_proxy_setting_of_a_vni_merges_like_the_vni() {
-        use patchbay_overlay::vtep::{VniConfig, VtepConfig};
-        let vni = |n: u32| VniConfig {
+        use patchbay_overlay::vtep::VtepConfig;
+        let vni = |n: u32, proxy: &[u32]| VniConfig {
             vni: n,
             vlan: n as u16,
             remotes: vec![],
+            proxy: proxy.contains(&n),
         };
         let vtep = |proxy: Vec<u32>| VtepConfig {
-            vnis: vec![vni(1), vni(2)],
-            proxy_vnis: proxy,
+            vnis: vec![vni(1, &proxy), vni(2, &proxy)],
             ..VtepConfig::new("192.0.2.1".parse().unwrap())
+        };
+        let proxy_vnis = |config: &Config| -> Vec<u32> {
+            let vnis = &config.vxlan.as_ref().unwrap().vnis;
+            vnis.iter().filter(|v| v.proxy).map(|v| v.vni).collect()
         };
         let config_with = |proxy| Config {
             vxlan: Some(vtep(proxy)),
@@ -493,17 +494,17 @@ mod tests {
         let file = StateFile::new(Path::new("/nonexistent/state.json"), &config_with(vec![1]));
         let saved = SavedState {
             config: file.base.clone(),
-            vnis: vtep(vec![1, 2]).vni_specs(),
+            vnis: vtep(vec![1, 2]).vnis,
             ..SavedState::default()
         };
         // Unchanged file: the run-time settings come back.
         let mut config = config_with(vec![1]);
         file.merge_into(saved.clone(), &mut config);
-        assert_eq!(config.vxlan.as_ref().unwrap().proxy_vnis, vec![1, 2]);
+        assert_eq!(proxy_vnis(&config), vec![1, 2]);
         // The file turned VNI 1's off since: its edit wins; VNI 2 keeps the run time's.
         let mut config = config_with(vec![]);
         file.merge_into(saved, &mut config);
-        assert_eq!(config.vxlan.unwrap().proxy_vnis, vec![2]);
+        assert_eq!(proxy_vnis(&config), vec![2]);
         // A state file from before the setting reads as off.
         let old: SavedState = serde_json::from_str(
             r#"{"version":1,"config":{"ports":[],"vnis":[{"vni":1,"vlan":1,"remotes":[]}]},
@@ -512,6 +513,9 @@ mod tests {
         .unwrap();
         assert!(!old.vnis[0].proxy);
         assert!(old.static_neighbors.is_empty());
+        // And one written with the proxy off says nothing of it, for an older switch.
+        let json = serde_json::to_string(&old).unwrap();
+        assert!(!json.contains("proxy"), "{json}");
     }
 
     #[test]

@@ -201,6 +201,7 @@ pub fn loopback_vtep(port: u16) -> patchbay_overlay::vtep::VtepConfig {
             vni: 42,
             vlan: 10,
             remotes: vec![std::net::Ipv4Addr::new(127, 0, 0, 2).into()],
+            proxy: false,
         }],
         ..VtepConfig::new(std::net::Ipv4Addr::LOCALHOST.into())
     }

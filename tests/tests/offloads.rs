@@ -503,6 +503,7 @@ fn tunnel_pair(udp_offloads: bool, underlay_mtu: u32) -> TunnelPair {
                     vni: 42,
                     vlan: 10,
                     remotes: vec![remote.into()],
+                    proxy: false,
                 }],
                 ..VtepConfig::new(local.into())
             });

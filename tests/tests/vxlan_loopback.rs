@@ -32,6 +32,7 @@ fn vtep(local: IpAddr, remote: IpAddr, port: u16, policy: UnknownVtepPolicy) -> 
             vni: 42,
             vlan: 10,
             remotes: vec![remote],
+            proxy: false,
         }],
         ..VtepConfig::new(local)
     }
@@ -346,6 +347,7 @@ fn vni42_from_b(port: u16) -> VtepConfig {
             vni: 42,
             vlan: 10,
             remotes: vec![B],
+            proxy: false,
         }],
         ..VtepConfig::new(A)
     }
@@ -411,6 +413,7 @@ fn a_vtep_configured_for_another_vni_cannot_inject_into_this_one() {
         vni: 43,
         vlan: 20,
         remotes: vec![C],
+        proxy: false,
     });
     let (_d, sw, mut f) = host_with("vx-cross-vni", cfg, |_| {}, &[("vm", 10), ("other", 20)]);
     let tunnel = sw.switch.tunnel().unwrap();
@@ -636,10 +639,8 @@ struct ProxyPair {
 
 fn proxy_pair(name: &str, proxy: bool) -> ProxyPair {
     let port = free_port();
-    let cfg = VtepConfig {
-        proxy_vnis: if proxy { vec![42] } else { vec![] },
-        ..vni42_from_b(port)
-    };
+    let mut cfg = vni42_from_b(port);
+    cfg.vnis[0].proxy = proxy;
     let (dir_a, a, ports) = host_with(
         &format!("{name}-a"),
         cfg,

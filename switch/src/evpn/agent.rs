@@ -780,11 +780,13 @@ mod tests {
                         vni: 100,
                         vlan: 10,
                         remotes: vec![],
+                        proxy: false,
                     },
                     VniConfig {
                         vni: 200,
                         vlan: 20,
                         remotes: vec![],
+                        proxy: false,
                     },
                 ],
                 ..VtepConfig::new(ip(LOCAL))
