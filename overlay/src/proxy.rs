@@ -659,11 +659,12 @@ impl NeighMessage {
     }
 }
 
-/// What the table knows of an address: its MAC, and (IPv6) whether it is a router's.
+/// What the table knows of an address: its MAC, and (IPv6) whether it is a router's, where
+/// a message said so (an advertisement's R flag; static entries are hosts').
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Known {
     pub mac: [u8; 6],
-    pub router: bool,
+    pub router: Option<bool>,
 }
 
 /// An answer frame, built in place (no allocation).
@@ -726,7 +727,9 @@ pub fn answer(q: &Question, known: Known) -> Reply {
                 nd.set_msg_type(NEIGHBOR_ADVERT);
                 nd.set_code(0);
                 nd.set_checksum(0);
-                nd.set_flags(known.router, true, true);
+                // Callers answer for IPv6 only where the router flag is known
+                // (`Vtep::proxy_target`): a host reading R clear from its router drops it.
+                nd.set_flags(known.router == Some(true), true, true);
                 nd.set_target_addr(target);
             }
             let opt = &mut msg[NdPacket::<&[u8]>::LEN..];
@@ -783,19 +786,23 @@ pub struct NeighborSnapshot {
     pub age: u64,
 }
 
-/// The MAC (low 48 bits) and router flag (bit 48) of an entry in one word, so that a refresh
-/// or a move needs no write lock.
+/// The MAC (low 48 bits), router flag (bit 48) and whether that flag is known (bit 49) of an
+/// entry in one word, so that a refresh or a move needs no write lock.
 fn pack(k: Known) -> u64 {
     let mut b = [0u8; 8];
     b[2..].copy_from_slice(&k.mac);
-    u64::from_be_bytes(b) | (u64::from(k.router) << 48)
+    let router = match k.router {
+        None => 0,
+        Some(r) => 2 | u64::from(r),
+    };
+    u64::from_be_bytes(b) | (router << 48)
 }
 
 fn unpack(w: u64) -> Known {
     let b = w.to_be_bytes();
     Known {
         mac: mac_at(&b[2..]),
-        router: w >> 48 & 1 != 0,
+        router: (w >> 49 & 1 != 0).then_some(w >> 48 & 1 != 0),
     }
 }
 
@@ -887,11 +894,12 @@ impl NeighTable {
             if e.origin == NeighOrigin::Static {
                 return NeighLearned::Static;
             }
-            // A message that does not say whether the owner routes keeps what was known.
+            // A message that does not say whether the owner routes keeps what was known of
+            // that MAC.
             let old = unpack(e.link.load(Ordering::Relaxed));
             let new = Known {
                 mac: b.mac,
-                router: b.router.unwrap_or(old.router && old.mac == b.mac),
+                router: b.router.or(old.router.filter(|_| old.mac == b.mac)),
             };
             let moved = unpack(e.link.swap(pack(new), Ordering::Relaxed)).mac != b.mac;
             if e.last_seen.load(Ordering::Relaxed) != now {
@@ -925,7 +933,7 @@ impl NeighTable {
             Entry {
                 link: AtomicU64::new(pack(Known {
                     mac: b.mac,
-                    router: b.router.unwrap_or(false),
+                    router: b.router,
                 })),
                 last_seen: AtomicU64::new(now),
                 origin: NeighOrigin::Learned,
@@ -955,7 +963,10 @@ impl NeighTable {
         let old = t.entries.insert(
             (vni, ip),
             Entry {
-                link: AtomicU64::new(pack(Known { mac, router: false })),
+                link: AtomicU64::new(pack(Known {
+                    mac,
+                    router: Some(false),
+                })),
                 last_seen: AtomicU64::new(now),
                 origin: NeighOrigin::Static,
             },
@@ -963,6 +974,29 @@ impl NeighTable {
         if old.is_some_and(|o| o.origin == NeighOrigin::Learned) {
             t.learned = t.learned.saturating_sub(1);
         }
+        true
+    }
+
+    /// A local host says `ip` is at `mac` (its ARP or neighbour discovery leaving for the
+    /// tunnel): a learned entry that puts `ip` elsewhere is dropped, so the proxy does not
+    /// answer for an address that moved here until the old binding ages out. Whether one was.
+    pub fn claimed_locally(&self, vni: Vni, ip: IpAddr, mac: [u8; 6]) -> bool {
+        let elsewhere = |e: &Entry| {
+            e.origin == NeighOrigin::Learned && unpack(e.link.load(Ordering::Relaxed)).mac != mac
+        };
+        if !read(&self.inner)
+            .entries
+            .get(&(vni, ip))
+            .is_some_and(elsewhere)
+        {
+            return false;
+        }
+        let mut t = write(&self.inner);
+        if !t.entries.get(&(vni, ip)).is_some_and(elsewhere) {
+            return false;
+        }
+        t.entries.remove(&(vni, ip));
+        t.learned = t.learned.saturating_sub(1);
         true
     }
 
@@ -1006,7 +1040,7 @@ impl NeighTable {
                         "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
                         m[0], m[1], m[2], m[3], m[4], m[5]
                     ),
-                    router: k.router,
+                    router: k.router == Some(true),
                     origin: e.origin,
                     age: match e.origin {
                         NeighOrigin::Static => 0,
@@ -1181,7 +1215,7 @@ mod tests {
             &q,
             Known {
                 mac: GUEST_B,
-                router: false,
+                router: None,
             },
         );
         let bytes = reply.as_bytes();
@@ -1359,7 +1393,7 @@ mod tests {
                 &q,
                 Known {
                     mac: GUEST_B,
-                    router,
+                    router: Some(router),
                 },
             );
             let bytes = reply.as_bytes();
@@ -1426,13 +1460,14 @@ mod tests {
         };
         assert_eq!(t.learn(42, r, 2), NeighLearned::New);
         assert_eq!(t.learn(42, bind(b, GUEST_B), 3), NeighLearned::Refreshed);
-        assert!(t.lookup(42, b, 3).unwrap().router);
-        // Aging: a is last seen at 2, b at 3 (aging 10 seconds).
+        assert_eq!(t.lookup(42, b, 3).unwrap().router, Some(true));
+        // Aging: a is last seen at 2, b at 3 (aging 10 seconds). Nothing said whether a's
+        // owner routes.
         assert_eq!(
             t.lookup(42, a, 11),
             Some(Known {
                 mac: GUEST_B,
-                router: false
+                router: None
             })
         );
         assert_eq!(t.lookup(42, a, 12), None);
@@ -1454,6 +1489,29 @@ mod tests {
             NeighLearned::Refused
         );
         assert_eq!(t.learn(42, bind(a, [0; 6]), 0), NeighLearned::Refused);
+    }
+
+    #[test]
+    fn a_local_claim_drops_a_learned_binding_elsewhere_but_not_a_static_one() {
+        let t = NeighTable::new(8, 10);
+        let a = IpAddr::V4(IP_A);
+        let learned = Binding {
+            ip: a,
+            mac: GUEST_B,
+            router: None,
+        };
+        t.learn(42, learned, 0);
+        assert!(!t.claimed_locally(42, a, GUEST_B), "the same MAC: kept");
+        assert!(!t.claimed_locally(43, a, GUEST_A), "another VNI: kept");
+        assert!(t.claimed_locally(42, a, GUEST_A), "moved here: dropped");
+        assert_eq!(t.lookup(42, a, 1), None);
+        assert!(!t.claimed_locally(42, a, GUEST_A), "nothing left to drop");
+        assert!(t.add_static(42, a, GUEST_B, 1));
+        assert!(
+            !t.claimed_locally(42, a, GUEST_A),
+            "the operator's entry stays"
+        );
+        assert_eq!(t.lookup(42, a, 2).map(|k| k.mac), Some(GUEST_B));
     }
 
     #[test]
@@ -1538,7 +1596,7 @@ mod tests {
         ];
         let known = Known {
             mac: GUEST_B,
-            router: false,
+            router: Some(false),
         };
         for f in &frames {
             for len in 0..=f.len() {

@@ -1188,8 +1188,10 @@ impl Vtep {
     pub fn learn_neighbor(&self, vni: Vni, b: Binding, now_secs: u64) -> NeighLearned {
         // Held while the entry goes in, so that the VNI cannot be unmapped (and its addresses
         // forgotten) in between.
+        // A VNI whose remote MACs come only from the control plane (EVPN, `learning` off)
+        // learns no addresses from the data plane either.
         let t = read(&self.vnis);
-        let Some(e) = t.by_vni.get(&vni).filter(|e| e.proxy) else {
+        let Some(e) = t.by_vni.get(&vni).filter(|e| e.proxy && e.learning) else {
             return NeighLearned::Refused;
         };
         let learned = self.neighbors.learn(vni, b, now_secs);
@@ -1207,8 +1209,20 @@ impl Vtep {
             return None;
         }
         let known = self.neighbors.lookup(vni, ip, now_secs)?;
+        // An IPv6 answer must say whether its owner routes (a host that reads R clear from
+        // its router drops it as a default router): not answered until a message said so.
+        if ip.is_ipv6() && known.router.is_none() {
+            return None;
+        }
         let remote = self.lookup(vni, known.mac, now_secs)?;
         Some(ProxyTarget { known, remote })
+    }
+
+    /// A local host's ARP or neighbour discovery in `vni` says `ip` is at `mac`: a learned
+    /// address that puts `ip` behind a remote is forgotten (see
+    /// [`NeighTable::claimed_locally`]).
+    pub fn neighbor_claimed_locally(&self, vni: Vni, ip: IpAddr, mac: [u8; 6]) -> bool {
+        self.neighbors.claimed_locally(vni, ip, mac)
     }
 
     /// Counts an answer the proxy of `vni` gave.

@@ -942,3 +942,62 @@ fn the_proxy_answers_a_neighbor_solicitation_with_an_advertisement() {
     p.a.shutdown();
     p.b.shutdown();
 }
+
+/// What a remote's frame says is learned only as far as it can be trusted: an address bound
+/// to another MAC than the frame's own source (one behind another VTEP, say) is not learned,
+/// and an IPv6 address learned from a solicitation (which does not say whether its owner
+/// routes) is not answered for: the questions for both cross the tunnel to their owners.
+#[test]
+fn the_proxy_answers_only_what_it_may_trust() {
+    use std::net::Ipv6Addr;
+    let mut p = proxy_pair("vx-proxy-trust", true);
+    // B's guest sends an ARP request binding 10.0.0.7 to a MAC that is not its own.
+    let mut spoof = arp(1, mac(7), [10, 0, 0, 7], [0; 6], IP_A);
+    spoof[6..12].copy_from_slice(&mac(2));
+    p.b_announces(&spoof);
+    // B's guest solicits another address, saying its own with its link-layer address.
+    let ip_b: Ipv6Addr = "2001:db8::2".parse().unwrap();
+    let b_asks = nd_frame(
+        true,
+        (mac(2), [0x33, 0x33, 0xff, 0, 0, 0x99]),
+        (ip_b, "ff02::1:ff00:99".parse().unwrap()),
+        "2001:db8::99".parse().unwrap(),
+        mac(2),
+    );
+    p.b_announces(&b_asks);
+    let snap = p.a.switch.tunnel().unwrap().vtep.snapshot();
+    let known: Vec<String> = snap.neighbors.iter().map(|n| n.ip.to_string()).collect();
+    assert_eq!(
+        known,
+        vec!["2001:db8::2"],
+        "only B's own binding was learned"
+    );
+    // Both questions cross the tunnel to B's guest, unanswered.
+    let ask_arp = arp(1, mac(1), IP_A, [0; 6], [10, 0, 0, 7]);
+    p.vm_a.send(&ask_arp).unwrap();
+    assert_eq!(
+        p.vm_b.recv(T).unwrap(),
+        Some(ask_arp),
+        "the ARP request crossed"
+    );
+    let ask_nd = nd_frame(
+        true,
+        (mac(1), [0x33, 0x33, 0xff, 0, 0, 2]),
+        (
+            "2001:db8::1".parse().unwrap(),
+            "ff02::1:ff00:2".parse().unwrap(),
+        ),
+        ip_b,
+        mac(1),
+    );
+    p.vm_a.send(&ask_nd).unwrap();
+    assert_eq!(
+        p.vm_b.recv(T).unwrap(),
+        Some(ask_nd),
+        "the solicitation crossed"
+    );
+    let vni = p.vni42();
+    assert_eq!((vni.proxy_arp_replies, vni.proxy_nd_replies), (0, 0));
+    p.a.shutdown();
+    p.b.shutdown();
+}

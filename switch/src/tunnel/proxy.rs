@@ -88,7 +88,19 @@ impl Tunnel {
         if self.vtep.proxy(vni) != Some(true) {
             return false;
         }
-        let Some(q) = proxy::parse(head).ok().and_then(|m| m.question()) else {
+        let Ok(message) = proxy::parse(head) else {
+            return false;
+        };
+        // A local host speaking for an address takes it from a remote the table had it at.
+        if let Some(b) = message.binding() {
+            self.vtep.neighbor_claimed_locally(vni, b.ip, b.mac);
+        }
+        let Some(q) = message.question() else {
+            return false;
+        };
+        // Without the switch's tables the answer could be neither checked nor delivered: the
+        // question crosses the tunnel (only while the switch starts or stops).
+        let Some(fabric) = self.fabric() else {
             return false;
         };
         let Some(target) = self.vtep.proxy_target(vni, q.target, now) else {
@@ -101,9 +113,7 @@ impl Tunnel {
         // MAC the switch has on a local port is answered by its owner, here, not by us (the
         // kernel's "bridge-local neighbour" check).
         if target.known.mac == q.requester_mac
-            || self
-                .fabric()
-                .is_some_and(|f| self.on_local_port(&f, vlan, EthernetAddress(target.known.mac)))
+            || self.on_local_port(&fabric, vlan, EthernetAddress(target.known.mac))
         {
             return false;
         }
@@ -148,7 +158,15 @@ impl Tunnel {
         if !proxy::is_candidate(inner) {
             return;
         }
-        if let Some(b) = proxy::parse(inner).ok().and_then(|m| m.binding()) {
+        // Only a binding to the frame's own source MAC, which the VTEP has just learned
+        // behind the sending remote: a remote cannot bind an address to a MAC that sits
+        // behind another VTEP (or a local port) and have the proxy answer with it.
+        let source = inner.get(6..12);
+        if let Some(b) = proxy::parse(inner)
+            .ok()
+            .and_then(|m| m.binding())
+            .filter(|b| source == Some(&b.mac[..]))
+        {
             self.vtep.learn_neighbor(vni, b, now);
         }
     }
