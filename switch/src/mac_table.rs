@@ -57,9 +57,9 @@ const CACHE_SLOTS: usize = 256;
 /// Addresses come from guests, who could make theirs collide here: that only sends their
 /// frames to the table's locked path, as without a cache.
 pub struct MacCache {
-    /// The table the entries belong to (its address), so a cache is never read against
-    /// another table.
-    table: usize,
+    /// The table the entries belong to ([`MacTable`]'s `id`), so a cache is never read
+    /// against another table, even one at the address of a table gone.
+    table: u64,
     slots: Box<[CacheSlot]>,
 }
 
@@ -103,7 +103,7 @@ impl MacCache {
     }
 
     /// The cached entry of `key` for `table`, if this cache holds one (removed or not).
-    fn get(&mut self, table: usize, key: u64) -> Option<&Entry> {
+    fn get(&mut self, table: u64, key: u64) -> Option<&Entry> {
         if self.table != table {
             self.slots.iter_mut().for_each(|s| *s = None);
             self.table = table;
@@ -148,6 +148,8 @@ pub struct MacEntry {
 type Entries = HashMap<(Vid, EthernetAddress), Arc<Entry>, ahash::RandomState>;
 
 pub struct MacTable {
+    /// Unique in the process (never 0, which an empty cache holds).
+    id: u64,
     entries: RwLock<Entries>,
     max_entries: usize,
     aging: Duration,
@@ -183,7 +185,9 @@ struct LogInner {
 
 impl MacTable {
     pub fn new(max_entries: usize, aging: Duration) -> Self {
+        static TABLES: AtomicU64 = AtomicU64::new(0);
         MacTable {
+            id: TABLES.fetch_add(1, Ordering::Relaxed) + 1,
             entries: RwLock::new(Entries::default()),
             max_entries,
             aging,
@@ -399,8 +403,8 @@ impl MacTable {
     }
 
     /// What identifies this table to a cache.
-    fn id(&self) -> usize {
-        self as *const MacTable as usize
+    fn id(&self) -> u64 {
+        self.id
     }
 
     /// The entry of `mac` in `vlan`, to cache.
