@@ -194,4 +194,11 @@ fn internal_port_reaches_the_host_on_its_vlan_only() {
     );
     assert_eq!(v["ok"], false, "{v}");
     assert!(v["error"].as_str().unwrap_or("").contains("host10"), "{v}");
+
+    // The switch stopped (SIGTERM, waited for): its devices go with it.
+    drop(sw);
+    assert!(
+        ns.ip(&["link", "show", "host10"]).is_err(),
+        "host10 is gone with the switch"
+    );
 }
