@@ -1108,12 +1108,12 @@ measure() {
         local t0 t1 s0 s1 c0 c1 m0 m1 a0=0 a1=0
         src_stats >/dev/null
         # Two switches (the vxlan variant's hosts): host A's share is kept apart too.
-        [[ -n ${SUT_PID2:-} ]] && a0=$(ticks "$SUT_PID")
         t0=$(now) s0=$(sut_ticks) c0=$(ticks "$SRC_PID") m0=$(machine_busy)
+        [[ -n ${SUT_PID2:-} ]] && a0=$(ticks "$SUT_PID")
         measure_window "$case" "$case-$variant-$size-$mode-$round"
         read -r pps tx_pps < <(src_stats)
-        t1=$(now) s1=$(sut_ticks) c1=$(ticks "$SRC_PID") m1=$(machine_busy)
         [[ -n ${SUT_PID2:-} ]] && a1=$(ticks "$SUT_PID")
+        t1=$(now) s1=$(sut_ticks) c1=$(ticks "$SRC_PID") m1=$(machine_busy)
         if [[ -n ${SUT_PID2:-} ]]; then
             per_side=$(awk -v t0="$t0" -v t1="$t1" -v a="$((a1 - a0))" -v s="$((s1 - s0))" \
                 -v hz="$CLK_TCK" 'BEGIN { d = t1 - t0
