@@ -334,6 +334,32 @@ impl Drop for SwitchProcess {
     }
 }
 
+/// The QUEUES and OFFLOADS cells of port `name` in `flowctl show ports`' table.
+pub fn ports_row(table: &str, name: &str) -> (String, String) {
+    let mut lines = table.lines();
+    let header = lines.next().unwrap_or_default();
+    let at = header
+        .find("OFFLOADS")
+        .unwrap_or_else(|| panic!("no OFFLOADS column: {table}"));
+    assert!(
+        header[..at].trim_end().ends_with("QUEUES"),
+        "QUEUES before OFFLOADS: {table}"
+    );
+    let row = lines
+        .find(|l| l.split_whitespace().nth(1) == Some(name))
+        .unwrap_or_else(|| panic!("no row for {name}: {table}"));
+    let queues = row[..at].split_whitespace().last().unwrap_or_default();
+    (queues.to_string(), row[at..].trim().to_string())
+}
+
+/// The offloads an OFFLOADS cell lists for `dir`: "tx" in `tx:csum,tso4 rx:csum` gives
+/// csum and tso4.
+pub fn offload_list<'a>(cell: &'a str, dir: &str) -> Vec<&'a str> {
+    cell.split_whitespace()
+        .find_map(|part| part.strip_prefix(dir)?.strip_prefix(':'))
+        .map_or(Vec::new(), |list| list.split(',').collect())
+}
+
 /// Runs `flowctl` against the control socket `socket`; its standard output (the command
 /// must succeed).
 pub fn flowctl_at(socket: &Path, args: &[&str]) -> String {

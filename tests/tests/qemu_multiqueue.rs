@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use patchbay_tests::guest::{skip_or_fail, tcp_transfer, GuestImage, GuestNic, QemuGuest};
-use patchbay_tests::switch::{access, flowctl_at, start_switch, TestDir};
+use patchbay_tests::switch::{access, flowctl_at, offload_list, ports_row, start_switch, TestDir};
 
 const BOOT: Duration = Duration::from_secs(240);
 const T: Duration = Duration::from_secs(180);
@@ -77,32 +77,6 @@ fn one_queue(per_queue: &[u64], what: &str) -> usize {
         "{what} arrived on exactly one receive queue: frames per queue {per_queue:?}"
     );
     used[0]
-}
-
-/// The QUEUES and OFFLOADS cells of port `name` in `flowctl show ports`' table.
-fn ports_row(table: &str, name: &str) -> (String, String) {
-    let mut lines = table.lines();
-    let header = lines.next().unwrap_or_default();
-    let at = header
-        .find("OFFLOADS")
-        .unwrap_or_else(|| panic!("no OFFLOADS column: {table}"));
-    assert!(
-        header[..at].trim_end().ends_with("QUEUES"),
-        "QUEUES before OFFLOADS: {table}"
-    );
-    let row = lines
-        .find(|l| l.split_whitespace().nth(1) == Some(name))
-        .unwrap_or_else(|| panic!("no row for {name}: {table}"));
-    let queues = row[..at].split_whitespace().last().unwrap_or_default();
-    (queues.to_string(), row[at..].trim().to_string())
-}
-
-/// The offloads an OFFLOADS cell lists for `dir`: "tx" in `tx:csum,tso4 rx:csum` gives
-/// csum and tso4.
-fn offload_list<'a>(cell: &'a str, dir: &str) -> Vec<&'a str> {
-    cell.split_whitespace()
-        .find_map(|part| part.strip_prefix(dir)?.strip_prefix(':'))
-        .map_or(Vec::new(), |list| list.split(',').collect())
 }
 
 #[test]

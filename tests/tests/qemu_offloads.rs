@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use patchbay_switch::daemon::Daemon;
 use patchbay_tests::guest::{skip_or_fail, tcp_transfer, GuestImage, GuestNic, QemuGuest};
-use patchbay_tests::switch::{access, flowctl_at, port, start_switch, TestDir};
+use patchbay_tests::switch::{
+    access, flowctl_at, offload_list, port, ports_row, start_switch, TestDir,
+};
 
 const BOOT: Duration = Duration::from_secs(240);
 const SIZE: u64 = 16 << 20;
@@ -34,32 +36,6 @@ fn ethtool(g: &mut QemuGuest, key: &str) -> String {
         .unwrap_or_else(|| panic!("{}: no {key} in {out:?}", g.name))
         .trim()
         .to_string()
-}
-
-/// The QUEUES and OFFLOADS cells of port `name` in `flowctl show ports`' table.
-fn ports_row(table: &str, name: &str) -> (String, String) {
-    let mut lines = table.lines();
-    let header = lines.next().unwrap_or_default();
-    let at = header
-        .find("OFFLOADS")
-        .unwrap_or_else(|| panic!("no OFFLOADS column: {table}"));
-    assert!(
-        header[..at].trim_end().ends_with("QUEUES"),
-        "QUEUES before OFFLOADS: {table}"
-    );
-    let row = lines
-        .find(|l| l.split_whitespace().nth(1) == Some(name))
-        .unwrap_or_else(|| panic!("no row for {name}: {table}"));
-    let queues = row[..at].split_whitespace().last().unwrap_or_default();
-    (queues.to_string(), row[at..].trim().to_string())
-}
-
-/// The offloads an OFFLOADS cell lists for `side`: "tx" in `tx:csum,tso4 rx:csum` gives
-/// csum and tso4.
-fn offload_list<'a>(cell: &'a str, side: &str) -> Vec<&'a str> {
-    cell.split_whitespace()
-        .find_map(|part| part.strip_prefix(side)?.strip_prefix(':'))
-        .map_or(Vec::new(), |list| list.split(',').collect())
 }
 
 fn port_stats(d: &Daemon, name: &str) -> (u64, u64, u64, u64) {
