@@ -882,15 +882,16 @@ impl Vtep {
         Ok(())
     }
 
-    /// Turns learning from tunnel packets on or off for `vni`; off also forgets what was
-    /// learned there (static and BGP entries stay). BGP EVPN turns it off for its VNIs: a
-    /// learned entry would outlive the withdrawal of its host's routes.
     /// Whether `vni` learns from tunnel packets (None: not mapped). A VNI mapped again
     /// starts learning: how the EVPN agent sees that it was.
     pub fn learning(&self, vni: Vni) -> Option<bool> {
         read(&self.vnis).by_vni.get(&vni).map(|e| e.learning)
     }
 
+    /// Turns learning from tunnel packets on or off for `vni`; off also forgets what was
+    /// learned there (static and BGP entries stay). BGP EVPN turns it off for its VNIs: a
+    /// learned entry would outlive the withdrawal of its host's routes. While it is off, the
+    /// ARP/ND proxy learns no addresses from tunnel packets either.
     pub fn set_learning(&self, vni: Vni, on: bool) -> Result<(), VtepError> {
         let mut t = write(&self.vnis);
         let e = t.by_vni.get_mut(&vni).ok_or(VtepError::UnknownVni(vni))?;
