@@ -360,6 +360,16 @@ pub fn offload_list<'a>(cell: &'a str, dir: &str) -> Vec<&'a str> {
         .map_or(Vec::new(), |list| list.split(',').collect())
 }
 
+/// Port `name` as `flowctl --json show ports` gives it, from the switch at `socket`.
+pub fn flowctl_port_json(socket: &Path, name: &str) -> serde_json::Value {
+    let json: serde_json::Value =
+        serde_json::from_str(&flowctl_at(socket, &["--json", "show", "ports"])).unwrap();
+    json.as_array()
+        .and_then(|ports| ports.iter().find(|q| q["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {name} in {json}"))
+}
+
 /// Runs `flowctl` against the control socket `socket`; its standard output (the command
 /// must succeed).
 pub fn flowctl_at(socket: &Path, args: &[&str]) -> String {

@@ -10,7 +10,9 @@
 use std::time::Duration;
 
 use patchbay_tests::guest::{skip_or_fail, tcp_transfer, GuestImage, GuestNic, QemuGuest};
-use patchbay_tests::switch::{access, flowctl_at, offload_list, ports_row, start_switch, TestDir};
+use patchbay_tests::switch::{
+    access, flowctl_at, flowctl_port_json, offload_list, ports_row, start_switch, TestDir,
+};
 
 const BOOT: Duration = Duration::from_secs(240);
 const T: Duration = Duration::from_secs(180);
@@ -164,13 +166,8 @@ fn four_queue_pairs_carry_parallel_flows_in_order() {
             }
         }
     }
-    let json: serde_json::Value =
-        serde_json::from_str(&flowctl_at(&control, &["--json", "show", "ports"])).unwrap();
     for p in ["m1", "m2"] {
-        let entry = json
-            .as_array()
-            .and_then(|ports| ports.iter().find(|q| q["name"] == p))
-            .unwrap_or_else(|| panic!("no {p} in {json}"));
+        let entry = flowctl_port_json(&control, p);
         assert_eq!(
             entry["queue_pairs"],
             serde_json::json!([4, 8]),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use patchbay_switch::daemon::Daemon;
 use patchbay_tests::guest::{skip_or_fail, tcp_transfer, GuestImage, GuestNic, QemuGuest};
 use patchbay_tests::switch::{
-    access, flowctl_at, offload_list, port, ports_row, start_switch, TestDir,
+    access, flowctl_at, flowctl_port_json, offload_list, port, ports_row, start_switch, TestDir,
 };
 
 const BOOT: Duration = Duration::from_secs(240);
@@ -172,13 +172,8 @@ fn tcp_between_guests_with_offloads_on_both_one_or_no_ends() {
             }
         }
     }
-    let json: serde_json::Value =
-        serde_json::from_str(&flowctl_at(&control, &["--json", "show", "ports"])).unwrap();
     for p in ["a", "b", "c", "t"] {
-        let entry = json
-            .as_array()
-            .and_then(|ports| ports.iter().find(|q| q["name"] == p))
-            .unwrap_or_else(|| panic!("no {p} in {json}"));
+        let entry = flowctl_port_json(&control, p);
         assert_eq!(
             entry["queue_pairs"],
             serde_json::json!([1, 8]),
