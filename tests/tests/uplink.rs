@@ -560,36 +560,54 @@ const FAR10: ([u8; 6], [u8; 4]) = (FAR_MAC, FAR_IP);
 const FAR20: ([u8; 6], [u8; 4]) = (FAR_MAC, [198, 51, 100, 200]);
 const BCAST: ([u8; 6], [u8; 4]) = ([0xff; 6], [255; 4]);
 
+/// A switch in namespace `{ns}-near` with vhost-user ports `guests` (name, access VLAN) and
+/// a trunk uplink (10, 20) of `kind` on a veth whose far end is in `{ns}-far`; returns once
+/// the uplink is shown connected.
+fn guests_behind_an_uplink(
+    dir_name: &str,
+    ns: &str,
+    kind: &str,
+    guests: &[(&str, u16)],
+) -> (TestDir, Netns, Netns, SwitchProc) {
+    let dir = TestDir::new(dir_name);
+    let near = Netns::create(&format!("{ns}-near")).unwrap();
+    let far = Netns::create(&format!("{ns}-far")).unwrap();
+    for n in [&near, &far] {
+        no_ipv6(n);
+    }
+    wire(&near, &far);
+    let d = dir.path.display();
+    let mut config: String = guests
+        .iter()
+        .map(|(name, vlan)| {
+            format!("[[port]]\nname = \"{name}\"\nsocket = \"{d}/{name}.sock\"\nvlan = {vlan}\n\n")
+        })
+        .collect();
+    config.push_str(&format!(
+        "[[port]]\nname = \"up\"\ntype = \"{kind}\"\ninterface = \"pbup\"\n\
+         vlan_mode = \"trunk\"\ntrunks = \"10,20\"\n"
+    ));
+    let sw = SwitchProc::start(&near, &dir.path, "near", &config);
+    assert_eq!(sw.port("up")["socket"], attachment(kind));
+    netns::wait_until(Duration::from_secs(5), "the uplink shown connected", || {
+        Ok(sw.port("up")["state"] == "connected")
+    })
+    .unwrap();
+    (dir, near, far, sw)
+}
+
 /// Two guests, on access VLANs 10 and 20, behind a trunk uplink (10, 20) of `kind`.
 fn guests_across_the_wire(test: &str, kind: &str) {
     if let Err(e) = netns::available() {
         skip_or_fail(test, &e);
         return;
     }
-    let dir = TestDir::new(&format!("uplink-guests-{kind}"));
-    let near = Netns::create(&format!("pbug-{kind}-near")).unwrap();
-    let far = Netns::create(&format!("pbug-{kind}-far")).unwrap();
-    for ns in [&near, &far] {
-        no_ipv6(ns);
-    }
-    wire(&near, &far);
-    let d = dir.path.display();
-    let sw = SwitchProc::start(
-        &near,
-        &dir.path,
-        "near",
-        &format!(
-            "[[port]]\nname = \"g10\"\nsocket = \"{d}/g10.sock\"\nvlan = 10\n\n\
-             [[port]]\nname = \"g20\"\nsocket = \"{d}/g20.sock\"\nvlan = 20\n\n\
-             [[port]]\nname = \"up\"\ntype = \"{kind}\"\ninterface = \"pbup\"\n\
-             vlan_mode = \"trunk\"\ntrunks = \"10,20\"\n"
-        ),
+    let (dir, _near, far, sw) = guests_behind_an_uplink(
+        &format!("uplink-guests-{kind}"),
+        &format!("pbug-{kind}"),
+        kind,
+        &[("g10", 10), ("g20", 20)],
     );
-    assert_eq!(sw.port("up")["socket"], attachment(kind));
-    netns::wait_until(Duration::from_secs(5), "the uplink shown connected", || {
-        Ok(sw.port("up")["state"] == "connected")
-    })
-    .unwrap();
     let mut g10 = TestPort::connect(FrontendConfig::new(dir.join("g10.sock"))).expect("g10");
     let mut g20 = TestPort::connect(FrontendConfig::new(dir.join("g20.sock"))).expect("g20");
     let wire_end = Wire::open(&far, "pbup");
@@ -729,29 +747,12 @@ fn guests_keep_forwarding(test: &str, kind: &str) {
         skip_or_fail(test, &e);
         return;
     }
-    let dir = TestDir::new(&format!("uplink-gone-{kind}"));
-    let near = Netns::create(&format!("pbuk-{kind}-near")).unwrap();
-    let far = Netns::create(&format!("pbuk-{kind}-far")).unwrap();
-    for ns in [&near, &far] {
-        no_ipv6(ns);
-    }
-    wire(&near, &far);
-    let d = dir.path.display();
-    let sw = SwitchProc::start(
-        &near,
-        &dir.path,
-        "near",
-        &format!(
-            "[[port]]\nname = \"a\"\nsocket = \"{d}/a.sock\"\nvlan = 10\n\n\
-             [[port]]\nname = \"b\"\nsocket = \"{d}/b.sock\"\nvlan = 10\n\n\
-             [[port]]\nname = \"up\"\ntype = \"{kind}\"\ninterface = \"pbup\"\n\
-             vlan_mode = \"trunk\"\ntrunks = \"10,20\"\n"
-        ),
+    let (dir, near, far, sw) = guests_behind_an_uplink(
+        &format!("uplink-gone-{kind}"),
+        &format!("pbuk-{kind}"),
+        kind,
+        &[("a", 10), ("b", 10)],
     );
-    netns::wait_until(Duration::from_secs(5), "the uplink shown connected", || {
-        Ok(sw.port("up")["state"] == "connected")
-    })
-    .unwrap();
     wait_log(
         &dir,
         "near",
