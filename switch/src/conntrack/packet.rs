@@ -49,6 +49,9 @@ impl PartialEq for ConnKey {
 }
 
 impl ConnKey {
+    /// The key of no packet (an empty table slot's).
+    pub(super) const ZERO: ConnKey = ConnKey([0; 6]);
+
     /// `icmp_type`: for ICMP/ICMPv6 echo, the message type of this direction (request or
     /// reply), 0 otherwise; `sport`, `dport`: TCP/UDP ports, for ICMP echo the identifier
     /// in both. Both addresses are of one family (the source's decides).
