@@ -607,9 +607,23 @@ impl Switch {
                 message: e.to_string(),
             },
         })?;
-        port.set_vlan(mode);
-        self.mac_table().flush_port(port.id);
+        let old = port.set_vlan(mode);
+        self.flush_port_after_readers(port.id, old);
         Ok(())
+    }
+
+    /// Forgets what port `id` learned, once no batch reads `old` (a port setting just
+    /// replaced) any more: a batch that read the old setting may still learn a source under
+    /// it, and a flush before that batch ends would keep what it learned. A batch takes
+    /// microseconds; the wait is a second at most, in case a worker is stuck, and then the
+    /// port is flushed anyway.
+    fn flush_port_after_readers<T>(&self, id: PortId, old: Arc<T>) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+            thread::sleep(Duration::from_micros(100));
+        }
+        drop(old);
+        self.mac_table().flush_port(id);
     }
 
     /// Changes a port's security settings (no addresses: no checks); addresses it learned
@@ -637,16 +651,9 @@ impl Switch {
                     },
                 })?;
         let described = settings.checks.as_ref().map(|s| s.describe());
+        // A batch that read the old settings may still learn a source they let through.
         let old = port.set_security(settings);
-        // A batch that read the old settings may still learn a source they let through:
-        // the table is flushed once those batches are done (a batch takes microseconds; a
-        // second at most, in case a worker is stuck, and then flushed anyway).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-        while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_micros(100));
-        }
-        drop(old);
-        self.mac_table().flush_port(port.id);
+        self.flush_port_after_readers(port.id, old);
         log::info!(
             "port {name}: security {}",
             described.as_deref().unwrap_or("off")
@@ -787,5 +794,58 @@ impl crate::evpn::SwitchTables for EvpnView {
             tunnel_port: tunnel.port_id,
         });
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::EthernetAddress;
+
+    /// A batch that read a port's old VLAN policy may learn a source under it while the
+    /// policy changes; `set_vlan` forgets the port's addresses only after that batch, so the
+    /// old VLAN keeps nothing the port learned under it.
+    #[test]
+    fn set_vlan_forgets_what_a_batch_in_flight_learned_under_the_old_policy() {
+        let dir = std::env::temp_dir().join(format!("patchbay-set-vlan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sw = Switch::new(Settings::default()).unwrap();
+        let mut config = PortConfig::vhost("a", dir.join("a.sock"));
+        config.vlan = Some(10);
+        let id = sw.add_port(config).unwrap();
+        let port = sw.port_by_name("a").unwrap();
+        // What a batch holds while it runs (see `switch_frames`).
+        let in_flight = port.vlan();
+        let changer = {
+            let sw = sw.clone();
+            thread::spawn(move || {
+                let to_20 = VlanConfig {
+                    mode: "access".into(),
+                    vlan: Some(20),
+                    trunks: None,
+                };
+                sw.set_vlan("a", &to_20)
+            })
+        };
+        while Arc::ptr_eq(&port.vlan(), &in_flight) {
+            thread::yield_now();
+        }
+        // The batch learns under the policy it read, after the change was made.
+        let mac = EthernetAddress([2, 0, 0, 0, 0, 0xa]);
+        let table = sw.mac_table();
+        table.learn(10, mac, id, table.now(), usize::MAX);
+        assert!(
+            !changer.is_finished(),
+            "set_vlan returned while a batch still read the old policy"
+        );
+        drop(in_flight);
+        changer.join().unwrap().unwrap();
+        assert!(
+            table.snapshot(table.now()).iter().all(|e| e.port != id),
+            "the port kept an address learned under its old VLAN: {:?}",
+            table.snapshot(table.now())
+        );
+        sw.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

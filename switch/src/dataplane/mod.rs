@@ -937,6 +937,10 @@ pub fn switch_frames(
             .floods
             .fetch_add(normal.floods, std::sync::atomic::Ordering::Relaxed);
     }
+    // The ports' VLAN policies are held no longer than the batch reads them: a policy
+    // change waits for the batches that read the old one (`Switch::set_vlan`).
+    drop(ingress_view);
+    views.clear();
 
     // Reading the sender's frames may have hit memory its frontend pulled away (the guard
     // turned it into zeros): deliver nothing of such a batch.

@@ -799,8 +799,10 @@ impl Port {
         self.vlan.load_full()
     }
 
-    pub fn set_vlan(&self, mode: VlanMode) {
-        self.vlan.store(Arc::new(mode));
+    /// Replaces the policy; returns the old one, counted once more for each batch still
+    /// reading it (a batch holds its own reference for its duration).
+    pub fn set_vlan(&self, mode: VlanMode) -> Arc<VlanMode> {
+        self.vlan.swap(Arc::new(mode))
     }
 
     /// The port's security settings, as a batch reads them (held for the batch).
