@@ -106,13 +106,15 @@ fn before_bytes(
 /// testpmd's virtio-user ports with two queue pairs each (virtio-net MQ), forwarding on both:
 /// the switch serves both transmit queues of each port and spreads frames over the
 /// receiver's two queues; traffic flows both ways and nothing is counted as malformed.
+/// With three dataplane threads, a guest's queue pairs spread over them (pair `k` of port
+/// `p` to thread `(p + k) mod 3`): one of them serves nothing but a second pair, and works.
 #[test]
 fn testpmd_multiqueue_ports_switch_through_patchbay() {
     let dir = TestDir::new("testpmd-mq");
     let d = start_switch(
         &dir.path,
         vec![access(&dir.path, "a", 1), access(&dir.path, "b", 1)],
-        |_| {},
+        |c| c.settings.event_threads = 3,
     );
     let sockets = [dir.join("a.sock"), dir.join("b.sock")];
     let Some(pmd) = Testpmd::start_frontend_multiqueue(
@@ -157,4 +159,16 @@ fn testpmd_multiqueue_ports_switch_through_patchbay() {
         let c = counters(&d, port);
         assert_eq!(c.drop_count("bad-descriptor"), 0, "{port}: {c:?}");
     }
+    let busy = || -> Vec<(String, u64)> {
+        d.switch
+            .worker_stats()
+            .iter()
+            .map(|w| (w.thread.clone(), w.busy_ns()))
+            .collect()
+    };
+    assert_eq!(busy().len(), 3, "{:?}", busy());
+    // A thread publishes its busy time when a busy stretch ends (traffic has stopped).
+    eventually("every dataplane thread served a queue", || {
+        busy().iter().all(|(_, ns)| *ns > 0)
+    });
 }
