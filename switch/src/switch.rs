@@ -338,10 +338,10 @@ impl Switch {
                 .cloned()
                 .flatten()
             {
-                p.set_vlan(crate::vlan::VlanMode::Trunk {
+                let old = p.set_vlan(crate::vlan::VlanMode::Trunk {
                     allowed: t.vlan_set(),
                 });
-                self.mac_table().flush_port(p.id);
+                self.flush_port_after_readers(p.id, old);
             }
         }
     }
@@ -615,13 +615,16 @@ impl Switch {
     /// Forgets what port `id` learned, once no batch reads `old` (a port setting just
     /// replaced) any more: a batch that read the old setting may still learn a source under
     /// it, and a flush before that batch ends would keep what it learned. A batch takes
-    /// microseconds; the wait is a second at most, in case a worker is stuck, and then the
-    /// port is flushed anyway.
+    /// microseconds; the wait is [`READERS_WAIT`] at most, in case a worker is stuck, and
+    /// then the port is flushed anyway.
     fn flush_port_after_readers<T>(&self, id: PortId, old: Arc<T>) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        let deadline = std::time::Instant::now() + READERS_WAIT;
         while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
             thread::sleep(Duration::from_micros(100));
         }
+        // What the last reader did before letting go (learned addresses) happens before the
+        // flush.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
         drop(old);
         self.mac_table().flush_port(id);
     }
@@ -797,6 +800,13 @@ impl crate::evpn::SwitchTables for EvpnView {
     }
 }
 
+/// The longest a port setting's change waits for the batches that read the old setting (a
+/// worker stuck in one). Long in unit tests, which play a batch on a loaded machine.
+#[cfg(not(test))]
+const READERS_WAIT: Duration = Duration::from_secs(1);
+#[cfg(test)]
+const READERS_WAIT: Duration = Duration::from_secs(60);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -827,9 +837,10 @@ mod tests {
                 sw.set_vlan("a", &to_20)
             })
         };
-        while Arc::ptr_eq(&port.vlan(), &in_flight) {
+        while Arc::ptr_eq(&port.vlan(), &in_flight) && !changer.is_finished() {
             thread::yield_now();
         }
+        assert!(!changer.is_finished(), "set_vlan returned at once");
         // The batch learns under the policy it read, after the change was made.
         let mac = EthernetAddress([2, 0, 0, 0, 0, 0xa]);
         let table = sw.mac_table();

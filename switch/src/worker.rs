@@ -245,7 +245,12 @@ impl Worker {
                             .guard_dataplane(|| {
                                 dataplane::drain_tx(fabric, &s.port, link, s.queue, &mut scratch)
                             })
-                            .unwrap_or(0)
+                            .unwrap_or_else(|| {
+                                // A batch that panicked left its scratch as it was, with
+                                // the port policies it read (a policy change waits for them).
+                                scratch = TxScratch::default();
+                                0
+                            })
                     })
                     .unwrap_or(0);
             }

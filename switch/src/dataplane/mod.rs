@@ -755,6 +755,8 @@ pub fn switch_frames(
         })
     }));
     let Some(Some(ingress_view)) = views.get(usize::from(ingress.id)).cloned() else {
+        // Held no longer than the batch (see the end of the frame loop).
+        views.clear();
         return;
     };
     let pipeline = &fabric.flows;
