@@ -869,7 +869,13 @@ pub fn switch_frames(
         };
         pipeline.run_frame(&flow_tables, &key, as_matched, frame.len, outputs, thread);
         for out in outputs.iter() {
-            let tun_id = out.tun_id.map(|v| v as u32);
+            // The parser keeps tunnel IDs to 24 bits; one wider would alias another VNI if
+            // cut, so it goes nowhere.
+            let tun_id = match out.tun_id.map(u32::try_from) {
+                Some(Ok(v)) if u64::from(v) <= crate::flow::parse::MAX_TUNNEL_ID => Some(v),
+                Some(_) => continue,
+                None => None,
+            };
             // The copy the tables matched on leaves with the frame, rewritten or not, so a
             // guest cannot change what was matched after the match.
             let custom = |headers: &mut Vec<HeaderBuf>| match &out.header {

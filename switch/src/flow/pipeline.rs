@@ -2306,6 +2306,62 @@ mod firewall_tests {
         assert_eq!(p.snapshot().version, version);
     }
 
+    /// A learned flow matching an IP field carries the prerequisite the learn names, so its
+    /// text (as dump-flows and the state file keep it) is a flow the parser takes back; a
+    /// learned output from a value wider than a port number outputs nowhere.
+    #[test]
+    fn learned_flows_read_back_and_never_cut_a_port() {
+        let p = Pipeline::new(MissPolicy::Normal);
+        install(
+            &p,
+            "
+            table=0,ip,actions=learn(table=10,NXM_OF_ETH_TYPE[],NXM_OF_IP_SRC[],output:NXM_NX_REG0[]),load:0x10001->NXM_NX_REG0[],resubmit(,10)
+            table=10,priority=0,actions=drop
+            ",
+        );
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 0, 0, 7], [10, 0, 0, 2], 64)
+            .udp(4000, 53)
+            .write(&mut f, b"p")
+            .expect("frame");
+        send(&p, 1, &f);
+        let learned: Vec<FlowDump> = p
+            .dump(&FlowFilter {
+                table: Some(10),
+                ..FlowFilter::default()
+            })
+            .into_iter()
+            .filter(|f| f.priority == DEFAULT_PRIORITY)
+            .collect();
+        assert_eq!(learned.len(), 1, "{learned:?}");
+        let l = &learned[0];
+        assert!(l.match_text.contains("nw_src=10.0.0.7"), "{l:?}");
+        // reg0 held 0 when the learn ran: a port; the rule loads 0x10001 after it.
+        let text = format!(
+            "table=10,priority={},{},actions={}",
+            l.priority, l.match_text, l.actions_text
+        );
+        parse_flows_file(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        // Learned again from a packet whose reg0 is 0x10001: no output to port 1.
+        install(
+            &p,
+            "
+            table=0,ip,actions=load:0x10001->NXM_NX_REG0[],learn(table=11,NXM_OF_ETH_TYPE[],NXM_OF_IP_SRC[],output:NXM_NX_REG0[]),resubmit(,10)
+            ",
+        );
+        send(&p, 1, &f);
+        let wide: Vec<FlowDump> = p
+            .dump(&FlowFilter {
+                table: Some(11),
+                ..FlowFilter::default()
+            })
+            .into_iter()
+            .collect();
+        assert_eq!(wide.len(), 1, "{wide:?}");
+        assert!(!wide[0].actions_text.contains("output"), "{wide:?}");
+    }
+
     #[test]
     fn a_second_ct_in_the_zone_reuses_the_lookup_only_while_the_header_is_the_same() {
         let p = Pipeline::new(MissPolicy::Normal);

@@ -20,13 +20,17 @@ pub fn learned_flow(spec: &LearnSpec, key: &FlowKey) -> Flow {
     let actions: Vec<Action> = spec
         .actions
         .iter()
-        .map(|a| match *a {
-            LearnAction::LoadField { dst, src } => Action::Load {
+        .filter_map(|a| match *a {
+            LearnAction::LoadField { dst, src } => Some(Action::Load {
                 dst,
                 value: read(key, src),
-            },
-            LearnAction::LoadValue { dst, value } => Action::Load { dst, value },
-            LearnAction::Output { src } => Action::Output(PortRef::Number(read(key, src) as u16)),
+            }),
+            LearnAction::LoadValue { dst, value } => Some(Action::Load { dst, value }),
+            // A value that is no port number (wider than 16 bits) outputs nowhere, rather
+            // than to the port its low bits name.
+            LearnAction::Output { src } => u16::try_from(read(key, src))
+                .ok()
+                .map(|p| Action::Output(PortRef::Number(p))),
         })
         .collect();
     let mut text = crate::flow::parse::FlowSpec::new(crate::flow::parse::FlowSyntax::Add);

@@ -120,6 +120,12 @@ impl Prereq {
             Prereq::IcmpAny => "icmp or icmp6: add 'icmp' or 'icmp6' to the match",
         }
     }
+
+    /// What the match lacks, without the advice (which is for a flow's own match).
+    pub(super) fn condition(self) -> &'static str {
+        let needs = self.needs();
+        needs.split_once(": add").map_or(needs, |(what, _)| what)
+    }
 }
 
 /// The value of a field matched exactly.

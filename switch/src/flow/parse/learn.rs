@@ -6,10 +6,12 @@
 //! and `send_flow_rem` are refused by name.
 
 use super::actions::fmt_subfield;
+use super::fields::{exact, Prereq};
 use super::token::Tokenizer;
 use super::value::number;
-use super::{ParseError, Parser, DEFAULT_PRIORITY, MAX_TABLE};
-use crate::flow::action::{Action, LearnAction, LearnMatch, LearnSpec};
+use super::{ParseError, Parser, DEFAULT_PRIORITY, MAX_TABLE, MAX_TUNNEL_ID};
+use crate::flow::action::{Action, LearnAction, LearnMatch, LearnSpec, SubField};
+use crate::flow::key::{Field, Match};
 
 impl<'a> Parser<'a> {
     /// `learn(...)`; `arg` is the text between the parentheses, at byte `aat`.
@@ -28,8 +30,11 @@ impl<'a> Parser<'a> {
             pos: aat,
             end: aat + arg.len(),
         };
-        // The prerequisites of the fields named here are the learned flow's, not this one's.
+        // The prerequisites of the fields the learned flow matches are the learned flow's
+        // (checked below against what it will match); those of the fields read from the
+        // packet are this flow's, as OVS has it.
         let outer = std::mem::take(&mut self.prereqs);
+        let mut learned: Vec<(Prereq, String, usize)> = Vec::new();
         while let Some(t) = items.next(false)? {
             let value = t.value;
             match (t.key, t.sep, value) {
@@ -58,9 +63,14 @@ impl<'a> Parser<'a> {
                     let Some((src, dst)) = v.split_once("->") else {
                         return Err(self.err(vat, "learn: load needs SRC->DST[a..b]"));
                     };
+                    let before = self.prereqs.len();
                     let dst_sf = self.writable_subfield("learn load", dst, vat + src.len() + 2)?;
+                    learned.extend(self.prereqs.drain(before..));
                     spec.actions.push(match number(src) {
-                        Some(Some(value)) => LearnAction::LoadValue { dst: dst_sf, value },
+                        Some(Some(value)) => {
+                            self.fits("learn load", src, value, dst_sf, vat)?;
+                            LearnAction::LoadValue { dst: dst_sf, value }
+                        }
                         Some(None) => return Err(self.err(vat, "learn: load value out of range")),
                         None => {
                             let src_sf = self.subfield("learn load", src, vat)?;
@@ -68,6 +78,17 @@ impl<'a> Parser<'a> {
                                 return Err(self.err(
                                     vat,
                                     "learn: load's source and destination differ in width",
+                                ));
+                            }
+                            if dst_sf.field == Field::TunId
+                                && u32::from(dst_sf.ofs) + u32::from(dst_sf.n_bits) > 24
+                            {
+                                return Err(self.err(
+                                    vat,
+                                    format!(
+                                        "learn: load to {dst} reaches beyond bit 23 of tun_id \
+                                         (VXLAN VNIs are 24 bits)"
+                                    ),
                                 ));
                             }
                             LearnAction::LoadField {
@@ -82,9 +103,14 @@ impl<'a> Parser<'a> {
                     spec.actions.push(LearnAction::Output { src });
                 }
                 (field, b'=', Some((v, vat))) => {
+                    let before = self.prereqs.len();
                     let dst = self.subfield("learn", field, t.at)?;
+                    learned.extend(self.prereqs.drain(before..));
                     spec.matches.push(match number(v) {
-                        Some(Some(value)) => LearnMatch::Value { dst, value },
+                        Some(Some(value)) => {
+                            self.fits("learn", v, value, dst, vat)?;
+                            LearnMatch::Value { dst, value }
+                        }
                         Some(None) => return Err(self.err(vat, "learn: value out of range")),
                         None => {
                             let src = self.subfield("learn", v, vat)?;
@@ -98,16 +124,83 @@ impl<'a> Parser<'a> {
                     });
                 }
                 (field, 0, None) if field.contains('[') => {
+                    // Read from the packet and matched by the learned flow: both flows'.
+                    let before = self.prereqs.len();
                     let f = self.subfield("learn", field, t.at)?;
+                    learned.extend(self.prereqs[before..].iter().cloned());
                     spec.matches.push(LearnMatch::Field { dst: f, src: f });
                 }
                 (k, _, _) => return Err(self.err(t.at, format!("learn: unsupported item '{k}'"))),
             }
         }
-        // The learned flow checks nothing about the packets it will see: keep only this
-        // flow's own prerequisites.
-        self.prereqs = outer;
+        // The learned flow must hold its fields' prerequisites itself (as OVS asks: a
+        // flow without them could not be added, nor read back from the state file): its
+        // matches on literal values, and those it copies from a field this flow matches
+        // exactly, are what it will match.
+        let will_match = self.learned_match(&spec.matches);
+        for (p, who, at) in &learned {
+            if !p.holds(&will_match) {
+                return Err(self.err(
+                    *at,
+                    format!(
+                        "{who}: the learned flow requires {}; match it inside learn(...) \
+                         (eth_type=0x800, nw_proto=17, ... as OVS asks)",
+                        p.condition()
+                    ),
+                ));
+            }
+        }
+        let own = std::mem::replace(&mut self.prereqs, outer);
+        self.prereqs.extend(own);
         Ok(Action::Learn(Box::new(spec)))
+    }
+
+    /// What a learned flow's match is known to hold before any packet: literal values, and
+    /// whole fields copied from a field this flow matches exactly.
+    fn learned_match(&self, matches: &[LearnMatch]) -> Match {
+        let mut m = Match::any();
+        for lm in matches {
+            match *lm {
+                LearnMatch::Value { dst, value } => m.set(dst.field, value << dst.ofs, dst.mask()),
+                LearnMatch::Field { dst, src } if dst == SubField::whole(dst.field) => {
+                    if let Some(v) = (src == SubField::whole(src.field))
+                        .then(|| exact(&self.spec.m, src.field))
+                        .flatten()
+                    {
+                        m.set(dst.field, v, dst.mask());
+                    }
+                }
+                LearnMatch::Field { .. } => {}
+            }
+        }
+        m
+    }
+
+    /// A literal `value` written to `dst` must fit it (a VNI in 24 bits), never be cut.
+    fn fits(
+        &self,
+        what: &str,
+        text: &str,
+        value: u64,
+        dst: SubField,
+        at: usize,
+    ) -> Result<(), ParseError> {
+        if dst.n_bits < 64 && value >> dst.n_bits != 0 {
+            return Err(self.err(
+                at,
+                format!(
+                    "{what}: {text} does not fit in the {} bits of the destination",
+                    dst.n_bits
+                ),
+            ));
+        }
+        if dst.field == Field::TunId && (value << dst.ofs) > MAX_TUNNEL_ID {
+            return Err(self.err(
+                at,
+                format!("{what}: {text} reaches beyond bit 23 of tun_id (VXLAN VNIs are 24 bits)"),
+            ));
+        }
+        Ok(())
     }
 }
 

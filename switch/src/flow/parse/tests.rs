@@ -460,6 +460,12 @@ fn flow_errors_name_the_thing_and_column() {
      24 | learn: 'limit' is not supported | actions=learn(table=10,limit=5,NXM_OF_VLAN_TCI[0..11])
      33 | learn load: NXM_OF_ETH_TYPE cannot be written | actions=learn(table=1,load:0x1->NXM_OF_ETH_TYPE[])
      32 | learn: a match's two sides differ in width | actions=learn(NXM_OF_ETH_DST[]=NXM_NX_REG0[])
+     26 | learn of NXM_OF_IP_SRC: the learned flow requires dl_type=0x0800 (ip); match it inside | ip,actions=learn(table=1,NXM_OF_IP_SRC[])
+     38 | learn of NXM_OF_IP_SRC requires dl_type=0x0800 | actions=learn(table=1,eth_type=0x800,NXM_OF_IP_SRC[])
+     28 | learn load: 0x1ff does not fit in the 8 bits | actions=learn(table=1,load:0x1ff->NXM_NX_REG0[0..7])
+     41 | learn: 300 does not fit in the 8 bits | actions=learn(table=1,NXM_NX_REG0[0..7]=300)
+     28 | learn load: 0x100000005 reaches beyond bit 23 of tun_id | actions=learn(table=1,load:0x100000005->NXM_NX_TUN_ID[])
+     28 | learn: load to NXM_NX_TUN_ID[0..31] reaches beyond bit 23 | actions=learn(table=1,load:NXM_NX_REG0[]->NXM_NX_TUN_ID[0..31])
       9 | unsupported action 'CONTROLLER' | actions=CONTROLLER:96
       9 | unsupported port 'LOCAL' | actions=LOCAL
      16 | unsupported port 'CONTROLLER' | actions=output:controller
