@@ -80,7 +80,10 @@ impl<'a> Parser<'a> {
                                     "learn: load's source and destination differ in width",
                                 ));
                             }
+                            // The packet's own tun_id (Neutron's `load:NXM_NX_TUN_ID[]->
+                            // NXM_NX_TUN_ID[]`) is a VNI already; another field may be wider.
                             if dst_sf.field == Field::TunId
+                                && src_sf.field != Field::TunId
                                 && u32::from(dst_sf.ofs) + u32::from(dst_sf.n_bits) > 24
                             {
                                 return Err(self.err(
