@@ -43,21 +43,36 @@ impl TokenBucket {
         }
     }
 
-    /// Whether a packet of `bytes` at `now_ms` is within the rate (it then takes its tokens).
-    pub fn admit(&self, bytes: u32, now_ms: u64) -> bool {
-        let cost = match self.unit {
+    /// What a packet of `bytes` costs, in the bucket's tokens.
+    fn cost(&self, bytes: u32) -> u64 {
+        match self.unit {
             // 1 kbit/s is 1 bit per millisecond.
             RateUnit::Kbps => u64::from(bytes) * 8,
             RateUnit::Pktps => 1000,
-        };
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The tokens `s` holds at `now_ms`.
+    fn refilled(&self, s: &State, now_ms: u64) -> u64 {
         let elapsed = now_ms.saturating_sub(s.last_ms);
-        s.last_ms = s.last_ms.max(now_ms);
         // kbps: `rate` bits per ms; pktps: `rate` thousandths of a packet per ms.
-        s.tokens = s
-            .tokens
+        s.tokens
             .saturating_add(elapsed.saturating_mul(self.rate))
-            .min(self.capacity);
+            .min(self.capacity)
+    }
+
+    /// Whether a packet of `bytes` at `now_ms` would be within the rate; takes nothing.
+    pub fn would_admit(&self, bytes: u32, now_ms: u64) -> bool {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.refilled(&s, now_ms) >= self.cost(bytes)
+    }
+
+    /// Whether a packet of `bytes` at `now_ms` is within the rate (it then takes its tokens).
+    pub fn admit(&self, bytes: u32, now_ms: u64) -> bool {
+        let cost = self.cost(bytes);
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.tokens = self.refilled(&s, now_ms);
+        s.last_ms = s.last_ms.max(now_ms);
         if s.tokens >= cost {
             s.tokens -= cost;
             true

@@ -56,6 +56,12 @@ impl MeterEntry {
         }
     }
 
+    /// Whether a packet of `bytes` at `now_ms` would be within the rate, changing nothing
+    /// (`flowctl trace`).
+    pub fn would_admit(&self, bytes: u32, now_ms: u64) -> bool {
+        self.bucket.would_admit(bytes, now_ms)
+    }
+
     /// Whether a packet of `bytes` at `now_ms` is within the rate (and takes its tokens).
     pub fn admit(&self, bytes: u32, now_ms: u64) -> bool {
         self.stats.packets.fetch_add(1, Ordering::Relaxed);

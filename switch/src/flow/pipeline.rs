@@ -1385,10 +1385,13 @@ impl Pipeline {
                     found
                 }
                 None => {
-                    let stats = &self.table_stats[usize::from(table)];
-                    stats.lookups.fetch_add(1, Ordering::Relaxed);
                     let found = tables.lookup(table, &st.key);
-                    if let Some(entry) = found {
+                    // A trace looks and changes nothing: no counts, no flow kept alive.
+                    let stats = &self.table_stats[usize::from(table)];
+                    if !st.tracing {
+                        stats.lookups.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some(entry) = found.filter(|_| !st.tracing) {
                         stats.matches.fetch_add(1, Ordering::Relaxed);
                         entry.stats.packets.fetch_add(1, Ordering::Relaxed);
                         entry
@@ -2798,5 +2801,50 @@ mod replay_tests {
                 assert_eq!(g.stats.packets.load(Ordering::Relaxed), 2);
             }
         }
+    }
+
+    /// `flowctl trace` changes nothing it passes: no meter tokens taken (a one-packet meter
+    /// still admits the next real packet), no table, flow, group or meter counts.
+    #[test]
+    fn a_trace_takes_no_tokens_and_counts_nothing() {
+        let p = Pipeline::new(MissPolicy::Normal);
+        let meter = crate::flow::parse::parse_meter(
+            "meter=1,pktps,burst,bands=type=drop,rate=1,burst_size=1",
+        )
+        .expect("meter");
+        let group = parse_group("group_id=1,type=all,bucket=output:2").expect("group");
+        p.commit(&[FlowMod::AddMeter(meter), FlowMod::AddGroup(group)])
+            .expect("meter and group install");
+        install(&p, "priority=10,udp,actions=meter:1,group:1");
+        let f = udp(53, b"a");
+        let snapshot = || {
+            let t = p.snapshot();
+            let flow = t.lookup(0, &flow_key(&f, 1, None)).expect("the flow");
+            let m = &t.meters[&1].stats;
+            (
+                counters(&p),
+                flow.stats.packets.load(Ordering::Relaxed),
+                flow.stats.used_ms.load(Ordering::Relaxed),
+                t.groups[&1].stats.packets.load(Ordering::Relaxed),
+                m.packets.load(Ordering::Relaxed),
+            )
+        };
+        let before = snapshot();
+        for _ in 0..3 {
+            let (mut out, mut steps) = (Vec::new(), Vec::new());
+            let halt = p.run_untracked(
+                &p.snapshot(),
+                &flow_key(&f, 1, None),
+                HeaderBuf::new(&f),
+                f.len() as u32,
+                &mut out,
+                &mut steps,
+            );
+            assert_eq!(halt, None, "the trace passes the meter: {steps:?}");
+            assert_eq!(out.len(), 1, "{out:?}");
+        }
+        assert_eq!(snapshot(), before, "traces counted or took tokens");
+        let (outputs, _) = batch(&p, &[f.clone()]);
+        assert_eq!(outputs[0].len(), 1, "the real packet still finds its token");
     }
 }

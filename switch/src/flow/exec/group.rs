@@ -28,21 +28,34 @@ impl Pipeline {
         let Some(g) = tables.groups.get(&id) else {
             return Ok(());
         };
-        g.count(st.frame_len);
+        if !st.tracing {
+            g.count(st.frame_len);
+        }
         let group = &g.group;
-        let chosen: Vec<&Bucket> = match group.kind {
-            GroupKind::All => group.buckets.iter().collect(),
-            GroupKind::Select => group.select(&st.key).into_iter().collect(),
-            GroupKind::Indirect => group.buckets.iter().take(1).collect(),
+        // The buckets chosen, without a list made per packet.
+        let (mut every, mut one);
+        let chosen: &mut dyn Iterator<Item = &Bucket> = match group.kind {
+            GroupKind::All => {
+                every = group.buckets.iter();
+                &mut every
+            }
+            GroupKind::Select => {
+                one = group.select(&st.key).into_iter();
+                &mut one
+            }
+            GroupKind::Indirect => {
+                one = group.buckets.first().into_iter();
+                &mut one
+            }
             // Without the dataplane's view of the ports (a trace), every port counts as up.
             GroupKind::FastFailover => {
                 let live = cache.as_deref().map(|t| &t.live_ports);
-                group
+                one = group
                     .first_live(|p| {
                         live.is_none_or(|l| l.get(usize::from(p)).copied().unwrap_or(false))
                     })
-                    .into_iter()
-                    .collect()
+                    .into_iter();
+                &mut one
             }
         };
         if depth > MAX_RESUBMIT_DEPTH {

@@ -11,7 +11,13 @@ pub fn admit(tables: &Tables, id: u32, st: &mut ExecState) -> Result<(), Halt> {
     st.replayable = false;
     // Checked when the flow went in; a meter deleted since took the flow.
     if let Some(m) = tables.meters.get(&id) {
-        if !m.admit(st.frame_len, st.now_ms) {
+        // A trace asks whether the packet would pass, and takes nothing.
+        let admitted = if st.tracing {
+            m.would_admit(st.frame_len, st.now_ms)
+        } else {
+            m.admit(st.frame_len, st.now_ms)
+        };
+        if !admitted {
             return Err(Halt::Metered);
         }
     }
