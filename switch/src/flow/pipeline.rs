@@ -2844,7 +2844,7 @@ mod replay_tests {
             assert_eq!(out.len(), 1, "{out:?}");
         }
         assert_eq!(snapshot(), before, "traces counted or took tokens");
-        let (outputs, _) = batch(&p, &[f.clone()]);
+        let (outputs, _) = batch(&p, std::slice::from_ref(&f));
         assert_eq!(outputs[0].len(), 1, "the real packet still finds its token");
     }
 }
