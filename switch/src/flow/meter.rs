@@ -16,15 +16,22 @@ pub struct Meter {
     /// The drop band's rate, in `unit`.
     pub rate: u32,
     /// The band's burst (kilobits or packets); `None`: a tenth of a second at the rate.
+    /// A kbps bucket holds at least [`MIN_KBPS_BURST`].
     pub burst: Option<u32>,
 }
 
+/// The least a kbps meter's bucket holds, in kilobits: one frame as large as the switch
+/// passes (a 9000-byte MTU with a tagged Ethernet header, 9018 bytes), so that no frame is
+/// over its meter for ever (a 100 kbps meter with a tenth of a second's burst would drop
+/// every 1514-byte frame).
+pub const MIN_KBPS_BURST: u32 = 73;
+
 impl Meter {
     fn burst_or_default(&self) -> u32 {
-        self.burst.unwrap_or(match self.unit {
-            RateUnit::Kbps => (self.rate / 10).max(12),
-            RateUnit::Pktps => (self.rate / 10).max(1),
-        })
+        match self.unit {
+            RateUnit::Kbps => self.burst.unwrap_or(self.rate / 10).max(MIN_KBPS_BURST),
+            RateUnit::Pktps => self.burst.unwrap_or((self.rate / 10).max(1)),
+        }
     }
 }
 
@@ -108,7 +115,7 @@ mod tests {
                 id: 2,
                 unit: MeterUnit::Kbps,
                 rate: 8000, // 1 MB/s
-                burst: Some(12),
+                burst: Some(80),
             },
             0,
         );
@@ -117,6 +124,31 @@ mod tests {
             .filter(|ms| k.admit(1000, *ms))
             .count() as u64
             * 1000;
-        assert!((1_000_000..=1_002_000).contains(&bytes), "{bytes}");
+        // A second at the rate, and the burst (80 kbit: 10 000 bytes).
+        assert!((1_000_000..=1_011_000).contains(&bytes), "{bytes}");
+    }
+
+    /// A slow kbps meter, or one with a burst smaller than a frame, still passes its largest
+    /// frames at the rate: the bucket holds at least one.
+    #[test]
+    fn a_kbps_meter_holds_at_least_its_largest_frame() {
+        for burst in [None, Some(1)] {
+            let m = MeterEntry::new(
+                Meter {
+                    id: 1,
+                    unit: MeterUnit::Kbps,
+                    rate: 100,
+                    burst,
+                },
+                0,
+            );
+            assert!(
+                m.admit(9018, 0),
+                "{burst:?}: a full bucket passes a 9018-byte frame"
+            );
+            assert!(!m.admit(1514, 0), "{burst:?}: and is empty after it");
+            // 100 kbit/s: 1514 bytes (12 112 bits) take 122 ms to come back.
+            assert!(m.admit(1514, 122), "{burst:?}");
+        }
     }
 }
