@@ -371,6 +371,29 @@ fn an_idle_client_is_disconnected_after_idle_timeout_secs_and_counted() {
     d.shutdown();
 }
 
+/// A client that trickles a request a byte at a time, never finishing it, is cut off once the
+/// request has taken longer than it may (here the 1 s idle timeout), not kept for ever.
+#[test]
+fn a_request_trickled_a_byte_at_a_time_is_cut_off_and_counted() {
+    use std::io::Write;
+    let dir = TestDir::new("trickle-client");
+    let d = start_switch(&dir.path, vec![], |c| c.control.idle_timeout_secs = 1);
+    let mut s = UnixStream::connect(&d.control_socket).unwrap();
+    let started = std::time::Instant::now();
+    let mut cut = false;
+    // A byte every 200 ms: never idle for the 1 s the idle timeout allows.
+    while started.elapsed() < Duration::from_secs(8) {
+        if s.write_all(b" ").is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(cut, "still connected after {:?}", started.elapsed());
+    assert_eq!(d.control_counters.idle_timeouts.load(Ordering::Relaxed), 1);
+    d.shutdown();
+}
+
 fn mode_of(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::symlink_metadata(path)

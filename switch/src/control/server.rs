@@ -4,7 +4,7 @@
 //! idle connections cannot hold the slots forever. A bad request gets an error response and
 //! is counted; it never touches the frame path.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -289,6 +289,47 @@ struct Client<'a> {
     limits: ControlLimits,
 }
 
+/// The longest a request may take to arrive once its first byte has (or the idle timeout,
+/// if shorter).
+const REQUEST_SECS: u64 = 10;
+
+/// Reads one request line into `line`: up to a newline, or MAX_REQUEST_LEN + 1 bytes (the
+/// caller refuses that), or the end of the stream. Waits up to `idle` for a request to
+/// begin and `whole` for the rest of it; past either, a `TimedOut` error.
+fn read_request(
+    reader: &mut BufReader<UnixStream>,
+    line: &mut Vec<u8>,
+    idle: Duration,
+    whole: Duration,
+) -> std::io::Result<usize> {
+    let mut begun: Option<std::time::Instant> = None;
+    loop {
+        let wait = match begun {
+            None => idle,
+            Some(at) => whole
+                .checked_sub(at.elapsed())
+                .filter(|d| !d.is_zero())
+                .ok_or(std::io::ErrorKind::TimedOut)?,
+        };
+        reader.get_ref().set_read_timeout(Some(wait))?;
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(line.len());
+        }
+        begun.get_or_insert_with(std::time::Instant::now);
+        let room = MAX_REQUEST_LEN + 1 - line.len();
+        let (take, done) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) if i < room => (i + 1, true),
+            _ => (buf.len().min(room), buf.len() >= room),
+        };
+        line.extend_from_slice(&buf[..take]);
+        reader.consume(take);
+        if done {
+            return Ok(line.len());
+        }
+    }
+}
+
 /// Whether `line` asks for a takeover (parsed only when it may).
 fn is_takeover(line: &[u8]) -> bool {
     line.windows(8).any(|w| w == b"takeover")
@@ -313,13 +354,12 @@ fn serve_client(stream: UnixStream, sw: &Arc<Switch>, counters: &ControlCounters
     let mut writer = std::io::BufWriter::new(write_half);
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
+    // A request, once begun, must end within this (a client trickling a byte a minute
+    // would otherwise hold its place among `max_clients` for ever).
+    let whole = idle.min(Duration::from_secs(REQUEST_SECS));
     loop {
         line.clear();
-        // Bounded read: a client cannot make us buffer more than MAX_REQUEST_LEN.
-        let n = match (&mut reader)
-            .take(MAX_REQUEST_LEN as u64 + 1)
-            .read_until(b'\n', &mut line)
-        {
+        let n = match read_request(&mut reader, &mut line, idle, whole) {
             Ok(0) => return,
             Err(e)
                 if matches!(
@@ -328,7 +368,15 @@ fn serve_client(stream: UnixStream, sw: &Arc<Switch>, counters: &ControlCounters
                 ) =>
             {
                 counters.idle_timeouts.fetch_add(1, Ordering::Relaxed);
-                log::info!("control socket: client idle for {idle:?}: disconnected");
+                if line.is_empty() {
+                    log::info!("control socket: client idle for {idle:?}: disconnected");
+                } else {
+                    log::info!(
+                        "control socket: a request not complete within {whole:?} ({} bytes \
+                         came): disconnected",
+                        line.len()
+                    );
+                }
                 return;
             }
             Err(_) => return,
@@ -344,7 +392,9 @@ fn serve_client(stream: UnixStream, sw: &Arc<Switch>, counters: &ControlCounters
             drop(writer);
             // Nothing follows the request until the handover is answered: the reader holds
             // no buffered bytes.
-            hook(reader.into_inner());
+            let stream = reader.into_inner();
+            let _ = stream.set_read_timeout(Some(idle));
+            hook(stream);
             return;
         } else {
             let r = handle_line_saving(&line, sw, counters, state);
