@@ -680,6 +680,10 @@ pub struct FlowThread {
 /// Most tables a replayable run may visit (longer runs are simply run again).
 const MAX_REPLAY_TABLES: usize = 16;
 
+/// Learned flows a dataplane thread keeps while a control change holds the tables' writer
+/// (they go in with a later batch); beyond this many, new ones are counted as refused.
+const MAX_PENDING_LEARNED: usize = 256;
+
 /// The previous frame's run through the tables, kept for the next frame of the batch with
 /// the same key (OVS's dpif-netdev likewise executes a batch's packets per flow): frames of
 /// one flow come in runs (a guest's TX burst, a TCP window), and a run that depended on
@@ -1007,16 +1011,34 @@ impl Pipeline {
         // flows it had learned before).
         if !thread.learned.is_empty() {
             let adds: Vec<FlowMod> = thread.learned.drain(..).map(FlowMod::Add).collect();
+            let n = adds.len() as u64;
             // After a refused bundle (the flow limit, most likely) no new try for a second:
             // each try copies the tables.
-            if thread.now_ms < self.learn_retry_ms.load(Ordering::Relaxed) {
-                self.learn_refused
-                    .fetch_add(adds.len() as u64, Ordering::Relaxed);
-            } else if self.commit(&adds).is_err() {
-                self.learn_refused
-                    .fetch_add(adds.len() as u64, Ordering::Relaxed);
-                self.learn_retry_ms
-                    .store(thread.now_ms + 1000, Ordering::Relaxed);
+            let refused = if thread.now_ms < self.learn_retry_ms.load(Ordering::Relaxed) {
+                true
+            } else {
+                match self.try_commit(&adds) {
+                    Some(Ok(_)) => false,
+                    Some(Err(_)) => {
+                        self.learn_retry_ms
+                            .store(thread.now_ms + 1000, Ordering::Relaxed);
+                        true
+                    }
+                    // A control change is being made: kept for the next batch rather than
+                    // waited for (it copies the tables, up to `max_flows` of them).
+                    None => {
+                        thread
+                            .learned
+                            .extend(adds.into_iter().filter_map(|m| match m {
+                                FlowMod::Add(f) => Some(f),
+                                _ => None,
+                            }));
+                        false
+                    }
+                }
+            };
+            if refused {
+                self.learn_refused.fetch_add(n, Ordering::Relaxed);
             }
         }
     }
@@ -1063,7 +1085,30 @@ impl Pipeline {
         for c in changes {
             Self::check(c)?;
         }
-        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.commit_as_writer(&writer, changes)
+    }
+
+    /// [`Pipeline::commit`] unless another change is being made (a control request copying
+    /// the tables): then `None`, at once. For the dataplane, which must not wait on that.
+    pub fn try_commit(&self, changes: &[FlowMod]) -> Option<Result<Vec<usize>, PipelineError>> {
+        if let Err(e) = changes.iter().try_for_each(Self::check) {
+            return Some(Err(e));
+        }
+        let writer = match self.writer.try_lock() {
+            Ok(w) => w,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(self.commit_as_writer(&writer, changes))
+    }
+
+    /// Makes the next version with `changes`; the caller holds the writer's lock.
+    fn commit_as_writer(
+        &self,
+        _writer: &std::sync::MutexGuard<'_, ()>,
+        changes: &[FlowMod],
+    ) -> Result<Vec<usize>, PipelineError> {
         let mut next = (*self.snapshot()).clone();
         let now = self.now_ms();
         let counts = changes
@@ -1522,11 +1567,15 @@ impl Pipeline {
                     match (known, cache.as_deref_mut()) {
                         (Some(e), _) => e.stats.used_ms.store(st.now_ms, Ordering::Relaxed),
                         (None, Some(thread)) => {
-                            if !thread.learned.iter().any(|f| {
+                            if thread.learned.iter().any(|f| {
                                 f.table == flow.table
                                     && f.m == flow.m
                                     && f.priority == flow.priority
                             }) {
+                                // Pending already.
+                            } else if thread.learned.len() >= MAX_PENDING_LEARNED {
+                                self.learn_refused.fetch_add(1, Ordering::Relaxed);
+                            } else {
                                 thread.learned.push(flow);
                             }
                         }
@@ -2307,6 +2356,54 @@ mod firewall_tests {
             &mut steps,
         );
         assert_eq!(p.snapshot().version, version);
+    }
+
+    /// A batch that learns while a control change holds the tables' writer does not wait for
+    /// it: the flow is kept and goes in with the thread's next batch.
+    #[test]
+    fn learning_waits_for_no_control_change() {
+        let p = Pipeline::new(MissPolicy::Normal);
+        install(
+            &p,
+            "
+            table=0,actions=learn(table=10,NXM_OF_ETH_DST[]=NXM_OF_ETH_SRC[],output:NXM_OF_IN_PORT[]),resubmit(,10)
+            table=10,priority=0,actions=FLOOD
+            ",
+        );
+        let frame = |src: u8| {
+            let mut f = vec![2, 0, 0, 0, 0, 0xb, 2, 0, 0, 0, 0, src, 0x88, 0xb5];
+            f.resize(60, 0);
+            f
+        };
+        let learned = |p: &Pipeline| p.snapshot().tables[10].len();
+        let mut thread = FlowThread::default();
+        let batch = |thread: &mut FlowThread, f: &[u8]| {
+            let mut out = Vec::new();
+            p.begin_batch(thread);
+            p.run_frame(
+                &p.snapshot(),
+                &flow_key(f, 1, None),
+                Matched {
+                    bytes: f,
+                    partial_csum_at: None,
+                },
+                f.len() as u32,
+                &mut out,
+                thread,
+            );
+            p.flush(thread);
+        };
+        let control = p.writer.lock().expect("the writer");
+        batch(&mut thread, &frame(0xa));
+        assert_eq!(learned(&p), 1, "nothing added while the writer is held");
+        drop(control);
+        batch(&mut thread, &frame(0xc));
+        assert_eq!(
+            learned(&p),
+            3,
+            "both learned flows added with the next batch"
+        );
+        assert_eq!(p.learn_refused.load(Ordering::Relaxed), 0);
     }
 
     /// A learned flow matching an IP field carries the prerequisite the learn names, so its
