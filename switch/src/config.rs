@@ -207,6 +207,19 @@ impl Config {
                 config.conntrack.max_connections = n;
             }
             for z in c.zone_limits {
+                // Over the control socket a limit of 0 takes the zone's limit away; here it
+                // would refuse every connection of the zone: refused, so that no one gets that.
+                if z.limit == 0 {
+                    return Err(invalid(
+                        start,
+                        "[conntrack] field `zone_limits`".into(),
+                        format!(
+                            "zone {}: a limit of 0 would refuse all its connections (leave the \
+                             zone out for no limit)",
+                            z.zone
+                        ),
+                    ));
+                }
                 if config.conntrack.zones.insert(z.zone, z.limit).is_some() {
                     return Err(invalid(
                         start,
@@ -748,6 +761,10 @@ trunks = "10,20-30"
             ("[switch]\nmax_flows = 0\n", "`max_flows`"),
             ("[metrics]\nmax_connections = 0\n", "`max_connections`"),
             ("[metrics]\ntimeout_secs = 0\n", "`timeout_secs`"),
+            (
+                "[conntrack]\nzone_limits = [{ zone = 5, limit = 0 }]\n",
+                "`zone_limits`",
+            ),
         ] {
             let e = Config::from_toml(Path::new("t.toml"), bad)
                 .unwrap_err()

@@ -699,33 +699,40 @@ impl Conntrack {
 
     /// Every connection (of `zone`, if given).
     pub fn dump(&self, zone: Option<u16>, now_ms: u64) -> Vec<ConnInfo> {
-        let mut out = Vec::new();
+        // Copied under each shard's lock (a spin lock the dataplane waits on), made into
+        // text after it.
+        let mut raw = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.lock();
-            for c in shard.iter() {
-                let orig = c.key;
-                if zone.is_some_and(|z| z != orig.zone()) || c.expires_ms <= now_ms {
-                    continue;
-                }
-                let state = match (&c.tcp, c.replied) {
-                    (Some(t), _) => tcp_state_name(t),
-                    (None, true) => "REPLIED",
-                    (None, false) => "UNREPLIED",
-                };
-                out.push(ConnInfo {
-                    zone: orig.zone(),
-                    proto: orig.proto(),
-                    src: orig.src(),
-                    dst: orig.dst(),
-                    sport: orig.sport(),
-                    dport: orig.dport(),
-                    state: state.to_string(),
-                    mark: c.mark,
-                    label: c.label,
-                    expires_in_s: (c.expires_ms - now_ms).div_ceil(1000),
-                });
-            }
+            raw.extend(
+                shard
+                    .iter()
+                    .filter(|c| zone.is_none_or(|z| z == c.key.zone()) && c.expires_ms > now_ms)
+                    .map(|c| {
+                        let state = match (&c.tcp, c.replied) {
+                            (Some(t), _) => tcp_state_name(t),
+                            (None, true) => "REPLIED",
+                            (None, false) => "UNREPLIED",
+                        };
+                        (c.key, state, c.mark, c.label, c.expires_ms)
+                    }),
+            );
         }
+        let mut out: Vec<ConnInfo> = raw
+            .into_iter()
+            .map(|(orig, state, mark, label, expires_ms)| ConnInfo {
+                zone: orig.zone(),
+                proto: orig.proto(),
+                src: orig.src(),
+                dst: orig.dst(),
+                sport: orig.sport(),
+                dport: orig.dport(),
+                state: state.to_string(),
+                mark,
+                label,
+                expires_in_s: (expires_ms - now_ms).div_ceil(1000),
+            })
+            .collect();
         out.sort_by(|a, b| {
             (a.zone, a.proto, a.src, a.sport, a.dst, a.dport)
                 .cmp(&(b.zone, b.proto, b.src, b.sport, b.dst, b.dport))

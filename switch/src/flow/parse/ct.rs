@@ -235,7 +235,10 @@ impl<'a> Parser<'a> {
                     };
                     match fname {
                         "ct_mark" => {
-                            if value > u128::from(u32::MAX) {
+                            // A mask wider than the mark would be cut, not refused.
+                            if value > u128::from(u32::MAX)
+                                || (mask != u128::MAX && mask > u128::from(u32::MAX))
+                            {
                                 return Err(self.err(vat, "ct_mark is 32 bits"));
                             }
                             merge_mark(ct, value as u32, mask as u32);

@@ -439,6 +439,7 @@ fn flow_errors_name_the_thing_and_column() {
      15 | ct: unsupported option 'foo' | ip,actions=ct(foo=1)
      15 | ct: exec(...) needs commit | ip,actions=ct(exec(set_field:1->ct_mark))
      40 | ct exec: only ct_mark and ct_label can be set | ip,actions=ct(commit,exec(set_field:1->reg0))
+     37 | ct_mark is 32 bits | ip,actions=ct(commit,exec(set_field:1/0x1ffffffff->ct_mark))
       9 | ct requires ip or ipv6 | actions=ct(commit)
      20 | ct zone: NXM_NX_REG6[0..7] is 8 bits | ip,actions=ct(zone=NXM_NX_REG6[0..7])
      12 | ct needs its options in parentheses | ip,actions=ct,output:1
