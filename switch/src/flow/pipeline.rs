@@ -2015,6 +2015,17 @@ mod firewall_tests {
         out
     }
 
+    /// The flows `learn` put in `table` (at the default priority).
+    fn learned_in(p: &Pipeline, table: u8) -> Vec<FlowDump> {
+        p.dump(&FlowFilter {
+            table: Some(table),
+            ..FlowFilter::default()
+        })
+        .into_iter()
+        .filter(|f| f.priority == DEFAULT_PRIORITY)
+        .collect()
+    }
+
     fn send(p: &Pipeline, in_port: u16, frame: &[u8]) -> Vec<Target> {
         let key = flow_key(frame, in_port, None);
         let mut out = Vec::new();
@@ -2322,14 +2333,7 @@ mod firewall_tests {
         // B (on port 2) to A: the learned flow sends it to port 1 only.
         assert_eq!(send(&p, 2, &eth(0xb, 0xa)), vec![Target::Port(1)]);
         assert_eq!(send(&p, 1, &eth(0xa, 0xb)), vec![Target::Port(2)]);
-        let learned: Vec<FlowDump> = p
-            .dump(&FlowFilter {
-                table: Some(10),
-                ..FlowFilter::default()
-            })
-            .into_iter()
-            .filter(|f| f.priority == DEFAULT_PRIORITY)
-            .collect();
+        let learned = learned_in(&p, 10);
         assert_eq!(learned.len(), 2, "{learned:?}");
         assert!(learned
             .iter()
@@ -2426,14 +2430,7 @@ mod firewall_tests {
             .write(&mut f, b"p")
             .expect("frame");
         send(&p, 1, &f);
-        let learned: Vec<FlowDump> = p
-            .dump(&FlowFilter {
-                table: Some(10),
-                ..FlowFilter::default()
-            })
-            .into_iter()
-            .filter(|f| f.priority == DEFAULT_PRIORITY)
-            .collect();
+        let learned = learned_in(&p, 10);
         assert_eq!(learned.len(), 1, "{learned:?}");
         let l = &learned[0];
         assert!(l.match_text.contains("nw_src=10.0.0.7"), "{l:?}");
@@ -2451,13 +2448,7 @@ mod firewall_tests {
             ",
         );
         send(&p, 1, &f);
-        let wide: Vec<FlowDump> = p
-            .dump(&FlowFilter {
-                table: Some(11),
-                ..FlowFilter::default()
-            })
-            .into_iter()
-            .collect();
+        let wide = learned_in(&p, 11);
         assert_eq!(wide.len(), 1, "{wide:?}");
         assert!(!wide[0].actions_text.contains("output"), "{wide:?}");
     }

@@ -654,22 +654,36 @@ impl<'a> Parser<'a> {
         };
         let dst = self.writable_subfield("load", dst, aat + val.len() + 2)?;
         let value = self.uint("load", val, aat, u64::MAX)?;
+        self.fits("load", val, value, dst, aat)?;
+        Ok(Action::Load { dst, value })
+    }
+
+    /// A literal `value` (written `text`) loaded into `dst` must fit it (a VNI in 24 bits),
+    /// never be cut.
+    pub(super) fn fits(
+        &self,
+        what: &str,
+        text: &str,
+        value: u64,
+        dst: SubField,
+        at: usize,
+    ) -> Result<(), ParseError> {
         if dst.n_bits < 64 && value >> dst.n_bits != 0 {
             return Err(self.err(
-                aat,
+                at,
                 format!(
-                    "load: {val} does not fit in the {} bits of the destination",
+                    "{what}: {text} does not fit in the {} bits of the destination",
                     dst.n_bits
                 ),
             ));
         }
         if dst.field == Field::TunId && (value << dst.ofs) > super::MAX_TUNNEL_ID {
             return Err(self.err(
-                aat,
-                format!("load: {val} reaches beyond bit 23 of tun_id (VXLAN VNIs are 24 bits)"),
+                at,
+                format!("{what}: {text} reaches beyond bit 23 of tun_id (VXLAN VNIs are 24 bits)"),
             ));
         }
-        Ok(Action::Load { dst, value })
+        Ok(())
     }
 
     /// `move:SRC[a..b]->DST[c..d]`

@@ -9,7 +9,7 @@ use super::actions::fmt_subfield;
 use super::fields::{exact, Prereq};
 use super::token::Tokenizer;
 use super::value::number;
-use super::{ParseError, Parser, DEFAULT_PRIORITY, MAX_TABLE, MAX_TUNNEL_ID};
+use super::{ParseError, Parser, DEFAULT_PRIORITY, MAX_TABLE};
 use crate::flow::action::{Action, LearnAction, LearnMatch, LearnSpec, SubField};
 use crate::flow::key::{Field, Match};
 
@@ -177,33 +177,6 @@ impl<'a> Parser<'a> {
             }
         }
         m
-    }
-
-    /// A literal `value` written to `dst` must fit it (a VNI in 24 bits), never be cut.
-    fn fits(
-        &self,
-        what: &str,
-        text: &str,
-        value: u64,
-        dst: SubField,
-        at: usize,
-    ) -> Result<(), ParseError> {
-        if dst.n_bits < 64 && value >> dst.n_bits != 0 {
-            return Err(self.err(
-                at,
-                format!(
-                    "{what}: {text} does not fit in the {} bits of the destination",
-                    dst.n_bits
-                ),
-            ));
-        }
-        if dst.field == Field::TunId && (value << dst.ofs) > MAX_TUNNEL_ID {
-            return Err(self.err(
-                at,
-                format!("{what}: {text} reaches beyond bit 23 of tun_id (VXLAN VNIs are 24 bits)"),
-            ));
-        }
-        Ok(())
     }
 }
 
