@@ -43,9 +43,13 @@ pub enum ClientError {
     Switch(String),
     #[error(
         "the request is {len} bytes, over the control socket's limit of {limit} \
-         (about a thousand flows): split the file and send it in several requests"
+         (about a thousand flows): {advice}"
     )]
-    TooLong { len: usize, limit: usize },
+    TooLong {
+        len: usize,
+        limit: usize,
+        advice: &'static str,
+    },
 }
 
 impl ClientError {
@@ -119,9 +123,17 @@ impl Client {
         // The switch refuses longer requests and hangs up; say why here rather than report
         // the broken pipe the write would meet.
         if line.len() > MAX_REQUEST_LEN {
+            // Parts of a replace would each replace the part before.
+            let advice = if matches!(envelope.request, Request::ReplaceFlows { .. }) {
+                "replace-flows takes its whole set in one request; for a larger set, \
+                 del-flows then add-flows in parts (not atomic)"
+            } else {
+                "split the file and send it in several requests"
+            };
             return Err(ClientError::TooLong {
                 len: line.len(),
                 limit: MAX_REQUEST_LEN,
+                advice,
             });
         }
         if let Err(e) = self

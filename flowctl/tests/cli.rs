@@ -715,7 +715,17 @@ fn a_rules_file_over_the_request_limit_gets_a_clear_error_not_a_broken_pipe() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
-        err.contains("over the control socket's limit of 65536") && !err.contains("pipe"),
+        err.contains("over the control socket's limit of 65536")
+            && err.contains("split the file")
+            && !err.contains("pipe"),
+        "{err}"
+    );
+    // Parts of a replace would each replace the last: the advice says what to do instead.
+    let out = sw.flowctl(&["replace-flows", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("replace-flows takes its whole set in one request") && !err.contains("split"),
         "{err}"
     );
     assert_eq!(sw.json(&["dump-flows"]).as_array().unwrap().len(), 0);
