@@ -52,6 +52,10 @@ pub fn parse_group(line: &str) -> Result<Group, ParseError> {
     };
     while let Some(t) = items.next(false)? {
         let value = t.value.filter(|_| t.sep == b'=');
+        // A key given twice is refused, not read as its last value.
+        if (t.key == "group_id" && id.is_some()) || (t.key == "type" && kind.is_some()) {
+            return Err(err(line, t.at, format!("{} is given twice", t.key)));
+        }
         match (t.key, value) {
             ("group_id", Some((v, vat))) => {
                 id = Some(number(line, "group_id", v, vat, u64::from(u32::MAX - 1))? as u32)

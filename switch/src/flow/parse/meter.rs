@@ -28,7 +28,22 @@ pub fn parse_meter(line: &str) -> Result<Meter, ParseError> {
         pos: 0,
         end: bands_at,
     };
+    // A key given twice (or both units) is refused, not read as its last value.
+    let mut seen: Vec<&str> = Vec::new();
+    let mut once = |key: &'static str, at: usize| {
+        if seen.contains(&key) {
+            return Err(err(line, at, format!("{key} is given twice")));
+        }
+        seen.push(key);
+        Ok(())
+    };
     while let Some(t) = items.next(false)? {
+        match t.key {
+            "meter" => once("meter", t.at)?,
+            "kbps" | "pktps" => once("kbps or pktps", t.at)?,
+            "burst" => once("burst", t.at)?,
+            _ => {}
+        }
         match (t.key, t.value) {
             ("meter", Some((v, vat))) => id = Some(number(line, "meter", v, vat)?),
             ("kbps", None) => unit = MeterUnit::Kbps,
@@ -46,6 +61,12 @@ pub fn parse_meter(line: &str) -> Result<Meter, ParseError> {
     };
     let (mut kind, mut rate, mut burst) = (None, None, None);
     while let Some(t) = items.next(false)? {
+        match (t.key, rate, burst) {
+            ("rate", Some(_), _) | ("burst_size", _, Some(_)) => {
+                return Err(err(line, t.at, format!("{} is given twice", t.key)))
+            }
+            _ => {}
+        }
         match (t.key, t.value) {
             ("type", Some((v, vat))) => {
                 if kind.is_some() {

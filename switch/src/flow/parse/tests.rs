@@ -710,6 +710,14 @@ fn groups_and_meters_parse_print_and_refuse_what_is_not_supported() {
             "group_id=1,type=all,bucket=output:LOCAL",
             "bucket: unsupported port 'LOCAL'",
         ),
+        (
+            "group_id=1,group_id=2,type=all,bucket=output:1",
+            "group_id is given twice",
+        ),
+        (
+            "group_id=1,type=all,type=select,bucket=output:1",
+            "type is given twice",
+        ),
     ] {
         let e = parse_group(text).unwrap_err();
         assert!(e.message.contains(want), "{text}: {e}");
@@ -739,6 +747,22 @@ fn groups_and_meters_parse_print_and_refuse_what_is_not_supported() {
         ),
         ("meter=0,kbps,bands=type=drop,rate=10", "meter: '0'"),
         ("kbps,bands=type=drop,rate=10", "needs meter=N"),
+        (
+            "meter=1,kbps,pktps,bands=type=drop,rate=10",
+            "kbps or pktps is given twice",
+        ),
+        (
+            "meter=1,meter=2,kbps,bands=type=drop,rate=10",
+            "meter is given twice",
+        ),
+        (
+            "meter=1,kbps,bands=type=drop,rate=10,rate=20",
+            "rate is given twice",
+        ),
+        (
+            "meter=1,kbps,burst,bands=type=drop,rate=10,burst_size=80,burst_size=90",
+            "burst_size is given twice",
+        ),
     ] {
         let e = parse_meter(text).unwrap_err();
         assert!(e.message.contains(want), "{text}: {e}");
