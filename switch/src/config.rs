@@ -228,11 +228,12 @@ impl Config {
                     ));
                 }
             }
-            if config.conntrack.max_connections == 0 {
+            let most = crate::conntrack::MAX_CONNECTIONS_LIMIT;
+            if !(1..=most).contains(&config.conntrack.max_connections) {
                 return Err(invalid(
                     start,
                     "[conntrack] field `max_connections`".into(),
-                    "must be at least 1".into(),
+                    format!("must be 1 to {most}"),
                 ));
             }
         }
@@ -764,6 +765,11 @@ trunks = "10,20-30"
             (
                 "[conntrack]\nzone_limits = [{ zone = 5, limit = 0 }]\n",
                 "`zone_limits`",
+            ),
+            ("[conntrack]\nmax_connections = 0\n", "`max_connections`"),
+            (
+                "[conntrack]\nmax_connections = 100000000\n",
+                "`max_connections`",
             ),
         ] {
             let e = Config::from_toml(Path::new("t.toml"), bad)

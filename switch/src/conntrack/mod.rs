@@ -48,6 +48,9 @@ pub mod ct_state {
 /// Connections stored at most, unless configured (256 to 512 bytes each: see
 /// [`BYTES_PER_CONNECTION`]).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
+/// The most `max_connections` may be: 16 Mi connections, 4 GiB at [`BYTES_PER_CONNECTION`]
+/// (the tables grow with the connections guests open, up to the limit).
+pub const MAX_CONNECTIONS_LIMIT: usize = 1 << 24;
 /// What a stored connection costs: its 128-byte entry in a shard's table, which is kept at
 /// most half full (checked with `size_of` in a test); up to twice that right after a
 /// table doubles, when it is a quarter full (tables do not shrink when connections end).

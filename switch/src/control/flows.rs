@@ -520,8 +520,11 @@ pub fn set_conntrack_limits(
     let ct = sw.flows().conntrack();
     let mut limits = ct.limits();
     if let Some(n) = max_connections {
-        if n == 0 {
-            return Err("max_connections must be at least 1".into());
+        if n == 0 || n > crate::conntrack::MAX_CONNECTIONS_LIMIT {
+            return Err(format!(
+                "max_connections must be 1 to {}",
+                crate::conntrack::MAX_CONNECTIONS_LIMIT
+            ));
         }
         limits.max_connections = n;
     }
