@@ -86,6 +86,19 @@ fn nonblocking(fd: Option<File>) -> VhostResult<Option<File>> {
 }
 
 impl DeviceHandler {
+    /// Makes `map` the link's guest memory, and returns once no batch reads the old one:
+    /// the frontend, answered, may use a new region at once (or reuse a removed one's
+    /// memory), and a batch that began with the old map must not meet descriptors made for
+    /// the new one (DPDK's vhost holds each queue's lock across a burst for the same reason).
+    /// A batch takes microseconds; a second at most, in case a worker is stuck.
+    fn publish_map(&self, map: GuestMap) {
+        let old = self.link.mem.swap(Arc::new(map));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+    }
+
     pub fn new(
         port: Arc<Port>,
         link: Arc<Link>,
@@ -280,7 +293,7 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
             });
         }
         let mem = GuestMemory::from_regions(regions).map_err(|_| VhostError::InvalidParam)?;
-        self.link.mem.store(Arc::new(GuestMap::new(mem)));
+        self.publish_map(GuestMap::new(mem));
         self.mappings = mappings;
         Ok(None)
     }
@@ -483,7 +496,8 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
             .memory()
             .insert_region(mapped)
             .map_err(|_| VhostError::InvalidParam)?;
-        self.link.mem.store(Arc::new(GuestMap::new(updated)));
+        drop(current);
+        self.publish_map(GuestMap::new(updated));
         self.mappings.push(Mapping {
             vmm_addr: region.user_addr,
             size: region.memory_size,
@@ -505,7 +519,8 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
             .memory()
             .remove_region(GuestAddress(region.guest_phys_addr), region.memory_size)
             .map_err(|_| VhostError::InvalidParam)?;
-        self.link.mem.store(Arc::new(GuestMap::new(updated)));
+        drop(current);
+        self.publish_map(GuestMap::new(updated));
         self.mappings
             .retain(|m| !(m.gpa == region.guest_phys_addr && m.size == region.memory_size));
         Ok(())
