@@ -618,13 +618,7 @@ impl Switch {
     /// microseconds; the wait is [`READERS_WAIT`] at most, in case a worker is stuck, and
     /// then the port is flushed anyway.
     fn flush_port_after_readers<T>(&self, id: PortId, old: Arc<T>) {
-        let deadline = std::time::Instant::now() + READERS_WAIT;
-        while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
-            thread::sleep(Duration::from_micros(100));
-        }
-        // What the last reader did before letting go (learned addresses) happens before the
-        // flush.
-        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        crate::port::wait_for_readers(&old, READERS_WAIT);
         drop(old);
         self.mac_table().flush_port(id);
     }

@@ -93,10 +93,7 @@ impl DeviceHandler {
     /// A batch takes microseconds; a second at most, in case a worker is stuck.
     fn publish_map(&self, map: GuestMap) {
         let old = self.link.mem.swap(Arc::new(map));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-        while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_micros(100));
-        }
+        super::wait_for_readers(&old, std::time::Duration::from_secs(1));
     }
 
     pub fn new(

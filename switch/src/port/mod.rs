@@ -198,6 +198,22 @@ fn is_empty_path(p: &std::path::Path) -> bool {
     p.as_os_str().is_empty()
 }
 
+/// Waits until no one but the caller holds `old` (a port setting or memory map just
+/// replaced, which each batch holds for its duration), `most` at the longest (a worker stuck
+/// in a batch); whether it got there.
+pub fn wait_for_readers<T>(old: &Arc<T>, most: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + most;
+    while Arc::strong_count(old) > 1 {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+    // What the last reader did before letting go happens before what the caller does next.
+    std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+    true
+}
+
 /// Default burst of ingress policing, kbit (OVS's).
 pub const DEFAULT_POLICING_BURST_KBIT: u32 = 8000;
 
